@@ -1,0 +1,87 @@
+"""The one exception hierarchy of Shoal.
+
+    ShoalError
+    ├── InvalidArgument      bad input from a client            -> HTTP 400
+    ├── NotFound             no such object                     -> HTTP 404
+    ├── Conflict             name taken, in use, stale version  -> HTTP 409
+    │   └── SequenceConflict update built on an old version (dockerd answers 500 "update out of sequence")
+    ├── NotAcceptable        request not acceptable in state    -> HTTP 406
+    ├── Unavailable          not a manager / not in a swarm     -> HTTP 503
+    ├── Forbidden            refused by policy                  -> HTTP 403
+    ├── NotImplementedFeature not supported by Shoal            -> HTTP 501
+    └── ExecutorError        raised by executors
+        ├── TemporaryError   retry the same step later
+        └── FatalError       the task cannot make progress
+
+Every boundary (HTTP, executor, gRPC later) translates from its own library's exceptions into these,
+and the HTTP layer translates these into dockerd's status codes and `{"message": ...}` bodies.
+"""
+
+from __future__ import annotations
+
+
+class ShoalError(Exception):
+    status: int = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidArgument(ShoalError):
+    status = 400
+
+
+class NotFound(ShoalError):
+    status = 404
+
+
+class Conflict(ShoalError):
+    status = 409
+
+
+class SequenceConflict(ShoalError):
+    # dockerd maps swarmkit's ErrSequenceConflict to a 500 with this text; the CLI retries on it.
+    status = 500
+
+    def __init__(self, message: str = "update out of sequence") -> None:
+        super().__init__(message)
+
+
+class NotAcceptable(ShoalError):
+    status = 406
+
+
+class Unavailable(ShoalError):
+    status = 503
+
+
+class Forbidden(ShoalError):
+    status = 403
+
+
+class NotImplementedFeature(ShoalError):
+    status = 501
+
+
+class ExecutorError(ShoalError):
+    pass
+
+
+class TemporaryError(ExecutorError):
+    pass
+
+
+class FatalError(ExecutorError):
+    pass
+
+
+NOT_A_MANAGER = (
+    "This node is not a swarm manager. Use \"docker swarm init\" or \"docker swarm join\" to connect "
+    "this node to swarm and try again."
+)
+NOT_IN_SWARM = NOT_A_MANAGER
+WORKER_NOT_MANAGER = (
+    "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. "
+    "Please run this command on a manager node or promote the current node to a manager."
+)

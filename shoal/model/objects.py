@@ -1,0 +1,545 @@
+"""The domain model: frozen, typed cluster objects, independent of the Engine API's JSON.
+
+Durations are integer nanoseconds (as in the Engine API), timestamps float seconds since the epoch.
+Sub-objects that Shoal only hands to an executor unchanged (mounts, ulimits, DNS config, privileges...)
+are kept as `JSON` values: the core never interprets them, the executor does, and the wire converter
+validates their shape. Everything the core reasons about is a typed field.
+
+Change objects with `dataclasses.replace`; never mutate the mappings inside them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from shoal.model.state import TaskState
+
+JSON = Any  # a JSON value that the core passes through unchanged
+
+SECOND = 1_000_000_000
+
+
+def _labels() -> Mapping[str, str]:
+    return {}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Meta:
+    version: int = 0
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Annotations:
+    name: str = ""
+    labels: Mapping[str, str] = field(default_factory=_labels)
+
+
+# --- resources and placement -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class GenericResource:
+    kind: str
+    value: int = 0  # discrete amount
+    named: str = ""  # a named resource (e.g. one GPU id); value is 0 then
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Resources:
+    nano_cpus: int = 0
+    memory_bytes: int = 0
+    pids: int = 0
+    generic: tuple[GenericResource, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ResourceRequirements:
+    limits: Resources | None = None
+    reservations: Resources | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RestartPolicy:
+    condition: str = "any"  # none | on-failure | any
+    delay: int = 5 * SECOND
+    max_attempts: int = 0
+    window: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Platform:
+    architecture: str = ""
+    os: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Placement:
+    constraints: tuple[str, ...] = ()
+    preferences: tuple[str, ...] = ()  # spread descriptors, e.g. "node.labels.zone"
+    max_replicas: int = 0
+    platforms: tuple[Platform, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpdateConfig:
+    parallelism: int = 1
+    delay: int = 0
+    failure_action: str = "pause"  # pause | continue | rollback
+    monitor: int = 5 * SECOND
+    max_failure_ratio: float = 0.0
+    order: str = "stop-first"  # stop-first | start-first
+
+
+# --- container spec ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HealthConfig:
+    test: tuple[str, ...] = ()  # [] inherit, ["NONE"] disable, ["CMD", ...], ["CMD-SHELL", "..."]
+    interval: int = 0
+    timeout: int = 0
+    retries: int = 0
+    start_period: int = 0
+    start_interval: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class FileTarget:
+    name: str
+    uid: str = "0"
+    gid: str = "0"
+    mode: int = 0o444
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SecretReference:
+    secret_id: str
+    secret_name: str
+    file: FileTarget | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfigReference:
+    config_id: str
+    config_name: str
+    file: FileTarget | None = None
+    runtime: bool = False  # credential specs; accepted, never written to disk
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ContainerSpec:
+    image: str = ""
+    labels: Mapping[str, str] = field(default_factory=_labels)
+    command: tuple[str, ...] = ()
+    args: tuple[str, ...] = ()
+    hostname: str = ""
+    env: tuple[str, ...] = ()
+    dir: str = ""
+    user: str = ""
+    groups: tuple[str, ...] = ()
+    tty: bool = False
+    open_stdin: bool = False
+    read_only: bool = False
+    mounts: tuple[JSON, ...] = ()
+    stop_signal: str = ""
+    stop_grace_period: int | None = None
+    healthcheck: HealthConfig | None = None
+    hosts: tuple[str, ...] = ()
+    dns_config: JSON = None
+    secrets: tuple[SecretReference, ...] = ()
+    configs: tuple[ConfigReference, ...] = ()
+    isolation: str = ""
+    init: bool | None = None
+    privileges: JSON = None
+    sysctls: Mapping[str, str] = field(default_factory=_labels)
+    capability_add: tuple[str, ...] = ()
+    capability_drop: tuple[str, ...] = ()
+    ulimits: tuple[JSON, ...] = ()
+    oom_score_adj: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NetworkAttachmentConfig:
+    target: str  # network ID (names are resolved at create time)
+    aliases: tuple[str, ...] = ()
+    driver_opts: Mapping[str, str] = field(default_factory=_labels)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LogDriver:
+    name: str = ""
+    options: Mapping[str, str] = field(default_factory=_labels)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskSpec:
+    container: ContainerSpec = field(default_factory=ContainerSpec)
+    resources: ResourceRequirements | None = None
+    restart_policy: RestartPolicy | None = None
+    placement: Placement | None = None
+    force_update: int = 0
+    runtime: str = ""
+    networks: tuple[NetworkAttachmentConfig, ...] = ()
+    log_driver: LogDriver | None = None
+
+
+# --- services ----------------------------------------------------------------------------------
+
+
+REPLICATED = "replicated"
+GLOBAL = "global"
+REPLICATED_JOB = "replicated-job"
+GLOBAL_JOB = "global-job"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceMode:
+    kind: str = REPLICATED
+    replicas: int = 1  # replicated
+    max_concurrent: int = 1  # replicated-job
+    total_completions: int = 1  # replicated-job
+
+    @property
+    def is_job(self) -> bool:
+        return self.kind in (REPLICATED_JOB, GLOBAL_JOB)
+
+    @property
+    def is_global(self) -> bool:
+        return self.kind in (GLOBAL, GLOBAL_JOB)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class PortConfig:
+    name: str = ""
+    protocol: str = "tcp"  # tcp | udp | sctp
+    target_port: int = 0
+    published_port: int = 0
+    publish_mode: str = "ingress"  # ingress | host
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EndpointSpec:
+    mode: str = "vip"  # vip | dnsrr
+    ports: tuple[PortConfig, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ServiceSpec:
+    annotations: Annotations = field(default_factory=Annotations)
+    task_template: TaskSpec = field(default_factory=TaskSpec)
+    mode: ServiceMode = field(default_factory=ServiceMode)
+    update_config: UpdateConfig | None = None
+    rollback_config: UpdateConfig | None = None
+    endpoint_spec: EndpointSpec | None = None
+
+    @property
+    def name(self) -> str:
+        return self.annotations.name
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class VirtualIP:
+    network_id: str
+    addr: str  # CIDR form, e.g. 10.0.0.2/24
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Endpoint:
+    spec: EndpointSpec = field(default_factory=EndpointSpec)
+    ports: tuple[PortConfig, ...] = ()
+    virtual_ips: tuple[VirtualIP, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class UpdateStatus:
+    state: str = ""  # updating | paused | completed | rollback_started | rollback_paused | rollback_completed
+    started_at: float = 0.0
+    completed_at: float = 0.0
+    message: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JobStatus:
+    job_iteration: int = 0
+    last_execution: float = 0.0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Service:
+    id: str
+    meta: Meta = field(default_factory=Meta)
+    spec: ServiceSpec = field(default_factory=ServiceSpec)
+    spec_version: int = 0  # bumped on every spec change; tasks remember the one they were made from
+    previous_spec: ServiceSpec | None = None
+    previous_spec_version: int = 0
+    endpoint: Endpoint = field(default_factory=Endpoint)
+    update_status: UpdateStatus | None = None
+    job_status: JobStatus | None = None
+    pending_delete: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.spec.annotations.name
+
+
+# --- tasks -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ContainerStatus:
+    container_id: str = ""
+    pid: int = 0
+    exit_code: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TaskStatus:
+    timestamp: float = 0.0
+    state: TaskState = TaskState.NEW
+    message: str = ""
+    err: str = ""
+    container: ContainerStatus | None = None
+    port_status: tuple[PortConfig, ...] = ()
+    healthy: bool | None = None  # None: no health check
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NetworkAttachment:
+    network_id: str
+    addresses: tuple[str, ...] = ()  # CIDR form
+    aliases: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Task:
+    id: str
+    meta: Meta = field(default_factory=Meta)
+    annotations: Annotations = field(default_factory=Annotations)
+    spec: TaskSpec = field(default_factory=TaskSpec)
+    spec_version: int = 0
+    service_id: str = ""
+    service_annotations: Annotations = field(default_factory=Annotations)
+    slot: int = 0  # replicated: 1..N; global: 0 (the node is the slot)
+    node_id: str = ""
+    status: TaskStatus = field(default_factory=TaskStatus)
+    desired_state: TaskState = TaskState.RUNNING
+    networks: tuple[NetworkAttachment, ...] = ()
+    endpoint: Endpoint | None = None
+    job_iteration: int | None = None
+    restart_count: int = 0  # failures counted towards RestartPolicy.max_attempts in this slot
+
+
+# --- nodes -------------------------------------------------------------------------------------
+
+
+WORKER = "worker"
+MANAGER = "manager"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeSpec:
+    annotations: Annotations = field(default_factory=Annotations)
+    role: str = WORKER
+    availability: str = "active"  # active | pause | drain
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class EngineDescription:
+    engine_version: str = ""
+    labels: Mapping[str, str] = field(default_factory=_labels)
+    plugins: tuple[JSON, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeDescription:
+    hostname: str = ""
+    platform: Platform = field(default_factory=Platform)
+    resources: Resources = field(default_factory=Resources)
+    engine: EngineDescription = field(default_factory=EngineDescription)
+    tls_info: JSON = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NodeStatus:
+    state: str = "unknown"  # unknown | down | ready | disconnected
+    message: str = ""
+    addr: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ManagerStatus:
+    leader: bool = False
+    reachability: str = "reachable"  # unknown | unreachable | reachable
+    addr: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Node:
+    id: str
+    meta: Meta = field(default_factory=Meta)
+    spec: NodeSpec = field(default_factory=NodeSpec)
+    description: NodeDescription = field(default_factory=NodeDescription)
+    status: NodeStatus = field(default_factory=NodeStatus)
+    manager_status: ManagerStatus | None = None
+
+    @property
+    def role(self) -> str:
+        return self.spec.role
+
+
+# --- secrets, configs, networks ----------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Driver:
+    name: str = ""
+    options: Mapping[str, str] = field(default_factory=_labels)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SecretSpec:
+    annotations: Annotations = field(default_factory=Annotations)
+    data: bytes = b""
+    driver: Driver | None = None
+    templating: Driver | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Secret:
+    id: str
+    meta: Meta = field(default_factory=Meta)
+    spec: SecretSpec = field(default_factory=SecretSpec)
+
+    @property
+    def name(self) -> str:
+        return self.spec.annotations.name
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConfigSpec:
+    annotations: Annotations = field(default_factory=Annotations)
+    data: bytes = b""
+    templating: Driver | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Config:
+    id: str
+    meta: Meta = field(default_factory=Meta)
+    spec: ConfigSpec = field(default_factory=ConfigSpec)
+
+    @property
+    def name(self) -> str:
+        return self.spec.annotations.name
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IPAMConfig:
+    subnet: str = ""
+    ip_range: str = ""
+    gateway: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class IPAMOptions:
+    driver: Driver = field(default_factory=lambda: Driver(name="default"))
+    configs: tuple[IPAMConfig, ...] = ()
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NetworkSpec:
+    annotations: Annotations = field(default_factory=Annotations)
+    driver: Driver = field(default_factory=lambda: Driver(name="overlay"))
+    ipv6_enabled: bool = False
+    internal: bool = False
+    attachable: bool = False
+    ingress: bool = False
+    ipam: IPAMOptions | None = None
+    scope: str = "swarm"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Network:
+    id: str
+    meta: Meta = field(default_factory=Meta)
+    spec: NetworkSpec = field(default_factory=NetworkSpec)
+    ipam: IPAMOptions = field(default_factory=IPAMOptions)  # as allocated (subnets filled in)
+    vni: int = 0
+    pending_delete: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.spec.annotations.name
+
+
+# --- the cluster -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ExternalCA:
+    protocol: str = "cfssl"
+    url: str = ""
+    options: Mapping[str, str] = field(default_factory=_labels)
+    ca_cert: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CAConfig:
+    node_cert_expiry: int = 90 * 24 * 3600 * SECOND
+    external_cas: tuple[ExternalCA, ...] = ()
+    signing_ca_cert: str = ""
+    signing_ca_key: str = ""
+    force_rotate: int = 0
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RaftConfig:
+    snapshot_interval: int = 10000
+    keep_old_snapshots: int = 0
+    log_entries_for_slow_followers: int = 500
+    election_tick: int = 10
+    heartbeat_tick: int = 1
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class SwarmSpec:
+    annotations: Annotations = field(default_factory=lambda: Annotations(name="default"))
+    task_history_retention_limit: int = 5
+    raft: RaftConfig = field(default_factory=RaftConfig)
+    heartbeat_period: int = 5 * SECOND
+    ca_config: CAConfig = field(default_factory=CAConfig)
+    autolock_managers: bool = False
+    task_defaults_log_driver: LogDriver | None = None
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class JoinTokens:
+    worker: str = ""
+    manager: str = ""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RootCA:
+    ca_cert_pem: str = ""
+    ca_key_pem: str = ""  # encrypted at rest once the Raft log is (issue 5)
+    cert_hash: str = ""  # sha256 digest of the root certificate, pinned by join tokens
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Cluster:
+    id: str
+    meta: Meta = field(default_factory=Meta)
+    spec: SwarmSpec = field(default_factory=SwarmSpec)
+    root_ca: RootCA = field(default_factory=RootCA)
+    join_tokens: JoinTokens = field(default_factory=JoinTokens)
+    default_addr_pool: tuple[str, ...] = ("10.0.0.0/8",)
+    subnet_size: int = 24
+    data_path_port: int = 4789
+    unlock_key: str = ""
+
+
+StoreObject = Node | Service | Task | Network | Secret | Config | Cluster
