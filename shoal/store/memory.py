@@ -1,0 +1,475 @@
+"""The cluster store: typed objects in memory, synchronous transactions, watches after commit.
+
+Contract (see docs/design/store.md):
+- `await store.update(fn)` runs `fn(tx)` synchronously (nothing awaits inside a transaction), turns
+  what it changed into one log entry, hands the entry to the `Proposer` (the local log now, Raft later),
+  and applies it only once the proposer says it is committed. An exception in `fn` changes nothing.
+- Writers are serialised: while one proposal is in flight the next `update` waits, so the version a
+  transaction stamps (`store.version + 1`) is the one it commits with.
+- Every replica applies the same entries with `apply_entry`, so the store is the replicated state machine.
+- Watchers get the events of a transaction after it is applied, followed by a `Commit` marker. Each
+  subscription is bounded; one that falls too far behind is closed (`WatchOverflow`) and must resync
+  with `view_and_watch`, so a slow consumer never stalls the store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Iterable
+from dataclasses import dataclass, replace
+from typing import Any, Protocol, TypeVar
+
+from shoal.clock import Clock
+from shoal.errors import Conflict, NotFound, SequenceConflict, ShoalError
+from shoal.model.codec import decode_as, encode
+from shoal.model.objects import (
+    Cluster,
+    Config,
+    Meta,
+    Network,
+    Node,
+    Secret,
+    Service,
+    StoreObject,
+    Task,
+)
+
+T = TypeVar("T")
+O = TypeVar("O", bound=StoreObject)
+
+ENTRY_FORMAT = 1
+
+KINDS: dict[str, type[Any]] = {
+    "cluster": Cluster,
+    "node": Node,
+    "network": Network,
+    "secret": Secret,
+    "config": Config,
+    "service": Service,
+    "task": Task,
+}
+_KIND_OF: dict[type[Any], str] = {v: k for k, v in KINDS.items()}
+# Kinds whose names are unique (case-insensitively, as swarmkit's memdb name index is).
+_UNIQUE_NAMES = frozenset({"service", "secret", "config", "network"})
+
+
+def kind_of(obj: StoreObject) -> str:
+    return _KIND_OF[type(obj)]
+
+
+def name_of(obj: StoreObject) -> str:
+    if isinstance(obj, Node):
+        return obj.spec.annotations.name or obj.description.hostname
+    if isinstance(obj, Task):
+        return obj.annotations.name
+    if isinstance(obj, Cluster):
+        return obj.spec.annotations.name
+    return obj.name
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    action: str  # "create" | "update" | "remove"
+    kind: str
+    obj: Any
+    old: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    version: int
+
+
+WatchItem = Event | Commit
+
+
+class WatchOverflow(ShoalError):
+    pass
+
+
+class Proposer(Protocol):
+    """The seam between the store and consensus: make an entry durable and committed."""
+
+    async def propose(self, entry: bytes) -> int:
+        """Return the log index once `entry` is committed; raise if it cannot be (not the leader)."""
+
+
+class _Tables:
+    def __init__(self) -> None:
+        self.objs: dict[str, dict[str, Any]] = {k: {} for k in KINDS}
+        self.names: dict[str, dict[str, str]] = {k: {} for k in _UNIQUE_NAMES}
+        self.tasks_by_service: dict[str, dict[str, Task]] = {}
+        self.tasks_by_node: dict[str, dict[str, Task]] = {}
+
+    def put(self, kind: str, obj: Any) -> Any:
+        old = self.objs[kind].get(obj.id)
+        if old is not None:
+            self._unindex(kind, old)
+        self.objs[kind][obj.id] = obj
+        self._index(kind, obj)
+        return old
+
+    def pop(self, kind: str, obj_id: str) -> Any:
+        old = self.objs[kind].pop(obj_id, None)
+        if old is not None:
+            self._unindex(kind, old)
+        return old
+
+    def _index(self, kind: str, obj: Any) -> None:
+        if kind in self.names:
+            self.names[kind][name_of(obj).lower()] = obj.id
+        elif kind == "task":
+            self.tasks_by_service.setdefault(obj.service_id, {})[obj.id] = obj
+            if obj.node_id:
+                self.tasks_by_node.setdefault(obj.node_id, {})[obj.id] = obj
+
+    def _unindex(self, kind: str, obj: Any) -> None:
+        if kind in self.names:
+            key = name_of(obj).lower()
+            if self.names[kind].get(key) == obj.id:
+                del self.names[kind][key]
+        elif kind == "task":
+            by_svc = self.tasks_by_service.get(obj.service_id)
+            if by_svc is not None:
+                by_svc.pop(obj.id, None)
+                if not by_svc:
+                    del self.tasks_by_service[obj.service_id]
+            if obj.node_id:
+                by_node = self.tasks_by_node.get(obj.node_id)
+                if by_node is not None:
+                    by_node.pop(obj.id, None)
+                    if not by_node:
+                        del self.tasks_by_node[obj.node_id]
+
+
+class ReadTx:
+    """A consistent view as long as the caller does not await while using it."""
+
+    def __init__(self, tables: _Tables) -> None:
+        self._t = tables
+
+    def get(self, kind: str, obj_id: str) -> Any:
+        return self._t.objs[kind].get(obj_id)
+
+    def all(self, kind: str) -> list[Any]:
+        return list(self._t.objs[kind].values())
+
+    def count(self, kind: str) -> int:
+        return len(self._t.objs[kind])
+
+    def by_name(self, kind: str, name: str) -> Any:
+        oid = self._t.names[kind].get(name.lower())
+        return None if oid is None else self._t.objs[kind].get(oid)
+
+    def lookup(self, kind: str, ref: str) -> Any:
+        """Resolve a full ID, a name, or a unique ID prefix, as dockerd's getService/getNode do."""
+        direct = self.get(kind, ref)
+        if direct is not None:
+            return direct
+        objs = {o.id: o for o in self.all(kind)}
+        if kind in self._t.names:
+            found = self.by_name(kind, ref)
+            if found is not None and name_of(found) == ref:
+                return found
+        elif kind == "node":
+            by_host = [o for o in objs.values() if name_of(o) == ref]
+            if len(by_host) == 1:
+                return by_host[0]
+            if len(by_host) > 1:
+                raise Conflict(f"node {ref} is ambiguous ({len(by_host)} matches found)")
+        if ref:
+            matches = [o for oid, o in objs.items() if oid.startswith(ref)]
+            if len(matches) == 1:
+                return matches[0]
+            if len(matches) > 1:
+                raise Conflict(f"{kind} {ref} is ambiguous ({len(matches)} matches found)")
+        return None
+
+    # typed helpers for the common kinds
+    def cluster(self) -> Cluster | None:
+        for c in self.all("cluster"):
+            return c  # type: ignore[no-any-return]
+        return None
+
+    def service(self, sid: str) -> Service | None:
+        return self.get("service", sid)  # type: ignore[no-any-return]
+
+    def node(self, nid: str) -> Node | None:
+        return self.get("node", nid)  # type: ignore[no-any-return]
+
+    def task(self, tid: str) -> Task | None:
+        return self.get("task", tid)  # type: ignore[no-any-return]
+
+    def services(self) -> list[Service]:
+        return self.all("service")
+
+    def nodes(self) -> list[Node]:
+        return self.all("node")
+
+    def tasks(self, *, service_id: str | None = None, node_id: str | None = None) -> list[Task]:
+        if service_id is not None:
+            return list(self._t.tasks_by_service.get(service_id, {}).values())
+        if node_id is not None:
+            return list(self._t.tasks_by_node.get(node_id, {}).values())
+        return list(self._t.objs["task"].values())
+
+
+class Tx(ReadTx):
+    """A write transaction: changes are staged and applied only when the proposal commits."""
+
+    def __init__(self, tables: _Tables, version: int, now: float) -> None:
+        super().__init__(tables)
+        self._version = version
+        self._now = now
+        self._staged: dict[tuple[str, str], Any] = {}  # None = removed in this transaction
+        self.actions: list[tuple[str, str, Any]] = []  # (op, kind, obj)
+
+    @property
+    def version(self) -> int:
+        return self._version
+
+    @property
+    def now(self) -> float:
+        return self._now
+
+    # reads see the staged changes
+    def get(self, kind: str, obj_id: str) -> Any:
+        key = (kind, obj_id)
+        if key in self._staged:
+            return self._staged[key]
+        return self._t.objs[kind].get(obj_id)
+
+    def _staged_of(self, kind: str) -> dict[str, Any]:
+        return {oid: o for (k, oid), o in self._staged.items() if k == kind}
+
+    def all(self, kind: str) -> list[Any]:
+        staged = self._staged_of(kind)
+        if not staged:
+            return list(self._t.objs[kind].values())
+        out = [o for oid, o in self._t.objs[kind].items() if oid not in staged]
+        out.extend(o for o in staged.values() if o is not None)
+        return out
+
+    def count(self, kind: str) -> int:
+        return len(self.all(kind))
+
+    def by_name(self, kind: str, name: str) -> Any:
+        lname = name.lower()
+        for o in self._staged_of(kind).values():
+            if o is not None and name_of(o).lower() == lname:
+                return o
+        oid = self._t.names[kind].get(lname)
+        if oid is None:
+            return None
+        o = self.get(kind, oid)
+        return o if o is not None and name_of(o).lower() == lname else None
+
+    def tasks(self, *, service_id: str | None = None, node_id: str | None = None) -> list[Task]:
+        base = super().tasks(service_id=service_id, node_id=node_id)
+        staged = self._staged_of("task")
+        if not staged:
+            return base
+        out = [t for t in base if t.id not in staged]
+        for t in staged.values():
+            if t is None:
+                continue
+            if service_id is not None and t.service_id != service_id:
+                continue
+            if node_id is not None and t.node_id != node_id:
+                continue
+            out.append(t)
+        return out
+
+    # writes
+    def create(self, obj: O) -> O:
+        kind = kind_of(obj)
+        if self.get(kind, obj.id) is not None:
+            raise Conflict(f"{kind} {obj.id} already exists")
+        if kind in _UNIQUE_NAMES and self.by_name(kind, name_of(obj)) is not None:
+            raise Conflict(f"{kind} name {name_of(obj)} already exists")
+        stamped = replace(obj, meta=Meta(version=self._version, created_at=self._now, updated_at=self._now))
+        self._stage("create", kind, stamped)
+        return stamped
+
+    def update(self, obj: O, *, check_version: bool = True) -> O:
+        kind = kind_of(obj)
+        cur = self.get(kind, obj.id)
+        if cur is None:
+            raise NotFound(f"{kind} {obj.id} not found")
+        if check_version and cur.meta.version != obj.meta.version:
+            raise SequenceConflict()
+        if kind in _UNIQUE_NAMES and name_of(cur).lower() != name_of(obj).lower():
+            other = self.by_name(kind, name_of(obj))
+            if other is not None and other.id != obj.id:
+                raise Conflict(f"{kind} name {name_of(obj)} already exists")
+        stamped = replace(obj, meta=Meta(version=self._version, created_at=cur.meta.created_at,
+                                         updated_at=self._now))
+        self._stage("update", kind, stamped)
+        return stamped
+
+    def delete(self, kind: str, obj_id: str) -> None:
+        cur = self.get(kind, obj_id)
+        if cur is None:
+            raise NotFound(f"{kind} {obj_id} not found")
+        self._stage("remove", kind, cur)
+
+    def _stage(self, op: str, kind: str, obj: Any) -> None:
+        self._staged[(kind, obj.id)] = None if op == "remove" else obj
+        self.actions.append((op, kind, obj))
+
+
+class Subscription:
+    def __init__(self, store: MemoryStore, kinds: frozenset[str] | None, limit: int) -> None:
+        self._store = store
+        self._kinds = kinds
+        self._limit = limit
+        self._buf: deque[WatchItem] = deque()
+        self._wake = asyncio.Event()
+        self.closed = False
+        self.overflowed = False
+
+    def _offer(self, items: list[WatchItem]) -> None:
+        if self.closed:
+            return
+        for it in items:
+            if isinstance(it, Event) and self._kinds is not None and it.kind not in self._kinds:
+                continue
+            if len(self._buf) >= self._limit:
+                self.overflowed = True
+                self.close()
+                return
+            self._buf.append(it)
+        self._wake.set()
+
+    def close(self) -> None:
+        self.closed = True
+        self._store._subs.discard(self)
+        self._wake.set()
+
+    async def get(self) -> WatchItem:
+        while not self._buf:
+            if self.closed:
+                if self.overflowed:
+                    raise WatchOverflow("watch fell behind and was closed")
+                raise StopAsyncIteration
+            self._wake.clear()
+            await self._wake.wait()
+        return self._buf.popleft()
+
+    def drain(self) -> list[WatchItem]:
+        """Everything buffered now, without waiting."""
+        out = list(self._buf)
+        self._buf.clear()
+        return out
+
+    def __aiter__(self) -> AsyncIterator[WatchItem]:
+        return self
+
+    async def __anext__(self) -> WatchItem:
+        return await self.get()
+
+
+class MemoryStore:
+    def __init__(self, proposer: Proposer, clock: Clock) -> None:
+        self._proposer = proposer
+        self._clock = clock
+        self._tables = _Tables()
+        self._lock = asyncio.Lock()
+        self._subs: set[Subscription] = set()
+        self.version = 0
+        self.applied_index = 0
+
+    @property
+    def proposer(self) -> Proposer:
+        return self._proposer
+
+    def view(self) -> ReadTx:
+        return ReadTx(self._tables)
+
+    async def update(self, fn: Callable[[Tx], T]) -> T:
+        async with self._lock:
+            tx = Tx(self._tables, self.version + 1, self._clock.now())
+            result = fn(tx)
+            if not tx.actions:
+                return result
+            entry = encode_entry(tx.version, tx.actions)
+            index = await self._proposer.propose(entry)
+            # A replicated proposer applies through apply_entry as the entry commits; the local one
+            # returns before applying, so apply here unless it already happened.
+            if self.applied_index < index:
+                self.apply_entry(index, entry)
+            return result
+
+    def apply_entry(self, index: int, data: bytes) -> None:
+        """Apply one committed log entry (leader and followers alike)."""
+        version, actions = decode_entry(data)
+        events: list[WatchItem] = []
+        for op, kind, obj in actions:
+            if op == "remove":
+                old = self._tables.pop(kind, obj.id)
+                events.append(Event("remove", kind, old if old is not None else obj))
+            else:
+                old = self._tables.put(kind, obj)
+                events.append(Event("create" if old is None else "update", kind, obj, old))
+        self.version = max(self.version, version)
+        self.applied_index = index
+        events.append(Commit(self.version))
+        for sub in list(self._subs):
+            sub._offer(events)
+
+    def watch(self, kinds: Iterable[str] | None = None, limit: int = 100_000) -> Subscription:
+        sub = Subscription(self, frozenset(kinds) if kinds is not None else None, limit)
+        self._subs.add(sub)
+        return sub
+
+    def view_and_watch(self, fn: Callable[[ReadTx], T], kinds: Iterable[str] | None = None,
+                       limit: int = 100_000) -> tuple[T, Subscription]:
+        # Synchronous: no commit can land between the read and the subscription.
+        return fn(self.view()), self.watch(kinds, limit)
+
+    # --- snapshots ---------------------------------------------------------------------------------
+
+    def save(self) -> bytes:
+        body = {
+            "format": ENTRY_FORMAT,
+            "version": self.version,
+            "objects": {k: [encode(o) for o in objs.values()] for k, objs in self._tables.objs.items()},
+        }
+        return json.dumps(body, separators=(",", ":")).encode()
+
+    def restore(self, data: bytes, index: int) -> None:
+        body = json.loads(data)
+        tables = _Tables()
+        for kind, objs in body["objects"].items():
+            cls = KINDS.get(kind)
+            if cls is None:
+                continue  # a kind from a newer version: skipped, not fatal
+            for raw in objs:
+                tables.put(kind, decode_as(cls, raw))
+        self._tables = tables
+        self.version = int(body["version"])
+        self.applied_index = index
+        for sub in list(self._subs):
+            sub.close()
+
+
+def encode_entry(version: int, actions: list[tuple[str, str, Any]]) -> bytes:
+    body = {
+        "format": ENTRY_FORMAT,
+        "version": version,
+        "actions": [{"op": op, "kind": kind, "obj": encode(obj)} for op, kind, obj in actions],
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def decode_entry(data: bytes) -> tuple[int, list[tuple[str, str, Any]]]:
+    body = json.loads(data)
+    out: list[tuple[str, str, Any]] = []
+    for a in body["actions"]:
+        cls = KINDS.get(a["kind"])
+        if cls is None:
+            continue
+        out.append((a["op"], a["kind"], decode_as(cls, a["obj"])))
+    return int(body["version"]), out
