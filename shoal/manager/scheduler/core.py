@@ -33,6 +33,7 @@ STRATEGIES = ("spread", "binpack", "random")
 ASSIGNED_MESSAGE = "scheduler assigned task to node"
 
 _Check = Callable[[NodeInfo], bool]
+_ELIGIBLE_CACHE_SIZE = 256
 
 
 @dataclass(frozen=True, slots=True)
@@ -328,6 +329,8 @@ class Scheduler:
         key = (p.constraints, p.platforms) if p is not None else ((), ())
         hit = self._eligible.get(key)
         if hit is None:
+            if len(self._eligible) >= _ELIGIBLE_CACHE_SIZE:
+                self._eligible.clear()  # many distinct constraint sets between node changes: start over
             hit = self._eligible[key] = [n for n in self._all_sorted() if _fits(n, static)]
         return hit
 
