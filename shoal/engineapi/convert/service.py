@@ -1,0 +1,1070 @@
+"""ServiceSpec / Service / Task between Engine API JSON and the domain model.
+
+Wire -> domain follows dockerd in two stages, in dockerd's order, so the first error reported is the one
+dockerd reports:
+
+1. dockerd's own conversion (moby daemon/cluster/convert ServiceSpecToGRPC): Go decoding errors
+   ("invalid JSON: json: cannot unmarshal ..."), and plain messages such as
+   `invalid RestartCondition: "sometimes"`, `unrecognized update order sideways`,
+   `must specify only one service mode`, `mismatched Runtime and *Spec fields`, `unsupported runtime`.
+2. swarmkit's validateServiceSpec, printed with the gRPC prefix:
+   `rpc error: code = InvalidArgument desc = ContainerSpec: image reference must be provided`.
+
+All are `InvalidArgument` (HTTP 400). Placement constraints are carried, not parsed (the scheduler's
+constraint parser validates them; dockerd answers 500 `rpc error: code = Unknown desc = constraint
+expected one operator from ==, !=` for a bad one).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from shoal.engineapi.convert._wire import Obj, go_time, meta, put, version
+from shoal.engineapi.messages import INVALID_ARGUMENT, rpc
+from shoal.errors import InvalidArgument
+from shoal.model.objects import (
+    GLOBAL,
+    GLOBAL_JOB,
+    REPLICATED,
+    REPLICATED_JOB,
+    SECOND,
+    Annotations,
+    ConfigReference,
+    ContainerSpec,
+    EndpointSpec,
+    FileTarget,
+    GenericResource,
+    HealthConfig,
+    LogDriver,
+    Network,
+    NetworkAttachmentConfig,
+    Placement,
+    Platform,
+    PortConfig,
+    ResourceRequirements,
+    Resources,
+    RestartPolicy,
+    SecretReference,
+    Service,
+    ServiceMode,
+    ServiceSpec,
+    Task,
+    TaskSpec,
+    UpdateConfig,
+)
+
+JSONDict = dict[str, Any]
+
+
+def _rpc_invalid(desc: str) -> InvalidArgument:
+    return InvalidArgument(rpc(INVALID_ARGUMENT, desc))
+
+
+# --- names ---------------------------------------------------------------------------------------
+
+_ADJECTIVES = (
+    "brave",
+    "calm",
+    "eager",
+    "fancy",
+    "gentle",
+    "happy",
+    "jolly",
+    "keen",
+    "lively",
+    "merry",
+    "nimble",
+    "proud",
+    "quiet",
+    "rapid",
+    "sharp",
+    "swift",
+    "tender",
+    "vivid",
+    "witty",
+    "zealous",
+)
+_NOUNS = (
+    "anchovy",
+    "barracuda",
+    "carp",
+    "dolphin",
+    "eel",
+    "flounder",
+    "grouper",
+    "halibut",
+    "marlin",
+    "minnow",
+    "mackerel",
+    "perch",
+    "pike",
+    "salmon",
+    "sardine",
+    "shark",
+    "sturgeon",
+    "trout",
+    "tuna",
+    "wrasse",
+)
+
+
+def random_service_name(rng: random.Random | None = None) -> str:
+    """dockerd names an unnamed service `adjective_noun` (its namesgenerator); ours uses fish."""
+    r = rng or random
+    return f"{r.choice(_ADJECTIVES)}_{r.choice(_NOUNS)}"
+
+
+_DNS_NAME = re.compile(r"^[a-zA-Z0-9](?:[-_]*[A-Za-z0-9]+)*$")
+
+# distribution/reference grammar (ParseNormalizedNamed)
+_DOMAIN_COMPONENT = r"(?:[a-zA-Z0-9]|[a-zA-Z0-9][a-zA-Z0-9-]*[a-zA-Z0-9])"
+_DOMAIN = rf"(?:{_DOMAIN_COMPONENT}(?:\.{_DOMAIN_COMPONENT})*|\[[a-fA-F0-9:]+\])(?::[0-9]+)?"
+_PATH_COMPONENT = r"[a-z0-9]+(?:(?:[._]|__|[-]+)[a-z0-9]+)*"
+_TAG = r"[\w][\w.-]{0,127}"
+_DIGEST = r"[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,}"
+_REFERENCE = re.compile(
+    rf"^(?:(?P<domain>{_DOMAIN})/)?(?P<path>{_PATH_COMPONENT}(?:/{_PATH_COMPONENT})*)"
+    rf"(?::(?P<tag>{_TAG}))?(?:@(?P<digest>{_DIGEST}))?$"
+)
+_HEX64 = re.compile(r"^[a-f0-9]{64}$")
+
+
+def valid_image_reference(image: str) -> bool:
+    """True if `image` parses as docker's normalized reference (busybox, a/b:1, h:5000/x@sha256:..)."""
+    m = _REFERENCE.match(image)
+    if m is None:
+        return False
+    if m.group("domain") is not None and not (
+        "." in m.group("domain")
+        or ":" in m.group("domain")
+        or m.group("domain") == "localhost"
+        or m.group("domain").startswith("[")
+    ):
+        # "a/b": treated as a path, so the "domain" must itself be a valid lowercase path component
+        if not re.fullmatch(_PATH_COMPONENT, m.group("domain")):
+            return False
+    name = image.split("@", 1)[0]
+    if ":" in name.rsplit("/", 1)[-1]:
+        name = name.rsplit(":", 1)[0]
+    return not (_HEX64.match(name) or len(name) > 255)
+
+
+# --- wire -> domain ------------------------------------------------------------------------------
+
+_RESTART_CONDITIONS = {"none": "none", "on-failure": "on-failure", "any": "any", "": "any"}
+_FAILURE_ACTIONS = {"pause": "pause", "": "pause", "continue": "continue", "rollback": "rollback"}
+_ORDERS = {"stop-first": "stop-first", "": "stop-first", "start-first": "start-first"}
+_MOUNT_TYPES = {"bind", "volume", "tmpfs", "npipe", "cluster"}
+_PROPAGATIONS = {"rprivate", "private", "rshared", "shared", "rslave", "slave"}
+_PROTOCOLS = {"tcp", "udp", "sctp"}
+_PUBLISH_MODES = {"ingress", "host"}
+_ISOLATIONS = {"default", "process", "hyperv"}
+MIN_DURATION = 1_000_000  # 1ms, swarmkit's minimum for health check durations
+
+
+def _version_lt(v: str | None, than: str) -> bool:
+    if not v:
+        return False
+    try:
+        a = tuple(int(x) for x in v.split("."))
+        b = tuple(int(x) for x in than.split("."))
+    except ValueError:
+        return False
+    return a < b
+
+
+def service_spec_from_wire(
+    body: Any,
+    *,
+    api_version: str | None = None,
+    name_generator: Callable[[], str] | None = None,
+) -> ServiceSpec:
+    """Decode and validate a POST /services/create or /services/{id}/update body (a ServiceSpec).
+
+    Unknown keys are ignored and keys match case-insensitively, as dockerd's Go decoder does.
+    `api_version` is the client's negotiated version (fields newer than it are dropped, as dockerd does).
+    An empty Name is replaced by `name_generator()` (dockerd generates a random name).
+    """
+    root = Obj.root(body, "ServiceSpec")
+    name = root.string("Name")
+    labels = root.str_map("Labels")
+    tt = root.obj("TaskTemplate", "TaskSpec") or Obj({}, "TaskSpec", "TaskTemplate")
+
+    # --- dockerd convert stage ---
+    networks = _networks(tt)
+    if not networks and (legacy := list(root.objs("Networks", "NetworkAttachmentConfig"))):
+        networks = tuple(_network_attachment(n) for n in legacy)
+    resources = _resources(tt, api_version)
+    runtime = tt.string("Runtime")
+    cs_obj = tt.obj("ContainerSpec", "ContainerSpec")
+    if runtime in ("container", ""):
+        if cs_obj is None:
+            raise InvalidArgument("mismatched Runtime and *Spec fields")
+        container = _container_spec(cs_obj, api_version)
+    elif runtime == "plugin":
+        if tt.get("PluginSpec") is None:
+            raise InvalidArgument("mismatched Runtime and *Spec fields")
+        raise InvalidArgument('runtime type "plugin" only supported in experimental')
+    else:
+        raise InvalidArgument("unsupported runtime")
+    restart = _restart_policy(tt.obj("RestartPolicy", "RestartPolicy"))
+    placement = _placement(tt.obj("Placement", "Placement"), api_version)
+    log_driver = _log_driver(tt.obj("LogDriver", "Driver"))
+    update = _update_config(root.obj("UpdateConfig", "UpdateConfig"))
+    rollback = _update_config(root.obj("RollbackConfig", "UpdateConfig"))
+    endpoint = _endpoint_spec(root.obj("EndpointSpec", "EndpointSpec"))
+    mode = _mode(root.obj("Mode", "ServiceMode") or Obj({}, "ServiceMode", "Mode"), api_version)
+
+    if not name:
+        name = (name_generator or random_service_name)()
+
+    spec = ServiceSpec(
+        annotations=Annotations(name=name, labels=labels),
+        task_template=TaskSpec(
+            container=container,
+            resources=resources,
+            restart_policy=restart,
+            placement=placement,
+            force_update=tt.integer("ForceUpdate", "uint64"),
+            runtime="container",
+            networks=networks,
+            log_driver=log_driver,
+        ),
+        mode=mode,
+        update_config=update,
+        rollback_config=rollback,
+        endpoint_spec=endpoint,
+    )
+    validate_service_spec(spec, has_update_config=root.get("UpdateConfig") is not None)
+    return spec
+
+
+def _network_attachment(n: Obj) -> NetworkAttachmentConfig:
+    return NetworkAttachmentConfig(
+        target=n.string("Target"), aliases=n.str_list("Aliases"), driver_opts=n.str_map("DriverOpts")
+    )
+
+
+def _networks(tt: Obj) -> tuple[NetworkAttachmentConfig, ...]:
+    return tuple(_network_attachment(n) for n in tt.objs("Networks", "NetworkAttachmentConfig"))
+
+
+def _res(o: Obj | None, *, limit: bool) -> Resources | None:
+    if o is None:
+        return None
+    generic: list[GenericResource] = []
+    if not limit:
+        for g in o.objs("GenericResources", "GenericResource"):
+            named = g.obj("NamedResourceSpec", "NamedGenericResource")
+            discrete = g.obj("DiscreteResourceSpec", "DiscreteGenericResource")
+            if named is not None:
+                generic.append(GenericResource(kind=named.string("Kind"), named=named.string("Value")))
+            elif discrete is not None:
+                generic.append(GenericResource(kind=discrete.string("Kind"), value=discrete.integer("Value")))
+    return Resources(
+        nano_cpus=o.integer("NanoCPUs"),
+        memory_bytes=o.integer("MemoryBytes"),
+        pids=o.integer("Pids") if limit else 0,
+        generic=tuple(generic),
+    )
+
+
+def _resources(tt: Obj, api_version: str | None) -> ResourceRequirements | None:
+    r = tt.obj("Resources", "ResourceRequirements")
+    if r is None:
+        return None
+    limits = _res(r.obj("Limits", "Limit"), limit=True)
+    reservations = _res(r.obj("Reservations", "Resources"), limit=False)
+    for field in ("SwapBytes", "MemorySwappiness"):
+        if r.get(field) is not None:
+            r.integer(field)  # type check as dockerd decodes it
+            if not _version_lt(api_version, "1.52"):
+                raise InvalidArgument(f"TaskTemplate.Resources.{field} is not supported by Shoal")
+            # API < 1.52: dockerd drops the field, and so do we
+    return ResourceRequirements(limits=limits, reservations=reservations)
+
+
+def _duration(o: Obj, name: str) -> int | None:
+    return o.opt_int(name, "time.Duration")
+
+
+def _restart_policy(o: Obj | None) -> RestartPolicy | None:
+    if o is None:
+        return None
+    cond = o.string("Condition")
+    if cond not in _RESTART_CONDITIONS:
+        raise InvalidArgument(f'invalid RestartCondition: "{cond}"')
+    delay = _duration(o, "Delay")
+    return RestartPolicy(
+        condition=_RESTART_CONDITIONS[cond],
+        delay=5 * SECOND if delay is None else delay,
+        max_attempts=o.integer("MaxAttempts", "uint64"),
+        window=_duration(o, "Window") or 0,
+    )
+
+
+def _placement(o: Obj | None, api_version: str | None) -> Placement | None:
+    if o is None:
+        return None
+    prefs: list[str] = []
+    for p in o.objs("Preferences", "PlacementPreference"):
+        spread = p.obj("Spread", "SpreadOver")
+        if spread is not None:  # dockerd drops preferences without Spread
+            prefs.append(spread.string("SpreadDescriptor"))
+    max_replicas = o.integer("MaxReplicas", "uint64")
+    if _version_lt(api_version, "1.40"):
+        max_replicas = 0
+    return Placement(
+        constraints=o.str_list("Constraints"),
+        preferences=tuple(prefs),
+        max_replicas=max_replicas,
+        platforms=tuple(
+            Platform(architecture=p.string("Architecture"), os=p.string("OS"))
+            for p in o.objs("Platforms", "Platform")
+        ),
+    )
+
+
+def _log_driver(o: Obj | None) -> LogDriver | None:
+    if o is None:
+        return None
+    return LogDriver(name=o.string("Name"), options=o.str_map("Options"))
+
+
+def _update_config(o: Obj | None) -> UpdateConfig | None:
+    if o is None:
+        return None
+    fa = o.string("FailureAction")
+    if fa not in _FAILURE_ACTIONS:
+        raise InvalidArgument(f"unrecognized update failure action {fa}")
+    order = o.string("Order")
+    if order not in _ORDERS:
+        raise InvalidArgument(f"unrecognized update order {order}")
+    monitor = o.integer("Monitor", "time.Duration")
+    return UpdateConfig(
+        parallelism=o.integer("Parallelism", "uint64"),
+        delay=o.integer("Delay", "time.Duration"),
+        failure_action=_FAILURE_ACTIONS[fa],
+        # 0 means "default" to swarmkit (the proto field is left nil); the domain holds the effective value
+        monitor=monitor if monitor else 5 * SECOND,
+        max_failure_ratio=o.number("MaxFailureRatio"),
+        order=_ORDERS[order],
+    )
+
+
+def _endpoint_spec(o: Obj | None) -> EndpointSpec | None:
+    if o is None:
+        return None
+    mode = o.string("Mode")
+    if mode not in ("", "vip", "dnsrr"):
+        raise InvalidArgument(f'invalid resolution mode: "{mode}"')
+    ports = []
+    for p in o.objs("Ports", "PortConfig"):
+        proto = p.string("Protocol").lower()
+        pmode = p.string("PublishMode").lower()
+        ports.append(
+            PortConfig(
+                name=p.string("Name"),
+                protocol=proto if proto in _PROTOCOLS else "tcp",  # Go maps unknown enum names to 0 (tcp)
+                target_port=p.integer("TargetPort", "uint32"),
+                published_port=p.integer("PublishedPort", "uint32"),
+                publish_mode=pmode if pmode in _PUBLISH_MODES else "ingress",
+            )
+        )
+    return EndpointSpec(mode=mode or "vip", ports=tuple(ports))
+
+
+def _mode(o: Obj, api_version: str | None) -> ServiceMode:
+    rep = o.obj("Replicated", "ReplicatedService")
+    glob = o.obj("Global", "GlobalService")
+    rjob = o.obj("ReplicatedJob", "ReplicatedJob")
+    gjob = o.obj("GlobalJob", "GlobalJob")
+    if _version_lt(api_version, "1.41"):
+        rjob = gjob = None
+    if sum(x is not None for x in (rep, glob, rjob, gjob)) > 1:
+        raise InvalidArgument("must specify only one service mode")
+    if glob is not None:
+        return ServiceMode(kind=GLOBAL)
+    if gjob is not None:
+        return ServiceMode(kind=GLOBAL_JOB)
+    if rjob is not None:
+        mc = rjob.opt_int("MaxConcurrent", "uint64")
+        tc = rjob.opt_int("TotalCompletions", "uint64")
+        mc = 1 if mc is None else mc
+        return ServiceMode(kind=REPLICATED_JOB, max_concurrent=mc, total_completions=mc if tc is None else tc)
+    replicas = rep.opt_int("Replicas", "uint64") if rep is not None else None
+    return ServiceMode(kind=REPLICATED, replicas=1 if replicas is None else replicas)
+
+
+def _file_target(o: Obj | None) -> FileTarget | None:
+    if o is None:
+        return None
+    return FileTarget(
+        name=o.string("Name"), uid=o.string("UID"), gid=o.string("GID"), mode=o.integer("Mode", "os.FileMode")
+    )
+
+
+def _health(o: Obj | None, api_version: str | None) -> HealthConfig | None:
+    if o is None:
+        return None
+    return HealthConfig(
+        test=o.str_list("Test"),
+        interval=o.integer("Interval", "time.Duration"),
+        timeout=o.integer("Timeout", "time.Duration"),
+        retries=o.integer("Retries", "int"),
+        start_period=o.integer("StartPeriod", "time.Duration"),
+        start_interval=0 if _version_lt(api_version, "1.44") else o.integer("StartInterval", "time.Duration"),
+    )
+
+
+def _check_mounts(cs: Obj) -> tuple[Any, ...]:
+    raw = cs.get("Mounts")
+    if raw is None:
+        return ()
+    out = []
+    for m in cs.objs("Mounts", "Mount"):
+        typ = m.string("Type")
+        if typ.lower() not in _MOUNT_TYPES and typ != "":
+            raise InvalidArgument(f'invalid MountType: "{typ}"')
+        m.string("Source")
+        m.string("Target")
+        m.boolean("ReadOnly")
+        bo = m.obj("BindOptions", "BindOptions")
+        if bo is not None:
+            prop = bo.string("Propagation")
+            if prop and prop.lower() not in _PROPAGATIONS:
+                raise InvalidArgument(f'invalid MountPropagation: "{prop}"')
+        vo = m.obj("VolumeOptions", "VolumeOptions")
+        if vo is not None:
+            vo.boolean("NoCopy")
+            vo.str_map("Labels")
+            dc = vo.obj("DriverConfig", "Driver")
+            if dc is not None:
+                dc.string("Name")
+                dc.str_map("Options")
+        to = m.obj("TmpfsOptions", "TmpfsOptions")
+        if to is not None:
+            to.integer("SizeBytes")
+            to.integer("Mode", "os.FileMode")
+        out.append(m._d)
+    return tuple(out)
+
+
+def _check_privileges(cs: Obj) -> Any:
+    p = cs.obj("Privileges", "Privileges")
+    if p is None:
+        return None
+    cred = p.obj("CredentialSpec", "CredentialSpec")
+    if cred is not None:
+        opts = [f'"{k.lower()}"' for k in ("Config", "File", "Registry") if cred.string(k)]
+        if not opts:
+            raise InvalidArgument('must either provide "file", "registry", or "config" for credential spec')
+        if len(opts) == 2:
+            raise InvalidArgument(f"cannot specify both {opts[0]} and {opts[1]} credential specs")
+        if len(opts) > 2:
+            raise InvalidArgument(
+                f"cannot specify both {', '.join(opts[:-1])}, and {opts[-1]} credential specs"
+            )
+    se = p.obj("SELinuxContext", "SELinuxContext")
+    if se is not None:
+        se.boolean("Disable")
+        for k in ("User", "Role", "Type", "Level"):
+            se.string(k)
+    p.boolean("NoNewPrivileges")
+    return p._d
+
+
+def _container_spec(cs: Obj, api_version: str | None) -> ContainerSpec:
+    secrets = []
+    for s in cs.objs("Secrets", "SecretReference"):
+        secrets.append(
+            SecretReference(
+                secret_id=s.string("SecretID"),
+                secret_name=s.string("SecretName"),
+                file=_file_target(s.obj("File", "SecretReferenceFileTarget")),
+            )
+        )
+    configs = []
+    for c in cs.objs("Configs", "ConfigReference"):
+        f = c.obj("File", "ConfigReferenceFileTarget")
+        rt = c.obj("Runtime", "ConfigReferenceRuntimeTarget")
+        if _version_lt(api_version, "1.40"):
+            rt = None
+        if f is None and rt is None:
+            raise InvalidArgument("either File or Runtime should be set")
+        if f is not None and rt is not None:
+            raise InvalidArgument("cannot specify both File and Runtime")
+        configs.append(
+            ConfigReference(
+                config_id=c.string("ConfigID"),
+                config_name=c.string("ConfigName"),
+                file=_file_target(f),
+                runtime=rt is not None,
+            )
+        )
+    mounts = _check_mounts(cs)
+    privileges = _check_privileges(cs)
+    dns = cs.obj("DNSConfig", "DNSConfig")
+    if dns is not None:
+        dns.str_list("Nameservers", "[]netip.Addr")
+        dns.str_list("Search")
+        dns.str_list("Options")
+    ulimits = []
+    for u in cs.objs("Ulimits", "Ulimit"):
+        u.string("Name")
+        u.integer("Hard")
+        u.integer("Soft")
+        ulimits.append(u._d)
+    isolation = cs.string("Isolation")
+    new41 = not _version_lt(api_version, "1.41")
+    return ContainerSpec(
+        image=cs.string("Image"),
+        labels=cs.str_map("Labels"),
+        command=cs.str_list("Command"),
+        args=cs.str_list("Args"),
+        hostname=cs.string("Hostname"),
+        env=cs.str_list("Env"),
+        dir=cs.string("Dir"),
+        user=cs.string("User"),
+        groups=cs.str_list("Groups"),
+        tty=cs.boolean("TTY"),
+        open_stdin=cs.boolean("OpenStdin"),
+        read_only=cs.boolean("ReadOnly"),
+        mounts=mounts,
+        stop_signal=cs.string("StopSignal"),
+        stop_grace_period=_duration(cs, "StopGracePeriod"),
+        healthcheck=_health(cs.obj("Healthcheck", "HealthConfig"), api_version),
+        hosts=cs.str_list("Hosts"),
+        dns_config=None if dns is None else dns._d,
+        secrets=tuple(secrets),
+        configs=tuple(configs),
+        # swarmkit's enum: unknown names become "default"
+        isolation=isolation.lower() if isolation.lower() in _ISOLATIONS else "default",
+        init=cs.opt_bool("Init"),
+        privileges=privileges,
+        sysctls=cs.str_map("Sysctls") if not _version_lt(api_version, "1.40") else {},
+        capability_add=cs.str_list("CapabilityAdd") if new41 else (),
+        capability_drop=cs.str_list("CapabilityDrop") if new41 else (),
+        ulimits=tuple(ulimits) if new41 else (),
+        oom_score_adj=cs.integer("OomScoreAdj") if not _version_lt(api_version, "1.46") else 0,
+    )
+
+
+# --- swarmkit validation -------------------------------------------------------------------------
+
+
+def validate_service_spec(spec: ServiceSpec, *, has_update_config: bool | None = None) -> None:
+    """swarmkit's validateServiceSpec (controlapi/service.go), minus constraint parsing.
+
+    Raises InvalidArgument with swarmkit's text behind the gRPC prefix dockerd prints.
+    """
+    name = spec.annotations.name
+    if not name:
+        raise _rpc_invalid("meta: name must be provided")
+    if not _DNS_NAME.match(name):
+        raise _rpc_invalid("name must be valid as a DNS name component")
+    if len(name) > 63:
+        raise _rpc_invalid("name must be 63 characters or fewer")
+    validate_task_spec(spec.task_template)
+    # validateMode: replicas are unsigned on the wire, so negatives fail at decoding already
+    m = spec.mode
+    if m.kind not in (REPLICATED, GLOBAL, REPLICATED_JOB, GLOBAL_JOB):
+        raise _rpc_invalid("Unrecognized service mode")
+    if m.kind == REPLICATED and m.replicas < 0:
+        raise _rpc_invalid("Number of replicas must be non-negative")
+    if m.kind == REPLICATED_JOB:
+        if m.max_concurrent < 0:
+            raise _rpc_invalid("Maximum concurrent jobs must not be negative")
+        if m.total_completions < 0:
+            raise _rpc_invalid("Total completed jobs must not be negative")
+    if m.is_job:
+        if spec.update_config is not None if has_update_config is None else has_update_config:
+            raise _rpc_invalid("Jobs may not have an update config")
+    elif (uc := spec.update_config) is not None:
+        if uc.delay < 0:
+            raise _rpc_invalid("TaskSpec: update-delay cannot be negative")
+        if uc.monitor < 0:
+            raise _rpc_invalid("TaskSpec: update-monitor cannot be negative")
+        if uc.max_failure_ratio < 0 or uc.max_failure_ratio > 1:
+            raise _rpc_invalid("TaskSpec: update-maxfailureratio cannot be less than 0 or bigger than 1")
+    ep = spec.endpoint_spec
+    if ep is not None:
+        seen: set[tuple[int, str]] = set()
+        for p in ep.ports:
+            if ep.mode == "dnsrr" and p.publish_mode == "ingress":
+                raise _rpc_invalid(
+                    "EndpointSpec: port published with ingress mode can't be used with dnsrr mode"
+                )
+            if p.published_port == 0:
+                continue
+            key = (p.published_port, p.protocol)
+            if key in seen:
+                raise _rpc_invalid("EndpointSpec: duplicate published ports provided")
+            seen.add(key)
+
+
+def _validate_resources(r: Resources | None) -> None:
+    if r is None:
+        return
+    if r.nano_cpus != 0 and r.nano_cpus < 1_000_000:
+        raise _rpc_invalid(f"invalid cpu value {_go_g(r.nano_cpus / 1e9)}: Must be at least 0.001")
+    if r.memory_bytes != 0 and r.memory_bytes < 4 * 1024 * 1024:
+        raise _rpc_invalid(f"invalid memory value {r.memory_bytes}: Must be at least 4MiB")
+
+
+def _go_g(x: float) -> str:
+    """Go's %g for the small values this is used with (1e-08, 0.0005)."""
+    s = f"{x:g}"
+    if "e" in s:
+        mant, exp = s.split("e")
+        sign = exp[0]
+        digits = exp[1:].lstrip("0").rjust(2, "0")
+        s = f"{mant}e{sign}{digits}"
+    return s
+
+
+def _go_duration(ns: int) -> str:
+    if ns == 1_000_000:
+        return "1ms"
+    return f"{ns}ns"
+
+
+def validate_task_spec(ts: TaskSpec) -> None:
+    if ts.resources is not None:
+        _validate_resources(ts.resources.limits)
+        _validate_resources(ts.resources.reservations)
+    rp = ts.restart_policy
+    if rp is not None:
+        if rp.delay < 0:
+            raise _rpc_invalid("TaskSpec: restart-delay cannot be negative")
+        if rp.window < 0:
+            raise _rpc_invalid("TaskSpec: restart-window cannot be negative")
+    c = ts.container
+    targets: dict[str, str] = {}
+    for s in c.secrets:
+        if not s.secret_id or not s.secret_name:
+            raise _rpc_invalid("malformed secret reference")
+        if s.file is None:
+            raise _rpc_invalid("malformed secret reference, no target provided")
+        if not s.file.name:
+            raise _rpc_invalid("malformed file secret reference, invalid target file name provided")
+        if s.file.name in targets:
+            raise _rpc_invalid(
+                f"secret references '{targets[s.file.name]}' and '{s.secret_name}' have a "
+                f"conflicting target: '{s.file.name}'"
+            )
+        targets[s.file.name] = s.secret_name
+    cred_config = ""
+    if isinstance(c.privileges, dict):
+        cs = c.privileges.get("CredentialSpec")
+        if isinstance(cs, dict):
+            cred_config = str(cs.get("Config") or "")
+    found = False
+    ctargets: dict[str, str] = {}
+    for r in c.configs:
+        if not r.config_id or not r.config_name:
+            raise _rpc_invalid("malformed config reference")
+        if r.file is None and not r.runtime:
+            raise _rpc_invalid("malformed config reference, no target provided")
+        if r.file is not None:
+            if not r.file.name:
+                raise _rpc_invalid("malformed file config reference, invalid target file name provided")
+            if r.file.name in ctargets:
+                raise _rpc_invalid(
+                    f"config references '{ctargets[r.file.name]}' and '{r.config_name}' have a "
+                    f"conflicting target: '{r.file.name}'"
+                )
+            ctargets[r.file.name] = r.config_name
+        if r.runtime and r.config_id == cred_config:
+            found = True
+    if cred_config and not found:
+        raise _rpc_invalid(
+            f"CredentialSpec references config '{cred_config}', but that config isn't in config "
+            "references with RuntimeTarget"
+        )
+    if not c.image:
+        raise _rpc_invalid("ContainerSpec: image reference must be provided")
+    if "{{" not in c.image and not valid_image_reference(c.image):
+        raise _rpc_invalid(f'ContainerSpec: "{c.image}" is not a valid repository/tag')
+    seen: set[str] = set()
+    for m in c.mounts:
+        t = m.get("Target", "") if isinstance(m, dict) else ""
+        if t in seen:
+            raise _rpc_invalid(f"ContainerSpec: duplicate mount point: {t}")
+        seen.add(t)
+    hc = c.healthcheck
+    if hc is not None:
+        for label, v in (
+            ("Interval", hc.interval),
+            ("Timeout", hc.timeout),
+            ("StartPeriod", hc.start_period),
+            ("StartInterval", hc.start_interval),
+        ):
+            if v != 0 and v < MIN_DURATION:
+                raise _rpc_invalid(
+                    f"ContainerSpec: {label} in HealthConfig cannot be less than {_go_duration(MIN_DURATION)}"
+                )
+        if hc.retries < 0:
+            raise _rpc_invalid("ContainerSpec: Retries in HealthConfig cannot be negative")
+
+
+# --- domain -> wire ------------------------------------------------------------------------------
+
+
+def _resources_to_wire(r: Resources, *, limit: bool) -> JSONDict:
+    d: JSONDict = {}
+    put(d, "NanoCPUs", r.nano_cpus)
+    put(d, "MemoryBytes", r.memory_bytes)
+    if limit:
+        put(d, "Pids", r.pids)
+    else:
+        put(d, "GenericResources", generic_resources_to_wire(r.generic))
+    return d
+
+
+def generic_resources_to_wire(gs: tuple[GenericResource, ...]) -> list[JSONDict]:
+    out: list[JSONDict] = []
+    for g in gs:
+        spec: JSONDict = {}
+        put(spec, "Kind", g.kind)
+        if g.named:
+            put(spec, "Value", g.named)
+            out.append({"NamedResourceSpec": spec})
+        else:
+            put(spec, "Value", g.value)
+            out.append({"DiscreteResourceSpec": spec})
+    return out
+
+
+def _file_target_to_wire(f: FileTarget) -> JSONDict:
+    return {"Name": f.name, "UID": f.uid, "GID": f.gid, "Mode": f.mode}
+
+
+def _health_to_wire(h: HealthConfig) -> JSONDict:
+    d: JSONDict = {}
+    put(d, "Test", h.test)
+    put(d, "Interval", h.interval)
+    put(d, "Timeout", h.timeout)
+    put(d, "StartPeriod", h.start_period)
+    put(d, "StartInterval", h.start_interval)
+    put(d, "Retries", h.retries)
+    return d
+
+
+def container_spec_to_wire(c: ContainerSpec) -> JSONDict:
+    d: JSONDict = {}
+    put(d, "Image", c.image)
+    put(d, "Labels", dict(c.labels))
+    put(d, "Command", c.command)
+    put(d, "Args", c.args)
+    put(d, "Hostname", c.hostname)
+    put(d, "Env", c.env)
+    put(d, "Dir", c.dir)
+    put(d, "User", c.user)
+    put(d, "Groups", c.groups)
+    if c.privileges is not None:
+        d["Privileges"] = c.privileges
+    if c.init is not None:
+        d["Init"] = c.init
+    put(d, "StopSignal", c.stop_signal)
+    put(d, "TTY", c.tty)
+    put(d, "OpenStdin", c.open_stdin)
+    put(d, "ReadOnly", c.read_only)
+    put(d, "Mounts", [dict(m) for m in c.mounts])
+    if c.stop_grace_period is not None:
+        d["StopGracePeriod"] = c.stop_grace_period
+    if c.healthcheck is not None:
+        d["Healthcheck"] = _health_to_wire(c.healthcheck)
+    put(d, "Hosts", c.hosts)
+    if c.dns_config is not None:
+        d["DNSConfig"] = c.dns_config
+    put(
+        d,
+        "Secrets",
+        [
+            {
+                "File": None if s.file is None else _file_target_to_wire(s.file),
+                "SecretID": s.secret_id,
+                "SecretName": s.secret_name,
+            }
+            for s in c.secrets
+        ],
+    )
+    configs = []
+    for r in c.configs:
+        cd: JSONDict = {}
+        if r.file is not None:
+            cd["File"] = _file_target_to_wire(r.file)
+        if r.runtime:
+            cd["Runtime"] = {}
+        cd["ConfigID"] = r.config_id
+        cd["ConfigName"] = r.config_name
+        configs.append(cd)
+    put(d, "Configs", configs)
+    d["Isolation"] = c.isolation or "default"
+    put(d, "Sysctls", dict(c.sysctls))
+    put(d, "CapabilityAdd", c.capability_add)
+    put(d, "CapabilityDrop", c.capability_drop)
+    put(d, "Ulimits", [dict(u) for u in c.ulimits])
+    put(d, "OomScoreAdj", c.oom_score_adj)
+    return d
+
+
+def _restart_to_wire(rp: RestartPolicy) -> JSONDict:
+    d: JSONDict = {"Condition": rp.condition or "any", "Delay": rp.delay, "MaxAttempts": rp.max_attempts}
+    put(d, "Window", rp.window)
+    return d
+
+
+def _placement_to_wire(p: Placement) -> JSONDict:
+    d: JSONDict = {}
+    put(d, "Constraints", p.constraints)
+    put(d, "Preferences", [{"Spread": {"SpreadDescriptor": s}} for s in p.preferences])
+    put(d, "MaxReplicas", p.max_replicas)
+    plats = []
+    for pl in p.platforms:
+        pd: JSONDict = {}
+        put(pd, "Architecture", pl.architecture)
+        put(pd, "OS", pl.os)
+        plats.append(pd)
+    put(d, "Platforms", plats)
+    return d
+
+
+def _driver_to_wire(name: str, options: Mapping[str, str]) -> JSONDict:
+    d: JSONDict = {}
+    put(d, "Name", name)
+    put(d, "Options", dict(options))
+    return d
+
+
+def network_attachment_config_to_wire(n: NetworkAttachmentConfig) -> JSONDict:
+    d: JSONDict = {}
+    put(d, "Target", n.target)
+    put(d, "Aliases", n.aliases)
+    put(d, "DriverOpts", dict(n.driver_opts))
+    return d
+
+
+def task_spec_to_wire(ts: TaskSpec, *, runtime_field: bool = True) -> JSONDict:
+    """TaskSpec as dockerd shows it. Tasks (unlike services) show no `Runtime` (dockerd's own quirk)."""
+    d: JSONDict = {"ContainerSpec": container_spec_to_wire(ts.container)}
+    res = ts.resources
+    if res is not None:
+        rd: JSONDict = {}
+        if res.limits is not None:
+            rd["Limits"] = _resources_to_wire(res.limits, limit=True)
+        if res.reservations is not None:
+            rd["Reservations"] = _resources_to_wire(res.reservations, limit=False)
+        d["Resources"] = rd
+    if ts.restart_policy is not None:
+        d["RestartPolicy"] = _restart_to_wire(ts.restart_policy)
+    if ts.placement is not None:
+        d["Placement"] = _placement_to_wire(ts.placement)
+    put(d, "Networks", [network_attachment_config_to_wire(n) for n in ts.networks])
+    if ts.log_driver is not None:
+        d["LogDriver"] = _driver_to_wire(ts.log_driver.name, ts.log_driver.options)
+    d["ForceUpdate"] = ts.force_update
+    if runtime_field:
+        d["Runtime"] = ts.runtime or "container"
+    return d
+
+
+def _mode_to_wire(m: ServiceMode) -> JSONDict:
+    if m.kind == GLOBAL:
+        return {"Global": {}}
+    if m.kind == GLOBAL_JOB:
+        return {"GlobalJob": {}}
+    if m.kind == REPLICATED_JOB:
+        return {"ReplicatedJob": {"MaxConcurrent": m.max_concurrent, "TotalCompletions": m.total_completions}}
+    return {"Replicated": {"Replicas": m.replicas}}
+
+
+def update_config_to_wire(u: UpdateConfig) -> JSONDict:
+    d: JSONDict = {"Parallelism": u.parallelism}
+    put(d, "Delay", u.delay)
+    put(d, "FailureAction", u.failure_action)
+    put(d, "Monitor", u.monitor)
+    d["MaxFailureRatio"] = (
+        u.max_failure_ratio if u.max_failure_ratio != int(u.max_failure_ratio) else int(u.max_failure_ratio)
+    )
+    d["Order"] = u.order
+    return d
+
+
+def port_config_to_wire(p: PortConfig) -> JSONDict:
+    d: JSONDict = {}
+    put(d, "Name", p.name)
+    put(d, "Protocol", p.protocol)
+    put(d, "TargetPort", p.target_port)
+    put(d, "PublishedPort", p.published_port)
+    put(d, "PublishMode", p.publish_mode)
+    return d
+
+
+def endpoint_spec_to_wire(e: EndpointSpec) -> JSONDict:
+    d: JSONDict = {"Mode": e.mode or "vip"}
+    put(d, "Ports", [port_config_to_wire(p) for p in e.ports])
+    return d
+
+
+def service_spec_to_wire(spec: ServiceSpec) -> JSONDict:
+    """A ServiceSpec exactly as dockerd shows it (GET /services/{id} without insertDefaults)."""
+    d: JSONDict = {}
+    put(d, "Name", spec.annotations.name)
+    d["Labels"] = dict(spec.annotations.labels)
+    d["TaskTemplate"] = task_spec_to_wire(spec.task_template)
+    d["Mode"] = _mode_to_wire(spec.mode)
+    if spec.update_config is not None:
+        d["UpdateConfig"] = update_config_to_wire(spec.update_config)
+    if spec.rollback_config is not None:
+        d["RollbackConfig"] = update_config_to_wire(spec.rollback_config)
+    if spec.endpoint_spec is not None:
+        d["EndpointSpec"] = endpoint_spec_to_wire(spec.endpoint_spec)
+    return d
+
+
+_DEFAULT_UPDATE = UpdateConfig()  # parallelism 1, pause, monitor 5s, stop-first
+
+
+def with_defaults(spec: ServiceSpec) -> ServiceSpec:
+    """swarmkit's defaults.InterpolateService: what `GET /services/{id}?insertDefaults=true` shows.
+
+    (`docker service inspect` asks for this; `docker service update` does not.)
+    """
+    from dataclasses import replace
+
+    c = spec.task_template.container
+    c = replace(
+        c,
+        stop_grace_period=10 * SECOND if c.stop_grace_period is None else c.stop_grace_period,
+        dns_config={} if c.dns_config is None else c.dns_config,
+    )
+    tt = spec.task_template
+    tt = replace(
+        tt,
+        container=c,
+        resources=tt.resources if tt.resources is not None else ResourceRequirements(),
+        restart_policy=tt.restart_policy if tt.restart_policy is not None else RestartPolicy(),
+        placement=tt.placement if tt.placement is not None else Placement(),
+    )
+    return replace(
+        spec,
+        task_template=tt,
+        update_config=spec.update_config if spec.update_config is not None else _DEFAULT_UPDATE,
+        rollback_config=spec.rollback_config if spec.rollback_config is not None else _DEFAULT_UPDATE,
+    )
+
+
+def service_to_wire(
+    svc: Service,
+    *,
+    include_status: Any = None,
+    insert_defaults: bool = False,
+) -> JSONDict:
+    """A Service as dockerd shows it.
+
+    `include_status` is None (omit ServiceStatus) or any object with running_tasks, desired_tasks and
+    completed_tasks (or a mapping with RunningTasks/DesiredTasks/CompletedTasks), for `?status=true`.
+    """
+    spec = with_defaults(svc.spec) if insert_defaults else svc.spec
+    d: JSONDict = {"ID": svc.id, **meta(svc.meta), "Spec": service_spec_to_wire(spec)}
+    if svc.previous_spec is not None:
+        prev = with_defaults(svc.previous_spec) if insert_defaults else svc.previous_spec
+        d["PreviousSpec"] = service_spec_to_wire(prev)
+    ep: JSONDict = {}
+    # Endpoint.Spec is whatever the allocator recorded; {} before allocation
+    e = svc.endpoint
+    if e.spec.ports or e.virtual_ips or e.ports or e.spec.mode == "dnsrr":
+        ep["Spec"] = endpoint_spec_to_wire(svc.endpoint.spec)
+    else:
+        ep["Spec"] = {}
+    put(ep, "Ports", [port_config_to_wire(p) for p in svc.endpoint.ports])
+    put(ep, "VirtualIPs", [{"NetworkID": v.network_id, "Addr": v.addr} for v in svc.endpoint.virtual_ips])
+    d["Endpoint"] = ep
+    us = svc.update_status
+    if us is not None:
+        ud: JSONDict = {}
+        put(ud, "State", us.state)
+        if us.started_at:
+            ud["StartedAt"] = go_time(us.started_at)
+        if us.completed_at:
+            ud["CompletedAt"] = go_time(us.completed_at)
+        put(ud, "Message", us.message)
+        d["UpdateStatus"] = ud
+    if include_status is not None:
+        d["ServiceStatus"] = _service_status(include_status)
+    if svc.job_status is not None:
+        jd: JSONDict = {"JobIteration": version(svc.job_status.job_iteration)}
+        jd["LastExecution"] = go_time(svc.job_status.last_execution)
+        d["JobStatus"] = jd
+    return d
+
+
+def _service_status(s: Any) -> JSONDict:
+    if isinstance(s, Mapping):
+        return {
+            "RunningTasks": int(s.get("RunningTasks", 0)),
+            "DesiredTasks": int(s.get("DesiredTasks", 0)),
+            "CompletedTasks": int(s.get("CompletedTasks", 0)),
+        }
+    return {
+        "RunningTasks": int(s.running_tasks),
+        "DesiredTasks": int(s.desired_tasks),
+        "CompletedTasks": int(s.completed_tasks),
+    }
+
+
+def task_to_wire(task: Task, *, networks: Mapping[str, Network] | None = None) -> JSONDict:
+    """A Task as dockerd shows it. `networks` resolves NetworksAttachments[].Network by ID."""
+    from shoal.engineapi.convert.cluster import network_swarm_object
+
+    d: JSONDict = {"ID": task.id, **meta(task.meta)}
+    put(d, "Name", task.annotations.name)
+    d["Labels"] = dict(task.annotations.labels)
+    d["Spec"] = task_spec_to_wire(task.spec, runtime_field=False)
+    put(d, "ServiceID", task.service_id)
+    put(d, "Slot", task.slot)
+    put(d, "NodeID", task.node_id)
+    st = task.status
+    sd: JSONDict = {"Timestamp": go_time(st.timestamp), "State": st.state.wire}
+    put(sd, "Message", st.message)
+    put(sd, "Err", st.err)
+    if st.container is not None:
+        sd["ContainerStatus"] = {
+            "ContainerID": st.container.container_id,
+            "PID": st.container.pid,
+            "ExitCode": st.container.exit_code,
+        }
+    ps: JSONDict = {}
+    put(ps, "Ports", [port_config_to_wire(p) for p in st.port_status])
+    sd["PortStatus"] = ps
+    d["Status"] = sd
+    d["DesiredState"] = task.desired_state.wire
+    atts = []
+    for na in task.networks:
+        net = (networks or {}).get(na.network_id)
+        nd = (
+            network_swarm_object(net)
+            if net is not None
+            else {
+                "ID": na.network_id,
+                "Version": {},
+                "CreatedAt": go_time(0),
+                "UpdatedAt": go_time(0),
+                "Spec": {"Labels": {}, "Scope": "swarm"},
+                "DriverState": {},
+            }
+        )
+        ad: JSONDict = {"Network": nd}
+        put(ad, "Addresses", na.addresses)
+        atts.append(ad)
+    put(d, "NetworksAttachments", atts)
+    # GenericResources assigned by the scheduler are not modelled yet; dockerd omits them when none
+    if task.job_iteration is not None:
+        d["JobIteration"] = version(task.job_iteration)
+    d["Volumes"] = None
+    return d
