@@ -19,6 +19,12 @@ and the HTTP layer translates these into dockerd's status codes and `{"message":
 
 from __future__ import annotations
 
+_GRPC_STATUS = {
+    "InvalidArgument": 400, "NotFound": 404, "AlreadyExists": 409, "PermissionDenied": 403,
+    "FailedPrecondition": 400, "Unauthenticated": 401, "OutOfRange": 400, "Unimplemented": 501,
+    "Unavailable": 503,
+}
+
 
 class ShoalError(Exception):
     status: int = 500
@@ -26,6 +32,11 @@ class ShoalError(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+        # A plain ShoalError carrying a swarmkit-style "rpc error: code = X desc = ..." text gets the
+        # status dockerd derives from that gRPC code.
+        if type(self) is ShoalError and message.startswith("rpc error: code = "):
+            code = message[len("rpc error: code = "):].split(" ", 1)[0]
+            self.status = _GRPC_STATUS.get(code, 500)
 
 
 class InvalidArgument(ShoalError):

@@ -330,7 +330,9 @@ class Task:
     networks: tuple[NetworkAttachment, ...] = ()
     endpoint: Endpoint | None = None
     job_iteration: int | None = None
-    restart_count: int = 0  # failures counted towards RestartPolicy.max_attempts in this slot
+    restart_count: int = 0  # restarts counted towards RestartPolicy.max_attempts in this slot
+    restart_history: tuple[float, ...] = ()  # times of those restarts, for RestartPolicy.window
+    start_after: float = 0.0  # desired READY until then (restart delay), then the orchestrator starts it
 
 
 # --- nodes -------------------------------------------------------------------------------------

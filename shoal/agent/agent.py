@@ -1,0 +1,258 @@
+"""The agent: one per node. Holds a session with a dispatcher, runs assigned tasks, reports status.
+
+For each assigned task a `_TaskRunner` drives the executor's controller through `step` one operation at
+a time and reports every new status. A change to the task (its desired state) interrupts a blocking step
+(waiting for exit) so a shutdown takes effect at once. Tasks that leave the assignment set have their
+runtime object removed; at startup, runtime objects of tasks the dispatcher no longer assigns are removed
+and the rest are adopted by their controllers, so a restarted agent neither loses nor duplicates work.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+from shoal.agent.exec.protocol import Controller, Executor, LogLine, LogOptions
+from shoal.agent.exec.step import step
+from shoal.clock import Clock
+from shoal.errors import NotFound
+from shoal.manager.dispatcher import COMPLETE, Assignments, DispatcherAPI
+from shoal.model.objects import Config, Secret, Task, TaskStatus
+from shoal.model.state import TaskState
+
+log = logging.getLogger(__name__)
+
+
+class _Deps:
+    def __init__(self) -> None:
+        self.secrets: dict[str, Secret] = {}
+        self.configs: dict[str, Config] = {}
+
+    def secret(self, secret_id: str) -> Secret | None:
+        return self.secrets.get(secret_id)
+
+    def config(self, config_id: str) -> Config | None:
+        return self.configs.get(config_id)
+
+
+def _settled(t: Task) -> bool:
+    """Nothing more to do for this task until its desired state changes."""
+    s = t.status.state
+    if s >= TaskState.COMPLETE:
+        return True
+    if t.desired_state == TaskState.READY and s >= TaskState.READY:
+        return True
+    return False
+
+
+class _TaskRunner:
+    def __init__(self, agent: Agent, task: Task, ctlr: Controller) -> None:
+        self.agent = agent
+        self.task = task
+        self.ctlr = ctlr
+        self.changed = asyncio.Event()
+        self.runner = asyncio.create_task(self._run())
+
+    def update(self, task: Task) -> None:
+        # The manager's copy carries the desired state; our copy carries the latest observed status.
+        if task.status.state > self.task.status.state:
+            self.task = task
+        else:
+            self.task = replace(task, status=self.task.status)
+        self.changed.set()
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while True:
+            if _settled(self.task) and not (self.task.desired_state > TaskState.RUNNING
+                                           and self.task.status.state < TaskState.COMPLETE):
+                self.changed.clear()
+                await self.changed.wait()
+                continue
+            self.changed.clear()
+            stepping = asyncio.ensure_future(step(self.task, self.ctlr, self.agent.clock))
+            interrupt = asyncio.ensure_future(self.changed.wait())
+            done, _ = await asyncio.wait([stepping, interrupt], return_when=asyncio.FIRST_COMPLETED)
+            if stepping not in done:
+                # Desired state changed while blocked (usually waiting for exit): re-decide.
+                stepping.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await stepping
+                continue
+            interrupt.cancel()
+            try:
+                status = stepping.result()
+            except Exception as e:  # step translates executor errors; anything else is a bug here
+                log.exception("step failed for task %s", self.task.id)
+                status = replace(self.task.status, err=str(e))
+            if status != self.task.status:
+                self.task = replace(self.task, status=status)
+                self.agent.report(self.task.id, status)
+                backoff = 0.05
+            elif not _settled(self.task):
+                # No progress (temporary error): retry with backoff.
+                await self.agent.clock.sleep(backoff + self.agent.rng.random() * backoff)
+                backoff = min(backoff * 2, 5.0)
+
+    async def remove(self) -> None:
+        self.runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError, Exception):
+            await self.runner
+        try:
+            if self.task.status.state < TaskState.COMPLETE:
+                await self.ctlr.shutdown(10.0)
+        except Exception:
+            log.debug("shutdown of removed task %s failed", self.task.id, exc_info=True)
+        try:
+            await self.ctlr.remove()
+        except Exception:
+            log.warning("removing task %s failed", self.task.id, exc_info=True)
+        await self.ctlr.close()
+
+
+class Agent:
+    def __init__(self, node_id: str, executor: Executor, dispatcher: DispatcherAPI, clock: Clock,
+                 rng: random.Random, addr: str = "") -> None:
+        self.node_id = node_id
+        self.executor = executor
+        self.dispatcher = dispatcher
+        self.clock = clock
+        self.rng = rng
+        self.addr = addr
+        self.deps = _Deps()
+        self.runners: dict[str, _TaskRunner] = {}
+        self._reports: dict[str, TaskStatus] = {}
+        self._report_wake = asyncio.Event()
+        self.connected = asyncio.Event()
+
+    def report(self, task_id: str, status: TaskStatus) -> None:
+        self._reports[task_id] = status
+        self._report_wake.set()
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._reporter())
+            tg.create_task(self._session_loop())
+
+    async def _session_loop(self) -> None:
+        backoff = 0.1
+        while True:
+            try:
+                await self._session()
+                backoff = 0.1
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                self.connected.clear()
+                log.info("agent session ended (%s); reconnecting", e)
+                await self.clock.sleep(backoff + self.rng.random() * backoff)
+                backoff = min(backoff * 2, 8.0)
+
+    async def _session(self) -> None:
+        desc = await self.executor.describe()
+        period = await self.dispatcher.register(self.node_id, desc, self.addr)
+        self.connected.set()
+        async with asyncio.TaskGroup() as tg:
+            hb = tg.create_task(self._heartbeats(period))
+            try:
+                async for msg in self.dispatcher.assignments(self.node_id):
+                    await self._apply(msg)
+            finally:
+                hb.cancel()
+        raise NotFound("assignment stream closed")
+
+    async def _heartbeats(self, period: float) -> None:
+        while True:
+            # Jitter so a fleet of agents does not beat in step.
+            await self.clock.sleep(period * (0.5 + 0.25 * self.rng.random()))
+            period = await self.dispatcher.heartbeat(self.node_id)
+
+    async def _apply(self, msg: Assignments) -> None:
+        for s in msg.secrets:
+            self.deps.secrets[s.id] = s
+        for c in msg.configs:
+            self.deps.configs[c.id] = c
+        if msg.type == COMPLETE:
+            wanted = {t.id for t in msg.tasks}
+            for tid in list(self.runners):
+                if tid not in wanted:
+                    await self.runners.pop(tid).remove()
+            for tid in await self.executor.list_task_ids():
+                if tid not in wanted and tid not in self.runners:
+                    await self._remove_orphan(tid)
+        for tid in msg.removed_tasks:
+            r = self.runners.pop(tid, None)
+            if r is not None:
+                await r.remove()
+        for t in msg.tasks:
+            r = self.runners.get(t.id)
+            if r is None:
+                self.runners[t.id] = _TaskRunner(self, t, self.executor.controller(t, self.deps))
+            else:
+                r.update(t)
+        for sid in msg.removed_secrets:
+            self.deps.secrets.pop(sid, None)
+        for cid in msg.removed_configs:
+            self.deps.configs.pop(cid, None)
+
+    async def _remove_orphan(self, tid: str) -> None:
+        ctlr = self.executor.controller(Task(id=tid, node_id=self.node_id), self.deps)
+        try:
+            await ctlr.terminate()
+        except Exception:
+            log.debug("terminating orphan %s failed", tid, exc_info=True)
+        try:
+            await ctlr.remove()
+        finally:
+            await ctlr.close()
+
+    async def _reporter(self) -> None:
+        while True:
+            await self._report_wake.wait()
+            self._report_wake.clear()
+            batch = list(self._reports.items())
+            self._reports.clear()
+            if not batch:
+                continue
+            try:
+                await self.dispatcher.update_task_status(self.node_id, batch)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                # Keep the newest status of each task and retry once the session is back.
+                for tid, st in batch:
+                    self._reports.setdefault(tid, st)
+                await self.connected.wait()
+                await self.clock.sleep(0.2)
+                self._report_wake.set()
+
+    # --- logs -------------------------------------------------------------------------------------
+
+    async def task_logs(self, task_id: str, options: LogOptions) -> AsyncIterator[LogLine]:
+        r = self.runners.get(task_id)
+        ctlr = r.ctlr if r is not None else None
+        own = False
+        if ctlr is None:
+            if task_id not in await self.executor.list_task_ids():
+                raise NotFound(f"task {task_id} has no logs on this node")
+            ctlr = self.executor.controller(Task(id=task_id, node_id=self.node_id), self.deps)
+            own = True
+        try:
+            async for line in ctlr.logs(options):
+                yield line
+        finally:
+            if own:
+                await ctlr.close()
+
+    async def close(self) -> None:
+        for r in self.runners.values():
+            r.runner.cancel()
+        for r in self.runners.values():
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await r.runner
+            await r.ctlr.close()
+        self.runners.clear()

@@ -1,0 +1,127 @@
+"""The `shoal` command: `shoal daemon` runs a node; `shoal demo` starts a local demo cluster."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import signal
+import sys
+from pathlib import Path
+
+import click
+
+from shoal.clock import SystemClock
+
+
+def _engine_reachable(host: str) -> bool:
+    import socket
+
+    if host.startswith("unix://"):
+        path = host[len("unix://"):]
+        if not os.path.exists(path):
+            return False
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            s.settimeout(1.0)
+            s.connect(path)
+            s.sendall(b"GET /_ping HTTP/1.0\r\n\r\n")
+            return s.recv(12).startswith(b"HTTP/1")
+        except OSError:
+            return False
+        finally:
+            s.close()
+    return True
+
+
+async def run_daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, executor: str, engine_host: str | None,
+                     hostname: str, strategy: str, ready_file: Path | None = None) -> None:
+    from aiohttp import web
+
+    from shoal.engineapi.engine_client import EngineClient
+    from shoal.engineapi.proxy import EngineProxy
+    from shoal.engineapi.server import make_app
+    from shoal.node import NodeConfig, ShoalNode
+
+    seed = int.from_bytes(os.urandom(8), "big")
+    node = ShoalNode(NodeConfig(data_dir=data_dir, executor=executor, engine_host=engine_host,
+                                hostname=hostname, scheduler_strategy=strategy), SystemClock(), random.Random(seed))
+    proxy = EngineProxy(engine_host)
+    engine = EngineClient(engine_host)
+    await node.start()
+    app = make_app(node, proxy, engine)
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    await runner.setup()
+    api_socket.parent.mkdir(parents=True, exist_ok=True)
+    with contextlib.suppress(FileNotFoundError):
+        api_socket.unlink()
+    await web.UnixSite(runner, str(api_socket)).start()
+    os.chmod(api_socket, 0o660)
+    if api_tcp:
+        host, _, port = api_tcp.rpartition(":")
+        await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
+    logging.getLogger("shoal").info("API listening on %s", api_socket)
+    if ready_file is not None:
+        ready_file.write_text(str(os.getpid()))
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await runner.cleanup()
+    await node.stop()
+    await proxy.close()
+    await engine.close()
+
+
+@click.group()
+def main() -> None:
+    """Shoal: a container orchestrator that speaks the Docker Swarm API."""
+
+
+@main.command()
+@click.option("--data-dir", type=click.Path(path_type=Path), default=Path("/var/lib/shoal"), show_default=True)
+@click.option("--api-socket", type=click.Path(path_type=Path), default=Path("/var/run/shoal.sock"),
+              show_default=True)
+@click.option("--api-tcp", default=None, help="HOST:PORT; only loopback without TLS")
+@click.option("--executor", type=click.Choice(["docker", "process", "auto"]), default="auto", show_default=True)
+@click.option("--engine-host", default=None, help="local Docker Engine, e.g. unix:///var/run/docker.sock")
+@click.option("--hostname", default="", help="node hostname (default: the machine's)")
+@click.option("--scheduler-strategy", type=click.Choice(["spread", "binpack", "random"]), default="spread",
+              show_default=True, help="cluster-wide default; services override it with the label "
+                                      "com.shoal.scheduler.strategy")
+@click.option("--ready-file", type=click.Path(path_type=Path), default=None, hidden=True)
+@click.option("--log-level", default="info", show_default=True)
+def daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, executor: str, engine_host: str | None,
+           hostname: str, scheduler_strategy: str, ready_file: Path | None, log_level: str) -> None:
+    """Run a Shoal node serving the Docker Engine API."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        stream=sys.stderr)
+    if api_tcp:
+        host = api_tcp.rpartition(":")[0]
+        if host not in ("127.0.0.1", "localhost", "::1", "[::1]"):
+            raise click.UsageError("--api-tcp without TLS is only allowed on loopback")
+    default_engine = "unix:///var/run/docker.sock"
+    if executor == "auto":
+        executor = "docker" if _engine_reachable(engine_host or default_engine) else "process"
+    if executor == "docker" and engine_host is None:
+        engine_host = default_engine
+    if engine_host is not None and not _engine_reachable(engine_host):
+        logging.getLogger("shoal").warning("Docker Engine at %s is not reachable", engine_host)
+    asyncio.run(run_daemon(data_dir, api_socket, api_tcp, executor, engine_host, hostname, scheduler_strategy,
+                           ready_file))
+
+
+@main.command()
+@click.option("--dir", "workdir", type=click.Path(path_type=Path), default=Path(".shoal-demo"), show_default=True)
+def demo(workdir: Path) -> None:
+    """Start a local one-node demo swarm and deploy a small stack (see README)."""
+    from shoal.demo import run_demo
+
+    sys.exit(run_demo(workdir.resolve()))
+
+
+if __name__ == "__main__":
+    main()

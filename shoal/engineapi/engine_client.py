@@ -1,0 +1,59 @@
+"""Small JSON calls to the node's local Docker Engine, for endpoints Shoal merges with its own answers
+(`/info`, `GET /networks`) or forwards after reading the body (`POST /networks/create`)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from shoal.errors import Unavailable
+
+
+class EngineClient:
+    def __init__(self, engine_host: str | None) -> None:
+        self.engine_host = engine_host
+        self._session: aiohttp.ClientSession | None = None
+        self._base = "http://docker"
+
+    def _get_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            assert self.engine_host is not None
+            if self.engine_host.startswith("unix://"):
+                conn: aiohttp.BaseConnector = aiohttp.UnixConnector(path=self.engine_host[len("unix://"):])
+            else:
+                conn = aiohttp.TCPConnector()
+                self._base = "http://" + self.engine_host.split("://", 1)[-1]
+            self._session = aiohttp.ClientSession(connector=conn, timeout=aiohttp.ClientTimeout(total=30))
+        return self._session
+
+    async def get_json(self, path: str, query: dict[str, str] | None = None) -> Any:
+        if self.engine_host is None:
+            raise Unavailable("no local engine")
+        try:
+            async with self._get_session().get(self._base + path, params=query) as r:
+                if r.status >= 400:
+                    raise Unavailable(f"engine answered {r.status}")
+                return await r.json()
+        except aiohttp.ClientError as e:
+            raise Unavailable(f"local engine unreachable: {e}") from None
+
+    async def forward_json(self, request: web.Request, body: Any) -> web.Response:
+        if self.engine_host is None:
+            from shoal.engineapi.proxy import NO_ENGINE_MESSAGE, NO_ENGINE_STATUS
+
+            return web.json_response({"message": NO_ENGINE_MESSAGE}, status=NO_ENGINE_STATUS)
+        try:
+            async with self._get_session().request(request.method, self._base + request.path,
+                                                   params=request.query, json=body) as r:
+                data = await r.read()
+                return web.Response(body=data, status=r.status,
+                                    content_type=r.headers.get("Content-Type", "application/json").split(";")[0])
+        except aiohttp.ClientError as e:
+            raise Unavailable(f"local engine unreachable: {e}") from None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None

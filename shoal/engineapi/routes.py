@@ -1,0 +1,895 @@
+"""Handlers for the swarm endpoints of the Engine API: decode, call the control API, encode.
+
+Filters, status codes and error texts follow dockerd (see messages.py for the texts). Handlers never
+touch the store directly except for reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import struct
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from aiohttp import web
+
+from shoal.agent.exec.protocol import LogLine, LogOptions
+from shoal.ca import make_join_token, tls_info
+from shoal.engineapi import convert as C
+from shoal.engineapi import messages as M
+from shoal.engineapi.convert._wire import parse_go_time
+from shoal.engineapi.server import (
+    ENGINE_KEY,
+    NODE_KEY,
+    PROXY_KEY,
+    Handler,
+    error_response,
+    json_response,
+    ping_headers,
+    version_body,
+)
+from shoal.errors import InvalidArgument, NotFound, NotImplementedFeature, ShoalError, Unavailable
+from shoal.manager.manager import Manager
+from shoal.model.objects import Cluster, Network, Node, Service, Task
+from shoal.model.state import TaskState
+from shoal.node import InitOptions, ShoalNode
+from shoal.store.memory import Event, ReadTx
+
+Route = tuple[str, re.Pattern[str], Handler]
+_ROUTES: list[Route] = []
+
+
+def route(method: str, path: str) -> Callable[[Handler], Handler]:
+    pattern = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", path) + "/?$")
+
+    def deco(fn: Handler) -> Handler:
+        _ROUTES.append((method, pattern, fn))
+        return fn
+
+    return deco
+
+
+def route_table() -> list[Route]:
+    return list(_ROUTES)
+
+
+# --- helpers ------------------------------------------------------------------------------------
+
+
+def node_of(request: web.Request) -> ShoalNode:
+    return request.app[NODE_KEY]
+
+
+def manager_of(request: web.Request) -> Manager:
+    return node_of(request).require_manager()
+
+
+def param(request: web.Request, name: str) -> str:
+    return str(request["params"][name])
+
+
+def qbool(request: web.Request, name: str, default: bool = False) -> bool:
+    v = request.query.get(name)
+    if v is None:
+        return default
+    return v.lower() in ("1", "true", "yes")
+
+
+def qversion(request: web.Request) -> int:
+    raw = request.query.get("version", "")
+    try:
+        return int(raw)
+    except ValueError:
+        raise InvalidArgument(M.invalid_version(raw)) from None
+
+
+async def read_json(request: web.Request) -> Any:
+    body = await request.read()
+    if not body.strip():
+        raise InvalidArgument(M.EMPTY_BODY)
+    try:
+        return json.loads(body)
+    except json.JSONDecodeError as e:
+        raise InvalidArgument(M.invalid_json(e.msg)) from None
+
+
+def parse_filters(request: web.Request, accepted: set[str]) -> dict[str, list[str]]:
+    raw = request.query.get("filters")
+    if not raw:
+        return {}
+    try:
+        data = json.loads(raw)
+    except json.JSONDecodeError as e:
+        raise InvalidArgument(f"invalid filter: {e.msg}") from None
+    if not isinstance(data, dict):
+        raise InvalidArgument("invalid filter")
+    out: dict[str, list[str]] = {}
+    for k, v in data.items():
+        if k not in accepted:
+            raise InvalidArgument(f"invalid filter '{k}'")
+        if isinstance(v, dict):
+            out[k] = [kk for kk, on in v.items() if on]
+        elif isinstance(v, list):
+            out[k] = [str(x) for x in v]
+        else:
+            raise InvalidArgument(f"invalid filter '{k}'")
+    return out
+
+
+def match_labels(labels: dict[str, str] | Any, wanted: list[str]) -> bool:
+    for w in wanted:
+        if "=" in w:
+            k, v = w.split("=", 1)
+            if labels.get(k) != v:
+                return False
+        elif w not in labels:
+            return False
+    return True
+
+
+def prefix_any(value: str, prefixes: list[str]) -> bool:
+    return any(value.startswith(p) for p in prefixes)
+
+
+def task_name(t: Task, v: ReadTx) -> str:
+    svc_name = t.service_annotations.name
+    middle = str(t.slot) if t.slot else t.node_id
+    return f"{svc_name}.{middle}.{t.id}"
+
+
+def json_ok(data: Any, status: int = 200) -> web.Response:
+    return json_response(data, status=status)
+
+
+# --- system -------------------------------------------------------------------------------------
+
+
+@route("GET", "/_ping")
+async def ping(request: web.Request) -> web.StreamResponse:
+    body = "" if request.method == "HEAD" else "OK"
+    return web.Response(text=body, headers=ping_headers(node_of(request)), content_type="text/plain")
+
+
+@route("GET", "/version")
+async def version(request: web.Request) -> web.StreamResponse:
+    return json_ok(version_body())
+
+
+def swarm_info(node: ShoalNode) -> dict[str, Any]:
+    if node.manager is None:
+        return {"NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive", "ControlAvailable": False,
+                "Error": "", "RemoteManagers": None}
+    v = node.manager.store.view()
+    cluster = v.cluster()
+    nodes = v.nodes()
+    managers = [n for n in nodes if n.spec.role == "manager"]
+    info: dict[str, Any] = {
+        "NodeID": node.node_id,
+        "NodeAddr": node.addr,
+        "LocalNodeState": "active",
+        "ControlAvailable": True,
+        "Error": "",
+        "RemoteManagers": [{"NodeID": n.id, "Addr": n.manager_status.addr if n.manager_status else ""}
+                           for n in managers],
+        "Nodes": len(nodes),
+        "Managers": len(managers),
+    }
+    if cluster is not None:
+        info["Cluster"] = C.swarm_to_wire(cluster, tls_info=tls_info(cluster.root_ca), include_join_tokens=False)
+    return info
+
+
+@route("GET", "/info")
+async def info(request: web.Request) -> web.StreamResponse:
+    node = node_of(request)
+    engine = request.app[ENGINE_KEY]
+    base: dict[str, Any] = {}
+    if engine.engine_host is not None:
+        try:
+            base = await engine.get_json("/info")
+        except Exception:
+            base = {}
+    if not base:
+        import os
+        import platform
+
+        base = {
+            "ID": node.node_id or "shoal", "Containers": 0, "ContainersRunning": 0, "ContainersPaused": 0,
+            "ContainersStopped": 0, "Images": 0, "Driver": "none", "DriverStatus": [],
+            "Plugins": {"Volume": [], "Network": ["overlay"], "Authorization": None, "Log": []},
+            "MemoryLimit": True, "SwapLimit": False, "CpuCfsPeriod": True, "CpuCfsQuota": True,
+            "IPv4Forwarding": True, "Debug": False, "NFd": 0, "NGoroutines": 0,
+            "SystemTime": "", "LoggingDriver": "json-file", "CgroupDriver": "none", "CgroupVersion": "2",
+            "NEventsListener": 0, "KernelVersion": platform.release(), "OperatingSystem": "Shoal (process executor)",
+            "OSVersion": "", "OSType": "linux",
+            "Architecture": platform.machine(), "IndexServerAddress": "", "RegistryConfig": None,
+            "NCPU": os.cpu_count() or 1, "MemTotal": _mem_total(), "DockerRootDir": str(node.cfg.data_dir),
+            "HttpProxy": "", "HttpsProxy": "", "NoProxy": "", "Name": node.hostname, "Labels": [],
+            "ExperimentalBuild": False, "ServerVersion": version_body()["Version"], "Runtimes": {},
+            "DefaultRuntime": "", "LiveRestoreEnabled": False, "Isolation": "", "InitBinary": "",
+            "SecurityOptions": [], "Warnings": None,
+        }
+    base["Swarm"] = swarm_info(node)
+    return json_ok(base)
+
+
+def _mem_total() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+@route("GET", "/distribution/{name}/json")
+async def distribution(request: web.Request) -> web.StreamResponse:
+    # No registry is reachable from a Shoal node by design of its tests; the CLI warns and carries on
+    # with the image reference as given, and executors use the local image.
+    name = request.match_info.get("tail", "")
+    return error_response(403, f"shoal: no registry access to resolve {name or 'the image'}; "
+                               "using the reference as given")
+
+
+@route("GET", "/events")
+async def events(request: web.Request) -> web.StreamResponse:
+    node = node_of(request)
+    flt = parse_filters(request, {"type", "event", "scope", "container", "image", "label", "network",
+                                  "node", "service", "secret", "config", "daemon", "volume", "plugin"})
+    since = _parse_ts(request.query.get("since"))
+    until = _parse_ts(request.query.get("until"))
+    proxy = request.app[PROXY_KEY]
+    engine = request.app[ENGINE_KEY]
+    swarm_types = {"service", "node", "secret", "config", "network"}
+    wants_swarm = not flt.get("type") or any(t in swarm_types for t in flt["type"])
+    if flt.get("scope") and "swarm" not in flt["scope"]:
+        wants_swarm = False
+    if node.manager is None or not wants_swarm:
+        if engine.engine_host is not None:
+            return await proxy.handle(request)
+    resp = web.StreamResponse(headers={"Content-Type": "application/json"})
+    await resp.prepare(request)
+    if node.manager is None:
+        if until is not None:
+            await resp.write_eof()
+            return resp
+        await asyncio.Event().wait()
+    assert node.manager is not None
+    async for msg in node.manager.events.stream(since, until):
+        if not _event_matches(msg, flt):
+            continue
+        await resp.write(json.dumps(msg).encode() + b"\n")
+    await resp.write_eof()
+    return resp
+
+
+def _parse_ts(raw: str | None) -> float | None:
+    if not raw:
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        try:
+            return parse_go_time(raw)
+        except Exception:
+            raise InvalidArgument(f"invalid timestamp {raw!r}") from None
+
+
+def _event_matches(msg: dict[str, Any], flt: dict[str, list[str]]) -> bool:
+    if flt.get("type") and msg["Type"] not in flt["type"]:
+        return False
+    if flt.get("event") and msg["Action"] not in flt["event"]:
+        return False
+    actor = msg["Actor"]
+    for kind in ("service", "node", "secret", "config", "network"):
+        if flt.get(kind):
+            if msg["Type"] != kind:
+                return False
+            if actor["ID"] not in flt[kind] and actor["Attributes"].get("name") not in flt[kind]:
+                return False
+    if flt.get("label") and not match_labels(actor["Attributes"], flt["label"]):
+        return False
+    return True
+
+
+# --- swarm --------------------------------------------------------------------------------------
+
+
+def _cluster(request: web.Request) -> Cluster:
+    return manager_of(request).controlapi.cluster()
+
+
+@route("GET", "/swarm")
+async def swarm_inspect(request: web.Request) -> web.StreamResponse:
+    node = node_of(request)
+    if node.manager is None:
+        raise Unavailable(M.NOT_A_SWARM_MANAGER)
+    c = _cluster(request)
+    return json_ok(C.swarm_to_wire(c, tls_info=tls_info(c.root_ca)))
+
+
+@route("POST", "/swarm/init")
+async def swarm_init(request: web.Request) -> web.StreamResponse:
+    req = C.init_request_from_wire(await read_json(request))
+    node = node_of(request)
+    node_id = await node.init_swarm(InitOptions(
+        listen_addr=req.listen_addr, advertise_addr=req.advertise_addr, force_new_cluster=req.force_new_cluster,
+        spec=req.spec, default_addr_pool=req.default_addr_pool, subnet_size=req.subnet_size,
+        data_path_port=req.data_path_port, autolock=req.autolock_managers, availability=req.availability))
+    return json_ok(node_id)
+
+
+@route("POST", "/swarm/join")
+async def swarm_join(request: web.Request) -> web.StreamResponse:
+    C.join_request_from_wire(await read_json(request))
+    if node_of(request).manager is not None:
+        raise Unavailable(M.SWARM_EXISTS)
+    raise NotImplementedFeature("joining an existing swarm is not supported yet by Shoal (single-manager "
+                                "swarms only)")
+
+
+@route("POST", "/swarm/leave")
+async def swarm_leave(request: web.Request) -> web.StreamResponse:
+    await node_of(request).leave(qbool(request, "force"))
+    return web.Response(status=200)
+
+
+@route("POST", "/swarm/update")
+async def swarm_update(request: web.Request) -> web.StreamResponse:
+    mgr = manager_of(request)
+    cur = mgr.controlapi.cluster()
+    spec = C.swarm_spec_from_wire(await read_json(request), cur.spec)
+    node = node_of(request)
+    await mgr.controlapi.update_swarm(
+        qversion(request), spec, qbool(request, "rotateWorkerToken"), qbool(request, "rotateManagerToken"),
+        qbool(request, "rotateManagerUnlockKey"), lambda c: make_join_token(c.root_ca, node.rng))
+    return web.Response(status=200)
+
+
+@route("GET", "/swarm/unlockkey")
+async def swarm_unlockkey(request: web.Request) -> web.StreamResponse:
+    c = _cluster(request)
+    if not c.spec.autolock_managers:
+        raise NotFound("No unlock key exists for this swarm: autolock is not enabled")  # dockerd 404 text
+    return json_ok({"UnlockKey": c.unlock_key})
+
+
+@route("POST", "/swarm/unlock")
+async def swarm_unlock(request: web.Request) -> web.StreamResponse:
+    await read_json(request)
+    if node_of(request).manager is None:
+        raise Unavailable(M.NO_SWARM)
+    raise ShoalError(M.NOT_LOCKED) if False else _not_locked()
+
+
+def _not_locked() -> ShoalError:
+    e = ShoalError(M.NOT_LOCKED)
+    e.status = 409
+    return e
+
+
+# --- nodes --------------------------------------------------------------------------------------
+
+
+@route("GET", "/nodes")
+async def nodes_list(request: web.Request) -> web.StreamResponse:
+    mgr = manager_of(request)
+    flt = parse_filters(request, {"id", "label", "name", "membership", "role", "node.label"})
+    out = []
+    for n in mgr.store.view().nodes():
+        if flt.get("id") and not prefix_any(n.id, flt["id"]):
+            continue
+        name = n.spec.annotations.name or n.description.hostname
+        if flt.get("name") and not (prefix_any(name, flt["name"]) or prefix_any(n.description.hostname,
+                                                                                  flt["name"])):
+            continue
+        if flt.get("role") and n.spec.role not in flt["role"]:
+            continue
+        if flt.get("membership") and "accepted" not in flt["membership"]:
+            continue
+        if flt.get("label") and not match_labels(dict(n.description.engine.labels), flt["label"]):
+            continue
+        if flt.get("node.label") and not match_labels(dict(n.spec.annotations.labels), flt["node.label"]):
+            continue
+        out.append(_node_wire(n, mgr))
+    return json_ok(out)
+
+
+def _node_wire(n: Node, mgr: Manager) -> dict[str, Any]:
+    d = C.node_to_wire(n)
+    cluster = mgr.store.view().cluster()
+    if cluster is not None and "Description" in d:
+        d["Description"]["TLSInfo"] = tls_info(cluster.root_ca)
+    return d
+
+
+@route("GET", "/nodes/{id}")
+async def node_inspect(request: web.Request) -> web.StreamResponse:
+    mgr = manager_of(request)
+    return json_ok(_node_wire(mgr.controlapi.get_node(param(request, "id")), mgr))
+
+
+@route("POST", "/nodes/{id}/update")
+async def node_update(request: web.Request) -> web.StreamResponse:
+    mgr = manager_of(request)
+    spec = C.node_spec_from_wire(await read_json(request))
+    await mgr.controlapi.update_node(param(request, "id"), qversion(request), spec)
+    return web.Response(status=200)
+
+
+@route("DELETE", "/nodes/{id}")
+async def node_remove(request: web.Request) -> web.StreamResponse:
+    mgr = manager_of(request)
+    await mgr.controlapi.remove_node(param(request, "id"), qbool(request, "force"))
+    return web.Response(status=200)
+
+
+# --- services -----------------------------------------------------------------------------------
+
+
+def service_status(v: ReadTx, svc: Service) -> dict[str, int]:
+    live_nodes = {n.id for n in v.nodes() if n.status.state != "down"}
+    running = desired = completed = 0
+    for t in v.tasks(service_id=svc.id):
+        if t.node_id in live_nodes and t.status.state == TaskState.RUNNING:
+            running += 1
+        if svc.spec.mode.kind == "global" and t.desired_state == TaskState.RUNNING and t.node_id in live_nodes:
+            desired += 1
+        if svc.spec.mode.is_job and t.status.state == TaskState.COMPLETE and \
+                (t.job_iteration or 0) == (svc.job_status.job_iteration if svc.job_status else 0):
+            completed += 1
+    if svc.spec.mode.kind == "replicated":
+        desired = svc.spec.mode.replicas
+    elif svc.spec.mode.kind == "replicated-job":
+        desired = min(svc.spec.mode.max_concurrent, max(0, svc.spec.mode.total_completions - completed))
+    elif svc.spec.mode.kind == "global-job":
+        desired = sum(1 for t in v.tasks(service_id=svc.id) if t.desired_state == TaskState.RUNNING
+                      and t.status.state < TaskState.COMPLETE)
+    return {"RunningTasks": running, "DesiredTasks": desired, "CompletedTasks": completed}
+
+
+@route("GET", "/services")
+async def services_list(request: web.Request) -> web.StreamResponse:
+    mgr = manager_of(request)
+    flt = parse_filters(request, {"id", "label", "mode", "name"})
+    status = qbool(request, "status")
+    v = mgr.store.view()
+    out = []
+    for s in v.services():
+        if flt.get("id") and not prefix_any(s.id, flt["id"]):
+            continue
+        if flt.get("name") and not prefix_any(s.name, flt["name"]):
+            continue
+        if flt.get("label") and not match_labels(dict(s.spec.annotations.labels), flt["label"]):
+            continue
+        if flt.get("mode") and s.spec.mode.kind not in flt["mode"]:
+            continue
+        out.append(C.service_to_wire(s, include_status=service_status(v, s) if status else None))
+    return json_ok(out)
+
+
+@route("POST", "/services/create")
+async def service_create(request: web.Request) -> web.StreamResponse:
+    mgr = manager_of(request)
+    spec = C.service_spec_from_wire(await read_json(request), api_version=request["api_version"])
+    svc = await mgr.controlapi.create_service(spec)
+    return json_ok({"ID": svc.id, "Warnings": None}, status=201)
+
+
+@route("GET", "/services/{id}")
+async def service_inspect(request: web.Request) -> web.StreamResponse:
+    mgr = manager_of(request)
+    svc = mgr.controlapi.get_service(param(request, "id"))
+    return json_ok(C.service_to_wire(svc, insert_defaults=qbool(request, "insertDefaults")))
+
+
+@route("POST", "/services/{id}/update")
+async def service_update(request: web.Request) -> web.StreamResponse:
+    mgr = manager_of(request)
+    rollback = request.query.get("rollback", "")
+    if rollback not in ("", "previous"):
+        raise InvalidArgument(M.unrecognized_rollback(rollback))
+    raf = request.query.get("registryAuthFrom", "")
+    if raf not in ("", "spec", "previous-spec"):
+        raise InvalidArgument(M.invalid_registry_auth_from(raf))
+    body = await read_json(request)
+    version_ = qversion(request)
+    if rollback == "previous":
+        await mgr.controlapi.update_service(param(request, "id"), version_, None, rollback=True)
+    else:
+        spec = C.service_spec_from_wire(body, api_version=request["api_version"])
+        await mgr.controlapi.update_service(param(request, "id"), version_, spec)
+    return json_ok({"Warnings": None})
+
+
+@route("DELETE", "/services/{id}")
+async def service_remove(request: web.Request) -> web.StreamResponse:
+    await manager_of(request).controlapi.remove_service(param(request, "id"))
+    return web.Response(status=200)
+
+
+# --- tasks --------------------------------------------------------------------------------------
+
+
+def _networks_by_id(v: ReadTx) -> dict[str, Network]:
+    return {n.id: n for n in v.all("network")}
+
+
+@route("GET", "/tasks")
+async def tasks_list(request: web.Request) -> web.StreamResponse:
+    mgr = manager_of(request)
+    flt = parse_filters(request, {"id", "name", "label", "service", "node", "desired-state", "_up-to-date",
+                                  "runtime"})
+    v = mgr.store.view()
+    service_ids: set[str] | None = None
+    if flt.get("service"):
+        service_ids = {mgr.controlapi.get_service(ref, v).id for ref in flt["service"]}
+    node_ids: set[str] | None = None
+    if flt.get("node"):
+        node_ids = set()
+        for ref in flt["node"]:
+            node_ids.add("" if ref == "" else mgr.controlapi.get_node(ref, v).id)
+    desired: set[TaskState] | None = None
+    if flt.get("desired-state"):
+        desired = set()
+        for s in flt["desired-state"]:
+            if s not in ("running", "shutdown", "accepted"):
+                raise InvalidArgument(f"Invalid desired-state filter: '{s}'. Supported values: running, "
+                                      "shutdown, accepted") if False else InvalidArgument(
+                    f"Invalid task desired state: {s}")
+            desired.add(TaskState.from_wire(s))
+    if service_ids is not None:
+        candidates = [t for sid in service_ids for t in v.tasks(service_id=sid)]
+    else:
+        candidates = v.tasks()
+    nets = _networks_by_id(v)
+    out = []
+    for t in candidates:
+        if t.desired_state >= TaskState.REMOVE and t.status.state >= TaskState.COMPLETE:
+            continue
+        if node_ids is not None and t.node_id not in node_ids:
+            continue
+        if desired is not None and t.desired_state not in desired:
+            continue
+        if flt.get("id") and not prefix_any(t.id, flt["id"]):
+            continue
+        if flt.get("name") and not prefix_any(task_name(t, v), flt["name"]):
+            continue
+        if flt.get("label") and not match_labels(dict(t.annotations.labels), flt["label"]):
+            continue
+        if flt.get("_up-to-date"):
+            # The CLI's convergence progress asks for tasks made from the service's current spec.
+            svc = v.service(t.service_id)
+            if svc is None or t.spec != svc.spec.task_template:
+                continue
+        out.append(C.task_to_wire(t, networks=nets))
+    return json_ok(out)
+
+
+@route("GET", "/tasks/{id}")
+async def task_inspect(request: web.Request) -> web.StreamResponse:
+    mgr = manager_of(request)
+    t = mgr.controlapi.get_task(param(request, "id"))
+    assert isinstance(t, Task)
+    return json_ok(C.task_to_wire(t, networks=_networks_by_id(mgr.store.view())))
+
+
+# --- logs ---------------------------------------------------------------------------------------
+
+
+def _log_options(request: web.Request) -> tuple[LogOptions, bool]:
+    tail_raw = request.query.get("tail", "all")
+    tail: int | None = None
+    if tail_raw not in ("", "all"):
+        try:
+            tail = max(0, int(tail_raw))
+        except ValueError:
+            tail = None
+    since = _parse_ts(request.query.get("since")) or 0.0
+    until = _parse_ts(request.query.get("until")) or 0.0
+    opts = LogOptions(follow=qbool(request, "follow"), stdout=qbool(request, "stdout"),
+                      stderr=qbool(request, "stderr"), tail=tail, since=since, until=until,
+                      timestamps=qbool(request, "timestamps"))
+    if not opts.stdout and not opts.stderr:
+        raise InvalidArgument("Bad parameters: you must choose at least one stream")
+    return opts, qbool(request, "details")
+
+
+def _frame(line: LogLine, text: bytes, tty: bool) -> bytes:
+    if tty:
+        return text
+    kind = 1 if line.stream == "stdout" else 2
+    return struct.pack(">BxxxL", kind, len(text)) + text
+
+
+def _format_line(line: LogLine, t: Task, opts: LogOptions, details: bool) -> bytes:
+    from shoal.engineapi.convert._wire import go_time
+
+    out = b""
+    if opts.timestamps:
+        out += go_time(line.timestamp).encode() + b" "
+    if details:
+        attrs = {"com.docker.swarm.node.id": t.node_id, "com.docker.swarm.service.id": t.service_id,
+                 "com.docker.swarm.task.id": t.id}
+        out += ",".join(f"{k}={v}" for k, v in sorted(attrs.items())).encode() + b" "
+    data = line.data if line.data.endswith(b"\n") else line.data + b"\n"
+    return out + data
+
+
+async def _stream_logs(request: web.Request, tasks: list[Task], opts: LogOptions, details: bool, tty: bool,
+                       follow_service: str | None) -> web.StreamResponse:
+    node = node_of(request)
+    mgr = node.require_manager()
+    resp = web.StreamResponse(headers={"Content-Type": "application/vnd.docker.multiplexed-stream"
+                                       if not tty else "application/vnd.docker.raw-stream"})
+    await resp.prepare(request)
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=1024)
+    streaming: set[str] = set()
+    workers: list[asyncio.Task[None]] = []
+
+    async def pump(t: Task) -> None:
+        try:
+            agent = node.agent if t.node_id == node.node_id else None
+            if agent is None:
+                warn = LogLine(stream="stderr", timestamp=0, data=(
+                    f"warning: node {t.node_id or '(unassigned)'} of task {t.id} cannot be reached for logs\n"
+                ).encode())
+                await queue.put(_frame(warn, warn.data, tty))
+                return
+            async for line in agent.task_logs(t.id, opts):
+                await queue.put(_frame(line, _format_line(line, t, opts, details), tty))
+        except NotFound:
+            return
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            err = LogLine(stream="stderr", timestamp=0, data=f"error from task {t.id}: {e}\n".encode())
+            await queue.put(_frame(err, err.data, tty))
+        finally:
+            await queue.put(None)
+
+    def start(t: Task) -> None:
+        if t.id in streaming:
+            return
+        streaming.add(t.id)
+        workers.append(asyncio.create_task(pump(t)))
+
+    for t in tasks:
+        start(t)
+    watcher: asyncio.Task[None] | None = None
+    service_gone = asyncio.Event()
+    if opts.follow and follow_service is not None:
+        sub = mgr.store.watch(kinds=("task", "service"))
+
+        async def watch_new() -> None:
+            try:
+                async for item in sub:
+                    if not isinstance(item, Event):
+                        continue
+                    if item.kind == "service" and item.action == "remove" and item.obj.id == follow_service:
+                        service_gone.set()
+                        await queue.put(None)
+                        return
+                    if item.kind == "task" and item.obj.service_id == follow_service and item.action != "remove" \
+                            and item.obj.status.state >= TaskState.ASSIGNED and item.obj.node_id:
+                        start(item.obj)
+            finally:
+                sub.close()
+
+        watcher = asyncio.create_task(watch_new())
+    finished = 0
+    try:
+        while True:
+            if service_gone.is_set():
+                break
+            if finished >= len(workers) and (watcher is None):
+                break
+            item = await queue.get()
+            if item is None:
+                finished += 1
+                continue
+            await resp.write(item)
+    finally:
+        for w in workers:
+            w.cancel()
+        if watcher is not None:
+            watcher.cancel()
+    await resp.write_eof()
+    return resp
+
+
+@route("GET", "/services/{id}/logs")
+async def service_logs(request: web.Request) -> web.StreamResponse:
+    mgr = manager_of(request)
+    svc = mgr.controlapi.get_service(param(request, "id"))
+    opts, details = _log_options(request)
+    tasks = [t for t in mgr.store.view().tasks(service_id=svc.id) if t.node_id
+             and t.status.state >= TaskState.ASSIGNED]
+    tasks.sort(key=lambda t: (t.slot, t.meta.created_at))
+    return await _stream_logs(request, tasks, opts, details, svc.spec.task_template.container.tty,
+                              svc.id if opts.follow else None)
+
+
+@route("GET", "/tasks/{id}/logs")
+async def task_logs(request: web.Request) -> web.StreamResponse:
+    mgr = manager_of(request)
+    t = mgr.controlapi.get_task(param(request, "id"))
+    assert isinstance(t, Task)
+    opts, details = _log_options(request)
+    return await _stream_logs(request, [t], opts, details, t.spec.container.tty, None)
+
+
+# --- secrets and configs -----------------------------------------------------------------------
+
+
+def _kv_filters(request: web.Request) -> dict[str, list[str]]:
+    return parse_filters(request, {"id", "label", "name", "names"})
+
+
+def _match_obj(o: Any, flt: dict[str, list[str]]) -> bool:
+    if flt.get("id") and not prefix_any(o.id, flt["id"]):
+        return False
+    if flt.get("name") and not prefix_any(o.name, flt["name"]):
+        return False
+    if flt.get("names") and o.name not in flt["names"]:
+        return False
+    return not (flt.get("label") and not match_labels(dict(o.spec.annotations.labels), flt["label"]))
+
+
+@route("GET", "/secrets")
+async def secrets_list(request: web.Request) -> web.StreamResponse:
+    mgr = manager_of(request)
+    flt = _kv_filters(request)
+    return json_ok([C.secret_to_wire(s) for s in mgr.store.view().all("secret") if _match_obj(s, flt)])
+
+
+@route("POST", "/secrets/create")
+async def secret_create(request: web.Request) -> web.StreamResponse:
+    mgr = manager_of(request)
+    s = await mgr.controlapi.create_secret(C.secret_spec_from_wire(await read_json(request)))
+    return json_ok({"ID": s.id}, status=201)
+
+
+@route("GET", "/secrets/{id}")
+async def secret_inspect(request: web.Request) -> web.StreamResponse:
+    return json_ok(C.secret_to_wire(manager_of(request).controlapi.get_secret(param(request, "id"))))
+
+
+@route("POST", "/secrets/{id}/update")
+async def secret_update(request: web.Request) -> web.StreamResponse:
+    mgr = manager_of(request)
+    await mgr.controlapi.update_secret(param(request, "id"), qversion(request),
+                                       C.secret_spec_from_wire(await read_json(request)))
+    return web.Response(status=200)
+
+
+@route("DELETE", "/secrets/{id}")
+async def secret_remove(request: web.Request) -> web.StreamResponse:
+    await manager_of(request).controlapi.remove_secret(param(request, "id"))
+    return web.Response(status=204)
+
+
+@route("GET", "/configs")
+async def configs_list(request: web.Request) -> web.StreamResponse:
+    mgr = manager_of(request)
+    flt = _kv_filters(request)
+    return json_ok([C.config_to_wire(c) for c in mgr.store.view().all("config") if _match_obj(c, flt)])
+
+
+@route("POST", "/configs/create")
+async def config_create(request: web.Request) -> web.StreamResponse:
+    mgr = manager_of(request)
+    c = await mgr.controlapi.create_config(C.config_spec_from_wire(await read_json(request)))
+    return json_ok({"ID": c.id}, status=201)
+
+
+@route("GET", "/configs/{id}")
+async def config_inspect(request: web.Request) -> web.StreamResponse:
+    return json_ok(C.config_to_wire(manager_of(request).controlapi.get_config(param(request, "id"))))
+
+
+@route("POST", "/configs/{id}/update")
+async def config_update(request: web.Request) -> web.StreamResponse:
+    mgr = manager_of(request)
+    await mgr.controlapi.update_config(param(request, "id"), qversion(request),
+                                       C.config_spec_from_wire(await read_json(request)))
+    return web.Response(status=200)
+
+
+@route("DELETE", "/configs/{id}")
+async def config_remove(request: web.Request) -> web.StreamResponse:
+    await manager_of(request).controlapi.remove_config(param(request, "id"))
+    return web.Response(status=204)
+
+
+# --- networks -----------------------------------------------------------------------------------
+
+
+def _swarm_networks(request: web.Request) -> list[Network]:
+    node = node_of(request)
+    if node.manager is None:
+        return []
+    return list(node.manager.store.view().all("network"))
+
+
+@route("GET", "/networks")
+async def networks_list(request: web.Request) -> web.StreamResponse:
+    engine = request.app[ENGINE_KEY]
+    flt = parse_filters(request, {"dangling", "driver", "id", "label", "name", "scope", "type"})
+    local: list[Any] = []
+    if engine.engine_host is not None:
+        try:
+            local = await engine.get_json("/networks", query=dict(request.query))
+        except ShoalError:
+            local = []
+    out = [n for n in local if n.get("Scope") != "swarm"]
+    for n in _swarm_networks(request):
+        if flt.get("id") and not prefix_any(n.id, flt["id"]):
+            continue
+        if flt.get("name") and not any(x in n.name for x in flt["name"]):
+            continue
+        if flt.get("driver") and "overlay" not in flt["driver"]:
+            continue
+        if flt.get("scope") and "swarm" not in flt["scope"]:
+            continue
+        if flt.get("type") and "custom" not in flt["type"]:
+            continue
+        if flt.get("label") and not match_labels(dict(n.spec.annotations.labels), flt["label"]):
+            continue
+        out.append(C.network_to_wire(n, api_version=request["api_version"]))
+    return json_ok(out)
+
+
+def _find_swarm_network(request: web.Request, ref: str) -> Network | None:
+    node = node_of(request)
+    if node.manager is None:
+        return None
+    v = node.manager.store.view()
+    try:
+        found = v.lookup("network", ref)
+    except ShoalError:
+        return None
+    return found if isinstance(found, Network) else None
+
+
+@route("GET", "/networks/{id}")
+async def network_inspect(request: web.Request) -> web.StreamResponse:
+    net = _find_swarm_network(request, param(request, "id"))
+    if net is None:
+        if request.app[ENGINE_KEY].engine_host is not None:
+            return await request.app[PROXY_KEY].handle(request)
+        raise NotFound(M.network_not_found(param(request, "id")))
+    return json_ok(C.network_to_wire(net, api_version=request["api_version"]))
+
+
+@route("POST", "/networks/create")
+async def network_create(request: web.Request) -> web.StreamResponse:
+    body = await read_json(request)
+    driver = str(body.get("Driver") or "bridge") if isinstance(body, dict) else "bridge"
+    scope = str(body.get("Scope") or "") if isinstance(body, dict) else ""
+    if driver != "overlay" and scope != "swarm":
+        return await request.app[ENGINE_KEY].forward_json(request, body)
+    mgr = manager_of(request)
+    req = C.network_create_from_wire(body)
+    net = await mgr.controlapi.create_network(req.spec)
+    return json_ok({"Id": net.id, "Warning": ""}, status=201)
+
+
+@route("DELETE", "/networks/{id}")
+async def network_remove(request: web.Request) -> web.StreamResponse:
+    net = _find_swarm_network(request, param(request, "id"))
+    if net is None:
+        if request.app[ENGINE_KEY].engine_host is not None:
+            return await request.app[PROXY_KEY].handle(request)
+        raise NotFound(M.network_not_found(param(request, "id")))
+    await manager_of(request).controlapi.remove_network(net.id)
+    return web.Response(status=204)
+
+
+async def iter_nothing() -> AsyncIterator[bytes]:
+    if False:
+        yield b""

@@ -1,0 +1,137 @@
+"""The node's Engine API server (aiohttp): version prefixes, errors in dockerd's shape, and routing.
+
+Paths may carry a `/vX.Y` prefix (the stock CLI negotiates through `/_ping` and then uses versioned
+paths); the prefix is stripped into `request["api_version"]`. Swarm endpoints are served here; every
+other path goes to the local Docker Engine through `EngineProxy`. Errors from the core (`ShoalError`)
+become `{"message": ...}` with their status; anything unexpected becomes a 500 with the same shape and is
+logged, never a crash or a hang.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import re
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from shoal import __version__
+from shoal.engineapi.engine_client import EngineClient
+from shoal.engineapi.proxy import EngineProxy
+from shoal.errors import ShoalError
+from shoal.node import ShoalNode
+
+log = logging.getLogger(__name__)
+
+API_VERSION = "1.47"
+MIN_API_VERSION = "1.24"
+_VERSION_RE = re.compile(r"^/v(\d+\.\d+)(/.*)$")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+NODE_KEY: web.AppKey[ShoalNode] = web.AppKey("node", ShoalNode)
+PROXY_KEY: web.AppKey[EngineProxy] = web.AppKey("proxy", EngineProxy)
+ENGINE_KEY: web.AppKey[EngineClient] = web.AppKey("engine", EngineClient)
+
+
+def json_response(data: object, status: int = 200) -> web.Response:
+    # Exactly "application/json": the Go client only decodes error bodies with that content type.
+    return web.Response(body=json.dumps(data, separators=(",", ":")).encode() + b"\n", status=status,
+                        headers={"Content-Type": "application/json"})
+
+
+def error_response(status: int, message: str) -> web.Response:
+    return json_response({"message": message}, status=status)
+
+
+def _version_tuple(v: str) -> tuple[int, int]:
+    major, minor = v.split(".")
+    return int(major), int(minor)
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except ShoalError as e:
+        return error_response(e.status, e.message)
+    except web.HTTPException:
+        raise
+    except json.JSONDecodeError as e:
+        return error_response(400, f"invalid JSON: {e.msg}")
+    except (ConnectionResetError, BrokenPipeError):
+        raise
+    except Exception as e:
+        log.exception("unhandled error serving %s %s", request.method, request.path)
+        return error_response(500, f"internal error: {e}")
+
+
+def make_app(node: ShoalNode, proxy: EngineProxy, engine: EngineClient) -> web.Application:
+    from shoal.engineapi import routes
+
+    app = web.Application(middlewares=[errors_middleware], client_max_size=512 * 1024 * 1024)
+    app[NODE_KEY] = node
+    app[PROXY_KEY] = proxy
+    app[ENGINE_KEY] = engine
+    table = routes.route_table()
+
+    async def dispatch(request: web.Request) -> web.StreamResponse:
+        path = request.path
+        m = _VERSION_RE.match(path)
+        version = API_VERSION
+        if m is not None:
+            version, path = m.group(1), m.group(2)
+            if _version_tuple(version) > _version_tuple(API_VERSION):
+                return error_response(400, f"client version {version} is too new. Maximum supported API "
+                                           f"version is {API_VERSION}")
+            if _version_tuple(version) < _version_tuple(MIN_API_VERSION):
+                return error_response(400, f"client version {version} is too old. Minimum supported API "
+                                           f"version is {MIN_API_VERSION}, please upgrade your client to a "
+                                           f"newer version")
+        request["api_version"] = version
+        request["route_path"] = path
+        for method, pattern, fn in table:
+            if method != request.method and not (method == "GET" and request.method == "HEAD"):
+                continue
+            mm = pattern.match(path)
+            if mm is not None:
+                request["params"] = mm.groupdict()
+                return await fn(request)
+        return await proxy.handle(request)
+
+    app.router.add_route("*", "/{tail:.*}", dispatch)
+    return app
+
+
+def ping_headers(node: ShoalNode) -> dict[str, str]:
+    swarm = "active/manager" if node.manager is not None else "inactive"
+    return {
+        "API-Version": API_VERSION,
+        "Docker-Experimental": "false",
+        "OSType": "linux",
+        "Swarm": swarm,
+        "Cache-Control": "no-cache, no-store, must-revalidate",
+        "Pragma": "no-cache",
+        "Builder-Version": "1",
+    }
+
+
+def version_body() -> dict[str, Any]:
+    arch = {"x86_64": "amd64", "aarch64": "arm64"}.get(platform.machine(), platform.machine())
+    return {
+        "Platform": {"Name": "Shoal"},
+        "Components": [{"Name": "Shoal", "Version": __version__, "Details": {
+            "ApiVersion": API_VERSION, "MinAPIVersion": MIN_API_VERSION, "Os": "linux", "Arch": arch}}],
+        "Version": __version__,
+        "ApiVersion": API_VERSION,
+        "MinAPIVersion": MIN_API_VERSION,
+        "GitCommit": "shoal",
+        "GoVersion": f"python{platform.python_version()}",
+        "Os": "linux",
+        "Arch": arch,
+        "KernelVersion": platform.release(),
+        "BuildTime": "",
+    }

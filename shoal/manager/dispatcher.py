@@ -1,0 +1,263 @@
+"""The dispatcher: agent sessions, heartbeats, assignments, task status reports.
+
+The protocol (`DispatcherAPI`) is what an agent sees; today agents on the manager's own node call it
+in-process, and the multi-node issue puts the same calls behind gRPC with mutual TLS. Assignments are
+streamed as a complete set, then increments: the node's tasks and the secrets and configs those tasks
+use, nothing else. Status reports are validated (only the node a task is assigned to may report it, and
+only forward moves) and written in batches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field, replace
+from typing import Any, Protocol
+
+from shoal.clock import Clock
+from shoal.errors import NotFound
+from shoal.model.objects import (
+    SECOND,
+    Config,
+    Node,
+    NodeDescription,
+    NodeStatus,
+    Secret,
+    Task,
+    TaskStatus,
+)
+from shoal.model.state import TaskState
+from shoal.store.memory import Commit, Event, MemoryStore, Tx
+
+log = logging.getLogger(__name__)
+
+COMPLETE = "complete"
+INCREMENTAL = "incremental"
+
+
+@dataclass(frozen=True, slots=True)
+class Assignments:
+    type: str  # complete | incremental
+    tasks: tuple[Task, ...] = ()  # added or changed
+    secrets: tuple[Secret, ...] = ()
+    configs: tuple[Config, ...] = ()
+    removed_tasks: tuple[str, ...] = ()
+    removed_secrets: tuple[str, ...] = ()
+    removed_configs: tuple[str, ...] = ()
+
+
+class DispatcherAPI(Protocol):
+    async def register(self, node_id: str, description: NodeDescription, addr: str) -> float:
+        """Open a session; returns the heartbeat period in seconds."""
+
+    async def heartbeat(self, node_id: str) -> float: ...
+
+    def assignments(self, node_id: str) -> AsyncIterator[Assignments]: ...
+
+    async def update_task_status(self, node_id: str, updates: list[tuple[str, TaskStatus]]) -> None: ...
+
+
+def assigned_to(t: Task, node_id: str) -> bool:
+    return t.node_id == node_id and t.status.state >= TaskState.ASSIGNED
+
+
+@dataclass
+class _Session:
+    node_id: str
+    last_seen: float
+    expired: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class Dispatcher:
+    def __init__(self, store: MemoryStore, clock: Clock) -> None:
+        self.store = store
+        self.clock = clock
+        self.sessions: dict[str, _Session] = {}
+        self._pending: dict[str, tuple[str, TaskStatus]] = {}
+        self._flush_needed = asyncio.Event()
+        self._flushed = asyncio.Event()
+
+    def heartbeat_period(self) -> float:
+        c = self.store.view().cluster()
+        return (c.spec.heartbeat_period if c else 5 * SECOND) / SECOND
+
+    # --- sessions ---------------------------------------------------------------------------------
+
+    async def register(self, node_id: str, description: NodeDescription, addr: str) -> float:
+        def fn(tx: Tx) -> None:
+            node = tx.node(node_id)
+            if node is None:
+                raise NotFound(f"node {node_id} not found")
+            tx.update(replace(node, description=description,
+                              status=NodeStatus(state="ready", addr=addr or node.status.addr)),
+                      check_version=False)
+
+        await self.store.update(fn)
+        old = self.sessions.get(node_id)
+        if old is not None:
+            old.expired.set()
+        self.sessions[node_id] = _Session(node_id, self.clock.monotonic())
+        return self.heartbeat_period()
+
+    async def heartbeat(self, node_id: str) -> float:
+        s = self.sessions.get(node_id)
+        if s is None or s.expired.is_set():
+            raise NotFound("node not registered")
+        s.last_seen = self.clock.monotonic()
+        return self.heartbeat_period()
+
+    async def run(self) -> None:
+        """Leader-only: expire sessions that missed heartbeats; flush status reports."""
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._expiry_loop())
+            tg.create_task(self._flush_loop())
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            period = self.heartbeat_period()
+            await self.clock.sleep(period / 2)
+            now = self.clock.monotonic()
+            dead = [s for s in self.sessions.values() if now - s.last_seen > 3 * period]
+            for s in dead:
+                s.expired.set()
+                del self.sessions[s.node_id]
+                await self._mark_down(s.node_id, "heartbeat failure")
+
+    async def _mark_down(self, node_id: str, message: str) -> None:
+        def fn(tx: Tx) -> None:
+            node = tx.node(node_id)
+            if node is not None and node.status.state != "down":
+                tx.update(replace(node, status=replace(node.status, state="down", message=message)),
+                          check_version=False)
+
+        await self.store.update(fn)
+
+    # --- assignments ------------------------------------------------------------------------------
+
+    def _deps(self, tasks: dict[str, Task]) -> tuple[set[str], set[str]]:
+        secrets: set[str] = set()
+        configs: set[str] = set()
+        for t in tasks.values():
+            if t.status.state >= TaskState.COMPLETE and t.desired_state > TaskState.RUNNING:
+                continue
+            secrets.update(r.secret_id for r in t.spec.container.secrets)
+            configs.update(r.config_id for r in t.spec.container.configs)
+        return secrets, configs
+
+    async def assignments(self, node_id: str) -> AsyncIterator[Assignments]:
+        session = self.sessions.get(node_id)
+        if session is None:
+            raise NotFound("node not registered")
+
+        def snapshot(v: Any) -> dict[str, Task]:
+            return {t.id: t for t in v.tasks(node_id=node_id) if assigned_to(t, node_id)}
+
+        tasks, sub = self.store.view_and_watch(snapshot, kinds=("task", "secret", "config"))
+        try:
+            v = self.store.view()
+            secrets, configs = self._deps(tasks)
+            yield Assignments(
+                type=COMPLETE, tasks=tuple(tasks.values()),
+                secrets=tuple(s for s in (v.get("secret", i) for i in secrets) if s is not None),
+                configs=tuple(c for c in (v.get("config", i) for i in configs) if c is not None))
+            changed: dict[str, Task] = {}
+            removed: set[str] = set()
+            dep_changed: set[str] = set()
+            while not session.expired.is_set():
+                item = await _get_or_expire(sub, session.expired)
+                if item is None:
+                    return
+                if isinstance(item, Event):
+                    if item.kind == "task":
+                        t: Task = item.obj
+                        if item.action != "remove" and assigned_to(t, node_id):
+                            changed[t.id] = t
+                            removed.discard(t.id)
+                        elif t.id in tasks:
+                            removed.add(t.id)
+                            changed.pop(t.id, None)
+                    else:
+                        dep_changed.add(item.obj.id)
+                    continue
+                assert isinstance(item, Commit)
+                if not changed and not removed and not dep_changed:
+                    continue
+                for tid in removed:
+                    tasks.pop(tid, None)
+                tasks.update(changed)
+                new_s, new_c = self._deps(tasks)
+                v = self.store.view()
+                add_s = {s for s in new_s if s not in secrets or s in dep_changed}
+                add_c = {c for c in new_c if c not in configs or c in dep_changed}
+                msg = Assignments(
+                    type=INCREMENTAL, tasks=tuple(changed.values()),
+                    secrets=tuple(s for s in (v.get("secret", i) for i in add_s) if s is not None),
+                    configs=tuple(c for c in (v.get("config", i) for i in add_c) if c is not None),
+                    removed_tasks=tuple(removed),
+                    removed_secrets=tuple(secrets - new_s), removed_configs=tuple(configs - new_c))
+                secrets, configs = new_s, new_c
+                changed, removed, dep_changed = {}, set(), set()
+                if msg.tasks or msg.removed_tasks or msg.secrets or msg.configs or msg.removed_secrets \
+                        or msg.removed_configs:
+                    yield msg
+        finally:
+            sub.close()
+
+    # --- status reports ---------------------------------------------------------------------------
+
+    async def update_task_status(self, node_id: str, updates: list[tuple[str, TaskStatus]]) -> None:
+        for tid, status in updates:
+            self._pending[tid] = (node_id, status)
+        self._flushed.clear()
+        self._flush_needed.set()
+        await self._flushed.wait()
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await self._flush_needed.wait()
+            self._flush_needed.clear()
+            batch, self._pending = self._pending, {}
+            try:
+                await self.store.update(lambda tx, b=batch: self._apply_statuses(tx, b))
+            except Exception:
+                log.exception("writing task status reports failed")
+            if not self._pending:
+                self._flushed.set()
+
+    def _apply_statuses(self, tx: Tx, batch: dict[str, tuple[str, TaskStatus]]) -> None:
+        for tid, (node_id, status) in batch.items():
+            t = tx.task(tid)
+            if t is None or t.node_id != node_id:
+                continue  # a report from a node the task is not assigned to is ignored
+            if status.state < t.status.state:
+                continue  # states only move forward
+            if status == t.status:
+                continue
+            tx.update(replace(t, status=status), check_version=False)
+
+
+async def _get_or_expire(sub: Any, expired: asyncio.Event) -> Any:
+    getter = asyncio.ensure_future(sub.get())
+    waiter = asyncio.ensure_future(expired.wait())
+    try:
+        done, _ = await asyncio.wait([getter, waiter], return_when=asyncio.FIRST_COMPLETED)
+        if getter in done:
+            try:
+                return getter.result()
+            except StopAsyncIteration:
+                return None
+        return None
+    finally:
+        getter.cancel()
+        waiter.cancel()
+
+
+def node_for_local(node_id: str, hostname: str, role: str, addr: str) -> Node:
+    from shoal.model.objects import Annotations, ManagerStatus, NodeSpec
+
+    return Node(id=node_id, spec=NodeSpec(annotations=Annotations(), role=role, availability="active"),
+                description=NodeDescription(hostname=hostname),
+                status=NodeStatus(state="unknown", addr=addr),
+                manager_status=ManagerStatus(leader=True, reachability="reachable", addr=addr)
+                if role == "manager" else None)

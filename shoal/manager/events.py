@@ -1,0 +1,120 @@
+"""Swarm-scope events for `/events`: service, node, secret, config and network create/update/remove.
+
+Events are derived from store changes and kept in a retained window (10,000 by default, well beyond
+dockerd's 256) so `docker events --since` can replay them; live subscribers get each new event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any
+
+from shoal.clock import Clock
+from shoal.store.memory import Event, MemoryStore, WatchOverflow, name_of
+
+KINDS = ("service", "node", "secret", "config", "network")
+
+
+def _attrs(ev: Event) -> dict[str, str]:
+    obj = ev.obj
+    attrs = {"name": name_of(obj)}
+    old = ev.old
+    if ev.action != "update" or old is None:
+        return attrs
+    if ev.kind == "service":
+        o_spec, n_spec = old.spec, obj.spec
+        oi, ni = o_spec.task_template.container.image, n_spec.task_template.container.image
+        if oi != ni:
+            attrs.update({"image.old": oi, "image.new": ni})
+        if o_spec.mode.replicas != n_spec.mode.replicas and n_spec.mode.kind == "replicated":
+            attrs.update({"replicas.old": str(o_spec.mode.replicas), "replicas.new": str(n_spec.mode.replicas)})
+        ou = old.update_status.state if old.update_status else ""
+        nu = obj.update_status.state if obj.update_status else ""
+        if ou != nu:
+            attrs.update({"updatestate.old": ou, "updatestate.new": nu})
+    elif ev.kind == "node":
+        if old.spec.availability != obj.spec.availability:
+            attrs.update({"availability.old": old.spec.availability, "availability.new": obj.spec.availability})
+        if old.spec.role != obj.spec.role:
+            attrs.update({"role.old": old.spec.role, "role.new": obj.spec.role})
+        if old.status.state != obj.status.state:
+            attrs.update({"state.old": old.status.state, "state.new": obj.status.state})
+    return attrs
+
+
+def _is_noise(ev: Event) -> bool:
+    """Updates a user did not cause and dockerd does not report (allocator/heartbeat bookkeeping)."""
+    if ev.action != "update" or ev.old is None:
+        return False
+    if ev.kind == "node":
+        return ev.old.spec == ev.obj.spec and ev.old.status.state == ev.obj.status.state
+    if ev.kind == "service":
+        return ev.old.spec == ev.obj.spec and ev.old.update_status == ev.obj.update_status
+    return False
+
+
+class EventLog:
+    def __init__(self, store: MemoryStore, clock: Clock, retain: int = 10_000) -> None:
+        self.store = store
+        self.clock = clock
+        self.window: deque[dict[str, Any]] = deque(maxlen=retain)
+        self._subs: set[asyncio.Queue[dict[str, Any]]] = set()
+
+    async def run(self) -> None:
+        while True:
+            sub = self.store.watch(kinds=KINDS)
+            try:
+                async for item in sub:
+                    if isinstance(item, Event) and not _is_noise(item):
+                        self._publish(item)
+            except WatchOverflow:
+                continue
+            finally:
+                sub.close()
+
+    def _publish(self, ev: Event) -> None:
+        now = self.clock.now()
+        msg = {
+            "Type": ev.kind,
+            "Action": ev.action,
+            "Actor": {"ID": ev.obj.id, "Attributes": _attrs(ev)},
+            "scope": "swarm",
+            "time": int(now),
+            "timeNano": int(now * 1e9),
+        }
+        self.window.append(msg)
+        for q in list(self._subs):
+            if q.qsize() < 10_000:
+                q.put_nowait(msg)
+
+    async def stream(self, since: float | None, until: float | None) -> AsyncIterator[dict[str, Any]]:
+        """Replay from `since`, then follow live until `until` (if given)."""
+        q: asyncio.Queue[dict[str, Any]] = asyncio.Queue()
+        self._subs.add(q)
+        replayed: set[int] = set()
+        try:
+            if since is not None:
+                for msg in list(self.window):
+                    if msg["timeNano"] >= since * 1e9 and (until is None or msg["timeNano"] <= until * 1e9):
+                        replayed.add(id(msg))
+                        yield msg
+            while True:
+                if until is not None:
+                    remaining = until - self.clock.now()
+                    if remaining <= 0:
+                        return
+                    try:
+                        msg = await asyncio.wait_for(q.get(), remaining)
+                    except TimeoutError:
+                        return
+                else:
+                    msg = await q.get()
+                if until is not None and msg["timeNano"] > until * 1e9:
+                    return
+                if id(msg) in replayed:
+                    continue  # published while the replay was running: already sent
+                yield msg
+        finally:
+            self._subs.discard(q)

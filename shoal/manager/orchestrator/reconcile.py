@@ -1,0 +1,260 @@
+"""Reconciliation of one service's tasks, as plain functions over a write transaction.
+
+Ownership (docs/design/task-model.md): these functions write tasks' `desired_state` and create tasks;
+they never touch `status`, which belongs to the allocator, the scheduler and the agent.
+
+A *slot* is a replica position (1..N for replicated services, a node for global ones). A slot is
+occupied while it has a task whose desired state is RUNNING or READY; a task that ended and must not be
+restarted (restart condition, max attempts) keeps its desired state, so its slot stays occupied and is
+not refilled. Replacing a task whose spec changed is the updater's job, not the reconciler's.
+"""
+
+from __future__ import annotations
+
+import random
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import replace
+
+from shoal.ids import new_id
+from shoal.model.objects import (
+    SECOND,
+    Node,
+    RestartPolicy,
+    Service,
+    Task,
+    TaskStatus,
+)
+from shoal.model.state import TaskState
+from shoal.store.memory import Tx
+
+DEFAULT_RESTART = RestartPolicy()
+JOB_RESTART = RestartPolicy(condition="on-failure")
+
+
+def runnable(t: Task) -> bool:
+    return t.desired_state <= TaskState.RUNNING
+
+
+def ended(t: Task) -> bool:
+    return t.status.state >= TaskState.COMPLETE
+
+
+def slot_key(t: Task) -> str:
+    return t.node_id if t.slot == 0 else str(t.slot)
+
+
+def is_dirty(svc: Service, t: Task) -> bool:
+    """The task was made from a different task template than the service's current one."""
+    return t.spec != svc.spec.task_template
+
+
+def restart_policy(svc: Service) -> RestartPolicy:
+    p = svc.spec.task_template.restart_policy
+    if p is not None:
+        return p
+    return JOB_RESTART if svc.spec.mode.is_job else DEFAULT_RESTART
+
+
+def node_eligible(node: Node) -> bool:
+    return node.status.state == "ready" and node.spec.availability == "active"
+
+
+def make_task(svc: Service, *, tid: str, slot: int, node_id: str, now: float,
+              desired: TaskState = TaskState.RUNNING, start_after: float = 0.0,
+              restart_count: int = 0, restart_history: tuple[float, ...] = (),
+              job_iteration: int | None = None) -> Task:
+    return Task(
+        id=tid,
+        spec=svc.spec.task_template,
+        spec_version=svc.spec_version,
+        service_id=svc.id,
+        service_annotations=svc.spec.annotations,
+        slot=slot,
+        node_id=node_id,
+        status=TaskStatus(timestamp=now, state=TaskState.NEW, message="created"),
+        desired_state=desired,
+        endpoint=svc.endpoint,
+        start_after=start_after,
+        restart_count=restart_count,
+        restart_history=restart_history,
+        job_iteration=job_iteration,
+    )
+
+
+class Reconciler:
+    """Everything the orchestrators decide, for one service at a time, inside one transaction."""
+
+    def __init__(self, rng: random.Random, constraint_check: Callable[[Service, Node], bool]) -> None:
+        self.rng = rng
+        self.constraint_check = constraint_check
+
+    def new_id(self) -> str:
+        return new_id(self.rng)
+
+    # --- entry point --------------------------------------------------------------------------------
+
+    def reconcile(self, tx: Tx, svc: Service) -> None:
+        tasks = tx.tasks(service_id=svc.id)
+        nodes = {n.id: n for n in tx.nodes()}
+        self._handle_lost_nodes(tx, svc, tasks, nodes)
+        tasks = tx.tasks(service_id=svc.id)
+        self._restart_ended(tx, svc, tasks)
+        tasks = tx.tasks(service_id=svc.id)
+        kind = svc.spec.mode.kind
+        if kind == "replicated":
+            self._replicated(tx, svc, tasks)
+        elif kind == "global":
+            self._global(tx, svc, tasks, nodes)
+        elif kind == "replicated-job":
+            self._replicated_job(tx, svc, tasks)
+        elif kind == "global-job":
+            self._global_job(tx, svc, tasks, nodes)
+        self._trim_history(tx, svc)
+
+    # --- failures and restarts ------------------------------------------------------------------------
+
+    def _handle_lost_nodes(self, tx: Tx, svc: Service, tasks: list[Task], nodes: dict[str, Node]) -> None:
+        """Tasks on a drained, down or removed node are shut down so that their slot is refilled."""
+        for t in tasks:
+            if not runnable(t) or not t.node_id:
+                continue
+            node = nodes.get(t.node_id)
+            lost = node is None or node.status.state == "down"
+            drained = node is not None and node.spec.availability == "drain"
+            if svc.spec.mode.is_global and node is not None and not self.constraint_check(svc, node):
+                drained = True
+            if lost or drained:
+                if svc.spec.mode.is_job and ended(t):
+                    continue  # a finished job task keeps its result
+                tx.update(replace(t, desired_state=TaskState.SHUTDOWN))
+
+    def _restart_ended(self, tx: Tx, svc: Service, tasks: list[Task]) -> None:
+        policy = restart_policy(svc)
+        now = tx.now
+        for t in tasks:
+            if not runnable(t) or not ended(t) or t.status.state == TaskState.REMOVE:
+                continue
+            if t.status.state == TaskState.COMPLETE and (svc.spec.mode.is_job or policy.condition != "any"):
+                continue  # done: the slot stays occupied by the completed task
+            if policy.condition == "none":
+                continue
+            history = t.restart_history
+            if policy.window > 0:
+                history = tuple(h for h in history if now - h < policy.window / SECOND)
+            if policy.max_attempts > 0 and len(history if policy.window > 0 else range(t.restart_count)) \
+                    >= policy.max_attempts:
+                continue  # max attempts reached: left failed
+            tx.update(replace(t, desired_state=TaskState.SHUTDOWN))
+            # The replacement always gets the current spec, even while an update is paused.
+            delay = policy.delay / SECOND
+            tx.create(make_task(
+                svc, tid=self.new_id(), slot=t.slot, node_id=t.node_id if t.slot == 0 else "",
+                now=now, desired=TaskState.READY if delay > 0 else TaskState.RUNNING,
+                start_after=now + delay if delay > 0 else 0.0,
+                restart_count=t.restart_count + 1, restart_history=(*history, now),
+                job_iteration=t.job_iteration))
+
+    def start_due(self, tx: Tx, now: float) -> float | None:
+        """Start tasks whose restart delay has passed; return when the next one is due."""
+        nxt: float | None = None
+        for t in tx.tasks():
+            if t.desired_state != TaskState.READY or t.start_after <= 0:
+                continue
+            if t.start_after <= now:
+                tx.update(replace(t, desired_state=TaskState.RUNNING, start_after=0.0))
+            elif nxt is None or t.start_after < nxt:
+                nxt = t.start_after
+        return nxt
+
+    # --- replicated ---------------------------------------------------------------------------------
+
+    def _replicated(self, tx: Tx, svc: Service, tasks: list[Task]) -> None:
+        want = svc.spec.mode.replicas
+        occupied: dict[int, list[Task]] = defaultdict(list)
+        for t in tasks:
+            if runnable(t):
+                occupied[t.slot].append(t)
+        if len(occupied) > want:
+            # Scale down: drop slots whose tasks are not running first, then the highest numbers.
+            def keep_score(slot: int) -> tuple[int, int]:
+                running = any(t.status.state == TaskState.RUNNING for t in occupied[slot])
+                return (0 if running else 1, -slot)
+
+            ranked = sorted(occupied, key=keep_score)
+            for slot in ranked[want:]:
+                for t in occupied.pop(slot):
+                    tx.update(replace(t, desired_state=TaskState.SHUTDOWN))
+        slot = 1
+        while len(occupied) < want:
+            if slot not in occupied:
+                occupied[slot] = [tx.create(make_task(svc, tid=self.new_id(), slot=slot, node_id="",
+                                                      now=tx.now))]
+            slot += 1
+
+    # --- global -------------------------------------------------------------------------------------
+
+    def _global(self, tx: Tx, svc: Service, tasks: list[Task], nodes: dict[str, Node]) -> None:
+        by_node: dict[str, list[Task]] = defaultdict(list)
+        for t in tasks:
+            if runnable(t):
+                by_node[t.node_id].append(t)
+        for node in nodes.values():
+            if node.id in by_node or not node_eligible(node) or not self.constraint_check(svc, node):
+                continue
+            tx.create(make_task(svc, tid=self.new_id(), slot=0, node_id=node.id, now=tx.now))
+
+    # --- jobs ---------------------------------------------------------------------------------------
+
+    def _job_iteration(self, svc: Service) -> int:
+        return svc.job_status.job_iteration if svc.job_status is not None else 0
+
+    def _replicated_job(self, tx: Tx, svc: Service, tasks: list[Task]) -> None:
+        it = self._job_iteration(svc)
+        mine = [t for t in tasks if (t.job_iteration or 0) == it]
+        completed = sum(1 for t in mine if t.status.state == TaskState.COMPLETE)
+        active = [t for t in mine if runnable(t) and not ended(t)]
+        total = svc.spec.mode.total_completions
+        room = min(svc.spec.mode.max_concurrent - len(active), total - completed - len(active))
+        used_slots = {t.slot for t in mine}
+        slot = 1
+        while room > 0:
+            while slot in used_slots:
+                slot += 1
+            used_slots.add(slot)
+            tx.create(make_task(svc, tid=self.new_id(), slot=slot, node_id="", now=tx.now, job_iteration=it))
+            room -= 1
+
+    def _global_job(self, tx: Tx, svc: Service, tasks: list[Task], nodes: dict[str, Node]) -> None:
+        it = self._job_iteration(svc)
+        done_nodes = {t.node_id for t in tasks if (t.job_iteration or 0) == it and
+                      (runnable(t) or t.status.state == TaskState.COMPLETE)}
+        for node in nodes.values():
+            if node.id in done_nodes or not node_eligible(node) or not self.constraint_check(svc, node):
+                continue
+            tx.create(make_task(svc, tid=self.new_id(), slot=0, node_id=node.id, now=tx.now,
+                                job_iteration=it))
+
+    # --- history ------------------------------------------------------------------------------------
+
+    def _trim_history(self, tx: Tx, svc: Service) -> None:
+        cluster = tx.cluster()
+        limit = cluster.spec.task_history_retention_limit if cluster is not None else 5
+        by_slot: dict[str, list[Task]] = defaultdict(list)
+        for t in tx.tasks(service_id=svc.id):
+            if not runnable(t) and (ended(t) or not t.node_id):
+                by_slot[slot_key(t)].append(t)
+        for dead in by_slot.values():
+            if len(dead) <= limit:
+                continue
+            dead.sort(key=lambda t: t.meta.created_at)
+            for t in dead[: len(dead) - max(limit, 0)]:
+                tx.delete("task", t.id)
+
+
+def reap_removed(tx: Tx) -> None:
+    """Delete tasks of removed services once they have stopped (or never reached a node)."""
+    for t in tx.tasks():
+        if t.desired_state >= TaskState.REMOVE and (ended(t) or not t.node_id) \
+                and tx.service(t.service_id) is None:
+            tx.delete("task", t.id)

@@ -1,0 +1,166 @@
+"""The orchestrator loop: watch the store, reconcile touched services, run updaters and restart timers.
+
+Startup is a full sweep (repairing whatever a previous leader left half-done); steady state reacts to
+events, batching everything that arrived before each commit marker into one transaction.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from shoal.clock import Clock
+from shoal.manager.orchestrator.reconcile import Reconciler, is_dirty, reap_removed, runnable
+from shoal.manager.orchestrator.updater import Updater
+from shoal.model.objects import Node, Service
+from shoal.store.memory import Commit, Event, MemoryStore, Tx, WatchOverflow
+
+log = logging.getLogger(__name__)
+
+
+class Orchestrator:
+    def __init__(self, store: MemoryStore, clock: Clock, reconciler: Reconciler) -> None:
+        self.store = store
+        self.clock = clock
+        self.reconciler = reconciler
+        self._updaters: dict[str, tuple[int, asyncio.Task[None]]] = {}
+        self._timer_poke = asyncio.Event()
+
+    async def run(self) -> None:
+        async with asyncio.TaskGroup() as tg:
+            tg.create_task(self._timers())
+            try:
+                await self._loop()
+            finally:
+                for _, task in self._updaters.values():
+                    task.cancel()
+
+    async def _loop(self) -> None:
+        while True:
+            ids, sub = self.store.view_and_watch(lambda v: {s.id for s in v.services()},
+                                                 kinds=("service", "task", "node", "cluster"))
+            await self._reconcile(ids, reap=True)
+            try:
+                pending: set[str] = set()
+                reap = False
+                async for item in sub:
+                    if isinstance(item, Event):
+                        reap |= self._touched(item, pending)
+                        continue
+                    assert isinstance(item, Commit)
+                    # Fold every commit already buffered into this round.
+                    for more in sub.drain():
+                        if isinstance(more, Event):
+                            reap |= self._touched(more, pending)
+                    if pending or reap:
+                        todo, pending = pending, set()
+                        await self._reconcile(todo, reap=reap)
+                        reap = False
+            except WatchOverflow:
+                log.warning("orchestrator fell behind the store; resyncing")
+            finally:
+                sub.close()
+
+    def _touched(self, ev: Event, pending: set[str]) -> bool:
+        if ev.kind == "service":
+            pending.add(ev.obj.id)
+            return ev.action == "remove"
+        if ev.kind == "task":
+            pending.add(ev.obj.service_id)
+            return bool(ev.obj.desired_state >= 800)
+        if ev.kind in ("node", "cluster"):
+            if ev.kind == "node" and ev.action == "update" and isinstance(ev.old, Node) \
+                    and ev.old.status == ev.obj.status and ev.old.spec == ev.obj.spec:
+                return False  # only the description changed
+            pending.update(s.id for s in self.store.view().services())
+        return False
+
+    async def _reconcile(self, service_ids: set[str], *, reap: bool) -> None:
+        def fn(tx: Tx) -> None:
+            for sid in sorted(service_ids):
+                svc = tx.service(sid)
+                if svc is not None:
+                    self.reconciler.reconcile(tx, svc)
+            if reap:
+                reap_removed(tx)
+
+        try:
+            await self.store.update(fn)
+        except Exception:
+            log.exception("reconciliation failed")
+        self._timer_poke.set()
+        for sid in service_ids:
+            self._maybe_update(sid)
+
+    def _maybe_update(self, sid: str) -> None:
+        svc = self.store.view().service(sid)
+        running = self._updaters.get(sid)
+        if svc is None:
+            if running is not None:
+                running[1].cancel()
+                del self._updaters[sid]
+            return
+        if running is not None:
+            version, task = running
+            if not task.done() and version == svc.spec_version:
+                return
+            task.cancel()
+            del self._updaters[sid]
+        st = svc.update_status.state if svc.update_status is not None else ""
+        if st in ("paused", "rollback_paused"):
+            return
+        if not self._needs_update(svc):
+            return
+        updater = Updater(self.store, self.clock, self.reconciler, sid)
+        self._updaters[sid] = (svc.spec_version, asyncio.create_task(self._run_updater(updater)))
+
+    def _needs_update(self, svc: Service) -> bool:
+        if svc.spec.mode.is_job:
+            return False
+        return any(runnable(t) and is_dirty(svc, t) for t in self.store.view().tasks(service_id=svc.id))
+
+    async def _run_updater(self, updater: Updater) -> None:
+        try:
+            await updater.run()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("updater for service %s failed", updater.service_id)
+
+    async def _timers(self) -> None:
+        """Start tasks whose restart delay has passed."""
+        while True:
+            self._timer_poke.clear()
+            due = await self.store.update(lambda tx: self.reconciler.start_due(tx, self.clock.now()))
+            timeout = None if due is None else max(0.0, due - self.clock.now())
+            await _wait_event_or_sleep(self._timer_poke, self.clock, timeout)
+
+
+async def _wait_event_or_sleep(event: asyncio.Event, clock: Clock, timeout: float | None) -> None:
+    waiter = asyncio.ensure_future(event.wait())
+    sleeper = asyncio.ensure_future(clock.sleep(timeout)) if timeout is not None else None
+    try:
+        await asyncio.wait([f for f in (waiter, sleeper) if f is not None], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        waiter.cancel()
+        if sleeper is not None:
+            sleeper.cancel()
+
+
+def constraint_checker() -> Callable[[Service, Node], bool]:
+    """Constraint matching shared with the scheduler (global services pick their nodes with it)."""
+    from shoal.manager.scheduler.constraints import parse_constraints
+
+    cache: dict[tuple[str, ...], list[object]] = {}
+
+    def check(svc: Service, node: Node) -> bool:
+        placement = svc.spec.task_template.placement
+        if placement is None or not placement.constraints:
+            return True
+        key = placement.constraints
+        if key not in cache:
+            cache[key] = list(parse_constraints(list(key)))
+        return all(c.matches(node) for c in cache[key])  # type: ignore[attr-defined]
+
+    return check

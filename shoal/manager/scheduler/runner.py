@@ -1,0 +1,125 @@
+"""The store-driven shell around the pure scheduler: watch, decide, write decisions in one transaction.
+
+It keeps the scheduler's node table current from events, collects PENDING tasks, and after each burst of
+commits runs `Scheduler.schedule` and writes every decision in a single transaction (the only place the
+scheduler writes). A placement whose task changed meanwhile is undone in the scheduler's table. Tasks that
+cannot be placed keep their pending message and are retried whenever a node or a task changes.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from dataclasses import replace
+
+from shoal.clock import Clock
+from shoal.manager.scheduler.core import Decision, Scheduler
+from shoal.model.objects import Task, TaskStatus
+from shoal.model.state import TaskState
+from shoal.store.memory import Commit, Event, MemoryStore, Tx, WatchOverflow
+
+log = logging.getLogger(__name__)
+
+
+def _active(t: Task) -> bool:
+    return bool(t.node_id) and t.desired_state <= TaskState.RUNNING and t.status.state < TaskState.COMPLETE
+
+
+class SchedulerRunner:
+    def __init__(self, store: MemoryStore, clock: Clock, rng: random.Random,
+                 default_strategy: str = "spread") -> None:
+        self.store = store
+        self.clock = clock
+        self.rng = rng
+        self.default_strategy = default_strategy
+        self.pending: dict[str, Task] = {}
+        self.core = Scheduler(rng, default_strategy=default_strategy)
+        self._retry = False
+
+    def _reset(self) -> None:
+        self.core = Scheduler(self.rng, default_strategy=self.default_strategy)
+        self.pending.clear()
+        v = self.store.view()
+        for n in v.nodes():
+            self.core.upsert_node(n)
+        for t in v.tasks():
+            self._observe_task(None, t)
+
+    def _observe_task(self, old: Task | None, t: Task | None) -> None:
+        if old is not None and _active(old):
+            self.core.remove_task(old)
+        if t is None:
+            if old is not None:
+                self.pending.pop(old.id, None)
+            return
+        if _active(t):
+            self.core.add_task(t)
+        if t.status.state == TaskState.PENDING and t.desired_state <= TaskState.RUNNING:
+            self.pending[t.id] = t
+        else:
+            self.pending.pop(t.id, None)
+
+    async def run(self) -> None:
+        while True:
+            sub = self.store.watch(kinds=("node", "task"))
+            self._reset()
+            try:
+                await self._tick()
+                dirty = False
+                async for item in sub:
+                    if isinstance(item, Event):
+                        dirty |= self._observe(item)
+                    elif isinstance(item, Commit):
+                        for more in sub.drain():
+                            if isinstance(more, Event):
+                                dirty |= self._observe(more)
+                        if dirty and self.pending:
+                            await self._tick()
+                        dirty = False
+            except WatchOverflow:
+                log.warning("scheduler fell behind; resyncing")
+            finally:
+                sub.close()
+
+    def _observe(self, ev: Event) -> bool:
+        if ev.kind == "node":
+            if ev.action == "remove":
+                self.core.remove_node(ev.obj.id)
+            elif ev.old is None or ev.old.spec != ev.obj.spec or ev.old.status != ev.obj.status \
+                    or ev.old.description != ev.obj.description:
+                self.core.upsert_node(ev.obj)
+            else:
+                return False
+            return True
+        if ev.action == "remove":
+            self._observe_task(ev.obj, None)
+        else:
+            self._observe_task(ev.old, ev.obj)
+        return True
+
+    async def _tick(self) -> None:
+        if not self.pending:
+            return
+        tasks = sorted(self.pending.values(), key=lambda t: (t.service_id, t.spec_version, t.slot, t.id))
+        # Global tasks come with their node; the scheduler only checks them against it.
+        decisions: list[Decision] = self.core.schedule(tasks, self.clock.now())
+        now = self.clock.now()
+
+        def fn(tx: Tx) -> None:
+            for d in decisions:
+                cur = tx.task(d.task_id)
+                if cur is None or cur.status.state != TaskState.PENDING or (cur.node_id and
+                                                                            cur.node_id != d.node_id):
+                    if d.node_id is not None and cur is not None:
+                        self.core.remove_task(replace(cur, node_id=d.node_id))
+                    continue
+                if d.node_id is None:
+                    if cur.status.message != d.message:
+                        tx.update(replace(cur, status=replace(cur.status, timestamp=now, message=d.message)),
+                                  check_version=False)
+                    continue
+                tx.update(replace(cur, node_id=d.node_id, status=TaskStatus(
+                    timestamp=now, state=TaskState.ASSIGNED, message="scheduler assigned task to node")),
+                    check_version=False)
+
+        await self.store.update(fn)
