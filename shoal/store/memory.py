@@ -37,7 +37,7 @@ from shoal.model.objects import (
 )
 
 T = TypeVar("T")
-O = TypeVar("O", bound=StoreObject)
+ObjT = TypeVar("ObjT", bound=StoreObject)
 
 ENTRY_FORMAT = 1
 
@@ -283,7 +283,7 @@ class Tx(ReadTx):
         return out
 
     # writes
-    def create(self, obj: O) -> O:
+    def create(self, obj: ObjT) -> ObjT:
         kind = kind_of(obj)
         if self.get(kind, obj.id) is not None:
             raise Conflict(f"{kind} {obj.id} already exists")
@@ -293,7 +293,7 @@ class Tx(ReadTx):
         self._stage("create", kind, stamped)
         return stamped
 
-    def update(self, obj: O, *, check_version: bool = True) -> O:
+    def update(self, obj: ObjT, *, check_version: bool = True) -> ObjT:
         kind = kind_of(obj)
         cur = self.get(kind, obj.id)
         if cur is None:
