@@ -121,7 +121,7 @@ class ShoalNode:
             from shoal.agent.exec.docker import DockerExecutor
 
             return DockerExecutor(engine_host=self.cfg.engine_host or "unix:///var/run/docker.sock", root=root,
-                                  hostname=self.cfg.hostname or None)
+                                  hostname=self.cfg.hostname or None, node_id=self.node_id)
         from shoal.agent.exec.process import ProcessExecutor
 
         return ProcessExecutor(root=root, hostname=self.hostname)
