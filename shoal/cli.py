@@ -116,11 +116,13 @@ def daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, executor: str,
 
 @main.command()
 @click.option("--dir", "workdir", type=click.Path(path_type=Path), default=Path(".shoal-demo"), show_default=True)
-def demo(workdir: Path) -> None:
+@click.option("--executor", type=click.Choice(["docker", "process"]), default="process", show_default=True)
+@click.option("--detach", is_flag=True, help="leave the daemon running and return")
+def demo(workdir: Path, executor: str, detach: bool) -> None:
     """Start a local one-node demo swarm and deploy a small stack (see README)."""
     from shoal.demo import run_demo
 
-    sys.exit(run_demo(workdir.resolve()))
+    sys.exit(run_demo(workdir.resolve(), executor=executor, detach=detach))
 
 
 if __name__ == "__main__":
