@@ -17,7 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 
 from shoal.agent.exec.protocol import Controller, Executor, LogLine, LogOptions
-from shoal.agent.exec.step import step
+from shoal.agent.exec.step import has_health_check, step
 from shoal.clock import Clock
 from shoal.errors import NotFound
 from shoal.manager.dispatcher import COMPLETE, Assignments, DispatcherAPI
@@ -74,16 +74,34 @@ class _TaskRunner:
                 await self.changed.wait()
                 continue
             self.changed.clear()
+            # Only a step that blocks for as long as the process runs (waiting for its exit, or for it to
+            # become healthy) is interrupted, and only by a change of the desired state. Cancelling any
+            # other step (e.g. `start()` while the supervisor is being launched) would leave its work half
+            # done and the next step would do it again: duplicate processes.
+            st = self.task.status.state
+            blocking = st == TaskState.RUNNING or (st == TaskState.STARTING and has_health_check(self.task))
+            desired_at_start = self.task.desired_state
             stepping = asyncio.ensure_future(step(self.task, self.ctlr, self.agent.clock))
-            interrupt = asyncio.ensure_future(self.changed.wait())
-            done, _ = await asyncio.wait([stepping, interrupt], return_when=asyncio.FIRST_COMPLETED)
-            if stepping not in done:
-                # Desired state changed while blocked (usually waiting for exit): re-decide.
-                stepping.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await stepping
+            interrupted = False
+            while blocking:
+                interrupt = asyncio.ensure_future(self.changed.wait())
+                done, _ = await asyncio.wait([stepping, interrupt], return_when=asyncio.FIRST_COMPLETED)
+                if stepping in done:
+                    interrupt.cancel()
+                    break
+                self.changed.clear()
+                if self.task.desired_state != desired_at_start:
+                    # Desired state changed while blocked: re-decide.
+                    stepping.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await stepping
+                    interrupted = True
+                    break
+            if interrupted:
+                self.changed.set()
                 continue
-            interrupt.cancel()
+            with contextlib.suppress(Exception):
+                await stepping
             try:
                 status = stepping.result()
             except Exception as e:  # step translates executor errors; anything else is a bug here
