@@ -331,15 +331,20 @@ class SimCluster:
         return st.message if st is not None else ""
 
     def converged(self, sid: str, n: int, *, spec_version: int | None = None) -> bool:
-        """Exactly `n` tasks running, one per slot, all of the service's current spec, nothing else live."""
+        """Exactly `n` tasks running, all made from the service's current task template (or from
+        `spec_version`), all meant to run, and no other task that is not finished."""
         svc = self.service(sid)
-        v = svc.spec_version if spec_version is None else spec_version
+
+        def current(t: Task) -> bool:
+            if spec_version is not None:
+                return t.spec_version == spec_version
+            return t.spec == svc.spec.task_template
+
         live = self.live(sid)
-        runnable = [t for t in self.tasks(sid) if t.desired_state <= TaskState.RUNNING
-                    and t.status.state < TaskState.COMPLETE]
-        return (len(live) == n and all(t.spec_version == v and t.desired_state == TaskState.RUNNING
-                                       for t in live)
-                and len(runnable) == n)
+        unfinished = [t for t in self.tasks(sid) if t.status.state < TaskState.COMPLETE
+                      and (t.desired_state <= TaskState.RUNNING or t.node_id)]
+        return (len(live) == n and len(unfinished) == n
+                and all(current(t) and t.desired_state == TaskState.RUNNING for t in live))
 
     async def wait_until(self, pred: Callable[[], bool], timeout: float = 300.0, what: str = "") -> float:
         """Wait (in virtual time) until `pred()` holds, re-checking after every store commit; return the

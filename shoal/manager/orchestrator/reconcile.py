@@ -176,10 +176,11 @@ class Reconciler:
             if runnable(t):
                 occupied[t.slot].append(t)
         if len(occupied) > want:
-            # Scale down: drop slots whose tasks are not running first, then the highest numbers.
+            # Scale down: drop slots whose tasks are not running first, then the highest numbers
+            # (keep = running first, then the lowest slot numbers, so `service ps` stays 1..N).
             def keep_score(slot: int) -> tuple[int, int]:
                 running = any(t.status.state == TaskState.RUNNING for t in occupied[slot])
-                return (0 if running else 1, -slot)
+                return (0 if running else 1, slot)
 
             ranked = sorted(occupied, key=keep_score)
             for slot in ranked[want:]:
@@ -238,17 +239,22 @@ class Reconciler:
     # --- history ------------------------------------------------------------------------------------
 
     def _trim_history(self, tx: Tx, svc: Service) -> None:
+        """Keep at most `limit` tasks per slot, the live ones included (swarmkit's task reaper: with the
+        default 5, `service ps` shows the running task and 4 before it). Only dead tasks go, oldest first;
+        a negative limit keeps everything."""
         cluster = tx.cluster()
         limit = cluster.spec.task_history_retention_limit if cluster is not None else 5
+        if limit < 0:
+            return
         by_slot: dict[str, list[Task]] = defaultdict(list)
         for t in tx.tasks(service_id=svc.id):
-            if not runnable(t) and (ended(t) or not t.node_id):
-                by_slot[slot_key(t)].append(t)
-        for dead in by_slot.values():
-            if len(dead) <= limit:
+            by_slot[slot_key(t)].append(t)
+        for slot_tasks in by_slot.values():
+            if len(slot_tasks) <= limit:
                 continue
-            dead.sort(key=lambda t: t.meta.created_at)
-            for t in dead[: len(dead) - max(limit, 0)]:
+            dead = [t for t in slot_tasks if not runnable(t) and (ended(t) or not t.node_id)]
+            dead.sort(key=lambda t: (t.meta.created_at, t.meta.version))
+            for t in dead[: len(slot_tasks) - limit]:
                 tx.delete("task", t.id)
 
 
