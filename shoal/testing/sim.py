@@ -49,7 +49,7 @@ from shoal.model.objects import (
     UpdateConfig,
 )
 from shoal.model.state import TaskState
-from shoal.store.memory import Event, MemoryStore, ReadTx
+from shoal.store.memory import Event, MemoryStore, ReadTx, Subscription, WatchItem
 from shoal.store.wal import open_local_store
 from shoal.testing.clock import VirtualClock
 from shoal.testing.fakeexec import FakeBehavior, FakeExecutor
@@ -150,6 +150,25 @@ class Change:
     old: object
 
 
+class _Recorder(Subscription):
+    """Appends every committed change to `sim.log` synchronously, as the store applies it, so the log
+    is complete and its times exact whenever a test looks (a watching task would lag behind)."""
+
+    def __init__(self, sim: SimCluster) -> None:
+        super().__init__(sim.store, frozenset({"task", "service", "node"}), limit=1)
+        self._sim = sim
+        sim.store._subs.add(self)  # the store offers every commit to its subscriptions
+
+    def _offer(self, items: list[WatchItem]) -> None:
+        at = self._sim.clock.elapsed
+        for it in items:
+            if isinstance(it, Event):
+                if it.kind in ("task", "service", "node"):
+                    self._sim.log.append(Change(at, it.action, it.kind, it.obj, it.old))
+            else:
+                self._sim.log.append(Change(at, "commit", "commit", it.version, None))
+
+
 @dataclass
 class SimNode:
     id: str
@@ -174,7 +193,7 @@ class SimCluster:
         self.manager = Manager(self.store, self.clock, random.Random(self.rng.getrandbits(64)))
         self.api = self.manager.controlapi
         self._leader: asyncio.Task[None] | None = None
-        self._recorder: asyncio.Task[None] | None = None
+        self._recorder: _Recorder | None = None
         self.leader_terms = 0
 
     # --- lifecycle --------------------------------------------------------------------------------
@@ -202,7 +221,7 @@ class SimCluster:
         cid = new_id(self.rng)
         await self.store.update(lambda tx: tx.create(Cluster(
             id=cid, spec=SwarmSpec(task_history_retention_limit=self.history_limit))))
-        self._recorder = asyncio.create_task(self._record(), name="sim-recorder")
+        self._recorder = _Recorder(self)
         self.start_leader()
         for _ in range(nodes):
             await self.add_node()
@@ -228,9 +247,7 @@ class SimCluster:
             await self._stop_agent(n)
         await self.stop_leader()
         if self._recorder is not None:
-            self._recorder.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._recorder
+            self._recorder.close()
 
     async def _stop_agent(self, n: SimNode) -> None:
         if n.task is not None:
@@ -373,17 +390,6 @@ class SimCluster:
         await self.clock.run_for(seconds)
 
     # --- the log ------------------------------------------------------------------------------------
-
-    async def _record(self) -> None:
-        sub = self.store.watch(kinds=("task", "service", "node"), limit=10_000_000)
-        try:
-            async for item in sub:
-                if isinstance(item, Event):
-                    self.log.append(Change(self.clock.elapsed, item.action, item.kind, item.obj, item.old))
-                else:
-                    self.log.append(Change(self.clock.elapsed, "commit", "commit", item.version, None))
-        finally:
-            sub.close()
 
     def task_changes(self, sid: str | None = None) -> list[tuple[float, Task, Task | None]]:
         out: list[tuple[float, Task, Task | None]] = []

@@ -141,7 +141,11 @@ class Reconciler:
                 continue
             history = t.restart_history
             if policy.window > 0:
-                history = tuple(h for h in history if now - h < policy.window / SECOND)
+                # The window is looked at from the moment the task ended, not from now: the decision
+                # must not change when the reconciler happens to look again later (a task left failed
+                # stays failed, as swarmkit decides once, at the failure).
+                ended_at = min(now, max(t.status.timestamp, history[-1] if history else 0.0))
+                history = tuple(h for h in history if ended_at - h < policy.window / SECOND)
             if policy.max_attempts > 0 and len(history if policy.window > 0 else range(t.restart_count)) \
                     >= policy.max_attempts:
                 continue  # max attempts reached: left failed
