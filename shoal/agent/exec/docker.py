@@ -29,7 +29,7 @@ import logging
 import os
 import shutil
 import struct
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -219,6 +219,10 @@ class DockerController:
         self._deps = deps
         self.name = ctr.container_name(task)
         self._id = ""
+        # Engine operations under way, by name. The agent cancels a step when the task changes; the engine
+        # carries on with a request already sent (the name stays reserved, the start proceeds), so these
+        # run shielded and the next step joins the same operation instead of racing it.
+        self._ops: dict[str, asyncio.Future[None]] = {}
 
     @property
     def _docker(self) -> aiodocker.Docker:
@@ -402,7 +406,38 @@ class DockerController:
 
     # -- Controller --
 
+    async def _once(self, key: str, op: Callable[[], Awaitable[None]]) -> None:
+        """Run `op` shielded from the caller's cancellation; a call while one is under way joins it."""
+        fut = self._ops.get(key)
+        if fut is None:
+            fut = self._ops[key] = asyncio.ensure_future(op())
+        try:
+            await asyncio.shield(fut)
+        finally:
+            if fut.done():
+                if self._ops.get(key) is fut:
+                    del self._ops[key]
+                if not fut.cancelled():
+                    fut.exception()  # retrieved: raised above to the caller that saw it finish
+
+    async def _adopt_conflict(self, timeout: float = 15.0) -> bool:
+        """After a 409 on create: the name is ours (it holds the task ID), but dockerd reserves a name
+        before the container can be inspected. Poll until it can, within `timeout`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        delay = 0.02
+        while True:
+            if await self._inspect_raw() is not None:
+                return True
+            if loop.time() > deadline:
+                return False
+            await asyncio.sleep(delay)  # polling the engine for a condition, bounded by the deadline
+            delay = min(delay * 2, 0.5)
+
     async def prepare(self) -> None:
+        await self._once("prepare", self._prepare)
+
+    async def _prepare(self) -> None:
         if await self._inspect_raw() is not None:
             await self._write_files()  # the host may have lost them (reboot); rewrite in place
             return  # adopt the existing container
@@ -418,12 +453,15 @@ class DockerController:
                     data=json.dumps(body),
                 )
             except DockerError as e:
-                if e.status == 409 and await self._inspect_raw() is not None:
-                    return  # created concurrently: adopt it
+                if e.status == 409 and await self._adopt_conflict():
+                    return  # created concurrently (or by a request cancelled midway): adopt it
                 raise
         self._id = str(created["Id"])
 
     async def start(self) -> None:
+        await self._once("start", self._start)
+
+    async def _start(self) -> None:
         data = await self._require()
         if data["State"]["Status"] != "created":
             return  # started before (maybe already exited): never start it twice
@@ -639,7 +677,11 @@ class DockerController:
                 yield _log_line(stream, rest)
 
     async def close(self) -> None:
-        """Nothing per task: the executor owns the engine client."""
+        """Wait for engine operations under way (the executor owns the engine client)."""
+        for fut in list(self._ops.values()):
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await asyncio.wait_for(asyncio.shield(fut), 30)
+        self._ops.clear()
 
 
 def _log_line(stream: str, raw: bytes) -> LogLine:

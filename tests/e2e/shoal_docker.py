@@ -1,0 +1,158 @@
+"""A `shoal daemon --executor docker` subprocess for end-to-end tests, driven by the stock docker CLI.
+
+`ShoalDocker(base, engine_url)` runs `python -m shoal.cli daemon --executor docker --engine-host URL`
+with its own data dir and API socket under `base` (keep `base` short: unix socket paths are limited to
+107 bytes). `start()` waits for the ready file and for `/_ping` on the socket; `kill()` is `kill -9`;
+`restart()` kills and starts it again on the same data dir.
+
+`.docker(*args)` runs the stock `docker` CLI with `DOCKER_HOST=unix://<shoal socket>` and a private
+`DOCKER_CONFIG`; `.client()` is a docker-py client on the same socket. `wait_until(fn, timeout)` polls a
+condition with a bounded deadline and fails with the last value seen.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tests.e2e.dockerd import ping
+
+T = TypeVar("T")
+
+
+class DaemonDied(Exception):
+    pass
+
+
+def wait_until(fn: Callable[[], T], timeout: float = 30.0, interval: float = 0.1, what: str = "") -> T:
+    """Call `fn` until it returns a truthy value (returned) or `timeout` passes (AssertionError naming
+    the last value, or re-raising the last exception)."""
+    deadline = time.monotonic() + timeout
+    last: Any = None
+    while True:
+        err: BaseException | None = None
+        try:
+            last = fn()
+        except AssertionError as e:  # a condition written with asserts
+            err, last = e, e
+        if last and err is None:
+            return last
+        if time.monotonic() > deadline:
+            if err is not None:
+                raise err
+            raise AssertionError(f"timed out after {timeout}s waiting for {what or fn}: last value {last!r}")
+        time.sleep(interval)  # polling interval of a bounded poll, not a synchronisation
+
+
+class ShoalDocker:
+    def __init__(self, base: Path, engine_url: str, *, hostname: str = "node1") -> None:
+        self.base = Path(base)
+        self.engine_url = engine_url
+        self.hostname = hostname
+        self.data_dir = self.base / "data"
+        self.socket = self.base / "api.sock"
+        self.ready_file = self.base / "ready"
+        self.log_path = self.base / "shoal.log"
+        self.config_dir = self.base / "cli"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def host(self) -> str:
+        return f"unix://{self.socket}"
+
+    # --- process ----------------------------------------------------------------------------------
+
+    def start(self, timeout: float = 30.0) -> None:
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        self.base.mkdir(parents=True, exist_ok=True)
+        self.config_dir.mkdir(exist_ok=True)
+        self.ready_file.unlink(missing_ok=True)
+        args = [
+            sys.executable, "-m", "shoal.cli", "daemon",
+            "--data-dir", str(self.data_dir),
+            "--api-socket", str(self.socket),
+            "--executor", "docker",
+            "--engine-host", self.engine_url,
+            "--hostname", self.hostname,
+            "--ready-file", str(self.ready_file),
+            "--log-level", "info",
+        ]
+        with open(self.log_path, "ab") as logf:
+            logf.write(f"--- start {' '.join(args)}\n".encode())
+            logf.flush()
+            self.proc = subprocess.Popen(args, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         start_new_session=True)
+        deadline = time.monotonic() + timeout
+        while not (self.ready_file.exists() and ping(self.socket)):
+            if self.proc.poll() is not None:
+                raise DaemonDied(f"shoal daemon exited with {self.proc.returncode}:\n{self.log_tail()}")
+            if time.monotonic() > deadline:
+                raise DaemonDied(f"shoal daemon not ready within {timeout}s:\n{self.log_tail()}")
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(0.05)
+
+    def kill(self) -> None:
+        """kill -9: no cleanup at all, as a crash."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait(30)
+
+    def stop(self, timeout: float = 30.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def restart(self) -> None:
+        self.kill()
+        self.start()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def log_tail(self, n: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except FileNotFoundError:
+            return ""
+
+    def close(self) -> None:
+        self.stop()
+        shutil.rmtree(self.base, ignore_errors=True)
+
+    # --- clients ------------------------------------------------------------------------------------
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKER_")}
+        env.update(DOCKER_HOST=self.host, DOCKER_CONFIG=str(self.config_dir), DOCKER_CLI_HINTS="false")
+        return env
+
+    def docker(self, *args: str, check: bool = True, timeout: float = 90.0,
+               input: bytes | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+        """Run the stock CLI against this node. With check, a non-zero exit fails the test with the
+        output and the daemon's log tail."""
+        res = subprocess.run(["docker", *args], env=self.env(), capture_output=True, timeout=timeout,
+                             input=input, cwd=cwd)
+        out = subprocess.CompletedProcess(res.args, res.returncode, res.stdout.decode(errors="replace"),
+                                          res.stderr.decode(errors="replace"))
+        if check and out.returncode != 0:
+            raise AssertionError(
+                f"docker {' '.join(args)} exited {out.returncode}\nstdout: {out.stdout}\nstderr: {out.stderr}\n"
+                f"--- shoal log tail ---\n{self.log_tail()}")
+        return out
+
+    def client(self) -> Any:
+        import docker  # type: ignore[import-untyped]
+
+        return docker.DockerClient(base_url=self.host, timeout=60)
