@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from shoal.model.objects import SECOND, RestartPolicy
 from shoal.model.state import TaskState
 from shoal.testing.fakeexec import FakeBehavior
@@ -54,7 +56,7 @@ async def test_delay_is_honoured() -> None:
         await sim.wait_until(lambda: len(sim.tasks(svc.id)) >= 4)
         await sim.run_for(1)
         tasks = sorted(sim.tasks(svc.id), key=lambda t: t.restart_count)
-        for prev, nxt in zip(tasks, tasks[1:]):
+        for prev, nxt in itertools.pairwise(tasks):
             failed_at = sim.first_time(lambda t, i=prev.id: t.id == i and t.status.state == TaskState.FAILED)
             started_at = sim.first_time(lambda t, i=nxt.id: t.id == i and t.status.state == TaskState.RUNNING)
             if started_at is None:

@@ -11,8 +11,8 @@ import logging
 from collections.abc import Callable
 
 from shoal.clock import Clock
-from shoal.manager.orchestrator.reconcile import Reconciler, is_dirty, reap_removed, runnable
-from shoal.manager.orchestrator.updater import Updater
+from shoal.manager.orchestrator.reconcile import Reconciler, reap_removed
+from shoal.manager.orchestrator.updater import Updater, slots_needing_update
 from shoal.model.objects import Node, Service
 from shoal.store.memory import Commit, Event, MemoryStore, Tx, WatchOverflow
 
@@ -118,7 +118,10 @@ class Orchestrator:
     def _needs_update(self, svc: Service) -> bool:
         if svc.spec.mode.is_job:
             return False
-        return any(runnable(t) and is_dirty(svc, t) for t in self.store.view().tasks(service_id=svc.id))
+        st = svc.update_status.state if svc.update_status is not None else ""
+        if st in ("updating", "rollback_started"):
+            return True  # even with nothing left to replace: the status must still be completed
+        return bool(slots_needing_update(svc, self.store.view().tasks(service_id=svc.id)))
 
     async def _run_updater(self, updater: Updater) -> None:
         try:
