@@ -9,6 +9,7 @@ exits (at once, after `run_for` seconds of the injected clock, or when it is sto
     FakeBehavior(errors={"prepare": [TemporaryError("x")]})  # first prepare() raises, the next succeeds
     FakeBehavior(healthy=[None, None, True])                 # inspect().healthy over successive calls
     FakeBehavior(unhealthy="task: non-zero exit (137): dockerexec: unhealthy container")
+    FakeBehavior(exit_code=None, run_for=3.0, unhealthy="...")  # healthy for 3 s, then unhealthy
 
 Every call is recorded in `FakeController.calls` (operation names, in order).
 """
@@ -47,7 +48,7 @@ class FakeBehavior:
     run_for: float = 0.0  # seconds (of the clock) the task runs before exiting with exit_code
     errors: Mapping[str, Sequence[BaseException]] = field(default_factory=_no_errors)
     healthy: Sequence[bool | None] = ()  # successive inspect().healthy values once started; last sticks
-    unhealthy: str | None = None  # wait() raises FatalError(unhealthy) once started
+    unhealthy: str | None = None  # wait() raises FatalError(unhealthy) once started (after run_for s)
     stop_exit_code: int = 143  # the exit code after shutdown() (SIGTERM)
     logs: Sequence[LogLine] = ()
 
@@ -68,6 +69,7 @@ class FakeController:
         self.last_grace_period: float | None = None
         self._errors: dict[str, list[BaseException]] = {k: list(v) for k, v in self.behavior.errors.items()}
         self._health_calls = 0
+        self._last_healthy: bool | None = None
         self._stopped = asyncio.Event()
 
     def _enter(self, op: str) -> None:
@@ -97,24 +99,36 @@ class FakeController:
     async def wait(self) -> ExitStatus:
         self._enter("wait")
         b = self.behavior
+        if self.running and b.unhealthy is None and self._last_healthy is False:
+            # The health sequence said unhealthy: a real controller's wait() reports it (dockerd's text).
+            self._exit(137)
+            raise FatalError("task: non-zero exit (137): dockerexec: unhealthy container")
         if self.running and b.unhealthy is not None:
-            self._exit(b.stop_exit_code)
-            raise FatalError(b.unhealthy)
+            if b.run_for > 0 and self.clock is not None:
+                await self._run_for(b.run_for)  # healthy for run_for seconds, then unhealthy
+            if self.running:
+                self._exit(b.stop_exit_code)
+                raise FatalError(b.unhealthy)
         if self.running:
             if b.exit_code is None:
                 await self._stopped.wait()
             elif b.run_for > 0 and self.clock is not None:
-                timer = asyncio.ensure_future(self.clock.sleep(b.run_for))
-                stopped = asyncio.ensure_future(self._stopped.wait())
-                try:
-                    await asyncio.wait({timer, stopped}, return_when=asyncio.FIRST_COMPLETED)
-                finally:
-                    timer.cancel()
-                    stopped.cancel()
+                await self._run_for(b.run_for)
             if self.running and b.exit_code is not None:
                 self._exit(b.exit_code)
         code = self.exit_code if self.exit_code is not None else 0
         return ExitStatus(exit_code=code, message="" if code == 0 else f"task: non-zero exit ({code})")
+
+    async def _run_for(self, seconds: float) -> None:
+        """Sleep `seconds` of the clock, or until stopped."""
+        assert self.clock is not None
+        timer = asyncio.ensure_future(self.clock.sleep(seconds))
+        stopped = asyncio.ensure_future(self._stopped.wait())
+        try:
+            await asyncio.wait({timer, stopped}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            timer.cancel()
+            stopped.cancel()
 
     async def shutdown(self, grace_period: float) -> None:
         self._enter("shutdown")
@@ -138,6 +152,7 @@ class FakeController:
         if seq and (self.running or self.exit_code is not None):
             healthy = seq[min(self._health_calls, len(seq) - 1)]
             self._health_calls += 1
+            self._last_healthy = healthy
         return RuntimeStatus(exists=self.created, running=self.running, exit_code=self.exit_code,
                              container_id=f"fake-{self.task.id}" if self.created else "",
                              pid=4242 if self.running else 0, healthy=healthy)
