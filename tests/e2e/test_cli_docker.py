@@ -357,7 +357,7 @@ def test_constraints_and_preferences(swarm: ShoalDocker, engine: docker.DockerCl
 
     t = wait_until(pending, 30, what="a pending task with an error")
     assert t["CurrentState"].startswith("Pending")
-    assert t["Error"] == "no suitable node (scheduling constraints not satisfied on 1 node)"
+    assert t["Error"] == '"no suitable node (scheduling constraints not satisfied on 1 node)"'
     assert containers(engine, f"{SERVICE_ID}={service_id(swarm, 'nowhere')}") == []
 
     # Once the constraint can be met, the task is placed.
@@ -374,7 +374,8 @@ version: "3.8"
 services:
   front:
     image: {image}
-    command: ["sh", "-c", "cat /run/secrets/token; exec sleep 1000"]
+    command: ["sh", "-c", "cat /run/secrets/token; echo; exec sleep 1000"]
+    stop_grace_period: 1s
     environment:
       ROLE: front
     secrets:
@@ -391,6 +392,7 @@ services:
   back:
     image: {image}
     command: ["sleep", "1000"]
+    stop_grace_period: 1s
     configs:
       - source: settings
         target: /etc/back.conf
@@ -425,7 +427,7 @@ def test_stack_deploy_services_ps_rm(
     assert swarm.docker("exec", b.name, "cat", "/etc/back.conf").stdout == "setting=1\n"
     assert fronts[0].attrs["HostConfig"]["Memory"] == 32 * 1024 * 1024
     assert "ROLE=front" in fronts[0].attrs["Config"]["Env"]
-    wait_until(lambda: swarm.docker("logs", fronts[0].name).stdout == "stack-token", 10, what="docker logs")
+    wait_until(lambda: swarm.docker("logs", fronts[0].name).stdout == "stack-token\n", 10, what="docker logs")
 
     ls = swarm.docker("stack", "ls", "--format", "{{.Name}} {{.Services}}").stdout.split("\n")
     assert "app 2" in ls

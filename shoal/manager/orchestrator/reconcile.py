@@ -189,7 +189,9 @@ class Reconciler:
             ranked = sorted(occupied, key=keep_score)
             for slot in ranked[want:]:
                 for t in occupied.pop(slot):
-                    tx.update(replace(t, desired_state=TaskState.SHUTDOWN))
+                    # As swarmkit: REMOVE, so the agent shuts the task down and removes its container, and
+                    # the task reaper deletes the task (it leaves `service ps`).
+                    tx.update(replace(t, desired_state=TaskState.REMOVE))
         slot = 1
         while len(occupied) < want:
             if slot not in occupied:
@@ -263,8 +265,8 @@ class Reconciler:
 
 
 def reap_removed(tx: Tx) -> None:
-    """Delete tasks of removed services once they have stopped (or never reached a node)."""
+    """Delete tasks whose desired state is REMOVE (their service was removed, or scaled down) once they
+    have stopped (or never reached a node); the agent then removes their containers."""
     for t in tx.tasks():
-        if t.desired_state >= TaskState.REMOVE and (ended(t) or not t.node_id) \
-                and tx.service(t.service_id) is None:
+        if t.desired_state >= TaskState.REMOVE and (ended(t) or not t.node_id):
             tx.delete("task", t.id)
