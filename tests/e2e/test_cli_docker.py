@@ -12,7 +12,6 @@ import json
 import re
 import shutil
 import tempfile
-import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -114,8 +113,10 @@ def tasks(node: ShoalDocker, service: str, *extra: str) -> list[dict[str, str]]:
 
 
 def ps_names(node: ShoalDocker, service: str) -> set[str]:
-    """Container names listed by `docker ps` through the Shoal socket (proxied to the engine)."""
-    out = node.docker("ps", "--filter", f"label=com.docker.swarm.service.name={service}",
+    """Names of the service's running containers listed by `docker ps` through the Shoal socket (proxied
+    to the engine). Filtered by service ID: other tests' nodes may run a service of the same name."""
+    out = node.docker("ps", "--filter", f"label=com.docker.swarm.service.id={service_id(node, service)}",
+                      "--filter", f"label=com.docker.swarm.service.name={service}",
                       "--format", "{{.Names}}").stdout
     return {line.strip() for line in out.splitlines() if line.strip()}
 
@@ -467,6 +468,7 @@ def test_kill_during_scale_up_converges_without_duplicates(
 
     swarm.docker("service", "scale", "-d", "web=6")
     swarm.kill()
+    at_kill = len(running(engine, sid))
     swarm.start()
 
     def converged() -> list[Any] | None:
@@ -481,6 +483,7 @@ def test_kill_during_scale_up_converges_without_duplicates(
     assert slots == [1, 2, 3, 4, 5, 6]
     assert len({c.labels["com.docker.swarm.task.id"] for c in cs}) == 6
     assert first <= {c.id for c in cs}, "the containers running before the kill were adopted, not replaced"
+    print(f"running containers when the daemon was killed: {at_kill} of 6")
     # The same again through the Shoal socket, and after another crash with nothing in flight.
     assert len(ps_names(swarm, "web")) == 6
     swarm.kill()
@@ -499,7 +502,7 @@ def test_docker_py_services_tasks_logs(swarm: ShoalDocker, engine: docker.Docker
         ref = docker.types.SecretReference(secret.id, "pysecret", filename="pysecret", mode=0o440)
         svc = client.services.create(
             test_image, ["sh", "-c", "cat /run/secrets/pysecret; echo; exec sleep 1000"],
-            name="pysvc", secrets=[ref], env=["A=1"],
+            name="pysvc", secrets=[ref], env=["A=1"], stop_grace_period=1_000_000_000,
         )
         assert svc.name == "pysvc"
 
