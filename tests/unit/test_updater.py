@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from shoal.model.objects import SECOND, RestartPolicy, ServiceSpec, Task, UpdateConfig
 from shoal.model.state import TaskState
 from shoal.testing.fakeexec import FakeBehavior
@@ -363,3 +365,25 @@ async def test_rolling_update_survives_leader_restart_durable_store() -> None:
         await sim.restart_leader()
         await _updated(sim, svc.id, 3)
         _generations_ok(sim, svc.id)
+
+
+async def test_start_first_continue_with_broken_image_keeps_old_tasks_and_ends() -> None:
+    from shoal.errors import FatalError
+
+    async with SimCluster.started(nodes=2, history_limit=50) as sim:
+        sim.behave(on_image("app:2", FakeBehavior(errors={"prepare": [FatalError("no such image")] * 1000})))
+        svc = await sim.create_service(spec(2, ucfg(order="start-first", failure_action="continue")))
+        await sim.wait_until(lambda: sim.converged(svc.id, 2))
+        old = {t.id for t in sim.running(svc.id)}
+        await sim.update_service(svc.id, v2)
+        await sim.wait_until(lambda: sim.update_state(svc.id) == "completed", timeout=120)
+        # the service never went down: the old tasks were never stopped, since no new task ran
+        assert {t.id for t in sim.live(svc.id)} == old
+        await sim.run_for(30)
+        assert {t.id for t in sim.live(svc.id)} == old
+        assert sim.update_states(svc.id) == ["", "updating", "completed"]  # no flapping afterwards
+        # later attempts are the restart policy's, one per restart delay, not a tight loop
+        for slot in (1, 2):
+            made = created_times(sim, svc.id, lambda t, s=slot: is_v2(t) and t.slot == s)
+            gaps = [b - a for a, b in itertools.pairwise(made)]
+            assert len(made) >= 5 and all(g >= 5.0 for g in gaps[1:]), made

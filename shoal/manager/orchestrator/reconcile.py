@@ -139,6 +139,11 @@ class Reconciler:
                 continue  # done: the slot stays occupied by the completed task
             if policy.condition == "none":
                 continue
+            if t.desired_state == TaskState.READY and t.start_after > now:
+                # A replacement that failed while held in its restart delay (its prepare failed, e.g. no
+                # such image) is restarted once the delay is over, not at once: otherwise a task that
+                # can never be prepared is replaced in a tight loop with no delay at all.
+                continue
             history = t.restart_history
             if policy.window > 0:
                 # The window is looked at from the moment the task ended, not from now: the decision

@@ -139,7 +139,9 @@ class Updater:
             if status is not None and status.state in ("updating", "rollback_started"):
                 await self._complete(rolling_back)  # a previous leader finished the work, not the status
             return
-        if status is None or status.state in ("completed", "rollback_completed", ""):
+        if status is None or status.state == "":
+            # Only a new update starts "updating" (as swarmkit's startUpdate). A re-run after completion
+            # (a slot the restart policy is still working on) stays quiet instead of flapping the status.
             await self._set_status("updating", "update in progress")
         total = len(slots)
         monitor = cfg.monitor / SECOND
@@ -171,6 +173,10 @@ class Updater:
         await self._complete(rolling_back)
 
     async def _complete(self, rolling_back: bool) -> None:
+        svc = self._service()
+        if svc is None or (svc.update_status is not None
+                           and svc.update_status.state in ("completed", "rollback_completed")):
+            return
         if rolling_back:
             await self._set_status("rollback_completed", "rollback completed", completed=True)
         else:
@@ -178,18 +184,22 @@ class Updater:
 
     async def _rollout(self, cfg: UpdateConfig) -> None:
         total: int | None = None
+        # Each slot is worked on once per run (as swarmkit's dirty-slot list): a slot whose new task
+        # failed is left to the restart policy, not replaced again and again by the updater.
+        done: set[str] = set()
         while True:
             svc = self._service()
             if svc is None:
                 return
-            slots = self._slots(svc)
+            slots = [ts for ts in self._slots(svc) if slot_key(ts[0]) not in done]
             if not slots:
                 return
+            done.update(slot_key(ts[0]) for ts in slots[: cfg.parallelism or len(slots)])
             if total is None:
                 total = len(slots)
             parallelism = cfg.parallelism if cfg.parallelism > 0 else total
             await asyncio.gather(*(self._update_slot(svc, ts, cfg) for ts in slots[:parallelism]))
-            if cfg.delay > 0 and self._slots(svc):
+            if cfg.delay > 0 and any(slot_key(ts[0]) not in done for ts in self._slots(svc)):
                 await self.clock.sleep(cfg.delay / SECOND)
 
     async def _watch_failures(self, sub: Subscription, cfg: UpdateConfig, total: int, monitor: float,
@@ -251,6 +261,11 @@ class Updater:
         if keep is not None:
             old = [t for t in slot if t.id != keep.id]
             new_id = keep.id
+            if keep.desired_state == TaskState.READY and keep.start_after > 0:
+                # A restart replacement waiting out its restart delay: the timers start it, not us.
+                await self._wait_until(lambda: (t := self._task(new_id)) is None
+                                       or t.desired_state != TaskState.READY)
+                start_first = True
             if keep.desired_state == TaskState.RUNNING:
                 start_first = True  # it may already run: stop the others once it does
         else:
