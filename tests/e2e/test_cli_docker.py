@@ -528,3 +528,38 @@ def test_docker_py_services_tasks_logs(swarm: ShoalDocker, engine: docker.Docker
         wait_until(lambda: containers(engine, f"{SERVICE_ID}={svc.id}") == [], 60, what="containers removed")
     finally:
         client.close()
+
+
+# --- bad input ----------------------------------------------------------------------------------------------------
+
+
+def test_bad_input_answered_like_dockerd(swarm: ShoalDocker, engine: docker.DockerClient, test_image: str) -> None:
+    swarm.docker("service", "create", "-d", "--name", "web", "--no-resolve-image", test_image, "sleep", "1000")
+    dup = swarm.docker("service", "create", "-d", "--name", "web", "--no-resolve-image", test_image, "sleep", "1",
+                       check=False)
+    assert dup.returncode == 1
+    assert dup.stderr.strip() == ("Error response from daemon: rpc error: code = AlreadyExists desc = name conflicts "
+                                  "with an existing object: service web already exists")
+    bad = swarm.docker("service", "create", "-d", "--name", "bad", "--constraint", "node.hostname=x",
+                       "--no-resolve-image", test_image, "sleep", "1", check=False)
+    assert bad.returncode == 1
+    assert "constraint expected one operator from ==, !=" in bad.stderr
+    missing = swarm.docker("service", "rm", "nope", check=False)
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == "Error response from daemon: service nope not found"
+    assert swarm.docker("service", "ls", "--format", "{{.Name}}").stdout.split() == ["web"]
+
+    client = swarm.client()
+    try:
+        svc = client.services.get("web")
+        stale = svc.attrs["Version"]["Index"]
+        svc.update(env=["A=1"])
+        spec = docker.types.TaskTemplate(docker.types.ContainerSpec(test_image, ["sleep", "2"]))
+        with pytest.raises(docker.errors.APIError) as exc:
+            client.api.update_service(svc.id, stale, task_template=spec)
+        assert exc.value.status_code == 500
+        assert "update out of sequence" in str(exc.value.explanation)
+        with pytest.raises(docker.errors.NotFound):
+            client.services.get("nope")
+    finally:
+        client.close()
