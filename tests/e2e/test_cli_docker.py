@@ -217,6 +217,8 @@ def test_exec_logs_secrets_and_configs(swarm: ShoalDocker, engine: docker.Docker
     assert swarm.docker("exec", c.name, "cat", "/etc/c1.conf").stdout == "key=value\n"
     modes = swarm.docker("exec", c.name, "stat", "-c", "%a %n", "/run/secrets/s1", "/etc/c1.conf").stdout
     assert modes.split("\n")[:2] == ["400 /run/secrets/s1", "440 /etc/c1.conf"]
+    # Hijacked stdin through the Shoal socket.
+    assert swarm.docker("exec", "-i", c.name, "tr", "a-z", "A-Z", input=b"piped in\n").stdout == "PIPED IN\n"
     # Read-only inside the container.
     assert swarm.docker("exec", c.name, "sh", "-c", "echo x > /run/secrets/s1", check=False).returncode != 0
 
@@ -232,6 +234,9 @@ def test_exec_logs_secrets_and_configs(swarm: ShoalDocker, engine: docker.Docker
     text = wait_until(service_logs, 20, what="service logs")
     for line in filter(None, text.splitlines()):
         assert re.match(r"^web\.1@node1\s+\| hello-std(out|err)$", line), line
+    (task,) = tasks(swarm, "web")
+    by_task = swarm.docker("service", "logs", "--raw", task["ID"])
+    assert (by_task.stdout, by_task.stderr) == ("hello-stdout\n", "hello-stderr\n")
     raw = swarm.docker("service", "logs", "--raw", "web")
     assert raw.stdout == "hello-stdout\n"
     assert raw.stderr == "hello-stderr\n"
@@ -287,6 +292,26 @@ def test_container_settings_translated(swarm: ShoalDocker, engine: docker.Docker
     # The task is running only once its container is healthy.
     wait_until(lambda: swarm.docker("service", "ps", "--format", "{{.CurrentState}}", "cfg").stdout
                .startswith("Running"), 10, what="task running")
+
+
+def test_unhealthy_container_fails_the_task_and_is_replaced(
+    swarm: ShoalDocker, engine: docker.DockerClient, test_image: str
+) -> None:
+    swarm.docker("service", "create", "-d", "--name", "sick", "--no-resolve-image", "--health-cmd", "false",
+                 "--health-interval", "300ms", "--health-retries", "1", "--stop-grace-period", "1s",
+                 "--restart-delay", "100ms", test_image, "sleep", "1000")
+
+    def failed() -> list[dict[str, str]] | None:
+        ts = [t for t in tasks(swarm, "sick") if t["CurrentState"].startswith("Failed")]
+        return ts or None
+
+    t = wait_until(failed, 30, what="a failed task")[0]
+    assert t["Error"] == '"task: non-zero exit (137): dockerexec: unhealthy container"'
+    # Replaced in the same slot; the failed task's container is kept (task history), stopped.
+    sid = service_id(swarm, "sick")
+    wait_until(lambda: len(containers(engine, f"{SERVICE_ID}={sid}")) >= 2, 30, what="a replacement container")
+    old = engine.containers.get(f"sick.1.{t['ID']}")
+    assert old.status == "exited"
 
 
 # --- scale, update, remove ----------------------------------------------------------------------------------
@@ -461,8 +486,9 @@ def test_stack_deploy_services_ps_rm(
 def test_kill_during_scale_up_converges_without_duplicates(
     swarm: ShoalDocker, engine: docker.DockerClient, test_image: str
 ) -> None:
+    swarm.docker("secret", "create", "s1", "-", input=b"kept-across-restarts")
     swarm.docker("service", "create", "-d", "--name", "web", "--replicas", "2", "--no-resolve-image",
-                 test_image, "sleep", "1000")
+                 "--secret", "s1", test_image, "sleep", "1000")
     sid = service_id(swarm, "web")
     first = {c.id for c in wait_running(engine, sid, 2)}
 
@@ -484,6 +510,8 @@ def test_kill_during_scale_up_converges_without_duplicates(
     assert len({c.labels["com.docker.swarm.task.id"] for c in cs}) == 6
     assert first <= {c.id for c in cs}, "the containers running before the kill were adopted, not replaced"
     print(f"running containers when the daemon was killed: {at_kill} of 6")
+    for c in cs:  # the tasks started after the restart got their secret too
+        assert swarm.docker("exec", c.name, "cat", "/run/secrets/s1").stdout == "kept-across-restarts"
     # The same again through the Shoal socket, and after another crash with nothing in flight.
     assert len(ps_names(swarm, "web")) == 6
     swarm.kill()
