@@ -28,7 +28,7 @@ from shoal.model.objects import (
     TaskStatus,
 )
 from shoal.model.state import TaskState
-from shoal.store.memory import Commit, Event, MemoryStore, Tx
+from shoal.store.memory import Event, MemoryStore, Tx, WatchOverflow
 
 log = logging.getLogger(__name__)
 
@@ -77,6 +77,11 @@ class Dispatcher:
         self._pending: dict[str, tuple[str, TaskStatus]] = {}
         self._flush_needed = asyncio.Event()
         self._flushed = asyncio.Event()
+        self._queues: dict[str, list[list[Any]]] = {}
+        self._wakeups: dict[str, list[asyncio.Event]] = {}
+        # Set once the fan-out's store watch exists: a session's complete set must not be read before,
+        # or the changes committed between that read and the watch would never reach the agent.
+        self._fanout_ready = asyncio.Event()
 
     def heartbeat_period(self) -> float:
         c = self.store.view().cluster()
@@ -112,6 +117,7 @@ class Dispatcher:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self._expiry_loop())
             tg.create_task(self._flush_loop())
+            tg.create_task(self._fanout())
 
     async def _expiry_loop(self) -> None:
         while True:
@@ -145,64 +151,104 @@ class Dispatcher:
             configs.update(r.config_id for r in t.spec.container.configs)
         return secrets, configs
 
+    async def _fanout(self) -> None:
+        """One store watch for all sessions: route task events to the node they concern."""
+        while True:
+            sub = self.store.watch(kinds=("task", "secret", "config"), limit=1_000_000)
+            self._fanout_ready.set()
+            touched: set[str] = set()
+            try:
+                async for item in sub:
+                    if isinstance(item, Event):
+                        if item.kind == "task":
+                            nodes = {item.obj.node_id}
+                            if item.old is not None and item.old.node_id:
+                                nodes.add(item.old.node_id)
+                        else:
+                            nodes = set(self._queues)
+                        for nid in nodes:
+                            for q in self._queues.get(nid, ()):
+                                q.append(item)
+                                touched.add(nid)
+                    elif touched:
+                        for nid in touched:
+                            for w in self._wakeups.get(nid, ()):
+                                w.set()
+                        touched = set()
+            except WatchOverflow:
+                # Every session starts over with a complete set.
+                for sess in self.sessions.values():
+                    sess.expired.set()
+            finally:
+                self._fanout_ready.clear()
+                sub.close()
+
     async def assignments(self, node_id: str) -> AsyncIterator[Assignments]:
         session = self.sessions.get(node_id)
         if session is None:
             raise NotFound("node not registered")
-
-        def snapshot(v: Any) -> dict[str, Task]:
-            return {t.id: t for t in v.tasks(node_id=node_id) if assigned_to(t, node_id)}
-
-        tasks, sub = self.store.view_and_watch(snapshot, kinds=("task", "secret", "config"))
+        await self._fanout_ready.wait()
+        queue: list[Any] = []
+        wake = asyncio.Event()
+        self._queues.setdefault(node_id, []).append(queue)
+        self._wakeups.setdefault(node_id, []).append(wake)
         try:
             v = self.store.view()
+            tasks = {t.id: t for t in v.tasks(node_id=node_id) if assigned_to(t, node_id)}
             secrets, configs = self._deps(tasks)
             yield Assignments(
                 type=COMPLETE, tasks=tuple(tasks.values()),
                 secrets=tuple(s for s in (v.get("secret", i) for i in secrets) if s is not None),
                 configs=tuple(c for c in (v.get("config", i) for i in configs) if c is not None))
-            changed: dict[str, Task] = {}
-            removed: set[str] = set()
-            dep_changed: set[str] = set()
             while not session.expired.is_set():
-                item = await _get_or_expire(sub, session.expired)
-                if item is None:
-                    return
-                if isinstance(item, Event):
+                if not queue:
+                    wake.clear()
+                    waiter = asyncio.ensure_future(wake.wait())
+                    expiry = asyncio.ensure_future(session.expired.wait())
+                    try:
+                        await asyncio.wait([waiter, expiry], return_when=asyncio.FIRST_COMPLETED)
+                    finally:
+                        waiter.cancel()
+                        expiry.cancel()
+                    continue
+                events, queue[:] = list(queue), []
+                changed: dict[str, Task] = {}
+                removed: set[str] = set()
+                dep_changed: set[str] = set()
+                for item in events:
                     if item.kind == "task":
                         t: Task = item.obj
                         if item.action != "remove" and assigned_to(t, node_id):
                             changed[t.id] = t
                             removed.discard(t.id)
-                        elif t.id in tasks:
+                        elif t.id in tasks or t.id in changed:
                             removed.add(t.id)
                             changed.pop(t.id, None)
                     else:
                         dep_changed.add(item.obj.id)
-                    continue
-                assert isinstance(item, Commit)
-                if not changed and not removed and not dep_changed:
-                    continue
                 for tid in removed:
                     tasks.pop(tid, None)
                 tasks.update(changed)
                 new_s, new_c = self._deps(tasks)
                 v = self.store.view()
-                add_s = {s for s in new_s if s not in secrets or s in dep_changed}
-                add_c = {c for c in new_c if c not in configs or c in dep_changed}
+                add_s = {x for x in new_s if x not in secrets or x in dep_changed}
+                add_c = {x for x in new_c if x not in configs or x in dep_changed}
                 msg = Assignments(
                     type=INCREMENTAL, tasks=tuple(changed.values()),
-                    secrets=tuple(s for s in (v.get("secret", i) for i in add_s) if s is not None),
-                    configs=tuple(c for c in (v.get("config", i) for i in add_c) if c is not None),
+                    secrets=tuple(x for x in (v.get("secret", i) for i in add_s) if x is not None),
+                    configs=tuple(x for x in (v.get("config", i) for i in add_c) if x is not None),
                     removed_tasks=tuple(removed),
                     removed_secrets=tuple(secrets - new_s), removed_configs=tuple(configs - new_c))
                 secrets, configs = new_s, new_c
-                changed, removed, dep_changed = {}, set(), set()
                 if msg.tasks or msg.removed_tasks or msg.secrets or msg.configs or msg.removed_secrets \
                         or msg.removed_configs:
                     yield msg
         finally:
-            sub.close()
+            self._queues[node_id].remove(queue)
+            self._wakeups[node_id].remove(wake)
+            if not self._queues[node_id]:
+                del self._queues[node_id]
+                del self._wakeups[node_id]
 
     # --- status reports ---------------------------------------------------------------------------
 
@@ -235,22 +281,6 @@ class Dispatcher:
             if status == t.status:
                 continue
             tx.update(replace(t, status=status), check_version=False)
-
-
-async def _get_or_expire(sub: Any, expired: asyncio.Event) -> Any:
-    getter = asyncio.ensure_future(sub.get())
-    waiter = asyncio.ensure_future(expired.wait())
-    try:
-        done, _ = await asyncio.wait([getter, waiter], return_when=asyncio.FIRST_COMPLETED)
-        if getter in done:
-            try:
-                return getter.result()
-            except StopAsyncIteration:
-                return None
-        return None
-    finally:
-        getter.cancel()
-        waiter.cancel()
 
 
 def node_for_local(node_id: str, hostname: str, role: str, addr: str) -> Node:
