@@ -114,8 +114,10 @@ class SchedulerRunner:
                         self.core.remove_task(replace(cur, node_id=d.node_id))
                     continue
                 if d.node_id is None:
-                    if cur.status.message != d.message:
-                        tx.update(replace(cur, status=replace(cur.status, timestamp=now, message=d.message)),
+                    # swarmkit puts the explanation in the status's Err (the ERROR column of `service ps`)
+                    # and keeps the message ("pending task scheduling").
+                    if cur.status.err != d.message:
+                        tx.update(replace(cur, status=replace(cur.status, timestamp=now, err=d.message)),
                                   check_version=False)
                     continue
                 tx.update(replace(cur, node_id=d.node_id, status=TaskStatus(
