@@ -90,9 +90,63 @@ async def read_json(request: web.Request) -> Any:
     if not body.strip():
         raise InvalidArgument(M.EMPTY_BODY)
     try:
-        return json.loads(body)
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidArgument(M.invalid_json("invalid UTF-8 in request body")) from None
+    try:
+        # Go's json.Decoder reads one value and ignores what follows it, as dockerd does.
+        value, _ = json.JSONDecoder().raw_decode(text, len(text) - len(text.lstrip()))
+        return value
     except json.JSONDecodeError as e:
-        raise InvalidArgument(M.invalid_json(e.msg)) from None
+        raise InvalidArgument(M.invalid_json(go_json_error(e))) from None
+
+
+def _go_char(c: str) -> str:
+    return {"'": "\\'", "\\": "\\\\", "\n": "\\n", "\t": "\\t", "\r": "\\r"}.get(c, c)
+
+
+def _innermost_container(doc: str, pos: int) -> str:
+    """'{' or '[' : the innermost object or array open at `pos` (strings skipped)."""
+    stack: list[str] = []
+    in_str = esc = False
+    for c in doc[:pos]:
+        if in_str:
+            if esc:
+                esc = False
+            elif c == "\\":
+                esc = True
+            elif c == '"':
+                in_str = False
+        elif c == '"':
+            in_str = True
+        elif c in "[{":
+            stack.append(c)
+        elif c in "]}" and stack:
+            stack.pop()
+    return stack[-1] if stack else ""
+
+
+def go_json_error(e: json.JSONDecodeError) -> str:
+    """The text Go's encoding/json gives for the syntax error Python's decoder reports."""
+    doc, pos = e.doc, e.pos
+    if pos >= len(doc) or e.msg.startswith("Unterminated string"):
+        return "unexpected EOF"
+    ch = _go_char(doc[pos])
+    if e.msg.startswith("Expecting property name"):
+        return f"invalid character '{ch}' looking for beginning of object key string"
+    if e.msg.startswith("Expecting value"):
+        return f"invalid character '{ch}' looking for beginning of value"
+    if e.msg.startswith("Expecting ':'"):
+        return f"invalid character '{ch}' after object key"
+    if e.msg.startswith("Expecting ','"):
+        if _innermost_container(doc, pos) == "[":
+            return f"invalid character '{ch}' after array element"
+        return f"invalid character '{ch}' after object key:value pair"
+    if e.msg.startswith("Invalid control character"):
+        return f"invalid character '{ch}' in string literal"
+    if e.msg.startswith("Invalid \\escape"):  # Python points at the backslash, Go at the character after it
+        return f"invalid character '{_go_char(doc[pos + 1])}' in string escape code"
+    return e.msg
 
 
 def parse_filters(request: web.Request, accepted: set[str]) -> dict[str, list[str]]:
@@ -559,7 +613,7 @@ async def tasks_list(request: web.Request) -> web.StreamResponse:
             continue
         if flt.get("name") and not prefix_any(task_name(t, v), flt["name"]):
             continue
-        if flt.get("label") and not match_labels(dict(t.annotations.labels), flt["label"]):
+        if flt.get("label") and not match_labels(dict(t.service_annotations.labels), flt["label"]):
             continue
         if flt.get("_up-to-date"):
             # The CLI's convergence progress asks for tasks made from the service's current spec.

@@ -129,7 +129,11 @@ class ControlAPI:
         validate_name(spec.name)
         tmpl = spec.task_template
         if tmpl.placement is not None and tmpl.placement.constraints:
-            parse_constraints(list(tmpl.placement.constraints))
+            try:
+                parse_constraints(list(tmpl.placement.constraints))
+            except InvalidArgument as e:
+                # swarmkit returns constraint.Parse's error without a gRPC status: code Unknown, HTTP 500
+                raise ShoalError(M.rpc(M.UNKNOWN, e.message)) from None
         strategy = spec.annotations.labels.get(STRATEGY_LABEL)
         if strategy is not None and strategy not in STRATEGIES:
             raise _grpc_invalid(f"label {STRATEGY_LABEL}: unknown scheduling strategy {strategy!r} "
