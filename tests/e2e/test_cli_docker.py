@@ -518,6 +518,10 @@ def test_kill_during_scale_up_converges_without_duplicates(
     swarm.start()
     again = wait_until(converged, 60, what="still 6 after a second restart")
     assert {c.id for c in again} == {c.id for c in cs}
+    # Leaving after the restarts still removes every task container (adopted ones included).
+    nid = swarm.docker("info", "--format", "{{.Swarm.NodeID}}").stdout.strip()
+    swarm.docker("swarm", "leave", "--force")
+    assert containers(engine, f"com.shoal.node.id={nid}") == []
 
 
 # --- docker-py ---------------------------------------------------------------------------------------------------
