@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import subprocess
 import time
@@ -408,3 +409,27 @@ async def test_unreachable_engine_is_temporary(tmp_path: Path) -> None:
             await ex.list_task_ids()
     finally:
         await ex.close()
+
+
+async def test_prepare_and_start_cancelled_midway_are_joined_not_repeated(
+    executor: DockerExecutor, make_task: Callable[..., Task], client: docker.DockerClient
+) -> None:
+    """A step cancelled while its request is with the engine (the engine carries on: the name is reserved,
+    the container gets created and started) must not make the next prepare()/start() fail with a name
+    conflict or start twice: they join the operation under way. Cancelled after delays spread over a
+    request's round trip, so some cancellations land while the request is with the engine."""
+    for k in (0.0, 0.002, 0.004, 0.006, 0.008, 0.012, 0.016, 0.024):
+        task = make_task(command=("sleep", "100"))
+        ctl = executor.controller(task, Deps())
+        for op in (ctl.prepare, ctl.start):
+            fut = asyncio.ensure_future(op())
+            await asyncio.sleep(k)  # where the cancellation lands, not a synchronisation
+            fut.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await fut
+            await op()  # joins or repeats harmlessly; never a 409 or a second container
+        found = client.containers.list(all=True, filters={"label": f"com.docker.swarm.task.id={task.id}"})
+        assert len(found) == 1, k
+        assert (await ctl.inspect()).running, k
+        await ctl.remove()
+        await ctl.close()
