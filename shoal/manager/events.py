@@ -33,7 +33,11 @@ def _attrs(ev: Event) -> dict[str, str]:
         ou = old.update_status.state if old.update_status else ""
         nu = obj.update_status.state if obj.update_status else ""
         if ou != nu:
-            attrs.update({"updatestate.old": ou, "updatestate.new": nu})
+            # dockerd sets each attribute only when that side has an update status
+            if ou:
+                attrs["updatestate.old"] = ou
+            if nu:
+                attrs["updatestate.new"] = nu
     elif ev.kind == "node":
         if old.spec.availability != obj.spec.availability:
             attrs.update({"availability.old": old.spec.availability, "availability.new": obj.spec.availability})

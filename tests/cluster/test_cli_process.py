@@ -162,9 +162,9 @@ def test_task_history_limit(shoal_node: ShoalNode) -> None:
     assert status == 200 and swarm["Spec"]["Orchestration"]["TaskHistoryRetentionLimit"] == 2
     info = json.loads(node.docker("info", "--format", "{{json .Swarm.Cluster.Spec.Orchestration}}").stdout)
     assert info["TaskHistoryRetentionLimit"] == 2
-    create(node, "hist", "--replicas", "2")
+    create(node, "hist", "--replicas", "2", "--update-monitor", "200ms")
     wait_running(node, "hist", 2)
-    for i in range(4):
+    for i in range(3):
         node.docker("service", "update", "--detach", "--env-add", f"ROUND={i}", "hist")
         wait_until(lambda i=i: (inspect(node, "service", "hist").get("UpdateStatus") or {}).get("State")
                    == "completed" and len(running(node, "hist")) == 2
@@ -290,7 +290,8 @@ def test_global_service(shoal_module_node: ShoalNode) -> None:
 
 def test_update_start_first_and_rollback(shoal_module_node: ShoalNode) -> None:
     node = shoal_module_node
-    create(node, "upd", "--replicas", "4", "--update-delay", "0s")
+    create(node, "upd", "--replicas", "4", "--update-delay", "0s", "--update-monitor", "500ms",
+           "--rollback-monitor", "500ms")
     old = {t["ID"]: t for t in wait_running(node, "upd", 4)}
     node.docker("service", "update", "--detach", "--image", "busybox:1.36", "--env-add", "V=2",
                 "--args", "sleep 601", "--update-order", "start-first", "--update-parallelism", "2", "upd")
@@ -641,8 +642,11 @@ def test_docker_py(shoal_inactive: ShoalNode) -> None:
 def test_events_replay(shoal_module_node: ShoalNode) -> None:
     node = shoal_module_node
     since = time.time() - 1
-    sid = create(node, "evt")
+    sid = create(node, "evt", "--update-monitor", "200ms")
+    wait_running(node, "evt", 1)
     node.docker("service", "update", "--detach", "--env-add", "E=1", "evt")
+    wait_until(lambda: (inspect(node, "service", "evt").get("UpdateStatus") or {}).get("State") == "completed",
+               30, what="the update to complete")
     node.docker("service", "rm", "evt")
     until = time.time() + 1
     wait_until(lambda: time.time() > until, 5, what="the until timestamp to pass")
@@ -655,6 +659,10 @@ def test_events_replay(shoal_module_node: ShoalNode) -> None:
     assert deduped == [("create", "evt"), ("update", "evt"), ("remove", "evt")], evs
     spec_update = next(e for e in evs if e["Actor"]["ID"] == sid and e["Action"] == "update")
     assert spec_update["Actor"]["Attributes"] == {"name": "evt"}
+    states = [e["Actor"]["Attributes"] for e in evs if e["Actor"]["ID"] == sid and e["Action"] == "update"][1:]
+    # as dockerd: the first update-state event has no "updatestate.old"
+    assert states == [{"name": "evt", "updatestate.new": "updating"},
+                      {"name": "evt", "updatestate.old": "updating", "updatestate.new": "completed"}], states
     assert all(e["Type"] == "service" and e["scope"] == "swarm" for e in evs)
 
 
@@ -697,3 +705,26 @@ def test_restart_adopts_running_tasks(tmp_path: Path, shoal_node: ShoalNode) -> 
     after = {t["ID"] for t in wait_running(node, "keep", 2)}
     assert after == set(before)
     assert node.command_pids() == pids_before  # adopted, not restarted
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kill_after_dirs", [3, 6])
+def test_kill9_while_tasks_are_starting(shoal_node: ShoalNode, kill_after_dirs: int) -> None:
+    """kill -9 once the agent has begun preparing the new tasks (some started, some not)."""
+    node = shoal_node
+    create(node, "mid", "--replicas", "1")
+    (first,) = wait_running(node, "mid", 1)
+    first_pid = node.command_pids()[first["ID"]]
+    node.docker("service", "scale", "--detach", "mid=8")
+    wait_until(lambda: len(node.task_dirs()) >= kill_after_dirs, 30, interval=0.005, what="tasks being prepared")
+    node.kill9()
+    node.start()
+    ts = wait_running(node, "mid", 8, timeout=60)
+    assert sorted(t["Slot"] for t in ts) == list(range(1, 9))
+    ids = {t["ID"] for t in ts}
+    wait_until(lambda: len(node.shim_pids()) == 8, 30, what="8 shims")
+    assert {tid: len(node.shim_pids(tid)) for tid in ids} == dict.fromkeys(ids, 1)
+    assert set(node.command_pids()) == ids
+    assert node.command_pids()[first["ID"]] == first_pid  # the task that ran before was adopted
+    # a task dir left by a task that is no longer wanted would be an orphan: none
+    assert {d.name for d in node.task_dirs()} <= {t["ID"] for t in tasks(node, "mid")}
