@@ -252,6 +252,17 @@ class ShoalNode:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signal.SIGKILL)
         wait_until(lambda: not self.shim_pids(), 10, what="the task shims to exit")
+        self.unmount_task_dirs()
+
+    def unmount_task_dirs(self) -> None:
+        """Unmount the secrets tmpfs the executor mounted (as root) in task dirs it did not remove."""
+        prefix = str(self.tasks_dir.resolve()) + "/"
+        try:
+            mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+        except OSError:
+            return
+        for mnt in sorted((m for m in mounts if m.startswith(prefix)), reverse=True):
+            subprocess.run(["umount", "-l", mnt], capture_output=True, timeout=10, check=False)
 
     # --- clients -------------------------------------------------------------------------------------
 
