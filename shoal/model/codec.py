@@ -2,7 +2,11 @@
 
 This is the format of the write-ahead log and snapshots (not the Engine API's wire format, which has
 its own converters in shoal.engineapi.convert). Unknown keys are ignored on decode and missing keys
-take the dataclass default, so a newer Shoal reads an older one's data.
+take the dataclass default, so a newer Shoal reads an older one's data. `None`, empty tuples and empty
+mappings are left out.
+
+Encoders and decoders are built once per type from its hints (closures over the field list), because the
+reflective walk per value dominated the manager's write path.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import base64
 import dataclasses
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from enum import Enum
 from functools import cache
 from typing import Any, TypeVar, Union, get_args, get_origin
@@ -19,6 +23,7 @@ from typing import Any, TypeVar, Union, get_args, get_origin
 from shoal.model import objects
 
 T = TypeVar("T")
+Conv = Callable[[Any], Any] | None  # None: the value is already JSON-able as it is
 
 
 @cache
@@ -26,57 +31,121 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls, vars(objects))
 
 
-def encode(value: Any) -> Any:
+def _encode_any(value: Any) -> Any:
+    """Encoding of untyped values (JSON pass-through, or a caller handing in any object)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        out: dict[str, Any] = {}
-        for f in dataclasses.fields(value):
-            v = getattr(value, f.name)
-            if v is None or v == () or (isinstance(v, Mapping) and not v):
-                continue
-            out[f.name] = encode(v)
-        return out
+        return _encoder_for(type(value))(value)
     if isinstance(value, Enum):
         return value.value
     if isinstance(value, bytes):
         return {"$b": base64.b64encode(value).decode()}
     if isinstance(value, tuple | list):
-        return [encode(v) for v in value]
+        return [_encode_any(v) for v in value]
     if isinstance(value, Mapping):
-        return {k: encode(v) for k, v in value.items()}
+        return {k: _encode_any(v) for k, v in value.items()}
     return value
 
 
-def decode(tp: Any, raw: Any) -> Any:
+def _value_encoder(tp: Any) -> Conv:
     if tp is Any or tp is objects.JSON:
-        return raw
+        return _encode_any
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
-        if raw is None:
-            return None
-        return decode(args[0], raw)
+        return _value_encoder(args[0]) if len(args) == 1 else _encode_any
     if origin is tuple:
-        (inner, _) = get_args(tp)
-        return tuple(decode(inner, v) for v in raw)
+        inner = _value_encoder(get_args(tp)[0])
+        if inner is None:
+            return list
+        return lambda v: [inner(x) for x in v]
     if origin in (Mapping, dict, typing.Mapping):
-        _, vt = get_args(tp)
-        return {k: decode(vt, v) for k, v in raw.items()}
+        inner = _value_encoder(get_args(tp)[1])
+        if inner is None:
+            return dict
+        return lambda v: {k: inner(x) for k, x in v.items()}
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
-        hints = _hints(tp)
-        kwargs = {}
-        for f in dataclasses.fields(tp):
-            if f.name in raw:
-                kwargs[f.name] = decode(hints[f.name], raw[f.name])
-        return tp(**kwargs)
+        return _encoder_for(tp)
     if isinstance(tp, type) and issubclass(tp, Enum):
-        return tp(raw)
+        return lambda v: v.value
     if tp is bytes:
-        return base64.b64decode(raw["$b"])
-    if tp is float and isinstance(raw, int):
-        return float(raw)
-    return raw
+        return lambda v: {"$b": base64.b64encode(v).decode()}
+    return None
+
+
+@cache
+def _encoder_for(cls: type) -> Callable[[Any], dict[str, Any]]:
+    hints = _hints(cls)
+    plan = [(f.name, _value_encoder(hints[f.name])) for f in dataclasses.fields(cls)]
+
+    def enc(obj: Any) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for name, conv in plan:
+            v = getattr(obj, name)
+            if v is None or v == () or (isinstance(v, Mapping) and not v):
+                continue
+            out[name] = v if conv is None else conv(v)
+        return out
+
+    return enc
+
+
+def _value_decoder(tp: Any) -> Conv:
+    if tp is Any or tp is objects.JSON:
+        return None
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        inner = _value_decoder(args[0])
+        if inner is None:
+            return None
+        return lambda v: None if v is None else inner(v)
+    if origin is tuple:
+        inner = _value_decoder(get_args(tp)[0])
+        if inner is None:
+            return tuple
+        return lambda v: tuple(inner(x) for x in v)
+    if origin in (Mapping, dict, typing.Mapping):
+        inner = _value_decoder(get_args(tp)[1])
+        if inner is None:
+            return dict
+        return lambda v: {k: inner(x) for k, x in v.items()}
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        return _decoder_for(tp)
+    if isinstance(tp, type) and issubclass(tp, Enum):
+        return tp
+    if tp is bytes:
+        return lambda v: base64.b64decode(v["$b"])
+    if tp is float:
+        return float
+    return None
+
+
+@cache
+def _decoder_for(cls: type) -> Callable[[Any], Any]:
+    hints = _hints(cls)
+    plan = {f.name: _value_decoder(hints[f.name]) for f in dataclasses.fields(cls)}
+
+    def dec(raw: Any) -> Any:
+        kwargs = {}
+        for name, v in raw.items():
+            if name not in plan:
+                continue  # a field from a newer version
+            conv = plan[name]
+            kwargs[name] = v if conv is None else conv(v)
+        return cls(**kwargs)
+
+    return dec
+
+
+def encode(value: Any) -> Any:
+    return _encode_any(value)
+
+
+def decode(tp: Any, raw: Any) -> Any:
+    conv = _value_decoder(tp)
+    return raw if conv is None else conv(raw)
 
 
 def decode_as(cls: type[T], raw: Any) -> T:
-    result: T = decode(cls, raw)
+    result: T = _decoder_for(cls)(raw)
     return result

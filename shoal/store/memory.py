@@ -380,6 +380,7 @@ class MemoryStore:
         self._subs: set[Subscription] = set()
         self.version = 0
         self.applied_index = 0
+        self._pending: tuple[bytes, int, list[tuple[str, str, Any]]] | None = None
 
     @property
     def proposer(self) -> Proposer:
@@ -395,16 +396,25 @@ class MemoryStore:
             if not tx.actions:
                 return result
             entry = encode_entry(tx.version, tx.actions)
-            index = await self._proposer.propose(entry)
-            # A replicated proposer applies through apply_entry as the entry commits; the local one
-            # returns before applying, so apply here unless it already happened.
-            if self.applied_index < index:
-                self.apply_entry(index, entry)
+            # The entry's own objects, so applying it here needs no decoding (followers decode).
+            self._pending = (entry, tx.version, tx.actions)
+            try:
+                index = await self._proposer.propose(entry)
+                # A replicated proposer applies through apply_entry as the entry commits; the local one
+                # returns before applying, so apply here unless it already happened.
+                if self.applied_index < index:
+                    self.apply_entry(index, entry)
+            finally:
+                self._pending = None
             return result
 
     def apply_entry(self, index: int, data: bytes) -> None:
         """Apply one committed log entry (leader and followers alike)."""
-        version, actions = decode_entry(data)
+        pending = self._pending
+        if pending is not None and pending[0] is data:
+            version, actions = pending[1], pending[2]
+        else:
+            version, actions = decode_entry(data)
         events: list[WatchItem] = []
         for op, kind, obj in actions:
             if op == "remove":
