@@ -54,7 +54,8 @@ def _forward(s: TaskState, *extra: TaskState) -> frozenset[TaskState]:
 # Every edge a task's observed state may take. A task may skip forward (an agent that restarts reports
 # the state it finds); it never moves back. Terminal states only move to the bookkeeping states.
 ALLOWED: Final[Mapping[TaskState, frozenset[TaskState]]] = {
-    s: (_forward(s) if s < TaskState.COMPLETE else frozenset({TaskState.REMOVE, TaskState.ORPHANED}) - {s})
+    s: (_forward(s) if s < TaskState.COMPLETE
+        else frozenset(t for t in (TaskState.REMOVE, TaskState.ORPHANED) if t > s))
     for s in TaskState
 }
 
