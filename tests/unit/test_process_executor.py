@@ -422,3 +422,18 @@ async def test_describe(executor: ProcessExecutor) -> None:
     assert d.resources.memory_bytes > 0
     assert d.engine.engine_version == "shoal-process"
     assert go_arch("x86_64") == "amd64" and go_arch("aarch64") == "arm64"
+
+
+@pytest.mark.parametrize("field, value, name", [
+    ("mounts", ({"Type": "bind", "Source": "/tmp", "Target": "/x"},), "Mounts"),
+    ("read_only", True, "ReadOnly"),
+    ("capability_add", ("NET_ADMIN",), "CapabilityAdd"),
+    ("tty", True, "TTY"),
+])
+async def test_container_only_settings_reject_the_task(executor: ProcessExecutor, field: str, value: object,
+                                                       name: str) -> None:
+    task = dataclasses.replace(mktask("unsup", "true", **{field: value}),
+                               status=TaskStatus(state=TaskState.PREPARING))
+    st = await step(task, executor.controller(task, Deps()), SystemClock())
+    assert st.state == TaskState.REJECTED
+    assert f"cannot honour {name}" in st.err

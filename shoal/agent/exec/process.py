@@ -118,6 +118,20 @@ def go_arch(machine: str) -> str:
     return _ARCH.get(machine, machine)
 
 
+def unsupported_fields(task: Task) -> list[str]:
+    """Container-only settings a plain process cannot honour: the task is rejected rather than run
+    without them (as Swarm rejects a task on a node that cannot run it)."""
+    c = task.spec.container
+    checks = {
+        "Mounts": bool(c.mounts), "ReadOnly": c.read_only, "CapabilityAdd": bool(c.capability_add),
+        "CapabilityDrop": bool(c.capability_drop), "Privileges": bool(c.privileges), "Sysctls": bool(c.sysctls),
+        "Ulimits": bool(c.ulimits), "TTY": c.tty, "OpenStdin": c.open_stdin, "Hosts": bool(c.hosts),
+        "DNSConfig": bool(c.dns_config), "Init": bool(c.init),
+        "Isolation": c.isolation not in ("", "default"),
+    }
+    return [name for name, used in checks.items() if used]
+
+
 def _is_root() -> bool:
     return os.geteuid() == 0
 
@@ -426,6 +440,10 @@ class ProcessController:
         if (self.dir / "state.json").exists():
             return  # already started: adopt it
         c = self.task.spec.container
+        unsupported = unsupported_fields(self.task)
+        if unsupported:
+            raise FatalError(f"the process executor cannot honour {', '.join(unsupported)}; "
+                             "run this service on a node with the docker executor")
         argv = self._argv()
         user = resolve_user(c.user, c.groups)
         parse_signal(c.stop_signal)
