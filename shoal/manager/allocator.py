@@ -123,7 +123,7 @@ def allocate_subnet(used: list[str], pools: tuple[str, ...], size: int) -> str:
 
 
 def task_holds_addresses(t: Task) -> bool:
-    return (t.status.state < TaskState.COMPLETE and t.desired_state <= TaskState.RUNNING) or \
+    return (t.status.state < TaskState.COMPLETE and t.desired_state <= TaskState.COMPLETE) or \
         (t.status.state < TaskState.COMPLETE and bool(t.node_id))
 
 
@@ -223,7 +223,7 @@ class Allocator:
             for svc in tx.services() if full else filter(None, map(tx.service, services)):
                 self._allocate_service(tx, svc)
             for t in tx.tasks() if full else filter(None, map(tx.task, tasks)):
-                if t.status.state == TaskState.NEW and t.desired_state <= TaskState.RUNNING:
+                if t.status.state == TaskState.NEW and t.desired_state <= TaskState.COMPLETE:
                     self._allocate_task(tx, t)
 
         await self.store.update(fn)

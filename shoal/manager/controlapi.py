@@ -210,12 +210,21 @@ class ControlAPI:
             cur = self.get_service(ref, tx)
             if cur.meta.version != version:
                 raise SequenceConflict(M.UPDATE_OUT_OF_SEQUENCE)
+            # As swarmkit: every update of a job (an unchanged spec too, a rollback too) starts a new
+            # iteration of it, so `service update --force` re-runs a finished job.
+            job_status = cur.job_status
+            if job_status is not None:
+                job_status = JobStatus(job_iteration=job_status.job_iteration + 1, last_execution=tx.now)
             if rollback:
+                # A manual rollback swaps the spec with the previous one (a second manual rollback goes
+                # forward again); an automatic rollback clears the previous spec, so rolling back a
+                # service that rolled itself back is refused, as swarmkit refuses it (400, same text).
                 if cur.previous_spec is None:
                     raise InvalidArgument(M.no_previous_spec(cur.id))
                 return tx.update(replace(
                     cur, spec=cur.previous_spec, previous_spec=cur.spec,
                     spec_version=cur.spec_version + 1, previous_spec_version=cur.spec_version,
+                    job_status=job_status,
                     update_status=UpdateStatus(state="rollback_started", started_at=tx.now,
                                                message="manually requested rollback")))
             assert spec is not None
@@ -227,11 +236,6 @@ class ControlAPI:
             if new_spec.mode.kind != cur.spec.mode.kind:
                 raise NotImplementedFeature(M.MODE_CHANGE_NOT_ALLOWED)
             checked = self._validate_service(tx, new_spec, cur.id)
-            job_status = cur.job_status
-            if checked.mode.is_job and checked.task_template != cur.spec.task_template:
-                # A changed job (including --force) runs again as a new iteration.
-                it = job_status.job_iteration + 1 if job_status else 1
-                job_status = JobStatus(job_iteration=it, last_execution=tx.now)
             return tx.update(replace(
                 cur, spec=checked, previous_spec=cur.spec,
                 spec_version=cur.spec_version + 1 if checked != cur.spec else cur.spec_version,

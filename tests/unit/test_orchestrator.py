@@ -91,6 +91,7 @@ async def test_replicated_job_total_and_max_concurrent() -> None:
         await sim.run_for(60)
         assert sorted(complete()) == [1, 2, 3, 4, 5]
         assert len(sim.tasks(svc.id)) == 5  # exactly five ever made, none replaced
+        assert {t.desired_state for t in sim.tasks(svc.id)} == {TaskState.COMPLETE}
         assert sim.max_concurrent(svc.id, lambda t: t.status.state == TaskState.RUNNING) == 2
         # they ran two at a time: 3 s each, 5 of them -> done at 9 s, not 3 s or 15 s
         done = max(t.status.timestamp for t in sim.tasks(svc.id)) - sim.clock.now() + sim.now
@@ -128,7 +129,8 @@ async def test_global_job_runs_once_per_node() -> None:
         tasks = sim.tasks(svc.id)
         assert len(tasks) == 3 and all(t.status.state == TaskState.COMPLETE for t in tasks)
         assert {t.node_id for t in tasks} == set(sim.nodes)
-        assert all(t.desired_state == TaskState.RUNNING for t in tasks)  # completed, still visible
+        # completed, still visible, desired Complete as on swarmkit
+        assert all(t.desired_state == TaskState.COMPLETE for t in tasks)
 
 
 async def test_history_trimmed_to_cluster_limit() -> None:
@@ -144,3 +146,24 @@ async def test_history_trimmed_to_cluster_limit() -> None:
         assert all(t.slot == 1 for t in tasks)
         # the newest ones are kept
         assert max(t.restart_count for t in tasks) - min(t.restart_count for t in tasks) == 2
+
+
+async def test_job_rerun_with_force_is_a_new_iteration() -> None:
+    from dataclasses import replace
+
+    async with SimCluster.started(nodes=1) as sim:
+        sim.behave(on_service("job", FakeBehavior(exit_code=0, run_for=1.0)))
+        svc = await sim.create_service(service_spec("job", kind="replicated-job", max_concurrent=2,
+                                                    total_completions=3))
+
+        def complete(it: int) -> int:
+            return sum(t.status.state == TaskState.COMPLETE and (t.job_iteration or 0) == it
+                       for t in sim.tasks(svc.id))
+
+        await sim.wait_until(lambda: complete(0) == 3)
+        await sim.update_service(svc.id, lambda s: replace(
+            s, task_template=replace(s.task_template, force_update=s.task_template.force_update + 1)))
+        await sim.wait_until(lambda: complete(1) == 3)
+        await sim.run_for(10)
+        assert complete(0) == 3 and complete(1) == 3 and len(sim.tasks(svc.id)) == 6
+        assert sim.service(svc.id).job_status.job_iteration == 1  # type: ignore[union-attr]

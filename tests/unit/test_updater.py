@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import itertools
 
+import pytest
+
+from shoal.errors import InvalidArgument
 from shoal.model.objects import SECOND, RestartPolicy, ServiceSpec, Task, UpdateConfig
 from shoal.model.state import TaskState
 from shoal.testing.fakeexec import FakeBehavior
@@ -212,6 +215,12 @@ async def test_automatic_rollback_restores_previous_spec_exactly() -> None:
             f"update rolled back due to failure or early termination of task {failed[0].id}"
         await sim.run_for(60)
         assert sim.converged(svc.id, 3) and not any(is_v2(t) for t in sim.running(svc.id))
+        # As swarmkit's rollbackUpdate, the previous spec is consumed: rolling back the rollback is
+        # refused with swarmkit's text, and the service stays as it is.
+        assert after.previous_spec is None
+        with pytest.raises(InvalidArgument, match="does not have a previous spec"):
+            await sim.update_service(svc.id, rollback=True)
+        assert sim.update_state(svc.id) == "rollback_completed"
 
 
 async def test_max_failure_ratio_boundary() -> None:
@@ -266,6 +275,10 @@ async def test_manual_rollback() -> None:
         assert sim.update_message(svc.id) == "rollback completed"
         assert sim.service(svc.id).spec == original
         assert not any(is_v2(t) for t in sim.running(svc.id))
+        # A manual rollback swaps the specs (as swarmkit): rolling it back goes forward to v2 again.
+        await sim.update_service(svc.id, rollback=True)
+        await _updated(sim, svc.id, 2, "rollback_completed")
+        assert all(is_v2(t) for t in sim.running(svc.id))
 
 
 async def test_rollback_failure_pauses_rollback() -> None:

@@ -4,9 +4,9 @@ Ownership (docs/design/task-model.md): these functions write tasks' `desired_sta
 they never touch `status`, which belongs to the allocator, the scheduler and the agent.
 
 A *slot* is a replica position (1..N for replicated services, a node for global ones). A slot is
-occupied while it has a task whose desired state is RUNNING or READY; a task that ended and must not be
-restarted (restart condition, max attempts) keeps its desired state, so its slot stays occupied and is
-not refilled. Replacing a task whose spec changed is the updater's job, not the reconciler's.
+occupied while it has a task whose desired state is RUNNING (COMPLETE for jobs) or READY; a task that
+ended and must not be restarted (restart condition, max attempts) keeps its desired state, so its slot
+stays occupied and is not refilled. Replacing a task whose spec changed is the updater's job, not the reconciler's.
 """
 
 from __future__ import annotations
@@ -33,7 +33,14 @@ JOB_RESTART = RestartPolicy(condition="on-failure")
 
 
 def runnable(t: Task) -> bool:
-    return t.desired_state <= TaskState.RUNNING
+    """Meant to run: desired RUNNING (services), COMPLETE (jobs, as swarmkit) or READY (held)."""
+    return t.desired_state <= TaskState.COMPLETE
+
+
+def run_state(svc: Service) -> TaskState:
+    """The desired state of a task that should run: COMPLETE for jobs (swarmkit's job orchestrators
+    create their tasks so, and `service ps` shows desired "Complete"), RUNNING otherwise."""
+    return TaskState.COMPLETE if svc.spec.mode.is_job else TaskState.RUNNING
 
 
 def ended(t: Task) -> bool:
@@ -64,6 +71,8 @@ def make_task(svc: Service, *, tid: str, slot: int, node_id: str, now: float,
               desired: TaskState = TaskState.RUNNING, start_after: float = 0.0,
               restart_count: int = 0, restart_history: tuple[float, ...] = (),
               job_iteration: int | None = None) -> Task:
+    if desired == TaskState.RUNNING:
+        desired = run_state(svc)
     return Task(
         id=tid,
         spec=svc.spec.task_template,
@@ -171,7 +180,9 @@ class Reconciler:
             if t.desired_state != TaskState.READY or t.start_after <= 0:
                 continue
             if t.start_after <= now:
-                tx.update(replace(t, desired_state=TaskState.RUNNING, start_after=0.0))
+                svc = tx.service(t.service_id)
+                state = run_state(svc) if svc is not None else TaskState.RUNNING
+                tx.update(replace(t, desired_state=state, start_after=0.0))
             elif nxt is None or t.start_after < nxt:
                 nxt = t.start_after
         return nxt

@@ -240,9 +240,11 @@ class Updater:
                 cur = tx.service(self.service_id)
                 if cur is None or cur.previous_spec is None:
                     return False
+                # As swarmkit's rollbackUpdate: the previous spec is consumed, so a later
+                # `service rollback` is refused ("does not have a previous spec").
                 tx.update(replace(
-                    cur, spec=cur.previous_spec, previous_spec=cur.spec,
-                    spec_version=cur.spec_version + 1, previous_spec_version=cur.spec_version,
+                    cur, spec=cur.previous_spec, previous_spec=None,
+                    spec_version=cur.spec_version + 1, previous_spec_version=0,
                     update_status=UpdateStatus(state="rollback_started", started_at=self.clock.now(),
                                                message=msg)), check_version=False)
                 return True

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 
 
 def _active(t: Task) -> bool:
-    return bool(t.node_id) and t.desired_state <= TaskState.RUNNING and t.status.state < TaskState.COMPLETE
+    return bool(t.node_id) and t.desired_state <= TaskState.COMPLETE and t.status.state < TaskState.COMPLETE
 
 
 class SchedulerRunner:
@@ -54,7 +54,7 @@ class SchedulerRunner:
             return
         if _active(t):
             self.core.add_task(t)
-        if t.status.state == TaskState.PENDING and t.desired_state <= TaskState.RUNNING:
+        if t.status.state == TaskState.PENDING and t.desired_state <= TaskState.COMPLETE:
             self.pending[t.id] = t
         else:
             self.pending.pop(t.id, None)
