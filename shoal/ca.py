@@ -2,22 +2,40 @@
 
 Join tokens are `SWMTKN-1-<digest>-<secret>`: the digest is the SHA-256 of the root CA certificate in
 base 36 (50 characters), so a joining node can pin the CA it is shown; the secret is 128 random bits in
-base 36 (25 characters). Node certificates against CSRs come with the multi-node issue.
+base 36 (25 characters).
+
+Node certificates (ECDSA P-256) are issued against a CSR once the join token is checked. As swarmkit's,
+they carry the node ID as CN, the role as OU (`swarm-manager` / `swarm-worker`) and the cluster ID as O,
+with DNS SANs `<role OU>` and `<node ID>` so a client verifies a manager as `swarm-manager`. Only the CSR's
+public key is used: every name in the certificate is the CA's decision.
 """
 
 from __future__ import annotations
 
 import datetime
 import hashlib
+import hmac
 import random
+from dataclasses import dataclass
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from shoal.errors import InvalidArgument, ShoalError
 from shoal.ids import new_id
 from shoal.model.objects import RootCA
+
+MANAGER_OU = "swarm-manager"
+WORKER_OU = "swarm-worker"
+ROLE_OU = {"manager": MANAGER_OU, "worker": WORKER_OU}
+OU_ROLE = {v: k for k, v in ROLE_OU.items()}
+
+# swarmkit's texts, as dockerd shows them
+INVALID_TOKEN = "rpc error: code = InvalidArgument desc = A valid join token is necessary to join this cluster"
+MALFORMED_TOKEN = "invalid join token"
 
 _B36 = "0123456789abcdefghijklmnopqrstuvwxyz"
 
@@ -82,4 +100,135 @@ def tls_info(root: RootCA) -> dict[str, str]:
             "CertIssuerPublicKey": base64.b64encode(spki).decode()}
 
 
-__all__ = ["ca_digest_b36", "create_root_ca", "make_join_token", "new_id", "tls_info"]
+# --- join tokens ----------------------------------------------------------------------------------
+
+
+def digest_b36_of_pem(ca_cert_pem: str) -> str:
+    cert = x509.load_pem_x509_certificate(ca_cert_pem.encode())
+    der = cert.public_bytes(serialization.Encoding.DER)
+    return _base36(int(hashlib.sha256(der).hexdigest(), 16), 50)
+
+
+def parse_join_token(token: str) -> tuple[str, str]:
+    """(CA digest in base 36, secret) of a `SWMTKN-1-<digest>-<secret>` token; InvalidArgument if malformed."""
+    parts = token.split("-")
+    if len(parts) != 4 or parts[0] != "SWMTKN" or parts[1] != "1" or len(parts[2]) != 50 or not parts[3] \
+            or any(c not in _B36 for c in parts[2] + parts[3]):
+        raise InvalidArgument(MALFORMED_TOKEN)
+    return parts[2], parts[3]
+
+
+def token_role(tokens_worker: str, tokens_manager: str, token: str) -> str:
+    """The role a join token grants in a cluster with these tokens; ShoalError(INVALID_TOKEN) if none."""
+    tb = token.encode()
+    if tokens_worker and hmac.compare_digest(tb, tokens_worker.encode()):
+        return "worker"
+    if tokens_manager and hmac.compare_digest(tb, tokens_manager.encode()):
+        return "manager"
+    raise ShoalError(INVALID_TOKEN)
+
+
+# --- node keys and certificates -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NodeIdentity:
+    node_id: str
+    role: str  # manager | worker
+    cluster_id: str
+    not_after: float
+
+
+def new_key_pem() -> str:
+    key = ec.generate_private_key(ec.SECP256R1())
+    return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                             serialization.NoEncryption()).decode()
+
+
+def make_csr(key_pem: str) -> str:
+    key = serialization.load_pem_private_key(key_pem.encode(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    csr = x509.CertificateSigningRequestBuilder().subject_name(x509.Name([])).sign(key, hashes.SHA256())
+    return csr.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def issue_node_cert(root: RootCA, csr_pem: str, node_id: str, role: str, cluster_id: str, now: float,
+                    expiry_s: float) -> str:
+    """Sign the CSR's public key into a node certificate; names come from the arguments, never the CSR."""
+    if not root.ca_key_pem:
+        raise ShoalError("this CA cannot issue certificates: no signing key")
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem.encode())
+    except ValueError:
+        raise InvalidArgument("rpc error: code = InvalidArgument desc = invalid CSR") from None
+    if not csr.is_signature_valid:
+        raise InvalidArgument("rpc error: code = InvalidArgument desc = CSR signature is invalid")
+    pub = csr.public_key()
+    if not isinstance(pub, ec.EllipticCurvePublicKey) or pub.curve.name != "secp256r1":
+        raise InvalidArgument("rpc error: code = InvalidArgument desc = only ECDSA P-256 keys are accepted")
+    ca_cert = x509.load_pem_x509_certificate(root.ca_cert_pem.encode())
+    ca_key = serialization.load_pem_private_key(root.ca_key_pem.encode(), None)
+    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    ou = ROLE_OU[role]
+    start = datetime.datetime.fromtimestamp(now, datetime.UTC) - datetime.timedelta(minutes=5)
+    end = datetime.datetime.fromtimestamp(now + expiry_s, datetime.UTC)
+    end = min(end, ca_cert.not_valid_after_utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([
+            x509.NameAttribute(NameOID.ORGANIZATION_NAME, cluster_id),
+            x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ou),
+            x509.NameAttribute(NameOID.COMMON_NAME, node_id)]))
+        .issuer_name(ca_cert.subject)
+        .public_key(pub)
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(start)
+        .not_valid_after(end)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=True,
+                                     data_encipherment=False, key_agreement=False, key_cert_sign=False,
+                                     crl_sign=False, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH,
+                                              x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(ou), x509.DNSName(node_id)]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM).decode()
+
+
+def identity_of(cert_pem: str | bytes) -> NodeIdentity:
+    """Node ID, role and cluster ID from a node certificate (which TLS has already verified)."""
+    raw = cert_pem.encode() if isinstance(cert_pem, str) else cert_pem
+    cert = x509.load_pem_x509_certificate(raw)
+
+    def one(oid: x509.ObjectIdentifier) -> str:
+        attrs = cert.subject.get_attributes_for_oid(oid)
+        return str(attrs[0].value) if len(attrs) == 1 else ""
+
+    return NodeIdentity(node_id=one(NameOID.COMMON_NAME), role=OU_ROLE.get(one(NameOID.ORGANIZATIONAL_UNIT_NAME), ""),
+                        cluster_id=one(NameOID.ORGANIZATION_NAME), not_after=cert.not_valid_after_utc.timestamp())
+
+
+def verify_issued_by(cert_pem: str, root: RootCA) -> bool:
+    """True if the certificate was signed by this root's key (a check a joining node makes on its answer)."""
+    cert = x509.load_pem_x509_certificate(cert_pem.encode())
+    ca = x509.load_pem_x509_certificate(root.ca_cert_pem.encode())
+    try:
+        cert.verify_directly_issued_by(ca)
+    except (ValueError, TypeError, InvalidSignature):
+        return False
+    return True
+
+
+def renew_at(cert_pem: str, rng: random.Random) -> float:
+    """When to renew: at a random point between 50% and 80% of the certificate's lifetime (as swarmkit)."""
+    cert = x509.load_pem_x509_certificate(cert_pem.encode())
+    start = cert.not_valid_before_utc.timestamp()
+    end = cert.not_valid_after_utc.timestamp()
+    return start + (end - start) * (0.5 + 0.3 * rng.random())
+
+
+__all__ = ["INVALID_TOKEN", "NodeIdentity", "ca_digest_b36", "create_root_ca", "digest_b36_of_pem", "identity_of",
+           "issue_node_cert", "make_csr", "make_join_token", "new_id", "new_key_pem", "parse_join_token",
+           "renew_at", "tls_info", "token_role", "verify_issued_by"]

@@ -1,0 +1,263 @@
+"""The node side of Shoal's gRPC: joining (pinning the root CA), the remote dispatcher, renewals.
+
+Joining follows swarmkit: fetch the root certificate without trusting it, compare its digest with the one
+in the join token (a man-in-the-middle shows another root and is refused before the token is sent), then
+ask for a certificate over TLS pinned to that root. From then on every call goes to the manager's secure
+listener with this node's certificate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import ssl
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+
+from shoal import ca as CA
+from shoal.errors import InvalidArgument, NotFound, ShoalError, Unavailable
+from shoal.manager.dispatcher import Assignments
+from shoal.model import codec
+from shoal.model.objects import Config, NodeDescription, RootCA, Secret, Task, TaskStatus
+from shoal.rpc import shoal_pb2 as pb
+from shoal.rpc import shoal_pb2_grpc as pbg
+
+MANAGER_NAME = CA.MANAGER_OU  # the name a manager's certificate is verified against
+
+CHANNEL_OPTIONS = [
+    ("grpc.ssl_target_name_override", MANAGER_NAME),
+    ("grpc.keepalive_time_ms", 10_000),
+    ("grpc.keepalive_timeout_ms", 5_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+]
+
+_NAMES = {grpc.StatusCode.INVALID_ARGUMENT: "InvalidArgument", grpc.StatusCode.NOT_FOUND: "NotFound",
+          grpc.StatusCode.PERMISSION_DENIED: "PermissionDenied", grpc.StatusCode.UNIMPLEMENTED: "Unimplemented",
+          grpc.StatusCode.UNAVAILABLE: "Unavailable", grpc.StatusCode.UNAUTHENTICATED: "Unauthenticated",
+          grpc.StatusCode.FAILED_PRECONDITION: "FailedPrecondition", grpc.StatusCode.ALREADY_EXISTS: "AlreadyExists",
+          grpc.StatusCode.DEADLINE_EXCEEDED: "DeadlineExceeded", grpc.StatusCode.UNKNOWN: "Unknown"}
+
+
+def from_rpc_error(e: grpc.aio.AioRpcError) -> ShoalError:
+    """A gRPC error as dockerd shows a swarmkit one: `rpc error: code = X desc = Y`."""
+    code = e.code()
+    text = f"rpc error: code = {_NAMES.get(code, code.name.title())} desc = {e.details()}"
+    if code == grpc.StatusCode.NOT_FOUND:
+        return NotFound(text)
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return Unavailable(text)
+    return ShoalError(text)
+
+
+@dataclass(frozen=True)
+class NodeCredentials:
+    key_pem: str
+    cert_pem: str
+    root_pem: str
+
+    def channel_credentials(self) -> grpc.ChannelCredentials:
+        return grpc.ssl_channel_credentials(self.root_pem.encode(), self.key_pem.encode(), self.cert_pem.encode())
+
+
+def _split_addr(addr: str, default_port: int = 2377) -> tuple[str, int]:
+    host, sep, port = addr.rpartition(":")
+    if not sep or not port.isdigit():
+        return addr.strip("[]"), default_port
+    return host.strip("[]"), int(port)
+
+
+def _normalize(addr: str) -> str:
+    host, port = _split_addr(addr)
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def fetch_root_unverified(addr: str, timeout: float = 10.0) -> str:
+    """The self-signed root in the chain the manager's listener presents, trusting nothing yet (blocking)."""
+    host, port = _split_addr(addr)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(["h2"])
+    with socket.create_connection((host, port), timeout=timeout) as raw, \
+            ctx.wrap_socket(raw, server_hostname=MANAGER_NAME) as tls:
+        obj: Any = tls._sslobj  # type: ignore[attr-defined]  # public as get_unverified_chain() in 3.13
+        chain = obj.get_unverified_chain() or []
+        for c in chain:
+            cert = x509.load_der_x509_certificate(c.public_bytes(ssl._ssl.ENCODING_DER))  # type: ignore[attr-defined]
+            if cert.issuer == cert.subject:
+                return cert.public_bytes(serialization.Encoding.PEM).decode()
+    raise Unavailable(f"the swarm manager at {addr} did not present its root CA")
+
+
+def fingerprint_mismatch(expected_b36: str) -> ShoalError:
+    return ShoalError(f"remote CA does not match fingerprint. Expected: {int(expected_b36, 36):064x}")
+
+
+@dataclass(frozen=True)
+class JoinResult:
+    node_id: str
+    cluster_id: str
+    creds: NodeCredentials
+    manager_addr: str
+    secure_addr: str
+
+
+async def join(remote_addrs: list[str], token: str, key_pem: str, hostname: str, availability: str,
+               timeout: float = 20.0) -> JoinResult:
+    """Join through the first manager that answers; the token is sent only after the root is pinned."""
+    digest, _ = CA.parse_join_token(token)
+    last: Exception | None = None
+    for raw_addr in remote_addrs:
+        addr = _normalize(raw_addr)
+        try:
+            root_pem = await asyncio.to_thread(fetch_root_unverified, addr, timeout)
+        except (OSError, ssl.SSLError, ShoalError) as e:
+            last = e
+            continue
+        if CA.digest_b36_of_pem(root_pem) != digest:
+            raise fingerprint_mismatch(digest)
+        creds = grpc.ssl_channel_credentials(root_pem.encode())
+        async with grpc.aio.secure_channel(addr, creds, options=CHANNEL_OPTIONS) as ch:
+            try:
+                resp = await pbg.CAStub(ch).IssueNodeCertificate(pb.IssueRequest(
+                    token=token, csr_pem=CA.make_csr(key_pem), availability=availability, hostname=hostname),
+                    timeout=timeout)
+            except grpc.aio.AioRpcError as e:
+                if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+                    last = from_rpc_error(e)
+                    continue
+                raise from_rpc_error(e) from None
+        if resp.ca_cert_pem != root_pem:
+            raise fingerprint_mismatch(digest)
+        root = RootCA(ca_cert_pem=root_pem)
+        ident = CA.identity_of(resp.cert_pem)
+        if not CA.verify_issued_by(resp.cert_pem, root) or ident.node_id != resp.node_id:
+            raise ShoalError("the manager answered with a certificate its root CA did not issue")
+        return JoinResult(node_id=resp.node_id, cluster_id=resp.cluster_id,
+                          creds=NodeCredentials(key_pem, resp.cert_pem, root_pem), manager_addr=addr,
+                          secure_addr=resp.secure_addr)
+    raise Unavailable(f"could not reach a manager at {', '.join(remote_addrs)}: {last}")
+
+
+def _assignments(msg: pb.AssignmentsMessage) -> Assignments:
+    p = json.loads(msg.payload or b"{}")
+    return Assignments(
+        type=msg.type,
+        tasks=tuple(codec.decode_as(Task, t) for t in p.get("tasks", ())),
+        secrets=tuple(codec.decode_as(Secret, s) for s in p.get("secrets", ())),
+        configs=tuple(codec.decode_as(Config, c) for c in p.get("configs", ())),
+        removed_tasks=tuple(p.get("removed_tasks", ())),
+        removed_secrets=tuple(p.get("removed_secrets", ())),
+        removed_configs=tuple(p.get("removed_configs", ())))
+
+
+class RemoteDispatcher:
+    """`DispatcherAPI` over gRPC with mutual TLS. Each `register` (a new session) finds the manager's secure
+    listener again through its CA listener, so a restarted manager on a new port is found."""
+
+    def __init__(self, manager_addrs: list[str], creds: NodeCredentials, call_timeout: float = 10.0) -> None:
+        self.manager_addrs = [_normalize(a) for a in manager_addrs]
+        self.creds = creds
+        self.call_timeout = call_timeout
+        self._channel: grpc.aio.Channel | None = None
+        self._period = 5.0
+
+    def set_credentials(self, creds: NodeCredentials) -> None:
+        """New certificate (renewal): used from the next session on."""
+        self.creds = creds
+
+    async def _secure_addr(self) -> str:
+        last: Exception | None = None
+        for addr in self.manager_addrs:
+            async with grpc.aio.secure_channel(addr, grpc.ssl_channel_credentials(self.creds.root_pem.encode()),
+                                               options=CHANNEL_OPTIONS) as ch:
+                try:
+                    resp = await pbg.CAStub(ch).GetRootCACertificate(pb.RootCARequest(), timeout=self.call_timeout)
+                    return str(resp.secure_addr)
+                except grpc.aio.AioRpcError as e:
+                    last = from_rpc_error(e)
+        raise Unavailable(f"no manager reachable: {last}")
+
+    async def _connect(self) -> grpc.aio.Channel:
+        await self.close()
+        addr = await self._secure_addr()
+        self._channel = grpc.aio.secure_channel(addr, self.creds.channel_credentials(), options=CHANNEL_OPTIONS)
+        return self._channel
+
+    def _stub_channel(self) -> grpc.aio.Channel:
+        if self._channel is None:
+            raise Unavailable("not connected to a manager")
+        return self._channel
+
+    async def register(self, node_id: str, description: NodeDescription, addr: str) -> float:
+        ch = await self._connect()
+        try:
+            resp = await pbg.DispatcherStub(ch).Register(pb.RegisterRequest(
+                description=json.dumps(codec.encode(description)).encode(), addr=addr), timeout=self.call_timeout)
+        except grpc.aio.AioRpcError as e:
+            raise from_rpc_error(e) from None
+        self._period = float(resp.period)
+        return self._period
+
+    async def heartbeat(self, node_id: str) -> float:
+        try:
+            resp = await pbg.DispatcherStub(self._stub_channel()).Heartbeat(
+                pb.Empty(), timeout=max(self._period, 1.0))
+        except grpc.aio.AioRpcError as e:
+            raise from_rpc_error(e) from None
+        self._period = float(resp.period)
+        return self._period
+
+    async def assignments(self, node_id: str) -> AsyncIterator[Assignments]:
+        call = pbg.DispatcherStub(self._stub_channel()).Assignments(pb.Empty())
+        try:
+            async for msg in call:
+                yield _assignments(msg)
+        except grpc.aio.AioRpcError as e:
+            raise from_rpc_error(e) from None
+        finally:
+            call.cancel()
+
+    async def update_task_status(self, node_id: str, updates: list[tuple[str, TaskStatus]]) -> None:
+        body = json.dumps([[tid, codec.encode(st)] for tid, st in updates]).encode()
+        try:
+            await pbg.DispatcherStub(self._stub_channel()).UpdateTaskStatus(pb.StatusUpdate(updates=body),
+                                                                             timeout=self.call_timeout)
+        except grpc.aio.AioRpcError as e:
+            raise from_rpc_error(e) from None
+
+    async def leave(self) -> None:
+        ch = self._channel or await self._connect()
+        try:
+            await pbg.DispatcherStub(ch).Leave(pb.Empty(), timeout=min(self.call_timeout, 3.0))
+        except grpc.aio.AioRpcError as e:
+            raise from_rpc_error(e) from None
+
+    async def renew(self, key_pem: str) -> NodeCredentials:
+        """A new certificate for a new key, over a session of its own with the current certificate."""
+        addr = await self._secure_addr()
+        async with grpc.aio.secure_channel(addr, self.creds.channel_credentials(), options=CHANNEL_OPTIONS) as ch:
+            try:
+                resp = await pbg.NodeCAStub(ch).RenewNodeCertificate(pb.RenewRequest(csr_pem=CA.make_csr(key_pem)),
+                                                                     timeout=self.call_timeout)
+            except grpc.aio.AioRpcError as e:
+                raise from_rpc_error(e) from None
+        if resp.ca_cert_pem != self.creds.root_pem or not CA.verify_issued_by(
+                resp.cert_pem, RootCA(ca_cert_pem=self.creds.root_pem)):
+            raise ShoalError("renewal answered with a certificate of another root CA")
+        return NodeCredentials(key_pem, resp.cert_pem, self.creds.root_pem)
+
+    async def close(self) -> None:
+        if self._channel is not None:
+            ch, self._channel = self._channel, None
+            await ch.close()
+
+
+__all__ = ["InvalidArgument", "JoinResult", "NodeCredentials", "RemoteDispatcher", "fetch_root_unverified", "join"]

@@ -1,0 +1,401 @@
+"""A manager's gRPC servers: the CA bootstrap (server TLS) and the node services (mutual TLS).
+
+Two listeners, because grpcio's server credentials either require a client certificate or never ask for one
+(no "verify if given", which swarmkit uses to serve both on one port):
+
+- the listen address (`--listen-addr`, 2377 by default) serves the `CA` service with server TLS only: a
+  joining node has no certificate yet. It hands out the root certificate (the joiner pins it against the
+  digest in its token before sending the token) and, against a valid join token and a CSR, a node
+  certificate. It also tells where the secure listener is.
+- the secure listener (same host, a port of its own) requires a client certificate issued by this
+  cluster's CA (TLS refuses anything else: no certificate, another CA, expired). On every call the
+  certificate's node ID must still be a node of this cluster (a removed node's certificate is refused from
+  then on) and its role must be one the call allows; only then does the handler run. The node ID a
+  handler acts for is the certificate's, never one from the request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import json
+import logging
+import random
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from typing import Any, TypeVar
+
+import grpc
+
+from shoal import ca as CA
+from shoal.clock import Clock
+from shoal.errors import InvalidArgument, NotFound, ShoalError, Unavailable
+from shoal.ids import new_id
+from shoal.manager.dispatcher import DispatcherAPI
+from shoal.model import codec
+from shoal.model.objects import (
+    SECOND,
+    Annotations,
+    Cluster,
+    Node,
+    NodeDescription,
+    NodeSpec,
+    NodeStatus,
+    TaskStatus,
+)
+from shoal.rpc import shoal_pb2 as pb
+from shoal.rpc import shoal_pb2_grpc as pbg
+from shoal.store.memory import MemoryStore, Tx
+
+log = logging.getLogger(__name__)
+
+ANY_NODE = frozenset({"worker", "manager"})
+MANAGERS = frozenset({"manager"})
+
+SERVER_OPTIONS = [
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5000),
+    ("grpc.http2.max_pings_without_data", 0),
+]
+
+_CODES = {
+    "InvalidArgument": grpc.StatusCode.INVALID_ARGUMENT, "NotFound": grpc.StatusCode.NOT_FOUND,
+    "AlreadyExists": grpc.StatusCode.ALREADY_EXISTS, "PermissionDenied": grpc.StatusCode.PERMISSION_DENIED,
+    "FailedPrecondition": grpc.StatusCode.FAILED_PRECONDITION, "Unimplemented": grpc.StatusCode.UNIMPLEMENTED,
+    "Unavailable": grpc.StatusCode.UNAVAILABLE, "Unauthenticated": grpc.StatusCode.UNAUTHENTICATED,
+}
+
+
+def _status_of(e: ShoalError) -> tuple[grpc.StatusCode, str]:
+    """A ShoalError as a gRPC status; a swarmkit-style "rpc error: code = X desc = Y" text keeps X and Y."""
+    msg = e.message
+    if msg.startswith("rpc error: code = "):
+        code, _, desc = msg[len("rpc error: code = "):].partition(" desc = ")
+        return _CODES.get(code, grpc.StatusCode.UNKNOWN), desc
+    if isinstance(e, NotFound):
+        return grpc.StatusCode.NOT_FOUND, msg
+    if isinstance(e, InvalidArgument):
+        return grpc.StatusCode.INVALID_ARGUMENT, msg
+    if isinstance(e, Unavailable):
+        return grpc.StatusCode.UNAVAILABLE, msg
+    return grpc.StatusCode.UNKNOWN, msg
+
+
+def peer_host(context: grpc.aio.ServicerContext) -> str:
+    peer = context.peer() or ""  # ipv4:127.0.0.1:5555 | ipv6:[::1]:5555
+    if peer.startswith("ipv4:"):
+        return peer[5:].rsplit(":", 1)[0]
+    if peer.startswith("ipv6:"):
+        return peer[5:].rsplit(":", 1)[0].strip("[]")
+    return ""
+
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def translate_errors(fn: F) -> F:
+    @functools.wraps(fn)
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        try:
+            return await fn(self, request, context)
+        except ShoalError as e:
+            code, desc = _status_of(e)
+            await context.abort(code, desc)
+
+    return wrapper  # type: ignore[return-value]
+
+
+class Authorizer:
+    """The checks every call on the secure listener passes before its handler runs."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+
+    async def identify(self, context: grpc.aio.ServicerContext, roles: frozenset[str]) -> CA.NodeIdentity:
+        pems = context.auth_context().get("x509_pem_cert") or []
+        if not pems:
+            # Only reachable if a listener is misconfigured: the secure listener's TLS requires a certificate.
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no client certificate")
+        ident = CA.identity_of(pems[0])
+        v = self.store.view()
+        cluster = v.cluster()
+        if cluster is None or ident.cluster_id != cluster.id:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                "Permission denied: remote certificate not part of organization")
+        node = v.node(ident.node_id)
+        if node is None:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"node {ident.node_id} was removed from the swarm")
+        assert node is not None
+        if ident.role not in roles or node.spec.role not in roles:
+            await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                                f"Permission denied: unauthorized peer role: rpc error: code = PermissionDenied "
+                                f"desc = remote peer with role {CA.ROLE_OU.get(ident.role, '?')} is not allowed")
+        return ident
+
+
+def authorized(roles: frozenset[str]) -> Callable[[Callable[..., Any]], Any]:
+    """Run the handler only for callers whose certificate passes `Authorizer.identify` for these roles."""
+
+    def deco(fn: Callable[..., Any]) -> Any:
+        import inspect
+
+        if inspect.isasyncgenfunction(fn):
+            @functools.wraps(fn)
+            async def gen_wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+                ident = await self.auth.identify(context, roles)
+                try:
+                    async for item in fn(self, request, context, ident):
+                        yield item
+                except ShoalError as e:
+                    code, desc = _status_of(e)
+                    await context.abort(code, desc)
+
+            return gen_wrapper
+
+        @functools.wraps(fn)
+        async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
+            ident = await self.auth.identify(context, roles)
+            try:
+                return await fn(self, request, context, ident)
+            except ShoalError as e:
+                code, desc = _status_of(e)
+                await context.abort(code, desc)
+
+        return wrapper
+
+    return deco
+
+
+def _json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
+class _Servers:
+    """What the servicers share: the store, the manager's credentials and the secure address."""
+
+    def __init__(self, store: MemoryStore, clock: Clock, rng: random.Random) -> None:
+        self.store = store
+        self.clock = clock
+        self.rng = rng
+        self.secure_addr = ""
+
+    def cluster(self) -> Cluster:
+        c = self.store.view().cluster()
+        if c is None:
+            raise Unavailable("This node is not part of a swarm")
+        return c
+
+
+class CAServicer(pbg.CAServicer):
+    def __init__(self, s: _Servers) -> None:
+        self.s = s
+
+    @translate_errors
+    async def GetRootCACertificate(self, request: pb.RootCARequest,
+                                   context: grpc.aio.ServicerContext) -> pb.RootCAResponse:
+        return pb.RootCAResponse(ca_cert_pem=self.s.cluster().root_ca.ca_cert_pem, secure_addr=self.s.secure_addr)
+
+    @translate_errors
+    async def IssueNodeCertificate(self, request: pb.IssueRequest,
+                                   context: grpc.aio.ServicerContext) -> pb.IssueResponse:
+        cluster = self.s.cluster()
+        role = CA.token_role(cluster.join_tokens.worker, cluster.join_tokens.manager, request.token)
+        if role == "manager":
+            raise ShoalError("rpc error: code = Unimplemented desc = joining as a manager is not supported yet "
+                             "by Shoal (managers need Raft replication); join with the worker token")
+        availability = request.availability or "active"
+        if availability not in ("active", "pause", "drain"):
+            raise InvalidArgument(f"rpc error: code = InvalidArgument desc = invalid availability {availability}")
+        node_id = new_id(self.s.rng)
+        spec = cluster.spec.ca_config
+        cert = CA.issue_node_cert(cluster.root_ca, request.csr_pem, node_id, role, cluster.id, self.s.clock.now(),
+                                  (spec.node_cert_expiry or 90 * 24 * 3600 * SECOND) / SECOND)
+        node = Node(id=node_id, spec=NodeSpec(annotations=Annotations(), role=role, availability=availability),
+                    description=NodeDescription(hostname=request.hostname),
+                    status=NodeStatus(state="unknown", addr=peer_host(context)))
+        await self.s.store.update(lambda tx: tx.create(node))
+        log.info("issued a %s certificate to new node %s (%s)", role, node_id, request.hostname)
+        return pb.IssueResponse(node_id=node_id, cert_pem=cert, ca_cert_pem=cluster.root_ca.ca_cert_pem,
+                                cluster_id=cluster.id, secure_addr=self.s.secure_addr)
+
+
+class NodeCAServicer(pbg.NodeCAServicer):
+    def __init__(self, s: _Servers, auth: Authorizer) -> None:
+        self.s = s
+        self.auth = auth
+
+    @authorized(ANY_NODE)
+    async def RenewNodeCertificate(self, request: pb.RenewRequest, context: grpc.aio.ServicerContext,
+                                   ident: CA.NodeIdentity) -> pb.IssueResponse:
+        cluster = self.s.cluster()
+        node = self.s.store.view().node(ident.node_id)
+        assert node is not None
+        cert = CA.issue_node_cert(cluster.root_ca, request.csr_pem, node.id, node.spec.role, cluster.id,
+                                  self.s.clock.now(), cluster.spec.ca_config.node_cert_expiry / SECOND)
+        return pb.IssueResponse(node_id=node.id, cert_pem=cert, ca_cert_pem=cluster.root_ca.ca_cert_pem,
+                                cluster_id=cluster.id, secure_addr=self.s.secure_addr)
+
+
+class DispatcherServicer(pbg.DispatcherServicer):
+    def __init__(self, s: _Servers, auth: Authorizer, dispatcher: DispatcherAPI) -> None:
+        self.s = s
+        self.auth = auth
+        self.dispatcher = dispatcher
+
+    @authorized(ANY_NODE)
+    async def Register(self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext,
+                       ident: CA.NodeIdentity) -> pb.PeriodResponse:
+        desc = codec.decode_as(NodeDescription, json.loads(request.description or b"{}"))
+        period = await self.dispatcher.register(ident.node_id, desc, request.addr or peer_host(context))
+        return pb.PeriodResponse(period=period)
+
+    @authorized(ANY_NODE)
+    async def Heartbeat(self, request: pb.Empty, context: grpc.aio.ServicerContext,
+                        ident: CA.NodeIdentity) -> pb.PeriodResponse:
+        return pb.PeriodResponse(period=await self.dispatcher.heartbeat(ident.node_id))
+
+    @authorized(ANY_NODE)
+    async def Assignments(self, request: pb.Empty, context: grpc.aio.ServicerContext,
+                          ident: CA.NodeIdentity) -> AsyncIterator[pb.AssignmentsMessage]:
+        async for a in self.dispatcher.assignments(ident.node_id):
+            payload = {
+                "tasks": [codec.encode(t) for t in a.tasks],
+                "secrets": [codec.encode(x) for x in a.secrets],
+                "configs": [codec.encode(x) for x in a.configs],
+                "removed_tasks": list(a.removed_tasks),
+                "removed_secrets": list(a.removed_secrets),
+                "removed_configs": list(a.removed_configs),
+            }
+            yield pb.AssignmentsMessage(type=a.type, payload=_json(payload))
+
+    @authorized(ANY_NODE)
+    async def UpdateTaskStatus(self, request: pb.StatusUpdate, context: grpc.aio.ServicerContext,
+                               ident: CA.NodeIdentity) -> pb.Empty:
+        raw = json.loads(request.updates or b"[]")
+        updates = [(str(tid), codec.decode_as(TaskStatus, st)) for tid, st in raw]
+        await self.dispatcher.update_task_status(ident.node_id, updates)
+        return pb.Empty()
+
+    @authorized(ANY_NODE)
+    async def Leave(self, request: pb.Empty, context: grpc.aio.ServicerContext,
+                    ident: CA.NodeIdentity) -> pb.Empty:
+        def fn(tx: Tx) -> None:
+            node = tx.node(ident.node_id)
+            if node is not None and node.status.state != "down":
+                tx.update(replace(node, status=replace(node.status, state="down", message="node left the swarm")),
+                          check_version=False)
+
+        await self.s.store.update(fn)
+        return pb.Empty()
+
+
+class ControlServicer(pbg.ControlServicer):
+    def __init__(self, s: _Servers, auth: Authorizer) -> None:
+        self.s = s
+        self.auth = auth
+
+    @authorized(MANAGERS)
+    async def GetCluster(self, request: pb.Empty, context: grpc.aio.ServicerContext,
+                         ident: CA.NodeIdentity) -> pb.Blob:
+        c = self.s.cluster()
+        c = replace(c, root_ca=replace(c.root_ca, ca_key_pem=""))
+        return pb.Blob(data=_json(codec.encode(c)))
+
+
+class ManagerRPC:
+    """Both listeners of a manager, with the manager's own node certificate (renewed before it expires)."""
+
+    def __init__(self, store: MemoryStore, dispatcher: DispatcherAPI, clock: Clock, rng: random.Random,
+                 node_id: str, listen_addr: str, advertise_host: str) -> None:
+        self.store = store
+        self.dispatcher = dispatcher
+        self.clock = clock
+        self.rng = rng
+        self.node_id = node_id
+        self.listen_addr = listen_addr
+        self.advertise_host = advertise_host
+        self._s = _Servers(store, clock, rng)
+        self._bootstrap: grpc.aio.Server | None = None
+        self._secure: grpc.aio.Server | None = None
+        self._renewer: asyncio.Task[None] | None = None
+        self._key_pem = ""
+        self._cert_pem = ""
+        self._root_pem = ""
+        self._served = ("", "", "")
+        self.port = 0
+        self.secure_port = 0
+
+    @property
+    def secure_addr(self) -> str:
+        return self._s.secure_addr
+
+    def _issue_own(self) -> None:
+        cluster = self._s.cluster()
+        self._key_pem = CA.new_key_pem()
+        self._root_pem = cluster.root_ca.ca_cert_pem
+        self._cert_pem = CA.issue_node_cert(cluster.root_ca, CA.make_csr(self._key_pem), self.node_id, "manager",
+                                            cluster.id, self.clock.now(),
+                                            cluster.spec.ca_config.node_cert_expiry / SECOND)
+
+    def _secure_config(self) -> Any:
+        return grpc.ssl_server_certificate_configuration(
+            [(self._key_pem.encode(), self._cert_pem.encode())], root_certificates=self._root_pem.encode())
+
+    def _fetch_config(self) -> Any:
+        current = (self._key_pem, self._cert_pem, self._root_pem)
+        if current == self._served:
+            return None
+        self._served = current
+        return self._secure_config()
+
+    async def start(self) -> None:
+        self._issue_own()
+        auth = Authorizer(self.store)
+        secure = grpc.aio.server(options=SERVER_OPTIONS)
+        pbg.add_NodeCAServicer_to_server(NodeCAServicer(self._s, auth), secure)
+        pbg.add_DispatcherServicer_to_server(DispatcherServicer(self._s, auth, self.dispatcher), secure)
+        pbg.add_ControlServicer_to_server(ControlServicer(self._s, auth), secure)
+        self._served = (self._key_pem, self._cert_pem, self._root_pem)
+        creds = grpc.dynamic_ssl_server_credentials(self._secure_config(), self._fetch_config,
+                                                    require_client_authentication=True)
+        host = self.listen_addr.rsplit(":", 1)[0] or "0.0.0.0"
+        self.secure_port = secure.add_secure_port(f"{host}:0", creds)
+        self._s.secure_addr = f"{self.advertise_host}:{self.secure_port}"
+        boot = grpc.aio.server(options=SERVER_OPTIONS)
+        pbg.add_CAServicer_to_server(CAServicer(self._s), boot)
+        chain = (self._cert_pem + self._root_pem).encode()
+        try:
+            self.port = boot.add_secure_port(self.listen_addr, grpc.ssl_server_credentials(
+                [(self._key_pem.encode(), chain)], require_client_auth=False))
+        except RuntimeError:
+            await secure.stop(None)
+            raise Unavailable(f"listen tcp {self.listen_addr}: bind: address already in use") from None
+        await secure.start()
+        await boot.start()
+        self._secure, self._bootstrap = secure, boot
+        self._renewer = asyncio.create_task(self._renew_loop(), name="manager-cert-renewal")
+        log.info("node RPC: CA on %s, node services (mutual TLS) on %s", self.listen_addr, self._s.secure_addr)
+
+    async def _renew_loop(self) -> None:
+        while True:
+            delay = CA.renew_at(self._cert_pem, self.rng) - self.clock.now()
+            await self.clock.sleep(max(delay, 1.0))
+            try:
+                self._issue_own()  # the secure listener picks the new certificate up at its next handshake
+            except Exception:
+                log.exception("renewing the manager's certificate failed")
+
+    async def stop(self) -> None:
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
+        for srv in (self._bootstrap, self._secure):
+            if srv is not None:
+                await srv.stop(0.5)
+        self._bootstrap = self._secure = None
+
+
+__all__ = ["ANY_NODE", "MANAGERS", "Authorizer", "ManagerRPC", "authorized"]
