@@ -1,8 +1,10 @@
-"""One Shoal node: an inactive engine until `swarm init`, then a manager with its own agent.
+"""One Shoal node: an inactive engine until `swarm init` (a manager with its own agent) or `swarm join`
+(a worker: only an agent, talking to the managers over gRPC with mutual TLS).
 
 State on disk under the data dir:
     node.json        the node's identity and swarm membership (absent while inactive)
-    raft/            the store's durable log and snapshots
+    certificates/    a worker's key, node certificate and the cluster's root certificate
+    raft/            the store's durable log and snapshots (managers)
     executor/        the executor's per-task state (process executor) or secrets files (docker)
 A restart with `node.json` present resumes the swarm: the store is replayed from its log and the agent
 adopts the tasks' running containers or processes instead of starting new ones.
@@ -20,6 +22,7 @@ import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from shoal import ca as CA
 from shoal.agent.agent import Agent
 from shoal.agent.exec.protocol import Executor
 from shoal.ca import create_root_ca, make_join_token
@@ -38,6 +41,9 @@ from shoal.model.objects import (
     NetworkSpec,
     SwarmSpec,
 )
+from shoal.rpc.client import NodeCredentials, RemoteDispatcher
+from shoal.rpc.client import join as rpc_join
+from shoal.rpc.server import ManagerRPC
 from shoal.store.memory import MemoryStore, Tx
 from shoal.store.wal import open_local_store
 
@@ -66,6 +72,28 @@ class InitOptions:
     availability: str = "active"
 
 
+@dataclass(frozen=True)
+class JoinOptions:
+    remote_addrs: tuple[str, ...]
+    join_token: str
+    listen_addr: str = "0.0.0.0:2377"
+    advertise_addr: str = ""
+    availability: str = "active"
+
+
+def _addr_towards(remote: str) -> str:
+    """The local address this host uses to reach `remote` (host:port)."""
+    host = remote.rsplit(":", 1)[0].strip("[]") if ":" in remote else remote
+    try:
+        infos = socket.getaddrinfo(host, 9, type=socket.SOCK_DGRAM)
+        fam, _, _, _, sa = infos[0]
+        with socket.socket(fam, socket.SOCK_DGRAM) as s:
+            s.connect(sa)  # no packet is sent
+            return str(s.getsockname()[0])
+    except OSError:
+        return "127.0.0.1"
+
+
 def _local_addr(advertise: str, listen: str) -> str:
     host = (advertise or "").rsplit(":", 1)[0] if advertise else ""
     if host and not host[0].isalpha():
@@ -91,7 +119,10 @@ class ShoalNode:
         self.store: MemoryStore | None = None
         self.manager: Manager | None = None
         self.agent: Agent | None = None
+        self.rpc: ManagerRPC | None = None
+        self.remote: RemoteDispatcher | None = None
         self._agent_task: asyncio.Task[None] | None = None
+        self._renew_task: asyncio.Task[None] | None = None
         self.identity: dict[str, str] = {}
         self._lock = asyncio.Lock()
 
@@ -102,8 +133,16 @@ class ShoalNode:
         return self.cfg.data_dir / "node.json"
 
     @property
+    def _certs_dir(self) -> Path:
+        return self.cfg.data_dir / "certificates"
+
+    @property
     def state(self) -> str:
-        return "active" if self.manager is not None else "inactive"
+        return "active" if self.manager is not None or self.remote is not None else "inactive"
+
+    @property
+    def role(self) -> str:
+        return self.identity.get("role", "") if self.state == "active" else ""
 
     @property
     def node_id(self) -> str:
@@ -136,15 +175,85 @@ class ShoalNode:
         await self._deactivate()
 
     async def _activate(self) -> None:
+        if self.identity.get("role") == "worker":
+            await self._activate_worker()
+            return
         self.store = open_local_store(self.cfg.data_dir / "raft", self.clock)
-        self.manager = Manager(self.store, self.clock, self.rng, scheduler_strategy=self.cfg.scheduler_strategy)
+        # The events' retained window lives with the Raft data, so leaving the swarm forgets it too.
+        self.manager = Manager(self.store, self.clock, self.rng, scheduler_strategy=self.cfg.scheduler_strategy,
+                               events_path=self.cfg.data_dir / "raft" / "events.jsonl")
         self.manager.start()
+        port = self.identity.get("manager_addr", ":2377").rsplit(":", 1)[1]
+        self.rpc = ManagerRPC(self.store, self.manager.dispatcher, self.clock, random.Random(self.rng.getrandbits(64)),
+                              self.node_id, self.identity.get("listen_addr") or f"0.0.0.0:{port}", self.addr)
+        try:
+            await self.rpc.start()
+        except Exception:
+            self.rpc = None
+            await self._deactivate()
+            raise
         self.executor = self._make_executor()
         self.agent = Agent(self.node_id, self.executor, self.manager.dispatcher, self.clock,
                            random.Random(self.rng.getrandbits(64)), addr=self.addr)
         self._agent_task = asyncio.create_task(self.agent.run(), name="agent")
 
+    def _read_creds(self) -> NodeCredentials:
+        d = self._certs_dir
+        return NodeCredentials(key_pem=(d / "swarm-node.key").read_text(), cert_pem=(d / "swarm-node.crt").read_text(),
+                               root_pem=(d / "swarm-root-ca.crt").read_text())
+
+    def _write_creds(self, creds: NodeCredentials) -> None:
+        d = self._certs_dir
+        d.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for name, text, mode in (("swarm-root-ca.crt", creds.root_pem, 0o644), ("swarm-node.key", creds.key_pem, 0o600),
+                                 ("swarm-node.crt", creds.cert_pem, 0o644)):
+            tmp = d / (name + ".tmp")
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+            with os.fdopen(fd, "w") as f:
+                f.write(text)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, d / name)
+
+    async def _activate_worker(self) -> None:
+        creds = self._read_creds()
+        self.remote = RemoteDispatcher(list(self.identity.get("manager_addrs", [])) or
+                                       [self.identity["manager_addr"]], creds)
+        self.executor = self._make_executor()
+        self.agent = Agent(self.node_id, self.executor, self.remote, self.clock,
+                           random.Random(self.rng.getrandbits(64)), addr=self.addr)
+        self._agent_task = asyncio.create_task(self.agent.run(), name="agent")
+        self._renew_task = asyncio.create_task(self._renew_loop(), name="cert-renewal")
+
+    async def _renew_loop(self) -> None:
+        """Renew the node certificate at 50-80% of its lifetime (as swarmkit), retrying on failure."""
+        backoff = 5.0
+        while True:
+            assert self.remote is not None
+            at = CA.renew_at(self.remote.creds.cert_pem, self.rng)
+            await self.clock.sleep(max(at - self.clock.now(), 0.0))
+            try:
+                creds = await self.remote.renew(CA.new_key_pem())
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("renewing the node certificate failed (%s); retrying in %.0fs", e, backoff)
+                await self.clock.sleep(backoff)
+                backoff = min(backoff * 2, 300.0)
+                continue
+            backoff = 5.0
+            self._write_creds(creds)
+            self.remote.set_credentials(creds)
+            log.info("node certificate renewed; valid until %s", CA.identity_of(creds.cert_pem).not_after)
+
     async def _deactivate(self) -> None:
+        if self._renew_task is not None:
+            self._renew_task.cancel()
+            try:
+                await self._renew_task
+            except (asyncio.CancelledError, Exception):
+                pass
+            self._renew_task = None
         if self._agent_task is not None:
             self._agent_task.cancel()
             try:
@@ -155,6 +264,12 @@ class ShoalNode:
         if self.agent is not None:
             await self.agent.close()
             self.agent = None
+        if self.rpc is not None:
+            await self.rpc.stop()
+            self.rpc = None
+        if self.remote is not None:
+            await self.remote.close()
+            self.remote = None
         if self.manager is not None:
             await self.manager.stop()
             self.manager = None
@@ -171,7 +286,7 @@ class ShoalNode:
 
     async def init_swarm(self, opts: InitOptions) -> str:
         async with self._lock:
-            if self.manager is not None:
+            if self.state != "inactive":
                 raise Unavailable(M.SWARM_EXISTS)
             if opts.force_new_cluster:
                 raise Unavailable(M.NO_SWARM)
@@ -195,7 +310,7 @@ class ShoalNode:
             addr = _local_addr(opts.advertise_addr, opts.listen_addr)
             port = (opts.listen_addr.rsplit(":", 1)[1] if ":" in opts.listen_addr else "2377") or "2377"
             self.identity = {"node_id": node_id, "addr": addr, "manager_addr": f"{addr}:{port}",
-                             "role": "manager"}
+                             "listen_addr": opts.listen_addr or "0.0.0.0:2377", "role": "manager"}
             shutil.rmtree(self.cfg.data_dir / "raft", ignore_errors=True)
             store = open_local_store(self.cfg.data_dir / "raft", self.clock)
             root = create_root_ca(self.clock.now())
@@ -224,51 +339,108 @@ class ShoalNode:
 
             await store.update(fn)
             store.proposer.log.close()  # type: ignore[attr-defined]
-            tmp = self._identity_file.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.identity))
-            os.replace(tmp, self._identity_file)
-            await self._activate()
+            try:
+                self._write_identity()
+                await self._activate()
+            except Exception:
+                self._identity_file.unlink(missing_ok=True)
+                shutil.rmtree(self.cfg.data_dir / "raft", ignore_errors=True)
+                self.identity = {}
+                raise
             return node_id
+
+    def _write_identity(self) -> None:
+        tmp = self._identity_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.identity))
+        os.replace(tmp, self._identity_file)
+
+    async def join_swarm(self, opts: JoinOptions) -> str:
+        """Join as a worker: a certificate from the cluster's CA first, then persist, then start the agent.
+        A refusal (bad token, CA mismatch, unreachable manager) leaves nothing behind."""
+        async with self._lock:
+            if self.state != "inactive":
+                raise Unavailable(M.SWARM_EXISTS)
+            if not opts.join_token:
+                raise InvalidArgument(CA.INVALID_TOKEN)
+            result = await rpc_join(list(opts.remote_addrs), opts.join_token, CA.new_key_pem(), self.hostname,
+                                    opts.availability or "active")
+            addr = _local_addr(opts.advertise_addr, "") if opts.advertise_addr else _addr_towards(result.manager_addr)
+            self.identity = {"node_id": result.node_id, "addr": addr, "role": "worker",
+                             "cluster_id": result.cluster_id, "manager_addr": result.manager_addr,
+                             "manager_addrs": [result.manager_addr, *[a for a in opts.remote_addrs
+                                                                      if a != result.manager_addr]]}
+            try:
+                self._write_creds(result.creds)
+                self._write_identity()
+                await self._activate()
+            except Exception:
+                await self._deactivate()
+                self._identity_file.unlink(missing_ok=True)
+                shutil.rmtree(self._certs_dir, ignore_errors=True)
+                self.identity = {}
+                raise
+            agent = self.agent
+            assert agent is not None
+            try:
+                await asyncio.wait_for(agent.connected.wait(), 20.0)
+            except TimeoutError:
+                log.warning("joined, but the first session with a manager is not up yet")
+            return result.node_id
+
+    async def _leave_worker(self) -> None:
+        if self.remote is not None:
+            try:
+                await asyncio.wait_for(self.remote.leave(), 3.0)
+            except Exception as e:  # the manager marks the node down after missed heartbeats anyway
+                log.info("telling the manager about leaving failed: %s", e)
+        await self._remove_local_state()
 
     async def leave(self, force: bool) -> None:
         async with self._lock:
-            if self.manager is None:
+            if self.state == "inactive":
                 raise Unavailable(M.NO_SWARM)
+            if self.role == "worker":
+                await self._leave_worker()
+                return
             if not force:
                 raise Unavailable(
                     "You are attempting to leave the swarm on a node that is participating as a manager. "
                     "Removing the last manager erases all current state of the swarm. Use `--force` to "
                     "ignore this message.")
-            executor = self.executor
-            agent_runners = list(self.agent.runners.values()) if self.agent else []
-            await self._deactivate()
-            # Leaving removes this node's task containers/processes, as dockerd does.
-            cleanup = self._make_executor() if executor is not None else None
-            if cleanup is not None:
-                from shoal.agent.agent import _Deps
-                from shoal.model.objects import Task
+            await self._remove_local_state()
 
-                for tid in await cleanup.list_task_ids():
-                    ctlr = cleanup.controller(Task(id=tid, node_id=self.node_id), _Deps())
-                    try:
-                        await ctlr.terminate()
-                    except Exception:
-                        pass
-                    try:
-                        await ctlr.remove()
-                    except Exception:
-                        log.warning("removing task %s on leave failed", tid, exc_info=True)
-                    await ctlr.close()
-                await cleanup.close()
-            del agent_runners
-            self._identity_file.unlink(missing_ok=True)
-            shutil.rmtree(self.cfg.data_dir / "raft", ignore_errors=True)
-            self.identity = {}
+    async def _remove_local_state(self) -> None:
+        executor = self.executor
+        await self._deactivate()
+        # Leaving removes this node's task containers/processes, as dockerd does.
+        cleanup = self._make_executor() if executor is not None else None
+        if cleanup is not None:
+            from shoal.agent.agent import _Deps
+            from shoal.model.objects import Task
+
+            for tid in await cleanup.list_task_ids():
+                ctlr = cleanup.controller(Task(id=tid, node_id=self.node_id), _Deps())
+                try:
+                    await ctlr.terminate()
+                except Exception:
+                    pass
+                try:
+                    await ctlr.remove()
+                except Exception:
+                    log.warning("removing task %s on leave failed", tid, exc_info=True)
+                await ctlr.close()
+            await cleanup.close()
+        self._identity_file.unlink(missing_ok=True)
+        shutil.rmtree(self.cfg.data_dir / "raft", ignore_errors=True)
+        shutil.rmtree(self._certs_dir, ignore_errors=True)
+        self.identity = {}
 
     def require_manager(self) -> Manager:
         if self.manager is None:
+            if self.role == "worker":
+                raise Unavailable(M.SWARM_NOT_MANAGER)
             raise Unavailable(M.NOT_A_SWARM_MANAGER)
         return self.manager
 
 
-__all__ = ["InitOptions", "NodeConfig", "ShoalError", "ShoalNode"]
+__all__ = ["InitOptions", "JoinOptions", "NodeConfig", "ShoalError", "ShoalNode"]

@@ -30,11 +30,11 @@ from shoal.engineapi.server import (
     ping_headers,
     version_body,
 )
-from shoal.errors import InvalidArgument, NotFound, NotImplementedFeature, ShoalError, Unavailable
+from shoal.errors import InvalidArgument, NotFound, ShoalError, Unavailable
 from shoal.manager.manager import Manager
 from shoal.model.objects import Cluster, Network, Node, Service, Task
 from shoal.model.state import TaskState
-from shoal.node import InitOptions, ShoalNode
+from shoal.node import InitOptions, JoinOptions, ShoalNode
 from shoal.store.memory import Event, ReadTx
 
 Route = tuple[str, re.Pattern[str], Handler]
@@ -212,6 +212,10 @@ async def version(request: web.Request) -> web.StreamResponse:
 
 
 def swarm_info(node: ShoalNode) -> dict[str, Any]:
+    if node.role == "worker":
+        return {"NodeID": node.node_id, "NodeAddr": node.addr, "LocalNodeState": "active",
+                "ControlAvailable": False, "Error": "",
+                "RemoteManagers": [{"NodeID": "", "Addr": a} for a in node.identity.get("manager_addrs", [])[:1]]}
     if node.manager is None:
         return {"NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive", "ControlAvailable": False,
                 "Error": "", "RemoteManagers": None}
@@ -359,10 +363,7 @@ def _cluster(request: web.Request) -> Cluster:
 
 @route("GET", "/swarm")
 async def swarm_inspect(request: web.Request) -> web.StreamResponse:
-    node = node_of(request)
-    if node.manager is None:
-        raise Unavailable(M.NOT_A_SWARM_MANAGER)
-    c = _cluster(request)
+    c = _cluster(request)  # a worker or an inactive node answers 503 as dockerd
     return json_ok(C.swarm_to_wire(c, tls_info=tls_info(c.root_ca)))
 
 
@@ -379,11 +380,14 @@ async def swarm_init(request: web.Request) -> web.StreamResponse:
 
 @route("POST", "/swarm/join")
 async def swarm_join(request: web.Request) -> web.StreamResponse:
-    C.join_request_from_wire(await read_json(request))
-    if node_of(request).manager is not None:
+    req = C.join_request_from_wire(await read_json(request))
+    node = node_of(request)
+    if node.state != "inactive":
         raise Unavailable(M.SWARM_EXISTS)
-    raise NotImplementedFeature("joining an existing swarm is not supported yet by Shoal (single-manager "
-                                "swarms only)")
+    await node.join_swarm(JoinOptions(remote_addrs=tuple(req.remote_addrs), join_token=req.join_token,
+                                      listen_addr=req.listen_addr, advertise_addr=req.advertise_addr,
+                                      availability=req.availability))
+    return web.Response(status=200)
 
 
 @route("POST", "/swarm/leave")
@@ -697,10 +701,12 @@ async def _stream_logs(request: web.Request, tasks: list[Task], opts: LogOptions
         try:
             agent = node.agent if t.node_id == node.node_id else None
             if agent is None:
-                warn = LogLine(stream="stderr", timestamp=0, data=(
-                    f"warning: node {t.node_id or '(unassigned)'} of task {t.id} cannot be reached for logs\n"
-                ).encode())
-                await queue.put(_frame(warn, warn.data, tty))
+                # A line in the stream instead of a hang, formatted like every other line (with the
+                # task's context when details were asked: the CLI parses them to print the prefix).
+                warn = LogLine(stream="stderr", timestamp=mgr.clock.now(), data=(
+                    f"warning: incomplete log stream: node {t.node_id or '(unassigned)'} of task {t.id} "
+                    "is not available\n").encode())
+                await queue.put(_frame(warn, _format_line(warn, t, opts, details), tty))
                 return
             async for line in agent.task_logs(t.id, opts):
                 await queue.put(_frame(line, _format_line(line, t, opts, details), tty))
@@ -709,8 +715,8 @@ async def _stream_logs(request: web.Request, tasks: list[Task], opts: LogOptions
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            err = LogLine(stream="stderr", timestamp=0, data=f"error from task {t.id}: {e}\n".encode())
-            await queue.put(_frame(err, err.data, tty))
+            err = LogLine(stream="stderr", timestamp=mgr.clock.now(), data=f"error from task {t.id}: {e}\n".encode())
+            await queue.put(_frame(err, _format_line(err, t, opts, details), tty))
         finally:
             await queue.put(None)
 
@@ -783,6 +789,66 @@ async def task_logs(request: web.Request) -> web.StreamResponse:
     assert isinstance(t, Task)
     opts, details = _log_options(request)
     return await _stream_logs(request, [t], opts, details, t.spec.container.tty, None)
+
+
+# --- containers of this node's tasks without a Docker Engine ----------------------------------------
+#
+# With the process executor there is no engine to proxy `docker logs <task>` to, so the agent answers
+# `/containers/{id}/json` (the CLI inspects first, for the ID and whether it has a TTY) and
+# `/containers/{id}/logs` for its own tasks. Anything else, or with an engine, goes to the proxy.
+
+
+def _local_task(request: web.Request) -> Task | None:
+    node = node_of(request)
+    if request.app[ENGINE_KEY].engine_host is not None or node.agent is None:
+        return None
+    return node.agent.find_task(param(request, "id"))
+
+
+@route("GET", "/containers/{id}/json")
+async def task_container_inspect(request: web.Request) -> web.StreamResponse:
+    t = _local_task(request)
+    if t is None:
+        return await request.app[PROXY_KEY].handle(request)
+    from shoal.engineapi.convert._wire import go_time
+
+    c = t.spec.container
+    st = t.status
+    running = st.state == TaskState.RUNNING
+    name = f"{t.service_annotations.name}.{t.slot or t.node_id}.{t.id}"
+    return json_ok({
+        "Id": t.id, "Name": "/" + name, "Created": go_time(t.meta.created_at),
+        "Path": (list(c.command) + list(c.args) or [""])[0], "Args": (list(c.command) + list(c.args))[1:],
+        "State": {"Status": "running" if running else ("created" if st.state < TaskState.RUNNING else "exited"),
+                  "Running": running, "Paused": False, "Restarting": False, "OOMKilled": False, "Dead": False,
+                  "Pid": st.container.pid if st.container else 0,
+                  "ExitCode": st.container.exit_code if st.container else 0, "Error": ""},
+        "Config": {"Image": c.image, "Tty": c.tty, "Labels": {
+            "com.docker.swarm.service.id": t.service_id, "com.docker.swarm.service.name": t.service_annotations.name,
+            "com.docker.swarm.task.id": t.id, "com.docker.swarm.task.name": name,
+            "com.docker.swarm.node.id": t.node_id}},
+    })
+
+
+@route("GET", "/containers/{id}/logs")
+async def task_container_logs(request: web.Request) -> web.StreamResponse:
+    t = _local_task(request)
+    if t is None:
+        return await request.app[PROXY_KEY].handle(request)
+    agent = node_of(request).agent
+    assert agent is not None
+    opts, _ = _log_options(request)
+    tty = t.spec.container.tty
+    resp = web.StreamResponse(headers={"Content-Type": "application/vnd.docker.raw-stream" if tty
+                                       else "application/vnd.docker.multiplexed-stream"})
+    await resp.prepare(request)
+    try:
+        async for line in agent.task_logs(t.id, opts):
+            await resp.write(_frame(line, _format_line(line, t, opts, False), tty))
+    except NotFound:
+        pass
+    await resp.write_eof()
+    return resp
 
 
 # --- secrets and configs -----------------------------------------------------------------------

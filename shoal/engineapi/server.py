@@ -107,7 +107,8 @@ def make_app(node: ShoalNode, proxy: EngineProxy, engine: EngineClient) -> web.A
 
 
 def ping_headers(node: ShoalNode) -> dict[str, str]:
-    swarm = "active/manager" if node.manager is not None else "inactive"
+    swarm = "active/manager" if node.manager is not None else \
+        "active/worker" if node.state == "active" else "inactive"
     return {
         "API-Version": API_VERSION,
         "Docker-Experimental": "false",
