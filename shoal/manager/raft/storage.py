@@ -1,0 +1,196 @@
+"""The storage seam of the Raft core, and an in-memory implementation that models durability.
+
+`RaftCore` reads a `Storage` once, at construction (`load()`); afterwards the shell writes each `Ready`
+into it with `persist_ready` (snapshot, entries, hard state, then one `sync()`: the fsync) before sending
+the Ready's messages. The interface stays close to `shoal.store.wal.SqliteLog`, so an adapter is thin:
+
+    Storage                      SqliteLog
+    append(entries)              append([(e.index, e.term, e.encode())])  (replaces the suffix)
+    set_hard_state(hs)           set_state("term"/"vote"/"commit", ...)  (same sqlite transaction ideally)
+    save_snapshot(snap)          save_snapshot(wal.Snapshot(index, term, snap.encode()))  (keeps the tail)
+    apply_snapshot(snap)         save_snapshot(...) then delete *every* entry (the log is replaced)
+    load_snapshot()              Snapshot.decode(s.index, s.term, s.data)
+    entries(lo, hi), term(i)     entries(lo, hi) -> Entry.decode(...)
+    sync()                       no-op (sqlite commits with synchronous=FULL)
+
+`MemoryStorage` keeps two copies: what was written and what was synced. `crash()` throws away everything
+written since the last `sync()`, as a `kill -9` or a power cut would; the simulation restarts a core from it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from shoal.manager.raft.core import Entry, HardState, Ready, Snapshot, SnapshotMeta
+
+
+@dataclass(frozen=True, slots=True)
+class InitialState:
+    hard_state: HardState
+    snapshot: Snapshot | None
+    entries: tuple[Entry, ...]  # contiguous, starting right after the snapshot (or at 1)
+
+
+class Storage(Protocol):
+    def load(self) -> InitialState: ...
+
+    def append(self, entries: Sequence[Entry]) -> None:
+        """Write entries; any stored entry at or after entries[0].index is replaced."""
+
+    def set_hard_state(self, hs: HardState) -> None: ...
+
+    def save_snapshot(self, snap: Snapshot) -> None:
+        """A local snapshot (`RaftCore.compact`): store it, then drop entries up to snap.meta.index."""
+
+    def apply_snapshot(self, snap: Snapshot) -> None:
+        """A snapshot received from the leader: store it and drop the whole log."""
+
+    def load_snapshot(self) -> Snapshot | None: ...
+
+    def entries(self, lo: int, hi: int) -> list[Entry]:
+        """Entries with lo <= index < hi."""
+
+    def term(self, index: int) -> int | None: ...
+
+    def first_index(self) -> int: ...
+
+    def last_index(self) -> int: ...
+
+    def sync(self) -> None:
+        """Make every write so far durable (fsync)."""
+
+
+def persist_ready(storage: Storage, rd: Ready) -> None:
+    """Step 1 of handling a Ready: what must be durable before any of its messages is sent."""
+    if rd.snapshot is not None:
+        storage.apply_snapshot(rd.snapshot)
+    if rd.entries:
+        storage.append(rd.entries)
+    if rd.hard_state is not None:
+        storage.set_hard_state(rd.hard_state)
+    if rd.must_sync:
+        storage.sync()
+
+
+def bootstrap(storage: Storage, voters: Sequence[int]) -> None:
+    """Start a new cluster: an empty snapshot at index 0 names the first voters (`swarm init` → one)."""
+    storage.save_snapshot(Snapshot(SnapshotMeta(0, 0, frozenset(voters)), b""))
+    storage.sync()
+
+
+@dataclass(slots=True)
+class _Disk:
+    hard_state: HardState = field(default_factory=HardState)
+    snapshot: Snapshot | None = None
+    entries: list[Entry] = field(default_factory=list)
+
+    def offset(self) -> int:
+        return self.snapshot.meta.index if self.snapshot is not None else 0
+
+    def append(self, entries: Sequence[Entry]) -> None:
+        first = entries[0].index
+        off = self.offset()
+        if first <= off:
+            entries = [e for e in entries if e.index > off]
+            if not entries:
+                return
+            first = entries[0].index
+        last = off + len(self.entries)
+        if first > last + 1:
+            raise ValueError(f"gap in the log: appending {first} after {last}")
+        del self.entries[first - off - 1:]
+        self.entries.extend(entries)
+
+    def save_snapshot(self, snap: Snapshot) -> None:
+        off = self.offset()
+        if snap.meta.index < off:
+            return
+        keep = [e for e in self.entries if e.index > snap.meta.index]
+        self.snapshot = snap
+        self.entries = keep
+
+    def apply_snapshot(self, snap: Snapshot) -> None:
+        self.snapshot = snap
+        self.entries = []
+
+    def copy(self) -> _Disk:
+        return _Disk(self.hard_state, self.snapshot, list(self.entries))
+
+
+class MemoryStorage:
+    """In-memory `Storage` where only synced writes survive `crash()`."""
+
+    def __init__(self) -> None:
+        self._live = _Disk()
+        self._durable = _Disk()
+        self._pending: list[tuple[str, object]] = []
+        self.syncs = 0
+
+    def load(self) -> InitialState:
+        d = self._live
+        return InitialState(d.hard_state, d.snapshot, tuple(d.entries))
+
+    def append(self, entries: Sequence[Entry]) -> None:
+        if entries:
+            ents = list(entries)
+            self._live.append(ents)
+            self._pending.append(("append", ents))
+
+    def set_hard_state(self, hs: HardState) -> None:
+        self._live.hard_state = hs
+        self._pending.append(("hs", hs))
+
+    def save_snapshot(self, snap: Snapshot) -> None:
+        self._live.save_snapshot(snap)
+        self._pending.append(("save", snap))
+
+    def apply_snapshot(self, snap: Snapshot) -> None:
+        self._live.apply_snapshot(snap)
+        self._pending.append(("apply", snap))
+
+    def load_snapshot(self) -> Snapshot | None:
+        return self._live.snapshot
+
+    def entries(self, lo: int, hi: int) -> list[Entry]:
+        off = self._live.offset()
+        lo = max(lo, off + 1)
+        return self._live.entries[lo - off - 1:max(0, hi - off - 1)]
+
+    def term(self, index: int) -> int | None:
+        off = self._live.offset()
+        if index == off:
+            return self._live.snapshot.meta.term if self._live.snapshot is not None else 0
+        if off < index <= off + len(self._live.entries):
+            return self._live.entries[index - off - 1].term
+        return None
+
+    def first_index(self) -> int:
+        return self._live.offset() + 1
+
+    def last_index(self) -> int:
+        return self._live.offset() + len(self._live.entries)
+
+    def sync(self) -> None:
+        d = self._durable
+        for op, arg in self._pending:
+            if op == "append":
+                assert isinstance(arg, list)
+                d.append(arg)
+            elif op == "hs":
+                assert isinstance(arg, HardState)
+                d.hard_state = arg
+            elif op == "save":
+                assert isinstance(arg, Snapshot)
+                d.save_snapshot(arg)
+            else:
+                assert isinstance(arg, Snapshot)
+                d.apply_snapshot(arg)
+        self._pending.clear()
+        self.syncs += 1
+
+    def crash(self) -> None:
+        """Lose everything not synced."""
+        self._pending.clear()
+        self._live = self._durable.copy()
