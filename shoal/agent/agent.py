@@ -250,6 +250,18 @@ class Agent:
 
     # --- logs -------------------------------------------------------------------------------------
 
+    def find_task(self, ref: str) -> Task | None:
+        """A task of this node by ID, unique ID prefix, or container name `<service>.<slot|node>.<task>`
+        (what `docker logs` is given on a node without a Docker Engine)."""
+        if not ref:
+            return None
+        tasks = [r.task for r in self.runners.values()]
+        for t in tasks:
+            if t.id == ref or f"{t.service_annotations.name}.{t.slot or t.node_id}.{t.id}" == ref:
+                return t
+        matches = [t for t in tasks if t.id.startswith(ref)]
+        return matches[0] if len(matches) == 1 else None
+
     async def task_logs(self, task_id: str, options: LogOptions) -> AsyncIterator[LogLine]:
         r = self.runners.get(task_id)
         ctlr = r.ctlr if r is not None else None

@@ -2,19 +2,30 @@
 
 Events are derived from store changes and kept in a retained window (10,000 by default, well beyond
 dockerd's 256) so `docker events --since` can replay them; live subscribers get each new event.
+
+With a `path`, the window also survives a restart: each event is appended to a JSON-lines file (one
+write, no fsync: losing the last events of a crash is acceptable, the store is the truth), read back at
+startup, and the file is rewritten from the window once it holds twice as many lines, so it stays bounded.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import json
+import logging
+import os
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Any
+from pathlib import Path
+from typing import IO, Any
 
 from shoal.clock import Clock
 from shoal.store.memory import Event, MemoryStore, WatchOverflow, name_of
 
 KINDS = ("service", "node", "secret", "config", "network")
+
+log = logging.getLogger(__name__)
 
 
 def _attrs(ev: Event) -> dict[str, str]:
@@ -53,30 +64,87 @@ def _is_noise(ev: Event) -> bool:
     if ev.action != "update" or ev.old is None:
         return False
     if ev.kind == "node":
-        return ev.old.spec == ev.obj.spec and ev.old.status.state == ev.obj.status.state
+        return bool(ev.old.spec == ev.obj.spec and ev.old.status.state == ev.obj.status.state)
     if ev.kind == "service":
-        return ev.old.spec == ev.obj.spec and ev.old.update_status == ev.obj.update_status
+        return bool(ev.old.spec == ev.obj.spec and ev.old.update_status == ev.obj.update_status)
     return False
 
 
 class EventLog:
-    def __init__(self, store: MemoryStore, clock: Clock, retain: int = 10_000) -> None:
+    def __init__(self, store: MemoryStore, clock: Clock, retain: int = 10_000, path: Path | None = None) -> None:
         self.store = store
         self.clock = clock
+        self.retain = retain
         self.window: deque[dict[str, Any]] = deque(maxlen=retain)
         self._subs: set[asyncio.Queue[dict[str, Any]]] = set()
+        self.path = path
+        self._file: IO[str] | None = None
+        self._lines = 0
+        if path is not None:
+            self._load(path)
+
+    # --- persistence ------------------------------------------------------------------------------
+
+    def _load(self, path: Path) -> None:
+        try:
+            with path.open(encoding="utf-8") as f:
+                for raw in f:
+                    self._lines += 1
+                    try:
+                        msg = json.loads(raw)
+                    except ValueError:
+                        continue  # a line torn by a crash
+                    if isinstance(msg, dict) and "timeNano" in msg:
+                        self.window.append(msg)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            log.warning("cannot read the event log %s", path, exc_info=True)
+
+    def _persist(self, msg: dict[str, Any]) -> None:
+        if self.path is None:
+            return
+        try:
+            if self._lines >= 2 * self.retain:
+                self._compact(self.path)
+            if self._file is None:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                self._file = self.path.open("a", encoding="utf-8")
+            self._file.write(json.dumps(msg) + "\n")
+            self._file.flush()
+            self._lines += 1
+        except OSError:
+            log.warning("cannot write the event log %s", self.path, exc_info=True)
+
+    def _compact(self, path: Path) -> None:
+        self.close()
+        tmp = path.with_suffix(".tmp")
+        with tmp.open("w", encoding="utf-8") as f:
+            for m in self.window:
+                f.write(json.dumps(m) + "\n")
+        os.replace(tmp, path)
+        self._lines = len(self.window)
+
+    def close(self) -> None:
+        f, self._file = self._file, None
+        if f is not None:
+            with contextlib.suppress(OSError):
+                f.close()
 
     async def run(self) -> None:
-        while True:
-            sub = self.store.watch(kinds=KINDS)
-            try:
-                async for item in sub:
-                    if isinstance(item, Event) and not _is_noise(item):
-                        self._publish(item)
-            except WatchOverflow:
-                continue
-            finally:
-                sub.close()
+        try:
+            while True:
+                sub = self.store.watch(kinds=KINDS)
+                try:
+                    async for item in sub:
+                        if isinstance(item, Event) and not _is_noise(item):
+                            self._publish(item)
+                except WatchOverflow:
+                    continue
+                finally:
+                    sub.close()
+        finally:
+            self.close()
 
     def _publish(self, ev: Event) -> None:
         now = self.clock.now()
@@ -89,6 +157,7 @@ class EventLog:
             "timeNano": int(now * 1e9),
         }
         self.window.append(msg)
+        self._persist(msg)
         for q in list(self._subs):
             if q.qsize() < 10_000:
                 q.put_nowait(msg)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from pathlib import Path
 
 from shoal.clock import Clock
 from shoal.manager.allocator import Allocator
@@ -25,14 +26,14 @@ log = logging.getLogger(__name__)
 
 class Manager:
     def __init__(self, store: MemoryStore, clock: Clock, rng: random.Random, *,
-                 scheduler_strategy: str = "spread") -> None:
+                 scheduler_strategy: str = "spread", events_path: Path | None = None) -> None:
         self.store = store
         self.clock = clock
         self.rng = rng
         self.scheduler_strategy = scheduler_strategy
         self.controlapi = ControlAPI(store, clock, rng)
         self.dispatcher = Dispatcher(store, clock)
-        self.events = EventLog(store, clock)
+        self.events = EventLog(store, clock, path=events_path)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
