@@ -226,6 +226,15 @@ async def test_worker_certificate_cannot_call_manager_only_rpc(mgr: Mgr) -> None
         with pytest.raises(grpc.aio.AioRpcError) as ei:
             await pbg.ControlStub(ch).GetCluster(pb.Empty(), timeout=5)
         assert ei.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    # the certificate's role counts even for a node the store knows as a manager
+    key = CA.new_key_pem()
+    cert = CA.issue_node_cert(mgr.cluster.root_ca, CA.make_csr(key), "mgr1", "worker", mgr.cluster.id,
+                              SystemClock().now(), 3600)
+    creds = grpc.ssl_channel_credentials(mgr.cluster.root_ca.ca_cert_pem.encode(), key.encode(), cert.encode())
+    async with channel(mgr, creds) as ch:
+        with pytest.raises(grpc.aio.AioRpcError) as ei:
+            await pbg.ControlStub(ch).GetCluster(pb.Empty(), timeout=5)
+        assert ei.value.code() == grpc.StatusCode.PERMISSION_DENIED
     # a manager certificate may (the manager's own node, issued by the same CA)
     key = CA.new_key_pem()
     cert = CA.issue_node_cert(mgr.cluster.root_ca, CA.make_csr(key), "mgr1", "manager", mgr.cluster.id,
