@@ -207,6 +207,15 @@ def test_drain_pause_global_rotation_removal_and_leave(cluster: Cluster) -> None
     wait_until(lambda: cluster.placement("g") == {"w1": 1, "w2": 1}, 30, what="g on w1 and w2")
     wait_until(lambda: cluster.placement("r") == {"w1": 2, "w2": 2}, 30, what="r spread")
 
+    # --- the manager restarts: workers keep their tasks running and reconnect (new secure port)
+    before = {h: w.command_pids() for h, w in cluster.workers.items()}
+    assert all(len(p) == 3 for p in before.values())
+    m.restart()
+    wait_until(lambda: cluster.placement("r") == {"w1": 2, "w2": 2} and cluster.placement("g") == {"w1": 1, "w2": 1},
+               30, what="tasks reported running after the manager restart")
+    assert {h: w.command_pids() for h, w in cluster.workers.items()} == before
+    assert cluster.node_state("w1") == cluster.node_state("w2") == "ready"
+
     # --- pause: no new tasks on w2, its running ones stay
     m.docker("node", "update", "--availability", "pause", "w2")
     m.docker("service", "scale", "--detach", "r=6")
