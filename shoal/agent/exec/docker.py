@@ -629,6 +629,7 @@ class DockerController:
             container_id=self._id,
             pid=int(state.get("Pid") or 0),
             healthy=healthy,
+            health_check=bool(health),
         )
 
     async def logs(self, options: LogOptions) -> AsyncIterator[LogLine]:

@@ -32,6 +32,9 @@ class RuntimeStatus:
     container_id: str = ""
     pid: int = 0
     healthy: bool | None = None  # None: no health check configured, or still starting
+    # The runtime runs a health check of its own: a container whose image has a HEALTHCHECK (the task
+    # spec has none). Swarmkit gates RUNNING on the container's effective config, so Shoal does too.
+    health_check: bool = False
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

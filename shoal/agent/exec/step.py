@@ -156,7 +156,7 @@ async def _step(task: Task, ctlr: Controller, clock: Clock) -> TaskStatus:
     if st == TaskState.STARTING:
         try:
             await ctlr.start()
-            if has_health_check(task):
+            if has_health_check(task) or (await ctlr.inspect()).health_check:
                 gated = await _wait_healthy(ctlr, clock)
                 if not gated:
                     return _exited(status, await ctlr.wait())
