@@ -308,8 +308,9 @@ class ManagerRPC:
     """Both listeners of a manager, with the manager's own node certificate (renewed before it expires)."""
 
     def __init__(self, store: MemoryStore, dispatcher: DispatcherAPI, clock: Clock, rng: random.Random,
-                 node_id: str, listen_addr: str, advertise_host: str) -> None:
+                 node_id: str, listen_addr: str, advertise_host: str, unknown_grace: float = 30.0) -> None:
         self.store = store
+        self.unknown_grace = unknown_grace
         self.dispatcher = dispatcher
         self.clock = clock
         self.rng = rng
@@ -320,6 +321,7 @@ class ManagerRPC:
         self._bootstrap: grpc.aio.Server | None = None
         self._secure: grpc.aio.Server | None = None
         self._renewer: asyncio.Task[None] | None = None
+        self._reaper: asyncio.Task[None] | None = None
         self._key_pem = ""
         self._cert_pem = ""
         self._root_pem = ""
@@ -376,6 +378,7 @@ class ManagerRPC:
         await boot.start()
         self._secure, self._bootstrap = secure, boot
         self._renewer = asyncio.create_task(self._renew_loop(), name="manager-cert-renewal")
+        self._reaper = asyncio.create_task(self._down_if_never_back(), name="down-if-never-back")
         log.info("node RPC: CA on %s, node services (mutual TLS) on %s", self.listen_addr, self._s.secure_addr)
 
     async def _renew_loop(self) -> None:
@@ -387,11 +390,31 @@ class ManagerRPC:
             except Exception:
                 log.exception("renewing the manager's certificate failed")
 
+    async def _down_if_never_back(self) -> None:
+        """After a manager (re)start no node has a session: give every node three heartbeat periods, and at
+        least `unknown_grace` seconds (an agent's reconnect backoff reaches 8 s plus jitter), to register,
+        then mark the ones that did not down (their sessions died with the old manager, so the dispatcher's
+        heartbeat expiry would never fire for them)."""
+        c = self.store.view().cluster()
+        period = (c.spec.heartbeat_period if c else 5 * SECOND) / SECOND
+        await self.clock.sleep(max(3 * period, self.unknown_grace))
+        sessions = getattr(self.dispatcher, "sessions", {})
+
+        def fn(tx: Tx) -> None:
+            for node in tx.nodes():
+                if node.id != self.node_id and node.id not in sessions and node.status.state != "down":
+                    tx.update(replace(node, status=replace(node.status, state="down",
+                                                           message="heartbeat failure for node in \"unknown\" state")),
+                              check_version=False)
+
+        await self.store.update(fn)
+
     async def stop(self) -> None:
-        if self._renewer is not None:
-            self._renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._renewer
+        for t in (self._renewer, self._reaper):
+            if t is not None:
+                t.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await t
         for srv in (self._bootstrap, self._secure):
             if srv is not None:
                 await srv.stop(0.5)

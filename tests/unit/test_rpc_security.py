@@ -298,3 +298,46 @@ def test_names_come_from_the_ca_not_the_csr() -> None:
     assert (ident.node_id, ident.role, ident.cluster_id) == ("n1", "worker", "c1")
     assert CA.verify_issued_by(cert, root)
     assert not CA.verify_issued_by(cert, CA.create_root_ca(SystemClock().now()))
+
+
+# --- liveness after a manager restart ------------------------------------------------------------------
+
+
+async def test_nodes_that_never_come_back_after_a_manager_start_go_down(tmp_path: Path) -> None:
+    """Sessions die with a manager: a node that does not register within three periods is marked down,
+    one that does stays ready, and the manager's own node is left alone."""
+    from shoal.model.objects import SECOND, Node, NodeStatus
+
+    rng = random.Random(3)
+    store, _ = await make_cluster(tmp_path / "m", rng)
+
+    def prepare(tx):  # type: ignore[no-untyped-def]
+        c = tx.cluster()
+        tx.update(replace(c, spec=replace(c.spec, heartbeat_period=SECOND // 10)))
+        tx.update(replace(tx.node("mgr1"), status=NodeStatus(state="ready", addr="127.0.0.1")))
+        tx.create(Node(id="gone", status=NodeStatus(state="ready", addr="127.0.0.2")))
+
+    await store.update(prepare)
+    d = Dispatcher(store, SystemClock())
+    runner = asyncio.create_task(d.run())
+    rpc = ManagerRPC(store, d, SystemClock(), rng, "mgr1", "127.0.0.1:0", "127.0.0.1", unknown_grace=0.0)
+    await rpc.start()
+    try:
+        j = await C.join([f"127.0.0.1:{rpc.port}"], store.view().cluster().join_tokens.worker, CA.new_key_pem(),
+                         "w1", "active")
+        rd = C.RemoteDispatcher([f"127.0.0.1:{rpc.port}"], j.creds)
+        await rd.register(j.node_id, NodeDescription(hostname="w1"), "")
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 5
+        while store.view().node("gone").status.state != "down":
+            assert loop.time() < deadline, "the node that never came back is still not down"
+            await rd.heartbeat(j.node_id)
+            await asyncio.sleep(0.02)
+        assert store.view().node(j.node_id).status.state == "ready"
+        assert store.view().node("mgr1").status.state == "ready"
+        await rd.close()
+    finally:
+        await rpc.stop()
+        runner.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await runner
