@@ -106,10 +106,13 @@ class EventLog:
             return
         try:
             if self._lines >= 2 * self.retain:
-                self._compact(self.path)
+                self._compact(self.path)  # the window written out already ends with `msg`
+                return
             if self._file is None:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
                 self._file = self.path.open("a", encoding="utf-8")
+                if self._file.tell() > 0 and not self.path.read_bytes().endswith(b"\n"):
+                    self._file.write("\n")  # end a line torn by a crash before appending
             self._file.write(json.dumps(msg) + "\n")
             self._file.flush()
             self._lines += 1
