@@ -122,11 +122,20 @@ def unsupported_fields(task: Task) -> list[str]:
     """Container-only settings a plain process cannot honour: the task is rejected rather than run
     without them (as Swarm rejects a task on a node that cannot run it)."""
     c = task.spec.container
+
+    def meaningful(v: object) -> bool:
+        # The CLI sends empty shells such as {"CredentialSpec": null, "NoNewPrivileges": false}.
+        if isinstance(v, dict):
+            return any(meaningful(x) for x in v.values())
+        if isinstance(v, list | tuple):
+            return any(meaningful(x) for x in v)
+        return bool(v)
+
     checks = {
         "Mounts": bool(c.mounts), "ReadOnly": c.read_only, "CapabilityAdd": bool(c.capability_add),
-        "CapabilityDrop": bool(c.capability_drop), "Privileges": bool(c.privileges), "Sysctls": bool(c.sysctls),
+        "CapabilityDrop": bool(c.capability_drop), "Privileges": meaningful(c.privileges), "Sysctls": bool(c.sysctls),
         "Ulimits": bool(c.ulimits), "TTY": c.tty, "OpenStdin": c.open_stdin, "Hosts": bool(c.hosts),
-        "DNSConfig": bool(c.dns_config), "Init": bool(c.init),
+        "DNSConfig": meaningful(c.dns_config), "Init": bool(c.init),
         "Isolation": c.isolation not in ("", "default"),
     }
     return [name for name, used in checks.items() if used]
