@@ -38,7 +38,9 @@ class PoolExhausted(Exception):
 
 
 class _Subnet:
-    def __init__(self, cidr: str, gateway: str) -> None:
+    """Addresses of one subnet; new ones are handed out only inside `ip_range` when one is given."""
+
+    def __init__(self, cidr: str, gateway: str, ip_range: str = "") -> None:
         self.net = ipaddress.ip_network(cidr, strict=False)
         self.used: set[int] = set()
         base = int(self.net.network_address)
@@ -51,16 +53,25 @@ class _Subnet:
             self.used.add(int(ipaddress.ip_address(gateway)) - base)
         else:
             self.used.add(1)
-        self.next = 1
+        self.lo, self.hi = 0, self.size  # offsets [lo, hi) new addresses come from
+        if ip_range:
+            rng = ipaddress.ip_network(ip_range, strict=False)
+            self.lo = max(0, int(rng.network_address) - base)
+            self.hi = min(self.size, int(rng.network_address) + rng.num_addresses - base)
+        self.next = max(1, self.lo)
 
     def take(self) -> str:
-        for i in range(self.size):
-            off = (self.next + i) % self.size
+        span = self.hi - self.lo
+        for i in range(span):
+            off = self.lo + (self.next - self.lo + i) % span
             if off not in self.used:
                 self.used.add(off)
                 self.next = off + 1
                 return f"{ipaddress.ip_address(self.base + off)}/{self.net.prefixlen}"
         raise PoolExhausted(str(self.net))
+
+    def free(self) -> int:
+        return sum(1 for off in range(self.lo, self.hi) if off not in self.used)
 
     def mark(self, addr: str) -> bool:
         ip = ipaddress.ip_interface(addr).ip
@@ -84,7 +95,7 @@ class IPAM:
     def add_network(self, net: Network) -> None:
         if net.id in self.nets:
             return
-        self.nets[net.id] = [_Subnet(c.subnet, c.gateway) for c in net.ipam.configs if c.subnet]
+        self.nets[net.id] = [_Subnet(c.subnet, c.gateway, c.ip_range) for c in net.ipam.configs if c.subnet]
 
     def take(self, net_id: str) -> str:
         for sub in self.nets.get(net_id, []):
@@ -105,7 +116,7 @@ class IPAM:
                 return
 
     def free_count(self, net_id: str) -> int:
-        return sum(s.size - len(s.used) for s in self.nets.get(net_id, []))
+        return sum(s.free() for s in self.nets.get(net_id, []))
 
 
 def allocate_subnet(used: list[str], pools: tuple[str, ...], size: int) -> str:
