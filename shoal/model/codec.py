@@ -72,21 +72,75 @@ def _value_encoder(tp: Any) -> Conv:
     return None
 
 
-@cache
-def _encoder_for(cls: type) -> Callable[[Any], dict[str, Any]]:
-    hints = _hints(cls)
-    plan = [(f.name, _value_encoder(hints[f.name])) for f in dataclasses.fields(cls)]
+def _omit_test(tp: Any) -> str:
+    """How an encoder tells that a field's value is left out, from the field's type: `None` only for
+    scalars, enums and dataclasses; emptiness for tuples and mappings; all three for untyped values."""
+    if tp is Any or tp is objects.JSON:
+        return "v is None or v == () or (isinstance(v, Mapping) and not v)"
+    origin = get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        return _omit_test(args[0]) if len(args) == 1 else _omit_test(Any)
+    if origin is tuple or origin in (Mapping, dict, typing.Mapping):
+        return "not v"
+    return "v is None"
 
-    def enc(obj: Any) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for name, conv in plan:
-            v = getattr(obj, name)
-            if v is None or v == () or (isinstance(v, Mapping) and not v):
-                continue
-            out[name] = v if conv is None else conv(v)
+
+# Sub-objects that many objects share by identity (every task of a service holds the service's task
+# template, annotations and endpoint): their encoding is remembered by identity, which is safe because
+# objects are frozen and the memo keeps each one alive (so its id is not reused). Bounded; cleared whole.
+_SHARED = frozenset({"TaskSpec", "Annotations", "Endpoint", "ServiceSpec", "NodeDescription"})
+_MEMO_LIMIT = 4096
+_memo: dict[int, tuple[Any, dict[str, Any]]] = {}
+
+
+def _memoized(enc: Callable[[Any], dict[str, Any]]) -> Callable[[Any], dict[str, Any]]:
+    memo = _memo
+
+    def menc(obj: Any) -> dict[str, Any]:
+        hit = memo.get(id(obj))
+        if hit is not None and hit[0] is obj:
+            return hit[1]
+        out = enc(obj)
+        if len(memo) >= _MEMO_LIMIT:
+            memo.clear()
+        memo[id(obj)] = (obj, out)
         return out
 
+    return menc
+
+
+@cache
+def _encoder_for(cls: type) -> Callable[[Any], dict[str, Any]]:
+    """An encoder generated for `cls` (one straight-line function, no loop over the fields)."""
+    hints = _hints(cls)
+    env: dict[str, Any] = {"Mapping": Mapping}
+    lines = ["def enc(obj):", "    out = {}"]
+    for i, f in enumerate(dataclasses.fields(cls)):
+        tp = hints[f.name]
+        conv = _value_encoder(tp)
+        dc = _dataclass_of(tp)
+        if dc is not None and dc.__name__ in _SHARED:
+            conv = _memoized(_encoder_for(dc))
+        value = "v"
+        if conv is not None:
+            env[f"c{i}"] = conv
+            value = f"c{i}(v)"
+        lines.append(f"    v = obj.{f.name}")
+        lines.append(f"    if not ({_omit_test(tp)}):")
+        lines.append(f"        out[{f.name!r}] = {value}")
+    lines.append("    return out")
+    exec("\n".join(lines), env)
+    enc: Callable[[Any], dict[str, Any]] = env["enc"]
     return enc
+
+
+def _dataclass_of(tp: Any) -> type | None:
+    """The dataclass a field holds (`X` or `X | None`), if it holds one."""
+    if get_origin(tp) in (Union, types.UnionType):
+        args = [a for a in get_args(tp) if a is not type(None)]
+        tp = args[0] if len(args) == 1 else None
+    return tp if isinstance(tp, type) and dataclasses.is_dataclass(tp) else None
 
 
 def _value_decoder(tp: Any) -> Conv:
