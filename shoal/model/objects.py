@@ -529,6 +529,12 @@ class RootCA:
     ca_cert_pem: str = ""
     ca_key_pem: str = ""  # encrypted at rest once the Raft log is (issue 5)
     cert_hash: str = ""  # sha256 digest of the root certificate, pinned by join tokens
+    # `swarm ca --rotate` in progress: the next root (and its key), and that root's key signed by the current
+    # root (the cross-signed intermediate), so nodes trusting either root keep talking (shoal/ca.py).
+    rotation_ca_cert_pem: str = ""
+    rotation_ca_key_pem: str = ""
+    rotation_cross_signed_pem: str = ""
+    last_forced_rotation: int = 0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
