@@ -156,14 +156,25 @@ class Netns:
         sh("ip", "netns", "del", self.name, check=False)
 
 
+def _forward_rule(op: str, name: str) -> None:
+    # With br_netfilter loaded, bridged frames go through iptables' FORWARD chain, whose policy is DROP
+    # wherever a dockerd with iptables runs on the host: accept traffic within our bridge, and only that.
+    if shutil.which("iptables"):
+        sh("iptables", op, "FORWARD", "-i", name, "-o", name, "-j", "ACCEPT", check=False)
+
+
 def make_bridge(name: str, ip_cidr: str) -> None:
-    sh("ip", "link", "del", name, check=False)
+    del_bridge(name)
     sh("ip", "link", "add", name, "type", "bridge")
     sh("ip", "addr", "add", ip_cidr, "dev", name)
     sh("ip", "link", "set", name, "up")
+    _forward_rule("-I", name)
 
 
-def del_link(name: str) -> None:
+def del_bridge(name: str) -> None:
+    while shutil.which("iptables") and sh("iptables", "-C", "FORWARD", "-i", name, "-o", name, "-j", "ACCEPT",
+                                          check=False).returncode == 0:
+        _forward_rule("-D", name)
     sh("ip", "link", "del", name, check=False)
 
 
