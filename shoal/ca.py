@@ -16,7 +16,7 @@ import datetime
 import hashlib
 import hmac
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
@@ -26,7 +26,7 @@ from cryptography.x509.oid import NameOID
 
 from shoal.errors import InvalidArgument, ShoalError
 from shoal.ids import new_id
-from shoal.model.objects import RootCA
+from shoal.model.objects import Cluster, RootCA, SwarmSpec
 
 MANAGER_OU = "swarm-manager"
 WORKER_OU = "swarm-worker"
@@ -61,18 +61,27 @@ def create_root_ca(now: float, years: int = 20) -> RootCA:
         .not_valid_before(start)
         .not_valid_after(start + datetime.timedelta(days=365 * years))
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                                     crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+        .add_extension(_CA_USAGE, critical=True)
+        # The key identifier tells roots with the same name (every swarm root is CN=swarm-ca) apart while a
+        # verifier builds a chain during a rotation.
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
         .sign(key, hashes.SHA256())
     )
+    return root_of(cert.public_bytes(serialization.Encoding.PEM).decode(),
+                   key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                     serialization.NoEncryption()).decode())
+
+
+_CA_USAGE = x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                          data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
+                          encipher_only=False, decipher_only=False)
+
+
+def root_of(cert_pem: str, key_pem: str = "") -> RootCA:
+    cert = x509.load_pem_x509_certificate(cert_pem.encode())
     der = cert.public_bytes(serialization.Encoding.DER)
-    return RootCA(
-        ca_cert_pem=cert.public_bytes(serialization.Encoding.PEM).decode(),
-        ca_key_pem=key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                     serialization.NoEncryption()).decode(),
-        cert_hash="sha256:" + hashlib.sha256(der).hexdigest(),
-    )
+    return RootCA(ca_cert_pem=cert.public_bytes(serialization.Encoding.PEM).decode(), ca_key_pem=key_pem,
+                  cert_hash="sha256:" + hashlib.sha256(der).hexdigest())
 
 
 def ca_digest_b36(root: RootCA) -> str:
@@ -166,6 +175,10 @@ def issue_node_cert(root: RootCA, csr_pem: str, node_id: str, role: str, cluster
     pub = csr.public_key()
     if not isinstance(pub, ec.EllipticCurvePublicKey) or pub.curve.name != "secp256r1":
         raise InvalidArgument("rpc error: code = InvalidArgument desc = only ECDSA P-256 keys are accepted")
+    if root.rotation_ca_cert_pem:  # during a rotation every certificate comes from the next root already
+        if not root.rotation_ca_key_pem:
+            raise ShoalError("this CA cannot issue certificates: no signing key")
+        root = RootCA(ca_cert_pem=root.rotation_ca_cert_pem, ca_key_pem=root.rotation_ca_key_pem)
     ca_cert = x509.load_pem_x509_certificate(root.ca_cert_pem.encode())
     ca_key = serialization.load_pem_private_key(root.ca_key_pem.encode(), None)
     assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
@@ -229,6 +242,201 @@ def renew_at(cert_pem: str, rng: random.Random) -> float:
     return start + (end - start) * (0.5 + 0.3 * rng.random())
 
 
+# --- root rotation (`docker swarm ca --rotate`) -----------------------------------------------------
+#
+# A rotation keeps the current root and adds the next one with a cross-signed intermediate (the next root's
+# subject and key, signed by the current root). From then on certificates are issued by the next root and
+# presented with the intermediate, so a node still trusting only the current root verifies them; nodes are
+# told to renew, and get old+next as their trust bundle. Once every node's certificate comes from the next
+# root it becomes the root, the old one is dropped (its certificates fail TLS from then on) and the join
+# tokens are made again for the new digest. See docs/design/cluster.md.
+
+
+def _rpc_invalid(desc: str) -> InvalidArgument:
+    return InvalidArgument(f"rpc error: code = InvalidArgument desc = {desc}")
+
+
+def split_pems(bundle: str) -> list[str]:
+    out, cur = [], []
+    for line in bundle.strip().splitlines():
+        cur.append(line.strip())
+        if line.startswith("-----END"):
+            out.append("\n".join(cur) + "\n")
+            cur = []
+    return out
+
+
+def normalize_pem(pem: str) -> str:
+    return "".join(x509.load_pem_x509_certificate(p.encode()).public_bytes(serialization.Encoding.PEM).decode()
+                   for p in split_pems(pem))
+
+
+def desired_root_pem(root: RootCA) -> str:
+    """The root every node must end up on: the next one while a rotation is in progress."""
+    return root.rotation_ca_cert_pem or root.ca_cert_pem
+
+
+def trust_bundle(root: RootCA) -> str:
+    """What nodes trust now: both roots during a rotation, else the root."""
+    return root.ca_cert_pem + (root.rotation_ca_cert_pem if root.rotation_ca_cert_pem else "")
+
+
+def signing_chain(root: RootCA) -> str:
+    """Intermediates to present after a certificate issued now (the cross-signed next root during a rotation)."""
+    return root.rotation_cross_signed_pem
+
+
+def cross_sign(new_root_pem: str, old: RootCA) -> str:
+    """The next root's subject and public key as an intermediate signed by the current root."""
+    if not old.ca_key_pem:
+        raise _rpc_invalid("rotating from one external CA to a different external CA is not supported")
+    new = x509.load_pem_x509_certificate(new_root_pem.encode())
+    old_cert = x509.load_pem_x509_certificate(old.ca_cert_pem.encode())
+    old_key = serialization.load_pem_private_key(old.ca_key_pem.encode(), None)
+    assert isinstance(old_key, ec.EllipticCurvePrivateKey)
+    b = (x509.CertificateBuilder().subject_name(new.subject).issuer_name(old_cert.subject)
+         .public_key(new.public_key()).serial_number(x509.random_serial_number())
+         .not_valid_before(new.not_valid_before_utc).not_valid_after(min(new.not_valid_after_utc,
+                                                                          old_cert.not_valid_after_utc))
+         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+         .add_extension(_CA_USAGE, critical=True)
+         .add_extension(x509.SubjectKeyIdentifier.from_public_key(new.public_key()), critical=False)  # type: ignore[arg-type]
+         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(old_key.public_key()), critical=False))
+    return b.sign(old_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
+
+
+def validate_signing_root(cert_pem: str, key_pem: str, now: float) -> RootCA:
+    """A user-provided root (`swarm ca --rotate --ca-cert --ca-key`), checked as swarmkit checks it."""
+    if key_pem and not cert_pem:
+        raise _rpc_invalid("if a signing CA key is provided, the signing CA cert must also be provided")
+    pems = split_pems(cert_pem)
+    if len(pems) != 1:
+        raise _rpc_invalid("the desired CA certificate cannot contain multiple certificates")
+    try:
+        cert = x509.load_pem_x509_certificate(pems[0].encode())
+    except ValueError:
+        raise _rpc_invalid("could not parse the desired CA certificate") from None
+    try:
+        bc = cert.extensions.get_extension_for_class(x509.BasicConstraints).value
+    except x509.ExtensionNotFound:
+        bc = None
+    if bc is None or not bc.ca:
+        raise _rpc_invalid("invalid root CA certificate: the certificate is not a CA")
+    if cert.not_valid_after_utc.timestamp() < now + 365 * 24 * 3600:
+        raise _rpc_invalid("CA certificate expires too soon")
+    try:
+        cert.verify_directly_issued_by(cert)
+    except (ValueError, TypeError, InvalidSignature):
+        raise _rpc_invalid("invalid root CA certificate: the certificate is not self-signed") from None
+    if key_pem:
+        try:
+            key = serialization.load_pem_private_key(key_pem.encode(), None)
+        except (ValueError, TypeError):
+            raise _rpc_invalid("invalid signing CA key: could not parse it") from None
+        if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key().public_numbers() != \
+                getattr(cert.public_key(), "public_numbers", lambda: None)():
+            raise _rpc_invalid("certificate key mismatch")
+        key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                    serialization.NoEncryption()).decode()
+    return root_of(pems[0], key_pem)
+
+
+def external_ca_unreachable() -> InvalidArgument:
+    """swarmkit's answer when a root is given without its key and no external CA can sign for it."""
+    return _rpc_invalid("there must be at least one valid, reachable external CA corresponding to the desired "
+                        "CA certificate")
+
+
+def plan_ca_update(root: RootCA, force_rotate: int, signing_cert: str, signing_key: str, now: float,
+                   external_signer: object = None) -> RootCA:
+    """The root CA a cluster update asks for (swarmkit's validateCAConfig, in short): unchanged, a new
+    generated root (ForceRotate bumped), or a user-given root (cert + key). A rotation in progress is
+    replaced by a newer one; asking for the current root aborts it."""
+    if signing_key and not signing_cert:
+        raise _rpc_invalid("if a signing CA key is provided, the signing CA cert must also be provided")
+    if not signing_cert:
+        if force_rotate == root.last_forced_rotation:
+            return root
+        new = create_root_ca(now)
+    else:
+        if not signing_key:
+            raise external_ca_unreachable()
+        new = validate_signing_root(signing_cert, signing_key, now)
+        if new.ca_cert_pem == normalize_pem(root.ca_cert_pem):
+            return replace(root, ca_key_pem=new.ca_key_pem, rotation_ca_cert_pem="", rotation_ca_key_pem="",
+                           rotation_cross_signed_pem="", last_forced_rotation=force_rotate)
+        if _pub(new.ca_cert_pem) == _pub(root.ca_cert_pem):
+            raise _rpc_invalid("Cannot update to a cert with an identical key")
+        if root.rotation_ca_cert_pem and new.ca_cert_pem == normalize_pem(root.rotation_ca_cert_pem):
+            return replace(root, rotation_ca_key_pem=new.ca_key_pem, last_forced_rotation=force_rotate)
+    return replace(root, rotation_ca_cert_pem=new.ca_cert_pem, rotation_ca_key_pem=new.ca_key_pem,
+                   rotation_cross_signed_pem=cross_sign(new.ca_cert_pem, root), last_forced_rotation=force_rotate)
+
+
+def finish_rotation(root: RootCA) -> RootCA:
+    new = root_of(root.rotation_ca_cert_pem, root.rotation_ca_key_pem)
+    return replace(new, last_forced_rotation=root.last_forced_rotation)
+
+
+def _pub(cert_pem: str) -> bytes:
+    cert = x509.load_pem_x509_certificate(cert_pem.encode())
+    return cert.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def issuer_root(cert_pem: str, roots_pem: str) -> str:
+    """The root (PEM) among `roots_pem` whose key signed this certificate, or ""."""
+    cert = x509.load_pem_x509_certificate(split_pems(cert_pem)[0].encode())
+    for r in split_pems(roots_pem):
+        ca = x509.load_pem_x509_certificate(r.encode())
+        try:
+            cert.verify_directly_issued_by(ca)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        return ca.public_bytes(serialization.Encoding.PEM).decode()
+    return ""
+
+
+def chains_to(cert_pem: str, chain_pem: str, roots_pem: str) -> bool:
+    """True if the certificate was issued by one of the roots, directly or through one of the intermediates
+    (each of them issued by one of the roots)."""
+    if issuer_root(cert_pem, roots_pem):
+        return True
+    cert = x509.load_pem_x509_certificate(split_pems(cert_pem)[0].encode())
+    for inter in split_pems(chain_pem):
+        ic = x509.load_pem_x509_certificate(inter.encode())
+        try:
+            cert.verify_directly_issued_by(ic)
+        except (ValueError, TypeError, InvalidSignature):
+            continue
+        if issuer_root(inter, roots_pem):
+            return True
+    return False
+
+
+def node_tls_info(cert_pem: str, issuer_pem: str) -> dict[str, str]:
+    """A node's Description.TLSInfo: the root that issued its certificate (its trust root once rotated)."""
+    info = tls_info(RootCA(ca_cert_pem=issuer_pem))
+    del cert_pem
+    return info
+
+
 __all__ = ["INVALID_TOKEN", "NodeIdentity", "ca_digest_b36", "create_root_ca", "digest_b36_of_pem", "identity_of",
            "issue_node_cert", "make_csr", "make_join_token", "new_id", "new_key_pem", "parse_join_token",
            "renew_at", "tls_info", "token_role", "verify_issued_by"]
+
+
+def apply_ca_spec(cluster: Cluster, spec: SwarmSpec, now: float) -> tuple[SwarmSpec, RootCA]:
+    """For a cluster update: the root CA the new spec asks for. The signing cert and key are consumed into
+    the root CA object (never kept in the spec, so a later update cannot ask for them again by accident)."""
+    cfg = spec.ca_config
+    root = plan_ca_update(cluster.root_ca, cfg.force_rotate, cfg.signing_ca_cert, cfg.signing_ca_key, now)
+    return replace(spec, ca_config=replace(cfg, signing_ca_cert="", signing_ca_key="")), root
+
+
+def rotation_in_progress(root: RootCA) -> bool:
+    return bool(root.rotation_ca_cert_pem)
+
+
+def desired_tls_info(root: RootCA) -> dict[str, str]:
+    """The cluster's TLSInfo as GET /swarm shows it: the root every node is being moved to."""
+    return tls_info(RootCA(ca_cert_pem=desired_root_pem(root)))

@@ -123,6 +123,7 @@ class ShoalNode:
         self.remote: RemoteDispatcher | None = None
         self._agent_task: asyncio.Task[None] | None = None
         self._renew_task: asyncio.Task[None] | None = None
+        self._removed_task: asyncio.Task[None] | None = None
         self.identity: dict[str, str] = {}
         self._lock = asyncio.Lock()
 
@@ -151,6 +152,14 @@ class ShoalNode:
     @property
     def addr(self) -> str:
         return self.identity.get("addr", "")
+
+    def remote_managers(self) -> list[dict[str, str]]:
+        """A worker's view of its managers (docker info's RemoteManagers): the one its session is with."""
+        addr = self.identity.get("manager_addr", "")
+        if not addr:
+            return []
+        mid = (self.remote.manager_id if self.remote is not None else "") or self.identity.get("manager_id", "")
+        return [{"NodeID": mid, "Addr": addr}]
 
     # --- lifecycle --------------------------------------------------------------------------------
 
@@ -224,6 +233,44 @@ class ShoalNode:
                            random.Random(self.rng.getrandbits(64)), addr=self.addr)
         self._agent_task = asyncio.create_task(self.agent.run(), name="agent")
         self._renew_task = asyncio.create_task(self._renew_loop(), name="cert-renewal")
+        self._removed_task = asyncio.create_task(self._leave_when_removed(self.remote), name="leave-when-removed")
+
+    async def _leave_when_removed(self, remote: RemoteDispatcher) -> None:
+        """`docker node rm` on a manager: this node's calls are refused as removed. Stop its tasks and go
+        inactive, as a swarm node does, instead of retrying forever."""
+        await remote.removed.wait()
+        log.warning("node %s was removed from the swarm by a manager: stopping its tasks and leaving", self.node_id)
+        async with self._lock:
+            if self.remote is remote:
+                self._removed_task = None  # _deactivate must not cancel this task: it is doing the leaving
+                await self._remove_local_state()
+
+    async def _wait_renewal_due(self, at: float) -> None:
+        """Until the renewal point, or earlier if a manager asks (root rotation) or the trust roots change."""
+        assert self.remote is not None
+        waits = [asyncio.ensure_future(self.clock.sleep(max(at - self.clock.now(), 0.0))),
+                 asyncio.ensure_future(self.remote.renew_requested.wait()),
+                 asyncio.ensure_future(self.remote.trust_changed.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for w in waits:
+                w.cancel()
+
+    def _adopt_trust_root(self) -> bool:
+        """The managers' trust roots changed (a rotation ended): take them if this node's certificate chains to
+        them (True); otherwise a renewal brings a certificate that does."""
+        assert self.remote is not None
+        self.remote.trust_changed.clear()
+        creds, roots = self.remote.creds, self.remote.trust_root
+        pems = CA.split_pems(creds.cert_pem)
+        if not roots or not CA.chains_to(pems[0], "".join(pems[1:]), roots):
+            return False
+        new = NodeCredentials(creds.key_pem, creds.cert_pem, roots)
+        self._write_creds(new)
+        self.remote.set_credentials(new)
+        log.info("trust roots updated from the managers")
+        return True
 
     async def _renew_loop(self) -> None:
         """Renew the node certificate at 50-80% of its lifetime (as swarmkit), retrying on failure."""
@@ -231,7 +278,12 @@ class ShoalNode:
         while True:
             assert self.remote is not None
             at = CA.renew_at(self.remote.creds.cert_pem, self.rng)
-            await self.clock.sleep(max(at - self.clock.now(), 0.0))
+            await self._wait_renewal_due(at)
+            if self.remote.trust_changed.is_set() and not self.remote.renew_requested.is_set() \
+                    and self.clock.now() < at and self._adopt_trust_root():
+                continue
+            self.remote.renew_requested.clear()
+            self.remote.trust_changed.clear()
             try:
                 creds = await self.remote.renew(CA.new_key_pem())
             except asyncio.CancelledError:
@@ -247,6 +299,9 @@ class ShoalNode:
             log.info("node certificate renewed; valid until %s", CA.identity_of(creds.cert_pem).not_after)
 
     async def _deactivate(self) -> None:
+        if self._removed_task is not None:
+            self._removed_task.cancel()
+            self._removed_task = None
         if self._renew_task is not None:
             self._renew_task.cancel()
             try:
@@ -367,6 +422,7 @@ class ShoalNode:
             addr = _local_addr(opts.advertise_addr, "") if opts.advertise_addr else _addr_towards(result.manager_addr)
             self.identity = {"node_id": result.node_id, "addr": addr, "role": "worker",
                              "cluster_id": result.cluster_id, "manager_addr": result.manager_addr,
+                             "manager_id": result.manager_id,
                              "manager_addrs": [result.manager_addr, *[a for a in opts.remote_addrs
                                                                       if a != result.manager_addr]]}
             try:

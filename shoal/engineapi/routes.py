@@ -16,6 +16,7 @@ from typing import Any
 from aiohttp import web
 
 from shoal.agent.exec.protocol import LogLine, LogOptions
+from shoal import ca as CA
 from shoal.ca import make_join_token, tls_info
 from shoal.engineapi import convert as C
 from shoal.engineapi import messages as M
@@ -214,8 +215,7 @@ async def version(request: web.Request) -> web.StreamResponse:
 def swarm_info(node: ShoalNode) -> dict[str, Any]:
     if node.role == "worker":
         return {"NodeID": node.node_id, "NodeAddr": node.addr, "LocalNodeState": "active",
-                "ControlAvailable": False, "Error": "",
-                "RemoteManagers": [{"NodeID": "", "Addr": a} for a in node.identity.get("manager_addrs", [])[:1]]}
+                "ControlAvailable": False, "Error": "", "RemoteManagers": node.remote_managers()}
     if node.manager is None:
         return {"NodeID": "", "NodeAddr": "", "LocalNodeState": "inactive", "ControlAvailable": False,
                 "Error": "", "RemoteManagers": None}
@@ -235,7 +235,9 @@ def swarm_info(node: ShoalNode) -> dict[str, Any]:
         "Managers": len(managers),
     }
     if cluster is not None:
-        info["Cluster"] = C.swarm_to_wire(cluster, tls_info=tls_info(cluster.root_ca), include_join_tokens=False)
+        info["Cluster"] = C.swarm_to_wire(cluster, tls_info=CA.desired_tls_info(cluster.root_ca),
+                                          root_rotation_in_progress=CA.rotation_in_progress(cluster.root_ca),
+                                          include_join_tokens=False)
     return info
 
 
@@ -364,7 +366,8 @@ def _cluster(request: web.Request) -> Cluster:
 @route("GET", "/swarm")
 async def swarm_inspect(request: web.Request) -> web.StreamResponse:
     c = _cluster(request)  # a worker or an inactive node answers 503 as dockerd
-    return json_ok(C.swarm_to_wire(c, tls_info=tls_info(c.root_ca)))
+    return json_ok(C.swarm_to_wire(c, tls_info=CA.desired_tls_info(c.root_ca),
+                                   root_rotation_in_progress=CA.rotation_in_progress(c.root_ca)))
 
 
 @route("POST", "/swarm/init")
@@ -404,7 +407,8 @@ async def swarm_update(request: web.Request) -> web.StreamResponse:
     node = node_of(request)
     await mgr.controlapi.update_swarm(
         qversion(request), spec, qbool(request, "rotateWorkerToken"), qbool(request, "rotateManagerToken"),
-        qbool(request, "rotateManagerUnlockKey"), lambda c: make_join_token(c.root_ca, node.rng))
+        qbool(request, "rotateManagerUnlockKey"), lambda c: make_join_token(c.root_ca, node.rng),
+        ca_update=lambda c, sp: CA.apply_ca_spec(c, sp, node.clock.now()))
     return web.Response(status=200)
 
 
@@ -461,7 +465,9 @@ def _node_wire(n: Node, mgr: Manager) -> dict[str, Any]:
     d = C.node_to_wire(n)
     cluster = mgr.store.view().cluster()
     if cluster is not None and "Description" in d:
-        d["Description"]["TLSInfo"] = tls_info(cluster.root_ca)
+        # The root that issued the node's current certificate (differs from the cluster's during a rotation).
+        info = n.description.tls_info
+        d["Description"]["TLSInfo"] = info if isinstance(info, dict) and info else tls_info(cluster.root_ca)
     return d
 
 

@@ -443,7 +443,8 @@ class ControlAPI:
     # --- swarm ------------------------------------------------------------------------------------
 
     async def update_swarm(self, version: int, spec: SwarmSpec, rotate_worker: bool, rotate_manager: bool,
-                           rotate_unlock: bool, make_token: object) -> None:
+                           rotate_unlock: bool, make_token: object, ca_update: object = None) -> None:
+        """`ca_update(cluster, spec) -> (spec, root_ca)`: the CA's reading of CAConfig (root rotation)."""
         assert callable(make_token)
         if spec.heartbeat_period < 0:
             raise ShoalError(M.NEGATIVE_HEARTBEAT)
@@ -472,7 +473,10 @@ class ControlAPI:
                 unlock = ""
             new_spec = replace(spec, annotations=replace(spec.annotations,
                                                          name=spec.annotations.name or cur.spec.annotations.name))
-            tx.update(replace(cur, spec=new_spec, join_tokens=tokens, unlock_key=unlock))
+            root = cur.root_ca
+            if callable(ca_update):
+                new_spec, root = ca_update(cur, new_spec)
+            tx.update(replace(cur, spec=new_spec, join_tokens=tokens, unlock_key=unlock, root_ca=root))
 
         await self.store.update(fn)
 

@@ -18,13 +18,14 @@ from typing import Any
 
 import grpc
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
 from shoal import ca as CA
 from shoal.errors import InvalidArgument, NotFound, ShoalError, Unavailable
 from shoal.manager.dispatcher import Assignments
 from shoal.model import codec
-from shoal.model.objects import Config, NodeDescription, RootCA, Secret, Task, TaskStatus
+from shoal.model.objects import Config, NodeDescription, Secret, Task, TaskStatus
 from shoal.rpc import shoal_pb2 as pb
 from shoal.rpc import shoal_pb2_grpc as pbg
 
@@ -54,6 +55,14 @@ def from_rpc_error(e: grpc.aio.AioRpcError) -> ShoalError:
     if code == grpc.StatusCode.UNAVAILABLE:
         return Unavailable(text)
     return ShoalError(text)
+
+
+class NodeRemoved(ShoalError):
+    """The managers no longer know this node (`docker node rm`): it must leave on its own."""
+
+
+def _removed(e: grpc.aio.AioRpcError) -> bool:
+    return e.code() == grpc.StatusCode.PERMISSION_DENIED and "was removed from the swarm" in (e.details() or "")
 
 
 @dataclass(frozen=True)
@@ -91,7 +100,11 @@ def fetch_root_unverified(addr: str, timeout: float = 10.0) -> str:
         chain = obj.get_unverified_chain() or []
         for c in chain:
             cert = x509.load_der_x509_certificate(c.public_bytes(ssl._ssl.ENCODING_DER))  # type: ignore[attr-defined]
-            if cert.issuer == cert.subject:
+            if cert.issuer == cert.subject:  # a cross-signed root has the same names: the signature decides
+                try:
+                    cert.verify_directly_issued_by(cert)
+                except (ValueError, TypeError, InvalidSignature):
+                    continue
                 return cert.public_bytes(serialization.Encoding.PEM).decode()
     raise Unavailable(f"the swarm manager at {addr} did not present its root CA")
 
@@ -107,6 +120,7 @@ class JoinResult:
     creds: NodeCredentials
     manager_addr: str
     secure_addr: str
+    manager_id: str = ""
 
 
 async def join(remote_addrs: list[str], token: str, key_pem: str, hostname: str, availability: str,
@@ -134,15 +148,16 @@ async def join(remote_addrs: list[str], token: str, key_pem: str, hostname: str,
                     last = from_rpc_error(e)
                     continue
                 raise from_rpc_error(e) from None
-        if resp.ca_cert_pem != root_pem:
+        # The trust bundle (old+new roots during a rotation) must hold the pinned root, and the certificate
+        # must chain to the pinned root (directly, or through the cross-signed next root).
+        if CA.normalize_pem(root_pem) not in [CA.normalize_pem(p) for p in CA.split_pems(resp.ca_cert_pem)]:
             raise fingerprint_mismatch(digest)
-        root = RootCA(ca_cert_pem=root_pem)
         ident = CA.identity_of(resp.cert_pem)
-        if not CA.verify_issued_by(resp.cert_pem, root) or ident.node_id != resp.node_id:
+        if not CA.chains_to(resp.cert_pem, resp.cert_chain_pem, root_pem) or ident.node_id != resp.node_id:
             raise ShoalError("the manager answered with a certificate its root CA did not issue")
         return JoinResult(node_id=resp.node_id, cluster_id=resp.cluster_id,
-                          creds=NodeCredentials(key_pem, resp.cert_pem, root_pem), manager_addr=addr,
-                          secure_addr=resp.secure_addr)
+                          creds=NodeCredentials(key_pem, resp.cert_pem + resp.cert_chain_pem, resp.ca_cert_pem),
+                          manager_addr=addr, secure_addr=resp.secure_addr, manager_id=resp.manager_id)
     raise Unavailable(f"could not reach a manager at {', '.join(remote_addrs)}: {last}")
 
 
@@ -168,6 +183,17 @@ class RemoteDispatcher:
         self.call_timeout = call_timeout
         self._channel: grpc.aio.Channel | None = None
         self._period = 5.0
+        self.manager_id = ""
+        self.renew_requested = asyncio.Event()  # a heartbeat said: this node's certificate is from an old root
+        self.trust_root = ""  # the roots the managers say to trust now
+        self.trust_changed = asyncio.Event()
+        self.removed = asyncio.Event()  # the managers refused this node as removed
+
+    def _error(self, e: grpc.aio.AioRpcError) -> ShoalError:
+        if _removed(e):
+            self.removed.set()
+            return NodeRemoved(f"rpc error: code = PermissionDenied desc = {e.details()}")
+        return from_rpc_error(e)
 
     def set_credentials(self, creds: NodeCredentials) -> None:
         """New certificate (renewal): used from the next session on."""
@@ -180,6 +206,7 @@ class RemoteDispatcher:
                                                options=CHANNEL_OPTIONS) as ch:
                 try:
                     resp = await pbg.CAStub(ch).GetRootCACertificate(pb.RootCARequest(), timeout=self.call_timeout)
+                    self.manager_id = str(resp.node_id) or self.manager_id
                     return str(resp.secure_addr)
                 except grpc.aio.AioRpcError as e:
                     last = from_rpc_error(e)
@@ -202,7 +229,7 @@ class RemoteDispatcher:
             resp = await pbg.DispatcherStub(ch).Register(pb.RegisterRequest(
                 description=json.dumps(codec.encode(description)).encode(), addr=addr), timeout=self.call_timeout)
         except grpc.aio.AioRpcError as e:
-            raise from_rpc_error(e) from None
+            raise self._error(e) from None
         self._period = float(resp.period)
         return self._period
 
@@ -211,8 +238,14 @@ class RemoteDispatcher:
             resp = await pbg.DispatcherStub(self._stub_channel()).Heartbeat(
                 pb.Empty(), timeout=max(self._period, 1.0))
         except grpc.aio.AioRpcError as e:
-            raise from_rpc_error(e) from None
+            raise self._error(e) from None
         self._period = float(resp.period)
+        if resp.renew_certificate:
+            self.renew_requested.set()
+        if resp.trust_root and resp.trust_root != self.trust_root:
+            self.trust_root = resp.trust_root
+            if resp.trust_root != self.creds.root_pem:
+                self.trust_changed.set()
         return self._period
 
     async def assignments(self, node_id: str) -> AsyncIterator[Assignments]:
@@ -221,7 +254,7 @@ class RemoteDispatcher:
             async for msg in call:
                 yield _assignments(msg)
         except grpc.aio.AioRpcError as e:
-            raise from_rpc_error(e) from None
+            raise self._error(e) from None
         finally:
             call.cancel()
 
@@ -231,14 +264,14 @@ class RemoteDispatcher:
             await pbg.DispatcherStub(self._stub_channel()).UpdateTaskStatus(pb.StatusUpdate(updates=body),
                                                                              timeout=self.call_timeout)
         except grpc.aio.AioRpcError as e:
-            raise from_rpc_error(e) from None
+            raise self._error(e) from None
 
     async def leave(self) -> None:
         ch = self._channel or await self._connect()
         try:
             await pbg.DispatcherStub(ch).Leave(pb.Empty(), timeout=min(self.call_timeout, 3.0))
         except grpc.aio.AioRpcError as e:
-            raise from_rpc_error(e) from None
+            raise self._error(e) from None
 
     async def renew(self, key_pem: str) -> NodeCredentials:
         """A new certificate for a new key, over a session of its own with the current certificate."""
@@ -248,11 +281,13 @@ class RemoteDispatcher:
                 resp = await pbg.NodeCAStub(ch).RenewNodeCertificate(pb.RenewRequest(csr_pem=CA.make_csr(key_pem)),
                                                                      timeout=self.call_timeout)
             except grpc.aio.AioRpcError as e:
-                raise from_rpc_error(e) from None
-        if resp.ca_cert_pem != self.creds.root_pem or not CA.verify_issued_by(
-                resp.cert_pem, RootCA(ca_cert_pem=self.creds.root_pem)):
+                raise self._error(e) from None
+        # The answer came over mutual TLS from a manager our current roots verified, so its trust bundle is
+        # taken (that is how a root rotation reaches this node); the certificate must chain to that bundle.
+        roots = resp.ca_cert_pem or self.creds.root_pem
+        if not CA.chains_to(resp.cert_pem, resp.cert_chain_pem, roots):
             raise ShoalError("renewal answered with a certificate of another root CA")
-        return NodeCredentials(key_pem, resp.cert_pem, self.creds.root_pem)
+        return NodeCredentials(key_pem, resp.cert_pem + resp.cert_chain_pem, roots)
 
     async def close(self) -> None:
         if self._channel is not None:
@@ -260,4 +295,5 @@ class RemoteDispatcher:
             await ch.close()
 
 
-__all__ = ["InvalidArgument", "JoinResult", "NodeCredentials", "RemoteDispatcher", "fetch_root_unverified", "join"]
+__all__ = ["InvalidArgument", "JoinResult", "NodeCredentials", "NodeRemoved", "RemoteDispatcher",
+           "fetch_root_unverified", "join"]

@@ -46,7 +46,7 @@ from shoal.model.objects import (
 )
 from shoal.rpc import shoal_pb2 as pb
 from shoal.rpc import shoal_pb2_grpc as pbg
-from shoal.store.memory import MemoryStore, Tx
+from shoal.store.memory import Commit, MemoryStore, Tx, WatchOverflow
 
 log = logging.getLogger(__name__)
 
@@ -180,6 +180,7 @@ class _Servers:
         self.clock = clock
         self.rng = rng
         self.secure_addr = ""
+        self.node_id = ""
 
     def cluster(self) -> Cluster:
         c = self.store.view().cluster()
@@ -195,7 +196,8 @@ class CAServicer(pbg.CAServicer):
     @translate_errors
     async def GetRootCACertificate(self, request: pb.RootCARequest,
                                    context: grpc.aio.ServicerContext) -> pb.RootCAResponse:
-        return pb.RootCAResponse(ca_cert_pem=self.s.cluster().root_ca.ca_cert_pem, secure_addr=self.s.secure_addr)
+        return pb.RootCAResponse(ca_cert_pem=self.s.cluster().root_ca.ca_cert_pem, secure_addr=self.s.secure_addr,
+                                 node_id=self.s.node_id)
 
     @translate_errors
     async def IssueNodeCertificate(self, request: pb.IssueRequest,
@@ -212,13 +214,16 @@ class CAServicer(pbg.CAServicer):
         spec = cluster.spec.ca_config
         cert = CA.issue_node_cert(cluster.root_ca, request.csr_pem, node_id, role, cluster.id, self.s.clock.now(),
                                   (spec.node_cert_expiry or 90 * 24 * 3600 * SECOND) / SECOND)
+        issuer = CA.desired_root_pem(cluster.root_ca)
         node = Node(id=node_id, spec=NodeSpec(annotations=Annotations(), role=role, availability=availability),
-                    description=NodeDescription(hostname=request.hostname),
+                    description=NodeDescription(hostname=request.hostname,
+                                                tls_info=CA.node_tls_info(cert, issuer)),
                     status=NodeStatus(state="unknown", addr=peer_host(context)))
         await self.s.store.update(lambda tx: tx.create(node))
         log.info("issued a %s certificate to new node %s (%s)", role, node_id, request.hostname)
-        return pb.IssueResponse(node_id=node_id, cert_pem=cert, ca_cert_pem=cluster.root_ca.ca_cert_pem,
-                                cluster_id=cluster.id, secure_addr=self.s.secure_addr)
+        return pb.IssueResponse(node_id=node_id, cert_pem=cert, ca_cert_pem=CA.trust_bundle(cluster.root_ca),
+                                cluster_id=cluster.id, secure_addr=self.s.secure_addr, manager_id=self.s.node_id,
+                                cert_chain_pem=CA.signing_chain(cluster.root_ca))
 
 
 class NodeCAServicer(pbg.NodeCAServicer):
@@ -234,8 +239,27 @@ class NodeCAServicer(pbg.NodeCAServicer):
         assert node is not None
         cert = CA.issue_node_cert(cluster.root_ca, request.csr_pem, node.id, node.spec.role, cluster.id,
                                   self.s.clock.now(), cluster.spec.ca_config.node_cert_expiry / SECOND)
-        return pb.IssueResponse(node_id=node.id, cert_pem=cert, ca_cert_pem=cluster.root_ca.ca_cert_pem,
-                                cluster_id=cluster.id, secure_addr=self.s.secure_addr)
+        info = CA.node_tls_info(cert, CA.desired_root_pem(cluster.root_ca))
+        await self.s.store.update(lambda tx: _set_tls_info(tx, node.id, info))
+        return pb.IssueResponse(node_id=node.id, cert_pem=cert, ca_cert_pem=CA.trust_bundle(cluster.root_ca),
+                                cluster_id=cluster.id, secure_addr=self.s.secure_addr, manager_id=self.s.node_id,
+                                cert_chain_pem=CA.signing_chain(cluster.root_ca))
+
+
+def _set_tls_info(tx: Tx, node_id: str, info: dict[str, str]) -> None:
+    """Record which root issued a node's current certificate (the root rotation waits on every node's)."""
+    node = tx.node(node_id)
+    if node is not None and node.description.tls_info != info:
+        tx.update(replace(node, description=replace(node.description, tls_info=info)), check_version=False)
+
+
+def _peer_tls_info(context: grpc.aio.ServicerContext, cluster: Cluster) -> dict[str, str] | None:
+    pems = context.auth_context().get("x509_pem_cert") or []
+    if not pems:
+        return None
+    cert = pems[0].decode() if isinstance(pems[0], bytes) else str(pems[0])
+    issuer = CA.issuer_root(cert, CA.trust_bundle(cluster.root_ca))
+    return CA.node_tls_info(cert, issuer) if issuer else None
 
 
 class DispatcherServicer(pbg.DispatcherServicer):
@@ -248,13 +272,21 @@ class DispatcherServicer(pbg.DispatcherServicer):
     async def Register(self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext,
                        ident: CA.NodeIdentity) -> pb.PeriodResponse:
         desc = codec.decode_as(NodeDescription, json.loads(request.description or b"{}"))
+        # The certificate the session runs with says which root issued it, not the node's own claim.
+        desc = replace(desc, tls_info=_peer_tls_info(context, self.s.cluster()))
         period = await self.dispatcher.register(ident.node_id, desc, request.addr or peer_host(context))
         return pb.PeriodResponse(period=period)
 
     @authorized(ANY_NODE)
     async def Heartbeat(self, request: pb.Empty, context: grpc.aio.ServicerContext,
                         ident: CA.NodeIdentity) -> pb.PeriodResponse:
-        return pb.PeriodResponse(period=await self.dispatcher.heartbeat(ident.node_id))
+        period = await self.dispatcher.heartbeat(ident.node_id)
+        cluster = self.s.cluster()
+        node = self.s.store.view().node(ident.node_id)
+        info = node.description.tls_info if node is not None else None
+        want = CA.tls_info(CA.root_of(CA.desired_root_pem(cluster.root_ca)))["CertIssuerPublicKey"]
+        renew = not isinstance(info, dict) or info.get("CertIssuerPublicKey") != want
+        return pb.PeriodResponse(period=period, renew_certificate=renew, trust_root=CA.trust_bundle(cluster.root_ca))
 
     @authorized(ANY_NODE)
     async def Assignments(self, request: pb.Empty, context: grpc.aio.ServicerContext,
@@ -322,10 +354,14 @@ class ManagerRPC:
         self._secure: grpc.aio.Server | None = None
         self._renewer: asyncio.Task[None] | None = None
         self._reaper: asyncio.Task[None] | None = None
+        self._ca_task: asyncio.Task[None] | None = None
         self._key_pem = ""
-        self._cert_pem = ""
-        self._root_pem = ""
+        self._cert_pem = ""  # leaf, then intermediates (the cross-signed next root during a rotation)
+        self._root_pem = ""  # the roots peers' certificates are verified against
+        self._issued_from = ""  # the root whose key signed _cert_pem
+        self._boot_root = ""  # the root the CA listener presents (the one join tokens pin)
         self._served = ("", "", "")
+        self._boot_served = ("", "")
         self.port = 0
         self.secure_port = 0
 
@@ -335,11 +371,24 @@ class ManagerRPC:
 
     def _issue_own(self) -> None:
         cluster = self._s.cluster()
-        self._key_pem = CA.new_key_pem()
-        self._root_pem = cluster.root_ca.ca_cert_pem
-        self._cert_pem = CA.issue_node_cert(cluster.root_ca, CA.make_csr(self._key_pem), self.node_id, "manager",
-                                            cluster.id, self.clock.now(),
-                                            cluster.spec.ca_config.node_cert_expiry / SECOND)
+        key = CA.new_key_pem()
+        cert = CA.issue_node_cert(cluster.root_ca, CA.make_csr(key), self.node_id, "manager", cluster.id,
+                                  self.clock.now(), cluster.spec.ca_config.node_cert_expiry / SECOND)
+        self._key_pem, self._cert_pem = key, cert + CA.signing_chain(cluster.root_ca)
+        self._issued_from = CA.desired_root_pem(cluster.root_ca)
+        self._root_pem = CA.trust_bundle(cluster.root_ca)
+        self._boot_root = cluster.root_ca.ca_cert_pem
+
+    def _boot_config(self) -> Any:
+        chain = (self._cert_pem + self._boot_root).encode()
+        return grpc.ssl_server_certificate_configuration([(self._key_pem.encode(), chain)])
+
+    def _fetch_boot_config(self) -> Any:
+        current = (self._cert_pem, self._boot_root)
+        if current == self._boot_served:
+            return None
+        self._boot_served = current
+        return self._boot_config()
 
     def _secure_config(self) -> Any:
         return grpc.ssl_server_certificate_configuration(
@@ -365,12 +414,13 @@ class ManagerRPC:
         host = self.listen_addr.rsplit(":", 1)[0] or "0.0.0.0"
         self.secure_port = secure.add_secure_port(f"{host}:0", creds)
         self._s.secure_addr = f"{self.advertise_host}:{self.secure_port}"
+        self._s.node_id = self.node_id
         boot = grpc.aio.server(options=SERVER_OPTIONS)
         pbg.add_CAServicer_to_server(CAServicer(self._s), boot)
-        chain = (self._cert_pem + self._root_pem).encode()
+        self._boot_served = (self._cert_pem, self._boot_root)
         try:
-            self.port = boot.add_secure_port(self.listen_addr, grpc.ssl_server_credentials(
-                [(self._key_pem.encode(), chain)], require_client_auth=False))
+            self.port = boot.add_secure_port(self.listen_addr, grpc.dynamic_ssl_server_credentials(
+                self._boot_config(), self._fetch_boot_config, require_client_authentication=False))
         except RuntimeError:
             await secure.stop(None)
             raise Unavailable(f"listen tcp {self.listen_addr}: bind: address already in use") from None
@@ -379,6 +429,7 @@ class ManagerRPC:
         self._secure, self._bootstrap = secure, boot
         self._renewer = asyncio.create_task(self._renew_loop(), name="manager-cert-renewal")
         self._reaper = asyncio.create_task(self._down_if_never_back(), name="down-if-never-back")
+        self._ca_task = asyncio.create_task(self._ca_loop(), name="root-ca-rotation")
         log.info("node RPC: CA on %s, node services (mutual TLS) on %s", self.listen_addr, self._s.secure_addr)
 
     async def _renew_loop(self) -> None:
@@ -389,6 +440,61 @@ class ManagerRPC:
                 self._issue_own()  # the secure listener picks the new certificate up at its next handshake
             except Exception:
                 log.exception("renewing the manager's certificate failed")
+
+    async def _ca_loop(self) -> None:
+        """Follow the cluster's root CA: re-issue this manager's certificate from the desired root and serve
+        the current trust bundle; end a rotation once every node's certificate comes from the next root."""
+        while True:
+            sub = self.store.watch(kinds=("cluster", "node"))
+            try:
+                await self._reconcile_ca()
+                async for item in sub:
+                    if isinstance(item, Commit):
+                        await self._reconcile_ca()
+            except WatchOverflow:
+                continue
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("root CA reconciliation failed; retrying")
+                await self.clock.sleep(1.0)
+            finally:
+                sub.close()
+
+    async def _reconcile_ca(self) -> None:
+        cluster = self.store.view().cluster()
+        if cluster is None:
+            return
+        root = cluster.root_ca
+        if self._issued_from != CA.desired_root_pem(root):
+            self._issue_own()  # the listeners pick it up at their next handshake
+            log.info("root CA changed: this manager's certificate re-issued")
+        else:
+            self._root_pem = CA.trust_bundle(root)
+            self._boot_root = root.ca_cert_pem
+        info = CA.node_tls_info(self._cert_pem, self._issued_from)
+        own = self.store.view().node(self.node_id)
+        if own is not None and own.description.tls_info != info:
+            await self.store.update(lambda tx: _set_tls_info(tx, self.node_id, info))
+        if not root.rotation_ca_cert_pem:
+            return
+        want = CA.tls_info(CA.root_of(root.rotation_ca_cert_pem))["CertIssuerPublicKey"]
+        nodes = self.store.view().nodes()
+        if not all(isinstance(n.description.tls_info, dict) and n.description.tls_info.get("CertIssuerPublicKey")
+                   == want for n in nodes):
+            return
+
+        def finish(tx: Tx) -> None:
+            c = tx.cluster()
+            if c is None or c.root_ca.rotation_ca_cert_pem != root.rotation_ca_cert_pem:
+                return
+            new = CA.finish_rotation(c.root_ca)
+            tokens = replace(c.join_tokens, worker=CA.make_join_token(new, self.rng),
+                             manager=CA.make_join_token(new, self.rng))
+            tx.update(replace(c, root_ca=new, join_tokens=tokens), check_version=False)
+
+        await self.store.update(finish)
+        log.info("root CA rotation complete: every node has a certificate from the new root")
 
     async def _down_if_never_back(self) -> None:
         """After a manager (re)start no node has a session: give every node three heartbeat periods, and at
@@ -410,7 +516,7 @@ class ManagerRPC:
         await self.store.update(fn)
 
     async def stop(self) -> None:
-        for t in (self._renewer, self._reaper):
+        for t in (self._renewer, self._reaper, self._ca_task):
             if t is not None:
                 t.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -13,12 +13,14 @@ class RootCARequest(_message.Message):
     def __init__(self) -> None: ...
 
 class RootCAResponse(_message.Message):
-    __slots__ = ("ca_cert_pem", "secure_addr")
+    __slots__ = ("ca_cert_pem", "secure_addr", "node_id")
     CA_CERT_PEM_FIELD_NUMBER: _ClassVar[int]
     SECURE_ADDR_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ca_cert_pem: str
     secure_addr: str
-    def __init__(self, ca_cert_pem: _Optional[str] = ..., secure_addr: _Optional[str] = ...) -> None: ...
+    node_id: str
+    def __init__(self, ca_cert_pem: _Optional[str] = ..., secure_addr: _Optional[str] = ..., node_id: _Optional[str] = ...) -> None: ...
 
 class IssueRequest(_message.Message):
     __slots__ = ("token", "csr_pem", "availability", "hostname")
@@ -33,18 +35,22 @@ class IssueRequest(_message.Message):
     def __init__(self, token: _Optional[str] = ..., csr_pem: _Optional[str] = ..., availability: _Optional[str] = ..., hostname: _Optional[str] = ...) -> None: ...
 
 class IssueResponse(_message.Message):
-    __slots__ = ("node_id", "cert_pem", "ca_cert_pem", "cluster_id", "secure_addr")
+    __slots__ = ("node_id", "cert_pem", "ca_cert_pem", "cluster_id", "secure_addr", "manager_id", "cert_chain_pem")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     CERT_PEM_FIELD_NUMBER: _ClassVar[int]
     CA_CERT_PEM_FIELD_NUMBER: _ClassVar[int]
     CLUSTER_ID_FIELD_NUMBER: _ClassVar[int]
     SECURE_ADDR_FIELD_NUMBER: _ClassVar[int]
+    MANAGER_ID_FIELD_NUMBER: _ClassVar[int]
+    CERT_CHAIN_PEM_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     cert_pem: str
     ca_cert_pem: str
     cluster_id: str
     secure_addr: str
-    def __init__(self, node_id: _Optional[str] = ..., cert_pem: _Optional[str] = ..., ca_cert_pem: _Optional[str] = ..., cluster_id: _Optional[str] = ..., secure_addr: _Optional[str] = ...) -> None: ...
+    manager_id: str
+    cert_chain_pem: str
+    def __init__(self, node_id: _Optional[str] = ..., cert_pem: _Optional[str] = ..., ca_cert_pem: _Optional[str] = ..., cluster_id: _Optional[str] = ..., secure_addr: _Optional[str] = ..., manager_id: _Optional[str] = ..., cert_chain_pem: _Optional[str] = ...) -> None: ...
 
 class RenewRequest(_message.Message):
     __slots__ = ("csr_pem",)
@@ -61,10 +67,14 @@ class RegisterRequest(_message.Message):
     def __init__(self, description: _Optional[bytes] = ..., addr: _Optional[str] = ...) -> None: ...
 
 class PeriodResponse(_message.Message):
-    __slots__ = ("period",)
+    __slots__ = ("period", "renew_certificate", "trust_root")
     PERIOD_FIELD_NUMBER: _ClassVar[int]
+    RENEW_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
+    TRUST_ROOT_FIELD_NUMBER: _ClassVar[int]
     period: float
-    def __init__(self, period: _Optional[float] = ...) -> None: ...
+    renew_certificate: bool
+    trust_root: str
+    def __init__(self, period: _Optional[float] = ..., renew_certificate: _Optional[bool] = ..., trust_root: _Optional[str] = ...) -> None: ...
 
 class AssignmentsMessage(_message.Message):
     __slots__ = ("type", "payload")

@@ -258,8 +258,13 @@ def test_drain_pause_global_rotation_removal_and_leave(cluster: Cluster) -> None
     w3_id = cluster.node_id("w3")
     m.docker("node", "rm", "--force", "w3")
     assert cluster.node("w3") is None
+    # ... and the removed node leaves on its own: its tasks stop, its swarm state goes, it is inactive
     wait_until(lambda: f"node {w3_id} was removed from the swarm" in w3.log_tail(200), 30,
                what="w3's calls to be refused")
+    wait_until(lambda: json.loads(w3.docker("info", "--format", "{{json .Swarm}}").stdout)["LocalNodeState"]
+               == "inactive", 30, what="w3 inactive after its removal")
+    assert not (w3.data_dir / "node.json").exists() and not (w3.data_dir / "certificates").exists()
+    wait_until(lambda: not w3.command_pids(), 20, what="w3's processes to stop")
     assert cluster.node("w3") is None
 
     # --- leave on a worker: its tasks stop, its state goes, the manager marks it down
