@@ -125,5 +125,62 @@ def demo(workdir: Path, executor: str, detach: bool) -> None:
     sys.exit(run_demo(workdir.resolve(), executor=executor, detach=detach))
 
 
+
+
+@main.group()
+def swarm() -> None:
+    """Swarm membership of the local daemon (what `docker swarm ...` does, through its Engine API)."""
+
+
+def _api_call(api_socket: Path, method: str, path: str, body: object) -> tuple[int, bytes]:
+    import http.client
+    import json
+    import socket
+
+    class _Unix(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.settimeout(self.timeout)
+            self.sock.connect(str(api_socket))
+
+    conn = _Unix("localhost", timeout=60)
+    try:
+        conn.request(method, path, body=json.dumps(body), headers={"Content-Type": "application/json"})
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+@swarm.command("join")
+@click.option("--token", required=True, help="worker join token (SWMTKN-1-...)")
+@click.option("--api-socket", type=click.Path(path_type=Path), default=Path("/var/run/shoal.sock"),
+              show_default=True, help="the local daemon's Engine API socket")
+@click.option("--listen-addr", default="0.0.0.0:2377", show_default=True)
+@click.option("--advertise-addr", default="")
+@click.option("--availability", type=click.Choice(["active", "pause", "drain"]), default="active",
+              show_default=True)
+@click.argument("manager")
+def swarm_join(token: str, api_socket: Path, listen_addr: str, advertise_addr: str, availability: str,
+               manager: str) -> None:
+    """Ask the local daemon to join the swarm of MANAGER (HOST:PORT), as POST /swarm/join does."""
+    import json
+
+    try:
+        status, raw = _api_call(api_socket, "POST", "/swarm/join", {
+            "ListenAddr": listen_addr, "AdvertiseAddr": advertise_addr, "RemoteAddrs": [manager],
+            "JoinToken": token, "Availability": availability})
+    except OSError as e:
+        raise click.ClickException(f"cannot reach the shoal daemon at {api_socket}: {e}") from None
+    if status != 200:
+        try:
+            msg = json.loads(raw).get("message", raw.decode())
+        except ValueError:
+            msg = raw.decode(errors="replace")
+        click.echo(f"Error response from daemon: {msg}", err=True)
+        raise SystemExit(1)
+    click.echo("This node joined a swarm as a worker.")
+
+
 if __name__ == "__main__":
     main()

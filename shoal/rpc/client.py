@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import socket
 import ssl
 from collections.abc import AsyncIterator
@@ -28,6 +29,8 @@ from shoal.model import codec
 from shoal.model.objects import Config, NodeDescription, Secret, Task, TaskStatus
 from shoal.rpc import shoal_pb2 as pb
 from shoal.rpc import shoal_pb2_grpc as pbg
+
+log = logging.getLogger(__name__)
 
 MANAGER_NAME = CA.MANAGER_OU  # the name a manager's certificate is verified against
 
@@ -230,6 +233,8 @@ class RemoteDispatcher:
                 description=json.dumps(codec.encode(description)).encode(), addr=addr), timeout=self.call_timeout)
         except grpc.aio.AioRpcError as e:
             raise self._error(e) from None
+        if float(resp.period) != self._period:
+            log.info("heartbeat period now %.1fs (from the cluster's dispatcher settings)", resp.period)
         self._period = float(resp.period)
         return self._period
 
@@ -239,6 +244,8 @@ class RemoteDispatcher:
                 pb.Empty(), timeout=max(self._period, 1.0))
         except grpc.aio.AioRpcError as e:
             raise self._error(e) from None
+        if float(resp.period) != self._period:
+            log.info("heartbeat period now %.1fs (from the cluster's dispatcher settings)", resp.period)
         self._period = float(resp.period)
         if resp.renew_certificate:
             self.renew_requested.set()
