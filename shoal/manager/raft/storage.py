@@ -23,7 +23,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from shoal.manager.raft.core import Entry, HardState, Ready, Snapshot, SnapshotMeta
+from shoal.manager.raft.core import ConfChange, ConfChangeType, Entry, EntryType, HardState, Ready, Snapshot
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,8 +75,13 @@ def persist_ready(storage: Storage, rd: Ready) -> None:
 
 
 def bootstrap(storage: Storage, voters: Sequence[int]) -> None:
-    """Start a new cluster: an empty snapshot at index 0 names the first voters (`swarm init` → one)."""
-    storage.save_snapshot(Snapshot(SnapshotMeta(0, 0, frozenset(voters)), b""))
+    """Start a new cluster (`swarm init` → one voter): the first entries are committed ADD_VOTER changes
+    of term 1, identical on every founding member, so a manager added later learns the founding
+    configuration from the log (or from a snapshot, which carries the voters) like any other entry."""
+    entries = [Entry(k + 1, 1, EntryType.CONF_CHANGE, ConfChange(ConfChangeType.ADD_VOTER, v).encode())
+               for k, v in enumerate(sorted(voters))]
+    storage.append(entries)
+    storage.set_hard_state(HardState(term=1, vote=0, commit=len(entries)))
     storage.sync()
 
 
