@@ -373,6 +373,7 @@ class RaftCore:
         self._transferee = NONE
         self._read_queue: list[_ReadRequest] = []
         self._reads_before_commit: list[tuple[int, bytes]] = []
+        self._bcast_pending = False
         self._reset_randomized_timeout()
 
     # --- log helpers -------------------------------------------------------------------------------
@@ -589,10 +590,9 @@ class RaftCore:
             raise TransferInProgress(f"leadership is moving to {self._transferee}")
 
     def _after_propose(self) -> EntryId:
-        eid = EntryId(self.last_index, self.term)
-        self._maybe_commit()
-        self._broadcast_append(send_if_empty=False)
-        return eid
+        # Appends go out when the shell next calls ready(): proposals made in between share messages.
+        self._bcast_pending = True
+        return EntryId(self.last_index, self.term)
 
     def _append_local(self, items: Sequence[tuple[EntryType, bytes]]) -> None:
         base = self.last_index
@@ -659,9 +659,12 @@ class RaftCore:
     # --- ready / advance ---------------------------------------------------------------------------
 
     def has_ready(self) -> bool:
-        return bool(self._msgs or self._read_states or self._pending_install is not None
-                    or self._stable < self.last_index or self.commit > self.applied
-                    or self._hard_state() != self._prev_hs or self._soft_state() != self._prev_ss)
+        if self._bcast_pending or self._msgs or self._read_states or self._pending_install is not None \
+                or self.commit > self.applied or self._stable < self._snap_index + len(self._log):
+            return True
+        hs, ss = self._prev_hs, self._prev_ss
+        return (hs.term != self.term or hs.vote != self.vote or hs.commit != self.commit
+                or ss.leader != self.leader or ss.role != self.role)
 
     def _hard_state(self) -> HardState:
         return HardState(self.term, self.vote, self.commit)
@@ -670,6 +673,11 @@ class RaftCore:
         return SoftState(self.leader, self.role)
 
     def ready(self) -> Ready:
+        if self._bcast_pending:
+            self._bcast_pending = False
+            if self.role == Role.LEADER:
+                self._maybe_commit()
+                self._broadcast_append(send_if_empty=False)
         hs = self._hard_state()
         ss = self._soft_state()
         committed: tuple[Entry, ...] = ()
@@ -976,7 +984,9 @@ class RaftCore:
 
     def _broadcast_append(self, *, send_if_empty: bool = True) -> None:
         for v in sorted(self._progress):
-            self._send_append(v, send_if_empty=send_if_empty)
+            if self._send_append(v, send_if_empty=send_if_empty):
+                while self._send_append(v, send_if_empty=False):
+                    pass  # fill the pipeline
 
     def _broadcast_heartbeat(self, ctx: bytes) -> None:
         for v in sorted(self._progress):
