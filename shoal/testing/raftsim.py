@@ -77,6 +77,8 @@ class SimConfig:
     heal_bound: float = 5.0  # a leader must exist this long after healing
     settle_bound: float = 20.0  # everything must have converged by then
     full_check_every: int = 200  # events between pairwise log comparisons
+    pre_vote: bool = True
+    check_quorum: bool = True
 
 
 @dataclass(slots=True)
@@ -189,7 +191,8 @@ class RaftSim:
 
     def _raft_config(self, node_id: int) -> RaftConfig:
         return RaftConfig(id=node_id, election_ticks=self.cfg.election_ticks,
-                          heartbeat_ticks=self.cfg.heartbeat_ticks,
+                          heartbeat_ticks=self.cfg.heartbeat_ticks, pre_vote=self.cfg.pre_vote,
+                          check_quorum=self.cfg.check_quorum,
                           max_entries_per_msg=self.cfg.max_entries_per_msg, max_inflight=self.cfg.max_inflight)
 
     def _start(self, n: SimNode) -> None:

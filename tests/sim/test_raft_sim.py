@@ -39,6 +39,13 @@ def test_raft_survives_faults(nodes: int, lo: int, hi: int) -> None:
     assert acked > 0
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("nodes", [3, 5])
+def test_plain_raft_without_pre_vote_or_check_quorum(nodes: int) -> None:
+    for seed in range(max(1, SEEDS // 8)):
+        run_seed(seed, nodes, pre_vote=False, check_quorum=False)
+
+
 def test_one_seed_replays_exactly() -> None:
     a = run_seed(7, 3)
     b = run_seed(7, 3)
@@ -62,11 +69,13 @@ def test_a_calm_network_acknowledges_most_writes() -> None:
     max_inflight=st.integers(1, 8),
     max_entries=st.integers(1, 16),
     snapshot_every=st.integers(3, 50),
+    pre_vote=st.booleans(),
+    check_quorum=st.booleans(),
 )
 def test_raft_survives_faults_hypothesis(seed: int, nodes: int, drop: float, duplicate: float, crash_every: float,
                                         partition_every: float, max_inflight: int, max_entries: int,
-                                        snapshot_every: int) -> None:
+                                        snapshot_every: int, pre_vote: bool, check_quorum: bool) -> None:
     cfg = SimConfig(nodes=nodes, drop=drop, duplicate=duplicate, crash_every=crash_every,
                     partition_every=partition_every, max_inflight=max_inflight, max_entries_per_msg=max_entries,
-                    snapshot_every=snapshot_every, fault_time=2.0)
+                    snapshot_every=snapshot_every, fault_time=2.0, pre_vote=pre_vote, check_quorum=check_quorum)
     RaftSim(seed, cfg).run()

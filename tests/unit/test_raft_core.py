@@ -542,3 +542,21 @@ def test_entry_conf_change_and_snapshot_encodings_round_trip() -> None:
         Entry.decode(1, 1, bytes((99, 0)) + b"future")
     with pytest.raises(UnsupportedFormat):
         ConfChange.decode(bytes((99, 0)))
+
+
+def test_a_new_voter_joins_from_a_snapshot_after_compaction() -> None:
+    net = Net(3)
+    ld = net.elect(1)
+    for k in range(10):
+        ld.propose(f"v{k}".encode())
+    net.stabilize()
+    snap = ld.compact(ld.applied, b"\n".join(net.apps[1]))
+    net.storages[1].save_snapshot(snap)
+    net.storages[1].sync()
+    net.add_node(4)
+    ld.propose_conf_change(ConfChange(ConfChangeType.ADD_VOTER, 4))
+    net.stabilize()
+    net.tick_all(3)
+    assert net.installed[4] == [snap.meta.index]
+    assert net.cores[4].voters == {1, 2, 3, 4}
+    assert net.apps[4] == net.apps[1]
