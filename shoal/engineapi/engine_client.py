@@ -43,7 +43,9 @@ class EngineClient:
         if self.engine_host is None:
             from shoal.engineapi.proxy import NO_ENGINE_MESSAGE, NO_ENGINE_STATUS
 
-            return web.json_response({"message": NO_ENGINE_MESSAGE}, status=NO_ENGINE_STATUS)
+            from shoal.engineapi.server import error_response
+
+            return error_response(NO_ENGINE_STATUS, NO_ENGINE_MESSAGE)
         try:
             async with self._get_session().request(request.method, self._base + request.path,
                                                    params=request.query, json=body) as r:

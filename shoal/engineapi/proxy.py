@@ -32,6 +32,7 @@ Errors, as JSON ``{"message": ...}`` which the CLI prints as ``Error response fr
 from __future__ import annotations
 
 import asyncio
+import json
 import contextlib
 import re
 from dataclasses import dataclass
@@ -116,7 +117,9 @@ def _parse_engine_host(engine_host: str) -> _EngineAddress:
 
 
 def _error(status: int, message: str) -> web.Response:
-    return web.json_response({"message": message}, status=status)
+    # Exactly "application/json" (no charset): the Go client only decodes error bodies with that type.
+    return web.Response(body=json.dumps({"message": message}).encode() + b"\n", status=status,
+                        headers={"Content-Type": "application/json"})
 
 
 def _client_gone() -> web.Response:

@@ -262,6 +262,8 @@ async def test_no_engine_answers_501() -> None:
             s.get("http://docker/v1.45/containers/json") as resp,
         ):
             assert resp.status == NO_ENGINE_STATUS
+            # the docker CLI decodes an error body only with exactly this content type
+            assert resp.headers["Content-Type"] == "application/json"
             assert await resp.json() == {"message": NO_ENGINE_MESSAGE}
     finally:
         await proxy.close()
