@@ -24,13 +24,15 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15shoal/rpc/shoal.proto\x12\tshoal.rpc\"\x07\n\x05\x45mpty\"\x0f\n\rRootCARequest\"K\n\x0eRootCAResponse\x12\x13\n\x0b\x63\x61_cert_pem\x18\x01 \x01(\t\x12\x13\n\x0bsecure_addr\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\"V\n\x0cIssueRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\t\x12\x14\n\x0c\x61vailability\x18\x03 \x01(\t\x12\x10\n\x08hostname\x18\x04 \x01(\t\"\x9c\x01\n\rIssueResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08\x63\x65rt_pem\x18\x02 \x01(\t\x12\x13\n\x0b\x63\x61_cert_pem\x18\x03 \x01(\t\x12\x12\n\ncluster_id\x18\x04 \x01(\t\x12\x13\n\x0bsecure_addr\x18\x05 \x01(\t\x12\x12\n\nmanager_id\x18\x06 \x01(\t\x12\x16\n\x0e\x63\x65rt_chain_pem\x18\x07 \x01(\t\"\x1f\n\x0cRenewRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\t\"4\n\x0fRegisterRequest\x12\x13\n\x0b\x64\x65scription\x18\x01 \x01(\x0c\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\"O\n\x0ePeriodResponse\x12\x0e\n\x06period\x18\x01 \x01(\x01\x12\x19\n\x11renew_certificate\x18\x02 \x01(\x08\x12\x12\n\ntrust_root\x18\x03 \x01(\t\"3\n\x12\x41ssignmentsMessage\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\"\x1f\n\x0cStatusUpdate\x12\x0f\n\x07updates\x18\x01 \x01(\x0c\"\x14\n\x04\x42lob\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x32\x9c\x01\n\x02\x43\x41\x12K\n\x14GetRootCACertificate\x12\x18.shoal.rpc.RootCARequest\x1a\x19.shoal.rpc.RootCAResponse\x12I\n\x14IssueNodeCertificate\x12\x17.shoal.rpc.IssueRequest\x1a\x18.shoal.rpc.IssueResponse2S\n\x06NodeCA\x12I\n\x14RenewNodeCertificate\x12\x17.shoal.rpc.RenewRequest\x1a\x18.shoal.rpc.IssueResponse2\xb7\x02\n\nDispatcher\x12\x41\n\x08Register\x12\x1a.shoal.rpc.RegisterRequest\x1a\x19.shoal.rpc.PeriodResponse\x12\x38\n\tHeartbeat\x12\x10.shoal.rpc.Empty\x1a\x19.shoal.rpc.PeriodResponse\x12@\n\x0b\x41ssignments\x12\x10.shoal.rpc.Empty\x1a\x1d.shoal.rpc.AssignmentsMessage0\x01\x12=\n\x10UpdateTaskStatus\x12\x17.shoal.rpc.StatusUpdate\x1a\x10.shoal.rpc.Empty\x12+\n\x05Leave\x12\x10.shoal.rpc.Empty\x1a\x10.shoal.rpc.Empty2:\n\x07\x43ontrol\x12/\n\nGetCluster\x12\x10.shoal.rpc.Empty\x1a\x0f.shoal.rpc.Blobb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15shoal/rpc/shoal.proto\x12\tshoal.rpc\"\x07\n\x05\x45mpty\"\x0f\n\rRootCARequest\"K\n\x0eRootCAResponse\x12\x13\n\x0b\x63\x61_cert_pem\x18\x01 \x01(\t\x12\x13\n\x0bsecure_addr\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\"V\n\x0cIssueRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\t\x12\x14\n\x0c\x61vailability\x18\x03 \x01(\t\x12\x10\n\x08hostname\x18\x04 \x01(\t\"\x9c\x01\n\rIssueResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08\x63\x65rt_pem\x18\x02 \x01(\t\x12\x13\n\x0b\x63\x61_cert_pem\x18\x03 \x01(\t\x12\x12\n\ncluster_id\x18\x04 \x01(\t\x12\x13\n\x0bsecure_addr\x18\x05 \x01(\t\x12\x12\n\nmanager_id\x18\x06 \x01(\t\x12\x16\n\x0e\x63\x65rt_chain_pem\x18\x07 \x01(\t\"\x1f\n\x0cRenewRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\t\"4\n\x0fRegisterRequest\x12\x13\n\x0b\x64\x65scription\x18\x01 \x01(\x0c\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\"O\n\x0ePeriodResponse\x12\x0e\n\x06period\x18\x01 \x01(\x01\x12\x19\n\x11renew_certificate\x18\x02 \x01(\x08\x12\x12\n\ntrust_root\x18\x03 \x01(\t\"3\n\x12\x41ssignmentsMessage\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\"\x1f\n\x0cStatusUpdate\x12\x0f\n\x07updates\x18\x01 \x01(\x0c\"O\n\x0fLogSubscription\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08task_ids\x18\x02 \x03(\t\x12\x0f\n\x07options\x18\x03 \x01(\x0c\x12\r\n\x05\x63lose\x18\x04 \x01(\x08\"L\n\x08LogEntry\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x11\n\ttimestamp\x18\x03 \x01(\x01\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\xde\x01\n\x12PublishLogsMessage\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12$\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x13.shoal.rpc.LogEntry\x12\x0c\n\x04\x64one\x18\x03 \x03(\t\x12\x11\n\tnot_found\x18\x04 \x03(\t\x12\x39\n\x06\x65rrors\x18\x05 \x03(\x0b\x32).shoal.rpc.PublishLogsMessage.ErrorsEntry\x1a-\n\x0b\x45rrorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x14\n\x04\x42lob\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\x32\x9c\x01\n\x02\x43\x41\x12K\n\x14GetRootCACertificate\x12\x18.shoal.rpc.RootCARequest\x1a\x19.shoal.rpc.RootCAResponse\x12I\n\x14IssueNodeCertificate\x12\x17.shoal.rpc.IssueRequest\x1a\x18.shoal.rpc.IssueResponse2S\n\x06NodeCA\x12I\n\x14RenewNodeCertificate\x12\x17.shoal.rpc.RenewRequest\x1a\x18.shoal.rpc.IssueResponse2\xb7\x02\n\nDispatcher\x12\x41\n\x08Register\x12\x1a.shoal.rpc.RegisterRequest\x1a\x19.shoal.rpc.PeriodResponse\x12\x38\n\tHeartbeat\x12\x10.shoal.rpc.Empty\x1a\x19.shoal.rpc.PeriodResponse\x12@\n\x0b\x41ssignments\x12\x10.shoal.rpc.Empty\x1a\x1d.shoal.rpc.AssignmentsMessage0\x01\x12=\n\x10UpdateTaskStatus\x12\x17.shoal.rpc.StatusUpdate\x1a\x10.shoal.rpc.Empty\x12+\n\x05Leave\x12\x10.shoal.rpc.Empty\x1a\x10.shoal.rpc.Empty2\x8f\x01\n\x04Logs\x12\x45\n\x13ListenSubscriptions\x12\x10.shoal.rpc.Empty\x1a\x1a.shoal.rpc.LogSubscription0\x01\x12@\n\x0bPublishLogs\x12\x1d.shoal.rpc.PublishLogsMessage\x1a\x10.shoal.rpc.Empty(\x01\x32:\n\x07\x43ontrol\x12/\n\nGetCluster\x12\x10.shoal.rpc.Empty\x1a\x0f.shoal.rpc.Blobb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'shoal.rpc.shoal_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
+  _globals['_PUBLISHLOGSMESSAGE_ERRORSENTRY']._loaded_options = None
+  _globals['_PUBLISHLOGSMESSAGE_ERRORSENTRY']._serialized_options = b'8\001'
   _globals['_EMPTY']._serialized_start=36
   _globals['_EMPTY']._serialized_end=43
   _globals['_ROOTCAREQUEST']._serialized_start=45
@@ -51,14 +53,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ASSIGNMENTSMESSAGE']._serialized_end=605
   _globals['_STATUSUPDATE']._serialized_start=607
   _globals['_STATUSUPDATE']._serialized_end=638
-  _globals['_BLOB']._serialized_start=640
-  _globals['_BLOB']._serialized_end=660
-  _globals['_CA']._serialized_start=663
-  _globals['_CA']._serialized_end=819
-  _globals['_NODECA']._serialized_start=821
-  _globals['_NODECA']._serialized_end=904
-  _globals['_DISPATCHER']._serialized_start=907
-  _globals['_DISPATCHER']._serialized_end=1218
-  _globals['_CONTROL']._serialized_start=1220
-  _globals['_CONTROL']._serialized_end=1278
+  _globals['_LOGSUBSCRIPTION']._serialized_start=640
+  _globals['_LOGSUBSCRIPTION']._serialized_end=719
+  _globals['_LOGENTRY']._serialized_start=721
+  _globals['_LOGENTRY']._serialized_end=797
+  _globals['_PUBLISHLOGSMESSAGE']._serialized_start=800
+  _globals['_PUBLISHLOGSMESSAGE']._serialized_end=1022
+  _globals['_PUBLISHLOGSMESSAGE_ERRORSENTRY']._serialized_start=977
+  _globals['_PUBLISHLOGSMESSAGE_ERRORSENTRY']._serialized_end=1022
+  _globals['_BLOB']._serialized_start=1024
+  _globals['_BLOB']._serialized_end=1044
+  _globals['_CA']._serialized_start=1047
+  _globals['_CA']._serialized_end=1203
+  _globals['_NODECA']._serialized_start=1205
+  _globals['_NODECA']._serialized_end=1288
+  _globals['_DISPATCHER']._serialized_start=1291
+  _globals['_DISPATCHER']._serialized_end=1602
+  _globals['_LOGS']._serialized_start=1605
+  _globals['_LOGS']._serialized_end=1748
+  _globals['_CONTROL']._serialized_start=1750
+  _globals['_CONTROL']._serialized_end=1808
 # @@protoc_insertion_point(module_scope)

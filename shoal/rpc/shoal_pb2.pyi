@@ -1,6 +1,8 @@
+from google.protobuf.internal import containers as _containers
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
-from typing import ClassVar as _ClassVar, Optional as _Optional
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
@@ -89,6 +91,51 @@ class StatusUpdate(_message.Message):
     UPDATES_FIELD_NUMBER: _ClassVar[int]
     updates: bytes
     def __init__(self, updates: _Optional[bytes] = ...) -> None: ...
+
+class LogSubscription(_message.Message):
+    __slots__ = ("id", "task_ids", "options", "close")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    TASK_IDS_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    CLOSE_FIELD_NUMBER: _ClassVar[int]
+    id: str
+    task_ids: _containers.RepeatedScalarFieldContainer[str]
+    options: bytes
+    close: bool
+    def __init__(self, id: _Optional[str] = ..., task_ids: _Optional[_Iterable[str]] = ..., options: _Optional[bytes] = ..., close: _Optional[bool] = ...) -> None: ...
+
+class LogEntry(_message.Message):
+    __slots__ = ("task_id", "stream", "timestamp", "data")
+    TASK_ID_FIELD_NUMBER: _ClassVar[int]
+    STREAM_FIELD_NUMBER: _ClassVar[int]
+    TIMESTAMP_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    task_id: str
+    stream: str
+    timestamp: float
+    data: bytes
+    def __init__(self, task_id: _Optional[str] = ..., stream: _Optional[str] = ..., timestamp: _Optional[float] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class PublishLogsMessage(_message.Message):
+    __slots__ = ("subscription_id", "entries", "done", "not_found", "errors")
+    class ErrorsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    SUBSCRIPTION_ID_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    DONE_FIELD_NUMBER: _ClassVar[int]
+    NOT_FOUND_FIELD_NUMBER: _ClassVar[int]
+    ERRORS_FIELD_NUMBER: _ClassVar[int]
+    subscription_id: str
+    entries: _containers.RepeatedCompositeFieldContainer[LogEntry]
+    done: _containers.RepeatedScalarFieldContainer[str]
+    not_found: _containers.RepeatedScalarFieldContainer[str]
+    errors: _containers.ScalarMap[str, str]
+    def __init__(self, subscription_id: _Optional[str] = ..., entries: _Optional[_Iterable[_Union[LogEntry, _Mapping]]] = ..., done: _Optional[_Iterable[str]] = ..., not_found: _Optional[_Iterable[str]] = ..., errors: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class Blob(_message.Message):
     __slots__ = ("data",)

@@ -456,6 +456,121 @@ class Dispatcher:
             _registered_method=True)
 
 
+class LogsStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ListenSubscriptions = channel.unary_stream(
+                '/shoal.rpc.Logs/ListenSubscriptions',
+                request_serializer=shoal_dot_rpc_dot_shoal__pb2.Empty.SerializeToString,
+                response_deserializer=shoal_dot_rpc_dot_shoal__pb2.LogSubscription.FromString,
+                _registered_method=True)
+        self.PublishLogs = channel.stream_unary(
+                '/shoal.rpc.Logs/PublishLogs',
+                request_serializer=shoal_dot_rpc_dot_shoal__pb2.PublishLogsMessage.SerializeToString,
+                response_deserializer=shoal_dot_rpc_dot_shoal__pb2.Empty.FromString,
+                _registered_method=True)
+
+
+class LogsServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def ListenSubscriptions(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PublishLogs(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_LogsServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ListenSubscriptions': grpc.unary_stream_rpc_method_handler(
+                    servicer.ListenSubscriptions,
+                    request_deserializer=shoal_dot_rpc_dot_shoal__pb2.Empty.FromString,
+                    response_serializer=shoal_dot_rpc_dot_shoal__pb2.LogSubscription.SerializeToString,
+            ),
+            'PublishLogs': grpc.stream_unary_rpc_method_handler(
+                    servicer.PublishLogs,
+                    request_deserializer=shoal_dot_rpc_dot_shoal__pb2.PublishLogsMessage.FromString,
+                    response_serializer=shoal_dot_rpc_dot_shoal__pb2.Empty.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'shoal.rpc.Logs', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('shoal.rpc.Logs', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Logs:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def ListenSubscriptions(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/shoal.rpc.Logs/ListenSubscriptions',
+            shoal_dot_rpc_dot_shoal__pb2.Empty.SerializeToString,
+            shoal_dot_rpc_dot_shoal__pb2.LogSubscription.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PublishLogs(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/shoal.rpc.Logs/PublishLogs',
+            shoal_dot_rpc_dot_shoal__pb2.PublishLogsMessage.SerializeToString,
+            shoal_dot_rpc_dot_shoal__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+
 class ControlStub:
     """Missing associated documentation comment in .proto file."""
 
