@@ -26,7 +26,7 @@ from cryptography.x509.oid import NameOID
 
 from shoal.errors import InvalidArgument, ShoalError
 from shoal.ids import new_id
-from shoal.model.objects import Cluster, RootCA, SwarmSpec
+from shoal.model.objects import CAConfig, Cluster, ExternalCA, RootCA, SwarmSpec
 
 MANAGER_OU = "swarm-manager"
 WORKER_OU = "swarm-worker"
@@ -348,7 +348,7 @@ def external_ca_unreachable() -> InvalidArgument:
 
 
 def plan_ca_update(root: RootCA, force_rotate: int, signing_cert: str, signing_key: str, now: float,
-                   external_signer: object = None) -> RootCA:
+                   external_cas: tuple[ExternalCA, ...] = ()) -> RootCA:
     """The root CA a cluster update asks for (swarmkit's validateCAConfig, in short): unchanged, a new
     generated root (ForceRotate bumped), or a user-given root (cert + key). A rotation in progress is
     replaced by a newer one; asking for the current root aborts it."""
@@ -359,12 +359,13 @@ def plan_ca_update(root: RootCA, force_rotate: int, signing_cert: str, signing_k
             return root
         new = create_root_ca(now)
     else:
-        if not signing_key:
-            raise external_ca_unreachable()
         new = validate_signing_root(signing_cert, signing_key, now)
+        if not signing_key and not any(external_ca_reachable(u, new.ca_cert_pem) for u in
+                                       external_ca_urls(external_cas, new.ca_cert_pem, root.ca_cert_pem)):
+            raise external_ca_unreachable()
         if new.ca_cert_pem == normalize_pem(root.ca_cert_pem):
-            return replace(root, ca_key_pem=new.ca_key_pem, rotation_ca_cert_pem="", rotation_ca_key_pem="",
-                           rotation_cross_signed_pem="", last_forced_rotation=force_rotate)
+            return replace(root, ca_key_pem=new.ca_key_pem or root.ca_key_pem, rotation_ca_cert_pem="",
+                           rotation_ca_key_pem="", rotation_cross_signed_pem="", last_forced_rotation=force_rotate)
         if _pub(new.ca_cert_pem) == _pub(root.ca_cert_pem):
             raise _rpc_invalid("Cannot update to a cert with an identical key")
         if root.rotation_ca_cert_pem and new.ca_cert_pem == normalize_pem(root.rotation_ca_cert_pem):
@@ -429,7 +430,8 @@ def apply_ca_spec(cluster: Cluster, spec: SwarmSpec, now: float) -> tuple[SwarmS
     """For a cluster update: the root CA the new spec asks for. The signing cert and key are consumed into
     the root CA object (never kept in the spec, so a later update cannot ask for them again by accident)."""
     cfg = spec.ca_config
-    root = plan_ca_update(cluster.root_ca, cfg.force_rotate, cfg.signing_ca_cert, cfg.signing_ca_key, now)
+    root = plan_ca_update(cluster.root_ca, cfg.force_rotate, cfg.signing_ca_cert, cfg.signing_ca_key, now,
+                          cfg.external_cas)
     return replace(spec, ca_config=replace(cfg, signing_ca_cert="", signing_ca_key="")), root
 
 
@@ -440,3 +442,172 @@ def rotation_in_progress(root: RootCA) -> bool:
 def desired_tls_info(root: RootCA) -> dict[str, str]:
     """The cluster's TLSInfo as GET /swarm shows it: the root every node is being moved to."""
     return tls_info(RootCA(ca_cert_pem=desired_root_pem(root)))
+
+
+# --- external CAs (cfssl) ---------------------------------------------------------------------------
+#
+# As swarmkit's ca/external.go: when the cluster's CAConfig lists cfssl external CAs for the root that
+# certificates are issued from now (an external CA without a CA cert stands for the current root), a node
+# certificate is signed by POSTing swarmkit's sign request to them, first success wins; only when none is
+# configured for that root does the local key sign.
+
+EXTERNAL_CA_TIMEOUT = 5.0  # swarmkit's ExternalRequestTimeout
+CERTIFICATE_MAX_SIZE = 256 << 10  # swarmkit's CertificateMaxSize (a cfssl JSON answer included)
+
+
+class ExternalCAError(ShoalError):
+    """Signing through an external CA failed (`recoverable`: the CA could not be reached or answered
+    garbage, so a later attempt may succeed)."""
+
+    def __init__(self, message: str, recoverable: bool = True) -> None:
+        super().__init__(message)
+        self.recoverable = recoverable
+
+
+def external_ca_urls(external_cas: tuple[ExternalCA, ...] | list[ExternalCA], desired_pem: str,
+                     current_pem: str) -> list[str]:
+    """The cfssl URLs of the external CAs for `desired_pem` (swarmkit's filterExternalCAURLS)."""
+    want = normalize_pem(desired_pem)
+    out = []
+    for e in external_cas:
+        if e.protocol.lower() != "cfssl" or not e.url:
+            continue
+        if normalize_pem(e.ca_cert or current_pem) == want:
+            out.append(e.url)
+    return out
+
+
+def prepare_sign_request(csr_pem: str, cn: str, ou: str, org: str) -> dict[str, object]:
+    """cfssl's SignRequest as swarmkit's PrepareCSR fills it: the names are the CA's decision."""
+    hosts = [ou, cn] + (["swarm-ca"] if ou == MANAGER_OU else [])
+    return {"hosts": hosts, "certificate_request": csr_pem,
+            "subject": {"CN": cn, "names": [{"OU": ou, "O": org}]}}
+
+
+def _ssl_context(ca_pool_pem: str, client_cert_pem: str = "", client_key_pem: str = "") -> object:
+    import ssl
+    import tempfile
+
+    ctx = ssl.create_default_context(cadata=ca_pool_pem or None)
+    if not ca_pool_pem:
+        ctx.load_default_certs()
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.check_hostname = False  # as Go's tls.Config with only RootCAs: the chain is verified, not a name
+    if client_cert_pem and client_key_pem:
+        with tempfile.NamedTemporaryFile("w", suffix=".pem") as f:  # 0600; ssl loads a chain from files only
+            f.write(client_key_pem + client_cert_pem)
+            f.flush()
+            ctx.load_cert_chain(f.name)
+    return ctx
+
+
+def _cfssl_post(url: str, body: bytes, ctx: object, timeout: float) -> str:
+    import http.client
+    import json
+    import ssl
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    if u.scheme not in ("http", "https") or not u.hostname:
+        raise ExternalCAError(f"unable to perform certificate signing request: unsupported URL {url!r}")
+    try:
+        conn: http.client.HTTPConnection
+        if u.scheme == "https":
+            assert isinstance(ctx, ssl.SSLContext)
+            conn = http.client.HTTPSConnection(u.hostname, u.port or 443, timeout=timeout, context=ctx)
+        else:
+            conn = http.client.HTTPConnection(u.hostname, u.port or 80, timeout=timeout)
+        try:
+            conn.request("POST", u.path + (f"?{u.query}" if u.query else ""), body,
+                         {"Content-Type": "application/json"})
+            resp = conn.getresponse()
+            data = resp.read(CERTIFICATE_MAX_SIZE)
+        finally:
+            conn.close()
+    except (OSError, http.client.HTTPException) as e:
+        raise ExternalCAError(f"unable to perform certificate signing request: Post \"{url}\": {e}") from None
+    if resp.status != 200:
+        raise ExternalCAError(f"unexpected status code in CSR response: {resp.status} - "
+                              f"{data.decode(errors='replace')}")
+    try:
+        answer = json.loads(data)
+    except ValueError as e:
+        raise ExternalCAError(f"unable to parse JSON response: {e}") from None
+    if not isinstance(answer, dict) or not answer.get("success") or answer.get("result") is None:
+        errs = answer.get("errors") if isinstance(answer, dict) else None
+        if errs:
+            raise ExternalCAError(f"response errors: {errs}", recoverable=False)
+        raise ExternalCAError("certificate signing request failed", recoverable=False)
+    result = answer["result"]
+    if not isinstance(result, dict):
+        raise ExternalCAError(f"invalid result type: {type(result).__name__}", recoverable=False)
+    cert = result.get("certificate")
+    if not isinstance(cert, str):
+        raise ExternalCAError(f"invalid result certificate field type: {type(cert).__name__}", recoverable=False)
+    return cert
+
+
+def cfssl_sign(urls: list[str], request: dict[str, object], ca_pool_pem: str, *, client_cert_pem: str = "",
+               client_key_pem: str = "", intermediates_pem: str = "",
+               timeout: float = EXTERNAL_CA_TIMEOUT) -> str:
+    """POST the sign request to each URL in turn (blocking; run it in a thread from async code). Returns the
+    first certificate (PEM, followed by `intermediates_pem`); when every URL fails, the last error."""
+    import json
+
+    if not urls:
+        raise ExternalCAError("no external CA URLs", recoverable=False)
+    body = json.dumps(request).encode()
+    ctx = _ssl_context(ca_pool_pem, client_cert_pem, client_key_pem)
+    err: ExternalCAError | None = None
+    for url in urls:
+        try:
+            return _cfssl_post(url, body, ctx, timeout) + intermediates_pem
+        except ExternalCAError as e:
+            err = e
+    assert err is not None
+    raise err
+
+
+def external_ca_reachable(url: str, wanted_pem: str, timeout: float = EXTERNAL_CA_TIMEOUT) -> bool:
+    """swarmkit's validateExternalCAURL: an https URL whose server completes a TLS handshake with a certificate
+    that chains to the wanted root."""
+    import socket
+    import ssl
+    from urllib.parse import urlsplit
+
+    u = urlsplit(url)
+    if u.scheme != "https" or not u.hostname:
+        return False
+    ctx = _ssl_context(wanted_pem)
+    assert isinstance(ctx, ssl.SSLContext)
+    try:
+        with socket.create_connection((u.hostname, u.port or 443), timeout=timeout) as raw, \
+                ctx.wrap_socket(raw, server_hostname=u.hostname):
+            return True
+    except (OSError, ssl.SSLError):
+        return False
+
+
+def sign_node_cert(root: RootCA, ca_config: CAConfig, csr_pem: str, node_id: str, role: str, cluster_id: str,
+                   now: float, expiry_s: float, *, client_cert_pem: str = "", client_key_pem: str = "") -> str:
+    """A node certificate from the external CA configured for the root certificates are issued from now
+    (blocking), else from the local key. The external CA's certificate must chain to that root."""
+    desired = desired_root_pem(root)
+    urls = external_ca_urls(ca_config.external_cas, desired, root.ca_cert_pem)
+    if not urls:
+        return issue_node_cert(root, csr_pem, node_id, role, cluster_id, now, expiry_s)
+    try:
+        x509.load_pem_x509_csr(csr_pem.encode())
+    except ValueError:
+        raise InvalidArgument("rpc error: code = InvalidArgument desc = invalid CSR") from None
+    pool = trust_bundle(root)
+    cert = cfssl_sign(urls, prepare_sign_request(csr_pem, node_id, ROLE_OU[role], cluster_id), pool,
+                      client_cert_pem=client_cert_pem, client_key_pem=client_key_pem)
+    if not issuer_root(cert, desired):
+        raise ExternalCAError("the external CA returned a certificate not issued by the desired root CA",
+                              recoverable=False)
+    ident = identity_of(cert)
+    if (ident.node_id, ident.role, ident.cluster_id) != (node_id, role, cluster_id):
+        raise ExternalCAError("the external CA returned a certificate with other names than requested",
+                              recoverable=False)
+    return cert

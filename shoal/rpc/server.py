@@ -212,8 +212,9 @@ class CAServicer(pbg.CAServicer):
             raise InvalidArgument(f"rpc error: code = InvalidArgument desc = invalid availability {availability}")
         node_id = new_id(self.s.rng)
         spec = cluster.spec.ca_config
-        cert = CA.issue_node_cert(cluster.root_ca, request.csr_pem, node_id, role, cluster.id, self.s.clock.now(),
-                                  (spec.node_cert_expiry or 90 * 24 * 3600 * SECOND) / SECOND)
+        cert = await asyncio.to_thread(CA.sign_node_cert, cluster.root_ca, spec, request.csr_pem, node_id, role,
+                                       cluster.id, self.s.clock.now(),
+                                       (spec.node_cert_expiry or 90 * 24 * 3600 * SECOND) / SECOND)
         issuer = CA.desired_root_pem(cluster.root_ca)
         node = Node(id=node_id, spec=NodeSpec(annotations=Annotations(), role=role, availability=availability),
                     description=NodeDescription(hostname=request.hostname,
@@ -237,8 +238,9 @@ class NodeCAServicer(pbg.NodeCAServicer):
         cluster = self.s.cluster()
         node = self.s.store.view().node(ident.node_id)
         assert node is not None
-        cert = CA.issue_node_cert(cluster.root_ca, request.csr_pem, node.id, node.spec.role, cluster.id,
-                                  self.s.clock.now(), cluster.spec.ca_config.node_cert_expiry / SECOND)
+        cert = await asyncio.to_thread(CA.sign_node_cert, cluster.root_ca, cluster.spec.ca_config, request.csr_pem,
+                                       node.id, node.spec.role, cluster.id, self.s.clock.now(),
+                                       cluster.spec.ca_config.node_cert_expiry / SECOND)
         info = CA.node_tls_info(cert, CA.desired_root_pem(cluster.root_ca))
         await self.s.store.update(lambda tx: _set_tls_info(tx, node.id, info))
         return pb.IssueResponse(node_id=node.id, cert_pem=cert, ca_cert_pem=CA.trust_bundle(cluster.root_ca),
