@@ -1,0 +1,317 @@
+"""The embedded DNS server over a store-fed directory, with a fake upstream server on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import socket
+import struct
+from collections.abc import AsyncIterator
+from dataclasses import replace
+
+import dns.asyncquery
+import dns.message
+import dns.rcode
+import dns.rdatatype
+import pytest
+from dnslib import QTYPE, RR, A, DNSRecord
+
+from shoal.model.objects import (
+    Annotations,
+    Endpoint,
+    EndpointSpec,
+    IPAMConfig,
+    IPAMOptions,
+    Network,
+    NetworkAttachment,
+    NetworkAttachmentConfig,
+    NetworkSpec,
+    Service,
+    ServiceSpec,
+    Task,
+    TaskSpec,
+    TaskStatus,
+    VirtualIP,
+)
+from shoal.model.state import TaskState
+from shoal.net.directory import StoreDirectory
+from shoal.net.dns import DNSServer, parse_upstream
+from shoal.store.memory import MemoryStore, Tx
+from shoal.testing.clock import VirtualClock
+from shoal.testing.sim import SimCluster, memory_store, service_spec, with_replicas
+
+NET, OTHER = "net1", "net2"
+
+
+def network(nid: str, subnet: str) -> Network:
+    return Network(id=nid, spec=NetworkSpec(annotations=Annotations(name=nid)),
+                   ipam=IPAMOptions(configs=(IPAMConfig(subnet=subnet),)))
+
+
+def service(sid: str, name: str, *, mode: str = "vip", vip: str = "", aliases: tuple[str, ...] = (),
+            net: str = NET) -> Service:
+    spec = ServiceSpec(annotations=Annotations(name=name),
+                       task_template=TaskSpec(networks=(NetworkAttachmentConfig(target=net, aliases=aliases),)),
+                       endpoint_spec=EndpointSpec(mode=mode))
+    vips = (VirtualIP(network_id=net, addr=vip),) if vip else ()
+    return Service(id=sid, spec=spec, endpoint=Endpoint(spec=EndpointSpec(mode=mode), virtual_ips=vips))
+
+
+def task(tid: str, svc: Service, slot: int, addr: str, *, state: TaskState = TaskState.RUNNING,
+         healthy: bool | None = None, net: str = NET) -> Task:
+    return Task(id=tid, service_id=svc.id, service_annotations=svc.spec.annotations, slot=slot, node_id="n1",
+                status=TaskStatus(state=state, healthy=healthy),
+                networks=(NetworkAttachment(network_id=net, addresses=(addr,)),))
+
+
+async def populated() -> MemoryStore:
+    store = memory_store(VirtualClock())
+    web = service("s-web", "web", vip="10.0.1.2/24", aliases=("frontend",))
+    db = service("s-db", "db", mode="dnsrr")
+    hidden = service("s-hid", "hidden", vip="10.0.2.2/24", net=OTHER)
+
+    def fn(tx: Tx) -> None:
+        tx.create(network(NET, "10.0.1.0/24"))
+        tx.create(network(OTHER, "10.0.2.0/24"))
+        for s in (web, db, hidden):
+            tx.create(s)
+        tx.create(task("t-web1", web, 1, "10.0.1.3/24"))
+        tx.create(task("t-web2", web, 2, "10.0.1.4/24"))
+        tx.create(task("t-web3", web, 3, "10.0.1.5/24", healthy=False))  # unhealthy: not served
+        tx.create(task("t-web4", web, 4, "10.0.1.6/24", state=TaskState.STARTING))
+        tx.create(task("t-db1", db, 1, "10.0.1.10/24"))
+        tx.create(task("t-db2", db, 2, "10.0.1.11/24"))
+        tx.create(task("t-hid1", hidden, 1, "10.0.2.3/24", net=OTHER))
+
+    await store.update(fn)
+    return store
+
+
+class FakeUpstream:
+    """An upstream DNS server on loopback answering `*.example.test` with 192.0.2.7 (UDP and TCP)."""
+
+    def __init__(self) -> None:
+        self.queries: list[str] = []
+
+    def answer(self, data: bytes) -> bytes:
+        req = DNSRecord.parse(data)
+        self.queries.append(str(req.q.qname))
+        reply = req.reply()
+        if str(req.q.qname).endswith("example.test."):
+            reply.add_answer(RR(req.q.qname, QTYPE.A, rdata=A("192.0.2.7"), ttl=30))
+        else:
+            reply.header.rcode = 3  # NXDOMAIN
+        out: bytes = reply.pack()
+        return out
+
+    async def start(self) -> tuple[str, int]:
+        loop = asyncio.get_running_loop()
+        up = self
+
+        class Proto(asyncio.DatagramProtocol):
+            def connection_made(self, transport: asyncio.BaseTransport) -> None:
+                self.t = transport
+
+            def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+                self.t.sendto(up.answer(data), addr)  # type: ignore[attr-defined]
+
+        async def tcp(r: asyncio.StreamReader, w: asyncio.StreamWriter) -> None:
+            n = struct.unpack("!H", await r.readexactly(2))[0]
+            out = self.answer(await r.readexactly(n))
+            w.write(struct.pack("!H", len(out)) + out)
+            await w.drain()
+            w.close()
+
+        self.server = await asyncio.start_server(tcp, "127.0.0.1", 0)
+        port = self.server.sockets[0].getsockname()[1]
+        self.udp, _ = await loop.create_datagram_endpoint(Proto, local_addr=("127.0.0.1", port))
+        return "127.0.0.1", port
+
+    async def close(self) -> None:
+        self.udp.close()
+        self.server.close()
+        await self.server.wait_closed()
+
+
+@contextlib.asynccontextmanager
+async def dns_rig(upstreams: list[str] | None = None) -> AsyncIterator[tuple[MemoryStore, StoreDirectory,
+                                                                                  DNSServer, FakeUpstream]]:
+    store = await populated()
+    up = FakeUpstream()
+    host, port = await up.start()
+    directory = StoreDirectory(store)
+    directory.start()
+    server = DNSServer(directory, [NET], upstreams=[f"{host}:{port}"] if upstreams is None else upstreams)
+    await server.start()
+    try:
+        yield store, directory, server, up
+    finally:
+        await server.close()
+        await directory.close()
+        await up.close()
+
+
+async def ask(server: DNSServer, name: str, rdtype: str = "A", *, tcp: bool = False) -> dns.message.Message:
+    q = dns.message.make_query(name, rdtype)
+    host, port = server.address
+    if tcp:
+        return await dns.asyncquery.tcp(q, host, port=port, timeout=5)
+    return await dns.asyncquery.udp(q, host, port=port, timeout=5)
+
+
+def ips(resp: dns.message.Message) -> list[str]:
+    return sorted(r.to_text() for rrset in resp.answer for r in rrset)
+
+
+async def test_service_names_tasks_and_aliases() -> None:
+    async with dns_rig() as (_store, _d, server, up):
+        assert ips(await ask(server, "web")) == ["10.0.1.2"]  # the VIP
+        assert ips(await ask(server, "WEB.")) == ["10.0.1.2"]
+        assert ips(await ask(server, "frontend")) == ["10.0.1.2"]  # a network alias
+        assert ips(await ask(server, "tasks.web")) == ["10.0.1.3", "10.0.1.4"]  # running and not unhealthy
+        assert ips(await ask(server, "tasks.frontend")) == ["10.0.1.3", "10.0.1.4"]
+        assert ips(await ask(server, "db")) == ["10.0.1.10", "10.0.1.11"]  # dnsrr: the task IPs
+        assert ips(await ask(server, "tasks.db")) == ["10.0.1.10", "10.0.1.11"]
+        assert ips(await ask(server, "web.1.t-web1")) == ["10.0.1.3"]  # a task name
+        assert ips(await ask(server, "web.3.t-web3")) == []
+        resp = await ask(server, "web", "AAAA")  # ours, but no IPv6: empty NOERROR, not forwarded
+        assert resp.rcode() == dns.rcode.NOERROR and not resp.answer
+        ptr = await ask(server, "3.1.0.10.in-addr.arpa", "PTR")
+        assert [r.to_text() for rrset in ptr.answer for r in rrset] == ["web.1.t-web1."]
+        assert ips(await ask(server, "web", tcp=True)) == ["10.0.1.2"]
+        assert up.queries == ["web.3.t-web3."]  # an unhealthy task's name is not ours
+
+
+async def test_names_of_other_networks_are_not_ours() -> None:
+    async with dns_rig() as (_store, _d, server, up):
+        resp = await ask(server, "hidden")
+        assert resp.rcode() == dns.rcode.NXDOMAIN  # forwarded, and the upstream does not know it
+        assert up.queries == ["hidden."]
+
+
+async def test_answers_change_as_soon_as_tasks_change() -> None:
+    async with dns_rig() as (store, directory, server, _up):
+        assert ips(await ask(server, "tasks.web")) == ["10.0.1.3", "10.0.1.4"]
+
+        def stop(tx: Tx) -> None:
+            t = tx.task("t-web1")
+            assert t is not None
+            tx.update(replace(t, status=replace(t.status, state=TaskState.COMPLETE)))
+
+        await store.update(stop)
+        await directory.synced(store.version)
+        assert ips(await ask(server, "tasks.web")) == ["10.0.1.4"]
+        assert ips(await ask(server, "web.1.t-web1")) == []
+
+        def desired_shutdown(tx: Tx) -> None:  # told to stop: leaves the answers before it stops
+            t = tx.task("t-web2")
+            assert t is not None
+            tx.update(replace(t, desired_state=TaskState.SHUTDOWN))
+            t4 = tx.task("t-web4")
+            assert t4 is not None
+            tx.update(replace(t4, status=replace(t4.status, state=TaskState.RUNNING)))
+
+        await store.update(desired_shutdown)
+        await directory.synced(store.version)
+        assert ips(await ask(server, "tasks.web")) == ["10.0.1.6"]
+
+        await store.update(lambda tx: tx.delete("service", "s-db"))
+        await directory.synced(store.version)
+        assert (await ask(server, "db")).rcode() == dns.rcode.NXDOMAIN  # forwarded now, unknown upstream
+
+
+async def test_other_names_are_forwarded_over_udp_and_tcp() -> None:
+    async with dns_rig() as (_store, _d, server, up):
+        assert ips(await ask(server, "www.example.test")) == ["192.0.2.7"]
+        assert ips(await ask(server, "api.example.test", tcp=True)) == ["192.0.2.7"]
+        assert up.queries == ["www.example.test.", "api.example.test."]
+
+
+async def test_a_dead_upstream_is_skipped_and_none_left_is_servfail() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # a port nobody answers on
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+        up = FakeUpstream()
+        host, port = await up.start()
+        store = await populated()
+        directory = StoreDirectory(store)
+        directory.start()
+        server = DNSServer(directory, [NET], upstreams=[dead, f"{host}:{port}"], upstream_timeout=0.3)
+        await server.start()
+        lonely = DNSServer(directory, [NET], upstreams=[dead], upstream_timeout=0.3)
+        await lonely.start()
+        try:
+            assert ips(await ask(server, "x.example.test")) == ["192.0.2.7"]
+            assert (await ask(lonely, "x.example.test")).rcode() == dns.rcode.SERVFAIL
+            assert ips(await ask(lonely, "web")) == ["10.0.1.2"]  # ours still answer
+        finally:
+            await server.close()
+            await lonely.close()
+            await directory.close()
+            await up.close()
+
+
+async def test_large_udp_answers_are_truncated_and_complete_over_tcp() -> None:
+    async with dns_rig() as (store, directory, server, _up):
+        big = service("s-big", "big", mode="dnsrr")
+
+        def fn(tx: Tx) -> None:
+            tx.create(big)
+            for i in range(60):
+                tx.create(task(f"t-big{i}", big, i + 1, f"10.0.1.{100 + i}/24"))
+
+        await store.update(fn)
+        await directory.synced(store.version)
+        q = dns.message.make_query("tasks.big", "A")
+        q.flags &= ~dns.flags.RD
+        raw = await dns.asyncquery.udp(q, server.address[0], port=server.address[1], timeout=5,
+                                       ignore_trailing=True, raise_on_truncation=False)
+        assert raw.flags & dns.flags.TC
+        assert len(ips(await ask(server, "tasks.big", tcp=True))) == 60
+
+
+def test_parse_upstream() -> None:
+    assert parse_upstream("1.1.1.1") == ("1.1.1.1", 53)
+    assert parse_upstream("127.0.0.1:5353") == ("127.0.0.1", 5353)
+    assert parse_upstream("[::1]:53") == ("::1", 53)
+
+
+@pytest.mark.parametrize("replicas", [3])
+async def test_tasks_name_follows_the_simulated_cluster(replicas: int) -> None:
+    """Through the real orchestrator, allocator and agents: `tasks.<name>` is exactly the running replicas
+    after a scale down and after a task dies."""
+    async with SimCluster.started(nodes=2) as sim:
+        net = await sim.api.create_network(NetworkSpec(annotations=Annotations(name="appnet")))
+        spec = service_spec("app", replicas=replicas)
+        spec = replace(spec, task_template=replace(spec.task_template,
+                                                   networks=(NetworkAttachmentConfig(target=net.id),)))
+        svc = await sim.create_service(spec)
+        directory = StoreDirectory(sim.store)
+        directory.start()
+        try:
+            def running_ips() -> list[str]:
+                return sorted(a.split("/")[0] for t in sim.running(svc.id) for att in t.networks
+                              if att.network_id == net.id for a in att.addresses)
+
+            async def settled(n: int) -> None:
+                await sim.wait_until(lambda: len(sim.running(svc.id)) == n)
+                await directory.synced(sim.store.version)
+
+            await settled(replicas)
+            assert sorted(directory.lookup("tasks.app", net.id)) == running_ips()
+            vip = sim.service(svc.id).endpoint.virtual_ips[0].addr.split("/")[0]
+            assert directory.lookup("app", net.id) == [vip]
+            await sim.update_service(svc.id, lambda s: with_replicas(s, 2))
+            await settled(2)
+            assert sorted(directory.lookup("tasks.app", net.id)) == running_ips()
+            victim = sim.running(svc.id)[0]
+            node = sim.nodes[victim.node_id]
+            await node.executor.controllers[victim.id].terminate()  # killed behind the agent's back
+            await sim.wait_until(lambda: sim.view().task(victim.id).status.state > TaskState.RUNNING)
+            await directory.synced(sim.store.version)
+            dead_ip = victim.networks[0].addresses[0].split("/")[0]
+            assert dead_ip not in directory.lookup("tasks.app", net.id)
+            await settled(2)
+            assert sorted(directory.lookup("tasks.app", net.id)) == running_ips()
+        finally:
+            await directory.close()
