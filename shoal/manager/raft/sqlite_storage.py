@@ -1,0 +1,202 @@
+"""The Raft core's `Storage` on disk: the log and hard state in sqlite, snapshots in files.
+
+Layout of a manager's raft directory:
+
+    raft.db                      sqlite, WAL mode, synchronous=FULL
+        entries(idx, term, data)     data = Entry.encode() (format byte, type byte, payload)
+        state(key, value)            term, vote, commit, snapshot ("index term"), format
+    snapshots/snap-<index>-<term>.snap   Snapshot.encode() (format byte, voters, application data)
+
+Writes between two `sync()` calls form one sqlite transaction, so a Ready (entries + hard state, and a
+snapshot's bookkeeping) costs one fsync of the WAL and is all-or-nothing after a crash.
+
+Snapshots: the file is written to a temporary name, fsync'd, renamed and the directory fsync'd *before*
+the transaction that names it in `state.snapshot` and deletes the log it covers; the previous snapshot file
+is removed only after that transaction committed. A crash in between leaves an unreferenced file that the
+next open ignores and deletes. Which snapshot counts is therefore decided by sqlite alone, atomically with
+the log truncation: in particular `apply_snapshot` (a snapshot received from the leader) deletes *every*
+entry, including those after the snapshot's index (they belong to a log that diverged), in the same
+transaction that makes the snapshot current, so a crash cannot leave stale entries next to a newer snapshot.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Sequence
+from pathlib import Path
+
+from shoal.manager.raft.core import Entry, HardState, Snapshot, UnsupportedFormat
+from shoal.manager.raft.storage import InitialState
+
+STORAGE_FORMAT = 1
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class SqliteStorage:
+    """Durable `shoal.manager.raft.storage.Storage`. Not thread-safe: one writer at a time (the shell's
+    Ready loop, possibly from a worker thread, hence check_same_thread=False)."""
+
+    def __init__(self, directory: Path) -> None:
+        directory.mkdir(parents=True, exist_ok=True)
+        self.dir = directory
+        self.snap_dir = directory / "snapshots"
+        self.snap_dir.mkdir(exist_ok=True)
+        self._db = sqlite3.connect(directory / "raft.db", isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("CREATE TABLE IF NOT EXISTS entries (idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, "
+                         "data BLOB NOT NULL)")
+        self._db.execute("CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
+        fmt = self._get("format")
+        if fmt is None:
+            self._db.execute("INSERT INTO state (key, value) VALUES ('format', ?)", (str(STORAGE_FORMAT),))
+        elif int(fmt) > STORAGE_FORMAT:
+            raise UnsupportedFormat(f"raft storage format {fmt}")
+        self._in_tx = False
+        self._to_delete: list[Path] = []
+        self.syncs = 0
+        self._snapshot = self._read_snapshot()
+        self._cleanup_snapshot_files()
+
+    def close(self) -> None:
+        if self._in_tx:
+            self._db.execute("ROLLBACK")  # never synced: as if the process had died here
+            self._in_tx = False
+        self._db.close()
+
+    # --- helpers -----------------------------------------------------------------------------------
+
+    def _get(self, key: str) -> str | None:
+        row = self._db.execute("SELECT value FROM state WHERE key = ?", (key,)).fetchone()
+        return None if row is None else str(row[0])
+
+    def _put(self, key: str, value: str) -> None:
+        self._db.execute("INSERT OR REPLACE INTO state (key, value) VALUES (?, ?)", (key, value))
+
+    def _begin(self) -> None:
+        if not self._in_tx:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._in_tx = True
+
+    def _snap_path(self, index: int, term: int) -> Path:
+        return self.snap_dir / f"snap-{index:016d}-{term}.snap"
+
+    def _read_snapshot(self) -> Snapshot | None:
+        meta = self._get("snapshot")
+        if meta is None:
+            return None
+        index, term = (int(x) for x in meta.split())
+        return Snapshot.decode(index, term, self._snap_path(index, term).read_bytes())
+
+    def _cleanup_snapshot_files(self) -> None:
+        current = self._snap_path(self._snapshot.meta.index, self._snapshot.meta.term) \
+            if self._snapshot is not None else None
+        for p in self.snap_dir.iterdir():
+            if p != current:
+                p.unlink(missing_ok=True)
+
+    def _write_snapshot_file(self, snap: Snapshot) -> None:
+        final = self._snap_path(snap.meta.index, snap.meta.term)
+        tmp = final.with_suffix(".tmp")
+        with open(tmp, "wb") as f:
+            f.write(snap.encode())
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        _fsync_dir(self.snap_dir)
+
+    def _install(self, snap: Snapshot, *, drop_all: bool) -> None:
+        old = self._snapshot
+        self._write_snapshot_file(snap)
+        self._begin()
+        if drop_all:
+            self._db.execute("DELETE FROM entries")
+        else:
+            self._db.execute("DELETE FROM entries WHERE idx <= ?", (snap.meta.index,))
+        self._put("snapshot", f"{snap.meta.index} {snap.meta.term}")
+        self._snapshot = snap
+        if old is not None and (old.meta.index, old.meta.term) != (snap.meta.index, snap.meta.term):
+            self._to_delete.append(self._snap_path(old.meta.index, old.meta.term))
+
+    @property
+    def _offset(self) -> int:
+        return self._snapshot.meta.index if self._snapshot is not None else 0
+
+    # --- Storage -----------------------------------------------------------------------------------
+
+    def load(self) -> InitialState:
+        term, vote, commit = (int(self._get(k) or 0) for k in ("term", "vote", "commit"))
+        off = self._offset
+        entries = tuple(self.entries(off + 1, 1 << 62))
+        for k, e in enumerate(entries):
+            if e.index != off + 1 + k:
+                raise ValueError(f"raft log has a gap before index {e.index}")
+        return InitialState(HardState(term, vote, commit), self._snapshot, entries)
+
+    def append(self, entries: Sequence[Entry]) -> None:
+        off = self._offset
+        rows = [(e.index, e.term, e.encode()) for e in entries if e.index > off]
+        if not rows:
+            return
+        last = self.last_index()
+        if rows[0][0] > last + 1:
+            raise ValueError(f"gap in the log: appending {rows[0][0]} after {last}")
+        self._begin()
+        self._db.execute("DELETE FROM entries WHERE idx >= ?", (rows[0][0],))
+        self._db.executemany("INSERT INTO entries (idx, term, data) VALUES (?, ?, ?)", rows)
+
+    def set_hard_state(self, hs: HardState) -> None:
+        self._begin()
+        self._put("term", str(hs.term))
+        self._put("vote", str(hs.vote))
+        self._put("commit", str(hs.commit))
+
+    def save_snapshot(self, snap: Snapshot) -> None:
+        if snap.meta.index <= self._offset and self._snapshot is not None:
+            return
+        self._install(snap, drop_all=False)
+
+    def apply_snapshot(self, snap: Snapshot) -> None:
+        self._install(snap, drop_all=True)
+
+    def load_snapshot(self) -> Snapshot | None:
+        return self._snapshot
+
+    def entries(self, lo: int, hi: int) -> list[Entry]:
+        lo = max(lo, self._offset + 1)
+        rows = self._db.execute("SELECT idx, term, data FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx",
+                                (lo, hi)).fetchall()
+        return [Entry.decode(int(i), int(t), bytes(d)) for i, t, d in rows]
+
+    def term(self, index: int) -> int | None:
+        off = self._offset
+        if index == off:
+            return self._snapshot.meta.term if self._snapshot is not None else 0
+        if index < off:
+            return None
+        row = self._db.execute("SELECT term FROM entries WHERE idx = ?", (index,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def first_index(self) -> int:
+        return self._offset + 1
+
+    def last_index(self) -> int:
+        row = self._db.execute("SELECT MAX(idx) FROM entries").fetchone()
+        return max(self._offset, int(row[0] or 0))
+
+    def sync(self) -> None:
+        if self._in_tx:
+            self._db.execute("COMMIT")  # synchronous=FULL: the WAL is fsync'd here
+            self._in_tx = False
+        for p in self._to_delete:
+            p.unlink(missing_ok=True)
+        self._to_delete.clear()
+        self.syncs += 1
