@@ -123,6 +123,7 @@ class ShoalNode:
         self.remote: RemoteDispatcher | None = None
         self._agent_task: asyncio.Task[None] | None = None
         self._renew_task: asyncio.Task[None] | None = None
+        self._logs_task: asyncio.Task[None] | None = None  # a worker serving log subscriptions
         self._removed_task: asyncio.Task[None] | None = None
         self.identity: dict[str, str] = {}
         self._lock = asyncio.Lock()
@@ -194,7 +195,8 @@ class ShoalNode:
         self.manager.start()
         port = self.identity.get("manager_addr", ":2377").rsplit(":", 1)[1]
         self.rpc = ManagerRPC(self.store, self.manager.dispatcher, self.clock, random.Random(self.rng.getrandbits(64)),
-                              self.node_id, self.identity.get("listen_addr") or f"0.0.0.0:{port}", self.addr)
+                              self.node_id, self.identity.get("listen_addr") or f"0.0.0.0:{port}", self.addr,
+                              logbroker=self.manager.logbroker)
         try:
             await self.rpc.start()
         except Exception:
@@ -234,6 +236,9 @@ class ShoalNode:
         self._agent_task = asyncio.create_task(self.agent.run(), name="agent")
         self._renew_task = asyncio.create_task(self._renew_loop(), name="cert-renewal")
         self._removed_task = asyncio.create_task(self._leave_when_removed(self.remote), name="leave-when-removed")
+        from shoal.rpc.logs import serve_logs_loop
+
+        self._logs_task = asyncio.create_task(serve_logs_loop(self.remote, self.agent, self.clock), name="logs")
 
     async def _leave_when_removed(self, remote: RemoteDispatcher) -> None:
         """`docker node rm` on a manager: this node's calls are refused as removed. Stop its tasks and go
@@ -299,6 +304,13 @@ class ShoalNode:
             log.info("node certificate renewed; valid until %s", CA.identity_of(creds.cert_pem).not_after)
 
     async def _deactivate(self) -> None:
+        logs_task, self._logs_task = self._logs_task, None
+        if logs_task is not None:
+            logs_task.cancel()
+            try:
+                await logs_task
+            except (asyncio.CancelledError, Exception):
+                pass
         if self._removed_task is not None:
             self._removed_task.cancel()
             self._removed_task = None

@@ -703,26 +703,12 @@ async def _stream_logs(request: web.Request, tasks: list[Task], opts: LogOptions
     streaming: set[str] = set()
     workers: list[asyncio.Task[None]] = []
 
-    async def pump(t: Task) -> None:
+    async def pump(ts: list[Task]) -> None:
+        # Every node through the manager's log broker: this node's agent in process, other nodes over their
+        # session; a node that cannot answer gives a warning line (formatted like any other) instead of a hang.
         try:
-            agent = node.agent if t.node_id == node.node_id else None
-            if agent is None:
-                # A line in the stream instead of a hang, formatted like every other line (with the
-                # task's context when details were asked: the CLI parses them to print the prefix).
-                warn = LogLine(stream="stderr", timestamp=mgr.clock.now(), data=(
-                    f"warning: incomplete log stream: node {t.node_id or '(unassigned)'} of task {t.id} "
-                    "is not available\n").encode())
-                await queue.put(_frame(warn, _format_line(warn, t, opts, details), tty))
-                return
-            async for line in agent.task_logs(t.id, opts):
+            async for t, line in mgr.logbroker.logs(ts, opts, node.node_id, node.agent):
                 await queue.put(_frame(line, _format_line(line, t, opts, details), tty))
-        except NotFound:
-            return
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            err = LogLine(stream="stderr", timestamp=mgr.clock.now(), data=f"error from task {t.id}: {e}\n".encode())
-            await queue.put(_frame(err, _format_line(err, t, opts, details), tty))
         finally:
             await queue.put(None)
 
@@ -730,10 +716,11 @@ async def _stream_logs(request: web.Request, tasks: list[Task], opts: LogOptions
         if t.id in streaming:
             return
         streaming.add(t.id)
-        workers.append(asyncio.create_task(pump(t)))
+        workers.append(asyncio.create_task(pump([t])))
 
-    for t in tasks:
-        start(t)
+    fresh = [t for t in tasks if t.id not in streaming]
+    streaming.update(t.id for t in fresh)
+    workers.append(asyncio.create_task(pump(fresh)))
     watcher: asyncio.Task[None] | None = None
     service_gone = asyncio.Event()
     if opts.follow and follow_service is not None:

@@ -16,6 +16,7 @@ from shoal.manager.allocator import Allocator
 from shoal.manager.controlapi import ControlAPI
 from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.events import EventLog
+from shoal.manager.logbroker import LogBroker
 from shoal.manager.orchestrator.reconcile import Reconciler
 from shoal.manager.orchestrator.runner import Orchestrator, constraint_checker
 from shoal.manager.scheduler.runner import SchedulerRunner
@@ -34,6 +35,7 @@ class Manager:
         self.controlapi = ControlAPI(store, clock, rng)
         self.dispatcher = Dispatcher(store, clock)
         self.events = EventLog(store, clock, path=events_path)
+        self.logbroker = LogBroker(store, clock)
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
