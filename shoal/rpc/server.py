@@ -342,8 +342,10 @@ class ManagerRPC:
     """Both listeners of a manager, with the manager's own node certificate (renewed before it expires)."""
 
     def __init__(self, store: MemoryStore, dispatcher: DispatcherAPI, clock: Clock, rng: random.Random,
-                 node_id: str, listen_addr: str, advertise_host: str, unknown_grace: float = 30.0) -> None:
+                 node_id: str, listen_addr: str, advertise_host: str, unknown_grace: float = 30.0,
+                 logbroker: Any = None) -> None:
         self.store = store
+        self.logbroker = logbroker  # shoal.manager.logbroker.LogBroker: the Logs service is served with one
         self.unknown_grace = unknown_grace
         self.dispatcher = dispatcher
         self.clock = clock
@@ -410,6 +412,10 @@ class ManagerRPC:
         pbg.add_NodeCAServicer_to_server(NodeCAServicer(self._s, auth), secure)
         pbg.add_DispatcherServicer_to_server(DispatcherServicer(self._s, auth, self.dispatcher), secure)
         pbg.add_ControlServicer_to_server(ControlServicer(self._s, auth), secure)
+        if self.logbroker is not None:
+            from shoal.rpc.logs import LogsServicer
+
+            pbg.add_LogsServicer_to_server(LogsServicer(auth, self.logbroker, self.dispatcher), secure)
         self._served = (self._key_pem, self._cert_pem, self._root_pem)
         creds = grpc.dynamic_ssl_server_credentials(self._secure_config(), self._fetch_config,
                                                     require_client_authentication=True)
