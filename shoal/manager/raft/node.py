@@ -1,0 +1,344 @@
+"""`RaftNode`: the asyncio shell around `RaftCore`, and the store's `Proposer` for a replicated manager.
+
+    node = RaftNode(raft_id, SqliteStorage(dir), transport, clock, snapshot_interval=10_000)
+    store = MemoryStore(node, clock)
+    node.attach(store)                # the state machine: apply_entry / save / restore
+    node.add_leadership_listener(cb)  # cb(True) once leader *and* caught up; cb(False) on step-down
+    await node.start()
+    ...
+    await store.update(fn)            # -> node.propose(entry): index once committed and applied here
+    await node.read_barrier()         # linearizable read point (read index), then read store.view()
+    await node.stop()
+
+One task ticks the core every `tick_interval` on the injected clock; another drains `ready()` each time
+something happened (tick, message, proposal, read). Each Ready is handled in the order the core demands:
+persist (storage writes, one fsync), then send, then install a received snapshot into the state machine
+(`restore`), apply committed entries (`apply_entry`; the leader's empty entry and membership entries are
+not the store's), hand out read states, `advance`. Every `snapshot_interval` applied entries the state
+machine is saved and the log compacted (`core.compact` + `storage.save_snapshot`).
+
+Proposals are futures keyed by log index: resolved with the index when the entry committed at that index
+has the proposal's term, failed with `ProposalLost` when it has another term, when a snapshot covering it
+is installed (outcome unknown), or when this node stops being the leader (outcome unknown: the entry may
+still commit under the next leader; the store converges either way since it applies what commits).
+Storage writes are synchronous on the event loop (sqlite with one fsync per Ready): simple and, under a
+virtual clock, deterministic; moving them to a thread is an optimisation left for later.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import random
+from collections.abc import Callable
+from typing import Protocol, TypeVar
+
+from shoal.clock import Clock
+from shoal.errors import Unavailable
+from shoal.manager.raft.core import (
+    ConfChange,
+    EntryId,
+    EntryType,
+    Message,
+    NotLeader,
+    ProposalDropped,
+    RaftConfig,
+    RaftCore,
+    Ready,
+    Role,
+)
+from shoal.manager.raft.storage import Storage, persist_ready
+from shoal.manager.raft.transport import Transport
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class StateMachine(Protocol):
+    """What the node applies to (`shoal.store.memory.MemoryStore` is one)."""
+
+    def apply_entry(self, index: int, data: bytes) -> None: ...
+
+    def save(self) -> bytes: ...
+
+    def restore(self, data: bytes, index: int) -> None: ...
+
+
+class NotLeaderError(Unavailable):
+    """This manager is not the leader; `leader` is the raft id of the one it knows (0: none known)."""
+
+    def __init__(self, leader: int) -> None:
+        hint = f"the leader is manager {leader}" if leader else "no leader is known"
+        super().__init__(f"this node is not the swarm leader ({hint})")
+        self.leader = leader
+
+
+class ProposalLost(Unavailable):
+    """The proposal did not commit, or its fate is unknown (leadership changed); the caller may retry."""
+
+
+class RaftNode:
+    def __init__(self, raft_id: int, storage: Storage, transport: Transport, clock: Clock, *,
+                 tick_interval: float = 0.1, election_ticks: int = 10, heartbeat_ticks: int = 1,
+                 snapshot_interval: int = 10_000, read_timeout: float | None = None,
+                 rng: random.Random | None = None,
+                 on_conf_change: Callable[[int, ConfChange], None] | None = None) -> None:
+        self.id = raft_id
+        self.storage = storage
+        self.transport = transport
+        self.clock = clock
+        self.tick_interval = tick_interval
+        self.snapshot_interval = snapshot_interval
+        # A forwarded read is silently lost on leader change: give up after two election timeouts.
+        self.read_timeout = read_timeout if read_timeout is not None else 4 * election_ticks * tick_interval
+        self.core = RaftCore(RaftConfig(id=raft_id, election_ticks=election_ticks,
+                                        heartbeat_ticks=heartbeat_ticks), storage, rng or random.Random())
+        self.on_conf_change = on_conf_change
+        self._sm: StateMachine | None = None
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._running = False
+        self._proposals: dict[int, tuple[int, asyncio.Future[int]]] = {}
+        self._reads: dict[bytes, asyncio.Future[int]] = {}
+        self._read_waiting: list[tuple[int, bytes]] = []  # read states not yet applied
+        self._read_seq = itertools.count(1)
+        self._listeners: list[Callable[[bool], None]] = []
+        self.leader_event = asyncio.Event()  # set while this node is a caught-up leader
+        self.is_leader = False
+        self.snapshots_taken = 0
+        self.snapshots_installed = 0
+
+    # --- wiring ------------------------------------------------------------------------------------
+
+    def attach(self, sm: StateMachine) -> None:
+        self._sm = sm
+
+    def add_leadership_listener(self, cb: Callable[[bool], None]) -> None:
+        """`cb(True)` when this node leads and has applied an entry of its own term (its store is complete:
+        start the leader-only loops); `cb(False)` when it stops leading (stop them)."""
+        self._listeners.append(cb)
+
+    @property
+    def leader(self) -> int:
+        """The raft id of the leader as this node knows it (0: unknown)."""
+        return self.core.leader
+
+    @property
+    def applied(self) -> int:
+        return self.core.applied
+
+    def status(self) -> dict[str, object]:
+        return self.core.status()
+
+    # --- lifecycle ---------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._sm is None:
+            raise RuntimeError("RaftNode.attach(state_machine) before start()")
+        snap = self.core.snapshot
+        if snap.meta.index > 0:
+            self._sm.restore(snap.data, snap.meta.index)
+        self._running = True
+        self.transport.set_receiver(self.step)
+        self._tasks = [asyncio.create_task(self._ticker(), name=f"raft-{self.id}-tick"),
+                       asyncio.create_task(self._run(), name=f"raft-{self.id}-ready")]
+        self._wake.set()  # committed entries loaded from storage are replayed by the first Ready
+
+    async def stop(self) -> None:
+        """Stop ticking and handling messages (the storage stays open: the caller closes it)."""
+        self._running = False
+        self.transport.set_receiver(None)
+        tasks, self._tasks = self._tasks, []
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._fail_all(ProposalLost("raft node stopped"), Unavailable("raft node stopped"))
+        self._set_leader(False)
+
+    # --- inputs ------------------------------------------------------------------------------------
+
+    def step(self, msg: Message) -> None:
+        """A message from a peer (the transport's receiver)."""
+        if not self._running:
+            return
+        self.core.step(msg)
+        self._wake.set()
+
+    def report_unreachable(self, node: int) -> None:
+        self.core.report_unreachable(node)
+        self._wake.set()
+
+    def report_snapshot(self, node: int, ok: bool) -> None:
+        self.core.report_snapshot(node, ok)
+        self._wake.set()
+
+    async def propose(self, entry: bytes) -> int:
+        """The store's Proposer: the entry's index once it is committed and applied on this node."""
+        return await self._propose(lambda: self.core.propose(entry))
+
+    async def propose_conf_change(self, cc: ConfChange) -> int:
+        """Add or remove one voter; the index once the change committed (it is then in effect)."""
+        return await self._propose(lambda: self.core.propose_conf_change(cc))
+
+    async def _propose(self, do: Callable[[], EntryId]) -> int:
+        if not self._running:
+            raise Unavailable("raft node is not running")
+        try:
+            eid = do()
+        except NotLeader as e:
+            raise NotLeaderError(e.leader) from None
+        except ProposalDropped as e:
+            raise Unavailable(str(e)) from None
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._proposals[eid.index] = (eid.term, fut)
+        self._wake.set()
+        return await fut
+
+    async def read_barrier(self, timeout: float | None = None) -> int:
+        """Wait until this node's state machine reflects every write committed before the call (read index:
+        the leader confirms its leadership with a heartbeat round); returns the read index."""
+        if not self._running:
+            raise Unavailable("raft node is not running")
+        ctx = f"{self.id}:{next(self._read_seq)}".encode()
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self._reads[ctx] = fut
+        try:
+            try:
+                self.core.read_index(ctx)
+            except NotLeader as e:
+                raise NotLeaderError(e.leader) from None
+            self._wake.set()
+            return await self._wait(fut, self.read_timeout if timeout is None else timeout)
+        finally:
+            self._reads.pop(ctx, None)
+
+    async def _wait(self, fut: asyncio.Future[T], timeout: float) -> T:
+        sleeper: asyncio.Future[None] = asyncio.ensure_future(self.clock.sleep(timeout))
+        waiters: set[asyncio.Future[object]] = {fut, sleeper}  # type: ignore[arg-type]
+        try:
+            await asyncio.wait(waiters, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+        if fut.done():
+            return fut.result()
+        fut.cancel()
+        raise Unavailable("raft: read barrier timed out (no leader reachable?)")
+
+    # --- the loops ---------------------------------------------------------------------------------
+
+    async def _ticker(self) -> None:
+        while True:
+            await self.clock.sleep(self.tick_interval)
+            self.core.tick()
+            self._wake.set()
+
+    async def _run(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self.core.has_ready():
+                    self._handle_ready(self.core.ready())
+        except asyncio.CancelledError:
+            raise
+        except BaseException as e:  # a storage failure: this node cannot go on (as if it crashed)
+            log.exception("raft node %d: ready loop failed", self.id)
+            self._running = False
+            self.transport.set_receiver(None)
+            self._fail_all(ProposalLost(f"raft node failed: {e}"), Unavailable(f"raft node failed: {e}"))
+            self._set_leader(False)
+            raise
+
+    def _handle_ready(self, rd: Ready) -> None:
+        sm = self._sm
+        assert sm is not None
+        persist_ready(self.storage, rd)  # durable before any message leaves
+        if rd.messages:
+            self.transport.send(rd.messages)
+        if rd.snapshot is not None:
+            snap = rd.snapshot
+            sm.restore(snap.data, snap.meta.index)
+            self.snapshots_installed += 1
+            for index in [i for i in self._proposals if i <= snap.meta.index]:
+                _, fut = self._proposals.pop(index)
+                if not fut.done():
+                    fut.set_exception(ProposalLost("raft: replaced by a snapshot; outcome unknown"))
+        for e in rd.committed_entries:
+            if e.type == EntryType.NORMAL:
+                if e.data:
+                    sm.apply_entry(e.index, e.data)
+            elif self.on_conf_change is not None:
+                self.on_conf_change(e.index, ConfChange.decode(e.data))
+            pending = self._proposals.pop(e.index, None)
+            if pending is not None and not pending[1].done():
+                if pending[0] == e.term:
+                    pending[1].set_result(e.index)
+                else:
+                    pending[1].set_exception(ProposalLost("raft: proposal lost to a leadership change"))
+        self._read_waiting.extend((rs.index, rs.context) for rs in rd.read_states)
+        self.core.advance(rd)
+        self._serve_reads()
+        if self.core.role != Role.LEADER and self._proposals:
+            self._fail_all(ProposalLost("raft: leadership lost; the proposal may or may not commit"), None)
+        if self.core.role != Role.LEADER and self.is_leader:
+            # A leader's queued reads are dropped by the core when it steps down: fail them now.
+            for fut in self._reads.values():
+                if not fut.done():
+                    fut.set_exception(NotLeaderError(self.core.leader))
+        self._set_leader(self.core.role == Role.LEADER
+                         and self.core.log_term(self.core.applied) == self.core.term)
+        self._maybe_snapshot()
+
+    def _serve_reads(self) -> None:
+        if not self._read_waiting:
+            return
+        keep: list[tuple[int, bytes]] = []
+        for index, ctx in self._read_waiting:
+            if index <= self.core.applied:
+                fut = self._reads.get(ctx)
+                if fut is not None and not fut.done():
+                    fut.set_result(index)
+            else:
+                keep.append((index, ctx))
+        self._read_waiting = keep
+
+    def _maybe_snapshot(self) -> None:
+        applied = self.core.applied
+        if applied - self.core.snapshot.meta.index < self.snapshot_interval:
+            return
+        sm = self._sm
+        assert sm is not None
+        snap = self.core.compact(applied, sm.save())
+        self.storage.save_snapshot(snap)
+        self.storage.sync()
+        self.snapshots_taken += 1
+
+    def _fail_all(self, proposal_exc: Exception, read_exc: Exception | None) -> None:
+        proposals, self._proposals = self._proposals, {}
+        for _, fut in proposals.values():
+            if not fut.done():
+                fut.set_exception(proposal_exc)
+        if read_exc is not None:
+            for fut in self._reads.values():
+                if not fut.done():
+                    fut.set_exception(read_exc)
+            self._read_waiting = []
+
+    def _set_leader(self, is_leader: bool) -> None:
+        if is_leader == self.is_leader:
+            return
+        self.is_leader = is_leader
+        if is_leader:
+            self.leader_event.set()
+        else:
+            self.leader_event.clear()
+        for cb in list(self._listeners):
+            try:
+                cb(is_leader)
+            except Exception:
+                log.exception("raft node %d: leadership listener failed", self.id)

@@ -1,0 +1,201 @@
+"""RaftNode: three managers' stores replicated over the in-memory transport, under virtual time."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
+
+import pytest
+
+from shoal.errors import Unavailable
+from shoal.manager.raft.node import NotLeaderError, ProposalLost, RaftNode
+from shoal.manager.raft.sqlite_storage import SqliteStorage
+from shoal.manager.raft.storage import MemoryStorage, Storage, bootstrap
+from shoal.manager.raft.transport import InMemoryHub
+from shoal.model.objects import Annotations, Service, ServiceSpec
+from shoal.store.memory import MemoryStore
+from shoal.testing.clock import VirtualClock
+
+IDS = (1, 2, 3)
+
+
+def svc(sid: str) -> Service:
+    return Service(id=sid, spec=ServiceSpec(annotations=Annotations(name=sid)))
+
+
+def has(store: MemoryStore, sid: str) -> bool:
+    return store.view().get("service", sid) is not None
+
+
+class Cluster:
+    def __init__(self, clock: VirtualClock, tmp: Path | None = None, snapshot_interval: int = 10_000) -> None:
+        self.clock = clock
+        self.tmp = tmp
+        self.snapshot_interval = snapshot_interval
+        self.hub = InMemoryHub(clock)
+        self.storages: dict[int, Storage] = {}
+        self.nodes: dict[int, RaftNode] = {}
+        self.stores: dict[int, MemoryStore] = {}
+        self.leadership: dict[int, list[bool]] = {i: [] for i in IDS}
+        for i in IDS:
+            st = self.open_storage(i)
+            bootstrap(st, IDS)
+            self.storages[i] = st
+
+    def open_storage(self, i: int) -> Storage:
+        return SqliteStorage(self.tmp / f"m{i}") if self.tmp is not None else MemoryStorage()
+
+    async def start(self, i: int) -> None:
+        node = RaftNode(i, self.storages[i], self.hub.endpoint(i), self.clock, rng=random.Random(i),
+                        snapshot_interval=self.snapshot_interval)
+        store = MemoryStore(node, self.clock)
+        node.attach(store)
+        node.add_leadership_listener(self.leadership[i].append)
+        self.nodes[i], self.stores[i] = node, store
+        await node.start()
+
+    async def start_all(self) -> None:
+        for i in IDS:
+            await self.start(i)
+
+    async def stop_all(self) -> None:
+        for n in self.nodes.values():
+            await n.stop()
+
+    async def wait_for(self, cond: Callable[[], bool], timeout: float = 30.0) -> None:
+        deadline = self.clock.elapsed + timeout
+        while not cond():
+            if self.clock.elapsed > deadline:
+                raise AssertionError("condition not reached in virtual time")
+            await self.clock.sleep(0.05)
+
+    async def leader(self, among: tuple[int, ...] = IDS) -> RaftNode:
+        await self.wait_for(lambda: any(self.nodes[i].is_leader for i in among))
+        (lead,) = [self.nodes[i] for i in among if self.nodes[i].is_leader]
+        return lead
+
+
+@pytest.fixture
+async def clock() -> AsyncIterator[VirtualClock]:
+    c = VirtualClock()
+    async with c.autojump():
+        yield c
+
+
+async def test_election_replication_and_follower_refusal(clock: VirtualClock) -> None:
+    c = Cluster(clock)
+    await c.start_all()
+    lead = await c.leader()
+    t0 = clock.elapsed
+    await c.stores[lead.id].update(lambda tx: tx.create(svc("s1")))
+    commit_latency = clock.elapsed - t0
+    await c.wait_for(lambda: all(has(s, "s1") for s in c.stores.values()))
+    assert commit_latency < 0.05  # no tick needed: proposals go out at the next Ready
+    assert c.leadership[lead.id] == [True]
+
+    follower = next(i for i in IDS if i != lead.id)
+    with pytest.raises(NotLeaderError) as err:
+        await c.stores[follower].update(lambda tx: tx.create(svc("s2")))
+    assert err.value.leader == lead.id and isinstance(err.value, Unavailable)
+    assert not has(c.stores[follower], "s2")
+
+    # Read-your-writes through another manager: a read barrier on a follower sees the leader's write.
+    await c.stores[lead.id].update(lambda tx: tx.create(svc("s3")))
+    index = await c.nodes[follower].read_barrier()
+    assert index >= c.stores[lead.id].applied_index and has(c.stores[follower], "s3")
+    assert await lead.read_barrier() >= index
+    await c.stop_all()
+
+
+async def test_partitioned_leader_steps_down_and_catches_up(clock: VirtualClock) -> None:
+    c = Cluster(clock)
+    await c.start_all()
+    old = await c.leader()
+    await c.stores[old.id].update(lambda tx: tx.create(svc("before")))
+    await c.wait_for(lambda: all(has(s, "before") for s in c.stores.values()))
+
+    c.hub.isolate(old.id)
+    t0 = clock.elapsed
+    pending = asyncio.create_task(c.stores[old.id].update(lambda tx: tx.create(svc("lost"))))
+    majority = tuple(i for i in IDS if i != old.id)
+    new = await c.leader(majority)
+    failover = clock.elapsed - t0
+    with pytest.raises(ProposalLost):
+        await pending
+    assert not old.is_leader and c.leadership[old.id] == [True, False]
+    assert failover < 5.0, failover
+
+    for k in range(5):
+        await c.stores[new.id].update(lambda tx, k=k: tx.create(svc(f"after{k}")))
+    # The old leader, alone, cannot commit anything.
+    with pytest.raises(Unavailable):
+        await c.stores[old.id].update(lambda tx: tx.create(svc("minority")))
+
+    c.hub.heal()
+    await c.wait_for(lambda: all(has(c.stores[old.id], f"after{k}") for k in range(5)))
+    for s in c.stores.values():
+        assert not has(s, "lost") and not has(s, "minority") and has(s, "before")
+    assert (await c.leader()).id == new.id  # pre-vote: the returning node did not depose it
+    assert {c.stores[i].version for i in IDS} == {c.stores[new.id].version}
+    await c.stop_all()
+
+
+async def test_lagging_follower_catches_up_by_snapshot(clock: VirtualClock) -> None:
+    c = Cluster(clock, snapshot_interval=5)
+    await c.start_all()
+    lead = await c.leader()
+    lag = next(i for i in IDS if i != lead.id)
+    c.hub.isolate(lag)
+    for k in range(20):
+        await c.stores[lead.id].update(lambda tx, k=k: tx.create(svc(f"s{k}")))
+    assert lead.snapshots_taken >= 3 and lead.core.first_index > 10
+    c.hub.heal()
+    await c.wait_for(lambda: all(has(c.stores[lag], f"s{k}") for k in range(20)))
+    assert c.nodes[lag].snapshots_installed >= 1
+    assert c.stores[lag].version == c.stores[lead.id].version
+    # And it keeps following normally afterwards.
+    await c.stores[lead.id].update(lambda tx: tx.create(svc("later")))
+    await c.wait_for(lambda: has(c.stores[lag], "later"))
+    await c.stop_all()
+
+
+async def test_restart_from_sqlite_restores_the_store(clock: VirtualClock, tmp_path: Path) -> None:
+    c = Cluster(clock, tmp_path, snapshot_interval=4)
+    await c.start_all()
+    lead = await c.leader()
+    for k in range(10):
+        await c.stores[lead.id].update(lambda tx, k=k: tx.create(svc(f"s{k}")))
+    await c.wait_for(lambda: all(has(s, "s9") for s in c.stores.values()))
+
+    # Restart a follower, cut off from the others: its store comes back from its own disk.
+    f = next(i for i in IDS if i != lead.id)
+    await c.nodes[f].stop()
+    st = c.storages[f]
+    assert isinstance(st, SqliteStorage)
+    st.close()
+    c.hub.isolate(f)
+    c.storages[f] = SqliteStorage(tmp_path / f"m{f}")
+    await c.start(f)
+    await c.wait_for(lambda: all(has(c.stores[f], f"s{k}") for k in range(10)), timeout=1.0)
+    c.hub.heal()
+    await c.stores[lead.id].update(lambda tx: tx.create(svc("s10")))
+    await c.wait_for(lambda: has(c.stores[f], "s10"))
+
+    # Then the whole cluster: every store comes back and a leader is elected again.
+    await c.stop_all()
+    for i in IDS:
+        s = c.storages[i]
+        assert isinstance(s, SqliteStorage)
+        s.close()
+        c.storages[i] = SqliteStorage(tmp_path / f"m{i}")
+        await c.start(i)
+    lead = await c.leader()
+    await c.wait_for(lambda: all(has(s, "s10") for s in c.stores.values()))
+    await c.stores[lead.id].update(lambda tx: tx.create(svc("s11")))
+    await c.wait_for(lambda: all(has(s, "s11") for s in c.stores.values()))
+    await c.stop_all()
+    for s in c.storages.values():
+        assert isinstance(s, SqliteStorage)
+        s.close()
