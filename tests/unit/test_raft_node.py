@@ -15,7 +15,7 @@ from shoal.manager.raft.sqlite_storage import SqliteStorage
 from shoal.manager.raft.storage import MemoryStorage, Storage, bootstrap
 from shoal.manager.raft.transport import InMemoryHub
 from shoal.model.objects import Annotations, Service, ServiceSpec
-from shoal.store.memory import MemoryStore
+from shoal.store.memory import MemoryStore, Tx
 from shoal.testing.clock import VirtualClock
 
 IDS = (1, 2, 3)
@@ -23,6 +23,10 @@ IDS = (1, 2, 3)
 
 def svc(sid: str) -> Service:
     return Service(id=sid, spec=ServiceSpec(annotations=Annotations(name=sid)))
+
+
+def create(sid: str) -> Callable[[Tx], Service]:
+    return lambda tx: tx.create(svc(sid))
 
 
 def has(store: MemoryStore, sid: str) -> bool:
@@ -89,7 +93,7 @@ async def test_election_replication_and_follower_refusal(clock: VirtualClock) ->
     await c.start_all()
     lead = await c.leader()
     t0 = clock.elapsed
-    await c.stores[lead.id].update(lambda tx: tx.create(svc("s1")))
+    await c.stores[lead.id].update(create("s1"))
     commit_latency = clock.elapsed - t0
     await c.wait_for(lambda: all(has(s, "s1") for s in c.stores.values()))
     assert commit_latency < 0.05  # no tick needed: proposals go out at the next Ready
@@ -97,12 +101,12 @@ async def test_election_replication_and_follower_refusal(clock: VirtualClock) ->
 
     follower = next(i for i in IDS if i != lead.id)
     with pytest.raises(NotLeaderError) as err:
-        await c.stores[follower].update(lambda tx: tx.create(svc("s2")))
+        await c.stores[follower].update(create("s2"))
     assert err.value.leader == lead.id and isinstance(err.value, Unavailable)
     assert not has(c.stores[follower], "s2")
 
     # Read-your-writes through another manager: a read barrier on a follower sees the leader's write.
-    await c.stores[lead.id].update(lambda tx: tx.create(svc("s3")))
+    await c.stores[lead.id].update(create("s3"))
     index = await c.nodes[follower].read_barrier()
     assert index >= c.stores[lead.id].applied_index and has(c.stores[follower], "s3")
     assert await lead.read_barrier() >= index
@@ -113,12 +117,12 @@ async def test_partitioned_leader_steps_down_and_catches_up(clock: VirtualClock)
     c = Cluster(clock)
     await c.start_all()
     old = await c.leader()
-    await c.stores[old.id].update(lambda tx: tx.create(svc("before")))
+    await c.stores[old.id].update(create("before"))
     await c.wait_for(lambda: all(has(s, "before") for s in c.stores.values()))
 
     c.hub.isolate(old.id)
     t0 = clock.elapsed
-    pending = asyncio.create_task(c.stores[old.id].update(lambda tx: tx.create(svc("lost"))))
+    pending = asyncio.create_task(c.stores[old.id].update(create("lost")))
     majority = tuple(i for i in IDS if i != old.id)
     new = await c.leader(majority)
     failover = clock.elapsed - t0
@@ -128,10 +132,10 @@ async def test_partitioned_leader_steps_down_and_catches_up(clock: VirtualClock)
     assert failover < 5.0, failover
 
     for k in range(5):
-        await c.stores[new.id].update(lambda tx, k=k: tx.create(svc(f"after{k}")))
+        await c.stores[new.id].update(create(f"after{k}"))
     # The old leader, alone, cannot commit anything.
     with pytest.raises(Unavailable):
-        await c.stores[old.id].update(lambda tx: tx.create(svc("minority")))
+        await c.stores[old.id].update(create("minority"))
 
     c.hub.heal()
     await c.wait_for(lambda: all(has(c.stores[old.id], f"after{k}") for k in range(5)))
@@ -149,14 +153,14 @@ async def test_lagging_follower_catches_up_by_snapshot(clock: VirtualClock) -> N
     lag = next(i for i in IDS if i != lead.id)
     c.hub.isolate(lag)
     for k in range(20):
-        await c.stores[lead.id].update(lambda tx, k=k: tx.create(svc(f"s{k}")))
+        await c.stores[lead.id].update(create(f"s{k}"))
     assert lead.snapshots_taken >= 3 and lead.core.first_index > 10
     c.hub.heal()
     await c.wait_for(lambda: all(has(c.stores[lag], f"s{k}") for k in range(20)))
     assert c.nodes[lag].snapshots_installed >= 1
     assert c.stores[lag].version == c.stores[lead.id].version
     # And it keeps following normally afterwards.
-    await c.stores[lead.id].update(lambda tx: tx.create(svc("later")))
+    await c.stores[lead.id].update(create("later"))
     await c.wait_for(lambda: has(c.stores[lag], "later"))
     await c.stop_all()
 
@@ -166,7 +170,7 @@ async def test_restart_from_sqlite_restores_the_store(clock: VirtualClock, tmp_p
     await c.start_all()
     lead = await c.leader()
     for k in range(10):
-        await c.stores[lead.id].update(lambda tx, k=k: tx.create(svc(f"s{k}")))
+        await c.stores[lead.id].update(create(f"s{k}"))
     await c.wait_for(lambda: all(has(s, "s9") for s in c.stores.values()))
 
     # Restart a follower, cut off from the others: its store comes back from its own disk.
@@ -180,7 +184,7 @@ async def test_restart_from_sqlite_restores_the_store(clock: VirtualClock, tmp_p
     await c.start(f)
     await c.wait_for(lambda: all(has(c.stores[f], f"s{k}") for k in range(10)), timeout=1.0)
     c.hub.heal()
-    await c.stores[lead.id].update(lambda tx: tx.create(svc("s10")))
+    await c.stores[lead.id].update(create("s10"))
     await c.wait_for(lambda: has(c.stores[f], "s10"))
 
     # Then the whole cluster: every store comes back and a leader is elected again.
@@ -193,7 +197,7 @@ async def test_restart_from_sqlite_restores_the_store(clock: VirtualClock, tmp_p
         await c.start(i)
     lead = await c.leader()
     await c.wait_for(lambda: all(has(s, "s10") for s in c.stores.values()))
-    await c.stores[lead.id].update(lambda tx: tx.create(svc("s11")))
+    await c.stores[lead.id].update(create("s11"))
     await c.wait_for(lambda: all(has(s, "s11") for s in c.stores.values()))
     await c.stop_all()
     for s in c.storages.values():
