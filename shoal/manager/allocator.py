@@ -14,6 +14,7 @@ import ipaddress
 import logging
 from dataclasses import replace
 
+from shoal.model.evolve import evolve
 from shoal.model.objects import (
     Endpoint,
     EndpointSpec,
@@ -233,9 +234,13 @@ class Allocator:
         def fn(tx: Tx) -> None:
             for svc in tx.services() if full else filter(None, map(tx.service, services)):
                 self._allocate_service(tx, svc)
+            # Per pass: each service's networks (services are final by now) and the PENDING status,
+            # one frozen object shared by every task allocated in this transaction.
+            nets: dict[str, list[str]] = {}
+            pending = TaskStatus(timestamp=tx.now, state=TaskState.PENDING, message="pending task scheduling")
             for t in tx.tasks() if full else filter(None, map(tx.task, tasks)):
                 if t.status.state == TaskState.NEW and t.desired_state <= TaskState.COMPLETE:
-                    self._allocate_task(tx, t)
+                    self._allocate_task(tx, t, nets, pending)
 
         await self.store.update(fn)
 
@@ -301,15 +306,18 @@ class Allocator:
 
     # --- tasks ------------------------------------------------------------------------------------
 
-    def _allocate_task(self, tx: Tx, t: Task) -> None:
+    def _allocate_task(self, tx: Tx, t: Task, nets: dict[str, list[str]], pending: TaskStatus) -> None:
         svc = tx.service(t.service_id)
         if svc is None:
             return
         attachments: list[NetworkAttachment] = []
         taken: list[tuple[str, str]] = []
-        aliases = {n.target: n.aliases for n in t.spec.networks}
+        svc_nets = nets.get(svc.id)
+        if svc_nets is None:
+            svc_nets = nets[svc.id] = self._service_networks(tx, svc)
+        aliases = {n.target: n.aliases for n in t.spec.networks} if svc_nets else {}
         try:
-            for net_id in self._service_networks(tx, svc):
+            for net_id in svc_nets:
                 addr = self.ipam.take(net_id)
                 taken.append((net_id, addr))
                 attachments.append(NetworkAttachment(network_id=net_id, addresses=(addr,),
@@ -326,6 +334,5 @@ class Allocator:
                                                     message="pending task allocation")), check_version=False)
             return
         self._held[t.id] = taken
-        tx.update(replace(t, networks=tuple(attachments), endpoint=svc.endpoint,
-                          status=TaskStatus(timestamp=tx.now, state=TaskState.PENDING,
-                                            message="pending task scheduling")), check_version=False)
+        tx.update(evolve(t, networks=tuple(attachments), endpoint=svc.endpoint, status=pending),
+                  check_version=False)

@@ -87,9 +87,10 @@ def _omit_test(tp: Any) -> str:
 
 
 # Sub-objects that many objects share by identity (every task of a service holds the service's task
-# template, annotations and endpoint): their encoding is remembered by identity, which is safe because
-# objects are frozen and the memo keeps each one alive (so its id is not reused). Bounded; cleared whole.
-_SHARED = frozenset({"TaskSpec", "Annotations", "Endpoint", "ServiceSpec", "NodeDescription"})
+# template and endpoint): their encoding is remembered by identity, which is safe because objects are
+# frozen and the memo keeps each one alive (so its id is not reused). Bounded; cleared whole. Only types
+# that are shared, or one-off objects (each task's own Annotations) would flush the useful entries.
+_SHARED = frozenset({"TaskSpec", "Endpoint", "ServiceSpec"})
 _MEMO_LIMIT = 4096
 _memo: dict[int, tuple[Any, dict[str, Any]]] = {}
 

@@ -13,7 +13,8 @@ from collections.abc import Callable
 from shoal.clock import Clock
 from shoal.manager.orchestrator.reconcile import Reconciler, reap_removed
 from shoal.manager.orchestrator.updater import Updater, slots_needing_update
-from shoal.model.objects import Node, Service
+from shoal.model.objects import Node, Service, Task
+from shoal.model.state import TaskState
 from shoal.store.memory import Commit, Event, MemoryStore, Tx, WatchOverflow
 
 log = logging.getLogger(__name__)
@@ -67,8 +68,19 @@ class Orchestrator:
             pending.add(ev.obj.id)
             return ev.action == "remove"
         if ev.kind == "task":
-            pending.add(ev.obj.service_id)
-            return bool(ev.obj.desired_state >= 800)
+            t = ev.obj
+            if t.desired_state == TaskState.READY:
+                self._timer_poke.set()  # maybe a restart delay to wait out
+            if ev.action == "update" and _status_progress(ev.old, t):
+                # Allocator, scheduler and agent moving a live task forward: nothing the reconciler
+                # decides depends on it, so only a service in an update (its updater may need a restart)
+                # is looked at again. This saves a full pass over the service's tasks per such commit.
+                svc = self.store.view().service(t.service_id)
+                if svc is None or svc.update_status is None or \
+                        svc.update_status.state not in ("updating", "rollback_started"):
+                    return False
+            pending.add(t.service_id)
+            return bool(t.desired_state >= 800)
         if ev.kind in ("node", "cluster"):
             if ev.kind == "node" and ev.action == "update" and isinstance(ev.old, Node) \
                     and ev.old.status == ev.obj.status and ev.old.spec == ev.obj.spec:
@@ -89,7 +101,6 @@ class Orchestrator:
             await self.store.update(fn)
         except Exception:
             log.exception("reconciliation failed")
-        self._timer_poke.set()
         for sid in service_ids:
             self._maybe_update(sid)
 
@@ -138,6 +149,15 @@ class Orchestrator:
             due = await self.store.update(lambda tx: self.reconciler.start_due(tx, self.clock.now()))
             timeout = None if due is None else max(0.0, due - self.clock.now())
             await _wait_event_or_sleep(self._timer_poke, self.clock, timeout)
+
+
+def _status_progress(old: Task | None, new: Task) -> bool:
+    """Only the observed status of a live task moved (it did not end): same desired state, node, slot,
+    spec and restart timing. The reconciler's decisions read none of what changed."""
+    return old is not None and old.status.state < TaskState.COMPLETE and \
+        new.status.state < TaskState.COMPLETE and old.desired_state == new.desired_state and \
+        old.node_id == new.node_id and old.slot == new.slot and old.start_after == new.start_after and \
+        old.job_iteration == new.job_iteration and (old.spec is new.spec or old.spec == new.spec)
 
 
 async def _wait_event_or_sleep(event: asyncio.Event, clock: Clock, timeout: float | None) -> None:

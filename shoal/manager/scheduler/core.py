@@ -273,7 +273,7 @@ class Scheduler:
                 self._drop_orphan(task)
             return changed
         changed = ni.add_task(task) or changed
-        if task.id in ni.tasks:
+        if ni.holds(task.id):
             self._task_node[task.id] = ni.id
         else:
             self._task_node.pop(task.id, None)

@@ -86,6 +86,10 @@ class NodeInfo:
     def tasks(self) -> Mapping[str, Task]:
         return {tid: h.task for tid, h in self._held.items()}
 
+    def holds(self, task_id: str) -> bool:
+        """Whether the task is held here (without building the `tasks` mapping)."""
+        return task_id in self._held
+
     @property
     def available(self) -> Resources:
         generic = [GenericResource(kind=k, value=v) for k, v in sorted(self.avail_discrete.items()) if v > 0]

@@ -14,6 +14,7 @@ from dataclasses import replace
 
 from shoal.clock import Clock
 from shoal.manager.scheduler.core import Decision, Scheduler
+from shoal.model.evolve import evolve
 from shoal.model.objects import Task, TaskStatus
 from shoal.model.state import TaskState
 from shoal.store.memory import Commit, Event, MemoryStore, Tx, WatchOverflow
@@ -104,6 +105,8 @@ class SchedulerRunner:
         # Global tasks come with their node; the scheduler only checks them against it.
         decisions: list[Decision] = self.core.schedule(tasks, self.clock.now())
         now = self.clock.now()
+        # one frozen status shared by every task assigned in this transaction
+        assigned = TaskStatus(timestamp=now, state=TaskState.ASSIGNED, message="scheduler assigned task to node")
 
         def fn(tx: Tx) -> None:
             for d in decisions:
@@ -120,8 +123,6 @@ class SchedulerRunner:
                         tx.update(replace(cur, status=replace(cur.status, timestamp=now, err=d.message)),
                                   check_version=False)
                     continue
-                tx.update(replace(cur, node_id=d.node_id, status=TaskStatus(
-                    timestamp=now, state=TaskState.ASSIGNED, message="scheduler assigned task to node")),
-                    check_version=False)
+                tx.update(evolve(cur, node_id=d.node_id, status=assigned), check_version=False)
 
         await self.store.update(fn)
