@@ -373,11 +373,16 @@ class ManagerRPC:
     def secure_addr(self) -> str:
         return self._s.secure_addr
 
-    def _issue_own(self) -> None:
+    async def _issue_own(self) -> None:
+        """This manager's certificate from the root certificates are issued from now: through the cluster's
+        external CA for that root when one is listed (blocking HTTPS, so in a thread; the current certificate
+        is the client certificate, as swarmkit's), else with the local key."""
         cluster = self._s.cluster()
         key = CA.new_key_pem()
-        cert = CA.issue_node_cert(cluster.root_ca, CA.make_csr(key), self.node_id, "manager", cluster.id,
-                                  self.clock.now(), cluster.spec.ca_config.node_cert_expiry / SECOND)
+        cfg = cluster.spec.ca_config
+        cert = await asyncio.to_thread(CA.sign_node_cert, cluster.root_ca, cfg, CA.make_csr(key), self.node_id,
+                                       "manager", cluster.id, self.clock.now(), cfg.node_cert_expiry / SECOND,
+                                       client_cert_pem=self._cert_pem, client_key_pem=self._key_pem)
         self._key_pem, self._cert_pem = key, cert + CA.signing_chain(cluster.root_ca)
         self._issued_from = CA.desired_root_pem(cluster.root_ca)
         self._root_pem = CA.trust_bundle(cluster.root_ca)
@@ -406,7 +411,7 @@ class ManagerRPC:
         return self._secure_config()
 
     async def start(self) -> None:
-        self._issue_own()
+        await self._issue_own()
         auth = Authorizer(self.store)
         secure = grpc.aio.server(options=SERVER_OPTIONS)
         pbg.add_NodeCAServicer_to_server(NodeCAServicer(self._s, auth), secure)
@@ -445,7 +450,7 @@ class ManagerRPC:
             delay = CA.renew_at(self._cert_pem, self.rng) - self.clock.now()
             await self.clock.sleep(max(delay, 1.0))
             try:
-                self._issue_own()  # the secure listener picks the new certificate up at its next handshake
+                await self._issue_own()  # the secure listener picks the new certificate up at its next handshake
             except Exception:
                 log.exception("renewing the manager's certificate failed")
 
@@ -475,7 +480,7 @@ class ManagerRPC:
             return
         root = cluster.root_ca
         if self._issued_from != CA.desired_root_pem(root):
-            self._issue_own()  # the listeners pick it up at their next handshake
+            await self._issue_own()  # the listeners pick it up at their next handshake
             log.info("root CA changed: this manager's certificate re-issued")
         else:
             self._root_pem = CA.trust_bundle(root)
