@@ -67,6 +67,13 @@ class _Session:
     node_id: str
     last_seen: float
     expired: asyncio.Event = field(default_factory=asyncio.Event)
+    # the assignment streams' wake-ups, also set on expiry so a stream waits on one event only
+    wakes: list[asyncio.Event] = field(default_factory=list)
+
+    def expire(self) -> None:
+        self.expired.set()
+        for w in self.wakes:
+            w.set()
 
 
 class Dispatcher:
@@ -101,7 +108,7 @@ class Dispatcher:
         await self.store.update(fn)
         old = self.sessions.get(node_id)
         if old is not None:
-            old.expired.set()
+            old.expire()
         self.sessions[node_id] = _Session(node_id, self.clock.monotonic())
         return self.heartbeat_period()
 
@@ -126,7 +133,7 @@ class Dispatcher:
             now = self.clock.monotonic()
             dead = [s for s in self.sessions.values() if now - s.last_seen > 3 * period]
             for s in dead:
-                s.expired.set()
+                s.expire()
                 del self.sessions[s.node_id]
                 await self._mark_down(s.node_id, "heartbeat failure")
 
@@ -178,7 +185,7 @@ class Dispatcher:
             except WatchOverflow:
                 # Every session starts over with a complete set.
                 for sess in self.sessions.values():
-                    sess.expired.set()
+                    sess.expire()
             finally:
                 self._fanout_ready.clear()
                 sub.close()
@@ -192,6 +199,7 @@ class Dispatcher:
         wake = asyncio.Event()
         self._queues.setdefault(node_id, []).append(queue)
         self._wakeups.setdefault(node_id, []).append(wake)
+        session.wakes.append(wake)
         try:
             v = self.store.view()
             tasks = {t.id: t for t in v.tasks(node_id=node_id) if assigned_to(t, node_id)}
@@ -203,13 +211,8 @@ class Dispatcher:
             while not session.expired.is_set():
                 if not queue:
                     wake.clear()
-                    waiter = asyncio.ensure_future(wake.wait())
-                    expiry = asyncio.ensure_future(session.expired.wait())
-                    try:
-                        await asyncio.wait([waiter, expiry], return_when=asyncio.FIRST_COMPLETED)
-                    finally:
-                        waiter.cancel()
-                        expiry.cancel()
+                    if not session.expired.is_set():
+                        await wake.wait()  # set by the fan-out and by expiry
                     continue
                 events, queue[:] = list(queue), []
                 changed: dict[str, Task] = {}
@@ -244,6 +247,7 @@ class Dispatcher:
                         or msg.removed_configs:
                     yield msg
         finally:
+            session.wakes.remove(wake)
             self._queues[node_id].remove(queue)
             self._wakeups[node_id].remove(wake)
             if not self._queues[node_id]:
