@@ -27,6 +27,18 @@ from shoal.model.state import TaskState
 log = logging.getLogger(__name__)
 
 
+async def _reap(task: asyncio.Future[object]) -> None:
+    """Wait for a task we cancelled, without swallowing a cancellation of our own caller."""
+    try:
+        await task
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if current is not None and current.cancelling():
+            raise
+    except Exception:
+        pass
+
+
 class _Deps:
     def __init__(self) -> None:
         self.secrets: dict[str, Secret] = {}
@@ -93,8 +105,7 @@ class _TaskRunner:
                 if self.task.desired_state != desired_at_start:
                     # Desired state changed while blocked: re-decide.
                     stepping.cancel()
-                    with contextlib.suppress(asyncio.CancelledError, Exception):
-                        await stepping
+                    await _reap(stepping)
                     interrupted = True
                     break
             if interrupted:
