@@ -72,7 +72,7 @@ def percentile(xs: list[float], p: float) -> float:
     s = sorted(xs)
     if not s:
         return float("nan")
-    k = min(len(s) - 1, max(0, int(round(p / 100 * (len(s) - 1)))))
+    k = min(len(s) - 1, max(0, round(p / 100 * (len(s) - 1))))
     return s[k]
 
 

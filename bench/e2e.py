@@ -33,7 +33,6 @@ if __package__ in (None, ""):  # run as a script: make the checkout importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import (
-    ROOT,
     Netns,
     NsDockerd,
     conditions,
@@ -160,7 +159,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
                     print(f"  e2e N={n:<4} pair {p} {key:<5} " +
                           "  ".join(f"{k} {v:6.2f}s" for k, v in t.items()), flush=True)
             for phase in ("create", "update", "rm"):
-                pair_ratios = [a[phase] / b[phase] for a, b in zip(got["shoal"], got["swarm"])
+                pair_ratios = [a[phase] / b[phase] for a, b in zip(got["shoal"], got["swarm"], strict=False)
                                if phase in a and phase in b]
                 sh_t = [a[phase] for a in got["shoal"] if phase in a]
                 sw_t = [b[phase] for b in got["swarm"] if phase in b]

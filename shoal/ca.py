@@ -300,7 +300,7 @@ def cross_sign(new_root_pem: str, old: RootCA) -> str:
                                                                           old_cert.not_valid_after_utc))
          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
          .add_extension(_CA_USAGE, critical=True)
-         .add_extension(x509.SubjectKeyIdentifier.from_public_key(new.public_key()), critical=False)  # type: ignore[arg-type]
+         .add_extension(x509.SubjectKeyIdentifier.from_public_key(new.public_key()), critical=False)
          .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(old_key.public_key()), critical=False))
     return b.sign(old_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
 

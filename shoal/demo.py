@@ -64,7 +64,7 @@ def _wait_ready(sock: Path, proc: subprocess.Popen[bytes], timeout: float = 30) 
 def run_demo(workdir: Path, executor: str = "process", detach: bool = False) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     sock = workdir / "api.sock"
-    log = open(workdir / "daemon.log", "ab")  # noqa: SIM115 - handed to the child
+    log = open(workdir / "daemon.log", "ab")
     pidfile = workdir / "daemon.pid"
     if pidfile.exists():
         try:
@@ -93,7 +93,8 @@ def run_demo(workdir: Path, executor: str = "process", detach: bool = False) -> 
         print("The docker CLI is not on the PATH; creating the demo service through the API instead.")
         api(sock, "POST", "/services/create", {
             "Name": "web", "Mode": {"Replicated": {"Replicas": 3}},
-            "TaskTemplate": {"ContainerSpec": {"Image": "busybox", "Command": ["sh", "-c", "while true; do echo hi; sleep 3; done"]}}})
+            "TaskTemplate": {"ContainerSpec": {
+                "Image": "busybox", "Command": ["sh", "-c", "while true; do echo hi; sleep 3; done"]}}})
     else:
         subprocess.run([docker, "stack", "deploy", "-c", str(STACK), "demo"], env=env, cwd=STACK.parent, check=False)
         deadline = time.monotonic() + 20

@@ -21,6 +21,7 @@ import shutil
 import socket
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from shoal import ca as CA
 from shoal.agent.agent import Agent
@@ -125,7 +126,7 @@ class ShoalNode:
         self._renew_task: asyncio.Task[None] | None = None
         self._logs_task: asyncio.Task[None] | None = None  # a worker serving log subscriptions
         self._removed_task: asyncio.Task[None] | None = None
-        self.identity: dict[str, str] = {}
+        self.identity: dict[str, Any] = {}
         self._lock = asyncio.Lock()
 
     # --- paths ------------------------------------------------------------------------------------
@@ -148,11 +149,11 @@ class ShoalNode:
 
     @property
     def node_id(self) -> str:
-        return self.identity.get("node_id", "")
+        return str(self.identity.get("node_id", ""))
 
     @property
     def addr(self) -> str:
-        return self.identity.get("addr", "")
+        return str(self.identity.get("addr", ""))
 
     def remote_managers(self) -> list[dict[str, str]]:
         """A worker's view of its managers (docker info's RemoteManagers): the one its session is with."""

@@ -15,6 +15,7 @@ import logging
 import random
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from typing import Any
 
 from shoal.agent.exec.protocol import Controller, Executor, LogLine, LogOptions
 from shoal.agent.exec.step import has_health_check, step
@@ -27,7 +28,7 @@ from shoal.model.state import TaskState
 log = logging.getLogger(__name__)
 
 
-async def _reap(task: asyncio.Future[object]) -> None:
+async def _reap(task: asyncio.Future[Any]) -> None:
     """Wait for a task we cancelled, without swallowing a cancellation of our own caller."""
     try:
         await task

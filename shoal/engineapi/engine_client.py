@@ -42,7 +42,6 @@ class EngineClient:
     async def forward_json(self, request: web.Request, body: Any) -> web.Response:
         if self.engine_host is None:
             from shoal.engineapi.proxy import NO_ENGINE_MESSAGE, NO_ENGINE_STATUS
-
             from shoal.engineapi.server import error_response
 
             return error_response(NO_ENGINE_STATUS, NO_ENGINE_MESSAGE)

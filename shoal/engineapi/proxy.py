@@ -32,8 +32,8 @@ Errors, as JSON ``{"message": ...}`` which the CLI prints as ``Error response fr
 from __future__ import annotations
 
 import asyncio
-import json
 import contextlib
+import json
 import re
 from dataclasses import dataclass
 from typing import Any, cast

@@ -15,8 +15,8 @@ from typing import Any
 
 from aiohttp import web
 
-from shoal.agent.exec.protocol import LogLine, LogOptions
 from shoal import ca as CA
+from shoal.agent.exec.protocol import LogLine, LogOptions
 from shoal.ca import make_join_token, tls_info
 from shoal.engineapi import convert as C
 from shoal.engineapi import messages as M

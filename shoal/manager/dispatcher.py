@@ -269,7 +269,10 @@ class Dispatcher:
             self._flush_needed.clear()
             batch, self._pending = self._pending, {}
             try:
-                await self.store.update(lambda tx, b=batch: self._apply_statuses(tx, b))
+                def write(tx: Tx, b: dict[str, tuple[str, TaskStatus]] = batch) -> None:
+                    self._apply_statuses(tx, b)
+
+                await self.store.update(write)
             except Exception:
                 log.exception("writing task status reports failed")
             if not self._pending:

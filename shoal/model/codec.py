@@ -54,10 +54,10 @@ def _value_encoder(tp: Any) -> Conv:
         args = [a for a in get_args(tp) if a is not type(None)]
         return _value_encoder(args[0]) if len(args) == 1 else _encode_any
     if origin is tuple:
-        inner = _value_encoder(get_args(tp)[0])
-        if inner is None:
+        item_enc = _value_encoder(get_args(tp)[0])
+        if item_enc is None:
             return list
-        return lambda v: [inner(x) for x in v]
+        return lambda v: [item_enc(x) for x in v]
     if origin in (Mapping, dict, typing.Mapping):
         inner = _value_encoder(get_args(tp)[1])
         if inner is None:
@@ -150,15 +150,15 @@ def _value_decoder(tp: Any) -> Conv:
     origin = get_origin(tp)
     if origin in (Union, types.UnionType):
         args = [a for a in get_args(tp) if a is not type(None)]
-        inner = _value_decoder(args[0])
-        if inner is None:
+        opt_dec = _value_decoder(args[0])
+        if opt_dec is None:
             return None
-        return lambda v: None if v is None else inner(v)
+        return lambda v: None if v is None else opt_dec(v)
     if origin is tuple:
-        inner = _value_decoder(get_args(tp)[0])
-        if inner is None:
+        item_dec = _value_decoder(get_args(tp)[0])
+        if item_dec is None:
             return tuple
-        return lambda v: tuple(inner(x) for x in v)
+        return lambda v: tuple(item_dec(x) for x in v)
     if origin in (Mapping, dict, typing.Mapping):
         inner = _value_decoder(get_args(tp)[1])
         if inner is None:
@@ -202,5 +202,5 @@ def decode(tp: Any, raw: Any) -> Any:
 
 
 def decode_as(cls: type[T], raw: Any) -> T:
-    result: T = _decoder_for(cls)(raw)
+    result: T = _decoder_for(typing.cast(Any, cls))(raw)
     return result
