@@ -3,7 +3,8 @@
 
 State on disk under the data dir:
     node.json        the node's identity and swarm membership (absent while inactive)
-    certificates/    a worker's key, node certificate and the cluster's root certificate
+    certificates/    a worker's key, node certificate and the cluster's root certificate; before `swarm init`,
+                     an operator-placed `swarm-root-ca.crt` (and optionally `.key`) to use as the new root
     raft/            the store's durable log and snapshots (managers)
     executor/        the executor's per-task state (process executor) or secrets files (docker)
 A restart with `node.json` present resumes the swarm: the store is replayed from its log and the agent
@@ -40,6 +41,7 @@ from shoal.model.objects import (
     IPAMOptions,
     Network,
     NetworkSpec,
+    RootCA,
     SwarmSpec,
 )
 from shoal.rpc.client import NodeCredentials, RemoteDispatcher
@@ -379,9 +381,10 @@ class ShoalNode:
             port = (opts.listen_addr.rsplit(":", 1)[1] if ":" in opts.listen_addr else "2377") or "2377"
             self.identity = {"node_id": node_id, "addr": addr, "manager_addr": f"{addr}:{port}",
                              "listen_addr": opts.listen_addr or "0.0.0.0:2377", "role": "manager"}
+            # Before anything is written: a refused external root leaves the node as it was.
+            root = await self._init_root_ca(spec)
             shutil.rmtree(self.cfg.data_dir / "raft", ignore_errors=True)
             store = open_local_store(self.cfg.data_dir / "raft", self.clock)
-            root = create_root_ca(self.clock.now())
             cluster_id = new_id(self.rng)
             cluster = Cluster(id=cluster_id, spec=spec, root_ca=root, default_addr_pool=pools, subnet_size=size,
                               data_path_port=opts.data_path_port or 4789)
@@ -416,6 +419,29 @@ class ShoalNode:
                 self.identity = {}
                 raise
             return node_id
+
+    async def _init_root_ca(self, spec: SwarmSpec) -> RootCA:
+        """The new cluster's root CA. A root certificate placed in `certificates/swarm-root-ca.crt` before the
+        init (with `swarm-root-ca.key` next to it: a root with its key) is used instead of a generated one. Without
+        its key, the init spec must list an external CA for it (`--external-ca`, no cacert or this root as cacert)
+        that completes an https handshake chaining to it, else swarmkit's "there must be at least one valid,
+        reachable external CA ..."; every node certificate, this manager's own first, is then signed there."""
+        cert_file, key_file = self._certs_dir / "swarm-root-ca.crt", self._certs_dir / "swarm-root-ca.key"
+        if not cert_file.exists():
+            return create_root_ca(self.clock.now())
+        key_pem = key_file.read_text() if key_file.exists() else ""
+        root = CA.validate_signing_root(cert_file.read_text(), key_pem, self.clock.now())
+        if key_pem:
+            return root
+        urls = CA.external_ca_urls(spec.ca_config.external_cas, root.ca_cert_pem, root.ca_cert_pem)
+
+        def reachable() -> bool:
+            return any(CA.external_ca_reachable(u, root.ca_cert_pem) for u in urls)
+
+        if not await asyncio.to_thread(reachable):
+            raise CA.external_ca_unreachable()
+        log.info("swarm init with the external root CA from %s (no local key)", cert_file)
+        return root
 
     def _write_identity(self) -> None:
         tmp = self._identity_file.with_suffix(".tmp")
