@@ -207,6 +207,17 @@ async def ping(request: web.Request) -> web.StreamResponse:
     return web.Response(text=body, headers=ping_headers(node_of(request)), content_type="text/plain")
 
 
+@route("GET", "/_shoal/agent")
+async def agent_state(request: web.Request) -> web.StreamResponse:
+    """Shoal's own diagnostic (not an Engine API path): the secret and config IDs this node's agent holds in
+    memory and its tasks, so tests and operators can check that secrets reach only the nodes that use them."""
+    agent = node_of(request).agent
+    if agent is None:
+        return json_ok({"secrets": [], "configs": [], "tasks": []})
+    return json_ok({"secrets": sorted(agent.deps.secrets), "configs": sorted(agent.deps.configs),
+                    "tasks": sorted(agent.runners)})
+
+
 @route("GET", "/version")
 async def version(request: web.Request) -> web.StreamResponse:
     return json_ok(version_body())

@@ -119,6 +119,13 @@ def secret_files(node: ShoalNode, name: str) -> list[Path]:
     return [p for d in node.task_dirs() for p in (d / "secrets").glob(name)] if node.tasks_dir.is_dir() else []
 
 
+def agent_secrets(node: ShoalNode) -> list[str]:
+    """Secret IDs the node's agent holds in memory (Shoal's diagnostic endpoint)."""
+    status, body = node.api("GET", "/_shoal/agent")
+    assert status == 200, body
+    return list(body["secrets"])
+
+
 def test_join_spread_kill_restart_and_secrets(cluster: Cluster) -> None:
     m = cluster.manager
     for name in ("w1", "w2", "w3"):
@@ -161,8 +168,11 @@ def test_join_spread_kill_restart_and_secrets(cluster: Cluster) -> None:
     wait_until(lambda: len(cluster.running("sec")) == 1, 30, what="sec running")
     wait_until(lambda: secret_files(w1, "pw"), 10, what="the secret on w1")
     assert [p.read_text() for p in secret_files(w1, "pw")] == ["s3cret\n"]
+    pw_id = json.loads(m.docker("secret", "inspect", "pw").stdout)[0]["ID"]
+    assert agent_secrets(w1) == [pw_id]  # in the agent's memory too
     for other in ("w2", "w3"):
         assert not secret_files(cluster.workers[other], "pw")
+        assert agent_secrets(cluster.workers[other]) == []
 
     # --- a replicated service spread across the workers
     m.docker("service", "create", "--detach", "--name", "web", "--replicas", "6", "busybox", *SLEEP)
@@ -196,6 +206,7 @@ def test_join_spread_kill_restart_and_secrets(cluster: Cluster) -> None:
     m.docker("service", "rm", "sec")
     wait_until(lambda: not secret_files(w1, "pw"), 30, what="the secret to leave w1")
     assert not any(d.exists() for d in sec_task_dirs)
+    wait_until(lambda: agent_secrets(w1) == [], 10, what="the secret to leave w1's memory")
 
 
 def test_drain_pause_global_rotation_removal_and_leave(cluster: Cluster) -> None:
