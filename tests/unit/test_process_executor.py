@@ -295,6 +295,21 @@ async def test_logs_follow_until_exit(executor: ProcessExecutor, tmp_path: Path)
     assert (await ctlr.inspect()).exit_code == 0
 
 
+
+async def test_logs_follow_ends_at_until_without_new_lines(executor: ProcessExecutor) -> None:
+    ctlr = executor.controller(mktask("log3", "/bin/sh", "-c", "echo a; exec sleep 30"), Deps())
+    await ctlr.prepare()
+    await ctlr.start()
+    try:
+        until = time.time() + 0.5
+        got = [ln.data async for ln in ctlr.logs(LogOptions(follow=True, until=until))]
+        # the process is still running and prints nothing more: following stops at `until` anyway
+        assert got == [b"a\n"] and until <= time.time() < until + 10  # not held until the process ends
+        assert (await ctlr.inspect()).running
+    finally:
+        await ctlr.terminate()
+        await ctlr.remove()
+
 ADOPT_SCRIPT = textwrap.dedent("""
     import asyncio, sys
     from pathlib import Path

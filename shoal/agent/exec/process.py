@@ -767,6 +767,8 @@ class ProcessController:
                 return
             if not (self.dir / "spec.json").exists():
                 return  # removed
+            if options.until and self.clock.now() > options.until:
+                return  # following ends at `until` even when no line comes after it
             if not recs:
                 await self.clock.sleep(LOG_POLL_INTERVAL)
 
