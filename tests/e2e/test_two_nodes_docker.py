@@ -44,7 +44,9 @@ class Pair:
 
     def containers(self, **labels: str) -> list[Any]:
         flt = [f"{k}={v}" for k, v in labels.items()]
-        return list(self.engine.containers.list(all=True, filters={"label": flt}))
+        # One list call, no per-container inspect: containers.list() inspects each one and fails when the
+        # orchestrator removes a container in between (its history trimming does, at any moment).
+        return [_Listed(self.engine, c) for c in self.engine.api.containers(all=True, filters={"label": flt})]
 
     def running_nodes(self, service_id: str) -> list[str]:
         """The com.shoal.node.id of each running container of the service, sorted."""
@@ -61,6 +63,22 @@ class Pair:
                 c.remove(force=True)
         self.engine.close()
         shutil.rmtree(self.base, ignore_errors=True)
+
+
+class _Listed:
+    """A container as the engine's list shows it (labels, state), removable."""
+
+    def __init__(self, engine: Any, raw: dict[str, Any]) -> None:
+        self._engine = engine
+        self.id: str = raw["Id"]
+        self.labels: dict[str, str] = raw.get("Labels") or {}
+        self.status: str = raw.get("State", "")
+
+    def remove(self, force: bool = False) -> None:
+        try:
+            self._engine.api.remove_container(self.id, force=force)
+        except docker.errors.NotFound:
+            pass
 
 
 @pytest.fixture
