@@ -18,7 +18,7 @@ from dataclasses import replace
 from typing import Any
 
 from shoal.agent.exec.protocol import Controller, Executor, LogLine, LogOptions
-from shoal.agent.exec.step import has_health_check, step
+from shoal.agent.exec.step import step
 from shoal.clock import Clock
 from shoal.errors import NotFound
 from shoal.manager.dispatcher import COMPLETE, Assignments, DispatcherAPI
@@ -38,6 +38,9 @@ async def _reap(task: asyncio.Future[Any]) -> None:
             raise
     except Exception:
         pass
+
+
+START_POLL_INTERVAL = 0.1  # seconds between runtime checks while a shutdown waits for start() to finish
 
 
 class _Deps:
@@ -90,21 +93,31 @@ class _TaskRunner:
             # Only a step that blocks for as long as the process runs (waiting for its exit, or for it to
             # become healthy) is interrupted, and only by a change of the desired state. Cancelling any
             # other step (e.g. `start()` while the supervisor is being launched) would leave its work half
-            # done and the next step would do it again: duplicate processes.
+            # done and the next step would do it again: duplicate processes. So a STARTING step (start()
+            # then, with a health check from the spec or the image, the wait for health) is cancelled
+            # only once the runtime reports the task running, i.e. start() has done its work.
             st = self.task.status.state
-            blocking = st == TaskState.RUNNING or (st == TaskState.STARTING and has_health_check(self.task))
+            blocking = st in (TaskState.RUNNING, TaskState.STARTING)
             desired_at_start = self.task.desired_state
             stepping = asyncio.ensure_future(step(self.task, self.ctlr, self.agent.clock))
             interrupted = False
             while blocking:
                 interrupt = asyncio.ensure_future(self.changed.wait())
-                done, _ = await asyncio.wait([stepping, interrupt], return_when=asyncio.FIRST_COMPLETED)
+                try:
+                    done, _ = await asyncio.wait([stepping, interrupt], return_when=asyncio.FIRST_COMPLETED)
+                except asyncio.CancelledError:
+                    # The runner itself is being cancelled (task removed, agent closing): take the step along.
+                    interrupt.cancel()
+                    stepping.cancel()
+                    raise
                 if stepping in done:
                     interrupt.cancel()
                     break
                 self.changed.clear()
                 if self.task.desired_state != desired_at_start:
                     # Desired state changed while blocked: re-decide.
+                    if st == TaskState.STARTING and not await self._started_or_done(stepping):
+                        break  # the step finished on its own first
                     stepping.cancel()
                     await _reap(stepping)
                     interrupted = True
@@ -128,10 +141,21 @@ class _TaskRunner:
                 await self.agent.clock.sleep(backoff + self.agent.rng.random() * backoff)
                 backoff = min(backoff * 2, 5.0)
 
+    async def _started_or_done(self, stepping: asyncio.Future[Any]) -> bool:
+        """Wait (polling the runtime, bounded by the step itself) until start() has launched the task;
+        False if the step ended first."""
+        while not stepping.done():
+            try:
+                if (await self.ctlr.inspect()).running:
+                    return True
+            except Exception:
+                log.debug("inspect of task %s failed", self.task.id, exc_info=True)
+            await self.agent.clock.sleep(START_POLL_INTERVAL)
+        return False
+
     async def remove(self) -> None:
         self.runner.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await self.runner
+        await _reap(self.runner)
         try:
             if self.task.status.state < TaskState.COMPLETE:
                 await self.ctlr.shutdown(10.0)
@@ -294,7 +318,6 @@ class Agent:
         for r in self.runners.values():
             r.runner.cancel()
         for r in self.runners.values():
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await r.runner
+            await _reap(r.runner)
             await r.ctlr.close()
         self.runners.clear()

@@ -51,6 +51,7 @@ class FakeBehavior:
     unhealthy: str | None = None  # wait() raises FatalError(unhealthy) once started (after run_for s)
     stop_exit_code: int = 143  # the exit code after shutdown() (SIGTERM)
     logs: Sequence[LogLine] = ()
+    image_health_check: bool = False
 
 
 class FakeController:
@@ -155,7 +156,8 @@ class FakeController:
             self._last_healthy = healthy
         return RuntimeStatus(exists=self.created, running=self.running, exit_code=self.exit_code,
                              container_id=f"fake-{self.task.id}" if self.created else "",
-                             pid=4242 if self.running else 0, healthy=healthy)
+                             pid=4242 if self.running else 0, healthy=healthy,
+                             health_check=self.behavior.image_health_check)
 
     async def logs(self, options: LogOptions) -> AsyncIterator[LogLine]:
         lines = [ln for ln in self.behavior.logs

@@ -63,3 +63,18 @@ async def test_never_healthy_update_pauses() -> None:
         assert failed and sim.update_message(svc.id).endswith(failed[0].id)
         # the other slot still runs the old image
         assert any(t.spec.container.image == "app:1" for t in sim.running(svc.id))
+
+
+async def test_task_waiting_for_its_image_health_check_stops_at_once_when_scaled_away() -> None:
+    async with SimCluster.started(nodes=1) as sim:
+        # the image declares a HEALTHCHECK that never reports: the task waits in STARTING
+        sim.behave(on_image("app:1", FakeBehavior(exit_code=None, healthy=[None], image_health_check=True)))
+        svc = await sim.create_service(service_spec(replicas=1))
+        await sim.wait_until(lambda: any(t.status.state == TaskState.STARTING for t in sim.tasks(svc.id)))
+        task = sim.tasks(svc.id)[0]
+        t0 = sim.now
+        await sim.update_service(svc.id, lambda s: replace(s, mode=replace(s.mode, replicas=0)))
+        # the shutdown interrupts the wait for health instead of waiting for a result that never comes
+        await sim.wait_until(lambda: sim.view().task(task.id) is None
+                             or sim.view().task(task.id).status.state >= TaskState.SHUTDOWN, timeout=10)
+        assert sim.now - t0 < 5
