@@ -10,7 +10,7 @@ import asyncio
 import json
 import re
 import struct
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -436,7 +436,7 @@ async def swarm_unlock(request: web.Request) -> web.StreamResponse:
     await read_json(request)
     if node_of(request).manager is None:
         raise Unavailable(M.NO_SWARM)
-    raise ShoalError(M.NOT_LOCKED) if False else _not_locked()
+    raise _not_locked()
 
 
 def _not_locked() -> ShoalError:
@@ -558,7 +558,8 @@ async def services_list(request: web.Request) -> web.StreamResponse:
 @route("POST", "/services/create")
 async def service_create(request: web.Request) -> web.StreamResponse:
     mgr = manager_of(request)
-    spec = C.service_spec_from_wire(await read_json(request), api_version=request["api_version"])
+    spec = C.service_spec_from_wire(await read_json(request), api_version=request["api_version"],
+                                    name_generator=mgr.controlapi.random_name)
     svc = await mgr.controlapi.create_service(spec)
     return json_ok({"ID": svc.id, "Warnings": None}, status=201)
 
@@ -584,7 +585,8 @@ async def service_update(request: web.Request) -> web.StreamResponse:
     if rollback == "previous":
         await mgr.controlapi.update_service(param(request, "id"), version_, None, rollback=True)
     else:
-        spec = C.service_spec_from_wire(body, api_version=request["api_version"])
+        spec = C.service_spec_from_wire(body, api_version=request["api_version"],
+                                        name_generator=mgr.controlapi.random_name)
         await mgr.controlapi.update_service(param(request, "id"), version_, spec)
     return json_ok({"Warnings": None})
 
@@ -621,9 +623,7 @@ async def tasks_list(request: web.Request) -> web.StreamResponse:
         desired = set()
         for s in flt["desired-state"]:
             if s not in ("running", "shutdown", "accepted"):
-                raise InvalidArgument(f"Invalid desired-state filter: '{s}'. Supported values: running, "
-                                      "shutdown, accepted") if False else InvalidArgument(
-                    f"Invalid task desired state: {s}")
+                raise InvalidArgument(f"Invalid task desired state: {s}")
             desired.add(TaskState.from_wire(s))
     if service_ids is not None:
         candidates = [t for sid in service_ids for t in v.tasks(service_id=sid)]
@@ -1021,7 +1021,3 @@ async def network_remove(request: web.Request) -> web.StreamResponse:
     await manager_of(request).controlapi.remove_network(net.id)
     return web.Response(status=204)
 
-
-async def iter_nothing() -> AsyncIterator[bytes]:
-    if False:
-        yield b""

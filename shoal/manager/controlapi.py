@@ -20,7 +20,6 @@ from shoal.manager.allocator import PoolExhausted, allocate_subnet
 from shoal.manager.scheduler.constraints import parse_constraints
 from shoal.manager.scheduler.core import STRATEGIES, STRATEGY_LABEL
 from shoal.model.objects import (
-    Annotations,
     Cluster,
     Config,
     ConfigReference,
@@ -43,13 +42,10 @@ from shoal.model.objects import (
     UpdateStatus,
 )
 from shoal.model.state import TaskState
+from shoal.names import random_service_name
 from shoal.store.memory import MemoryStore, ReadTx, Tx
 
 _NAME_RE = re.compile(r"^[a-zA-Z0-9](?:[-_]*[A-Za-z0-9]+)*$")
-_ADJ = ("brave", "calm", "eager", "fancy", "gentle", "happy", "jolly", "kind", "lucid", "merry", "nifty",
-        "proud", "quirky", "silly", "witty", "zen", "bold", "cool", "keen", "vivid")
-_NOUNS = ("turing", "hopper", "lovelace", "knuth", "ritchie", "thompson", "liskov", "hamilton", "curie",
-          "noether", "dijkstra", "lamport", "shannon", "babbage", "wozniak", "torvalds", "pike", "kay")
 
 
 def _grpc_invalid(desc: str) -> InvalidArgument:
@@ -117,9 +113,13 @@ class ControlAPI:
 
     # --- services ---------------------------------------------------------------------------------
 
+    def random_name(self) -> str:
+        """An unused `adjective_noun` name for a service created without one (injected randomness)."""
+        return self._random_name(self.store.view())
+
     def _random_name(self, v: ReadTx) -> str:
         while True:
-            name = f"{self.rng.choice(_ADJ)}_{self.rng.choice(_NOUNS)}"
+            name = random_service_name(self.rng)
             if v.by_name("service", name) is None:
                 return name
 
@@ -480,6 +480,3 @@ class ControlAPI:
 
         await self.store.update(fn)
 
-
-def default_annotations(name: str) -> Annotations:
-    return Annotations(name=name)

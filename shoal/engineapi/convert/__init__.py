@@ -26,7 +26,6 @@ from shoal.engineapi.convert.cluster import (
     swarm_to_wire,
 )
 from shoal.engineapi.convert.service import (
-    random_service_name,
     service_spec_from_wire,
     service_spec_to_wire,
     service_to_wire,
@@ -53,7 +52,6 @@ __all__ = [
     "node_spec_to_wire",
     "node_to_wire",
     "parse_go_time",
-    "random_service_name",
     "secret_spec_from_wire",
     "secret_to_wire",
     "service_spec_from_wire",

@@ -17,7 +17,6 @@ expected one operator from ==, !=` for a bad one).
 
 from __future__ import annotations
 
-import random
 import re
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -61,60 +60,6 @@ JSONDict = dict[str, Any]
 
 def _rpc_invalid(desc: str) -> InvalidArgument:
     return InvalidArgument(rpc(INVALID_ARGUMENT, desc))
-
-
-# --- names ---------------------------------------------------------------------------------------
-
-_ADJECTIVES = (
-    "brave",
-    "calm",
-    "eager",
-    "fancy",
-    "gentle",
-    "happy",
-    "jolly",
-    "keen",
-    "lively",
-    "merry",
-    "nimble",
-    "proud",
-    "quiet",
-    "rapid",
-    "sharp",
-    "swift",
-    "tender",
-    "vivid",
-    "witty",
-    "zealous",
-)
-_NOUNS = (
-    "anchovy",
-    "barracuda",
-    "carp",
-    "dolphin",
-    "eel",
-    "flounder",
-    "grouper",
-    "halibut",
-    "marlin",
-    "minnow",
-    "mackerel",
-    "perch",
-    "pike",
-    "salmon",
-    "sardine",
-    "shark",
-    "sturgeon",
-    "trout",
-    "tuna",
-    "wrasse",
-)
-
-
-def random_service_name(rng: random.Random | None = None) -> str:
-    """dockerd names an unnamed service `adjective_noun` (its namesgenerator); ours uses fish."""
-    r = rng or random
-    return f"{r.choice(_ADJECTIVES)}_{r.choice(_NOUNS)}"
 
 
 _DNS_NAME = re.compile(r"^[a-zA-Z0-9](?:[-_]*[A-Za-z0-9]+)*$")
@@ -218,8 +163,8 @@ def service_spec_from_wire(
     endpoint = _endpoint_spec(root.obj("EndpointSpec", "EndpointSpec"))
     mode = _mode(root.obj("Mode", "ServiceMode") or Obj({}, "ServiceMode", "Mode"), api_version)
 
-    if not name:
-        name = (name_generator or random_service_name)()
+    if not name and name_generator is not None:
+        name = name_generator()
 
     spec = ServiceSpec(
         annotations=Annotations(name=name, labels=labels),
