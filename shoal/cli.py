@@ -69,11 +69,23 @@ async def run_daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, exec
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
     await stop.wait()
     await runner.cleanup()
     await node.stop()
     await proxy.close()
     await engine.close()
+
+
+def _dump_tasks() -> None:
+    """SIGUSR1: log every asyncio task with its stack (what a hung await is waiting on)."""
+    import io
+
+    out = io.StringIO()
+    for t in asyncio.all_tasks():
+        out.write(f"--- {t.get_name()}\n")
+        t.print_stack(limit=12, file=out)
+    logging.getLogger("shoal").warning("asyncio tasks:\n%s", out.getvalue())
 
 
 @click.group()

@@ -7,6 +7,7 @@
     │   └── SequenceConflict update built on an old version (dockerd answers 500 "update out of sequence")
     ├── NotAcceptable        request not acceptable in state    -> HTTP 406
     ├── Unavailable          not a manager / not in a swarm     -> HTTP 503
+    │   └── NotLeader        not the Raft leader (carries where the leader is, to forward or redirect)
     ├── Forbidden            refused by policy                  -> HTTP 403
     ├── NotImplementedFeature not supported by Shoal            -> HTTP 501
     └── ExecutorError        raised by executors
@@ -65,6 +66,15 @@ class NotAcceptable(ShoalError):
 
 class Unavailable(ShoalError):
     status = 503
+
+
+class NotLeader(Unavailable):
+    """This manager is not the Raft leader; `leader_addr` is where the leader's node RPC listens, when known."""
+
+    def __init__(self, message: str, leader_addr: str = "", leader_id: str = "") -> None:
+        super().__init__(message)
+        self.leader_addr = leader_addr
+        self.leader_id = leader_id
 
 
 class Forbidden(ShoalError):

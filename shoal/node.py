@@ -34,6 +34,10 @@ from shoal.errors import InvalidArgument, ShoalError, Unavailable
 from shoal.ids import new_id
 from shoal.manager.dispatcher import node_for_local
 from shoal.manager.manager import Manager
+from shoal.manager.raft.node import RaftNode
+from shoal.manager.raft.sqlite_storage import SqliteStorage
+from shoal.manager.raft.storage import bootstrap
+from shoal.manager.raft.transport import NullTransport
 from shoal.model.objects import (
     Annotations,
     Cluster,
@@ -48,7 +52,7 @@ from shoal.rpc.client import NodeCredentials, RemoteDispatcher
 from shoal.rpc.client import join as rpc_join
 from shoal.rpc.server import ManagerRPC
 from shoal.store.memory import MemoryStore, Tx
-from shoal.store.wal import open_local_store
+from shoal.store.wal import migrate_to_raft
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +64,7 @@ class NodeConfig:
     engine_host: str | None = None
     hostname: str = ""
     scheduler_strategy: str = "spread"
+    raft_tick: float = 0.1  # seconds per Raft tick (election timeout 10-20 ticks, heartbeat every tick)
 
 
 @dataclass(frozen=True)
@@ -123,6 +128,8 @@ class ShoalNode:
         self.manager: Manager | None = None
         self.agent: Agent | None = None
         self.rpc: ManagerRPC | None = None
+        self.raft: RaftNode | None = None
+        self.raft_storage: SqliteStorage | None = None
         self.remote: RemoteDispatcher | None = None
         self._agent_task: asyncio.Task[None] | None = None
         self._renew_task: asyncio.Task[None] | None = None
@@ -191,15 +198,60 @@ class ShoalNode:
         if self.identity.get("role") == "worker":
             await self._activate_worker()
             return
-        self.store = open_local_store(self.cfg.data_dir / "raft", self.clock)
+        await self._open_manager()
+        await self._serve_manager()
+
+    def _raft_id(self) -> int:
+        """This manager's Raft member id (random, non-zero), kept in node.json."""
+        rid = int(self.identity.get("raft_id", 0))
+        if not rid:
+            rid = self.rng.getrandbits(63) or 1
+            self.identity["raft_id"] = rid
+            self._write_identity()
+        return rid
+
+    async def _open_manager(self) -> None:
+        """The Raft member, its replicated store and the manager on it; the store is replayed from the local log
+        (committed entries only) before this returns, and a sole voter is leading by then."""
+        raft_dir = self.cfg.data_dir / "raft"
+        raft_id = self._raft_id()
+        if migrate_to_raft(raft_dir, raft_id, self.clock):
+            log.info("migrated the store's log in %s to the Raft storage format", raft_dir)
+        storage = SqliteStorage(raft_dir)
+        self.raft_storage = storage
+        transport = NullTransport()
+        raft = RaftNode(raft_id, storage, transport, self.clock, rng=random.Random(self.rng.getrandbits(64)),
+                        tick_interval=self.cfg.raft_tick)
+        loaded_commit = raft.core.commit
+        store = MemoryStore(raft, self.clock)
+        raft.attach(store)
+        self.raft, self.store = raft, store
         # The events' retained window lives with the Raft data, so leaving the swarm forgets it too.
-        self.manager = Manager(self.store, self.clock, self.rng, scheduler_strategy=self.cfg.scheduler_strategy,
-                               events_path=self.cfg.data_dir / "raft" / "events.jsonl")
-        self.manager.start()
+        self.manager = Manager(store, self.clock, self.rng, scheduler_strategy=self.cfg.scheduler_strategy,
+                               events_path=raft_dir / "events.jsonl")
+        raft.add_leadership_listener(self.manager.set_leader)
+        self.manager.start(leader=False)
+        await raft.start()
+        await raft.wait_applied(loaded_commit)
+        cluster = store.view().cluster()
+        if cluster is not None:
+            raft.snapshot_interval = cluster.spec.raft.snapshot_interval or 10_000
+        if raft.voters == frozenset({raft_id}):
+            await raft.leader_event.wait()
+
+    async def _serve_manager(self) -> None:
+        """The node RPC listeners and this node's own agent (the store must hold the cluster, or the node must
+        have its certificate on disk)."""
+        assert self.manager is not None and self.store is not None and self.raft is not None
+        raft = self.raft
+        creds = self._read_creds() if (self._certs_dir / "swarm-node.key").exists() else None
         port = self.identity.get("manager_addr", ":2377").rsplit(":", 1)[1]
         self.rpc = ManagerRPC(self.store, self.manager.dispatcher, self.clock, random.Random(self.rng.getrandbits(64)),
                               self.node_id, self.identity.get("listen_addr") or f"0.0.0.0:{port}", self.addr,
-                              logbroker=self.manager.logbroker)
+                              logbroker=self.manager.logbroker, creds=creds,
+                              on_credentials=lambda k, c, r: self._write_creds(NodeCredentials(k, c, r)),
+                              is_leader=lambda: raft.is_leader)
+        self.manager.add_leader_loop("node-rpc", self.rpc.leader_loop)
         try:
             await self.rpc.start()
         except Exception:
@@ -340,17 +392,19 @@ class ShoalNode:
         if self.remote is not None:
             await self.remote.close()
             self.remote = None
+        if self.raft is not None:
+            await self.raft.stop()
+            self.raft = None
         if self.manager is not None:
             await self.manager.stop()
             self.manager = None
         if self.executor is not None:
             await self.executor.close()
             self.executor = None
-        if self.store is not None:
-            closer = getattr(self.store.proposer, "log", None)
-            if closer is not None:
-                closer.close()
-            self.store = None
+        if self.raft_storage is not None:
+            self.raft_storage.close()
+            self.raft_storage = None
+        self.store = None
 
     # --- swarm membership -------------------------------------------------------------------------
 
@@ -379,12 +433,12 @@ class ShoalNode:
             node_id = new_id(self.rng)
             addr = _local_addr(opts.advertise_addr, opts.listen_addr)
             port = (opts.listen_addr.rsplit(":", 1)[1] if ":" in opts.listen_addr else "2377") or "2377"
+            raft_id = self.rng.getrandbits(63) or 1
             self.identity = {"node_id": node_id, "addr": addr, "manager_addr": f"{addr}:{port}",
-                             "listen_addr": opts.listen_addr or "0.0.0.0:2377", "role": "manager"}
+                             "listen_addr": opts.listen_addr or "0.0.0.0:2377", "role": "manager",
+                             "raft_id": raft_id}
             # Before anything is written: a refused external root leaves the node as it was.
             root = await self._init_root_ca(spec)
-            shutil.rmtree(self.cfg.data_dir / "raft", ignore_errors=True)
-            store = open_local_store(self.cfg.data_dir / "raft", self.clock)
             cluster_id = new_id(self.rng)
             cluster = Cluster(id=cluster_id, spec=spec, root_ca=root, default_addr_pool=pools, subnet_size=size,
                               data_path_port=opts.data_path_port or 4789)
@@ -396,7 +450,7 @@ class ShoalNode:
                 cluster = replace(cluster, spec=replace(cluster.spec, autolock_managers=True))
             node = node_for_local(node_id, self.hostname, "manager", addr)
             node = replace(node, spec=replace(node.spec, availability=opts.availability or "active"),
-                           manager_status=replace(node.manager_status, addr=f"{addr}:{port}")
+                           manager_status=replace(node.manager_status, addr=f"{addr}:{port}", raft_id=raft_id)
                            if node.manager_status else None)
             ingress_id = new_id(self.rng)
 
@@ -408,14 +462,23 @@ class ShoalNode:
                     spec=NetworkSpec(annotations=Annotations(name="ingress"), ingress=True),
                     ipam=IPAMOptions(configs=(IPAMConfig(subnet="10.0.0.0/24", gateway="10.0.0.1"),))))
 
-            await store.update(fn)
-            store.proposer.log.close()  # type: ignore[attr-defined]
+            raft_dir = self.cfg.data_dir / "raft"
+            shutil.rmtree(raft_dir, ignore_errors=True)
+            for name in ("swarm-node.key", "swarm-node.crt"):  # left by an earlier swarm: this one issues its own
+                (self._certs_dir / name).unlink(missing_ok=True)
+            storage = SqliteStorage(raft_dir)
+            bootstrap(storage, [raft_id])  # a Raft group of one: this manager is its only voter
+            storage.close()
             try:
                 self._write_identity()
-                await self._activate()
+                await self._open_manager()
+                assert self.store is not None
+                await self.store.update(fn)
+                await self._serve_manager()
             except Exception:
+                await self._deactivate()
                 self._identity_file.unlink(missing_ok=True)
-                shutil.rmtree(self.cfg.data_dir / "raft", ignore_errors=True)
+                shutil.rmtree(raft_dir, ignore_errors=True)
                 self.identity = {}
                 raise
             return node_id

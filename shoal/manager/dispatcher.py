@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from shoal.clock import Clock
-from shoal.errors import NotFound
+from shoal.errors import NotFound, NotLeader, ShoalError, Unavailable
 from shoal.model.objects import (
     SECOND,
     Config,
@@ -83,12 +83,13 @@ class Dispatcher:
         self.sessions: dict[str, _Session] = {}
         self._pending: dict[str, tuple[str, TaskStatus]] = {}
         self._flush_needed = asyncio.Event()
-        self._flushed = asyncio.Event()
+        self._waiters: list[asyncio.Future[None]] = []
         self._queues: dict[str, list[list[Any]]] = {}
         self._wakeups: dict[str, list[asyncio.Event]] = {}
         # Set once the fan-out's store watch exists: a session's complete set must not be read before,
         # or the changes committed between that read and the watch would never reach the agent.
         self._fanout_ready = asyncio.Event()
+        self.active = False  # run() is running: this manager leads
 
     def heartbeat_period(self) -> float:
         c = self.store.view().cluster()
@@ -97,6 +98,9 @@ class Dispatcher:
     # --- sessions ---------------------------------------------------------------------------------
 
     async def register(self, node_id: str, description: NodeDescription, addr: str) -> float:
+        if not self.active:
+            raise NotLeader("this manager is not the swarm leader: its dispatcher is not running")
+
         def fn(tx: Tx) -> None:
             node = tx.node(node_id)
             if node is None:
@@ -113,6 +117,8 @@ class Dispatcher:
         return self.heartbeat_period()
 
     async def heartbeat(self, node_id: str) -> float:
+        if not self.active:
+            raise NotLeader("this manager is not the swarm leader: its dispatcher is not running")
         s = self.sessions.get(node_id)
         if s is None or s.expired.is_set():
             raise NotFound("node not registered")
@@ -120,11 +126,24 @@ class Dispatcher:
         return self.heartbeat_period()
 
     async def run(self) -> None:
-        """Leader-only: expire sessions that missed heartbeats; flush status reports."""
-        async with asyncio.TaskGroup() as tg:
-            tg.create_task(self._expiry_loop())
-            tg.create_task(self._flush_loop())
-            tg.create_task(self._fanout())
+        """Leader-only: expire sessions that missed heartbeats; flush status reports. When the term ends every
+        session ends with it, so each agent registers again with whoever leads next."""
+        self.active = True
+        try:
+            async with asyncio.TaskGroup() as tg:
+                tg.create_task(self._expiry_loop())
+                tg.create_task(self._flush_loop())
+                tg.create_task(self._fanout())
+        finally:
+            self.active = False
+            for sess in self.sessions.values():
+                sess.expire()
+            self.sessions.clear()
+            self._pending = {}
+            waiters, self._waiters = self._waiters, []
+            for w in waiters:  # their agents keep the reports and send them to the next leader
+                if not w.done():
+                    w.set_exception(NotLeader("this manager stopped leading before the reports were written"))
 
     async def _expiry_loop(self) -> None:
         while True:
@@ -257,26 +276,42 @@ class Dispatcher:
     # --- status reports ---------------------------------------------------------------------------
 
     async def update_task_status(self, node_id: str, updates: list[tuple[str, TaskStatus]]) -> None:
+        """Returns once the reports are written; raises if they could not be (the agent keeps and resends them)."""
+        if not self.active:
+            raise NotLeader("this manager is not the swarm leader: its dispatcher is not running")
         for tid, status in updates:
             self._pending[tid] = (node_id, status)
-        self._flushed.clear()
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._waiters.append(done)
         self._flush_needed.set()
-        await self._flushed.wait()
+        await done
 
     async def _flush_loop(self) -> None:
         while True:
             await self._flush_needed.wait()
             self._flush_needed.clear()
+            # Swapped together: every waiter's reports are in exactly this batch.
             batch, self._pending = self._pending, {}
-            try:
-                def write(tx: Tx, b: dict[str, tuple[str, TaskStatus]] = batch) -> None:
-                    self._apply_statuses(tx, b)
+            waiters, self._waiters = self._waiters, []
+            error: Exception | None = None
+            if batch:
+                try:
+                    def write(tx: Tx, b: dict[str, tuple[str, TaskStatus]] = batch) -> None:
+                        self._apply_statuses(tx, b)
 
-                await self.store.update(write)
-            except Exception:
-                log.exception("writing task status reports failed")
-            if not self._pending:
-                self._flushed.set()
+                    await self.store.update(write)
+                except asyncio.CancelledError:
+                    self._waiters = waiters + self._waiters  # failed by run()'s cleanup
+                    raise
+                except Exception as e:
+                    log.warning("writing %d task status reports failed: %s", len(batch), e)
+                    error = e if isinstance(e, ShoalError) else Unavailable(f"writing task status failed: {e}")
+            for w in waiters:
+                if not w.done():
+                    if error is None:
+                        w.set_result(None)
+                    else:
+                        w.set_exception(error)
 
     def _apply_statuses(self, tx: Tx, batch: dict[str, tuple[str, TaskStatus]]) -> None:
         for tid, (node_id, status) in batch.items():

@@ -1,7 +1,10 @@
 """A manager: the store, the control API, and the leader-only loops in one TaskGroup per term.
 
-With one manager the term never ends; with Raft (issue 5) `run_leader` is started when this manager
-becomes leader and cancelled when it steps down, and nothing else changes.
+Every manager runs the event log (it only reads the store, which every manager replicates). The leader-only
+loops (dispatcher, allocator, scheduler, orchestrator, and whatever other components registered with
+`add_leader_loop`) run in one TaskGroup started by `set_leader(True)` (Raft says this manager leads and has
+applied everything committed before its term) and cancelled by `set_leader(False)`; nothing else changes
+between a one-manager swarm and a replicated one.
 """
 
 from __future__ import annotations
@@ -9,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+from collections.abc import Callable, Coroutine
 from pathlib import Path
+from typing import Any
 
 from shoal.clock import Clock
 from shoal.manager.allocator import Allocator
@@ -21,8 +26,11 @@ from shoal.manager.orchestrator.reconcile import Reconciler
 from shoal.manager.orchestrator.runner import Orchestrator, constraint_checker
 from shoal.manager.scheduler.runner import SchedulerRunner
 from shoal.store.memory import MemoryStore
+from shoal.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
+
+LeaderLoop = Callable[[], Coroutine[Any, Any, None]]
 
 
 class Manager:
@@ -37,14 +45,62 @@ class Manager:
         self.events = EventLog(store, clock, path=events_path)
         self.logbroker = LogBroker(store, clock)
         self._task: asyncio.Task[None] | None = None
+        self._extra_loops: list[tuple[str, LeaderLoop]] = []
+        self._want_leader = False
+        self._leadership_changed = asyncio.Event()
+        self.leader_terms = 0  # how many times the leader-only loops were started
 
-    def start(self) -> None:
+    def add_leader_loop(self, name: str, loop: LeaderLoop) -> None:
+        """Run `loop()` alongside the leader-only loops, in every term this manager leads."""
+        self._extra_loops.append((name, loop))
+
+    def start(self, *, leader: bool = False) -> None:
+        self._want_leader = leader
+        self._leadership_changed.set()
         self._task = asyncio.create_task(self._run(), name="manager")
+
+    def set_leader(self, leader: bool) -> None:
+        """Raft's leadership notification (synchronous): the supervisor starts or cancels the loops."""
+        self._want_leader = leader
+        self._leadership_changed.set()
 
     async def _run(self) -> None:
         async with asyncio.TaskGroup() as tg:
             tg.create_task(self.events.run(), name="events")
-            tg.create_task(self.run_leader(), name="leader")
+            tg.create_task(self._supervise(), name="leadership")
+
+    async def _supervise(self) -> None:
+        term: asyncio.Task[None] | None = None
+        try:
+            while True:
+                await self._leadership_changed.wait()
+                self._leadership_changed.clear()
+                if term is not None and term.done():
+                    term = None
+                    if self._want_leader:
+                        await self.clock.sleep(1.0)  # a loop failed (logged): start the term's loops again
+                if self._want_leader and term is None:
+                    self.leader_terms += 1
+                    log.info("this manager leads: starting the leader-only loops (term %d)", self.leader_terms)
+                    term = asyncio.create_task(self._lead(), name=f"leader-{self.leader_terms}")
+                    term.add_done_callback(lambda _t: self._leadership_changed.set())
+                elif not self._want_leader and term is not None:
+                    log.info("this manager no longer leads: stopping the leader-only loops")
+                    await cancel_and_wait(term)
+                    term = None
+        finally:
+            if term is not None:
+                await cancel_and_wait(term)
+
+    async def _lead(self) -> None:
+        try:
+            await self.run_leader()
+        except asyncio.CancelledError:
+            raise
+        except BaseException:
+            # A leader loop failed: this manager cannot lead properly; log it (the term ends with it).
+            log.exception("a leader-only loop failed")
+            raise
 
     async def run_leader(self) -> None:
         """Everything that only the leader runs, for as long as it leads."""
@@ -55,6 +111,8 @@ class Manager:
             tg.create_task(SchedulerRunner(self.store, self.clock, random.Random(self.rng.getrandbits(64)),
                                            self.scheduler_strategy).run(), name="scheduler")
             tg.create_task(Orchestrator(self.store, self.clock, reconciler).run(), name="orchestrator")
+            for name, loop in self._extra_loops:
+                tg.create_task(loop(), name=name)
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -66,3 +124,4 @@ class Manager:
             except Exception:
                 log.exception("manager stopped with an error")
             self._task = None
+

@@ -376,7 +376,8 @@ class NodeStatus:
 class ManagerStatus:
     leader: bool = False
     reachability: str = "reachable"  # unknown | unreachable | reachable
-    addr: str = ""
+    addr: str = ""  # the manager's listen address (host:port) other nodes reach it at
+    raft_id: int = 0  # its member id in the Raft group (0: not a member yet)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

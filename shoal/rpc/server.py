@@ -343,8 +343,13 @@ class ManagerRPC:
 
     def __init__(self, store: MemoryStore, dispatcher: DispatcherAPI, clock: Clock, rng: random.Random,
                  node_id: str, listen_addr: str, advertise_host: str, unknown_grace: float = 30.0,
-                 logbroker: Any = None) -> None:
+                 logbroker: Any = None, *, creds: Any = None,
+                 on_credentials: Callable[[str, str, str], None] | None = None,
+                 is_leader: Callable[[], bool] = lambda: True) -> None:
         self.store = store
+        self._initial_creds = creds  # shoal.rpc.client.NodeCredentials from disk (None: issue our own)
+        self.on_credentials = on_credentials  # (key, cert chain, trust roots) after every new certificate
+        self.is_leader = is_leader
         self.logbroker = logbroker  # shoal.manager.logbroker.LogBroker: the Logs service is served with one
         self.unknown_grace = unknown_grace
         self.dispatcher = dispatcher
@@ -357,7 +362,6 @@ class ManagerRPC:
         self._bootstrap: grpc.aio.Server | None = None
         self._secure: grpc.aio.Server | None = None
         self._renewer: asyncio.Task[None] | None = None
-        self._reaper: asyncio.Task[None] | None = None
         self._ca_task: asyncio.Task[None] | None = None
         self._key_pem = ""
         self._cert_pem = ""  # leaf, then intermediates (the cross-signed next root during a rotation)
@@ -387,6 +391,21 @@ class ManagerRPC:
         self._issued_from = CA.desired_root_pem(cluster.root_ca)
         self._root_pem = CA.trust_bundle(cluster.root_ca)
         self._boot_root = cluster.root_ca.ca_cert_pem
+        if self.on_credentials is not None:
+            self.on_credentials(self._key_pem, self._cert_pem, self._root_pem)
+
+    def _use_credentials(self, creds: Any) -> None:
+        """Serve with the certificate kept on disk (a restart, or a manager that joined: its store may still be
+        empty, so nothing here may need the cluster object)."""
+        self._key_pem, self._cert_pem, self._root_pem = creds.key_pem, creds.cert_pem, creds.root_pem
+        self._issued_from = CA.issuer_root(creds.cert_pem, creds.root_pem) or CA.split_pems(creds.root_pem)[0]
+        cluster = self.store.view().cluster()
+        self._boot_root = cluster.root_ca.ca_cert_pem if cluster is not None else CA.split_pems(creds.root_pem)[0]
+
+    @property
+    def credentials(self) -> tuple[str, str, str]:
+        """(key, certificate chain, trust roots) this manager presents and verifies peers against now."""
+        return self._key_pem, self._cert_pem, self._root_pem
 
     def _boot_config(self) -> Any:
         chain = (self._cert_pem + self._boot_root).encode()
@@ -411,7 +430,10 @@ class ManagerRPC:
         return self._secure_config()
 
     async def start(self) -> None:
-        await self._issue_own()
+        if self._initial_creds is not None:
+            self._use_credentials(self._initial_creds)
+        else:
+            await self._issue_own()
         auth = Authorizer(self.store)
         secure = grpc.aio.server(options=SERVER_OPTIONS)
         pbg.add_NodeCAServicer_to_server(NodeCAServicer(self._s, auth), secure)
@@ -441,7 +463,6 @@ class ManagerRPC:
         await boot.start()
         self._secure, self._bootstrap = secure, boot
         self._renewer = asyncio.create_task(self._renew_loop(), name="manager-cert-renewal")
-        self._reaper = asyncio.create_task(self._down_if_never_back(), name="down-if-never-back")
         self._ca_task = asyncio.create_task(self._ca_loop(), name="root-ca-rotation")
         log.info("node RPC: CA on %s, node services (mutual TLS) on %s", self.listen_addr, self._s.secure_addr)
 
@@ -451,8 +472,11 @@ class ManagerRPC:
             await self.clock.sleep(max(delay, 1.0))
             try:
                 await self._issue_own()  # the secure listener picks the new certificate up at its next handshake
+            except asyncio.CancelledError:
+                raise
             except Exception:
                 log.exception("renewing the manager's certificate failed")
+                await self.clock.sleep(30.0)
 
     async def _ca_loop(self) -> None:
         """Follow the cluster's root CA: re-issue this manager's certificate from the desired root and serve
@@ -479,12 +503,14 @@ class ManagerRPC:
         if cluster is None:
             return
         root = cluster.root_ca
-        if self._issued_from != CA.desired_root_pem(root):
+        if CA.normalize_pem(self._issued_from) != CA.normalize_pem(CA.desired_root_pem(root)):
             await self._issue_own()  # the listeners pick it up at their next handshake
             log.info("root CA changed: this manager's certificate re-issued")
         else:
             self._root_pem = CA.trust_bundle(root)
             self._boot_root = root.ca_cert_pem
+        if not self.is_leader():
+            return  # the leader records this manager's certificate from its Raft connections, and ends rotations
         info = CA.node_tls_info(self._cert_pem, self._issued_from)
         own = self.store.view().node(self.node_id)
         if own is not None and own.description.tls_info != info:
@@ -509,10 +535,15 @@ class ManagerRPC:
         await self.store.update(finish)
         log.info("root CA rotation complete: every node has a certificate from the new root")
 
+    async def leader_loop(self) -> None:
+        """What this component runs while its manager leads (added to the Manager's leader-only loops)."""
+        await self._down_if_never_back()
+        await self._reconcile_ca()  # a rotation whose last node finished while no leader was watching
+
     async def _down_if_never_back(self) -> None:
-        """After a manager (re)start no node has a session: give every node three heartbeat periods, and at
-        least `unknown_grace` seconds (an agent's reconnect backoff reaches 8 s plus jitter), to register,
-        then mark the ones that did not down (their sessions died with the old manager, so the dispatcher's
+        """When a manager starts leading no node has a session with it: give every node three heartbeat periods,
+        and at least `unknown_grace` seconds (an agent's reconnect backoff reaches 8 s plus jitter), to register,
+        then mark the ones that did not down (their sessions died with the old leader, so the dispatcher's
         heartbeat expiry would never fire for them)."""
         c = self.store.view().cluster()
         period = (c.spec.heartbeat_period if c else 5 * SECOND) / SECOND
@@ -529,7 +560,7 @@ class ManagerRPC:
         await self.store.update(fn)
 
     async def stop(self) -> None:
-        for t in (self._renewer, self._reaper, self._ca_task):
+        for t in (self._renewer, self._ca_task):
             if t is not None:
                 t.cancel()
                 with contextlib.suppress(asyncio.CancelledError):

@@ -397,7 +397,8 @@ def test_constraints_and_preferences(shoal_module_node: ShoalNode) -> None:
     create(node, "zoned", "--constraint", "node.labels.zone==x")
 
     def pending() -> list[dict[str, Any]]:
-        return [t for t in tasks(node, "zoned") if t["Status"]["State"] == "pending"]
+        # The allocator moves the task to pending; the scheduler's verdict lands in a later transaction.
+        return [t for t in tasks(node, "zoned") if t["Status"]["State"] == "pending" and t["Status"].get("Err")]
 
     (p,) = wait_until(pending, 20, what="a pending task")
     assert p["Status"]["Err"] == "no suitable node (scheduling constraints not satisfied on 1 node)"

@@ -322,6 +322,7 @@ async def test_nodes_that_never_come_back_after_a_manager_start_go_down(tmp_path
     runner = asyncio.create_task(d.run())
     rpc = ManagerRPC(store, d, SystemClock(), rng, "mgr1", "127.0.0.1:0", "127.0.0.1", unknown_grace=0.0)
     await rpc.start()
+    lead = asyncio.create_task(rpc.leader_loop())  # what the Manager runs in each term it leads
     try:
         j = await C.join([f"127.0.0.1:{rpc.port}"], store.view().cluster().join_tokens.worker, CA.new_key_pem(),
                          "w1", "active")
@@ -337,6 +338,7 @@ async def test_nodes_that_never_come_back_after_a_manager_start_go_down(tmp_path
         assert store.view().node("mgr1").status.state == "ready"
         await rd.close()
     finally:
+        lead.cancel()
         await rpc.stop()
         runner.cancel()
         with pytest.raises(asyncio.CancelledError):

@@ -99,6 +99,7 @@ class RaftNode:
         self.on_conf_change = on_conf_change
         self._sm: StateMachine | None = None
         self._wake = asyncio.Event()
+        self._applied_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._running = False
         self._proposals: dict[int, tuple[int, asyncio.Future[int]]] = {}
@@ -130,6 +131,18 @@ class RaftNode:
     def applied(self) -> int:
         return self.core.applied
 
+    @property
+    def voters(self) -> frozenset[int]:
+        return self.core.voters
+
+    async def wait_applied(self, index: int) -> None:
+        """Until this node's state machine has applied `index` (e.g. the commit index loaded at start)."""
+        while self.core.applied < index:
+            if not self._running:
+                raise Unavailable("raft node is not running")
+            self._applied_wake.clear()
+            await self._applied_wake.wait()
+
     def status(self) -> dict[str, object]:
         return self.core.status()
 
@@ -143,6 +156,9 @@ class RaftNode:
             self._sm.restore(snap.data, snap.meta.index)
         self._running = True
         self.transport.set_receiver(self.step)
+        if self.core.voters == frozenset({self.id}):
+            # The only voter: nobody else can lead, so do not wait an election timeout to find that out.
+            self.core.campaign()
         self._tasks = [asyncio.create_task(self._ticker(), name=f"raft-{self.id}-tick"),
                        asyncio.create_task(self._run(), name=f"raft-{self.id}-ready")]
         self._wake.set()  # committed entries loaded from storage are replayed by the first Ready
@@ -158,6 +174,7 @@ class RaftNode:
             with contextlib.suppress(asyncio.CancelledError):
                 await t
         self._fail_all(ProposalLost("raft node stopped"), Unavailable("raft node stopped"))
+        self._applied_wake.set()
         self._set_leader(False)
 
     # --- inputs ------------------------------------------------------------------------------------
@@ -282,6 +299,8 @@ class RaftNode:
                     pending[1].set_exception(ProposalLost("raft: proposal lost to a leadership change"))
         self._read_waiting.extend((rs.index, rs.context) for rs in rd.read_states)
         self.core.advance(rd)
+        if rd.committed_entries or rd.snapshot is not None:
+            self._applied_wake.set()
         self._serve_reads()
         if self.core.role != Role.LEADER and self._proposals:
             self._fail_all(ProposalLost("raft: leadership lost; the proposal may or may not commit"), None)

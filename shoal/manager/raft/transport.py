@@ -124,3 +124,13 @@ class InMemoryTransport:
             self.hub._receivers.pop(self.id, None)
         else:
             self.hub._receivers[self.id] = receive
+
+
+class NullTransport:
+    """A manager alone: nowhere to send (messages to others are dropped: there are none)."""
+
+    def send(self, messages: Sequence[Message]) -> None:
+        pass
+
+    def set_receiver(self, receive: Receiver | None) -> None:
+        pass
