@@ -47,7 +47,8 @@ async def run_daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, exec
 
     seed = int.from_bytes(os.urandom(8), "big")
     node = ShoalNode(NodeConfig(data_dir=data_dir, executor=executor, engine_host=engine_host,
-                                hostname=hostname, scheduler_strategy=strategy), SystemClock(), random.Random(seed))
+                                hostname=hostname, scheduler_strategy=strategy, api_socket=api_socket),
+                     SystemClock(), random.Random(seed))
     proxy = EngineProxy(engine_host)
     engine = EngineClient(engine_host)
     await node.start()

@@ -32,12 +32,11 @@ from shoal.clock import Clock
 from shoal.engineapi import messages as M
 from shoal.errors import InvalidArgument, ShoalError, Unavailable
 from shoal.ids import new_id
-from shoal.manager.dispatcher import node_for_local
 from shoal.manager.manager import Manager
 from shoal.manager.raft.node import RaftNode
 from shoal.manager.raft.sqlite_storage import SqliteStorage
 from shoal.manager.raft.storage import bootstrap
-from shoal.manager.raft.transport import NullTransport
+from shoal.manager.replica import AgentDispatcher, ManagerReplica, manager_node_for
 from shoal.model.objects import (
     Annotations,
     Cluster,
@@ -52,7 +51,7 @@ from shoal.rpc.client import NodeCredentials, RemoteDispatcher
 from shoal.rpc.client import join as rpc_join
 from shoal.rpc.server import ManagerRPC
 from shoal.store.memory import MemoryStore, Tx
-from shoal.store.wal import migrate_to_raft
+from shoal.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +64,7 @@ class NodeConfig:
     hostname: str = ""
     scheduler_strategy: str = "spread"
     raft_tick: float = 0.1  # seconds per Raft tick (election timeout 10-20 ticks, heartbeat every tick)
+    api_socket: Path | None = None  # this node's Engine API socket: the leader runs forwarded requests on it
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,10 @@ class ShoalNode:
         self.agent: Agent | None = None
         self.rpc: ManagerRPC | None = None
         self.raft: RaftNode | None = None
-        self.raft_storage: SqliteStorage | None = None
+        self.replica: ManagerReplica | None = None
+        self.agent_dispatcher: AgentDispatcher | None = None
+        self._role_task: asyncio.Task[None] | None = None
+        self._managers_task: asyncio.Task[None] | None = None
         self.remote: RemoteDispatcher | None = None
         self._agent_task: asyncio.Task[None] | None = None
         self._renew_task: asyncio.Task[None] | None = None
@@ -210,58 +213,73 @@ class ShoalNode:
             self._write_identity()
         return rid
 
+    def _cluster_id(self) -> str:
+        cid = str(self.identity.get("cluster_id", ""))
+        if not cid and self.store is not None:
+            c = self.store.view().cluster()
+            cid = c.id if c is not None else ""
+        return cid
+
     async def _open_manager(self) -> None:
         """The Raft member, its replicated store and the manager on it; the store is replayed from the local log
         (committed entries only) before this returns, and a sole voter is leading by then."""
-        raft_dir = self.cfg.data_dir / "raft"
-        raft_id = self._raft_id()
-        if migrate_to_raft(raft_dir, raft_id, self.clock):
-            log.info("migrated the store's log in %s to the Raft storage format", raft_dir)
-        storage = SqliteStorage(raft_dir)
-        self.raft_storage = storage
-        transport = NullTransport()
-        raft = RaftNode(raft_id, storage, transport, self.clock, rng=random.Random(self.rng.getrandbits(64)),
-                        tick_interval=self.cfg.raft_tick)
-        loaded_commit = raft.core.commit
-        store = MemoryStore(raft, self.clock)
-        raft.attach(store)
-        self.raft, self.store = raft, store
-        # The events' retained window lives with the Raft data, so leaving the swarm forgets it too.
-        self.manager = Manager(store, self.clock, self.rng, scheduler_strategy=self.cfg.scheduler_strategy,
-                               events_path=raft_dir / "events.jsonl")
-        raft.add_leadership_listener(self.manager.set_leader)
-        self.manager.start(leader=False)
-        await raft.start()
-        await raft.wait_applied(loaded_commit)
-        cluster = store.view().cluster()
-        if cluster is not None:
-            raft.snapshot_interval = cluster.spec.raft.snapshot_interval or 10_000
-        if raft.voters == frozenset({raft_id}):
-            await raft.leader_event.wait()
+        port = self.identity.get("manager_addr", ":2377").rsplit(":", 1)[1]
+        creds = self._read_creds() if (self._certs_dir / "swarm-node.key").exists() else None
+        replica = ManagerReplica(
+            data_dir=self.cfg.data_dir, node_id=self.node_id, raft_id=self._raft_id(), cluster_id=self._cluster_id,
+            listen_addr=self.identity.get("listen_addr") or f"0.0.0.0:{port}", advertise_host=self.addr,
+            manager_addr=self.identity.get("manager_addr") or f"{self.addr}:{port}", clock=self.clock,
+            rng=random.Random(self.rng.getrandbits(64)), scheduler_strategy=self.cfg.scheduler_strategy,
+            raft_tick=self.cfg.raft_tick, api_socket=self.cfg.api_socket, on_credentials=self._write_creds)
+        self.replica = replica
+        try:
+            await replica.open(creds)
+        except BaseException:
+            await self._deactivate()
+            raise
+        self.raft, self.store, self.manager = replica.raft, replica.store, replica.manager
+        if not self.identity.get("cluster_id") and self._cluster_id():
+            self.identity["cluster_id"] = self._cluster_id()
+            self._write_identity()
 
     async def _serve_manager(self) -> None:
         """The node RPC listeners and this node's own agent (the store must hold the cluster, or the node must
         have its certificate on disk)."""
-        assert self.manager is not None and self.store is not None and self.raft is not None
-        raft = self.raft
+        assert self.replica is not None
         creds = self._read_creds() if (self._certs_dir / "swarm-node.key").exists() else None
-        port = self.identity.get("manager_addr", ":2377").rsplit(":", 1)[1]
-        self.rpc = ManagerRPC(self.store, self.manager.dispatcher, self.clock, random.Random(self.rng.getrandbits(64)),
-                              self.node_id, self.identity.get("listen_addr") or f"0.0.0.0:{port}", self.addr,
-                              logbroker=self.manager.logbroker, creds=creds,
-                              on_credentials=lambda k, c, r: self._write_creds(NodeCredentials(k, c, r)),
-                              is_leader=lambda: raft.is_leader)
-        self.manager.add_leader_loop("node-rpc", self.rpc.leader_loop)
         try:
-            await self.rpc.start()
+            await self.replica.serve(creds)
         except Exception:
-            self.rpc = None
             await self._deactivate()
             raise
+        self.rpc = self.replica.rpc
         self.executor = self._make_executor()
-        self.agent = Agent(self.node_id, self.executor, self.manager.dispatcher, self.clock,
+        self.agent_dispatcher = self.replica.agent_dispatcher()
+        self.agent = Agent(self.node_id, self.executor, self.agent_dispatcher, self.clock,
                            random.Random(self.rng.getrandbits(64)), addr=self.addr)
         self._agent_task = asyncio.create_task(self.agent.run(), name="agent")
+        self._role_task = asyncio.create_task(self._manager_role_loop(), name="role-watch")
+
+    async def _manager_role_loop(self) -> None:
+        """A manager demoted by the others: once the leader says this node is a worker (it left the Raft group
+        first), take a worker certificate from the leader and carry on as a worker, tasks and all."""
+        while True:
+            await self.clock.sleep(0.5)
+            d = self.agent_dispatcher
+            remote = d.remote if d is not None else None
+            if remote is None or remote.role != "worker":
+                continue
+            try:
+                creds = await remote.renew(CA.new_key_pem())
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.info("demoted, but no worker certificate yet: %s", e)
+                continue
+            if CA.identity_of(creds.cert_pem).role != "worker":
+                continue
+            asyncio.get_running_loop().create_task(self._convert("worker", creds, list(remote.manager_addrs)))
+            return
 
     def _read_creds(self) -> NodeCredentials:
         d = self._certs_dir
@@ -294,6 +312,18 @@ class ShoalNode:
         from shoal.rpc.logs import serve_logs_loop
 
         self._logs_task = asyncio.create_task(serve_logs_loop(self.remote, self.agent, self.clock), name="logs")
+        self._managers_task = asyncio.create_task(self._keep_manager_list(self.remote), name="manager-list")
+
+    async def _keep_manager_list(self, remote: RemoteDispatcher) -> None:
+        """Remember the managers the leader lists, so a restarted worker finds one even if the one it joined
+        through is gone."""
+        while True:
+            await remote.managers_changed.wait()
+            remote.managers_changed.clear()
+            if remote.manager_addrs and remote.manager_addrs != self.identity.get("manager_addrs"):
+                self.identity["manager_addrs"] = list(remote.manager_addrs)
+                self.identity["manager_addr"] = remote.manager_addrs[0]
+                self._write_identity()
 
     async def _leave_when_removed(self, remote: RemoteDispatcher) -> None:
         """`docker node rm` on a manager: this node's calls are refused as removed. Stop its tasks and go
@@ -354,9 +384,15 @@ class ShoalNode:
                 backoff = min(backoff * 2, 300.0)
                 continue
             backoff = 5.0
+            ident = CA.identity_of(creds.cert_pem)
+            if ident.role != self.identity.get("role"):
+                # Promoted: the node becomes a manager (in a task of its own: it stops this loop).
+                asyncio.get_running_loop().create_task(
+                    self._convert(ident.role, creds, list(self.remote.manager_addrs)))
+                return
             self._write_creds(creds)
             self.remote.set_credentials(creds)
-            log.info("node certificate renewed; valid until %s", CA.identity_of(creds.cert_pem).not_after)
+            log.info("node certificate renewed; valid until %s", ident.not_after)
 
     async def _deactivate(self) -> None:
         logs_task, self._logs_task = self._logs_task, None
@@ -383,28 +419,32 @@ class ShoalNode:
             except (asyncio.CancelledError, Exception):
                 pass
             self._agent_task = None
+        if self._managers_task is not None:
+            await cancel_and_wait(self._managers_task)
+            self._managers_task = None
+        if self._role_task is not None:
+            if self._role_task is not asyncio.current_task():
+                await cancel_and_wait(self._role_task)
+            self._role_task = None
         if self.agent is not None:
             await self.agent.close()
             self.agent = None
-        if self.rpc is not None:
-            await self.rpc.stop()
-            self.rpc = None
+        if self.agent_dispatcher is not None:
+            await self.agent_dispatcher.close()
+            self.agent_dispatcher = None
         if self.remote is not None:
             await self.remote.close()
             self.remote = None
-        if self.raft is not None:
-            await self.raft.stop()
-            self.raft = None
-        if self.manager is not None:
-            await self.manager.stop()
-            self.manager = None
+        if self.replica is not None:
+            await self.replica.close()
+            self.replica = None
+        self.rpc = None
+        self.raft = None
+        self.manager = None
+        self.store = None
         if self.executor is not None:
             await self.executor.close()
             self.executor = None
-        if self.raft_storage is not None:
-            self.raft_storage.close()
-            self.raft_storage = None
-        self.store = None
 
     # --- swarm membership -------------------------------------------------------------------------
 
@@ -434,12 +474,12 @@ class ShoalNode:
             addr = _local_addr(opts.advertise_addr, opts.listen_addr)
             port = (opts.listen_addr.rsplit(":", 1)[1] if ":" in opts.listen_addr else "2377") or "2377"
             raft_id = self.rng.getrandbits(63) or 1
+            cluster_id = new_id(self.rng)
             self.identity = {"node_id": node_id, "addr": addr, "manager_addr": f"{addr}:{port}",
                              "listen_addr": opts.listen_addr or "0.0.0.0:2377", "role": "manager",
-                             "raft_id": raft_id}
+                             "raft_id": raft_id, "cluster_id": cluster_id}
             # Before anything is written: a refused external root leaves the node as it was.
             root = await self._init_root_ca(spec)
-            cluster_id = new_id(self.rng)
             cluster = Cluster(id=cluster_id, spec=spec, root_ca=root, default_addr_pool=pools, subnet_size=size,
                               data_path_port=opts.data_path_port or 4789)
             cluster = replace(cluster, join_tokens=replace(
@@ -448,10 +488,9 @@ class ShoalNode:
                 unlock_key=("SWMKEY-1-" + new_id(self.rng)) if opts.autolock else "")
             if opts.autolock:
                 cluster = replace(cluster, spec=replace(cluster.spec, autolock_managers=True))
-            node = node_for_local(node_id, self.hostname, "manager", addr)
+            node = manager_node_for(node_id, self.hostname, addr, raft_id)
             node = replace(node, spec=replace(node.spec, availability=opts.availability or "active"),
-                           manager_status=replace(node.manager_status, addr=f"{addr}:{port}", raft_id=raft_id)
-                           if node.manager_status else None)
+                           manager_status=replace(node.manager_status, addr=f"{addr}:{port}"))
             ingress_id = new_id(self.rng)
 
             def fn(tx: Tx) -> None:
@@ -512,7 +551,8 @@ class ShoalNode:
         os.replace(tmp, self._identity_file)
 
     async def join_swarm(self, opts: JoinOptions) -> str:
-        """Join as a worker: a certificate from the cluster's CA first, then persist, then start the agent.
+        """Join with a worker or a manager token: a certificate from the cluster's CA first (its role is the
+        token's), then persist, then start the agent (a manager first joins the Raft group through the leader).
         A refusal (bad token, CA mismatch, unreachable manager) leaves nothing behind."""
         async with self._lock:
             if self.state != "inactive":
@@ -522,19 +562,30 @@ class ShoalNode:
             result = await rpc_join(list(opts.remote_addrs), opts.join_token, CA.new_key_pem(), self.hostname,
                                     opts.availability or "active")
             addr = _local_addr(opts.advertise_addr, "") if opts.advertise_addr else _addr_towards(result.manager_addr)
-            self.identity = {"node_id": result.node_id, "addr": addr, "role": "worker",
+            role = CA.identity_of(result.creds.cert_pem).role
+            listen = opts.listen_addr or "0.0.0.0:2377"
+            port = listen.rsplit(":", 1)[1] if ":" in listen else "2377"
+            self.identity = {"node_id": result.node_id, "addr": addr, "role": role,
                              "cluster_id": result.cluster_id, "manager_addr": result.manager_addr,
-                             "manager_id": result.manager_id,
+                             "manager_id": result.manager_id, "listen_addr": listen,
                              "manager_addrs": [result.manager_addr, *[a for a in opts.remote_addrs
                                                                       if a != result.manager_addr]]}
+            if role == "manager":
+                self.identity["manager_addr"] = f"{addr}:{port}"
+                self.identity["raft_id"] = self.rng.getrandbits(63) or 1
             try:
                 self._write_creds(result.creds)
+                shutil.rmtree(self.cfg.data_dir / "raft", ignore_errors=True)
                 self._write_identity()
-                await self._activate()
-            except Exception:
+                if role == "manager":
+                    await self._join_as_manager(result.leader_addr or result.manager_addr)
+                else:
+                    await self._activate()
+            except BaseException:
                 await self._deactivate()
                 self._identity_file.unlink(missing_ok=True)
                 shutil.rmtree(self._certs_dir, ignore_errors=True)
+                shutil.rmtree(self.cfg.data_dir / "raft", ignore_errors=True)
                 self.identity = {}
                 raise
             agent = self.agent
@@ -544,6 +595,14 @@ class ShoalNode:
             except TimeoutError:
                 log.warning("joined, but the first session with a manager is not up yet")
             return result.node_id
+
+    async def _join_as_manager(self, via: str) -> None:
+        """An empty Raft member with its listeners up (so the leader can reach it as soon as it is a voter), then
+        the leader adds it, then the store catches up by log or snapshot."""
+        await self._open_manager()
+        await self._serve_manager()
+        assert self.replica is not None
+        await self.replica.join_group(via)
 
     async def _leave_worker(self) -> None:
         if self.remote is not None:
@@ -561,11 +620,59 @@ class ShoalNode:
                 await self._leave_worker()
                 return
             if not force:
-                raise Unavailable(
-                    "You are attempting to leave the swarm on a node that is participating as a manager. "
-                    "Removing the last manager erases all current state of the swarm. Use `--force` to "
-                    "ignore this message.")
+                raise Unavailable(self._manager_leave_refusal())
+            # As dockerd: the node stops and forgets the swarm; the others still count it as a manager
+            # (Unreachable) until it is demoted and removed.
             await self._remove_local_state()
+
+    def _manager_leave_refusal(self) -> str:
+        """dockerd's message for `swarm leave` without --force on a manager (daemon/cluster/swarm.go)."""
+        msg = "You are attempting to leave the swarm on a node that is participating as a manager. "
+        replica = self.replica
+        if replica is None or replica.membership is None or replica.raft is None:
+            return msg + ("Doing so may lose the consensus of your cluster. The only way to restore a swarm that has "
+                          "lost consensus is to reinitialize it with `--force-new-cluster`. Use `--force` to "
+                          "suppress this message.")
+        reachable, unreachable = replica.membership.reachable_counts()
+        if reachable - 2 <= unreachable:
+            if reachable == 1 and unreachable == 0:
+                return msg + ("Removing the last manager erases all current state of the swarm. Use `--force` to "
+                              "ignore this message. ")
+            msg += (f"Removing this node leaves {reachable - 1} managers out of {reachable + unreachable}. "
+                    "Without a Raft quorum your swarm will be inaccessible. ")
+        return msg + ("The only way to restore a swarm that has lost consensus is to reinitialize it with "
+                      "`--force-new-cluster`. Use `--force` to suppress this message.")
+
+    async def _convert(self, role: str, creds: NodeCredentials, managers: list[str]) -> None:
+        """Promotion or demotion came through: stop what this node ran as and start as `role`, keeping its tasks
+        (the agent adopts them) and its identity."""
+        async with self._lock:
+            if self.state == "inactive" or self.identity.get("role") == role:
+                return
+            log.info("this node is now a %s: restarting its swarm components in that role", role)
+            await self._deactivate()
+            self._write_creds(creds)
+            self.identity["role"] = role
+            if managers:
+                self.identity["manager_addrs"] = managers
+                self.identity["manager_addr"] = managers[0]
+            if role == "manager":
+                listen = self.identity.get("listen_addr") or "0.0.0.0:2377"
+                port = listen.rsplit(":", 1)[1] if ":" in listen else "2377"
+                self.identity["manager_addr"] = f"{self.addr}:{port}"
+                self.identity["raft_id"] = self.rng.getrandbits(63) or 1
+                shutil.rmtree(self.cfg.data_dir / "raft", ignore_errors=True)
+                self._write_identity()
+                try:
+                    await self._join_as_manager(managers[0] if managers else "")
+                except Exception:
+                    log.exception("joining the managers after a promotion failed; retrying as the node restarts")
+                    raise
+            else:
+                self.identity.pop("raft_id", None)
+                shutil.rmtree(self.cfg.data_dir / "raft", ignore_errors=True)
+                self._write_identity()
+                await self._activate()
 
     async def _remove_local_state(self) -> None:
         executor = self.executor
@@ -592,6 +699,26 @@ class ShoalNode:
         shutil.rmtree(self.cfg.data_dir / "raft", ignore_errors=True)
         shutil.rmtree(self._certs_dir, ignore_errors=True)
         self.identity = {}
+
+    @property
+    def is_leader(self) -> bool:
+        return self.raft is not None and self.raft.is_leader
+
+    async def read_barrier(self) -> None:
+        """Linearizable read point: once this returns the local store holds every write committed before."""
+        if self.raft is not None:
+            await self.raft.read_barrier()
+
+    async def wait_for_leader(self) -> None:
+        """Give an election in progress time to finish (two election timeouts) before a request that needs the
+        leader fails with dockerd's "does not have a leader"."""
+        replica = self.replica
+        if replica is None or replica.raft is None:
+            return
+        raft = replica.raft
+        deadline = self.clock.monotonic() + 2 * raft.election_timeout + 1.0
+        while not raft.is_leader and not replica.leader_addr() and self.clock.monotonic() < deadline:
+            await self.clock.sleep(0.05)
 
     def require_manager(self) -> Manager:
         if self.manager is None:

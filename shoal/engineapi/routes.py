@@ -11,6 +11,7 @@ import json
 import re
 import struct
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from aiohttp import web
@@ -27,6 +28,7 @@ from shoal.engineapi.server import (
     PROXY_KEY,
     Handler,
     error_response,
+    forward_to_leader,
     json_response,
     ping_headers,
     version_body,
@@ -38,15 +40,18 @@ from shoal.model.state import TaskState
 from shoal.node import InitOptions, JoinOptions, ShoalNode
 from shoal.store.memory import Event, ReadTx
 
-Route = tuple[str, re.Pattern[str], Handler]
+Route = tuple[str, re.Pattern[str], Handler, bool]
 _ROUTES: list[Route] = []
 
 
-def route(method: str, path: str) -> Callable[[Handler], Handler]:
+def route(method: str, path: str, *, leader: bool = True) -> Callable[[Handler], Handler]:
+    """Register a handler. `leader` (the default for swarm endpoints): on a manager that is not the Raft leader the
+    request is forwarded to the leader and its answer relayed, as dockerd's control API calls go to the leader;
+    `leader=False` for what a node answers itself (ping, info, swarm membership, local engine objects)."""
     pattern = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", path) + "/?$")
 
     def deco(fn: Handler) -> Handler:
-        _ROUTES.append((method, pattern, fn))
+        _ROUTES.append((method, pattern, fn, leader))
         return fn
 
     return deco
@@ -201,13 +206,13 @@ def json_ok(data: Any, status: int = 200) -> web.Response:
 # --- system -------------------------------------------------------------------------------------
 
 
-@route("GET", "/_ping")
+@route("GET", "/_ping", leader=False)
 async def ping(request: web.Request) -> web.StreamResponse:
     body = "" if request.method == "HEAD" else "OK"
     return web.Response(text=body, headers=ping_headers(node_of(request)), content_type="text/plain")
 
 
-@route("GET", "/_shoal/agent")
+@route("GET", "/_shoal/agent", leader=False)
 async def agent_state(request: web.Request) -> web.StreamResponse:
     """Shoal's own diagnostic (not an Engine API path): the secret and config IDs this node's agent holds in
     memory and its tasks, so tests and operators can check that secrets reach only the nodes that use them."""
@@ -218,7 +223,23 @@ async def agent_state(request: web.Request) -> web.StreamResponse:
                     "tasks": sorted(agent.runners)})
 
 
-@route("GET", "/version")
+@route("GET", "/_shoal/raft", leader=False)
+async def raft_state(request: web.Request) -> web.StreamResponse:
+    """Shoal's own diagnostic (not an Engine API path): this manager's Raft member as it sees itself (term, commit,
+    applied index, leader, voters, snapshots) and what its store holds, for tests and operators."""
+    node = node_of(request)
+    raft = node.raft
+    if raft is None or node.store is None:
+        return json_ok({})
+    st = dict(raft.status())
+    st.update({"is_leader": raft.is_leader, "snapshots_taken": raft.snapshots_taken,
+               "snapshots_installed": raft.snapshots_installed, "store_version": node.store.version,
+               "snapshot_index": raft.core.snapshot.meta.index,
+               "objects": {k: node.store.view().count(k) for k in ("node", "service", "task", "secret", "config")}})
+    return json_ok(st)
+
+
+@route("GET", "/version", leader=False)
 async def version(request: web.Request) -> web.StreamResponse:
     return json_ok(version_body())
 
@@ -252,7 +273,7 @@ def swarm_info(node: ShoalNode) -> dict[str, Any]:
     return info
 
 
-@route("GET", "/info")
+@route("GET", "/info", leader=False)
 async def info(request: web.Request) -> web.StreamResponse:
     node = node_of(request)
     engine = request.app[ENGINE_KEY]
@@ -297,7 +318,7 @@ def _mem_total() -> int:
     return 0
 
 
-@route("GET", "/distribution/{name}/json")
+@route("GET", "/distribution/{name}/json", leader=False)
 async def distribution(request: web.Request) -> web.StreamResponse:
     # No registry is reachable from a Shoal node by design of its tests; the CLI warns and carries on
     # with the image reference as given, and executors use the local image.
@@ -306,7 +327,7 @@ async def distribution(request: web.Request) -> web.StreamResponse:
                                "using the reference as given")
 
 
-@route("GET", "/events")
+@route("GET", "/events", leader=False)
 async def events(request: web.Request) -> web.StreamResponse:
     node = node_of(request)
     flt = parse_filters(request, {"type", "event", "scope", "container", "image", "label", "network",
@@ -381,7 +402,7 @@ async def swarm_inspect(request: web.Request) -> web.StreamResponse:
                                    root_rotation_in_progress=CA.rotation_in_progress(c.root_ca)))
 
 
-@route("POST", "/swarm/init")
+@route("POST", "/swarm/init", leader=False)
 async def swarm_init(request: web.Request) -> web.StreamResponse:
     req = C.init_request_from_wire(await read_json(request))
     node = node_of(request)
@@ -392,7 +413,7 @@ async def swarm_init(request: web.Request) -> web.StreamResponse:
     return json_ok(node_id)
 
 
-@route("POST", "/swarm/join")
+@route("POST", "/swarm/join", leader=False)
 async def swarm_join(request: web.Request) -> web.StreamResponse:
     req = C.join_request_from_wire(await read_json(request))
     node = node_of(request)
@@ -404,7 +425,7 @@ async def swarm_join(request: web.Request) -> web.StreamResponse:
     return web.Response(status=200)
 
 
-@route("POST", "/swarm/leave")
+@route("POST", "/swarm/leave", leader=False)
 async def swarm_leave(request: web.Request) -> web.StreamResponse:
     await node_of(request).leave(qbool(request, "force"))
     return web.Response(status=200)
@@ -431,7 +452,7 @@ async def swarm_unlockkey(request: web.Request) -> web.StreamResponse:
     return json_ok({"UnlockKey": c.unlock_key})
 
 
-@route("POST", "/swarm/unlock")
+@route("POST", "/swarm/unlock", leader=False)
 async def swarm_unlock(request: web.Request) -> web.StreamResponse:
     await read_json(request)
     if node_of(request).manager is None:
@@ -468,11 +489,15 @@ async def nodes_list(request: web.Request) -> web.StreamResponse:
             continue
         if flt.get("node.label") and not match_labels(dict(n.spec.annotations.labels), flt["node.label"]):
             continue
-        out.append(_node_wire(n, mgr))
+        out.append(_node_wire(n, mgr, node_of(request)))
     return json_ok(out)
 
 
-def _node_wire(n: Node, mgr: Manager) -> dict[str, Any]:
+def _node_wire(n: Node, mgr: Manager, node: ShoalNode | None = None) -> dict[str, Any]:
+    membership = node.replica.membership if node is not None and node.replica is not None else None
+    if membership is not None and n.manager_status is not None:
+        # Leader and reachability as the leader sees them now, not as stored.
+        n = replace(n, manager_status=membership.status_of(n))
     d = C.node_to_wire(n)
     cluster = mgr.store.view().cluster()
     if cluster is not None and "Description" in d:
@@ -485,7 +510,7 @@ def _node_wire(n: Node, mgr: Manager) -> dict[str, Any]:
 @route("GET", "/nodes/{id}")
 async def node_inspect(request: web.Request) -> web.StreamResponse:
     mgr = manager_of(request)
-    return json_ok(_node_wire(mgr.controlapi.get_node(param(request, "id")), mgr))
+    return json_ok(_node_wire(mgr.controlapi.get_node(param(request, "id")), mgr, node_of(request)))
 
 
 @route("POST", "/nodes/{id}/update")
@@ -809,7 +834,7 @@ def _local_task(request: web.Request) -> Task | None:
     return node.agent.find_task(param(request, "id"))
 
 
-@route("GET", "/containers/{id}/json")
+@route("GET", "/containers/{id}/json", leader=False)
 async def task_container_inspect(request: web.Request) -> web.StreamResponse:
     t = _local_task(request)
     if t is None:
@@ -834,7 +859,7 @@ async def task_container_inspect(request: web.Request) -> web.StreamResponse:
     })
 
 
-@route("GET", "/containers/{id}/logs")
+@route("GET", "/containers/{id}/logs", leader=False)
 async def task_container_logs(request: web.Request) -> web.StreamResponse:
     t = _local_task(request)
     if t is None:
@@ -948,7 +973,7 @@ def _swarm_networks(request: web.Request) -> list[Network]:
     return list(node.manager.store.view().all("network"))
 
 
-@route("GET", "/networks")
+@route("GET", "/networks", leader=False)
 async def networks_list(request: web.Request) -> web.StreamResponse:
     engine = request.app[ENGINE_KEY]
     flt = parse_filters(request, {"dangling", "driver", "id", "label", "name", "scope", "type"})
@@ -988,7 +1013,7 @@ def _find_swarm_network(request: web.Request, ref: str) -> Network | None:
     return found if isinstance(found, Network) else None
 
 
-@route("GET", "/networks/{id}")
+@route("GET", "/networks/{id}", leader=False)
 async def network_inspect(request: web.Request) -> web.StreamResponse:
     net = _find_swarm_network(request, param(request, "id"))
     if net is None:
@@ -998,7 +1023,7 @@ async def network_inspect(request: web.Request) -> web.StreamResponse:
     return json_ok(C.network_to_wire(net, api_version=request["api_version"]))
 
 
-@route("POST", "/networks/create")
+@route("POST", "/networks/create", leader=False)
 async def network_create(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     driver = str(body.get("Driver") or "bridge") if isinstance(body, dict) else "bridge"
@@ -1006,18 +1031,23 @@ async def network_create(request: web.Request) -> web.StreamResponse:
     if driver != "overlay" and scope != "swarm":
         return await request.app[ENGINE_KEY].forward_json(request, body)
     mgr = manager_of(request)
+    if not node_of(request).is_leader:
+        return await forward_to_leader(request)
     req = C.network_create_from_wire(body)
     net = await mgr.controlapi.create_network(req.spec)
     return json_ok({"Id": net.id, "Warning": ""}, status=201)
 
 
-@route("DELETE", "/networks/{id}")
+@route("DELETE", "/networks/{id}", leader=False)
 async def network_remove(request: web.Request) -> web.StreamResponse:
     net = _find_swarm_network(request, param(request, "id"))
     if net is None:
         if request.app[ENGINE_KEY].engine_host is not None:
             return await request.app[PROXY_KEY].handle(request)
         raise NotFound(M.network_not_found(param(request, "id")))
-    await manager_of(request).controlapi.remove_network(net.id)
+    mgr = manager_of(request)
+    if not node_of(request).is_leader:
+        return await forward_to_leader(request)
+    await mgr.controlapi.remove_network(net.id)
     return web.Response(status=204)
 

@@ -19,9 +19,12 @@ from typing import Any
 from aiohttp import web
 
 from shoal import __version__
+from shoal.engineapi import messages as M
 from shoal.engineapi.engine_client import EngineClient
 from shoal.engineapi.proxy import EngineProxy
-from shoal.errors import ShoalError
+from shoal.errors import NotLeader, ShoalError, Unavailable
+from shoal.manager.raft.node import NotLeaderError
+from shoal.manager.replica import FORWARDED_HEADER
 from shoal.node import ShoalNode
 
 log = logging.getLogger(__name__)
@@ -79,6 +82,7 @@ def make_app(node: ShoalNode, proxy: EngineProxy, engine: EngineClient) -> web.A
     table = routes.route_table()
 
     async def dispatch(request: web.Request) -> web.StreamResponse:
+        node = app[NODE_KEY]
         path = request.path
         m = _VERSION_RE.match(path)
         version = API_VERSION
@@ -93,17 +97,59 @@ def make_app(node: ShoalNode, proxy: EngineProxy, engine: EngineClient) -> web.A
                                            f"newer version")
         request["api_version"] = version
         request["route_path"] = path
-        for method, pattern, fn in table:
+        for method, pattern, fn, leader in table:
             if method != request.method and not (method == "GET" and request.method == "HEAD"):
                 continue
             mm = pattern.match(path)
             if mm is not None:
                 request["params"] = mm.groupdict()
+                if leader and node.replica is not None:
+                    return await _on_leader(request, fn)
                 return await fn(request)
         return await proxy.handle(request)
 
     app.router.add_route("*", "/{tail:.*}", dispatch)
     return app
+
+
+async def _on_leader(request: web.Request, fn: Handler) -> web.StreamResponse:
+    """A swarm request on a manager: answered here when this manager leads (reads after a read barrier, so they
+    see every write committed before they arrived, wherever it was made), else by the leader."""
+    node: ShoalNode = request.app[NODE_KEY]
+    if not node.is_leader:
+        return await forward_to_leader(request)
+    try:
+        if request.method in ("GET", "HEAD"):
+            await node.read_barrier()
+        return await fn(request)
+    except NotLeaderError:
+        # Leadership moved between the check and the first proposal (nothing was written): ask the new leader.
+        return await forward_to_leader(request)
+
+
+async def forward_to_leader(request: web.Request) -> web.StreamResponse:
+    """Relay this request to the Raft leader and its answer (streamed: logs follow) back to the client."""
+    node: ShoalNode = request.app[NODE_KEY]
+    replica = node.replica
+    if replica is None:
+        raise Unavailable(M.NOT_A_SWARM_MANAGER)
+    if request.headers.get(FORWARDED_HEADER):
+        raise NotLeader("this manager is no longer the swarm leader; try again")  # no second hop
+    await node.wait_for_leader()
+    body = await request.read()
+    it = replica.forward(request.method, request.raw_path, dict(request.headers), body).__aiter__()
+    head = await it.__anext__()  # errors here (no leader, leader unreachable) become an error answer
+    headers = {k: v for k, v in head.headers.items() if k.lower() not in ("content-length", "transfer-encoding")}
+    resp = web.StreamResponse(status=head.status or 200, headers=headers)
+    await resp.prepare(request)
+    try:
+        async for chunk in it:
+            if chunk.data:
+                await resp.write(chunk.data)
+    except ShoalError as e:
+        log.info("forwarded %s %s ended early: %s", request.method, request.path, e)
+    await resp.write_eof()
+    return resp
 
 
 def ping_headers(node: ShoalNode) -> dict[str, str]:

@@ -11,6 +11,7 @@ import ipaddress
 import random
 import re
 from dataclasses import replace
+from typing import Any
 
 from shoal.clock import Clock
 from shoal.engineapi import messages as M
@@ -62,6 +63,7 @@ class ControlAPI:
         self.store = store
         self.clock = clock
         self.rng = rng
+        self.membership: Any = None  # shoal.manager.membership.Membership of a replicated manager
 
     def view(self) -> ReadTx:
         return self.store.view()
@@ -419,12 +421,17 @@ class ControlAPI:
             if cur.meta.version != version:
                 raise SequenceConflict(M.UPDATE_OUT_OF_SEQUENCE)
             if cur.spec.role == "manager" and spec.role == "worker":
+                # swarmkit's demotion checks; the role loop then takes it out of Raft and makes it a worker.
                 managers = [n for n in tx.nodes() if n.spec.role == "manager"]
-                if len(managers) <= 1:
+                if len(managers) == 1 and managers[0].id == cur.id:
                     raise ShoalError(M.DEMOTE_LAST_MANAGER)
-                raise NotImplementedFeature("demoting managers needs the Raft issue (more than one manager)")
-            if cur.spec.role == "worker" and spec.role == "manager":
-                raise NotImplementedFeature("promoting workers needs the Raft issue (more than one manager)")
+                members = self.membership
+                if members is not None:
+                    rid = cur.manager_status.raft_id if cur.manager_status is not None else 0
+                    if not rid or rid not in members.raft.voters:
+                        raise NotFound(M.rpc(M.NOT_FOUND, "can't find manager in raft memberlist"))
+                    if not members.can_remove(rid):
+                        raise ShoalError(M.QUORUM_LOSS)
             tx.update(replace(cur, spec=spec))
 
         await self.store.update(fn)
@@ -432,8 +439,11 @@ class ControlAPI:
     async def remove_node(self, ref: str, force: bool) -> None:
         def fn(tx: Tx) -> None:
             cur = self.get_node(ref, tx)
-            if cur.spec.role == "manager":
-                raise ShoalError(M.node_is_manager(cur.id))
+            if cur.spec.role == "manager" or cur.role == "manager":
+                members = self.membership
+                rid = cur.manager_status.raft_id if cur.manager_status is not None else 0
+                if members is None or (rid and rid in members.raft.voters) or cur.role == "manager":
+                    raise ShoalError(M.node_is_manager(cur.id))
             if cur.status.state != "down" and not force:
                 raise ShoalError(M.node_not_down(cur.id))
             tx.delete("node", cur.id)

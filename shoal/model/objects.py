@@ -388,10 +388,13 @@ class Node:
     description: NodeDescription = field(default_factory=NodeDescription)
     status: NodeStatus = field(default_factory=NodeStatus)
     manager_status: ManagerStatus | None = None
+    # The role the node has now (its certificate's), as swarmkit's Node.Role; spec.role is the desired one. A
+    # demotion changes it only once the manager left the Raft group; "" (older data) means spec.role.
+    observed_role: str = ""
 
     @property
     def role(self) -> str:
-        return self.spec.role
+        return self.observed_role or self.spec.role
 
 
 # --- secrets, configs, networks ----------------------------------------------------------------

@@ -64,6 +64,13 @@ class NodeRemoved(ShoalError):
     """The managers no longer know this node (`docker node rm`): it must leave on its own."""
 
 
+def _leader_hint(e: grpc.aio.AioRpcError) -> str:
+    for k, v in e.trailing_metadata() or ():
+        if k == "shoal-leader-addr":
+            return str(v)
+    return ""
+
+
 def _removed(e: grpc.aio.AioRpcError) -> bool:
     return e.code() == grpc.StatusCode.PERMISSION_DENIED and "was removed from the swarm" in (e.details() or "")
 
@@ -124,6 +131,7 @@ class JoinResult:
     manager_addr: str
     secure_addr: str
     manager_id: str = ""
+    leader_addr: str = ""
 
 
 async def join(remote_addrs: list[str], token: str, key_pem: str, hostname: str, availability: str,
@@ -160,7 +168,8 @@ async def join(remote_addrs: list[str], token: str, key_pem: str, hostname: str,
             raise ShoalError("the manager answered with a certificate its root CA did not issue")
         return JoinResult(node_id=resp.node_id, cluster_id=resp.cluster_id,
                           creds=NodeCredentials(key_pem, resp.cert_pem + resp.cert_chain_pem, resp.ca_cert_pem),
-                          manager_addr=addr, secure_addr=resp.secure_addr, manager_id=resp.manager_id)
+                          manager_addr=addr, secure_addr=resp.secure_addr, manager_id=resp.manager_id,
+                          leader_addr=resp.leader_addr)
     raise Unavailable(f"could not reach a manager at {', '.join(remote_addrs)}: {last}")
 
 
@@ -191,6 +200,17 @@ class RemoteDispatcher:
         self.trust_root = ""  # the roots the managers say to trust now
         self.trust_changed = asyncio.Event()
         self.removed = asyncio.Event()  # the managers refused this node as removed
+        self.role = ""  # this node's role as the managers see it (from heartbeats)
+        self.managers_changed = asyncio.Event()  # manager_addrs changed (the node persists them)
+        self._prefer = ""  # a manager that said where the leader is
+
+    def _learn_managers(self, addrs: list[str]) -> None:
+        new = [_normalize(a) for a in addrs if a]
+        if new and new != self.manager_addrs:
+            # Keep a manager we knew that the list leaves out until the list is confirmed: the leader lists every
+            # manager the store knows, so the union only ever holds managers that existed.
+            self.manager_addrs = new
+            self.managers_changed.set()
 
     def _error(self, e: grpc.aio.AioRpcError) -> ShoalError:
         if _removed(e):
@@ -204,7 +224,8 @@ class RemoteDispatcher:
 
     async def _secure_addr(self) -> str:
         last: Exception | None = None
-        for addr in self.manager_addrs:
+        order = ([self._prefer] if self._prefer else []) + [a for a in self.manager_addrs if a != self._prefer]
+        for addr in order:
             async with grpc.aio.secure_channel(addr, grpc.ssl_channel_credentials(self.creds.root_pem.encode()),
                                                options=CHANNEL_OPTIONS) as ch:
                 try:
@@ -213,6 +234,8 @@ class RemoteDispatcher:
                     return str(resp.secure_addr)
                 except grpc.aio.AioRpcError as e:
                     last = from_rpc_error(e)
+                    if addr == self._prefer:
+                        self._prefer = ""
         raise Unavailable(f"no manager reachable: {last}")
 
     async def _connect(self) -> grpc.aio.Channel:
@@ -227,12 +250,24 @@ class RemoteDispatcher:
         return self._channel
 
     async def register(self, node_id: str, description: NodeDescription, addr: str) -> float:
-        ch = await self._connect()
-        try:
-            resp = await pbg.DispatcherStub(ch).Register(pb.RegisterRequest(
-                description=json.dumps(codec.encode(description)).encode(), addr=addr), timeout=self.call_timeout)
-        except grpc.aio.AioRpcError as e:
-            raise self._error(e) from None
+        """A new session with the leader: a manager that is not the leader says where it is, and we go there."""
+        for _ in range(4):
+            ch = await self._connect()
+            try:
+                resp = await pbg.DispatcherStub(ch).Register(pb.RegisterRequest(
+                    description=json.dumps(codec.encode(description)).encode(), addr=addr), timeout=self.call_timeout)
+                break
+            except grpc.aio.AioRpcError as e:
+                hint = _leader_hint(e)
+                if e.code() == grpc.StatusCode.FAILED_PRECONDITION and hint:
+                    self._prefer = _normalize(hint)
+                    if self._prefer not in self.manager_addrs:
+                        self.manager_addrs.append(self._prefer)
+                    continue
+                raise self._error(e) from None
+        else:
+            raise Unavailable("the managers keep pointing elsewhere for the leader; trying again later")
+        self._learn_managers(list(resp.managers))
         if float(resp.period) != self._period:
             log.info("heartbeat period now %.1fs (from the cluster's dispatcher settings)", resp.period)
         self._period = float(resp.period)
@@ -253,6 +288,8 @@ class RemoteDispatcher:
             self.trust_root = resp.trust_root
             if resp.trust_root != self.creds.root_pem:
                 self.trust_changed.set()
+        self._learn_managers(list(resp.managers))
+        self.role = resp.role or self.role
         return self._period
 
     async def assignments(self, node_id: str) -> AsyncIterator[Assignments]:
@@ -281,14 +318,24 @@ class RemoteDispatcher:
             raise self._error(e) from None
 
     async def renew(self, key_pem: str) -> NodeCredentials:
-        """A new certificate for a new key, over a session of its own with the current certificate."""
-        addr = await self._secure_addr()
-        async with grpc.aio.secure_channel(addr, self.creds.channel_credentials(), options=CHANNEL_OPTIONS) as ch:
-            try:
-                resp = await pbg.NodeCAStub(ch).RenewNodeCertificate(pb.RenewRequest(csr_pem=CA.make_csr(key_pem)),
-                                                                     timeout=self.call_timeout)
-            except grpc.aio.AioRpcError as e:
-                raise self._error(e) from None
+        """A new certificate for a new key, over a session of its own with the current certificate (from the leader,
+        which records which root issued it)."""
+        resp: pb.IssueResponse | None = None
+        for _ in range(4):
+            addr = await self._secure_addr()
+            async with grpc.aio.secure_channel(addr, self.creds.channel_credentials(), options=CHANNEL_OPTIONS) as ch:
+                try:
+                    resp = await pbg.NodeCAStub(ch).RenewNodeCertificate(
+                        pb.RenewRequest(csr_pem=CA.make_csr(key_pem)), timeout=self.call_timeout)
+                    break
+                except grpc.aio.AioRpcError as e:
+                    hint = _leader_hint(e)
+                    if e.code() == grpc.StatusCode.FAILED_PRECONDITION and hint:
+                        self._prefer = _normalize(hint)
+                        continue
+                    raise self._error(e) from None
+        if resp is None:
+            raise Unavailable("no leader answered the certificate renewal")
         # The answer came over mutual TLS from a manager our current roots verified, so its trust bundle is
         # taken (that is how a root rotation reaches this node); the certificate must chain to that bundle.
         roots = resp.ca_cert_pem or self.creds.root_pem

@@ -30,7 +30,7 @@ import grpc
 
 from shoal import ca as CA
 from shoal.clock import Clock
-from shoal.errors import InvalidArgument, NotFound, ShoalError, Unavailable
+from shoal.errors import InvalidArgument, NotFound, NotLeader, ShoalError, Unavailable
 from shoal.ids import new_id
 from shoal.manager.dispatcher import DispatcherAPI
 from shoal.model import codec
@@ -38,6 +38,7 @@ from shoal.model.objects import (
     SECOND,
     Annotations,
     Cluster,
+    ManagerStatus,
     Node,
     NodeDescription,
     NodeSpec,
@@ -94,14 +95,22 @@ def peer_host(context: grpc.aio.ServicerContext) -> str:
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+async def abort_with(context: grpc.aio.ServicerContext, e: ShoalError) -> None:
+    """End the call with this error; a NotLeader tells the caller where the leader is (trailing metadata)."""
+    if isinstance(e, NotLeader):
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, e.message,
+                            trailing_metadata=(("shoal-leader-addr", e.leader_addr), ("shoal-leader-id", e.leader_id)))
+    code, desc = _status_of(e)
+    await context.abort(code, desc)
+
+
 def translate_errors(fn: F) -> F:
     @functools.wraps(fn)
     async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
             return await fn(self, request, context)
         except ShoalError as e:
-            code, desc = _status_of(e)
-            await context.abort(code, desc)
+            await abort_with(context, e)
 
     return wrapper  # type: ignore[return-value]
 
@@ -128,7 +137,7 @@ class Authorizer:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 f"node {ident.node_id} was removed from the swarm")
         assert node is not None
-        if ident.role not in roles or node.spec.role not in roles:
+        if ident.role not in roles or node.role not in roles:
             await context.abort(grpc.StatusCode.PERMISSION_DENIED,
                                 f"Permission denied: unauthorized peer role: rpc error: code = PermissionDenied "
                                 f"desc = remote peer with role {CA.ROLE_OU.get(ident.role, '?')} is not allowed")
@@ -149,8 +158,7 @@ def authorized(roles: frozenset[str]) -> Callable[[Callable[..., Any]], Any]:
                     async for item in fn(self, request, context, ident):
                         yield item
                 except ShoalError as e:
-                    code, desc = _status_of(e)
-                    await context.abort(code, desc)
+                    await abort_with(context, e)
 
             return gen_wrapper
 
@@ -160,8 +168,7 @@ def authorized(roles: frozenset[str]) -> Callable[[Callable[..., Any]], Any]:
             try:
                 return await fn(self, request, context, ident)
             except ShoalError as e:
-                code, desc = _status_of(e)
-                await context.abort(code, desc)
+                await abort_with(context, e)
 
         return wrapper
 
@@ -181,6 +188,25 @@ class _Servers:
         self.rng = rng
         self.secure_addr = ""
         self.node_id = ""
+        self.membership: Any = None  # shoal.manager.membership.Membership (None: a manager alone, always leading)
+        self.creds: Callable[[], tuple[str, str, str]] = lambda: ("", "", "")
+
+    def is_leader(self) -> bool:
+        return self.membership is None or bool(self.membership.raft.is_leader)
+
+    def require_leader(self) -> None:
+        if not self.is_leader():
+            raise self.membership.not_leader()
+
+    def managers(self) -> list[str]:
+        """Every manager's listen address, the leader's first (what agents keep to find a manager)."""
+        lead = self.membership.leader_addr() if self.membership is not None else ""
+        out = [lead] if lead else []
+        for n in self.store.view().nodes():
+            ms = n.manager_status
+            if ms is not None and ":" in ms.addr and n.role == "manager" and ms.addr not in out:
+                out.append(ms.addr)
+        return out
 
     def cluster(self) -> Cluster:
         c = self.store.view().cluster()
@@ -196,17 +222,24 @@ class CAServicer(pbg.CAServicer):
     @translate_errors
     async def GetRootCACertificate(self, request: pb.RootCARequest,
                                    context: grpc.aio.ServicerContext) -> pb.RootCAResponse:
-        return pb.RootCAResponse(ca_cert_pem=self.s.cluster().root_ca.ca_cert_pem, secure_addr=self.s.secure_addr,
+        c = self.s.store.view().cluster()
+        if c is None:
+            # A manager that just joined and has not received the store yet: its certificate's root is the one.
+            roots = self.s.creds()[2]
+            if not roots:
+                raise Unavailable("This node is not part of a swarm")
+            return pb.RootCAResponse(ca_cert_pem=CA.split_pems(roots)[0],
+                                                          secure_addr=self.s.secure_addr, node_id=self.s.node_id)
+        return pb.RootCAResponse(ca_cert_pem=c.root_ca.ca_cert_pem, secure_addr=self.s.secure_addr,
                                  node_id=self.s.node_id)
 
     @translate_errors
     async def IssueNodeCertificate(self, request: pb.IssueRequest,
                                    context: grpc.aio.ServicerContext) -> pb.IssueResponse:
+        if not self.s.is_leader():
+            return await self._forward(request)
         cluster = self.s.cluster()
         role = CA.token_role(cluster.join_tokens.worker, cluster.join_tokens.manager, request.token)
-        if role == "manager":
-            raise ShoalError("rpc error: code = Unimplemented desc = joining as a manager is not supported yet "
-                             "by Shoal (managers need Raft replication); join with the worker token")
         availability = request.availability or "active"
         if availability not in ("active", "pause", "drain"):
             raise InvalidArgument(f"rpc error: code = InvalidArgument desc = invalid availability {availability}")
@@ -219,12 +252,31 @@ class CAServicer(pbg.CAServicer):
         node = Node(id=node_id, spec=NodeSpec(annotations=Annotations(), role=role, availability=availability),
                     description=NodeDescription(hostname=request.hostname,
                                                 tls_info=CA.node_tls_info(cert, issuer)),
-                    status=NodeStatus(state="unknown", addr=peer_host(context)))
+                    status=NodeStatus(state="unknown", addr=peer_host(context)), observed_role=role,
+                    manager_status=ManagerStatus(reachability="unknown") if role == "manager" else None)
         await self.s.store.update(lambda tx: tx.create(node))
         log.info("issued a %s certificate to new node %s (%s)", role, node_id, request.hostname)
+        lead = self.s.membership.leader_addr() if self.s.membership is not None else ""
         return pb.IssueResponse(node_id=node_id, cert_pem=cert, ca_cert_pem=CA.trust_bundle(cluster.root_ca),
                                 cluster_id=cluster.id, secure_addr=self.s.secure_addr, manager_id=self.s.node_id,
-                                cert_chain_pem=CA.signing_chain(cluster.root_ca))
+                                cert_chain_pem=CA.signing_chain(cluster.root_ca), leader_addr=lead)
+
+    async def _forward(self, request: pb.IssueRequest) -> pb.IssueResponse:
+        """A follower hands the join to the leader's CA listener (the node record is the leader's to write)."""
+        m = self.s.membership
+        lead = m.leader_addr()
+        if not lead:
+            raise Unavailable(f"rpc error: code = Unavailable desc = {m.not_leader().message}")
+        roots = self.s.creds()[2]
+        from shoal.rpc.client import CHANNEL_OPTIONS, from_rpc_error
+
+        async with grpc.aio.secure_channel(lead, grpc.ssl_channel_credentials(roots.encode()),
+                                           options=CHANNEL_OPTIONS) as ch:
+            try:
+                resp: pb.IssueResponse = await pbg.CAStub(ch).IssueNodeCertificate(request, timeout=20.0)
+                return resp
+            except grpc.aio.AioRpcError as e:
+                raise from_rpc_error(e) from None
 
 
 class NodeCAServicer(pbg.NodeCAServicer):
@@ -235,11 +287,12 @@ class NodeCAServicer(pbg.NodeCAServicer):
     @authorized(ANY_NODE)
     async def RenewNodeCertificate(self, request: pb.RenewRequest, context: grpc.aio.ServicerContext,
                                    ident: CA.NodeIdentity) -> pb.IssueResponse:
+        self.s.require_leader()
         cluster = self.s.cluster()
         node = self.s.store.view().node(ident.node_id)
         assert node is not None
         cert = await asyncio.to_thread(CA.sign_node_cert, cluster.root_ca, cluster.spec.ca_config, request.csr_pem,
-                                       node.id, node.spec.role, cluster.id, self.s.clock.now(),
+                                       node.id, node.role, cluster.id, self.s.clock.now(),
                                        cluster.spec.ca_config.node_cert_expiry / SECOND)
         info = CA.node_tls_info(cert, CA.desired_root_pem(cluster.root_ca))
         await self.s.store.update(lambda tx: _set_tls_info(tx, node.id, info))
@@ -273,26 +326,36 @@ class DispatcherServicer(pbg.DispatcherServicer):
     @authorized(ANY_NODE)
     async def Register(self, request: pb.RegisterRequest, context: grpc.aio.ServicerContext,
                        ident: CA.NodeIdentity) -> pb.PeriodResponse:
+        self.s.require_leader()
         desc = codec.decode_as(NodeDescription, json.loads(request.description or b"{}"))
         # The certificate the session runs with says which root issued it, not the node's own claim.
         desc = replace(desc, tls_info=_peer_tls_info(context, self.s.cluster()))
         period = await self.dispatcher.register(ident.node_id, desc, request.addr or peer_host(context))
-        return pb.PeriodResponse(period=period)
+        resp = pb.PeriodResponse(period=period)
+        resp.managers.extend(self.s.managers())
+        return resp
 
     @authorized(ANY_NODE)
     async def Heartbeat(self, request: pb.Empty, context: grpc.aio.ServicerContext,
                         ident: CA.NodeIdentity) -> pb.PeriodResponse:
+        self.s.require_leader()
         period = await self.dispatcher.heartbeat(ident.node_id)
         cluster = self.s.cluster()
         node = self.s.store.view().node(ident.node_id)
         info = node.description.tls_info if node is not None else None
         want = CA.tls_info(CA.root_of(CA.desired_root_pem(cluster.root_ca)))["CertIssuerPublicKey"]
         renew = not isinstance(info, dict) or info.get("CertIssuerPublicKey") != want
-        return pb.PeriodResponse(period=period, renew_certificate=renew, trust_root=CA.trust_bundle(cluster.root_ca))
+        role = node.role if node is not None else ident.role
+        renew = renew or role != ident.role  # promoted or demoted: the next certificate carries the new role
+        resp = pb.PeriodResponse(period=period, renew_certificate=renew, trust_root=CA.trust_bundle(cluster.root_ca),
+                                 role=role)
+        resp.managers.extend(self.s.managers())
+        return resp
 
     @authorized(ANY_NODE)
     async def Assignments(self, request: pb.Empty, context: grpc.aio.ServicerContext,
                           ident: CA.NodeIdentity) -> AsyncIterator[pb.AssignmentsMessage]:
+        self.s.require_leader()
         async for a in self.dispatcher.assignments(ident.node_id):
             payload = {
                 "tasks": [codec.encode(t) for t in a.tasks],
@@ -307,6 +370,7 @@ class DispatcherServicer(pbg.DispatcherServicer):
     @authorized(ANY_NODE)
     async def UpdateTaskStatus(self, request: pb.StatusUpdate, context: grpc.aio.ServicerContext,
                                ident: CA.NodeIdentity) -> pb.Empty:
+        self.s.require_leader()
         raw = json.loads(request.updates or b"[]")
         updates = [(str(tid), codec.decode_as(TaskStatus, st)) for tid, st in raw]
         await self.dispatcher.update_task_status(ident.node_id, updates)
@@ -315,6 +379,7 @@ class DispatcherServicer(pbg.DispatcherServicer):
     @authorized(ANY_NODE)
     async def Leave(self, request: pb.Empty, context: grpc.aio.ServicerContext,
                     ident: CA.NodeIdentity) -> pb.Empty:
+        self.s.require_leader()
         def fn(tx: Tx) -> None:
             node = tx.node(ident.node_id)
             if node is not None and node.status.state != "down":
@@ -345,7 +410,8 @@ class ManagerRPC:
                  node_id: str, listen_addr: str, advertise_host: str, unknown_grace: float = 30.0,
                  logbroker: Any = None, *, creds: Any = None,
                  on_credentials: Callable[[str, str, str], None] | None = None,
-                 is_leader: Callable[[], bool] = lambda: True) -> None:
+                 is_leader: Callable[[], bool] = lambda: True, membership: Any = None,
+                 raft_hooks: Any = None) -> None:
         self.store = store
         self._initial_creds = creds  # shoal.rpc.client.NodeCredentials from disk (None: issue our own)
         self.on_credentials = on_credentials  # (key, cert chain, trust roots) after every new certificate
@@ -359,6 +425,9 @@ class ManagerRPC:
         self.listen_addr = listen_addr
         self.advertise_host = advertise_host
         self._s = _Servers(store, clock, rng)
+        self._s.membership = membership
+        self._s.creds = lambda: self.credentials
+        self.raft_hooks = raft_hooks  # shoal.rpc.raft.RaftHooks: serve the Raft service (replicated managers)
         self._bootstrap: grpc.aio.Server | None = None
         self._secure: grpc.aio.Server | None = None
         self._renewer: asyncio.Task[None] | None = None
@@ -439,6 +508,10 @@ class ManagerRPC:
         pbg.add_NodeCAServicer_to_server(NodeCAServicer(self._s, auth), secure)
         pbg.add_DispatcherServicer_to_server(DispatcherServicer(self._s, auth, self.dispatcher), secure)
         pbg.add_ControlServicer_to_server(ControlServicer(self._s, auth), secure)
+        if self.raft_hooks is not None:
+            from shoal.rpc.raft import RaftServicer
+
+            pbg.add_RaftServicer_to_server(RaftServicer(self.raft_hooks), secure)
         if self.logbroker is not None:
             from shoal.rpc.logs import LogsServicer
 

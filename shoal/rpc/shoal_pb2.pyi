@@ -37,7 +37,7 @@ class IssueRequest(_message.Message):
     def __init__(self, token: _Optional[str] = ..., csr_pem: _Optional[str] = ..., availability: _Optional[str] = ..., hostname: _Optional[str] = ...) -> None: ...
 
 class IssueResponse(_message.Message):
-    __slots__ = ("node_id", "cert_pem", "ca_cert_pem", "cluster_id", "secure_addr", "manager_id", "cert_chain_pem")
+    __slots__ = ("node_id", "cert_pem", "ca_cert_pem", "cluster_id", "secure_addr", "manager_id", "cert_chain_pem", "leader_addr")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     CERT_PEM_FIELD_NUMBER: _ClassVar[int]
     CA_CERT_PEM_FIELD_NUMBER: _ClassVar[int]
@@ -45,6 +45,7 @@ class IssueResponse(_message.Message):
     SECURE_ADDR_FIELD_NUMBER: _ClassVar[int]
     MANAGER_ID_FIELD_NUMBER: _ClassVar[int]
     CERT_CHAIN_PEM_FIELD_NUMBER: _ClassVar[int]
+    LEADER_ADDR_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     cert_pem: str
     ca_cert_pem: str
@@ -52,7 +53,8 @@ class IssueResponse(_message.Message):
     secure_addr: str
     manager_id: str
     cert_chain_pem: str
-    def __init__(self, node_id: _Optional[str] = ..., cert_pem: _Optional[str] = ..., ca_cert_pem: _Optional[str] = ..., cluster_id: _Optional[str] = ..., secure_addr: _Optional[str] = ..., manager_id: _Optional[str] = ..., cert_chain_pem: _Optional[str] = ...) -> None: ...
+    leader_addr: str
+    def __init__(self, node_id: _Optional[str] = ..., cert_pem: _Optional[str] = ..., ca_cert_pem: _Optional[str] = ..., cluster_id: _Optional[str] = ..., secure_addr: _Optional[str] = ..., manager_id: _Optional[str] = ..., cert_chain_pem: _Optional[str] = ..., leader_addr: _Optional[str] = ...) -> None: ...
 
 class RenewRequest(_message.Message):
     __slots__ = ("csr_pem",)
@@ -69,14 +71,18 @@ class RegisterRequest(_message.Message):
     def __init__(self, description: _Optional[bytes] = ..., addr: _Optional[str] = ...) -> None: ...
 
 class PeriodResponse(_message.Message):
-    __slots__ = ("period", "renew_certificate", "trust_root")
+    __slots__ = ("period", "renew_certificate", "trust_root", "managers", "role")
     PERIOD_FIELD_NUMBER: _ClassVar[int]
     RENEW_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     TRUST_ROOT_FIELD_NUMBER: _ClassVar[int]
+    MANAGERS_FIELD_NUMBER: _ClassVar[int]
+    ROLE_FIELD_NUMBER: _ClassVar[int]
     period: float
     renew_certificate: bool
     trust_root: str
-    def __init__(self, period: _Optional[float] = ..., renew_certificate: _Optional[bool] = ..., trust_root: _Optional[str] = ...) -> None: ...
+    managers: _containers.RepeatedScalarFieldContainer[str]
+    role: str
+    def __init__(self, period: _Optional[float] = ..., renew_certificate: _Optional[bool] = ..., trust_root: _Optional[str] = ..., managers: _Optional[_Iterable[str]] = ..., role: _Optional[str] = ...) -> None: ...
 
 class AssignmentsMessage(_message.Message):
     __slots__ = ("type", "payload")
@@ -142,3 +148,127 @@ class Blob(_message.Message):
     DATA_FIELD_NUMBER: _ClassVar[int]
     data: bytes
     def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
+class RaftEntry(_message.Message):
+    __slots__ = ("index", "term", "type", "data")
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    index: int
+    term: int
+    type: int
+    data: bytes
+    def __init__(self, index: _Optional[int] = ..., term: _Optional[int] = ..., type: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class RaftMsg(_message.Message):
+    __slots__ = ("type", "src", "dst", "term", "index", "log_term", "entries", "commit", "reject", "reject_hint", "context", "force", "has_snapshot", "snapshot_index", "snapshot_term", "snapshot_voters")
+    TYPE_FIELD_NUMBER: _ClassVar[int]
+    SRC_FIELD_NUMBER: _ClassVar[int]
+    DST_FIELD_NUMBER: _ClassVar[int]
+    TERM_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    LOG_TERM_FIELD_NUMBER: _ClassVar[int]
+    ENTRIES_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_FIELD_NUMBER: _ClassVar[int]
+    REJECT_FIELD_NUMBER: _ClassVar[int]
+    REJECT_HINT_FIELD_NUMBER: _ClassVar[int]
+    CONTEXT_FIELD_NUMBER: _ClassVar[int]
+    FORCE_FIELD_NUMBER: _ClassVar[int]
+    HAS_SNAPSHOT_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_INDEX_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_TERM_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_VOTERS_FIELD_NUMBER: _ClassVar[int]
+    type: int
+    src: int
+    dst: int
+    term: int
+    index: int
+    log_term: int
+    entries: _containers.RepeatedCompositeFieldContainer[RaftEntry]
+    commit: int
+    reject: bool
+    reject_hint: int
+    context: bytes
+    force: bool
+    has_snapshot: bool
+    snapshot_index: int
+    snapshot_term: int
+    snapshot_voters: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, type: _Optional[int] = ..., src: _Optional[int] = ..., dst: _Optional[int] = ..., term: _Optional[int] = ..., index: _Optional[int] = ..., log_term: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[RaftEntry, _Mapping]]] = ..., commit: _Optional[int] = ..., reject: _Optional[bool] = ..., reject_hint: _Optional[int] = ..., context: _Optional[bytes] = ..., force: _Optional[bool] = ..., has_snapshot: _Optional[bool] = ..., snapshot_index: _Optional[int] = ..., snapshot_term: _Optional[int] = ..., snapshot_voters: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class RaftBatch(_message.Message):
+    __slots__ = ("sender_raft_id", "sender_addr", "messages", "snapshot_chunk", "snapshot_done")
+    SENDER_RAFT_ID_FIELD_NUMBER: _ClassVar[int]
+    SENDER_ADDR_FIELD_NUMBER: _ClassVar[int]
+    MESSAGES_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_CHUNK_FIELD_NUMBER: _ClassVar[int]
+    SNAPSHOT_DONE_FIELD_NUMBER: _ClassVar[int]
+    sender_raft_id: int
+    sender_addr: str
+    messages: _containers.RepeatedCompositeFieldContainer[RaftMsg]
+    snapshot_chunk: bytes
+    snapshot_done: bool
+    def __init__(self, sender_raft_id: _Optional[int] = ..., sender_addr: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[RaftMsg, _Mapping]]] = ..., snapshot_chunk: _Optional[bytes] = ..., snapshot_done: _Optional[bool] = ...) -> None: ...
+
+class JoinRaftRequest(_message.Message):
+    __slots__ = ("raft_id", "addr")
+    RAFT_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDR_FIELD_NUMBER: _ClassVar[int]
+    raft_id: int
+    addr: str
+    def __init__(self, raft_id: _Optional[int] = ..., addr: _Optional[str] = ...) -> None: ...
+
+class RaftMember(_message.Message):
+    __slots__ = ("raft_id", "node_id", "addr")
+    RAFT_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDR_FIELD_NUMBER: _ClassVar[int]
+    raft_id: int
+    node_id: str
+    addr: str
+    def __init__(self, raft_id: _Optional[int] = ..., node_id: _Optional[str] = ..., addr: _Optional[str] = ...) -> None: ...
+
+class JoinRaftResponse(_message.Message):
+    __slots__ = ("members", "leader")
+    MEMBERS_FIELD_NUMBER: _ClassVar[int]
+    LEADER_FIELD_NUMBER: _ClassVar[int]
+    members: _containers.RepeatedCompositeFieldContainer[RaftMember]
+    leader: int
+    def __init__(self, members: _Optional[_Iterable[_Union[RaftMember, _Mapping]]] = ..., leader: _Optional[int] = ...) -> None: ...
+
+class ForwardRequest(_message.Message):
+    __slots__ = ("method", "path", "headers", "body")
+    class HeadersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    METHOD_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    BODY_FIELD_NUMBER: _ClassVar[int]
+    method: str
+    path: str
+    headers: _containers.ScalarMap[str, str]
+    body: bytes
+    def __init__(self, method: _Optional[str] = ..., path: _Optional[str] = ..., headers: _Optional[_Mapping[str, str]] = ..., body: _Optional[bytes] = ...) -> None: ...
+
+class ForwardChunk(_message.Message):
+    __slots__ = ("status", "headers", "data")
+    class HeadersEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    HEADERS_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    status: int
+    headers: _containers.ScalarMap[str, str]
+    data: bytes
+    def __init__(self, status: _Optional[int] = ..., headers: _Optional[_Mapping[str, str]] = ..., data: _Optional[bytes] = ...) -> None: ...

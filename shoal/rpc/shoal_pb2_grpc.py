@@ -642,3 +642,161 @@ class Control:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class RaftStub:
+    """Missing associated documentation comment in .proto file."""
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.Stream = channel.stream_unary(
+                '/shoal.rpc.Raft/Stream',
+                request_serializer=shoal_dot_rpc_dot_shoal__pb2.RaftBatch.SerializeToString,
+                response_deserializer=shoal_dot_rpc_dot_shoal__pb2.Empty.FromString,
+                _registered_method=True)
+        self.Join = channel.unary_unary(
+                '/shoal.rpc.Raft/Join',
+                request_serializer=shoal_dot_rpc_dot_shoal__pb2.JoinRaftRequest.SerializeToString,
+                response_deserializer=shoal_dot_rpc_dot_shoal__pb2.JoinRaftResponse.FromString,
+                _registered_method=True)
+        self.Forward = channel.unary_stream(
+                '/shoal.rpc.Raft/Forward',
+                request_serializer=shoal_dot_rpc_dot_shoal__pb2.ForwardRequest.SerializeToString,
+                response_deserializer=shoal_dot_rpc_dot_shoal__pb2.ForwardChunk.FromString,
+                _registered_method=True)
+
+
+class RaftServicer:
+    """Missing associated documentation comment in .proto file."""
+
+    def Stream(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Join(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Forward(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_RaftServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'Stream': grpc.stream_unary_rpc_method_handler(
+                    servicer.Stream,
+                    request_deserializer=shoal_dot_rpc_dot_shoal__pb2.RaftBatch.FromString,
+                    response_serializer=shoal_dot_rpc_dot_shoal__pb2.Empty.SerializeToString,
+            ),
+            'Join': grpc.unary_unary_rpc_method_handler(
+                    servicer.Join,
+                    request_deserializer=shoal_dot_rpc_dot_shoal__pb2.JoinRaftRequest.FromString,
+                    response_serializer=shoal_dot_rpc_dot_shoal__pb2.JoinRaftResponse.SerializeToString,
+            ),
+            'Forward': grpc.unary_stream_rpc_method_handler(
+                    servicer.Forward,
+                    request_deserializer=shoal_dot_rpc_dot_shoal__pb2.ForwardRequest.FromString,
+                    response_serializer=shoal_dot_rpc_dot_shoal__pb2.ForwardChunk.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'shoal.rpc.Raft', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('shoal.rpc.Raft', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Raft:
+    """Missing associated documentation comment in .proto file."""
+
+    @staticmethod
+    def Stream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/shoal.rpc.Raft/Stream',
+            shoal_dot_rpc_dot_shoal__pb2.RaftBatch.SerializeToString,
+            shoal_dot_rpc_dot_shoal__pb2.Empty.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Join(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.rpc.Raft/Join',
+            shoal_dot_rpc_dot_shoal__pb2.JoinRaftRequest.SerializeToString,
+            shoal_dot_rpc_dot_shoal__pb2.JoinRaftResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Forward(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/shoal.rpc.Raft/Forward',
+            shoal_dot_rpc_dot_shoal__pb2.ForwardRequest.SerializeToString,
+            shoal_dot_rpc_dot_shoal__pb2.ForwardChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

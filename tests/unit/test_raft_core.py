@@ -498,6 +498,17 @@ def test_read_index_needs_a_quorum() -> None:
     assert [r.context for r in net.reads[1]] == [b"r"]
 
 
+def test_a_read_waiting_for_a_member_that_is_removed_completes_in_the_smaller_group() -> None:
+    net = Net(2)
+    ld = net.elect(1)
+    ld.propose_conf_change(ConfChange(ConfChangeType.REMOVE_VOTER, 2))
+    net.process(1)  # the append carrying the removal leaves first
+    ld.read_index(b"r")  # then the heartbeat carrying the read: 2's answer to it arrives after the removal committed
+    net.stabilize()
+    assert ld.voters == {1}
+    assert [r.context for r in net.reads[1]] == [b"r"]
+
+
 def test_leadership_transfer() -> None:
     net = Net(3)
     ld = net.elect(1)

@@ -164,10 +164,12 @@ async def test_token_with_other_ca_digest_refused_before_sending_it(mgr: Mgr) ->
     assert len(mgr.store.view().nodes()) == 1
 
 
-async def test_manager_token_refused_clearly(mgr: Mgr) -> None:
-    with pytest.raises(ShoalError, match="joining as a manager is not supported yet"):
-        await joined(mgr, mgr.cluster.join_tokens.manager)
-    assert len(mgr.store.view().nodes()) == 1
+async def test_manager_token_gives_a_manager_certificate(mgr: Mgr) -> None:
+    j = await joined(mgr, mgr.cluster.join_tokens.manager)
+    assert CA.identity_of(j.creds.cert_pem).role == "manager"
+    node = mgr.store.view().node(j.node_id)
+    assert (node.spec.role, node.role) == ("manager", "manager")
+    assert node.manager_status is not None and node.manager_status.raft_id == 0  # a member once it joins Raft
 
 
 def test_malformed_token() -> None:

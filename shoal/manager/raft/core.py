@@ -875,6 +875,8 @@ class RaftCore:
                     self._progress[cc.node_id] = Progress(match=0, next=self.last_index + 1, recent_active=True)
                 elif cc.type == ConfChangeType.REMOVE_VOTER:
                     self._progress.pop(cc.node_id, None)
+                    # A smaller group may already have acknowledged the reads waiting for the removed member.
+                    self._recheck_reads()
 
     # --- leader --------------------------------------------------------------------------------------
 
@@ -1035,6 +1037,16 @@ class RaftCore:
                     for r in done:
                         self._read_done(r.origin, r.index, r.context)
                 return
+
+    def _recheck_reads(self) -> None:
+        done = 0
+        for k, req in enumerate(self._read_queue):
+            if sum(1 for a in req.acks if a in self.voters) >= self.quorum:
+                done = k + 1
+        if done:
+            finished, self._read_queue = self._read_queue[:done], self._read_queue[done:]
+            for r in finished:
+                self._read_done(r.origin, r.index, r.context)
 
     def _read_done(self, origin: int, index: int, ctx: bytes) -> None:
         if origin == self.id:

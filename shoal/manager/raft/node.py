@@ -135,6 +135,21 @@ class RaftNode:
     def voters(self) -> frozenset[int]:
         return self.core.voters
 
+    @property
+    def election_timeout(self) -> float:
+        """Seconds without a leader's word after which a follower campaigns (the lower bound)."""
+        return self.core.cfg.election_ticks * self.tick_interval
+
+    def transfer_leader(self, target: int) -> None:
+        """Hand leadership to `target` (catch it up, then it campaigns at once); raises if this node cannot."""
+        try:
+            self.core.transfer_leader(target)
+        except NotLeader as e:
+            raise NotLeaderError(e.leader) from None
+        except ProposalDropped as e:
+            raise Unavailable(str(e)) from None
+        self._wake.set()
+
     async def wait_applied(self, index: int) -> None:
         """Until this node's state machine has applied `index` (e.g. the commit index loaded at start)."""
         while self.core.applied < index:
@@ -210,7 +225,7 @@ class RaftNode:
         except NotLeader as e:
             raise NotLeaderError(e.leader) from None
         except ProposalDropped as e:
-            raise Unavailable(str(e)) from None
+            raise Unavailable(str(e)) from e
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._proposals[eid.index] = (eid.term, fut)
         self._wake.set()

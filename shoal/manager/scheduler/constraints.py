@@ -29,7 +29,7 @@ _Getter = Callable[[Node], str]
 _FIELDS: dict[str, _Getter] = {
     "node.id": lambda n: n.id,
     "node.hostname": lambda n: n.description.hostname,
-    "node.role": lambda n: n.spec.role,
+    "node.role": lambda n: n.role,
     "node.platform.os": lambda n: n.description.platform.os,
     "node.platform.arch": lambda n: n.description.platform.architecture,
 }

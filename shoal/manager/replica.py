@@ -1,0 +1,327 @@
+"""One manager of a swarm: its Raft member, the replicated store on it, the Manager, the node RPC listeners, and the
+two ways a manager that is not the leader still serves everything (it forwards to the leader).
+
+    replica = ManagerReplica(...)
+    await replica.open()          # Raft storage + store replayed from the local log; a sole voter leads at once
+    await replica.serve(creds)    # node RPC listeners (CA, dispatcher, Raft, ...) with this manager's certificate
+    ...
+    await replica.close()
+
+- Writes: the leader's store proposes to Raft; an Engine API request that needs the leader is forwarded to it by a
+  manager that is not (`forward`), over the Raft service's `Forward` call on mutual TLS. The leader runs it on its
+  own Engine API socket, so it is exactly the request the client sent.
+- The manager's own agent talks to whoever leads: in process when that is this manager, else over gRPC like any
+  worker (`AgentDispatcher` decides at each new session, and sessions end when leadership moves).
+- Leadership: Raft's notification starts and stops the Manager's leader-only loops (plus the node RPC's and the
+  membership's role loop).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from shoal.clock import Clock
+from shoal.errors import ShoalError
+from shoal.manager.dispatcher import Assignments, Dispatcher
+from shoal.manager.manager import Manager
+from shoal.manager.membership import LOST_QUORUM, Membership
+from shoal.manager.raft.node import RaftNode
+from shoal.manager.raft.sqlite_storage import SqliteStorage
+from shoal.model.objects import NodeDescription, TaskStatus
+from shoal.rpc import shoal_pb2 as pb
+from shoal.rpc.client import NodeCredentials, RemoteDispatcher
+from shoal.rpc.raft import AddressBook, Creds, GrpcTransport, RaftHooks
+from shoal.rpc.raft import forward as raft_forward
+from shoal.rpc.server import ManagerRPC, _peer_tls_info, _set_tls_info
+from shoal.store.memory import MemoryStore
+from shoal.store.wal import migrate_to_raft
+
+log = logging.getLogger(__name__)
+
+FORWARDED_HEADER = "X-Shoal-Forwarded"  # set on a request a manager forwarded: never forwarded a second time
+_HOP_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade"})
+
+
+class AgentDispatcher:
+    """The `DispatcherAPI` a manager's own agent uses: the in-process dispatcher while this manager leads, a
+    `RemoteDispatcher` to the leader otherwise. The choice is made at `register` (each new session)."""
+
+    def __init__(self, local: Dispatcher, make_remote: Callable[[], RemoteDispatcher],
+                 is_leader: Callable[[], bool]) -> None:
+        self.local = local
+        self.make_remote = make_remote
+        self.is_leader = is_leader
+        self.remote: RemoteDispatcher | None = None
+        self._target: Any = local
+
+    async def register(self, node_id: str, description: NodeDescription, addr: str) -> float:
+        if self.is_leader():
+            await self._drop_remote()
+            self._target = self.local
+        else:
+            if self.remote is None:
+                self.remote = self.make_remote()
+            self._target = self.remote
+        period: float = await self._target.register(node_id, description, addr)
+        return period
+
+    async def heartbeat(self, node_id: str) -> float:
+        period: float = await self._target.heartbeat(node_id)
+        return period
+
+    def assignments(self, node_id: str) -> AsyncIterator[Assignments]:
+        it: AsyncIterator[Assignments] = self._target.assignments(node_id)
+        return it
+
+    async def update_task_status(self, node_id: str, updates: list[tuple[str, TaskStatus]]) -> None:
+        await self._target.update_task_status(node_id, updates)
+
+    async def _drop_remote(self) -> None:
+        if self.remote is not None:
+            r, self.remote = self.remote, None
+            await r.close()
+
+    async def close(self) -> None:
+        await self._drop_remote()
+
+
+class ManagerReplica:
+    def __init__(self, *, data_dir: Path, node_id: str, raft_id: int, cluster_id: Callable[[], str],
+                 listen_addr: str, advertise_host: str, manager_addr: str, clock: Clock, rng: random.Random,
+                 scheduler_strategy: str, raft_tick: float, api_socket: Path | None,
+                 on_credentials: Callable[[NodeCredentials], None]) -> None:
+        self.data_dir = data_dir
+        self.node_id = node_id
+        self.raft_id = raft_id
+        self._cluster_id = cluster_id
+        self.listen_addr = listen_addr
+        self.advertise_host = advertise_host
+        self.manager_addr = manager_addr
+        self.clock = clock
+        self.rng = rng
+        self.scheduler_strategy = scheduler_strategy
+        self.raft_tick = raft_tick
+        self.api_socket = api_socket
+        self.on_credentials = on_credentials
+        self.storage: SqliteStorage | None = None
+        self.raft: RaftNode | None = None
+        self.store: MemoryStore | None = None
+        self.manager: Manager | None = None
+        self.membership: Membership | None = None
+        self.transport: GrpcTransport | None = None
+        self.book = AddressBook()
+        self.rpc: ManagerRPC | None = None
+        self._disk_creds: NodeCredentials | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @property
+    def raft_dir(self) -> Path:
+        return self.data_dir / "raft"
+
+    def credentials(self) -> Creds:
+        if self.rpc is not None and self.rpc.credentials[0]:
+            return self.rpc.credentials
+        c = self._disk_creds
+        return (c.key_pem, c.cert_pem, c.root_pem) if c is not None else ("", "", "")
+
+    # --- lifecycle -------------------------------------------------------------------------------------
+
+    async def open(self, creds: NodeCredentials | None) -> None:
+        self._disk_creds = creds
+        if migrate_to_raft(self.raft_dir, self.raft_id, self.clock):
+            log.info("migrated the store's log in %s to the Raft storage format", self.raft_dir)
+        self.storage = SqliteStorage(self.raft_dir)
+        self.transport = GrpcTransport(self.raft_id, self.manager_addr, self.book, self.credentials, self.clock)
+        raft = RaftNode(self.raft_id, self.storage, self.transport, self.clock,
+                        rng=random.Random(self.rng.getrandbits(64)), tick_interval=self.raft_tick,
+                        on_conf_change=lambda i, cc: self.membership.on_conf_change(i, cc)
+                        if self.membership is not None else None)
+        self.transport.node = raft
+        loaded_commit = raft.core.commit
+        store = MemoryStore(raft, self.clock)
+        raft.attach(store)
+        self.raft, self.store = raft, store
+        self.membership = Membership(store, raft, self.transport, self.book, self.node_id, self.clock)
+        self.book._from_store = self.membership.addr_from_store
+        # The events' retained window lives with the Raft data, so leaving the swarm forgets it too.
+        self.manager = Manager(store, self.clock, self.rng, scheduler_strategy=self.scheduler_strategy,
+                               events_path=self.raft_dir / "events.jsonl")
+        self.manager.controlapi.membership = self.membership
+        raft.add_leadership_listener(self.manager.set_leader)
+        raft.add_leadership_listener(self._on_leadership)
+        self.manager.add_leader_loop("raft-roles", self.membership.role_loop)
+        self.manager.start(leader=False)
+        await raft.start()
+        await raft.wait_applied(loaded_commit)
+        self._follow_raft_settings()
+        if raft.voters == frozenset({self.raft_id}):
+            await raft.leader_event.wait()
+
+    def _follow_raft_settings(self) -> None:
+        assert self.store is not None and self.raft is not None
+        cluster = self.store.view().cluster()
+        if cluster is not None:
+            self.raft.snapshot_interval = cluster.spec.raft.snapshot_interval or 10_000
+
+    def _on_leadership(self, leader: bool) -> None:
+        log.info("raft: %s (term %d)", "this manager is the leader" if leader else "this manager is a follower",
+                 self.raft.core.term if self.raft is not None else 0)
+
+    async def serve(self, creds: NodeCredentials | None) -> None:
+        assert self.manager is not None and self.store is not None and self.raft is not None
+        assert self.transport is not None and self.membership is not None
+        raft, membership = self.raft, self.membership
+        hooks = RaftHooks(transport=self.transport, cluster_id=self._cluster_id,
+                          is_member_allowed=membership.is_member_allowed, join=membership.join,
+                          forward=self._serve_forward, on_peer_stream=self._record_peer_certificate)
+        self.rpc = ManagerRPC(self.store, self.manager.dispatcher, self.clock, random.Random(self.rng.getrandbits(64)),
+                              self.node_id, self.listen_addr, self.advertise_host,
+                              logbroker=self.manager.logbroker, creds=creds,
+                              on_credentials=self._new_credentials, is_leader=lambda: raft.is_leader,
+                              membership=membership, raft_hooks=hooks)
+        self.manager.add_leader_loop("node-rpc", self.rpc.leader_loop)
+        await self.rpc.start()
+
+    def _new_credentials(self, key: str, cert: str, roots: str) -> None:
+        self._disk_creds = NodeCredentials(key, cert, roots)
+        self.on_credentials(self._disk_creds)
+        if self.transport is not None:
+            self.transport.reset()  # streams open again with the new certificate (the leader records its root)
+
+    def agent_dispatcher(self) -> AgentDispatcher:
+        assert self.manager is not None and self.raft is not None
+        raft = self.raft
+
+        def make_remote() -> RemoteDispatcher:
+            key, cert, roots = self.credentials()
+            managers = [self.leader_addr()] + (self.rpc._s.managers() if self.rpc is not None else [])
+            addrs = list(dict.fromkeys(m for m in managers if m and m != self.manager_addr))
+            return RemoteDispatcher(addrs or [self.manager_addr], NodeCredentials(key, cert, roots))
+
+        return AgentDispatcher(self.manager.dispatcher, make_remote, lambda: raft.is_leader)
+
+    async def close(self) -> None:
+        for t in list(self._tasks):
+            t.cancel()
+        if self.rpc is not None:
+            await self.rpc.stop()
+            self.rpc = None
+        if self.raft is not None:
+            await self.raft.stop()
+        if self.transport is not None:
+            await self.transport.close()
+        if self.manager is not None:
+            await self.manager.stop()
+            self.manager = None
+        if self.storage is not None:
+            self.storage.close()
+            self.storage = None
+        self.raft = None
+        self.store = None
+
+    # --- joining an existing group ---------------------------------------------------------------------
+
+    async def join_group(self, via_addr: str, timeout: float = 30.0) -> None:
+        """Ask the leader (through `via_addr`) to add this manager, then wait until the store has caught up
+        to the point where it holds this node."""
+        from shoal.rpc.raft import join_raft
+
+        assert self.transport is not None and self.store is not None
+        resp, leader = await join_raft(self.transport.secure, via_addr, self.credentials(), self.raft_id,
+                                       self.manager_addr)
+        for m in resp.members:
+            self.book.learn(m.raft_id, m.addr)
+        deadline = self.clock.monotonic() + timeout
+        while self.store.view().node(self.node_id) is None:
+            if self.clock.monotonic() > deadline:
+                log.warning("joined the Raft group through %s, but the store has not caught up yet", leader)
+                return
+            await self.clock.sleep(0.05)
+        log.info("joined the managers' Raft group (leader at %s)", leader)
+
+    # --- forwarding to the leader ----------------------------------------------------------------------
+
+    def leader_addr(self) -> str:
+        return self.membership.leader_addr() if self.membership is not None else ""
+
+    async def forward(self, method: str, path: str, headers: dict[str, str],
+                      body: bytes) -> AsyncIterator[pb.ForwardChunk]:
+        """This request, answered by the leader (raises NotLeader/Unavailable when there is none)."""
+        assert self.membership is not None and self.transport is not None
+        lead = self.membership.leader_addr()
+        if not lead:
+            raise ShoalError(f"rpc error: code = Unknown desc = {LOST_QUORUM}")
+        req = pb.ForwardRequest(method=method, path=path, body=body)
+        for k, v in headers.items():
+            if k.lower() not in _HOP_HEADERS:
+                req.headers[k] = v
+        req.headers[FORWARDED_HEADER] = self.node_id
+        async for chunk in raft_forward(self.transport.secure, lead, self.credentials(), req):
+            yield chunk
+
+    async def _serve_forward(self, req: pb.ForwardRequest) -> AsyncIterator[pb.ForwardChunk]:
+        """On the leader: run a forwarded request on this node's own Engine API."""
+        assert self.membership is not None and self.raft is not None
+        if not self.raft.is_leader:
+            raise self.membership.not_leader()
+        if self.api_socket is None:
+            raise ShoalError("this manager serves no Engine API socket to run forwarded requests on")
+        import aiohttp
+
+        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(self.api_socket)),
+                                         timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)) as session:
+            async with session.request(req.method, "http://shoal" + req.path, headers=dict(req.headers),
+                                       data=req.body or None) as resp:
+                head = pb.ForwardChunk(status=resp.status)
+                for k, v in resp.headers.items():
+                    if k.lower() not in _HOP_HEADERS:
+                        head.headers[k] = v
+                yield head
+                async for data in resp.content.iter_any():
+                    yield pb.ForwardChunk(data=data)
+
+    # --- certificates of the other managers ------------------------------------------------------------
+
+    def _record_peer_certificate(self, node_id: str, context: grpc.aio.ServicerContext) -> None:
+        """The leader notes which root issued each manager's certificate from its Raft connections (a follower
+        re-issues its own certificate and reconnects), so a root rotation can tell when every node moved."""
+        if self.raft is None or not self.raft.is_leader or self.store is None:
+            return
+        cluster = self.store.view().cluster()
+        node = self.store.view().node(node_id)
+        if cluster is None or node is None:
+            return
+        info = _peer_tls_info(context, cluster)
+        if info is None or node.description.tls_info == info:
+            return
+        store = self.store
+
+        async def write() -> None:
+            try:
+                await store.update(lambda tx: _set_tls_info(tx, node_id, info))
+            except ShoalError as e:
+                log.debug("recording %s's certificate failed: %s", node_id, e)
+
+        t = asyncio.create_task(write())
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
+
+
+def manager_node_for(node_id: str, hostname: str, addr: str, raft_id: int) -> Any:
+    """The Node record of the first manager (`swarm init`)."""
+    from shoal.manager.dispatcher import node_for_local
+
+    node = node_for_local(node_id, hostname, "manager", addr)
+    assert node.manager_status is not None
+    return replace(node, observed_role="manager", manager_status=replace(node.manager_status, raft_id=raft_id))
+
+
+__all__ = ["FORWARDED_HEADER", "AgentDispatcher", "ManagerReplica", "manager_node_for"]

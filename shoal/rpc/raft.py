@@ -1,0 +1,506 @@
+"""Raft between managers over gRPC with mutual TLS: the transport, the `Raft` service, and its clients.
+
+Transport (`GrpcTransport`, the `shoal.manager.raft.transport.Transport` of a real manager): one sender per peer,
+each with its own queue and one long-lived client stream (`Raft.Stream`) to the peer's secure listener, so a
+slow or dead peer delays nobody else. Messages queued while a batch is being written go out together in the
+next batch. Raft tolerates loss, so the transport never blocks the core: a full queue or a broken stream drops
+messages and tells the core (`report_unreachable`, `report_snapshot`), which retries at its own pace. A
+snapshot travels in 1 MiB chunks on the same stream (the receiver assembles it before stepping the message),
+so a store of any size crosses gRPC's message limit.
+
+Addresses: a peer is known by its listen address (what `docker node inspect` shows as ManagerStatus.Addr);
+the secure listener's port is asked from the peer's CA listener (as a worker finds it) and cached until a
+stream to it fails. Raft ids map to listen addresses through the `AddressBook`: what this manager has learned
+(join answers, membership changes, and every received batch, which names its sender) over what the store says
+(each manager node's ManagerStatus), so a manager that just joined, whose store is still empty, can answer.
+
+The service accepts manager certificates of this cluster only. Its `Join` (leader only) adds a manager to the
+group; `Forward` runs an Engine API request on the leader's own API for a manager that is not the leader.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import deque
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from shoal import ca as CA
+from shoal.clock import Clock
+from shoal.errors import InvalidArgument, NotLeader, ShoalError, Unavailable
+from shoal.manager.raft.core import Entry, EntryType, Message, MsgType, Snapshot, SnapshotMeta
+from shoal.rpc import shoal_pb2 as pb
+from shoal.rpc import shoal_pb2_grpc as pbg
+
+log = logging.getLogger(__name__)
+
+CHUNK = 1 << 20  # snapshot bytes per stream message
+MAX_QUEUE = 8192  # messages waiting for one peer before new ones are dropped
+MAX_BATCH = 512  # messages per stream write
+_TYPES = list(MsgType)
+_TYPE_NUM = {t: i for i, t in enumerate(_TYPES)}
+
+RAFT_CHANNEL_OPTIONS = [
+    ("grpc.ssl_target_name_override", CA.MANAGER_OU),
+    ("grpc.keepalive_time_ms", 5_000),
+    ("grpc.keepalive_timeout_ms", 3_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
+    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 1000),
+]
+
+
+# --- messages -------------------------------------------------------------------------------------------
+
+
+def msg_to_pb(m: Message) -> pb.RaftMsg:
+    out = pb.RaftMsg(type=_TYPE_NUM[m.type], src=m.src, dst=m.dst, term=m.term, index=m.index, log_term=m.log_term,
+                     commit=m.commit, reject=m.reject, reject_hint=m.reject_hint, context=m.context, force=m.force)
+    if m.entries:
+        out.entries.extend(pb.RaftEntry(index=e.index, term=e.term, type=int(e.type), data=e.data) for e in m.entries)
+    if m.snapshot is not None:
+        meta = m.snapshot.meta
+        out.has_snapshot = True
+        out.snapshot_index, out.snapshot_term = meta.index, meta.term
+        out.snapshot_voters.extend(sorted(meta.voters))
+    return out
+
+
+def msg_from_pb(p: pb.RaftMsg, snapshot_data: bytes = b"") -> Message:
+    if p.type >= len(_TYPES):
+        raise InvalidArgument(f"unknown raft message type {p.type}")
+    snap = None
+    if p.has_snapshot:
+        snap = Snapshot(SnapshotMeta(p.snapshot_index, p.snapshot_term, frozenset(p.snapshot_voters)), snapshot_data)
+    return Message(type=_TYPES[p.type], src=p.src, dst=p.dst, term=p.term, index=p.index, log_term=p.log_term,
+                   entries=tuple(Entry(e.index, e.term, EntryType(e.type), e.data) for e in p.entries),
+                   commit=p.commit, reject=p.reject, reject_hint=p.reject_hint, snapshot=snap,
+                   context=p.context, force=p.force)
+
+
+# --- addresses ------------------------------------------------------------------------------------------
+
+
+class AddressBook:
+    """raft id -> listen address: learned entries win over the store's (they are newer)."""
+
+    def __init__(self, from_store: Callable[[int], str] = lambda _rid: "") -> None:
+        self._learned: dict[int, str] = {}
+        self._from_store = from_store
+
+    def learn(self, raft_id: int, addr: str) -> None:
+        if raft_id and addr:
+            self._learned[raft_id] = addr
+
+    def addr(self, raft_id: int) -> str:
+        return self._learned.get(raft_id) or self._from_store(raft_id)
+
+    def known(self) -> dict[int, str]:
+        return dict(self._learned)
+
+
+def conf_change_context(node_id: str, addr: str) -> bytes:
+    """What a membership change carries for the shell: whose member id it is and where it listens."""
+    return json.dumps({"node_id": node_id, "addr": addr}).encode()
+
+
+def parse_conf_change_context(data: bytes) -> tuple[str, str]:
+    try:
+        d = json.loads(data or b"{}")
+        return str(d.get("node_id", "")), str(d.get("addr", ""))
+    except ValueError:
+        return "", ""
+
+
+Creds = tuple[str, str, str]  # key, certificate chain, trust roots (PEM)
+
+
+class SecureAddrs:
+    """A manager's secure listener (host:port), asked from its CA listener and cached until it fails."""
+
+    def __init__(self, creds: Callable[[], Creds], timeout: float = 3.0) -> None:
+        self._creds = creds
+        self._cache: dict[str, str] = {}
+        self.timeout = timeout
+
+    def forget(self, listen_addr: str) -> None:
+        self._cache.pop(listen_addr, None)
+
+    async def resolve(self, listen_addr: str) -> str:
+        cached = self._cache.get(listen_addr)
+        if cached:
+            return cached
+        roots = self._creds()[2]
+        async with grpc.aio.secure_channel(listen_addr, grpc.ssl_channel_credentials(roots.encode()),
+                                           options=RAFT_CHANNEL_OPTIONS) as ch:
+            try:
+                resp = await pbg.CAStub(ch).GetRootCACertificate(pb.RootCARequest(), timeout=self.timeout)
+            except grpc.aio.AioRpcError as e:
+                raise Unavailable(f"manager {listen_addr} unreachable: {e.details()}") from None
+        self._cache[listen_addr] = str(resp.secure_addr)
+        return str(resp.secure_addr)
+
+
+def mtls_channel(addr: str, creds: Creds) -> grpc.aio.Channel:
+    key, cert, roots = creds
+    return grpc.aio.secure_channel(addr, grpc.ssl_channel_credentials(roots.encode(), key.encode(), cert.encode()),
+                                   options=RAFT_CHANNEL_OPTIONS)
+
+
+# --- the transport --------------------------------------------------------------------------------------
+
+
+class GrpcTransport:
+    def __init__(self, raft_id: int, listen_addr: str, book: AddressBook, creds: Callable[[], Creds],
+                 clock: Clock) -> None:
+        self.id = raft_id
+        self.listen_addr = listen_addr
+        self.book = book
+        self.creds = creds
+        self.clock = clock
+        self.secure = SecureAddrs(creds)
+        self._receiver: Callable[[Message], None] | None = None
+        self._peers: dict[int, _Peer] = {}
+        self.node: Any = None  # the RaftNode, for report_unreachable / report_snapshot
+        self.last_heard: dict[int, float] = {}  # raft id -> monotonic time a batch from it last arrived
+        self.sent_batches = 0
+        self.received_batches = 0
+
+    # Transport protocol
+    def send(self, messages: Sequence[Message]) -> None:
+        by_dst: dict[int, list[Message]] = {}
+        for m in messages:
+            if m.dst != self.id:
+                by_dst.setdefault(m.dst, []).append(m)
+        for dst, msgs in by_dst.items():
+            peer = self._peers.get(dst)
+            if peer is None:
+                peer = self._peers[dst] = _Peer(self, dst)
+            peer.enqueue(msgs)
+
+    def set_receiver(self, receive: Callable[[Message], None] | None) -> None:
+        self._receiver = receive
+
+    # the servicer's side
+    def deliver(self, m: Message) -> None:
+        recv = self._receiver
+        if recv is not None and m.dst == self.id:
+            recv(m)
+
+    def heard_from(self, raft_id: int) -> None:
+        self.last_heard[raft_id] = self.clock.monotonic()
+
+    def reachable(self, raft_id: int, within: float) -> bool:
+        """Did a batch from this member arrive in the last `within` seconds (both directions work when it
+        answers us; a leader hears every follower at each heartbeat)."""
+        t = self.last_heard.get(raft_id)
+        return t is not None and self.clock.monotonic() - t <= within
+
+    def reset(self) -> None:
+        """New credentials: every stream is opened again with them."""
+        for p in self._peers.values():
+            p.restart()
+
+    def forget_peer(self, raft_id: int) -> None:
+        p = self._peers.pop(raft_id, None)
+        if p is not None:
+            p.close()
+
+    async def close(self) -> None:
+        peers, self._peers = list(self._peers.values()), {}
+        for p in peers:
+            p.close()
+        for p in peers:
+            await p.wait_closed()
+
+    def _report_unreachable(self, raft_id: int) -> None:
+        if self.node is not None:
+            self.node.report_unreachable(raft_id)
+
+    def _report_snapshot(self, raft_id: int, ok: bool) -> None:
+        if self.node is not None:
+            self.node.report_snapshot(raft_id, ok)
+
+
+class _Peer:
+    def __init__(self, t: GrpcTransport, raft_id: int) -> None:
+        self.t = t
+        self.id = raft_id
+        self.queue: deque[Message] = deque()
+        self.wake = asyncio.Event()
+        self._stream_task: asyncio.Task[None] | None = None
+        self._closed = False
+        self._dropping = False
+        self._snapshot_in_flight = False
+        self._task = asyncio.create_task(self._run(), name=f"raft-send-{raft_id:x}")
+
+    def enqueue(self, msgs: list[Message]) -> None:
+        if len(self.queue) + len(msgs) > MAX_QUEUE:
+            if not self._dropping:
+                self._dropping = True
+                self.t._report_unreachable(self.id)
+            return
+        self._dropping = False
+        self.queue.extend(msgs)
+        self.wake.set()
+
+    def restart(self) -> None:
+        if self._stream_task is not None:
+            self._stream_task.cancel()
+
+    def close(self) -> None:
+        self._closed = True
+        self._task.cancel()
+
+    async def wait_closed(self) -> None:
+        try:
+            await self._task
+        except (asyncio.CancelledError, Exception):
+            pass
+
+    async def _run(self) -> None:
+        backoff = 0.05
+        while not self._closed:
+            if not self.queue:
+                self.wake.clear()
+                await self.wake.wait()
+                continue
+            self._stream_task = asyncio.ensure_future(self._stream())
+            try:
+                await self._stream_task
+                backoff = 0.05
+            except asyncio.CancelledError:
+                if self._closed:
+                    raise
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+                continue  # restart() with new credentials
+            except Exception as e:
+                log.debug("raft stream to %x failed: %s", self.id, e)
+                addr = self.t.book.addr(self.id)
+                if addr:
+                    self.t.secure.forget(addr)
+                snapshot_lost = self._snapshot_in_flight or any(m.snapshot is not None for m in self.queue)
+                self._snapshot_in_flight = False
+                self.queue.clear()  # stale by the time the peer is back; the core sends again
+                self.t._report_unreachable(self.id)
+                if snapshot_lost:
+                    self.t._report_snapshot(self.id, False)
+                await self.t.clock.sleep(backoff)
+                backoff = min(backoff * 2, 1.0)
+            finally:
+                self._stream_task = None
+
+    async def _stream(self) -> None:
+        addr = self.t.book.addr(self.id)
+        if not addr:
+            raise Unavailable(f"no address known for raft member {self.id:x}")
+        secure = await self.t.secure.resolve(addr)
+        channel = mtls_channel(secure, self.t.creds())
+        call = pbg.RaftStub(channel).Stream()
+        try:
+            while True:
+                if not self.queue:
+                    self.wake.clear()
+                    await self.wake.wait()
+                    continue
+                msgs: list[Message] = []
+                while self.queue and len(msgs) < MAX_BATCH:
+                    m = self.queue.popleft()
+                    msgs.append(m)
+                    if m.snapshot is not None:
+                        break  # a snapshot ends its batch: its data follows
+                batch = pb.RaftBatch(sender_raft_id=self.t.id, sender_addr=self.t.listen_addr)
+                batch.messages.extend(msg_to_pb(m) for m in msgs)
+                snap = msgs[-1].snapshot
+                if snap is None:
+                    await call.write(batch)
+                    self.t.sent_batches += 1
+                    continue
+                self._snapshot_in_flight = True
+                data = snap.data
+                first = data[:CHUNK]
+                batch.snapshot_chunk = first
+                batch.snapshot_done = len(data) <= CHUNK
+                await call.write(batch)
+                for off in range(CHUNK, len(data), CHUNK):
+                    await call.write(pb.RaftBatch(snapshot_chunk=data[off:off + CHUNK],
+                                                  snapshot_done=off + CHUNK >= len(data)))
+                self.t.sent_batches += 1
+                self._snapshot_in_flight = False
+                self.t._report_snapshot(self.id, True)
+        finally:
+            call.cancel()
+            await channel.close()
+
+
+# --- the service ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class RaftHooks:
+    """What the `Raft` service needs from its manager."""
+
+    transport: GrpcTransport
+    cluster_id: Callable[[], str]
+    is_member_allowed: Callable[[str], bool]  # may this manager node (by node ID) talk Raft to us
+    join: Callable[[str, int, str, str], Any]  # (node id, raft id, addr, peer host) -> awaitable JoinRaftResponse
+    forward: Callable[[pb.ForwardRequest], AsyncIterator[pb.ForwardChunk]] | None
+    on_peer_stream: Callable[[str, grpc.aio.ServicerContext], None] = lambda _n, _c: None
+
+
+async def _identify_manager(hooks: RaftHooks, context: grpc.aio.ServicerContext) -> CA.NodeIdentity:
+    """Manager certificates of this cluster only. Unlike the other node services this works with an empty store
+    (a manager that just joined has not received the cluster yet), so the cluster comes from our own identity."""
+    pems = context.auth_context().get("x509_pem_cert") or []
+    if not pems:
+        await context.abort(grpc.StatusCode.UNAUTHENTICATED, "no client certificate")
+    ident = CA.identity_of(pems[0])
+    if ident.cluster_id != hooks.cluster_id():
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                            "Permission denied: remote certificate not part of organization")
+    if ident.role != "manager" or not hooks.is_member_allowed(ident.node_id):
+        await context.abort(grpc.StatusCode.PERMISSION_DENIED,
+                            f"Permission denied: unauthorized peer role: rpc error: code = PermissionDenied "
+                            f"desc = remote peer with role {CA.ROLE_OU.get(ident.role, '?')} is not allowed")
+    return ident
+
+
+def abort_details(e: ShoalError) -> tuple[grpc.StatusCode, str, tuple[tuple[str, str], ...]]:
+    """A ShoalError as (code, details, trailing metadata): a NotLeader carries where the leader is."""
+    if isinstance(e, NotLeader):
+        md: tuple[tuple[str, str], ...] = (("shoal-leader-addr", e.leader_addr), ("shoal-leader-id", e.leader_id))
+        return grpc.StatusCode.FAILED_PRECONDITION, e.message, md
+    from shoal.rpc.server import _status_of
+
+    code, desc = _status_of(e)
+    return code, desc, ()
+
+
+def leader_hint(e: grpc.aio.AioRpcError) -> str:
+    """The leader's listen address a NotLeader refusal carried ("" if none)."""
+    for k, v in e.trailing_metadata() or ():
+        if k == "shoal-leader-addr":
+            return str(v)
+    return ""
+
+
+class RaftServicer(pbg.RaftServicer):
+    def __init__(self, hooks: RaftHooks) -> None:
+        self.h = hooks
+
+    async def Stream(self, request_iterator: AsyncIterator[pb.RaftBatch],
+                     context: grpc.aio.ServicerContext) -> pb.Empty:
+        ident = await _identify_manager(self.h, context)
+        self.h.on_peer_stream(ident.node_id, context)
+        t = self.h.transport
+        pending: pb.RaftMsg | None = None
+        chunks: list[bytes] = []
+        sender = 0
+        async for batch in request_iterator:
+            t.received_batches += 1
+            if batch.sender_raft_id:
+                sender = batch.sender_raft_id
+                t.book.learn(sender, batch.sender_addr)
+            if sender:
+                t.heard_from(sender)
+            for pm in batch.messages:
+                if pm.has_snapshot:
+                    pending, chunks = pm, [batch.snapshot_chunk]
+                    continue
+                t.deliver(msg_from_pb(pm))
+            if not batch.messages and pending is not None:
+                chunks.append(batch.snapshot_chunk)
+            if pending is not None and batch.snapshot_done:
+                t.deliver(msg_from_pb(pending, b"".join(chunks)))
+                pending, chunks = None, []
+        return pb.Empty()
+
+    async def Join(self, request: pb.JoinRaftRequest, context: grpc.aio.ServicerContext) -> pb.JoinRaftResponse:
+        ident = await _identify_manager(self.h, context)
+        from shoal.rpc.server import peer_host
+
+        try:
+            resp: pb.JoinRaftResponse = await self.h.join(ident.node_id, int(request.raft_id), request.addr,
+                                                          peer_host(context))
+            return resp
+        except ShoalError as e:
+            code, desc, md = abort_details(e)
+            await context.abort(code, desc, trailing_metadata=md)
+            raise  # unreachable: abort raises
+
+    async def Forward(self, request: pb.ForwardRequest,
+                      context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ForwardChunk]:
+        await _identify_manager(self.h, context)
+        if self.h.forward is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this manager does not serve forwarded requests")
+            return
+        try:
+            async for chunk in self.h.forward(request):
+                yield chunk
+        except ShoalError as e:
+            code, desc, md = abort_details(e)
+            await context.abort(code, desc, trailing_metadata=md)
+
+
+# --- clients ---------------------------------------------------------------------------------------------
+
+
+async def join_raft(secure: SecureAddrs, listen_addr: str, creds: Creds, raft_id: int, my_addr: str,
+                    timeout: float = 30.0) -> tuple[pb.JoinRaftResponse, str]:
+    """Ask the leader (found from `listen_addr`, following NotLeader hints) to add us; (answer, leader addr)."""
+    addr = listen_addr
+    last: Exception | None = None
+    for _ in range(5):
+        target = await secure.resolve(addr)
+        async with mtls_channel(target, creds) as ch:
+            try:
+                resp = await pbg.RaftStub(ch).Join(pb.JoinRaftRequest(raft_id=raft_id, addr=my_addr), timeout=timeout)
+                return resp, addr
+            except grpc.aio.AioRpcError as e:
+                hint = leader_hint(e)
+                if e.code() == grpc.StatusCode.FAILED_PRECONDITION and hint and hint != addr:
+                    addr = hint
+                    continue
+                from shoal.rpc.client import from_rpc_error
+
+                last = from_rpc_error(e)
+                if e.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.FAILED_PRECONDITION):
+                    secure.forget(addr)
+                    await asyncio.sleep(0.5)
+                    continue
+                raise last from None
+    raise Unavailable(f"could not join the managers' Raft group through {listen_addr}: {last}")
+
+
+async def forward(secure: SecureAddrs, leader_addr: str, creds: Creds,
+                  request: pb.ForwardRequest) -> AsyncIterator[pb.ForwardChunk]:
+    """Run an Engine API request on the leader; yields the leader's answer (status and headers, then body)."""
+    target = await secure.resolve(leader_addr)
+    async with mtls_channel(target, creds) as ch:
+        call = pbg.RaftStub(ch).Forward(request)
+        try:
+            async for chunk in call:
+                yield chunk
+        except grpc.aio.AioRpcError as e:
+            if e.code() == grpc.StatusCode.UNAVAILABLE:
+                secure.forget(leader_addr)
+            if e.code() == grpc.StatusCode.FAILED_PRECONDITION and leader_hint(e):
+                raise NotLeader(e.details() or "not the leader", leader_hint(e)) from None
+            from shoal.rpc.client import from_rpc_error
+
+            raise from_rpc_error(e) from None
+        finally:
+            call.cancel()
+
+
+__all__ = ["AddressBook", "GrpcTransport", "RaftHooks", "RaftServicer", "SecureAddrs", "conf_change_context",
+           "forward", "join_raft", "leader_hint", "msg_from_pb", "msg_to_pb"]

@@ -1,0 +1,234 @@
+"""Several managers (issue 5): real `shoal daemon` processes on loopback replicating the store with Raft, joined
+and changed with the stock CLI. Every request may go to any manager; the ones that are not the leader forward it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import statistics
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import pytest
+
+from tests.cluster.conftest import _require_cli
+from tests.support.managers import ManagerCluster
+from tests.support.shoal_node import ShoalNode, wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("managers")]
+
+SLEEP = ("sleep", "3600")
+
+
+@pytest.fixture
+def three(tmp_path: Path) -> Iterator[ManagerCluster]:
+    _require_cli()
+    with ManagerCluster(tmp_path, 3) as mc:
+        yield mc
+
+
+def tasks_of(n: ShoalNode, service: str) -> list[dict[str, Any]]:
+    status, body = n.api("GET", "/v1.47/tasks?filters=" + quote(json.dumps({"service": [service]})))
+    assert status == 200, body
+    return list(body)
+
+
+def running(n: ShoalNode, service: str) -> list[dict[str, Any]]:
+    return [t for t in tasks_of(n, service) if t["Status"]["State"] == "running" and t["DesiredState"] == "running"]
+
+
+def create_config(n: ShoalNode, name: str) -> tuple[int, Any]:
+    body = {"Name": name, "Data": base64.b64encode(name.encode()).decode()}
+    return n.api("POST", "/v1.47/configs/create", json.dumps(body).encode())
+
+
+def test_three_managers_serve_one_swarm_from_any_of_them(three: ManagerCluster) -> None:
+    mc = three
+    lead = mc.leader()
+    for n in mc.nodes:
+        st = mc.manager_status(n)
+        assert sorted(st.values()) == ["Leader", "Reachable", "Reachable"], st
+        assert st[lead.hostname] == "Leader"
+        table = n.docker("node", "ls").stdout
+        (own,) = [line for line in table.splitlines() if " * " in line]
+        assert n.hostname in own
+        swarm = json.loads(n.docker("info", "--format", "{{json .Swarm}}").stdout)
+        assert (swarm["ControlAvailable"], swarm["Managers"], swarm["Nodes"]) == (True, 3, 3)
+
+    # Read-your-writes across managers: a write acknowledged by one is seen by the next request to another.
+    for i in range(30):
+        a, b = mc.nodes[i % 3], mc.nodes[(i + 1) % 3]
+        status, body = create_config(a, f"ryw{i}")
+        assert status == 201, body
+        status, got = b.api("GET", f"/v1.47/configs/{body['ID']}")
+        assert status == 200 and got["Spec"]["Name"] == f"ryw{i}", got
+
+    follower = next(n for n in mc.nodes if n is not lead)
+    follower.docker("service", "create", "--detach", "--name", "web", "--replicas", "6", "busybox", *SLEEP)
+    tasks = wait_until(lambda: len(running(lead, "web")) == 6 and running(lead, "web"), 60, what="6 running tasks")
+    per_node: dict[str, int] = {}
+    for t in tasks:
+        per_node[t["NodeID"]] = per_node.get(t["NodeID"], 0) + 1
+    assert sorted(per_node.values()) == [2, 2, 2]  # every manager's agent runs tasks, spread evenly
+    ls = follower.docker("service", "ls").stdout
+    assert "web" in ls and "6/6" in ls
+
+    # Every replica applied the same state.
+    def converged() -> bool:
+        states = [mc.raft(n) for n in mc.nodes]
+        return len({json.dumps(s["objects"], sort_keys=True) for s in states}) == 1 and \
+            len({s["applied"] for s in states}) == 1
+
+    wait_until(converged, 20, what="the three stores to agree")
+
+
+def test_kill9_of_the_leader_during_a_stream_of_writes_loses_no_acknowledged_write(three: ManagerCluster) -> None:
+    mc = three
+    old = mc.leader()
+    mc.nodes[0].docker("service", "create", "--detach", "--name", "counter", "--label", "n=0", "busybox", *SLEEP)
+    killed = threading.Event()
+    stop = threading.Event()
+    acked: list[str] = []
+    unknown: list[str] = []
+    label_acked: list[int] = []
+    label_unknown: list[int] = []
+    latencies: list[float] = []
+    first_after_kill: list[float] = []
+    kill_at: list[float] = []
+    errors: list[str] = []
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            targets = [n for n in mc.nodes if not (killed.is_set() and n is old)]
+            n = targets[i % len(targets)]
+            i += 1
+            t0 = time.monotonic()
+            try:
+                if i % 5 == 0:
+                    status, svc = n.api("GET", "/v1.47/services/counter")
+                    if status != 200:
+                        errors.append(f"{status} {svc}")
+                        continue
+                    spec = svc["Spec"]
+                    spec["Labels"] = {"n": str(i)}
+                    status, body = n.api("POST", f"/v1.47/services/counter/update?version={svc['Version']['Index']}",
+                                         json.dumps(spec).encode())
+                    (label_acked if status == 200 else label_unknown).append(i)
+                else:
+                    status, body = create_config(n, f"c{i}")
+                    (acked if status == 201 else unknown).append(f"c{i}")
+            except OSError as e:  # the killed daemon's socket
+                status, body = 0, str(e)
+                unknown.append(f"c{i}")
+            t1 = time.monotonic()
+            if status in (200, 201):
+                latencies.append(t1 - t0)
+                if kill_at and not first_after_kill and t0 >= kill_at[0]:
+                    first_after_kill.append(t1 - kill_at[0])
+            else:
+                errors.append(f"{status} {body}")
+
+    th = threading.Thread(target=writer, daemon=True)
+    th.start()
+    try:
+        wait_until(lambda: len(acked) >= 60, 60, what="writes before the kill")
+        before = len(acked)
+        kill_at.append(time.monotonic())
+        killed.set()
+        old.kill9()
+        wait_until(lambda: len(acked) >= before + 60, 60, what="writes to resume after the kill")
+    finally:
+        stop.set()
+        th.join(30)
+    failover = first_after_kill[0]
+    lat = sorted(latencies)
+    print(f"\n[raft] leader kill -9 -> first accepted write: {failover:.2f} s; "
+          f"write latency p50 {statistics.median(lat) * 1000:.1f} ms, p99 {lat[int(len(lat) * 0.99)] * 1000:.1f} ms "
+          f"over {len(lat)} writes; {len(unknown) + len(label_unknown)} writes failed or unknown")
+    assert failover < 15.0  # a few election timeouts plus the client's retries, not Swarm's tens of seconds
+
+    survivors = [n for n in mc.nodes if n is not old]
+    new = mc.leader(survivors)
+    assert new is not old
+    wait_until(lambda: mc.manager_status(new)[old.hostname] == "Unreachable", 20, what="the old leader unreachable")
+
+    status, configs, _ = mc.api_any("GET", "/v1.47/configs", order=survivors)
+    assert status == 200
+    names = {c["Spec"]["Name"] for c in configs}
+    missing = [a for a in acked if a not in names]
+    assert not missing, f"acknowledged writes lost: {missing[:10]}"
+    assert not (set(names) - set(acked) - set(unknown) - {f"ryw{i}" for i in range(30)}), "writes nobody made"
+    status, svc, _ = mc.api_any("GET", "/v1.47/services/counter", order=survivors)
+    n_final = int(svc["Spec"]["Labels"]["n"])
+    last_acked = max(label_acked)
+    assert n_final == last_acked or (n_final in label_unknown and n_final > last_acked), (n_final, last_acked)
+
+    # The old leader comes back as a follower and catches up.
+    old.start()
+    wait_until(lambda: mc.manager_status(new).get(old.hostname) == "Reachable", 30, what="the old leader back")
+    target = mc.raft(new)["commit"]
+    wait_until(lambda: mc.raft(old).get("applied", 0) >= target, 30, what="the old leader to catch up")
+    assert mc.raft(old)["objects"]["config"] == len(configs)
+
+
+def test_promote_demote_remove_and_the_quorum_refusals(tmp_path: Path) -> None:
+    _require_cli()
+    with ManagerCluster(tmp_path, 1) as mc:
+        m1 = mc.nodes[0]
+        cp = m1.docker("node", "demote", "m1", check=False)
+        assert "attempting to demote the last manager of the swarm" in cp.stderr
+        cp = m1.docker("swarm", "leave", check=False)
+        assert "Removing the last manager erases all current state of the swarm" in cp.stderr
+
+        w1, w2 = mc.new_node("w1"), mc.new_node("w2")
+        mc.join(w1, "worker")
+        mc.join(w2, "worker")
+        cp = w1.docker("node", "ls", check=False)
+        assert "Worker nodes can't be used to view or modify cluster state" in cp.stderr
+        m1.docker("node", "promote", "w1", "w2")
+        wait_until(lambda: sorted(mc.manager_status(m1).values()) == ["Leader", "Reachable", "Reachable"], 60,
+                   what="both promoted workers to be reachable managers")
+        assert len(mc.raft(w1)["voters"]) == 3
+        assert "w2" in w1.docker("node", "ls").stdout  # w1 answers as a manager now
+
+        cp = m1.docker("node", "rm", "--force", "w2", check=False)
+        assert "is a cluster manager and is a member of the raft cluster. It must be demoted to worker " \
+               "before removal" in cp.stderr
+        cp = w1.docker("swarm", "leave", check=False)
+        assert "You are attempting to leave the swarm on a node that is participating as a manager." in cp.stderr
+        assert "--force-new-cluster" in cp.stderr
+
+        w2.kill9()
+        wait_until(lambda: mc.manager_status(m1)["w2"] == "Unreachable", 20, what="w2 unreachable")
+        cp = m1.docker("node", "demote", "w1", check=False)
+        assert "can't remove member from the raft: this would result in a loss of quorum" in cp.stderr
+        cp = w1.docker("swarm", "leave", check=False)
+        assert "Removing this node leaves 1 managers out of 3. Without a Raft quorum your swarm will be " \
+               "inaccessible." in cp.stderr
+
+        # The dead manager can be demoted (the two others stay a quorum), then removed.
+        m1.docker("node", "demote", "w2")
+        wait_until(lambda: mc.manager_status(m1)["w2"] == "", 20, what="w2 out of Raft and a worker")
+        assert len(mc.raft(m1)["voters"]) == 2
+        wait_until(lambda: mc.node_ls(m1)["w2"]["Status"]["State"] == "down", 30, what="w2 down")
+        m1.docker("node", "rm", "w2")
+        assert "w2" not in mc.node_ls(m1)
+
+        # A live manager demoted becomes a worker by itself, keeping its tasks.
+        m1.docker("service", "create", "--detach", "--name", "pinned", "--constraint", "node.hostname==w1",
+                  "busybox", *SLEEP)
+        (t,) = wait_until(lambda: running(m1, "pinned"), 30, what="the pinned task")
+        m1.docker("node", "demote", "w1")
+        wait_until(lambda: mc.manager_status(m1)["w1"] == "" and
+                   mc.node_ls(m1)["w1"]["Status"]["State"] == "ready", 60, what="w1 to be a ready worker")
+        wait_until(lambda: "Worker nodes can't be used" in w1.docker("node", "ls", check=False).stderr, 30,
+                   what="w1 to refuse manager requests")
+        assert len(mc.raft(m1)["voters"]) == 1
+        (again,) = wait_until(lambda: running(m1, "pinned"), 30, what="the pinned task still running")
+        assert again["ID"] == t["ID"]
