@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -41,8 +41,9 @@ from shoal.rpc.client import NodeCredentials, RemoteDispatcher
 from shoal.rpc.raft import AddressBook, Creds, GrpcTransport, RaftHooks
 from shoal.rpc.raft import forward as raft_forward
 from shoal.rpc.server import ManagerRPC, _peer_tls_info, _set_tls_info
-from shoal.store.memory import MemoryStore
+from shoal.store.memory import Commit, MemoryStore, WatchOverflow
 from shoal.store.wal import migrate_to_raft
+from shoal.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +163,7 @@ class ManagerReplica:
         await raft.start()
         await raft.wait_applied(loaded_commit)
         self._follow_raft_settings()
+        self._spawn(self._watch_raft_settings())
         if raft.voters == frozenset({self.raft_id}):
             await raft.leader_event.wait()
 
@@ -170,6 +172,25 @@ class ManagerReplica:
         cluster = self.store.view().cluster()
         if cluster is not None:
             self.raft.snapshot_interval = cluster.spec.raft.snapshot_interval or 10_000
+
+    async def _watch_raft_settings(self) -> None:
+        """`docker swarm update --snapshot-interval N` takes effect on every manager as the change applies."""
+        assert self.store is not None
+        while True:
+            sub = self.store.watch(kinds=("cluster",))
+            try:
+                async for item in sub:
+                    if isinstance(item, Commit):
+                        self._follow_raft_settings()
+            except WatchOverflow:
+                continue
+            finally:
+                sub.close()
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        t = asyncio.create_task(coro)
+        self._tasks.add(t)
+        t.add_done_callback(self._tasks.discard)
 
     def _on_leadership(self, leader: bool) -> None:
         log.info("raft: %s (term %d)", "this manager is the leader" if leader else "this manager is a follower",
@@ -210,7 +231,7 @@ class ManagerReplica:
 
     async def close(self) -> None:
         for t in list(self._tasks):
-            t.cancel()
+            await cancel_and_wait(t)
         if self.rpc is not None:
             await self.rpc.stop()
             self.rpc = None
@@ -310,9 +331,7 @@ class ManagerReplica:
             except ShoalError as e:
                 log.debug("recording %s's certificate failed: %s", node_id, e)
 
-        t = asyncio.create_task(write())
-        self._tasks.add(t)
-        t.add_done_callback(self._tasks.discard)
+        self._spawn(write())
 
 
 def manager_node_for(node_id: str, hostname: str, addr: str, raft_id: int) -> Any:

@@ -232,3 +232,63 @@ def test_promote_demote_remove_and_the_quorum_refusals(tmp_path: Path) -> None:
         assert len(mc.raft(m1)["voters"]) == 1
         (again,) = wait_until(lambda: running(m1, "pinned"), 30, what="the pinned task still running")
         assert again["ID"] == t["ID"]
+
+
+def test_a_wiped_manager_rejoins_and_catches_up_by_snapshot(three: ManagerCluster) -> None:
+    mc = three
+    lead = mc.leader()
+    lead.docker("swarm", "update", "--snapshot-interval", "20")
+    m3 = next(n for n in mc.nodes if n is not lead)
+    for i in range(120):
+        status, body, _ = mc.api_any("POST", "/v1.47/configs/create",
+                                     {"Name": f"pre{i}", "Data": base64.b64encode(b"x").decode()})
+        assert status == 201, body
+    wait_until(lambda: mc.raft(lead)["snapshot_index"] > 1, 20, what="the leader to compact its log")
+
+    m3.kill9()
+    survivor = next(n for n in mc.nodes if n not in (lead, m3))
+    wait_until(lambda: mc.manager_status(lead)[m3.hostname] == "Unreachable", 20, what="m3 unreachable")
+    lead.docker("node", "demote", m3.hostname)
+    wait_until(lambda: mc.node_ls(lead)[m3.hostname]["Status"]["State"] == "down", 30, what="m3 down")
+    lead.docker("node", "rm", m3.hostname)
+    for i in range(40):  # more writes while it is gone, past another snapshot
+        status, body, _ = mc.api_any("POST", "/v1.47/configs/create",
+                                     {"Name": f"post{i}", "Data": base64.b64encode(b"x").decode()},
+                                     order=[lead, survivor])
+        assert status == 201, body
+
+    m3.stop()
+    import shutil
+
+    shutil.rmtree(m3.data_dir)
+    m3.start()
+    mc.join(m3, "manager", via=survivor)  # through a follower: it hands the join to the leader
+    st = mc.raft(m3)
+    assert st["snapshots_installed"] >= 1, st  # the leader's log no longer starts at 1: it had to send a snapshot
+    wait_until(lambda: mc.raft(m3)["objects"]["config"] == 160, 30, what="m3's store to hold every config")
+    assert sorted(mc.manager_status(lead).values()) == ["Leader", "Reachable", "Reachable"]
+    cp = m3.docker("config", "ls", "-q")
+    assert len(cp.stdout.split()) == 160
+
+
+def test_a_worker_moves_to_a_live_manager_when_its_manager_dies(three: ManagerCluster) -> None:
+    mc = three
+    lead = mc.leader()
+    for n in mc.nodes:
+        lead.docker("node", "update", "--availability", "drain", n.hostname)
+    w = mc.new_node("w1")
+    mc.join(w, "worker", via=lead)  # it knows only the leader's address, and learns the others from it
+    lead.docker("service", "create", "--detach", "--name", "web", "--replicas", "2", "busybox", *SLEEP)
+    wait_until(lambda: len(running(lead, "web")) == 2, 30, what="2 tasks on the worker")
+    pids = w.command_pids()
+    assert len(pids) == 2
+
+    lead.kill9()
+    survivors = [n for n in mc.nodes if n is not lead and n is not w]
+    new = mc.leader(survivors)
+    new.docker("service", "scale", "--detach", "web=4")
+    wait_until(lambda: len(running(new, "web")) == 4, 60, what="the worker to take the new tasks from the new leader")
+    assert mc.node_ls(new)["w1"]["Status"]["State"] == "ready"
+    assert all(w.command_pids().get(t) == p for t, p in pids.items())  # its first tasks were never restarted
+    known = json.loads((w.data_dir / "node.json").read_text())["manager_addrs"]
+    assert {mc.addr(n) for n in survivors} <= set(known), (known, [mc.addr(n) for n in mc.nodes])

@@ -69,8 +69,10 @@ def pids_with_arg(arg: str) -> list[int]:
 
 
 class ShoalNode:
-    def __init__(self, workdir: Path, hostname: str = "node1", extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(self, workdir: Path, hostname: str = "node1", extra_args: tuple[str, ...] = (),
+                 netns: str | None = None) -> None:
         self.workdir = workdir
+        self.netns = netns  # run the daemon in this network namespace (its API socket stays reachable)
         self.data_dir = workdir / "data"
         self.socket = workdir / "api.sock"
         if len(str(self.socket)) > 100:  # AF_UNIX paths are limited to 108 bytes
@@ -107,8 +109,10 @@ class ShoalNode:
         self.ready_file.unlink(missing_ok=True)
         log = open(self.log_path, "ab")
         try:
+            # nsenter switches only the network namespace (ip netns exec would also remount /sys).
+            prefix = ["nsenter", f"--net=/run/netns/{self.netns}"] if self.netns else []
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "shoal.cli", "daemon", "--data-dir", str(self.data_dir),
+                [*prefix, sys.executable, "-m", "shoal.cli", "daemon", "--data-dir", str(self.data_dir),
                  "--api-socket", str(self.socket), "--executor", "process", "--hostname", self.hostname,
                  "--ready-file", str(self.ready_file), *self.extra_args],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
