@@ -451,7 +451,9 @@ class ShoalNode:
     async def init_swarm(self, opts: InitOptions) -> str:
         async with self._lock:
             if self.state != "inactive":
-                raise Unavailable(M.SWARM_EXISTS)
+                if not opts.force_new_cluster:
+                    raise Unavailable(M.SWARM_EXISTS)
+                return await self._force_new_cluster()
             if opts.force_new_cluster:
                 raise Unavailable(M.NO_SWARM)
             spec = opts.spec or SwarmSpec()
@@ -521,6 +523,18 @@ class ShoalNode:
                 self.identity = {}
                 raise
             return node_id
+
+    async def _force_new_cluster(self) -> str:
+        """`swarm init --force-new-cluster` on a manager: the same swarm, with this manager as its only one."""
+        if self.identity.get("role") != "manager":
+            raise Unavailable(M.SWARM_NOT_MANAGER)
+        from shoal.manager.raft.recovery import force_new_cluster
+
+        await self._deactivate()
+        index = await force_new_cluster(self.cfg.data_dir / "raft", self._raft_id(), self.node_id, self.clock)
+        log.warning("forced a new cluster: this manager is the only member now (state kept up to index %d)", index)
+        await self._activate()
+        return self.node_id
 
     async def _init_root_ca(self, spec: SwarmSpec) -> RootCA:
         """The new cluster's root CA. A root certificate placed in `certificates/swarm-root-ca.crt` before the

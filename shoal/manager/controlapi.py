@@ -439,10 +439,11 @@ class ControlAPI:
     async def remove_node(self, ref: str, force: bool) -> None:
         def fn(tx: Tx) -> None:
             cur = self.get_node(ref, tx)
-            if cur.spec.role == "manager" or cur.role == "manager":
+            if cur.spec.role == "manager":
+                # Refused while it is in the Raft group (swarmkit): demote it first.
                 members = self.membership
                 rid = cur.manager_status.raft_id if cur.manager_status is not None else 0
-                if members is None or (rid and rid in members.raft.voters) or cur.role == "manager":
+                if members is None or (rid and rid in members.raft.voters):
                     raise ShoalError(M.node_is_manager(cur.id))
             if cur.status.state != "down" and not force:
                 raise ShoalError(M.node_not_down(cur.id))

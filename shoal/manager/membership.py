@@ -113,7 +113,7 @@ class Membership:
         if rid and rid == self.raft.id:
             return replace(ms, leader=self.raft.is_leader, reachability="reachable")
         if not rid or rid not in self.raft.voters:
-            return replace(ms, leader=False, reachability="unreachable" if node.role == MANAGER else "unknown")
+            return None  # not (or not yet, or no longer) in the Raft group: no status, as swarmkit
         window = 2 * self.raft.election_timeout
         reachable = self.transport.reachable(rid, window)
         return replace(ms, leader=rid == self.raft.leader and reachable,

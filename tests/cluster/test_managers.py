@@ -292,3 +292,42 @@ def test_a_worker_moves_to_a_live_manager_when_its_manager_dies(three: ManagerCl
     assert all(w.command_pids().get(t) == p for t, p in pids.items())  # its first tasks were never restarted
     known = json.loads((w.data_dir / "node.json").read_text())["manager_addrs"]
     assert {mc.addr(n) for n in survivors} <= set(known), (known, [mc.addr(n) for n in mc.nodes])
+
+
+def test_force_new_cluster_on_the_last_manager_standing_keeps_the_state(three: ManagerCluster) -> None:
+    mc = three
+    m1, m2, m3 = mc.nodes
+    m1.docker("service", "create", "--detach", "--name", "keep", "--replicas", "3", "busybox", *SLEEP)
+    wait_until(lambda: len(running(m1, "keep")) == 3, 30, what="3 running tasks")
+    for i in range(10):
+        status, body = create_config(mc.nodes[i % 3], f"kept{i}")
+        assert status == 201, body
+    m2.kill9()
+    m3.kill9()
+    cp = m1.docker("node", "ls", check=False, timeout=90)
+    assert "The swarm does not have a leader. It's possible that too few managers are online. Make sure more " \
+           "than half of the managers are online." in cp.stderr, cp
+
+    out = m1.docker("swarm", "init", "--force-new-cluster", "--advertise-addr", "127.0.0.1",
+                    "--listen-addr", mc.addr(m1)).stdout
+    assert "Swarm initialized: current node" in out and "is now a manager" in out
+    st = mc.manager_status(m1)
+    assert st["m1"] == "Leader" and st["m2"] == "" and st["m3"] == ""  # the others are no longer managers
+    assert mc.raft(m1)["voters"] == [mc.raft(m1)["id"]]
+    status, configs = m1.api("GET", "/v1.47/configs")
+    assert {f"kept{i}" for i in range(10)} <= {c["Spec"]["Name"] for c in configs}
+    assert len(tasks_of(m1, "keep")) >= 3
+    status, _ = create_config(m1, "after")  # it commits alone
+    assert status == 201
+    m1.docker("node", "rm", "--force", "m2", "m3")
+
+    # A wiped manager joins the new cluster.
+    import shutil
+
+    m2.stop()
+    shutil.rmtree(m2.data_dir)
+    m2.start()
+    mc.join(m2, "manager", via=m1)
+    wait_until(lambda: sorted(mc.manager_status(m1).values()) == ["Leader", "Reachable"], 30,
+               what="two managers again")
+    wait_until(lambda: mc.raft(m2)["objects"]["config"] == 11, 30, what="m2 to hold the state")
