@@ -60,6 +60,7 @@ class NodeConfig:
     engine_host: str | None = None
     hostname: str = ""
     scheduler_strategy: str = "spread"
+    dns_upstreams: tuple[str, ...] | None = None  # None: the nameservers of /etc/resolv.conf
 
 
 @dataclass(frozen=True)
@@ -124,6 +125,7 @@ class ShoalNode:
         self.agent: Agent | None = None
         self.rpc: ManagerRPC | None = None
         self.remote: RemoteDispatcher | None = None
+        self.network: Any = None  # shoal.net.agent.NetworkAgent, when this host can do networking (issue 6)
         self._agent_task: asyncio.Task[None] | None = None
         self._renew_task: asyncio.Task[None] | None = None
         self._logs_task: asyncio.Task[None] | None = None  # a worker serving log subscriptions
@@ -173,10 +175,10 @@ class ShoalNode:
             from shoal.agent.exec.docker import DockerExecutor
 
             return DockerExecutor(engine_host=self.cfg.engine_host or "unix:///var/run/docker.sock", root=root,
-                                  hostname=self.cfg.hostname or None, node_id=self.node_id)
+                                  hostname=self.cfg.hostname or None, node_id=self.node_id, network=self.network)
         from shoal.agent.exec.process import ProcessExecutor
 
-        return ProcessExecutor(root=root, hostname=self.hostname)
+        return ProcessExecutor(root=root, hostname=self.hostname, network=self.network)
 
     async def start(self) -> None:
         self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
@@ -206,6 +208,7 @@ class ShoalNode:
             self.rpc = None
             await self._deactivate()
             raise
+        await self._start_network()
         self.executor = self._make_executor()
         self.agent = Agent(self.node_id, self.executor, self.manager.dispatcher, self.clock,
                            random.Random(self.rng.getrandbits(64)), addr=self.addr)
@@ -233,6 +236,7 @@ class ShoalNode:
         creds = self._read_creds()
         self.remote = RemoteDispatcher(list(self.identity.get("manager_addrs", [])) or
                                        [self.identity["manager_addr"]], creds)
+        await self._start_network()
         self.executor = self._make_executor()
         self.agent = Agent(self.node_id, self.executor, self.remote, self.clock,
                            random.Random(self.rng.getrandbits(64)), addr=self.addr)
@@ -346,6 +350,7 @@ class ShoalNode:
         if self.executor is not None:
             await self.executor.close()
             self.executor = None
+        await self._stop_network()
         if self.store is not None:
             closer = getattr(self.store.proposer, "log", None)
             if closer is not None:
@@ -525,10 +530,29 @@ class ShoalNode:
                     log.warning("removing task %s on leave failed", tid, exc_info=True)
                 await ctlr.close()
             await cleanup.close()
+        await self._remove_network_state()
         self._identity_file.unlink(missing_ok=True)
         shutil.rmtree(self.cfg.data_dir / "raft", ignore_errors=True)
         shutil.rmtree(self._certs_dir, ignore_errors=True)
         self.identity = {}
+
+    # --- networking (issue 6; shoal/net/agent.py) ------------------------------------------------------
+
+    async def _start_network(self) -> None:
+        """The node's network agent, fed from the local store on a manager and over the session on a worker."""
+        from shoal.net.setup import start_network_agent
+
+        self.network = await start_network_agent(self)
+
+    async def _stop_network(self) -> None:
+        network, self.network = self.network, None
+        if network is not None:
+            await network.close()
+
+    async def _remove_network_state(self) -> None:
+        from shoal.net.setup import remove_network_state
+
+        await remove_network_state(self.cfg.data_dir / "net")
 
     def require_manager(self) -> Manager:
         if self.manager is None:

@@ -387,6 +387,9 @@ class Node:
     description: NodeDescription = field(default_factory=NodeDescription)
     status: NodeStatus = field(default_factory=NodeStatus)
     manager_status: ManagerStatus | None = None
+    # The node's own address on the ingress network (the routing mesh connects to tasks from it), set by
+    # the allocator, as swarmkit's node attachments.
+    attachments: tuple[NetworkAttachment, ...] = ()
 
     @property
     def role(self) -> str:

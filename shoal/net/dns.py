@@ -18,6 +18,7 @@ import contextlib
 import ipaddress
 import logging
 import random
+import socket
 import struct
 from collections.abc import Callable, Sequence
 
@@ -89,6 +90,19 @@ class DNSServer:
         self._udp = transport
         self.address = (bound[0], bound[1])
         return self.address
+
+    async def start_on(self, udp: socket.socket, tcp: socket.socket, addr: tuple[str, int]) -> None:
+        """Serve on sockets made by the caller (created in a task's network namespace), bound here to `addr`."""
+        loop = asyncio.get_running_loop()
+        for s in (udp, tcp):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(addr)
+            s.setblocking(False)
+        tcp.listen(128)
+        self._tcp = await asyncio.start_server(self._serve_tcp, sock=tcp)
+        transport, _proto = await loop.create_datagram_endpoint(lambda: _UDP(self), sock=udp)
+        self._udp = transport
+        self.address = addr
 
     async def close(self) -> None:
         if self._udp is not None:

@@ -255,8 +255,10 @@ class ShoalNode:
         self.unmount_task_dirs()
 
     def unmount_task_dirs(self) -> None:
-        """Unmount the secrets tmpfs the executor mounted (as root) in task dirs it did not remove."""
-        prefix = str(self.tasks_dir.resolve()) + "/"
+        """Unmount what the node mounted (as root) and left: the secrets tmpfs of task dirs it did not remove,
+        the network namespaces of its tasks and networks (bound under data/net; the kernel frees each one,
+        with its devices, once nothing holds it)."""
+        prefix = str(self.data_dir.resolve()) + "/"
         try:
             mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
         except OSError:

@@ -150,8 +150,10 @@ class DockerExecutor:
         root: Path,
         hostname: str | None = None,
         node_id: str = "",
+        network: Any = None,
     ) -> None:
         self.engine_host = engine_host
+        self.network = network  # shoal.net.agent.NetworkAgent: containers join Shoal's networks (None: none)
         self.root = Path(root)
         self.hostname = hostname
         self.node_id = node_id
