@@ -69,7 +69,8 @@ def pids_with_arg(arg: str) -> list[int]:
 
 
 class ShoalNode:
-    def __init__(self, workdir: Path, hostname: str = "node1", extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(self, workdir: Path, hostname: str = "node1", extra_args: tuple[str, ...] = (),
+                 prefix: tuple[str, ...] = ()) -> None:
         self.workdir = workdir
         self.data_dir = workdir / "data"
         self.socket = workdir / "api.sock"
@@ -81,6 +82,7 @@ class ShoalNode:
         self.log_path = workdir / "daemon.log"
         self.hostname = hostname
         self.extra_args = extra_args
+        self.prefix = prefix  # e.g. ("ip", "netns", "exec", NAME): run the daemon inside a lab host
         self.proc: subprocess.Popen[bytes] | None = None
         self._clients: list[Any] = []
         workdir.mkdir(parents=True, exist_ok=True)
@@ -108,7 +110,7 @@ class ShoalNode:
         log = open(self.log_path, "ab")
         try:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "shoal.cli", "daemon", "--data-dir", str(self.data_dir),
+                [*self.prefix, sys.executable, "-m", "shoal.cli", "daemon", "--data-dir", str(self.data_dir),
                  "--api-socket", str(self.socket), "--executor", "process", "--hostname", self.hostname,
                  "--ready-file", str(self.ready_file), *self.extra_args],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
