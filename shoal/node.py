@@ -552,7 +552,8 @@ class ShoalNode:
     async def _remove_network_state(self) -> None:
         from shoal.net.setup import remove_network_state
 
-        await remove_network_state(self.cfg.data_dir / "net")
+        await remove_network_state(self.cfg.data_dir / "net", self.node_id,
+                                   self.cfg.engine_host if self.cfg.executor == "docker" else None)
 
     def require_manager(self) -> Manager:
         if self.manager is None:

@@ -46,6 +46,7 @@ import socket
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from shoal.errors import TemporaryError
 from shoal.model.objects import Network, Service, Task
@@ -101,10 +102,21 @@ class Sandbox:
     resolv_conf: str
 
 
+@dataclass(frozen=True, slots=True)
+class ContainerNetworks:
+    """What the docker executor connects a container to: (engine network name, IPv4 address, aliases) in
+    order (the first one at create), and the resolv.conf to bind over /etc/resolv.conf."""
+
+    endpoints: tuple[tuple[str, str, tuple[str, ...]], ...]
+    resolv_conf: str
+
+
 @dataclass
 class _Net:
     net: Network
-    ns: Path
+    ns: Path | None  # None: the node's own namespace (the docker executor's bridges live there)
+    bridge: str = "br0"
+    engine_name: str = ""  # docker executor: the engine's bridge network standing for this overlay
     vxlan: bool = False
     peers: dict[str, tuple[str, str]] = field(default_factory=dict)  # ip -> (mac, vtep) programmed
     extra_addr: str = ""  # this node's ingress address on br0 (ingress only)
@@ -127,6 +139,7 @@ class _Box:
     addrs: list[str]
     dns: DNSServer | None = None
     nft_script: str = ""
+    container: bool = False  # a docker container's namespace (/proc/<pid>/ns/net), not one of ours
 
 
 class NetworkAgent:
@@ -148,6 +161,9 @@ class NetworkAgent:
         self._boxes: dict[str, _Box] = {}
         self._ingress: dict[tuple[str, int], tuple[tuple[str, int, bool, bool], TCPBalancer | UDPBalancer]] = {}
         self._lock = asyncio.Lock()
+        self._docker: Any = None  # aiodocker client (docker executor)
+        self._gw_dns: dict[str, DNSServer] = {}  # network id -> DNS on its gateway (docker executor)
+        self._by_ip: dict[str, _Box] = {}  # a container's address -> its sandbox (who asks the gateway DNS)
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
 
@@ -174,6 +190,12 @@ class NetworkAgent:
             if box.dns is not None:
                 await box.dns.close()
                 box.dns = None
+        for dns in self._gw_dns.values():
+            await dns.close()
+        self._gw_dns.clear()
+        if self._docker is not None:
+            await self._docker.close()
+            self._docker = None
 
     async def _run(self) -> None:
         while True:
@@ -248,7 +270,7 @@ class NetworkAgent:
             if ln.peers.get(ip) != (mac, vtep):
                 ip_lines.append(f"neigh replace {ip} lladdr {mac} dev {dev} nud permanent")
                 br_lines.append(f"fdb replace {mac} dev {dev} dst {vtep} self permanent")
-        ns = str(ln.ns)
+        ns = str(ln.ns) if ln.ns is not None else None
         try:
             # Deletions of entries that are already gone fail harmlessly; -force carries on.
             await ipcmd.ip_batch(br_lines, netns=ns, tool="bridge")
@@ -265,6 +287,10 @@ class NetworkAgent:
     @staticmethod
     def _vxlan_name(net: Network) -> str:
         return f"vx{net.vni}"
+
+    @staticmethod
+    def _engine_network(net: Network) -> str:
+        return f"shoal-{net.id[:12]}"
 
     def _net_ns(self, net_id: str) -> Path:
         return self.ns_dir / f"n-{net_id[:20]}"
@@ -286,11 +312,18 @@ class NetworkAgent:
             return ln
         if not net.ipam.configs or not net.ipam.configs[0].subnet:
             raise TemporaryError(f"network {net.name} has no subnet allocated yet")
+        mtu = network_mtu(net)
+        if self.engine_host is not None:
+            ln = await self._ensure_engine_net(net, mtu)
+            await self._ensure_vxlan(ln, mtu)
+            self._nets[net.id] = ln
+            await self._program_peers(ln)
+            return ln
         ln = _Net(net=net, ns=self._net_ns(net.id))
+        assert ln.ns is not None
         ns = str(ln.ns)
         fresh = not ipcmd.is_netns(ln.ns)
         await ipcmd.create_netns(ln.ns)
-        mtu = network_mtu(net)
         if fresh:
             await ipcmd.ip_batch([
                 "link add br0 type bridge",
@@ -308,19 +341,21 @@ class NetworkAgent:
     async def _ensure_vxlan(self, ln: _Net, mtu: int) -> None:
         if _loopback(self.addr):
             return
-        dev, ns = self._vxlan_name(ln.net), str(ln.ns)
+        dev = self._vxlan_name(ln.net)
+        ns = str(ln.ns) if ln.ns is not None else None
         await ipcmd.run("ip", "link", "del", dev, netns=ns, check=False)  # adopted: start from no entries
         try:
             await ipcmd.run("ip", "link", "add", dev, "type", "vxlan", "id", str(ln.net.vni), "dstport",
                             str(self.state.data_path_port), "local", self.addr, "nolearning", "proxy")
-            await ipcmd.run("ip", "link", "set", dev, "netns", ns)
+            if ns is not None:
+                await ipcmd.run("ip", "link", "set", dev, "netns", ns)
         except ipcmd.CommandFailed as e:
             await ipcmd.run("ip", "link", "del", dev, check=False)
             log.warning("no VXLAN device for network %s (tasks on other nodes unreachable): %s", ln.net.name,
                         e.message)
             return
-        await ipcmd.ip_batch([f"link set {dev} mtu {mtu}", f"link set {dev} master br0", f"link set {dev} up"],
-                             netns=ns)
+        await ipcmd.ip_batch([f"link set {dev} mtu {mtu}", f"link set {dev} master {ln.bridge}",
+                              f"link set {dev} up"], netns=ns)
         ln.vxlan = True
         ln.peers = {}
 
@@ -331,11 +366,11 @@ class NetworkAgent:
         cidr = me.ingress if me is not None else ""
         if not cidr or ln.extra_addr == cidr:
             return _ip(cidr) if cidr else ""
-        ns = str(ln.ns)
+        ns = str(ln.ns) if ln.ns is not None else None
         if ln.extra_addr:
-            await ipcmd.run("ip", "addr", "del", ln.extra_addr, "dev", "br0", netns=ns, check=False)
-        await ipcmd.ip_batch([f"link set br0 address {mac_of(_ip(cidr))}", f"addr replace {cidr} dev br0"],
-                             netns=ns)
+            await ipcmd.run("ip", "addr", "del", ln.extra_addr, "dev", ln.bridge, netns=ns, check=False)
+        await ipcmd.ip_batch([f"link set {ln.bridge} address {mac_of(_ip(cidr))}",
+                              f"addr replace {cidr} dev {ln.bridge}"], netns=ns)
         ln.extra_addr = cidr
         return _ip(cidr)
 
@@ -346,7 +381,10 @@ class NetworkAgent:
             if nid in used or (ingress is not None and nid == ingress.id and self._ingress):
                 continue
             del self._nets[nid]
-            await ipcmd.delete_netns(ln.ns)
+            if ln.ns is not None:
+                await ipcmd.delete_netns(ln.ns)
+            else:
+                await self._drop_engine_net(ln)
 
     # --- sandboxes --------------------------------------------------------------------------------------
 
@@ -426,6 +464,10 @@ class NetworkAgent:
         """Remove the task's sandbox (idempotent; also for tasks this agent never saw)."""
         async with self._lock:
             box = self._boxes.pop(task_id, None) or _Box(task_id, self._box_ns(task_id), [], [])
+            for ip in box.addrs:
+                ip = _ip(ip) if "/" in ip else ip
+                if self._by_ip.get(ip) is box:
+                    del self._by_ip[ip]
             await self._drop_box(box)
             await self._gc_nets()
 
@@ -434,7 +476,8 @@ class NetworkAgent:
             await box.dns.close()
             box.dns = None
         # The veth pairs go with the namespace; their bridge ends with them.
-        await ipcmd.delete_netns(box.ns)
+        if not box.container:
+            await ipcmd.delete_netns(box.ns)
         for p in (self._resolv(box.task_id), self._meta(box.task_id)):
             p.unlink(missing_ok=True)
 
@@ -495,6 +538,8 @@ class NetworkAgent:
             "}", ""])
 
     async def _program_vips(self, box: _Box) -> None:
+        if box.container and not str(box.ns).startswith("/proc/"):
+            return  # a container not started yet: its rules go in once it runs
         script = self._vip_script(box)
         if script == box.nft_script:
             return
@@ -551,7 +596,7 @@ class NetworkAgent:
         def backends() -> list[Backend]:
             return [Backend(e.ip, target, e.node_id) for e in self.directory.endpoints(service_id, net_id)]
 
-        ns = str(ln.ns)
+        ns = str(ln.ns) if ln.ns is not None else None
         if proto == "udp":
             def udp_sock(b: Backend) -> socket.socket:
                 s = nsutil.socket_in(ns, socket.AF_INET, socket.SOCK_DGRAM)
@@ -576,3 +621,114 @@ class NetworkAgent:
 
         return TCPBalancer(backends, proxy_protocol=proxy, local_only=local, local_node=self.node_id,
                            keepalive=self.keepalive, connector=connect)
+
+    # --- docker executor ----------------------------------------------------------------------------------
+    # Each overlay is a bridge network of the local engine with the overlay's subnet, gateway and range
+    # (bridge `shl<VNI>` in the node's namespace, the VXLAN device on it); the executor connects the container
+    # with the address Shoal allocated. Its resolv.conf (bound over /etc/resolv.conf) names the gateway of its
+    # first network, where this agent's DNS answers each task by its source address; its VIP rules go into
+    # the container's namespace once it runs.
+
+    def _engine(self) -> Any:
+        if self._docker is None:
+            import aiodocker
+
+            self._docker = aiodocker.Docker(url=self.engine_host)
+        return self._docker
+
+    async def _ensure_engine_net(self, net: Network, mtu: int) -> _Net:
+        from aiodocker.exceptions import DockerError
+
+        name = self._engine_network(net)
+        ln = _Net(net=net, ns=None, bridge=f"shl{net.vni}", engine_name=name)
+        cfg = net.ipam.configs[0]
+        body = {"Name": name, "Driver": "bridge", "CheckDuplicate": True, "Internal": net.spec.internal,
+                "IPAM": {"Driver": "default", "Config": [{k: v for k, v in (
+                    ("Subnet", cfg.subnet), ("Gateway", ln.gateway), ("IPRange", cfg.ip_range)) if v}]},
+                "Options": {"com.docker.network.bridge.name": ln.bridge, MTU_OPTION: str(mtu)},
+                "Labels": {"com.shoal.network.id": net.id, "com.shoal.node.id": self.node_id}}
+        docker = self._engine()
+        try:
+            await docker._query_json(f"networks/{name}", method="GET")
+        except DockerError as e:
+            if e.status != 404:
+                raise TemporaryError(f"engine network {name}: {e.message}") from e
+            try:
+                await docker._query_json("networks/create", method="POST", data=json.dumps(body))
+            except DockerError as e2:
+                raise TemporaryError(f"creating engine network {name}: {e2.message}") from e2
+        dns = DNSServer(self.directory, [], upstreams=self.upstreams, view=self._view_of)
+        udp = nsutil.socket_in(None, socket.AF_INET, socket.SOCK_DGRAM)
+        tcp = nsutil.socket_in(None, socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            await dns.start_on(udp, tcp, (ln.gateway, 53))
+            self._gw_dns[net.id] = dns
+        except OSError as e:
+            udp.close()
+            tcp.close()
+            log.warning("no DNS on %s:53 for network %s: %s", ln.gateway, net.name, e)
+        return ln
+
+    async def _drop_engine_net(self, ln: _Net) -> None:
+        from aiodocker.exceptions import DockerError
+
+        dns = self._gw_dns.pop(ln.net.id, None)
+        if dns is not None:
+            await dns.close()
+        await ipcmd.run("ip", "link", "del", self._vxlan_name(ln.net), check=False)
+        try:
+            async with self._engine()._query(f"networks/{ln.engine_name}", method="DELETE"):
+                pass
+        except DockerError as e:
+            log.info("removing engine network %s: %s", ln.engine_name, e.message)
+
+    def _view_of(self, client: str) -> list[str]:
+        box = self._by_ip.get(client)
+        if box is None:
+            return []
+        return [n for n in box.networks if (net := self.state.networks.get(n)) is not None and not net.spec.ingress]
+
+    async def attach_container(self, task: Task) -> ContainerNetworks | None:
+        """Engine networks for the task's overlays (made when missing) and how to connect its container."""
+        if not task.networks:
+            return None
+        nets = [await self._known_network(a.network_id) for a in task.networks]
+        async with self._lock:
+            eps: list[tuple[str, str, tuple[str, ...]]] = []
+            dns_ip = ""
+            for att, net in zip(task.networks, nets, strict=True):
+                ln = await self._ensure_net(net)
+                if not att.addresses:
+                    raise TemporaryError(f"task {task.id} has no address on network {net.name}")
+                eps.append((ln.engine_name, _ip(att.addresses[0]), ()))
+                if not dns_ip and not net.spec.ingress:
+                    dns_ip = ln.gateway
+            resolv = self._resolv(task.id)
+            resolv.write_text(f"nameserver {dns_ip or DNS_ADDR}\noptions ndots:0\n")
+            box = _Box(task.id, Path("/nonexistent"), [n.id for n in nets], list(eps[i][1] for i in range(len(eps))),
+                       container=True)
+            self._boxes.setdefault(task.id, box)
+            for ip in box.addrs:
+                self._by_ip[ip] = self._boxes[task.id]
+            return ContainerNetworks(endpoints=tuple(eps), resolv_conf=str(resolv))
+
+    async def container_started(self, task: Task, pid: int) -> None:
+        """The container runs (pid): its VIP rules, in its namespace."""
+        if not task.networks or pid <= 0:
+            return
+        async with self._lock:
+            box = self._boxes.get(task.id)
+            if box is None:
+                box = _Box(task.id, Path(), [a.network_id for a in task.networks],
+                           [_ip(a.addresses[0]) for a in task.networks if a.addresses], container=True)
+                self._boxes[task.id] = box
+                for ip in box.addrs:
+                    self._by_ip[ip] = box
+                for nid in box.networks:
+                    net = self.state.networks.get(nid)
+                    if net is not None:
+                        await self._ensure_net(net)
+            ns = Path(f"/proc/{pid}/ns/net")
+            if box.ns != ns:
+                box.ns, box.nft_script = ns, ""
+            await self._program_vips(box)

@@ -68,11 +68,40 @@ async def start_network_agent(node: Any) -> Any:
     return agent
 
 
-async def remove_network_state(root: Path) -> None:
-    """After leaving the swarm: every namespace this node made goes (tasks are already removed)."""
+async def remove_network_state(root: Path, node_id: str = "", engine_host: str | None = None) -> None:
+    """After leaving the swarm: every namespace this node made goes, and every engine network (tasks are
+    already removed)."""
+    if engine_host and node_id:
+        await remove_engine_networks(engine_host, node_id)
     ns_dir = root / "ns"
     if ns_dir.is_dir():
         for p in sorted(ns_dir.iterdir()):
             if p.suffix == "":
                 await ipcmd.delete_netns(p)
     shutil.rmtree(root, ignore_errors=True)
+
+
+async def remove_engine_networks(engine_host: str, node_id: str) -> None:
+    """The engine's bridge networks that stood for this node's overlays, and their VXLAN devices."""
+    import json
+
+    import aiodocker
+    from aiodocker.exceptions import DockerError
+
+    docker = aiodocker.Docker(url=engine_host)
+    try:
+        found = await docker._query_json("networks", params={"filters": json.dumps(
+            {"label": [f"com.shoal.node.id={node_id}"]})})
+        for n in found:
+            bridge = (n.get("Options") or {}).get("com.docker.network.bridge.name", "")
+            if bridge.startswith("shl"):
+                await ipcmd.run("ip", "link", "del", "vx" + bridge[3:], check=False)
+            try:
+                async with docker._query(f"networks/{n['Id']}", method="DELETE"):
+                    pass
+            except DockerError as e:
+                log.warning("removing engine network %s: %s", n.get("Name"), e.message)
+    except (DockerError, OSError) as e:
+        log.warning("listing engine networks: %s", e)
+    finally:
+        await docker.close()
