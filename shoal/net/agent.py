@@ -62,6 +62,7 @@ MTU_OPTION = "com.docker.network.driver.mtu"
 LABEL_PROXY_PROTOCOL = "com.shoal.mesh.proxy-protocol"
 LABEL_LOCAL_ONLY = "com.shoal.mesh.local-only"
 DNS_ADDR = "127.0.0.11"
+IP_TRANSPARENT = 19  # linux/in.h
 KNOWN_NETWORK_TIMEOUT = 10.0  # seconds an attach waits for a network to reach this node's feed
 
 
@@ -333,6 +334,15 @@ class NetworkAgent:
             ], netns=ns)
             # Routed packets between two local tasks never leave the bridge; nothing else is forwarded.
             await ipcmd.run("sysctl", "-qw", "net.ipv4.ip_forward=0", netns=ns, check=False)
+            if net.spec.ingress:
+                # Local-only mesh connections come from the client's own address (a transparent socket here):
+                # the task's replies to it reach br0 through its default route; packets of a transparent
+                # socket are marked and delivered locally, to it (TPROXY's recipe; ARP is untouched).
+                await ipcmd.nft("table ip shoal_mesh {\n  chain pre {\n    type filter hook prerouting priority "
+                                "mangle; policy accept;\n    socket transparent 1 meta mark set 1\n  }\n}\n",
+                                netns=ns)
+                await ipcmd.ip_batch(["rule add fwmark 1 lookup 100 priority 100",
+                                      "route add local 0.0.0.0/0 dev lo table 100"], netns=ns)
         await self._ensure_vxlan(ln, mtu)
         self._nets[net.id] = ln
         await self._program_peers(ln)
@@ -608,11 +618,17 @@ class NetworkAgent:
             return UDPBalancer(backends, proxy_protocol=proxy, local_only=local, local_node=self.node_id,
                                sock_factory=udp_sock)
 
-        async def connect(b: Backend) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+        transparent = local and ns is not None  # process-executor sandboxes route their replies back here
+
+        async def connect(b: Backend, client: tuple[str, int]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
             s = nsutil.socket_in(ns, socket.AF_INET, socket.SOCK_STREAM)
             try:
                 s.setblocking(False)
-                s.bind((src, 0))
+                if transparent and b.node_id == self.node_id:
+                    s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+                    s.bind((client[0], 0))  # the task sees the client's address: no source NAT
+                else:
+                    s.bind((src, 0))
                 await asyncio.get_running_loop().sock_connect(s, (b.host, b.port))
             except BaseException:
                 s.close()

@@ -45,9 +45,10 @@ class Backend:
 
 
 BackendSource = Callable[[], Sequence[Backend]]
-# How to open the connection to a backend when not from this namespace: the routing mesh connects from the
-# node's address inside the ingress network's namespace.
-Connector = Callable[[Backend], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+# How to open the connection to a backend (given the client's address) when not from this namespace: the
+# routing mesh connects from the node's address inside the ingress network's namespace, or from the client's
+# own address (transparent) for local-only services.
+Connector = Callable[[Backend, tuple[str, int]], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 UDPSocketFactory = Callable[[Backend], socket.socket]  # a connected, non-blocking datagram socket
 
 
@@ -186,12 +187,13 @@ class TCPBalancer:
         if self._server is not None:
             await self._server.wait_closed()
 
-    async def _connect(self) -> tuple[Backend, asyncio.StreamReader, asyncio.StreamWriter] | None:
+    async def _connect(self, client: tuple[str, int]) -> tuple[Backend, asyncio.StreamReader,
+                                                                   asyncio.StreamWriter] | None:
         for b in self._picker.candidates():
             try:
                 async with asyncio.timeout(self.connect_timeout):
                     if self.connector is not None:
-                        r, w = await self.connector(b)
+                        r, w = await self.connector(b, client)
                     else:
                         r, w = await asyncio.open_connection(b.host, b.port)
                 return b, r, w
@@ -209,7 +211,7 @@ class TCPBalancer:
             peer = cwriter.get_extra_info("peername")
             local = cwriter.get_extra_info("sockname")
             set_keepalive(cwriter.get_extra_info("socket"), self.keepalive)
-            got = await self._connect()
+            got = await self._connect((peer[0], peer[1]))
             if got is None:
                 log.warning("no backend for a connection from %s", peer)
                 return

@@ -227,3 +227,16 @@ def test_host_mode_publishes_on_the_tasks_node_only(mesh: Mesh) -> None:
     assert mesh.addr(3) in got["ips"]
     assert mesh.from_outside("tcp", mesh.addr(2), "30095", "1") == [None]
     mesh.mgr.docker("service", "rm", "hm")
+
+
+def test_local_only_keeps_the_client_address_without_source_nat(mesh: Mesh) -> None:
+    mesh.mgr.docker("service", "create", "--detach", "--name", "lo", "--constraint", "node.hostname==h2",
+                    "--label", "com.shoal.mesh.local-only=true", "--publish", "30091:8080",
+                    "busybox", PY, str(HERE / "replica.py"), "8080", "8081")
+    wait_until(lambda: len(mesh.running("lo")) == 1, 30, what="lo running")
+    got = wait_until(lambda: mesh.from_outside("tcp", mesh.addr(2), "30091", "1")[0], 20, what="lo through h2")
+    assert got["peer"].split(":")[0] == mesh.outside.ip_addr, got  # the real client, at the IP level
+    assert got["proxy"] is None
+    # h3 has no task of the service: local-only sends nothing across hosts.
+    assert mesh.from_outside("tcp", mesh.addr(3), "30091", "1") == [None]
+    mesh.mgr.docker("service", "rm", "lo")
