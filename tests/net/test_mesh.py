@@ -240,3 +240,24 @@ def test_local_only_keeps_the_client_address_without_source_nat(mesh: Mesh) -> N
     # h3 has no task of the service: local-only sends nothing across hosts.
     assert mesh.from_outside("tcp", mesh.addr(3), "30091", "1") == [None]
     mesh.mgr.docker("service", "rm", "lo")
+
+
+def test_internal_network_with_mtu_option(mesh: Mesh) -> None:
+    mesh.mgr.docker("network", "create", "-d", "overlay", "--internal", "--opt",
+                    "com.docker.network.driver.mtu=1400", "isonet")
+    mesh.mgr.docker("service", "create", "--detach", "--name", "iso", "--constraint", "node.hostname==h2",
+                    "--network", "isonet", "busybox", "sleep", "3600")
+    wait_until(lambda: len(mesh.running("iso")) == 1, 30, what="iso running")
+    pid = mesh.task_pid("iso")
+
+    def sh(*cmd: str) -> str:
+        return subprocess.run(["nsenter", "-t", str(pid), "-n", *cmd], capture_output=True, text=True,
+                              timeout=30).stdout
+
+    assert "mtu 1400" in sh("ip", "-o", "link", "show", "eth0")
+    assert sh("ip", "route", "show", "default").strip() == ""  # internal: no way out
+    assert mesh.in_task(pid, "resolve", "iso") == [mesh.vip("iso", "isonet")]  # its own names resolve
+    assert mesh.in_task(pid, "resolve", "www.outside.test") == []  # others are not forwarded
+    mesh.mgr.docker("service", "rm", "iso")
+    wait_until(lambda: mesh.mgr.docker("network", "rm", "isonet", check=False).returncode == 0, 30,
+               what="isonet removed once its service is gone")
