@@ -37,7 +37,8 @@ def _engine_reachable(host: str) -> bool:
 
 
 async def run_daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, executor: str, engine_host: str | None,
-                     hostname: str, strategy: str, ready_file: Path | None = None) -> None:
+                     hostname: str, strategy: str, ready_file: Path | None = None,
+                     dns_upstreams: tuple[str, ...] | None = None) -> None:
     from aiohttp import web
 
     from shoal.engineapi.engine_client import EngineClient
@@ -47,7 +48,8 @@ async def run_daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, exec
 
     seed = int.from_bytes(os.urandom(8), "big")
     node = ShoalNode(NodeConfig(data_dir=data_dir, executor=executor, engine_host=engine_host,
-                                hostname=hostname, scheduler_strategy=strategy, api_socket=api_socket),
+                                hostname=hostname, scheduler_strategy=strategy, api_socket=api_socket,
+                                dns_upstreams=dns_upstreams),
                      SystemClock(), random.Random(seed))
     proxy = EngineProxy(engine_host)
     engine = EngineClient(engine_host)
@@ -105,10 +107,13 @@ def main() -> None:
 @click.option("--scheduler-strategy", type=click.Choice(["spread", "binpack", "random"]), default="spread",
               show_default=True, help="cluster-wide default; services override it with the label "
                                       "com.shoal.scheduler.strategy")
+@click.option("--dns-upstream", multiple=True, help="IP[:PORT] the tasks' DNS server forwards other names to "
+              "(repeatable; default: the nameservers of /etc/resolv.conf; 'none': no forwarding)")
 @click.option("--ready-file", type=click.Path(path_type=Path), default=None, hidden=True)
 @click.option("--log-level", default="info", show_default=True)
 def daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, executor: str, engine_host: str | None,
-           hostname: str, scheduler_strategy: str, ready_file: Path | None, log_level: str) -> None:
+           hostname: str, scheduler_strategy: str, dns_upstream: tuple[str, ...], ready_file: Path | None,
+           log_level: str) -> None:
     """Run a Shoal node serving the Docker Engine API."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
@@ -123,8 +128,9 @@ def daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, executor: str,
         engine_host = default_engine
     if engine_host is not None and not _engine_reachable(engine_host):
         logging.getLogger("shoal").warning("Docker Engine at %s is not reachable", engine_host)
+    upstreams = None if not dns_upstream else tuple(u for u in dns_upstream if u != "none")
     asyncio.run(run_daemon(data_dir, api_socket, api_tcp, executor, engine_host, hostname, scheduler_strategy,
-                           ready_file))
+                           ready_file, upstreams))
 
 
 @main.command()

@@ -65,6 +65,7 @@ class NodeConfig:
     scheduler_strategy: str = "spread"
     raft_tick: float = 0.1  # seconds per Raft tick (election timeout 10-20 ticks, heartbeat every tick)
     api_socket: Path | None = None  # this node's Engine API socket: the leader runs forwarded requests on it
+    dns_upstreams: tuple[str, ...] | None = None  # None: the nameservers of /etc/resolv.conf
 
 
 @dataclass(frozen=True)
@@ -134,6 +135,7 @@ class ShoalNode:
         self._role_task: asyncio.Task[None] | None = None
         self._managers_task: asyncio.Task[None] | None = None
         self.remote: RemoteDispatcher | None = None
+        self.network: Any = None  # shoal.net.agent.NetworkAgent, when this host can do networking (issue 6)
         self._agent_task: asyncio.Task[None] | None = None
         self._renew_task: asyncio.Task[None] | None = None
         self._logs_task: asyncio.Task[None] | None = None  # a worker serving log subscriptions
@@ -183,10 +185,10 @@ class ShoalNode:
             from shoal.agent.exec.docker import DockerExecutor
 
             return DockerExecutor(engine_host=self.cfg.engine_host or "unix:///var/run/docker.sock", root=root,
-                                  hostname=self.cfg.hostname or None, node_id=self.node_id)
+                                  hostname=self.cfg.hostname or None, node_id=self.node_id, network=self.network)
         from shoal.agent.exec.process import ProcessExecutor
 
-        return ProcessExecutor(root=root, hostname=self.hostname)
+        return ProcessExecutor(root=root, hostname=self.hostname, network=self.network)
 
     async def start(self) -> None:
         self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
@@ -253,6 +255,7 @@ class ShoalNode:
             await self._deactivate()
             raise
         self.rpc = self.replica.rpc
+        await self._start_network()
         self.executor = self._make_executor()
         self.agent_dispatcher = self.replica.agent_dispatcher()
         self.agent = Agent(self.node_id, self.executor, self.agent_dispatcher, self.clock,
@@ -303,6 +306,7 @@ class ShoalNode:
         creds = self._read_creds()
         self.remote = RemoteDispatcher(list(self.identity.get("manager_addrs", [])) or
                                        [self.identity["manager_addr"]], creds)
+        await self._start_network()
         self.executor = self._make_executor()
         self.agent = Agent(self.node_id, self.executor, self.remote, self.clock,
                            random.Random(self.rng.getrandbits(64)), addr=self.addr)
@@ -445,6 +449,7 @@ class ShoalNode:
         if self.executor is not None:
             await self.executor.close()
             self.executor = None
+        await self._stop_network()
 
     # --- swarm membership -------------------------------------------------------------------------
 
@@ -709,6 +714,7 @@ class ShoalNode:
                     log.warning("removing task %s on leave failed", tid, exc_info=True)
                 await ctlr.close()
             await cleanup.close()
+        await self._remove_network_state()
         self._identity_file.unlink(missing_ok=True)
         shutil.rmtree(self.cfg.data_dir / "raft", ignore_errors=True)
         shutil.rmtree(self._certs_dir, ignore_errors=True)
@@ -733,6 +739,25 @@ class ShoalNode:
         deadline = self.clock.monotonic() + 2 * raft.election_timeout + 1.0
         while not raft.is_leader and not replica.leader_addr() and self.clock.monotonic() < deadline:
             await self.clock.sleep(0.05)
+
+    # --- networking (issue 6; shoal/net/agent.py) ------------------------------------------------------
+
+    async def _start_network(self) -> None:
+        """The node's network agent, fed from the local store on a manager and over the session on a worker."""
+        from shoal.net.setup import start_network_agent
+
+        self.network = await start_network_agent(self)
+
+    async def _stop_network(self) -> None:
+        network, self.network = self.network, None
+        if network is not None:
+            await network.close()
+
+    async def _remove_network_state(self) -> None:
+        from shoal.net.setup import remove_network_state
+
+        await remove_network_state(self.cfg.data_dir / "net", self.node_id,
+                                   self.cfg.engine_host if self.cfg.executor == "docker" else None)
 
     def require_manager(self) -> Manager:
         if self.manager is None:

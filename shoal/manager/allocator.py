@@ -4,6 +4,8 @@
   address per task per network, one VIP per service per network in `vip` mode; addresses return to the
   pool when a task ends or is deleted and when a service goes away. The in-memory bitmap is rebuilt from
   the store whenever the allocator starts, so a new leader never hands out an address twice.
+- Nodes: every node gets one address on the ingress network (`Node.attachments`), the source of the routing
+  mesh's connections to tasks on other nodes; it returns when the node is removed.
 - Ports: ingress-mode published ports without a number get one from 30000-32767.
 - A task whose network has no free address stays NEW with a message saying so.
 """
@@ -20,6 +22,7 @@ from shoal.model.objects import (
     EndpointSpec,
     Network,
     NetworkAttachment,
+    Node,
     PortConfig,
     Service,
     Task,
@@ -146,6 +149,7 @@ class Allocator:
         self.ports: set[tuple[str, int]] = set()
         self._held: dict[str, list[tuple[str, str]]] = {}  # task id -> [(net id, addr)]
         self._vips: dict[str, list[tuple[str, str]]] = {}  # service id -> [(net id, addr)]
+        self._node_addrs: dict[str, list[tuple[str, str]]] = {}  # node id -> [(net id, addr)]
         self._dirty_tasks: set[str] = set()
         self._dirty_services: set[str] = set()
         self._starved = False  # some task is waiting for an address
@@ -157,6 +161,7 @@ class Allocator:
         self.ports.clear()
         self._held.clear()
         self._vips.clear()
+        self._node_addrs.clear()
         for n in v.all("network"):
             self.ipam.add_network(n)
         for s in v.services():
@@ -166,6 +171,11 @@ class Allocator:
             for p in s.endpoint.ports:
                 if p.publish_mode == "ingress" and p.published_port:
                     self.ports.add((p.protocol, p.published_port))
+        for node in v.nodes():
+            held = [(a.network_id, addr) for a in node.attachments for addr in a.addresses]
+            self._node_addrs[node.id] = held
+            for net_id, addr in held:
+                self.ipam.mark(net_id, addr)
         for t in v.tasks():
             if task_holds_addresses(t):
                 held = [(a.network_id, addr) for a in t.networks for addr in a.addresses]
@@ -176,7 +186,7 @@ class Allocator:
     async def run(self) -> None:
         while True:
             self._rebuild()
-            sub = self.store.watch(kinds=("network", "service", "task"))
+            sub = self.store.watch(kinds=("network", "service", "task", "node"))
             try:
                 await self._pass(full=True)
                 pending = False
@@ -202,7 +212,13 @@ class Allocator:
                 self.ipam.nets.pop(ev.obj.id, None)
             else:
                 self.ipam.add_network(ev.obj)
-            return False
+            return bool(ev.obj.spec.ingress)  # nodes need an address on a new ingress network
+        if ev.kind == "node":
+            if ev.action == "remove":
+                for net_id, addr in self._node_addrs.pop(ev.obj.id, []):
+                    self.ipam.release(net_id, addr)
+                return False
+            return not ev.obj.attachments
         if ev.kind == "service":
             if ev.action == "remove":
                 for net_id, addr in self._vips.pop(ev.obj.id, []):
@@ -232,6 +248,7 @@ class Allocator:
         tasks, self._dirty_tasks = self._dirty_tasks, set()
 
         def fn(tx: Tx) -> None:
+            self._allocate_nodes(tx)
             for svc in tx.services() if full else filter(None, map(tx.service, services)):
                 self._allocate_service(tx, svc)
             # Per pass: each service's networks (services are final by now) and the PENDING status,
@@ -243,6 +260,27 @@ class Allocator:
                     self._allocate_task(tx, t, nets, pending)
 
         await self.store.update(fn)
+
+    # --- nodes ------------------------------------------------------------------------------------
+
+    def _allocate_nodes(self, tx: Tx) -> None:
+        ingress = next((n for n in tx.all("network") if n.spec.ingress), None)
+        for node in tx.nodes():
+            node_obj: Node = node
+            keep = tuple(a for a in node_obj.attachments if ingress is not None and a.network_id == ingress.id)
+            if keep == node_obj.attachments and (keep or ingress is None):
+                continue
+            for a in node_obj.attachments:
+                if a not in keep:
+                    for addr in a.addresses:
+                        self.ipam.release(a.network_id, addr)
+            if not keep and ingress is not None:
+                try:
+                    keep = (NetworkAttachment(network_id=ingress.id, addresses=(self.ipam.take(ingress.id),)),)
+                except PoolExhausted:
+                    log.warning("no address left on the ingress network for node %s", node_obj.id)
+            self._node_addrs[node_obj.id] = [(a.network_id, addr) for a in keep for addr in a.addresses]
+            tx.update(replace(node_obj, attachments=keep), check_version=False)
 
     # --- services ---------------------------------------------------------------------------------
 

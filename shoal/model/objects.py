@@ -391,6 +391,9 @@ class Node:
     # The role the node has now (its certificate's), as swarmkit's Node.Role; spec.role is the desired one. A
     # demotion changes it only once the manager left the Raft group; "" (older data) means spec.role.
     observed_role: str = ""
+    # The node's own address on the ingress network (the routing mesh connects to tasks from it), set by
+    # the allocator, as swarmkit's node attachments.
+    attachments: tuple[NetworkAttachment, ...] = ()
 
     @property
     def role(self) -> str:

@@ -18,6 +18,7 @@ import contextlib
 import ipaddress
 import logging
 import random
+import socket
 import struct
 from collections.abc import Callable, Sequence
 
@@ -62,9 +63,13 @@ def _reverse_ip(qname: str) -> str | None:
 class DNSServer:
     def __init__(self, directory: ServiceDirectory, networks: Networks, *,
                  upstreams: Sequence[str | tuple[str, int]] = (), ttl: int = 0,
-                 upstream_timeout: float = 2.0, rng: random.Random | None = None) -> None:
+                 upstream_timeout: float = 2.0, rng: random.Random | None = None,
+                 view: Callable[[str], Sequence[str]] | None = None) -> None:
         self.directory = directory
         self._networks = networks
+        # With `view`, the networks are those of whoever asks (by source address): one server on a network's
+        # gateway answers every task on it.
+        self.view = view
         self.upstreams = [parse_upstream(u) if isinstance(u, str) else u for u in upstreams]
         self.ttl = ttl
         self.upstream_timeout = upstream_timeout
@@ -90,6 +95,19 @@ class DNSServer:
         self.address = (bound[0], bound[1])
         return self.address
 
+    async def start_on(self, udp: socket.socket, tcp: socket.socket, addr: tuple[str, int]) -> None:
+        """Serve on sockets made by the caller (created in a task's network namespace), bound here to `addr`."""
+        loop = asyncio.get_running_loop()
+        for s in (udp, tcp):
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            s.bind(addr)
+            s.setblocking(False)
+        tcp.listen(128)
+        self._tcp = await asyncio.start_server(self._serve_tcp, sock=tcp)
+        transport, _proto = await loop.create_datagram_endpoint(lambda: _UDP(self), sock=udp)
+        self._udp = transport
+        self.address = addr
+
     async def close(self) -> None:
         if self._udp is not None:
             self._udp.close()
@@ -104,22 +122,23 @@ class DNSServer:
 
     # --- answering ------------------------------------------------------------------------------------
 
-    def answer_local(self, req: DNSRecord) -> DNSRecord | None:
+    def answer_local(self, req: DNSRecord, client: str = "") -> DNSRecord | None:
         """Our answer to `req`, or None when the name is not ours (forward it)."""
+        networks = self.view(client) if self.view is not None else self.networks
         q = req.q
         qname = str(q.qname)
         reply = req.reply()
         reply.header.ra = 1
         if q.qtype == QTYPE.PTR:
             ip = _reverse_ip(qname)
-            for net in self.networks if ip is not None else ():
+            for net in networks if ip is not None else ():
                 names = self.directory.reverse(ip or "", net)
                 if names:
                     for n in names:
                         reply.add_answer(RR(qname, QTYPE.PTR, rdata=PTR(n + "."), ttl=self.ttl))
                     return reply
             return None
-        for net in self.networks:
+        for net in networks:
             ips = self.directory.lookup(qname, net)
             if not ips:
                 continue
@@ -134,14 +153,14 @@ class DNSServer:
             return reply  # our name: other types get an empty NOERROR answer
         return None
 
-    async def resolve(self, data: bytes, *, tcp: bool) -> bytes | None:
+    async def resolve(self, data: bytes, *, tcp: bool, client: str = "") -> bytes | None:
         """Wire query in, wire answer out (None: not even a header could be read)."""
         try:
             req = DNSRecord.parse(data)
         except Exception:
             return None
         try:
-            local = self.answer_local(req)
+            local = self.answer_local(req, client)
         except Exception:
             log.exception("answering %s", req.q.qname)
             return self._error(req, RCODE.SERVFAIL)
@@ -188,7 +207,7 @@ class DNSServer:
 
     def _udp_query(self, data: bytes, addr: tuple[str, int]) -> None:
         async def go() -> None:
-            out = await self.resolve(data, tcp=False)
+            out = await self.resolve(data, tcp=False, client=addr[0])
             if out is not None and self._udp is not None and not self._udp.is_closing():
                 self._udp.sendto(out, addr)
 
@@ -200,6 +219,8 @@ class DNSServer:
         me = asyncio.current_task()
         if me is not None:
             self._inflight.add(me)
+        peer = writer.get_extra_info("peername")
+        client = str(peer[0]) if peer else ""
         try:
             while True:
                 try:
@@ -207,7 +228,7 @@ class DNSServer:
                     data = await reader.readexactly(struct.unpack("!H", head)[0])
                 except (asyncio.IncompleteReadError, ConnectionError):
                     return
-                out = await self.resolve(data, tcp=True)
+                out = await self.resolve(data, tcp=True, client=client)
                 if out is None:
                     return
                 writer.write(struct.pack("!H", len(out)) + out)

@@ -26,7 +26,7 @@ import ipaddress
 import logging
 import socket
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol, cast
 
@@ -45,6 +45,11 @@ class Backend:
 
 
 BackendSource = Callable[[], Sequence[Backend]]
+# How to open the connection to a backend (given the client's address) when not from this namespace: the
+# routing mesh connects from the node's address inside the ingress network's namespace, or from the client's
+# own address (transparent) for local-only services.
+Connector = Callable[[Backend, tuple[str, int]], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+UDPSocketFactory = Callable[[Backend], socket.socket]  # a connected, non-blocking datagram socket
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +161,7 @@ class TCPBalancer:
     local_node: str = ""
     keepalive: KeepAlive | None = field(default_factory=KeepAlive)
     connect_timeout: float = 5.0
+    connector: Connector | None = None
 
     def __post_init__(self) -> None:
         self._picker = Picker(self.backends, self.local_only, self.local_node)
@@ -181,11 +187,15 @@ class TCPBalancer:
         if self._server is not None:
             await self._server.wait_closed()
 
-    async def _connect(self) -> tuple[Backend, asyncio.StreamReader, asyncio.StreamWriter] | None:
+    async def _connect(self, client: tuple[str, int]) -> tuple[Backend, asyncio.StreamReader,
+                                                                   asyncio.StreamWriter] | None:
         for b in self._picker.candidates():
             try:
                 async with asyncio.timeout(self.connect_timeout):
-                    r, w = await asyncio.open_connection(b.host, b.port)
+                    if self.connector is not None:
+                        r, w = await self.connector(b, client)
+                    else:
+                        r, w = await asyncio.open_connection(b.host, b.port)
                 return b, r, w
             except (OSError, TimeoutError) as e:
                 log.info("backend %s:%d refused a connection: %s", b.host, b.port, e)
@@ -201,7 +211,7 @@ class TCPBalancer:
             peer = cwriter.get_extra_info("peername")
             local = cwriter.get_extra_info("sockname")
             set_keepalive(cwriter.get_extra_info("socket"), self.keepalive)
-            got = await self._connect()
+            got = await self._connect((peer[0], peer[1]))
             if got is None:
                 log.warning("no backend for a connection from %s", peer)
                 return
@@ -310,6 +320,7 @@ class UDPBalancer:
     local_node: str = ""
     idle_timeout: float = 30.0
     on_session_end: Callable[[tuple[str, int], Backend], None] | None = None
+    sock_factory: UDPSocketFactory | None = None
 
     def __post_init__(self) -> None:
         self._picker = Picker(self.backends, self.local_only, self.local_node)
@@ -351,7 +362,10 @@ class UDPBalancer:
     async def _open(self, s: _Session) -> None:
         loop = asyncio.get_running_loop()
         try:
-            await loop.create_datagram_endpoint(lambda: s, remote_addr=(s.backend.host, s.backend.port))
+            if self.sock_factory is not None:
+                await loop.create_datagram_endpoint(lambda: s, sock=self.sock_factory(s.backend))
+            else:
+                await loop.create_datagram_endpoint(lambda: s, remote_addr=(s.backend.host, s.backend.port))
         except OSError as e:
             log.info("udp backend %s:%d: %s", s.backend.host, s.backend.port, e)
             s.close()

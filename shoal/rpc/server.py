@@ -516,6 +516,9 @@ class ManagerRPC:
             from shoal.rpc.logs import LogsServicer
 
             pbg.add_LogsServicer_to_server(LogsServicer(auth, self.logbroker, self.dispatcher), secure)
+        from shoal.rpc.netfeed import NetworkServicer  # issue 6: network state for workers' network agents
+
+        pbg.add_NetworkServicer_to_server(NetworkServicer(auth, self.store), secure)
         self._served = (self._key_pem, self._cert_pem, self._root_pem)
         creds = grpc.dynamic_ssl_server_credentials(self._secure_config(), self._fetch_config,
                                                     require_client_authentication=True)

@@ -800,3 +800,87 @@ class Raft:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class NetworkStub:
+    """--- cluster state for a node's network agent (docs/design/networking.md). Read-only, so any manager serves
+    it from its own store replica: a snapshot (shoal.net.state codec JSON in Blob.data), then a newer one after
+    each change that touches networks, services, tasks or nodes.
+
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.WatchState = channel.unary_stream(
+                '/shoal.rpc.Network/WatchState',
+                request_serializer=shoal_dot_rpc_dot_shoal__pb2.Empty.SerializeToString,
+                response_deserializer=shoal_dot_rpc_dot_shoal__pb2.Blob.FromString,
+                _registered_method=True)
+
+
+class NetworkServicer:
+    """--- cluster state for a node's network agent (docs/design/networking.md). Read-only, so any manager serves
+    it from its own store replica: a snapshot (shoal.net.state codec JSON in Blob.data), then a newer one after
+    each change that touches networks, services, tasks or nodes.
+
+    """
+
+    def WatchState(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_NetworkServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'WatchState': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchState,
+                    request_deserializer=shoal_dot_rpc_dot_shoal__pb2.Empty.FromString,
+                    response_serializer=shoal_dot_rpc_dot_shoal__pb2.Blob.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'shoal.rpc.Network', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('shoal.rpc.Network', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class Network:
+    """--- cluster state for a node's network agent (docs/design/networking.md). Read-only, so any manager serves
+    it from its own store replica: a snapshot (shoal.net.state codec JSON in Blob.data), then a newer one after
+    each change that touches networks, services, tasks or nodes.
+
+    """
+
+    @staticmethod
+    def WatchState(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/shoal.rpc.Network/WatchState',
+            shoal_dot_rpc_dot_shoal__pb2.Empty.SerializeToString,
+            shoal_dot_rpc_dot_shoal__pb2.Blob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)

@@ -53,7 +53,9 @@ def wait_until(fn: Callable[[], T], timeout: float = 30.0, interval: float = 0.1
 
 
 class ShoalDocker:
-    def __init__(self, base: Path, engine_url: str, *, hostname: str = "node1") -> None:
+    def __init__(self, base: Path, engine_url: str, *, hostname: str = "node1",
+                 extra_args: tuple[str, ...] = ()) -> None:
+        self.extra_args = extra_args
         self.base = Path(base)
         self.engine_url = engine_url
         self.hostname = hostname
@@ -84,6 +86,7 @@ class ShoalDocker:
             "--hostname", self.hostname,
             "--ready-file", str(self.ready_file),
             "--log-level", "info",
+            *self.extra_args,
         ]
         with open(self.log_path, "ab") as logf:
             logf.write(f"--- start {' '.join(args)}\n".encode())

@@ -70,7 +70,7 @@ def pids_with_arg(arg: str) -> list[int]:
 
 class ShoalNode:
     def __init__(self, workdir: Path, hostname: str = "node1", extra_args: tuple[str, ...] = (),
-                 netns: str | None = None) -> None:
+                 prefix: tuple[str, ...] = (), netns: str | None = None) -> None:
         self.workdir = workdir
         self.netns = netns  # run the daemon in this network namespace (its API socket stays reachable)
         self.data_dir = workdir / "data"
@@ -83,6 +83,7 @@ class ShoalNode:
         self.log_path = workdir / "daemon.log"
         self.hostname = hostname
         self.extra_args = extra_args
+        self.prefix = prefix  # e.g. ("ip", "netns", "exec", NAME): run the daemon inside a lab host
         self.proc: subprocess.Popen[bytes] | None = None
         self._clients: list[Any] = []
         workdir.mkdir(parents=True, exist_ok=True)
@@ -110,7 +111,7 @@ class ShoalNode:
         log = open(self.log_path, "ab")
         try:
             # nsenter switches only the network namespace (ip netns exec would also remount /sys).
-            prefix = ["nsenter", f"--net=/run/netns/{self.netns}"] if self.netns else []
+            prefix = ["nsenter", f"--net=/run/netns/{self.netns}"] if self.netns else list(self.prefix)
             self.proc = subprocess.Popen(
                 [*prefix, sys.executable, "-m", "shoal.cli", "daemon", "--data-dir", str(self.data_dir),
                  "--api-socket", str(self.socket), "--executor", "process", "--hostname", self.hostname,
@@ -259,8 +260,10 @@ class ShoalNode:
         self.unmount_task_dirs()
 
     def unmount_task_dirs(self) -> None:
-        """Unmount the secrets tmpfs the executor mounted (as root) in task dirs it did not remove."""
-        prefix = str(self.tasks_dir.resolve()) + "/"
+        """Unmount what the node mounted (as root) and left: the secrets tmpfs of task dirs it did not remove,
+        the network namespaces of its tasks and networks (bound under data/net; the kernel frees each one,
+        with its devices, once nothing holds it)."""
+        prefix = str(self.data_dir.resolve()) + "/"
         try:
             mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
         except OSError:

@@ -150,8 +150,10 @@ class DockerExecutor:
         root: Path,
         hostname: str | None = None,
         node_id: str = "",
+        network: Any = None,
     ) -> None:
         self.engine_host = engine_host
+        self.network = network  # shoal.net.agent.NetworkAgent: containers join Shoal's networks (None: none)
         self.root = Path(root)
         self.hostname = hostname
         self.node_id = node_id
@@ -443,7 +445,16 @@ class DockerController:
             return  # adopt the existing container
         image = await self._resolve_image()
         files = await self._write_files()
+        network = self._executor.network
+        nets = await network.attach_container(self.task) if network is not None else None
+        if nets is not None:
+            files = [*files, ctr.FileMount(source=nets.resolv_conf, target="/etc/resolv.conf")]
         body = ctr.create_body(self.task, node_id=self._node_id, files=files, image=image)
+        if nets is not None:
+            first, ip, aliases = nets.endpoints[0]
+            body["HostConfig"]["NetworkMode"] = first
+            body["NetworkingConfig"] = {"EndpointsConfig": {first: {"IPAMConfig": {"IPv4Address": ip},
+                                                                    "Aliases": list(aliases)}}}
         with _engine_errors():
             try:
                 created: dict[str, Any] = await self._docker._query_json(
@@ -457,9 +468,26 @@ class DockerController:
                     return  # created concurrently (or by a request cancelled midway): adopt it
                 raise
         self._id = str(created["Id"])
+        for name, ip, aliases in nets.endpoints[1:] if nets is not None else ():
+            # The engine (API 1.41) takes one network at create; the others before the container starts.
+            with _engine_errors():
+                async with self._docker._query(f"networks/{name}/connect", method="POST", data=json.dumps({
+                        "Container": self._id, "EndpointConfig": {"IPAMConfig": {"IPv4Address": ip},
+                                                                   "Aliases": list(aliases)}})):
+                    pass
+
+    async def _networks_started(self) -> None:
+        """Once the container runs: Shoal's VIP rules in its network namespace."""
+        network = self._executor.network
+        if network is None or not self.task.networks:
+            return
+        data = await self._inspect_raw()
+        pid = int(((data or {}).get("State") or {}).get("Pid") or 0)
+        await network.container_started(self.task, pid)
 
     async def start(self) -> None:
         await self._once("start", self._start)
+        await self._networks_started()
 
     async def _start(self) -> None:
         data = await self._require()
@@ -510,6 +538,7 @@ class DockerController:
         return False
 
     async def wait(self) -> ExitStatus:
+        await self._networks_started()  # again after an agent restart: the rules of an adopted container
         data = await self._require()
         has_health = bool((data.get("State") or {}).get("Health"))
         watcher: asyncio.Task[bool] | None = None
@@ -608,6 +637,8 @@ class DockerController:
                         raise
         self._id = ""
         await self._remove_files()
+        if self._executor.network is not None:
+            await self._executor.network.detach(self.task.id)
 
     async def inspect(self) -> RuntimeStatus:
         data = await self._inspect_raw()

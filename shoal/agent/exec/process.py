@@ -99,6 +99,7 @@ from shoal.model.objects import (
     SecretReference,
     Task,
 )
+from shoal.net import nsutil
 
 ENGINE_VERSION = "shoal-process"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -487,6 +488,11 @@ class ProcessController:
         env["SHOAL_CONFIGS_DIR"] = str(self.configs_dir)
         spec = {"argv": argv, "env": env, "cwd": cwd, "uid": user.uid, "gid": user.gid,
                 "groups": user.groups, "cgroup_procs": cgroup_procs, "rlimit_as": rlimit_as}
+        network = self.executor.network
+        if network is not None and self.task.networks:
+            sandbox = await network.attach_process(self.task)
+            if sandbox is not None:
+                spec["netns"], spec["resolv_conf"] = sandbox.netns, sandbox.resolv_conf
         tmp = self.dir / "spec.json.tmp"
         tmp.write_text(json.dumps(spec))
         tmp.replace(self.dir / "spec.json")
@@ -646,6 +652,8 @@ class ProcessController:
             if await proc.wait() != 0:
                 raise TemporaryError(f"unmounting {self.secrets_dir} failed")
         self.executor.cgroups.remove(self.task.id)
+        if self.executor.network is not None:
+            await self.executor.network.detach(self.task.id)
         shutil.rmtree(self.dir, ignore_errors=True)
 
     async def inspect(self) -> RuntimeStatus:
@@ -710,10 +718,12 @@ class ProcessController:
             return False
         try:
             spec = json.loads((self.dir / "spec.json").read_bytes())
+            netns, resolv = spec.get("netns"), spec.get("resolv_conf")
             proc = await asyncio.create_subprocess_exec(
                 *argv, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.DEVNULL,
                 stderr=asyncio.subprocess.DEVNULL, cwd=spec["cwd"], env=spec["env"],
-                user=spec.get("uid"), group=spec.get("gid"), start_new_session=True)
+                user=spec.get("uid"), group=spec.get("gid"), start_new_session=True,
+                preexec_fn=(lambda: nsutil.enter(netns, resolv)) if netns else None)
         except (OSError, ValueError):
             return False
         done = asyncio.ensure_future(proc.wait())
@@ -787,8 +797,11 @@ class ProcessExecutor:
     """Runs tasks as supervised processes; everything lives under `root` (see the module docstring)."""
 
     def __init__(self, root: Path, *, hostname: str | None = None, clock: Clock | None = None,
-                 cgroup_parent: str = "shoal", python: str | None = None) -> None:
+                 cgroup_parent: str = "shoal", python: str | None = None, network: Any = None) -> None:
         self.root = Path(root)
+        # shoal.net.agent.NetworkAgent: tasks with networks run in a namespace attached to them (None: in
+        # the agent's own network, as without networking)
+        self.network = network
         self.hostname = hostname or socket.gethostname()
         self.clock: Clock = clock or SystemClock()
         self.cgroups = _Cgroups(cgroup_parent)

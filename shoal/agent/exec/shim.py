@@ -5,6 +5,7 @@ Standard library only (it starts once per task; keep it fast). It reads `<task_d
 agent's child), and then:
 
 - starts the command in its own session and process group (pgid = the command's pid), as the spec's user,
+  in the spec's network namespace when it has one (`netns`, with `resolv_conf` bound over /etc/resolv.conf),
   in its cwd and environment, after joining the spec's cgroups and applying its rlimits;
 - writes `state.json` atomically: its own pid and /proc start time and the command's, and the start time;
 - captures stdout and stderr, one record per line with a timestamp, into `log.jsonl` (see below);
@@ -100,6 +101,9 @@ def _killpg(pgid: int, sig: int) -> None:
 def _spawn(spec: dict[str, Any]) -> subprocess.Popen[bytes]:
     cgroup_procs: list[str] = spec.get("cgroup_procs") or []
     rlimit_as: int | None = spec.get("rlimit_as")
+    netns: str | None = spec.get("netns")
+    resolv_conf: str | None = spec.get("resolv_conf")
+    from shoal.net.nsutil import enter  # imported before the fork (stdlib only)
 
     def setup() -> None:  # runs in the child between fork and exec
         pid = str(os.getpid()).encode()
@@ -111,6 +115,8 @@ def _spawn(spec: dict[str, Any]) -> subprocess.Popen[bytes]:
                 os.close(fd)
         if rlimit_as:
             resource.setrlimit(resource.RLIMIT_AS, (rlimit_as, rlimit_as))
+        if netns:  # the task's own network namespace, its resolv.conf over /etc/resolv.conf
+            enter(netns, resolv_conf)
 
     uid = spec.get("uid")
     gid = spec.get("gid")
@@ -119,7 +125,7 @@ def _spawn(spec: dict[str, Any]) -> subprocess.Popen[bytes]:
         spec["argv"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         cwd=spec["cwd"], env=spec["env"], start_new_session=True, close_fds=True,
         user=uid, group=gid, extra_groups=groups,
-        preexec_fn=setup if (cgroup_procs or rlimit_as) else None)
+        preexec_fn=setup if (cgroup_procs or rlimit_as or netns) else None)
 
 
 def _describe_spawn_error(exc: BaseException, argv0: str) -> str:

@@ -1,0 +1,750 @@
+"""The per-node network agent: overlays, task sandboxes, DNS, VIP rules and the routing mesh on one node.
+
+Fed by a `NetFeed` (cluster state as snapshots; see shoal.net.state), it keeps the kernel in line with it:
+
+Overlay networks. Each network with a sandbox on this node gets a network namespace of its own
+(`<root>/ns/n-<network id>`) holding a bridge `br0` with the gateway address and a VXLAN device (VNI =
+the network's, UDP port = the cluster's data path port, `nolearning proxy`). The VXLAN device is created in
+the node's namespace (its UDP socket stays on the underlay) and moved into the network namespace. Remote
+endpoints are programmed, not learned: for every address of a task on another node (and every other node's
+ingress address), a permanent neighbour entry IP -> MAC (the VXLAN device answers ARP from them: `proxy`)
+and a forwarding entry MAC -> that node's underlay address. MACs are derived from IPs (02:42 + the four
+bytes, as libnetwork does), so no node has to tell another its MACs. MTU: the network's
+`com.docker.network.driver.mtu` option, else 1450 (1500 less the VXLAN overhead). No VXLAN device on a
+node whose address is loopback: such nodes share one machine and cannot tunnel to each other.
+
+Task sandboxes (process executor). A task with networks runs in its own namespace (`<root>/ns/t-<task>`):
+one veth per network (`eth<i>` inside, with the task's address and derived MAC; the other end on the
+network's bridge), a default route through the first network that is not internal, and:
+- DNS: a server at 127.0.0.11:53 (UDP and TCP) bound inside the namespace and served by this process, its
+  view the task's networks (not ingress); names it does not know go upstream, unless every network of the
+  task is internal. The task's resolv.conf (bound over /etc/resolv.conf when it starts) points there.
+- VIPs: an nftables table in the namespace DNATs new connections and flows (TCP, UDP, any port) to each VIP
+  of a service on the task's networks to one of its serving tasks, in turn (`numgen inc`); the rules are
+  rewritten whenever the set of serving tasks changes, so a task that stops serving gets no new
+  connection. A VIP without serving task rejects (TCP reset / ICMP unreachable) instead of timing out.
+
+Routing mesh. For every port published in ingress mode, a user-space balancer on the node (0.0.0.0) sends
+each connection (or UDP flow) to a serving task's ingress address, from this node's own ingress address
+inside the ingress network's namespace, so replies come back through the tunnel. Options, as service labels:
+`com.shoal.mesh.proxy-protocol=true` (a PROXY v2 header with the real client address first) and
+`com.shoal.mesh.local-only=true` (only tasks on the receiving node).
+
+Restart: namespaces, veths and task processes outlive the daemon; a new agent adopts the sandboxes it finds
+(DNS listeners and VIP rules again) and recreates each network's VXLAN device (its entries are reprogrammed
+from the first snapshot).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from shoal.errors import TemporaryError
+from shoal.model.objects import Network, Service, Task
+from shoal.net import ipcmd, nsutil
+from shoal.net.dns import DNSServer
+from shoal.net.lb import Backend, KeepAlive, TCPBalancer, UDPBalancer
+from shoal.net.state import LatestFeed, NetFeed, NetState, SnapshotDirectory
+
+log = logging.getLogger(__name__)
+
+DEFAULT_MTU = 1450
+MTU_OPTION = "com.docker.network.driver.mtu"
+LABEL_PROXY_PROTOCOL = "com.shoal.mesh.proxy-protocol"
+LABEL_LOCAL_ONLY = "com.shoal.mesh.local-only"
+DNS_ADDR = "127.0.0.11"
+IP_TRANSPARENT = 19  # linux/in.h
+KNOWN_NETWORK_TIMEOUT = 10.0  # seconds an attach waits for a network to reach this node's feed
+
+
+def mac_of(ip: str) -> str:
+    """libnetwork's GenerateMACFromIP: 02:42 and the IPv4 address's four bytes."""
+    b = ipaddress.IPv4Address(ip).packed
+    return "02:42:" + ":".join(f"{x:02x}" for x in b)
+
+
+def _ip(cidr: str) -> str:
+    return str(ipaddress.ip_interface(cidr).ip)
+
+
+def network_mtu(net: Network) -> int:
+    raw = net.spec.driver.options.get(MTU_OPTION, "")
+    try:
+        return int(raw) if raw else DEFAULT_MTU
+    except ValueError:
+        return DEFAULT_MTU
+
+
+def _truthy(v: str | None) -> bool:
+    return (v or "").lower() in ("1", "true", "yes", "on", "v2")
+
+
+def _loopback(addr: str) -> bool:
+    try:
+        return not addr or ipaddress.ip_address(addr).is_loopback
+    except ValueError:
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class Sandbox:
+    """What an executor needs to run a task attached to its networks."""
+
+    netns: str
+    resolv_conf: str
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerNetworks:
+    """What the docker executor connects a container to: (engine network name, IPv4 address, aliases) in
+    order (the first one at create), and the resolv.conf to bind over /etc/resolv.conf."""
+
+    endpoints: tuple[tuple[str, str, tuple[str, ...]], ...]
+    resolv_conf: str
+
+
+@dataclass
+class _Net:
+    net: Network
+    ns: Path | None  # None: the node's own namespace (the docker executor's bridges live there)
+    bridge: str = "br0"
+    engine_name: str = ""  # docker executor: the engine's bridge network standing for this overlay
+    vxlan: bool = False
+    peers: dict[str, tuple[str, str]] = field(default_factory=dict)  # ip -> (mac, vtep) programmed
+    extra_addr: str = ""  # this node's ingress address on br0 (ingress only)
+
+    @property
+    def subnet(self) -> ipaddress.IPv4Network:
+        return ipaddress.IPv4Network(self.net.ipam.configs[0].subnet, strict=False)
+
+    @property
+    def gateway(self) -> str:
+        gw = self.net.ipam.configs[0].gateway
+        return gw or str(next(self.subnet.hosts()))
+
+
+@dataclass
+class _Box:
+    task_id: str
+    ns: Path
+    networks: list[str]  # network ids, in the task's order
+    addrs: list[str]
+    dns: DNSServer | None = None
+    nft_script: str = ""
+    container: bool = False  # a docker container's namespace (/proc/<pid>/ns/net), not one of ours
+
+
+class NetworkAgent:
+    def __init__(self, node_id: str, addr: str, root: Path, feed: NetFeed, *,
+                 dns_upstreams: Sequence[str] = (), keepalive: KeepAlive | None = None,
+                 engine_host: str | None = None) -> None:
+        self.node_id = node_id
+        self.addr = addr
+        self.root = Path(root)
+        self.ns_dir = self.root / "ns"
+        self.feed = LatestFeed(feed)
+        self.upstreams = list(dns_upstreams)
+        self.keepalive = keepalive or KeepAlive()
+        self.engine_host = engine_host  # docker executor: overlays are bridges of that engine (shoal.net.docker)
+        self.directory = SnapshotDirectory(node_id)
+        self.state = NetState()
+        self.ready = asyncio.Event()  # the first snapshot is in
+        self._nets: dict[str, _Net] = {}
+        self._boxes: dict[str, _Box] = {}
+        self._ingress: dict[tuple[str, int], tuple[tuple[str, int, bool, bool], TCPBalancer | UDPBalancer]] = {}
+        self._lock = asyncio.Lock()
+        self._docker: Any = None  # aiodocker client (docker executor)
+        self._gw_dns: dict[str, DNSServer] = {}  # network id -> DNS on its gateway (docker executor)
+        self._by_ip: dict[str, _Box] = {}  # a container's address -> its sandbox (who asks the gateway DNS)
+        self._task: asyncio.Task[None] | None = None
+        self._changed = asyncio.Event()
+
+    # --- lifecycle ------------------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self.ns_dir.mkdir(parents=True, exist_ok=True)
+        await self._adopt()
+        self.feed.start()
+        self._task = asyncio.create_task(self._run(), name="network-agent")
+
+    async def close(self) -> None:
+        """Stop serving (DNS, balancers); namespaces stay for the tasks that keep running."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+        await self.feed.close()
+        for _key, lb in list(self._ingress.values()):
+            await lb.close()
+        self._ingress.clear()
+        for box in self._boxes.values():
+            if box.dns is not None:
+                await box.dns.close()
+                box.dns = None
+        for dns in self._gw_dns.values():
+            await dns.close()
+        self._gw_dns.clear()
+        if self._docker is not None:
+            await self._docker.close()
+            self._docker = None
+
+    async def _run(self) -> None:
+        while True:
+            state = await self.feed.next()
+            try:
+                async with self._lock:
+                    await self._apply(state)
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("network agent: applying cluster state %d failed", state.version)
+            self.ready.set()
+            self._changed.set()
+
+    async def synced(self, version: int, timeout: float = 10.0) -> bool:
+        """Wait until a snapshot of store version `version` (or later) has been applied."""
+        async with asyncio.timeout(timeout):
+            while self.state.version < version:
+                self._changed.clear()
+                await self._changed.wait()
+        return True
+
+    # --- applying a snapshot --------------------------------------------------------------------------
+
+    async def _apply(self, state: NetState) -> None:
+        self.state = state
+        self.directory.update(state)
+        for nid, ln in list(self._nets.items()):
+            net = state.networks.get(nid)
+            if net is not None:
+                ln.net = net
+            await self._program_peers(ln)
+        for box in self._boxes.values():
+            await self._program_vips(box)
+        await self._program_ingress()
+
+    def _remote_endpoints(self, net_id: str) -> dict[str, tuple[str, str]]:
+        """ip -> (mac, vtep) of everything on `net_id` that lives on another node."""
+        out: dict[str, tuple[str, str]] = {}
+        st = self.state
+        for t in st.tasks.values():
+            if t.node_id == self.node_id:
+                continue
+            node = st.nodes.get(t.node_id)
+            if node is None or _loopback(node.addr):
+                continue
+            for att in t.networks:
+                if att.network_id == net_id:
+                    for a in att.addresses:
+                        ip = _ip(a)
+                        out[ip] = (mac_of(ip), node.addr)
+        ingress = st.ingress
+        if ingress is not None and ingress.id == net_id:
+            for nid, node in st.nodes.items():
+                if nid != self.node_id and node.ingress and not _loopback(node.addr):
+                    ip = _ip(node.ingress)
+                    out[ip] = (mac_of(ip), node.addr)
+        return out
+
+    async def _program_peers(self, ln: _Net) -> None:
+        if not ln.vxlan:
+            return
+        want = self._remote_endpoints(ln.net.id)
+        dev = self._vxlan_name(ln.net)
+        ip_lines: list[str] = []
+        br_lines: list[str] = []
+        for ip, (mac, vtep) in ln.peers.items():
+            if want.get(ip) != (mac, vtep):
+                ip_lines.append(f"neigh del {ip} dev {dev}")
+                br_lines.append(f"fdb del {mac} dev {dev} self")
+        for ip, (mac, vtep) in want.items():
+            if ln.peers.get(ip) != (mac, vtep):
+                ip_lines.append(f"neigh replace {ip} lladdr {mac} dev {dev} nud permanent")
+                br_lines.append(f"fdb replace {mac} dev {dev} dst {vtep} self permanent")
+        ns = str(ln.ns) if ln.ns is not None else None
+        try:
+            # Deletions of entries that are already gone fail harmlessly; -force carries on.
+            await ipcmd.ip_batch(br_lines, netns=ns, tool="bridge")
+        except ipcmd.CommandFailed as e:
+            log.debug("fdb update on %s: %s", ln.net.name, e.message)
+        try:
+            await ipcmd.ip_batch(ip_lines, netns=ns)
+        except ipcmd.CommandFailed as e:
+            log.debug("neighbour update on %s: %s", ln.net.name, e.message)
+        ln.peers = want
+
+    # --- overlay networks -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _vxlan_name(net: Network) -> str:
+        return f"vx{net.vni}"
+
+    @staticmethod
+    def _engine_network(net: Network) -> str:
+        return f"shoal-{net.id[:12]}"
+
+    def _net_ns(self, net_id: str) -> Path:
+        return self.ns_dir / f"n-{net_id[:20]}"
+
+    async def _known_network(self, net_id: str) -> Network:
+        deadline = asyncio.get_running_loop().time() + KNOWN_NETWORK_TIMEOUT
+        while net_id not in self.state.networks:
+            left = deadline - asyncio.get_running_loop().time()
+            if left <= 0:
+                raise TemporaryError(f"network {net_id} is not known on this node yet")
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), left)
+        return self.state.networks[net_id]
+
+    async def _ensure_net(self, net: Network) -> _Net:
+        ln = self._nets.get(net.id)
+        if ln is not None:
+            return ln
+        if not net.ipam.configs or not net.ipam.configs[0].subnet:
+            raise TemporaryError(f"network {net.name} has no subnet allocated yet")
+        mtu = network_mtu(net)
+        if self.engine_host is not None:
+            ln = await self._ensure_engine_net(net, mtu)
+            await self._ensure_vxlan(ln, mtu)
+            self._nets[net.id] = ln
+            await self._program_peers(ln)
+            return ln
+        ln = _Net(net=net, ns=self._net_ns(net.id))
+        assert ln.ns is not None
+        ns = str(ln.ns)
+        fresh = not ipcmd.is_netns(ln.ns)
+        await ipcmd.create_netns(ln.ns)
+        if fresh:
+            await ipcmd.ip_batch([
+                "link add br0 type bridge",
+                f"link set br0 mtu {mtu}",
+                f"addr add {ln.gateway}/{ln.subnet.prefixlen} dev br0",
+                "link set br0 up",
+            ], netns=ns)
+            # Routed packets between two local tasks never leave the bridge; nothing else is forwarded.
+            await ipcmd.run("sysctl", "-qw", "net.ipv4.ip_forward=0", netns=ns, check=False)
+            if net.spec.ingress:
+                # Local-only mesh connections come from the client's own address (a transparent socket here):
+                # the task's replies to it reach br0 through its default route; packets of a transparent
+                # socket are marked and delivered locally, to it (TPROXY's recipe; ARP is untouched).
+                await ipcmd.nft("table ip shoal_mesh {\n  chain pre {\n    type filter hook prerouting priority "
+                                "mangle; policy accept;\n    socket transparent 1 meta mark set 1\n  }\n}\n",
+                                netns=ns)
+                await ipcmd.ip_batch(["rule add fwmark 1 lookup 100 priority 100",
+                                      "route add local 0.0.0.0/0 dev lo table 100"], netns=ns)
+        await self._ensure_vxlan(ln, mtu)
+        self._nets[net.id] = ln
+        await self._program_peers(ln)
+        return ln
+
+    async def _ensure_vxlan(self, ln: _Net, mtu: int) -> None:
+        if _loopback(self.addr):
+            return
+        dev = self._vxlan_name(ln.net)
+        ns = str(ln.ns) if ln.ns is not None else None
+        await ipcmd.run("ip", "link", "del", dev, netns=ns, check=False)  # adopted: start from no entries
+        try:
+            await ipcmd.run("ip", "link", "add", dev, "type", "vxlan", "id", str(ln.net.vni), "dstport",
+                            str(self.state.data_path_port), "local", self.addr, "nolearning", "proxy")
+            if ns is not None:
+                await ipcmd.run("ip", "link", "set", dev, "netns", ns)
+        except ipcmd.CommandFailed as e:
+            await ipcmd.run("ip", "link", "del", dev, check=False)
+            log.warning("no VXLAN device for network %s (tasks on other nodes unreachable): %s", ln.net.name,
+                        e.message)
+            return
+        await ipcmd.ip_batch([f"link set {dev} mtu {mtu}", f"link set {dev} master {ln.bridge}",
+                              f"link set {dev} up"], netns=ns)
+        ln.vxlan = True
+        ln.peers = {}
+
+    async def _ensure_ingress_addr(self, ln: _Net) -> str:
+        """This node's own ingress address on the ingress bridge (and the bridge's MAC derived from it, which
+        is what other nodes programmed for it)."""
+        me = self.state.nodes.get(self.node_id)
+        cidr = me.ingress if me is not None else ""
+        if not cidr or ln.extra_addr == cidr:
+            return _ip(cidr) if cidr else ""
+        ns = str(ln.ns) if ln.ns is not None else None
+        if ln.extra_addr:
+            await ipcmd.run("ip", "addr", "del", ln.extra_addr, "dev", ln.bridge, netns=ns, check=False)
+        await ipcmd.ip_batch([f"link set {ln.bridge} address {mac_of(_ip(cidr))}",
+                              f"addr replace {cidr} dev {ln.bridge}"], netns=ns)
+        ln.extra_addr = cidr
+        return _ip(cidr)
+
+    async def _gc_nets(self) -> None:
+        used = {n for b in self._boxes.values() for n in b.networks}
+        ingress = self.state.ingress
+        for nid, ln in list(self._nets.items()):
+            if nid in used or (ingress is not None and nid == ingress.id and self._ingress):
+                continue
+            del self._nets[nid]
+            if ln.ns is not None:
+                await ipcmd.delete_netns(ln.ns)
+            else:
+                await self._drop_engine_net(ln)
+
+    # --- sandboxes --------------------------------------------------------------------------------------
+
+    def _box_ns(self, task_id: str) -> Path:
+        return self.ns_dir / f"t-{task_id}"
+
+    async def attach_process(self, task: Task) -> Sandbox | None:
+        """A network namespace for `task`, attached to its networks with its addresses (idempotent)."""
+        if not task.networks:
+            return None
+        nets = [await self._known_network(a.network_id) for a in task.networks]
+        async with self._lock:
+            box = self._boxes.get(task.id)
+            if box is None:
+                box = await self._create_box(task, nets)
+            return Sandbox(netns=str(box.ns), resolv_conf=str(self._resolv(task.id)))
+
+    def _resolv(self, task_id: str) -> Path:
+        return self.ns_dir / f"t-{task_id}.resolv"
+
+    def _meta(self, task_id: str) -> Path:
+        return self.ns_dir / f"t-{task_id}.json"
+
+    async def _create_box(self, task: Task, nets: list[Network]) -> _Box:
+        ns = self._box_ns(task.id)
+        await ipcmd.delete_netns(ns)  # a half-made one from before a crash
+        await ipcmd.create_netns(ns)
+        box = _Box(task.id, ns, [n.id for n in nets], [])
+        try:
+            routed = False
+            for i, (att, net) in enumerate(zip(task.networks, nets, strict=True)):
+                ln = await self._ensure_net(net)
+                if not att.addresses:
+                    raise TemporaryError(f"task {task.id} has no address on network {net.name}")
+                cidr = att.addresses[0]
+                box.addrs.append(cidr)
+                mtu = network_mtu(net)
+                host_if = f"v{task.id[:11]}{i}"
+                await ipcmd.ip_batch([
+                    f"link add {host_if} mtu {mtu} type veth peer name eth{i} netns {ns}",
+                    f"link set {host_if} master br0",
+                    f"link set {host_if} up",
+                ], netns=str(ln.ns))
+                lines = [f"link set eth{i} address {mac_of(_ip(cidr))} mtu {mtu}", f"addr add {cidr} dev eth{i}",
+                         f"link set eth{i} up"]
+                if not routed and not net.spec.internal:
+                    lines.append(f"route add default via {ln.gateway} dev eth{i}")
+                    routed = True
+                await ipcmd.ip_batch(lines, netns=str(ns))
+            self._resolv(task.id).write_text(f"nameserver {DNS_ADDR}\noptions ndots:0\n")
+            await self._serve_box(box)
+            self._meta(task.id).write_text(json.dumps({"networks": box.networks, "addrs": box.addrs}))
+        except BaseException:
+            await self._drop_box(box)
+            raise
+        self._boxes[task.id] = box
+        return box
+
+    async def _serve_box(self, box: _Box) -> None:
+        nets = [self.state.networks.get(n) for n in box.networks]
+        view = [n.id for n in nets if n is not None and not n.spec.ingress]
+        internal_only = all(n is not None and (n.spec.internal or n.spec.ingress) for n in nets)
+        dns = DNSServer(self.directory, view, upstreams=[] if internal_only else self.upstreams)
+        udp = nsutil.socket_in(str(box.ns), socket.AF_INET, socket.SOCK_DGRAM)
+        tcp = nsutil.socket_in(str(box.ns), socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            await dns.start_on(udp, tcp, (DNS_ADDR, 53))
+        except BaseException:
+            udp.close()
+            tcp.close()
+            raise
+        box.dns = dns
+        box.nft_script = ""
+        await self._program_vips(box)
+
+    async def detach(self, task_id: str) -> None:
+        """Remove the task's sandbox (idempotent; also for tasks this agent never saw)."""
+        async with self._lock:
+            box = self._boxes.pop(task_id, None) or _Box(task_id, self._box_ns(task_id), [], [])
+            for ip in box.addrs:
+                ip = _ip(ip) if "/" in ip else ip
+                if self._by_ip.get(ip) is box:
+                    del self._by_ip[ip]
+            await self._drop_box(box)
+            await self._gc_nets()
+
+    async def _drop_box(self, box: _Box) -> None:
+        if box.dns is not None:
+            await box.dns.close()
+            box.dns = None
+        # The veth pairs go with the namespace; their bridge ends with them.
+        if not box.container:
+            await ipcmd.delete_netns(box.ns)
+        for p in (self._resolv(box.task_id), self._meta(box.task_id)):
+            p.unlink(missing_ok=True)
+
+    async def _adopt(self) -> None:
+        for meta in sorted(self.ns_dir.glob("t-*.json")):
+            task_id = meta.name[2:-5]
+            ns = self._box_ns(task_id)
+            try:
+                data = json.loads(meta.read_text())
+            except (OSError, ValueError):
+                continue
+            if not ipcmd.is_netns(ns):
+                meta.unlink(missing_ok=True)
+                continue
+            self._boxes[task_id] = _Box(task_id, ns, list(data.get("networks", [])), list(data.get("addrs", [])))
+        if self._boxes:
+            asyncio.get_running_loop().create_task(self._readopt(), name="network-adopt")
+
+    async def _readopt(self) -> None:
+        """Once the first snapshot is in: networks, DNS and VIP rules of the adopted sandboxes again."""
+        await self.ready.wait()
+        async with self._lock:
+            for box in list(self._boxes.values()):
+                try:
+                    for nid in box.networks:
+                        net = self.state.networks.get(nid)
+                        if net is not None:
+                            await self._ensure_net(net)
+                    if box.dns is None:
+                        await self._serve_box(box)
+                except Exception:
+                    log.exception("re-adopting the sandbox of task %s failed", box.task_id)
+
+    # --- VIPs ---------------------------------------------------------------------------------------------
+
+    def _vip_script(self, box: _Box) -> str:
+        nat: list[str] = []
+        reject: list[str] = []
+        mine = {n for n in box.networks if (net := self.state.networks.get(n)) is not None and not net.spec.ingress}
+        for svc in sorted(self.state.services.values(), key=lambda s: s.id):
+            for vip in svc.endpoint.virtual_ips:
+                if vip.network_id not in mine:
+                    continue
+                v = _ip(vip.addr)
+                ips = sorted(e.ip for e in self.directory.endpoints(svc.id, vip.network_id))
+                if not ips:
+                    reject.append(f"    ip daddr {v} meta l4proto tcp reject with tcp reset")
+                    reject.append(f"    ip daddr {v} reject")
+                elif len(ips) == 1:
+                    nat.append(f"    ip daddr {v} dnat to {ips[0]}")
+                else:
+                    m = ", ".join(f"{i} : {ip}" for i, ip in enumerate(ips))
+                    nat.append(f"    ip daddr {v} dnat to numgen inc mod {len(ips)} map {{ {m} }}")
+        return "\n".join([
+            "table ip shoal", "delete table ip shoal", "table ip shoal {",
+            "  chain vip {", "    type nat hook output priority -100; policy accept;", *nat, "  }",
+            "  chain novip {", "    type filter hook output priority 0; policy accept;", *reject, "  }",
+            "}", ""])
+
+    async def _program_vips(self, box: _Box) -> None:
+        if box.container and not str(box.ns).startswith("/proc/"):
+            return  # a container not started yet: its rules go in once it runs
+        script = self._vip_script(box)
+        if script == box.nft_script:
+            return
+        try:
+            await ipcmd.nft(script, netns=str(box.ns))
+            box.nft_script = script
+        except ipcmd.CommandFailed as e:
+            log.warning("VIP rules for task %s: %s", box.task_id, e.message)
+
+    # --- routing mesh -------------------------------------------------------------------------------------
+
+    def _published(self) -> dict[tuple[str, int], tuple[Service, int]]:
+        out: dict[tuple[str, int], tuple[Service, int]] = {}
+        for svc in self.state.services.values():
+            for p in svc.endpoint.ports:
+                if p.publish_mode == "ingress" and p.published_port and p.protocol in ("tcp", "udp"):
+                    out[(p.protocol, p.published_port)] = (svc, p.target_port)
+        return out
+
+    async def _program_ingress(self) -> None:
+        ingress = self.state.ingress
+        want = self._published() if ingress is not None else {}
+        for key, (opts, lb) in list(self._ingress.items()):
+            w = want.get(key)
+            if w is None or (w[0].id, w[1], *self._mesh_opts(w[0])) != opts:
+                del self._ingress[key]
+                await lb.close()
+        if not want or ingress is None:
+            await self._gc_nets()
+            return
+        ln = await self._ensure_net(ingress)
+        src = await self._ensure_ingress_addr(ln)
+        if not src:
+            return  # this node has no ingress address yet: the allocator is about to give it one
+        for key, (svc, target) in want.items():
+            if key in self._ingress:
+                continue
+            proxy, local = self._mesh_opts(svc)
+            lb = self._mesh_balancer(key[0], svc.id, ingress.id, target, ln, src, proxy, local)
+            try:
+                await lb.start("0.0.0.0", key[1])
+            except OSError as e:
+                log.warning("cannot listen on %s port %d for service %s: %s", key[0], key[1], svc.name, e)
+                continue
+            self._ingress[key] = ((svc.id, target, proxy, local), lb)
+
+    @staticmethod
+    def _mesh_opts(svc: Service) -> tuple[bool, bool]:
+        labels = svc.spec.annotations.labels
+        return _truthy(labels.get(LABEL_PROXY_PROTOCOL)), _truthy(labels.get(LABEL_LOCAL_ONLY))
+
+    def _mesh_balancer(self, proto: str, service_id: str, net_id: str, target: int, ln: _Net, src: str,
+                       proxy: bool, local: bool) -> TCPBalancer | UDPBalancer:
+        def backends() -> list[Backend]:
+            return [Backend(e.ip, target, e.node_id) for e in self.directory.endpoints(service_id, net_id)]
+
+        ns = str(ln.ns) if ln.ns is not None else None
+        if proto == "udp":
+            def udp_sock(b: Backend) -> socket.socket:
+                s = nsutil.socket_in(ns, socket.AF_INET, socket.SOCK_DGRAM)
+                s.bind((src, 0))
+                s.connect((b.host, b.port))
+                s.setblocking(False)
+                return s
+
+            return UDPBalancer(backends, proxy_protocol=proxy, local_only=local, local_node=self.node_id,
+                               sock_factory=udp_sock)
+
+        transparent = local and ns is not None  # process-executor sandboxes route their replies back here
+
+        async def connect(b: Backend, client: tuple[str, int]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+            s = nsutil.socket_in(ns, socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                s.setblocking(False)
+                if transparent and b.node_id == self.node_id:
+                    s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+                    s.bind((client[0], 0))  # the task sees the client's address: no source NAT
+                else:
+                    s.bind((src, 0))
+                await asyncio.get_running_loop().sock_connect(s, (b.host, b.port))
+            except BaseException:
+                s.close()
+                raise
+            return await asyncio.open_connection(sock=s)
+
+        return TCPBalancer(backends, proxy_protocol=proxy, local_only=local, local_node=self.node_id,
+                           keepalive=self.keepalive, connector=connect)
+
+    # --- docker executor ----------------------------------------------------------------------------------
+    # Each overlay is a bridge network of the local engine with the overlay's subnet, gateway and range
+    # (bridge `shl<VNI>` in the node's namespace, the VXLAN device on it); the executor connects the container
+    # with the address Shoal allocated. Its resolv.conf (bound over /etc/resolv.conf) names the gateway of its
+    # first network, where this agent's DNS answers each task by its source address; its VIP rules go into
+    # the container's namespace once it runs.
+
+    def _engine(self) -> Any:
+        if self._docker is None:
+            import aiodocker
+
+            self._docker = aiodocker.Docker(url=self.engine_host)
+        return self._docker
+
+    async def _ensure_engine_net(self, net: Network, mtu: int) -> _Net:
+        from aiodocker.exceptions import DockerError
+
+        name = self._engine_network(net)
+        ln = _Net(net=net, ns=None, bridge=f"shl{net.vni}", engine_name=name)
+        cfg = net.ipam.configs[0]
+        body = {"Name": name, "Driver": "bridge", "CheckDuplicate": True, "Internal": net.spec.internal,
+                "IPAM": {"Driver": "default", "Config": [{k: v for k, v in (
+                    ("Subnet", cfg.subnet), ("Gateway", ln.gateway), ("IPRange", cfg.ip_range)) if v}]},
+                "Options": {"com.docker.network.bridge.name": ln.bridge, MTU_OPTION: str(mtu)},
+                "Labels": {"com.shoal.network.id": net.id, "com.shoal.node.id": self.node_id}}
+        docker = self._engine()
+        try:
+            await docker._query_json(f"networks/{name}", method="GET")
+        except DockerError as e:
+            if e.status != 404:
+                raise TemporaryError(f"engine network {name}: {e.message}") from e
+            try:
+                await docker._query_json("networks/create", method="POST", data=json.dumps(body))
+            except DockerError as e2:
+                raise TemporaryError(f"creating engine network {name}: {e2.message}") from e2
+        dns = DNSServer(self.directory, [], upstreams=self.upstreams, view=self._view_of)
+        udp = nsutil.socket_in(None, socket.AF_INET, socket.SOCK_DGRAM)
+        tcp = nsutil.socket_in(None, socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            await dns.start_on(udp, tcp, (ln.gateway, 53))
+            self._gw_dns[net.id] = dns
+        except OSError as e:
+            udp.close()
+            tcp.close()
+            log.warning("no DNS on %s:53 for network %s: %s", ln.gateway, net.name, e)
+        return ln
+
+    async def _drop_engine_net(self, ln: _Net) -> None:
+        from aiodocker.exceptions import DockerError
+
+        dns = self._gw_dns.pop(ln.net.id, None)
+        if dns is not None:
+            await dns.close()
+        await ipcmd.run("ip", "link", "del", self._vxlan_name(ln.net), check=False)
+        try:
+            async with self._engine()._query(f"networks/{ln.engine_name}", method="DELETE"):
+                pass
+        except DockerError as e:
+            log.info("removing engine network %s: %s", ln.engine_name, e.message)
+
+    def _view_of(self, client: str) -> list[str]:
+        box = self._by_ip.get(client)
+        if box is None:
+            return []
+        return [n for n in box.networks if (net := self.state.networks.get(n)) is not None and not net.spec.ingress]
+
+    async def attach_container(self, task: Task) -> ContainerNetworks | None:
+        """Engine networks for the task's overlays (made when missing) and how to connect its container."""
+        if not task.networks:
+            return None
+        nets = [await self._known_network(a.network_id) for a in task.networks]
+        async with self._lock:
+            eps: list[tuple[str, str, tuple[str, ...]]] = []
+            dns_ip = ""
+            for att, net in zip(task.networks, nets, strict=True):
+                ln = await self._ensure_net(net)
+                if not att.addresses:
+                    raise TemporaryError(f"task {task.id} has no address on network {net.name}")
+                eps.append((ln.engine_name, _ip(att.addresses[0]), ()))
+                if not dns_ip and not net.spec.ingress:
+                    dns_ip = ln.gateway
+            resolv = self._resolv(task.id)
+            resolv.write_text(f"nameserver {dns_ip or DNS_ADDR}\noptions ndots:0\n")
+            box = _Box(task.id, Path("/nonexistent"), [n.id for n in nets], list(eps[i][1] for i in range(len(eps))),
+                       container=True)
+            self._boxes.setdefault(task.id, box)
+            for ip in box.addrs:
+                self._by_ip[ip] = self._boxes[task.id]
+            return ContainerNetworks(endpoints=tuple(eps), resolv_conf=str(resolv))
+
+    async def container_started(self, task: Task, pid: int) -> None:
+        """The container runs (pid): its VIP rules, in its namespace."""
+        if not task.networks or pid <= 0:
+            return
+        async with self._lock:
+            box = self._boxes.get(task.id)
+            if box is None:
+                box = _Box(task.id, Path(), [a.network_id for a in task.networks],
+                           [_ip(a.addresses[0]) for a in task.networks if a.addresses], container=True)
+                self._boxes[task.id] = box
+                for ip in box.addrs:
+                    self._by_ip[ip] = box
+                for nid in box.networks:
+                    net = self.state.networks.get(nid)
+                    if net is not None:
+                        await self._ensure_net(net)
+            ns = Path(f"/proc/{pid}/ns/net")
+            if box.ns != ns:
+                box.ns, box.nft_script = ns, ""
+            await self._program_vips(box)

@@ -1,0 +1,107 @@
+"""Starting a node's network agent: whether this host can, where its state comes from, its DNS upstreams.
+
+Kept out of shoal/node.py so the node only calls `start_network_agent` / `remove_network_state`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from shoal.net import ipcmd
+
+log = logging.getLogger(__name__)
+
+TOOLS = ("ip", "bridge", "nsenter", "unshare", "nft")
+
+
+def why_no_networking() -> str | None:
+    """Why this host cannot attach tasks to networks (None: it can)."""
+    if os.geteuid() != 0:
+        return "not running as root"
+    missing = [t for t in TOOLS if shutil.which(t) is None]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    return None
+
+
+def resolv_conf_nameservers(path: str = "/etc/resolv.conf") -> list[str]:
+    out: list[str] = []
+    try:
+        with open(path) as f:
+            for line in f:
+                parts = line.split()
+                if len(parts) >= 2 and parts[0] == "nameserver":
+                    out.append(parts[1])
+    except OSError:
+        pass
+    return out
+
+
+async def start_network_agent(node: Any) -> Any:
+    """A started NetworkAgent for `node` (a ShoalNode), or None when this host cannot do networking: tasks
+    then run as before, without namespaces."""
+    reason = why_no_networking()
+    if reason is not None:
+        log.warning("service networking is off on this node (%s): tasks run in the host's network", reason)
+        return None
+    from shoal.net.agent import NetworkAgent
+    from shoal.net.state import LocalFeed
+
+    feed: Any
+    if node.store is not None:
+        feed = LocalFeed(node.store)
+    else:
+        from shoal.rpc.netfeed import RemoteFeed
+
+        feed = RemoteFeed(node.remote, lambda: node.agent.connected if node.agent is not None else None,
+                          node.clock)
+    upstreams = node.cfg.dns_upstreams
+    if upstreams is None:
+        upstreams = tuple(resolv_conf_nameservers())
+    agent = NetworkAgent(node.node_id, node.addr, node.cfg.data_dir / "net", feed, dns_upstreams=upstreams,
+                         engine_host=node.cfg.engine_host if node.cfg.executor == "docker" else None)
+    await agent.start()
+    return agent
+
+
+async def remove_network_state(root: Path, node_id: str = "", engine_host: str | None = None) -> None:
+    """After leaving the swarm: every namespace this node made goes, and every engine network (tasks are
+    already removed)."""
+    if engine_host and node_id:
+        await remove_engine_networks(engine_host, node_id)
+    ns_dir = root / "ns"
+    if ns_dir.is_dir():
+        for p in sorted(ns_dir.iterdir()):
+            if p.suffix == "":
+                await ipcmd.delete_netns(p)
+    shutil.rmtree(root, ignore_errors=True)
+
+
+async def remove_engine_networks(engine_host: str, node_id: str) -> None:
+    """The engine's bridge networks that stood for this node's overlays, and their VXLAN devices."""
+    import json
+
+    import aiodocker
+    from aiodocker.exceptions import DockerError
+
+    docker = aiodocker.Docker(url=engine_host)
+    try:
+        found = await docker._query_json("networks", params={"filters": json.dumps(
+            {"label": [f"com.shoal.node.id={node_id}"]})})
+        for n in found:
+            bridge = (n.get("Options") or {}).get("com.docker.network.bridge.name", "")
+            if bridge.startswith("shl"):
+                await ipcmd.run("ip", "link", "del", "vx" + bridge[3:], check=False)
+            try:
+                async with docker._query(f"networks/{n['Id']}", method="DELETE"):
+                    pass
+            except DockerError as e:
+                log.warning("removing engine network %s: %s", n.get("Name"), e.message)
+    except (DockerError, OSError) as e:
+        log.warning("listing engine networks: %s", e)
+    finally:
+        await docker.close()

@@ -1,0 +1,263 @@
+"""Service networking across hosts: five network namespaces on one bridge (the physical network), a real
+`shoal daemon` in four of them (h1 manager, h2-h4 workers, process executor), the fifth (h5) an outside
+client that also runs a fake upstream DNS server.
+
+The replicas (tests/net/replica.py) answer who they are (their addresses) and who called. The client task
+runs `sleep`; the tests probe from inside its network and mount namespaces (nsenter into its process), which
+is what the task itself sees: its resolv.conf, its DNS server at 127.0.0.11, its VIP rules.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.net.netns import Host, Lab, why_not
+from tests.support.shoal_node import ShoalNode, wait_until
+
+reason = why_not()
+pytestmark = [pytest.mark.skipif(reason is not None, reason=reason or ""), pytest.mark.slow,
+              pytest.mark.xdist_group("netlab"), pytest.mark.timeout(300)]
+
+HERE = Path(__file__).parent
+PY = sys.executable
+SUBNET = "192.168.250"
+UPSTREAM = f"{SUBNET}.5:5353"
+FAKE_DNS = """
+import socket
+from dnslib import DNSRecord, RR, A, QTYPE
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("0.0.0.0", 5353))
+print("ready", flush=True)
+while True:
+    data, peer = s.recvfrom(4096)
+    q = DNSRecord.parse(data)
+    r = q.reply()
+    if str(q.q.qname).endswith("outside.test.") and q.q.qtype == QTYPE.A:
+        r.add_answer(RR(q.q.qname, QTYPE.A, rdata=A("203.0.113.7"), ttl=5))
+    s.sendto(r.pack(), peer)
+"""
+
+
+class Mesh:
+    def __init__(self, lab: Lab, hosts: list[Host], nodes: list[ShoalNode]) -> None:
+        self.lab, self.hosts, self.nodes = lab, hosts, nodes
+        self.mgr = nodes[0]
+        self.outside = hosts[4]
+
+    def addr(self, i: int) -> str:
+        return f"{SUBNET}.{i}"
+
+    def tasks(self, service: str) -> list[dict[str, Any]]:
+        from urllib.parse import quote
+
+        status, body = self.mgr.api("GET", "/v1.47/tasks?filters=" + quote(json.dumps({"service": [service]})))
+        assert status == 200, body
+        return list(body)
+
+    def running(self, service: str) -> list[dict[str, Any]]:
+        return [t for t in self.tasks(service)
+                if t["Status"]["State"] == "running" and t["DesiredState"] == "running"]
+
+    def network_id(self, name: str) -> str:
+        return str(json.loads(self.mgr.docker("network", "inspect", name).stdout)[0]["Id"])
+
+    def ips(self, service: str, network: str) -> set[str]:
+        """The addresses on `network` of the service's running tasks, as the API reports them."""
+        nid = self.network_id(network)
+        return {a.split("/")[0] for t in self.running(service) for att in t.get("NetworksAttachments") or []
+                if att["Network"]["ID"] == nid for a in att["Addresses"]}
+
+    def vip(self, service: str, network: str) -> str:
+        nid = self.network_id(network)
+        svc = json.loads(self.mgr.docker("service", "inspect", service).stdout)[0]
+        return next(v["Addr"].split("/")[0] for v in svc["Endpoint"]["VirtualIPs"] if v["NetworkID"] == nid)
+
+    def task_pid(self, service: str) -> int:
+        """The pid of the (single) running task process of `service`, on whichever node runs it."""
+        t = self.running(service)[0]
+        for n in self.nodes:
+            pid = n.command_pids().get(t["ID"])
+            if pid:
+                return pid
+        raise AssertionError(f"no process for task {t['ID']}")
+
+    def in_task(self, pid: int, *args: str) -> Any:
+        r = subprocess.run(["nsenter", "-t", str(pid), "-n", "-m", PY, str(HERE / "probe.py"), *args],
+                           capture_output=True, text=True, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+    def from_outside(self, *args: str) -> Any:
+        r = self.outside.run(PY, str(HERE / "probe.py"), *args, timeout=60)
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)
+
+
+@pytest.fixture(scope="module")
+def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
+    from tests.cluster.conftest import _require_cli
+
+    _require_cli()
+    base = tmp_path_factory.mktemp("mesh")
+    nodes: list[ShoalNode] = []
+    upstream: subprocess.Popen[str] | None = None
+    with Lab() as lab:
+        try:
+            hosts = [lab.host(f"{SUBNET}.{i}/24") for i in range(1, 6)]
+            upstream = subprocess.Popen(["ip", "netns", "exec", hosts[4].name, PY, "-c", FAKE_DNS],
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            assert upstream.stdout is not None and upstream.stdout.readline().strip() == "ready"
+            for i, h in enumerate(hosts[:4], start=1):
+                nodes.append(ShoalNode(base / f"h{i}", hostname=f"h{i}", prefix=("ip", "netns", "exec", h.name),
+                                       extra_args=("--dns-upstream", UPSTREAM)).start())
+            mgr = nodes[0]
+            mgr.docker("swarm", "init", "--advertise-addr", f"{SUBNET}.1", "--listen-addr", f"{SUBNET}.1:2377")
+            token = mgr.docker("swarm", "join-token", "-q", "worker").stdout.strip()
+            for i, n in enumerate(nodes[1:], start=2):
+                n.docker("swarm", "join", "--token", token, "--advertise-addr", f"{SUBNET}.{i}",
+                         "--listen-addr", f"{SUBNET}.{i}:2377", f"{SUBNET}.1:2377")
+            wait_until(lambda: mgr.docker("node", "ls", "--format", "{{.Status}}").stdout.split().count("Ready")
+                       == 4, 30, what="four ready nodes")
+            for h in ("h1", "h2", "h3"):
+                mgr.docker("node", "update", "--label-add", "web=1", h)
+            mgr.docker("network", "create", "-d", "overlay", "appnet")
+            mgr.docker("service", "create", "--detach", "--name", "web", "--replicas", "3",
+                       "--constraint", "node.labels.web==1", "--replicas-max-per-node", "1",
+                       "--network", "appnet", "--publish", "30080:8080", "--publish", "30081:8081/udp",
+                       "busybox", PY, str(HERE / "replica.py"), "8080", "8081")
+            mgr.docker("service", "create", "--detach", "--name", "client", "--constraint", "node.hostname==h4",
+                       "--network", "appnet", "busybox", "sleep", "3600")
+            m = Mesh(lab, hosts, nodes)
+            wait_until(lambda: len(m.running("web")) == 3 and len(m.running("client")) == 1, 60,
+                       what="web 3/3 and client 1/1")
+            yield m
+        finally:
+            for n in nodes:
+                n.stop()
+            if upstream is not None:
+                upstream.kill()
+                upstream.wait()
+
+
+def test_client_resolves_the_service_and_reaches_every_replica_through_the_vip(mesh: Mesh) -> None:
+    pid = mesh.task_pid("client")
+    vip = mesh.vip("web", "appnet")
+    assert mesh.in_task(pid, "resolve", "web") == [vip]
+    replicas = mesh.ips("web", "appnet")
+    assert len(replicas) == 3
+    answers = mesh.in_task(pid, "tcp", "web", "8080", "9")
+    assert all(a is not None for a in answers), answers
+    seen = {ip for a in answers for ip in a["ips"] if ip in replicas}
+    assert seen == replicas
+    # Through the VIP the replica sees the client task's own address: no source NAT on the overlay.
+    client_ip = mesh.ips("client", "appnet").pop()
+    assert {a["peer"].split(":")[0] for a in answers} == {client_ip}
+    # UDP through the VIP too.
+    udp = mesh.in_task(pid, "udp", "web", "8081", "6")
+    assert all(a is not None for a in udp), udp
+    assert {ip for a in udp for ip in a["ips"] if ip in replicas} == replicas
+
+
+def test_names_other_than_ours_are_forwarded_upstream(mesh: Mesh) -> None:
+    pid = mesh.task_pid("client")
+    assert mesh.in_task(pid, "resolve", "www.outside.test") == ["203.0.113.7"]
+    assert mesh.in_task(pid, "resolve", "nope.invalid") == []
+
+
+def test_published_port_answers_on_every_host(mesh: Mesh) -> None:
+    replicas = mesh.ips("web", "appnet")
+    for i in range(1, 5):  # h4 runs no replica: the mesh takes the connection there too
+        answers = mesh.from_outside("tcp", mesh.addr(i), "30080", "3")
+        assert all(a is not None for a in answers), (i, answers)
+        assert {ip for a in answers for ip in a["ips"]} & replicas
+        udp = mesh.from_outside("udp", mesh.addr(i), "30081", "2")
+        assert all(a is not None for a in udp), (i, udp)
+
+
+def test_tasks_name_lists_exactly_the_running_replicas(mesh: Mesh) -> None:
+    pid = mesh.task_pid("client")
+
+    def agrees() -> bool:
+        return set(mesh.in_task(pid, "resolve", "tasks.web")) == mesh.ips("web", "appnet")
+
+    wait_until(agrees, 20, what="tasks.web == the running replicas")
+    mesh.mgr.docker("service", "scale", "--detach", "web=2")
+    wait_until(lambda: len(mesh.running("web")) == 2 and agrees(), 30, what="tasks.web after scaling to 2")
+    assert len(mesh.in_task(pid, "resolve", "tasks.web")) == 2
+    # Kill one replica's process: its address leaves the answers; its replacement's joins them.
+    victim = mesh.running("web")[0]
+    victim_ips = {a.split("/")[0] for att in victim["NetworksAttachments"] for a in att["Addresses"]}
+    for n in mesh.nodes:
+        p = n.command_pids().get(victim["ID"])
+        if p:
+            subprocess.run(["kill", "-9", str(p)], check=True)
+    wait_until(lambda: not (set(mesh.in_task(pid, "resolve", "tasks.web")) & victim_ips), 20,
+               what="the killed replica to leave tasks.web")
+    wait_until(lambda: len(mesh.running("web")) == 2 and agrees(), 60, what="a replacement in tasks.web")
+    mesh.mgr.docker("service", "scale", "--detach", "web=3")
+    wait_until(lambda: len(mesh.running("web")) == 3 and agrees(), 60, what="back to three")
+
+
+def test_proxy_protocol_delivers_the_real_client_address(mesh: Mesh) -> None:
+    mesh.mgr.docker("service", "create", "--detach", "--name", "pp", "--constraint", "node.hostname==h2",
+                    "--label", "com.shoal.mesh.proxy-protocol=true", "--publish", "30090:8080",
+                    "busybox", PY, str(HERE / "replica.py"), "8080", "8081")
+    wait_until(lambda: len(mesh.running("pp")) == 1, 30, what="pp running")
+    outside = mesh.outside.ip_addr
+    for i in (2, 3):  # the task's own node and another one
+        got = wait_until(lambda i=i: mesh.from_outside("tcp", mesh.addr(i), "30090", "1")[0], 20,
+                         what=f"pp through h{i}")
+        assert got["proxy"].split(":")[0] == outside, got
+    mesh.mgr.docker("service", "rm", "pp")
+
+
+def test_host_mode_publishes_on_the_tasks_node_only(mesh: Mesh) -> None:
+    mesh.mgr.docker("service", "create", "--detach", "--name", "hm", "--constraint", "node.hostname==h3",
+                    "--publish", "mode=host,target=30095,published=30095",
+                    "busybox", PY, str(HERE / "replica.py"), "30095", "30096")
+    wait_until(lambda: len(mesh.running("hm")) == 1, 30, what="hm running")
+    got = wait_until(lambda: mesh.from_outside("tcp", mesh.addr(3), "30095", "1")[0], 20, what="hm on h3")
+    assert mesh.addr(3) in got["ips"]
+    assert mesh.from_outside("tcp", mesh.addr(2), "30095", "1") == [None]
+    mesh.mgr.docker("service", "rm", "hm")
+
+
+def test_local_only_keeps_the_client_address_without_source_nat(mesh: Mesh) -> None:
+    mesh.mgr.docker("service", "create", "--detach", "--name", "lo", "--constraint", "node.hostname==h2",
+                    "--label", "com.shoal.mesh.local-only=true", "--publish", "30091:8080",
+                    "busybox", PY, str(HERE / "replica.py"), "8080", "8081")
+    wait_until(lambda: len(mesh.running("lo")) == 1, 30, what="lo running")
+    got = wait_until(lambda: mesh.from_outside("tcp", mesh.addr(2), "30091", "1")[0], 20, what="lo through h2")
+    assert got["peer"].split(":")[0] == mesh.outside.ip_addr, got  # the real client, at the IP level
+    assert got["proxy"] is None
+    # h3 has no task of the service: local-only sends nothing across hosts.
+    assert mesh.from_outside("tcp", mesh.addr(3), "30091", "1") == [None]
+    mesh.mgr.docker("service", "rm", "lo")
+
+
+def test_internal_network_with_mtu_option(mesh: Mesh) -> None:
+    mesh.mgr.docker("network", "create", "-d", "overlay", "--internal", "--opt",
+                    "com.docker.network.driver.mtu=1400", "isonet")
+    mesh.mgr.docker("service", "create", "--detach", "--name", "iso", "--constraint", "node.hostname==h2",
+                    "--network", "isonet", "busybox", "sleep", "3600")
+    wait_until(lambda: len(mesh.running("iso")) == 1, 30, what="iso running")
+    pid = mesh.task_pid("iso")
+
+    def sh(*cmd: str) -> str:
+        return subprocess.run(["nsenter", "-t", str(pid), "-n", *cmd], capture_output=True, text=True,
+                              timeout=30).stdout
+
+    assert "mtu 1400" in sh("ip", "-o", "link", "show", "eth0")
+    assert sh("ip", "route", "show", "default").strip() == ""  # internal: no way out
+    assert mesh.in_task(pid, "resolve", "iso") == [mesh.vip("iso", "isonet")]  # its own names resolve
+    assert mesh.in_task(pid, "resolve", "www.outside.test") == []  # others are not forwarded
+    mesh.mgr.docker("service", "rm", "iso")
+    wait_until(lambda: mesh.mgr.docker("network", "rm", "isonet", check=False).returncode == 0, 30,
+               what="isonet removed once its service is gone")
