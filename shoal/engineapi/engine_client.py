@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import aiohttp
@@ -45,8 +46,11 @@ class EngineClient:
             from shoal.engineapi.server import error_response
 
             return error_response(NO_ENGINE_STATUS, NO_ENGINE_MESSAGE)
+        # Unversioned: the engine's own (newest) API version, as the proxy lowers a client's newer one to it;
+        # the client's /v1.47 prefix would be refused by an older engine ("client version 1.47 is too new").
+        path = re.sub(r"^/v\d+\.\d+(?=/)", "", request.path)
         try:
-            async with self._get_session().request(request.method, self._base + request.path,
+            async with self._get_session().request(request.method, self._base + path,
                                                    params=request.query, json=body) as r:
                 data = await r.read()
                 return web.Response(body=data, status=r.status,
