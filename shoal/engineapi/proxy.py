@@ -428,6 +428,38 @@ class EngineProxy:
             resp.force_close()  # the connection was meant to become a raw stream: do not reuse it
         return resp
 
+    async def call(self, request: web.Request, body: bytes | None, raw_path: str | None = None,
+                   method: str | None = None) -> tuple[int, bytes, str]:
+        """One buffered exchange with the engine for a request Shoal rewrites (a container create on a swarm
+        network): the client's headers, `body` instead of the client's, `raw_path` (default: the client's; the
+        API version prefix is lowered as for proxied requests). Returns (status, body, content type).
+        Raises ShoalError (503/502 as `handle` answers) when the engine cannot be reached."""
+        from shoal.errors import ShoalError, Unavailable
+
+        if self._address is None or self._closed:
+            raise ShoalError(NO_ENGINE_MESSAGE)
+        try:
+            path = await self._target_path(raw_path or request.raw_path)
+        except _EngineUnreachable as exc:
+            raise Unavailable(str(exc)) from None
+        except _BadGateway as exc:
+            raise ShoalError(str(exc)) from None
+        headers = _forwarded_request_headers(request)
+        headers.popall("Content-Length", None)
+        if body is not None:
+            headers["Content-Type"] = "application/json"
+        url = URL(self._address.base_url + path, encoded=True)
+        try:
+            async with self._get_session().request(method or request.method, url, headers=headers, data=body,
+                                                   allow_redirects=False) as upstream:
+                data = await upstream.read()
+                return upstream.status, data, upstream.headers.get("Content-Type", "application/json")
+        except aiohttp.ClientConnectorError as exc:
+            self._engine_version = None
+            raise Unavailable(f"cannot reach {self._describe()}: {exc.os_error}") from None
+        except aiohttp.ClientError as exc:
+            raise ShoalError(f"{self._describe()} failed: {exc!r}") from None
+
     async def close(self) -> None:
         self._closed = True
         for splice in list(self._splices):

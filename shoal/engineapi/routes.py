@@ -663,6 +663,8 @@ async def tasks_list(request: web.Request) -> web.StreamResponse:
             continue
         if desired is not None and t.desired_state not in desired:
             continue
+        if (t.spec.runtime or "container") not in (flt.get("runtime") or ("container",)):
+            continue  # dockerd lists container tasks unless asked (network attachments are tasks too)
         if flt.get("id") and not prefix_any(t.id, flt["id"]):
             continue
         if flt.get("name") and not prefix_any(task_name(t, v), flt["name"]):
@@ -1051,3 +1053,7 @@ async def network_remove(request: web.Request) -> web.StreamResponse:
     await mgr.controlapi.remove_network(net.id)
     return web.Response(status=204)
 
+
+
+# Plain containers on attachable swarm networks register their routes here (issue 6).
+from shoal.engineapi import attach as _attach  # noqa: E402,F401

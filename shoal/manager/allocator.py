@@ -8,6 +8,8 @@
   mesh's connections to tasks on other nodes; it returns when the node is removed.
 - Ports: ingress-mode published ports without a number get one from 30000-32767.
 - A task whose network has no free address stays NEW with a message saying so.
+- Network attachments of plain containers (shoal.manager.attachments): their one network from their spec,
+  RUNNING once allocated; deleted with their node.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import ipaddress
 import logging
 from dataclasses import replace
 
+from shoal.manager.attachments import attached_status, is_attachment
 from shoal.model.evolve import evolve
 from shoal.model.objects import (
     Endpoint,
@@ -153,6 +156,7 @@ class Allocator:
         self._dirty_tasks: set[str] = set()
         self._dirty_services: set[str] = set()
         self._starved = False  # some task is waiting for an address
+        self._gone_nodes: set[str] = set()  # removed nodes whose attachments are still to delete
         self._retry_starved = False
 
     def _rebuild(self) -> None:
@@ -217,7 +221,8 @@ class Allocator:
             if ev.action == "remove":
                 for net_id, addr in self._node_addrs.pop(ev.obj.id, []):
                     self.ipam.release(net_id, addr)
-                return False
+                self._gone_nodes.add(ev.obj.id)
+                return True
             return not ev.obj.attachments
         if ev.kind == "service":
             if ev.action == "remove":
@@ -247,8 +252,11 @@ class Allocator:
         services, self._dirty_services = self._dirty_services, set()
         tasks, self._dirty_tasks = self._dirty_tasks, set()
 
+        gone, self._gone_nodes = self._gone_nodes, set()
+
         def fn(tx: Tx) -> None:
             self._allocate_nodes(tx)
+            self._drop_attachments(tx, None if full else gone)
             for svc in tx.services() if full else filter(None, map(tx.service, services)):
                 self._allocate_service(tx, svc)
             # Per pass: each service's networks (services are final by now) and the PENDING status,
@@ -281,6 +289,15 @@ class Allocator:
                     log.warning("no address left on the ingress network for node %s", node_obj.id)
             self._node_addrs[node_obj.id] = [(a.network_id, addr) for a in keep for addr in a.addresses]
             tx.update(replace(node_obj, attachments=keep), check_version=False)
+
+    def _drop_attachments(self, tx: Tx, nodes: set[str] | None) -> None:
+        """Attachments of removed nodes go (their containers went with the node); all of them on a full pass."""
+        if nodes is not None and not nodes:
+            return
+        live = {n.id for n in tx.nodes()}
+        for t in tx.tasks() if nodes is None else [t for nid in nodes for t in tx.tasks(node_id=nid)]:
+            if is_attachment(t) and t.node_id not in live:
+                tx.delete("task", t.id)
 
     # --- services ---------------------------------------------------------------------------------
 
@@ -345,14 +362,17 @@ class Allocator:
     # --- tasks ------------------------------------------------------------------------------------
 
     def _allocate_task(self, tx: Tx, t: Task, nets: dict[str, list[str]], pending: TaskStatus) -> None:
-        svc = tx.service(t.service_id)
-        if svc is None:
+        svc = None if is_attachment(t) else tx.service(t.service_id)
+        if svc is not None:
+            svc_nets = nets.get(svc.id)
+            if svc_nets is None:
+                svc_nets = nets[svc.id] = self._service_networks(tx, svc)
+        elif is_attachment(t):
+            svc_nets = [c.target for c in t.spec.networks]
+        else:
             return
         attachments: list[NetworkAttachment] = []
         taken: list[tuple[str, str]] = []
-        svc_nets = nets.get(svc.id)
-        if svc_nets is None:
-            svc_nets = nets[svc.id] = self._service_networks(tx, svc)
         aliases = {n.target: n.aliases for n in t.spec.networks} if svc_nets else {}
         try:
             for net_id in svc_nets:
@@ -372,5 +392,8 @@ class Allocator:
                                                     message="pending task allocation")), check_version=False)
             return
         self._held[t.id] = taken
+        if svc is None:  # an attachment: nothing runs it, it is live once it holds its address
+            tx.update(attached_status(evolve(t, networks=tuple(attachments)), tx.now), check_version=False)
+            return
         tx.update(evolve(t, networks=tuple(attachments), endpoint=svc.endpoint, status=pending),
                   check_version=False)

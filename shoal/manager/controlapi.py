@@ -404,6 +404,11 @@ class ControlAPI:
                 if net.spec.ingress and s.endpoint.ports and any(
                         p.publish_mode == "ingress" for p in s.endpoint.ports):
                     raise InvalidArgument(M.ingress_in_use(s.id))
+            for t in tx.tasks():  # e.g. a plain container's attachment (swarmkit's check)
+                if t.desired_state <= TaskState.RUNNING and t.status.state <= TaskState.RUNNING and (
+                        any(a.network_id == net.id for a in t.networks)
+                        or any(c.target == net.id for c in t.spec.networks)):
+                    raise InvalidArgument(M.network_in_use_by_task(net.id, t.id))
             tx.delete("network", net.id)
 
         await self.store.update(fn)

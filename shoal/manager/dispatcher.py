@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 from shoal.clock import Clock
 from shoal.errors import NotFound, NotLeader, ShoalError, Unavailable
+from shoal.manager.attachments import is_attachment
 from shoal.model.objects import (
     SECOND,
     Config,
@@ -59,7 +60,8 @@ class DispatcherAPI(Protocol):
 
 
 def assigned_to(t: Task, node_id: str) -> bool:
-    return t.node_id == node_id and t.status.state >= TaskState.ASSIGNED
+    # Network attachments of plain containers are the node's own doing: nothing for its agent to run.
+    return t.node_id == node_id and t.status.state >= TaskState.ASSIGNED and not is_attachment(t)
 
 
 @dataclass

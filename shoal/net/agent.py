@@ -167,6 +167,10 @@ class NetworkAgent:
         self._by_ip: dict[str, _Box] = {}  # a container's address -> its sandbox (who asks the gateway DNS)
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
+        # Plain containers on attachable networks (docker executor; shoal.net.plain): the attacher asks the
+        # leader for their addresses (shoal.net.attach, set by shoal.net.setup).
+        self.attacher: Any = None
+        self.plain: Any = None
 
     # --- lifecycle ------------------------------------------------------------------------------------
 
@@ -175,6 +179,15 @@ class NetworkAgent:
         await self._adopt()
         self.feed.start()
         self._task = asyncio.create_task(self._run(), name="network-agent")
+        if self.engine_host is not None:
+            from shoal.net.plain import PlainContainers
+
+            self.plain = PlainContainers(self, release=self._release_attachment)
+            self.plain.start()
+
+    async def _release_attachment(self, attachment_id: str) -> None:
+        if self.attacher is not None:
+            await self.attacher.detach(attachment_id)
 
     async def close(self) -> None:
         """Stop serving (DNS, balancers); namespaces stay for the tasks that keep running."""
@@ -184,6 +197,8 @@ class NetworkAgent:
                 await self._task
             self._task = None
         await self.feed.close()
+        if self.plain is not None:
+            await self.plain.close()
         for _key, lb in list(self._ingress.values()):
             await lb.close()
         self._ingress.clear()

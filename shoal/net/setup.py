@@ -64,6 +64,9 @@ async def start_network_agent(node: Any) -> Any:
         upstreams = tuple(resolv_conf_nameservers())
     agent = NetworkAgent(node.node_id, node.addr, node.cfg.data_dir / "net", feed, dns_upstreams=upstreams,
                          engine_host=node.cfg.engine_host if node.cfg.executor == "docker" else None)
+    from shoal.net.attach import Attacher
+
+    agent.attacher = Attacher(node)
     await agent.start()
     return agent
 
@@ -93,6 +96,15 @@ async def remove_engine_networks(engine_host: str, node_id: str) -> None:
         found = await docker._query_json("networks", params={"filters": json.dumps(
             {"label": [f"com.shoal.node.id={node_id}"]})})
         for n in found:
+            # Plain containers still on it (attachable networks; tasks are gone by now) lose it, as in dockerd.
+            try:
+                full = await docker._query_json(f"networks/{n['Id']}")
+                for cid in full.get("Containers") or {}:
+                    async with docker._query(f"networks/{n['Id']}/disconnect", method="POST",
+                                             data=json.dumps({"Container": cid, "Force": True})):
+                        pass
+            except DockerError as e:
+                log.warning("disconnecting containers from engine network %s: %s", n.get("Name"), e.message)
             bridge = (n.get("Options") or {}).get("com.docker.network.bridge.name", "")
             if bridge.startswith("shl"):
                 await ipcmd.run("ip", "link", "del", "vx" + bridge[3:], check=False)

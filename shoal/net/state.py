@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from shoal.manager.allocator import task_holds_addresses
+from shoal.manager.attachments import LABEL_NAME, is_attachment
 from shoal.model import codec
 from shoal.model.objects import Cluster, Network, Service, Task
 from shoal.net.directory import Endpoint, service_entries
@@ -179,6 +180,9 @@ class SnapshotDirectory:
         by_service: dict[str, list[Task]] = {}
         for t in state.tasks.values():
             by_service.setdefault(t.service_id, []).append(t)
+        for t in by_service.pop("", []):
+            if is_attachment(t):  # a plain container: its name and aliases, as libnetwork registers them
+                self._add_container(t, names, reverse)
         for svc in state.services.values():
             e = service_entries(svc, by_service.get(svc.id, []))
             for k, ips in e.names.items():
@@ -190,6 +194,18 @@ class SnapshotDirectory:
         self._names, self._reverse, self._endpoints = names, reverse, endpoints
         self._service_of_name = {s.name.lower(): s.id for s in state.services.values()}
         self.state = state
+
+    @staticmethod
+    def _add_container(t: Task, names: dict[tuple[str, str], list[str]],
+                       reverse: dict[tuple[str, str], list[str]]) -> None:
+        cname = t.annotations.labels.get(LABEL_NAME, "")
+        for att in t.networks:
+            for addr in att.addresses:
+                ip = _ip(addr)
+                for n in dict.fromkeys(x.lower() for x in (cname, *att.aliases) if x):
+                    names.setdefault((att.network_id, n), []).append(ip)
+                if cname:
+                    reverse.setdefault((att.network_id, ip), []).append(cname.lower())
 
     def lookup(self, name: str, network_id: str) -> list[str]:
         return list(self._names.get((network_id, name.rstrip(".").lower()), ()))

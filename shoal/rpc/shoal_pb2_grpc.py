@@ -807,6 +807,9 @@ class NetworkStub:
     it from its own store replica: a snapshot (shoal.net.state codec JSON in Blob.data), then a newer one after
     each change that touches networks, services, tasks or nodes.
 
+    Attach/Detach: a node's plain container on an attachable network (shoal.manager.attachments), answered by
+    the leader: JSON in Blob.data both ways (request {container, network, task_id, name, aliases}; the
+    allocated attachment task, codec JSON), Detach {attachment_id}.
     """
 
     def __init__(self, channel):
@@ -820,6 +823,16 @@ class NetworkStub:
                 request_serializer=shoal_dot_rpc_dot_shoal__pb2.Empty.SerializeToString,
                 response_deserializer=shoal_dot_rpc_dot_shoal__pb2.Blob.FromString,
                 _registered_method=True)
+        self.Attach = channel.unary_unary(
+                '/shoal.rpc.Network/Attach',
+                request_serializer=shoal_dot_rpc_dot_shoal__pb2.Blob.SerializeToString,
+                response_deserializer=shoal_dot_rpc_dot_shoal__pb2.Blob.FromString,
+                _registered_method=True)
+        self.Detach = channel.unary_unary(
+                '/shoal.rpc.Network/Detach',
+                request_serializer=shoal_dot_rpc_dot_shoal__pb2.Blob.SerializeToString,
+                response_deserializer=shoal_dot_rpc_dot_shoal__pb2.Empty.FromString,
+                _registered_method=True)
 
 
 class NetworkServicer:
@@ -827,9 +840,24 @@ class NetworkServicer:
     it from its own store replica: a snapshot (shoal.net.state codec JSON in Blob.data), then a newer one after
     each change that touches networks, services, tasks or nodes.
 
+    Attach/Detach: a node's plain container on an attachable network (shoal.manager.attachments), answered by
+    the leader: JSON in Blob.data both ways (request {container, network, task_id, name, aliases}; the
+    allocated attachment task, codec JSON), Detach {attachment_id}.
     """
 
     def WatchState(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Attach(self, request, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Detach(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -842,6 +870,16 @@ def add_NetworkServicer_to_server(servicer, server):
                     servicer.WatchState,
                     request_deserializer=shoal_dot_rpc_dot_shoal__pb2.Empty.FromString,
                     response_serializer=shoal_dot_rpc_dot_shoal__pb2.Blob.SerializeToString,
+            ),
+            'Attach': grpc.unary_unary_rpc_method_handler(
+                    servicer.Attach,
+                    request_deserializer=shoal_dot_rpc_dot_shoal__pb2.Blob.FromString,
+                    response_serializer=shoal_dot_rpc_dot_shoal__pb2.Blob.SerializeToString,
+            ),
+            'Detach': grpc.unary_unary_rpc_method_handler(
+                    servicer.Detach,
+                    request_deserializer=shoal_dot_rpc_dot_shoal__pb2.Blob.FromString,
+                    response_serializer=shoal_dot_rpc_dot_shoal__pb2.Empty.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -856,6 +894,9 @@ class Network:
     it from its own store replica: a snapshot (shoal.net.state codec JSON in Blob.data), then a newer one after
     each change that touches networks, services, tasks or nodes.
 
+    Attach/Detach: a node's plain container on an attachable network (shoal.manager.attachments), answered by
+    the leader: JSON in Blob.data both ways (request {container, network, task_id, name, aliases}; the
+    allocated attachment task, codec JSON), Detach {attachment_id}.
     """
 
     @staticmethod
@@ -875,6 +916,60 @@ class Network:
             '/shoal.rpc.Network/WatchState',
             shoal_dot_rpc_dot_shoal__pb2.Empty.SerializeToString,
             shoal_dot_rpc_dot_shoal__pb2.Blob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Attach(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.rpc.Network/Attach',
+            shoal_dot_rpc_dot_shoal__pb2.Blob.SerializeToString,
+            shoal_dot_rpc_dot_shoal__pb2.Blob.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Detach(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/shoal.rpc.Network/Detach',
+            shoal_dot_rpc_dot_shoal__pb2.Blob.SerializeToString,
+            shoal_dot_rpc_dot_shoal__pb2.Empty.FromString,
             options,
             channel_credentials,
             insecure,

@@ -40,22 +40,34 @@ def node(dockerd: str, test_image: str) -> Iterator[ShoalDocker]:
     n = ShoalDocker(base, dockerd, hostname="netnode", extra_args=("--dns-upstream", "none"))
     n.start()
     engine = docker.DockerClient(base_url=dockerd, timeout=60)
-    node_id = ""
+    nid = ""
     try:
         n.docker("swarm", "init", "--advertise-addr", "127.0.0.1")
-        node_id = n.docker("info", "--format", "{{.Swarm.NodeID}}").stdout.strip()
+        nid = node_id(n)
         yield n
     finally:
         if n.alive():
             n.docker("swarm", "leave", "--force", check=False)
         n.stop()
-        # whatever a failed run left in the shared engine
-        for c in engine.api.containers(all=True, filters={"label": f"com.shoal.node.id={node_id}"}):
+        # whatever a failed run left in the shared engine (task containers, plain ones on its networks)
+        for c in engine.api.containers(all=True, filters={"label": f"com.shoal.node.id={nid}"}):
             engine.api.remove_container(c["Id"], force=True)
-        for net in engine.api.networks(filters={"label": f"com.shoal.node.id={node_id}"}):
+        for net in engine.api.networks(filters={"label": f"com.shoal.node.id={nid}"}):
+            for c in engine.api.containers(all=True, filters={"network": net["Id"]}):
+                engine.api.remove_container(c["Id"], force=True)
+            engine.api.remove_network(net["Id"])
+        for net in engine.api.networks(names=["locnet"]):
+            for c in engine.api.containers(all=True, filters={"network": net["Id"]}):
+                engine.api.remove_container(c["Id"], force=True)
             engine.api.remove_network(net["Id"])
         engine.close()
         shutil.rmtree(base, ignore_errors=True)
+
+
+def node_id(n: ShoalDocker) -> str:
+    out = n.docker("info", "--format", "{{.Swarm.NodeID}}").stdout.strip()
+    assert out
+    return out
 
 
 def running(n: ShoalDocker, service: str) -> list[dict[str, Any]]:
@@ -128,3 +140,164 @@ def test_overlay_vip_dns_and_mesh_with_containers(node: ShoalDocker, test_image:
             return set()
 
     assert wait_until(lambda: mesh(), 30, what="the published port")
+
+    # Leaving the swarm removes the engine networks that stood for the overlays.
+    nid = node_id(n)
+    n.docker("swarm", "leave", "--force")
+    engine = docker.DockerClient(base_url=dockerd, timeout=60)
+    try:
+        assert engine.api.networks(filters={"label": f"com.shoal.node.id={nid}"}) == []
+    finally:
+        engine.close()
+
+
+def attachments(n: ShoalDocker) -> list[dict[str, Any]]:
+    """The node's network attachment tasks (dockerd lists them only when asked for runtime=attachment)."""
+    import urllib.parse
+
+    st, body = api(n, "GET", "/v1.47/tasks?filters=" + urllib.parse.quote(json.dumps({"runtime": ["attachment"]})))
+    assert st == 200, body
+    return list(body)
+
+
+def api(n: ShoalDocker, method: str, path: str) -> tuple[int, Any]:
+    import http.client
+
+    class Conn(http.client.HTTPConnection):
+        def connect(self) -> None:
+            self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.sock.connect(str(n.socket))
+
+    c = Conn("localhost", timeout=30)
+    try:
+        c.request(method, path)
+        r = c.getresponse()
+        return r.status, json.loads(r.read() or b"null")
+    finally:
+        c.close()
+
+
+SERVE_IPS = ("mkdir -p /www && ip -4 -o addr show | awk '{print $4}' | cut -d/ -f1 | tr '\\n' ' ' "
+             "> /www/index.html && exec httpd -f -p 8080 -h /www")
+
+
+def test_plain_containers_on_an_attachable_overlay(node: ShoalDocker, test_image: str, dockerd: str) -> None:
+    """`docker run --network <attachable overlay>` through Shoal: the container gets its address from Shoal's
+    IPAM, resolves and reaches services by name and VIP, is resolvable and reachable by its name from service
+    tasks, and gives the address back when it goes; a non-attachable overlay is refused with dockerd's
+    message; `network connect`/`disconnect` do the same for an existing container."""
+    n = node
+    n.docker("network", "create", "-d", "overlay", "--attachable", "--subnet", "10.213.9.0/24", "attnet")
+    n.docker("network", "create", "-d", "overlay", "--subnet", "10.213.10.0/24", "closednet")
+    n.docker("service", "create", "--detach", "--name", "web", "--replicas", "2", "--network", "attnet",
+             "--no-resolve-image", test_image, "sh", "-c", SERVE_IPS)
+    n.docker("service", "create", "--detach", "--name", "client", "--network", "attnet", "--no-resolve-image",
+             test_image, "sleep", "3600")
+    wait_until(lambda: len(running(n, "web")) == 2 and len(running(n, "client")) == 1, 90,
+               what="web 2/2 and client 1/1")
+    net_id = json.loads(n.docker("network", "inspect", "attnet").stdout)[0]["Id"]
+    replicas = {a.split("/")[0] for t in running(n, "web") for att in t["NetworksAttachments"]
+                if att["Network"]["ID"] == net_id for a in att["Addresses"]}
+    svc = json.loads(n.docker("service", "inspect", "web").stdout)[0]
+    vip = next(v["Addr"].split("/")[0] for v in svc["Endpoint"]["VirtualIPs"] if v["NetworkID"] == net_id)
+    assert attachments(n) == []
+
+    # A plain container on the attachable overlay, through Shoal's socket.
+    cid = n.docker("run", "-d", "--name", "plain1", "--network", "attnet", "--network-alias", "legacy",
+                   test_image, "sh", "-c", SERVE_IPS).stdout.strip()
+    atts = attachments(n)
+    assert len(atts) == 1, atts
+    addr = atts[0]["NetworksAttachments"][0]["Addresses"][0].split("/")[0]
+    assert atts[0]["NetworksAttachments"][0]["Network"]["ID"] == net_id
+    engine = docker.DockerClient(base_url=dockerd, timeout=60)
+    try:
+        nets = engine.api.inspect_container(cid)["NetworkSettings"]["Networks"]
+        assert [v["IPAddress"] for v in nets.values()] == [addr]  # the address Shoal's IPAM gave it
+    finally:
+        engine.close()
+    assert addr.startswith("10.213.9.") and addr not in replicas and addr != vip
+    # Not a task of any service: `docker node ps` / `service ps` do not show it.
+    st, listed = api(n, "GET", "/v1.47/tasks")
+    assert st == 200 and atts[0]["ID"] not in {t["ID"] for t in listed}
+
+    def lookup(ctr: str, name: str) -> set[str]:
+        out = n.docker("exec", ctr, "nslookup", name, check=False).stdout
+        answer = out.split("Name:", 1)[1] if "Name:" in out else ""
+        return {ln.split()[-1] for ln in answer.splitlines() if ln.strip().startswith("Address")}
+
+    def fetch(ctr: str, host: str) -> set[str]:
+        return set(n.docker("exec", ctr, "busybox", "timeout", "5", "wget", "-qO-", f"http://{host}:8080/",
+                            check=False).stdout.split())
+
+    # The container resolves the service through Shoal's DNS and reaches its replicas through the VIP.
+    assert wait_until(lambda: lookup(cid, "web") == {vip}, 30, what="web -> VIP from the plain container")
+    assert lookup(cid, "tasks.web") == replicas
+    wait_until(lambda: fetch(cid, "web") & replicas, 30, what="the VIP from the plain container")
+    seen = set().union(*(fetch(cid, "web") & replicas for _ in range(8)))
+    assert seen == replicas, seen
+    # Service tasks resolve and reach the container by its name and its alias.
+    client = next(c for c in docker.DockerClient(base_url=dockerd).api.containers(
+        filters={"label": "com.docker.swarm.service.name=client"}))["Id"]
+    assert wait_until(lambda: lookup(client, "plain1") == {addr}, 30, what="plain1 from a service task")
+    assert lookup(client, "legacy") == {addr}
+    assert addr in fetch(client, "plain1")
+
+    # The network is in use while the container holds its address.
+    rm = n.docker("network", "rm", "attnet", check=False)
+    assert rm.returncode != 0 and "is in use by" in rm.stderr, rm
+
+    # A non-attachable overlay: refused as dockerd refuses it, and nothing is left allocated.
+    refused = n.docker("run", "--rm", "--network", "closednet", test_image, "true", check=False)
+    assert refused.returncode != 0
+    assert ("Could not attach to network closednet: rpc error: code = PermissionDenied desc = network closednet "
+            "not manually attachable") in refused.stderr, refused.stderr
+    assert len(attachments(n)) == 1
+
+    # The container goes: its address comes back.
+    n.docker("rm", "-f", cid)
+    wait_until(lambda: attachments(n) == [], 30, what="the attachment released after docker rm")
+    # --rm: released when the engine removes the container on its own.
+    out = n.docker("run", "--rm", "--network", "attnet", test_image, "nslookup", "web").stdout
+    assert vip in out
+    wait_until(lambda: attachments(n) == [], 30, what="the attachment released after run --rm")
+
+    # network connect / disconnect of an existing container (created on a local bridge network of the engine:
+    # the test engine has no default bridge).
+    n.docker("network", "create", "--subnet", "10.214.3.0/24", "locnet")
+    c2 = n.docker("create", "--name", "plain2", "--network", "locnet", test_image, "sh", "-c",
+                  SERVE_IPS).stdout.strip()
+    n.docker("network", "connect", "attnet", c2)
+    atts = attachments(n)
+    assert len(atts) == 1
+    addr2 = atts[0]["NetworksAttachments"][0]["Addresses"][0].split("/")[0]
+    n.docker("start", c2)
+    engine = docker.DockerClient(base_url=dockerd, timeout=60)
+    try:
+        got = {v["IPAddress"] for v in engine.api.inspect_container(c2)["NetworkSettings"]["Networks"].values()}
+        assert addr2 in got
+    finally:
+        engine.close()
+    wait_until(lambda: fetch(c2, vip) & replicas, 30, what="the VIP from a connected container")
+    assert addr2 in fetch(client, addr2)  # and back, from a service task
+    n.docker("network", "disconnect", "attnet", c2)
+    wait_until(lambda: attachments(n) == [], 30, what="the attachment released after network disconnect")
+    engine = docker.DockerClient(base_url=dockerd, timeout=60)
+    try:
+        assert list(engine.api.inspect_container(c2)["NetworkSettings"]["Networks"]) == ["locnet"]
+    finally:
+        engine.close()
+    n.docker("rm", "-f", c2)
+    n.docker("network", "rm", "locnet")
+
+    # Leaving the swarm removes the engine's networks that stood for the overlays, with a plain container
+    # still on one of them (it loses that network, as with dockerd).
+    c3 = n.docker("run", "-d", "--network", "attnet", test_image, "sleep", "3600").stdout.strip()
+    nid = node_id(n)
+    n.docker("swarm", "leave", "--force")
+    engine = docker.DockerClient(base_url=dockerd, timeout=60)
+    try:
+        assert engine.api.networks(filters={"label": f"com.shoal.node.id={nid}"}) == []
+        assert engine.api.inspect_container(c3)["NetworkSettings"]["Networks"] == {}
+        engine.api.remove_container(c3, force=True)
+    finally:
+        engine.close()

@@ -13,6 +13,7 @@ import random
 from dataclasses import replace
 
 from shoal.clock import Clock
+from shoal.manager.attachments import is_attachment
 from shoal.manager.scheduler.core import Decision, Scheduler
 from shoal.model.evolve import evolve
 from shoal.model.objects import Task, TaskStatus
@@ -23,7 +24,8 @@ log = logging.getLogger(__name__)
 
 
 def _active(t: Task) -> bool:
-    return bool(t.node_id) and t.desired_state <= TaskState.COMPLETE and t.status.state < TaskState.COMPLETE
+    return bool(t.node_id) and t.desired_state <= TaskState.COMPLETE and t.status.state < TaskState.COMPLETE \
+        and not is_attachment(t)  # a plain container's network attachment uses nothing the scheduler counts
 
 
 class SchedulerRunner:

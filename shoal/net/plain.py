@@ -1,0 +1,309 @@
+"""Plain containers on attachable swarm networks (`docker run --network <overlay>`), on a docker-executor node.
+
+The Engine API endpoints that attach a container (container create, network connect/disconnect:
+shoal.engineapi.attach) ask the leader for an address through `Attacher` (shoal.net.attach), then hand the
+container to the engine on the engine's bridge network that stands for the overlay (the one the docker
+executor's tasks use), with that address. This module is the node's side of what follows, for as long as the
+container exists:
+
+- its sandbox in the network agent (`_Box`, `container=True`): the gateway DNS answers it by its address,
+  its VIP rules go into its namespace each time it starts (engine `start` events);
+- the address is held while the container exists (from create to destroy, also while it is stopped, so a
+  restart finds it) and released when the engine reports it destroyed (`docker rm`, `--rm`), or disconnected;
+- a record on disk (`<net root>/plain.json`: container -> attachments), so a restarted daemon finds its
+  containers again and releases what belongs to containers that went while it was down, or to attachments
+  no container ever received (a create that failed midway).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ipaddress
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from shoal.manager.attachments import LABEL_CONTAINER, is_attachment
+from shoal.model.objects import Network
+
+if TYPE_CHECKING:
+    from shoal.net.agent import NetworkAgent, _Box
+
+log = logging.getLogger(__name__)
+
+EVENTS = {"type": ["container", "network"], "event": ["start", "destroy", "disconnect"]}
+
+
+def _ip(addr: str) -> str:
+    return str(ipaddress.ip_interface(addr).ip)
+
+
+@dataclass
+class Endpoint:
+    """What the engine is given for one swarm network of a plain container."""
+
+    network: Network
+    engine_name: str
+    address: str  # CIDR
+    gateway: str
+
+
+@dataclass
+class _Record:
+    container: str
+    attachments: dict[str, tuple[str, str]] = field(default_factory=dict)  # attachment id -> (network id, CIDR)
+
+
+class PlainContainers:
+    def __init__(self, agent: NetworkAgent, release: Any = None) -> None:
+        self.agent = agent
+        self.release = release  # async (attachment id) -> None: the leader frees the address
+        self.path = agent.root / "plain.json"
+        self.records: dict[str, _Record] = {}
+        self.inflight: set[str] = set()  # container keys of a create/connect still under way (see `pending`)
+        self._task: asyncio.Task[None] | None = None
+        self._load()
+
+    # --- records ------------------------------------------------------------------------------------
+
+    def _load(self) -> None:
+        try:
+            raw = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            return
+        for cid, atts in dict(raw).items():
+            self.records[cid] = _Record(cid, {a: (str(v[0]), str(v[1])) for a, v in dict(atts).items()})
+
+    def _save(self) -> None:
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({cid: {a: list(v) for a, v in r.attachments.items()}
+                                   for cid, r in self.records.items()}))
+        tmp.replace(self.path)
+
+    @staticmethod
+    def key(container: str) -> str:
+        return f"ctr-{container}"
+
+    def attachment_of(self, container: str, network_id: str) -> str | None:
+        r = self.records.get(container)
+        if r is None:
+            return None
+        return next((a for a, (n, _c) in r.attachments.items() if n == network_id), None)
+
+    @contextlib.contextmanager
+    def pending(self, key: str) -> Any:
+        """While a create or connect asks for attachments under `key` (the container's, as the manager's
+        attachment label has it) and hands them to the engine: reconciliation leaves them alone."""
+        self.inflight.add(key)
+        try:
+            yield
+        finally:
+            self.inflight.discard(key)
+
+    # --- the agent's side ---------------------------------------------------------------------------
+
+    async def endpoints(self, nets: list[tuple[Network, str]]) -> list[Endpoint]:
+        """The engine networks for these (network, CIDR) pairs, made when missing (with their VXLAN device and
+        gateway DNS)."""
+        agent = self.agent
+        out: list[Endpoint] = []
+        async with agent._lock:
+            for net, cidr in nets:
+                ln = await agent._ensure_net(net)
+                out.append(Endpoint(net, ln.engine_name, cidr, ln.gateway))
+        return out
+
+    async def attached(self, container: str, atts: dict[str, tuple[str, str]], pid: int = 0) -> None:
+        """The engine has the container on these attachments (id -> (network id, CIDR)): record it, give it
+        its DNS view, and its VIP rules when it runs (`pid`)."""
+        from shoal.net.agent import _Box
+
+        agent = self.agent
+        async with agent._lock:
+            r = self.records.setdefault(container, _Record(container))
+            r.attachments.update(atts)
+            self._save()
+            key = self.key(container)
+            box = agent._boxes.get(key)
+            if box is None:
+                box = agent._boxes[key] = _Box(key, Path("/nonexistent"), [], [], container=True)
+            self._sync_box(box, r)
+            if pid > 0:
+                self._set_pid(box, pid)
+            await agent._program_vips(box)
+
+    def _sync_box(self, box: _Box, r: _Record) -> None:
+        agent = self.agent
+        for ip in box.addrs:
+            if agent._by_ip.get(ip) is box:
+                del agent._by_ip[ip]
+        box.networks = [n for n, _c in r.attachments.values()]
+        box.addrs = [_ip(c) for _n, c in r.attachments.values()]
+        box.nft_script = ""
+        for ip in box.addrs:
+            agent._by_ip[ip] = box
+
+    @staticmethod
+    def _set_pid(box: _Box, pid: int) -> None:
+        ns = Path(f"/proc/{pid}/ns/net")
+        if box.ns != ns:
+            box.ns, box.nft_script = ns, ""
+
+    async def started(self, container: str, pid: int) -> None:
+        """The container (re)started: its namespace is new, so are its VIP rules."""
+        agent = self.agent
+        async with agent._lock:
+            box = agent._boxes.get(self.key(container))
+            if box is None or container not in self.records or pid <= 0:
+                return
+            self._set_pid(box, pid)
+            await agent._program_vips(box)
+
+    async def detached(self, container: str, attachment_ids: set[str] | None = None) -> None:
+        """The container left these attachments (None: all of them; it is gone): release them."""
+        agent = self.agent
+        async with agent._lock:
+            r = self.records.get(container)
+            if r is None:
+                return
+            ids = set(r.attachments) if attachment_ids is None else attachment_ids & set(r.attachments)
+            for a in ids:
+                del r.attachments[a]
+            box = agent._boxes.get(self.key(container))
+            if not r.attachments:
+                del self.records[container]
+                if box is not None:
+                    del agent._boxes[box.task_id]
+                    for ip in box.addrs:
+                        if agent._by_ip.get(ip) is box:
+                            del agent._by_ip[ip]
+            elif box is not None:
+                self._sync_box(box, r)
+                await agent._program_vips(box)
+            self._save()
+            await agent._gc_nets()
+        for a in ids:
+            await self._release(a)
+
+    async def _release(self, attachment_id: str) -> None:
+        if self.release is None:
+            return
+        try:
+            await self.release(attachment_id)
+        except Exception as e:  # the next reconciliation tries again
+            log.warning("releasing network attachment %s: %s", attachment_id, e)
+
+    # --- following the engine -----------------------------------------------------------------------
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="plain-containers")
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
+
+    async def _run(self) -> None:
+        await self.agent.ready.wait()
+        backoff = 0.5
+        while True:
+            try:
+                await self._follow()
+                backoff = 0.5
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.info("engine events for plain containers: %s; again in %.1fs", e, backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, 10.0)
+
+    async def _follow(self) -> None:
+        """Reconcile once the event stream is open (nothing that happens after is missed), then follow it."""
+        docker = self.agent._engine()
+        async with docker._query("events", params={"filters": json.dumps(EVENTS)},
+                                 timeout=_no_timeout()) as resp:
+            await self.reconcile()
+            async for raw in resp.content:
+                try:
+                    ev = json.loads(raw)
+                except ValueError:
+                    continue
+                await self._on_event(ev)
+
+    async def _on_event(self, ev: dict[str, Any]) -> None:
+        action = str(ev.get("Action") or ev.get("status") or "")
+        actor = ev.get("Actor") or {}
+        if ev.get("Type") == "container":
+            cid = str(actor.get("ID") or ev.get("id") or "")
+            if cid not in self.records:
+                return
+            if action == "destroy":
+                await self.detached(cid)
+            elif action == "start":
+                await self.started(cid, await self._pid(cid))
+        elif ev.get("Type") == "network" and action == "disconnect":
+            cid = str((actor.get("Attributes") or {}).get("container") or "")
+            if cid in self.records:
+                await self._check_disconnect(cid)
+
+    async def _inspect(self, container: str) -> dict[str, Any] | None:
+        from aiodocker.exceptions import DockerError
+
+        try:
+            data: dict[str, Any] = await self.agent._engine()._query_json(f"containers/{container}/json")
+            return data
+        except DockerError as e:
+            if e.status == 404:
+                return None
+            raise
+
+    async def _pid(self, container: str) -> int:
+        data = await self._inspect(container)
+        return int(((data or {}).get("State") or {}).get("Pid") or 0)
+
+    async def _check_disconnect(self, container: str) -> None:
+        """A network disconnect also happens when a container stops; only one that is no longer configured
+        (`docker network disconnect`, straight on the engine) gives its address back."""
+        data = await self._inspect(container)
+        if data is None:
+            await self.detached(container)
+            return
+        configured = set((data.get("NetworkSettings") or {}).get("Networks") or {})
+        r = self.records.get(container)
+        if r is None:
+            return
+        gone = set()
+        for a, (nid, _c) in r.attachments.items():
+            net = self.agent.state.networks.get(nid)
+            if net is None or self.agent._engine_network(net) not in configured:
+                gone.add(a)
+        if gone:
+            await self.detached(container, gone)
+
+    async def reconcile(self) -> None:
+        """Release what no container holds any more: records of containers that are gone, and this node's
+        attachments that no record knows (a create or connect that broke off, or a record lost)."""
+        for cid in list(self.records):
+            data = await self._inspect(cid)
+            if data is None:
+                await self.detached(cid)
+                continue
+            pid = int((data.get("State") or {}).get("Pid") or 0)
+            await self.attached(cid, {}, pid)
+            await self._check_disconnect(cid)
+        known = {a for r in self.records.values() for a in r.attachments}
+        for t in list(self.agent.state.tasks.values()):
+            if is_attachment(t) and t.node_id == self.agent.node_id and t.id not in known \
+                    and t.annotations.labels.get(LABEL_CONTAINER, "") not in self.inflight:
+                await self._release(t.id)
+
+
+def _no_timeout() -> Any:
+    import aiohttp
+
+    return aiohttp.ClientTimeout(total=None, sock_read=None, connect=30)
