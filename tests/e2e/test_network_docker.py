@@ -301,3 +301,40 @@ def test_plain_containers_on_an_attachable_overlay(node: ShoalDocker, test_image
         engine.api.remove_container(c3, force=True)
     finally:
         engine.close()
+
+
+def test_plain_container_attachments_survive_a_daemon_crash_and_leak_nothing(node: ShoalDocker, test_image: str,
+                                                                            dockerd: str) -> None:
+    """kill -9 of the daemon: a container removed meanwhile straight on the engine gives its address back once
+    the daemon is up again; one that is still there keeps its address, its DNS and its VIP rules."""
+    n = node
+    n.docker("network", "create", "-d", "overlay", "--attachable", "--subnet", "10.213.11.0/24", "attnet")
+    n.docker("service", "create", "--detach", "--name", "web", "--network", "attnet", "--no-resolve-image",
+             test_image, "sh", "-c", SERVE_IPS)
+    wait_until(lambda: len(running(n, "web")) == 1, 90, what="web 1/1")
+    keep = n.docker("run", "-d", "--network", "attnet", test_image, "sleep", "3600").stdout.strip()
+    gone = n.docker("run", "-d", "--network", "attnet", test_image, "sleep", "3600").stdout.strip()
+    assert len(attachments(n)) == 2
+    kept = {a["NetworksAttachments"][0]["Addresses"][0] for a in attachments(n)}
+    n.kill()
+    engine = docker.DockerClient(base_url=dockerd, timeout=60)
+    try:
+        engine.api.remove_container(gone, force=True)
+        n.start()
+        wait_until(lambda: len(attachments(n)) == 1, 60, what="the removed container's attachment released")
+        ip = next(iter(v["IPAddress"] for v in engine.api.inspect_container(keep)["NetworkSettings"]["Networks"]
+                       .values()))
+        assert {a["NetworksAttachments"][0]["Addresses"][0].split("/")[0] for a in attachments(n)} == {ip}
+        assert ip in {k.split("/")[0] for k in kept}
+        # restarted: the new namespace gets its VIP rules again
+        engine.api.restart(keep, timeout=1)
+    finally:
+        engine.close()
+
+    def fetch() -> str:
+        return n.docker("exec", keep, "busybox", "timeout", "5", "wget", "-qO-", "http://web:8080/",
+                        check=False).stdout
+
+    wait_until(lambda: fetch().strip(), 30, what="web through its VIP from the kept container")
+    n.docker("rm", "-f", keep)
+    wait_until(lambda: attachments(n) == [], 30, what="released")
