@@ -161,6 +161,8 @@ class NetworkAgent:
         self._nets: dict[str, _Net] = {}
         self._boxes: dict[str, _Box] = {}
         self._ingress: dict[tuple[str, int], tuple[tuple[str, int, bool, bool], TCPBalancer | UDPBalancer]] = {}
+        # host-mode ports of process tasks in their own namespace: (proto, port) -> ((task, target, proxy), lb)
+        self._host_ports: dict[tuple[str, int], tuple[tuple[str, int, bool], TCPBalancer | UDPBalancer]] = {}
         self._lock = asyncio.Lock()
         self._docker: Any = None  # aiodocker client (docker executor)
         self._gw_dns: dict[str, DNSServer] = {}  # network id -> DNS on its gateway (docker executor)
@@ -199,9 +201,10 @@ class NetworkAgent:
         await self.feed.close()
         if self.plain is not None:
             await self.plain.close()
-        for _key, lb in list(self._ingress.values()):
+        for _key, lb in [*self._ingress.values(), *self._host_ports.values()]:
             await lb.close()
         self._ingress.clear()
+        self._host_ports.clear()
         for box in self._boxes.values():
             if box.dns is not None:
                 await box.dns.close()
@@ -247,6 +250,7 @@ class NetworkAgent:
         for box in self._boxes.values():
             await self._program_vips(box)
         await self._program_ingress()
+        await self._program_host_ports()
 
     def _remote_endpoints(self, net_id: str) -> dict[str, tuple[str, str]]:
         """ip -> (mac, vtep) of everything on `net_id` that lives on another node."""
@@ -425,6 +429,7 @@ class NetworkAgent:
             box = self._boxes.get(task.id)
             if box is None:
                 box = await self._create_box(task, nets)
+            await self._program_host_ports()
             return Sandbox(netns=str(box.ns), resolv_conf=str(self._resolv(task.id)))
 
     def _resolv(self, task_id: str) -> Path:
@@ -494,6 +499,7 @@ class NetworkAgent:
                 if self._by_ip.get(ip) is box:
                     del self._by_ip[ip]
             await self._drop_box(box)
+            await self._program_host_ports()
             await self._gc_nets()
 
     async def _drop_box(self, box: _Box) -> None:
@@ -622,18 +628,25 @@ class NetworkAgent:
             return [Backend(e.ip, target, e.node_id) for e in self.directory.endpoints(service_id, net_id)]
 
         ns = str(ln.ns) if ln.ns is not None else None
+        transparent = local and ns is not None  # process-executor sandboxes route their replies back here
         if proto == "udp":
-            def udp_sock(b: Backend) -> socket.socket:
+            def udp_sock(b: Backend, client: tuple[str, int]) -> socket.socket:
                 s = nsutil.socket_in(ns, socket.AF_INET, socket.SOCK_DGRAM)
-                s.bind((src, 0))
-                s.connect((b.host, b.port))
-                s.setblocking(False)
+                try:
+                    if transparent and b.node_id == self.node_id:
+                        s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+                        s.bind((client[0], 0))  # as for TCP: the task sees the client's address
+                    else:
+                        s.bind((src, 0))
+                    s.connect((b.host, b.port))
+                    s.setblocking(False)
+                except BaseException:
+                    s.close()
+                    raise
                 return s
 
             return UDPBalancer(backends, proxy_protocol=proxy, local_only=local, local_node=self.node_id,
                                sock_factory=udp_sock)
-
-        transparent = local and ns is not None  # process-executor sandboxes route their replies back here
 
         async def connect(b: Backend, client: tuple[str, int]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
             s = nsutil.socket_in(ns, socket.AF_INET, socket.SOCK_STREAM)
@@ -652,6 +665,72 @@ class NetworkAgent:
 
         return TCPBalancer(backends, proxy_protocol=proxy, local_only=local, local_node=self.node_id,
                            keepalive=self.keepalive, connector=connect)
+
+    # --- host-mode ports of process tasks with networks --------------------------------------------------
+    # Such a task listens inside its own namespace, so the node forwards its host-mode ports to it: a
+    # balancer with this one backend on the node's 0.0.0.0:<published>, connecting from inside the task's
+    # namespace to its address (as docker-proxy does for a container). The task sees the connection come from
+    # its own address; the service's PROXY protocol label applies as for the mesh. Containers of the docker
+    # executor get the engine's port bindings instead; a task without networks binds on the node itself.
+
+    def _host_published(self) -> dict[tuple[str, int], tuple[_Box, int, bool]]:
+        out: dict[tuple[str, int], tuple[_Box, int, bool]] = {}
+        for box in self._boxes.values():
+            t = self.state.tasks.get(box.task_id)
+            if box.container or not box.addrs or t is None or t.endpoint is None:
+                continue
+            svc = self.state.services.get(t.service_id)
+            proxy = self._mesh_opts(svc)[0] if svc is not None else False
+            for p in t.endpoint.ports:
+                if p.publish_mode == "host" and p.published_port and p.protocol in ("tcp", "udp"):
+                    out[(p.protocol, p.published_port)] = (box, p.target_port, proxy)
+        return out
+
+    async def _program_host_ports(self) -> None:
+        want = self._host_published()
+        for key, (opts, lb) in list(self._host_ports.items()):
+            w = want.get(key)
+            if w is None or (w[0].task_id, w[1], w[2]) != opts:
+                del self._host_ports[key]
+                await lb.close()
+        for key, (box, target, proxy) in want.items():
+            if key in self._host_ports:
+                continue
+            lb = self._host_balancer(key[0], box, target, proxy)
+            try:
+                await lb.start("0.0.0.0", key[1])
+            except OSError as e:
+                log.warning("cannot listen on host-mode %s port %d for task %s: %s", key[0], key[1], box.task_id, e)
+                continue
+            self._host_ports[key] = ((box.task_id, target, proxy), lb)
+
+    def _host_balancer(self, proto: str, box: _Box, target: int, proxy: bool) -> TCPBalancer | UDPBalancer:
+        ns, ip = str(box.ns), _ip(box.addrs[0])
+        backend = Backend(ip, target, self.node_id)
+        if proto == "udp":
+            def udp_sock(b: Backend, client: tuple[str, int]) -> socket.socket:
+                s = nsutil.socket_in(ns, socket.AF_INET, socket.SOCK_DGRAM)
+                try:
+                    s.connect((b.host, b.port))
+                    s.setblocking(False)
+                except BaseException:
+                    s.close()
+                    raise
+                return s
+
+            return UDPBalancer(lambda: [backend], proxy_protocol=proxy, sock_factory=udp_sock)
+
+        async def connect(b: Backend, client: tuple[str, int]) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+            s = nsutil.socket_in(ns, socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                s.setblocking(False)
+                await asyncio.get_running_loop().sock_connect(s, (b.host, b.port))
+            except BaseException:
+                s.close()
+                raise
+            return await asyncio.open_connection(sock=s)
+
+        return TCPBalancer(lambda: [backend], proxy_protocol=proxy, keepalive=self.keepalive, connector=connect)
 
     # --- docker executor ----------------------------------------------------------------------------------
     # Each overlay is a bridge network of the local engine with the overlay's subnet, gateway and range

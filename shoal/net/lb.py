@@ -49,7 +49,8 @@ BackendSource = Callable[[], Sequence[Backend]]
 # routing mesh connects from the node's address inside the ingress network's namespace, or from the client's
 # own address (transparent) for local-only services.
 Connector = Callable[[Backend, tuple[str, int]], Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
-UDPSocketFactory = Callable[[Backend], socket.socket]  # a connected, non-blocking datagram socket
+# A connected, non-blocking datagram socket toward the backend, for the flow of this client address.
+UDPSocketFactory = Callable[[Backend, tuple[str, int]], socket.socket]
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,7 +364,7 @@ class UDPBalancer:
         loop = asyncio.get_running_loop()
         try:
             if self.sock_factory is not None:
-                await loop.create_datagram_endpoint(lambda: s, sock=self.sock_factory(s.backend))
+                await loop.create_datagram_endpoint(lambda: s, sock=self.sock_factory(s.backend, s.client))
             else:
                 await loop.create_datagram_endpoint(lambda: s, remote_addr=(s.backend.host, s.backend.port))
         except OSError as e:

@@ -229,16 +229,39 @@ def test_host_mode_publishes_on_the_tasks_node_only(mesh: Mesh) -> None:
     mesh.mgr.docker("service", "rm", "hm")
 
 
+def test_host_mode_port_of_a_task_on_an_overlay(mesh: Mesh) -> None:
+    """The task runs in its own namespace (it is on appnet): its node forwards the published port to it."""
+    mesh.mgr.docker("service", "create", "--detach", "--name", "hmn", "--constraint", "node.hostname==h3",
+                    "--network", "appnet", "--publish", "mode=host,target=8080,published=30097",
+                    "--publish", "mode=host,target=8081,published=30098,protocol=udp",
+                    "busybox", PY, str(HERE / "replica.py"), "8080", "8081")
+    wait_until(lambda: len(mesh.running("hmn")) == 1, 30, what="hmn running")
+    mine = mesh.ips("hmn", "appnet")
+    got = wait_until(lambda: mesh.from_outside("tcp", mesh.addr(3), "30097", "1")[0], 20, what="hmn on h3")
+    assert set(got["ips"]) & mine, got  # the task itself answered (its overlay address), not the node
+    udp = wait_until(lambda: mesh.from_outside("udp", mesh.addr(3), "30098", "1")[0], 20, what="hmn UDP on h3")
+    assert set(udp["ips"]) & mine, udp
+    for i in (1, 2, 4):  # nowhere else
+        assert mesh.from_outside("tcp", mesh.addr(i), "30097", "1") == [None]
+    mesh.mgr.docker("service", "rm", "hmn")
+    wait_until(lambda: mesh.from_outside("tcp", mesh.addr(3), "30097", "1") == [None], 30,
+               what="the forwarded port closed with its task")
+
+
 def test_local_only_keeps_the_client_address_without_source_nat(mesh: Mesh) -> None:
     mesh.mgr.docker("service", "create", "--detach", "--name", "lo", "--constraint", "node.hostname==h2",
                     "--label", "com.shoal.mesh.local-only=true", "--publish", "30091:8080",
-                    "busybox", PY, str(HERE / "replica.py"), "8080", "8081")
+                    "--publish", "30092:8081/udp", "busybox", PY, str(HERE / "replica.py"), "8080", "8081")
     wait_until(lambda: len(mesh.running("lo")) == 1, 30, what="lo running")
     got = wait_until(lambda: mesh.from_outside("tcp", mesh.addr(2), "30091", "1")[0], 20, what="lo through h2")
     assert got["peer"].split(":")[0] == mesh.outside.ip_addr, got  # the real client, at the IP level
     assert got["proxy"] is None
+    # UDP too: the datagrams reach the task from the client's own address.
+    udp = wait_until(lambda: mesh.from_outside("udp", mesh.addr(2), "30092", "1")[0], 20, what="lo UDP via h2")
+    assert udp["peer"].split(":")[0] == mesh.outside.ip_addr, udp
     # h3 has no task of the service: local-only sends nothing across hosts.
     assert mesh.from_outside("tcp", mesh.addr(3), "30091", "1") == [None]
+    assert mesh.from_outside("udp", mesh.addr(3), "30092", "1") == [None]
     mesh.mgr.docker("service", "rm", "lo")
 
 
