@@ -38,7 +38,8 @@ def _engine_reachable(host: str) -> bool:
 
 async def run_daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, executor: str, engine_host: str | None,
                      hostname: str, strategy: str, ready_file: Path | None = None,
-                     dns_upstreams: tuple[str, ...] | None = None) -> None:
+                     dns_upstreams: tuple[str, ...] | None = None,
+                     mesh_keepalive: tuple[int, int, int] | None = None) -> None:
     from aiohttp import web
 
     from shoal.engineapi.engine_client import EngineClient
@@ -49,7 +50,7 @@ async def run_daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, exec
     seed = int.from_bytes(os.urandom(8), "big")
     node = ShoalNode(NodeConfig(data_dir=data_dir, executor=executor, engine_host=engine_host,
                                 hostname=hostname, scheduler_strategy=strategy, api_socket=api_socket,
-                                dns_upstreams=dns_upstreams),
+                                dns_upstreams=dns_upstreams, mesh_keepalive=mesh_keepalive),
                      SystemClock(), random.Random(seed))
     proxy = EngineProxy(engine_host)
     engine = EngineClient(engine_host)
@@ -109,11 +110,15 @@ def main() -> None:
                                       "com.shoal.scheduler.strategy")
 @click.option("--dns-upstream", multiple=True, help="IP[:PORT] the tasks' DNS server forwards other names to "
               "(repeatable; default: the nameservers of /etc/resolv.conf; 'none': no forwarding)")
+@click.option("--mesh-keepalive", default=None, metavar="IDLE[,INTERVAL[,COUNT]]",
+              help="TCP keepalive of routing mesh connections, both legs: seconds idle before the first probe, "
+                   "seconds between probes, probes before the connection is given up (default 60,15,4); set "
+                   "IDLE below the shortest idle timeout of a firewall or load balancer in front of the nodes")
 @click.option("--ready-file", type=click.Path(path_type=Path), default=None, hidden=True)
 @click.option("--log-level", default="info", show_default=True)
 def daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, executor: str, engine_host: str | None,
-           hostname: str, scheduler_strategy: str, dns_upstream: tuple[str, ...], ready_file: Path | None,
-           log_level: str) -> None:
+           hostname: str, scheduler_strategy: str, dns_upstream: tuple[str, ...], mesh_keepalive: str | None,
+           ready_file: Path | None, log_level: str) -> None:
     """Run a Shoal node serving the Docker Engine API."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
@@ -130,7 +135,21 @@ def daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, executor: str,
         logging.getLogger("shoal").warning("Docker Engine at %s is not reachable", engine_host)
     upstreams = None if not dns_upstream else tuple(u for u in dns_upstream if u != "none")
     asyncio.run(run_daemon(data_dir, api_socket, api_tcp, executor, engine_host, hostname, scheduler_strategy,
-                           ready_file, upstreams))
+                           ready_file, upstreams, _keepalive(mesh_keepalive)))
+
+
+def _keepalive(raw: str | None) -> tuple[int, int, int] | None:
+    if raw is None:
+        return None
+    try:
+        parts = [int(x) for x in raw.split(",")]
+    except ValueError:
+        parts = []
+    if not 1 <= len(parts) <= 3 or any(p < 1 for p in parts):
+        raise click.BadParameter("IDLE[,INTERVAL[,COUNT]] in whole seconds (and probes), each at least 1",
+                                 param_hint="--mesh-keepalive")
+    idle, interval, count = (parts + [15, 4][len(parts) - 1:])[:3]
+    return idle, interval, count
 
 
 @main.command()

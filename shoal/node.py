@@ -66,6 +66,7 @@ class NodeConfig:
     raft_tick: float = 0.1  # seconds per Raft tick (election timeout 10-20 ticks, heartbeat every tick)
     api_socket: Path | None = None  # this node's Engine API socket: the leader runs forwarded requests on it
     dns_upstreams: tuple[str, ...] | None = None  # None: the nameservers of /etc/resolv.conf
+    mesh_keepalive: tuple[int, int, int] | None = None  # routing mesh TCP keepalive (idle, interval, count) s
 
 
 @dataclass(frozen=True)

@@ -62,8 +62,12 @@ async def start_network_agent(node: Any) -> Any:
     upstreams = node.cfg.dns_upstreams
     if upstreams is None:
         upstreams = tuple(resolv_conf_nameservers())
+    from shoal.net.lb import KeepAlive
+
+    ka = getattr(node.cfg, "mesh_keepalive", None)
     agent = NetworkAgent(node.node_id, node.addr, node.cfg.data_dir / "net", feed, dns_upstreams=upstreams,
-                         engine_host=node.cfg.engine_host if node.cfg.executor == "docker" else None)
+                         engine_host=node.cfg.engine_host if node.cfg.executor == "docker" else None,
+                         keepalive=KeepAlive(*ka) if ka else None)
     from shoal.net.attach import Attacher
 
     agent.attacher = Attacher(node)

@@ -3,6 +3,8 @@
     probe.py resolve NAME            -> ["ip", ...] (the system resolver: the task's resolv.conf)
     probe.py tcp HOST PORT COUNT     -> [answer or null per connection]
     probe.py udp HOST PORT COUNT     -> [answer or null per datagram, each from a new socket]
+    probe.py idle HOST PORT SECONDS  -> [answer, answer or null]: one connection, a line, SECONDS of silence,
+                                        another line on the same connection (null: no answer within 5 s)
 """
 
 from __future__ import annotations
@@ -45,9 +47,29 @@ def udp(host: str, port: int) -> object:
             return None
 
 
+def idle(host: str, port: int, seconds: float) -> list[object]:
+    import time
+
+    out: list[object] = []
+    with socket.create_connection((host, port), timeout=5) as c:
+        buf = c.makefile("rb")
+        for i in range(2):
+            if i:
+                time.sleep(seconds)
+            try:
+                c.sendall(b"hello\n")
+                line = buf.readline()
+                out.append(json.loads(line) if line else None)
+            except (OSError, ValueError):
+                out.append(None)
+    return out
+
+
 if __name__ == "__main__":
     cmd = sys.argv[1]
-    if cmd == "resolve":
+    if cmd == "idle":
+        print(json.dumps(idle(sys.argv[2], int(sys.argv[3]), float(sys.argv[4]))))
+    elif cmd == "resolve":
         print(json.dumps(resolve(sys.argv[2])))
     else:
         fn = tcp if cmd == "tcp" else udp

@@ -1,10 +1,13 @@
 """The replica the multi-host tests run as a process-executor task: says who it is and who called.
 
-    python3 replica.py TCP_PORT UDP_PORT
+    python3 replica.py TCP_PORT UDP_PORT [linger]
 
-TCP: reads one line (after an optional PROXY v2 header), answers one JSON line {"ips": [the task's own
-IPv4 addresses], "peer": "<ip>:<port> of the connection", "proxy": "<ip>:<port> from the PROXY header" or
-null}. UDP: answers each datagram with the same JSON (peer = the datagram's source).
+With `linger`, SIGTERM is ignored: a task told to stop keeps serving until its stop grace period ends.
+
+TCP: answers every line (the first one after an optional PROXY v2 header) with one JSON line {"ips": [the
+task's own IPv4 addresses], "peer": "<ip>:<port> of the connection", "proxy": "<ip>:<port> from the PROXY
+header" or null}, until the client closes; one thread per connection, so an idle one blocks nobody. UDP:
+answers each datagram with the same JSON (peer = the datagram's source).
 """
 
 from __future__ import annotations
@@ -44,24 +47,33 @@ def answer(peer: tuple[str, int], proxy: str | None) -> bytes:
     return (json.dumps({"ips": IPS, "peer": f"{peer[0]}:{peer[1]}", "proxy": proxy}) + "\n").encode()
 
 
+def serve(c: socket.socket, peer: tuple[str, int]) -> None:
+    proxy: str | None = None
+    first = True
+    data = b""
+    try:
+        while True:
+            while b"\n" not in data:
+                chunk = c.recv(4096)
+                if not chunk:
+                    return
+                data += chunk
+            if first:
+                proxy, data = proxy_source(data)
+                first = False
+            _line, _, data = data.partition(b"\n")
+            c.sendall(answer(peer, proxy))
+    except OSError:
+        pass
+    finally:
+        c.close()
+
+
 def tcp(port: int) -> None:
     srv = socket.create_server(("0.0.0.0", port), backlog=64)
     while True:
         c, peer = srv.accept()
-        try:
-            c.settimeout(5)
-            data = b""
-            while b"\n" not in data:
-                chunk = c.recv(4096)
-                if not chunk:
-                    break
-                data += chunk
-            proxy, _ = proxy_source(data)
-            c.sendall(answer(peer, proxy))
-        except OSError:
-            pass
-        finally:
-            c.close()
+        threading.Thread(target=serve, args=(c, peer), daemon=True).start()
 
 
 def udp(port: int) -> None:
@@ -74,5 +86,9 @@ def udp(port: int) -> None:
 
 
 if __name__ == "__main__":
+    if sys.argv[3:] == ["linger"]:
+        import signal
+
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
     threading.Thread(target=udp, args=(int(sys.argv[2]),), daemon=True).start()
     tcp(int(sys.argv[1]))

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,7 @@ HERE = Path(__file__).parent
 PY = sys.executable
 SUBNET = "192.168.250"
 UPSTREAM = f"{SUBNET}.5:5353"
+KEEPALIVE = "2,1,3"  # the mesh's TCP keepalive: first probe after 2 s idle, then every second
 FAKE_DNS = """
 import socket
 from dnslib import DNSRecord, RR, A, QTYPE
@@ -116,7 +118,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             assert upstream.stdout is not None and upstream.stdout.readline().strip() == "ready"
             for i, h in enumerate(hosts[:4], start=1):
                 nodes.append(ShoalNode(base / f"h{i}", hostname=f"h{i}", prefix=("ip", "netns", "exec", h.name),
-                                       extra_args=("--dns-upstream", UPSTREAM)).start())
+                                       extra_args=("--dns-upstream", UPSTREAM, "--mesh-keepalive",
+                                                   KEEPALIVE)).start())
             mgr = nodes[0]
             mgr.docker("swarm", "init", "--advertise-addr", f"{SUBNET}.1", "--listen-addr", f"{SUBNET}.1:2377")
             token = mgr.docker("swarm", "join-token", "-q", "worker").stdout.strip()
@@ -172,13 +175,16 @@ def test_names_other_than_ours_are_forwarded_upstream(mesh: Mesh) -> None:
 
 
 def test_published_port_answers_on_every_host(mesh: Mesh) -> None:
+    """Every host takes the connection (h4 runs no replica) and spreads it over the replicas wherever they
+    run: from each host, six connections (and six UDP flows) reach all three."""
     replicas = mesh.ips("web", "appnet")
-    for i in range(1, 5):  # h4 runs no replica: the mesh takes the connection there too
-        answers = mesh.from_outside("tcp", mesh.addr(i), "30080", "3")
+    for i in range(1, 5):
+        answers = mesh.from_outside("tcp", mesh.addr(i), "30080", "6")
         assert all(a is not None for a in answers), (i, answers)
-        assert {ip for a in answers for ip in a["ips"]} & replicas
-        udp = mesh.from_outside("udp", mesh.addr(i), "30081", "2")
+        assert {ip for a in answers for ip in a["ips"]} & replicas == replicas, (i, answers)
+        udp = mesh.from_outside("udp", mesh.addr(i), "30081", "6")
         assert all(a is not None for a in udp), (i, udp)
+        assert {ip for a in udp for ip in a["ips"]} & replicas == replicas, (i, udp)
 
 
 def test_tasks_name_lists_exactly_the_running_replicas(mesh: Mesh) -> None:
@@ -284,3 +290,108 @@ def test_internal_network_with_mtu_option(mesh: Mesh) -> None:
     mesh.mgr.docker("service", "rm", "iso")
     wait_until(lambda: mesh.mgr.docker("network", "rm", "isonet", check=False).returncode == 0, 30,
                what="isonet removed once its service is gone")
+
+
+# A stateful firewall that forgets a connection after 5 s without a packet and then drops whatever still comes
+# for it (no mid-stream pickup), as NAT gateways and cloud load balancers do after their idle timeout.
+FORGETFUL = ("sysctl -qw net.netfilter.nf_conntrack_tcp_timeout_established=5 net.netfilter.nf_conntrack_tcp_loose=0"
+             " && nft -f - <<'EOF'\ntable inet forgetful {\n  chain input {\n    type filter hook input priority 0;"
+             " policy accept;\n    ct state invalid drop\n  }\n}\nEOF\n")
+
+
+def test_long_idle_connections_through_the_mesh_are_kept_alive(mesh: Mesh) -> None:
+    """A connection through the mesh (client -> h3's balancer -> the task on h2) stays silent for three times
+    the firewalls' idle timeout and still works: the balancer's keepalive probes on both legs keep the
+    firewalls in front of the client and of the task remembering it. The same firewall kills a plain
+    connection that idles as long (the control), so it is the keepalive that keeps the mesh's alive."""
+    mesh.mgr.docker("service", "create", "--detach", "--name", "idle", "--constraint", "node.hostname==h2",
+                    "--publish", "30093:8080", "busybox", PY, str(HERE / "replica.py"), "8080", "8081")
+    wait_until(lambda: len(mesh.running("idle")) == 1, 30, what="idle running")
+    wait_until(lambda: mesh.from_outside("tcp", mesh.addr(3), "30093", "1")[0], 20, what="idle through h3")
+    task_pid = mesh.task_pid("idle")
+    control = subprocess.Popen(["ip", "netns", "exec", mesh.hosts[3].name, PY, str(HERE / "replica.py"),
+                                "30190", "30191"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        assert mesh.outside.run("sh", "-c", FORGETFUL).returncode == 0
+        r = subprocess.run(["nsenter", "-t", str(task_pid), "-n", "sh", "-c", FORGETFUL], capture_output=True,
+                           text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        wait_until(lambda: mesh.from_outside("tcp", mesh.addr(4), "30190", "1")[0], 20, what="the control server")
+        idle = 15
+        probes = [subprocess.Popen(["ip", "netns", "exec", mesh.outside.name, PY, str(HERE / "probe.py"), "idle",
+                                    mesh.addr(i), str(port), str(idle)], stdout=subprocess.PIPE, text=True)
+                  for i, port in ((3, 30093), (4, 30190))]
+        # Keepalive is on, on both of the balancer's sockets: toward the client (h3's own namespace) and toward
+        # the task (h3's ingress namespace).
+        ingress = next(n for n in json.loads(mesh.mgr.docker("network", "inspect", "ingress").stdout))["Id"]
+        ns = mesh.nodes[2].data_dir / "net" / "ns" / f"n-{ingress[:20]}"
+        assert mesh.nodes[2].proc is not None
+        daemon = mesh.nodes[2].proc.pid
+
+        def keepalive_timers() -> tuple[str, str] | None:
+            front = mesh.hosts[2].run("ss", "-tnoH", "state", "established", "( sport = :30093 )")
+            # the namespace is bound in the daemon's mount namespace (ip netns exec made it one of its own)
+            back = subprocess.run(["nsenter", "-t", str(daemon), "-m", "--", "nsenter", f"--net={ns}", "ss", "-tnoH",
+                                   "state", "established", "( dport = :8080 )"], capture_output=True, text=True,
+                                  timeout=30)
+            if "timer:(keepalive" in front.stdout and "timer:(keepalive" in back.stdout:
+                return None
+            return front.stdout + front.stderr, back.stdout + back.stderr
+
+        try:
+            wait_until(lambda: keepalive_timers() is None, 10, what="keepalive timers on both legs")
+        except AssertionError as e:
+            raise AssertionError(f"{e}: {keepalive_timers()}") from None
+        through_mesh, plain = (json.loads(p.communicate(timeout=idle + 40)[0]) for p in probes)
+    finally:
+        control.kill()
+        control.wait()
+        mesh.outside.run("nft", "delete", "table", "inet", "forgetful")
+        mesh.mgr.docker("service", "rm", "idle")
+    assert plain[0] is not None and plain[1] is None, plain  # the firewall does drop idle connections
+    assert through_mesh[0] is not None and through_mesh[1] is not None, through_mesh
+    assert through_mesh[0]["peer"] == through_mesh[1]["peer"]  # the same connection, not a new one
+
+
+def test_a_task_told_to_stop_leaves_dns_and_the_vip_while_it_still_runs(mesh: Mesh) -> None:
+    """No stale entries: scaled down, the task that goes is out of `tasks.<name>`, and gets no connection
+    through the VIP, within moments of the scale-down, while its process still runs and still answers (it
+    ignores SIGTERM and has a minute of grace): the answers follow the desired state, not the process."""
+    mesh.mgr.docker("service", "create", "--detach", "--name", "drain", "--replicas", "3",
+                    "--constraint", "node.labels.web==1", "--replicas-max-per-node", "1",
+                    "--stop-grace-period", "60s", "--network", "appnet",
+                    "busybox", PY, str(HERE / "replica.py"), "8080", "8081", "linger")
+    wait_until(lambda: len(mesh.running("drain")) == 3, 60, what="drain 3/3")
+    pid = mesh.task_pid("client")
+    wait_until(lambda: set(mesh.in_task(pid, "resolve", "tasks.drain")) == mesh.ips("drain", "appnet"), 20,
+               what="tasks.drain == the three replicas")
+    vip = mesh.vip("drain", "appnet")
+    mesh.mgr.docker("service", "scale", "--detach", "drain=2")
+    victim = wait_until(lambda: next((t for t in mesh.tasks("drain")
+                                      if t["DesiredState"] in ("shutdown", "remove")), None),
+                        10, what="the scale-down committed")
+    told = time.monotonic()
+    nid = mesh.network_id("appnet")
+    victim_ip = next(a.split("/")[0] for att in victim["NetworksAttachments"] if att["Network"]["ID"] == nid
+                     for a in att["Addresses"])
+    victim_pid = next(p for n in mesh.nodes if (p := n.command_pids().get(victim["ID"])))
+    try:
+        wait_until(lambda: victim_ip not in mesh.in_task(pid, "resolve", "tasks.drain"), 3,
+                   what="the stopping task to leave tasks.drain")
+        left_after = time.monotonic() - told
+        answers = mesh.in_task(pid, "tcp", "drain", "8080", "9")
+        assert all(a is not None for a in answers), answers
+        assert victim_ip not in {ip for a in answers for ip in a["ips"]}, answers  # no connection for it
+        assert len({ip for a in answers for ip in a["ips"]} & mesh.ips("drain", "appnet")) == 2
+        # ... and all that while it still runs and answers, straight to its address.
+        direct = mesh.in_task(pid, "tcp", victim_ip, "8080", "1")[0]
+        assert direct is not None and victim_ip in direct["ips"]
+        assert subprocess.run(["kill", "-0", str(victim_pid)]).returncode == 0
+        assert left_after < 3, left_after
+        assert mesh.in_task(pid, "resolve", "drain") == [vip]
+    finally:
+        # The replicas ignore SIGTERM: end them now rather than after their grace period.
+        ids = {t["ID"] for t in mesh.tasks("drain")}
+        mesh.mgr.docker("service", "rm", "drain")
+        pids = [str(p) for n in mesh.nodes for tid, p in n.command_pids().items() if tid in ids]
+        subprocess.run(["kill", "-9", *pids], check=False)

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import socket
 import struct
 from collections.abc import AsyncIterator
 from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 import dns.asyncquery
 import dns.message
@@ -315,3 +318,58 @@ async def test_tasks_name_follows_the_simulated_cluster(replicas: int) -> None:
             assert sorted(directory.lookup("tasks.app", net.id)) == running_ips()
         finally:
             await directory.close()
+
+
+class _OverTheWire:
+    """The worker's feed: every snapshot encoded and decoded as the Network.WatchState stream carries it."""
+
+    def __init__(self, store: MemoryStore) -> None:
+        self.store = store
+
+    async def states(self) -> AsyncIterator[Any]:
+        from shoal.net.state import StoreChanges, decode_state, encode_state
+
+        async for s in StoreChanges(self.store).states():
+            yield decode_state(json.loads(json.dumps(encode_state(s))))
+
+
+@pytest.mark.parametrize("feed", ["manager", "worker"])
+async def test_a_node_agents_dns_answers_right_after_each_commit(tmp_path: Path, feed: str) -> None:
+    """The production path (store -> snapshot feed -> the node agent's directory -> DNS server): once the agent
+    has applied the commit that tells a task to stop, the very next answer leaves it out, with no retry."""
+    from shoal.net.agent import NetworkAgent
+    from shoal.net.state import LocalFeed
+
+    store = await populated()
+    agent = NetworkAgent("n1", "127.0.0.1", tmp_path, LocalFeed(store) if feed == "manager" else _OverTheWire(store))
+    await agent.start()
+    server = DNSServer(agent.directory, [NET])
+    await server.start()
+    try:
+        await agent.synced(store.version)
+        assert ips(await ask(server, "tasks.web")) == ["10.0.1.3", "10.0.1.4"]
+        assert ips(await ask(server, "web")) == ["10.0.1.2"]
+
+        def scale_down(tx: Tx) -> None:
+            t = tx.task("t-web2")
+            assert t is not None
+            tx.update(replace(t, desired_state=TaskState.REMOVE))  # still RUNNING: it is only told to go
+
+        await store.update(scale_down)
+        await agent.synced(store.version)
+        assert ips(await ask(server, "tasks.web")) == ["10.0.1.3"]
+        assert ips(await ask(server, "web.2.t-web2")) == []
+        assert [e.ip for e in agent.directory.endpoints("s-web", NET)] == ["10.0.1.3"]  # the VIP's backends too
+
+        def dies(tx: Tx) -> None:
+            t = tx.task("t-web1")
+            assert t is not None
+            tx.update(replace(t, status=replace(t.status, state=TaskState.FAILED)))
+
+        await store.update(dies)
+        await agent.synced(store.version)
+        assert ips(await ask(server, "tasks.web")) == []
+        assert agent.directory.endpoints("s-web", NET) == []
+    finally:
+        await server.close()
+        await agent.close()
