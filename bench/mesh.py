@@ -171,3 +171,30 @@ def run(quick: bool) -> list[dict[str, Any]]:
 
     shutil.rmtree(base, ignore_errors=True)
     return records
+
+
+def _print(records: list[dict[str, Any]]) -> None:
+    """A plain table: each path's figure beside the direct path's, and their ratio."""
+    print(f"{'path':38} {'metric':20} {'value':>14} {'direct':>14} {'ratio':>7}")
+    for r in records:
+        ref = f"{r['reference_value']:,.2f} {r['unit']}" if "reference_value" in r else ""
+        ratio = f"{r['ratio']:.2f}" if "ratio" in r else ""
+        print(f"{r['case']:38} {r['metric']:20} {r['value']:>10,.2f} {r['unit']:<3} {ref:>14} {ratio:>7}")
+
+
+if __name__ == "__main__":
+    import argparse
+    import signal
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-up on kill/timeout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    ap = argparse.ArgumentParser(description="the mesh benchmark alone (bench/run --quick mesh runs it too)")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--json", action="store_true", help="print the records as JSON instead of a table")
+    args = ap.parse_args()
+    recs = run(args.quick)
+    print(json.dumps(recs, indent=1)) if args.json else _print(recs)
+    from bench.common import NOTES
+
+    for n in NOTES:
+        print(n)
