@@ -1,0 +1,47 @@
+"""IPAM through the stock CLI on a real daemon: `swarm init --default-addr-pool --default-addr-pool-mask-length`
+decides the subnets of overlay networks created without one; user subnets, gateways and ranges are kept."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.cluster.conftest import _require_cli
+from tests.support.shoal_node import ShoalNode, wait_until
+
+pytestmark = [pytest.mark.slow]
+
+
+def test_default_address_pool_and_mask_length_from_swarm_init(tmp_path: Path) -> None:
+    _require_cli()
+    node = ShoalNode(tmp_path / "node").start()
+    try:
+        node.docker("swarm", "init", "--advertise-addr", "127.0.0.1", "--default-addr-pool", "10.123.0.0/16",
+                    "--default-addr-pool", "10.124.0.0/16", "--default-addr-pool-mask-length", "26")
+        info = json.loads(node.docker("info", "--format", "{{json .Swarm.Cluster}}").stdout)
+        assert info["DefaultAddrPool"] == ["10.123.0.0/16", "10.124.0.0/16"] and info["SubnetSize"] == 26
+        subnets = []
+        for name in ("n1", "n2"):
+            node.docker("network", "create", "-d", "overlay", name)
+            (cfg,) = json.loads(node.docker("network", "inspect", name).stdout)[0]["IPAM"]["Config"]
+            subnets.append(ipaddress.ip_network(cfg["Subnet"]))
+        assert all(s.prefixlen == 26 and s.subnet_of(ipaddress.ip_network("10.123.0.0/16")) for s in subnets)
+        assert not subnets[0].overlaps(subnets[1])
+        node.docker("network", "create", "-d", "overlay", "--subnet", "192.168.77.0/24", "--gateway",
+                    "192.168.77.254", "--ip-range", "192.168.77.128/25", "mine")
+        (cfg,) = json.loads(node.docker("network", "inspect", "mine").stdout)[0]["IPAM"]["Config"]
+        assert (cfg["Subnet"], cfg["Gateway"], cfg["IPRange"]) == ("192.168.77.0/24", "192.168.77.254",
+                                                                  "192.168.77.128/25")
+        # A VIP of a service on it comes from the range.
+        node.docker("service", "create", "--detach", "--name", "s", "--network", "mine", "busybox", "sleep", "60")
+        def vips() -> list[str]:
+            svc = json.loads(node.docker("service", "inspect", "s").stdout)[0]
+            return [v["Addr"] for v in svc["Endpoint"].get("VirtualIPs") or []]
+
+        (vip,) = wait_until(vips, 20, what="the service's VIP")
+        assert ipaddress.ip_interface(vip).ip in ipaddress.ip_network("192.168.77.128/25")
+    finally:
+        node.stop()
