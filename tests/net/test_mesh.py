@@ -81,6 +81,41 @@ class Mesh:
         svc = json.loads(self.mgr.docker("service", "inspect", service).stdout)[0]
         return next(v["Addr"].split("/")[0] for v in svc["Endpoint"]["VirtualIPs"] if v["NetworkID"] == nid)
 
+    def in_net_ns(self, i: int, network: str, *cmd: str) -> str:
+        """Run `cmd` in host i's namespace of `network` (bound in its daemon's own mount namespace)."""
+        node = self.nodes[i - 1]
+        assert node.proc is not None
+        ns = node.data_dir / "net" / "ns" / f"n-{self.network_id(network)[:20]}"
+        r = subprocess.run(["nsenter", "-t", str(node.proc.pid), "-m", "--", "nsenter", f"--net={ns}", *cmd],
+                           capture_output=True, text=True, timeout=30)
+        assert r.returncode == 0, r.stderr
+        return r.stdout
+
+    def forwarding(self, i: int, network: str) -> dict[str, str]:
+        """Host i's programmed VXLAN entries on `network`: overlay IP -> the host (underlay address) it is on."""
+        vni = json.loads(self.mgr.docker("network", "inspect", network).stdout)[0]["Options"][
+            "com.docker.network.driver.overlay.vxlanid_list"]
+        neigh = self.in_net_ns(i, network, "ip", "-j", "neigh", "show", "dev", f"vx{vni}", "nud", "permanent")
+        fdb = self.in_net_ns(i, network, "bridge", "-j", "fdb", "show", "dev", f"vx{vni}")
+        dst = {e["mac"]: e.get("dst", "") for e in json.loads(fdb or "[]") if e.get("dst")}
+        return {e["dst"]: dst.get(e["lladdr"], "?") for e in json.loads(neigh or "[]")}
+
+    def holders_elsewhere(self, i: int, network: str) -> dict[str, str]:
+        """What host i must have programmed: every address on `network` of a task that holds it (not ended)
+        on another host -> that host's address."""
+        nid = self.network_id(network)
+        hosts = {n["ID"]: n["Status"]["Addr"] for n in json.loads(self.mgr.docker(
+            "node", "inspect", *self.mgr.docker("node", "ls", "-q").stdout.split()).stdout)}
+        me = f"h{i}"
+        mine = json.loads(self.mgr.docker("node", "inspect", me).stdout)[0]["ID"]
+        status, body = self.mgr.api("GET", "/v1.47/tasks")
+        assert status == 200, body
+        ended = {"complete", "shutdown", "failed", "rejected", "remove", "orphaned"}
+        return {a.split("/")[0]: hosts[t["NodeID"]] for t in body
+                if t.get("NodeID") and t["NodeID"] != mine and t["Status"]["State"] not in ended
+                for att in t.get("NetworksAttachments") or [] if att["Network"]["ID"] == nid
+                for a in att["Addresses"]}
+
     def task_pid(self, service: str) -> int:
         """The pid of the (single) running task process of `service`, on whichever node runs it."""
         t = self.running(service)[0]
@@ -193,10 +228,16 @@ def test_tasks_name_lists_exactly_the_running_replicas(mesh: Mesh) -> None:
     def agrees() -> bool:
         return set(mesh.in_task(pid, "resolve", "tasks.web")) == mesh.ips("web", "appnet")
 
+    def programmed() -> bool:  # h4's VXLAN entries: exactly the appnet tasks on other hosts, no stale ones
+        return mesh.forwarding(4, "appnet") == mesh.holders_elsewhere(4, "appnet")
+
     wait_until(agrees, 20, what="tasks.web == the running replicas")
+    wait_until(programmed, 20, what="h4's forwarding entries")
+    assert len(mesh.forwarding(4, "appnet")) >= 3
     mesh.mgr.docker("service", "scale", "--detach", "web=2")
     wait_until(lambda: len(mesh.running("web")) == 2 and agrees(), 30, what="tasks.web after scaling to 2")
     assert len(mesh.in_task(pid, "resolve", "tasks.web")) == 2
+    wait_until(programmed, 30, what="h4's forwarding entries after the scale-down")
     # Kill one replica's process: its address leaves the answers; its replacement's joins them.
     victim = mesh.running("web")[0]
     victim_ips = {a.split("/")[0] for att in victim["NetworksAttachments"] for a in att["Addresses"]}
@@ -209,6 +250,7 @@ def test_tasks_name_lists_exactly_the_running_replicas(mesh: Mesh) -> None:
     wait_until(lambda: len(mesh.running("web")) == 2 and agrees(), 60, what="a replacement in tasks.web")
     mesh.mgr.docker("service", "scale", "--detach", "web=3")
     wait_until(lambda: len(mesh.running("web")) == 3 and agrees(), 60, what="back to three")
+    wait_until(programmed, 30, what="h4's forwarding entries with three replicas again")
 
 
 def test_proxy_protocol_delivers_the_real_client_address(mesh: Mesh) -> None:
