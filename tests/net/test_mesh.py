@@ -168,7 +168,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             mgr.docker("network", "create", "-d", "overlay", "appnet")
             mgr.docker("service", "create", "--detach", "--name", "web", "--replicas", "3",
                        "--constraint", "node.labels.web==1", "--replicas-max-per-node", "1",
-                       "--network", "appnet", "--publish", "30080:8080", "--publish", "30081:8081/udp",
+                       "--network", "name=appnet,alias=frontend", "--publish", "30080:8080",
+                       "--publish", "30081:8081/udp",
                        "busybox", PY, str(HERE / "replica.py"), "8080", "8081")
             mgr.docker("service", "create", "--detach", "--name", "client", "--constraint", "node.hostname==h4",
                        "--network", "appnet", "busybox", "sleep", "3600")
@@ -188,8 +189,14 @@ def test_client_resolves_the_service_and_reaches_every_replica_through_the_vip(m
     pid = mesh.task_pid("client")
     vip = mesh.vip("web", "appnet")
     assert mesh.in_task(pid, "resolve", "web") == [vip]
+    assert mesh.in_task(pid, "resolve", "frontend") == [vip]  # the network alias
     replicas = mesh.ips("web", "appnet")
     assert len(replicas) == 3
+    nid = mesh.network_id("appnet")
+    for t in mesh.running("web"):  # each task by its name
+        name = f"web.{t['Slot']}.{t['ID']}"
+        assert mesh.in_task(pid, "resolve", name) == [a.split("/")[0] for att in t["NetworksAttachments"]
+                                                      if att["Network"]["ID"] == nid for a in att["Addresses"]]
     answers = mesh.in_task(pid, "tcp", "web", "8080", "9")
     assert all(a is not None for a in answers), answers
     seen = {ip for a in answers for ip in a["ips"] if ip in replicas}
