@@ -45,3 +45,40 @@ def test_default_address_pool_and_mask_length_from_swarm_init(tmp_path: Path) ->
         assert ipaddress.ip_interface(vip).ip in ipaddress.ip_network("192.168.77.128/25")
     finally:
         node.stop()
+
+
+def test_published_ports_are_conflict_checked_and_assigned_from_30000(tmp_path: Path) -> None:
+    _require_cli()
+    node = ShoalNode(tmp_path / "node").start()
+    try:
+        node.docker("swarm", "init", "--advertise-addr", "127.0.0.1")
+
+        def published(name: str) -> list[int]:
+            def ports() -> list[int]:
+                svc = json.loads(node.docker("service", "inspect", name).stdout)[0]
+                return [p["PublishedPort"] for p in svc["Endpoint"].get("Ports") or [] if p.get("PublishedPort")]
+            return wait_until(ports, 20, what=f"{name}'s published ports")
+
+        node.docker("service", "create", "--detach", "--name", "a", "--publish", "80", "busybox", "sleep", "60")
+        node.docker("service", "create", "--detach", "--name", "b", "--publish", "80", "--publish", "81/udp",
+                    "busybox", "sleep", "60")
+        pa, pb = published("a"), published("b")
+        assert all(30000 <= p <= 32767 for p in pa + pb) and len(set(pa + pb[:1])) == 2
+        taken = pa[0]
+        clash = node.docker("service", "create", "--detach", "--name", "c", "--publish", f"{taken}:90", "busybox",
+                            "sleep", "60", check=False)
+        assert clash.returncode != 0
+        aid = json.loads(node.docker("service", "inspect", "a").stdout)[0]["ID"]
+        assert (f"port '{taken}' is already in use by service 'a' ({aid}) as an ingress port") in clash.stderr
+        node.docker("service", "create", "--detach", "--name", "h", "--publish",
+                    "mode=host,published=31999,target=90", "busybox", "sleep", "60")
+        hid = json.loads(node.docker("service", "inspect", "h").stdout)[0]["ID"]
+        clash = node.docker("service", "create", "--detach", "--name", "d", "--publish", "31999:90", "busybox",
+                            "sleep", "60", check=False)
+        assert f"port '31999' is already in use by service 'h' ({hid}) as a host-published port" in clash.stderr
+        node.docker("service", "rm", "a")
+        node.docker("service", "create", "--detach", "--name", "c", "--publish", f"{taken}:90", "busybox",
+                    "sleep", "60")  # free again once its service is gone
+        assert published("c") == [taken]
+    finally:
+        node.stop()
