@@ -22,6 +22,10 @@ from tests.e2e.shoal_docker import ShoalDocker, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(240)]
 
+# An httpd answering with the container's own addresses.
+SERVE_IPS = ("mkdir -p /www && ip -4 -o addr show | awk '{print $4}' | cut -d/ -f1 | tr '\\n' ' ' "
+             "> /www/index.html && exec httpd -f -p 8080 -h /www")
+
 
 def free_published_port() -> int:
     for port in range(31700, 32700):
@@ -141,6 +145,66 @@ def test_overlay_vip_dns_and_mesh_with_containers(node: ShoalDocker, test_image:
 
     assert wait_until(lambda: mesh(), 30, what="the published port")
 
+    # tasks.web follows the running replicas: after a scale-down, and after a container is killed.
+    n.docker("service", "scale", "--detach", "web=1")
+    wait_until(lambda: len(running(n, "web")) == 1 and lookup("tasks.web") == addrs("web"), 30,
+               what="tasks.web after scaling to 1")
+    (only,) = running(n, "web")
+    engine = docker.DockerClient(base_url=dockerd, timeout=60)
+    try:
+        engine.api.kill(only["Status"]["ContainerStatus"]["ContainerID"])
+    finally:
+        engine.close()
+    old = {a.split("/")[0] for att in only["NetworksAttachments"] if att["Network"]["ID"] == net_id
+           for a in att["Addresses"]}
+    wait_until(lambda: not (lookup("tasks.web") & old), 30, what="the killed replica out of tasks.web")
+    wait_until(lambda: len(running(n, "web")) == 1 and lookup("tasks.web") == addrs("web") != old, 60,
+               what="its replacement in tasks.web")
+
+    # PROXY protocol v2 toward a container: an echo server shows the header the mesh put first.
+    pport = free_published_port()
+    n.docker("service", "create", "--detach", "--name", "pp", "--label", "com.shoal.mesh.proxy-protocol=true",
+             "--publish", f"{pport}:8080", "--no-resolve-image", test_image, "nc", "-ll", "-p", "8080", "-e", "cat")
+    wait_until(lambda: len(running(n, "pp")) == 1, 60, what="pp running")
+
+    def echoed() -> bytes:
+        try:
+            with socket.create_connection(("127.0.0.1", pport), timeout=3) as s:
+                s.sendall(b"hello\n")
+                data = b""
+                while b"hello" not in data and (chunk := s.recv(4096)):
+                    data += chunk
+                return data
+        except OSError:
+            return b""
+
+    from shoal.net.lb import parse_proxy_v2
+
+    got = wait_until(lambda: echoed().endswith(b"hello\n"), 30, what="the echo through the mesh") and echoed()
+    hdr, used = parse_proxy_v2(got)
+    assert hdr is not None and hdr.source[0] == "127.0.0.1" and hdr.destination[1] == pport, got
+    assert got[used:] == b"hello\n"
+
+    # Host mode: the engine's port binding on this node (on the overlay: the test engine has no default bridge).
+    hport = free_published_port()
+    n.docker("service", "create", "--detach", "--name", "hm", "--network", "appnet", "--publish",
+             f"mode=host,published={hport},target=8080", "--no-resolve-image", test_image, "sh", "-c", SERVE_IPS)
+    wait_until(lambda: len(running(n, "hm")) == 1, 60, what="hm running")
+
+    def host_mode() -> str:
+        try:
+            with socket.create_connection(("127.0.0.1", hport), timeout=3) as s:
+                s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+                data = b""
+                while chunk := s.recv(4096):
+                    data += chunk
+            return data.decode(errors="replace")
+        except OSError:
+            return ""
+
+    body = wait_until(host_mode, 30, what="the host-mode port")
+    assert "200 OK" in body and addrs("hm") & set(body.split()), body  # that task answered
+
     # Leaving the swarm removes the engine networks that stood for the overlays.
     nid = node_id(n)
     n.docker("swarm", "leave", "--force")
@@ -175,10 +239,6 @@ def api(n: ShoalDocker, method: str, path: str) -> tuple[int, Any]:
         return r.status, json.loads(r.read() or b"null")
     finally:
         c.close()
-
-
-SERVE_IPS = ("mkdir -p /www && ip -4 -o addr show | awk '{print $4}' | cut -d/ -f1 | tr '\\n' ' ' "
-             "> /www/index.html && exec httpd -f -p 8080 -h /www")
 
 
 def test_plain_containers_on_an_attachable_overlay(node: ShoalDocker, test_image: str, dockerd: str) -> None:
