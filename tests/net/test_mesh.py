@@ -452,22 +452,21 @@ def test_only_healthy_tasks_are_answered(mesh: Mesh, tmp_path: Path) -> None:
     sick = tmp_path / "sick"
     mesh.mgr.docker("service", "create", "--detach", "--name", "hc", "--replicas", "2",
                     "--constraint", "node.labels.web==1", "--replicas-max-per-node", "1", "--network", "appnet",
-                    "--health-cmd", f"test ! -e {sick}", "--health-interval", "1s", "--health-retries", "1",
-                    "--health-timeout", "2s", "busybox", PY, str(HERE / "replica.py"), "8080", "8081")
+                    "--health-cmd", f"test ! -e {sick}", "--health-interval", "1s", "--health-retries", "2",
+                    "--health-timeout", "10s", "busybox", PY, str(HERE / "replica.py"), "8080", "8081")
     pid = mesh.task_pid("client")
     try:
-        wait_until(lambda: len(mesh.running("hc")) == 2, 60, what="hc 2/2 healthy")
-        wait_until(lambda: set(mesh.in_task(pid, "resolve", "tasks.hc")) == mesh.ips("hc", "appnet"), 20,
-                   what="tasks.hc == the healthy replicas")
-        assert len(mesh.in_task(pid, "resolve", "tasks.hc")) == 2
+        wait_until(lambda: len(mesh.running("hc")) == 2 and len(ips := mesh.ips("hc", "appnet")) == 2
+                   and set(mesh.in_task(pid, "resolve", "tasks.hc")) == ips, 60,
+                   what="tasks.hc == the two healthy replicas")
         sick.touch()
         wait_until(lambda: mesh.in_task(pid, "resolve", "tasks.hc") == [], 30, what="no healthy replica left")
         assert mesh.in_task(pid, "resolve", "hc") == [mesh.vip("hc", "appnet")]  # the name stays, on its VIP
         assert mesh.in_task(pid, "tcp", "hc", "8080", "2") == [None, None]  # nothing behind the VIP
         sick.unlink()
-        wait_until(lambda: len(mesh.running("hc")) == 2, 60, what="healthy again")
-        wait_until(lambda: set(mesh.in_task(pid, "resolve", "tasks.hc")) == mesh.ips("hc", "appnet"), 20,
-                   what="tasks.hc with the healthy replicas again")
+        wait_until(lambda: len(mesh.running("hc")) == 2 and len(ips := mesh.ips("hc", "appnet")) == 2
+                   and set(mesh.in_task(pid, "resolve", "tasks.hc")) == ips, 60,
+                   what="tasks.hc with the two healthy replicas again")
         back = mesh.in_task(pid, "tcp", "hc", "8080", "4")
         assert all(a is not None for a in back) and {ip for a in back for ip in a["ips"]} & mesh.ips("hc", "appnet")
     finally:
