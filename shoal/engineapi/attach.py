@@ -114,6 +114,7 @@ async def container_create(request: web.Request) -> web.StreamResponse:
     key = "create-" + uuid.uuid4().hex
     plain, attacher = agent.plain, agent.attacher
     atts: dict[str, tuple[str, str]] = {}
+    cidrs: list[str] = []
     recorded = False
     with plain.pending(key):
         try:
@@ -124,8 +125,8 @@ async def container_create(request: web.Request) -> web.StreamResponse:
                 except ShoalError as e:
                     return _could_not_attach(ref, e)
                 atts[t.id] = (net.id, t.networks[0].addresses[0])
-            eps = await plain.endpoints([(net, cidr) for (_r, net), (_n, cidr) in
-                                         zip(refs, atts.values(), strict=True)])
+                cidrs.append(t.networks[0].addresses[0])
+            eps = await plain.endpoints([(net, cidr) for (_r, net), cidr in zip(refs, cidrs, strict=True)])
             engine_of = {ref: ep for (ref, _n), ep in zip(refs, eps, strict=True)}
             for ref, ep in engine_of.items():
                 cfg = dict(ec.pop(ref, None) or {})
@@ -157,7 +158,7 @@ async def container_create(request: web.Request) -> web.StreamResponse:
         finally:
             if not recorded:
                 for a in atts:
-                    await plain._release(a)
+                    await plain.release_attachment(a)
 
 
 async def _container(request: web.Request, ref: str) -> tuple[dict[str, Any] | None, web.Response | None]:
@@ -218,7 +219,7 @@ async def network_connect(request: web.Request) -> web.StreamResponse:
         finally:
             if not recorded:
                 for a in atts:
-                    await plain._release(a)
+                    await plain.release_attachment(a)
 
 
 @route("POST", "/networks/{id}/disconnect", leader=False)
@@ -241,7 +242,7 @@ async def network_disconnect(request: web.Request) -> web.StreamResponse:
     att = agent.plain.attachment_of(cid, net.id)
     if att is None:
         return error_response(403, f"container {cid} is not connected to network {net.name}")
-    status, data, ctype = await _engine(request, "POST", f"/networks/{agent._engine_network(net)}/disconnect",
+    status, data, ctype = await _engine(request, "POST", f"/networks/{agent.plain.engine_name(net)}/disconnect",
                                         {**body, "Container": cid})
     if status < 300:
         await agent.plain.detached(cid, {att})

@@ -87,6 +87,11 @@ class PlainContainers:
     def key(container: str) -> str:
         return f"ctr-{container}"
 
+    def engine_name(self, net: Network) -> str:
+        """The engine network standing for `net` on this node."""
+        name: str = self.agent._engine_network(net)
+        return name
+
     def attachment_of(self, container: str, network_id: str) -> str | None:
         r = self.records.get(container)
         if r is None:
@@ -186,9 +191,10 @@ class PlainContainers:
             self._save()
             await agent._gc_nets()
         for a in ids:
-            await self._release(a)
+            await self.release_attachment(a)
 
-    async def _release(self, attachment_id: str) -> None:
+    async def release_attachment(self, attachment_id: str) -> None:
+        """Give the leader an attachment back; failures are logged (the next reconciliation tries again)."""
         if self.release is None:
             return
         try:
@@ -280,7 +286,7 @@ class PlainContainers:
         gone = set()
         for a, (nid, _c) in r.attachments.items():
             net = self.agent.state.networks.get(nid)
-            if net is None or self.agent._engine_network(net) not in configured:
+            if net is None or self.engine_name(net) not in configured:
                 gone.add(a)
         if gone:
             await self.detached(container, gone)
@@ -300,7 +306,7 @@ class PlainContainers:
         for t in list(self.agent.state.tasks.values()):
             if is_attachment(t) and t.node_id == self.agent.node_id and t.id not in known \
                     and t.annotations.labels.get(LABEL_CONTAINER, "") not in self.inflight:
-                await self._release(t.id)
+                await self.release_attachment(t.id)
 
 
 def _no_timeout() -> Any:
