@@ -349,6 +349,21 @@ def test_plain_containers_on_an_attachable_overlay(node: ShoalDocker, test_image
     n.docker("rm", "-f", c2)
     n.docker("network", "rm", "locnet")
 
+    # docker-py, unmodified, the same way.
+    client = n.client()
+    try:
+        ctr = client.containers.run(test_image, ["sleep", "3600"], network="attnet", detach=True, name="plain4")
+        (att,) = attachments(n)
+        ctr.reload()
+        assert ctr.attrs["NetworkSettings"]["Networks"] and [
+            v["IPAddress"] for v in ctr.attrs["NetworkSettings"]["Networks"].values()] == [
+            att["NetworksAttachments"][0]["Addresses"][0].split("/")[0]]
+        assert lookup(ctr.id, "web") == {vip}
+        ctr.remove(force=True)
+        wait_until(lambda: attachments(n) == [], 30, what="released after docker-py's remove")
+    finally:
+        client.close()
+
     # Leaving the swarm removes the engine's networks that stood for the overlays, with a plain container
     # still on one of them (it loses that network, as with dockerd).
     c3 = n.docker("run", "-d", "--network", "attnet", test_image, "sleep", "3600").stdout.strip()
