@@ -50,7 +50,7 @@ from typing import Any
 
 from shoal.errors import TemporaryError
 from shoal.model.objects import Network, Service, Task
-from shoal.net import ipcmd, nsutil
+from shoal.net import conntrack, ipcmd, nsutil
 from shoal.net.dns import DNSServer
 from shoal.net.lb import Backend, KeepAlive, TCPBalancer, UDPBalancer
 from shoal.net.state import LatestFeed, NetFeed, NetState, SnapshotDirectory
@@ -63,6 +63,7 @@ LABEL_PROXY_PROTOCOL = "com.shoal.mesh.proxy-protocol"
 LABEL_LOCAL_ONLY = "com.shoal.mesh.local-only"
 DNS_ADDR = "127.0.0.11"
 IP_TRANSPARENT = 19  # linux/in.h
+NOWHERE_MAC = "02:42:00:00:00:00"  # the MAC of 0.0.0.0 by the 02:42 rule: no endpoint ever has it
 KNOWN_NETWORK_TIMEOUT = 10.0  # seconds an attach waits for a network to reach this node's feed
 
 
@@ -545,7 +546,12 @@ class NetworkAgent:
     # --- VIPs ---------------------------------------------------------------------------------------------
 
     def _vip_script(self, box: _Box) -> str:
+        return self._vip_rules(box)[0]
+
+    def _vip_rules(self, box: _Box) -> tuple[str, set[str]]:
+        """The nft script for the box's VIPs, and the VIPs it DNATs (those with a serving task)."""
         nat: list[str] = []
+        natted: set[str] = set()
         reject: list[str] = []
         mine = {n for n in box.networks if (net := self.state.networks.get(n)) is not None and not net.spec.ingress}
         for svc in sorted(self.state.services.values(), key=lambda s: s.id):
@@ -559,19 +565,21 @@ class NetworkAgent:
                     reject.append(f"    ip daddr {v} reject")
                 elif len(ips) == 1:
                     nat.append(f"    ip daddr {v} dnat to {ips[0]}")
+                    natted.add(v)
                 else:
                     m = ", ".join(f"{i} : {ip}" for i, ip in enumerate(ips))
                     nat.append(f"    ip daddr {v} dnat to numgen inc mod {len(ips)} map {{ {m} }}")
+                    natted.add(v)
         return "\n".join([
             "table ip shoal", "delete table ip shoal", "table ip shoal {",
             "  chain vip {", "    type nat hook output priority -100; policy accept;", *nat, "  }",
             "  chain novip {", "    type filter hook output priority 0; policy accept;", *reject, "  }",
-            "}", ""])
+            "}", ""]), natted
 
     async def _program_vips(self, box: _Box) -> None:
         if box.container and not str(box.ns).startswith("/proc/"):
             return  # a container not started yet: its rules go in once it runs
-        script = self._vip_script(box)
+        script, natted = self._vip_rules(box)
         if script == box.nft_script:
             return
         try:
@@ -579,6 +587,33 @@ class NetworkAgent:
             box.nft_script = script
         except ipcmd.CommandFailed as e:
             log.warning("VIP rules for task %s: %s", box.task_id, e.message)
+            return
+        if box.container and natted:
+            await self._retry_early_vip_connections(box, natted)
+
+    async def _retry_early_vip_connections(self, box: _Box, vips: set[str]) -> None:
+        """The engine started the container's process before its VIP rules could exist. A connection it opened
+        to a VIP meanwhile was tracked without DNAT, and its SYN waits for an ARP answer for the VIP that never
+        comes; TCP does not retransmit while that copy is queued, and the connection fails when ARP gives up.
+        So: forget the tracked connection (shoal.net.conntrack), and let the queued SYN go to a MAC nobody has
+        (it is dropped on the bridge; the VIP's neighbour entry is never used again, every packet to a VIP is
+        DNATed now); TCP's retransmission a second later is tracked anew, DNATed to a task, and connects."""
+        ns = str(box.ns)
+        try:
+            n = await asyncio.to_thread(conntrack.forget_unnated, ns, vips)
+        except OSError as e:
+            log.warning("conntrack in the namespace of task %s: %s", box.task_id, e)
+            return
+        if not n:
+            return
+        try:
+            neigh = json.loads(await ipcmd.run("ip", "-j", "-4", "neigh", "show", netns=ns) or "[]")
+            waiting = [e for e in neigh if e.get("dst") in vips and "REACHABLE" not in e.get("state", [])]
+            await ipcmd.ip_batch([f"neigh replace {e['dst']} lladdr {NOWHERE_MAC} dev {e['dev']} nud reachable"
+                                  for e in waiting], netns=ns)
+        except (ipcmd.CommandFailed, ValueError) as e:
+            log.debug("neighbour entries of VIPs for task %s: %s", box.task_id, e)
+        log.info("task %s: %d connection(s) to VIPs from before its VIP rules retried", box.task_id, n)
 
     # --- routing mesh -------------------------------------------------------------------------------------
 

@@ -53,17 +53,18 @@ def mount(source: str, target: str, fstype: str | None, flags: int) -> None:
            f"mount {source} on {target}")
 
 
-def socket_in(path: str | None, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM) -> socket.socket:
+def socket_in(path: str | None, family: int = socket.AF_INET, type: int = socket.SOCK_STREAM,
+              proto: int = 0) -> socket.socket:
     """A new socket in the network namespace at `path` (None: this thread's own)."""
     if path is None:
-        return socket.socket(family, type)
+        return socket.socket(family, type, proto)
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
         target = os.open(path, os.O_RDONLY)
         try:
             setns(target)
             try:
-                return socket.socket(family, type)
+                return socket.socket(family, type, proto)
             finally:
                 setns(home)
         finally:

@@ -131,6 +131,26 @@ def test_overlay_vip_dns_and_mesh_with_containers(node: ShoalDocker, test_image:
     seen = set().union(*(fetch("web") for _ in range(8)))
     assert seen == replicas, seen
 
+    # A container that connects to the VIP the moment it starts, before its VIP rules can be in: the
+    # connection is retried onto a task (about a second late) instead of failing.
+    early = ("if busybox timeout 20 wget -qO- http://web:8080/ > /tmp/got; then echo early-ok $(cat /tmp/got); "
+             "else echo early-failed; fi; exec sleep 3600")
+    n.docker("service", "create", "--detach", "--name", "early", "--replicas", "4", "--network", "appnet",
+             "--no-resolve-image", test_image, "sh", "-c", early)
+
+    def early_results() -> list[str]:
+        engine = docker.DockerClient(base_url=dockerd, timeout=60)
+        try:
+            return [engine.api.logs(c["Id"]).decode() for c in engine.api.containers(
+                filters={"label": "com.docker.swarm.service.name=early"})]
+        finally:
+            engine.close()
+
+    got = wait_until(lambda: (r := early_results()) and len(r) == 4 and all(x.strip() for x in r) and r, 60,
+                     what="the early connections' results")
+    assert all(x.startswith("early-ok") and set(x.split()[1:]) & replicas for x in got), got
+    n.docker("service", "rm", "early")
+
     # The routing mesh: the published port on the node answers from a replica.
     def mesh() -> set[str]:
         try:
