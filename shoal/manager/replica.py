@@ -31,11 +31,12 @@ import grpc
 from shoal.clock import Clock
 from shoal.errors import ShoalError
 from shoal.manager.dispatcher import Assignments, Dispatcher
+from shoal.manager.keys import DataCipher
 from shoal.manager.manager import Manager
 from shoal.manager.membership import LOST_QUORUM, Membership
 from shoal.manager.raft.node import RaftNode
 from shoal.manager.raft.sqlite_storage import SqliteStorage
-from shoal.model.objects import NodeDescription, TaskStatus
+from shoal.model.objects import Cluster, NodeDescription, TaskStatus
 from shoal.rpc import shoal_pb2 as pb
 from shoal.rpc.client import NodeCredentials, RemoteDispatcher
 from shoal.rpc.raft import AddressBook, Creds, GrpcTransport, RaftHooks
@@ -98,7 +99,10 @@ class ManagerReplica:
     def __init__(self, *, data_dir: Path, node_id: str, raft_id: int, cluster_id: Callable[[], str],
                  listen_addr: str, advertise_host: str, manager_addr: str, clock: Clock, rng: random.Random,
                  scheduler_strategy: str, raft_tick: float, api_socket: Path | None,
-                 on_credentials: Callable[[NodeCredentials], None]) -> None:
+                 on_credentials: Callable[[NodeCredentials], None], cipher: DataCipher | None = None,
+                 on_cluster: Callable[[Cluster], None] = lambda _c: None) -> None:
+        self.cipher = cipher  # the Raft data at rest is sealed with this manager's key
+        self.on_cluster = on_cluster  # every applied change of the cluster object (autolock follows it)
         self.data_dir = data_dir
         self.node_id = node_id
         self.raft_id = raft_id
@@ -139,7 +143,7 @@ class ManagerReplica:
         self._disk_creds = creds
         if migrate_to_raft(self.raft_dir, self.raft_id, self.clock):
             log.info("migrated the store's log in %s to the Raft storage format", self.raft_dir)
-        self.storage = SqliteStorage(self.raft_dir)
+        self.storage = SqliteStorage(self.raft_dir, self.cipher)
         self.transport = GrpcTransport(self.raft_id, self.manager_addr, self.book, self.credentials, self.clock)
         raft = RaftNode(self.raft_id, self.storage, self.transport, self.clock,
                         rng=random.Random(self.rng.getrandbits(64)), tick_interval=self.raft_tick,
@@ -172,6 +176,7 @@ class ManagerReplica:
         cluster = self.store.view().cluster()
         if cluster is not None:
             self.raft.snapshot_interval = cluster.spec.raft.snapshot_interval or 10_000
+            self.on_cluster(cluster)
 
     async def _watch_raft_settings(self) -> None:
         """`docker swarm update --snapshot-interval N` takes effect on every manager as the change applies."""

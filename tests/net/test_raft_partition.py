@@ -107,8 +107,11 @@ def test_leader_partitioned_from_the_majority(lab_managers: tuple[list[Host], li
     assert int(raft(new)["term"]) > term_before  # type: ignore[call-overload]
     status, _ = config(new, "majority")
     assert status == 201
-    # The old leader stepped down (check-quorum) and refuses what needs a leader, reads included.
-    wait_until(lambda: not raft(old).get("is_leader"), 10, what="the old leader to step down")
+    # The old leader stepped down (check-quorum), stopped its leader-only loops, and refuses what needs a leader,
+    # reads included; the new leader runs them.
+    wait_until(lambda: not raft(old).get("is_leader") and not raft(old).get("leader_loops"), 10,
+               what="the old leader to step down")
+    wait_until(lambda: raft(new).get("leader_loops"), 10, what="the new leader's loops")
     status, body = old.api("GET", "/v1.47/configs")
     assert status >= 500, body
     print(f"\n[raft] partition: majority elected a new leader {elected:.2f} s after the cut")
