@@ -236,6 +236,7 @@ async def raft_state(request: web.Request) -> web.StreamResponse:
                "snapshots_installed": raft.snapshots_installed, "store_version": node.store.version,
                "snapshot_index": raft.core.snapshot.meta.index,
                "leader_loops": node.manager.leading if node.manager is not None else False,
+               "store_commits": dict(node.store.stats),
                "objects": {k: node.store.view().count(k) for k in ("node", "service", "task", "secret", "config")}})
     return json_ok(st)
 

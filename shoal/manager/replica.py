@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import replace
@@ -39,7 +40,7 @@ from shoal.manager.raft.sqlite_storage import SqliteStorage
 from shoal.model.objects import Cluster, NodeDescription, TaskStatus
 from shoal.rpc import shoal_pb2 as pb
 from shoal.rpc.client import NodeCredentials, RemoteDispatcher
-from shoal.rpc.raft import AddressBook, Creds, GrpcTransport, RaftHooks
+from shoal.rpc.raft import AddressBook, Creds, GrpcTransport, LeaderChannels, RaftHooks
 from shoal.rpc.raft import forward as raft_forward
 from shoal.rpc.server import ManagerRPC, _peer_tls_info, _set_tls_info
 from shoal.store.memory import Commit, MemoryStore, WatchOverflow
@@ -126,6 +127,8 @@ class ManagerReplica:
         self.rpc: ManagerRPC | None = None
         self._disk_creds: NodeCredentials | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._channels: LeaderChannels | None = None  # to the leader, for forwarded requests
+        self._api_session: Any = None  # aiohttp session on our own API socket, for requests forwarded to us
 
     @property
     def raft_dir(self) -> Path:
@@ -148,7 +151,8 @@ class ManagerReplica:
         raft = RaftNode(self.raft_id, self.storage, self.transport, self.clock,
                         rng=random.Random(self.rng.getrandbits(64)), tick_interval=self.raft_tick,
                         on_conf_change=lambda i, cc: self.membership.on_conf_change(i, cc)
-                        if self.membership is not None else None)
+                        if self.membership is not None else None,
+                        persist_in_thread=os.environ.get("SHOAL_RAFT_PERSIST_THREAD", "0") == "1")
         self.transport.node = raft
         loaded_commit = raft.core.commit
         store = MemoryStore(raft, self.clock)
@@ -237,6 +241,12 @@ class ManagerReplica:
     async def close(self) -> None:
         for t in list(self._tasks):
             await cancel_and_wait(t)
+        if self._channels is not None:
+            await self._channels.close()
+            self._channels = None
+        if self._api_session is not None:
+            await self._api_session.close()
+            self._api_session = None
         if self.rpc is not None:
             await self.rpc.stop()
             self.rpc = None
@@ -290,7 +300,9 @@ class ManagerReplica:
             if k.lower() not in _HOP_HEADERS:
                 req.headers[k] = v
         req.headers[FORWARDED_HEADER] = self.node_id
-        async for chunk in raft_forward(self.transport.secure, lead, self.credentials(), req):
+        if self._channels is None:
+            self._channels = LeaderChannels(self.transport.secure, self.credentials)
+        async for chunk in raft_forward(self._channels, lead, req):
             yield chunk
 
     async def _serve_forward(self, req: pb.ForwardRequest) -> AsyncIterator[pb.ForwardChunk]:
@@ -302,17 +314,20 @@ class ManagerReplica:
             raise ShoalError("this manager serves no Engine API socket to run forwarded requests on")
         import aiohttp
 
-        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(self.api_socket)),
-                                         timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)) as session:
-            async with session.request(req.method, "http://shoal" + req.path, headers=dict(req.headers),
-                                       data=req.body or None) as resp:
-                head = pb.ForwardChunk(status=resp.status)
-                for k, v in resp.headers.items():
-                    if k.lower() not in _HOP_HEADERS:
-                        head.headers[k] = v
-                yield head
-                async for data in resp.content.iter_any():
-                    yield pb.ForwardChunk(data=data)
+        if self._api_session is None or self._api_session.closed:
+            # One session (keep-alive connections to our own socket) for every forwarded request.
+            self._api_session = aiohttp.ClientSession(
+                connector=aiohttp.UnixConnector(path=str(self.api_socket), limit=0),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
+        async with self._api_session.request(req.method, "http://shoal" + req.path, headers=dict(req.headers),
+                                             data=req.body or None) as resp:
+            head = pb.ForwardChunk(status=resp.status)
+            for k, v in resp.headers.items():
+                if k.lower() not in _HOP_HEADERS:
+                    head.headers[k] = v
+            yield head
+            async for data in resp.content.iter_any():
+                yield pb.ForwardChunk(data=data)
 
     # --- certificates of the other managers ------------------------------------------------------------
 

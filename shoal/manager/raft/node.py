@@ -42,6 +42,7 @@ from shoal.manager.raft.core import (
     EntryId,
     EntryType,
     Message,
+    MsgType,
     NotLeader,
     ProposalDropped,
     RaftConfig,
@@ -55,6 +56,9 @@ from shoal.manager.raft.transport import Transport
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+_LEADER_EARLY = frozenset({MsgType.APPEND, MsgType.HEARTBEAT, MsgType.SNAPSHOT})
 
 
 class StateMachine(Protocol):
@@ -85,7 +89,8 @@ class RaftNode:
                  tick_interval: float = 0.1, election_ticks: int = 10, heartbeat_ticks: int = 1,
                  snapshot_interval: int = 10_000, read_timeout: float | None = None,
                  rng: random.Random | None = None,
-                 on_conf_change: Callable[[int, ConfChange], None] | None = None) -> None:
+                 on_conf_change: Callable[[int, ConfChange], None] | None = None,
+                 persist_in_thread: bool = False) -> None:
         self.id = raft_id
         self.storage = storage
         self.transport = transport
@@ -97,6 +102,9 @@ class RaftNode:
         self.core = RaftCore(RaftConfig(id=raft_id, election_ticks=election_ticks,
                                         heartbeat_ticks=heartbeat_ticks), storage, rng or random.Random())
         self.on_conf_change = on_conf_change
+        # fsync in a worker thread (the daemon); off, everything runs on the loop (deterministic under virtual time)
+        self.persist_in_thread = persist_in_thread
+        self._sent_early: tuple[Message, ...] = ()
         self._sm: StateMachine | None = None
         self._wake = asyncio.Event()
         self._applied_wake = asyncio.Event()
@@ -275,7 +283,12 @@ class RaftNode:
                 await self._wake.wait()
                 self._wake.clear()
                 while self.core.has_ready():
-                    self._handle_ready(self.core.ready())
+                    rd = self.core.ready()
+                    if self.persist_in_thread and rd.must_sync:
+                        await self._persist_off_loop(rd)
+                        self._handle_ready(rd, persisted=True)
+                    else:
+                        self._handle_ready(rd)
         except asyncio.CancelledError:
             raise
         except BaseException as e:  # a storage failure: this node cannot go on (as if it crashed)
@@ -286,11 +299,29 @@ class RaftNode:
             self._set_leader(False)
             raise
 
-    def _handle_ready(self, rd: Ready) -> None:
+    async def _persist_off_loop(self, rd: Ready) -> None:
+        """The fsync in a worker thread, so the loop goes on taking requests (they batch into the next entry)
+        and messages in meanwhile. A leader's appends and heartbeats leave before its own fsync (etcd's
+        parallel write: the core counts the leader's entries only once `advance` says they are durable);
+        every other message waits for it (a vote or an append answer must never outrun the disk)."""
+        if self.core.role == Role.LEADER and rd.messages:
+            early = tuple(m for m in rd.messages if m.type in _LEADER_EARLY)
+            if early:
+                self.transport.send(early)
+                self._sent_early = early
+        await asyncio.to_thread(persist_ready, self.storage, rd)
+
+    def _handle_ready(self, rd: Ready, *, persisted: bool = False) -> None:
         sm = self._sm
         assert sm is not None
-        persist_ready(self.storage, rd)  # durable before any message leaves
-        if rd.messages:
+        if not persisted:
+            persist_ready(self.storage, rd)  # durable before any message leaves
+        early, self._sent_early = self._sent_early, ()
+        if early:
+            rest = tuple(m for m in rd.messages if not any(m is e for e in early))
+            if rest:
+                self.transport.send(rest)
+        elif rd.messages:
             self.transport.send(rd.messages)
         if rd.snapshot is not None:
             snap = rd.snapshot
