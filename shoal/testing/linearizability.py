@@ -568,6 +568,7 @@ def check(
 
 
 _DEADLINE_EVERY = 1024  # steps between clock reads: the clock costs more than a model step
+_EXPLAIN_STEPS = 200_000  # for re-searching a violation as recorded, to explain it (see _check_part)
 _MAIN, _INFO = 0, 1  # the search's candidate stages: the ok calls, then the info calls
 
 
@@ -601,8 +602,29 @@ def _check_part(
     deadline: float | None,
 ) -> PartitionResult:
     # `fail` ops never happened; `info` ops that cannot change the state (reads) can always be left out.
-    ops = [op for op in raw if op.outcome is Outcome.OK or (op.outcome is Outcome.INFO and not model.effect_free(op))]
-    model, ops = model.prepare(ops)
+    live = [op for op in raw if op.outcome is Outcome.OK or (op.outcome is Outcome.INFO and not model.effect_free(op))]
+    prepared, ops = model.prepare(live)
+    result = replace(_search(label, prepared, ops, max_steps, deadline), ops=len(live))
+    if result.verdict is not Verdict.VIOLATION or prepared is model:
+        return result
+    # A prepared model finds a wrong order early, so its longest prefix stops where a value was about to be
+    # overwritten, not where the read that saw it failed. The history as recorded explains better, when a
+    # plain search can show it within a small budget.
+    left = _EXPLAIN_STEPS if max_steps is None else min(_EXPLAIN_STEPS, max_steps - result.steps)
+    plain = _search(label, model, live, left, deadline)
+    steps = result.steps + plain.steps
+    if plain.verdict is Verdict.VIOLATION:
+        return replace(plain, steps=steps)
+    return replace(result, steps=steps)
+
+
+def _search(
+    label: Hashable,
+    model: Model[Any],
+    ops: Sequence[Operation],
+    max_steps: int | None,
+    deadline: float | None,
+) -> PartitionResult:
     n = len(ops)
     if (max_steps is not None and max_steps <= 0) or (deadline is not None and time.monotonic() > deadline):
         return PartitionResult(label, Verdict.UNKNOWN, n, 0)
