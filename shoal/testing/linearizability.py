@@ -415,7 +415,8 @@ class KeySpace(Model[frozenset[tuple[Hashable, Hashable]]]):
 
     def __init__(self, inner: Model[Any], per_key: dict[Hashable, Model[Any]] | None = None) -> None:
         self.inner = inner
-        self.per_key = {} if per_key is None else per_key  # the models `prepare` specialised, by key
+        # Models of particular keys (given, e.g. a register among objects; or specialised by `prepare`).
+        self.per_key = {} if per_key is None else per_key
 
     def init(self) -> frozenset[tuple[Hashable, Hashable]]:
         return frozenset()
@@ -436,7 +437,7 @@ class KeySpace(Model[frozenset[tuple[Hashable, Hashable]]]):
         return True, frozenset(values.items())
 
     def effect_free(self, op: Operation) -> bool:
-        return self.inner.effect_free(op)
+        return self.per_key.get(op.key, self.inner).effect_free(op)
 
     def prepare(self, ops: list[Operation]) -> tuple[Model[Any], list[Operation]]:
         per_key: dict[Hashable, Model[Any]] = {}
@@ -453,7 +454,7 @@ class KeySpace(Model[frozenset[tuple[Hashable, Hashable]]]):
         parts: dict[Hashable, list[Operation]] = {}
         for op in ops:
             parts.setdefault(op.key, []).append(op)
-        return [(key, self.inner, part) for key, part in parts.items()]
+        return [(key, self.per_key.get(key, self.inner), part) for key, part in parts.items()]
 
 
 # --- the checker ----------------------------------------------------------------------------------------

@@ -667,3 +667,16 @@ async def test_recording_from_asyncio_with_a_stale_cache_is_caught() -> None:
     await asyncio.gather(writer(), cached_reader())
     result = check(h, KeySpace(Register()))
     assert result.verdict is Verdict.VIOLATION, result
+
+
+def test_keyspace_uses_the_model_given_for_a_key() -> None:
+    from shoal.testing.linearizability import Objects
+
+    h = History(clock=iter(range(100)).__next__)
+    h.ok(h.invoke("a", "read", "reg"), "0")  # the register's initial value, not Objects' None
+    h.ok(h.invoke("a", "create", "obj"), True)
+    h.ok(h.invoke("a", "read", "obj"), True)
+    space = KeySpace(Objects(), per_key={"reg": Register(initial="0")})
+    assert check(h, space).ok
+    h.ok(h.invoke("b", "read", "reg"), None)  # never written: a register cannot read None
+    assert not check(h, space).ok
