@@ -299,17 +299,19 @@ class ShoalNode:
 
     def _read_creds(self) -> NodeCredentials:
         d = self._certs_dir
-        kek = self._keys.kek if self._keys is not None else None
-        return NodeCredentials(key_pem=read_tls_key((d / "swarm-node.key").read_bytes(), kek),
+        dek = self._keys.dek if self._keys is not None else None
+        return NodeCredentials(key_pem=read_tls_key((d / "swarm-node.key").read_bytes(), dek),
                                cert_pem=(d / "swarm-node.crt").read_text(),
                                root_pem=(d / "swarm-root-ca.crt").read_text())
 
     def _write_creds(self, creds: NodeCredentials) -> None:
         d = self._certs_dir
         d.mkdir(mode=0o700, parents=True, exist_ok=True)
-        kek = self._keys.kek if self._keys is not None and self.identity.get("role") == "manager" else None
+        # Encrypted (under the Raft data key) while autolock is on: only the unlock key opens it.
+        locked = self._keys is not None and self._keys.kek is not None and self.identity.get("role") == "manager"
+        dek = self._keys.dek if locked and self._keys is not None else None
         for name, data, mode in (("swarm-root-ca.crt", creds.root_pem.encode(), 0o644),
-                                 ("swarm-node.key", protect_tls_key(creds.key_pem, kek), 0o600),
+                                 ("swarm-node.key", protect_tls_key(creds.key_pem, dek), 0o600),
                                  ("swarm-node.crt", creds.cert_pem.encode(), 0o644)):
             tmp = d / (name + ".tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
@@ -348,9 +350,11 @@ class ShoalNode:
             except OSError as e:
                 log.error("protecting the Raft data key failed: %s", e)
                 return
-            creds = self._read_creds()  # with the key in effect so far
+            creds = self._read_creds()
+            was_locked = keys.kek is not None
             self._keys = new
-            self._write_creds(creds)  # the TLS key rewritten under the new KEK (or in the clear)
+            if was_locked != bool(want):  # on or off; a rotation leaves the TLS key (under the DEK) as it is
+                self._write_creds(creds)
             log.info("autolock %s: the Raft data key and TLS key on disk are %s", "on" if want else "off",
                      "protected by the unlock key" if want else "no longer locked")
 

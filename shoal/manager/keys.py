@@ -7,9 +7,13 @@ swarmkit does). The DEK lives in `certificates/raft-dek.json`:
 - autolock off: the DEK itself (the file is mode 0600 next to the TLS key, as swarmkit keeps it in the key's PEM
   headers);
 - autolock on: the DEK wrapped (AES key wrap, RFC 3394) with a key-encryption key derived from the swarm's
-  unlock key with Argon2id (salt in the file), and the node's TLS key is written encrypted with that KEK too.
-  A manager restarted in that state cannot read its log nor present its certificate until `docker swarm
-  unlock` gives it the unlock key.
+  unlock key with Argon2id (salt in the file), and the node's TLS key written encrypted with the DEK, so only
+  the unlock key opens it (through the DEK). A manager restarted in that state cannot read its log nor present
+  its certificate until `docker swarm unlock` gives it the unlock key.
+
+Why the TLS key goes under the DEK and not the KEK: a rotation of the unlock key then rewrites one file (the
+wrapped DEK) and can never leave the pair inconsistent; turning autolock on or off rewrites both, and a crash
+between the two is harmless because an encrypted TLS key is always read with the DEK.
 
 The unlock key itself is in the cluster object (replicated, so inside the encrypted log); each manager re-wraps
 its DEK when the key changes (autolock turned on or off, `swarm unlock-key --rotate`). Files are replaced
@@ -93,7 +97,7 @@ def derive_kek(unlock_key: str, salt: bytes) -> bytes:
 @dataclass(frozen=True)
 class Unlocked:
     dek: bytes
-    kek: bytes | None  # set while autolock is on: the TLS key on disk is encrypted with it
+    kek: bytes | None  # the unlock key's key-encryption key while autolock is on
 
 
 def _write_atomic(path: Path, data: bytes, mode: int = 0o600) -> None:
@@ -177,22 +181,22 @@ class KeyStore:
         return Unlocked(keys.dek, kek)
 
 
-def protect_tls_key(key_pem: str, kek: bytes | None) -> bytes:
-    """The node's TLS key as written to disk: encrypted PKCS#8 under the KEK while autolock is on."""
-    if kek is None:
+def protect_tls_key(key_pem: str, dek: bytes | None) -> bytes:
+    """The node's TLS key as written to disk: encrypted PKCS#8 under the DEK while autolock is on."""
+    if dek is None:
         return key_pem.encode()
     key = serialization.load_pem_private_key(key_pem.encode(), password=None)
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                             serialization.BestAvailableEncryption(kek))
+                             serialization.BestAvailableEncryption(dek))
 
 
-def read_tls_key(data: bytes, kek: bytes | None) -> str:
+def read_tls_key(data: bytes, dek: bytes | None) -> str:
     """The TLS key in the clear (in memory only), whichever way it sits on disk."""
     if b"ENCRYPTED" not in data.split(b"\n", 1)[0]:
         return data.decode()
-    if kek is None:
+    if dek is None:
         raise ShoalError("the node's TLS key is encrypted: the swarm is locked")
-    key = serialization.load_pem_private_key(data, password=kek)
+    key = serialization.load_pem_private_key(data, password=dek)
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                              serialization.NoEncryption()).decode()
 

@@ -49,6 +49,9 @@ from shoal.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
+# Election timeout 10 ticks plus up to 5 (1.0-1.5 s at the 100 ms tick): a follower notices a dead leader in at
+# most 1.5 s, so failover stays under 2 s (etcd's default spread, 10 more ticks, would allow 2 s and more).
+ELECTION_JITTER_TICKS = 5
 FORWARDED_HEADER = "X-Shoal-Forwarded"  # set on a request a manager forwarded: never forwarded a second time
 _HOP_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade"})
 
@@ -152,7 +155,8 @@ class ManagerReplica:
                         rng=random.Random(self.rng.getrandbits(64)), tick_interval=self.raft_tick,
                         on_conf_change=lambda i, cc: self.membership.on_conf_change(i, cc)
                         if self.membership is not None else None,
-                        persist_in_thread=os.environ.get("SHOAL_RAFT_PERSIST_THREAD", "0") == "1")
+                        persist_in_thread=os.environ.get("SHOAL_RAFT_PERSIST_THREAD", "0") == "1",
+                        election_jitter_ticks=ELECTION_JITTER_TICKS)
         self.transport.node = raft
         loaded_commit = raft.core.commit
         store = MemoryStore(raft, self.clock)

@@ -111,7 +111,7 @@ def test_keystore_plain_locked_unlock_and_rotation(tmp_path: Path) -> None:
     assert not ks.locked() and ks.load().dek == keys.dek
 
 
-def test_tls_key_is_encrypted_under_the_kek(tmp_path: Path) -> None:
+def test_tls_key_is_encrypted_under_the_data_key(tmp_path: Path) -> None:
     pem = CA.new_key_pem()
     kek = os.urandom(32)
     sealed = protect_tls_key(pem, kek)

@@ -90,7 +90,7 @@ class RaftNode:
                  snapshot_interval: int = 10_000, read_timeout: float | None = None,
                  rng: random.Random | None = None,
                  on_conf_change: Callable[[int, ConfChange], None] | None = None,
-                 persist_in_thread: bool = False) -> None:
+                 persist_in_thread: bool = False, election_jitter_ticks: int | None = None) -> None:
         self.id = raft_id
         self.storage = storage
         self.transport = transport
@@ -99,8 +99,9 @@ class RaftNode:
         self.snapshot_interval = snapshot_interval
         # A forwarded read is silently lost on leader change: give up after two election timeouts.
         self.read_timeout = read_timeout if read_timeout is not None else 4 * election_ticks * tick_interval
-        self.core = RaftCore(RaftConfig(id=raft_id, election_ticks=election_ticks,
-                                        heartbeat_ticks=heartbeat_ticks), storage, rng or random.Random())
+        self.core = RaftCore(RaftConfig(id=raft_id, election_ticks=election_ticks, heartbeat_ticks=heartbeat_ticks,
+                                        election_jitter_ticks=election_jitter_ticks), storage,
+                             rng or random.Random())
         self.on_conf_change = on_conf_change
         # fsync in a worker thread (the daemon); off, everything runs on the loop (deterministic under virtual time)
         self.persist_in_thread = persist_in_thread
