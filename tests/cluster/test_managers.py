@@ -340,3 +340,28 @@ def test_force_new_cluster_on_the_last_manager_standing_keeps_the_state(three: M
     wait_until(lambda: sorted(mc.manager_status(m1).values()) == ["Leader", "Reachable"], 30,
                what="two managers again")
     wait_until(lambda: mc.raft(m2)["objects"]["config"] == 11, 30, what="m2 to hold the state")
+
+
+def test_five_managers_keep_working_with_two_down_and_stop_with_three(tmp_path: Path) -> None:
+    _require_cli()
+    with ManagerCluster(tmp_path, 5) as mc:
+        lead = mc.leader()
+        assert len(mc.raft(lead)["voters"]) == 5
+        down = [n for n in mc.nodes if n is not lead][:2]
+        for n in down:
+            n.kill9()
+        up = [n for n in mc.nodes if n not in down]
+        status, body = create_config(up[-1], "with-two-down")
+        assert status == 201, body
+        third = next(n for n in up if n is not lead)
+        third.kill9()
+        rest = [n for n in up if n is not third]
+        st, body = rest[0].api("GET", "/v1.47/configs")  # two of five: no quorum, no leader, no answers
+        assert st >= 500, body
+        wait_until(lambda: not any(mc.raft(n).get("is_leader") for n in rest), 10, what="no leader among two")
+        cp = rest[-1].docker("config", "create", "no-quorum", "-", input="x", check=False, timeout=90)
+        assert cp.returncode != 0
+        third.start()  # three of five again: a leader, and the writes go on
+        mc.leader(rest + [third], timeout=30)
+        status, body = create_config(third, "quorum-back")
+        assert status == 201, body
