@@ -280,20 +280,24 @@ class ShoalNode:
         """A manager demoted by the others: once the leader says this node is a worker (it left the Raft group
         first), take a worker certificate from the leader and carry on as a worker, tasks and all."""
         while True:
-            await self.clock.sleep(0.5)
             d = self.agent_dispatcher
-            remote = d.remote if d is not None else None
-            if remote is None or remote.role != "worker":
+            if d is None:
+                return
+            remote = await d.remote_ready()  # the session with the leader, once this manager is not the leader
+            await remote.role_changed.wait()
+            remote.role_changed.clear()
+            if remote.role != "worker":
                 continue
-            try:
-                creds = await remote.renew(CA.new_key_pem())
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                log.info("demoted, but no worker certificate yet: %s", e)
-                continue
-            if CA.identity_of(creds.cert_pem).role != "worker":
-                continue
+            while True:
+                try:
+                    creds = await remote.renew(CA.new_key_pem())
+                    if CA.identity_of(creds.cert_pem).role == "worker":
+                        break
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    log.info("demoted, but no worker certificate yet: %s", e)
+                await self.clock.sleep(1.0)  # the leader issues it once this node is out of Raft: ask again
             asyncio.get_running_loop().create_task(self._convert("worker", creds, list(remote.manager_addrs)))
             return
 

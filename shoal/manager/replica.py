@@ -67,6 +67,14 @@ class AgentDispatcher:
         self.is_leader = is_leader
         self.remote: RemoteDispatcher | None = None
         self._target: Any = local
+        self._remote_made = asyncio.Event()
+
+    async def remote_ready(self) -> RemoteDispatcher:
+        """The remote dispatcher, once one exists (this manager's agent registered with another leader)."""
+        while self.remote is None:
+            self._remote_made.clear()
+            await self._remote_made.wait()
+        return self.remote
 
     async def register(self, node_id: str, description: NodeDescription, addr: str) -> float:
         if self.is_leader():
@@ -75,6 +83,7 @@ class AgentDispatcher:
         else:
             if self.remote is None:
                 self.remote = self.make_remote()
+                self._remote_made.set()
             self._target = self.remote
         period: float = await self._target.register(node_id, description, addr)
         return period

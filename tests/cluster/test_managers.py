@@ -362,6 +362,6 @@ def test_five_managers_keep_working_with_two_down_and_stop_with_three(tmp_path: 
         cp = rest[-1].docker("config", "create", "no-quorum", "-", input="x", check=False, timeout=90)
         assert cp.returncode != 0
         third.start()  # three of five again: a leader, and the writes go on
-        mc.leader(rest + [third], timeout=30)
+        mc.leader([*rest, third], timeout=30)
         status, body = create_config(third, "quorum-back")
         assert status == 201, body
