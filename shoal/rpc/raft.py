@@ -306,11 +306,16 @@ class _Peer:
         secure = await self.t.secure.resolve(addr)
         channel = mtls_channel(secure, self.t.creds())
         call = pbg.RaftStub(channel).Stream()
+        ended: asyncio.Future[Any] = asyncio.ensure_future(_finished(call))  # the peer refused or closed it
         try:
             while True:
+                if ended.done():
+                    raise Unavailable(f"raft stream to {self.id:x} ended: {ended.result()}")
                 if not self.queue:
                     self.wake.clear()
-                    await self.wake.wait()
+                    waiter = asyncio.ensure_future(self.wake.wait())
+                    await asyncio.wait([waiter, ended], return_when=asyncio.FIRST_COMPLETED)
+                    waiter.cancel()
                     continue
                 msgs: list[Message] = []
                 while self.queue and len(msgs) < MAX_BATCH:
@@ -338,8 +343,18 @@ class _Peer:
                 self._snapshot_in_flight = False
                 self.t._report_snapshot(self.id, True)
         finally:
+            ended.cancel()
             call.cancel()
             await channel.close()
+
+
+async def _finished(call: Any) -> str:
+    """How a client stream ended (it only ends early: we never stop writing)."""
+    try:
+        await call
+        return "closed by the peer"
+    except grpc.aio.AioRpcError as e:
+        return f"{e.code().name}: {e.details()}"
 
 
 # --- the service ----------------------------------------------------------------------------------------
