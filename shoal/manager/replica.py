@@ -165,7 +165,7 @@ class ManagerReplica:
                         on_conf_change=lambda i, cc: self.membership.on_conf_change(i, cc)
                         if self.membership is not None else None,
                         persist_in_thread=os.environ.get("SHOAL_RAFT_PERSIST_THREAD", "0") == "1",
-                        election_jitter_ticks=ELECTION_JITTER_TICKS)
+                        election_jitter_ticks=ELECTION_JITTER_TICKS, snapshot_in_thread=True)
         self.transport.node = raft
         loaded_commit = raft.core.commit
         store = MemoryStore(raft, self.clock)

@@ -590,12 +590,20 @@ class MemoryStore:
     # --- snapshots ---------------------------------------------------------------------------------
 
     def save(self) -> bytes:
-        body = {
-            "format": ENTRY_FORMAT,
-            "version": self.version,
-            "objects": {k: [encode(o) for o in objs.values()] for k, objs in self._tables.objs.items()},
-        }
-        return _dumps(body)
+        return self.snapshot_source()()
+
+    def snapshot_source(self) -> Callable[[], bytes]:
+        """The state now, as a function that encodes it: the tables are copied here (cheap: the objects are
+        frozen and shared), the encoding (the expensive part) can run later, in another thread."""
+        version = self.version
+        objects = {k: list(objs.values()) for k, objs in self._tables.objs.items()}
+
+        def encode_all() -> bytes:
+            body = {"format": ENTRY_FORMAT, "version": version,
+                    "objects": {k: [encode(o) for o in objs] for k, objs in objects.items()}}
+            return _dumps(body)
+
+        return encode_all
 
     def restore(self, data: bytes, index: int) -> None:
         body = _loads(data)

@@ -52,6 +52,7 @@ from shoal.manager.raft.core import (
 )
 from shoal.manager.raft.storage import Storage, persist_ready
 from shoal.manager.raft.transport import Transport
+from shoal.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +68,8 @@ class StateMachine(Protocol):
     def apply_entry(self, index: int, data: bytes) -> None: ...
 
     def save(self) -> bytes: ...
+
+    def snapshot_source(self) -> Callable[[], bytes]: ...
 
     def restore(self, data: bytes, index: int) -> None: ...
 
@@ -90,7 +93,8 @@ class RaftNode:
                  snapshot_interval: int = 10_000, read_timeout: float | None = None,
                  rng: random.Random | None = None,
                  on_conf_change: Callable[[int, ConfChange], None] | None = None,
-                 persist_in_thread: bool = False, election_jitter_ticks: int | None = None) -> None:
+                 persist_in_thread: bool = False, election_jitter_ticks: int | None = None,
+                 snapshot_in_thread: bool = False) -> None:
         self.id = raft_id
         self.storage = storage
         self.transport = transport
@@ -106,6 +110,10 @@ class RaftNode:
         # fsync in a worker thread (the daemon); off, everything runs on the loop (deterministic under virtual time)
         self.persist_in_thread = persist_in_thread
         self._sent_early: tuple[Message, ...] = ()
+        self._snapshotting: asyncio.Task[None] | None = None
+        # Snapshots encoded and written in a worker thread (the daemon); off: on the loop, deterministic.
+        self.snapshot_in_thread = snapshot_in_thread
+        self._storage_lock = asyncio.Lock()
         self._sm: StateMachine | None = None
         self._wake = asyncio.Event()
         self._applied_wake = asyncio.Event()
@@ -191,6 +199,8 @@ class RaftNode:
         """Stop ticking and handling messages (the storage stays open: the caller closes it)."""
         self._running = False
         self.transport.set_receiver(None)
+        if self._snapshotting is not None:
+            await cancel_and_wait(self._snapshotting)  # storage is closed after stop: not mid-write
         tasks, self._tasks = self._tasks, []
         for t in tasks:
             t.cancel()
@@ -310,7 +320,8 @@ class RaftNode:
             if early:
                 self.transport.send(early)
                 self._sent_early = early
-        await asyncio.to_thread(persist_ready, self.storage, rd)
+        async with self._storage_lock:  # one thread at a time on the sqlite connection
+            await asyncio.to_thread(persist_ready, self.storage, rd)
 
     def _handle_ready(self, rd: Ready, *, persisted: bool = False) -> None:
         sm = self._sm
@@ -375,14 +386,41 @@ class RaftNode:
 
     def _maybe_snapshot(self) -> None:
         applied = self.core.applied
-        if applied - self.core.snapshot.meta.index < self.snapshot_interval:
+        if applied - self.core.snapshot.meta.index < self.snapshot_interval or self._snapshotting is not None:
             return
         sm = self._sm
         assert sm is not None
-        snap = self.core.compact(applied, sm.save())
-        self.storage.save_snapshot(snap)
-        self.storage.sync()
-        self.snapshots_taken += 1
+        if not self.snapshot_in_thread:
+            snap = self.core.compact(applied, sm.save())
+            self.storage.save_snapshot(snap)
+            self.storage.sync()
+            self.snapshots_taken += 1
+            return
+        # A big store takes seconds to encode: encode and write it in a thread while the loop keeps
+        # heartbeating (a leader stalled for an election timeout would be deposed), then commit it here.
+        self._snapshotting = asyncio.get_running_loop().create_task(self._snapshot_off_loop(applied,
+                                                                                            sm.snapshot_source()))
+
+    async def _snapshot_off_loop(self, index: int, source: Callable[[], bytes]) -> None:
+        try:
+            data = await asyncio.to_thread(source)
+            if index <= self.core.snapshot.meta.index:
+                return  # a snapshot from the leader got there first
+            snap = self.core.compact(index, data)
+            write = getattr(self.storage, "write_snapshot_file", None)
+            if write is not None:
+                await asyncio.to_thread(write, snap)  # the file only: the database is not touched there
+            async with self._storage_lock:
+                if write is not None:
+                    self.storage.save_snapshot(snap, written=True)  # type: ignore[call-arg]
+                else:
+                    self.storage.save_snapshot(snap)
+                self.storage.sync()
+            self.snapshots_taken += 1
+        except Exception:
+            log.exception("raft node %d: taking a snapshot at %d failed", self.id, index)
+        finally:
+            self._snapshotting = None
 
     def _fail_all(self, proposal_exc: Exception, read_exc: Exception | None) -> None:
         proposals, self._proposals = self._proposals, {}

@@ -168,9 +168,15 @@ class SqliteStorage:
         os.replace(tmp, final)
         _fsync_dir(self.snap_dir)
 
-    def _install(self, snap: Snapshot, *, drop_all: bool) -> None:
-        old = self._snapshot
+    def write_snapshot_file(self, snap: Snapshot) -> None:
+        """The slow half of `save_snapshot` (seal, write, fsync the file), safe in a worker thread while the
+        loop goes on: the file is not referenced until `save_snapshot(snap, written=True)` commits it."""
         self._write_snapshot_file(snap)
+
+    def _install(self, snap: Snapshot, *, drop_all: bool, written: bool = False) -> None:
+        old = self._snapshot
+        if not written:
+            self._write_snapshot_file(snap)
         self._begin()
         if drop_all:
             self._db.execute("DELETE FROM entries")
@@ -214,10 +220,10 @@ class SqliteStorage:
         self._put("vote", str(hs.vote))
         self._put("commit", str(hs.commit))
 
-    def save_snapshot(self, snap: Snapshot) -> None:
+    def save_snapshot(self, snap: Snapshot, *, written: bool = False) -> None:
         if snap.meta.index <= self._offset and self._snapshot is not None:
             return
-        self._install(snap, drop_all=False)
+        self._install(snap, drop_all=False, written=written)
 
     def apply_snapshot(self, snap: Snapshot) -> None:
         self._install(snap, drop_all=True)
