@@ -21,7 +21,11 @@ taken against the Swarm reference's worker-loss figure of the same run (median a
 against worst); the Swarm side has 4 nodes and 8 replicas, so the comparison is of recovery time, not of an
 identical topology.
 
-Shoal, leader failover: not available yet (needs issue 5: multi-manager Raft); nothing is recorded.
+Shoal, leader failover: three managers (`shoal daemon --executor process` on loopback, joined with the stock
+CLI and the manager token, default settings: Raft tick 100 ms, election timeout 1-2 s), `kill -9` of the leader,
+then `docker secret create` against the surviving managers in turn (0.1 s between attempts, as the Swarm side)
+until one is accepted; the killed manager is restarted and the next run waits for a healthy cluster (one
+leader, every manager caught up). Ratio against Swarm's leader figure of the same run.
 """
 
 from __future__ import annotations
@@ -269,14 +273,62 @@ def _shoal(runs: int, swarm_work: list[float]) -> list[dict[str, Any]]:
     return records
 
 
+def _shoal_leader(runs: int, swarm_lead: list[float]) -> list[dict[str, Any]]:
+    """Three managers, `runs` leader kills on one cluster; seconds from kill -9 to the first accepted write."""
+    from tests.support.managers import ManagerCluster
+
+    base = Path(tempfile.mkdtemp(prefix="shoalb-fl-", dir="/var/tmp"))
+    cond = (f"Shoal: 3 managers (shoal daemon --executor process on loopback), default settings (Raft tick "
+            f"100 ms, election 10-20 ticks); {runs} runs on one cluster; `docker secret create` retried every 0.1 s")
+    conditions("failover", cond)
+    xs: list[float] = []
+    mc = ManagerCluster(base, 3, heartbeat="", extra_args=("--log-level", "warning"))
+    try:
+        mc.start()
+        for k in range(runs):
+            try:
+                mc.wait_healthy(60)
+                lead = mc.leader()
+                others = [n for n in mc.nodes if n is not lead]
+                t0 = time.monotonic()
+                lead.kill9()
+                i = 0
+                while True:  # the stock CLI per attempt, as the Swarm side
+                    cp = others[i % 2].docker("secret", "create", f"fo{k}x{i}", "-", input="x", check=False,
+                                              timeout=30)
+                    i += 1
+                    if cp.returncode == 0:
+                        break
+                    if time.monotonic() - t0 > 120:
+                        raise TimeoutError("no write accepted within 120 s")
+                    time.sleep(0.1)  # bounded retry of the write
+                xs.append(time.monotonic() - t0)
+                print(f"  failover Shoal leader run {k}: {xs[-1]:.2f}s", flush=True)
+                lead.start()
+            except (TimeoutError, AssertionError, RuntimeError) as e:
+                note("failover", f"Shoal leader run {k} failed: {e}")
+                break
+    finally:
+        mc.stop()
+        shutil.rmtree(base, ignore_errors=True)
+    records: list[dict[str, Any]] = []
+    if xs:
+        ref = "Swarm 20.10.24: kill -9 leader to first accepted write (default settings)"
+        for stat, v, rv in (("median", median(xs), median(swarm_lead) if swarm_lead else None),
+                            ("worst", max(xs), max(swarm_lead) if swarm_lead else None)):
+            records.append(record("failover", f"Shoal: kill -9 leader to first accepted write ({stat})", "seconds",
+                                  v, "s", reference=f"{ref} ({stat})" if rv is not None else None,
+                                  reference_value=rv, conditions=cond))
+    return records
+
+
 def run(quick: bool) -> list[dict[str, Any]]:
-    note("failover", "Shoal leader failover: not available yet (needs issue 5: three managers)")
     runs = 2 if quick else 10
     shoal_runs = 2 if quick else 5
     why = ensure_debian(["docker.io"], ["/usr/sbin/dockerd", "docker"])
     if why:
         note("failover", f"reference not run: {why}")
-        return _shoal(shoal_runs, [])
+        return _shoal_leader(runs, []) + _shoal(shoal_runs, [])
     from tests.e2e.dockerd import ensure_test_image
 
     nodes = [Node(0, "manager"), Node(1, "manager"), Node(2, "manager"), Node(3, "worker")]
@@ -285,6 +337,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
     conditions("failover", cond)
     records: list[dict[str, Any]] = []
     work: list[float] = []
+    lead: list[float] = []
     try:
         make_bridge(BRIDGE, "10.214.0.1/24")
         for n in nodes:
@@ -300,7 +353,6 @@ def run(quick: bool) -> list[dict[str, Any]]:
             n.docker("swarm", "join", "--advertise-addr", n.ns.ns_ip, "--token",
                      mtok if n.role == "manager" else wtok, f"{first.ns.ns_ip}:2377")
         _wait(lambda: _healthy(nodes), 120, "swarm of 4 healthy")
-        lead: list[float] = []
         for k in range(runs):
             try:
                 lead.append(_leader_run(nodes, k))
@@ -335,6 +387,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
            check=False)
         shutil.rmtree(DATA, ignore_errors=True)
         shutil.rmtree(BASE, ignore_errors=True)
+    records += _shoal_leader(max(runs, 5), lead)
     records += _shoal(shoal_runs, work)
     return records
 

@@ -32,6 +32,7 @@ from shoal.clock import Clock
 from shoal.engineapi import messages as M
 from shoal.errors import InvalidArgument, ShoalError, Unavailable
 from shoal.ids import new_id
+from shoal.manager.keys import DEK_FILE, DataCipher, KeyStore, Unlocked, protect_tls_key, read_tls_key
 from shoal.manager.manager import Manager
 from shoal.manager.raft.node import RaftNode
 from shoal.manager.raft.sqlite_storage import SqliteStorage
@@ -135,6 +136,10 @@ class ShoalNode:
         self.agent_dispatcher: AgentDispatcher | None = None
         self._role_task: asyncio.Task[None] | None = None
         self._managers_task: asyncio.Task[None] | None = None
+        self._keys: Unlocked | None = None  # a manager's Raft data key (and the unlock key's KEK under autolock)
+        self._unlock_key = ""  # the unlock key the keys on disk are protected with now ("" : none)
+        self.locked = False  # a manager restarted under autolock, waiting for `docker swarm unlock`
+        self._bg: set[asyncio.Task[None]] = set()
         self.remote: RemoteDispatcher | None = None
         self.network: Any = None  # shoal.net.agent.NetworkAgent, when this host can do networking (issue 6)
         self._agent_task: asyncio.Task[None] | None = None
@@ -156,6 +161,8 @@ class ShoalNode:
 
     @property
     def state(self) -> str:
+        if self.locked:
+            return "locked"
         return "active" if self.manager is not None or self.remote is not None else "inactive"
 
     @property
@@ -195,6 +202,10 @@ class ShoalNode:
         self.cfg.data_dir.mkdir(parents=True, exist_ok=True)
         if self._identity_file.exists():
             self.identity = json.loads(self._identity_file.read_text())
+            if self.identity.get("role") == "manager" and KeyStore(self._certs_dir).locked():
+                self.locked = True
+                log.warning("the swarm is locked (autolock): run `docker swarm unlock` to start this manager")
+                return
             await self._activate()
 
     async def stop(self) -> None:
@@ -227,13 +238,15 @@ class ShoalNode:
         """The Raft member, its replicated store and the manager on it; the store is replayed from the local log
         (committed entries only) before this returns, and a sole voter is leading by then."""
         port = self.identity.get("manager_addr", ":2377").rsplit(":", 1)[1]
+        keys = self._manager_keys()
         creds = self._read_creds() if (self._certs_dir / "swarm-node.key").exists() else None
         replica = ManagerReplica(
             data_dir=self.cfg.data_dir, node_id=self.node_id, raft_id=self._raft_id(), cluster_id=self._cluster_id,
             listen_addr=self.identity.get("listen_addr") or f"0.0.0.0:{port}", advertise_host=self.addr,
             manager_addr=self.identity.get("manager_addr") or f"{self.addr}:{port}", clock=self.clock,
             rng=random.Random(self.rng.getrandbits(64)), scheduler_strategy=self.cfg.scheduler_strategy,
-            raft_tick=self.cfg.raft_tick, api_socket=self.cfg.api_socket, on_credentials=self._write_creds)
+            raft_tick=self.cfg.raft_tick, api_socket=self.cfg.api_socket, on_credentials=self._write_creds,
+            cipher=DataCipher(keys.dek), on_cluster=self._sync_autolock)
         self.replica = replica
         try:
             await replica.open(creds)
@@ -268,40 +281,115 @@ class ShoalNode:
         """A manager demoted by the others: once the leader says this node is a worker (it left the Raft group
         first), take a worker certificate from the leader and carry on as a worker, tasks and all."""
         while True:
-            await self.clock.sleep(0.5)
             d = self.agent_dispatcher
-            remote = d.remote if d is not None else None
-            if remote is None or remote.role != "worker":
+            if d is None:
+                return
+            remote = await d.remote_ready()  # the session with the leader, once this manager is not the leader
+            await remote.role_changed.wait()
+            remote.role_changed.clear()
+            if remote.role != "worker":
                 continue
-            try:
-                creds = await remote.renew(CA.new_key_pem())
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                log.info("demoted, but no worker certificate yet: %s", e)
-                continue
-            if CA.identity_of(creds.cert_pem).role != "worker":
-                continue
+            while True:
+                try:
+                    creds = await remote.renew(CA.new_key_pem())
+                    if CA.identity_of(creds.cert_pem).role == "worker":
+                        break
+                except asyncio.CancelledError:
+                    raise
+                except Exception as e:
+                    log.info("demoted, but no worker certificate yet: %s", e)
+                await self.clock.sleep(1.0)  # the leader issues it once this node is out of Raft: ask again
             asyncio.get_running_loop().create_task(self._convert("worker", creds, list(remote.manager_addrs)))
             return
 
     def _read_creds(self) -> NodeCredentials:
         d = self._certs_dir
-        return NodeCredentials(key_pem=(d / "swarm-node.key").read_text(), cert_pem=(d / "swarm-node.crt").read_text(),
+        dek = self._keys.dek if self._keys is not None else None
+        return NodeCredentials(key_pem=read_tls_key((d / "swarm-node.key").read_bytes(), dek),
+                               cert_pem=(d / "swarm-node.crt").read_text(),
                                root_pem=(d / "swarm-root-ca.crt").read_text())
 
     def _write_creds(self, creds: NodeCredentials) -> None:
         d = self._certs_dir
         d.mkdir(mode=0o700, parents=True, exist_ok=True)
-        for name, text, mode in (("swarm-root-ca.crt", creds.root_pem, 0o644), ("swarm-node.key", creds.key_pem, 0o600),
-                                 ("swarm-node.crt", creds.cert_pem, 0o644)):
+        # Encrypted (under the Raft data key) while autolock is on: only the unlock key opens it.
+        locked = self._keys is not None and self._keys.kek is not None and self.identity.get("role") == "manager"
+        dek = self._keys.dek if locked and self._keys is not None else None
+        for name, data, mode in (("swarm-root-ca.crt", creds.root_pem.encode(), 0o644),
+                                 ("swarm-node.key", protect_tls_key(creds.key_pem, dek), 0o600),
+                                 ("swarm-node.crt", creds.cert_pem.encode(), 0o644)):
             tmp = d / (name + ".tmp")
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(tmp, d / name)
+
+    # --- keys at rest and autolock (shoal/manager/keys.py) ---------------------------------------------
+
+    def _manager_keys(self) -> Unlocked:
+        """This manager's Raft data key: in memory already (unlocked), from disk, or new (first Raft storage)."""
+        if self._keys is not None:
+            return self._keys
+        store = KeyStore(self._certs_dir)
+        if store.exists():
+            if store.locked():
+                raise Unavailable(M.SWARM_LOCKED)
+            self._keys = store.load()
+        else:
+            self._keys = store.create()
+        return self._keys
+
+    def _sync_autolock(self, cluster: Cluster) -> None:
+        """Each manager follows the swarm's autolock setting and unlock key as the cluster object changes."""
+        want = cluster.unlock_key if cluster.spec.autolock_managers else ""
+        if want == self._unlock_key or self._keys is None:
+            return
+        self._unlock_key = want
+        keys = self._keys
+
+        async def protect() -> None:
+            try:
+                new = await asyncio.to_thread(KeyStore(self._certs_dir).store, keys, want)
+            except OSError as e:
+                log.error("protecting the Raft data key failed: %s", e)
+                return
+            creds = self._read_creds()
+            was_locked = keys.kek is not None
+            self._keys = new
+            if was_locked != bool(want):  # on or off; a rotation leaves the TLS key (under the DEK) as it is
+                self._write_creds(creds)
+            log.info("autolock %s: the Raft data key and TLS key on disk are %s", "on" if want else "off",
+                     "protected by the unlock key" if want else "no longer locked")
+
+        self._spawn(protect())
+
+    def _spawn(self, coro: Any) -> None:
+        t = asyncio.get_running_loop().create_task(coro)
+        self._bg.add(t)
+        t.add_done_callback(self._bg.discard)
+
+    async def unlock(self, unlock_key: str) -> None:
+        """`docker swarm unlock`: open this locked manager's keys with the unlock key and start it."""
+        async with self._lock:
+            if not self.locked:
+                if self.state == "inactive":
+                    raise Unavailable(M.NO_SWARM)
+                e = ShoalError(M.NOT_LOCKED)
+                e.status = 409
+                raise e
+            keys = await asyncio.to_thread(KeyStore(self._certs_dir).unlock, unlock_key)
+            self._keys = keys
+            self._unlock_key = unlock_key.strip()
+            self.locked = False
+            try:
+                await self._activate()
+            except Exception:
+                self.locked = True
+                self._keys = None
+                raise
+            log.info("swarm unlocked")
 
     async def _activate_worker(self) -> None:
         creds = self._read_creds()
@@ -511,9 +599,10 @@ class ShoalNode:
 
             raft_dir = self.cfg.data_dir / "raft"
             shutil.rmtree(raft_dir, ignore_errors=True)
-            for name in ("swarm-node.key", "swarm-node.crt"):  # left by an earlier swarm: this one issues its own
+            for name in ("swarm-node.key", "swarm-node.crt", DEK_FILE):  # an earlier swarm's: this one has its own
                 (self._certs_dir / name).unlink(missing_ok=True)
-            storage = SqliteStorage(raft_dir)
+            self._keys, self._unlock_key = None, ""
+            storage = SqliteStorage(raft_dir, DataCipher(self._manager_keys().dek))
             bootstrap(storage, [raft_id])  # a Raft group of one: this manager is its only voter
             storage.close()
             try:
@@ -537,7 +626,8 @@ class ShoalNode:
         from shoal.manager.raft.recovery import force_new_cluster
 
         await self._deactivate()
-        index = await force_new_cluster(self.cfg.data_dir / "raft", self._raft_id(), self.node_id, self.clock)
+        index = await force_new_cluster(self.cfg.data_dir / "raft", self._raft_id(), self.node_id, self.clock,
+                                        DataCipher(self._manager_keys().dek))
         log.warning("forced a new cluster: this manager is the only member now (state kept up to index %d)", index)
         await self._activate()
         return self.node_id
@@ -594,6 +684,8 @@ class ShoalNode:
                 self.identity["manager_addr"] = f"{addr}:{port}"
                 self.identity["raft_id"] = self.rng.getrandbits(63) or 1
             try:
+                self._keys, self._unlock_key = None, ""
+                (self._certs_dir / DEK_FILE).unlink(missing_ok=True)
                 self._write_creds(result.creds)
                 shutil.rmtree(self.cfg.data_dir / "raft", ignore_errors=True)
                 self._write_identity()
@@ -636,6 +728,12 @@ class ShoalNode:
         async with self._lock:
             if self.state == "inactive":
                 raise Unavailable(M.NO_SWARM)
+            if self.locked:
+                if not force:
+                    raise Unavailable("Swarm is encrypted and locked. Please unlock it first or use `--force` to "
+                                      "ignore this message.")
+                await self._remove_local_state()
+                return
             if self.role == "worker":
                 await self._leave_worker()
                 return
@@ -676,6 +774,8 @@ class ShoalNode:
             if managers:
                 self.identity["manager_addrs"] = managers
                 self.identity["manager_addr"] = managers[0]
+            self._keys, self._unlock_key = None, ""
+            (self._certs_dir / DEK_FILE).unlink(missing_ok=True)
             if role == "manager":
                 listen = self.identity.get("listen_addr") or "0.0.0.0:2377"
                 port = listen.rsplit(":", 1)[1] if ":" in listen else "2377"
@@ -720,6 +820,7 @@ class ShoalNode:
         shutil.rmtree(self.cfg.data_dir / "raft", ignore_errors=True)
         shutil.rmtree(self._certs_dir, ignore_errors=True)
         self.identity = {}
+        self._keys, self._unlock_key, self.locked = None, "", False
 
     @property
     def is_leader(self) -> bool:
@@ -761,6 +862,8 @@ class ShoalNode:
                                    self.cfg.engine_host if self.cfg.executor == "docker" else None)
 
     def require_manager(self) -> Manager:
+        if self.locked:
+            raise Unavailable(M.SWARM_LOCKED)
         if self.manager is None:
             if self.role == "worker":
                 raise Unavailable(M.SWARM_NOT_MANAGER)

@@ -235,6 +235,8 @@ async def raft_state(request: web.Request) -> web.StreamResponse:
     st.update({"is_leader": raft.is_leader, "snapshots_taken": raft.snapshots_taken,
                "snapshots_installed": raft.snapshots_installed, "store_version": node.store.version,
                "snapshot_index": raft.core.snapshot.meta.index,
+               "leader_loops": node.manager.leading if node.manager is not None else False,
+               "store_commits": dict(node.store.stats),
                "objects": {k: node.store.view().count(k) for k in ("node", "service", "task", "secret", "config")}})
     return json_ok(st)
 
@@ -245,6 +247,9 @@ async def version(request: web.Request) -> web.StreamResponse:
 
 
 def swarm_info(node: ShoalNode) -> dict[str, Any]:
+    if node.locked:
+        return {"NodeID": node.node_id, "NodeAddr": node.addr, "LocalNodeState": "locked", "ControlAvailable": False,
+                "Error": "", "RemoteManagers": None}
     if node.role == "worker":
         return {"NodeID": node.node_id, "NodeAddr": node.addr, "LocalNodeState": "active",
                 "ControlAvailable": False, "Error": "", "RemoteManagers": node.remote_managers()}
@@ -454,16 +459,10 @@ async def swarm_unlockkey(request: web.Request) -> web.StreamResponse:
 
 @route("POST", "/swarm/unlock", leader=False)
 async def swarm_unlock(request: web.Request) -> web.StreamResponse:
-    await read_json(request)
-    if node_of(request).manager is None:
-        raise Unavailable(M.NO_SWARM)
-    raise _not_locked()
-
-
-def _not_locked() -> ShoalError:
-    e = ShoalError(M.NOT_LOCKED)
-    e.status = 409
-    return e
+    body = await read_json(request)
+    key = str(body.get("UnlockKey") or "") if isinstance(body, dict) else ""
+    await node_of(request).unlock(key)
+    return web.Response(status=200)
 
 
 # --- nodes --------------------------------------------------------------------------------------

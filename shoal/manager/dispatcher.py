@@ -34,6 +34,9 @@ from shoal.store.memory import Event, MemoryStore, Tx, WatchOverflow
 log = logging.getLogger(__name__)
 
 COMPLETE = "complete"
+# Seconds a node whose session's connection closed has to open a new session before it is down (an agent
+# reconnects within its first backoff steps, 0.1 s to a few seconds).
+STREAM_GRACE = 3.0
 INCREMENTAL = "incremental"
 
 
@@ -71,6 +74,7 @@ class _Session:
     expired: asyncio.Event = field(default_factory=asyncio.Event)
     # the assignment streams' wake-ups, also set on expiry so a stream waits on one event only
     wakes: list[asyncio.Event] = field(default_factory=list)
+    lost_at: float | None = None  # when its last assignment stream ended (its connection closed)
 
     def expire(self) -> None:
         self.expired.set()
@@ -148,11 +152,16 @@ class Dispatcher:
                     w.set_exception(NotLeader("this manager stopped leading before the reports were written"))
 
     async def _expiry_loop(self) -> None:
+        """A node is down after 3 missed heartbeat periods (Swarm's rule: a silent node, a partition) or, sooner,
+        `STREAM_GRACE` seconds after its session's connection closed without a new session (its process died
+        or its host went down cleanly: the kernel closed the socket, so waiting for heartbeats only delays
+        rescheduling its tasks)."""
         while True:
             period = self.heartbeat_period()
-            await self.clock.sleep(period / 2)
+            await self.clock.sleep(min(period / 2, STREAM_GRACE / 4))
             now = self.clock.monotonic()
-            dead = [s for s in self.sessions.values() if now - s.last_seen > 3 * period]
+            dead = [s for s in self.sessions.values() if now - s.last_seen > 3 * period
+                    or (s.lost_at is not None and not s.wakes and now - s.lost_at > STREAM_GRACE)]
             for s in dead:
                 s.expire()
                 del self.sessions[s.node_id]
@@ -221,6 +230,7 @@ class Dispatcher:
         self._queues.setdefault(node_id, []).append(queue)
         self._wakeups.setdefault(node_id, []).append(wake)
         session.wakes.append(wake)
+        session.lost_at = None
         try:
             v = self.store.view()
             tasks = {t.id: t for t in v.tasks(node_id=node_id) if assigned_to(t, node_id)}
@@ -269,6 +279,8 @@ class Dispatcher:
                     yield msg
         finally:
             session.wakes.remove(wake)
+            if not session.wakes and not session.expired.is_set() and self.sessions.get(node_id) is session:
+                session.lost_at = self.clock.monotonic()
             self._queues[node_id].remove(queue)
             self._wakeups[node_id].remove(wake)
             if not self._queues[node_id]:

@@ -49,6 +49,7 @@ class Manager:
         self._want_leader = False
         self._leadership_changed = asyncio.Event()
         self.leader_terms = 0  # how many times the leader-only loops were started
+        self.leading = False  # the leader-only loops are running now
 
     def add_leader_loop(self, name: str, loop: LeaderLoop) -> None:
         """Run `loop()` alongside the leader-only loops, in every term this manager leads."""
@@ -93,6 +94,7 @@ class Manager:
                 await cancel_and_wait(term)
 
     async def _lead(self) -> None:
+        self.leading = True
         try:
             await self.run_leader()
         except asyncio.CancelledError:
@@ -101,6 +103,8 @@ class Manager:
             # A leader loop failed: this manager cannot lead properly; log it (the term ends with it).
             log.exception("a leader-only loop failed")
             raise
+        finally:
+            self.leading = False
 
     async def run_leader(self) -> None:
         """Everything that only the leader runs, for as long as it leads."""

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 from collections.abc import AsyncIterator, Callable, Coroutine
 from dataclasses import replace
@@ -31,14 +32,15 @@ import grpc
 from shoal.clock import Clock
 from shoal.errors import ShoalError
 from shoal.manager.dispatcher import Assignments, Dispatcher
+from shoal.manager.keys import DataCipher
 from shoal.manager.manager import Manager
 from shoal.manager.membership import LOST_QUORUM, Membership
 from shoal.manager.raft.node import RaftNode
 from shoal.manager.raft.sqlite_storage import SqliteStorage
-from shoal.model.objects import NodeDescription, TaskStatus
+from shoal.model.objects import Cluster, NodeDescription, TaskStatus
 from shoal.rpc import shoal_pb2 as pb
 from shoal.rpc.client import NodeCredentials, RemoteDispatcher
-from shoal.rpc.raft import AddressBook, Creds, GrpcTransport, RaftHooks
+from shoal.rpc.raft import AddressBook, Creds, GrpcTransport, LeaderChannels, RaftHooks
 from shoal.rpc.raft import forward as raft_forward
 from shoal.rpc.server import ManagerRPC, _peer_tls_info, _set_tls_info
 from shoal.store.memory import Commit, MemoryStore, WatchOverflow
@@ -47,6 +49,9 @@ from shoal.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
+# Election timeout 10 ticks plus up to 5 (1.0-1.5 s at the 100 ms tick): a follower notices a dead leader in at
+# most 1.5 s, so failover stays under 2 s (etcd's default spread, 10 more ticks, would allow 2 s and more).
+ELECTION_JITTER_TICKS = 5
 FORWARDED_HEADER = "X-Shoal-Forwarded"  # set on a request a manager forwarded: never forwarded a second time
 _HOP_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade"})
 
@@ -62,6 +67,14 @@ class AgentDispatcher:
         self.is_leader = is_leader
         self.remote: RemoteDispatcher | None = None
         self._target: Any = local
+        self._remote_made = asyncio.Event()
+
+    async def remote_ready(self) -> RemoteDispatcher:
+        """The remote dispatcher, once one exists (this manager's agent registered with another leader)."""
+        while self.remote is None:
+            self._remote_made.clear()
+            await self._remote_made.wait()
+        return self.remote
 
     async def register(self, node_id: str, description: NodeDescription, addr: str) -> float:
         if self.is_leader():
@@ -70,6 +83,7 @@ class AgentDispatcher:
         else:
             if self.remote is None:
                 self.remote = self.make_remote()
+                self._remote_made.set()
             self._target = self.remote
         period: float = await self._target.register(node_id, description, addr)
         return period
@@ -98,7 +112,10 @@ class ManagerReplica:
     def __init__(self, *, data_dir: Path, node_id: str, raft_id: int, cluster_id: Callable[[], str],
                  listen_addr: str, advertise_host: str, manager_addr: str, clock: Clock, rng: random.Random,
                  scheduler_strategy: str, raft_tick: float, api_socket: Path | None,
-                 on_credentials: Callable[[NodeCredentials], None]) -> None:
+                 on_credentials: Callable[[NodeCredentials], None], cipher: DataCipher | None = None,
+                 on_cluster: Callable[[Cluster], None] = lambda _c: None) -> None:
+        self.cipher = cipher  # the Raft data at rest is sealed with this manager's key
+        self.on_cluster = on_cluster  # every applied change of the cluster object (autolock follows it)
         self.data_dir = data_dir
         self.node_id = node_id
         self.raft_id = raft_id
@@ -122,6 +139,8 @@ class ManagerReplica:
         self.rpc: ManagerRPC | None = None
         self._disk_creds: NodeCredentials | None = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._channels: LeaderChannels | None = None  # to the leader, for forwarded requests
+        self._api_session: Any = None  # aiohttp session on our own API socket, for requests forwarded to us
 
     @property
     def raft_dir(self) -> Path:
@@ -139,12 +158,14 @@ class ManagerReplica:
         self._disk_creds = creds
         if migrate_to_raft(self.raft_dir, self.raft_id, self.clock):
             log.info("migrated the store's log in %s to the Raft storage format", self.raft_dir)
-        self.storage = SqliteStorage(self.raft_dir)
+        self.storage = SqliteStorage(self.raft_dir, self.cipher)
         self.transport = GrpcTransport(self.raft_id, self.manager_addr, self.book, self.credentials, self.clock)
         raft = RaftNode(self.raft_id, self.storage, self.transport, self.clock,
                         rng=random.Random(self.rng.getrandbits(64)), tick_interval=self.raft_tick,
                         on_conf_change=lambda i, cc: self.membership.on_conf_change(i, cc)
-                        if self.membership is not None else None)
+                        if self.membership is not None else None,
+                        persist_in_thread=os.environ.get("SHOAL_RAFT_PERSIST_THREAD", "0") == "1",
+                        election_jitter_ticks=ELECTION_JITTER_TICKS, snapshot_in_thread=True)
         self.transport.node = raft
         loaded_commit = raft.core.commit
         store = MemoryStore(raft, self.clock)
@@ -172,6 +193,7 @@ class ManagerReplica:
         cluster = self.store.view().cluster()
         if cluster is not None:
             self.raft.snapshot_interval = cluster.spec.raft.snapshot_interval or 10_000
+            self.on_cluster(cluster)
 
     async def _watch_raft_settings(self) -> None:
         """`docker swarm update --snapshot-interval N` takes effect on every manager as the change applies."""
@@ -232,6 +254,12 @@ class ManagerReplica:
     async def close(self) -> None:
         for t in list(self._tasks):
             await cancel_and_wait(t)
+        if self._channels is not None:
+            await self._channels.close()
+            self._channels = None
+        if self._api_session is not None:
+            await self._api_session.close()
+            self._api_session = None
         if self.rpc is not None:
             await self.rpc.stop()
             self.rpc = None
@@ -285,7 +313,9 @@ class ManagerReplica:
             if k.lower() not in _HOP_HEADERS:
                 req.headers[k] = v
         req.headers[FORWARDED_HEADER] = self.node_id
-        async for chunk in raft_forward(self.transport.secure, lead, self.credentials(), req):
+        if self._channels is None:
+            self._channels = LeaderChannels(self.transport.secure, self.credentials)
+        async for chunk in raft_forward(self._channels, lead, req):
             yield chunk
 
     async def _serve_forward(self, req: pb.ForwardRequest) -> AsyncIterator[pb.ForwardChunk]:
@@ -297,17 +327,20 @@ class ManagerReplica:
             raise ShoalError("this manager serves no Engine API socket to run forwarded requests on")
         import aiohttp
 
-        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(self.api_socket)),
-                                         timeout=aiohttp.ClientTimeout(total=None, sock_connect=10)) as session:
-            async with session.request(req.method, "http://shoal" + req.path, headers=dict(req.headers),
-                                       data=req.body or None) as resp:
-                head = pb.ForwardChunk(status=resp.status)
-                for k, v in resp.headers.items():
-                    if k.lower() not in _HOP_HEADERS:
-                        head.headers[k] = v
-                yield head
-                async for data in resp.content.iter_any():
-                    yield pb.ForwardChunk(data=data)
+        if self._api_session is None or self._api_session.closed:
+            # One session (keep-alive connections to our own socket) for every forwarded request.
+            self._api_session = aiohttp.ClientSession(
+                connector=aiohttp.UnixConnector(path=str(self.api_socket), limit=0),
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
+        async with self._api_session.request(req.method, "http://shoal" + req.path, headers=dict(req.headers),
+                                             data=req.body or None) as resp:
+            head = pb.ForwardChunk(status=resp.status)
+            for k, v in resp.headers.items():
+                if k.lower() not in _HOP_HEADERS:
+                    head.headers[k] = v
+            yield head
+            async for data in resp.content.iter_any():
+                yield pb.ForwardChunk(data=data)
 
     # --- certificates of the other managers ------------------------------------------------------------
 

@@ -139,7 +139,7 @@ class StoreDirectory:
 
     async def run(self) -> None:
         while True:
-            view, sub = self.store.view_and_watch(lambda v: v, kinds=("service", "task"))
+            view, sub = self.store.view_and_watch(lambda v: v, kinds=("service", "task"), all_commits=True)
             try:
                 self._load(view)
                 dirty: set[str] = set()

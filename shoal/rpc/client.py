@@ -201,6 +201,7 @@ class RemoteDispatcher:
         self.trust_changed = asyncio.Event()
         self.removed = asyncio.Event()  # the managers refused this node as removed
         self.role = ""  # this node's role as the managers see it (from heartbeats)
+        self.role_changed = asyncio.Event()
         self.managers_changed = asyncio.Event()  # manager_addrs changed (the node persists them)
         self._prefer = ""  # a manager that said where the leader is
 
@@ -289,7 +290,9 @@ class RemoteDispatcher:
             if resp.trust_root != self.creds.root_pem:
                 self.trust_changed.set()
         self._learn_managers(list(resp.managers))
-        self.role = resp.role or self.role
+        if resp.role and resp.role != self.role:
+            self.role = resp.role
+            self.role_changed.set()
         return self._period
 
     async def assignments(self, node_id: str) -> AsyncIterator[Assignments]:

@@ -306,11 +306,16 @@ class _Peer:
         secure = await self.t.secure.resolve(addr)
         channel = mtls_channel(secure, self.t.creds())
         call = pbg.RaftStub(channel).Stream()
+        ended: asyncio.Future[Any] = asyncio.ensure_future(_finished(call))  # the peer refused or closed it
         try:
             while True:
+                if ended.done():
+                    raise Unavailable(f"raft stream to {self.id:x} ended: {ended.result()}")
                 if not self.queue:
                     self.wake.clear()
-                    await self.wake.wait()
+                    waiter = asyncio.ensure_future(self.wake.wait())
+                    await asyncio.wait([waiter, ended], return_when=asyncio.FIRST_COMPLETED)
+                    waiter.cancel()
                     continue
                 msgs: list[Message] = []
                 while self.queue and len(msgs) < MAX_BATCH:
@@ -338,8 +343,18 @@ class _Peer:
                 self._snapshot_in_flight = False
                 self.t._report_snapshot(self.id, True)
         finally:
+            ended.cancel()
             call.cancel()
             await channel.close()
+
+
+async def _finished(call: Any) -> str:
+    """How a client stream ended (it only ends early: we never stop writing)."""
+    try:
+        await call
+        return "closed by the peer"
+    except grpc.aio.AioRpcError as e:
+        return f"{e.code().name}: {e.details()}"
 
 
 # --- the service ----------------------------------------------------------------------------------------
@@ -481,26 +496,56 @@ async def join_raft(secure: SecureAddrs, listen_addr: str, creds: Creds, raft_id
     raise Unavailable(f"could not join the managers' Raft group through {listen_addr}: {last}")
 
 
-async def forward(secure: SecureAddrs, leader_addr: str, creds: Creds,
+class LeaderChannels:
+    """One long-lived mutual-TLS channel per manager a follower forwards to (the TLS handshake is most of a
+    call's cost), opened again after a failure or when the credentials change."""
+
+    def __init__(self, secure: SecureAddrs, creds: Callable[[], Creds]) -> None:
+        self.secure = secure
+        self.creds = creds
+        self._channels: dict[str, tuple[Creds, grpc.aio.Channel]] = {}
+
+    async def get(self, listen_addr: str) -> grpc.aio.Channel:
+        creds = self.creds()
+        cur = self._channels.get(listen_addr)
+        if cur is not None and cur[0] == creds:
+            return cur[1]
+        if cur is not None:
+            await cur[1].close()
+        ch = mtls_channel(await self.secure.resolve(listen_addr), creds)
+        self._channels[listen_addr] = (creds, ch)
+        return ch
+
+    async def drop(self, listen_addr: str) -> None:
+        cur = self._channels.pop(listen_addr, None)
+        self.secure.forget(listen_addr)
+        if cur is not None:
+            await cur[1].close()
+
+    async def close(self) -> None:
+        for addr in list(self._channels):
+            await self.drop(addr)
+
+
+async def forward(channels: LeaderChannels, leader_addr: str,
                   request: pb.ForwardRequest) -> AsyncIterator[pb.ForwardChunk]:
     """Run an Engine API request on the leader; yields the leader's answer (status and headers, then body)."""
-    target = await secure.resolve(leader_addr)
-    async with mtls_channel(target, creds) as ch:
-        call = pbg.RaftStub(ch).Forward(request)
-        try:
-            async for chunk in call:
-                yield chunk
-        except grpc.aio.AioRpcError as e:
-            if e.code() == grpc.StatusCode.UNAVAILABLE:
-                secure.forget(leader_addr)
-            if e.code() == grpc.StatusCode.FAILED_PRECONDITION and leader_hint(e):
-                raise NotLeader(e.details() or "not the leader", leader_hint(e)) from None
-            from shoal.rpc.client import from_rpc_error
+    ch = await channels.get(leader_addr)
+    call = pbg.RaftStub(ch).Forward(request)
+    try:
+        async for chunk in call:
+            yield chunk
+    except grpc.aio.AioRpcError as e:
+        if e.code() == grpc.StatusCode.UNAVAILABLE:
+            await channels.drop(leader_addr)
+        if e.code() == grpc.StatusCode.FAILED_PRECONDITION and leader_hint(e):
+            raise NotLeader(e.details() or "not the leader", leader_hint(e)) from None
+        from shoal.rpc.client import from_rpc_error
 
-            raise from_rpc_error(e) from None
-        finally:
-            call.cancel()
+        raise from_rpc_error(e) from None
+    finally:
+        call.cancel()
 
 
-__all__ = ["AddressBook", "GrpcTransport", "RaftHooks", "RaftServicer", "SecureAddrs", "conf_change_context",
-           "forward", "join_raft", "leader_hint", "msg_from_pb", "msg_to_pb"]
+__all__ = ["AddressBook", "GrpcTransport", "LeaderChannels", "RaftHooks", "RaftServicer", "SecureAddrs",
+           "conf_change_context", "forward", "join_raft", "leader_hint", "msg_from_pb", "msg_to_pb"]

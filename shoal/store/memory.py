@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
 from dataclasses import dataclass, fields
@@ -42,6 +43,7 @@ T = TypeVar("T")
 ObjT = TypeVar("ObjT", bound=StoreObject)
 
 ENTRY_FORMAT = 1
+MAX_BATCH = 1024  # transactions per log entry at most (bounds one entry's size)
 
 KINDS: dict[str, type[Any]] = {
     "cluster": Cluster,
@@ -356,6 +358,22 @@ class Tx(ReadTx):
             raise NotFound(f"{kind} {obj_id} not found")
         self._stage("remove", kind, cur)
 
+    def savepoint(self) -> int:
+        return len(self.actions)
+
+    def rollback(self, savepoint: int) -> None:
+        """Forget what was staged after `savepoint` (a transaction of a batch that raised)."""
+        if savepoint >= len(self.actions):
+            return
+        kept = self.actions[:savepoint]
+        self._staged.clear()
+        self._staged_by_service.clear()
+        self._staged_by_node.clear()
+        self._staged_task_keys.clear()
+        self.actions = []
+        for op, kind, obj in kept:
+            self._stage(op, kind, obj)
+
     def _stage(self, op: str, kind: str, obj: Any) -> None:
         staged = self._staged.get(kind)
         if staged is None:
@@ -391,6 +409,7 @@ class Subscription:
         self._wake = asyncio.Event()
         self.closed = False
         self.overflowed = False
+        self.all_commits = False
 
     def _offer(self, items: list[WatchItem]) -> None:
         """Take one transaction's items, already filtered to this subscription's kinds."""
@@ -436,7 +455,9 @@ class MemoryStore:
         self._proposer = proposer
         self._clock = clock
         self._tables = _Tables()
-        self._lock = asyncio.Lock()
+        self._queue: list[tuple[Callable[[Tx], Any], asyncio.Future[Any]]] = []
+        self._committer: asyncio.Task[None] | None = None
+        self.stats = {"entries": 0, "transactions": 0, "commit_seconds": 0.0}  # group commit, for diagnostics
         self._subs: set[Subscription] = set()
         self.version = 0
         self.applied_index = 0
@@ -450,23 +471,73 @@ class MemoryStore:
         return ReadTx(self._tables)
 
     async def update(self, fn: Callable[[Tx], T]) -> T:
-        async with self._lock:
+        """Run `fn` as a transaction and return its result once its changes are committed.
+
+        Group commit: while one entry is being committed, the transactions that arrive queue up; the next
+        entry carries all of them, run one after the other on one `Tx` (each sees the ones before it, exactly
+        as if they had run in sequence; one that raises is rolled back to where it started and gets its
+        exception alone). So concurrent writers share a log entry and its fsync and replication round, and
+        the version the batch stamps is still the one it commits with."""
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[Any] = loop.create_future()
+        self._queue.append((fn, fut))
+        if self._committer is None or self._committer.done():
+            self._committer = loop.create_task(self._commit_queued(), name="store-commit")
+        result: T = await fut
+        return result
+
+    async def _commit_queued(self) -> None:
+        try:
+            await self._drain()
+        except BaseException as e:
+            self._fail_queue(e)
+            raise
+
+    async def _drain(self) -> None:
+        while self._queue:
+            batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
             tx = Tx(self._tables, self.version + 1, self._clock.now())
-            result = fn(tx)
-            if not tx.actions:
-                return result
-            entry = encode_entry(tx.version, tx.actions)
-            # The entry's own objects, so applying it here needs no decoding (followers decode).
-            self._pending = (entry, tx.version, tx.actions)
-            try:
-                index = await self._proposer.propose(entry)
-                # A replicated proposer applies through apply_entry as the entry commits; the local one
-                # returns before applying, so apply here unless it already happened.
-                if self.applied_index < index:
-                    self.apply_entry(index, entry)
-            finally:
-                self._pending = None
-            return result
+            done: list[tuple[asyncio.Future[Any], Any]] = []
+            for fn, fut in batch:
+                sp = tx.savepoint()
+                try:
+                    done.append((fut, fn(tx)))
+                except BaseException as e:  # this transaction alone fails; the others of the batch go on
+                    tx.rollback(sp)
+                    if not fut.done():
+                        fut.set_exception(e)
+            if tx.actions:
+                entry = encode_entry(tx.version, tx.actions)
+                # The entry's own objects, so applying it here needs no decoding (followers decode).
+                self._pending = (entry, tx.version, tx.actions)
+                t0 = time.perf_counter()
+                try:
+                    index = await self._proposer.propose(entry)
+                    self.stats["entries"] += 1
+                    self.stats["transactions"] += len(done)
+                    self.stats["commit_seconds"] += time.perf_counter() - t0
+                    # A replicated proposer applies through apply_entry as the entry commits; the local one
+                    # returns before applying, so apply here unless it already happened.
+                    if self.applied_index < index:
+                        self.apply_entry(index, entry)
+                except BaseException as e:
+                    for f, _ in done:
+                        if not f.done():
+                            f.set_exception(e)
+                    if isinstance(e, asyncio.CancelledError):
+                        raise
+                    continue
+                finally:
+                    self._pending = None
+            for f, result in done:
+                if not f.done():
+                    f.set_result(result)
+
+    def _fail_queue(self, e: BaseException) -> None:
+        queued, self._queue = self._queue, []
+        for _, f in queued:
+            if not f.done():
+                f.set_exception(ShoalError(f"the store stopped before the transaction ran: {e!r}"))
 
     def apply_entry(self, index: int, data: bytes) -> None:
         """Apply one committed log entry (leader and followers alike)."""
@@ -486,35 +557,53 @@ class MemoryStore:
         self.version = max(self.version, version)
         self.applied_index = index
         commit = Commit(self.version)
-        # Filtered once per distinct set of kinds, not once per subscriber and item.
+        # Filtered once per distinct set of kinds, not once per subscriber and item. A subscription hears of a
+        # commit only if it touched one of its kinds (unless it asked for every commit): with a dozen loops
+        # watching, waking them all for every unrelated write was a visible part of the write path.
         filtered: dict[frozenset[str] | None, list[WatchItem]] = {}
+        just_commit: list[WatchItem] = [commit]
         for sub in list(self._subs):
             kinds = sub._kinds
             items = filtered.get(kinds)
             if items is None:
                 items = events if kinds is None else [e for e in events if e.kind in kinds]  # type: ignore[union-attr]
-                items = filtered[kinds] = [*items, commit]
-            sub._offer(items)
+                items = filtered[kinds] = [*items, commit] if items else []
+            if items:
+                sub._offer(items)
+            elif sub.all_commits:
+                sub._offer(just_commit)
 
-    def watch(self, kinds: Iterable[str] | None = None, limit: int = 100_000) -> Subscription:
+    def watch(self, kinds: Iterable[str] | None = None, limit: int = 100_000, *,
+              all_commits: bool = False) -> Subscription:
+        """Events of these kinds (all: None) after each commit that has some, then its `Commit` marker;
+        `all_commits`: the marker of every commit too, to follow the store's version."""
         sub = Subscription(self, frozenset(kinds) if kinds is not None else None, limit)
+        sub.all_commits = all_commits
         self._subs.add(sub)
         return sub
 
     def view_and_watch(self, fn: Callable[[ReadTx], T], kinds: Iterable[str] | None = None,
-                       limit: int = 100_000) -> tuple[T, Subscription]:
+                       limit: int = 100_000, *, all_commits: bool = False) -> tuple[T, Subscription]:
         # Synchronous: no commit can land between the read and the subscription.
-        return fn(self.view()), self.watch(kinds, limit)
+        return fn(self.view()), self.watch(kinds, limit, all_commits=all_commits)
 
     # --- snapshots ---------------------------------------------------------------------------------
 
     def save(self) -> bytes:
-        body = {
-            "format": ENTRY_FORMAT,
-            "version": self.version,
-            "objects": {k: [encode(o) for o in objs.values()] for k, objs in self._tables.objs.items()},
-        }
-        return _dumps(body)
+        return self.snapshot_source()()
+
+    def snapshot_source(self) -> Callable[[], bytes]:
+        """The state now, as a function that encodes it: the tables are copied here (cheap: the objects are
+        frozen and shared), the encoding (the expensive part) can run later, in another thread."""
+        version = self.version
+        objects = {k: list(objs.values()) for k, objs in self._tables.objs.items()}
+
+        def encode_all() -> bytes:
+            body = {"format": ENTRY_FORMAT, "version": version,
+                    "objects": {k: [encode(o) for o in objs] for k, objs in objects.items()}}
+            return _dumps(body)
+
+        return encode_all
 
     def restore(self, data: bytes, index: int) -> None:
         body = _loads(data)

@@ -203,3 +203,39 @@ async def test_restart_from_sqlite_restores_the_store(clock: VirtualClock, tmp_p
     for s in c.storages.values():
         assert isinstance(s, SqliteStorage)
         s.close()
+
+
+async def test_snapshots_taken_off_the_loop_are_durable_and_restore(tmp_path: Path) -> None:
+    from shoal.clock import SystemClock
+    from shoal.manager.raft.transport import NullTransport
+
+    clock = SystemClock()
+    storage = SqliteStorage(tmp_path)
+    bootstrap(storage, [1])
+    node = RaftNode(1, storage, NullTransport(), clock, rng=random.Random(1), snapshot_interval=50,
+                    snapshot_in_thread=True)
+    store = MemoryStore(node, clock)
+    node.attach(store)
+    await node.start()
+    await node.leader_event.wait()
+    for i in range(120):
+        await store.update(create(f"s{i}"))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 10
+    while node.snapshots_taken < 2:
+        assert loop.time() < deadline, "no snapshot taken"
+        await asyncio.sleep(0.01)
+    await node.stop()
+    storage.close()
+
+    again = SqliteStorage(tmp_path)
+    snap = again.load_snapshot()
+    assert snap is not None and snap.meta.index >= 100
+    node2 = RaftNode(1, again, NullTransport(), clock, rng=random.Random(1))
+    store2 = MemoryStore(node2, clock)
+    node2.attach(store2)
+    await node2.start()
+    await node2.leader_event.wait()
+    assert sorted(s.id for s in store2.view().services()) == sorted(f"s{i}" for i in range(120))
+    await node2.stop()
+    again.close()

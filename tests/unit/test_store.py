@@ -95,3 +95,71 @@ async def test_slow_watcher_is_closed_not_blocking(tmp_path: Path) -> None:
     with pytest.raises(WatchOverflow):
         while True:
             await sub.get()
+
+
+class GatedProposer:
+    """Commits when the test says so, counting entries: lets transactions pile up behind one in flight."""
+
+    def __init__(self) -> None:
+        self.entries: list[bytes] = []
+        self.gate = asyncio.Event()
+
+    async def propose(self, entry: bytes) -> int:
+        await self.gate.wait()
+        self.entries.append(entry)
+        return len(self.entries)
+
+
+async def test_group_commit_batches_waiting_transactions_into_one_entry() -> None:
+    prop = GatedProposer()
+    store = MemoryStore(prop, SystemClock())
+    first = asyncio.ensure_future(store.update(lambda tx: tx.create(svc("s0", "zero"))))
+    await asyncio.sleep(0)  # the first entry is now in flight, held at the gate
+    seen: list[int] = []
+
+    def create(i: int):  # type: ignore[no-untyped-def]
+        def fn(tx):  # type: ignore[no-untyped-def]
+            seen.append(len(tx.services()))  # each one sees those before it in the batch
+            return tx.create(svc(f"s{i}", f"n{i}"))
+        return fn
+
+    def boom(tx):  # type: ignore[no-untyped-def]
+        tx.create(svc("bad", "bad"))
+        raise ValueError("this one fails alone")
+
+    stale = store.view()  # s0 is not committed yet: a client's read from before
+    rest = [asyncio.ensure_future(store.update(create(i))) for i in (1, 2)]
+    failing = asyncio.ensure_future(store.update(boom))
+    rest.append(asyncio.ensure_future(store.update(create(3))))
+    await asyncio.sleep(0)
+    prop.gate.set()
+    await first
+    results = await asyncio.gather(*rest)
+    with pytest.raises(ValueError, match="fails alone"):
+        await failing
+    assert len(prop.entries) == 2  # s0, then s1..s3 in one entry
+    assert seen == [1, 2, 3]
+    assert [r.id for r in results] == ["s1", "s2", "s3"]
+    assert {r.meta.version for r in results} == {2}  # one version per entry
+    assert sorted(s.id for s in store.view().services()) == ["s0", "s1", "s2", "s3"]
+    assert stale.service("bad") is None and store.view().service("bad") is None
+
+
+async def test_a_stale_update_in_the_same_batch_conflicts() -> None:
+    prop = GatedProposer()
+    prop.gate.set()
+    store = MemoryStore(prop, SystemClock())
+    base = await store.update(lambda tx: tx.create(svc("s1", "web")))
+    prop.gate.clear()
+    blocker = asyncio.ensure_future(store.update(lambda tx: tx.create(svc("s9", "other"))))
+    await asyncio.sleep(0)
+    a = asyncio.ensure_future(store.update(lambda tx: tx.update(replace(base, spec=ServiceSpec(
+        annotations=Annotations(name="api"))))))
+    b = asyncio.ensure_future(store.update(lambda tx: tx.update(replace(base, spec=ServiceSpec(
+        annotations=Annotations(name="svc"))))))
+    await asyncio.sleep(0)
+    prop.gate.set()
+    await blocker
+    assert (await a).spec.annotations.name == "api"
+    with pytest.raises(SequenceConflict):  # built on the version `a` replaced within the same entry
+        await b

@@ -258,8 +258,11 @@ class TransferInProgress(ProposalDropped):
 @dataclass(frozen=True, slots=True)
 class RaftConfig:
     id: int
-    election_ticks: int = 10  # randomized in [election_ticks, 2 * election_ticks)
+    election_ticks: int = 10  # randomized in [election_ticks, election_ticks + jitter)
     heartbeat_ticks: int = 1
+    # The randomized part of the election timeout, in ticks (None: election_ticks, as etcd). Half of it is
+    # still hundreds of milliseconds between candidates, far above a loopback or LAN round trip.
+    election_jitter_ticks: int | None = None
     pre_vote: bool = True
     check_quorum: bool = True
     max_entries_per_msg: int = 256
@@ -458,7 +461,8 @@ class RaftCore:
         self._reads_before_commit = []
 
     def _reset_randomized_timeout(self) -> None:
-        self._randomized_timeout = self.cfg.election_ticks + self._rng.randrange(self.cfg.election_ticks)
+        jitter = self.cfg.election_jitter_ticks or self.cfg.election_ticks
+        self._randomized_timeout = self.cfg.election_ticks + self._rng.randrange(jitter)
 
     def _become_follower(self, term: int, leader: int) -> None:
         self._reset(term)

@@ -42,6 +42,7 @@ from shoal.manager.raft.core import (
     EntryId,
     EntryType,
     Message,
+    MsgType,
     NotLeader,
     ProposalDropped,
     RaftConfig,
@@ -51,10 +52,14 @@ from shoal.manager.raft.core import (
 )
 from shoal.manager.raft.storage import Storage, persist_ready
 from shoal.manager.raft.transport import Transport
+from shoal.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
+
+
+_LEADER_EARLY = frozenset({MsgType.APPEND, MsgType.HEARTBEAT, MsgType.SNAPSHOT})
 
 
 class StateMachine(Protocol):
@@ -63,6 +68,8 @@ class StateMachine(Protocol):
     def apply_entry(self, index: int, data: bytes) -> None: ...
 
     def save(self) -> bytes: ...
+
+    def snapshot_source(self) -> Callable[[], bytes]: ...
 
     def restore(self, data: bytes, index: int) -> None: ...
 
@@ -85,7 +92,9 @@ class RaftNode:
                  tick_interval: float = 0.1, election_ticks: int = 10, heartbeat_ticks: int = 1,
                  snapshot_interval: int = 10_000, read_timeout: float | None = None,
                  rng: random.Random | None = None,
-                 on_conf_change: Callable[[int, ConfChange], None] | None = None) -> None:
+                 on_conf_change: Callable[[int, ConfChange], None] | None = None,
+                 persist_in_thread: bool = False, election_jitter_ticks: int | None = None,
+                 snapshot_in_thread: bool = False) -> None:
         self.id = raft_id
         self.storage = storage
         self.transport = transport
@@ -94,9 +103,17 @@ class RaftNode:
         self.snapshot_interval = snapshot_interval
         # A forwarded read is silently lost on leader change: give up after two election timeouts.
         self.read_timeout = read_timeout if read_timeout is not None else 4 * election_ticks * tick_interval
-        self.core = RaftCore(RaftConfig(id=raft_id, election_ticks=election_ticks,
-                                        heartbeat_ticks=heartbeat_ticks), storage, rng or random.Random())
+        self.core = RaftCore(RaftConfig(id=raft_id, election_ticks=election_ticks, heartbeat_ticks=heartbeat_ticks,
+                                        election_jitter_ticks=election_jitter_ticks), storage,
+                             rng or random.Random())
         self.on_conf_change = on_conf_change
+        # fsync in a worker thread (the daemon); off, everything runs on the loop (deterministic under virtual time)
+        self.persist_in_thread = persist_in_thread
+        self._sent_early: tuple[Message, ...] = ()
+        self._snapshotting: asyncio.Task[None] | None = None
+        # Snapshots encoded and written in a worker thread (the daemon); off: on the loop, deterministic.
+        self.snapshot_in_thread = snapshot_in_thread
+        self._storage_lock = asyncio.Lock()
         self._sm: StateMachine | None = None
         self._wake = asyncio.Event()
         self._applied_wake = asyncio.Event()
@@ -182,6 +199,8 @@ class RaftNode:
         """Stop ticking and handling messages (the storage stays open: the caller closes it)."""
         self._running = False
         self.transport.set_receiver(None)
+        if self._snapshotting is not None:
+            await cancel_and_wait(self._snapshotting)  # storage is closed after stop: not mid-write
         tasks, self._tasks = self._tasks, []
         for t in tasks:
             t.cancel()
@@ -275,7 +294,12 @@ class RaftNode:
                 await self._wake.wait()
                 self._wake.clear()
                 while self.core.has_ready():
-                    self._handle_ready(self.core.ready())
+                    rd = self.core.ready()
+                    if self.persist_in_thread and rd.must_sync:
+                        await self._persist_off_loop(rd)
+                        self._handle_ready(rd, persisted=True)
+                    else:
+                        self._handle_ready(rd)
         except asyncio.CancelledError:
             raise
         except BaseException as e:  # a storage failure: this node cannot go on (as if it crashed)
@@ -286,11 +310,30 @@ class RaftNode:
             self._set_leader(False)
             raise
 
-    def _handle_ready(self, rd: Ready) -> None:
+    async def _persist_off_loop(self, rd: Ready) -> None:
+        """The fsync in a worker thread, so the loop goes on taking requests (they batch into the next entry)
+        and messages in meanwhile. A leader's appends and heartbeats leave before its own fsync (etcd's
+        parallel write: the core counts the leader's entries only once `advance` says they are durable);
+        every other message waits for it (a vote or an append answer must never outrun the disk)."""
+        if self.core.role == Role.LEADER and rd.messages:
+            early = tuple(m for m in rd.messages if m.type in _LEADER_EARLY)
+            if early:
+                self.transport.send(early)
+                self._sent_early = early
+        async with self._storage_lock:  # one thread at a time on the sqlite connection
+            await asyncio.to_thread(persist_ready, self.storage, rd)
+
+    def _handle_ready(self, rd: Ready, *, persisted: bool = False) -> None:
         sm = self._sm
         assert sm is not None
-        persist_ready(self.storage, rd)  # durable before any message leaves
-        if rd.messages:
+        if not persisted:
+            persist_ready(self.storage, rd)  # durable before any message leaves
+        early, self._sent_early = self._sent_early, ()
+        if early:
+            rest = tuple(m for m in rd.messages if not any(m is e for e in early))
+            if rest:
+                self.transport.send(rest)
+        elif rd.messages:
             self.transport.send(rd.messages)
         if rd.snapshot is not None:
             snap = rd.snapshot
@@ -343,14 +386,41 @@ class RaftNode:
 
     def _maybe_snapshot(self) -> None:
         applied = self.core.applied
-        if applied - self.core.snapshot.meta.index < self.snapshot_interval:
+        if applied - self.core.snapshot.meta.index < self.snapshot_interval or self._snapshotting is not None:
             return
         sm = self._sm
         assert sm is not None
-        snap = self.core.compact(applied, sm.save())
-        self.storage.save_snapshot(snap)
-        self.storage.sync()
-        self.snapshots_taken += 1
+        if not self.snapshot_in_thread:
+            snap = self.core.compact(applied, sm.save())
+            self.storage.save_snapshot(snap)
+            self.storage.sync()
+            self.snapshots_taken += 1
+            return
+        # A big store takes seconds to encode: encode and write it in a thread while the loop keeps
+        # heartbeating (a leader stalled for an election timeout would be deposed), then commit it here.
+        self._snapshotting = asyncio.get_running_loop().create_task(self._snapshot_off_loop(applied,
+                                                                                            sm.snapshot_source()))
+
+    async def _snapshot_off_loop(self, index: int, source: Callable[[], bytes]) -> None:
+        try:
+            data = await asyncio.to_thread(source)
+            if index <= self.core.snapshot.meta.index:
+                return  # a snapshot from the leader got there first
+            snap = self.core.compact(index, data)
+            write = getattr(self.storage, "write_snapshot_file", None)
+            if write is not None:
+                await asyncio.to_thread(write, snap)  # the file only: the database is not touched there
+            async with self._storage_lock:
+                if write is not None:
+                    self.storage.save_snapshot(snap, written=True)  # type: ignore[call-arg]
+                else:
+                    self.storage.save_snapshot(snap)
+                self.storage.sync()
+            self.snapshots_taken += 1
+        except Exception:
+            log.exception("raft node %d: taking a snapshot at %d failed", self.id, index)
+        finally:
+            self._snapshotting = None
 
     def _fail_all(self, proposal_exc: Exception, read_exc: Exception | None) -> None:
         proposals, self._proposals = self._proposals, {}

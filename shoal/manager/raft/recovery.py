@@ -16,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from shoal.clock import Clock
+from shoal.manager.keys import DataCipher
 from shoal.manager.raft.core import EntryType, HardState, Snapshot, SnapshotMeta
 from shoal.manager.raft.sqlite_storage import SqliteStorage
 from shoal.model.objects import WORKER
@@ -33,9 +34,10 @@ class _Captive:
         return self.index
 
 
-async def force_new_cluster(directory: Path, raft_id: int, node_id: str, clock: Clock) -> int:
+async def force_new_cluster(directory: Path, raft_id: int, node_id: str, clock: Clock,
+                            cipher: DataCipher | None = None) -> int:
     """Rewrite the Raft storage in `directory` as a one-voter group of `raft_id`; returns the new snapshot index."""
-    old = SqliteStorage(directory)
+    old = SqliteStorage(directory, cipher)
     try:
         state = old.load()
         hs = state.hard_state
@@ -70,7 +72,7 @@ async def force_new_cluster(directory: Path, raft_id: int, node_id: str, clock: 
     tmp = directory / "recovering"
 
     shutil.rmtree(tmp, ignore_errors=True)
-    new = SqliteStorage(tmp)
+    new = SqliteStorage(tmp, cipher)
     try:
         new.apply_snapshot(Snapshot(SnapshotMeta(index, term, frozenset({raft_id})), store.save()))
         new.set_hard_state(HardState(term=term, vote=0, commit=index))

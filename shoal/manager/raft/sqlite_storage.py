@@ -25,9 +25,13 @@ import os
 import sqlite3
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from shoal.manager.raft.core import Entry, HardState, Snapshot, UnsupportedFormat
 from shoal.manager.raft.storage import InitialState
+
+if TYPE_CHECKING:
+    from shoal.manager.keys import DataCipher
 
 STORAGE_FORMAT = 1
 
@@ -44,8 +48,9 @@ class SqliteStorage:
     """Durable `shoal.manager.raft.storage.Storage`. Not thread-safe: one writer at a time (the shell's
     Ready loop, possibly from a worker thread, hence check_same_thread=False)."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, cipher: DataCipher | None = None) -> None:
         directory.mkdir(parents=True, exist_ok=True)
+        self._cipher = cipher
         self.dir = directory
         self.snap_dir = directory / "snapshots"
         self.snap_dir.mkdir(exist_ok=True)
@@ -63,8 +68,47 @@ class SqliteStorage:
         self._in_tx = False
         self._to_delete: list[Path] = []
         self.syncs = 0
-        self._snapshot = self._read_snapshot()
+        encrypted = self._get("encryption") is not None
+        if encrypted and cipher is None:
+            raise UnsupportedFormat(f"{directory}: the Raft data is encrypted and no key was given")
+        self._sealed = encrypted  # sealed snapshots have a file name of their own (.ssnap)
+        self._snapshot = self._read_snapshot(sealed=encrypted)
         self._cleanup_snapshot_files()
+        if cipher is not None and not encrypted:
+            self._encrypt_in_place()
+
+    # --- encryption at rest ------------------------------------------------------------------------
+
+    def _seal_entry(self, index: int, term: int, payload: bytes) -> bytes:
+        if self._cipher is None:
+            return payload
+        from shoal.manager.keys import entry_aad
+
+        return self._cipher.seal(payload, entry_aad(index, term))
+
+    def _open_entry(self, index: int, term: int, blob: bytes) -> bytes:
+        if self._cipher is None:
+            return blob
+        from shoal.manager.keys import entry_aad
+
+        return self._cipher.open(blob, entry_aad(index, term))
+
+    def _encrypt_in_place(self) -> None:
+        """Data written before encryption (an older Shoal, a migrated log): sealed in one transaction, the
+        snapshot rewritten sealed first, so a crash leaves either all of it clear or all of it sealed."""
+        assert self._cipher is not None
+        old = self._snap_path(self._snapshot.meta.index, self._snapshot.meta.term) if self._snapshot else None
+        self._sealed = True
+        if self._snapshot is not None:
+            self._write_snapshot_file(self._snapshot)  # under the sealed name: unreferenced until the commit
+        rows = self._db.execute("SELECT idx, term, data FROM entries ORDER BY idx").fetchall()
+        self._db.execute("BEGIN IMMEDIATE")
+        self._db.executemany("UPDATE entries SET data = ? WHERE idx = ?",
+                             [(self._seal_entry(int(i), int(t), bytes(d)), int(i)) for i, t, d in rows])
+        self._put("encryption", "aes-256-gcm-1")
+        self._db.execute("COMMIT")
+        if old is not None:
+            old.unlink(missing_ok=True)
 
     def close(self) -> None:
         if self._in_tx:
@@ -87,14 +131,20 @@ class SqliteStorage:
             self._in_tx = True
 
     def _snap_path(self, index: int, term: int) -> Path:
-        return self.snap_dir / f"snap-{index:016d}-{term}.snap"
+        return self.snap_dir / f"snap-{index:016d}-{term}.{'ssnap' if self._sealed else 'snap'}"
 
-    def _read_snapshot(self) -> Snapshot | None:
+    def _read_snapshot(self, *, sealed: bool) -> Snapshot | None:
         meta = self._get("snapshot")
         if meta is None:
             return None
         index, term = (int(x) for x in meta.split())
-        return Snapshot.decode(index, term, self._snap_path(index, term).read_bytes())
+        blob = self._snap_path(index, term).read_bytes()
+        if sealed:
+            from shoal.manager.keys import snapshot_aad
+
+            assert self._cipher is not None
+            blob = self._cipher.open(blob, snapshot_aad(index, term))
+        return Snapshot.decode(index, term, blob)
 
     def _cleanup_snapshot_files(self) -> None:
         current = self._snap_path(self._snapshot.meta.index, self._snapshot.meta.term) \
@@ -106,16 +156,27 @@ class SqliteStorage:
     def _write_snapshot_file(self, snap: Snapshot) -> None:
         final = self._snap_path(snap.meta.index, snap.meta.term)
         tmp = final.with_suffix(".tmp")
+        blob = snap.encode()
+        if self._cipher is not None:
+            from shoal.manager.keys import snapshot_aad
+
+            blob = self._cipher.seal(blob, snapshot_aad(snap.meta.index, snap.meta.term))
         with open(tmp, "wb") as f:
-            f.write(snap.encode())
+            f.write(blob)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, final)
         _fsync_dir(self.snap_dir)
 
-    def _install(self, snap: Snapshot, *, drop_all: bool) -> None:
-        old = self._snapshot
+    def write_snapshot_file(self, snap: Snapshot) -> None:
+        """The slow half of `save_snapshot` (seal, write, fsync the file), safe in a worker thread while the
+        loop goes on: the file is not referenced until `save_snapshot(snap, written=True)` commits it."""
         self._write_snapshot_file(snap)
+
+    def _install(self, snap: Snapshot, *, drop_all: bool, written: bool = False) -> None:
+        old = self._snapshot
+        if not written:
+            self._write_snapshot_file(snap)
         self._begin()
         if drop_all:
             self._db.execute("DELETE FROM entries")
@@ -143,7 +204,7 @@ class SqliteStorage:
 
     def append(self, entries: Sequence[Entry]) -> None:
         off = self._offset
-        rows = [(e.index, e.term, e.encode()) for e in entries if e.index > off]
+        rows = [(e.index, e.term, self._seal_entry(e.index, e.term, e.encode())) for e in entries if e.index > off]
         if not rows:
             return
         last = self.last_index()
@@ -159,10 +220,10 @@ class SqliteStorage:
         self._put("vote", str(hs.vote))
         self._put("commit", str(hs.commit))
 
-    def save_snapshot(self, snap: Snapshot) -> None:
+    def save_snapshot(self, snap: Snapshot, *, written: bool = False) -> None:
         if snap.meta.index <= self._offset and self._snapshot is not None:
             return
-        self._install(snap, drop_all=False)
+        self._install(snap, drop_all=False, written=written)
 
     def apply_snapshot(self, snap: Snapshot) -> None:
         self._install(snap, drop_all=True)
@@ -174,7 +235,7 @@ class SqliteStorage:
         lo = max(lo, self._offset + 1)
         rows = self._db.execute("SELECT idx, term, data FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx",
                                 (lo, hi)).fetchall()
-        return [Entry.decode(int(i), int(t), bytes(d)) for i, t, d in rows]
+        return [Entry.decode(int(i), int(t), self._open_entry(int(i), int(t), bytes(d))) for i, t, d in rows]
 
     def term(self, index: int) -> int | None:
         off = self._offset

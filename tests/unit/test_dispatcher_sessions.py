@@ -1,0 +1,92 @@
+"""Dispatcher sessions under virtual time: a node is down 3 heartbeat periods after its last heartbeat, or
+STREAM_GRACE seconds after its session's connection closed unless it opened a new one first."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+
+from shoal.manager.dispatcher import STREAM_GRACE, Dispatcher
+from shoal.model.objects import Node, NodeDescription, NodeStatus
+from shoal.store.memory import MemoryStore
+from shoal.testing.clock import VirtualClock
+from shoal.testing.sim import memory_store
+
+
+@pytest.fixture
+async def env() -> AsyncIterator[tuple[VirtualClock, MemoryStore, Dispatcher]]:
+    clock = VirtualClock()
+    async with clock.autojump():
+        store = memory_store(clock)
+        await store.update(lambda tx: (tx.create(Node(id="n1", status=NodeStatus(state="unknown"))),
+                                       tx.create(Node(id="n2", status=NodeStatus(state="unknown")))))
+        d = Dispatcher(store, clock)
+        runner = asyncio.ensure_future(d.run())
+        await clock.sleep(0.01)
+        try:
+            yield clock, store, d
+        finally:
+            runner.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await runner
+
+
+def state(store: MemoryStore, nid: str) -> str:
+    n = store.view().node(nid)
+    assert n is not None
+    return n.status.state
+
+
+async def stream(d: Dispatcher, nid: str) -> asyncio.Task[None]:
+    async def consume() -> None:
+        async for _ in d.assignments(nid):
+            pass
+
+    t = asyncio.ensure_future(consume())
+    await asyncio.sleep(0)
+    return t
+
+
+async def test_closed_connection_means_down_after_the_grace(
+        env: tuple[VirtualClock, MemoryStore, Dispatcher]) -> None:
+    clock, store, d = env
+    await d.register("n1", NodeDescription(hostname="n1"), "")
+    s = await stream(d, "n1")
+    await clock.sleep(1.0)
+    assert state(store, "n1") == "ready"
+    t0 = clock.monotonic()
+    s.cancel()  # the worker's process died: its connection closed
+    while state(store, "n1") != "down":
+        await clock.sleep(0.1)
+    waited = clock.monotonic() - t0
+    assert STREAM_GRACE <= waited <= STREAM_GRACE + 1.0  # well before 3 heartbeat periods (15 s)
+
+
+async def test_a_node_that_reconnects_in_time_stays_up(
+        env: tuple[VirtualClock, MemoryStore, Dispatcher]) -> None:
+    clock, store, d = env
+    await d.register("n1", NodeDescription(hostname="n1"), "")
+    s = await stream(d, "n1")
+    s.cancel()
+    await clock.sleep(STREAM_GRACE / 3)
+    await d.register("n1", NodeDescription(hostname="n1"), "")  # a new session, as an agent's retry makes
+    s2 = await stream(d, "n1")
+    for _ in range(10):
+        await clock.sleep(1.0)
+        await d.heartbeat("n1")
+    assert state(store, "n1") == "ready"
+    s2.cancel()
+
+
+async def test_silent_node_with_an_open_connection_is_down_after_three_periods(
+        env: tuple[VirtualClock, MemoryStore, Dispatcher]) -> None:
+    clock, store, d = env
+    await d.register("n2", NodeDescription(hostname="n2"), "")
+    s = await stream(d, "n2")  # the connection stays open but nothing answers (a frozen process, a partition)
+    t0 = clock.monotonic()
+    while state(store, "n2") != "down":
+        await clock.sleep(0.1)
+    assert 15.0 <= clock.monotonic() - t0 <= 17.6  # 3 periods of 5 s, checked every half period at most
+    s.cancel()
