@@ -28,7 +28,14 @@ Routing mesh. For every port published in ingress mode, a user-space balancer on
 each connection (or UDP flow) to a serving task's ingress address, from this node's own ingress address
 inside the ingress network's namespace, so replies come back through the tunnel. Options, as service labels:
 `com.shoal.mesh.proxy-protocol=true` (a PROXY v2 header with the real client address first) and
-`com.shoal.mesh.local-only=true` (only tasks on the receiving node).
+`com.shoal.mesh.local-only=true` (only tasks on the receiving node; from the client's own address for
+process tasks, through a transparent socket). Host-mode ports of a process task in its own namespace are
+forwarded from the node to the task the same way, with one backend.
+
+Docker executor: overlays are bridge networks of the engine (the VXLAN device on the bridge, DNS on the
+gateway answering each container by its address), VIP rules go into each container's namespace once it runs,
+and connections it opened to a VIP before that are made to retry (shoal.net.conntrack). Plain containers on
+attachable networks are followed by shoal.net.plain.
 
 Restart: namespaces, veths and task processes outlive the daemon; a new agent adopts the sandboxes it finds
 (DNS listeners and VIP rules again) and recreates each network's VXLAN device (its entries are reprogrammed
