@@ -1,8 +1,11 @@
 """Service networking with the docker executor on a real dockerd, one node: an overlay network becomes a bridge
 network of the engine with Shoal's subnet, containers get the addresses Shoal allocated, the service name
-resolves to its VIP (and `tasks.<name>` to the replicas) from Shoal's DNS, connections to the VIP spread over
-the replicas, and the published port answers through the routing mesh. Leaving the swarm removes the engine
-networks again.
+resolves to its VIP (and `tasks.<name>` to the replicas, after a scale-down and a killed container too) from
+Shoal's DNS, connections to the VIP spread over the replicas (also those made the moment a container
+starts), the published port answers through the routing mesh, PROXY v2 reaches a container, host mode uses
+the engine's port binding, and leaving the swarm removes the engine networks again. Plain containers on an
+attachable overlay (`docker run --network`, `network connect`, docker-py) get Shoal's addresses, DNS and VIPs
+and give the addresses back, also across a daemon crash.
 """
 
 from __future__ import annotations
