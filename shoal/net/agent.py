@@ -28,9 +28,10 @@ Routing mesh. For every port published in ingress mode, a user-space balancer on
 each connection (or UDP flow) to a serving task's ingress address, from this node's own ingress address
 inside the ingress network's namespace, so replies come back through the tunnel. Options, as service labels:
 `com.shoal.mesh.proxy-protocol=true` (a PROXY v2 header with the real client address first) and
-`com.shoal.mesh.local-only=true` (only tasks on the receiving node; from the client's own address for
-process tasks, through a transparent socket). Host-mode ports of a process task in its own namespace are
-forwarded from the node to the task the same way, with one backend.
+`com.shoal.mesh.local-only=true` (only tasks on the receiving node, from the client's own address through a
+transparent socket; a client on the node's loopback is sent from the node's ingress address instead).
+Host-mode ports of a process task in its own namespace are forwarded from the node to the task the same way,
+with one backend.
 
 Docker executor: overlays are bridge networks of the engine (the VXLAN device on the bridge, DNS on the
 gateway answering each container by its address), VIP rules go into each container's namespace once it runs,
@@ -70,6 +71,10 @@ LABEL_PROXY_PROTOCOL = "com.shoal.mesh.proxy-protocol"
 LABEL_LOCAL_ONLY = "com.shoal.mesh.local-only"
 DNS_ADDR = "127.0.0.11"
 IP_TRANSPARENT = 19  # linux/in.h
+# Docker executor, local-only mesh: replies from containers to a transparent socket in the node's own
+# namespace carry this mark and are routed by this table, to the socket (only packets from Shoal's bridges).
+HOST_TPROXY_MARK = 0x5B01
+HOST_TPROXY_TABLE = 23297
 NOWHERE_MAC = "02:42:00:00:00:00"  # the MAC of 0.0.0.0 by the 02:42 rule: no endpoint ever has it
 KNOWN_NETWORK_TIMEOUT = 10.0  # seconds an attach waits for a network to reach this node's feed
 
@@ -175,6 +180,7 @@ class NetworkAgent:
         self._docker: Any = None  # aiodocker client (docker executor)
         self._gw_dns: dict[str, DNSServer] = {}  # network id -> DNS on its gateway (docker executor)
         self._by_ip: dict[str, _Box] = {}  # a container's address -> its sandbox (who asks the gateway DNS)
+        self._host_tproxy = False  # the node-namespace mark rule and route of local-only are in (docker executor)
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         # Plain containers on attachable networks (docker executor; shoal.net.plain): the attacher asks the
@@ -651,6 +657,8 @@ class NetworkAgent:
             if key in self._ingress:
                 continue
             proxy, local = self._mesh_opts(svc)
+            if local and ln.ns is None:
+                await self._ensure_host_tproxy()
             lb = self._mesh_balancer(key[0], svc.id, ingress.id, target, ln, src, proxy, local)
             try:
                 await lb.start("0.0.0.0", key[1])
@@ -670,12 +678,17 @@ class NetworkAgent:
             return [Backend(e.ip, target, e.node_id) for e in self.directory.endpoints(service_id, net_id)]
 
         ns = str(ln.ns) if ln.ns is not None else None
-        transparent = local and ns is not None  # process-executor sandboxes route their replies back here
+
+        def transparent(b: Backend, client: tuple[str, int]) -> bool:
+            # A loopback source cannot leave the host's lo (the kernel drops it as martian): such clients are
+            # sent from the node's ingress address, like any other mesh connection.
+            return local and b.node_id == self.node_id and not _loopback(client[0])
+
         if proto == "udp":
             def udp_sock(b: Backend, client: tuple[str, int]) -> socket.socket:
                 s = nsutil.socket_in(ns, socket.AF_INET, socket.SOCK_DGRAM)
                 try:
-                    if transparent and b.node_id == self.node_id:
+                    if transparent(b, client):
                         s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
                         s.bind((client[0], 0))  # as for TCP: the task sees the client's address
                     else:
@@ -694,7 +707,7 @@ class NetworkAgent:
             s = nsutil.socket_in(ns, socket.AF_INET, socket.SOCK_STREAM)
             try:
                 s.setblocking(False)
-                if transparent and b.node_id == self.node_id:
+                if transparent(b, client):
                     s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
                     s.bind((client[0], 0))  # the task sees the client's address: no source NAT
                 else:
@@ -833,6 +846,24 @@ class NetworkAgent:
                 pass
         except DockerError as e:
             log.info("removing engine network %s: %s", ln.engine_name, e.message)
+
+    async def _ensure_host_tproxy(self) -> None:
+        """Local-only for containers: the mesh connects to a container from the client's own address through a
+        transparent socket in the node's namespace, and the container's replies reach the node through its
+        default route (the gateway of one of its bridges). Marked when they belong to such a socket, they are
+        routed locally, to it, instead of forwarded towards the client (the TPROXY recipe, limited to packets
+        coming in from Shoal's bridges). Idempotent: several nodes on one host write the same rules."""
+        if self._host_tproxy:
+            return
+        await ipcmd.nft("add table ip shoal_mesh\nflush table ip shoal_mesh\ntable ip shoal_mesh {\n"
+                        "  chain pre {\n    type filter hook prerouting priority mangle; policy accept;\n"
+                        f'    iifname "shl*" socket transparent 1 meta mark set {HOST_TPROXY_MARK:#x}\n'
+                        "  }\n}\n")
+        if not (await ipcmd.run("ip", "rule", "show", "priority", str(HOST_TPROXY_TABLE))).strip():
+            await ipcmd.run("ip", "rule", "add", "fwmark", f"{HOST_TPROXY_MARK:#x}", "lookup", str(HOST_TPROXY_TABLE),
+                            "priority", str(HOST_TPROXY_TABLE))
+        await ipcmd.run("ip", "route", "replace", "local", "0.0.0.0/0", "dev", "lo", "table", str(HOST_TPROXY_TABLE))
+        self._host_tproxy = True
 
     def _view_of(self, client: str) -> list[str]:
         box = self._by_ip.get(client)

@@ -436,3 +436,81 @@ def test_plain_container_attachments_survive_a_daemon_crash_and_leak_nothing(nod
     wait_until(lambda: fetch().strip(), 30, what="web through its VIP from the kept container")
     n.docker("rm", "-f", keep)
     wait_until(lambda: attachments(n) == [], 30, what="released")
+
+
+@pytest.fixture
+def outside() -> Iterator[tuple[str, str]]:
+    """A client host: a namespace with a veth to the node's namespace. (namespace name, node's address there)"""
+    import subprocess
+    import uuid
+
+    tag = uuid.uuid4().hex[:6]
+    ns, veth = f"shlo-{tag}", f"shlo{tag}"
+    third = int(tag[:2], 16)
+    node_ip, client_ip = f"10.233.{third}.1", f"10.233.{third}.2"
+
+    def sh(*cmd: str) -> None:
+        subprocess.run(cmd, check=True, capture_output=True, timeout=30)
+
+    sh("ip", "netns", "add", ns)
+    try:
+        sh("ip", "link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+        sh("ip", "addr", "add", f"{node_ip}/30", "dev", veth)
+        sh("ip", "link", "set", veth, "up")
+        sh("ip", "-n", ns, "addr", "add", f"{client_ip}/30", "dev", "eth0")
+        sh("ip", "-n", ns, "link", "set", "eth0", "up")
+        sh("ip", "-n", ns, "link", "set", "lo", "up")
+        yield ns, node_ip
+    finally:
+        subprocess.run(["ip", "link", "del", veth], capture_output=True, timeout=30)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True, timeout=30)
+
+
+def test_local_only_mesh_keeps_the_client_address_of_a_container(node: ShoalDocker, test_image: str,
+                                                                 outside: tuple[str, str]) -> None:
+    """`com.shoal.mesh.local-only=true`: a connection from another host to the published port reaches the
+    container from the client's own address (no source NAT); the same service without the label sees the
+    node's ingress address (the control)."""
+    import subprocess
+
+    from shoal.net.nsutil import socket_in
+
+    n = node
+    ns, node_ip = outside
+    client_ip = node_ip[:-1] + "2"
+    # The container answers each connection with its own view of it: netstat's established TCP sockets.
+    cmd = ("nc", "-ll", "-p", "8080", "-e", "netstat", "-tn")
+    ports: dict[str, int] = {}
+    for name, labels in (("lo1", ("--label", "com.shoal.mesh.local-only=true")), ("nat1", ())):
+        ports[name] = next(p for p in iter(free_published_port, 0) if p not in ports.values())
+        n.docker("service", "create", "--detach", "--name", name, *labels, "--publish", f"{ports[name]}:8080",
+                 "--no-resolve-image", test_image, *cmd)
+    wait_until(lambda: len(running(n, "lo1")) == 1 and len(running(n, "nat1")) == 1, 60, what="lo1 and nat1")
+
+    def peers(port: int) -> set[str]:
+        """The remote addresses the container saw on its port 8080, for one connection from the client host."""
+        try:
+            s = socket_in(f"/run/netns/{ns}", socket.AF_INET, socket.SOCK_STREAM)
+            with s:
+                s.settimeout(3)
+                s.connect((node_ip, port))
+                data = b""
+                while chunk := s.recv(4096):
+                    data += chunk
+        except OSError:
+            return set()
+        out = set()
+        for line in data.decode(errors="replace").splitlines():
+            f = line.split()
+            if len(f) >= 6 and f[0] == "tcp" and f[3].endswith(":8080") and f[5] == "ESTABLISHED":
+                out.add(f[4].rsplit(":", 1)[0].removeprefix("::ffff:"))  # nc listens dual-stack
+        return out
+
+    seen = wait_until(lambda: peers(ports["lo1"]), 30, what="an answer through the local-only port")
+    assert seen == {client_ip}, seen
+    control = wait_until(lambda: peers(ports["nat1"]), 30, what="an answer through the plain mesh port")
+    assert client_ip not in control and len(control) == 1, control  # the node's ingress address instead
+    # The node-namespace rules local-only needed: replies marked and routed to the transparent socket.
+    rules = subprocess.run(["ip", "rule", "show"], capture_output=True, text=True, check=True).stdout
+    assert "lookup 23297" in rules, rules
+    n.docker("service", "rm", "lo1", "nat1")
