@@ -273,6 +273,10 @@ class Allocator:
 
     def _allocate_nodes(self, tx: Tx) -> None:
         ingress = next((n for n in tx.all("network") if n.spec.ingress), None)
+        if ingress is not None:
+            # The transaction may see an ingress network whose event this allocator has not had yet (swarm
+            # init creates it with the first node, in one commit).
+            self.ipam.add_network(ingress)
         for node in tx.nodes():
             node_obj: Node = node
             keep = tuple(a for a in node_obj.attachments if ingress is not None and a.network_id == ingress.id)
@@ -287,6 +291,8 @@ class Allocator:
                     keep = (NetworkAttachment(network_id=ingress.id, addresses=(self.ipam.take(ingress.id),)),)
                 except PoolExhausted:
                     log.warning("no address left on the ingress network for node %s", node_obj.id)
+                    if not node_obj.attachments:
+                        continue  # nothing to write: rewriting it would only wake this allocator again
             self._node_addrs[node_obj.id] = [(a.network_id, addr) for a in keep for addr in a.addresses]
             tx.update(replace(node_obj, attachments=keep), check_version=False)
 
