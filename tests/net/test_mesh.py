@@ -471,3 +471,27 @@ def test_only_healthy_tasks_are_answered(mesh: Mesh, tmp_path: Path) -> None:
         assert all(a is not None for a in back) and {ip for a in back for ip in a["ips"]} & mesh.ips("hc", "appnet")
     finally:
         mesh.mgr.docker("service", "rm", "hc")
+
+
+def test_dnsrr_service_name_answers_the_task_addresses_and_reaches_them(mesh: Mesh) -> None:
+    """`--endpoint-mode dnsrr`: no VIP; the name resolves to the running tasks' own addresses, which the
+    client connects to directly (across hosts)."""
+    mesh.mgr.docker("service", "create", "--detach", "--name", "rr", "--replicas", "2", "--endpoint-mode", "dnsrr",
+                    "--network", "appnet", "busybox", PY, str(HERE / "replica.py"), "8080", "8081")
+    wait_until(lambda: len(mesh.running("rr")) == 2, 30, what="rr running")
+    svc = json.loads(mesh.mgr.docker("service", "inspect", "rr").stdout)[0]
+    assert not svc["Endpoint"].get("VirtualIPs")
+    pid = mesh.task_pid("client")
+    replicas = mesh.ips("rr", "appnet")
+    wait_until(lambda: set(mesh.in_task(pid, "resolve", "rr")) == replicas, 20, what="rr -> its task addresses")
+    assert set(mesh.in_task(pid, "resolve", "tasks.rr")) == replicas
+    seen = set()
+    for ip in replicas:
+        (answer,) = mesh.in_task(pid, "tcp", ip, "8080", "1")
+        assert answer is not None and ip in answer["ips"], answer
+        seen.add(ip)
+    assert seen == replicas
+    mesh.mgr.docker("service", "scale", "--detach", "rr=1")
+    wait_until(lambda: len(mesh.running("rr")) == 1 and set(mesh.in_task(pid, "resolve", "rr")) == mesh.ips(
+        "rr", "appnet"), 30, what="rr -> the one task left")
+    mesh.mgr.docker("service", "rm", "rr")
