@@ -9,7 +9,7 @@ import json
 import statistics
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -103,7 +103,8 @@ def test_three_managers_serve_one_swarm_from_any_of_them(three_default_heartbeat
     wait_until(converged, 20, what="the three stores to agree")
 
 
-def test_kill9_of_the_leader_during_a_stream_of_writes_loses_no_acknowledged_write(three: ManagerCluster) -> None:
+def test_kill9_of_the_leader_during_a_stream_of_writes_loses_no_acknowledged_write(
+        three: ManagerCluster, figure: Callable[[str], None]) -> None:
     """Clients write configs and a service label through every manager while the leader is killed; every
     acknowledged write survives, a new leader takes over within a few election timeouts, and the whole history
     of creates, label writes and reads (each client on its own thread) is linearizable."""
@@ -171,9 +172,9 @@ def test_kill9_of_the_leader_during_a_stream_of_writes_loses_no_acknowledged_wri
     failover = first_after_kill[0]
     lat = sorted(latencies)
     ops = h.operations()
-    print(f"\n[raft] leader kill -9 -> first accepted write: {failover:.2f} s; "
-          f"write latency p50 {statistics.median(lat) * 1000:.1f} ms, p99 {lat[int(len(lat) * 0.99)] * 1000:.1f} ms "
-          f"over {len(lat)} acknowledged writes; {len(ops)} operations recorded")
+    figure(f"raft, 3 managers: leader kill -9 -> first accepted write {failover:.2f} s; write latency p50 "
+           f"{statistics.median(lat) * 1000:.1f} ms, p99 {lat[int(len(lat) * 0.99)] * 1000:.1f} ms over {len(lat)} "
+           f"acknowledged writes; {len(ops)} operations recorded")
     assert failover < 15.0  # a few election timeouts plus the client's retries, not Swarm's tens of seconds
 
     survivors = [n for n in mc.nodes if n is not old]

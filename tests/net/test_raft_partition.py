@@ -11,7 +11,7 @@ import shutil
 import subprocess
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -87,7 +87,8 @@ def lab_managers(tmp_path: Path) -> Iterator[tuple[list[Host], list[ShoalNode]]]
                 n.stop()
 
 
-def test_leader_partitioned_from_the_majority(lab_managers: tuple[list[Host], list[ShoalNode]]) -> None:
+def test_leader_partitioned_from_the_majority(lab_managers: tuple[list[Host], list[ShoalNode]],
+                                               figure: Callable[[str], None]) -> None:
     hosts, nodes = lab_managers
     wait_until(lambda: sum(1 for n in nodes if raft(n).get("is_leader")) == 1, 20, what="a leader")
     (li,) = [i for i, n in enumerate(nodes) if raft(n).get("is_leader")]
@@ -138,7 +139,8 @@ def test_leader_partitioned_from_the_majority(lab_managers: tuple[list[Host], li
     wait_until(lambda: raft(new).get("leader_loops"), 10, what="the new leader's loops")
     status, body = old.api("GET", "/v1.47/configs")
     assert status >= 500, body
-    print(f"\n[raft] partition: majority elected a new leader {elected:.2f} s after the cut")
+    figure(f"raft, 3 managers: partition of the leader -> the majority elected a new leader {elected:.2f} s after "
+           "the cut")
 
     heal(old_host)
     wait_until(lambda: raft(old).get("leader") == raft(new).get("id"), 20, what="the old leader to follow the new")
