@@ -7,10 +7,10 @@ Python (aiohttp) over HTTP/1.1 to etcd's gRPC gateway, `POST /v3/kv/put` with a 
 etcd's own benchmark spread over endpoints. A put is acknowledged only after the cluster has committed it.
 
 Shoal: the same client pattern against the Engine API write path, `POST /configs/create` (a fresh config
-per write; each is one store transaction appended to the Raft log with fsync before the answer). With
-three managers (issue 5: multi-manager Raft) this is the side-by-side figure; until then the same client
-runs against a single Shoal manager, labelled "1 manager (no replication)", and no ratio is taken
-against the three-member etcd.
+per write; each is one store transaction committed through Raft, fsync'd on a majority, before the answer)
+on three managers as separate processes on loopback, client c on manager c mod 3 (followers forward to
+the leader); the ratio is taken against etcd per level. A single manager ("1 manager (no replication)")
+runs after with the same client, for what replication costs; no ratio is taken for it.
 
 Each level runs for a fixed time after a short warm-up; throughput counts acknowledged writes only.
 The client itself is Python on the same 2 cores, which bounds what 256 clients can drive: the figures
