@@ -34,6 +34,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -56,6 +57,7 @@ GOAL_RSS = 1 << 30
 GOAL_IDLE_CORES = 0.5
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 B = "scale"
+PROFILE_DIR: Path | None = None  # --py-spy DIR: py-spy samples the leader over each window (collapsed stacks)
 
 
 def cpu_seconds(pid: int) -> float:
@@ -177,6 +179,28 @@ class SimProcs:
                 p.wait()
 
 
+class Profiler:
+    """py-spy recording one process (non-blocking sampling, 50 Hz) until stopped; nothing without --py-spy."""
+
+    def __init__(self, pid: int, name: str) -> None:
+        self.proc: subprocess.Popen[bytes] | None = None
+        if PROFILE_DIR is None or shutil.which("py-spy") is None:
+            return
+        PROFILE_DIR.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(["py-spy", "record", "--nonblocking", "-r", "50", "-f", "raw", "-p", str(pid),
+                                      "-o", str(PROFILE_DIR / f"{name}.txt")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.send_signal(signal.SIGINT)  # py-spy writes its file on SIGINT
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
 def _service(name: str, replicas: int) -> dict[str, Any]:
     return {"Name": name, "TaskTemplate": {"ContainerSpec": {"Image": "shoal-test/busybox:latest",
                                                               "Command": ["sleep", "100000"]}},
@@ -230,12 +254,14 @@ def _case(agents: int, tasks: int, idle: float) -> list[dict[str, Any]]:
 
         def idle_window(label: str) -> Window:
             hb0 = sims.total("heartbeats")
+            prof = Profiler(pids["leader"][0], f"{agents}-{label.replace(' ', '').replace(',', '-')}")
             w = Window(pids).start()
             end = time.monotonic() + idle
             while time.monotonic() < end:
                 time.sleep(0.5)  # RSS sampling period of the window
                 w.sample()
             w.stop()
+            prof.stop()
             hb = (sims.total("heartbeats") - hb0) / w.seconds
             print(f"[scale] {case} {label} ({w.seconds:.0f}s): leader {_fmt(w, 'leader')} "
                   f"(goal < {GOAL_IDLE_CORES} cores, < 1 GiB); followers {_fmt(w, 'followers')}; "
@@ -254,6 +280,7 @@ def _case(agents: int, tasks: int, idle: float) -> list[dict[str, Any]]:
         idle_window("idle")
 
         running0 = sims.total("running")
+        prof = Profiler(pids["leader"][0], f"{agents}-placing")
         place = Window(pids).start()
         t_place = time.monotonic()
         left, k = tasks, 0
@@ -275,6 +302,7 @@ def _case(agents: int, tasks: int, idle: float) -> list[dict[str, Any]]:
                 sims.cond.wait(0.5)
             place.sample()
         place.stop()
+        prof.stop()
         place_s = time.monotonic() - t_place
         print(f"[scale] {case}: {tasks:,} tasks running in {place_s:.1f}s ({tasks / place_s:,.0f} tasks/s; "
               f"{k} services created in {created_s:.1f}s); leader {_fmt(place, 'leader')}; "
@@ -334,5 +362,8 @@ if __name__ == "__main__":
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--agents", type=int, action="append", help="agents (repeatable; default 1000, and 5000 full)")
     ap.add_argument("--tasks", type=int)
+    ap.add_argument("--py-spy", metavar="DIR", help="record the leader with py-spy over each window into DIR")
     a = ap.parse_args()
+    if a.py_spy:
+        PROFILE_DIR = Path(a.py_spy)
     print(json.dumps(run(a.quick, a.agents, a.tasks), indent=1))
