@@ -158,6 +158,9 @@ class Allocator:
         self._starved = False  # some task is waiting for an address
         self._gone_nodes: set[str] = set()  # removed nodes whose attachments are still to delete
         self._retry_starved = False
+        # Nodes left without an ingress address (the network is full): a change to one of them needs no pass
+        # until an address frees; the count is logged when it changes.
+        self._nodes_left_out = 0
 
     def _rebuild(self) -> None:
         v = self.store.view()
@@ -212,6 +215,7 @@ class Allocator:
     def _observe(self, ev: Event) -> bool:
         """Release what went away; say whether something may need allocating."""
         if ev.kind == "network":
+            self._nodes_left_out = 0
             if ev.action == "remove":
                 self.ipam.nets.pop(ev.obj.id, None)
             else:
@@ -221,16 +225,23 @@ class Allocator:
             if ev.action == "remove":
                 for net_id, addr in self._node_addrs.pop(ev.obj.id, []):
                     self.ipam.release(net_id, addr)
+                    self._nodes_left_out = 0
                 self._gone_nodes.add(ev.obj.id)
                 return True
-            return not ev.obj.attachments
+            # A node without an address needs one, unless the network is full: a pass would find it just as full
+            # (an address that frees starts one).
+            return not ev.obj.attachments and not self._nodes_left_out
         if ev.kind == "service":
             if ev.action == "remove":
-                for net_id, addr in self._vips.pop(ev.obj.id, []):
+                vips = self._vips.pop(ev.obj.id, [])
+                for net_id, addr in vips:
                     self.ipam.release(net_id, addr)
                 for p in ev.obj.endpoint.ports:
                     self.ports.discard((p.protocol, p.published_port))
-                return False
+                nodes_retry = bool(vips) and self._nodes_left_out > 0
+                if nodes_retry:
+                    self._nodes_left_out = 0
+                return nodes_retry
             self._dirty_services.add(ev.obj.id)
             return True
         t: Task = ev.obj
@@ -238,9 +249,12 @@ class Allocator:
             released = self._held.pop(t.id, [])
             for net_id, addr in released:
                 self.ipam.release(net_id, addr)
-            # Tasks waiting for an address on a full network get another try.
+            # Tasks waiting for an address on a full network get another try, and so do nodes.
             self._retry_starved |= bool(released) and self._starved
-            return self._retry_starved
+            nodes_retry = bool(released) and self._nodes_left_out > 0
+            if nodes_retry:
+                self._nodes_left_out = 0
+            return self._retry_starved or nodes_retry
         if t.status.state == TaskState.NEW:
             self._dirty_tasks.add(t.id)
             return True
@@ -277,6 +291,8 @@ class Allocator:
             # The transaction may see an ingress network whose event this allocator has not had yet (swarm
             # init creates it with the first node, in one commit).
             self.ipam.add_network(ingress)
+        exhausted = False  # the ingress network is full: the other nodes of this pass need not try
+        left_out = 0
         for node in tx.nodes():
             node_obj: Node = node
             keep = tuple(a for a in node_obj.attachments if ingress is not None and a.network_id == ingress.id)
@@ -287,14 +303,21 @@ class Allocator:
                     for addr in a.addresses:
                         self.ipam.release(a.network_id, addr)
             if not keep and ingress is not None:
-                try:
-                    keep = (NetworkAttachment(network_id=ingress.id, addresses=(self.ipam.take(ingress.id),)),)
-                except PoolExhausted:
-                    log.warning("no address left on the ingress network for node %s", node_obj.id)
-                    if not node_obj.attachments:
-                        continue  # nothing to write: rewriting it would only wake this allocator again
+                if not exhausted:
+                    try:
+                        keep = (NetworkAttachment(network_id=ingress.id, addresses=(self.ipam.take(ingress.id),)),)
+                    except PoolExhausted:
+                        exhausted = True
+                left_out += not keep
             self._node_addrs[node_obj.id] = [(a.network_id, addr) for a in keep for addr in a.addresses]
-            tx.update(replace(node_obj, attachments=keep), check_version=False)
+            if keep != node_obj.attachments:
+                # A node left without an address is not rewritten: its update would wake this allocator for
+                # another pass that finds the network just as full (a busy loop of Raft writes).
+                tx.update(replace(node_obj, attachments=keep), check_version=False)
+        if left_out != self._nodes_left_out and left_out:
+            log.warning("no address left on the ingress network for %d node(s); they get one once one frees",
+                        left_out)
+        self._nodes_left_out = left_out
 
     def _drop_attachments(self, tx: Tx, nodes: set[str] | None) -> None:
         """Attachments of removed nodes go (their containers went with the node); all of them on a full pass."""

@@ -318,3 +318,37 @@ async def test_a_node_created_with_the_ingress_network_gets_an_address_and_a_ful
     n2 = store.view().node("n2")
     assert n2 is not None and n2.attachments == ()
     assert store.version == before  # nothing written for it
+
+
+async def test_nodes_left_without_an_ingress_address_are_not_rewritten_until_one_frees() -> None:
+    """More nodes than ingress addresses: the allocator gives out what there is and then writes nothing more (it
+    used to rewrite every address-less node on each pass, and each rewrite started the next pass: a busy loop of
+    store writes); a freed address goes to a node that had none."""
+    from shoal.model.objects import Node, NodeStatus
+
+    async with rig() as r:
+        ingress = await r.api.create_network(NetworkSpec(annotations=Annotations(name="ingress"), ingress=True,
+                                                         ipam=IPAMOptions(configs=(IPAMConfig(
+                                                             subnet="10.255.0.0/29"),))))
+        free = 8 - 3  # network, broadcast, gateway
+        await r.store.update(lambda tx: [tx.create(Node(id=f"n{i}")) for i in range(free + 3)])
+
+        def with_addr(v: ReadTx) -> set[str]:
+            return {n.id for n in v.nodes() if any(att.network_id == ingress.id for att in n.attachments)}
+
+        await until(r.store, lambda v: len(with_addr(v)) == free, "the free addresses given out")
+        version = r.store.version
+        await r.alloc._pass(full=True)  # a pass over a full network: nothing to write
+        assert r.store.version == version
+        # a status change of an address-less node does not start another pass either
+        left = sorted({n.id for n in r.store.view().nodes()} - with_addr(r.store.view()))
+        await r.store.update(lambda tx: tx.update(replace(tx.node(left[0]), status=NodeStatus(state="ready")),
+                                                  check_version=False))
+        version = r.store.version
+        await r.alloc._pass(full=False)
+        assert r.store.version == version
+        # a node removed frees its address: one of the nodes without one gets it
+        gone = sorted(with_addr(r.store.view()))[0]
+        await r.store.update(lambda tx: tx.delete("node", gone))
+        await until(r.store, lambda v: len(with_addr(v)) == free and gone not in with_addr(v), "the address reused")
+        assert r.alloc.ipam.free_count(ingress.id) == 0
