@@ -13,6 +13,7 @@ public key is used: every name in the certificate is the CA's decision.
 from __future__ import annotations
 
 import datetime
+import functools
 import hashlib
 import hmac
 import random
@@ -99,14 +100,25 @@ def cert_expiry(root: RootCA) -> float:
 
 def tls_info(root: RootCA) -> dict[str, str]:
     """The TLSInfo block dockerd shows: the root cert and its subject and public key in base64."""
+    return dict(_tls_info(root.ca_cert_pem))
+
+
+@functools.lru_cache(maxsize=64)
+def _tls_info(ca_cert_pem: str) -> dict[str, str]:
+    # Asked on every heartbeat (is the node's certificate from the desired root?): a few roots, parsed once.
     import base64
 
-    cert = x509.load_pem_x509_certificate(root.ca_cert_pem.encode())
+    cert = x509.load_pem_x509_certificate(ca_cert_pem.encode())
     subject = cert.subject.public_bytes()
     spki = cert.public_key().public_bytes(serialization.Encoding.DER,
                                           serialization.PublicFormat.SubjectPublicKeyInfo)
-    return {"TrustRoot": root.ca_cert_pem, "CertIssuerSubject": base64.b64encode(subject).decode(),
+    return {"TrustRoot": ca_cert_pem, "CertIssuerSubject": base64.b64encode(subject).decode(),
             "CertIssuerPublicKey": base64.b64encode(spki).decode()}
+
+
+def issuer_public_key(ca_cert_pem: str) -> str:
+    """The root's public key as TLSInfo's CertIssuerPublicKey carries it (what a node's issuer is compared by)."""
+    return _tls_info(ca_cert_pem)["CertIssuerPublicKey"]
 
 
 # --- join tokens ----------------------------------------------------------------------------------
@@ -212,7 +224,13 @@ def issue_node_cert(root: RootCA, csr_pem: str, node_id: str, role: str, cluster
 
 def identity_of(cert_pem: str | bytes) -> NodeIdentity:
     """Node ID, role and cluster ID from a node certificate (which TLS has already verified)."""
-    raw = cert_pem.encode() if isinstance(cert_pem, str) else cert_pem
+    return _identity_of(cert_pem.encode() if isinstance(cert_pem, str) else cert_pem)
+
+
+@functools.lru_cache(maxsize=16384)
+def _identity_of(raw: bytes) -> NodeIdentity:
+    # Every RPC on the secure listener names its caller this way: parse each node's certificate once, not
+    # once per heartbeat (thousands of nodes beat every few seconds). The answer is immutable.
     cert = x509.load_pem_x509_certificate(raw)
 
     def one(oid: x509.ObjectIdentifier) -> str:
@@ -422,8 +440,8 @@ def node_tls_info(cert_pem: str, issuer_pem: str) -> dict[str, str]:
 
 
 __all__ = ["INVALID_TOKEN", "NodeIdentity", "ca_digest_b36", "create_root_ca", "digest_b36_of_pem", "identity_of",
-           "issue_node_cert", "make_csr", "make_join_token", "new_id", "new_key_pem", "parse_join_token",
-           "renew_at", "tls_info", "token_role", "verify_issued_by"]
+           "issue_node_cert", "issuer_public_key", "make_csr", "make_join_token", "new_id", "new_key_pem",
+           "parse_join_token", "renew_at", "tls_info", "token_role", "verify_issued_by"]
 
 
 def apply_ca_spec(cluster: Cluster, spec: SwarmSpec, now: float) -> tuple[SwarmSpec, RootCA]:

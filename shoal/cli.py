@@ -42,11 +42,13 @@ async def run_daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, exec
                      mesh_keepalive: tuple[int, int, int] | None = None) -> None:
     from aiohttp import web
 
+    from shoal import gctune
     from shoal.engineapi.engine_client import EngineClient
     from shoal.engineapi.proxy import EngineProxy
     from shoal.engineapi.server import make_app
     from shoal.node import NodeConfig, ShoalNode
 
+    gctune.tune()
     seed = int.from_bytes(os.urandom(8), "big")
     node = ShoalNode(NodeConfig(data_dir=data_dir, executor=executor, engine_host=engine_host,
                                 hostname=hostname, scheduler_strategy=strategy, api_socket=api_socket,
@@ -58,6 +60,7 @@ async def run_daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, exec
     app = make_app(node, proxy, engine)
     runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
     await runner.setup()
+    gctune.freeze()  # start-up's objects (modules, the restored store) need never be traversed again
     api_socket.parent.mkdir(parents=True, exist_ok=True)
     with contextlib.suppress(FileNotFoundError):
         api_socket.unlink()

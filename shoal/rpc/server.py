@@ -190,6 +190,7 @@ class _Servers:
         self.node_id = ""
         self.membership: Any = None  # shoal.manager.membership.Membership (None: a manager alone, always leading)
         self.creds: Callable[[], tuple[str, str, str]] = lambda: ("", "", "")
+        self._managers_cache: tuple[tuple[int, str], tuple[str, ...]] = ((-1, ""), ())
 
     def is_leader(self) -> bool:
         return self.membership is None or bool(self.membership.raft.is_leader)
@@ -201,11 +202,17 @@ class _Servers:
     def managers(self) -> list[str]:
         """Every manager's listen address, the leader's first (what agents keep to find a manager)."""
         lead = self.membership.leader_addr() if self.membership is not None else ""
+        # Every heartbeat carries this list: recompute it only when the store changed, not once per
+        # heartbeat over every node (that made the idle leader's work quadratic in the number of nodes).
+        key = (self.store.version, lead)
+        if self._managers_cache[0] == key:
+            return list(self._managers_cache[1])
         out = [lead] if lead else []
         for n in self.store.view().nodes():
             ms = n.manager_status
             if ms is not None and ":" in ms.addr and n.role == "manager" and ms.addr not in out:
                 out.append(ms.addr)
+        self._managers_cache = (key, tuple(out))
         return out
 
     def cluster(self) -> Cluster:
@@ -343,7 +350,7 @@ class DispatcherServicer(pbg.DispatcherServicer):
         cluster = self.s.cluster()
         node = self.s.store.view().node(ident.node_id)
         info = node.description.tls_info if node is not None else None
-        want = CA.tls_info(CA.root_of(CA.desired_root_pem(cluster.root_ca)))["CertIssuerPublicKey"]
+        want = CA.issuer_public_key(CA.desired_root_pem(cluster.root_ca))
         renew = not isinstance(info, dict) or info.get("CertIssuerPublicKey") != want
         role = node.role if node is not None else ident.role
         renew = renew or role != ident.role  # promoted or demoted: the next certificate carries the new role
@@ -593,7 +600,7 @@ class ManagerRPC:
             await self.store.update(lambda tx: _set_tls_info(tx, self.node_id, info))
         if not root.rotation_ca_cert_pem:
             return
-        want = CA.tls_info(CA.root_of(root.rotation_ca_cert_pem))["CertIssuerPublicKey"]
+        want = CA.issuer_public_key(root.rotation_ca_cert_pem)
         nodes = self.store.view().nodes()
         if not all(isinstance(n.description.tls_info, dict) and n.description.tls_info.get("CertIssuerPublicKey")
                    == want for n in nodes):
