@@ -82,6 +82,44 @@ class _Session:
             w.set()
 
 
+class _DepCounts:
+    """How many of a node's tasks reference each secret and config."""
+
+    def __init__(self) -> None:
+        self._by_task: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
+        self._secrets: dict[str, int] = {}
+        self._configs: dict[str, int] = {}
+
+    @staticmethod
+    def _count(counts: dict[str, int], ids: tuple[str, ...], delta: int) -> None:
+        for i in ids:
+            n = counts.get(i, 0) + delta
+            if n > 0:
+                counts[i] = n
+            else:
+                counts.pop(i, None)
+
+    def discard(self, task_id: str) -> None:
+        old = self._by_task.pop(task_id, None)
+        if old is not None:
+            self._count(self._secrets, old[0], -1)
+            self._count(self._configs, old[1], -1)
+
+    def add(self, task_id: str, secrets: tuple[str, ...], configs: tuple[str, ...]) -> None:
+        """Set (or replace) what the task references."""
+        self.discard(task_id)
+        if secrets or configs:
+            self._by_task[task_id] = (secrets, configs)
+            self._count(self._secrets, secrets, 1)
+            self._count(self._configs, configs, 1)
+
+    def secrets(self) -> set[str]:
+        return set(self._secrets)
+
+    def configs(self) -> set[str]:
+        return set(self._configs)
+
+
 class Dispatcher:
     def __init__(self, store: MemoryStore, clock: Clock) -> None:
         self.store = store
@@ -178,15 +216,13 @@ class Dispatcher:
 
     # --- assignments ------------------------------------------------------------------------------
 
-    def _deps(self, tasks: dict[str, Task]) -> tuple[set[str], set[str]]:
-        secrets: set[str] = set()
-        configs: set[str] = set()
-        for t in tasks.values():
-            if t.status.state >= TaskState.COMPLETE and t.desired_state > TaskState.RUNNING:
-                continue
-            secrets.update(r.secret_id for r in t.spec.container.secrets)
-            configs.update(r.config_id for r in t.spec.container.configs)
-        return secrets, configs
+    @staticmethod
+    def _task_deps(t: Task) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        """The secrets and configs a task needs on its node (none once it has finished for good)."""
+        if t.status.state >= TaskState.COMPLETE and t.desired_state > TaskState.RUNNING:
+            return (), ()
+        return (tuple(r.secret_id for r in t.spec.container.secrets),
+                tuple(r.config_id for r in t.spec.container.configs))
 
     async def _fanout(self) -> None:
         """One store watch for all sessions: route task events to the node they concern."""
@@ -234,7 +270,12 @@ class Dispatcher:
         try:
             v = self.store.view()
             tasks = {t.id: t for t in v.tasks(node_id=node_id) if assigned_to(t, node_id)}
-            secrets, configs = self._deps(tasks)
+            # Reference counts of the node's secrets and configs, kept up to date task by task: recounting
+            # every task of the node on every message made a busy node's stream quadratic.
+            deps = _DepCounts()
+            for have in tasks.values():
+                deps.add(have.id, *self._task_deps(have))
+            secrets, configs = deps.secrets(), deps.configs()
             yield Assignments(
                 type=COMPLETE, tasks=tuple(tasks.values()),
                 secrets=tuple(s for s in (v.get("secret", i) for i in secrets) if s is not None),
@@ -262,8 +303,11 @@ class Dispatcher:
                         dep_changed.add(item.obj.id)
                 for tid in removed:
                     tasks.pop(tid, None)
+                    deps.discard(tid)
                 tasks.update(changed)
-                new_s, new_c = self._deps(tasks)
+                for t in changed.values():
+                    deps.add(t.id, *self._task_deps(t))
+                new_s, new_c = deps.secrets(), deps.configs()
                 v = self.store.view()
                 add_s = {x for x in new_s if x not in secrets or x in dep_changed}
                 add_c = {x for x in new_c if x not in configs or x in dep_changed}
