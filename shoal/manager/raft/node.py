@@ -436,6 +436,14 @@ class RaftNode:
     def _set_leader(self, is_leader: bool) -> None:
         if is_leader == self.is_leader:
             return
+        # Leadership changes are rare in a healthy cluster and explain every latency spike around them.
+        if is_leader:
+            log.info("raft node %d: leading from term %d", self.id, self.core.term)
+        elif self.core.role == Role.LEADER:  # stopping
+            log.info("raft node %d: stopped leading (term %d)", self.id, self.core.term)
+        else:
+            log.warning("raft node %d: no longer leading (term %d, now %s)", self.id, self.core.term,
+                        self.core.role.value)
         self.is_leader = is_leader
         if is_leader:
             self.leader_event.set()
