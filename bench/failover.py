@@ -279,7 +279,8 @@ def _shoal_leader(runs: int, swarm_lead: list[float]) -> list[dict[str, Any]]:
 
     base = Path(tempfile.mkdtemp(prefix="shoalb-fl-", dir="/var/tmp"))
     cond = (f"Shoal: 3 managers (shoal daemon --executor process on loopback), default settings (Raft tick "
-            f"100 ms, election 10-20 ticks); {runs} runs on one cluster; `docker secret create` retried every 0.1 s")
+            f"100 ms, election timeout 10-14 ticks); {runs} runs on one cluster; `docker secret create` retried "
+            "every 0.1 s")
     conditions("failover", cond)
     xs: list[float] = []
     mc = ManagerCluster(base, 3, heartbeat="", extra_args=("--log-level", "warning"))
