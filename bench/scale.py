@@ -283,7 +283,7 @@ def _case(agents: int, tasks: int, idle: float) -> list[dict[str, Any]]:
         prof = Profiler(pids["leader"][0], f"{agents}-placing")
         place = Window(pids).start()
         t_place = time.monotonic()
-        left, k = tasks, 0
+        left, k, retried = tasks, 0, False
         while left > 0:
             n = min(REPLICAS_PER_SERVICE, left)
             st, body = leader.api("POST", "/v1.47/services/create", json.dumps(_service(f"scale{k}", n)).encode())
@@ -292,7 +292,11 @@ def _case(agents: int, tasks: int, idle: float) -> list[dict[str, Any]]:
                 print(f"[scale] {case}: leadership moved during placement ({time.monotonic() - t_place:.1f}s in)",
                       flush=True)
                 leader = mc.leader()
+                retried = True
                 continue
+            if st == 409 and retried and "already exists" in str(body):
+                st = 201  # the create that lost its answer to the election had committed after all
+            retried = False
             if st != 201:
                 raise RuntimeError(f"service create answered {st}: {body}")
             left -= n
