@@ -355,11 +355,13 @@ class ShoalNode:
             except OSError as e:
                 log.error("protecting the Raft data key failed: %s", e)
                 return
-            creds = self._read_creds()
             was_locked = keys.kek is not None
-            self._keys = new
-            if was_locked != bool(want):  # on or off; a rotation leaves the TLS key (under the DEK) as it is
-                self._write_creds(creds)
+            self._keys = new  # the same DEK: the TLS key on disk reads the same under either
+            # On or off; a rotation leaves the TLS key (under the DEK) as it is. At `swarm init --autolock` this
+            # can run before the node's first certificate is written: that write then protects it (it reads
+            # `self._keys`), and there is nothing on disk to rewrite yet.
+            if was_locked != bool(want) and (self._certs_dir / "swarm-node.key").exists():
+                self._write_creds(self._read_creds())
             log.info("autolock %s: the Raft data key and TLS key on disk are %s", "on" if want else "off",
                      "protected by the unlock key" if want else "no longer locked")
 
