@@ -27,9 +27,9 @@ from shoal.model.objects import (
     TaskStatus,
 )
 from shoal.model.state import TaskState
-from shoal.store.memory import MemoryStore
+from shoal.store.memory import MemoryStore, Tx
 from shoal.testing.clock import VirtualClock
-from shoal.testing.sim import memory_store
+from tests.support.dispatcher import running_dispatcher
 
 
 def task(tid: str, secrets: tuple[str, ...] = (), configs: tuple[str, ...] = ()) -> Task:
@@ -40,30 +40,19 @@ def task(tid: str, secrets: tuple[str, ...] = (), configs: tuple[str, ...] = ())
     return Task(id=tid, spec=spec, node_id="n1", status=TaskStatus(state=TaskState.ASSIGNED))
 
 
+def seed(tx: Tx) -> None:
+    tx.create(Node(id="n1", status=NodeStatus(state="unknown")))
+    for s in ("s1", "s2"):
+        tx.create(Secret(id=s, spec=SecretSpec(annotations=Annotations(name=s), data=b"x")))
+    tx.create(Config(id="c1", spec=ConfigSpec(annotations=Annotations(name="c1"), data=b"y")))
+    tx.create(task("a", secrets=("s1", "s2"), configs=("c1",)))
+    tx.create(task("b", secrets=("s1",)))
+
+
 @pytest.fixture
 async def env() -> AsyncIterator[tuple[VirtualClock, MemoryStore, Dispatcher]]:
-    clock = VirtualClock()
-    async with clock.autojump():
-        store = memory_store(clock)
-
-        def seed(tx):  # type: ignore[no-untyped-def]
-            tx.create(Node(id="n1", status=NodeStatus(state="unknown")))
-            for s in ("s1", "s2"):
-                tx.create(Secret(id=s, spec=SecretSpec(annotations=Annotations(name=s), data=b"x")))
-            tx.create(Config(id="c1", spec=ConfigSpec(annotations=Annotations(name="c1"), data=b"y")))
-            tx.create(task("a", secrets=("s1", "s2"), configs=("c1",)))
-            tx.create(task("b", secrets=("s1",)))
-
-        await store.update(seed)
-        d = Dispatcher(store, clock)
-        runner = asyncio.ensure_future(d.run())
-        await clock.sleep(0.01)
-        try:
-            yield clock, store, d
-        finally:
-            runner.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await runner
+    async with running_dispatcher(seed) as e:
+        yield e
 
 
 def ids(objs: tuple[Secret, ...] | tuple[Config, ...]) -> set[str]:

@@ -10,27 +10,19 @@ import pytest
 
 from shoal.manager.dispatcher import STREAM_GRACE, Dispatcher
 from shoal.model.objects import Node, NodeDescription, NodeStatus
-from shoal.store.memory import MemoryStore
+from shoal.store.memory import MemoryStore, Tx
 from shoal.testing.clock import VirtualClock
-from shoal.testing.sim import memory_store
+from tests.support.dispatcher import running_dispatcher
 
 
 @pytest.fixture
 async def env() -> AsyncIterator[tuple[VirtualClock, MemoryStore, Dispatcher]]:
-    clock = VirtualClock()
-    async with clock.autojump():
-        store = memory_store(clock)
-        await store.update(lambda tx: (tx.create(Node(id="n1", status=NodeStatus(state="unknown"))),
-                                       tx.create(Node(id="n2", status=NodeStatus(state="unknown")))))
-        d = Dispatcher(store, clock)
-        runner = asyncio.ensure_future(d.run())
-        await clock.sleep(0.01)
-        try:
-            yield clock, store, d
-        finally:
-            runner.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await runner
+    def seed(tx: Tx) -> None:
+        tx.create(Node(id="n1", status=NodeStatus(state="unknown")))
+        tx.create(Node(id="n2", status=NodeStatus(state="unknown")))
+
+    async with running_dispatcher(seed) as e:
+        yield e
 
 
 def state(store: MemoryStore, nid: str) -> str:
