@@ -2,9 +2,13 @@
 
 Three managers and N simulated agents (bench/scale.py's harness); services of 1,000 replicas are created, the
 leader is killed KILL_AFTER seconds later, and the new leader's task list is printed every 3 s until every task
-runs. Known bug (issue 7's closing note): with 300 agents, 5,000 tasks and a kill 3 s in, tasks that the old
-leader assigned just before dying stay `assigned` for good (70, 352 and 56 in three runs, 6-10 on each of a few
-nodes that stay ready); 100 agents and 2,000 tasks did not show it.
+runs; if some never do, each stuck task is printed with its node's own view of it (the agents' SIGUSR1 dump).
+
+It found this bug (fixed; tests/unit/test_rpc_security.py keeps it fixed): with 300 agents, 5,000 tasks and a kill
+3 s in, 6-352 tasks stayed `assigned` for good, while their agents ran them and had no report left to send. A
+reconnecting agent closes its old channel, grpc.aio cancels the calls still in flight on it, and the running
+report cut that way ended the agent's reporter with a CancelledError that its TaskGroup dropped silently. After
+the fix, three of three runs had every task running 7 s in.
 
     python bench/placement_failover.py [AGENTS] [TASKS] [KILL_AFTER]      # default 300 5000 3
 """
@@ -14,6 +18,7 @@ from __future__ import annotations
 import collections
 import json
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
@@ -67,11 +72,37 @@ def main(agents: int, tasks: int, kill_after: float, polls: int = 10) -> int:
         stuck = [t for t in body if t["Status"]["State"] != "running"]
         by_node = collections.Counter(names.get(t["NodeID"]) for t in stuck)
         print(f"{len(stuck)} tasks never ran, by node: {dict(by_node)}")
+        _agents_view(sims, base, {t["ID"]: t for t in stuck})
         return 1
     finally:
         if sims is not None:
             sims.stop()
         mc.stop()
+
+
+def _agents_view(sims: scale.SimProcs, base: Path, stuck: dict[str, Any]) -> None:
+    """Ask the agents' processes for their views (SIGUSR1) and print what the stuck tasks' nodes think of them."""
+    logs = sorted(base.glob("sim*.log"))
+    sizes = {p: p.stat().st_size for p in logs}
+    for p in sims.procs:
+        p.send_signal(signal.SIGUSR1)
+    views: dict[str, Any] = {}
+    deadline = time.monotonic() + 10.0
+    while len(views) < len(logs) and time.monotonic() < deadline:
+        for p in logs:
+            with open(p) as f:
+                f.seek(sizes[p])
+                for line in f:
+                    if line.startswith('{"dump"'):
+                        views[str(p)] = json.loads(line)["dump"]
+        time.sleep(0.2)  # poll for the dump lines the signal asked for
+    agents = {nid: v for d in views.values() for nid, v in d.items()}
+    for tid, t in stuck.items():
+        a = agents.get(t["NodeID"], {})
+        print(f"task {tid[:12]} on {t['NodeID'][:12]}: manager says {t['Status']['State']} "
+              f"(version {t['Version']['Index']}, {t['Status'].get('Timestamp')}); agent connected="
+              f"{a.get('connected')} sees {a.get('tasks', {}).get(tid, 'nothing')}, unacknowledged "
+              f"{a.get('unacknowledged', {}).get(tid)}; the agent runs {len(a.get('tasks', {}))} tasks")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,9 @@ Run as a process (what bench/scale.py starts, several of them, so the client sid
 It prints one JSON line per `--report-interval` seconds on stdout: agents joined so far, sessions up, the
 seconds the joins took, running tasks (their running status acknowledged by the leader, i.e. written to the
 store), heartbeats and registrations sent, errors. It runs until SIGTERM or SIGINT, or until stdin closes.
+SIGUSR1 writes every agent's view (its tasks and their states as the agent sees them, the status reports not
+yet acknowledged, whether its session is up) as one JSON line on stderr: what a stuck task looks like from
+its node.
 """
 
 from __future__ import annotations
@@ -137,6 +140,13 @@ class SimAgents:
         sem = asyncio.Semaphore(self.concurrency)
         await asyncio.gather(*(self._one(i, sem) for i in range(self.count)))
 
+    def dump(self) -> dict[str, Any]:
+        """Every agent's view of its tasks (for diagnosing a task the managers see stuck)."""
+        return {a.node_id: {"connected": a.connected.is_set(),
+                            "tasks": {tid: r.task.status.state.name.lower() for tid, r in a.runners.items()},
+                            "unacknowledged": {tid: st.state.name.lower() for tid, st in a._reports.items()}}
+                for a in self.agents}
+
     async def stop(self) -> None:
         for t in self._tasks:
             t.cancel()
@@ -156,6 +166,8 @@ async def _main(args: argparse.Namespace) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGUSR1, lambda: print(json.dumps({"dump": sim.dump()}), file=sys.stderr,
+                                                          flush=True))
     loop.add_reader(sys.stdin.fileno(), lambda: stop.set() if not os.read(sys.stdin.fileno(), 4096) else None)
 
     def emit() -> None:
