@@ -9,11 +9,12 @@ listener with this node's certificate.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import socket
 import ssl
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -173,6 +174,22 @@ async def join(remote_addrs: list[str], token: str, key_pem: str, hostname: str,
     raise Unavailable(f"could not reach a manager at {', '.join(remote_addrs)}: {last}")
 
 
+@contextlib.contextmanager
+def channel_may_close() -> Iterator[None]:
+    """A call on a channel another task may close (a new session replaces the channel): grpc.aio cancels the
+    closed channel's calls, and their callers see a CancelledError that is not their own. Such a caller must see a
+    failed call instead: a task ending cancelled inside a TaskGroup is dropped without a word, so an agent's
+    reporter lost that way would never report a task's status again."""
+    try:
+        yield
+    except asyncio.CancelledError:
+        task = asyncio.current_task()
+        if task is not None and task.cancelling():
+            raise  # our own cancellation
+        raise Unavailable("rpc error: code = Canceled desc = the connection to the manager was closed during "
+                          "the call") from None
+
+
 def _assignments(msg: pb.AssignmentsMessage) -> Assignments:
     p = json.loads(msg.payload or b"{}")
     return Assignments(
@@ -255,8 +272,10 @@ class RemoteDispatcher:
         for _ in range(4):
             ch = await self._connect()
             try:
-                resp = await pbg.DispatcherStub(ch).Register(pb.RegisterRequest(
-                    description=json.dumps(codec.encode(description)).encode(), addr=addr), timeout=self.call_timeout)
+                with channel_may_close():
+                    resp = await pbg.DispatcherStub(ch).Register(pb.RegisterRequest(
+                        description=json.dumps(codec.encode(description)).encode(), addr=addr),
+                        timeout=self.call_timeout)
                 break
             except grpc.aio.AioRpcError as e:
                 hint = _leader_hint(e)
@@ -276,8 +295,9 @@ class RemoteDispatcher:
 
     async def heartbeat(self, node_id: str) -> float:
         try:
-            resp = await pbg.DispatcherStub(self._stub_channel()).Heartbeat(
-                pb.Empty(), timeout=max(self._period, 1.0))
+            with channel_may_close():
+                resp = await pbg.DispatcherStub(self._stub_channel()).Heartbeat(
+                    pb.Empty(), timeout=max(self._period, 1.0))
         except grpc.aio.AioRpcError as e:
             raise self._error(e) from None
         if float(resp.period) != self._period:
@@ -298,8 +318,9 @@ class RemoteDispatcher:
     async def assignments(self, node_id: str) -> AsyncIterator[Assignments]:
         call = pbg.DispatcherStub(self._stub_channel()).Assignments(pb.Empty())
         try:
-            async for msg in call:
-                yield _assignments(msg)
+            with channel_may_close():
+                async for msg in call:
+                    yield _assignments(msg)
         except grpc.aio.AioRpcError as e:
             raise self._error(e) from None
         finally:
@@ -308,15 +329,17 @@ class RemoteDispatcher:
     async def update_task_status(self, node_id: str, updates: list[tuple[str, TaskStatus]]) -> None:
         body = json.dumps([[tid, codec.encode(st)] for tid, st in updates]).encode()
         try:
-            await pbg.DispatcherStub(self._stub_channel()).UpdateTaskStatus(pb.StatusUpdate(updates=body),
-                                                                             timeout=self.call_timeout)
+            with channel_may_close():
+                await pbg.DispatcherStub(self._stub_channel()).UpdateTaskStatus(pb.StatusUpdate(updates=body),
+                                                                                 timeout=self.call_timeout)
         except grpc.aio.AioRpcError as e:
             raise self._error(e) from None
 
     async def leave(self) -> None:
         ch = self._channel or await self._connect()
         try:
-            await pbg.DispatcherStub(ch).Leave(pb.Empty(), timeout=min(self.call_timeout, 3.0))
+            with channel_may_close():
+                await pbg.DispatcherStub(ch).Leave(pb.Empty(), timeout=min(self.call_timeout, 3.0))
         except grpc.aio.AioRpcError as e:
             raise self._error(e) from None
 
@@ -353,4 +376,4 @@ class RemoteDispatcher:
 
 
 __all__ = ["InvalidArgument", "JoinResult", "NodeCredentials", "NodeRemoved", "RemoteDispatcher",
-           "fetch_root_unverified", "join"]
+           "channel_may_close", "fetch_root_unverified", "join"]

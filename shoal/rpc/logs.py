@@ -26,6 +26,7 @@ from shoal.errors import NotFound, ShoalError
 from shoal.manager.logbroker import LocalLogs, LogBroker, Published
 from shoal.rpc import shoal_pb2 as pb
 from shoal.rpc import shoal_pb2_grpc as pbg
+from shoal.rpc.client import channel_may_close
 from shoal.rpc.server import ANY_NODE, Authorizer, authorized
 
 log = logging.getLogger(__name__)
@@ -177,7 +178,8 @@ async def serve_logs_loop(remote: Any, agent: Any, clock: Any) -> None:
         await agent.connected.wait()
         try:
             channel = remote._stub_channel()
-            await serve_subscriptions(channel, agent)
+            with channel_may_close():  # a new session closes this channel
+                await serve_subscriptions(channel, agent)
             backoff = 0.2
         except asyncio.CancelledError:
             raise

@@ -24,12 +24,14 @@ import grpc
 
 from shoal import ca as CA
 from shoal.clock import Clock
+from shoal.errors import Unavailable
 from shoal.ids import new_id
 from shoal.manager import attachments
 from shoal.model import codec
 from shoal.net.state import NetState, StoreChanges, decode_state, encode_state
 from shoal.rpc import shoal_pb2 as pb
 from shoal.rpc import shoal_pb2_grpc as pbg
+from shoal.rpc.client import channel_may_close
 from shoal.rpc.server import ANY_NODE, Authorizer, authorized
 from shoal.store.memory import MemoryStore
 
@@ -84,11 +86,14 @@ class RemoteFeed:
                 continue
             call = pbg.NetworkStub(channel).WatchState(pb.Empty())
             try:
-                async for msg in call:
-                    backoff = 0.2
-                    yield decode_state(json.loads(msg.data))
+                with channel_may_close():  # a new session closes this channel
+                    async for msg in call:
+                        backoff = 0.2
+                        yield decode_state(json.loads(msg.data))
             except grpc.aio.AioRpcError as e:
                 log.info("network state stream ended (%s); reopening", e.code().name)
+            except Unavailable as e:
+                log.info("network state stream ended (%s); reopening", e)
             finally:
                 call.cancel()
             await self.clock.sleep(backoff)
@@ -97,9 +102,11 @@ class RemoteFeed:
 
 async def remote_attach(channel: grpc.aio.Channel, body: dict[str, Any], timeout: float) -> bytes:
     """Network.Attach on `channel` (shoal.net.attach): the attachment task, codec JSON."""
-    resp = await pbg.NetworkStub(channel).Attach(pb.Blob(data=json.dumps(body).encode()), timeout=timeout)
+    with channel_may_close():
+        resp = await pbg.NetworkStub(channel).Attach(pb.Blob(data=json.dumps(body).encode()), timeout=timeout)
     return bytes(resp.data)
 
 
 async def remote_detach(channel: grpc.aio.Channel, body: dict[str, Any], timeout: float) -> None:
-    await pbg.NetworkStub(channel).Detach(pb.Blob(data=json.dumps(body).encode()), timeout=timeout)
+    with channel_may_close():
+        await pbg.NetworkStub(channel).Detach(pb.Blob(data=json.dumps(body).encode()), timeout=timeout)

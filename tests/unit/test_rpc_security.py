@@ -3,12 +3,14 @@
 Every test names one check and fails if that check is removed: no client certificate, a certificate from
 another CA, an expired certificate, a worker certificate on a manager-only call, a removed node's
 certificate, a tampered join token, a token whose CA digest does not match (man in the middle), a rotated
-token. Plus the happy path: join, register, assignments, status reports, renewal.
+token. Plus the happy path (join, register, assignments, status reports, renewal) and the session's liveness:
+nodes that never come back go down, and a call cut by a new session is retried, not lost.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import random
 from collections.abc import AsyncIterator
@@ -345,3 +347,81 @@ async def test_nodes_that_never_come_back_after_a_manager_start_go_down(tmp_path
         runner.cancel()
         with pytest.raises(asyncio.CancelledError):
             await runner
+
+
+# --- a new session closes the old channel under calls still in flight ----------------------------------
+
+
+class _HeldReports:
+    """The manager's UpdateTaskStatus held open until released: a report in flight while the session changes."""
+
+    def __init__(self, d: Dispatcher) -> None:
+        self.real = d.update_task_status
+        self.entered = asyncio.Event()
+        self.release = asyncio.Event()
+        self.held = 0
+
+    async def __call__(self, node_id: str, updates: list[tuple[str, TaskStatus]]) -> None:
+        if self.held == 0:
+            self.held += 1
+            self.entered.set()
+            await self.release.wait()
+            raise ShoalError("this call was held until its channel was gone")
+        await self.real(node_id, updates)
+
+
+async def test_a_call_in_flight_when_a_new_session_closes_its_channel_fails_as_unavailable(
+        mgr: Mgr, monkeypatch: pytest.MonkeyPatch) -> None:
+    """grpc.aio cancels a closed channel's calls; the caller must get an error it retries on, not a
+    CancelledError that is not its own (in the agent's TaskGroup that silently ended its reporter)."""
+    from shoal.errors import Unavailable
+
+    held = _HeldReports(mgr.dispatcher)
+    monkeypatch.setattr(mgr.dispatcher, "update_task_status", held)
+    j = await joined(mgr)
+    rd = C.RemoteDispatcher([mgr.addr], j.creds)
+    await rd.register(j.node_id, NodeDescription(hostname="w1"), "")
+    report = asyncio.create_task(rd.update_task_status(j.node_id, [("t1", TaskStatus(state=TaskState.RUNNING))]))
+    await asyncio.wait_for(held.entered.wait(), 10)
+    await rd.register(j.node_id, NodeDescription(hostname="w1"), "")  # a new session: a new channel
+    with pytest.raises(Unavailable, match="closed during the call"):
+        await asyncio.wait_for(report, 10)
+    held.release.set()
+    await rd.close()
+
+
+async def test_an_agent_reports_a_status_whose_call_was_cut_by_its_reconnect(
+        mgr: Mgr, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The failover bug the scale benchmark found: the session ends while the agent's running report is in
+    flight, the agent reconnects (closing the old channel), and the report must still reach the store."""
+    from shoal.agent.agent import Agent
+    from shoal.testing.fakeexec import FakeBehavior, FakeExecutor
+
+    held = _HeldReports(mgr.dispatcher)
+    monkeypatch.setattr(mgr.dispatcher, "update_task_status", held)
+    j = await joined(mgr)
+    rd = C.RemoteDispatcher([mgr.addr], j.creds)
+    agent = Agent(j.node_id, FakeExecutor(hostname="w1", behavior=FakeBehavior(exit_code=None)), rd,
+                  SystemClock(), random.Random(1))
+    running = asyncio.create_task(agent.run())
+    try:
+        await asyncio.wait_for(agent.connected.wait(), 10)
+        task = Task(id="t1", node_id=j.node_id, spec=TaskSpec(), desired_state=TaskState.RUNNING,
+                    status=TaskStatus(state=TaskState.ASSIGNED))
+        await mgr.store.update(lambda tx: tx.create(task))
+        await asyncio.wait_for(held.entered.wait(), 10)
+        mgr.dispatcher.sessions[j.node_id].expire()  # the session ends: the agent registers again
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + 15
+        while mgr.store.view().task("t1").status.state != TaskState.RUNNING:
+            assert not running.done(), running
+            assert loop.time() < deadline, (f"the task is still {mgr.store.view().task('t1').status.state.name}"
+                                            " in the store though the agent runs it")
+            await asyncio.sleep(0.05)  # polling the store the reports are written to
+        assert held.held == 1 and not held.release.is_set()  # the held call was never answered: cut, retried
+    finally:
+        running.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await running
+        await agent.close()
+        await rd.close()
