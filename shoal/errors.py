@@ -20,6 +20,10 @@ and the HTTP layer translates these into dockerd's status codes and `{"message":
 
 from __future__ import annotations
 
+from typing import TypeVar
+
+E = TypeVar("E", bound=BaseException)
+
 _GRPC_STATUS = {
     "InvalidArgument": 400, "NotFound": 404, "AlreadyExists": 409, "PermissionDenied": 403,
     "FailedPrecondition": 400, "Unauthenticated": 401, "OutOfRange": 400, "Unimplemented": 501,
@@ -106,3 +110,21 @@ WORKER_NOT_MANAGER = (
     "This node is not a swarm manager. Worker nodes can't be used to view or modify cluster state. "
     "Please run this command on a manager node or promote the current node to a manager."
 )
+
+
+def fresh(e: E) -> E:
+    """A new instance of `e` (type, arguments, attributes; no traceback) for one of several waiters.
+
+    One instance raised by many tasks gathers every raiser's frames into its one traceback, and those frames
+    keep their locals alive (a failed batch of task reports, a whole transaction) in reference cycles that
+    only a full collection frees: with a leadership change failing thousands of waiters at once, that was
+    hundreds of thousands of objects per election. Each waiter gets its own instance instead.
+    """
+    try:
+        c = type(e).__new__(type(e))
+    except TypeError:  # a type that needs its arguments to be built (an exception group): share it
+        return e
+    c.args = e.args
+    c.__dict__.update(e.__dict__)
+    return c
+

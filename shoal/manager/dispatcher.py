@@ -16,7 +16,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from shoal.clock import Clock
-from shoal.errors import NotFound, NotLeader, ShoalError, Unavailable
+from shoal.errors import NotFound, NotLeader, ShoalError, Unavailable, fresh
 from shoal.manager.attachments import is_attachment
 from shoal.model.objects import (
     SECOND,
@@ -369,7 +369,7 @@ class Dispatcher:
                     if error is None:
                         w.set_result(None)
                     else:
-                        w.set_exception(error)
+                        w.set_exception(fresh(error))
 
     def _apply_statuses(self, tx: Tx, batch: dict[str, tuple[str, TaskStatus]]) -> None:
         for tid, (node_id, status) in batch.items():

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from shoal.clock import Clock
+from shoal.errors import Unavailable
 from shoal.manager.allocator import Allocator
 from shoal.manager.controlapi import ControlAPI
 from shoal.manager.dispatcher import Dispatcher
@@ -77,6 +78,8 @@ class Manager:
                 await self._leadership_changed.wait()
                 self._leadership_changed.clear()
                 if term is not None and term.done():
+                    if not term.cancelled():
+                        term.exception()  # retrieved: _lead logged it
                     term = None
                     if self._want_leader:
                         await self.clock.sleep(1.0)  # a loop failed (logged): start the term's loops again
@@ -99,7 +102,11 @@ class Manager:
             await self.run_leader()
         except asyncio.CancelledError:
             raise
-        except BaseException:
+        except BaseException as e:
+            if _leadership_lost(e):
+                # A loop's write failed because this manager stopped leading: the term's normal end.
+                log.info("the leader-only loops stopped: %s", _first_leaf(e))
+                return
             # A leader loop failed: this manager cannot lead properly; log it (the term ends with it).
             log.exception("a leader-only loop failed")
             raise
@@ -128,4 +135,17 @@ class Manager:
             except Exception:
                 log.exception("manager stopped with an error")
             self._task = None
+
+
+def _leadership_lost(e: BaseException) -> bool:
+    """Whether every error in `e` is a write refused for want of a leader (NotLeader, a lost proposal)."""
+    if isinstance(e, BaseExceptionGroup):
+        return all(_leadership_lost(x) for x in e.exceptions)
+    return isinstance(e, Unavailable)
+
+
+def _first_leaf(e: BaseException) -> BaseException:
+    while isinstance(e, BaseExceptionGroup):
+        e = e.exceptions[0]
+    return e
 

@@ -25,7 +25,7 @@ from typing import Any, Protocol, TypeVar
 import orjson
 
 from shoal.clock import Clock
-from shoal.errors import Conflict, NotFound, SequenceConflict, ShoalError
+from shoal.errors import Conflict, NotFound, SequenceConflict, ShoalError, fresh
 from shoal.model.codec import decode_as, encode
 from shoal.model.objects import (
     Cluster,
@@ -523,7 +523,7 @@ class MemoryStore:
                 except BaseException as e:
                     for f, _ in done:
                         if not f.done():
-                            f.set_exception(e)
+                            f.set_exception(fresh(e))
                     if isinstance(e, asyncio.CancelledError):
                         raise
                     continue

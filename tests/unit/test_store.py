@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import traceback
 from dataclasses import replace
 from pathlib import Path
 
@@ -8,6 +9,7 @@ import pytest
 
 from shoal.clock import SystemClock
 from shoal.errors import Conflict, SequenceConflict
+from shoal.manager.raft.node import NotLeaderError
 from shoal.model.objects import Annotations, Service, ServiceSpec, Task
 from shoal.store.memory import Commit, Event, MemoryStore, WatchOverflow
 from shoal.store.wal import open_local_store
@@ -163,3 +165,38 @@ async def test_a_stale_update_in_the_same_batch_conflicts() -> None:
     assert (await a).spec.annotations.name == "api"
     with pytest.raises(SequenceConflict):  # built on the version `a` replaced within the same entry
         await b
+
+
+class FailingProposer:
+    """Refuses every entry the way a manager that just lost leadership does."""
+
+    async def propose(self, entry: bytes) -> int:
+        raise NotLeaderError(3)
+
+
+async def test_each_transaction_of_a_refused_batch_gets_its_own_error() -> None:
+    # One instance shared by every waiter collected each raiser's frames in one traceback (and kept them,
+    # with their locals, alive in reference cycles): each caller gets its own copy of the error instead.
+    store = MemoryStore(FailingProposer(), SystemClock())
+    caught: dict[str, BaseException] = {}
+
+    async def writer_a() -> None:
+        try:
+            await store.update(lambda tx: tx.create(svc("a", "a")))
+        except NotLeaderError as e:
+            caught["a"] = e
+
+    async def writer_b() -> None:
+        try:
+            await store.update(lambda tx: tx.create(svc("b", "b")))
+        except NotLeaderError as e:
+            caught["b"] = e
+
+    await asyncio.gather(writer_a(), writer_b())  # queued together: one entry, refused once
+    a, b = caught["a"], caught["b"]
+    assert a is not b
+    assert str(a) == str(b) == "this node is not the swarm leader (the leader is manager 3)"
+    assert isinstance(a, NotLeaderError) and a.leader == 3 and isinstance(b, NotLeaderError) and b.leader == 3
+    frames_a = {f.f_code.co_name for f, _ in traceback.walk_tb(a.__traceback__)}
+    assert "writer_a" in frames_a and "writer_b" not in frames_a
+    assert store.view().service("a") is None and store.view().service("b") is None

@@ -11,6 +11,7 @@ import logging
 from collections.abc import Callable
 
 from shoal.clock import Clock
+from shoal.errors import Unavailable
 from shoal.manager.orchestrator.reconcile import Reconciler, reap_removed
 from shoal.manager.orchestrator.updater import Updater, slots_needing_update
 from shoal.model.objects import Node, Service, Task
@@ -99,6 +100,8 @@ class Orchestrator:
 
         try:
             await self.store.update(fn)
+        except Unavailable as e:  # no longer leading: the next leader reconciles from the store
+            log.warning("reconciliation not written: %s", e)
         except Exception:
             log.exception("reconciliation failed")
         for sid in service_ids:

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from typing import Protocol, TypeVar
 
 from shoal.clock import Clock
-from shoal.errors import Unavailable
+from shoal.errors import Unavailable, fresh
 from shoal.manager.raft.core import (
     ConfChange,
     EntryId,
@@ -426,11 +426,11 @@ class RaftNode:
         proposals, self._proposals = self._proposals, {}
         for _, fut in proposals.values():
             if not fut.done():
-                fut.set_exception(proposal_exc)
+                fut.set_exception(fresh(proposal_exc))
         if read_exc is not None:
             for fut in self._reads.values():
                 if not fut.done():
-                    fut.set_exception(read_exc)
+                    fut.set_exception(fresh(read_exc))
             self._read_waiting = []
 
     def _set_leader(self, is_leader: bool) -> None:
