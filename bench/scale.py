@@ -287,10 +287,11 @@ def _case(agents: int, tasks: int, idle: float) -> list[dict[str, Any]]:
         while left > 0:
             n = min(REPLICAS_PER_SERVICE, left)
             st, body = leader.api("POST", "/v1.47/services/create", json.dumps(_service(f"scale{k}", n)).encode())
-            if st in (400, 500, 503) and "leader" in str(body):
+            if st in (400, 500, 503) and ("leader" in str(body) or "unreachable" in str(body)):
                 # An election: 503 "not the swarm leader" from a manager that lost it, 500 "does not have a
                 # leader" (dockerd's answer too) while none is elected, 400 FailedPrecondition with the same text
-                # when the forward to a leader found none. Go on with whoever leads next, as a client would (the
+                # when the forward to a leader found none, 503 "manager unreachable" when the forward to a new
+                # leader timed out. Go on with whoever leads next, as a client would (the
                 # term change is recorded and reported).
                 print(f"[scale] {case}: leadership moved during placement ({time.monotonic() - t_place:.1f}s in)",
                       flush=True)

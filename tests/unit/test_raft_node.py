@@ -239,3 +239,39 @@ async def test_snapshots_taken_off_the_loop_are_durable_and_restore(tmp_path: Pa
     assert sorted(s.id for s in store2.view().services()) == sorted(f"s{i}" for i in range(120))
     await node2.stop()
     again.close()
+
+
+class StallingClock:
+    """A virtual clock whose monotonic time can jump while no code runs: what a stalled loop or process sees."""
+
+    def __init__(self, base: VirtualClock) -> None:
+        self.base = base
+        self.lost = 0.0
+
+    def now(self) -> float:
+        return self.base.now() + self.lost
+
+    def monotonic(self) -> float:
+        return self.base.monotonic() + self.lost
+
+    async def sleep(self, seconds: float) -> None:
+        await self.base.sleep(seconds)
+
+
+async def test_a_stalled_loop_is_logged_with_its_length(clock: VirtualClock,
+                                                         caplog: pytest.LogCaptureFixture) -> None:
+    st = MemoryStorage()
+    bootstrap(st, (1,))
+    stalling = StallingClock(clock)
+    node = RaftNode(1, st, InMemoryHub(clock).endpoint(1), stalling, rng=random.Random(1))
+    node.attach(MemoryStore(node, stalling))
+    await node.start()
+    try:
+        await clock.run_for(3.0)  # ticks on time: nothing said
+        assert not [r for r in caplog.records if "stalled" in r.getMessage()]
+        stalling.lost += 0.8  # more than half the 1 s election timeout passes between two ticks
+        await clock.run_for(0.3)
+        said = [r.getMessage() for r in caplog.records if "stalled" in r.getMessage()]
+        assert len(said) == 1 and "stalled for 800 ms" in said[0] and "1000 ms" in said[0], said
+    finally:
+        await node.stop()

@@ -284,7 +284,15 @@ class RaftNode:
 
     async def _ticker(self) -> None:
         while True:
+            t0 = self.clock.monotonic()
             await self.clock.sleep(self.tick_interval)
+            # A tick this late means the loop (or the process: a collection, descheduling) stalled; on the leader
+            # a stall near the election timeout lets the followers elect another one. Said so that an election
+            # under load can be told from a dead or unreachable leader.
+            late = self.clock.monotonic() - t0 - self.tick_interval
+            if late >= self.election_timeout / 2:
+                log.warning("raft node %d: the event loop was stalled for %.0f ms (the election timeout is %.0f ms)",
+                            self.id, late * 1000, self.election_timeout * 1000)
             self.core.tick()
             self._wake.set()
 
