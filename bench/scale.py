@@ -57,6 +57,7 @@ GOAL_RSS = 1 << 30
 GOAL_IDLE_CORES = 0.5
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 B = "scale"
+RAFT_TICK: float | None = None  # --raft-tick S: the managers' `--raft-tick` (default: theirs, 0.1 s)
 PROFILE_DIR: Path | None = None  # --py-spy DIR: py-spy samples the leader over each window (collapsed stacks)
 
 
@@ -216,13 +217,16 @@ def _case(agents: int, tasks: int, idle: float) -> list[dict[str, Any]]:
 
     shutil.rmtree(BASE, ignore_errors=True)
     BASE.mkdir(parents=True)
-    mc = ManagerCluster(BASE / "mgrs", 3, heartbeat="", extra_args=("--log-level", "warning"))
+    tick = () if RAFT_TICK is None else ("--raft-tick", str(RAFT_TICK))
+    mc = ManagerCluster(BASE / "mgrs", 3, heartbeat="", extra_args=("--log-level", "warning", *tick))
     sims: SimProcs | None = None
-    case = f"{agents:,} agents"
+    case = f"{agents:,} agents" + ("" if RAFT_TICK is None else f", raft tick {RAFT_TICK:g} s")
     recs: list[dict[str, Any]] = []
+    t = RAFT_TICK or 0.1
     cond = (f"{agents:,} simulated agents (each its own gRPC session with mutual TLS, "
             f"{math.ceil(agents / PER_PROCESS)} process(es)), 3 managers (drained), {tasks:,} tasks in services "
-            f"of {REPLICAS_PER_SERVICE:,}, heartbeat 5 s, fsync on, loopback, 2 cores shared by all")
+            f"of {REPLICAS_PER_SERVICE:,}, heartbeat 5 s, fsync on, loopback, 2 cores shared by all, "
+            f"Raft tick {t:g} s (election timeout {10 * t:g}-{15 * t:g} s)")
 
     def rec(metric: str, value: float, unit: str) -> None:
         recs.append(record(B, case, metric, value, unit, conditions=cond))
@@ -391,8 +395,10 @@ if __name__ == "__main__":
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--agents", type=int, action="append", help="agents (repeatable; default 1000, and 5000 full)")
     ap.add_argument("--tasks", type=int)
+    ap.add_argument("--raft-tick", type=float, help="the managers' --raft-tick in seconds (default 0.1)")
     ap.add_argument("--py-spy", metavar="DIR", help="record the leader with py-spy over each window into DIR")
     a = ap.parse_args()
+    RAFT_TICK = a.raft_tick
     if a.py_spy:
         PROFILE_DIR = Path(a.py_spy)
     print(json.dumps(run(a.quick, a.agents, a.tasks), indent=1))

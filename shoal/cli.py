@@ -39,7 +39,7 @@ def _engine_reachable(host: str) -> bool:
 async def run_daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, executor: str, engine_host: str | None,
                      hostname: str, strategy: str, ready_file: Path | None = None,
                      dns_upstreams: tuple[str, ...] | None = None,
-                     mesh_keepalive: tuple[int, int, int] | None = None) -> None:
+                     mesh_keepalive: tuple[int, int, int] | None = None, raft_tick: float = 0.1) -> None:
     from aiohttp import web
 
     from shoal import gctune
@@ -52,7 +52,7 @@ async def run_daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, exec
     seed = int.from_bytes(os.urandom(8), "big")
     node = ShoalNode(NodeConfig(data_dir=data_dir, executor=executor, engine_host=engine_host,
                                 hostname=hostname, scheduler_strategy=strategy, api_socket=api_socket,
-                                dns_upstreams=dns_upstreams, mesh_keepalive=mesh_keepalive),
+                                dns_upstreams=dns_upstreams, mesh_keepalive=mesh_keepalive, raft_tick=raft_tick),
                      SystemClock(), random.Random(seed))
     proxy = EngineProxy(engine_host)
     engine = EngineClient(engine_host)
@@ -117,11 +117,16 @@ def main() -> None:
               help="TCP keepalive of routing mesh connections, both legs: seconds idle before the first probe, "
                    "seconds between probes, probes before the connection is given up (default 60,15,4); set "
                    "IDLE below the shortest idle timeout of a firewall or load balancer in front of the nodes")
+@click.option("--raft-tick", type=click.FloatRange(0.01, 10.0), default=0.1, show_default=True, metavar="SECONDS",
+              help="seconds per Raft tick on a manager: the leader sends heartbeats every tick and a follower "
+                   "campaigns after 10-15 ticks without its word (1.0-1.5 s by default; Swarm's tick is 1 s). "
+                   "Raise it, on every manager alike, where a manager's process can stall for a second (an "
+                   "overloaded machine), at the cost of a slower failover")
 @click.option("--ready-file", type=click.Path(path_type=Path), default=None, hidden=True)
 @click.option("--log-level", default="info", show_default=True)
 def daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, executor: str, engine_host: str | None,
            hostname: str, scheduler_strategy: str, dns_upstream: tuple[str, ...], mesh_keepalive: str | None,
-           ready_file: Path | None, log_level: str) -> None:
+           raft_tick: float, ready_file: Path | None, log_level: str) -> None:
     """Run a Shoal node serving the Docker Engine API."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
@@ -138,7 +143,7 @@ def daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, executor: str,
         logging.getLogger("shoal").warning("Docker Engine at %s is not reachable", engine_host)
     upstreams = None if not dns_upstream else tuple(u for u in dns_upstream if u != "none")
     asyncio.run(run_daemon(data_dir, api_socket, api_tcp, executor, engine_host, hostname, scheduler_strategy,
-                           ready_file, upstreams, _keepalive(mesh_keepalive)))
+                           ready_file, upstreams, _keepalive(mesh_keepalive), raft_tick))
 
 
 def _keepalive(raw: str | None) -> tuple[int, int, int] | None:

@@ -232,7 +232,8 @@ async def raft_state(request: web.Request) -> web.StreamResponse:
     if raft is None or node.store is None:
         return json_ok({})
     st = dict(raft.status())
-    st.update({"is_leader": raft.is_leader, "snapshots_taken": raft.snapshots_taken,
+    st.update({"is_leader": raft.is_leader, "election_timeout": raft.election_timeout,
+               "snapshots_taken": raft.snapshots_taken,
                "snapshots_installed": raft.snapshots_installed, "store_version": node.store.version,
                "snapshot_index": raft.core.snapshot.meta.index,
                "leader_loops": node.manager.leading if node.manager is not None else False,

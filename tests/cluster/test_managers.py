@@ -380,3 +380,13 @@ def test_five_managers_keep_working_with_two_down_and_stop_with_three(tmp_path: 
         mc.leader([*rest, third], timeout=30)
         status, body = create_config(third, "quorum-back")
         assert status == 201, body
+
+
+def test_raft_tick_sets_the_election_timeout_and_the_manager_still_leads(tmp_path: Path) -> None:
+    _require_cli()
+    with ManagerCluster(tmp_path, 1, extra_args=("--raft-tick", "0.25")) as mc:
+        (m1,) = mc.nodes
+        st = mc.raft(m1)
+        assert st["election_timeout"] == 2.5 and st["is_leader"], st
+        status, body = create_config(m1, "ticked")
+        assert status == 201, body
