@@ -9,7 +9,8 @@ Agents: shoal/testing/simagents.py, several per process (one process per `PER_PR
 real node: its own key, a real join over gRPC (root pinned against the token, CSR, node certificate), its own
 gRPC channel with mutual TLS under its own certificate, its own dispatcher session (register, heartbeats at
 the period the managers set, the assignments stream, status reports) driven by the real `Agent`; only the
-executor is simulated (tasks run until shut down). Joins run `JOIN_CONCURRENCY` at a time per process.
+executor is simulated (tasks run until shut down). Joins run `JOIN_CONCURRENCY` at a time per process. The
+agents' processes run at nice `AGENT_NICE`: they stand in for other machines and must not starve the managers.
 
 Measured on the leader's process (/proc/<pid>/stat and status): CPU share (CPU seconds per wall second, in
 cores) and RSS (largest sample, every 0.5 s) over three windows:
@@ -57,6 +58,11 @@ GOAL_RSS = 1 << 30
 GOAL_IDLE_CORES = 0.5
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 B = "scale"
+# The agents stand in for other machines: niced, so that their gRPC threads (about 100 per process under load,
+# each runnable one a fair share of the 2 cores for the kernel) do not starve the managers. Not niced, the leader's
+# loop stalled up to 5.7 s at 5,000 agents, longer than any election timeout, with a gen-0 collection of nothing
+# "pausing" 0.8 s: time the process was not on a core.
+AGENT_NICE = 10
 RAFT_TICK: float | None = None  # --raft-tick S: the managers' `--raft-tick` (default: theirs, 0.1 s)
 PROFILE_DIR: Path | None = None  # --py-spy DIR: py-spy samples the leader over each window (collapsed stacks)
 
@@ -121,7 +127,8 @@ class SimProcs:
         self.cond = threading.Condition()
         env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
         for i, size in enumerate(sizes):
-            args = [sys.executable, "-m", "shoal.testing.simagents", "--token", token, "--count", str(size),
+            args = ["nice", "-n", str(AGENT_NICE), sys.executable, "-m", "shoal.testing.simagents",
+                    "--token", token, "--count", str(size),
                     "--prefix", f"sim{i}", "--concurrency", str(JOIN_CONCURRENCY), "--seed", str(i),
                     "--report-interval", "0.5"]
             for m in managers:

@@ -9,6 +9,8 @@ import os
 import random
 import signal
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import click
@@ -78,10 +80,32 @@ async def run_daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, exec
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
     await stop.wait()
-    await runner.cleanup()
-    await node.stop()
-    await proxy.close()
-    await engine.close()
+    # An orderly stop that hangs (a loop starved under load) must not keep the process: past dockerd's default
+    # shutdown timeout it exits as after kill -9, which Raft's fsynced log makes safe.
+    watchdog = exit_after(SHUTDOWN_TIMEOUT)
+    try:
+        await runner.cleanup()
+        await node.stop()
+        await proxy.close()
+        await engine.close()
+    finally:
+        watchdog.cancel()
+
+
+SHUTDOWN_TIMEOUT = 15.0  # seconds (dockerd's --shutdown-timeout default)
+
+
+def exit_after(seconds: float, exit: Callable[[int], object] = os._exit) -> threading.Timer:
+    """A thread that ends the process with status 1 unless cancelled within `seconds`: a thread, because the event
+    loop it guards may be the thing that is stuck."""
+    def fire() -> None:
+        logging.getLogger("shoal").warning("the daemon did not stop within %.0f s; exiting", seconds)
+        exit(1)
+
+    t = threading.Timer(seconds, fire)
+    t.daemon = True
+    t.start()
+    return t
 
 
 def _dump_tasks() -> None:
