@@ -48,6 +48,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import conditions, note, record
+from shoal.manager.raft import DEFAULT_TICK
 
 BASE = Path("/var/tmp/shoalb-scale")
 PER_PROCESS = 1250
@@ -63,7 +64,7 @@ B = "scale"
 # loop stalled up to 5.7 s at 5,000 agents, longer than any election timeout, with a gen-0 collection of nothing
 # "pausing" 0.8 s: time the process was not on a core.
 AGENT_NICE = 10
-RAFT_TICK: float | None = None  # --raft-tick S: the managers' `--raft-tick` (default: theirs, 0.1 s)
+RAFT_TICK: float | None = None  # --raft-tick S: the managers' `--raft-tick` (default: theirs, DEFAULT_TICK)
 PROFILE_DIR: Path | None = None  # --py-spy DIR: py-spy samples the leader over each window (collapsed stacks)
 
 
@@ -229,7 +230,7 @@ def _case(agents: int, tasks: int, idle: float) -> list[dict[str, Any]]:
     sims: SimProcs | None = None
     case = f"{agents:,} agents" + ("" if RAFT_TICK is None else f", raft tick {RAFT_TICK:g} s")
     recs: list[dict[str, Any]] = []
-    t = RAFT_TICK or 0.1
+    t = RAFT_TICK or DEFAULT_TICK
     cond = (f"{agents:,} simulated agents (each its own gRPC session with mutual TLS, "
             f"{math.ceil(agents / PER_PROCESS)} process(es)), 3 managers (drained), {tasks:,} tasks in services "
             f"of {REPLICAS_PER_SERVICE:,}, heartbeat 5 s, fsync on, loopback, 2 cores shared by all, "
@@ -402,7 +403,7 @@ if __name__ == "__main__":
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--agents", type=int, action="append", help="agents (repeatable; default 1000, and 5000 full)")
     ap.add_argument("--tasks", type=int)
-    ap.add_argument("--raft-tick", type=float, help="the managers' --raft-tick in seconds (default 0.1)")
+    ap.add_argument("--raft-tick", type=float, help=f"the managers' --raft-tick in seconds (default {DEFAULT_TICK:g})")
     ap.add_argument("--py-spy", metavar="DIR", help="record the leader with py-spy over each window into DIR")
     a = ap.parse_args()
     RAFT_TICK = a.raft_tick

@@ -16,6 +16,7 @@ from pathlib import Path
 import click
 
 from shoal.clock import SystemClock
+from shoal.manager.raft import DEFAULT_TICK
 
 
 def _engine_reachable(host: str) -> bool:
@@ -41,7 +42,7 @@ def _engine_reachable(host: str) -> bool:
 async def run_daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, executor: str, engine_host: str | None,
                      hostname: str, strategy: str, ready_file: Path | None = None,
                      dns_upstreams: tuple[str, ...] | None = None,
-                     mesh_keepalive: tuple[int, int, int] | None = None, raft_tick: float = 0.1) -> None:
+                     mesh_keepalive: tuple[int, int, int] | None = None, raft_tick: float = DEFAULT_TICK) -> None:
     from aiohttp import web
 
     from shoal import gctune
@@ -141,7 +142,8 @@ def main() -> None:
               help="TCP keepalive of routing mesh connections, both legs: seconds idle before the first probe, "
                    "seconds between probes, probes before the connection is given up (default 60,15,4); set "
                    "IDLE below the shortest idle timeout of a firewall or load balancer in front of the nodes")
-@click.option("--raft-tick", type=click.FloatRange(0.01, 10.0), default=0.1, show_default=True, metavar="SECONDS",
+@click.option("--raft-tick", type=click.FloatRange(0.01, 10.0), default=DEFAULT_TICK, show_default=True,
+              metavar="SECONDS",
               help="seconds per Raft tick on a manager: the leader sends heartbeats every tick and a follower "
                    "campaigns after 10-15 ticks without its word (1.0-1.5 s by default; Swarm's tick is 1 s). "
                    "Raise it, on every manager alike, where a manager's process can stall for a second (an "

@@ -34,6 +34,7 @@ from shoal.errors import InvalidArgument, ShoalError, Unavailable
 from shoal.ids import new_id
 from shoal.manager.keys import DEK_FILE, DataCipher, KeyStore, Unlocked, protect_tls_key, read_tls_key
 from shoal.manager.manager import Manager
+from shoal.manager.raft import DEFAULT_TICK
 from shoal.manager.raft.node import RaftNode
 from shoal.manager.raft.sqlite_storage import SqliteStorage
 from shoal.manager.raft.storage import bootstrap
@@ -64,7 +65,7 @@ class NodeConfig:
     engine_host: str | None = None
     hostname: str = ""
     scheduler_strategy: str = "spread"
-    raft_tick: float = 0.1  # seconds per Raft tick (election timeout 10-20 ticks, heartbeat every tick)
+    raft_tick: float = DEFAULT_TICK  # seconds per Raft tick (election timeout 10-15 ticks, heartbeat every tick)
     api_socket: Path | None = None  # this node's Engine API socket: the leader runs forwarded requests on it
     dns_upstreams: tuple[str, ...] | None = None  # None: the nameservers of /etc/resolv.conf
     mesh_keepalive: tuple[int, int, int] | None = None  # routing mesh TCP keepalive (idle, interval, count) s

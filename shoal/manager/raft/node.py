@@ -37,6 +37,7 @@ from typing import Protocol, TypeVar
 
 from shoal.clock import Clock
 from shoal.errors import Unavailable, fresh
+from shoal.manager.raft import DEFAULT_TICK
 from shoal.manager.raft.core import (
     ConfChange,
     EntryId,
@@ -89,7 +90,7 @@ class ProposalLost(Unavailable):
 
 class RaftNode:
     def __init__(self, raft_id: int, storage: Storage, transport: Transport, clock: Clock, *,
-                 tick_interval: float = 0.1, election_ticks: int = 10, heartbeat_ticks: int = 1,
+                 tick_interval: float = DEFAULT_TICK, election_ticks: int = 10, heartbeat_ticks: int = 1,
                  snapshot_interval: int = 10_000, read_timeout: float | None = None,
                  rng: random.Random | None = None,
                  on_conf_change: Callable[[int, ConfChange], None] | None = None,
