@@ -902,11 +902,16 @@ class RaftCore:
                 if pr.snapshot_wait >= self.cfg.snapshot_retry_heartbeats:
                     pr.pending_snapshot = 0
                     pr.become_probe()
+            # A probe still unanswered is resent without its entries: the follower may just be slow to store
+            # them (a restarted manager far behind), and resending a full append at every heartbeat answer
+            # queued ten copies a second for it, enough to pass the transport's message limit so that
+            # nothing reached it at all. The empty probe finds the match just as well; the entries follow.
+            reprobe = pr.state == ProgressState.PROBE and pr.probe_sent
             pr.probe_sent = False
             if pr.state == ProgressState.REPLICATE and len(pr.inflight) >= self.cfg.max_inflight:
                 pr.inflight.popleft()  # appends may have been lost: let one more through; a reject resets us
             if pr.match < self.last_index:
-                self._send_append(m.src)
+                self._send_append(m.src, empty=reprobe)
             if m.context:
                 self._ack_read(m.src, m.context)
 
@@ -954,7 +959,9 @@ class RaftCore:
         if self._transferee == m.src and pr.match == self.last_index:
             self._send(Message(MsgType.TIMEOUT_NOW, self.id, m.src, self.term))
 
-    def _send_append(self, to: int, *, send_if_empty: bool = True) -> bool:
+    def _send_append(self, to: int, *, send_if_empty: bool = True, empty: bool = False) -> bool:
+        """Send `to` what follows its next index (a snapshot when that was compacted); `empty`: a probe with
+        no entries (only prev index and term: where do our logs match?)."""
         pr = self._progress[to]
         if pr.paused(self.cfg.max_inflight):
             return False
@@ -970,7 +977,7 @@ class RaftCore:
             return True
         ents: list[Entry] = []
         size = 0
-        hi = min(self.last_index, prev + self.cfg.max_entries_per_msg)
+        hi = prev if empty else min(self.last_index, prev + self.cfg.max_entries_per_msg)
         for e in self.log_entries(pr.next, hi + 1):
             size += e.size()
             if ents and size > self.cfg.max_bytes_per_msg:
