@@ -56,6 +56,8 @@ MANAGERS = frozenset({"manager"})
 
 SERVER_OPTIONS = [
     ("grpc.keepalive_permit_without_calls", 1),
+    # As large as a Raft stream message may be (one entry alone in its batch); gRPC's default is 4 MiB.
+    ("grpc.max_receive_message_length", 64 << 20),
     ("grpc.http2.min_ping_interval_without_data_ms", 5000),
     ("grpc.http2.max_pings_without_data", 0),
 ]
