@@ -91,3 +91,26 @@ def test_a_follower_behind_the_compacted_log_gets_a_snapshot_then_the_tail() -> 
     net.tick_all(5)
     assert net.installed[3] == [snap.meta.index]
     assert net.apps[3] == net.apps[1] and net.apps[3][-1] == b"tail19"
+
+
+def test_a_member_that_answers_heartbeats_but_takes_no_entries_is_not_following() -> None:
+    net = Net(3)
+    ld = net.elect(1)
+    net.stabilize()
+    window = 2 * ld.cfg.election_ticks
+    assert ld.following(2, window) and ld.following(3, window)
+    for k in range(10):
+        ld.propose(b"v%d" % k)
+    held: list[Message] = []
+    for _ in range(window + 1):  # 3 answers heartbeats; its appends never arrive (the stuck follower)
+        net.tick(1)
+        deliver_holding_appends_to(net, 3, held)
+    assert ld.following(2, window)
+    assert not ld.following(3, window)
+    net.inbox.extend(held)  # the appends arrive: it follows again
+    net.stabilize()
+    assert net.cores[3].applied == ld.applied and ld.following(3, window)
+    # A member level with the leader and idle is following however long nothing is written.
+    net.tick_all(window + 1)
+    assert ld.following(3, window)
+    assert net.cores[2].following(3, window)  # only the leader knows: elsewhere, no opinion

@@ -297,6 +297,7 @@ class Progress:
     recent_active: bool = False
     pending_snapshot: int = 0
     snapshot_wait: int = 0
+    stalled_ticks: int = 0  # leader ticks since `match` last moved while behind (frozen while a snapshot goes)
 
     def become_probe(self) -> None:
         if self.state == ProgressState.SNAPSHOT:
@@ -444,6 +445,15 @@ class RaftCore:
     def progress(self, node: int) -> Progress | None:
         return self._progress.get(node)
 
+    def following(self, node: int, within_ticks: int) -> bool:
+        """On the leader: is `node` caught up, or did its log grow in the last `within_ticks` ticks (or is a
+        snapshot on its way to it)? A member that answers heartbeats but takes no entries is not following:
+        the API must not show it Reachable (issue 15). Elsewhere: True (only the leader knows)."""
+        if self.role != Role.LEADER or node == self.id:
+            return True
+        pr = self._progress.get(node)
+        return pr is not None and pr.stalled_ticks < within_ticks
+
     # --- role changes ------------------------------------------------------------------------------
 
     def _reset(self, term: int) -> None:
@@ -508,6 +518,12 @@ class RaftCore:
                 self.campaign()
 
     def _tick_leader(self) -> None:
+        last = self.last_index
+        for pr in self._progress.values():
+            if pr.match >= last:
+                pr.stalled_ticks = 0
+            elif pr.state != ProgressState.SNAPSHOT:
+                pr.stalled_ticks += 1
         self._heartbeat_elapsed += 1
         self._election_elapsed += 1
         if self._election_elapsed >= self.cfg.election_ticks:
@@ -940,6 +956,7 @@ class RaftCore:
         updated = m.index > pr.match
         if updated:
             pr.match = m.index
+            pr.stalled_ticks = 0
         if pr.next < m.index + 1:
             pr.next = m.index + 1
         if pr.state == ProgressState.PROBE:

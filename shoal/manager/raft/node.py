@@ -176,6 +176,10 @@ class RaftNode:
             self._applied_wake.clear()
             await self._applied_wake.wait()
 
+    def following(self, member: int, within: float) -> bool:
+        """On the leader: has `member` taken entries (or been level with us) in the last `within` seconds?"""
+        return self.core.following(member, max(1, round(within / self.tick_interval)))
+
     def status(self) -> dict[str, object]:
         return self.core.status()
 
