@@ -14,8 +14,10 @@ One task ticks the core every `tick_interval` on the injected clock; another dra
 something happened (tick, message, proposal, read). Each Ready is handled in the order the core demands:
 persist (storage writes, one fsync), then send, then install a received snapshot into the state machine
 (`restore`), apply committed entries (`apply_entry`; the leader's empty entry and membership entries are
-not the store's), hand out read states, `advance`. Every `snapshot_interval` applied entries the state
-machine is saved and the log compacted (`core.compact` + `storage.save_snapshot`).
+not the store's), hand out read states, `advance`. Every `snapshot_interval` applied entries, or sooner once
+`snapshot_bytes` of entries were applied (large entries), the state machine is saved and the log compacted
+(`core.compact` + `storage.save_snapshot`): the log in memory and on disk, and what a restart replays, stay
+bounded by these whatever the history's length.
 
 Proposals are futures keyed by log index: resolved with the index when the entry committed at that index
 has the proposal's term, failed with `ProposalLost` when it has another term, when a snapshot covering it
@@ -37,7 +39,7 @@ from typing import Protocol, TypeVar
 
 from shoal.clock import Clock
 from shoal.errors import Unavailable, fresh
-from shoal.manager.raft import DEFAULT_TICK
+from shoal.manager.raft import DEFAULT_SNAPSHOT_BYTES, DEFAULT_TICK
 from shoal.manager.raft.core import (
     ConfChange,
     EntryId,
@@ -95,13 +97,15 @@ class RaftNode:
                  rng: random.Random | None = None,
                  on_conf_change: Callable[[int, ConfChange], None] | None = None,
                  persist_in_thread: bool = False, election_jitter_ticks: int | None = None,
-                 snapshot_in_thread: bool = False) -> None:
+                 snapshot_in_thread: bool = False, snapshot_bytes: int = DEFAULT_SNAPSHOT_BYTES) -> None:
         self.id = raft_id
         self.storage = storage
         self.transport = transport
         self.clock = clock
         self.tick_interval = tick_interval
         self.snapshot_interval = snapshot_interval
+        self.snapshot_bytes = snapshot_bytes
+        self._applied_bytes = 0  # entry bytes applied since the last snapshot (taken or installed)
         # A forwarded read is silently lost on leader change: give up after two election timeouts.
         self.read_timeout = read_timeout if read_timeout is not None else 4 * election_ticks * tick_interval
         self.core = RaftCore(RaftConfig(id=raft_id, election_ticks=election_ticks, heartbeat_ticks=heartbeat_ticks,
@@ -352,11 +356,13 @@ class RaftNode:
             snap = rd.snapshot
             sm.restore(snap.data, snap.meta.index)
             self.snapshots_installed += 1
+            self._applied_bytes = 0
             for index in [i for i in self._proposals if i <= snap.meta.index]:
                 _, fut = self._proposals.pop(index)
                 if not fut.done():
                     fut.set_exception(ProposalLost("raft: replaced by a snapshot; outcome unknown"))
         for e in rd.committed_entries:
+            self._applied_bytes += e.size()
             if e.type == EntryType.NORMAL:
                 if e.data:
                     sm.apply_entry(e.index, e.data)
@@ -399,10 +405,14 @@ class RaftNode:
 
     def _maybe_snapshot(self) -> None:
         applied = self.core.applied
-        if applied - self.core.snapshot.meta.index < self.snapshot_interval or self._snapshotting is not None:
+        if self._snapshotting is not None or applied <= self.core.snapshot.meta.index:
+            return
+        if applied - self.core.snapshot.meta.index < self.snapshot_interval \
+                and self._applied_bytes < self.snapshot_bytes:
             return
         sm = self._sm
         assert sm is not None
+        self._applied_bytes = 0
         if not self.snapshot_in_thread:
             snap = self.core.compact(applied, sm.save())
             self.storage.save_snapshot(snap)
