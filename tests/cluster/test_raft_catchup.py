@@ -10,8 +10,10 @@ one gRPC message, passed the receiver's limit; 300 KiB entries passed it in any 
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import os
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,3 +80,63 @@ def test_a_manager_behind_the_compacted_log_gets_a_snapshot(three: ManagerCluste
     assert st["snapshots_installed"] >= 1, st
     assert st["objects"]["config"] == 150
     wait_until(lambda: mc.manager_status(lead)[m3.hostname] == "Reachable", 10, what="m3 Reachable")
+
+
+def fill(path: Path) -> None:
+    """Write `path` until the filesystem is full."""
+    block = b"\0" * (64 << 10)
+    with open(path, "wb") as f:
+        try:
+            while True:
+                f.write(block)
+                f.flush()
+        except OSError as e:
+            assert e.errno == errno.ENOSPC, e
+
+
+@pytest.fixture
+def three_m3_on_tmpfs(tmp_path: Path) -> Iterator[tuple[ManagerCluster, Path]]:
+    _require_cli()
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    data = tmp_path / "m3" / "data"
+    data.mkdir(parents=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(data)], check=True)
+    try:
+        with ManagerCluster(tmp_path, 3) as mc:
+            yield mc, data
+    finally:
+        subprocess.run(["umount", "-l", str(data)], check=False)
+
+
+def test_a_manager_whose_disk_fills_exits_nonzero_and_catches_up_when_restarted(
+        three_m3_on_tmpfs: tuple[ManagerCluster, Path]) -> None:
+    mc, data = three_m3_on_tmpfs
+    m3 = next(n for n in mc.nodes if n.hostname == "m3")
+    others = [n for n in mc.nodes if n is not m3]
+    filler = data / "filler"
+    fill(filler)
+    assert m3.proc is not None
+    written = 0
+    while m3.proc.poll() is None:  # the others go on taking writes; m3 fails to store them
+        assert written < 60, f"m3 still running after {written} writes to a full disk:\n{m3.log_tail()}"
+        status, body, _ = mc.api_any("POST", "/v1.47/configs/create",
+                                     {"Name": f"full{written}",
+                                      "Data": base64.b64encode(os.urandom(96 << 10)).decode()}, order=others)
+        assert status == 201, body
+        written += 1
+    assert m3.proc.returncode == 1, m3.log_tail()  # exited non-zero: a supervisor restarts it
+    assert "Raft storage failed" in m3.log_tail(200)
+    for i in range(5):  # the swarm keeps working without it
+        status, body, _ = mc.api_any("POST", "/v1.47/configs/create",
+                                     {"Name": f"after{i}", "Data": base64.b64encode(b"x").decode()}, order=others)
+        assert status == 201, body
+
+    filler.unlink()  # space returns; the supervisor (here, the test) starts it again
+    m3.proc = None
+    m3.start()
+    lead = mc.leader(among=others)
+    target = mc.raft(lead)["commit"]
+    wait_until(lambda: mc.raft(m3).get("applied", 0) >= target, 30, what="m3 to catch up after its disk filled")
+    assert mc.raft(m3)["objects"]["config"] == written + 5
+    wait_until(lambda: mc.manager_status(lead)["m3"] == "Reachable", 10, what="m3 Reachable")

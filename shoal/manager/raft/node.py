@@ -23,6 +23,9 @@ Proposals are futures keyed by log index: resolved with the index when the entry
 has the proposal's term, failed with `ProposalLost` when it has another term, when a snapshot covering it
 is installed (outcome unknown), or when this node stops being the leader (outcome unknown: the entry may
 still commit under the next leader; the store converges either way since it applies what commits).
+A failure of the Ready loop (storage cannot be written, an entry cannot be applied) or of a snapshot write stops
+the node for good: waiters fail, leadership ends, and `on_failure(exc)` is called once (a manager exits
+non-zero there, `exit_process`, for its supervisor to restart it: docs/design/managers.md).
 Storage writes are synchronous on the event loop (sqlite with one fsync per Ready): simple and, under a
 virtual clock, deterministic; moving them to a thread is an optimisation left for later.
 """
@@ -33,6 +36,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import random
 from collections.abc import Callable
 from typing import Protocol, TypeVar
@@ -77,6 +81,19 @@ class StateMachine(Protocol):
     def restore(self, data: bytes, index: int) -> None: ...
 
 
+EXIT_STORAGE_FAILED = 1  # a manager whose Raft storage failed exits with this (dockerd's fatal errors too)
+
+
+def exit_process(e: BaseException) -> None:
+    """`RaftNode.on_failure` of a manager: exit non-zero now, for its supervisor (systemd, a restart policy) to
+    start it again. Crash-only on purpose: the storage is built to survive `kill -9`, and a graceful stop could
+    itself need the disk that failed. Restarted once it can write again, it catches up from the others."""
+    log.critical("the manager's Raft storage failed (%s): exiting with status %d so that its supervisor restarts it",
+                 e, EXIT_STORAGE_FAILED)
+    logging.shutdown()
+    os._exit(EXIT_STORAGE_FAILED)
+
+
 class NotLeaderError(Unavailable):
     """This manager is not the leader; `leader` is the raft id of the one it knows (0: none known)."""
 
@@ -97,7 +114,8 @@ class RaftNode:
                  rng: random.Random | None = None,
                  on_conf_change: Callable[[int, ConfChange], None] | None = None,
                  persist_in_thread: bool = False, election_jitter_ticks: int | None = None,
-                 snapshot_in_thread: bool = False, snapshot_bytes: int = DEFAULT_SNAPSHOT_BYTES) -> None:
+                 snapshot_in_thread: bool = False, snapshot_bytes: int = DEFAULT_SNAPSHOT_BYTES,
+                 on_failure: Callable[[BaseException], None] | None = None) -> None:
         self.id = raft_id
         self.storage = storage
         self.transport = transport
@@ -112,6 +130,10 @@ class RaftNode:
                                         election_jitter_ticks=election_jitter_ticks), storage,
                              rng or random.Random())
         self.on_conf_change = on_conf_change
+        # Called once when the Ready loop fails (its storage cannot be written, an entry cannot be applied):
+        # the node has stopped and cannot go on. A manager exits non-zero there (`exit_process`).
+        self.on_failure = on_failure
+        self.failure: BaseException | None = None
         # fsync in a worker thread (the daemon); off, everything runs on the loop (deterministic under virtual time)
         self.persist_in_thread = persist_in_thread
         self._sent_early: tuple[Message, ...] = ()
@@ -319,13 +341,24 @@ class RaftNode:
                         self._handle_ready(rd)
         except asyncio.CancelledError:
             raise
-        except BaseException as e:  # a storage failure: this node cannot go on (as if it crashed)
-            log.exception("raft node %d: ready loop failed", self.id)
-            self._running = False
-            self.transport.set_receiver(None)
-            self._fail_all(ProposalLost(f"raft node failed: {e}"), Unavailable(f"raft node failed: {e}"))
-            self._set_leader(False)
-            raise
+        except Exception as e:  # a storage failure: this node cannot go on (as if it crashed)
+            self._failed(e, "ready loop failed")
+
+    def _failed(self, e: BaseException, what: str) -> None:
+        """The node cannot go on (its storage failed, or the state machine refused an entry): it stops taking
+        messages and proposals, fails what waits, and `on_failure` decides what becomes of the process."""
+        log.error("raft node %d: %s: %s", self.id, what, e, exc_info=e)
+        self._running = False
+        self.failure = e
+        self.transport.set_receiver(None)
+        self._fail_all(ProposalLost(f"raft node failed: {e}"), Unavailable(f"raft node failed: {e}"))
+        self._applied_wake.set()
+        self._set_leader(False)
+        for t in self._tasks:
+            if t is not asyncio.current_task():
+                t.cancel()
+        if self.on_failure is not None:
+            self.on_failure(e)
 
     async def _persist_off_loop(self, rd: Ready) -> None:
         """The fsync in a worker thread, so the loop goes on taking requests (they batch into the next entry)
@@ -427,6 +460,11 @@ class RaftNode:
     async def _snapshot_off_loop(self, index: int, source: Callable[[], bytes]) -> None:
         try:
             data = await asyncio.to_thread(source)
+        except Exception:
+            log.exception("raft node %d: encoding a snapshot at %d failed", self.id, index)
+            self._snapshotting = None
+            return
+        try:
             if index <= self.core.snapshot.meta.index:
                 return  # a snapshot from the leader got there first
             snap = self.core.compact(index, data)
@@ -440,8 +478,11 @@ class RaftNode:
                     self.storage.save_snapshot(snap)
                 self.storage.sync()
             self.snapshots_taken += 1
-        except Exception:
-            log.exception("raft node %d: taking a snapshot at %d failed", self.id, index)
+        except Exception as e:
+            # The log was compacted in memory and the storage may be mid-transaction: as a failed Ready write,
+            # this node cannot go on.
+            self._snapshotting = None
+            self._failed(e, f"writing a snapshot at {index} failed")
         finally:
             self._snapshotting = None
 

@@ -164,10 +164,14 @@ class SqliteStorage:
             from shoal.manager.keys import snapshot_aad
 
             blob = self._cipher.seal(blob, snapshot_aad(snap.meta.index, snap.meta.term))
-        with open(tmp, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(tmp, "wb") as f:
+                f.write(blob)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk: do not keep what was written of it
+            raise
         os.replace(tmp, final)
         _fsync_dir(self.snap_dir)
 
