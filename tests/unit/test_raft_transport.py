@@ -29,7 +29,7 @@ from shoal.rpc.raft import (
     msg_from_pb,
     msg_to_pb,
 )
-from shoal.rpc.server import SERVER_OPTIONS
+from shoal.rpc.server import SECURE_SERVER_OPTIONS
 
 CLUSTER = "cluster1"
 
@@ -75,7 +75,7 @@ async def make_peer(raft_id: int, root: CA.RootCA, book: AddressBook, node_creds
     t.set_receiver(rec.step)
     hooks = RaftHooks(transport=t, cluster_id=lambda: CLUSTER, is_member_allowed=lambda _n: True,
                       join=lambda *_a: None, forward=None)
-    server = grpc.aio.server(options=SERVER_OPTIONS)  # the node server's: its message limit is part of the contract
+    server = grpc.aio.server(options=SECURE_SERVER_OPTIONS)  # the node server's: its message limit matters
     pbg.add_RaftServicer_to_server(RaftServicer(hooks), server)
     key, cert, roots = node_creds
     sc = grpc.ssl_server_credentials([(key.encode(), cert.encode())], root_certificates=roots.encode(),
@@ -203,4 +203,4 @@ async def test_one_entry_larger_than_a_batch_goes_alone_up_to_the_message_limit(
     await wait_for(lambda: len(b.rec.got) == 3, timeout=30)
     assert [len(m.entries[0].data) for m in b.rec.got] == [2, size, 2]
     assert not a.rec.unreachable
-    assert ("grpc.max_receive_message_length", MAX_MESSAGE) in SERVER_OPTIONS
+    assert ("grpc.max_receive_message_length", MAX_MESSAGE) in SECURE_SERVER_OPTIONS
