@@ -94,49 +94,59 @@ def fill(path: Path) -> None:
             assert e.errno == errno.ENOSPC, e
 
 
-@pytest.fixture
-def three_m3_on_tmpfs(tmp_path: Path) -> Iterator[tuple[ManagerCluster, Path]]:
+@pytest.fixture(params=["m3", "m1"], ids=["follower", "leader"])
+def one_on_tmpfs(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[tuple[ManagerCluster, str, Path]]:
+    """Three managers, one of them (m1 inits the swarm and leads; m3 follows) with its data dir on a 20 MiB tmpfs."""
     _require_cli()
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root")
-    data = tmp_path / "m3" / "data"
+    name = str(request.param)
+    data = tmp_path / name / "data"
     data.mkdir(parents=True)
     subprocess.run(["mount", "-t", "tmpfs", "-o", "size=20m", "tmpfs", str(data)], check=True)
     try:
         with ManagerCluster(tmp_path, 3) as mc:
-            yield mc, data
+            yield mc, name, data
     finally:
         subprocess.run(["umount", "-l", str(data)], check=False)
 
 
+def create_retrying(mc: ManagerCluster, order: list[ShoalNode], name: str, data: bytes) -> None:
+    """Create a config through `order`, retrying while a new leader is elected (the full one may have led)."""
+    body = {"Name": name, "Data": base64.b64encode(data).decode()}
+    last: object = None
+
+    def done() -> bool:
+        nonlocal last
+        status, last, _ = mc.api_any("POST", "/v1.47/configs/create", body, order=order)
+        return status == 201 or (status == 409 and name in str(last))  # 409: an earlier try committed
+
+    wait_until(done, 20, interval=0.2, what=f"config {name} created; last answer {last!r}")
+
+
 def test_a_manager_whose_disk_fills_exits_nonzero_and_catches_up_when_restarted(
-        three_m3_on_tmpfs: tuple[ManagerCluster, Path]) -> None:
-    mc, data = three_m3_on_tmpfs
-    m3 = next(n for n in mc.nodes if n.hostname == "m3")
-    others = [n for n in mc.nodes if n is not m3]
+        one_on_tmpfs: tuple[ManagerCluster, str, Path]) -> None:
+    mc, name, data = one_on_tmpfs
+    full = next(n for n in mc.nodes if n.hostname == name)
+    others = [n for n in mc.nodes if n is not full]
     filler = data / "filler"
     fill(filler)
-    assert m3.proc is not None
+    assert full.proc is not None
     written = 0
-    while m3.proc.poll() is None:  # the others go on taking writes; m3 fails to store them
-        assert written < 60, f"m3 still running after {written} writes to a full disk:\n{m3.log_tail()}"
-        status, body, _ = mc.api_any("POST", "/v1.47/configs/create",
-                                     {"Name": f"full{written}",
-                                      "Data": base64.b64encode(os.urandom(96 << 10)).decode()}, order=others)
-        assert status == 201, body
+    while full.proc.poll() is None:  # the others go on taking writes; the full one fails to store them
+        assert written < 60, f"{name} still running after {written} writes to a full disk:\n{full.log_tail()}"
+        create_retrying(mc, others, f"full{written}", os.urandom(96 << 10))
         written += 1
-    assert m3.proc.returncode == 1, m3.log_tail()  # exited non-zero: a supervisor restarts it
-    assert "Raft storage failed" in m3.log_tail(200)
+    assert full.proc.returncode == 1, full.log_tail()  # exited non-zero: a supervisor restarts it
+    assert "Raft storage failed" in full.log_tail(200)
     for i in range(5):  # the swarm keeps working without it
-        status, body, _ = mc.api_any("POST", "/v1.47/configs/create",
-                                     {"Name": f"after{i}", "Data": base64.b64encode(b"x").decode()}, order=others)
-        assert status == 201, body
+        create_retrying(mc, others, f"after{i}", b"x")
 
     filler.unlink()  # space returns; the supervisor (here, the test) starts it again
-    m3.proc = None
-    m3.start()
+    full.proc = None
+    full.start()
     lead = mc.leader(among=others)
     target = mc.raft(lead)["commit"]
-    wait_until(lambda: mc.raft(m3).get("applied", 0) >= target, 30, what="m3 to catch up after its disk filled")
-    assert mc.raft(m3)["objects"]["config"] == written + 5
-    wait_until(lambda: mc.manager_status(lead)["m3"] == "Reachable", 10, what="m3 Reachable")
+    wait_until(lambda: mc.raft(full).get("applied", 0) >= target, 30, what=f"{name} to catch up after its disk filled")
+    assert mc.raft(full)["objects"]["config"] == written + 5
+    wait_until(lambda: mc.manager_status(lead)[name] == "Reachable", 10, what=f"{name} Reachable")
