@@ -113,3 +113,16 @@ async def test_a_snapshot_that_cannot_be_written_stops_the_node(tmp_path: Path,
     await node.stop()
     storage.close()
     assert list((tmp_path / "snapshots").iterdir()) == []  # no half-written file left on the full disk
+
+
+@pytest.mark.parametrize(("exc", "said"), [("OSError(28, 'No space left on device')", "Raft storage failed"),
+                                           ("ValueError('bad entry')", "Raft node failed")])
+def test_exit_process_exits_with_status_1_and_says_why(exc: str, said: str) -> None:
+    import subprocess
+    import sys
+
+    code = ("import logging; logging.basicConfig(); from shoal.manager.raft.node import exit_process; "
+            f"exit_process({exc}); print('still here')")
+    cp = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert cp.returncode == 1, cp
+    assert said in cp.stderr and "still here" not in cp.stdout

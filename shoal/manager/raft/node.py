@@ -38,6 +38,7 @@ import itertools
 import logging
 import os
 import random
+import sqlite3
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
@@ -88,8 +89,9 @@ def exit_process(e: BaseException) -> None:
     """`RaftNode.on_failure` of a manager: exit non-zero now, for its supervisor (systemd, a restart policy) to
     start it again. Crash-only on purpose: the storage is built to survive `kill -9`, and a graceful stop could
     itself need the disk that failed. Restarted once it can write again, it catches up from the others."""
-    log.critical("the manager's Raft storage failed (%s): exiting with status %d so that its supervisor restarts it",
-                 e, EXIT_STORAGE_FAILED)
+    what = "storage failed" if isinstance(e, (OSError, sqlite3.Error)) else "node failed"
+    log.critical("the manager's Raft %s (%s): exiting with status %d so that its supervisor restarts it",
+                 what, e, EXIT_STORAGE_FAILED)
     logging.shutdown()
     os._exit(EXIT_STORAGE_FAILED)
 
