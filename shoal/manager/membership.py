@@ -11,7 +11,7 @@
   a demoted manager is removed from the Raft group first, when that keeps a quorum of reachable managers (the
   leader hands its leadership over before removing itself), and only then becomes `observed_role=worker`.
 - `status_of(node)` is the ManagerStatus the API shows: Leader, and Reachable or Unreachable from the leader's
-  view of its peers (a batch received from the member within two election timeouts).
+  view of its peers (a batch received from the member within two election timeouts, and its log keeping up).
 """
 
 from __future__ import annotations
@@ -114,19 +114,24 @@ class Membership:
             return replace(ms, leader=self.raft.is_leader, reachability="reachable")
         if not rid or rid not in self.raft.voters:
             return None  # not (or not yet, or no longer) in the Raft group: no status, as swarmkit
-        window = 2 * self.raft.election_timeout
-        reachable = self.transport.reachable(rid, window)
+        reachable = self._follows(rid)
         return replace(ms, leader=rid == self.raft.leader and reachable,
                        reachability="reachable" if reachable else "unreachable")
 
+    def _follows(self, rid: int) -> bool:
+        """Reachable: a batch from the member arrived within two election timeouts and, as the leader sees it,
+        its log keeps up (level with ours, or grew within that window). A member that answers heartbeats but
+        receives nothing (issue 15: a restarted manager stuck at its old index) is unreachable."""
+        window = 2 * self.raft.election_timeout
+        return self.transport.reachable(rid, window) and self.raft.following(rid, window)
+
     def reachable_counts(self, exclude_raft_id: int = 0) -> tuple[int, int]:
         """(reachable, unreachable) voters, as the leader sees them."""
-        window = 2 * self.raft.election_timeout
         r = u = 0
         for v in self.raft.voters:
             if v == exclude_raft_id:
                 continue
-            if v == self.raft.id or self.transport.reachable(v, window):
+            if v == self.raft.id or self._follows(v):
                 r += 1
             else:
                 u += 1

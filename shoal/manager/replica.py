@@ -35,7 +35,7 @@ from shoal.manager.dispatcher import Assignments, Dispatcher
 from shoal.manager.keys import DataCipher
 from shoal.manager.manager import Manager
 from shoal.manager.membership import LOST_QUORUM, Membership
-from shoal.manager.raft.node import RaftNode
+from shoal.manager.raft.node import RaftNode, exit_process
 from shoal.manager.raft.sqlite_storage import SqliteStorage
 from shoal.model.objects import Cluster, NodeDescription, TaskStatus
 from shoal.rpc import shoal_pb2 as pb
@@ -165,7 +165,8 @@ class ManagerReplica:
                         on_conf_change=lambda i, cc: self.membership.on_conf_change(i, cc)
                         if self.membership is not None else None,
                         persist_in_thread=os.environ.get("SHOAL_RAFT_PERSIST_THREAD", "0") == "1",
-                        election_jitter_ticks=ELECTION_JITTER_TICKS, snapshot_in_thread=True)
+                        election_jitter_ticks=ELECTION_JITTER_TICKS, snapshot_in_thread=True,
+                        on_failure=exit_process)  # crash-only: its supervisor restarts it (issue 15)
         self.transport.node = raft
         loaded_commit = raft.core.commit
         store = MemoryStore(raft, self.clock)

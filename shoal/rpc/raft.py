@@ -3,10 +3,11 @@
 Transport (`GrpcTransport`, the `shoal.manager.raft.transport.Transport` of a real manager): one sender per peer,
 each with its own queue and one long-lived client stream (`Raft.Stream`) to the peer's secure listener, so a
 slow or dead peer delays nobody else. Messages queued while a batch is being written go out together in the
-next batch. Raft tolerates loss, so the transport never blocks the core: a full queue or a broken stream drops
-messages and tells the core (`report_unreachable`, `report_snapshot`), which retries at its own pace. A
-snapshot travels in 1 MiB chunks on the same stream (the receiver assembles it before stepping the message),
-so a store of any size crosses gRPC's message limit.
+next batch, up to MAX_BATCH messages and MAX_BATCH_BYTES (a single larger message goes alone, up to MAX_MESSAGE,
+which both ends of a stream accept). Raft tolerates loss, so the transport never blocks the core: a full queue
+or a broken stream drops messages and tells the core (`report_unreachable`, `report_snapshot`), which retries
+at its own pace. A snapshot travels in 1 MiB chunks on the same stream (the receiver assembles it before
+stepping the message), so a store of any size crosses gRPC's message limit.
 
 Addresses: a peer is known by its listen address (what `docker node inspect` shows as ManagerStatus.Addr);
 the secure listener's port is asked from the peer's CA listener (as a worker finds it) and cached until a
@@ -41,7 +42,16 @@ log = logging.getLogger(__name__)
 
 CHUNK = 1 << 20  # snapshot bytes per stream message
 MAX_QUEUE = 8192  # messages waiting for one peer before new ones are dropped
+MAX_QUEUE_BYTES = 256 << 20  # entry bytes waiting for one peer before new messages are dropped
 MAX_BATCH = 512  # messages per stream write
+# Bytes per stream write: a batch closes before passing this, and a single larger message goes alone. A write
+# past the receiver's limit fails the whole stream, so without a byte bound a follower far behind was sent the
+# same too-large batch for ever (issue 15).
+MAX_BATCH_BYTES = 4 << 20
+# The largest stream message either side of a Raft stream accepts (the node server takes the same, see
+# shoal.rpc.server.SECURE_SERVER_OPTIONS): one entry alone in its batch must fit. The store's entries are bounded by the
+# API's object cap (a few MiB, like swarmkit's); this leaves ample headroom over it.
+MAX_MESSAGE = 64 << 20
 _TYPES = list(MsgType)
 _TYPE_NUM = {t: i for i, t in enumerate(_TYPES)}
 
@@ -50,8 +60,8 @@ RAFT_CHANNEL_OPTIONS = [
     ("grpc.keepalive_time_ms", 5_000),
     ("grpc.keepalive_timeout_ms", 3_000),
     ("grpc.keepalive_permit_without_calls", 1),
-    ("grpc.max_receive_message_length", 64 * 1024 * 1024),
-    ("grpc.max_send_message_length", 64 * 1024 * 1024),
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.max_send_message_length", MAX_MESSAGE),
     ("grpc.initial_reconnect_backoff_ms", 100),
     ("grpc.max_reconnect_backoff_ms", 1000),
 ]
@@ -83,6 +93,12 @@ def msg_from_pb(p: pb.RaftMsg, snapshot_data: bytes = b"") -> Message:
                    entries=tuple(Entry(e.index, e.term, EntryType(e.type), e.data) for e in p.entries),
                    commit=p.commit, reject=p.reject, reject_hint=p.reject_hint, snapshot=snap,
                    context=p.context, force=p.force)
+
+
+def wire_size(m: Message) -> int:
+    """About the bytes `m` takes in a batch (its entries' data and a bound on every other field), without
+    encoding it; a snapshot's data travels in chunks of its own and is not counted."""
+    return 96 + len(m.context) + sum(len(e.data) + 32 for e in m.entries)
 
 
 # --- addresses ------------------------------------------------------------------------------------------
@@ -234,6 +250,7 @@ class _Peer:
         self.t = t
         self.id = raft_id
         self.queue: deque[Message] = deque()
+        self.queued_bytes = 0
         self.wake = asyncio.Event()
         self._stream_task: asyncio.Task[None] | None = None
         self._closed = False
@@ -242,14 +259,44 @@ class _Peer:
         self._task = asyncio.create_task(self._run(), name=f"raft-send-{raft_id:x}")
 
     def enqueue(self, msgs: list[Message]) -> None:
-        if len(self.queue) + len(msgs) > MAX_QUEUE:
+        size = sum(wire_size(m) for m in msgs)
+        if len(self.queue) + len(msgs) > MAX_QUEUE or (self.queue and self.queued_bytes + size > MAX_QUEUE_BYTES):
             if not self._dropping:
                 self._dropping = True
                 self.t._report_unreachable(self.id)
             return
         self._dropping = False
         self.queue.extend(msgs)
+        self.queued_bytes += size
         self.wake.set()
+
+    def clear(self) -> None:
+        self.queue.clear()
+        self.queued_bytes = 0
+
+    def next_batch(self) -> list[Message]:
+        """The messages of the next stream write: up to MAX_BATCH of them and MAX_BATCH_BYTES (a single
+        larger message alone); a snapshot ends its batch (its data follows in chunks)."""
+        msgs: list[Message] = []
+        size = 0
+        while self.queue and len(msgs) < MAX_BATCH:
+            n = wire_size(self.queue[0])
+            if msgs and size + n > MAX_BATCH_BYTES:
+                break
+            m = self.queue.popleft()
+            self.queued_bytes -= n
+            size += n
+            if n > MAX_MESSAGE - 4096:
+                # Never sent whole: the core would send it again for ever. Said loudly, and the peer is
+                # reported so that the core probes again.
+                log.error("raft: a message to %x of %d bytes is past the %d bytes a Raft stream carries; dropped",
+                          self.id, n, MAX_MESSAGE)
+                self.t._report_unreachable(self.id)
+                continue
+            msgs.append(m)
+            if m.snapshot is not None:
+                break
+        return msgs
 
     def restart(self) -> None:
         if self._stream_task is not None:
@@ -290,7 +337,7 @@ class _Peer:
                     self.t.secure.forget(addr)
                 snapshot_lost = self._snapshot_in_flight or any(m.snapshot is not None for m in self.queue)
                 self._snapshot_in_flight = False
-                self.queue.clear()  # stale by the time the peer is back; the core sends again
+                self.clear()  # stale by the time the peer is back; the core sends again
                 self.t._report_unreachable(self.id)
                 if snapshot_lost:
                     self.t._report_snapshot(self.id, False)
@@ -317,12 +364,9 @@ class _Peer:
                     await asyncio.wait([waiter, ended], return_when=asyncio.FIRST_COMPLETED)
                     waiter.cancel()
                     continue
-                msgs: list[Message] = []
-                while self.queue and len(msgs) < MAX_BATCH:
-                    m = self.queue.popleft()
-                    msgs.append(m)
-                    if m.snapshot is not None:
-                        break  # a snapshot ends its batch: its data follows
+                msgs = self.next_batch()
+                if not msgs:
+                    continue
                 batch = pb.RaftBatch(sender_raft_id=self.t.id, sender_addr=self.t.listen_addr)
                 batch.messages.extend(msg_to_pb(m) for m in msgs)
                 snap = msgs[-1].snapshot

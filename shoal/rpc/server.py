@@ -59,6 +59,9 @@ SERVER_OPTIONS = [
     ("grpc.http2.min_ping_interval_without_data_ms", 5000),
     ("grpc.http2.max_pings_without_data", 0),
 ]
+# The mutual-TLS listener (Raft among others) takes messages as large as a Raft stream's (one entry alone in its
+# batch: shoal.rpc.raft.MAX_MESSAGE); gRPC's default is 4 MiB. The unauthenticated CA listener keeps the default.
+SECURE_SERVER_OPTIONS = [*SERVER_OPTIONS, ("grpc.max_receive_message_length", 64 << 20)]
 
 _CODES = {
     "InvalidArgument": grpc.StatusCode.INVALID_ARGUMENT, "NotFound": grpc.StatusCode.NOT_FOUND,
@@ -511,7 +514,7 @@ class ManagerRPC:
         else:
             await self._issue_own()
         auth = Authorizer(self.store)
-        secure = grpc.aio.server(options=SERVER_OPTIONS)
+        secure = grpc.aio.server(options=SECURE_SERVER_OPTIONS)
         pbg.add_NodeCAServicer_to_server(NodeCAServicer(self._s, auth), secure)
         pbg.add_DispatcherServicer_to_server(DispatcherServicer(self._s, auth, self.dispatcher), secure)
         pbg.add_ControlServicer_to_server(ControlServicer(self._s, auth), secure)

@@ -18,7 +18,18 @@ from shoal.clock import SystemClock
 from shoal.manager.raft.core import Entry, EntryType, Message, MsgType, Snapshot, SnapshotMeta
 from shoal.model.objects import CAConfig
 from shoal.rpc import shoal_pb2_grpc as pbg
-from shoal.rpc.raft import CHUNK, AddressBook, GrpcTransport, RaftHooks, RaftServicer, msg_from_pb, msg_to_pb
+from shoal.rpc.raft import (
+    CHUNK,
+    MAX_BATCH_BYTES,
+    MAX_MESSAGE,
+    AddressBook,
+    GrpcTransport,
+    RaftHooks,
+    RaftServicer,
+    msg_from_pb,
+    msg_to_pb,
+)
+from shoal.rpc.server import SECURE_SERVER_OPTIONS
 
 CLUSTER = "cluster1"
 
@@ -64,7 +75,7 @@ async def make_peer(raft_id: int, root: CA.RootCA, book: AddressBook, node_creds
     t.set_receiver(rec.step)
     hooks = RaftHooks(transport=t, cluster_id=lambda: CLUSTER, is_member_allowed=lambda _n: True,
                       join=lambda *_a: None, forward=None)
-    server = grpc.aio.server()
+    server = grpc.aio.server(options=SECURE_SERVER_OPTIONS)  # the node server's: its message limit matters
     pbg.add_RaftServicer_to_server(RaftServicer(hooks), server)
     key, cert, roots = node_creds
     sc = grpc.ssl_server_credentials([(key.encode(), cert.encode())], root_certificates=roots.encode(),
@@ -166,3 +177,30 @@ def test_wire_encoding_round_trips_every_field() -> None:
     for m in msgs:
         data = m.snapshot.data if m.snapshot is not None else b""
         assert msg_from_pb(msg_to_pb(m), data) == m
+
+
+def big_append(src: int, dst: int, i: int, size: int) -> Message:
+    return Message(MsgType.APPEND, src, dst, term=3, index=i, log_term=3,
+                   entries=(Entry(i + 1, 3, EntryType.NORMAL, bytes([i % 256]) * size),), commit=i)
+
+
+async def test_many_large_entries_cross_in_batches_bounded_in_bytes(pair: tuple[Peer, Peer]) -> None:
+    """Issue 15: 250 configs of 300 KiB queued for a follower far behind went out as one ~75 MB write, past
+    gRPC's message limit; the stream failed and the same batch was resent for ever."""
+    a, b = pair
+    a.transport.send([big_append(1, 2, i, 300 << 10) for i in range(250)])
+    await wait_for(lambda: len(b.rec.got) == 250, timeout=30)
+    assert [m.index for m in b.rec.got] == list(range(250))
+    assert all(len(m.entries[0].data) == 300 << 10 for m in b.rec.got)
+    assert not a.rec.unreachable  # not one failed stream
+    assert b.transport.received_batches >= 250 * (300 << 10) // MAX_BATCH_BYTES
+
+
+async def test_one_entry_larger_than_a_batch_goes_alone_up_to_the_message_limit(pair: tuple[Peer, Peer]) -> None:
+    a, b = pair
+    size = 12 << 20  # past a batch's bound and gRPC's default 4 MiB limit, well under MAX_MESSAGE
+    a.transport.send([append(1, 2, 0), big_append(1, 2, 1, size), append(1, 2, 2)])
+    await wait_for(lambda: len(b.rec.got) == 3, timeout=30)
+    assert [len(m.entries[0].data) for m in b.rec.got] == [2, size, 2]
+    assert not a.rec.unreachable
+    assert ("grpc.max_receive_message_length", MAX_MESSAGE) in SECURE_SERVER_OPTIONS

@@ -297,6 +297,7 @@ class Progress:
     recent_active: bool = False
     pending_snapshot: int = 0
     snapshot_wait: int = 0
+    stalled_ticks: int = 0  # leader ticks since `match` last moved while behind (frozen while a snapshot goes)
 
     def become_probe(self) -> None:
         if self.state == ProgressState.SNAPSHOT:
@@ -444,6 +445,15 @@ class RaftCore:
     def progress(self, node: int) -> Progress | None:
         return self._progress.get(node)
 
+    def following(self, node: int, within_ticks: int) -> bool:
+        """On the leader: is `node` caught up, or did its log grow in the last `within_ticks` ticks (or is a
+        snapshot on its way to it)? A member that answers heartbeats but takes no entries is not following:
+        the API must not show it Reachable (issue 15). Elsewhere: True (only the leader knows)."""
+        if self.role != Role.LEADER or node == self.id:
+            return True
+        pr = self._progress.get(node)
+        return pr is not None and pr.stalled_ticks < within_ticks
+
     # --- role changes ------------------------------------------------------------------------------
 
     def _reset(self, term: int) -> None:
@@ -508,6 +518,12 @@ class RaftCore:
                 self.campaign()
 
     def _tick_leader(self) -> None:
+        last = self.last_index
+        for pr in self._progress.values():
+            if pr.match >= last:
+                pr.stalled_ticks = 0
+            elif pr.state != ProgressState.SNAPSHOT:
+                pr.stalled_ticks += 1
         self._heartbeat_elapsed += 1
         self._election_elapsed += 1
         if self._election_elapsed >= self.cfg.election_ticks:
@@ -902,11 +918,16 @@ class RaftCore:
                 if pr.snapshot_wait >= self.cfg.snapshot_retry_heartbeats:
                     pr.pending_snapshot = 0
                     pr.become_probe()
+            # A probe still unanswered is resent without its entries: the follower may just be slow to store
+            # them (a restarted manager far behind), and resending a full append at every heartbeat answer
+            # queued ten copies a second for it, enough to pass the transport's message limit so that
+            # nothing reached it at all. The empty probe finds the match just as well; the entries follow.
+            reprobe = pr.state == ProgressState.PROBE and pr.probe_sent
             pr.probe_sent = False
             if pr.state == ProgressState.REPLICATE and len(pr.inflight) >= self.cfg.max_inflight:
                 pr.inflight.popleft()  # appends may have been lost: let one more through; a reject resets us
             if pr.match < self.last_index:
-                self._send_append(m.src)
+                self._send_append(m.src, empty=reprobe)
             if m.context:
                 self._ack_read(m.src, m.context)
 
@@ -935,6 +956,7 @@ class RaftCore:
         updated = m.index > pr.match
         if updated:
             pr.match = m.index
+            pr.stalled_ticks = 0
         if pr.next < m.index + 1:
             pr.next = m.index + 1
         if pr.state == ProgressState.PROBE:
@@ -954,7 +976,9 @@ class RaftCore:
         if self._transferee == m.src and pr.match == self.last_index:
             self._send(Message(MsgType.TIMEOUT_NOW, self.id, m.src, self.term))
 
-    def _send_append(self, to: int, *, send_if_empty: bool = True) -> bool:
+    def _send_append(self, to: int, *, send_if_empty: bool = True, empty: bool = False) -> bool:
+        """Send `to` what follows its next index (a snapshot when that was compacted); `empty`: a probe with
+        no entries (only prev index and term: where do our logs match?)."""
         pr = self._progress[to]
         if pr.paused(self.cfg.max_inflight):
             return False
@@ -970,7 +994,7 @@ class RaftCore:
             return True
         ents: list[Entry] = []
         size = 0
-        hi = min(self.last_index, prev + self.cfg.max_entries_per_msg)
+        hi = prev if empty else min(self.last_index, prev + self.cfg.max_entries_per_msg)
         for e in self.log_entries(pr.next, hi + 1):
             size += e.size()
             if ents and size > self.cfg.max_bytes_per_msg:

@@ -14,13 +14,18 @@ One task ticks the core every `tick_interval` on the injected clock; another dra
 something happened (tick, message, proposal, read). Each Ready is handled in the order the core demands:
 persist (storage writes, one fsync), then send, then install a received snapshot into the state machine
 (`restore`), apply committed entries (`apply_entry`; the leader's empty entry and membership entries are
-not the store's), hand out read states, `advance`. Every `snapshot_interval` applied entries the state
-machine is saved and the log compacted (`core.compact` + `storage.save_snapshot`).
+not the store's), hand out read states, `advance`. Every `snapshot_interval` applied entries, or sooner once
+`snapshot_bytes` of entries were applied (large entries), the state machine is saved and the log compacted
+(`core.compact` + `storage.save_snapshot`): the log in memory and on disk, and what a restart replays, stay
+bounded by these whatever the history's length.
 
 Proposals are futures keyed by log index: resolved with the index when the entry committed at that index
 has the proposal's term, failed with `ProposalLost` when it has another term, when a snapshot covering it
 is installed (outcome unknown), or when this node stops being the leader (outcome unknown: the entry may
 still commit under the next leader; the store converges either way since it applies what commits).
+A failure of the Ready loop (storage cannot be written, an entry cannot be applied) or of a snapshot write stops
+the node for good: waiters fail, leadership ends, and `on_failure(exc)` is called once (a manager exits
+non-zero there, `exit_process`, for its supervisor to restart it: docs/design/managers.md).
 Storage writes are synchronous on the event loop (sqlite with one fsync per Ready): simple and, under a
 virtual clock, deterministic; moving them to a thread is an optimisation left for later.
 """
@@ -31,13 +36,15 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import random
+import sqlite3
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
 from shoal.clock import Clock
 from shoal.errors import Unavailable, fresh
-from shoal.manager.raft import DEFAULT_TICK
+from shoal.manager.raft import DEFAULT_SNAPSHOT_BYTES, DEFAULT_TICK
 from shoal.manager.raft.core import (
     ConfChange,
     EntryId,
@@ -75,6 +82,20 @@ class StateMachine(Protocol):
     def restore(self, data: bytes, index: int) -> None: ...
 
 
+EXIT_STORAGE_FAILED = 1  # a manager whose Raft storage failed exits with this (dockerd's fatal errors too)
+
+
+def exit_process(e: BaseException) -> None:
+    """`RaftNode.on_failure` of a manager: exit non-zero now, for its supervisor (systemd, a restart policy) to
+    start it again. Crash-only on purpose: the storage is built to survive `kill -9`, and a graceful stop could
+    itself need the disk that failed. Restarted once it can write again, it catches up from the others."""
+    what = "storage failed" if isinstance(e, (OSError, sqlite3.Error)) else "node failed"
+    log.critical("the manager's Raft %s (%s): exiting with status %d so that its supervisor restarts it",
+                 what, e, EXIT_STORAGE_FAILED)
+    logging.shutdown()
+    os._exit(EXIT_STORAGE_FAILED)
+
+
 class NotLeaderError(Unavailable):
     """This manager is not the leader; `leader` is the raft id of the one it knows (0: none known)."""
 
@@ -95,19 +116,26 @@ class RaftNode:
                  rng: random.Random | None = None,
                  on_conf_change: Callable[[int, ConfChange], None] | None = None,
                  persist_in_thread: bool = False, election_jitter_ticks: int | None = None,
-                 snapshot_in_thread: bool = False) -> None:
+                 snapshot_in_thread: bool = False, snapshot_bytes: int = DEFAULT_SNAPSHOT_BYTES,
+                 on_failure: Callable[[BaseException], None] | None = None) -> None:
         self.id = raft_id
         self.storage = storage
         self.transport = transport
         self.clock = clock
         self.tick_interval = tick_interval
         self.snapshot_interval = snapshot_interval
+        self.snapshot_bytes = snapshot_bytes
+        self._applied_bytes = 0  # entry bytes applied since the last snapshot (taken or installed)
         # A forwarded read is silently lost on leader change: give up after two election timeouts.
         self.read_timeout = read_timeout if read_timeout is not None else 4 * election_ticks * tick_interval
         self.core = RaftCore(RaftConfig(id=raft_id, election_ticks=election_ticks, heartbeat_ticks=heartbeat_ticks,
                                         election_jitter_ticks=election_jitter_ticks), storage,
                              rng or random.Random())
         self.on_conf_change = on_conf_change
+        # Called once when the Ready loop fails (its storage cannot be written, an entry cannot be applied):
+        # the node has stopped and cannot go on. A manager exits non-zero there (`exit_process`).
+        self.on_failure = on_failure
+        self.failure: BaseException | None = None
         # fsync in a worker thread (the daemon); off, everything runs on the loop (deterministic under virtual time)
         self.persist_in_thread = persist_in_thread
         self._sent_early: tuple[Message, ...] = ()
@@ -175,6 +203,10 @@ class RaftNode:
                 raise Unavailable("raft node is not running")
             self._applied_wake.clear()
             await self._applied_wake.wait()
+
+    def following(self, member: int, within: float) -> bool:
+        """On the leader: has `member` taken entries (or been level with us) in the last `within` seconds?"""
+        return self.core.following(member, max(1, round(within / self.tick_interval)))
 
     def status(self) -> dict[str, object]:
         return self.core.status()
@@ -311,13 +343,24 @@ class RaftNode:
                         self._handle_ready(rd)
         except asyncio.CancelledError:
             raise
-        except BaseException as e:  # a storage failure: this node cannot go on (as if it crashed)
-            log.exception("raft node %d: ready loop failed", self.id)
-            self._running = False
-            self.transport.set_receiver(None)
-            self._fail_all(ProposalLost(f"raft node failed: {e}"), Unavailable(f"raft node failed: {e}"))
-            self._set_leader(False)
-            raise
+        except Exception as e:  # a storage failure: this node cannot go on (as if it crashed)
+            self._failed(e, "ready loop failed")
+
+    def _failed(self, e: BaseException, what: str) -> None:
+        """The node cannot go on (its storage failed, or the state machine refused an entry): it stops taking
+        messages and proposals, fails what waits, and `on_failure` decides what becomes of the process."""
+        log.error("raft node %d: %s: %s", self.id, what, e, exc_info=e)
+        self._running = False
+        self.failure = e
+        self.transport.set_receiver(None)
+        self._fail_all(ProposalLost(f"raft node failed: {e}"), Unavailable(f"raft node failed: {e}"))
+        self._applied_wake.set()
+        self._set_leader(False)
+        for t in self._tasks:
+            if t is not asyncio.current_task():
+                t.cancel()
+        if self.on_failure is not None:
+            self.on_failure(e)
 
     async def _persist_off_loop(self, rd: Ready) -> None:
         """The fsync in a worker thread, so the loop goes on taking requests (they batch into the next entry)
@@ -348,11 +391,13 @@ class RaftNode:
             snap = rd.snapshot
             sm.restore(snap.data, snap.meta.index)
             self.snapshots_installed += 1
+            self._applied_bytes = 0
             for index in [i for i in self._proposals if i <= snap.meta.index]:
                 _, fut = self._proposals.pop(index)
                 if not fut.done():
                     fut.set_exception(ProposalLost("raft: replaced by a snapshot; outcome unknown"))
         for e in rd.committed_entries:
+            self._applied_bytes += e.size()
             if e.type == EntryType.NORMAL:
                 if e.data:
                     sm.apply_entry(e.index, e.data)
@@ -395,10 +440,14 @@ class RaftNode:
 
     def _maybe_snapshot(self) -> None:
         applied = self.core.applied
-        if applied - self.core.snapshot.meta.index < self.snapshot_interval or self._snapshotting is not None:
+        if self._snapshotting is not None or applied <= self.core.snapshot.meta.index:
+            return
+        if applied - self.core.snapshot.meta.index < self.snapshot_interval \
+                and self._applied_bytes < self.snapshot_bytes:
             return
         sm = self._sm
         assert sm is not None
+        self._applied_bytes = 0
         if not self.snapshot_in_thread:
             snap = self.core.compact(applied, sm.save())
             self.storage.save_snapshot(snap)
@@ -413,6 +462,11 @@ class RaftNode:
     async def _snapshot_off_loop(self, index: int, source: Callable[[], bytes]) -> None:
         try:
             data = await asyncio.to_thread(source)
+        except Exception:
+            log.exception("raft node %d: encoding a snapshot at %d failed", self.id, index)
+            self._snapshotting = None
+            return
+        try:
             if index <= self.core.snapshot.meta.index:
                 return  # a snapshot from the leader got there first
             snap = self.core.compact(index, data)
@@ -426,8 +480,11 @@ class RaftNode:
                     self.storage.save_snapshot(snap)
                 self.storage.sync()
             self.snapshots_taken += 1
-        except Exception:
-            log.exception("raft node %d: taking a snapshot at %d failed", self.id, index)
+        except Exception as e:
+            # The log was compacted in memory and the storage may be mid-transaction: as a failed Ready write,
+            # this node cannot go on.
+            self._snapshotting = None
+            self._failed(e, f"writing a snapshot at {index} failed")
         finally:
             self._snapshotting = None
 

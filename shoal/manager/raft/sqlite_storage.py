@@ -34,6 +34,7 @@ if TYPE_CHECKING:
     from shoal.manager.keys import DataCipher
 
 STORAGE_FORMAT = 1
+WAL_SIZE_LIMIT = 8 << 20
 
 
 def _fsync_dir(path: Path) -> None:
@@ -57,6 +58,8 @@ class SqliteStorage:
         self._db = sqlite3.connect(directory / "raft.db", isolation_level=None, check_same_thread=False)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
+        # The WAL file is cut back to this after a checkpoint; else it keeps the size of the largest write burst.
+        self._db.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
         self._db.execute("CREATE TABLE IF NOT EXISTS entries (idx INTEGER PRIMARY KEY, term INTEGER NOT NULL, "
                          "data BLOB NOT NULL)")
         self._db.execute("CREATE TABLE IF NOT EXISTS state (key TEXT PRIMARY KEY, value TEXT NOT NULL)")
@@ -161,10 +164,14 @@ class SqliteStorage:
             from shoal.manager.keys import snapshot_aad
 
             blob = self._cipher.seal(blob, snapshot_aad(snap.meta.index, snap.meta.term))
-        with open(tmp, "wb") as f:
-            f.write(blob)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(tmp, "wb") as f:
+                f.write(blob)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            tmp.unlink(missing_ok=True)  # a full disk: do not keep what was written of it
+            raise
         os.replace(tmp, final)
         _fsync_dir(self.snap_dir)
 
