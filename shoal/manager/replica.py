@@ -194,10 +194,12 @@ class ManagerReplica:
         cluster = self.store.view().cluster()
         if cluster is not None:
             self.raft.snapshot_interval = cluster.spec.raft.snapshot_interval or 10_000
+            self.raft.catchup_entries = cluster.spec.raft.log_entries_for_slow_followers
             self.on_cluster(cluster)
 
     async def _watch_raft_settings(self) -> None:
-        """`docker swarm update --snapshot-interval N` takes effect on every manager as the change applies."""
+        """`docker swarm update --snapshot-interval N` (and the spec's LogEntriesForSlowFollowers) takes effect on
+        every manager as the change applies."""
         assert self.store is not None
         while True:
             sub = self.store.watch(kinds=("cluster",))

@@ -72,6 +72,7 @@ class SimConfig:
     read_every: float = 0.05
     conf_change_every: float = 1.0
     snapshot_every: int = 20  # applied entries between snapshots
+    catchup_entries: int = 0  # entries kept below each snapshot for followers slightly behind (managers: 500)
     max_entries_per_msg: int = 8
     max_inflight: int = 4
     heal_bound: float = 5.0  # a leader must exist this long after healing
@@ -263,8 +264,8 @@ class RaftSim:
                         self.fail(f"read index {rs.index} on n{n.id} below a write acked before the read ({asked})")
             core.advance(rd)
             if n.applied - core.snapshot.meta.index >= self.cfg.snapshot_every and n.applied <= core.applied:
-                snap = core.compact(n.applied, _encode_state(n.writes))
-                n.storage.save_snapshot(snap)
+                snap = core.compact(n.applied, _encode_state(n.writes), keep_entries=self.cfg.catchup_entries)
+                n.storage.save_snapshot(snap, compact_index=core.first_index - 1)
                 n.storage.sync()
 
     def apply(self, n: SimNode, e: Entry) -> None:

@@ -68,9 +68,26 @@ def test_a_restarted_manager_catches_up_without_new_writes_and_then_follows(thre
     wait_until(lambda: mc.raft(m3)["objects"]["config"] == 271, 10, what="the later write on m3")
 
 
+def test_a_manager_a_few_entries_behind_a_snapshot_catches_up_from_the_tail(three: ManagerCluster) -> None:
+    # The log keeps LogEntriesForSlowFollowers entries (500 by default) below each snapshot: a manager 100 writes
+    # behind, past two snapshots, gets those entries, not a snapshot (which may be tens of MiB).
+    mc = three
+    mc.leader().docker("swarm", "update", "--snapshot-interval", "40")
+    lead, m3, old = stop_level_then_write(mc, 100, 0)
+    wait_until(lambda: mc.raft(lead)["snapshot_index"] > old + 40, 20, what="the leader to snapshot past m3's index")
+    assert mc.raft(lead)["first_index"] <= old + 1
+    target = mc.raft(lead)["commit"]
+    m3.start()
+    wait_until(lambda: mc.raft(m3).get("applied", 0) >= target, 30, what=f"m3 to catch up from {old} to {target}")
+    st = mc.raft(m3)
+    assert st["snapshots_installed"] == 0, st
+    assert st["objects"]["config"] == 100
+
+
 def test_a_manager_behind_the_compacted_log_gets_a_snapshot(three: ManagerCluster) -> None:
     mc = three
     mc.leader().docker("swarm", "update", "--snapshot-interval", "50")
+    mc.set_log_entries_for_slow_followers(10)  # m3 will be 150 writes behind: behind the tail too
     lead, m3, old = stop_level_then_write(mc, 150, 0)
     wait_until(lambda: mc.raft(lead)["snapshot_index"] > old, 20, what="the leader to compact past m3's index")
     target = mc.raft(lead)["commit"]

@@ -100,6 +100,21 @@ class ManagerCluster:
             return {}
         return body if status == 200 and isinstance(body, dict) else {}
 
+    def set_log_entries_for_slow_followers(self, count: int) -> None:
+        """The cluster spec's Raft.LogEntriesForSlowFollowers (the catch-up tail kept below each snapshot; the
+        stock CLI has no flag for it), through the API; waits until every live manager follows it."""
+        lead = self.leader()
+        status, sw = lead.api("GET", "/v1.47/swarm")
+        assert status == 200, sw
+        spec = sw["Spec"]
+        spec.setdefault("Raft", {})["LogEntriesForSlowFollowers"] = count
+        status, body = lead.api("POST", f"/v1.47/swarm/update?version={sw['Version']['Index']}",
+                                json.dumps(spec).encode())
+        assert status == 200, body
+        for n in self.live():
+            wait_until(lambda n=n: self.raft(n).get("catchup_entries") == count, 10,  # type: ignore[misc]
+                       what=f"{n.hostname} to keep {count} entries for slow followers")
+
     def leader(self, among: list[ShoalNode] | None = None, timeout: float = 20.0) -> ShoalNode:
         def find() -> ShoalNode | None:
             leaders = [n for n in (among or self.live()) if self.raft(n).get("is_leader")]

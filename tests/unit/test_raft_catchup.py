@@ -10,7 +10,7 @@ in bytes (a single message larger than the bound still goes, alone).
 
 from __future__ import annotations
 
-from shoal.manager.raft.core import Message, MsgType, ProgressState
+from shoal.manager.raft.core import Message, MsgType, ProgressState, Role, Snapshot
 from tests.unit.test_raft_core import Net
 
 BIG = b"x" * 2048  # a 2 KB config, as in the issue
@@ -91,6 +91,122 @@ def test_a_follower_behind_the_compacted_log_gets_a_snapshot_then_the_tail() -> 
     net.tick_all(5)
     assert net.installed[3] == [snap.meta.index]
     assert net.apps[3] == net.apps[1] and net.apps[3][-1] == b"tail19"
+
+
+def compact_with_tail(net: Net, i: int, keep_entries: int, keep_bytes: int | None = None) -> Snapshot:
+    """The shell's snapshot on node i at its applied index, keeping a catch-up tail (as RaftNode does)."""
+    core = net.cores[i]
+    snap = core.compact(core.applied, b"\n".join(net.apps[i]), keep_entries=keep_entries, keep_bytes=keep_bytes)
+    net.storages[i].save_snapshot(snap, compact_index=core.first_index - 1)
+    net.storages[i].sync()
+    return snap
+
+
+def sent_snapshots(net: Net, dst: int) -> list[Message]:
+    """Deliver everything (and what it causes) like Net.stabilize, recording snapshots sent to `dst`."""
+    seen: list[Message] = []
+    for _ in range(1000):
+        for i in net.ids:
+            net.process(i)
+        if not net.inbox:
+            return seen
+        seen.extend(m for m in net.inbox if m.dst == dst and m.type == MsgType.SNAPSHOT)
+        net.deliver_all()
+    raise AssertionError("network did not stabilize")
+
+
+def test_a_follower_a_few_entries_behind_the_snapshot_gets_entries_not_the_snapshot() -> None:
+    net = Net(3)
+    ld = net.elect(1)
+    net.isolated = {3}
+    for k in range(30):
+        ld.propose(b"%d:" % k + BIG)
+    net.stabilize()
+    behind = net.cores[3].applied
+    snap = compact_with_tail(net, 1, keep_entries=50)
+    assert ld.first_index <= behind < snap.meta.index  # the follower lacks entries the tail still holds
+    net.isolated = set()
+    ld.propose(b"after")
+    seen: list[Message] = []
+    for _ in range(3):
+        net.tick(1)
+        seen += sent_snapshots(net, 3)
+    assert seen == [] and net.installed[3] == []
+    assert net.apps[3] == net.apps[1] and net.apps[3][-1] == b"after"
+
+
+def test_a_follower_behind_the_tail_gets_a_snapshot() -> None:
+    net = Net(3)
+    ld = net.elect(1)
+    net.isolated = {3}
+    for k in range(30):
+        ld.propose(b"%d:" % k + BIG)
+    net.stabilize()
+    snap = compact_with_tail(net, 1, keep_entries=5)
+    assert ld.first_index == snap.meta.index - 4 > net.cores[3].applied + 1
+    net.isolated = set()
+    ld.propose(b"after")
+    net.tick_all(3)
+    assert net.installed[3] == [snap.meta.index]
+    assert net.apps[3] == net.apps[1] and net.apps[3][-1] == b"after"
+
+
+def test_the_tail_is_the_smaller_of_its_entry_and_byte_bounds() -> None:
+    net = Net(1)
+    ld = net.elect(1)
+    for k in range(40):
+        ld.propose(b"%d:" % k + BIG)
+    net.process(1)
+    size = ld.log_entries(ld.applied, ld.applied + 1)[0].size()
+    snap = compact_with_tail(net, 1, keep_entries=10)
+    assert ld.first_index == snap.meta.index - 9  # 10 entries: the count binds
+    for k in range(40):
+        ld.propose(b"again%d:" % k + BIG)
+    net.process(1)
+    snap = compact_with_tail(net, 1, keep_entries=10, keep_bytes=3 * size + size // 2)
+    assert ld.first_index == snap.meta.index - 2  # 3 entries: the bytes bind
+    # An entry larger than the byte bound at the snapshot's index: no tail at all, and never below the old log.
+    ld.propose(b"y" * (4 * size))
+    net.process(1)
+    snap = compact_with_tail(net, 1, keep_entries=10, keep_bytes=3 * size)
+    assert ld.first_index == snap.meta.index + 1
+    on_disk = net.storages[1]
+    assert on_disk.first_index() == ld.first_index and on_disk.last_index() == ld.last_index
+
+
+def test_a_restart_does_not_apply_the_tail_again_and_still_serves_it() -> None:
+    net = Net(3)
+    ld = net.elect(1)
+    for k in range(10):
+        ld.propose(b"v%d" % k)
+    net.stabilize()
+    net.isolated = {3}
+    for k in range(10, 20):
+        ld.propose(b"v%d" % k)
+    net.stabilize()
+    snap = compact_with_tail(net, 1, keep_entries=15)
+    assert 1 < net.storages[1].first_index() < snap.meta.index  # a tail, not the whole log, is on disk
+    expected = list(net.apps[1])
+    # The leader restarts from its storage: the snapshot, then only the entries after it.
+    net.storages[1].crash()
+    net.start(1)
+    restarted = net.cores[1]
+    assert restarted.applied == snap.meta.index and restarted.first_index <= net.cores[3].applied + 1
+    net.process(1)
+    assert net.apps[1] == expected  # not v0..v19 twice
+    # Leading again (2 is away and 3 lacks entries: only 1 can win), it catches the lagging follower up from the
+    # tail it reloaded, without a snapshot.
+    net.isolated = {2}
+    for _ in range(100):
+        if restarted.role == Role.LEADER:
+            break
+        net.tick_all(1)
+    assert restarted.role == Role.LEADER
+    restarted.propose(b"after")
+    net.stabilize()
+    net.tick_all(2)
+    assert net.installed[3] == []
+    assert net.apps[3] == net.apps[1] and net.apps[3][-1] == b"after"
 
 
 def test_a_member_that_answers_heartbeats_but_takes_no_entries_is_not_following() -> None:

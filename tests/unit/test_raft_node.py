@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from shoal.errors import Unavailable
+from shoal.manager.raft import DEFAULT_CATCHUP_ENTRIES
 from shoal.manager.raft.node import NotLeaderError, ProposalLost, RaftNode
 from shoal.manager.raft.sqlite_storage import SqliteStorage
 from shoal.manager.raft.storage import MemoryStorage, Storage, bootstrap
@@ -34,10 +35,12 @@ def has(store: MemoryStore, sid: str) -> bool:
 
 
 class Cluster:
-    def __init__(self, clock: VirtualClock, tmp: Path | None = None, snapshot_interval: int = 10_000) -> None:
+    def __init__(self, clock: VirtualClock, tmp: Path | None = None, snapshot_interval: int = 10_000,
+                 catchup_entries: int = DEFAULT_CATCHUP_ENTRIES) -> None:
         self.clock = clock
         self.tmp = tmp
         self.snapshot_interval = snapshot_interval
+        self.catchup_entries = catchup_entries
         self.hub = InMemoryHub(clock)
         self.storages: dict[int, Storage] = {}
         self.nodes: dict[int, RaftNode] = {}
@@ -53,7 +56,7 @@ class Cluster:
 
     async def start(self, i: int) -> None:
         node = RaftNode(i, self.storages[i], self.hub.endpoint(i), self.clock, rng=random.Random(i),
-                        snapshot_interval=self.snapshot_interval)
+                        snapshot_interval=self.snapshot_interval, catchup_entries=self.catchup_entries)
         store = MemoryStore(node, self.clock)
         node.attach(store)
         node.add_leadership_listener(self.leadership[i].append)
@@ -147,7 +150,8 @@ async def test_partitioned_leader_steps_down_and_catches_up(clock: VirtualClock)
 
 
 async def test_lagging_follower_catches_up_by_snapshot(clock: VirtualClock) -> None:
-    c = Cluster(clock, snapshot_interval=5)
+    # A catch-up tail of 2 entries: the follower, 20 writes behind, is behind the tail too.
+    c = Cluster(clock, snapshot_interval=5, catchup_entries=2)
     await c.start_all()
     lead = await c.leader()
     lag = next(i for i in IDS if i != lead.id)
@@ -162,6 +166,27 @@ async def test_lagging_follower_catches_up_by_snapshot(clock: VirtualClock) -> N
     # And it keeps following normally afterwards.
     await c.stores[lead.id].update(create("later"))
     await c.wait_for(lambda: has(c.stores[lag], "later"))
+    await c.stop_all()
+
+
+async def test_a_follower_a_few_entries_behind_a_snapshot_gets_entries_not_the_snapshot(clock: VirtualClock) -> None:
+    # Issue 15 §2 follow-up: a snapshot used to compact the log right at its index, so a follower only a few
+    # entries behind it (a size-triggered snapshot: tens of MiB) was sent the whole snapshot. The log now keeps
+    # a catch-up tail below the snapshot (DEFAULT_CATCHUP_ENTRIES), as etcd does.
+    c = Cluster(clock, snapshot_interval=5)
+    await c.start_all()
+    lead = await c.leader()
+    lag = next(i for i in IDS if i != lead.id)
+    c.hub.isolate(lag)
+    for k in range(8):
+        await c.stores[lead.id].update(create(f"s{k}"))
+    snap_index = lead.core.snapshot.meta.index
+    assert lead.snapshots_taken >= 1 and c.nodes[lag].applied < snap_index
+    assert lead.core.first_index <= c.nodes[lag].applied + 1  # the tail still holds what the follower lacks
+    c.hub.heal()
+    await c.wait_for(lambda: all(has(c.stores[lag], f"s{k}") for k in range(8)))
+    assert c.nodes[lag].snapshots_installed == 0
+    assert c.stores[lag].version == c.stores[lead.id].version
     await c.stop_all()
 
 

@@ -110,6 +110,31 @@ def test_compaction_keeps_the_tail_and_one_snapshot_file(tmp_path: Path) -> None
     assert [e.index for e in init.entries] == [16]
 
 
+def test_a_catch_up_tail_below_the_snapshot_survives_a_reopen_and_is_not_applied_again(tmp_path: Path) -> None:
+    st = SqliteStorage(tmp_path)
+    st.append(ents(1, 20, 1))
+    st.set_hard_state(HardState(term=1, vote=0, commit=17))
+    st.save_snapshot(snap(15, 1, b"at15"), compact_index=10)  # keep 11..15 for followers slightly behind
+    st.sync()
+    assert (st.first_index(), st.last_index(), st.term(12), st.term(10)) == (11, 20, 1, None)
+    st.append(ents(13, 17, 1))  # entries the snapshot holds are never rewritten; 16 and 17 replace the suffix
+    st.sync()
+    st.close()
+    st = SqliteStorage(tmp_path)
+    init = st.load()
+    assert [e.index for e in init.entries] == list(range(11, 18))
+    core = RaftCore(RaftConfig(id=1), st, random.Random(1))
+    # The tail's first entry is the log's offset; the core starts applied at the snapshot, so the first Ready
+    # applies only what follows it.
+    assert (core.first_index, core.applied, core.commit, core.log_term(12)) == (12, 15, 17, 1)
+    assert [e.index for e in core.ready().committed_entries] == [16, 17]
+    # A snapshot from the leader still replaces the whole log, the tail included.
+    st.apply_snapshot(snap(30, 2, b"leader"))
+    st.sync()
+    assert (st.first_index(), st.last_index(), st.entries(1, 100)) == (31, 30, [])
+    st.close()
+
+
 def test_applying_a_received_snapshot_drops_the_whole_log(tmp_path: Path) -> None:
     st = SqliteStorage(tmp_path)
     st.append(ents(1, 30, 1))  # a diverged log, longer than the snapshot

@@ -346,10 +346,24 @@ class RaftCore:
         self._snapshot = snap
         self._snap_index = snap.meta.index
         self._snap_term = snap.meta.term
-        self._log: list[Entry] = list(state.entries)
-        for k, e in enumerate(self._log):
-            if e.index != self._snap_index + 1 + k:
-                raise ValueError(f"storage log is not contiguous after snapshot {self._snap_index}")
+        # The log is `_log` after its offset entry (`_off_index`, `_off_term`): the snapshot's, or below it when
+        # compaction kept a catch-up tail of entries the snapshot already holds (`compact`).
+        self._off_index, self._off_term = self._snap_index, self._snap_term
+        ents = list(state.entries)
+        for k, e in enumerate(ents):
+            if e.index != ents[0].index + k:
+                raise ValueError(f"storage log is not contiguous at {e.index}")
+        if ents and ents[0].index <= self._snap_index:
+            at_snap = self._snap_index - ents[0].index
+            if at_snap < len(ents) and ents[at_snap].term == self._snap_term:
+                # A stored catch-up tail: its first entry becomes the offset (its data is in the snapshot).
+                self._off_index, self._off_term = ents[0].index, ents[0].term
+                ents = ents[1:]
+            else:
+                ents = [e for e in ents if e.index > self._snap_index]
+        if ents and ents[0].index != self._off_index + 1:
+            raise ValueError(f"storage log is not contiguous after snapshot {self._snap_index}")
+        self._log: list[Entry] = ents
         self._stable = self.last_index  # everything loaded is durable
         hs = state.hard_state
         self.term = hs.term
@@ -384,26 +398,27 @@ class RaftCore:
 
     @property
     def first_index(self) -> int:
-        return self._snap_index + 1
+        """The first entry in the log: at or below the snapshot's index + 1 (the catch-up tail)."""
+        return self._off_index + 1
 
     @property
     def last_index(self) -> int:
-        return self._snap_index + len(self._log)
+        return self._off_index + len(self._log)
 
     @property
     def last_term(self) -> int:
-        return self._log[-1].term if self._log else self._snap_term
+        return self._log[-1].term if self._log else self._off_term
 
     @property
     def snapshot(self) -> Snapshot:
         return self._snapshot
 
     def log_term(self, index: int) -> int | None:
-        """The term of the entry at index, or None when compacted away (below the snapshot) or not there."""
-        if index == self._snap_index:
-            return self._snap_term
-        if self._snap_index < index <= self.last_index:
-            return self._log[index - self._snap_index - 1].term
+        """The term of the entry at index, or None when compacted away (below the log) or not there."""
+        if index == self._off_index:
+            return self._off_term
+        if self._off_index < index <= self.last_index:
+            return self._log[index - self._off_index - 1].term
         return None
 
     def log_entries(self, lo: int, hi: int) -> list[Entry]:
@@ -412,12 +427,12 @@ class RaftCore:
         hi = min(hi, self.last_index + 1)
         if lo >= hi:
             return []
-        return self._log[lo - self._snap_index - 1:hi - self._snap_index - 1]
+        return self._log[lo - self._off_index - 1:hi - self._off_index - 1]
 
     def _truncate_and_append(self, entries: Sequence[Entry]) -> None:
         first = entries[0].index
         assert first > self.commit, f"truncating committed entry {first} (commit {self.commit})"
-        del self._log[first - self._snap_index - 1:]
+        del self._log[first - self._off_index - 1:]
         self._log.extend(entries)
         self._stable = min(self._stable, first - 1)
 
@@ -645,9 +660,13 @@ class RaftCore:
         else:
             raise NotLeader(NONE)
 
-    def compact(self, index: int, data: bytes) -> Snapshot:
-        """The application took a snapshot of its state at `index` (<= applied): drop the log up to it.
-        Returns the Snapshot; the shell persists it (storage.save_snapshot) before deleting anything."""
+    def compact(self, index: int, data: bytes, *, keep_entries: int = 0, keep_bytes: int | None = None) -> Snapshot:
+        """The application took a snapshot of its state at `index` (<= applied): drop the log up to it, except
+        a catch-up tail of the last `keep_entries` entries at or below `index`, no more than `keep_bytes` of them
+        (`Entry.size`; None: no byte bound): a follower only that far behind then gets entries, not the whole
+        snapshot (swarmkit's LogEntriesForSlowFollowers, etcd's SnapshotCatchUpEntries). Returns the Snapshot;
+        the shell persists it (storage.save_snapshot(snap, compact_index=first_index - 1)) before deleting
+        anything."""
         if index <= self._snap_index:
             return self._snapshot
         if index > self.applied:
@@ -655,7 +674,16 @@ class RaftCore:
         term = self.log_term(index)
         assert term is not None
         snap = Snapshot(SnapshotMeta(index, term, self._voters_at(index)), data)
-        del self._log[:index - self._snap_index]
+        off, size = index, 0
+        while off > self._off_index and index - off < keep_entries:
+            size += self._log[off - self._off_index - 1].size()
+            if keep_bytes is not None and size > keep_bytes:
+                break
+            off -= 1
+        off_term = self.log_term(off)
+        assert off_term is not None
+        del self._log[:off - self._off_index]
+        self._off_index, self._off_term = off, off_term
         self._snap_index, self._snap_term, self._snapshot = index, term, snap
         self._conf_history = [(index, snap.meta.voters)] + [(i, v) for i, v in self._conf_history if i > index]
         return snap
@@ -680,7 +708,7 @@ class RaftCore:
 
     def has_ready(self) -> bool:
         if self._bcast_pending or self._msgs or self._read_states or self._pending_install is not None \
-                or self.commit > self.applied or self._stable < self._snap_index + len(self._log):
+                or self.commit > self.applied or self._stable < self.last_index:
             return True
         hs, ss = self._prev_hs, self._prev_ss
         return (hs.term != self.term or hs.vote != self.vote or hs.commit != self.commit
@@ -846,7 +874,7 @@ class RaftCore:
         # Reject with a hint: the largest index <= m.index whose term is <= m.log_term. The leader can
         # skip every index above it whose term is larger than the hint's term.
         hint = min(m.index, self.last_index)
-        while hint > self._snap_index and (self.log_term(hint) or 0) > m.log_term:
+        while hint > self._off_index and (self.log_term(hint) or 0) > m.log_term:
             hint -= 1
         self._send(Message(MsgType.APPEND_RESP, self.id, m.src, self.term, index=m.index, reject=True,
                            reject_hint=hint, log_term=self.log_term(hint) or 0))
@@ -864,6 +892,7 @@ class RaftCore:
             return
         self._log = []
         self._snap_index, self._snap_term, self._snapshot = meta.index, meta.term, snap
+        self._off_index, self._off_term = meta.index, meta.term
         self._stable = meta.index
         self.commit = meta.index
         self._conf_history = [(meta.index, meta.voters)]
@@ -942,7 +971,7 @@ class RaftCore:
                     return  # stale: not the probe we are waiting for
                 nxt = m.reject_hint
                 if m.log_term > 0:
-                    while nxt > pr.match and nxt >= self._snap_index:
+                    while nxt > pr.match and nxt >= self._off_index:
                         lt = self.log_term(nxt)
                         if lt is None or lt <= m.log_term:
                             break

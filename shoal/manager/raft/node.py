@@ -16,8 +16,9 @@ persist (storage writes, one fsync), then send, then install a received snapshot
 (`restore`), apply committed entries (`apply_entry`; the leader's empty entry and membership entries are
 not the store's), hand out read states, `advance`. Every `snapshot_interval` applied entries, or sooner once
 `snapshot_bytes` of entries were applied (large entries), the state machine is saved and the log compacted
-(`core.compact` + `storage.save_snapshot`): the log in memory and on disk, and what a restart replays, stay
-bounded by these whatever the history's length.
+(`core.compact` + `storage.save_snapshot`), keeping a catch-up tail of at most `catchup_entries` entries and
+`catchup_bytes` bytes below the snapshot for followers slightly behind: the log in memory and on disk, and what a
+restart replays (entries after the snapshot only), stay bounded by these whatever the history's length.
 
 Proposals are futures keyed by log index: resolved with the index when the entry committed at that index
 has the proposal's term, failed with `ProposalLost` when it has another term, when a snapshot covering it
@@ -44,7 +45,7 @@ from typing import Protocol, TypeVar
 
 from shoal.clock import Clock
 from shoal.errors import Unavailable, fresh
-from shoal.manager.raft import DEFAULT_SNAPSHOT_BYTES, DEFAULT_TICK
+from shoal.manager.raft import DEFAULT_CATCHUP_BYTES, DEFAULT_CATCHUP_ENTRIES, DEFAULT_SNAPSHOT_BYTES, DEFAULT_TICK
 from shoal.manager.raft.core import (
     ConfChange,
     EntryId,
@@ -117,6 +118,7 @@ class RaftNode:
                  on_conf_change: Callable[[int, ConfChange], None] | None = None,
                  persist_in_thread: bool = False, election_jitter_ticks: int | None = None,
                  snapshot_in_thread: bool = False, snapshot_bytes: int = DEFAULT_SNAPSHOT_BYTES,
+                 catchup_entries: int = DEFAULT_CATCHUP_ENTRIES, catchup_bytes: int = DEFAULT_CATCHUP_BYTES,
                  on_failure: Callable[[BaseException], None] | None = None) -> None:
         self.id = raft_id
         self.storage = storage
@@ -125,6 +127,8 @@ class RaftNode:
         self.tick_interval = tick_interval
         self.snapshot_interval = snapshot_interval
         self.snapshot_bytes = snapshot_bytes
+        self.catchup_entries = catchup_entries
+        self.catchup_bytes = catchup_bytes
         self._applied_bytes = 0  # entry bytes applied since the last snapshot (taken or installed)
         # A forwarded read is silently lost on leader change: give up after two election timeouts.
         self.read_timeout = read_timeout if read_timeout is not None else 4 * election_ticks * tick_interval
@@ -449,8 +453,9 @@ class RaftNode:
         assert sm is not None
         self._applied_bytes = 0
         if not self.snapshot_in_thread:
-            snap = self.core.compact(applied, sm.save())
-            self.storage.save_snapshot(snap)
+            snap = self.core.compact(applied, sm.save(), keep_entries=self.catchup_entries,
+                                     keep_bytes=self.catchup_bytes)
+            self.storage.save_snapshot(snap, compact_index=self.core.first_index - 1)
             self.storage.sync()
             self.snapshots_taken += 1
             return
@@ -469,15 +474,16 @@ class RaftNode:
         try:
             if index <= self.core.snapshot.meta.index:
                 return  # a snapshot from the leader got there first
-            snap = self.core.compact(index, data)
+            snap = self.core.compact(index, data, keep_entries=self.catchup_entries, keep_bytes=self.catchup_bytes)
+            cut = self.core.first_index - 1  # now: a snapshot from the leader may replace the log meanwhile
             write = getattr(self.storage, "write_snapshot_file", None)
             if write is not None:
                 await asyncio.to_thread(write, snap)  # the file only: the database is not touched there
             async with self._storage_lock:
                 if write is not None:
-                    self.storage.save_snapshot(snap, written=True)  # type: ignore[call-arg]
+                    self.storage.save_snapshot(snap, written=True, compact_index=cut)  # type: ignore[call-arg]
                 else:
-                    self.storage.save_snapshot(snap)
+                    self.storage.save_snapshot(snap, compact_index=cut)
                 self.storage.sync()
             self.snapshots_taken += 1
         except Exception as e:

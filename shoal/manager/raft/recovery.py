@@ -47,7 +47,10 @@ async def force_new_cluster(directory: Path, raft_id: int, node_id: str, clock: 
         store = MemoryStore(proposer, clock)
         if snap is not None and snap.data:
             store.restore(snap.data, snap.meta.index)
+        snap_index = snap.meta.index if snap is not None else 0
         for e in state.entries:
+            if e.index <= snap_index:
+                continue  # the catch-up tail kept after compaction: already in the snapshot
             if e.index > commit:
                 break
             if e.type == EntryType.NORMAL and e.data:

@@ -11,12 +11,13 @@ Writes between two `sync()` calls form one sqlite transaction, so a Ready (entri
 snapshot's bookkeeping) costs one fsync of the WAL and is all-or-nothing after a crash.
 
 Snapshots: the file is written to a temporary name, fsync'd, renamed and the directory fsync'd *before*
-the transaction that names it in `state.snapshot` and deletes the log it covers; the previous snapshot file
-is removed only after that transaction committed. A crash in between leaves an unreferenced file that the
-next open ignores and deletes. Which snapshot counts is therefore decided by sqlite alone, atomically with
-the log truncation: in particular `apply_snapshot` (a snapshot received from the leader) deletes *every*
-entry, including those after the snapshot's index (they belong to a log that diverged), in the same
-transaction that makes the snapshot current, so a crash cannot leave stale entries next to a newer snapshot.
+the transaction that names it in `state.snapshot` and deletes the log it covers (up to `compact_index`: a
+local snapshot may keep a catch-up tail of entries it already holds, for followers slightly behind); the
+previous snapshot file is removed only after that transaction committed. A crash in between leaves an
+unreferenced file that the next open ignores and deletes. Which snapshot counts is therefore decided by sqlite
+alone, atomically with the log truncation: in particular `apply_snapshot` (a snapshot received from the leader)
+deletes *every* entry, including those after the snapshot's index (they belong to a log that diverged), in the
+same transaction that makes the snapshot current, so a crash cannot leave stale entries next to a newer snapshot.
 """
 
 from __future__ import annotations
@@ -180,7 +181,8 @@ class SqliteStorage:
         loop goes on: the file is not referenced until `save_snapshot(snap, written=True)` commits it."""
         self._write_snapshot_file(snap)
 
-    def _install(self, snap: Snapshot, *, drop_all: bool, written: bool = False) -> None:
+    def _install(self, snap: Snapshot, *, drop_all: bool, written: bool = False,
+                 compact_index: int | None = None) -> None:
         old = self._snapshot
         if not written:
             self._write_snapshot_file(snap)
@@ -188,7 +190,8 @@ class SqliteStorage:
         if drop_all:
             self._db.execute("DELETE FROM entries")
         else:
-            self._db.execute("DELETE FROM entries WHERE idx <= ?", (snap.meta.index,))
+            cut = snap.meta.index if compact_index is None else min(compact_index, snap.meta.index)
+            self._db.execute("DELETE FROM entries WHERE idx <= ?", (cut,))
         self._put("snapshot", f"{snap.meta.index} {snap.meta.term}")
         self._snapshot = snap
         if old is not None and (old.meta.index, old.meta.term) != (snap.meta.index, snap.meta.term):
@@ -202,10 +205,10 @@ class SqliteStorage:
 
     def load(self) -> InitialState:
         term, vote, commit = (int(self._get(k) or 0) for k in ("term", "vote", "commit"))
-        off = self._offset
-        entries = tuple(self.entries(off + 1, 1 << 62))
+        first = self.first_index()  # at or below the snapshot's index + 1 (a catch-up tail)
+        entries = tuple(self.entries(first, 1 << 62))
         for k, e in enumerate(entries):
-            if e.index != off + 1 + k:
+            if e.index != first + k:
                 raise ValueError(f"raft log has a gap before index {e.index}")
         return InitialState(HardState(term, vote, commit), self._snapshot, entries)
 
@@ -227,10 +230,10 @@ class SqliteStorage:
         self._put("vote", str(hs.vote))
         self._put("commit", str(hs.commit))
 
-    def save_snapshot(self, snap: Snapshot, *, written: bool = False) -> None:
+    def save_snapshot(self, snap: Snapshot, *, written: bool = False, compact_index: int | None = None) -> None:
         if snap.meta.index <= self._offset and self._snapshot is not None:
             return
-        self._install(snap, drop_all=False, written=written)
+        self._install(snap, drop_all=False, written=written, compact_index=compact_index)
 
     def apply_snapshot(self, snap: Snapshot) -> None:
         self._install(snap, drop_all=True)
@@ -239,7 +242,6 @@ class SqliteStorage:
         return self._snapshot
 
     def entries(self, lo: int, hi: int) -> list[Entry]:
-        lo = max(lo, self._offset + 1)
         rows = self._db.execute("SELECT idx, term, data FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx",
                                 (lo, hi)).fetchall()
         return [Entry.decode(int(i), int(t), self._open_entry(int(i), int(t), bytes(d))) for i, t, d in rows]
@@ -248,13 +250,13 @@ class SqliteStorage:
         off = self._offset
         if index == off:
             return self._snapshot.meta.term if self._snapshot is not None else 0
-        if index < off:
-            return None
         row = self._db.execute("SELECT term FROM entries WHERE idx = ?", (index,)).fetchone()
         return None if row is None else int(row[0])
 
     def first_index(self) -> int:
-        return self._offset + 1
+        """The first stored entry's index: the snapshot's + 1, or lower when a catch-up tail was kept."""
+        row = self._db.execute("SELECT MIN(idx) FROM entries").fetchone()
+        return min(self._offset + 1, int(row[0])) if row[0] is not None else self._offset + 1
 
     def last_index(self) -> int:
         row = self._db.execute("SELECT MAX(idx) FROM entries").fetchone()

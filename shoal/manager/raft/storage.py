@@ -7,7 +7,7 @@ the Ready's messages. The interface stays close to `shoal.store.wal.SqliteLog`, 
     Storage                      SqliteLog
     append(entries)              append([(e.index, e.term, e.encode())])  (replaces the suffix)
     set_hard_state(hs)           set_state("term"/"vote"/"commit", ...)  (same sqlite transaction ideally)
-    save_snapshot(snap)          save_snapshot(wal.Snapshot(index, term, snap.encode()))  (keeps the tail)
+    save_snapshot(snap, c)       save_snapshot(wal.Snapshot(index, term, snap.encode())), compact(c)
     apply_snapshot(snap)         save_snapshot(...) then delete *every* entry (the log is replaced)
     load_snapshot()              Snapshot.decode(s.index, s.term, s.data)
     entries(lo, hi), term(i)     entries(lo, hi) -> Entry.decode(...)
@@ -30,7 +30,9 @@ from shoal.manager.raft.core import ConfChange, ConfChangeType, Entry, EntryType
 class InitialState:
     hard_state: HardState
     snapshot: Snapshot | None
-    entries: tuple[Entry, ...]  # contiguous, starting right after the snapshot (or at 1)
+    # Contiguous, starting right after the snapshot (or at 1), or before it: a catch-up tail that the snapshot
+    # already holds (`save_snapshot`'s compact_index), never applied again (`RaftCore` starts at the snapshot).
+    entries: tuple[Entry, ...]
 
 
 class Storage(Protocol):
@@ -41,8 +43,9 @@ class Storage(Protocol):
 
     def set_hard_state(self, hs: HardState) -> None: ...
 
-    def save_snapshot(self, snap: Snapshot) -> None:
-        """A local snapshot (`RaftCore.compact`): store it, then drop entries up to snap.meta.index."""
+    def save_snapshot(self, snap: Snapshot, *, compact_index: int | None = None) -> None:
+        """A local snapshot (`RaftCore.compact`): store it, then drop entries up to `compact_index` (default
+        snap.meta.index; lower keeps a catch-up tail for followers slightly behind)."""
 
     def apply_snapshot(self, snap: Snapshot) -> None:
         """A snapshot received from the leader: store it and drop the whole log."""
@@ -90,38 +93,42 @@ class _Disk:
     hard_state: HardState = field(default_factory=HardState)
     snapshot: Snapshot | None = None
     entries: list[Entry] = field(default_factory=list)
+    offset: int = 0  # the index before entries[0]: the snapshot's, or below it (a catch-up tail)
 
-    def offset(self) -> int:
+    def snap_index(self) -> int:
         return self.snapshot.meta.index if self.snapshot is not None else 0
 
     def append(self, entries: Sequence[Entry]) -> None:
         first = entries[0].index
-        off = self.offset()
-        if first <= off:
-            entries = [e for e in entries if e.index > off]
+        floor = self.snap_index()  # entries the snapshot holds are never rewritten
+        if first <= floor:
+            entries = [e for e in entries if e.index > floor]
             if not entries:
                 return
             first = entries[0].index
+        off = self.offset
         last = off + len(self.entries)
         if first > last + 1:
             raise ValueError(f"gap in the log: appending {first} after {last}")
         del self.entries[first - off - 1:]
         self.entries.extend(entries)
 
-    def save_snapshot(self, snap: Snapshot) -> None:
-        off = self.offset()
-        if snap.meta.index < off:
+    def save_snapshot(self, snap: Snapshot, compact_index: int | None) -> None:
+        if snap.meta.index < self.snap_index():
             return
-        keep = [e for e in self.entries if e.index > snap.meta.index]
+        cut = snap.meta.index if compact_index is None else min(compact_index, snap.meta.index)
+        cut = max(self.offset, cut)
+        self.entries = [e for e in self.entries if e.index > cut]
+        self.offset = cut
         self.snapshot = snap
-        self.entries = keep
 
     def apply_snapshot(self, snap: Snapshot) -> None:
         self.snapshot = snap
         self.entries = []
+        self.offset = snap.meta.index
 
     def copy(self) -> _Disk:
-        return _Disk(self.hard_state, self.snapshot, list(self.entries))
+        return _Disk(self.hard_state, self.snapshot, list(self.entries), self.offset)
 
 
 class MemoryStorage:
@@ -147,9 +154,9 @@ class MemoryStorage:
         self._live.hard_state = hs
         self._pending.append(("hs", hs))
 
-    def save_snapshot(self, snap: Snapshot) -> None:
-        self._live.save_snapshot(snap)
-        self._pending.append(("save", snap))
+    def save_snapshot(self, snap: Snapshot, *, compact_index: int | None = None) -> None:
+        self._live.save_snapshot(snap, compact_index)
+        self._pending.append(("save", (snap, compact_index)))
 
     def apply_snapshot(self, snap: Snapshot) -> None:
         self._live.apply_snapshot(snap)
@@ -159,23 +166,23 @@ class MemoryStorage:
         return self._live.snapshot
 
     def entries(self, lo: int, hi: int) -> list[Entry]:
-        off = self._live.offset()
+        off = self._live.offset
         lo = max(lo, off + 1)
         return self._live.entries[lo - off - 1:max(0, hi - off - 1)]
 
     def term(self, index: int) -> int | None:
-        off = self._live.offset()
-        if index == off:
-            return self._live.snapshot.meta.term if self._live.snapshot is not None else 0
-        if off < index <= off + len(self._live.entries):
-            return self._live.entries[index - off - 1].term
+        d = self._live
+        if d.offset < index <= d.offset + len(d.entries):
+            return d.entries[index - d.offset - 1].term
+        if index == d.snap_index():
+            return d.snapshot.meta.term if d.snapshot is not None else 0
         return None
 
     def first_index(self) -> int:
-        return self._live.offset() + 1
+        return self._live.offset + 1
 
     def last_index(self) -> int:
-        return self._live.offset() + len(self._live.entries)
+        return self._live.offset + len(self._live.entries)
 
     def sync(self) -> None:
         d = self._durable
@@ -187,8 +194,8 @@ class MemoryStorage:
                 assert isinstance(arg, HardState)
                 d.hard_state = arg
             elif op == "save":
-                assert isinstance(arg, Snapshot)
-                d.save_snapshot(arg)
+                assert isinstance(arg, tuple)
+                d.save_snapshot(*arg)
             else:
                 assert isinstance(arg, Snapshot)
                 d.apply_snapshot(arg)
