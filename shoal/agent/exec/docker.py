@@ -481,9 +481,18 @@ class DockerController:
         network = self._executor.network
         if network is None or not self.task.networks:
             return
-        data = await self._inspect_raw()
-        pid = int(((data or {}).get("State") or {}).get("Pid") or 0)
-        await network.container_started(self.task, pid)
+        pid = await self._running_pid()
+        if pid:
+            await network.container_started(self.task, pid, self._still_running(pid))
+
+    async def _running_pid(self) -> int:
+        state = ((await self._inspect_raw()) or {}).get("State") or {}
+        return int(state.get("Pid") or 0) if state.get("Running") else 0
+
+    def _still_running(self, pid: int) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return await self._running_pid() == pid
+        return check
 
     async def start(self) -> None:
         await self._once("start", self._start)
