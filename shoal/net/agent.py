@@ -62,7 +62,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shoal.errors import TemporaryError
+from shoal.errors import FatalError, ShoalError, TemporaryError
 from shoal.model.objects import Network, Service, Task
 from shoal.net import conntrack, ipcmd, nsutil
 from shoal.net.dns import DNSServer
@@ -246,6 +246,8 @@ class NetworkAgent:
                     await self._apply(state)
             except asyncio.CancelledError:
                 raise
+            except ShoalError as e:  # an expected failure (the engine, a command): one line, the next try follows
+                log.warning("network agent: applying cluster state %d failed: %s", state.version, e.message)
             except Exception:
                 log.exception("network agent: applying cluster state %d failed", state.version)
             self.ready.set()
@@ -852,7 +854,16 @@ class NetworkAgent:
             try:
                 await docker._query_json("networks/create", method="POST", data=json.dumps(body))
             except DockerError as e2:
-                raise TemporaryError(f"creating engine network {name}: {e2.message}") from e2
+                if e2.status == 409:
+                    pass  # made meanwhile by another node on this engine: the same overlay, the same network
+                elif 400 <= e2.status < 500:
+                    # The engine refuses it (a subnet that overlaps one of its networks, say): no retry helps
+                    # on this node, so the task is rejected with the engine's error and placed again.
+                    log.warning("the engine refuses network %s for overlay %s: %s", name, net.name, e2.message)
+                    raise FatalError(f"creating network {name} for {net.name} on the engine: {e2.message}") \
+                        from None
+                else:
+                    raise TemporaryError(f"creating engine network {name}: {e2.message}") from e2
         dns = DNSServer(self.directory, [], upstreams=self.upstreams, view=self._view_of)
         udp = nsutil.socket_in(None, socket.AF_INET, socket.SOCK_DGRAM)
         tcp = nsutil.socket_in(None, socket.AF_INET, socket.SOCK_STREAM)
