@@ -162,6 +162,7 @@ class _Box:
     nft_script: str = ""
     container: bool = False  # a docker container's namespace (held at `ns` once it runs), not one of ours
     seen: bool = False  # its task has been in a snapshot (leaving it later means the task ended)
+    pid: int = 0  # a container's: the process whose namespace `ns` holds
 
 
 class NetworkAgent:
@@ -957,7 +958,7 @@ class NetworkAgent:
                         await self._ensure_net(net)
             if box.seen and task.id not in self.state.tasks:
                 return  # ended meanwhile
-            if await self.hold_netns(box, pid, still_running):
+            if (box.pid == pid and ipcmd.is_netns(box.ns)) or await self.hold_netns(box, pid, still_running):
                 await self._program_vips(box)
 
     def _handle(self, key: str) -> Path:
@@ -991,11 +992,11 @@ class NetworkAgent:
         finally:
             os.close(nsfd)
             os.close(pidfd)
-        box.ns, box.nft_script = handle, ""
+        box.ns, box.nft_script, box.pid = handle, "", pid
         return True
 
     async def _release_netns(self, box: _Box) -> None:
         """Let go of a container's namespace handle (the kernel frees the namespace once nothing else holds
         it); its rules are written again if it is held anew."""
         await ipcmd.delete_netns(self._handle(box.task_id))
-        box.ns, box.nft_script = NO_NS, ""
+        box.ns, box.nft_script, box.pid = NO_NS, "", 0
