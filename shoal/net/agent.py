@@ -961,6 +961,13 @@ class NetworkAgent:
             if (box.pid == pid and ipcmd.is_netns(box.ns)) or await self.hold_netns(box, pid, still_running):
                 await self._program_vips(box)
 
+    async def container_stopped(self, task_id: str) -> None:
+        """The task's container exited: let its namespace go (a task's container never starts again)."""
+        async with self._lock:
+            box = self._boxes.get(task_id)
+            if box is not None and box.container:
+                await self._release_netns(box)
+
     def _handle(self, key: str) -> Path:
         return self.ns_dir / f"c-{key}"
 

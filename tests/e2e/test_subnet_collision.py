@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -90,6 +91,19 @@ def test_overlay_subnets_avoid_the_engines_networks(node: ShoalDocker, test_imag
              test_image, "sleep", "3600")
     wait_until(lambda: any(t["Status"]["State"] == "running" for t in tasks(n, "app")), 90,
                what="the service's task running on the overlay")
+    # The network agent holds a running container's namespace by a handle of its own, and lets the handle
+    # of an ended one go (tests/net/test_netns_handles.py has the pid reuse this guards against).
+    handles = n.data_dir / "net" / "ns"
+    (app,) = [t["ID"] for t in tasks(n, "app") if t["Status"]["State"] == "running"]
+    assert wait_until(lambda: os.path.ismount(handles / f"c-{app}"), 30, what="the running task's handle")
+    n.docker("service", "create", "--detach", "--name", "job", "--mode", "replicated-job", "--network", "appnet",
+             "--no-resolve-image", test_image, "sleep", "3")
+    (job,) = wait_until(lambda: [t["ID"] for t in tasks(n, "job") if t["Status"]["State"] == "running"], 60,
+                        what="the job's task running")
+    assert wait_until(lambda: os.path.ismount(handles / f"c-{job}"), 30, what="the job's handle")
+    wait_until(lambda: [t["ID"] for t in tasks(n, "job") if t["Status"]["State"] == "complete"], 90,
+               what="the job's task complete")
+    assert wait_until(lambda: not (handles / f"c-{job}").exists(), 30, what="the ended task's handle gone")
 
 
 def test_a_task_the_engine_cannot_attach_is_rejected_with_its_error(node: ShoalDocker, engine: docker.DockerClient,

@@ -593,6 +593,8 @@ class DockerController:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 if waiter in done:
                     code = waiter.result()
+                    if self._executor.network is not None and self.task.networks:
+                        await self._executor.network.container_stopped(self.task.id)
                     break
                 if watcher in done:
                     unhealthy = False
