@@ -860,7 +860,6 @@ class NetworkAgent:
                 elif 400 <= e2.status < 500:
                     # The engine refuses it (a subnet that overlaps one of its networks, say): no retry helps
                     # on this node, so the task is rejected with the engine's error and placed again.
-                    log.warning("the engine refuses network %s for overlay %s: %s", name, net.name, e2.message)
                     raise FatalError(f"creating network {name} for {net.name} on the engine: {e2.message}") \
                         from None
                 else:
@@ -923,7 +922,11 @@ class NetworkAgent:
             eps: list[tuple[str, str, tuple[str, ...]]] = []
             dns_ip = ""
             for att, net in zip(task.networks, nets, strict=True):
-                ln = await self._ensure_net(net)
+                try:
+                    ln = await self._ensure_net(net)
+                except FatalError as e:  # the task is rejected with it: one line here, no traceback anywhere
+                    log.warning("task %s cannot attach to network %s: %s", task.id, net.name, e.message)
+                    raise
                 if not att.addresses:
                     raise TemporaryError(f"task {task.id} has no address on network {net.name}")
                 eps.append((ln.engine_name, _ip(att.addresses[0]), ()))
