@@ -215,7 +215,8 @@ class NetworkAgent:
             await self.attacher.detach(attachment_id)
 
     async def close(self) -> None:
-        """Stop serving (DNS, balancers); namespaces stay for the tasks that keep running."""
+        """Stop serving (DNS, balancers); namespaces stay for the tasks that keep running (containers' are
+        not held any more: a stopped daemon keeps none alive)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -232,6 +233,8 @@ class NetworkAgent:
             if box.dns is not None:
                 await box.dns.close()
                 box.dns = None
+            if box.container:
+                await self._release_netns(box)  # held again by the next agent, once it sees it running
         for dns in self._gw_dns.values():
             await dns.close()
         self._gw_dns.clear()

@@ -118,6 +118,8 @@ def test_overlay_subnets_avoid_the_engines_networks(node: ShoalDocker, test_imag
     wait_until(lambda: [t["ID"] for t in tasks(n, "job") if t["Status"]["State"] == "complete"], 90,
                what="the job's task complete")
     assert wait_until(lambda: not (handles / f"c-{job}").exists(), 30, what="the ended task's handle gone")
+    n.stop()  # a stopped daemon keeps no namespace alive (the next one holds the running ones again)
+    assert not os.path.ismount(handles / f"c-{app}")
 
 
 def test_a_task_the_engine_cannot_attach_is_rejected_with_its_error(node: ShoalDocker, engine: docker.DockerClient,
