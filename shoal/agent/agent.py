@@ -41,6 +41,7 @@ async def _reap(task: asyncio.Future[Any]) -> None:
 
 
 START_POLL_INTERVAL = 0.1  # seconds between runtime checks while a shutdown waits for start() to finish
+DESCRIBE_PERIOD = 20.0  # seconds between looks for a changed node description (swarmkit's nodeUpdatePeriod)
 
 
 class _Deps:
@@ -212,12 +213,27 @@ class Agent:
         self.connected.set()
         async with asyncio.TaskGroup() as tg:
             hb = tg.create_task(self._heartbeats(period))
+            watch = tg.create_task(self._description_changes(desc))
             try:
                 async for msg in self.dispatcher.assignments(self.node_id):
                     await self._apply(msg)
             finally:
                 hb.cancel()
+                watch.cancel()
         raise NotFound("assignment stream closed")
+
+    async def _description_changes(self, desc: Any) -> None:
+        """End the session once the node's description changed (an engine network or host route came or
+        went, say), as swarmkit's agent does: the next session registers the new one."""
+        while True:
+            await self.clock.sleep(DESCRIBE_PERIOD)
+            try:
+                now = await self.executor.describe()
+            except Exception as e:  # the engine is away for a moment: the session itself is fine
+                log.debug("describing the node: %s", e)
+                continue
+            if now != desc:
+                raise NotFound("the node's description changed; registering it again")
 
     async def _heartbeats(self, period: float) -> None:
         while True:

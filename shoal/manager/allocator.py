@@ -1,6 +1,7 @@
 """The allocator: network resources for services and tasks, then NEW -> PENDING.
 
-- IPAM: each network's subnets (chosen at network create from the cluster's default address pool), one
+- IPAM: each network's subnets (chosen at network create from the cluster's default address pool, around
+  the subnets nodes report their engines and hosts route: `NodeDescription.routed_subnets`), one
   address per task per network, one VIP per service per network in `vip` mode; addresses return to the
   pool when a task ends or is deleted and when a service goes away. The in-memory bitmap is rebuilt from
   the store whenever the allocator starts, so a new leader never hands out an address twice.
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections.abc import Iterable
 from dataclasses import replace
 
 from shoal.manager.attachments import attached_status, is_attachment
@@ -126,16 +128,30 @@ class IPAM:
         return sum(s.free() for s in self.nets.get(net_id, []))
 
 
-def allocate_subnet(used: list[str], pools: tuple[str, ...], size: int) -> str:
-    """The first /size subnet of the pools that overlaps no subnet in use."""
+def allocate_subnet(used: list[str], pools: tuple[str, ...], size: int, avoid: Iterable[str] = ()) -> str:
+    """The first /size subnet of the pools that overlaps no subnet in use, and none of `avoid` (what the
+    nodes' engines and hosts already route) when the pools leave such a one; otherwise the first that
+    overlaps no subnet in use."""
     taken = [ipaddress.ip_network(u, strict=False) for u in used]
+    routed: list[ipaddress.IPv4Network | ipaddress.IPv6Network] = []
+    for a in avoid:
+        try:
+            routed.append(ipaddress.ip_network(a, strict=False))
+        except ValueError:
+            continue  # a node's report is not trusted to be well formed
+    fallback = ""
     for pool in pools:
         p = ipaddress.ip_network(pool, strict=False)
         if size < p.prefixlen:
             continue
         for cand in p.subnets(new_prefix=size):
-            if not any(cand.overlaps(t) for t in taken):
+            if any(cand.overlaps(t) for t in taken):
+                continue
+            if not any(cand.overlaps(r) for r in routed):
                 return str(cand)
+            fallback = fallback or str(cand)
+    if fallback:
+        return fallback
     raise PoolExhausted("could not find an available, non-overlapping IPv4 address pool among the "
                         "defaults to assign to the network")
 

@@ -349,8 +349,9 @@ class ControlAPI:
         driver = spec.ipam.driver if spec.ipam is not None else IPAMOptions().driver
         out: list[IPAMConfig] = []
         if not requested:
+            routed = {r for n in tx.all("node") for r in n.description.routed_subnets}
             try:
-                subnet = allocate_subnet(used, cluster.default_addr_pool, cluster.subnet_size)
+                subnet = allocate_subnet(used, cluster.default_addr_pool, cluster.subnet_size, sorted(routed))
             except PoolExhausted as e:
                 raise InvalidArgument(str(e)) from None
             requested = (IPAMConfig(subnet=subnet),)

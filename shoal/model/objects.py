@@ -363,6 +363,9 @@ class NodeDescription:
     resources: Resources = field(default_factory=Resources)
     engine: EngineDescription = field(default_factory=EngineDescription)
     tls_info: JSON = None
+    # Shoal's own (not in the Engine API): IPv4 subnets the node's engine networks and host routes take, which
+    # the manager does not pick for overlays (a docker-executor node turns each overlay into an engine bridge).
+    routed_subnets: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

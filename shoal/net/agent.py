@@ -38,6 +38,11 @@ gateway answering each container by its address), VIP rules go into each contain
 and connections it opened to a VIP before that are made to retry (shoal.net.conntrack). Plain containers on
 attachable networks are followed by shoal.net.plain.
 
+A container's namespace is held by a handle of its own (`<root>/ns/c-<task>`, bound from the namespace opened
+with a pidfd of the container's process, see shoal.net.nsutil), never reached through `/proc/<pid>`: a pid
+names another process once the container's is reaped, possibly in the node's own namespace. A sandbox whose
+task has ended (it left the snapshot) is no longer programmed, and a container's handle is let go then.
+
 Restart: namespaces, veths and task processes outlive the daemon; a new agent adopts the sandboxes it finds
 (DNS listeners and VIP rules again) and recreates each network's VXLAN device (its entries are reprogrammed
 from the first snapshot).
@@ -50,13 +55,14 @@ import contextlib
 import ipaddress
 import json
 import logging
+import os
 import socket
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from shoal.errors import TemporaryError
+from shoal.errors import FatalError, ShoalError, TemporaryError
 from shoal.model.objects import Network, Service, Task
 from shoal.net import conntrack, ipcmd, nsutil
 from shoal.net.dns import DNSServer
@@ -77,6 +83,7 @@ HOST_TPROXY_MARK = 0x5B01
 HOST_TPROXY_TABLE = 23297
 NOWHERE_MAC = "02:42:00:00:00:00"  # the MAC of 0.0.0.0 by the 02:42 rule: no endpoint ever has it
 KNOWN_NETWORK_TIMEOUT = 10.0  # seconds an attach waits for a network to reach this node's feed
+NO_NS = Path("/nonexistent")  # the namespace of a container sandbox not (or no longer) held
 
 
 def mac_of(ip: str) -> str:
@@ -153,7 +160,9 @@ class _Box:
     addrs: list[str]
     dns: DNSServer | None = None
     nft_script: str = ""
-    container: bool = False  # a docker container's namespace (/proc/<pid>/ns/net), not one of ours
+    container: bool = False  # a docker container's namespace (held at `ns` once it runs), not one of ours
+    seen: bool = False  # its task has been in a snapshot (leaving it later means the task ended)
+    pid: int = 0  # a container's: the process whose namespace `ns` holds
 
 
 class NetworkAgent:
@@ -206,7 +215,8 @@ class NetworkAgent:
             await self.attacher.detach(attachment_id)
 
     async def close(self) -> None:
-        """Stop serving (DNS, balancers); namespaces stay for the tasks that keep running."""
+        """Stop serving (DNS, balancers); namespaces stay for the tasks that keep running (containers' are
+        not held any more: a stopped daemon keeps none alive)."""
         if self._task is not None:
             self._task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -223,6 +233,8 @@ class NetworkAgent:
             if box.dns is not None:
                 await box.dns.close()
                 box.dns = None
+            if box.container:
+                await self._release_netns(box)  # held again by the next agent, once it sees it running
         for dns in self._gw_dns.values():
             await dns.close()
         self._gw_dns.clear()
@@ -238,6 +250,8 @@ class NetworkAgent:
                     await self._apply(state)
             except asyncio.CancelledError:
                 raise
+            except ShoalError as e:  # an expected failure (the engine, a command): one line, the next try follows
+                log.warning("network agent: applying cluster state %d failed: %s", state.version, e.message)
             except Exception:
                 log.exception("network agent: applying cluster state %d failed", state.version)
             self.ready.set()
@@ -261,10 +275,27 @@ class NetworkAgent:
             if net is not None:
                 ln.net = net
             await self._program_peers(ln)
-        for box in self._boxes.values():
+        for box in list(self._boxes.values()):
+            if await self._ended(box):
+                continue
             await self._program_vips(box)
         await self._program_ingress()
         await self._program_host_ports()
+
+    async def _ended(self, box: _Box) -> bool:
+        """Has the box's task ended (it was in a snapshot and left)? Its namespace is not entered again, and
+        a container's handle is let go. Plain containers (shoal.net.plain) are not tasks: engine events end
+        theirs."""
+        if box.task_id.startswith("ctr-"):
+            return False
+        if box.task_id in self.state.tasks:
+            box.seen = True
+            return False
+        if not box.seen:
+            return False  # not in a snapshot yet: the feed lags behind the assignment
+        if box.container and box.ns != NO_NS:
+            await self._release_netns(box)
+        return True
 
     def _remote_endpoints(self, net_id: str) -> dict[str, tuple[str, str]]:
         """ip -> (mac, vtep) of everything on `net_id` that lives on another node."""
@@ -508,6 +539,10 @@ class NetworkAgent:
         """Remove the task's sandbox (idempotent; also for tasks this agent never saw)."""
         async with self._lock:
             box = self._boxes.pop(task_id, None) or _Box(task_id, self._box_ns(task_id), [], [])
+            if box.container:
+                await self._release_netns(box)
+            else:
+                await ipcmd.delete_netns(self._handle(task_id))  # a container's, from before a restart
             for ip in box.addrs:
                 ip = _ip(ip) if "/" in ip else ip
                 if self._by_ip.get(ip) is box:
@@ -527,6 +562,8 @@ class NetworkAgent:
             p.unlink(missing_ok=True)
 
     async def _adopt(self) -> None:
+        for handle in sorted(self.ns_dir.glob("c-*")):
+            await ipcmd.delete_netns(handle)  # containers' namespaces are held again once seen running
         for meta in sorted(self.ns_dir.glob("t-*.json")):
             task_id = meta.name[2:-5]
             ns = self._box_ns(task_id)
@@ -590,8 +627,8 @@ class NetworkAgent:
             "}", ""]), natted
 
     async def _program_vips(self, box: _Box) -> None:
-        if box.container and not str(box.ns).startswith("/proc/"):
-            return  # a container not started yet: its rules go in once it runs
+        if box.container and not ipcmd.is_netns(box.ns):
+            return  # a container not running (yet, or any more): its rules go in once it runs
         script, natted = self._vip_rules(box)
         if script == box.nft_script:
             return
@@ -821,7 +858,15 @@ class NetworkAgent:
             try:
                 await docker._query_json("networks/create", method="POST", data=json.dumps(body))
             except DockerError as e2:
-                raise TemporaryError(f"creating engine network {name}: {e2.message}") from e2
+                if e2.status == 409:
+                    pass  # made meanwhile by another node on this engine: the same overlay, the same network
+                elif 400 <= e2.status < 500:
+                    # The engine refuses it (a subnet that overlaps one of its networks, say): no retry helps
+                    # on this node, so the task is rejected with the engine's error and placed again.
+                    raise FatalError(f"creating network {name} for {net.name} on the engine: {e2.message}") \
+                        from None
+                else:
+                    raise TemporaryError(f"creating engine network {name}: {e2.message}") from e2
         dns = DNSServer(self.directory, [], upstreams=self.upstreams, view=self._view_of)
         udp = nsutil.socket_in(None, socket.AF_INET, socket.SOCK_DGRAM)
         tcp = nsutil.socket_in(None, socket.AF_INET, socket.SOCK_STREAM)
@@ -880,7 +925,11 @@ class NetworkAgent:
             eps: list[tuple[str, str, tuple[str, ...]]] = []
             dns_ip = ""
             for att, net in zip(task.networks, nets, strict=True):
-                ln = await self._ensure_net(net)
+                try:
+                    ln = await self._ensure_net(net)
+                except FatalError as e:  # the task is rejected with it: one line here, no traceback anywhere
+                    log.warning("task %s cannot attach to network %s: %s", task.id, net.name, e.message)
+                    raise
                 if not att.addresses:
                     raise TemporaryError(f"task {task.id} has no address on network {net.name}")
                 eps.append((ln.engine_name, _ip(att.addresses[0]), ()))
@@ -888,21 +937,23 @@ class NetworkAgent:
                     dns_ip = ln.gateway
             resolv = self._resolv(task.id)
             resolv.write_text(f"nameserver {dns_ip or DNS_ADDR}\noptions ndots:0\n")
-            box = _Box(task.id, Path("/nonexistent"), [n.id for n in nets], list(eps[i][1] for i in range(len(eps))),
+            box = _Box(task.id, NO_NS, [n.id for n in nets], list(eps[i][1] for i in range(len(eps))),
                        container=True)
             self._boxes.setdefault(task.id, box)
             for ip in box.addrs:
                 self._by_ip[ip] = self._boxes[task.id]
             return ContainerNetworks(endpoints=tuple(eps), resolv_conf=str(resolv))
 
-    async def container_started(self, task: Task, pid: int) -> None:
-        """The container runs (pid): its VIP rules, in its namespace."""
+    async def container_started(self, task: Task, pid: int,
+                                still_running: Callable[[], Awaitable[bool]] | None = None) -> None:
+        """The container runs (`pid`, as the engine reported it): hold its namespace, then its VIP rules in it.
+        `still_running` asks the engine again whether `pid` is the container's process (see `hold_netns`)."""
         if not task.networks or pid <= 0:
             return
         async with self._lock:
             box = self._boxes.get(task.id)
             if box is None:
-                box = _Box(task.id, Path(), [a.network_id for a in task.networks],
+                box = _Box(task.id, NO_NS, [a.network_id for a in task.networks],
                            [_ip(a.addresses[0]) for a in task.networks if a.addresses], container=True)
                 self._boxes[task.id] = box
                 for ip in box.addrs:
@@ -911,7 +962,54 @@ class NetworkAgent:
                     net = self.state.networks.get(nid)
                     if net is not None:
                         await self._ensure_net(net)
-            ns = Path(f"/proc/{pid}/ns/net")
-            if box.ns != ns:
-                box.ns, box.nft_script = ns, ""
-            await self._program_vips(box)
+            if box.seen and task.id not in self.state.tasks:
+                return  # ended meanwhile
+            if (box.pid == pid and ipcmd.is_netns(box.ns)) or await self.hold_netns(box, pid, still_running):
+                await self._program_vips(box)
+
+    async def container_stopped(self, task_id: str) -> None:
+        """The task's container exited: let its namespace go (a task's container never starts again)."""
+        async with self._lock:
+            box = self._boxes.get(task_id)
+            if box is not None and box.container:
+                await self._release_netns(box)
+
+    def _handle(self, key: str) -> Path:
+        return self.ns_dir / f"c-{key}"
+
+    async def hold_netns(self, box: _Box, pid: int, still_running: Callable[[], Awaitable[bool]] | None) -> bool:
+        """Hold the namespace of the container `box` stands for by a handle of our own: the one of process
+        `pid`, if after opening it (with a pidfd) `still_running()` says `pid` is the container's and the
+        pidfd's process has not been reaped since (so it is that process). A former handle is let go first.
+        False (nothing held, nothing programmed) when the process is gone or not the container's."""
+        await self._release_netns(box)
+        handle = self._handle(box.task_id)
+        try:
+            pidfd, nsfd = nsutil.open_netns_of(pid)
+        except OSError as e:
+            log.info("sandbox %s: process %d is gone (%s); no VIP rules", box.task_id, pid, e.strerror)
+            return False
+        try:
+            if still_running is not None and not await still_running():
+                log.info("sandbox %s: process %d is no longer the container's; no VIP rules", box.task_id, pid)
+                return False
+            if not nsutil.alive(pidfd):
+                log.info("sandbox %s: process %d ended; no VIP rules", box.task_id, pid)
+                return False
+            handle.touch(exist_ok=True)
+            nsutil.bind_fd(nsfd, str(handle))
+        except OSError as e:
+            handle.unlink(missing_ok=True)
+            log.warning("sandbox %s: cannot hold the namespace of process %d: %s", box.task_id, pid, e)
+            return False
+        finally:
+            os.close(nsfd)
+            os.close(pidfd)
+        box.ns, box.nft_script, box.pid = handle, "", pid
+        return True
+
+    async def _release_netns(self, box: _Box) -> None:
+        """Let go of a container's namespace handle (the kernel frees the namespace once nothing else holds
+        it); its rules are written again if it is held anew."""
+        await ipcmd.delete_netns(self._handle(box.task_id))
+        box.ns, box.nft_script, box.pid = NO_NS, "", 0

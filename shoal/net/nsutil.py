@@ -7,6 +7,11 @@
   call itself.
 - `enter(path, resolv_conf)`: what a task process runs between fork and exec: a private mount namespace with
   the task's resolv.conf bound over /etc/resolv.conf, then the network namespace.
+- `open_netns_of(pid)`, `alive(pidfd)`, `bind_fd(fd, path)`: hold another process's network namespace by a file
+  of our own. `/proc/<pid>/ns/net` names whatever process has that pid now, and pids are reused once a process
+  is reaped; a pidfd never is. So the namespace is opened together with a pidfd, the caller checks that the pid
+  is (still) the process it means, and if the pidfd's process is still alive after that check, the opened
+  namespace is that process's and is bound to a file, which then stands for it however long it lives.
 
 `setns(2)`/`unshare(2)` come from libc through ctypes (`os.setns` is Python 3.12+).
 """
@@ -16,6 +21,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+import signal
 import socket
 
 CLONE_NEWNS = 0x00020000
@@ -71,6 +77,30 @@ def socket_in(path: str | None, family: int = socket.AF_INET, type: int = socket
             os.close(target)
     finally:
         os.close(home)
+
+
+def open_netns_of(pid: int) -> tuple[int, int]:
+    """(pidfd, network namespace fd) of process `pid`; both are the caller's to close. OSError when it is gone."""
+    pidfd = os.pidfd_open(pid)
+    try:
+        return pidfd, os.open(f"/proc/{pid}/ns/net", os.O_RDONLY)
+    except BaseException:
+        os.close(pidfd)
+        raise
+
+
+def alive(pidfd: int) -> bool:
+    """Has the process of `pidfd` not been reaped? (until then its pid cannot name another process)"""
+    try:
+        signal.pidfd_send_signal(pidfd, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def bind_fd(fd: int, path: str) -> None:
+    """Bind the namespace open at `fd` to the (existing, empty) file `path`."""
+    mount(f"/proc/self/fd/{fd}", path, None, MS_BIND)
 
 
 def enter(netns: str, resolv_conf: str | None = None) -> None:

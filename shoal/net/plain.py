@@ -7,7 +7,8 @@ executor's tasks use), with that address. This module is the node's side of what
 container exists:
 
 - its sandbox in the network agent (`_Box`, `container=True`): the gateway DNS answers it by its address,
-  its VIP rules go into its namespace each time it starts (engine `start` events);
+  its VIP rules go into its namespace each time it starts (engine `start` events), held by a handle of the
+  agent's own from then until it stops (`die`; see `NetworkAgent.hold_netns`);
 - the address is held while the container exists (from create to destroy, also while it is stopped, so a
   restart finds it) and released when the engine reports it destroyed (`docker rm`, `--rm`), or disconnected;
 - a record on disk (`<net root>/plain.json`: container -> attachments), so a restarted daemon finds its
@@ -22,19 +23,20 @@ import contextlib
 import ipaddress
 import json
 import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from shoal.manager.attachments import LABEL_CONTAINER, is_attachment
 from shoal.model.objects import Network
+from shoal.net import ipcmd
 
 if TYPE_CHECKING:
     from shoal.net.agent import NetworkAgent, _Box
 
 log = logging.getLogger(__name__)
 
-EVENTS = {"type": ["container", "network"], "event": ["start", "destroy", "disconnect"]}
+EVENTS = {"type": ["container", "network"], "event": ["start", "die", "destroy", "disconnect"]}
 
 
 def _ip(addr: str) -> str:
@@ -124,7 +126,7 @@ class PlainContainers:
     async def attached(self, container: str, atts: dict[str, tuple[str, str]], pid: int = 0) -> None:
         """The engine has the container on these attachments (id -> (network id, CIDR)): record it, give it
         its DNS view, and its VIP rules when it runs (`pid`)."""
-        from shoal.net.agent import _Box
+        from shoal.net.agent import NO_NS, _Box
 
         agent = self.agent
         async with agent._lock:
@@ -134,10 +136,10 @@ class PlainContainers:
             key = self.key(container)
             box = agent._boxes.get(key)
             if box is None:
-                box = agent._boxes[key] = _Box(key, Path("/nonexistent"), [], [], container=True)
+                box = agent._boxes[key] = _Box(key, NO_NS, [], [], container=True)
             self._sync_box(box, r)
-            if pid > 0:
-                self._set_pid(box, pid)
+            if pid > 0 and not ipcmd.is_netns(box.ns):
+                await agent.hold_netns(box, pid, self._still_running(container, pid))
             await agent._program_vips(box)
 
     def _sync_box(self, box: _Box, r: _Record) -> None:
@@ -151,11 +153,10 @@ class PlainContainers:
         for ip in box.addrs:
             agent._by_ip[ip] = box
 
-    @staticmethod
-    def _set_pid(box: _Box, pid: int) -> None:
-        ns = Path(f"/proc/{pid}/ns/net")
-        if box.ns != ns:
-            box.ns, box.nft_script = ns, ""
+    def _still_running(self, container: str, pid: int) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return await self._pid(container) == pid
+        return check
 
     async def started(self, container: str, pid: int) -> None:
         """The container (re)started: its namespace is new, so are its VIP rules."""
@@ -164,8 +165,16 @@ class PlainContainers:
             box = agent._boxes.get(self.key(container))
             if box is None or container not in self.records or pid <= 0:
                 return
-            self._set_pid(box, pid)
-            await agent._program_vips(box)
+            if await agent.hold_netns(box, pid, self._still_running(container, pid)):
+                await agent._program_vips(box)
+
+    async def stopped(self, container: str) -> None:
+        """The container's process ended: let its namespace go (a restart is held anew)."""
+        agent = self.agent
+        async with agent._lock:
+            box = agent._boxes.get(self.key(container))
+            if box is not None:
+                await agent._release_netns(box)
 
     async def detached(self, container: str, attachment_ids: set[str] | None = None) -> None:
         """The container left these attachments (None: all of them; it is gone): release them."""
@@ -182,6 +191,7 @@ class PlainContainers:
                 del self.records[container]
                 if box is not None:
                     del agent._boxes[box.task_id]
+                    await agent._release_netns(box)
                     for ip in box.addrs:
                         if agent._by_ip.get(ip) is box:
                             del agent._by_ip[ip]
@@ -250,6 +260,8 @@ class PlainContainers:
                 return
             if action == "destroy":
                 await self.detached(cid)
+            elif action == "die":
+                await self.stopped(cid)
             elif action == "start":
                 await self.started(cid, await self._pid(cid))
         elif ev.get("Type") == "network" and action == "disconnect":

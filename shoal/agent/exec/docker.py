@@ -17,6 +17,12 @@ unmounts and deletes the task directory.
 
 Containers carry Swarm's labels plus `com.shoal.node.id`, so several Shoal nodes sharing one dockerd
 only see (and adopt) their own containers.
+
+Overlays become bridge networks of the engine (shoal.net.agent), which refuses one whose subnet overlaps
+another of its networks. So `describe()` reports the IPv4 subnets of the engine's networks and of the host's
+routes (`NodeDescription.routed_subnets`, less this node's own overlays) and the manager allocates overlay
+subnets around them; the agent registers again when that changes. A network the engine refuses all the same
+(a subnet the user gave) rejects the task with the engine's error.
 """
 
 from __future__ import annotations
@@ -195,7 +201,24 @@ class DockerExecutor:
                 labels=labels,
                 plugins=tuple(plugins),
             ),
+            routed_subnets=await self._routed_subnets(),
         )
+
+    async def _routed_subnets(self) -> tuple[str, ...]:
+        """IPv4 subnets of the engine's networks (an overlay becomes an engine network, and the engine refuses
+        one that overlaps another of its own) and of the host's routes, less this node's own overlays' (so
+        the description stays the same as they come and go)."""
+        with _engine_errors():
+            nets: list[dict[str, Any]] = await self.client._query_json("networks")
+        found: set[str] = set()
+        own: set[str] = set()
+        for n in nets:
+            mine = self.node_id and (n.get("Labels") or {}).get(ctr.LABEL_SHOAL_NODE_ID) == self.node_id
+            for c in (n.get("IPAM") or {}).get("Config") or []:
+                subnet = str((c or {}).get("Subnet") or "")
+                if subnet and ":" not in subnet:
+                    (own if mine else found).add(subnet)
+        return tuple(sorted((found | await _host_routes()) - own))
 
     def controller(self, task: Task, deps: DependencyGetter) -> DockerController:
         return DockerController(self, task, deps)
@@ -481,9 +504,18 @@ class DockerController:
         network = self._executor.network
         if network is None or not self.task.networks:
             return
-        data = await self._inspect_raw()
-        pid = int(((data or {}).get("State") or {}).get("Pid") or 0)
-        await network.container_started(self.task, pid)
+        pid = await self._running_pid()
+        if pid:
+            await network.container_started(self.task, pid, self._still_running(pid))
+
+    async def _running_pid(self) -> int:
+        state = ((await self._inspect_raw()) or {}).get("State") or {}
+        return int(state.get("Pid") or 0) if state.get("Running") else 0
+
+    def _still_running(self, pid: int) -> Callable[[], Awaitable[bool]]:
+        async def check() -> bool:
+            return await self._running_pid() == pid
+        return check
 
     async def start(self) -> None:
         await self._once("start", self._start)
@@ -561,6 +593,8 @@ class DockerController:
                 done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 if waiter in done:
                     code = waiter.result()
+                    if self._executor.network is not None and self.task.networks:
+                        await self._executor.network.container_stopped(self.task.id)
                     break
                 if watcher in done:
                     unhealthy = False
@@ -714,6 +748,30 @@ class DockerController:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await asyncio.wait_for(asyncio.shield(fut), 30)
         self._ops.clear()
+
+
+async def _host_routes() -> set[str]:
+    """IPv4 destinations of this host's main routing table other than the default route: an overlay's bridge
+    on one of them would capture (or lose) that traffic. Empty when `ip` cannot tell."""
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            "ip", "-j", "-4", "route", "show", stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL)
+        try:
+            out, _ = await asyncio.wait_for(proc.communicate(), 10)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+        routes = json.loads(out or b"[]")
+    except (OSError, TimeoutError, ValueError) as e:
+        log.debug("reading host routes: %s", e)
+        return set()
+    dsts: set[str] = set()
+    for r in routes if isinstance(routes, list) else []:
+        dst = str(r.get("dst") or "") if isinstance(r, dict) else ""
+        if dst and dst != "default":
+            dsts.add(dst if "/" in dst else f"{dst}/32")
+    return dsts
 
 
 def _log_line(stream: str, raw: bytes) -> LogLine:

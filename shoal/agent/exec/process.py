@@ -24,15 +24,20 @@ Files. Each task owns `<root>/tasks/<task_id>/`:
     state.json  the shim's pid and /proc start time, the command's pid and start time, started_at
     log.jsonl   stdout and stderr, one JSON record per line with its timestamp (see shim.py)
     exit        the command's exit code, written atomically when it ends (128+N for signal N)
-    secrets/    the task's secrets; a tmpfs (mode 0755, noexec) when the agent runs as root and
-                `mount -t tmpfs` works, else a plain directory (0755 as root, 0700 otherwise)
+    secrets/    the task's secrets; a tmpfs (noexec) when the agent runs as root and `mount -t tmpfs`
+                works, else a plain directory
     configs/    the task's configs
+
+Only root and the task's user can enter secrets/ and configs/ (and the directories made in them for
+targets): as root they belong to the task's user (root when the spec names none) with mode 0500, so no other
+local user can read a secret whatever the file's own mode; not as root they are the agent's own, mode 0700.
 
 Secret and config targets: a relative `file.name` lands under `secrets/` (resp. `configs/`); an absolute
 one is rewritten under the same directory without its leading `/` (a config targeting `/etc/app.conf`
 is written to `configs/etc/app.conf`). A config without a file target defaults to `/<config name>`, a
-secret to `<secret name>`. Targets escaping the directory (`..`) are rejected. Each file gets its mode;
-uid/gid are applied when the agent runs as root (numeric only). Configs marked `runtime` (credential
+secret to `<secret name>`. Targets escaping the directory (`..`) are rejected. Each file gets the mode, uid
+and gid of its reference (as Swarm does; the CLI's default is 0444, owned by 0:0); uid/gid are applied when
+the agent runs as root (numeric only). Configs marked `runtime` (credential
 specs) are not written.
 
 Supervision. `start()` launches `python -m shoal.agent.exec.shim <task_dir>`, which detaches (it is not the
@@ -305,6 +310,15 @@ def resolve_user(user: str, groups: tuple[str, ...]) -> _User:
     return _User(uid, gid, sorted(set(extra)), pw.pw_dir if pw else "/")
 
 
+def _private_dir(d: Path, user: _User) -> None:
+    """Let only root and the task's user enter `d` (see the module's docstring)."""
+    if _is_root():
+        os.chown(d, user.uid or 0, user.gid or 0)
+        d.chmod(0o500)
+    else:
+        d.chmod(0o700)
+
+
 def _isdir(path: str | Path) -> bool:
     return os.path.isdir(path)
 
@@ -462,8 +476,8 @@ class ProcessController:
             raise FatalError(f"the working directory {c.dir!r} does not exist")
         self.dir.mkdir(parents=True, exist_ok=True)
         self.dir.chmod(0o755)
-        await self._write_secrets()
-        self._write_configs()
+        await self._write_secrets(user)
+        self._write_configs(user)
         limits = self.task.spec.resources.limits if self.task.spec.resources else None
         memory = limits.memory_bytes if limits else 0
         nano_cpus = limits.nano_cpus if limits else 0
@@ -497,34 +511,32 @@ class ProcessController:
         tmp.write_text(json.dumps(spec))
         tmp.replace(self.dir / "spec.json")
 
-    async def _write_secrets(self) -> None:
+    async def _write_secrets(self, user: _User) -> None:
         refs: tuple[SecretReference, ...] = self.task.spec.container.secrets
         d = self.secrets_dir
-        d.mkdir(exist_ok=True)
-        if _is_root():
-            if refs and not _ismount(d):
-                total = sum(len(s.spec.data) for r in refs if (s := self.deps.secret(r.secret_id)))
-                size = max(1 << 20, 2 * total + (64 << 10))
-                proc = await asyncio.create_subprocess_exec(
-                    "mount", "-t", "tmpfs", "-o", f"mode=0755,size={size},noexec,nosuid,nodev", "tmpfs",
-                    str(d), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
-                await proc.wait()  # on failure: a plain directory
-            d.chmod(0o755)
-        else:
-            d.chmod(0o700)
+        d.mkdir(mode=0o700, exist_ok=True)
+        _private_dir(d, user)
+        if _is_root() and refs and not _ismount(d):
+            total = sum(len(s.spec.data) for r in refs if (s := self.deps.secret(r.secret_id)))
+            size = max(1 << 20, 2 * total + (64 << 10))
+            proc = await asyncio.create_subprocess_exec(
+                "mount", "-t", "tmpfs", "-o", f"mode=0700,size={size},noexec,nosuid,nodev", "tmpfs",
+                str(d), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+            await proc.wait()  # on failure: a plain directory
+            _private_dir(d, user)
         for ref in refs:
             secret = self.deps.secret(ref.secret_id)
             if secret is None:
                 raise FatalError("unable to get secret from secret store")
             target = ref.file.name if ref.file else ref.secret_name
             self._write_file(d, target, secret.spec.data, ref.file.mode if ref.file else 0o444,
-                             ref.file.uid if ref.file else "0", ref.file.gid if ref.file else "0")
+                             ref.file.uid if ref.file else "0", ref.file.gid if ref.file else "0", user)
 
-    def _write_configs(self) -> None:
+    def _write_configs(self, user: _User) -> None:
         refs: tuple[ConfigReference, ...] = self.task.spec.container.configs
         d = self.configs_dir
-        d.mkdir(exist_ok=True)
-        d.chmod(0o755 if _is_root() else 0o700)
+        d.mkdir(mode=0o700, exist_ok=True)
+        _private_dir(d, user)
         for ref in refs:
             if ref.runtime:
                 continue
@@ -533,12 +545,16 @@ class ProcessController:
                 raise FatalError("unable to get config from config store")
             target = ref.file.name if ref.file else "/" + ref.config_name
             self._write_file(d, target, config.spec.data, ref.file.mode if ref.file else 0o444,
-                             ref.file.uid if ref.file else "0", ref.file.gid if ref.file else "0")
+                             ref.file.uid if ref.file else "0", ref.file.gid if ref.file else "0", user)
 
     @staticmethod
-    def _write_file(base: Path, target: str, data: bytes, mode: int, uid: str, gid: str) -> None:
+    def _write_file(base: Path, target: str, data: bytes, mode: int, uid: str, gid: str, user: _User) -> None:
         path = base / _safe_rel(target)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        parent = base
+        for part in path.parent.relative_to(base).parts:
+            parent = parent / part
+            parent.mkdir(mode=0o700, exist_ok=True)
+            _private_dir(parent, user)
         tmp = path.with_name(path.name + ".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         try:
