@@ -35,10 +35,11 @@ Host-mode ports of a process task in its own namespace are forwarded from the no
 with one backend.
 
 Docker executor: overlays are bridge networks of the engine (the VXLAN device on the bridge, DNS on the
-gateway answering each container by its address; both devices are in the host namespace, named with a token of
-this node's ID and marked as its own, and a device of such a name that is not is neither adopted nor deleted), VIP rules go into each container's namespace once it runs,
-and connections it opened to a VIP before that are made to retry (shoal.net.conntrack). Plain containers on
-attachable networks are followed by shoal.net.plain.
+gateway answering each container by its address). Both devices are in the host namespace, named with a token
+of this node's ID and marked as its own; a device of such a name that is not is neither adopted nor deleted.
+VIP rules go into each container's namespace once it runs; until then the gateway DNS holds its answers to
+it, and connections it opened to a VIP before that (by address) are made to retry (shoal.net.conntrack).
+Plain containers on attachable networks are followed by shoal.net.plain.
 
 A container's namespace is held by a handle of its own (`<root>/ns/c-<task>`, bound from the namespace opened
 with a pidfd of the container's process, see shoal.net.nsutil), never reached through `/proc/<pid>`: a pid
@@ -87,6 +88,7 @@ HOST_TPROXY_TABLE = 23297
 NOWHERE_MAC = "02:42:00:00:00:00"  # the MAC of 0.0.0.0 by the 02:42 rule: no endpoint ever has it
 KNOWN_NETWORK_TIMEOUT = 10.0  # seconds an attach waits for a network to reach this node's feed
 NO_NS = Path("/nonexistent")  # the namespace of a container sandbox not (or no longer) held
+RULES_WAIT = 8.0  # seconds at most a container's DNS answer waits for its VIP rules (a resolver tries twice 5 s)
 
 
 OWNER_ALIAS = "shoal-node:"  # + node ID: the ifalias marking a host-namespace device as this node's
@@ -219,6 +221,8 @@ class _Box:
     container: bool = False  # a docker container's namespace (held at `ns` once it runs), not one of ours
     seen: bool = False  # its task has been in a snapshot (leaving it later means the task ended)
     pid: int = 0  # a container's: the process whose namespace `ns` holds
+    # A container's: its VIP rules have been written (or never will be); its DNS answers wait for it.
+    rules_in: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class NetworkAgent:
@@ -351,6 +355,7 @@ class NetworkAgent:
             return False  # not in a snapshot yet: the feed lags behind the assignment
         if box.container and box.ns != NO_NS:
             await self._release_netns(box)
+        box.rules_in.set()
         return True
 
     def _remote_endpoints(self, net_id: str) -> dict[str, tuple[str, str]]:
@@ -705,6 +710,7 @@ class NetworkAgent:
         try:
             await ipcmd.nft(script, netns=str(box.ns))
             box.nft_script = script
+            box.rules_in.set()
         except ipcmd.CommandFailed as e:
             log.warning("VIP rules for task %s: %s", box.task_id, e.message)
             return
@@ -896,10 +902,10 @@ class NetworkAgent:
 
     # --- docker executor ----------------------------------------------------------------------------------
     # Each overlay is a bridge network of the local engine with the overlay's subnet, gateway and range
-    # (bridge `shl<token><VNI>` in the node's namespace, the VXLAN device on it; see host_bridge_name); the executor connects the container
-    # with the address Shoal allocated. Its resolv.conf (bound over /etc/resolv.conf) names the gateway of its
-    # first network, where this agent's DNS answers each task by its source address; its VIP rules go into
-    # the container's namespace once it runs.
+    # (bridge `shl<token><VNI>` in the node's namespace, see host_bridge_name; the VXLAN device on it); the
+    # executor connects the container with the address Shoal allocated. Its resolv.conf (bound over
+    # /etc/resolv.conf) names the gateway of its first network, where this agent's DNS answers each task by its
+    # source address, once its VIP rules are in the container's namespace (they go in once it runs).
 
     def _engine(self) -> Any:
         if self._docker is None:
@@ -953,7 +959,7 @@ class NetworkAgent:
                         from None
                 else:
                     raise TemporaryError(f"creating engine network {name}: {e2.message}") from e2
-        dns = DNSServer(self.directory, [], upstreams=self.upstreams, view=self._view_of)
+        dns = DNSServer(self.directory, [], upstreams=self.upstreams, view=self._view_of, hold=self._rules_ready)
         udp = nsutil.socket_in(None, socket.AF_INET, socket.SOCK_DGRAM)
         tcp = nsutil.socket_in(None, socket.AF_INET, socket.SOCK_STREAM)
         try:
@@ -995,6 +1001,19 @@ class NetworkAgent:
                             "priority", str(HOST_TPROXY_TABLE))
         await ipcmd.run("ip", "route", "replace", "local", "0.0.0.0/0", "dev", "lo", "table", str(HOST_TPROXY_TABLE))
         self._host_tproxy = True
+
+    async def _rules_ready(self, client: str) -> None:
+        """Until the asking container's VIP rules are in. The engine starts a container's process before they
+        can be written; a name answered before would let it connect to a VIP undiverted, and such a connection
+        fails once ARP for the VIP gives up (3 s), unless the rules came in time to have it retried
+        (`_retry_early_vip_connections`). Held here, the answer comes once every VIP it may name is DNATed."""
+        box = self._by_ip.get(client)
+        if box is None or not box.container or box.rules_in.is_set():
+            return
+        try:
+            await asyncio.wait_for(box.rules_in.wait(), RULES_WAIT)
+        except TimeoutError:
+            log.info("task %s: its VIP rules are not in after %.0f s; DNS answered anyway", box.task_id, RULES_WAIT)
 
     def _view_of(self, client: str) -> list[str]:
         box = self._by_ip.get(client)
@@ -1059,6 +1078,7 @@ class NetworkAgent:
             box = self._boxes.get(task_id)
             if box is not None and box.container:
                 await self._release_netns(box)
+                box.rules_in.set()
 
     def _handle(self, key: str) -> Path:
         return self.ns_dir / f"c-{key}"
