@@ -4,7 +4,8 @@ own"): two nodes of different swarms on one host, each with an overlay of the sa
 the cleanup of leaving (shoal.net.setup.remove_network_state) removes only the leaving node's.
 
 The network agents are the real ones (separate data directories, node IDs and data path ports, as two swarms
-on one host have), on the test run's dockerd, which shares this host namespace; their VXLAN devices are made
+on one host have): one on the test run's dockerd, the other on a second private dockerd (one engine adopts a
+bridge of the name it is told that another made), both in this host namespace; their VXLAN devices are made
 on this host's own address and no peer is programmed, so nothing is ever sent.
 """
 
@@ -101,7 +102,7 @@ def _swarm(tag: str, subnet: str, addr: str, port: int) -> tuple[str, Any, Any]:
     return node_id, state, task
 
 
-async def _scenario(dockerd: str, base: Path) -> None:
+async def _scenario(dockerd: str, dockerd2: str, base: Path) -> None:
     from shoal.errors import FatalError
     from shoal.net.agent import OWNER_ALIAS, NetworkAgent, host_bridge_name, host_vxlan_name
     from shoal.net.setup import remove_network_state
@@ -110,7 +111,7 @@ async def _scenario(dockerd: str, base: Path) -> None:
     a_id, a_state, a_task = _swarm("a", "10.219.71.0/24", addr, _free_udp_port(addr))
     b_id, b_state, b_task = _swarm("b", "10.219.72.0/24", addr, _free_udp_port(addr))
     a = NetworkAgent(a_id, addr, base / "a" / "net", _Feed(a_state), engine_host=dockerd)
-    b = NetworkAgent(b_id, addr, base / "b" / "net", _Feed(b_state), engine_host=dockerd)
+    b = NetworkAgent(b_id, addr, base / "b" / "net", _Feed(b_state), engine_host=dockerd2)
     agents = [a, b]
     a_br, a_vx = host_bridge_name(a_id, VNI), host_vxlan_name(a_id, VNI)
     b_br, b_vx = host_bridge_name(b_id, VNI), host_vxlan_name(b_id, VNI)
@@ -135,7 +136,7 @@ async def _scenario(dockerd: str, base: Path) -> None:
 
         # b leaves: its engine network, bridge and VXLAN device go; a's stay.
         await b.close()
-        await remove_network_state(base / "b" / "net", b_id, dockerd)
+        await remove_network_state(base / "b" / "net", b_id, dockerd2)
         now = _links()
         assert b_br not in now and b_vx not in now, sorted(now)
         assert now[a_vx]["ifindex"] == before[a_vx]["ifindex"] and now[a_vx].get("master") == a_br
@@ -173,15 +174,21 @@ async def _scenario(dockerd: str, base: Path) -> None:
 
 
 def test_two_swarms_on_one_host_keep_to_their_own_devices(dockerd: str) -> None:
+    from tests.e2e.dockerd import start_dockerd, stop_dockerd
+
     base = Path(tempfile.mkdtemp(prefix="own", dir="/tmp"))
+    # A short path: unix socket paths are limited to 107 bytes.
+    other = start_dockerd(Path(f"/run/shoal-own-{secrets.token_hex(4)}"), data_root=base / "engine2")
     try:
-        asyncio.run(_scenario(dockerd, base))
+        asyncio.run(_scenario(dockerd, other.url, base))
     finally:
-        engine = docker.DockerClient(base_url=dockerd, timeout=60)
-        try:
-            for net in engine.api.networks(filters={"label": "com.shoal.network.id"}):
-                if net["Labels"].get("com.shoal.node.id", "").startswith(("nodea", "nodeb")):
-                    engine.api.remove_network(net["Id"])
-        finally:
-            engine.close()
+        for url in (dockerd, other.url):
+            engine = docker.DockerClient(base_url=url, timeout=60)
+            try:
+                for net in engine.api.networks(filters={"label": "com.shoal.network.id"}):
+                    if net["Labels"].get("com.shoal.node.id", "").startswith(("nodea", "nodeb")):
+                        engine.api.remove_network(net["Id"])
+            finally:
+                engine.close()
+        stop_dockerd(other)
         shutil.rmtree(base, ignore_errors=True)
