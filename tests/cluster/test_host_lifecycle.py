@@ -1,0 +1,61 @@
+"""A node only takes what is its own on the host, and gives it back: the manager port is bound exclusively,
+and `docker swarm leave --force` removes every process, mount and file the node made (process executor).
+Real `shoal daemon` processes, the stock docker CLI."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from tests.support.shoal_node import ShoalNode, wait_until
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_a_second_swarm_init_on_a_taken_manager_port_fails_as_dockerd(tmp_path: Path) -> None:
+    """grpc sets SO_REUSEPORT by default: without turning it off two daemons both listened on the same
+    address and joins landed on either cluster."""
+    port = _free_port()
+    a = ShoalNode(tmp_path / "a", hostname="a").start()
+    b = ShoalNode(tmp_path / "b", hostname="b").start()
+    try:
+        a.docker("swarm", "init", "--listen-addr", f"127.0.0.1:{port}", "--advertise-addr", "127.0.0.1")
+        cp = b.docker("swarm", "init", "--listen-addr", f"127.0.0.1:{port}", "--advertise-addr", "127.0.0.1",
+                      check=False)
+        assert cp.returncode == 1, cp
+        assert cp.stderr.strip() == (
+            "Error response from daemon: manager stopped: failed to listen on remote API address: "
+            f"listen tcp 127.0.0.1:{port}: bind: address already in use"), cp.stderr
+        status, info = b.api("GET", "/info")
+        assert info["Swarm"]["LocalNodeState"] == "inactive"
+        # Nor can another program that sets SO_REUSEPORT itself share the port.
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            with pytest.raises(OSError):
+                s.bind(("127.0.0.1", port))
+        # The refused node holds nothing: a plain socket can still not bind the port (a's), and once a leaves,
+        # b's init succeeds on it.
+        a.docker("swarm", "leave", "--force")
+        wait_until(lambda: _bindable(port), 10, what="a to release the manager port")
+        b.docker("swarm", "init", "--listen-addr", f"127.0.0.1:{port}", "--advertise-addr", "127.0.0.1")
+    finally:
+        a.stop()
+        b.stop()
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
