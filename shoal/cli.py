@@ -8,9 +8,11 @@ import logging
 import os
 import random
 import signal
+import ssl
 import sys
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import click
@@ -39,8 +41,92 @@ def _engine_reachable(host: str) -> bool:
     return True
 
 
-async def run_daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, executor: str, engine_host: str | None,
-                     hostname: str, strategy: str, ready_file: Path | None = None,
+@dataclass(frozen=True)
+class TCPListener:
+    """`--api-tcp` with dockerd's TLS flags: where to listen, and the TLS context (None: plain HTTP)."""
+    host: str
+    port: int
+    ssl: ssl.SSLContext | None = None
+    verify: bool = False  # --tlsverify: clients must present a certificate signed by --tlscacert
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"tcp://{host}:{self.port}"
+
+
+def parse_tcp_addr(raw: str) -> tuple[str, int]:
+    """HOST:PORT or [IPV6]:PORT (as dockerd's -H tcp://...) -> (host without brackets, port)."""
+    raw = raw.removeprefix("tcp://")
+    host, sep, port = raw.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise click.BadParameter(f"{raw}: an IPv6 address goes in brackets, as [::1]:PORT",
+                                 param_hint="--api-tcp")
+    try:
+        num = int(port)
+    except ValueError:
+        num = -1
+    if not sep or not 0 < num < 65536:
+        raise click.BadParameter(f"{raw}: expected HOST:PORT", param_hint="--api-tcp")
+    return host or "127.0.0.1", num
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def tcp_listener(api_tcp: str, tls: bool, tlsverify: bool, cacert: Path | None, cert: Path | None,
+                 key: Path | None) -> TCPListener:
+    """The TCP API listener the flags ask for. Without --tlsverify anyone who can connect is root on this host:
+    only loopback is allowed then (dockerd slows its start down for any other address; Shoal refuses)."""
+    host, port = parse_tcp_addr(api_tcp)
+    if not (tls or tlsverify):
+        if not _is_loopback(host):
+            raise click.UsageError("--api-tcp without --tlsverify is only allowed on loopback: anyone who can "
+                                   "connect has root access on this machine")
+        return TCPListener(host, port)
+    if not tlsverify and not _is_loopback(host):
+        raise click.UsageError("--api-tcp off loopback needs --tlsverify: with --tls alone anyone who can connect "
+                               "has root access on this machine")
+    certs = Path(os.environ.get("DOCKER_CERT_PATH") or Path.home() / ".docker")  # dockerd's defaults
+    cacert, cert, key = cacert or certs / "ca.pem", cert or certs / "cert.pem", key or certs / "key.pem"
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # as dockerd
+    try:
+        ctx.load_cert_chain(str(cert), str(key))
+        if tlsverify:
+            ctx.load_verify_locations(cafile=str(cacert))
+    except (OSError, ssl.SSLError) as e:
+        raise click.UsageError(f"could not load the TLS files for --api-tcp: {e}") from None
+    ctx.verify_mode = ssl.CERT_REQUIRED if tlsverify else ssl.CERT_NONE
+    return TCPListener(host, port, ctx, tlsverify)
+
+
+def warn_unauthenticated(listener: TCPListener) -> None:
+    """dockerd's warnings for a TCP listener that does not verify clients (cmd/dockerd/daemon.go)."""
+    if listener.verify:
+        return
+    log = logging.getLogger("shoal")
+    log.warning("Binding to IP address without --tlsverify is insecure and gives root access on this machine to "
+                "everyone who has access to your network. host=%s", listener.url)
+    log.warning("Binding to an IP address, even on localhost, can also give access to scripts run in a browser. "
+                "Be safe out there! host=%s", listener.url)
+    log.warning("Every local user who can connect to %s has root access on this machine through it; use "
+                "--tlsverify (with --tlscacert, --tlscert, --tlskey) or the API socket, whose file mode "
+                "limits who can.", listener.url)
+
+
+async def run_daemon(data_dir: Path, api_socket: Path, api_tcp: TCPListener | None, executor: str,
+                     engine_host: str | None, hostname: str, strategy: str, ready_file: Path | None = None,
                      dns_upstreams: tuple[str, ...] | None = None,
                      mesh_keepalive: tuple[int, int, int] | None = None, raft_tick: float = DEFAULT_TICK) -> None:
     from aiohttp import web
@@ -69,10 +155,13 @@ async def run_daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, exec
         api_socket.unlink()
     await web.UnixSite(runner, str(api_socket)).start()
     os.chmod(api_socket, 0o660)
-    if api_tcp:
-        host, _, port = api_tcp.rpartition(":")
-        await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
-    logging.getLogger("shoal").info("API listening on %s", api_socket)
+    logging.getLogger("shoal").info("API listen on %s", api_socket)
+    if api_tcp is not None:
+        warn_unauthenticated(api_tcp)
+        await web.TCPSite(runner, api_tcp.host, api_tcp.port, ssl_context=api_tcp.ssl).start()
+        logging.getLogger("shoal").info("API listen on %s (%s)", api_tcp.url,
+                                        "TLS, client certificates verified" if api_tcp.verify else
+                                        "TLS, clients not verified" if api_tcp.ssl else "plain HTTP, no TLS")
     if ready_file is not None:
         ready_file.write_text(str(os.getpid()))
     stop = asyncio.Event()
@@ -129,7 +218,18 @@ def main() -> None:
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path("/var/lib/shoal"), show_default=True)
 @click.option("--api-socket", type=click.Path(path_type=Path), default=Path("/var/run/shoal.sock"),
               show_default=True)
-@click.option("--api-tcp", default=None, help="HOST:PORT; only loopback without TLS")
+@click.option("--api-tcp", default=None, metavar="HOST:PORT",
+              help="also serve the API on TCP ([::1]:PORT for IPv6); only loopback without --tlsverify, and "
+                   "then every local user who can connect is root on this machine")
+@click.option("--tls", is_flag=True, help="serve --api-tcp with TLS (implied by --tlsverify)")
+@click.option("--tlsverify", is_flag=True, help="serve --api-tcp with TLS and require client certificates "
+              "signed by --tlscacert")
+@click.option("--tlscacert", type=click.Path(path_type=Path), default=None,
+              help="trust clients' certificates signed by this CA (default: ~/.docker/ca.pem)")
+@click.option("--tlscert", type=click.Path(path_type=Path), default=None,
+              help="the TCP API's certificate (default: ~/.docker/cert.pem)")
+@click.option("--tlskey", type=click.Path(path_type=Path), default=None,
+              help="the TCP API's key (default: ~/.docker/key.pem)")
 @click.option("--executor", type=click.Choice(["docker", "process", "auto"]), default="auto", show_default=True)
 @click.option("--engine-host", default=None, help="local Docker Engine, e.g. unix:///var/run/docker.sock")
 @click.option("--hostname", default="", help="node hostname (default: the machine's)")
@@ -150,16 +250,16 @@ def main() -> None:
                    "overloaded machine), at the cost of a slower failover")
 @click.option("--ready-file", type=click.Path(path_type=Path), default=None, hidden=True)
 @click.option("--log-level", default="info", show_default=True)
-def daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, executor: str, engine_host: str | None,
+def daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, tls: bool, tlsverify: bool,
+           tlscacert: Path | None, tlscert: Path | None, tlskey: Path | None, executor: str, engine_host: str | None,
            hostname: str, scheduler_strategy: str, dns_upstream: tuple[str, ...], mesh_keepalive: str | None,
            raft_tick: float, ready_file: Path | None, log_level: str) -> None:
     """Run a Shoal node serving the Docker Engine API."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    if api_tcp:
-        host = api_tcp.rpartition(":")[0]
-        if host not in ("127.0.0.1", "localhost", "::1", "[::1]"):
-            raise click.UsageError("--api-tcp without TLS is only allowed on loopback")
+    if (tls or tlsverify or tlscacert or tlscert or tlskey) and not api_tcp:
+        raise click.UsageError("--tls, --tlsverify, --tlscacert, --tlscert and --tlskey apply to --api-tcp")
+    listener = tcp_listener(api_tcp, tls, tlsverify, tlscacert, tlscert, tlskey) if api_tcp else None
     default_engine = "unix:///var/run/docker.sock"
     if executor == "auto":
         executor = "docker" if _engine_reachable(engine_host or default_engine) else "process"
@@ -168,7 +268,7 @@ def daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, executor: str,
     if engine_host is not None and not _engine_reachable(engine_host):
         logging.getLogger("shoal").warning("Docker Engine at %s is not reachable", engine_host)
     upstreams = None if not dns_upstream else tuple(u for u in dns_upstream if u != "none")
-    asyncio.run(run_daemon(data_dir, api_socket, api_tcp, executor, engine_host, hostname, scheduler_strategy,
+    asyncio.run(run_daemon(data_dir, api_socket, listener, executor, engine_host, hostname, scheduler_strategy,
                            ready_file, upstreams, _keepalive(mesh_keepalive), raft_tick))
 
 

@@ -35,6 +35,7 @@ def test_a_second_swarm_init_on_a_taken_manager_port_fails_as_dockerd(tmp_path: 
             "Error response from daemon: manager stopped: failed to listen on remote API address: "
             f"listen tcp 127.0.0.1:{port}: bind: address already in use"), cp.stderr
         status, info = b.api("GET", "/info")
+        assert status == 200
         assert info["Swarm"]["LocalNodeState"] == "inactive"
         # Nor can another program that sets SO_REUSEPORT itself share the port.
         with socket.socket() as s:
