@@ -11,9 +11,10 @@ import signal
 import ssl
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -200,13 +201,31 @@ def exit_after(seconds: float, exit: Callable[[int], object] = os._exit) -> thre
 
 def _dump_tasks() -> None:
     """SIGUSR1: log every asyncio task with its stack (what a hung await is waiting on)."""
-    import io
+    logging.getLogger("shoal").warning("asyncio tasks:\n%s", format_tasks(asyncio.all_tasks()))
 
-    out = io.StringIO()
-    for t in asyncio.all_tasks():
-        out.write(f"--- {t.get_name()}\n")
-        t.print_stack(limit=12, file=out)
-    logging.getLogger("shoal").warning("asyncio tasks:\n%s", out.getvalue())
+
+def format_tasks(tasks: Iterable[asyncio.Task[Any]], limit: int = 12) -> str:
+    """Each task's name and innermost frames. Not Task.print_stack: it raises TypeError on a frame whose
+    f_lineno is None (a coroutine suspended in some states), which ended the whole dump."""
+    import linecache
+
+    out = []
+    for t in tasks:
+        out.append(f"--- {t.get_name()}{' (done)' if t.done() else ''}")
+        try:
+            frames = t.get_stack(limit=limit)
+        except Exception as e:  # a dump must show the other tasks whatever one of them holds
+            out.append(f"  (no stack: {e!r})")
+            continue
+        for f in frames:
+            code, lineno = f.f_code, f.f_lineno
+            out.append(f'  File "{code.co_filename}", line {lineno if lineno is not None else "?"}, '
+                       f"in {code.co_name}")
+            if lineno is not None:
+                src = linecache.getline(code.co_filename, lineno, f.f_globals).strip()
+                if src:
+                    out.append(f"    {src}")
+    return "\n".join(out) + "\n"
 
 
 @click.group()

@@ -4,6 +4,7 @@ Real `shoal daemon` processes, the stock docker CLI."""
 
 from __future__ import annotations
 
+import signal
 import socket
 from pathlib import Path
 
@@ -60,3 +61,23 @@ def _bindable(port: int) -> bool:
         except OSError:
             return False
         return True
+
+
+def test_sigusr1_dumps_every_task_of_a_busy_manager(shoal_node: ShoalNode) -> None:
+    """The dump raised TypeError (Task.print_stack on a frame with no line number) on a manager with
+    services, and showed nothing."""
+    shoal_node.docker("service", "create", "-d", "--name", "dumped", "--replicas", "2", "busybox", "sleep", "600")
+    wait_until(lambda: len(shoal_node.command_pids()) == 2, 30, what="two task processes")
+    assert shoal_node.proc is not None
+    size = shoal_node.log_path.stat().st_size
+    shoal_node.proc.send_signal(signal.SIGUSR1)
+
+    def dumped() -> str:
+        with open(shoal_node.log_path, "rb") as f:
+            f.seek(size)
+            text = f.read().decode(errors="replace")
+        return text if "asyncio tasks:" in text and "--- agent" in text else ""
+
+    text = wait_until(dumped, 10, what="the task dump in the log")
+    assert "TypeError" not in text and "Exception in callback" not in text, text
+    assert 'File "' in text
