@@ -826,6 +826,9 @@ class ShoalNode:
                 await ctlr.close()
             await cleanup.close()
         await self._remove_network_state()
+        # What is left of the executor's state (empty task dirs, a docker executor's secrets root) goes too:
+        # a node that left holds nothing on the host.
+        shutil.rmtree(self.cfg.data_dir / "executor", ignore_errors=True)
         self._identity_file.unlink(missing_ok=True)
         shutil.rmtree(self.cfg.data_dir / "raft", ignore_errors=True)
         shutil.rmtree(self._certs_dir, ignore_errors=True)
