@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import signal
 import socket
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -81,3 +82,54 @@ def test_sigusr1_dumps_every_task_of_a_busy_manager(shoal_node: ShoalNode) -> No
     text = wait_until(dumped, 10, what="the task dump in the log")
     assert "TypeError" not in text and "Exception in callback" not in text, text
     assert 'File "' in text
+
+
+def _mounts_under(path: Path) -> list[str]:
+    prefix = str(path.resolve())
+    return [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
+            if line.split()[1].startswith(prefix)]
+
+
+def _processes_naming(path: Path) -> list[int]:
+    needle = str(path.resolve()).encode()
+    out = []
+    for e in Path("/proc").iterdir():
+        if e.name.isdigit():
+            try:
+                if needle in (e / "cmdline").read_bytes():
+                    out.append(int(e.name))
+            except OSError:
+                pass
+    return out
+
+
+def _nft_tables() -> set[str]:
+    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=True).stdout
+    return {t.strip() for t in tables.splitlines() if t.strip()}
+
+
+def test_leave_force_removes_every_process_mount_and_file_of_the_node(shoal_node: ShoalNode) -> None:
+    node = shoal_node
+    node.docker("network", "create", "-d", "overlay", "lcnet")
+    node.docker("secret", "create", "lcsecret", "-", input="s3cret")
+    node.docker("service", "create", "-d", "--name", "lcweb", "--replicas", "2", "--network", "lcnet",
+                "--secret", "lcsecret", "--publish", "published=0,target=80", "busybox", "sleep", "600")
+    node.docker("service", "create", "-d", "--name", "lcjob", "--mode", "replicated-job", "busybox", "true")
+    wait_until(lambda: len(node.command_pids()) == 2, 30, what="two task processes")
+    assert node.proc is not None
+    daemon = node.proc.pid
+    assert [p for p in _processes_naming(node.data_dir) if p != daemon], "task shims run"
+    assert _mounts_under(node.data_dir), "secrets on tmpfs and namespaces bound under the data dir"
+
+    node.docker("swarm", "leave", "--force")
+
+    assert [p for p in _processes_naming(node.data_dir) if p != daemon] == []
+    assert _mounts_under(node.data_dir) == []
+    # The overlay's bridge, the tasks' veths and the VXLAN device live in namespaces bound under the data dir
+    # (gone with the mounts above: the kernel frees their devices); none is ever in the host's namespace,
+    # and neither is an nftables table of this node (shoal_mesh is the docker executor's, shared by a host).
+    assert "table ip shoal" not in _nft_tables()
+    left = sorted(str(p.relative_to(node.data_dir)) for p in node.data_dir.rglob("*"))
+    assert left == [], left
+    status, info = node.api("GET", "/info")
+    assert status == 200 and info["Swarm"]["LocalNodeState"] == "inactive"

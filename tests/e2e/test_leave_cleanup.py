@@ -74,10 +74,14 @@ def _processes_naming(path: Path) -> list[int]:
 def test_leave_force_removes_everything_the_node_created(node: ShoalDocker, dockerd: str, test_image: str) -> None:
     eng = docker.DockerClient(base_url=dockerd, timeout=60)
     daemon_pid = node.proc.pid if node.proc is not None else 0
-    links0, tables0 = _links(), _nft_tables()
+    tables0 = _nft_tables()
     node.docker("swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", "127.0.0.1:0")
     nid = node.docker("info", "--format", "{{.Swarm.NodeID}}").stdout.strip()
     node.docker("network", "create", "-d", "overlay", "lcnet")
+    vni = node.docker("network", "inspect", "lcnet", "--format",
+                      '{{index .Options "com.docker.network.driver.overlay.vxlanid_list"}}').stdout.strip()
+    assert vni.isdigit(), vni
+    ours = {f"shl{vni}", f"vx{vni}"}  # the only devices of this overlay that may be in the host's namespace
     node.docker("secret", "create", "lcsecret", "-", input=b"s3cret")
     node.docker("service", "create", "-d", "--no-resolve-image", "--name", "lcweb", "--replicas", "2",
                 "--network", "lcnet", "--secret", "lcsecret", "--publish", "published=0,target=80",
@@ -98,14 +102,17 @@ def test_leave_force_removes_everything_the_node_created(node: ShoalDocker, dock
     wait_until(lambda: len(eng.containers.list(all=True, filters=label)) == 3, 60, what="three containers")
     assert eng.networks.list(filters=label), "the overlay became an engine network"
     assert _mounts_under(node.data_dir), "the secrets are on tmpfs mounts"
-    assert _links() - links0, "the overlay's bridge is on the host"
+    assert f"shl{vni}" in _links(), "the overlay's bridge is on the host"
+    veths = {str(x["ifname"]) for x in json.loads(subprocess.run(
+        ["ip", "-j", "link", "show", "master", f"shl{vni}"], capture_output=True, text=True, check=True).stdout)}
+    assert veths, "the tasks' veths are on the bridge"
 
     node.docker("swarm", "leave", "--force")
 
     assert eng.containers.list(all=True, filters=label) == []
     assert eng.networks.list(filters=label) == []
     assert _mounts_under(node.data_dir) == []
-    assert {x for x in _links() - links0 if x.startswith(("shl", "vx", "veth"))} == set()
+    assert _links() & (ours | veths) == set()
     assert {t for t in _nft_tables() - tables0 if "shoal" in t} == set()
     if not any(x.startswith("shl") for x in _links()):  # the TPROXY rules are shared by the host's nodes
         assert "table ip shoal_mesh" not in _nft_tables()
