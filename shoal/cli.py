@@ -129,7 +129,8 @@ def warn_unauthenticated(listener: TCPListener) -> None:
 async def run_daemon(data_dir: Path, api_socket: Path, api_tcp: TCPListener | None, executor: str,
                      engine_host: str | None, hostname: str, strategy: str, ready_file: Path | None = None,
                      dns_upstreams: tuple[str, ...] | None = None,
-                     mesh_keepalive: tuple[int, int, int] | None = None, raft_tick: float = DEFAULT_TICK) -> None:
+                     mesh_keepalive: tuple[int, int, int] | None = None, raft_tick: float = DEFAULT_TICK,
+                     leave_on_exit: bool = False) -> None:
     from aiohttp import web
 
     from shoal import gctune
@@ -175,10 +176,20 @@ async def run_daemon(data_dir: Path, api_socket: Path, api_tcp: TCPListener | No
     # shutdown timeout it exits as after kill -9, which Raft's fsynced log makes safe.
     watchdog = exit_after(SHUTDOWN_TIMEOUT)
     try:
+        if leave_on_exit and node.state != "inactive":
+            # A throwaway node (`shoal demo`): leave as `docker swarm leave --force` does, which removes its
+            # tasks, their mounts, networks and state; a daemon stops without touching its tasks otherwise.
+            try:
+                await node.leave(force=True)
+                logging.getLogger("shoal").info("left the swarm on exit (--leave-on-exit)")
+            except Exception:
+                logging.getLogger("shoal").exception("leaving the swarm on exit failed")
         await runner.cleanup()
         await node.stop()
         await proxy.close()
         await engine.close()
+        with contextlib.suppress(FileNotFoundError):
+            api_socket.unlink()  # as dockerd removes its socket when it stops
     finally:
         watchdog.cancel()
 
@@ -267,12 +278,17 @@ def main() -> None:
                    "campaigns after 10-15 ticks without its word (1.0-1.5 s by default; Swarm's tick is 1 s). "
                    "Raise it, on every manager alike, where a manager's process can stall for a second (an "
                    "overloaded machine), at the cost of a slower failover")
+@click.option("--leave-on-exit", is_flag=True,
+              help="on SIGTERM or SIGINT leave the swarm first, as `docker swarm leave --force`: the node's tasks, "
+                   "networks, mounts and swarm state are removed (a throwaway node, as `shoal demo` runs). "
+                   "Without it a stop leaves the tasks running for the next start to adopt (docs/design/"
+                   "executors.md)")
 @click.option("--ready-file", type=click.Path(path_type=Path), default=None, hidden=True)
 @click.option("--log-level", default="info", show_default=True)
 def daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, tls: bool, tlsverify: bool,
            tlscacert: Path | None, tlscert: Path | None, tlskey: Path | None, executor: str, engine_host: str | None,
            hostname: str, scheduler_strategy: str, dns_upstream: tuple[str, ...], mesh_keepalive: str | None,
-           raft_tick: float, ready_file: Path | None, log_level: str) -> None:
+           raft_tick: float, leave_on_exit: bool, ready_file: Path | None, log_level: str) -> None:
     """Run a Shoal node serving the Docker Engine API."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
@@ -288,7 +304,7 @@ def daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, tls: bool, tls
         logging.getLogger("shoal").warning("Docker Engine at %s is not reachable", engine_host)
     upstreams = None if not dns_upstream else tuple(u for u in dns_upstream if u != "none")
     asyncio.run(run_daemon(data_dir, api_socket, listener, executor, engine_host, hostname, scheduler_strategy,
-                           ready_file, upstreams, _keepalive(mesh_keepalive), raft_tick))
+                           ready_file, upstreams, _keepalive(mesh_keepalive), raft_tick, leave_on_exit))
 
 
 def _keepalive(raw: str | None) -> tuple[int, int, int] | None:
@@ -308,12 +324,18 @@ def _keepalive(raw: str | None) -> tuple[int, int, int] | None:
 @main.command()
 @click.option("--dir", "workdir", type=click.Path(path_type=Path), default=Path(".shoal-demo"), show_default=True)
 @click.option("--executor", type=click.Choice(["docker", "process"]), default="process", show_default=True)
-@click.option("--detach", is_flag=True, help="leave the daemon running and return")
-def demo(workdir: Path, executor: str, detach: bool) -> None:
-    """Start a local one-node demo swarm and deploy a small stack (see README)."""
+@click.option("--engine-host", default=None, help="the Docker Engine of --executor docker "
+              "(default: unix:///var/run/docker.sock)")
+@click.option("--listen-addr", default="127.0.0.1:2377", show_default=True, help="the demo manager's swarm port")
+@click.option("--detach", is_flag=True, help="leave the daemon running and return; `kill $(cat DIR/daemon.pid)` "
+              "stops it and removes what it started")
+def demo(workdir: Path, executor: str, engine_host: str | None, listen_addr: str, detach: bool) -> None:
+    """Start a local one-node demo swarm and deploy a small stack (see README). Ctrl-C, SIGTERM or a closed
+    terminal stop it and remove everything it started."""
     from shoal.demo import run_demo
 
-    sys.exit(run_demo(workdir.resolve(), executor=executor, detach=detach))
+    sys.exit(run_demo(workdir.resolve(), executor=executor, detach=detach, engine_host=engine_host,
+                      listen_addr=listen_addr))
 
 
 
