@@ -149,7 +149,10 @@ async def run_daemon(data_dir: Path, api_socket: Path, api_tcp: TCPListener | No
     engine = EngineClient(engine_host)
     await node.start()
     app = make_app(node, proxy, engine)
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    # A stop gives requests in flight a moment, then cancels what is left: the streams (`docker events`,
+    # `logs -f`, attach) never end by themselves and held aiohttp's default 60 s graceful shutdown until the
+    # 15 s watchdog ended the process.
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=STREAM_GRACE)
     await runner.setup()
     gctune.freeze()  # start-up's objects (modules, the restored store) need never be traversed again
     api_socket.parent.mkdir(parents=True, exist_ok=True)
@@ -195,6 +198,7 @@ async def run_daemon(data_dir: Path, api_socket: Path, api_tcp: TCPListener | No
 
 
 SHUTDOWN_TIMEOUT = 15.0  # seconds (dockerd's --shutdown-timeout default)
+STREAM_GRACE = 0.5  # seconds the API server waits for requests in flight at a stop before cancelling them
 
 
 def exit_after(seconds: float, exit: Callable[[int], object] = os._exit) -> threading.Timer:

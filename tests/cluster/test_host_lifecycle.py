@@ -7,6 +7,7 @@ from __future__ import annotations
 import signal
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -133,3 +134,34 @@ def test_leave_force_removes_every_process_mount_and_file_of_the_node(shoal_node
     assert left == [], left
     status, info = node.api("GET", "/info")
     assert status == 200 and info["Swarm"]["LocalNodeState"] == "inactive"
+
+
+def test_sigterm_is_prompt_with_streaming_clients_attached(shoal_node: ShoalNode) -> None:
+    """`docker events` and `docker service logs -f` kept the API server's graceful shutdown waiting for them
+    until the daemon's 15 s watchdog ended it."""
+    node = shoal_node
+    node.docker("service", "create", "-d", "--name", "chatty", "busybox", "sh", "-c",
+                "while true; do echo hi; sleep 1; done")
+    wait_until(lambda: len(node.command_pids()) == 1, 30, what="the task process")
+    streams = [subprocess.Popen(["docker", *args], env=node.env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+               for args in (("events",), ("service", "logs", "-f", "chatty"))]
+    try:
+        wait_until(lambda: _connections(node) >= 2, 10, what="both streams connected")
+        assert node.proc is not None
+        t0 = time.monotonic()
+        node.proc.send_signal(signal.SIGTERM)
+        node.proc.wait(30)
+        took = time.monotonic() - t0
+        assert took < 5, f"the daemon took {took:.1f}s to stop"
+        assert "did not stop within" not in node.log_path.read_text()
+    finally:
+        for p in streams:
+            p.kill()
+            p.wait()
+
+
+def _connections(node: ShoalNode) -> int:
+    """Established connections on the node's API socket (ss counts both ends: the server's half)."""
+    out = subprocess.run(["ss", "-xH", "state", "connected", "src", str(node.socket)], capture_output=True,
+                         text=True, check=False).stdout
+    return len(out.splitlines())
