@@ -244,20 +244,30 @@ def _drive(workdir: Path, sock: Path, proc: subprocess.Popen[bytes], executor: s
     docker = shutil.which("docker")
     print(f"Shoal is running (pid {proc.pid}, {executor} executor). Use it with:\n\n"
           f"    export DOCKER_HOST=unix://{sock}\n")
+    deployed = False
     if docker is None:
         print("The docker CLI is not on the PATH; creating the demo service through the API instead.")
+    else:
+        deploy = subprocess.run([docker, "stack", "deploy", "-c", str(STACK), "demo"], env=env, cwd=STACK.parent,
+                                check=False, capture_output=True, text=True)
+        print(deploy.stdout, end="")
+        deployed = deploy.returncode == 0
+        if not deployed:  # e.g. a docker CLI older than 23 knows no replicated-job in a stack file
+            print(f"docker stack deploy failed ({deploy.stderr.strip()}); creating the demo service through the "
+                  "API instead.")
+    if not deployed:
         api(sock, "POST", "/services/create", {
-            "Name": "web", "Mode": {"Replicated": {"Replicas": 3}},
+            "Name": "demo_web", "Mode": {"Replicated": {"Replicas": 3}},
             "TaskTemplate": {"ContainerSpec": {
                 "Image": image, "Command": ["sh", "-c", "while true; do echo hi; sleep 3; done"]}}})
-    else:
-        subprocess.run([docker, "stack", "deploy", "-c", str(STACK), "demo"], env=env, cwd=STACK.parent, check=False)
+    if docker is not None:
         if not _wait_converged(docker, env):
             print("\nNot every service converged within 60 s; `docker service ps demo_web` tells why.")
         print()
         subprocess.run([docker, "service", "ls"], env=env, check=False)
         print()
-        subprocess.run([docker, "stack", "ps", "demo"], env=env, check=False)
+        if deployed:
+            subprocess.run([docker, "stack", "ps", "demo"], env=env, check=False)
         print("\nTry: docker service logs demo_web | docker service scale demo_web=5 | docker node ls")
     if detach:
         print(f"\nThe daemon keeps running; stop it (it leaves its swarm) with: kill $(cat {workdir / 'daemon.pid'})")
