@@ -595,7 +595,7 @@ def test_docker_py(shoal_inactive: ShoalNode) -> None:
     from docker.types import EndpointSpec, SecretReference, ServiceMode
 
     client = shoal_inactive.client()
-    node_id = client.swarm.init(advertise_addr="127.0.0.1")
+    node_id = client.swarm.init(advertise_addr="127.0.0.1", listen_addr=f"127.0.0.1:{free_port()}")
     assert re.fullmatch(r"[0-9a-z]{25}", node_id)
     assert client.info()["Swarm"]["NodeID"] == node_id
     client.swarm.reload()
