@@ -42,9 +42,11 @@ def node(dockerd: str, test_image: str) -> Iterator[ShoalDocker]:
         shutil.rmtree(base, ignore_errors=True)
 
 
-def _links() -> set[str]:
+def _links() -> dict[int, str]:
+    """ifindex -> name of the host's links (an ifindex is not reused soon, unlike a name: other nodes on this
+    host may make a bridge of the same name for their own overlay with the same VNI)."""
     out = subprocess.run(["ip", "-j", "link"], capture_output=True, text=True, check=True).stdout
-    return {str(x["ifname"]) for x in json.loads(out)}
+    return {int(x["ifindex"]): str(x["ifname"]) for x in json.loads(out)}
 
 
 def _nft_tables() -> set[str]:
@@ -75,13 +77,13 @@ def test_leave_force_removes_everything_the_node_created(node: ShoalDocker, dock
     eng = docker.DockerClient(base_url=dockerd, timeout=60)
     daemon_pid = node.proc.pid if node.proc is not None else 0
     tables0 = _nft_tables()
+    first_index = max(_links())
     node.docker("swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", "127.0.0.1:0")
     nid = node.docker("info", "--format", "{{.Swarm.NodeID}}").stdout.strip()
     node.docker("network", "create", "-d", "overlay", "lcnet")
     vni = node.docker("network", "inspect", "lcnet", "--format",
                       '{{index .Options "com.docker.network.driver.overlay.vxlanid_list"}}').stdout.strip()
     assert vni.isdigit(), vni
-    ours = {f"shl{vni}", f"vx{vni}"}  # the only devices of this overlay that may be in the host's namespace
     node.docker("secret", "create", "lcsecret", "-", input=b"s3cret")
     node.docker("service", "create", "-d", "--no-resolve-image", "--name", "lcweb", "--replicas", "2",
                 "--network", "lcnet", "--secret", "lcsecret", "--publish", "published=0,target=80",
@@ -102,19 +104,29 @@ def test_leave_force_removes_everything_the_node_created(node: ShoalDocker, dock
     wait_until(lambda: len(eng.containers.list(all=True, filters=label)) == 3, 60, what="three containers")
     assert eng.networks.list(filters=label), "the overlay became an engine network"
     assert _mounts_under(node.data_dir), "the secrets are on tmpfs mounts"
-    assert f"shl{vni}" in _links(), "the overlay's bridge is on the host"
-    veths = {str(x["ifname"]) for x in json.loads(subprocess.run(
-        ["ip", "-j", "link", "show", "master", f"shl{vni}"], capture_output=True, text=True, check=True).stdout)}
-    assert veths, "the tasks' veths are on the bridge"
+    bridge = [i for i, name in _links().items() if name == f"shl{vni}"]
+    assert bridge, "the overlay's bridge is on the host"
+    # This node's devices: the bridge and VXLAN device it made (other nodes on a shared host may hold ones of
+    # the same names, made before this test), and the host ends of its containers' veths.
+    ours = {i for i, name in _links().items() if name in (f"shl{vni}", f"vx{vni}") and i > first_index}
+    veths = set()
+    for c in eng.containers.list(filters=label):
+        pid = int(c.attrs["State"]["Pid"])
+        out = subprocess.run(["nsenter", "-t", str(pid), "-n", "ip", "-j", "link"], capture_output=True, text=True,
+                             check=True).stdout
+        veths |= {int(x["link_index"]) for x in json.loads(out) if "link_index" in x}  # the peers' ifindex
+    veths = {i for i in veths if i in _links() and _links()[i].startswith("veth")}
+    assert veths, "the tasks' veths are in the host's namespace"
+    ours |= veths
 
     node.docker("swarm", "leave", "--force")
 
     assert eng.containers.list(all=True, filters=label) == []
     assert eng.networks.list(filters=label) == []
     assert _mounts_under(node.data_dir) == []
-    assert _links() & (ours | veths) == set()
-    assert {t for t in _nft_tables() - tables0 if "shoal" in t} == set()
-    if not any(x.startswith("shl") for x in _links()):  # the TPROXY rules are shared by the host's nodes
+    assert {i: n for i, n in _links().items() if i in ours} == {}
+    assert {t for t in _nft_tables() - tables0 if "shoal" in t and "shoal_mesh" not in t} == set()
+    if not any(x.startswith("shl") for x in _links().values()):  # the TPROXY rules are shared by the host's nodes
         assert "table ip shoal_mesh" not in _nft_tables()
         assert "23297" not in subprocess.run(["ip", "rule"], capture_output=True, text=True).stdout
     assert [p for p in _processes_naming(node.data_dir) if p != daemon_pid] == []
