@@ -349,6 +349,11 @@ async def events(request: web.Request) -> web.StreamResponse:
     if node.manager is None or not wants_swarm:
         if engine.engine_host is not None:
             return await proxy.handle(request)
+    if node.manager is not None and engine.engine_host is not None:
+        from shoal.engineapi.events import merged_events  # the engine's container events too, as on Swarm
+
+        return await merged_events(request, node.manager.events.stream(since, until),
+                                   lambda msg: _event_matches(msg, flt), engine, bounded=until is not None)
     resp = web.StreamResponse(headers={"Content-Type": "application/json"})
     await resp.prepare(request)
     if node.manager is None:

@@ -55,6 +55,9 @@ ANY_NODE = frozenset({"worker", "manager"})
 MANAGERS = frozenset({"manager"})
 
 SERVER_OPTIONS = [
+    # gRPC sets SO_REUSEPORT by default: a second daemon could then bind the same manager address and take
+    # half the joins. Bind exclusively, as Go's net.Listen does.
+    ("grpc.so_reuseport", 0),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 5000),
     ("grpc.http2.max_pings_without_data", 0),
@@ -544,7 +547,9 @@ class ManagerRPC:
                 self._boot_config(), self._fetch_boot_config, require_client_authentication=False))
         except RuntimeError:
             await secure.stop(None)
-            raise Unavailable(f"listen tcp {self.listen_addr}: bind: address already in use") from None
+            # swarmkit's words, through dockerd (a 500): the address is taken (or not this host's).
+            raise ShoalError(f"manager stopped: failed to listen on remote API address: listen tcp "
+                             f"{self.listen_addr}: bind: address already in use") from None
         await secure.start()
         await boot.start()
         self._secure, self._bootstrap = secure, boot
