@@ -185,6 +185,11 @@ def invalid_version(raw: str) -> str:
     return f"invalid service version '{raw}': strconv.ParseUint: parsing \"{raw}\": invalid syntax"
 
 
+def version_out_of_range(raw: str) -> str:
+    """400 for `?version=` past 2^64-1 (strconv.ParseUint's range error)."""
+    return f"invalid service version '{raw}': strconv.ParseUint: parsing \"{raw}\": value out of range"
+
+
 def invalid_registry_auth_from(v: str) -> str:
     return f"invalid registryAuthFrom '{v}'"
 

@@ -54,7 +54,12 @@ log = logging.getLogger(__name__)
 ANY_NODE = frozenset({"worker", "manager"})
 MANAGERS = frozenset({"manager"})
 
+# A follower forwards an Engine API request, body included, to the leader in one message (Raft.Forward): the
+# leader must take the largest body its own API would (shoal.engineapi.server.MAX_BODY_BYTES, 4 MiB) plus the
+# headers, where gRPC's default limit (4 MiB) refused it with an opaque error.
+FORWARD_MAX_BYTES = 8 * 1024 * 1024
 SERVER_OPTIONS = [
+    ("grpc.max_receive_message_length", FORWARD_MAX_BYTES),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 5000),
     ("grpc.http2.max_pings_without_data", 0),
