@@ -164,8 +164,24 @@ async def forward_to_leader(request: web.Request) -> web.StreamResponse:
     it = replica.forward(request.method, request.raw_path, dict(request.headers), body).__aiter__()
     head = await it.__anext__()  # errors here (no leader, leader unreachable) become an error answer
     headers = {k: v for k, v in head.headers.items() if k.lower() not in ("content-length", "transfer-encoding")}
+    length = next((v for k, v in head.headers.items() if k.lower() == "content-length"), None)
+    if length is not None:
+        # An answer of known length (every write's) is relayed only once it is whole: a leader lost after its
+        # status line must not turn into the status with an empty or cut body (a 201 without the new ID).
+        data = bytearray(head.data)
+        try:
+            async for chunk in it:
+                data += chunk.data
+        except ShoalError as e:
+            log.info("forwarded %s %s: the leader was lost before it answered in full: %s", request.method,
+                     request.path, e)
+        if len(data) != int(length):
+            raise Unavailable(M.LEADER_LOST_MID_ANSWER)
+        return web.Response(status=head.status or 200, headers=headers, body=bytes(data))
     resp = web.StreamResponse(status=head.status or 200, headers=headers)
     await resp.prepare(request)
+    if head.data:
+        await resp.write(head.data)
     try:
         async for chunk in it:
             if chunk.data:

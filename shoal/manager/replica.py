@@ -53,6 +53,7 @@ log = logging.getLogger(__name__)
 # most 1.5 s, so failover stays under 2 s (etcd's default spread, 10 more ticks, would allow 2 s and more).
 ELECTION_JITTER_TICKS = 5
 FORWARDED_HEADER = "X-Shoal-Forwarded"  # set on a request a manager forwarded: never forwarded a second time
+_FORWARD_CHUNK = 1 << 20  # a forwarded answer's body up to this goes in one message with its head
 _HOP_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade"})
 
 
@@ -338,6 +339,14 @@ class ManagerReplica:
             for k, v in resp.headers.items():
                 if k.lower() not in _HOP_HEADERS:
                     head.headers[k] = v
+            if resp.content_length is not None:
+                # The length goes with the head, so the forwarding manager can tell a whole answer from one cut
+                # short; a small body (every write's answer) goes in the same message.
+                head.headers["Content-Length"] = str(resp.content_length)
+                if resp.content_length <= _FORWARD_CHUNK:
+                    head.data = await resp.read()
+                    yield head
+                    return
             yield head
             async for data in resp.content.iter_any():
                 yield pb.ForwardChunk(data=data)
