@@ -33,7 +33,7 @@ log = logging.getLogger(__name__)
 API_VERSION = "1.47"
 MIN_API_VERSION = "1.24"
 _VERSION_RE = re.compile(r"^/v(\d+\.\d+)(/.*)$")
-_BAD_VERSION_RE = re.compile(r"^/v[^/]*(/|$)")  # /v1/..., /vX/...: no such version prefix, no such page
+_BAD_VERSION_RE = re.compile(r"^/v[0-9.]+(/|$)")  # /v1/..., /v1.2.3/...: a version prefix dockerd has no page for
 # The first path segment of every endpoint a Docker Engine serves: other paths are not proxied (the engine, or
 # without one Shoal, answers 404 "page not found" as dockerd's router does).
 _ENGINE_ROOTS = frozenset({

@@ -95,12 +95,17 @@ def test_network_connect_without_an_engine_is_501(shoal_module_node: ShoalNode, 
 @pytest.mark.parametrize(("method", "path"), [
     ("DELETE", "/v1.47/swarm"), ("PUT", "/v1.47/services/create"), ("PATCH", "/v1.47/nodes"),
     ("GET", "/v1/services"), ("GET", "/v1/_ping"), ("GET", "/vX.Y/info"), ("GET", "/nothing/here"),
-    ("GET", "/v1.47/nothing"), ("GET", "/"),
+    ("GET", "/v1.47/nothing"), ("GET", "/"), ("GET", "/v1.2.3/version"), ("GET", "/versions"),
 ])
 def test_unknown_paths_and_methods_are_page_not_found(shoal_module_node: ShoalNode, method: str,
                                                       path: str) -> None:
     status, answer = shoal_module_node.api(method, path)
     assert (status, answer) == (404, {"message": "page not found"})
+
+
+@pytest.mark.parametrize("path", ["/version", "/_ping", "/v1.47/version", "/info"])
+def test_known_unversioned_and_versioned_paths_still_answer(shoal_module_node: ShoalNode, path: str) -> None:
+    assert shoal_module_node.api("GET", path)[0] == 200
 
 
 def test_a_body_past_the_limit_is_refused_before_it_is_buffered(shoal_module_node: ShoalNode) -> None:
