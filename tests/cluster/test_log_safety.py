@@ -142,3 +142,49 @@ def test_a_follower_forwards_the_largest_body_and_the_leader_judges_it(cluster: 
     status, answer = via.api("POST", "/v1.47/services/create", body + b" ")
     assert status == 413, answer
     assert "too-big" not in service_names(cluster.leader())
+
+
+def test_a_huge_body_to_a_follower_is_refused_without_disturbing_the_leader(cluster: ManagerCluster) -> None:
+    lead = cluster.leader()
+    term = cluster.raft(lead)["term"]
+    body = json.dumps(service("huge", Labels={"l": "x" * (40 * 1024 * 1024)})).encode()
+    status, answer = followers(cluster)[0].api("POST", "/v1.47/services/create", body)
+    assert status == 413 and "request body is larger than" in answer["message"], answer
+    assert cluster.leader() is lead and cluster.raft(lead)["term"] == term  # no election
+
+
+def test_writes_relayed_while_the_leader_dies_answer_whole_or_fail(cluster: ManagerCluster) -> None:
+    """Every answer a follower relays while the leader is killed is a 201 with the new ID or an error with a
+    message, never a status with an empty body. (Last in the module: it kills the leader.)"""
+    import threading
+
+    lead = cluster.leader()
+    via = followers(cluster)[0]
+    answers: list[tuple[int, Any]] = []
+    stop = threading.Event()
+
+    def writer() -> None:
+        i = 0
+        while not stop.is_set():
+            try:
+                answers.append(via.api("POST", "/v1.47/configs/create",
+                                       json.dumps({"Name": f"relay-{i}", "Data": "eA=="}).encode()))
+            except OSError as e:
+                answers.append((0, repr(e)))
+            i += 1
+
+    t = threading.Thread(target=writer)
+    t.start()
+    try:
+        wait_until(lambda: len(answers) >= 20, 30, what="writes through the follower")
+        lead.kill9()
+        n = len(answers)
+        wait_until(lambda: any(st == 201 for st, _ in answers[n:]), 30, what="a write after the failover")
+    finally:
+        stop.set()
+        t.join(60)
+    for status, body in answers:
+        if status == 201:
+            assert isinstance(body, dict) and body.get("ID"), (status, body)
+        else:
+            assert isinstance(body, dict) and body.get("message"), (status, body)
