@@ -191,26 +191,6 @@ async def test_a_transaction_past_the_size_limit_is_refused(tmp_path: Path) -> N
 
 
 wire_number = st.one_of(st.integers(-(2**70), 2**70), finite, st.sampled_from([1e300, -1e300, 1e-300]))
-
-
-@settings(max_examples=200, deadline=None)
-@given(ratio=wire_number, replicas=wire_number, parallelism=wire_number, delay=wire_number,
-       labels=st.dictionaries(text, text, max_size=3), mounts=st.lists(json_values, max_size=2))
-def test_what_the_service_converter_accepts_round_trips(ratio: Any, replicas: Any, parallelism: Any, delay: Any,
-                                                        labels: dict[str, str], mounts: list[Any]) -> None:
-    body = {"Name": "web", "Labels": labels,
-            "TaskTemplate": {"ContainerSpec": {"Image": "busybox", "Mounts": mounts}},
-            "Mode": {"Replicated": {"Replicas": replicas}},
-            "UpdateConfig": {"MaxFailureRatio": ratio, "Parallelism": parallelism, "Delay": delay}}
-    try:
-        spec = C.service_spec_from_wire(body, api_version="1.47")
-    except InvalidArgument:
-        return  # refused at the API, as dockerd refuses it
-    svc = Service(id="s1", spec=spec)
-    part = encode_actions([("create", "service", svc)], verify=True)
-    assert decode_entry(b'{"format":1,"version":1,"actions":[%s]}' % part)[1] == [("create", "service", svc)]
-
-
 wire = st.one_of(json_values, wire_number)
 
 
@@ -221,7 +201,8 @@ def either(plausible: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
 
 name = either(st.from_regex(r"[a-z][a-z0-9-]{0,10}", fullmatch=True))
 labels = either(st.dictionaries(text, text, max_size=3))
-number = either(wire_number)
+number = either(st.integers(0, 10**9))
+ratio = either(st.floats(0, 1))
 flag = either(st.booleans())
 b64 = either(st.binary(min_size=1, max_size=16).map(lambda b: __import__("base64").b64encode(b).decode()))
 
@@ -267,6 +248,30 @@ CONVERTERS: dict[str, tuple[Any, st.SearchStrategy[dict[str, Any]]]] = {
             Subnet=either(st.sampled_from(["10.1.0.0/24", "10.2.0.0/16"])),
             Gateway=either(st.sampled_from(["10.1.0.1", "10.2.0.1"]))), max_size=2))})),
 }
+
+
+mount = st.fixed_dictionaries({"Type": st.sampled_from(["bind", "volume", "tmpfs"]), "Target": st.just("/data")},
+                              optional={"Source": st.sampled_from(["/src", "vol"]), "ReadOnly": flag,
+                                        "TmpfsOptions": wire_obj(SizeBytes=number, Mode=number)})
+
+
+@settings(max_examples=200, deadline=None)
+@given(ratio=ratio, replicas=number, parallelism=number, delay=number, labels=labels,
+       mounts=either(st.lists(mount, max_size=2)), cpus=either(st.integers(10**6, 10**10)))
+def test_what_the_service_converter_accepts_round_trips(ratio: Any, replicas: Any, parallelism: Any, delay: Any,
+                                                        labels: Any, mounts: Any, cpus: Any) -> None:
+    body = {"Name": "web", "Labels": labels,
+            "TaskTemplate": {"ContainerSpec": {"Image": "busybox", "Mounts": mounts},
+                             "Resources": {"Limits": {"NanoCPUs": cpus}}},
+            "Mode": {"Replicated": {"Replicas": replicas}},
+            "UpdateConfig": {"MaxFailureRatio": ratio, "Parallelism": parallelism, "Delay": delay}}
+    try:
+        spec = C.service_spec_from_wire(body, api_version="1.47")
+    except InvalidArgument:
+        return  # refused at the API, as dockerd refuses it
+    svc = Service(id="s1", spec=spec)
+    part = encode_actions([("create", "service", svc)], verify=True)
+    assert decode_entry(b'{"format":1,"version":1,"actions":[%s]}' % part)[1] == [("create", "service", svc)]
 
 
 @pytest.mark.parametrize("kind", sorted(CONVERTERS))
