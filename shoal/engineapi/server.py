@@ -165,7 +165,7 @@ async def forward_to_leader(request: web.Request) -> web.StreamResponse:
     head = await it.__anext__()  # errors here (no leader, leader unreachable) become an error answer
     headers = {k: v for k, v in head.headers.items() if k.lower() not in ("content-length", "transfer-encoding")}
     length = next((v for k, v in head.headers.items() if k.lower() == "content-length"), None)
-    if length is not None:
+    if length is not None and request.method != "HEAD":  # a HEAD answer states a length and has no body
         # An answer of known length (every write's) is relayed only once it is whole: a leader lost after its
         # status line must not turn into the status with an empty or cut body (a 201 without the new ID).
         data = bytearray(head.data)

@@ -82,3 +82,12 @@ async def test_a_streamed_answer_without_a_length_is_still_streamed() -> None:
     chunks = [pb.ForwardChunk(status=200, headers={"Content-Type": "application/vnd.docker.raw-stream"},
                               data=b"a"), pb.ForwardChunk(data=b"b")]
     assert await relay(LeaderStream(chunks, dies=False)) == (200, b"ab")
+
+
+async def test_a_head_request_relays_its_length_without_a_body() -> None:
+    app = web.Application(middlewares=[errors_middleware])
+    app[NODE_KEY] = Node(LeaderStream([head(200, 120)], dies=False))  # type: ignore[assignment]
+    app.router.add_route("HEAD", "/services/x", forward_to_leader)
+    async with TestServer(app) as server, aiohttp.ClientSession() as client, \
+            client.head(server.make_url("/services/x")) as resp:
+        assert resp.status == 200 and await resp.read() == b""
