@@ -45,7 +45,7 @@ _ENGINE_ROOTS = frozenset({
 _SWARM_ROOTS = frozenset({"configs", "nodes", "secrets", "services", "swarm", "tasks", "_shoal"})
 PAGE_NOT_FOUND = "page not found"
 # Request bodies Shoal reads (swarm objects, a container create) are refused past this with a 413 before they
-# are buffered further: the store takes no change larger than 1.5 MiB encoded (MAX_TRANSACTION_BYTES), and this
+# are buffered further: the store takes no object larger than 1.5 MiB encoded (MAX_OBJECT_BYTES), and this
 # leaves room for a pretty-printed body of one. Proxied engine requests (build contexts, image loads) stream and
 # are not limited. The node RPC carries a forwarded body of this size (shoal.rpc.server.FORWARD_MAX_BYTES).
 MAX_BODY_BYTES = 4 * 1024 * 1024

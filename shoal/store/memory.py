@@ -44,13 +44,13 @@ ObjT = TypeVar("ObjT", bound=StoreObject)
 
 ENTRY_FORMAT = 1
 MAX_BATCH = 1024  # transactions per log entry at most (bounds one entry's size)
-# One transaction's changes, encoded, at most (swarmkit's store refuses a transaction past 1.5 MiB, its Raft
-# request limit): a larger one is refused with a 400 before it reaches the log, where every manager would have
-# to hold, send and replay it. The largest legitimate objects are a few hundred KiB (a 500 KiB secret or config).
-MAX_TRANSACTION_BYTES = 3 * 512 * 1024
-# A group-commit entry takes no more transactions once it holds this much (one entry stays under
-# MAX_TRANSACTION_BYTES * 2, well inside what the node RPC carries).
-MAX_ENTRY_BYTES = MAX_TRANSACTION_BYTES
+# One object, encoded, at most (swarmkit's store refuses a change past 1.5 MiB, its Raft request limit): a larger
+# one is refused with a 400 before it reaches the log, where every manager would have to hold, send and replay
+# it. The largest legitimate objects are a few hundred KiB (a 500 KiB secret or config). A transaction of many
+# objects (the tasks of a 10,000-replica service) is not limited by this.
+MAX_OBJECT_BYTES = 3 * 512 * 1024
+# A group-commit entry takes no more transactions once it holds this much.
+MAX_ENTRY_BYTES = MAX_OBJECT_BYTES
 
 KINDS: dict[str, type[Any]] = {
     "cluster": Cluster,
@@ -481,7 +481,7 @@ class MemoryStore:
         """Run `fn` as a transaction and return its result once its changes are committed.
 
         What a transaction writes must be storable: a float that is not finite, or a change larger than
-        MAX_TRANSACTION_BYTES, fails it (InvalidArgument) before anything is proposed. `verify` (for changes made
+        MAX_OBJECT_BYTES encoded, fails it (InvalidArgument) before anything is proposed. `verify` (for changes made
         of a client's values: the control API) also decodes the encoded change and compares it with what was
         written, so nothing enters the log that a replica would replay differently or not at all; the codec's
         property test covers the objects Shoal's own loops write, which would pay for it on every task change.
@@ -661,23 +661,26 @@ def _loads(data: bytes) -> Any:
         return json.loads(data)
 
 
-class TransactionTooLarge(InvalidArgument):
+class ObjectTooLarge(InvalidArgument):
     pass
 
 
 def encode_actions(actions: list[tuple[str, str, Any]], *, verify: bool = True) -> bytes:
     """One transaction's actions as they go into a log entry (the members of its "actions" array, comma
-    separated). A value the codec cannot hold raises Unencodable, too large a transaction TransactionTooLarge;
+    separated). A value the codec cannot hold raises Unencodable, an object too large ObjectTooLarge;
     `verify`: also proven to be what a replica replaying them decodes (equal objects, nothing lost), else
     Unencodable."""
     if not actions:
         return b""
     encoded = [{"op": op, "kind": kind, "obj": encode(obj)} for op, kind, obj in actions]
     data = _dumps(encoded)
-    if len(data) > MAX_TRANSACTION_BYTES:
-        raise TransactionTooLarge(
-            f"rpc error: code = InvalidArgument desc = the change is too large for the cluster store: "
-            f"{len(data)} bytes encoded, at most {MAX_TRANSACTION_BYTES}")
+    if len(data) > MAX_OBJECT_BYTES:  # the whole is small in the common case: one object at a time only if not
+        for a, (_op, kind, obj) in zip(encoded, actions, strict=True):
+            size = len(_dumps(a["obj"]))
+            if size > MAX_OBJECT_BYTES:
+                raise ObjectTooLarge(
+                    f"rpc error: code = InvalidArgument desc = {kind} {name_of(obj) or obj.id} is too large for "
+                    f"the cluster store: {size} bytes encoded, at most {MAX_OBJECT_BYTES}")
     if not verify:
         return data[1:-1]
     try:

@@ -16,7 +16,7 @@ from shoal.manager.logrepair import APPLY_FAILED_EXIT, open_storage
 from shoal.manager.raft.core import Entry, EntryType, HardState
 from shoal.model.codec import encode
 from shoal.model.objects import Annotations, Service, ServiceSpec
-from shoal.store.memory import ENTRY_FORMAT, MAX_TRANSACTION_BYTES
+from shoal.store.memory import ENTRY_FORMAT, MAX_OBJECT_BYTES
 from tests.support.managers import ManagerCluster
 from tests.support.shoal_node import NodeError, ShoalNode, wait_until
 
@@ -128,7 +128,7 @@ def test_a_follower_forwards_the_largest_body_and_the_leader_judges_it(cluster: 
 
     via = followers(cluster)[0]
     # The largest body the API reads (whitespace makes up the rest): more than gRPC's default 4 MiB message.
-    label = "x" * (MAX_TRANSACTION_BYTES // 2)
+    label = "x" * (MAX_OBJECT_BYTES // 2)
     body = json.dumps(service("big", Labels={"l": label})).encode()
     body = body[:-1] + b" " * (MAX_BODY_BYTES - len(body)) + b"}"
     assert len(body) == MAX_BODY_BYTES
@@ -136,7 +136,7 @@ def test_a_follower_forwards_the_largest_body_and_the_leader_judges_it(cluster: 
     assert status == 201 and answer["ID"], answer
     every_manager_has(cluster, "big")
 
-    too_big = json.dumps(service("too-big", Labels={"l": "x" * (MAX_TRANSACTION_BYTES + 1)})).encode()
+    too_big = json.dumps(service("too-big", Labels={"l": "x" * (MAX_OBJECT_BYTES + 1)})).encode()
     status, answer = via.api("POST", "/v1.47/services/create", too_big)
     assert status == 400 and "too large for the cluster store" in answer["message"], answer
     status, answer = via.api("POST", "/v1.47/services/create", body + b" ")

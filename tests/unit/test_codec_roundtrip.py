@@ -178,16 +178,32 @@ async def test_one_bad_transaction_of_a_group_commit_fails_alone(tmp_path: Path)
     assert sorted(s.id for s in open_local_store(tmp_path, SystemClock()).view().all("service")) == ["a", "c"]
 
 
-async def test_a_transaction_past_the_size_limit_is_refused(tmp_path: Path) -> None:
-    from shoal.store.memory import MAX_TRANSACTION_BYTES, TransactionTooLarge
+async def test_an_object_past_the_size_limit_is_refused(tmp_path: Path) -> None:
+    from shoal.store.memory import MAX_OBJECT_BYTES, ObjectTooLarge
 
     store: MemoryStore = open_local_store(tmp_path, SystemClock())
     big = Service(id="s1", spec=objects.ServiceSpec(annotations=objects.Annotations(
-        name="big", labels={"x": "a" * (MAX_TRANSACTION_BYTES + 1)})))
-    with pytest.raises(TransactionTooLarge) as e:
+        name="big", labels={"x": "a" * (MAX_OBJECT_BYTES + 1)})))
+    with pytest.raises(ObjectTooLarge) as e:
         await store.update(lambda tx: tx.create(big))
-    assert e.value.status == 400 and "too large" in e.value.message
+    assert e.value.status == 400 and "service big is too large for the cluster store" in e.value.message
     assert store.view().all("service") == []
+
+
+async def test_a_transaction_of_many_objects_is_not_limited(tmp_path: Path) -> None:
+    """The tasks of a large service are created in one transaction, past the size of one object."""
+    from shoal.store.memory import MAX_OBJECT_BYTES
+
+    store: MemoryStore = open_local_store(tmp_path, SystemClock())
+    label = {"x": "a" * 1000}
+    n = MAX_OBJECT_BYTES // 1000 + 100
+
+    def create(tx: Any) -> None:
+        for i in range(n):
+            tx.create(objects.Task(id=f"t{i}", service_id="s1", annotations=objects.Annotations(labels=label)))
+
+    await store.update(create)
+    assert len(open_local_store(tmp_path, SystemClock()).view().all("task")) == n
 
 
 wire_number = st.one_of(st.integers(-(2**70), 2**70), finite, st.sampled_from([1e300, -1e300, 1e-300]))
