@@ -399,5 +399,70 @@ def swarm_join(token: str, api_socket: Path, listen_addr: str, advertise_addr: s
     click.echo("This node joined a swarm as a worker.")
 
 
+
+@main.group()
+def raft() -> None:
+    """Offline check and repair of a stopped manager's Raft data (see docs/operations.md)."""
+
+
+_DATA_DIR = click.option("--data-dir", type=click.Path(path_type=Path), default=Path("/var/lib/shoal"),
+                         show_default=True, help="the stopped manager's data directory")
+_UNLOCK_KEY = click.option("--unlock-key", default="", envvar="SHOAL_UNLOCK_KEY",
+                           help="the swarm's unlock key, when autolock is on (or SHOAL_UNLOCK_KEY)")
+
+
+@raft.command("check")
+@_DATA_DIR
+@_UNLOCK_KEY
+def raft_check(data_dir: Path, unlock_key: str) -> None:
+    """List the changes in the log and snapshot that a manager cannot apply; exit status 1 if there are any."""
+    from shoal.errors import ShoalError
+    from shoal.manager import logrepair
+
+    try:
+        storage = logrepair.open_storage(data_dir, unlock_key)
+    except ShoalError as e:
+        raise click.ClickException(e.message) from None
+    try:
+        bad = logrepair.check(storage)
+        click.echo(f"log: entries {storage.first_index()} to {storage.last_index()}")
+    finally:
+        storage.close()
+    for b in bad:
+        click.echo(f"{b.where}: {b.kind} {b.obj_id}: {b.error}")
+    if bad:
+        raise SystemExit(1)
+    click.echo("every change can be applied")
+
+
+@raft.command("repair")
+@_DATA_DIR
+@_UNLOCK_KEY
+@click.option("--index", "indexes", type=int, multiple=True, help="a log entry to repair (repeatable)")
+@click.option("--snapshot", is_flag=True, help="repair the snapshot (drop its objects that cannot be decoded)")
+def raft_repair(data_dir: Path, unlock_key: str, indexes: tuple[int, ...], snapshot: bool) -> None:
+    """Drop the changes that cannot be applied from log entries INDEX (an entry left empty stays in the log as a
+    no-op) and, with --snapshot, from the snapshot. Run it on every manager, all of them stopped."""
+    from shoal.errors import ShoalError
+    from shoal.manager import logrepair
+
+    if not indexes and not snapshot:
+        raise click.UsageError("name an entry with --index N (see `shoal raft check`) or give --snapshot")
+    try:
+        storage = logrepair.open_storage(data_dir, unlock_key)
+        try:
+            dropped = logrepair.repair_snapshot(storage) if snapshot else []
+            for i in indexes:
+                dropped += logrepair.repair_entry(storage, i)
+        finally:
+            storage.close()
+    except ShoalError as e:
+        raise click.ClickException(e.message) from None
+    for b in dropped:
+        click.echo(f"dropped from {b.where}: {b.kind} {b.obj_id}: {b.error}")
+    if not dropped:
+        click.echo("nothing to repair: every change there can be applied")
+
+
 if __name__ == "__main__":
     main()

@@ -54,6 +54,10 @@ log = logging.getLogger(__name__)
 ANY_NODE = frozenset({"worker", "manager"})
 MANAGERS = frozenset({"manager"})
 
+# A follower forwards an Engine API request, body included, to the leader in one message (Raft.Forward): the
+# leader must take the largest body its own API would (shoal.engineapi.server.MAX_BODY_BYTES, 4 MiB) plus the
+# headers, where gRPC's default limit (4 MiB) refused it with an opaque error.
+FORWARD_MAX_BYTES = 8 * 1024 * 1024
 SERVER_OPTIONS = [
     # gRPC sets SO_REUSEPORT by default: a second daemon could then bind the same manager address and take
     # half the joins. Bind exclusively, as Go's net.Listen does.
@@ -62,9 +66,10 @@ SERVER_OPTIONS = [
     ("grpc.http2.min_ping_interval_without_data_ms", 5000),
     ("grpc.http2.max_pings_without_data", 0),
 ]
-# The mutual-TLS listener (Raft among others) takes messages as large as a Raft stream's (one entry alone in its
-# batch: shoal.rpc.raft.MAX_MESSAGE); gRPC's default is 4 MiB. The unauthenticated CA listener keeps the default.
-SECURE_SERVER_OPTIONS = [*SERVER_OPTIONS, ("grpc.max_receive_message_length", 64 << 20)]
+# The mutual-TLS listener (Raft and forwarding among others) takes messages as large as a Raft stream's (one entry
+# alone in its batch: shoal.rpc.raft.MAX_MESSAGE), which covers FORWARD_MAX_BYTES; gRPC's default is 4 MiB. The
+# unauthenticated CA listener keeps the default.
+SECURE_SERVER_OPTIONS = [*SERVER_OPTIONS, ("grpc.max_receive_message_length", max(64 << 20, FORWARD_MAX_BYTES))]
 
 _CODES = {
     "InvalidArgument": grpc.StatusCode.INVALID_ARGUMENT, "NotFound": grpc.StatusCode.NOT_FOUND,
