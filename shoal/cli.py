@@ -8,10 +8,13 @@ import logging
 import os
 import random
 import signal
+import ssl
 import sys
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -39,10 +42,95 @@ def _engine_reachable(host: str) -> bool:
     return True
 
 
-async def run_daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, executor: str, engine_host: str | None,
-                     hostname: str, strategy: str, ready_file: Path | None = None,
+@dataclass(frozen=True)
+class TCPListener:
+    """`--api-tcp` with dockerd's TLS flags: where to listen, and the TLS context (None: plain HTTP)."""
+    host: str
+    port: int
+    ssl: ssl.SSLContext | None = None
+    verify: bool = False  # --tlsverify: clients must present a certificate signed by --tlscacert
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"tcp://{host}:{self.port}"
+
+
+def parse_tcp_addr(raw: str) -> tuple[str, int]:
+    """HOST:PORT or [IPV6]:PORT (as dockerd's -H tcp://...) -> (host without brackets, port)."""
+    raw = raw.removeprefix("tcp://")
+    host, sep, port = raw.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        raise click.BadParameter(f"{raw}: an IPv6 address goes in brackets, as [::1]:PORT",
+                                 param_hint="--api-tcp")
+    try:
+        num = int(port)
+    except ValueError:
+        num = -1
+    if not sep or not 0 < num < 65536:
+        raise click.BadParameter(f"{raw}: expected HOST:PORT", param_hint="--api-tcp")
+    return host or "127.0.0.1", num
+
+
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def tcp_listener(api_tcp: str, tls: bool, tlsverify: bool, cacert: Path | None, cert: Path | None,
+                 key: Path | None) -> TCPListener:
+    """The TCP API listener the flags ask for. Without --tlsverify anyone who can connect is root on this host:
+    only loopback is allowed then (dockerd slows its start down for any other address; Shoal refuses)."""
+    host, port = parse_tcp_addr(api_tcp)
+    if not (tls or tlsverify):
+        if not _is_loopback(host):
+            raise click.UsageError("--api-tcp without --tlsverify is only allowed on loopback: anyone who can "
+                                   "connect has root access on this machine")
+        return TCPListener(host, port)
+    if not tlsverify and not _is_loopback(host):
+        raise click.UsageError("--api-tcp off loopback needs --tlsverify: with --tls alone anyone who can connect "
+                               "has root access on this machine")
+    certs = Path(os.environ.get("DOCKER_CERT_PATH") or Path.home() / ".docker")  # dockerd's defaults
+    cacert, cert, key = cacert or certs / "ca.pem", cert or certs / "cert.pem", key or certs / "key.pem"
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2  # as dockerd
+    try:
+        ctx.load_cert_chain(str(cert), str(key))
+        if tlsverify:
+            ctx.load_verify_locations(cafile=str(cacert))
+    except (OSError, ssl.SSLError) as e:
+        raise click.UsageError(f"could not load the TLS files for --api-tcp: {e}") from None
+    ctx.verify_mode = ssl.CERT_REQUIRED if tlsverify else ssl.CERT_NONE
+    return TCPListener(host, port, ctx, tlsverify)
+
+
+def warn_unauthenticated(listener: TCPListener) -> None:
+    """dockerd's warnings for a TCP listener that does not verify clients (cmd/dockerd/daemon.go)."""
+    if listener.verify:
+        return
+    log = logging.getLogger("shoal")
+    log.warning("Binding to IP address without --tlsverify is insecure and gives root access on this machine to "
+                "everyone who has access to your network. host=%s", listener.url)
+    log.warning("Binding to an IP address, even on localhost, can also give access to scripts run in a browser. "
+                "Be safe out there! host=%s", listener.url)
+    log.warning("Every local user who can connect to %s has root access on this machine through it; use "
+                "--tlsverify (with --tlscacert, --tlscert, --tlskey) or the API socket, whose file mode "
+                "limits who can.", listener.url)
+
+
+async def run_daemon(data_dir: Path, api_socket: Path, api_tcp: TCPListener | None, executor: str,
+                     engine_host: str | None, hostname: str, strategy: str, ready_file: Path | None = None,
                      dns_upstreams: tuple[str, ...] | None = None,
-                     mesh_keepalive: tuple[int, int, int] | None = None, raft_tick: float = DEFAULT_TICK) -> None:
+                     mesh_keepalive: tuple[int, int, int] | None = None, raft_tick: float = DEFAULT_TICK,
+                     leave_on_exit: bool = False) -> None:
     from aiohttp import web
 
     from shoal import gctune
@@ -61,7 +149,10 @@ async def run_daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, exec
     engine = EngineClient(engine_host)
     await node.start()
     app = make_app(node, proxy, engine)
-    runner = web.AppRunner(app, access_log=None, handler_cancellation=True)
+    # A stop gives requests in flight a moment, then cancels what is left: the streams (`docker events`,
+    # `logs -f`, attach) never end by themselves and held aiohttp's default 60 s graceful shutdown until the
+    # 15 s watchdog ended the process.
+    runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=STREAM_GRACE)
     await runner.setup()
     gctune.freeze()  # start-up's objects (modules, the restored store) need never be traversed again
     api_socket.parent.mkdir(parents=True, exist_ok=True)
@@ -69,10 +160,13 @@ async def run_daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, exec
         api_socket.unlink()
     await web.UnixSite(runner, str(api_socket)).start()
     os.chmod(api_socket, 0o660)
-    if api_tcp:
-        host, _, port = api_tcp.rpartition(":")
-        await web.TCPSite(runner, host or "127.0.0.1", int(port)).start()
-    logging.getLogger("shoal").info("API listening on %s", api_socket)
+    logging.getLogger("shoal").info("API listen on %s", api_socket)
+    if api_tcp is not None:
+        warn_unauthenticated(api_tcp)
+        await web.TCPSite(runner, api_tcp.host, api_tcp.port, ssl_context=api_tcp.ssl).start()
+        logging.getLogger("shoal").info("API listen on %s (%s)", api_tcp.url,
+                                        "TLS, client certificates verified" if api_tcp.verify else
+                                        "TLS, clients not verified" if api_tcp.ssl else "plain HTTP, no TLS")
     if ready_file is not None:
         ready_file.write_text(str(os.getpid()))
     stop = asyncio.Event()
@@ -85,15 +179,26 @@ async def run_daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, exec
     # shutdown timeout it exits as after kill -9, which Raft's fsynced log makes safe.
     watchdog = exit_after(SHUTDOWN_TIMEOUT)
     try:
+        if leave_on_exit and node.state != "inactive":
+            # A throwaway node (`shoal demo`): leave as `docker swarm leave --force` does, which removes its
+            # tasks, their mounts, networks and state; a daemon stops without touching its tasks otherwise.
+            try:
+                await node.leave(force=True)
+                logging.getLogger("shoal").info("left the swarm on exit (--leave-on-exit)")
+            except Exception:
+                logging.getLogger("shoal").exception("leaving the swarm on exit failed")
         await runner.cleanup()
         await node.stop()
         await proxy.close()
         await engine.close()
+        with contextlib.suppress(FileNotFoundError):
+            api_socket.unlink()  # as dockerd removes its socket when it stops
     finally:
         watchdog.cancel()
 
 
 SHUTDOWN_TIMEOUT = 15.0  # seconds (dockerd's --shutdown-timeout default)
+STREAM_GRACE = 0.5  # seconds the API server waits for requests in flight at a stop before cancelling them
 
 
 def exit_after(seconds: float, exit: Callable[[int], object] = os._exit) -> threading.Timer:
@@ -111,13 +216,31 @@ def exit_after(seconds: float, exit: Callable[[int], object] = os._exit) -> thre
 
 def _dump_tasks() -> None:
     """SIGUSR1: log every asyncio task with its stack (what a hung await is waiting on)."""
-    import io
+    logging.getLogger("shoal").warning("asyncio tasks:\n%s", format_tasks(asyncio.all_tasks()))
 
-    out = io.StringIO()
-    for t in asyncio.all_tasks():
-        out.write(f"--- {t.get_name()}\n")
-        t.print_stack(limit=12, file=out)
-    logging.getLogger("shoal").warning("asyncio tasks:\n%s", out.getvalue())
+
+def format_tasks(tasks: Iterable[asyncio.Task[Any]], limit: int = 12) -> str:
+    """Each task's name and innermost frames. Not Task.print_stack: it raises TypeError on a frame whose
+    f_lineno is None (a coroutine suspended in some states), which ended the whole dump."""
+    import linecache
+
+    out = []
+    for t in tasks:
+        out.append(f"--- {t.get_name()}{' (done)' if t.done() else ''}")
+        try:
+            frames = t.get_stack(limit=limit)
+        except Exception as e:  # a dump must show the other tasks whatever one of them holds
+            out.append(f"  (no stack: {e!r})")
+            continue
+        for f in frames:
+            code, lineno = f.f_code, f.f_lineno
+            out.append(f'  File "{code.co_filename}", line {lineno if lineno is not None else "?"}, '
+                       f"in {code.co_name}")
+            if lineno is not None:
+                src = linecache.getline(code.co_filename, lineno, f.f_globals).strip()
+                if src:
+                    out.append(f"    {src}")
+    return "\n".join(out) + "\n"
 
 
 @click.group()
@@ -129,7 +252,18 @@ def main() -> None:
 @click.option("--data-dir", type=click.Path(path_type=Path), default=Path("/var/lib/shoal"), show_default=True)
 @click.option("--api-socket", type=click.Path(path_type=Path), default=Path("/var/run/shoal.sock"),
               show_default=True)
-@click.option("--api-tcp", default=None, help="HOST:PORT; only loopback without TLS")
+@click.option("--api-tcp", default=None, metavar="HOST:PORT",
+              help="also serve the API on TCP ([::1]:PORT for IPv6); only loopback without --tlsverify, and "
+                   "then every local user who can connect is root on this machine")
+@click.option("--tls", is_flag=True, help="serve --api-tcp with TLS (implied by --tlsverify)")
+@click.option("--tlsverify", is_flag=True, help="serve --api-tcp with TLS and require client certificates "
+              "signed by --tlscacert")
+@click.option("--tlscacert", type=click.Path(path_type=Path), default=None,
+              help="trust clients' certificates signed by this CA (default: ~/.docker/ca.pem)")
+@click.option("--tlscert", type=click.Path(path_type=Path), default=None,
+              help="the TCP API's certificate (default: ~/.docker/cert.pem)")
+@click.option("--tlskey", type=click.Path(path_type=Path), default=None,
+              help="the TCP API's key (default: ~/.docker/key.pem)")
 @click.option("--executor", type=click.Choice(["docker", "process", "auto"]), default="auto", show_default=True)
 @click.option("--engine-host", default=None, help="local Docker Engine, e.g. unix:///var/run/docker.sock")
 @click.option("--hostname", default="", help="node hostname (default: the machine's)")
@@ -148,18 +282,23 @@ def main() -> None:
                    "campaigns after 10-15 ticks without its word (1.0-1.5 s by default; Swarm's tick is 1 s). "
                    "Raise it, on every manager alike, where a manager's process can stall for a second (an "
                    "overloaded machine), at the cost of a slower failover")
+@click.option("--leave-on-exit", is_flag=True,
+              help="on SIGTERM or SIGINT leave the swarm first, as `docker swarm leave --force`: the node's tasks, "
+                   "networks, mounts and swarm state are removed (a throwaway node, as `shoal demo` runs). "
+                   "Without it a stop leaves the tasks running for the next start to adopt (docs/design/"
+                   "executors.md)")
 @click.option("--ready-file", type=click.Path(path_type=Path), default=None, hidden=True)
 @click.option("--log-level", default="info", show_default=True)
-def daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, executor: str, engine_host: str | None,
+def daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, tls: bool, tlsverify: bool,
+           tlscacert: Path | None, tlscert: Path | None, tlskey: Path | None, executor: str, engine_host: str | None,
            hostname: str, scheduler_strategy: str, dns_upstream: tuple[str, ...], mesh_keepalive: str | None,
-           raft_tick: float, ready_file: Path | None, log_level: str) -> None:
+           raft_tick: float, leave_on_exit: bool, ready_file: Path | None, log_level: str) -> None:
     """Run a Shoal node serving the Docker Engine API."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
-    if api_tcp:
-        host = api_tcp.rpartition(":")[0]
-        if host not in ("127.0.0.1", "localhost", "::1", "[::1]"):
-            raise click.UsageError("--api-tcp without TLS is only allowed on loopback")
+    if (tls or tlsverify or tlscacert or tlscert or tlskey) and not api_tcp:
+        raise click.UsageError("--tls, --tlsverify, --tlscacert, --tlscert and --tlskey apply to --api-tcp")
+    listener = tcp_listener(api_tcp, tls, tlsverify, tlscacert, tlscert, tlskey) if api_tcp else None
     default_engine = "unix:///var/run/docker.sock"
     if executor == "auto":
         executor = "docker" if _engine_reachable(engine_host or default_engine) else "process"
@@ -168,8 +307,8 @@ def daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, executor: str,
     if engine_host is not None and not _engine_reachable(engine_host):
         logging.getLogger("shoal").warning("Docker Engine at %s is not reachable", engine_host)
     upstreams = None if not dns_upstream else tuple(u for u in dns_upstream if u != "none")
-    asyncio.run(run_daemon(data_dir, api_socket, api_tcp, executor, engine_host, hostname, scheduler_strategy,
-                           ready_file, upstreams, _keepalive(mesh_keepalive), raft_tick))
+    asyncio.run(run_daemon(data_dir, api_socket, listener, executor, engine_host, hostname, scheduler_strategy,
+                           ready_file, upstreams, _keepalive(mesh_keepalive), raft_tick, leave_on_exit))
 
 
 def _keepalive(raw: str | None) -> tuple[int, int, int] | None:
@@ -189,12 +328,18 @@ def _keepalive(raw: str | None) -> tuple[int, int, int] | None:
 @main.command()
 @click.option("--dir", "workdir", type=click.Path(path_type=Path), default=Path(".shoal-demo"), show_default=True)
 @click.option("--executor", type=click.Choice(["docker", "process"]), default="process", show_default=True)
-@click.option("--detach", is_flag=True, help="leave the daemon running and return")
-def demo(workdir: Path, executor: str, detach: bool) -> None:
-    """Start a local one-node demo swarm and deploy a small stack (see README)."""
+@click.option("--engine-host", default=None, help="the Docker Engine of --executor docker "
+              "(default: unix:///var/run/docker.sock)")
+@click.option("--listen-addr", default="127.0.0.1:2377", show_default=True, help="the demo manager's swarm port")
+@click.option("--detach", is_flag=True, help="leave the daemon running and return; `kill $(cat DIR/daemon.pid)` "
+              "stops it and removes what it started")
+def demo(workdir: Path, executor: str, engine_host: str | None, listen_addr: str, detach: bool) -> None:
+    """Start a local one-node demo swarm and deploy a small stack (see README). Ctrl-C, SIGTERM or a closed
+    terminal stop it and remove everything it started."""
     from shoal.demo import run_demo
 
-    sys.exit(run_demo(workdir.resolve(), executor=executor, detach=detach))
+    sys.exit(run_demo(workdir.resolve(), executor=executor, detach=detach, engine_host=engine_host,
+                      listen_addr=listen_addr))
 
 
 
@@ -252,6 +397,71 @@ def swarm_join(token: str, api_socket: Path, listen_addr: str, advertise_addr: s
         click.echo(f"Error response from daemon: {msg}", err=True)
         raise SystemExit(1)
     click.echo("This node joined a swarm as a worker.")
+
+
+
+@main.group()
+def raft() -> None:
+    """Offline check and repair of a stopped manager's Raft data (see docs/operations.md)."""
+
+
+_DATA_DIR = click.option("--data-dir", type=click.Path(path_type=Path), default=Path("/var/lib/shoal"),
+                         show_default=True, help="the stopped manager's data directory")
+_UNLOCK_KEY = click.option("--unlock-key", default="", envvar="SHOAL_UNLOCK_KEY",
+                           help="the swarm's unlock key, when autolock is on (or SHOAL_UNLOCK_KEY)")
+
+
+@raft.command("check")
+@_DATA_DIR
+@_UNLOCK_KEY
+def raft_check(data_dir: Path, unlock_key: str) -> None:
+    """List the changes in the log and snapshot that a manager cannot apply; exit status 1 if there are any."""
+    from shoal.errors import ShoalError
+    from shoal.manager import logrepair
+
+    try:
+        storage = logrepair.open_storage(data_dir, unlock_key)
+    except ShoalError as e:
+        raise click.ClickException(e.message) from None
+    try:
+        bad = logrepair.check(storage)
+        click.echo(f"log: entries {storage.first_index()} to {storage.last_index()}")
+    finally:
+        storage.close()
+    for b in bad:
+        click.echo(f"{b.where}: {b.kind} {b.obj_id}: {b.error}")
+    if bad:
+        raise SystemExit(1)
+    click.echo("every change can be applied")
+
+
+@raft.command("repair")
+@_DATA_DIR
+@_UNLOCK_KEY
+@click.option("--index", "indexes", type=int, multiple=True, help="a log entry to repair (repeatable)")
+@click.option("--snapshot", is_flag=True, help="repair the snapshot (drop its objects that cannot be decoded)")
+def raft_repair(data_dir: Path, unlock_key: str, indexes: tuple[int, ...], snapshot: bool) -> None:
+    """Drop the changes that cannot be applied from log entries INDEX (an entry left empty stays in the log as a
+    no-op) and, with --snapshot, from the snapshot. Run it on every manager, all of them stopped."""
+    from shoal.errors import ShoalError
+    from shoal.manager import logrepair
+
+    if not indexes and not snapshot:
+        raise click.UsageError("name an entry with --index N (see `shoal raft check`) or give --snapshot")
+    try:
+        storage = logrepair.open_storage(data_dir, unlock_key)
+        try:
+            dropped = logrepair.repair_snapshot(storage) if snapshot else []
+            for i in indexes:
+                dropped += logrepair.repair_entry(storage, i)
+        finally:
+            storage.close()
+    except ShoalError as e:
+        raise click.ClickException(e.message) from None
+    for b in dropped:
+        click.echo(f"dropped from {b.where}: {b.kind} {b.obj_id}: {b.error}")
+    if not dropped:
+        click.echo("nothing to repair: every change there can be applied")
 
 
 if __name__ == "__main__":

@@ -601,6 +601,7 @@ class ShoalNode:
                     ipam=IPAMOptions(configs=(IPAMConfig(subnet="10.0.0.0/24", gateway="10.0.0.1"),))))
 
             raft_dir = self.cfg.data_dir / "raft"
+            operator_root = (self._certs_dir / "swarm-root-ca.crt").exists()
             shutil.rmtree(raft_dir, ignore_errors=True)
             for name in ("swarm-node.key", "swarm-node.crt", DEK_FILE):  # an earlier swarm's: this one has its own
                 (self._certs_dir / name).unlink(missing_ok=True)
@@ -618,6 +619,12 @@ class ShoalNode:
                 await self._deactivate()
                 self._identity_file.unlink(missing_ok=True)
                 shutil.rmtree(raft_dir, ignore_errors=True)
+                # A refused init (the manager port taken) leaves the node as it was: its certificates go, all
+                # but a root the operator placed (the next init would take a left root for an external one).
+                for name in ("swarm-node.key", "swarm-node.crt", DEK_FILE,
+                             *(() if operator_root else ("swarm-root-ca.crt",))):
+                    (self._certs_dir / name).unlink(missing_ok=True)
+                self._keys, self._unlock_key = None, ""
                 self.identity = {}
                 raise
             return node_id
@@ -819,6 +826,9 @@ class ShoalNode:
                 await ctlr.close()
             await cleanup.close()
         await self._remove_network_state()
+        # What is left of the executor's state (empty task dirs, a docker executor's secrets root) goes too:
+        # a node that left holds nothing on the host.
+        shutil.rmtree(self.cfg.data_dir / "executor", ignore_errors=True)
         self._identity_file.unlink(missing_ok=True)
         shutil.rmtree(self.cfg.data_dir / "raft", ignore_errors=True)
         shutil.rmtree(self._certs_dir, ignore_errors=True)

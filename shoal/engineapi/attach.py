@@ -24,9 +24,9 @@ from typing import Any
 
 from aiohttp import web
 
-from shoal.engineapi.routes import node_of, param, route
+from shoal.engineapi.routes import go_json_decode, node_of, param, route
 from shoal.engineapi.server import PROXY_KEY, error_response
-from shoal.errors import ShoalError
+from shoal.errors import InvalidArgument, ShoalError
 from shoal.manager.attachments import not_attachable
 from shoal.model.objects import Network
 
@@ -44,6 +44,18 @@ def _swarm_network(agent: Any, ref: str) -> Network | None:
         if len(found) == 1:
             return found[0]
     return None
+
+
+def _json_object(raw: bytes) -> dict[str, Any]:
+    """A connect/disconnect body: {} when empty; bad JSON is refused as dockerd's decoder refuses it (400)."""
+    if not raw.strip():
+        return {}
+    try:
+        text = raw.decode()
+    except UnicodeDecodeError:
+        raise InvalidArgument("invalid JSON: invalid UTF-8 in request body") from None
+    value, _ = go_json_decode(text, len(text) - len(text.lstrip()))
+    return value if isinstance(value, dict) else {}
 
 
 async def _engine(request: web.Request, method: str, path: str, body: Any = None) -> tuple[int, bytes, str]:
@@ -93,7 +105,7 @@ async def container_create(request: web.Request) -> web.StreamResponse:
     raw = await request.read()
     try:
         body = json.loads(raw) if raw.strip() else None
-    except ValueError:
+    except (ValueError, RecursionError):  # the engine judges a body Shoal cannot read
         body = None
     if not isinstance(body, dict):
         return _reply(*await request.app[PROXY_KEY].call(request, raw))
@@ -180,10 +192,7 @@ async def network_connect(request: web.Request) -> web.StreamResponse:
     if not refs:
         return _reply(*await request.app[PROXY_KEY].call(request, raw))
     net = refs[0][1]
-    try:
-        body = json.loads(raw) if raw.strip() else {}
-    except ValueError:
-        body = {}
+    body = _json_object(raw)
     cfg = dict(body.get("EndpointConfig") or {})
     if (cfg.get("IPAMConfig") or {}).get("IPv4Address"):
         return _unsupported(f"a static address on swarm network {ref} (--ip) is not supported")
@@ -230,10 +239,7 @@ async def network_disconnect(request: web.Request) -> web.StreamResponse:
     net = _swarm_network(agent, ref)
     if net is None or getattr(agent, "plain", None) is None or await _local_network(request, ref):
         return _reply(*await request.app[PROXY_KEY].call(request, raw))
-    try:
-        body = json.loads(raw) if raw.strip() else {}
-    except ValueError:
-        body = {}
+    body = _json_object(raw)
     info, err = await _container(request, str(body.get("Container") or ""))
     if info is None:
         assert err is not None

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -55,6 +56,22 @@ class EngineClient:
                 data = await r.read()
                 return web.Response(body=data, status=r.status,
                                     content_type=r.headers.get("Content-Type", "application/json").split(";")[0])
+        except aiohttp.ClientError as e:
+            raise Unavailable(f"local engine unreachable: {e}") from None
+
+    async def stream_lines(self, path: str, query: Mapping[str, str]) -> AsyncIterator[bytes]:
+        """The engine's newline-delimited answer to GET `path` (a stream such as /events), line by line, with no
+        overall time limit. A refusal raises Unavailable."""
+        if self.engine_host is None:
+            raise Unavailable("no local engine")
+        try:
+            async with self._get_session().get(self._base + path, params=query,
+                                               timeout=aiohttp.ClientTimeout(total=None)) as r:
+                if r.status >= 400:
+                    raise Unavailable(f"engine answered {r.status}: {(await r.read())[:200]!r}")
+                async for line in r.content:
+                    if line.strip():
+                        yield line
         except aiohttp.ClientError as e:
             raise Unavailable(f"local engine unreachable: {e}") from None
 

@@ -185,6 +185,11 @@ def invalid_version(raw: str) -> str:
     return f"invalid service version '{raw}': strconv.ParseUint: parsing \"{raw}\": invalid syntax"
 
 
+def version_out_of_range(raw: str) -> str:
+    """400 for `?version=` past 2^64-1 (strconv.ParseUint's range error)."""
+    return f"invalid service version '{raw}': strconv.ParseUint: parsing \"{raw}\": value out of range"
+
+
 def invalid_registry_auth_from(v: str) -> str:
     return f"invalid registryAuthFrom '{v}'"
 
@@ -232,6 +237,9 @@ NOT_A_SWARM_MANAGER = (
     "to connect this node to "
     "swarm and try again."
 )
+# 503: a request relayed to the leader lost the leader before its answer was whole (the Go gRPC client's text
+# for a connection that closed under a call); the write may or may not have been made.
+LEADER_LOST_MID_ANSWER = "rpc error: code = Unavailable desc = transport is closing"
 SWARM_JOIN_TIMEOUT = (
     "Timeout was reached before node joined. The attempt to join the swarm will continue in the background. "
     'Use the "docker info" command to see the current swarm status of your node.'

@@ -434,10 +434,10 @@ class EngineProxy:
         network): the client's headers, `body` instead of the client's, `raw_path` (default: the client's; the
         API version prefix is lowered as for proxied requests). Returns (status, body, content type).
         Raises ShoalError (503/502 as `handle` answers) when the engine cannot be reached."""
-        from shoal.errors import ShoalError, Unavailable
+        from shoal.errors import NotImplementedFeature, ShoalError, Unavailable
 
         if self._address is None or self._closed:
-            raise ShoalError(NO_ENGINE_MESSAGE)
+            raise NotImplementedFeature(NO_ENGINE_MESSAGE)  # 501, as `handle` answers
         try:
             path = await self._target_path(raw_path or request.raw_path)
         except _EngineUnreachable as exc:

@@ -83,12 +83,19 @@ def qbool(request: web.Request, name: str, default: bool = False) -> bool:
     return v.lower() in ("1", "true", "yes")
 
 
+_UINT_RE = re.compile(r"[0-9]+")
+
+
 def qversion(request: web.Request) -> int:
+    """`?version=`, parsed as dockerd's strconv.ParseUint(raw, 10, 64): digits only (no sign, no spaces), at most
+    2^64-1."""
     raw = request.query.get("version", "")
-    try:
-        return int(raw)
-    except ValueError:
-        raise InvalidArgument(M.invalid_version(raw)) from None
+    if _UINT_RE.fullmatch(raw) is None:
+        raise InvalidArgument(M.invalid_version(raw))
+    n = int(raw)
+    if n >= 2**64:
+        raise InvalidArgument(M.version_out_of_range(raw))
+    return n
 
 
 async def read_json(request: web.Request) -> Any:
@@ -99,12 +106,70 @@ async def read_json(request: web.Request) -> Any:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidArgument(M.invalid_json("invalid UTF-8 in request body")) from None
+    # Go's json.Decoder reads one value and ignores what follows it, as dockerd does.
+    value, _ = go_json_decode(text, len(text) - len(text.lstrip()))
+    return value
+
+
+class _NonFinite(Exception):
+    """A NaN/Infinity literal: JSON has none and Go's decoder refuses them as a syntax error."""
+
+
+def _refuse_constant(name: str) -> Any:
+    raise _NonFinite(name)
+
+
+def _parse_int(s: str) -> int:
+    if len(s) > 100:  # past any Go integer type (and Python's int-from-string digit limit)
+        raise _TooLong(s)
+    return int(s)
+
+
+class _TooLong(Exception):
+    pass
+
+
+_GO_DECODER = json.JSONDecoder(parse_constant=_refuse_constant, parse_int=_parse_int)
+
+
+def go_json_decode(text: str, start: int = 0) -> tuple[Any, int]:
+    """One JSON value from `text[start:]` as Go's encoding/json reads it, or InvalidArgument with Go's message:
+    Python's extensions (NaN, Infinity, -Infinity) are syntax errors, and nesting deeper than Python's parser
+    recurses is refused with Go's "exceeded max depth" (Go's own limit is 10,000 levels; no Engine API type
+    nests more than a few dozen, so what is refused here is never a body dockerd would act on)."""
     try:
-        # Go's json.Decoder reads one value and ignores what follows it, as dockerd does.
-        value, _ = json.JSONDecoder().raw_decode(text, len(text) - len(text.lstrip()))
-        return value
+        return _GO_DECODER.raw_decode(text, start)
     except json.JSONDecodeError as e:
         raise InvalidArgument(M.invalid_json(go_json_error(e))) from None
+    except _NonFinite:
+        raise InvalidArgument(M.invalid_json(_non_finite_error(text, start))) from None
+    except RecursionError:
+        raise InvalidArgument(M.invalid_json("exceeded max depth")) from None
+    except _TooLong as e:
+        raise InvalidArgument(M.invalid_json(f"json: cannot unmarshal number {e} into Go value of type int64")) \
+            from None
+
+
+def _non_finite_error(doc: str, start: int) -> str:
+    """Go's text for the first NaN/Infinity literal: the first capital N or I outside a string (true, false and
+    null are lower case), after a minus sign a malformed number."""
+    in_str = esc = False
+    for i in range(start, len(doc)):
+        c = doc[i]
+        if in_str:
+            if esc:
+                esc = False
+            elif c == "\\":
+                esc = True
+            elif c == '"':
+                in_str = False
+        elif c == '"':
+            in_str = True
+        elif c in "NI":
+            if i > 0 and doc[i - 1] == "-":
+                return f"invalid character '{c}' in numeric literal"
+            return f"invalid character '{c}' looking for beginning of value"
+    return "invalid character looking for beginning of value"
 
 
 def _go_char(c: str) -> str:
@@ -160,9 +225,11 @@ def parse_filters(request: web.Request, accepted: set[str]) -> dict[str, list[st
     if not raw:
         return {}
     try:
-        data = json.loads(raw)
+        data = json.loads(raw, parse_constant=_refuse_constant)
     except json.JSONDecodeError as e:
         raise InvalidArgument(f"invalid filter: {e.msg}") from None
+    except (_NonFinite, RecursionError):
+        raise InvalidArgument("invalid filter") from None
     if not isinstance(data, dict):
         raise InvalidArgument("invalid filter")
     out: dict[str, list[str]] = {}
@@ -349,6 +416,11 @@ async def events(request: web.Request) -> web.StreamResponse:
     if node.manager is None or not wants_swarm:
         if engine.engine_host is not None:
             return await proxy.handle(request)
+    if node.manager is not None and engine.engine_host is not None:
+        from shoal.engineapi.events import merged_events  # the engine's container events too, as on Swarm
+
+        return await merged_events(request, node.manager.events.stream(since, until),
+                                   lambda msg: _event_matches(msg, flt), engine, bounded=until is not None)
     resp = web.StreamResponse(headers={"Content-Type": "application/json"})
     await resp.prepare(request)
     if node.manager is None:

@@ -1,10 +1,11 @@
 """The node's Engine API server (aiohttp): version prefixes, errors in dockerd's shape, and routing.
 
 Paths may carry a `/vX.Y` prefix (the stock CLI negotiates through `/_ping` and then uses versioned
-paths); the prefix is stripped into `request["api_version"]`. Swarm endpoints are served here; every
-other path goes to the local Docker Engine through `EngineProxy`. Errors from the core (`ShoalError`)
-become `{"message": ...}` with their status; anything unexpected becomes a 500 with the same shape and is
-logged, never a crash or a hang.
+paths); the prefix is stripped into `request["api_version"]`. Swarm endpoints are served here; the
+other paths of the Engine API go to the local Docker Engine through `EngineProxy`, and anything else
+(an unknown path, a method a swarm path does not have, `/v1/...`) is dockerd's 404 "page not found".
+Errors from the core (`ShoalError`) become `{"message": ...}` with their status; anything unexpected
+becomes a 500 with the same shape and is logged, never a crash or a hang.
 """
 
 from __future__ import annotations
@@ -32,6 +33,22 @@ log = logging.getLogger(__name__)
 API_VERSION = "1.47"
 MIN_API_VERSION = "1.24"
 _VERSION_RE = re.compile(r"^/v(\d+\.\d+)(/.*)$")
+_BAD_VERSION_RE = re.compile(r"^/v[0-9.]+(/|$)")  # /v1/..., /v1.2.3/...: a version prefix dockerd has no page for
+# The first path segment of every endpoint a Docker Engine serves: other paths are not proxied (the engine, or
+# without one Shoal, answers 404 "page not found" as dockerd's router does).
+_ENGINE_ROOTS = frozenset({
+    "_ping", "auth", "build", "commit", "configs", "containers", "distribution", "events", "exec", "grpc",
+    "images", "info", "networks", "nodes", "plugins", "secrets", "services", "session", "swarm", "system",
+    "tasks", "version", "volumes",
+})
+# Paths Shoal answers in full: a method or sub-path it has no route for is not the engine's either.
+_SWARM_ROOTS = frozenset({"configs", "nodes", "secrets", "services", "swarm", "tasks", "_shoal"})
+PAGE_NOT_FOUND = "page not found"
+# Request bodies Shoal reads (swarm objects, a container create) are refused past this with a 413 before they
+# are buffered further: the store takes no object larger than 1.5 MiB encoded (MAX_OBJECT_BYTES), and this
+# leaves room for a pretty-printed body of one. Proxied engine requests (build contexts, image loads) stream and
+# are not limited. The node RPC carries a forwarded body of this size (shoal.rpc.server.FORWARD_MAX_BYTES).
+MAX_BODY_BYTES = 4 * 1024 * 1024
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -61,6 +78,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return await handler(request)
     except ShoalError as e:
         return error_response(e.status, e.message)
+    except web.HTTPRequestEntityTooLarge:
+        return error_response(413, f"request body is larger than {MAX_BODY_BYTES} bytes")
     except web.HTTPException:
         raise
     except json.JSONDecodeError as e:
@@ -75,7 +94,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
 def make_app(node: ShoalNode, proxy: EngineProxy, engine: EngineClient) -> web.Application:
     from shoal.engineapi import routes
 
-    app = web.Application(middlewares=[errors_middleware], client_max_size=512 * 1024 * 1024)
+    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY_BYTES)
     app[NODE_KEY] = node
     app[PROXY_KEY] = proxy
     app[ENGINE_KEY] = engine
@@ -95,6 +114,8 @@ def make_app(node: ShoalNode, proxy: EngineProxy, engine: EngineClient) -> web.A
                 return error_response(400, f"client version {version} is too old. Minimum supported API "
                                            f"version is {MIN_API_VERSION}, please upgrade your client to a "
                                            f"newer version")
+        elif _BAD_VERSION_RE.match(path) is not None:
+            return error_response(404, PAGE_NOT_FOUND)
         request["api_version"] = version
         request["route_path"] = path
         for method, pattern, fn, leader in table:
@@ -106,6 +127,9 @@ def make_app(node: ShoalNode, proxy: EngineProxy, engine: EngineClient) -> web.A
                 if leader and node.replica is not None:
                     return await _on_leader(request, fn)
                 return await fn(request)
+        root = path.split("/", 2)[1] if path.startswith("/") else ""
+        if root not in _ENGINE_ROOTS or root in _SWARM_ROOTS:
+            return error_response(404, PAGE_NOT_FOUND)
         return await proxy.handle(request)
 
     app.router.add_route("*", "/{tail:.*}", dispatch)
@@ -140,8 +164,24 @@ async def forward_to_leader(request: web.Request) -> web.StreamResponse:
     it = replica.forward(request.method, request.raw_path, dict(request.headers), body).__aiter__()
     head = await it.__anext__()  # errors here (no leader, leader unreachable) become an error answer
     headers = {k: v for k, v in head.headers.items() if k.lower() not in ("content-length", "transfer-encoding")}
+    length = next((v for k, v in head.headers.items() if k.lower() == "content-length"), None)
+    if length is not None and request.method != "HEAD":  # a HEAD answer states a length and has no body
+        # An answer of known length (every write's) is relayed only once it is whole: a leader lost after its
+        # status line must not turn into the status with an empty or cut body (a 201 without the new ID).
+        data = bytearray(head.data)
+        try:
+            async for chunk in it:
+                data += chunk.data
+        except ShoalError as e:
+            log.info("forwarded %s %s: the leader was lost before it answered in full: %s", request.method,
+                     request.path, e)
+        if len(data) != int(length):
+            raise Unavailable(M.LEADER_LOST_MID_ANSWER)
+        return web.Response(status=head.status or 200, headers=headers, body=bytes(data))
     resp = web.StreamResponse(status=head.status or 200, headers=headers)
     await resp.prepare(request)
+    if head.data:
+        await resp.write(head.data)
     try:
         async for chunk in it:
             if chunk.data:

@@ -204,7 +204,7 @@ class ControlAPI:
             job = JobStatus(job_iteration=0, last_execution=tx.now) if checked.mode.is_job else None
             return tx.create(Service(id=sid, spec=checked, spec_version=1, job_status=job))
 
-        return await self.store.update(fn)
+        return await self.store.update(fn, verify=True)
 
     async def update_service(self, ref: str, version: int, spec: ServiceSpec | None,
                              rollback: bool = False) -> Service:
@@ -243,7 +243,7 @@ class ControlAPI:
                 spec_version=cur.spec_version + 1 if checked != cur.spec else cur.spec_version,
                 previous_spec_version=cur.spec_version, update_status=None, job_status=job_status))
 
-        return await self.store.update(fn)
+        return await self.store.update(fn, verify=True)
 
     async def remove_service(self, ref: str) -> None:
         def fn(tx: Tx) -> None:
@@ -253,7 +253,7 @@ class ControlAPI:
                 if t.desired_state < TaskState.REMOVE:
                     tx.update(replace(t, desired_state=TaskState.REMOVE), check_version=False)
 
-        await self.store.update(fn)
+        await self.store.update(fn, verify=True)
 
     # --- secrets and configs ----------------------------------------------------------------------
 
@@ -280,7 +280,7 @@ class ControlAPI:
                 raise Conflict(M.secret_name_conflict(spec.annotations.name))
             return tx.create(Secret(id=sid, spec=spec))
 
-        return await self.store.update(fn)
+        return await self.store.update(fn, verify=True)
 
     async def update_secret(self, ref: str, version: int, spec: SecretSpec) -> None:
         def fn(tx: Tx) -> None:
@@ -292,7 +292,7 @@ class ControlAPI:
                 raise InvalidArgument(M.ONLY_LABELS_UPDATABLE)
             tx.update(replace(cur, spec=replace(cur.spec, annotations=spec.annotations)))
 
-        await self.store.update(fn)
+        await self.store.update(fn, verify=True)
 
     async def remove_secret(self, ref: str) -> None:
         def fn(tx: Tx) -> None:
@@ -302,7 +302,7 @@ class ControlAPI:
                 raise InvalidArgument(M.secret_in_use(cur.name, users))
             tx.delete("secret", cur.id)
 
-        await self.store.update(fn)
+        await self.store.update(fn, verify=True)
 
     async def create_config(self, spec: ConfigSpec) -> Config:
         if not spec.annotations.name:
@@ -316,7 +316,7 @@ class ControlAPI:
                 raise Conflict(M.config_name_conflict(spec.annotations.name))
             return tx.create(Config(id=cid, spec=spec))
 
-        return await self.store.update(fn)
+        return await self.store.update(fn, verify=True)
 
     async def update_config(self, ref: str, version: int, spec: ConfigSpec) -> None:
         def fn(tx: Tx) -> None:
@@ -327,7 +327,7 @@ class ControlAPI:
                 raise InvalidArgument(M.ONLY_LABELS_UPDATABLE)
             tx.update(replace(cur, spec=replace(cur.spec, annotations=spec.annotations)))
 
-        await self.store.update(fn)
+        await self.store.update(fn, verify=True)
 
     async def remove_config(self, ref: str) -> None:
         def fn(tx: Tx) -> None:
@@ -337,7 +337,7 @@ class ControlAPI:
                 raise InvalidArgument(M.config_in_use(cur.name, users))
             tx.delete("config", cur.id)
 
-        await self.store.update(fn)
+        await self.store.update(fn, verify=True)
 
     # --- networks ---------------------------------------------------------------------------------
 
@@ -394,7 +394,7 @@ class ControlAPI:
                 vni += 1
             return tx.create(Network(id=nid, spec=spec, ipam=ipam, vni=vni))
 
-        return await self.store.update(fn)
+        return await self.store.update(fn, verify=True)
 
     async def remove_network(self, ref: str) -> None:
         def fn(tx: Tx) -> None:
@@ -412,7 +412,7 @@ class ControlAPI:
                     raise InvalidArgument(M.network_in_use_by_task(net.id, t.id))
             tx.delete("network", net.id)
 
-        await self.store.update(fn)
+        await self.store.update(fn, verify=True)
 
     # --- nodes ------------------------------------------------------------------------------------
 
@@ -440,7 +440,7 @@ class ControlAPI:
                         raise ShoalError(M.QUORUM_LOSS)
             tx.update(replace(cur, spec=spec))
 
-        await self.store.update(fn)
+        await self.store.update(fn, verify=True)
 
     async def remove_node(self, ref: str, force: bool) -> None:
         def fn(tx: Tx) -> None:
@@ -455,7 +455,7 @@ class ControlAPI:
                 raise ShoalError(M.node_not_down(cur.id))
             tx.delete("node", cur.id)
 
-        await self.store.update(fn)
+        await self.store.update(fn, verify=True)
 
     # --- swarm ------------------------------------------------------------------------------------
 
@@ -495,5 +495,5 @@ class ControlAPI:
                 new_spec, root = ca_update(cur, new_spec)
             tx.update(replace(cur, spec=new_spec, join_tokens=tokens, unlock_key=unlock, root_ca=root))
 
-        await self.store.update(fn)
+        await self.store.update(fn, verify=True)
 

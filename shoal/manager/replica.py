@@ -33,6 +33,7 @@ from shoal.clock import Clock
 from shoal.errors import ShoalError
 from shoal.manager.dispatcher import Assignments, Dispatcher
 from shoal.manager.keys import DataCipher
+from shoal.manager.logrepair import APPLY_FAILED_EXIT
 from shoal.manager.manager import Manager
 from shoal.manager.membership import LOST_QUORUM, Membership
 from shoal.manager.raft.node import RaftNode, exit_process
@@ -53,6 +54,7 @@ log = logging.getLogger(__name__)
 # most 1.5 s, so failover stays under 2 s (etcd's default spread, 10 more ticks, would allow 2 s and more).
 ELECTION_JITTER_TICKS = 5
 FORWARDED_HEADER = "X-Shoal-Forwarded"  # set on a request a manager forwarded: never forwarded a second time
+_FORWARD_CHUNK = 1 << 20  # a forwarded answer's body up to this goes in one message with its head
 _HOP_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade"})
 
 
@@ -108,12 +110,59 @@ class AgentDispatcher:
         await self._drop_remote()
 
 
+def exit_apply_failed() -> None:
+    """End the process at once with APPLY_FAILED_EXIT: what is on disk is consistent (Raft's log is fsynced, as
+    after kill -9), and this manager must not go on answering as if its store were current."""
+    for h in logging.getLogger().handlers:
+        h.flush()
+    os._exit(APPLY_FAILED_EXIT)
+
+
+class FailStop:
+    """The state machine Raft applies to: the store, stopped loudly when an entry (or a snapshot) cannot be
+    applied. Every replica holds the same committed entries, so a manager that skipped one would serve a state
+    the others do not have, and one whose ready loop died would look alive with a store that never moves again:
+    it logs the entry's index and calls `on_fatal` (by default the process exits non-zero, so a supervisor or an
+    operator sees it; docs/operations.md says how to repair the log)."""
+
+    def __init__(self, store: MemoryStore, on_fatal: Callable[[], None]) -> None:
+        self.store = store
+        self.on_fatal = on_fatal
+
+    def apply_entry(self, index: int, data: bytes) -> None:
+        try:
+            self.store.apply_entry(index, data)
+        except Exception as e:
+            log.critical("cannot apply Raft log entry %d: %r; this manager stops (the log holds a change no "
+                         "manager can replay: see `shoal raft check` in docs/operations.md)", index, e)
+            self.on_fatal()
+            raise
+
+    def restore(self, data: bytes, index: int) -> None:
+        try:
+            self.store.restore(data, index)
+        except Exception as e:
+            log.critical("cannot restore the Raft snapshot at index %d: %r; this manager stops (see `shoal raft "
+                         "check` in docs/operations.md)", index, e)
+            self.on_fatal()
+            raise
+
+    def save(self) -> bytes:
+        return self.store.save()
+
+    def snapshot_source(self) -> Callable[[], bytes]:
+        return self.store.snapshot_source()
+
+
 class ManagerReplica:
     def __init__(self, *, data_dir: Path, node_id: str, raft_id: int, cluster_id: Callable[[], str],
                  listen_addr: str, advertise_host: str, manager_addr: str, clock: Clock, rng: random.Random,
                  scheduler_strategy: str, raft_tick: float, api_socket: Path | None,
                  on_credentials: Callable[[NodeCredentials], None], cipher: DataCipher | None = None,
-                 on_cluster: Callable[[Cluster], None] = lambda _c: None) -> None:
+                 on_cluster: Callable[[Cluster], None] = lambda _c: None,
+                 on_fatal: Callable[[], None] | None = None) -> None:
+        # What happens when this manager cannot apply a committed entry: the process exits (the default).
+        self.on_fatal = on_fatal or exit_apply_failed
         self.cipher = cipher  # the Raft data at rest is sealed with this manager's key
         self.on_cluster = on_cluster  # every applied change of the cluster object (autolock follows it)
         self.data_dir = data_dir
@@ -170,7 +219,7 @@ class ManagerReplica:
         self.transport.node = raft
         loaded_commit = raft.core.commit
         store = MemoryStore(raft, self.clock)
-        raft.attach(store)
+        raft.attach(FailStop(store, self.on_fatal))
         self.raft, self.store = raft, store
         self.membership = Membership(store, raft, self.transport, self.book, self.node_id, self.clock)
         self.book._from_store = self.membership.addr_from_store
@@ -341,6 +390,14 @@ class ManagerReplica:
             for k, v in resp.headers.items():
                 if k.lower() not in _HOP_HEADERS:
                     head.headers[k] = v
+            if resp.content_length is not None:
+                # The length goes with the head, so the forwarding manager can tell a whole answer from one cut
+                # short; a small body (every write's answer) goes in the same message.
+                head.headers["Content-Length"] = str(resp.content_length)
+                if resp.content_length <= _FORWARD_CHUNK:
+                    head.data = await resp.read()
+                    yield head
+                    return
             yield head
             async for data in resp.content.iter_any():
                 yield pb.ForwardChunk(data=data)

@@ -2,8 +2,12 @@
 
 This is the format of the write-ahead log and snapshots (not the Engine API's wire format, which has
 its own converters in shoal.engineapi.convert). Unknown keys are ignored on decode and missing keys
-take the dataclass default, so a newer Shoal reads an older one's data. `None`, empty tuples and empty
-mappings are left out.
+take the dataclass default, so a newer Shoal reads an older one's data. A value equal to its field's default
+is left out when that default is `None`, an empty tuple or an empty mapping.
+
+Only what every replica can read back is written: a float that is not finite (NaN, infinities: JSON has no
+literal for them, and orjson writes them as null) raises `Unencodable` (an InvalidArgument, 400 at the API)
+instead of entering the log, where it would stop every follower that replays it.
 
 Encoders and decoders are built once per type from its hints (closures over the field list), because the
 reflective walk per value dominated the manager's write path.
@@ -13,6 +17,7 @@ from __future__ import annotations
 
 import base64
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Callable, Mapping
@@ -20,6 +25,7 @@ from enum import Enum
 from functools import cache
 from typing import Any, TypeVar, Union, get_args, get_origin
 
+from shoal.errors import InvalidArgument
 from shoal.model import objects
 
 T = TypeVar("T")
@@ -31,8 +37,21 @@ def _hints(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls, vars(objects))
 
 
+class Unencodable(InvalidArgument):
+    """A value the log cannot hold as it is (a float that is not finite)."""
+
+
+def _finite(v: Any) -> Any:
+    if isinstance(v, float) and not math.isfinite(v):
+        raise Unencodable(f"invalid value {v!r}: the cluster store holds finite numbers only (JSON has no "
+                          f"NaN or Infinity)")
+    return v
+
+
 def _encode_any(value: Any) -> Any:
     """Encoding of untyped values (JSON pass-through, or a caller handing in any object)."""
+    if isinstance(value, float):
+        return _finite(value)
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return _encoder_for(type(value))(value)
     if isinstance(value, Enum):
@@ -69,21 +88,29 @@ def _value_encoder(tp: Any) -> Conv:
         return lambda v: v.value
     if tp is bytes:
         return lambda v: {"$b": base64.b64encode(v).decode()}
+    if tp is float:
+        return _finite
     return None
 
 
-def _omit_test(tp: Any) -> str:
-    """How an encoder tells that a field's value is left out, from the field's type: `None` only for
-    scalars, enums and dataclasses; emptiness for tuples and mappings; all three for untyped values."""
-    if tp is Any or tp is objects.JSON:
-        return "v is None or v == () or (isinstance(v, Mapping) and not v)"
-    origin = get_origin(tp)
-    if origin in (Union, types.UnionType):
-        args = [a for a in get_args(tp) if a is not type(None)]
-        return _omit_test(args[0]) if len(args) == 1 else _omit_test(Any)
-    if origin is tuple or origin in (Mapping, dict, typing.Mapping):
-        return "not v"
-    return "v is None"
+def _omit_test(f: dataclasses.Field[Any]) -> str | None:
+    """How an encoder tells that a field's value is left out: only when it is the field's default and that is
+    `None` or empty, so decoding (which gives a missing field its default) reads back the same value; a field
+    whose default is anything else is always written (an empty `default_addr_pool` must not come back as
+    ("10.0.0.0/8",))."""
+    if f.default is not dataclasses.MISSING:
+        default = f.default
+    elif f.default_factory is not dataclasses.MISSING:
+        default = f.default_factory()
+    else:
+        return None
+    if default is None:
+        return "v is None"
+    if default == ():
+        return "v == ()"
+    if isinstance(default, Mapping) and not default:
+        return "isinstance(v, Mapping) and not v"
+    return None
 
 
 # Sub-objects that many objects share by identity (every task of a service holds the service's task
@@ -128,8 +155,12 @@ def _encoder_for(cls: type) -> Callable[[Any], dict[str, Any]]:
             env[f"c{i}"] = conv
             value = f"c{i}(v)"
         lines.append(f"    v = obj.{f.name}")
-        lines.append(f"    if not ({_omit_test(tp)}):")
-        lines.append(f"        out[{f.name!r}] = {value}")
+        omit = _omit_test(f)
+        if omit is None:
+            lines.append(f"    out[{f.name!r}] = {value}")
+        else:
+            lines.append(f"    if not ({omit}):")
+            lines.append(f"        out[{f.name!r}] = {value}")
     lines.append("    return out")
     exec("\n".join(lines), env)
     enc: Callable[[Any], dict[str, Any]] = env["enc"]

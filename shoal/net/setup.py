@@ -85,12 +85,27 @@ async def remove_network_state(root: Path, node_id: str = "", engine_host: str |
 
         for dev in await owned_links(node_id, "vxlan"):
             await delete_owned_link(dev, node_id)
+    if engine_host and node_id:
+        await remove_host_tproxy()
     ns_dir = root / "ns"
     if ns_dir.is_dir():
         for p in sorted(ns_dir.iterdir()):
             if p.suffix == "":
                 await ipcmd.delete_netns(p)
     shutil.rmtree(root, ignore_errors=True)
+
+
+async def remove_host_tproxy() -> None:
+    """The host-wide local-only mesh rules (NetworkAgent._ensure_host_tproxy), once no Shoal bridge is left on
+    this host: every docker-executor node on it shares them, so the last one to leave removes them."""
+    from shoal.net.agent import HOST_TPROXY_TABLE
+
+    links = await ipcmd.run("ip", "-o", "link", "show", check=False)
+    if any(line.split(": ")[1].split("@")[0].startswith("shl") for line in links.splitlines() if ": " in line):
+        return
+    await ipcmd.run("nft", "delete", "table", "ip", "shoal_mesh", check=False)
+    await ipcmd.run("ip", "rule", "del", "priority", str(HOST_TPROXY_TABLE), check=False)
+    await ipcmd.run("ip", "route", "flush", "table", str(HOST_TPROXY_TABLE), check=False)
 
 
 async def remove_engine_networks(engine_host: str, node_id: str) -> None:

@@ -54,14 +54,22 @@ log = logging.getLogger(__name__)
 ANY_NODE = frozenset({"worker", "manager"})
 MANAGERS = frozenset({"manager"})
 
+# A follower forwards an Engine API request, body included, to the leader in one message (Raft.Forward): the
+# leader must take the largest body its own API would (shoal.engineapi.server.MAX_BODY_BYTES, 4 MiB) plus the
+# headers, where gRPC's default limit (4 MiB) refused it with an opaque error.
+FORWARD_MAX_BYTES = 8 * 1024 * 1024
 SERVER_OPTIONS = [
+    # gRPC sets SO_REUSEPORT by default: a second daemon could then bind the same manager address and take
+    # half the joins. Bind exclusively, as Go's net.Listen does.
+    ("grpc.so_reuseport", 0),
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 5000),
     ("grpc.http2.max_pings_without_data", 0),
 ]
-# The mutual-TLS listener (Raft among others) takes messages as large as a Raft stream's (one entry alone in its
-# batch: shoal.rpc.raft.MAX_MESSAGE); gRPC's default is 4 MiB. The unauthenticated CA listener keeps the default.
-SECURE_SERVER_OPTIONS = [*SERVER_OPTIONS, ("grpc.max_receive_message_length", 64 << 20)]
+# The mutual-TLS listener (Raft and forwarding among others) takes messages as large as a Raft stream's (one entry
+# alone in its batch: shoal.rpc.raft.MAX_MESSAGE), which covers FORWARD_MAX_BYTES; gRPC's default is 4 MiB. The
+# unauthenticated CA listener keeps the default.
+SECURE_SERVER_OPTIONS = [*SERVER_OPTIONS, ("grpc.max_receive_message_length", max(64 << 20, FORWARD_MAX_BYTES))]
 
 _CODES = {
     "InvalidArgument": grpc.StatusCode.INVALID_ARGUMENT, "NotFound": grpc.StatusCode.NOT_FOUND,
@@ -544,7 +552,9 @@ class ManagerRPC:
                 self._boot_config(), self._fetch_boot_config, require_client_authentication=False))
         except RuntimeError:
             await secure.stop(None)
-            raise Unavailable(f"listen tcp {self.listen_addr}: bind: address already in use") from None
+            # swarmkit's words, through dockerd (a 500): the address is taken (or not this host's).
+            raise ShoalError(f"manager stopped: failed to listen on remote API address: listen tcp "
+                             f"{self.listen_addr}: bind: address already in use") from None
         await secure.start()
         await boot.start()
         self._secure, self._bootstrap = secure, boot

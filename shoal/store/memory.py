@@ -25,8 +25,8 @@ from typing import Any, Protocol, TypeVar
 import orjson
 
 from shoal.clock import Clock
-from shoal.errors import Conflict, NotFound, SequenceConflict, ShoalError, fresh
-from shoal.model.codec import decode_as, encode
+from shoal.errors import Conflict, InvalidArgument, NotFound, SequenceConflict, ShoalError, fresh
+from shoal.model.codec import Unencodable, decode_as, encode
 from shoal.model.objects import (
     Cluster,
     Config,
@@ -44,6 +44,13 @@ ObjT = TypeVar("ObjT", bound=StoreObject)
 
 ENTRY_FORMAT = 1
 MAX_BATCH = 1024  # transactions per log entry at most (bounds one entry's size)
+# One object, encoded, at most (swarmkit's store refuses a change past 1.5 MiB, its Raft request limit): a larger
+# one is refused with a 400 before it reaches the log, where every manager would have to hold, send and replay
+# it. The largest legitimate objects are a few hundred KiB (a 500 KiB secret or config). A transaction of many
+# objects (the tasks of a 10,000-replica service) is not limited by this.
+MAX_OBJECT_BYTES = 3 * 512 * 1024
+# A group-commit entry takes no more transactions once it holds this much.
+MAX_ENTRY_BYTES = MAX_OBJECT_BYTES
 
 KINDS: dict[str, type[Any]] = {
     "cluster": Cluster,
@@ -455,7 +462,7 @@ class MemoryStore:
         self._proposer = proposer
         self._clock = clock
         self._tables = _Tables()
-        self._queue: list[tuple[Callable[[Tx], Any], asyncio.Future[Any]]] = []
+        self._queue: list[tuple[Callable[[Tx], Any], asyncio.Future[Any], bool]] = []
         self._committer: asyncio.Task[None] | None = None
         self.stats = {"entries": 0, "transactions": 0, "commit_seconds": 0.0}  # group commit, for diagnostics
         self._subs: set[Subscription] = set()
@@ -470,8 +477,14 @@ class MemoryStore:
     def view(self) -> ReadTx:
         return ReadTx(self._tables)
 
-    async def update(self, fn: Callable[[Tx], T]) -> T:
+    async def update(self, fn: Callable[[Tx], T], *, verify: bool = False) -> T:
         """Run `fn` as a transaction and return its result once its changes are committed.
+
+        What a transaction writes must be storable: a float that is not finite, or a change larger than
+        MAX_OBJECT_BYTES encoded, fails it (InvalidArgument) before anything is proposed. `verify` (for changes made
+        of a client's values: the control API) also decodes the encoded change and compares it with what was
+        written, so nothing enters the log that a replica would replay differently or not at all; the codec's
+        property test covers the objects Shoal's own loops write, which would pay for it on every task change.
 
         Group commit: while one entry is being committed, the transactions that arrive queue up; the next
         entry carries all of them, run one after the other on one `Tx` (each sees the ones before it, exactly
@@ -480,7 +493,7 @@ class MemoryStore:
         the version the batch stamps is still the one it commits with."""
         loop = asyncio.get_running_loop()
         fut: asyncio.Future[Any] = loop.create_future()
-        self._queue.append((fn, fut))
+        self._queue.append((fn, fut, verify))
         if self._committer is None or self._committer.done():
             self._committer = loop.create_task(self._commit_queued(), name="store-commit")
         result: T = await fut
@@ -498,16 +511,27 @@ class MemoryStore:
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
             tx = Tx(self._tables, self.version + 1, self._clock.now())
             done: list[tuple[asyncio.Future[Any], Any]] = []
-            for fn, fut in batch:
+            parts: list[bytes] = []  # each transaction's actions, encoded and checked
+            size = 0
+            for k, (fn, fut, check) in enumerate(batch):
+                if size >= MAX_ENTRY_BYTES:  # the entry is full: the rest go into the next one, not yet run
+                    self._queue[:0] = batch[k:]
+                    break
                 sp = tx.savepoint()
                 try:
-                    done.append((fut, fn(tx)))
+                    result = fn(tx)
+                    part = encode_actions(tx.actions[sp:], verify=check)
                 except BaseException as e:  # this transaction alone fails; the others of the batch go on
                     tx.rollback(sp)
                     if not fut.done():
                         fut.set_exception(e)
+                    continue
+                done.append((fut, result))
+                if part:
+                    parts.append(part)
+                    size += len(part)
             if tx.actions:
-                entry = encode_entry(tx.version, tx.actions)
+                entry = _entry_bytes(tx.version, parts)
                 # The entry's own objects, so applying it here needs no decoding (followers decode).
                 self._pending = (entry, tx.version, tx.actions)
                 t0 = time.perf_counter()
@@ -535,7 +559,7 @@ class MemoryStore:
 
     def _fail_queue(self, e: BaseException) -> None:
         queued, self._queue = self._queue, []
-        for _, f in queued:
+        for _, f, _v in queued:
             if not f.done():
                 f.set_exception(ShoalError(f"the store stopped before the transaction ran: {e!r}"))
 
@@ -635,6 +659,44 @@ def _loads(data: bytes) -> Any:
         return orjson.loads(data)
     except orjson.JSONDecodeError:  # NaN or Infinity, which json wrote and orjson does not read
         return json.loads(data)
+
+
+class ObjectTooLarge(InvalidArgument):
+    pass
+
+
+def encode_actions(actions: list[tuple[str, str, Any]], *, verify: bool = True) -> bytes:
+    """One transaction's actions as they go into a log entry (the members of its "actions" array, comma
+    separated). A value the codec cannot hold raises Unencodable, an object too large ObjectTooLarge;
+    `verify`: also proven to be what a replica replaying them decodes (equal objects, nothing lost), else
+    Unencodable."""
+    if not actions:
+        return b""
+    encoded = [{"op": op, "kind": kind, "obj": encode(obj)} for op, kind, obj in actions]
+    data = _dumps(encoded)
+    if len(data) > MAX_OBJECT_BYTES:  # the whole is small in the common case: one object at a time only if not
+        for a, (_op, kind, obj) in zip(encoded, actions, strict=True):
+            size = len(_dumps(a["obj"]))
+            if size > MAX_OBJECT_BYTES:
+                raise ObjectTooLarge(
+                    f"rpc error: code = InvalidArgument desc = {kind} {name_of(obj) or obj.id} is too large for "
+                    f"the cluster store: {size} bytes encoded, at most {MAX_OBJECT_BYTES}")
+    if not verify:
+        return data[1:-1]
+    try:
+        back = _loads(data)
+        same = len(back) == len(actions) and all(
+            a["op"] == op and a["kind"] == kind and decode_as(KINDS[kind], a["obj"]) == obj
+            for a, (op, kind, obj) in zip(back, actions, strict=True))
+    except Exception as e:  # the decoder refused it: exactly what would stop a follower
+        raise Unencodable(f"invalid value: the change cannot be stored in the cluster's log ({e!r})") from None
+    if not same:
+        raise Unencodable("invalid value: the change does not read back from the cluster's log as it was written")
+    return data[1:-1]
+
+
+def _entry_bytes(version: int, parts: list[bytes]) -> bytes:
+    return b'{"format":%d,"version":%d,"actions":[%s]}' % (ENTRY_FORMAT, version, b",".join(parts))
 
 
 def encode_entry(version: int, actions: list[tuple[str, str, Any]]) -> bytes:

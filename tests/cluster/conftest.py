@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.managers import free_port
 from tests.support.shoal_node import ShoalNode
 
 
@@ -27,7 +28,7 @@ def _start(workdir: Path, init: bool) -> ShoalNode:
     node = ShoalNode(workdir).start()
     if init:
         try:
-            node.docker("swarm", "init", "--advertise-addr", "127.0.0.1")
+            node.docker("swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", f"127.0.0.1:{free_port()}")
         except BaseException:
             node.stop()
             raise

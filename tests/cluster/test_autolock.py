@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.conftest import _require_cli
-from tests.support.managers import ManagerCluster
+from tests.support.managers import ManagerCluster, free_port
 from tests.support.shoal_node import ShoalNode, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("managers")]
@@ -41,7 +41,8 @@ def test_autolock_locks_a_restarted_manager_until_unlocked(tmp_path: Path) -> No
     _require_cli()
     n = ShoalNode(tmp_path / "m1", hostname="m1").start()
     try:
-        out = n.docker("swarm", "init", "--autolock", "--advertise-addr", "127.0.0.1").stdout
+        out = n.docker("swarm", "init", "--autolock", "--advertise-addr", "127.0.0.1", "--listen-addr",
+                       f"127.0.0.1:{free_port()}").stdout
         key = re.search(r"SWMKEY-1-\S+", out)
         assert key is not None, out
         assert unlock_key(n) == key.group(0)

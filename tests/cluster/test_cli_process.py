@@ -17,6 +17,7 @@ from urllib.parse import quote
 
 import pytest
 
+from tests.support.managers import free_port
 from tests.support.shoal_node import ShoalNode, wait_until
 
 pytestmark = pytest.mark.timeout(180)
@@ -120,7 +121,8 @@ def test_swarm_init_leave_init_cycle(shoal_inactive: ShoalNode) -> None:
     node = shoal_inactive
     node_ids = []
     for _ in range(2):
-        out = node.docker("swarm", "init", "--advertise-addr", "127.0.0.1").stdout
+        out = node.docker("swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr",
+                          f"127.0.0.1:{free_port()}").stdout
         node_id = re.search(r"current node \((\w+)\) is now a manager", out)
         assert node_id, out
         info = json.loads(node.docker("info", "--format", "{{json .Swarm}}").stdout)
@@ -593,7 +595,7 @@ def test_docker_py(shoal_inactive: ShoalNode) -> None:
     from docker.types import EndpointSpec, SecretReference, ServiceMode
 
     client = shoal_inactive.client()
-    node_id = client.swarm.init(advertise_addr="127.0.0.1")
+    node_id = client.swarm.init(advertise_addr="127.0.0.1", listen_addr=f"127.0.0.1:{free_port()}")
     assert re.fullmatch(r"[0-9a-z]{25}", node_id)
     assert client.info()["Swarm"]["NodeID"] == node_id
     client.swarm.reload()

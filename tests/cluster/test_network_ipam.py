@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from tests.cluster.conftest import _require_cli
+from tests.support.managers import free_port
 from tests.support.shoal_node import ShoalNode, wait_until
 
 pytestmark = [pytest.mark.slow]
@@ -19,7 +20,8 @@ def test_default_address_pool_and_mask_length_from_swarm_init(tmp_path: Path) ->
     _require_cli()
     node = ShoalNode(tmp_path / "node").start()
     try:
-        node.docker("swarm", "init", "--advertise-addr", "127.0.0.1", "--default-addr-pool", "10.123.0.0/16",
+        node.docker("swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", f"127.0.0.1:{free_port()}",
+                    "--default-addr-pool", "10.123.0.0/16",
                     "--default-addr-pool", "10.124.0.0/16", "--default-addr-pool-mask-length", "26")
         info = json.loads(node.docker("info", "--format", "{{json .Swarm.Cluster}}").stdout)
         assert info["DefaultAddrPool"] == ["10.123.0.0/16", "10.124.0.0/16"] and info["SubnetSize"] == 26
@@ -51,7 +53,7 @@ def test_published_ports_are_conflict_checked_and_assigned_from_30000(tmp_path: 
     _require_cli()
     node = ShoalNode(tmp_path / "node").start()
     try:
-        node.docker("swarm", "init", "--advertise-addr", "127.0.0.1")
+        node.docker("swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", f"127.0.0.1:{free_port()}")
 
         def published(name: str) -> list[int]:
             def ports() -> list[int]:

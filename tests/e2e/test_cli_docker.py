@@ -20,6 +20,7 @@ import docker
 import pytest
 
 from tests.e2e.shoal_docker import ShoalDocker, wait_until
+from tests.support.managers import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -73,7 +74,7 @@ def swarm(shoal: ShoalDocker) -> ShoalDocker:
 
 
 def init(node: ShoalDocker) -> str:
-    node.docker("swarm", "init", "--advertise-addr", "127.0.0.1")
+    node.docker("swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", f"127.0.0.1:{free_port()}")
     nid = node.docker("info", "--format", "{{.Swarm.NodeID}}").stdout.strip()
     assert nid
     node.seen_node_ids.add(nid)  # type: ignore[attr-defined]

@@ -48,6 +48,8 @@ def _json_kind(v: Any, *, with_value: bool = False) -> str:
 def _go_number(v: float) -> str:
     if isinstance(v, int):
         return str(v)
+    if not math.isfinite(v):
+        return "1e+309" if v > 0 else "-1e+309"  # a literal past float64's range (Python reads it as infinity)
     if v == int(v) and abs(v) < 1e21:
         return str(int(v))
     return repr(v)
@@ -158,6 +160,9 @@ class Obj:
             return default
         if isinstance(v, bool) or not isinstance(v, int | float):
             raise self.err(name, v, gotype)
+        limit = 3.4028234663852886e38 if gotype == "float32" else 1.7976931348623157e308
+        if not abs(v) <= limit:  # a literal past the Go type's range (Python reads 1e400 as infinity)
+            raise self.err(name, v, gotype, with_value=True)
         return float(v)
 
     # -- containers ----------------------------------------------------------------------------------
