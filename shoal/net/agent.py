@@ -5,7 +5,8 @@ Fed by a `NetFeed` (cluster state as snapshots; see shoal.net.state), it keeps t
 Overlay networks. Each network with a sandbox on this node gets a network namespace of its own
 (`<root>/ns/n-<network id>`) holding a bridge `br0` with the gateway address and a VXLAN device (VNI =
 the network's, UDP port = the cluster's data path port, `nolearning proxy`). The VXLAN device is created in
-the node's namespace (its UDP socket stays on the underlay) and moved into the network namespace. Remote
+the node's namespace (its UDP socket stays on the underlay) under a name only this node uses, marked as its
+own (ifalias `shoal-node:<node ID>`), then moved into the network namespace and named `vx<VNI>` there. Remote
 endpoints are programmed, not learned: for every address of a task on another node (and every other node's
 ingress address), a permanent neighbour entry IP -> MAC (the VXLAN device answers ARP from them: `proxy`)
 and a forwarding entry MAC -> that node's underlay address. MACs are derived from IPs (02:42 + the four
@@ -34,9 +35,11 @@ Host-mode ports of a process task in its own namespace are forwarded from the no
 with one backend.
 
 Docker executor: overlays are bridge networks of the engine (the VXLAN device on the bridge, DNS on the
-gateway answering each container by its address), VIP rules go into each container's namespace once it runs,
-and connections it opened to a VIP before that are made to retry (shoal.net.conntrack). Plain containers on
-attachable networks are followed by shoal.net.plain.
+gateway answering each container by its address). Both devices are in the host namespace, named with a token
+of this node's ID and marked as its own; a device of such a name that is not is neither adopted nor deleted.
+VIP rules go into each container's namespace once it runs; until then the gateway DNS holds its answers to
+it, and connections it opened to a VIP before that (by address) are made to retry (shoal.net.conntrack).
+Plain containers on attachable networks are followed by shoal.net.plain.
 
 A container's namespace is held by a handle of its own (`<root>/ns/c-<task>`, bound from the namespace opened
 with a pidfd of the container's process, see shoal.net.nsutil), never reached through `/proc/<pid>`: a pid
@@ -52,6 +55,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import ipaddress
 import json
 import logging
@@ -84,6 +88,60 @@ HOST_TPROXY_TABLE = 23297
 NOWHERE_MAC = "02:42:00:00:00:00"  # the MAC of 0.0.0.0 by the 02:42 rule: no endpoint ever has it
 KNOWN_NETWORK_TIMEOUT = 10.0  # seconds an attach waits for a network to reach this node's feed
 NO_NS = Path("/nonexistent")  # the namespace of a container sandbox not (or no longer) held
+RULES_WAIT = 8.0  # seconds at most a container's DNS answer waits for its VIP rules (a resolver tries twice 5 s)
+
+
+OWNER_ALIAS = "shoal-node:"  # + node ID: the ifalias marking a host-namespace device as this node's
+
+
+def node_token(node_id: str) -> str:
+    """Six base36 characters of the node ID's hash, in the names of the node's devices in the host namespace:
+    nodes sharing a host (other swarms, other engines) never pick each other's names."""
+    n = int.from_bytes(hashlib.sha256(node_id.encode()).digest()[:8], "big")
+    out = ""
+    for _ in range(6):
+        n, r = divmod(n, 36)
+        out += "0123456789abcdefghijklmnopqrstuvwxyz"[r]
+    return out
+
+
+def host_bridge_name(node_id: str, vni: int) -> str:
+    """The engine bridge for an overlay (docker executor): `shl`, the node's token, the VNI in hex (at most
+    3 + 6 + 6 = 15 characters, Linux's limit)."""
+    return f"shl{node_token(node_id)}{vni:x}"
+
+
+def host_vxlan_name(node_id: str, vni: int) -> str:
+    """A VXLAN device's name while it is in the host namespace (for good with the docker executor)."""
+    return f"vx{node_token(node_id)}{vni:x}"
+
+
+async def link_alias(dev: str, netns: str | None = None) -> str | None:
+    """The ifalias of `dev` ("" when it has none); None when there is no such device."""
+    out = await ipcmd.run("ip", "-j", "link", "show", "dev", dev, netns=netns, check=False)
+    try:
+        links = json.loads(out or "[]")
+    except ValueError:
+        return None
+    return str(links[0].get("ifalias", "")) if links else None
+
+
+async def delete_owned_link(dev: str, node_id: str, netns: str | None = None) -> bool:
+    """Delete `dev` if it is marked as `node_id`'s; a device of anyone else (or unmarked) stays. Deleted?"""
+    if await link_alias(dev, netns) != OWNER_ALIAS + node_id:
+        return False
+    await ipcmd.run("ip", "link", "del", dev, netns=netns, check=False)
+    return True
+
+
+async def owned_links(node_id: str, kind: str) -> list[str]:
+    """The names of the host namespace's devices of type `kind` marked as `node_id`'s."""
+    out = await ipcmd.run("ip", "-j", "link", "show", "type", kind, check=False)
+    try:
+        links = json.loads(out or "[]")
+    except ValueError:
+        return []
+    return [str(ln["ifname"]) for ln in links if ln.get("ifalias") == OWNER_ALIAS + node_id]
 
 
 def mac_of(ip: str) -> str:
@@ -163,6 +221,8 @@ class _Box:
     container: bool = False  # a docker container's namespace (held at `ns` once it runs), not one of ours
     seen: bool = False  # its task has been in a snapshot (leaving it later means the task ended)
     pid: int = 0  # a container's: the process whose namespace `ns` holds
+    # A container's: its VIP rules have been written (or never will be); its DNS answers wait for it.
+    rules_in: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class NetworkAgent:
@@ -295,6 +355,7 @@ class NetworkAgent:
             return False  # not in a snapshot yet: the feed lags behind the assignment
         if box.container and box.ns != NO_NS:
             await self._release_netns(box)
+        box.rules_in.set()
         return True
 
     def _remote_endpoints(self, net_id: str) -> dict[str, tuple[str, str]]:
@@ -324,7 +385,7 @@ class NetworkAgent:
         if not ln.vxlan:
             return
         want = self._remote_endpoints(ln.net.id)
-        dev = self._vxlan_name(ln.net)
+        dev = self._vxlan_name(ln)
         ip_lines: list[str] = []
         br_lines: list[str] = []
         for ip, (mac, vtep) in ln.peers.items():
@@ -349,9 +410,9 @@ class NetworkAgent:
 
     # --- overlay networks -----------------------------------------------------------------------------
 
-    @staticmethod
-    def _vxlan_name(net: Network) -> str:
-        return f"vx{net.vni}"
+    def _vxlan_name(self, ln: _Net) -> str:
+        """In a namespace of the node's own `vx<VNI>`; in the host namespace a name only this node uses."""
+        return f"vx{ln.net.vni}" if ln.ns is not None else host_vxlan_name(self.node_id, ln.net.vni)
 
     @staticmethod
     def _engine_network(net: Network) -> str:
@@ -415,16 +476,30 @@ class NetworkAgent:
     async def _ensure_vxlan(self, ln: _Net, mtu: int) -> None:
         if _loopback(self.addr):
             return
-        dev = self._vxlan_name(ln.net)
+        dev = self._vxlan_name(ln)
         ns = str(ln.ns) if ln.ns is not None else None
-        await ipcmd.run("ip", "link", "del", dev, netns=ns, check=False)  # adopted: start from no entries
+        # Adopted: start from no entries. In the host namespace only a device marked as this node's goes.
+        if ns is not None:
+            await ipcmd.run("ip", "link", "del", dev, netns=ns, check=False)
+        else:
+            await delete_owned_link(dev, self.node_id)
+        # Made in the host namespace (its UDP socket stays on the underlay) under a name only this node uses,
+        # marked as this node's at once; renamed once in a namespace of its own.
+        made = host_vxlan_name(self.node_id, ln.net.vni)
+        added = False
         try:
-            await ipcmd.run("ip", "link", "add", dev, "type", "vxlan", "id", str(ln.net.vni), "dstport",
+            await ipcmd.run("ip", "link", "add", made, "type", "vxlan", "id", str(ln.net.vni), "dstport",
                             str(self.state.data_path_port), "local", self.addr, "nolearning", "proxy")
+            added = True
+            await ipcmd.run("ip", "link", "set", made, "alias", OWNER_ALIAS + self.node_id)
             if ns is not None:
-                await ipcmd.run("ip", "link", "set", dev, "netns", ns)
+                await ipcmd.run("ip", "link", "set", made, "netns", ns)
+                await ipcmd.run("ip", "link", "set", made, "name", dev, netns=ns)
         except ipcmd.CommandFailed as e:
-            await ipcmd.run("ip", "link", "del", dev, check=False)
+            if added:
+                await delete_owned_link(made, self.node_id)
+                if ns is not None:
+                    await ipcmd.run("ip", "link", "del", made, netns=ns, check=False)
             log.warning("no VXLAN device for network %s (tasks on other nodes unreachable): %s", ln.net.name,
                         e.message)
             return
@@ -635,6 +710,7 @@ class NetworkAgent:
         try:
             await ipcmd.nft(script, netns=str(box.ns))
             box.nft_script = script
+            box.rules_in.set()
         except ipcmd.CommandFailed as e:
             log.warning("VIP rules for task %s: %s", box.task_id, e.message)
             return
@@ -826,10 +902,10 @@ class NetworkAgent:
 
     # --- docker executor ----------------------------------------------------------------------------------
     # Each overlay is a bridge network of the local engine with the overlay's subnet, gateway and range
-    # (bridge `shl<VNI>` in the node's namespace, the VXLAN device on it); the executor connects the container
-    # with the address Shoal allocated. Its resolv.conf (bound over /etc/resolv.conf) names the gateway of its
-    # first network, where this agent's DNS answers each task by its source address; its VIP rules go into
-    # the container's namespace once it runs.
+    # (bridge `shl<token><VNI>` in the node's namespace, see host_bridge_name; the VXLAN device on it); the
+    # executor connects the container with the address Shoal allocated. Its resolv.conf (bound over
+    # /etc/resolv.conf) names the gateway of its first network, where this agent's DNS answers each task by its
+    # source address, once its VIP rules are in the container's namespace (they go in once it runs).
 
     def _engine(self) -> Any:
         if self._docker is None:
@@ -842,7 +918,7 @@ class NetworkAgent:
         from aiodocker.exceptions import DockerError
 
         name = self._engine_network(net)
-        ln = _Net(net=net, ns=None, bridge=f"shl{net.vni}", engine_name=name)
+        ln = _Net(net=net, ns=None, bridge=host_bridge_name(self.node_id, net.vni), engine_name=name)
         cfg = net.ipam.configs[0]
         body = {"Name": name, "Driver": "bridge", "CheckDuplicate": True, "Internal": net.spec.internal,
                 "IPAM": {"Driver": "default", "Config": [{k: v for k, v in (
@@ -850,16 +926,32 @@ class NetworkAgent:
                 "Options": {"com.docker.network.bridge.name": ln.bridge, MTU_OPTION: str(mtu)},
                 "Labels": {"com.shoal.network.id": net.id, "com.shoal.node.id": self.node_id}}
         docker = self._engine()
+        missing = False
         try:
-            await docker._query_json(f"networks/{name}", method="GET")
+            found = await docker._query_json(f"networks/{name}", method="GET")
+            # Made by another node of the swarm on this engine (its bridge name) or by this one earlier.
+            ln.bridge = (found.get("Options") or {}).get("com.docker.network.bridge.name") or ln.bridge
         except DockerError as e:
             if e.status != 404:
                 raise TemporaryError(f"engine network {name}: {e.message}") from e
+            missing = True
+        if missing:
+            # The engine would adopt a device of that name that is there already (another engine's bridge
+            # on this host): only this node's own leftover is taken.
+            if await link_alias(ln.bridge) not in (None, OWNER_ALIAS + self.node_id):
+                raise FatalError(f"creating network {name} for {net.name} on the engine: device {ln.bridge} "
+                                 "exists and is not this node's")
             try:
                 await docker._query_json("networks/create", method="POST", data=json.dumps(body))
+                await ipcmd.run("ip", "link", "set", ln.bridge, "alias", OWNER_ALIAS + self.node_id, check=False)
             except DockerError as e2:
                 if e2.status == 409:
-                    pass  # made meanwhile by another node on this engine: the same overlay, the same network
+                    # Made meanwhile by another node on this engine: the same overlay, the same network.
+                    try:
+                        found = await docker._query_json(f"networks/{name}", method="GET")
+                    except DockerError as e3:
+                        raise TemporaryError(f"engine network {name}: {e3.message}") from e3
+                    ln.bridge = (found.get("Options") or {}).get("com.docker.network.bridge.name") or ln.bridge
                 elif 400 <= e2.status < 500:
                     # The engine refuses it (a subnet that overlaps one of its networks, say): no retry helps
                     # on this node, so the task is rejected with the engine's error and placed again.
@@ -867,7 +959,7 @@ class NetworkAgent:
                         from None
                 else:
                     raise TemporaryError(f"creating engine network {name}: {e2.message}") from e2
-        dns = DNSServer(self.directory, [], upstreams=self.upstreams, view=self._view_of)
+        dns = DNSServer(self.directory, [], upstreams=self.upstreams, view=self._view_of, hold=self._rules_ready)
         udp = nsutil.socket_in(None, socket.AF_INET, socket.SOCK_DGRAM)
         tcp = nsutil.socket_in(None, socket.AF_INET, socket.SOCK_STREAM)
         try:
@@ -885,7 +977,7 @@ class NetworkAgent:
         dns = self._gw_dns.pop(ln.net.id, None)
         if dns is not None:
             await dns.close()
-        await ipcmd.run("ip", "link", "del", self._vxlan_name(ln.net), check=False)
+        await delete_owned_link(self._vxlan_name(ln), self.node_id)
         try:
             async with self._engine()._query(f"networks/{ln.engine_name}", method="DELETE"):
                 pass
@@ -909,6 +1001,19 @@ class NetworkAgent:
                             "priority", str(HOST_TPROXY_TABLE))
         await ipcmd.run("ip", "route", "replace", "local", "0.0.0.0/0", "dev", "lo", "table", str(HOST_TPROXY_TABLE))
         self._host_tproxy = True
+
+    async def _rules_ready(self, client: str) -> None:
+        """Until the asking container's VIP rules are in. The engine starts a container's process before they
+        can be written; a name answered before would let it connect to a VIP undiverted, and such a connection
+        fails once ARP for the VIP gives up (3 s), unless the rules came in time to have it retried
+        (`_retry_early_vip_connections`). Held here, the answer comes once every VIP it may name is DNATed."""
+        box = self._by_ip.get(client)
+        if box is None or not box.container or box.rules_in.is_set():
+            return
+        try:
+            await asyncio.wait_for(box.rules_in.wait(), RULES_WAIT)
+        except TimeoutError:
+            log.info("task %s: its VIP rules are not in after %.0f s; DNS answered anyway", box.task_id, RULES_WAIT)
 
     def _view_of(self, client: str) -> list[str]:
         box = self._by_ip.get(client)
@@ -973,6 +1078,7 @@ class NetworkAgent:
             box = self._boxes.get(task_id)
             if box is not None and box.container:
                 await self._release_netns(box)
+                box.rules_in.set()
 
     def _handle(self, key: str) -> Path:
         return self.ns_dir / f"c-{key}"

@@ -20,7 +20,7 @@ import logging
 import random
 import socket
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 
 import dns.asyncquery
 import dns.exception
@@ -64,12 +64,15 @@ class DNSServer:
     def __init__(self, directory: ServiceDirectory, networks: Networks, *,
                  upstreams: Sequence[str | tuple[str, int]] = (), ttl: int = 0,
                  upstream_timeout: float = 2.0, rng: random.Random | None = None,
-                 view: Callable[[str], Sequence[str]] | None = None) -> None:
+                 view: Callable[[str], Sequence[str]] | None = None,
+                 hold: Callable[[str], Awaitable[None]] | None = None) -> None:
         self.directory = directory
         self._networks = networks
         # With `view`, the networks are those of whoever asks (by source address): one server on a network's
         # gateway answers every task on it.
         self.view = view
+        # Awaited before a name of ours is answered to whoever asks (by source address): until it can use it.
+        self.hold = hold
         self.upstreams = [parse_upstream(u) if isinstance(u, str) else u for u in upstreams]
         self.ttl = ttl
         self.upstream_timeout = upstream_timeout
@@ -161,6 +164,9 @@ class DNSServer:
             return None
         try:
             local = self.answer_local(req, client)
+            if local is not None and self.hold is not None:
+                await self.hold(client)
+                local = self.answer_local(req, client)
         except Exception:
             log.exception("answering %s", req.q.qname)
             return self._error(req, RCODE.SERVFAIL)

@@ -76,10 +76,16 @@ async def start_network_agent(node: Any) -> Any:
 
 
 async def remove_network_state(root: Path, node_id: str = "", engine_host: str | None = None) -> None:
-    """After leaving the swarm: every namespace this node made goes, and every engine network (tasks are
-    already removed)."""
+    """After leaving the swarm: every namespace this node made goes, every engine network (tasks are already
+    removed) and every VXLAN device in the host namespace marked as this node's; nothing of another node."""
     if engine_host and node_id:
         await remove_engine_networks(engine_host, node_id)
+    if node_id and why_no_networking() is None:
+        from shoal.net.agent import delete_owned_link, owned_links
+
+        for dev in await owned_links(node_id, "vxlan"):
+            await delete_owned_link(dev, node_id)
+    if engine_host and node_id:
         await remove_host_tproxy()
     ns_dir = root / "ns"
     if ns_dir.is_dir():
@@ -103,7 +109,8 @@ async def remove_host_tproxy() -> None:
 
 
 async def remove_engine_networks(engine_host: str, node_id: str) -> None:
-    """The engine's bridge networks that stood for this node's overlays, and their VXLAN devices."""
+    """The engine's bridge networks that stood for this node's overlays (those labelled with its ID; their
+    bridges go with them). Its VXLAN devices are found by their mark (`remove_network_state`)."""
     import json
 
     import aiodocker
@@ -123,9 +130,6 @@ async def remove_engine_networks(engine_host: str, node_id: str) -> None:
                         pass
             except DockerError as e:
                 log.warning("disconnecting containers from engine network %s: %s", n.get("Name"), e.message)
-            bridge = (n.get("Options") or {}).get("com.docker.network.bridge.name", "")
-            if bridge.startswith("shl"):
-                await ipcmd.run("ip", "link", "del", "vx" + bridge[3:], check=False)
             try:
                 async with docker._query(f"networks/{n['Id']}", method="DELETE"):
                     pass

@@ -104,11 +104,13 @@ def test_leave_force_removes_everything_the_node_created(node: ShoalDocker, dock
     wait_until(lambda: len(eng.containers.list(all=True, filters=label)) == 3, 60, what="three containers")
     assert eng.networks.list(filters=label), "the overlay became an engine network"
     assert _mounts_under(node.data_dir), "the secrets are on tmpfs mounts"
-    bridge = [i for i, name in _links().items() if name == f"shl{vni}"]
+    from shoal.net.agent import host_bridge_name, host_vxlan_name
+
+    names = (host_bridge_name(nid, int(vni)), host_vxlan_name(nid, int(vni)))  # this node's own names
+    bridge = [i for i, name in _links().items() if name == names[0]]
     assert bridge, "the overlay's bridge is on the host"
-    # This node's devices: the bridge and VXLAN device it made (other nodes on a shared host may hold ones of
-    # the same names, made before this test), and the host ends of its containers' veths.
-    ours = {i for i, name in _links().items() if name in (f"shl{vni}", f"vx{vni}") and i > first_index}
+    # This node's devices: the bridge and VXLAN device it made, and the host ends of its containers' veths.
+    ours = {i for i, name in _links().items() if name in names and i > first_index}
     veths = set()
     for c in eng.containers.list(filters=label):
         pid = int(c.attrs["State"]["Pid"])

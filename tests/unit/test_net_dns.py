@@ -223,6 +223,38 @@ async def test_answers_change_as_soon_as_tasks_change() -> None:
         assert (await ask(server, "db")).rcode() == dns.rcode.NXDOMAIN  # forwarded now, unknown upstream
 
 
+async def test_names_of_ours_wait_for_the_hold_of_whoever_asks() -> None:
+    """The docker executor's gateway DNS answers a container once its VIP rules are in (shoal.net.agent
+    `_rules_ready`): names of ours wait for `hold(client)`; forwarded ones, and other queries, do not."""
+    store = await populated()
+    up = FakeUpstream()
+    host, port = await up.start()
+    directory = StoreDirectory(store)
+    directory.start()
+    ready, both = asyncio.Event(), asyncio.Event()
+    asked: list[str] = []
+
+    async def hold(client: str) -> None:
+        asked.append(client)
+        if len(asked) == 2:
+            both.set()
+        await ready.wait()
+
+    server = DNSServer(directory, [NET], upstreams=[f"{host}:{port}"], hold=hold)
+    await server.start()
+    try:
+        held = [asyncio.create_task(ask(server, "web")), asyncio.create_task(ask(server, "tasks.web", tcp=True))]
+        assert ips(await ask(server, "www.example.test")) == ["192.0.2.7"]  # answered meanwhile
+        await asyncio.wait_for(both.wait(), 5)
+        assert asked == ["127.0.0.1", "127.0.0.1"] and not any(t.done() for t in held)
+        ready.set()
+        assert [ips(await t) for t in held] == [["10.0.1.2"], ["10.0.1.3", "10.0.1.4"]]
+    finally:
+        await server.close()
+        await directory.close()
+        await up.close()
+
+
 async def test_other_names_are_forwarded_over_udp_and_tcp() -> None:
     async with dns_rig() as (_store, _d, server, up):
         assert ips(await ask(server, "www.example.test")) == ["192.0.2.7"]
