@@ -17,7 +17,7 @@ from shoal.manager.raft.core import Entry, EntryType, HardState
 from shoal.model.codec import encode
 from shoal.model.objects import Annotations, Service, ServiceSpec
 from shoal.store.memory import ENTRY_FORMAT, MAX_OBJECT_BYTES
-from tests.support.managers import ManagerCluster
+from tests.support.managers import ManagerCluster, free_port
 from tests.support.shoal_node import NodeError, ShoalNode, wait_until
 
 pytestmark = pytest.mark.slow
@@ -63,7 +63,7 @@ def service_names(node: ShoalNode) -> list[str]:
 def test_a_manager_that_cannot_apply_an_entry_exits_and_the_log_can_be_repaired(tmp_path: Path) -> None:
     node = ShoalNode(tmp_path / "m", hostname="m").start()
     try:
-        node.docker("swarm", "init", "--advertise-addr", "127.0.0.1")
+        node.docker("swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", f"127.0.0.1:{free_port()}")
         assert node.api("POST", "/v1.47/services/create", json.dumps(service("good")).encode())[0] == 201
         node.terminate()
         index = write_bad_entry(node.data_dir)

@@ -18,6 +18,7 @@ import docker
 import pytest
 
 from tests.e2e.shoal_docker import ShoalDocker, wait_until
+from tests.support.managers import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(180),
               pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
@@ -35,7 +36,7 @@ def node(dockerd: str, test_image: str) -> Iterator[ShoalDocker]:
     engine = docker.DockerClient(base_url=dockerd, timeout=60)
     nid = ""
     try:
-        n.docker("swarm", "init", "--advertise-addr", "127.0.0.1")
+        n.docker("swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", f"127.0.0.1:{free_port()}")
         nid = n.docker("info", "--format", "{{.Swarm.NodeID}}").stdout.strip()
         yield n
     finally:

@@ -24,6 +24,7 @@ import docker
 import pytest
 
 from tests.e2e.shoal_docker import ShoalDocker, wait_until
+from tests.support.managers import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -61,7 +62,8 @@ def node(dockerd: str, test_image: str, engine: docker.DockerClient) -> Iterator
     try:
         engine_network(engine, "compose_default", FIRST)  # there before the node describes itself
         n.start()
-        n.docker("swarm", "init", "--advertise-addr", "127.0.0.1", "--default-addr-pool", POOL)
+        n.docker("swarm", "init", "--advertise-addr", "127.0.0.1", "--default-addr-pool", POOL,
+                 "--listen-addr", f"127.0.0.1:{free_port()}")
         nid = n.docker("info", "--format", "{{.Swarm.NodeID}}").stdout.strip()
         # The agent has registered its description (with what its engine routes) once the engine shows.
         wait_until(lambda: n.docker("node", "inspect", "self", "--format",
