@@ -10,6 +10,9 @@ repeatable; about two minutes on two busy cores). A test fails on:
   behaviour (never a Shoal bug);
 - no answer within `REQUEST_TIMEOUT`, a dropped connection, or the daemon process gone (a crash).
 
+`test_undeclared_methods` sends each swarm path the methods the spec does not give it (schemathesis'
+unsupported-method case): a 4xx with a JSON message, as dockerd's router answers, never a 5xx.
+
 Then `test_daemon_survived_and_restarts` checks that the daemon still runs, stops it with SIGTERM and starts it
 again on the same data dir: it answers, the swarm is active, every service, secret, config, network and node
 that existed before the restart is there afterwards with the same version (this replays the Raft log, so an
@@ -302,6 +305,38 @@ def test_no_server_errors(case: Any, fuzzed: Fuzzed) -> None:
         f.record({"operation": f"{case.method.upper()} {case.path}", "request": request, "note": note,
                   "status": status, "response": text})
         raise AssertionError(f"{request} ({note}) -> {status} {text[:500]}")
+
+
+def _undeclared() -> list[tuple[str, list[str]]]:
+    """(path template, methods the spec does not give it) of every swarm path of the spec."""
+    import yaml
+
+    paths = yaml.safe_load(SPEC.read_text())["paths"]
+    out = [(p, [m for m in ("GET", "POST", "PUT", "DELETE", "PATCH") if m.lower() not in paths[p]])
+           for p in sorted(paths) if re.search(SWARM_PATHS, p) and not re.search(NOT_SENT, p)]
+    return [(p, ms) for p, ms in out if ms]
+
+
+@pytest.mark.parametrize(("path", "methods"), _undeclared(), ids=[p for p, _ in _undeclared()])
+def test_undeclared_methods(fuzzed: Fuzzed, path: str, methods: list[str]) -> None:
+    """schemathesis' unsupported-method case, for every swarm path: dockerd's router answers a method it has no
+    route for with a 4xx and a JSON message (404 "page not found"), never a 5xx."""
+    f = fuzzed
+    url = f.base_url + path.replace("{id}", "x").replace("{name}", "x")
+    bad = []
+    for method in methods:
+        r = f.session.request(method, url, data=b"{}", headers={"Content-Type": "application/json"},
+                              timeout=REQUEST_TIMEOUT)
+        assert f.node.proc is not None and f.node.proc.poll() is None, f"the daemon exited:\n{f.node.log_tail(40)}"
+        try:
+            shaped = isinstance(r.json().get("message"), str)
+        except ValueError:
+            shaped = False
+        if not (400 <= r.status_code < 500 and shaped):
+            bad.append(f"{method} -> {r.status_code} {r.text[:300]}")
+            f.record({"operation": f"{method} {path}", "request": f"{method} {url} body={{}}", "note": "undeclared",
+                      "status": r.status_code, "response": r.text[:2000]})
+    assert not bad, f"{url}:\n" + "\n".join(bad)
 
 
 def test_daemon_survived_and_restarts(fuzzed: Fuzzed) -> None:
