@@ -11,7 +11,7 @@ data-root and exec-root, the offline busybox test image), so a node's bridges, v
 are its own and the leak audit counts only what the soak made. (Five nodes sharing one engine in one namespace do
 not work: every node binds the DNS server of an overlay on the same gateway address, "address already in use".)
 Managers m1, m2, m3 and workers w1, w2 are joined with the stock CLI on their namespace addresses. m3's data dir is
-a tmpfs (1 GiB, 384 MiB with --quick) so its disk can be filled. A network `soak-small` with a /28 subnet is the
+a tmpfs (1.5 GiB, 384 MiB with --quick) so its disk can be filled. A network `soak-small` with a /28 subnet is the
 IPAM probe: a service of 16 replicas on it gets as many addresses as the subnet has free, before and after.
 
 Churn, round after round until the time is up, each request through a manager picked at random (seeded):
@@ -22,9 +22,12 @@ read by name, and a register (a service label) written with its version and read
 history.
 
 Faults, once each, at fixed points of the run: kill -9 of the leader (restarted after a round); kill -9 of w1
-(restarted after a round); m2 stopped with SIGTERM while ~500 MiB of configs (400 KiB each; 40 MiB with --quick)
-are written through the others, then restarted and given two minutes to catch up; m3's tmpfs filled to the last
-byte while writes go on, then freed, and m3 given a minute to answer and catch up.
+(restarted after a round); a follower (m2, or m1 when m2 leads) stopped with SIGTERM while ~500 MiB of configs
+(400 KiB each; 40 MiB with --quick) are written through the others (a refused write is retried: an election may
+be under way), then restarted and given two minutes to catch up (its applied index at the leader's commit and as
+many configs in its store), the configs then removed; m3's tmpfs filled to the last byte while rounds go on, then
+freed, and m3 given a minute to catch up (restarted if it chose to exit), then killed with -9 and restarted on
+its data dir, and given a minute again.
 
 End. The churn's objects are removed and the cluster given a minute to settle; every config the history saw
 acknowledged is read through every manager (a follower forwards reads to the leader, so each manager's own store
@@ -45,6 +48,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -52,7 +56,6 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
@@ -200,7 +203,7 @@ class Soak:
         BASE.mkdir(parents=True, exist_ok=True)
         DATA.mkdir(parents=True, exist_ok=True)
         make_bridge(BRIDGE, f"{SUBNET}.1/24")
-        self.cluster = SoakCluster(BASE / "nodes", 384 if self.quick else 1024)
+        self.cluster = SoakCluster(BASE / "nodes", 384 if self.quick else 1536)
         self.c.start()
         m = self.c.by_name["m1"]
         m.docker("network", "create", "-d", "overlay", "--subnet", "10.250.0.0/28", "soak-small")
@@ -299,14 +302,18 @@ class Soak:
         """Addresses a 16-replica service gets on the /28 network (the subnet's free addresses)."""
         m = self.leader_or_any()
         name = self.name("probe")
-        m.docker("service", "create", "-d", "--no-resolve-image", "--name", name, "--network", "soak-small",
-                 "--replicas", str(PROBE_REPLICAS), IMAGE, *SLEEP)
+        sid = m.docker("service", "create", "-d", "-q", "--no-resolve-image", "--name", name, "--network",
+                       "soak-small", "--replicas", str(PROBE_REPLICAS), IMAGE, *SLEEP).stdout.strip()
+
+        def tasks() -> list[dict[str, Any]] | None:
+            status, body = self.api(m, "GET", "/tasks")
+            return [t for t in body if t.get("ServiceID") == sid] if status == 200 else None
 
         def addresses() -> int:
-            status, tasks = self.api(m, "GET", "/tasks?filters=" + quote(json.dumps({"service": [name]})))
-            if status != 200:
+            ts = tasks()
+            if ts is None:
                 return -1
-            return sum(1 for t in tasks for na in t.get("NetworksAttachments") or [] if na.get("Addresses"))
+            return sum(1 for t in ts for na in t.get("NetworksAttachments") or [] if na.get("Addresses"))
 
         seen: list[int] = []
 
@@ -317,13 +324,11 @@ class Soak:
         with contextlib.suppress(AssertionError):
             wait_until(settled, 30, interval=0.3)
         m.docker("service", "rm", name, check=False)
-        query = "/tasks?filters=" + quote(json.dumps({"service": [name]}))
         try:
-            wait_until(lambda: self.api(m, "GET", query) == (200, []), 90, interval=0.5)
+            wait_until(lambda: tasks() == [], 90, interval=0.5)
         except AssertionError:
-            status, tasks = self.api(m, "GET", query)
             states: dict[str, int] = {}
-            for t in tasks if status == 200 else []:
+            for t in tasks() or []:
                 k = f"{t['Status']['State']}/desired {t['DesiredState']}{'' if t.get('NodeID') else '/no node'}"
                 states[k] = states.get(k, 0) + 1
             self.problems.append(f"IPAM probe: 90 s after `service rm {name}` its tasks are still listed: {states}")
@@ -420,38 +425,37 @@ class Soak:
             self.problems.append(f"w1 not ready 60 s after its restart: {e}")
 
     def manager_down_bulk_write(self) -> None:
-        m2 = self.c.by_name["m2"]
+        lead = self.leader_or_any()
+        down = next(n for n in (self.c.by_name["m2"], self.c.by_name["m1"]) if n is not lead)  # a follower
         mib = 40 if self.quick else 500
         size = 400 * 1024
         count = mib * 1024 * 1024 // size
-        log(f"fault: m2 stopped (SIGTERM) while {count} configs of 400 KiB ({mib} MiB) are written")
-        m2.terminate()
+        log(f"fault: {down.hostname} (a follower) stopped with SIGTERM while {count} configs of 400 KiB ({mib} MiB) "
+            "are written")
+        down.terminate()
         payload = base64.b64encode(os.urandom(size)).decode()
-        acked, t0 = [], time.monotonic()
+        acked, refused, t0 = [], 0, time.monotonic()
         for i in range(count):
-            n = self.pick()
             name = f"bulk{i}"
-            status, body = self.api(n, "POST", "/configs/create", {"Name": name, "Data": payload})
-            if status == 201:
-                acked.append(name)
-            else:
-                self.count("bulk config create", False)
-                if i % 50 == 0:
+            for _attempt in range(40):  # through an election: 503 until there is a leader again
+                n = self.pick()
+                status, body = self.api(n, "POST", "/configs/create", {"Name": name, "Data": payload})
+                if status in (201, 409):  # 409: an earlier attempt that timed out went through
+                    acked.append(name)
+                    break
+                refused += 1
+                if refused % 20 == 1:
                     log(f"bulk write {name} on {n.hostname}: {status} {str(body)[:200]}")
+                time.sleep(0.25)  # back-off between retries of a refused write
         took = time.monotonic() - t0
-        self.figure(f"bulk write: {len(acked)}/{count} configs of 400 KiB acknowledged in {took:.0f} s "
-                    f"({len(acked) * size / took / 1e6:.1f} MB/s of payload)")
-        m2.start()
+        self.figure(f"bulk write with {down.hostname} down: {len(acked)}/{count} configs of 400 KiB acknowledged in "
+                    f"{took:.0f} s ({len(acked) * size / took / 1e6:.1f} MB/s of payload), {refused} refusals retried")
+        down.start()
         t1 = time.monotonic()
-        ok = self.wait_caught_up(m2, 120, "m2 after the bulk write")
-        if ok:
-            self.figure(f"m2 caught up {time.monotonic() - t1:.1f} s after its restart")
-            missing = [c for c in acked if self.api(m2, "GET", f"/configs/{c}")[0] != 200]
-            if missing:
-                self.problems.append(f"m2: {len(missing)} acknowledged bulk configs missing after catch-up, "
-                                     f"e.g. {missing[:3]}")
-        status_on_leader = self.c.manager_status(self.leader_or_any()).get("m2")
-        self.figure(f"m2 shown as {status_on_leader!r} by the leader")
+        if self.wait_caught_up(down, 120, f"{down.hostname} after the bulk write"):
+            self.figure(f"{down.hostname} caught up {time.monotonic() - t1:.1f} s after its restart")
+        status_on_leader = self.c.manager_status(self.leader_or_any()).get(down.hostname)
+        self.figure(f"{down.hostname} shown as {status_on_leader!r} by the leader")
         for c in acked:  # free the store again (the log keeps them until a snapshot)
             self.api(self.pick(), "DELETE", f"/configs/{c}")
 
@@ -462,11 +466,18 @@ class Soak:
         subprocess.run(["dd", "if=/dev/zero", f"of={filler}", "bs=1M"], capture_output=True)
         st = os.statvfs(m3.data_dir)
         self.figure(f"m3 disk filled: {st.f_bavail * st.f_frsize} bytes free")
-        for _ in range(3):
+        before = dict(self.counts)
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < (10 if self.quick else 60):  # churn goes on while m3's disk is full
             self.round()
+        failed = {k: v - before.get(k, 0) for k, v in self.counts.items() if "failed" in k and v > before.get(k, 0)}
+        self.figure(f"while m3's disk was full ({time.monotonic() - t0:.0f} s): failed operations {failed or 'none'}")
         status, body = self.api(m3, "GET", "/info")
         self.figure(f"m3 while full: /info {status}, swarm {body.get('Swarm', {}).get('LocalNodeState')!r}"
                     if isinstance(body, dict) else f"m3 while full: {status} {str(body)[:200]}")
+        st3 = self.c.raft(m3)
+        self.figure(f"m3 while full: applied {st3.get('applied')}, leader {st3.get('leader')}, "
+                    f"is_leader {st3.get('is_leader')}")
         alive = self.c.alive(m3)
         filler.unlink()
         log(f"m3 freed (daemon {'running' if alive else 'exited: ' + str(m3.proc.returncode if m3.proc else '')})")
@@ -476,15 +487,25 @@ class Soak:
             m3.start()
         if self.wait_caught_up(m3, 60, "m3 after its disk was freed"):
             hist.create_config(self.h, "c-m3", m3, self.name("cfg-after-disk"))
+        # What m3 wrote while full must have reached its disk, or come back from the leader: kill -9, restart.
+        m3.kill9()
+        try:
+            m3.start()
+        except Exception as e:
+            self.problems.append(f"m3 does not restart on its data dir after the disk-full episode: {e}")
+            return
+        self.wait_caught_up(m3, 60, "m3 after kill -9 and restart following the disk-full episode")
 
     def wait_caught_up(self, n: ShoalNode, timeout: float, what: str) -> bool:
         t0 = time.monotonic()
 
-        def level() -> bool:
+        def level() -> bool:  # its applied index at the leader's commit and as many configs in its store
             lead = [m for m in self.managers() if self.c.raft(m).get("is_leader")]
             if len(lead) != 1:
                 return False
-            return self.c.raft(n).get("applied", -1) >= self.c.raft(lead[0]).get("commit", 0) > 0
+            mine, theirs = self.c.raft(n), self.c.raft(lead[0])
+            return (mine.get("applied", -1) >= theirs.get("commit", 0) > 0
+                    and mine.get("objects", {}).get("config") == theirs.get("objects", {}).get("config"))
 
         try:
             wait_until(level, timeout, interval=0.5, what=what)
@@ -504,6 +525,7 @@ class Soak:
         self.setup()
         before = self.audit()
         log("audit at the start: " + json.dumps(before))
+        term0 = self.c.raft(self.leader_or_any()).get("term", 0)
         faults: list[tuple[float, Callable[[], None]]] = [
             (0.15, self.kill_leader), (0.3, self.kill_worker), (0.45, self.manager_down_bulk_write),
             (0.65, self.fill_disk)]
@@ -527,7 +549,8 @@ class Soak:
                 self.problems.append(f"round {rounds} failed: {type(e).__name__}: {e}")
                 traceback.print_exc()
             rounds += 1
-        self.figure(f"{rounds} churn rounds in {(time.monotonic() - t0) / 60:.1f} min")
+        self.figure(f"{rounds} churn rounds in {(time.monotonic() - t0) / 60:.1f} min; Raft term {term0} -> "
+                    f"{self.c.raft(self.leader_or_any()).get('term', 0)} (one kill -9 of the leader is one election)")
         self.quiesce()
         self.final_reads()
         after = self.audit()
@@ -561,13 +584,23 @@ class Soak:
         acked = sorted({op.key.split("/", 1)[1] for op in self.h.operations()
                         if op.kind == "create" and op.outcome.value == "ok" and op.result is True})
         lost: dict[str, list[str]] = {}
+        unanswered: dict[str, list[str]] = {}
         for n in self.c.managers_named():
             for name in acked:
-                if hist.read_config(self.h, f"final-{n.hostname}", n, name) != 200:
+                for _attempt in range(10):  # a read refused during an election is asked again
+                    status = hist.read_config(self.h, f"final-{n.hostname}", n, name)
+                    if status in (200, 404):
+                        break
+                    time.sleep(0.5)  # back-off before asking again
+                if status == 404:
                     lost.setdefault(n.hostname, []).append(name)
+                elif status != 200:
+                    unanswered.setdefault(n.hostname, []).append(f"{name}: {status}")
         self.figure(f"{len(acked)} acknowledged config creates read through each of the 3 managers")
         for host, names in lost.items():
-            self.problems.append(f"{host}: {len(names)} acknowledged configs not readable: {names[:5]}")
+            self.problems.append(f"{host}: {len(names)} acknowledged configs not readable (404): {names[:5]}")
+        for host, names in unanswered.items():
+            self.problems.append(f"{host}: reads of {len(names)} configs not answered after 10 tries: {names[:5]}")
         # Reads are answered by the leader (a follower forwards them), so each manager's own store is checked
         # too: as many configs as the leader's, and its applied index at the leader's commit.
         lead = self.leader_or_any()
@@ -659,6 +692,9 @@ def main() -> int:
     if os.geteuid() != 0:
         print("bench/soak needs root (network namespace, private dockerd, tmpfs)", file=sys.stderr)
         return 3
+    # kill/timeout: raise SystemExit so that the finally-block stops the daemons and removes the namespaces
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    signal.signal(signal.SIGHUP, lambda *_: sys.exit(129))
     soak = Soak(args.minutes, args.quick, args.seed)
     log(f"soak: {args.minutes} min{' (quick)' if args.quick else ''}, seed {args.seed}, {os.cpu_count()} CPUs, "
         f"load {os.getloadavg()[0]:.1f}")

@@ -99,10 +99,11 @@ ALLOWED_5XX = (
     Allowed("POST", r".*", 501, r"^rpc error: code = Unimplemented desc = ",
             "swarmkit refuses some changes as Unimplemented (renaming a service, changing its mode, moving "
             "networks); dockerd passes gRPC Unimplemented on as 501"),
-    Allowed(r".", r".", 501, r"^this node has no local container engine \(shoal runs with the process executor\)",
-            "a process-executor node has no engine: what dockerd does with its engine (network prune, plugins, "
-            "connecting a container) is answered 501, as dockerd answers a feature it does not have (the Go "
-            "client maps 501 to errdefs.NotImplemented)"),
+    Allowed(r"^(GET|POST)$", r"^/(networks/(\{id\}/(connect|disconnect)|prune)|plugins)$", 501,
+            r"^this node has no local container engine \(shoal runs with the process executor\)",
+            "the operations dockerd serves from its engine (connecting a container, pruning local networks, "
+            "listing plugins) on a node that has none: 501, as dockerd answers a feature it does not have (the "
+            "Go client maps 501 to errdefs.NotImplemented); a node with the docker executor relays them"),
 )
 
 
@@ -288,7 +289,8 @@ def _send(f: Fuzzed, case: Any) -> tuple[int, Any, str]:
 def test_no_server_errors(case: Any, fuzzed: Fuzzed) -> None:
     f = fuzzed
     note = _prepare(f, case)
-    request = f"{case.method.upper()} {case.formatted_path} query={case.query!r} body={str(case.body)[:1500]}"
+    body = "none" if type(case.body).__name__ == "NotSet" else json.dumps(case.body, default=repr)[:1500]
+    request = f"{case.method.upper()} {case.formatted_path} query={case.query!r} headers={case.headers!r} body={body}"
     try:
         status, body, text = _send(f, case)
     except requests.exceptions.RequestException as e:
