@@ -258,6 +258,7 @@ class Soak:
         mounts = Path("/proc/mounts").read_text().splitlines()
         a["mounts"] = sum(1 for ln in mounts if f" {BASE}/" in ln or f" {DATA}/" in ln)
         a["container processes"] = len(self.container_pids())
+        a["processes in the nodes' netns"] = self.netns_processes()
         a["ipam probe addresses"] = self.ipam_probe()
         for n in self.c.nodes:
             if self.c.alive(n):
@@ -274,6 +275,16 @@ class Soak:
         env.update(DOCKER_HOST=self.c.engines[name].url, DOCKER_CONFIG=str(BASE / "engine-cli"))
         cp = subprocess.run(["docker", *args], env=env, capture_output=True, text=True, timeout=60)
         return cp.stdout
+
+    def netns_processes(self) -> int:
+        """Processes in one of the nodes' namespaces: the daemons, dockerds, containerds, and any helper left."""
+        inodes = {os.stat(ns.path).st_ino for ns in self.c.netns.values()}
+        count = 0
+        for pid_s in os.listdir("/proc"):
+            if pid_s.isdigit():
+                with contextlib.suppress(OSError):
+                    count += os.stat(f"/proc/{pid_s}/ns/net").st_ino in inodes
+        return count
 
     def container_pids(self) -> list[int]:
         """Processes below the engine's containerd-shims (the containers' processes and the shims)."""
@@ -512,9 +523,17 @@ class Soak:
             log(f"{what}: level with the leader after {time.monotonic() - t0:.1f} s")
             return True
         except AssertionError:
-            lead = self.leader_or_any()
-            self.problems.append(f"{what}: not level with the leader after {timeout:.0f} s (applied "
-                                 f"{self.c.raft(n).get('applied')} against commit {self.c.raft(lead).get('commit')})")
+            leads = [m for m in self.managers() if self.c.raft(m).get("is_leader")]
+            if len(leads) != 1:
+                self.problems.append(f"{what}: after {timeout:.0f} s the managers still have no leader ({len(leads)} "
+                                     f"claim to lead; {n.hostname} applied {self.c.raft(n).get('applied')})")
+            else:
+                mine, theirs = self.c.raft(n), self.c.raft(leads[0])
+                self.problems.append(
+                    f"{what}: not level with the leader {leads[0].hostname} after {timeout:.0f} s (applied "
+                    f"{mine.get('applied')} against commit {theirs.get('commit')}, "
+                    f"{mine.get('objects', {}).get('config')} configs against "
+                    f"{theirs.get('objects', {}).get('config')})")
             log(self.problems[-1])
             return False
 
