@@ -43,6 +43,8 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
+from shoal.engineapi.engine_routes import is_engine_route
+
 __all__ = [
     "ENGINE_BAD_GATEWAY_STATUS",
     "ENGINE_UNREACHABLE_STATUS",
@@ -413,6 +415,8 @@ class EngineProxy:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if self._address is None or self._closed:
+            if not is_engine_route(request.method, request.get("route_path", request.path)):
+                return _error(404, "page not found")  # what the engine would answer, had it been there
             return _error(NO_ENGINE_STATUS, NO_ENGINE_MESSAGE)
         upgrade = _is_upgrade(request)
         try:

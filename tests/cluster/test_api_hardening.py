@@ -93,9 +93,22 @@ def test_network_connect_without_an_engine_is_501(shoal_module_node: ShoalNode, 
 
 
 @pytest.mark.parametrize(("method", "path"), [
+    ("POST", "/v1.47/networks/prune"), ("GET", "/v1.47/containers/json"),
+    ("GET", "/v1.47/images/library/busybox/json"), ("POST", "/v1.47/plugins/a/b:1/enable"),
+])
+def test_engine_routes_without_an_engine_are_501(shoal_module_node: ShoalNode, method: str, path: str) -> None:
+    status, answer = shoal_module_node.api(method, path)
+    assert status == 501 and "no local container engine" in answer["message"], (status, answer)
+
+
+@pytest.mark.parametrize(("method", "path"), [
     ("DELETE", "/v1.47/swarm"), ("PUT", "/v1.47/services/create"), ("PATCH", "/v1.47/nodes"),
     ("GET", "/v1/services"), ("GET", "/v1/_ping"), ("GET", "/vX.Y/info"), ("GET", "/nothing/here"),
     ("GET", "/v1.47/nothing"), ("GET", "/"), ("GET", "/v1.2.3/version"), ("GET", "/versions"),
+    # An engine path with a method the engine lacks is the engine's 404, not "no local engine".
+    ("PUT", "/v1.47/version"), ("DELETE", "/v1.47/_ping"), ("POST", "/v1.47/info"), ("PATCH", "/v1.47/events"),
+    ("PUT", "/v1.47/networks"), ("GET", "/v1.47/networks/x/connect"), ("POST", "/v1.47/plugins"),
+    ("PATCH", "/v1.47/containers/x"),
 ])
 def test_unknown_paths_and_methods_are_page_not_found(shoal_module_node: ShoalNode, method: str,
                                                       path: str) -> None:
