@@ -6,8 +6,18 @@ each test says which.
 
 from __future__ import annotations
 
+import datetime
 from dataclasses import replace
+from typing import Any
 
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+from cryptography.x509.oid import NameOID
+
+from shoal import ca as CA
+from shoal.errors import ShoalError
 from shoal.model.objects import SECOND, RestartPolicy
 from shoal.model.state import TaskState
 from shoal.testing.fakeexec import FakeBehavior
@@ -94,3 +104,63 @@ def test_restart_decided_by_the_tasks_own_policy() -> None:
     t = Task(id="t", spec=replace(svc.spec.task_template, restart_policy=RestartPolicy(condition="none")),
              status=TaskStatus(state=TaskState.FAILED, timestamp=10.0))
     assert restart_window(svc, t, 10.0) is None
+
+
+# --- an operator's signing CA, RSA or ECDSA -------------------------------------------------------------
+# swarmkit's ensureCertKeyMatch (ca/certificates.go) accepts RSA keys of 2048 bits or more and ECDSA keys on
+# P-256, P-384 and P-521; its signer signs with cfssl's DefaultSigAlgo for the key. dockerd 20.10 takes an
+# RSA-2048 root in `docker swarm ca --rotate --ca-cert --ca-key` and rotates to it.
+
+NOW = 1_800_000_000.0
+
+
+def _key(kind: str) -> Any:
+    if kind.startswith("rsa"):
+        return rsa.generate_private_key(public_exponent=65537, key_size=int(kind[3:]))
+    return ec.generate_private_key({"p256": ec.SECP256R1(), "p384": ec.SECP384R1(), "p521": ec.SECP521R1()}[kind])
+
+
+def _root(key: Any, name: str = "ops-root") -> tuple[str, str]:
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    start = datetime.datetime.fromtimestamp(NOW, datetime.UTC)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(1).not_valid_before(start).not_valid_after(start + datetime.timedelta(days=3650))
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .sign(key, hashes.SHA256()))
+    return (cert.public_bytes(serialization.Encoding.PEM).decode(),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                              serialization.NoEncryption()).decode())
+
+
+def _leaf(root: Any) -> str:
+    return CA.issue_node_cert(root, CA.make_csr(CA.new_key_pem()), "n1", "worker", "c1", NOW, 3600)
+
+
+@pytest.mark.parametrize("kind", ["rsa2048", "rsa3072", "p256", "p384", "p521"])
+def test_signing_ca_of_either_key_type_rotates(kind: str) -> None:
+    old = CA.create_root_ca(NOW)
+    cert, key = _root(_key(kind))
+    rot = CA.plan_ca_update(old, 0, cert, key, NOW)
+    assert CA.normalize_pem(rot.rotation_ca_cert_pem) == CA.normalize_pem(cert)
+    leaf = _leaf(rot)
+    assert CA.issuer_root(leaf, cert) and CA.chains_to(leaf, CA.signing_chain(rot), old.ca_cert_pem)
+    done = CA.finish_rotation(rot)
+    assert CA.issuer_root(_leaf(done), cert)
+    # and from that root on to a generated one (the cross-signature is made with the operator's key)
+    again = CA.plan_ca_update(done, 1, "", "", NOW)
+    assert CA.chains_to(_leaf(again), CA.signing_chain(again), cert)
+
+
+@pytest.mark.parametrize(("cert_kind", "key_kind", "message"), [
+    ("rsa2048", "p256", "certificate key mismatch"),
+    ("p256", "rsa2048", "certificate key mismatch"),
+    ("rsa1024", "rsa1024", "unsupported RSA key parameters"),
+])
+def test_signing_ca_refusals(cert_kind: str, key_kind: str, message: str) -> None:
+    ckey = _key(cert_kind)
+    cert, key = _root(ckey)
+    if key_kind != cert_kind:
+        key = _root(_key(key_kind))[1]
+    with pytest.raises(ShoalError) as e:
+        CA.plan_ca_update(CA.create_root_ca(NOW), 0, cert, key, NOW)
+    assert e.value.message == f"rpc error: code = InvalidArgument desc = {message}"
