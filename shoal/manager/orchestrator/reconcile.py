@@ -75,13 +75,14 @@ def restart_window(svc: Service, t: Task, now: float) -> tuple[float, ...] | Non
     if t.status.state == TaskState.COMPLETE and (svc.spec.mode.is_job or policy.condition != "any"):
         return None
     history = t.restart_history
-    if policy.window > 0:
+    window = policy.window or 0
+    if window > 0:
         # The window is looked at from the moment the task ended, not from now: the decision
         # must not change when the reconciler happens to look again later (a task left failed
         # stays failed, as swarmkit decides once, at the failure).
         ended_at = min(now, max(t.status.timestamp, history[-1] if history else 0.0))
-        history = tuple(h for h in history if ended_at - h < policy.window / SECOND)
-    if policy.max_attempts > 0 and len(history if policy.window > 0 else range(t.restart_count)) \
+        history = tuple(h for h in history if ended_at - h < window / SECOND)
+    if policy.max_attempts > 0 and len(history if window > 0 else range(t.restart_count)) \
             >= policy.max_attempts:
         return None  # max attempts reached: left failed
     return history
@@ -206,7 +207,7 @@ class Reconciler:
                 continue  # not restarted: its slot stays occupied by it (see slot_holders)
             policy = restart_policy(svc, t)
             # The replacement always gets the current spec, even while an update is paused.
-            delay = policy.delay / SECOND
+            delay = policy.delay_or_default / SECOND
             tx.create(make_task(
                 svc, tid=self.new_id(), slot=t.slot, node_id=t.node_id if t.slot == 0 else "",
                 now=now, desired=TaskState.READY if delay > 0 else TaskState.RUNNING,

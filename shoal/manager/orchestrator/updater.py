@@ -148,7 +148,7 @@ class Updater:
             # (a slot the restart policy is still working on) stays quiet instead of flapping the status.
             await self._set_status("updating", "update in progress")
         total = len(slots)
-        monitor = cfg.monitor / SECOND
+        monitor = cfg.monitor_or_default / SECOND
         tripped: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         # Subscribe before the first task is made, so no status change of ours is missed.
         sub = self.store.watch(kinds=("task",), limit=1_000_000)
