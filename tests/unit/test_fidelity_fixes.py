@@ -164,3 +164,117 @@ def test_signing_ca_refusals(cert_kind: str, key_kind: str, message: str) -> Non
     with pytest.raises(ShoalError) as e:
         CA.plan_ca_update(CA.create_root_ca(NOW), 0, cert, key, NOW)
     assert e.value.message == f"rpc error: code = InvalidArgument desc = {message}"
+
+
+# --- swarm specs: labels, autolock, the init Spec onto a kept cluster ---------------------------------------
+# dockerd 20.10, checked by hand: POST /swarm/update with "Labels": {} leaves GET /swarm's Spec.Labels {};
+# POST /swarm/init with only the top-level AutoLockManagers: true ends with autolock off (initClusterSpec
+# sets it from Spec.EncryptionConfig); POST /swarm/init {"ForceNewCluster": true, "Spec": {"Labels": {}}}
+# keeps the labels, {"Labels": {"x": "y"}} replaces them, and an absent EncryptionConfig turns autolock off.
+
+
+def test_swarm_update_empty_labels_clear_them() -> None:
+    from shoal.engineapi.convert import swarm_spec_from_wire
+    from shoal.model.objects import Annotations, SwarmSpec
+
+    cur = SwarmSpec(annotations=Annotations(name="default", labels={"a": "b"}))
+    assert dict(swarm_spec_from_wire({"Labels": {}}, cur).annotations.labels) == {}
+    assert dict(swarm_spec_from_wire({"Labels": {"c": "d"}}, cur).annotations.labels) == {"c": "d"}
+    assert dict(swarm_spec_from_wire({"Name": "default"}, cur).annotations.labels) == {"a": "b"}
+
+
+def test_swarm_init_autolock_is_the_specs() -> None:
+    from shoal.engineapi.convert import init_request_from_wire
+
+    assert not init_request_from_wire({"AutoLockManagers": True}).spec.autolock_managers
+    assert init_request_from_wire({"Spec": {"EncryptionConfig": {"AutoLockManagers": True}}}).spec.autolock_managers
+
+
+def test_init_spec_onto_a_kept_cluster() -> None:
+    from shoal.engineapi.convert import init_spec_onto
+    from shoal.model.objects import Annotations, SwarmSpec
+
+    cur = SwarmSpec(annotations=Annotations(name="default", labels={"a": "b"}), task_history_retention_limit=7,
+                    autolock_managers=True)
+    kept = init_spec_onto({"ForceNewCluster": True, "Spec": {"Labels": {}}}, cur)
+    assert dict(kept.annotations.labels) == {"a": "b"} and kept.task_history_retention_limit == 7
+    assert not kept.autolock_managers
+    new = init_spec_onto({"Spec": {"Labels": {"x": "y"}, "Orchestration": {"TaskHistoryRetentionLimit": 3},
+                                   "EncryptionConfig": {"AutoLockManagers": True}}}, cur)
+    assert dict(new.annotations.labels) == {"x": "y"} and new.task_history_retention_limit == 3
+    assert new.autolock_managers
+
+
+# --- a value sent explicitly comes back as sent ---------------------------------------------------------
+# The rule: where swarmkit's protobuf keeps presence (a Duration or BoolValue message, a sub-message) and
+# dockerd's types carry a pointer, an explicit zero comes back; where dockerd's converter drops a zero
+# (UpdateConfig.Monitor 0, an empty BindOptions), it is gone. Each expected answer below is what dockerd
+# 20.10 returned for the same POST /services/create body (GET /services/{id}, and with ?insertDefaults=true).
+
+_CS = {"Image": "busybox", "Command": ["sleep", "1000"]}
+
+
+def _roundtrip(body: dict[str, Any], *, insert_defaults: bool = False) -> dict[str, Any]:
+    from shoal.engineapi.convert import service_spec_from_wire, service_to_wire
+    from shoal.model.objects import Service
+
+    spec = service_spec_from_wire({"Name": "s", **body})
+    return service_to_wire(Service(id="x", spec=spec), insert_defaults=insert_defaults)
+
+
+def test_restart_policy_window_zero_comes_back() -> None:
+    # docker-py's RestartPolicy(condition="on-failure") sends every field, Window 0 included
+    rp = {"Condition": "on-failure", "Delay": 0, "MaxAttempts": 0, "Window": 0}
+    got = _roundtrip({"TaskTemplate": {"ContainerSpec": _CS, "RestartPolicy": rp}})
+    assert got["Spec"]["TaskTemplate"]["RestartPolicy"] == rp
+
+
+@pytest.mark.parametrize(("sent", "shown", "with_defaults"), [
+    ({"Condition": "on-failure"}, {"Condition": "on-failure", "MaxAttempts": 0},
+     {"Condition": "on-failure", "Delay": 5 * SECOND, "MaxAttempts": 0}),
+    ({}, {"Condition": "any", "MaxAttempts": 0}, {"Condition": "any", "Delay": 5 * SECOND, "MaxAttempts": 0}),
+    ({"Window": 7 * SECOND}, {"Condition": "any", "MaxAttempts": 0, "Window": 7 * SECOND},
+     {"Condition": "any", "Delay": 5 * SECOND, "MaxAttempts": 0, "Window": 7 * SECOND}),
+])
+def test_restart_policy_absent_durations_stay_absent(sent: dict[str, Any], shown: dict[str, Any],
+                                                     with_defaults: dict[str, Any]) -> None:
+    body = {"TaskTemplate": {"ContainerSpec": _CS, "RestartPolicy": sent}}
+    assert _roundtrip(body)["Spec"]["TaskTemplate"]["RestartPolicy"] == shown
+    assert _roundtrip(body, insert_defaults=True)["Spec"]["TaskTemplate"]["RestartPolicy"] == with_defaults
+
+
+def test_update_monitor_zero_is_not_shown() -> None:
+    got = _roundtrip({"TaskTemplate": {"ContainerSpec": _CS}, "UpdateConfig": {"Parallelism": 1, "Monitor": 0}})
+    assert got["Spec"]["UpdateConfig"] == {"Parallelism": 1, "FailureAction": "pause", "MaxFailureRatio": 0,
+                                           "Order": "stop-first"}
+    got = _roundtrip({"TaskTemplate": {"ContainerSpec": _CS}, "UpdateConfig": {}}, insert_defaults=True)
+    assert got["Spec"]["UpdateConfig"]["Monitor"] == 5 * SECOND
+
+
+def test_empty_bind_options_and_privileges_as_dockerd() -> None:
+    cs = {**_CS, "Mounts": [{"Type": "bind", "Source": "/tmp", "Target": "/a", "BindOptions": {}}],
+          "Privileges": {"SELinuxContext": {"Disable": True}}}
+    got = _roundtrip({"TaskTemplate": {"ContainerSpec": cs}})["Spec"]["TaskTemplate"]["ContainerSpec"]
+    assert got["Mounts"] == [{"Type": "bind", "Source": "/tmp", "Target": "/a"}]
+    assert got["Privileges"] == {"CredentialSpec": None, "SELinuxContext": {
+        "Disable": True, "User": "", "Role": "", "Type": "", "Level": ""}}
+
+
+def test_restart_delay_absent_waits_swarmkits_default() -> None:
+    assert RestartPolicy().delay_or_default == 5 * SECOND and RestartPolicy(delay=0).delay_or_default == 0
+
+
+# --- Endpoint of a service that needs no allocation ------------------------------------------------------
+# dockerd 20.10: `docker service create --endpoint-mode dnsrr` (no ports, with or without networks) and a vip
+# service without ports or networks both show "Endpoint": {"Spec": {}}: swarmkit's allocator copies the
+# endpoint spec only for a service it allocates (IsServiceAllocated).
+
+
+def test_dnsrr_without_ports_has_an_empty_endpoint() -> None:
+    from shoal.engineapi.convert import service_to_wire
+    from shoal.model.objects import Endpoint, EndpointSpec, Service
+
+    spec = service_spec("s")
+    svc = Service(id="x", spec=replace(spec, endpoint_spec=EndpointSpec(mode="dnsrr")),
+                  endpoint=Endpoint(spec=EndpointSpec(mode="dnsrr")))  # as the allocator records it
+    assert service_to_wire(svc)["Endpoint"] == {"Spec": {}}

@@ -136,17 +136,23 @@ def swarm_spec_from_wire(body: Any, base: SwarmSpec | None = None) -> SwarmSpec:
     """A swarm Spec merged onto `base` the way dockerd merges it (MergeSwarmSpecToGRPC).
 
     Zero values keep `base`'s value (so `docker swarm update --cert-expiry 48h` leaves everything else),
-    except CAConfig.ForceRotate and EncryptionConfig.AutoLockManagers, which are always taken from the body.
+    except CAConfig.ForceRotate and EncryptionConfig.AutoLockManagers, which are always taken from the body,
+    and, on update, Labels when present (an empty map clears them, as dockerd's).
     For POST /swarm/init pass no base (the defaults); for POST /swarm/update pass the current spec.
     """
     o = Obj.root(body, "Spec")
-    return _merge_spec(o, base or SwarmSpec())
+    return _merge_spec(o, base or SwarmSpec(), update=base is not None)
 
 
-def _merge_spec(o: Obj, s: SwarmSpec) -> SwarmSpec:
+def _merge_spec(o: Obj, s: SwarmSpec, *, update: bool = False) -> SwarmSpec:
     name = o.string("Name")
-    labels = o.str_map("Labels")
-    ann = Annotations(name=name or s.annotations.name, labels=labels if labels else s.annotations.labels)
+    labels = o.opt_str_map("Labels")
+    if update:
+        # dockerd's Update takes the labels as sent: {} clears them (only an absent field keeps them here).
+        keep_labels = labels is None
+    else:
+        keep_labels = not labels  # init merges: only a non-empty map replaces (MergeSwarmSpecToGRPC's len != 0)
+    ann = Annotations(name=name or s.annotations.name, labels=s.annotations.labels if keep_labels else labels or {})
     orch = o.obj("Orchestration", "OrchestrationConfig")
     thrl = orch.opt_int("TaskHistoryRetentionLimit") if orch is not None else None
     raft_o = o.obj("Raft", "RaftConfig") or Obj({}, "RaftConfig", "Raft")
@@ -336,6 +342,8 @@ def init_request_from_wire(body: Any) -> InitRequest:
         port = 4789
     elif port < 1024 or port > 49151:
         raise InvalidArgument(f"Datapath port number is not in valid range (1024-49151) : {port}")
+    # The top-level AutoLockManagers only starts the node locked: dockerd's initClusterSpec then sets the
+    # cluster's autolock from Spec.EncryptionConfig (the CLI sends both), so the Spec's flag is what lasts.
     autolock = o.boolean("AutoLockManagers")
     return InitRequest(
         listen_addr=listen,
@@ -345,10 +353,18 @@ def init_request_from_wire(body: Any) -> InitRequest:
         default_addr_pool=tuple(pools) if pools else ("10.0.0.0/8",),
         subnet_size=size or 24,
         force_new_cluster=o.boolean("ForceNewCluster"),
-        spec=replace(spec, autolock_managers=autolock or spec.autolock_managers),
-        autolock_managers=autolock or spec.autolock_managers,
+        spec=spec,
+        autolock_managers=autolock,
         availability=_availability(o),
     )
+
+
+def init_spec_onto(body: Any, base: SwarmSpec) -> SwarmSpec:
+    """POST /swarm/init's Spec merged onto the spec of the cluster the init made or kept (dockerd's
+    initClusterSpec, MergeSwarmSpecToGRPC): what is zero or absent keeps `base`'s value, except
+    EncryptionConfig.AutoLockManagers and CAConfig.ForceRotate, always the request's."""
+    spec_o = Obj.root(body, "InitRequest").obj("Spec", "Spec") or Obj({}, "Spec", "Spec")
+    return _merge_spec(spec_o, base)
 
 
 def join_request_from_wire(body: Any) -> JoinRequest:
