@@ -1101,7 +1101,13 @@ def _find_swarm_network(request: web.Request, ref: str) -> Network | None:
 
 @route("GET", "/networks/{id}", leader=False)
 async def network_inspect(request: web.Request) -> web.StreamResponse:
-    net = _find_swarm_network(request, param(request, "id"))
+    ref = param(request, "id")
+    net = _find_swarm_network(request, ref)
+    if net is not None and not net.id.startswith(ref) and request.query.get("scope", "") not in ("", "swarm"):
+        # dockerd's getNetwork: a swarm network found by its ID (or a prefix) whatever the scope asked, by
+        # its name only when no scope or "swarm" is asked; ?scope=global or local looks no further than the
+        # local engine's networks of that scope.
+        net = None
     if net is None:
         if request.app[ENGINE_KEY].engine_host is not None:
             return await request.app[PROXY_KEY].handle(request)
