@@ -539,7 +539,7 @@ class SwarmSpec:
     heartbeat_period: int = 5 * SECOND
     ca_config: CAConfig = field(default_factory=CAConfig)
     autolock_managers: bool = False
-    task_defaults_log_driver: LogDriver | None = None
+    # (no TaskDefaults: dockerd never converts it, and an older log keeps it harmlessly: unknown keys are ignored)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -278,3 +278,17 @@ def test_dnsrr_without_ports_has_an_empty_endpoint() -> None:
     svc = Service(id="x", spec=replace(spec, endpoint_spec=EndpointSpec(mode="dnsrr")),
                   endpoint=Endpoint(spec=EndpointSpec(mode="dnsrr")))  # as the allocator records it
     assert service_to_wire(svc)["Endpoint"] == {"Spec": {}}
+
+
+def test_task_defaults_are_ignored_as_dockerd_does() -> None:
+    # dockerd (20.10 to 28) never converts Spec.TaskDefaults: after POST /swarm/update with
+    # {"TaskDefaults": {"LogDriver": {"Name": "json-file"}}}, GET /swarm shows "TaskDefaults": {}
+    from shoal.engineapi.convert import swarm_spec_from_wire, swarm_spec_to_wire
+    from shoal.errors import InvalidArgument
+    from shoal.model.objects import SwarmSpec
+
+    spec = swarm_spec_from_wire({"TaskDefaults": {"LogDriver": {"Name": "json-file",
+                                                                "Options": {"max-size": "1m"}}}}, SwarmSpec())
+    assert swarm_spec_to_wire(spec)["TaskDefaults"] == {}
+    with pytest.raises(InvalidArgument, match="cannot unmarshal number into Go struct field"):
+        swarm_spec_from_wire({"TaskDefaults": {"LogDriver": {"Name": 1}}}, SwarmSpec())

@@ -23,7 +23,6 @@ from shoal.model.objects import (
     ExternalCA,
     IPAMConfig,
     IPAMOptions,
-    LogDriver,
     Network,
     NetworkSpec,
     Node,
@@ -193,6 +192,9 @@ def _merge_spec(o: Obj, s: SwarmSpec, *, update: bool = False) -> SwarmSpec:
     enc = o.obj("EncryptionConfig", "EncryptionConfig")
     td = o.obj("TaskDefaults", "TaskDefaults")
     ld = td.obj("LogDriver", "Driver") if td is not None else None
+    if ld is not None:  # decoded (a wrong type is still a 400), then dropped: no dockerd converts it to swarmkit
+        ld.string("Name")
+        ld.str_map("Options")
     spec = replace(
         s,
         annotations=ann,
@@ -201,11 +203,6 @@ def _merge_spec(o: Obj, s: SwarmSpec, *, update: bool = False) -> SwarmSpec:
         heartbeat_period=hb or s.heartbeat_period,
         ca_config=ca,
         autolock_managers=enc.boolean("AutoLockManagers") if enc is not None else False,
-        task_defaults_log_driver=(
-            LogDriver(name=ld.string("Name"), options=ld.str_map("Options"))
-            if ld is not None
-            else s.task_defaults_log_driver
-        ),
     )
     if spec.heartbeat_period < 0:
         raise _rpc_invalid("heartbeat time period cannot be a negative duration")
@@ -226,11 +223,8 @@ def swarm_spec_to_wire(s: SwarmSpec) -> JSONDict:
     put(ca, "ExternalCAs", ext)
     put(ca, "ForceRotate", s.ca_config.force_rotate)  # signing cert/key are never shown
     td: JSONDict = {}
-    if s.task_defaults_log_driver is not None:
-        ld: JSONDict = {}
-        put(ld, "Name", s.task_defaults_log_driver.name)
-        put(ld, "Options", dict(s.task_defaults_log_driver.options))
-        td["LogDriver"] = ld
+    # Spec.TaskDefaults is never converted by dockerd (20.10 to 28): GET /swarm always shows {}, even for a
+    # cluster stored with a log driver by an older Shoal.
     raft: JSONDict = {}
     put(raft, "SnapshotInterval", s.raft.snapshot_interval)
     raft["KeepOldSnapshots"] = s.raft.keep_old_snapshots
