@@ -497,10 +497,14 @@ async def swarm_init(request: web.Request) -> web.StreamResponse:
         # signing root starts a rotation to it).
         mgr = manager_of(request)
         cur = mgr.controlapi.cluster()
-        await mgr.controlapi.update_swarm(
-            cur.meta.version, C.init_spec_onto(body, cur.spec), False, False, False,
-            lambda c: make_join_token(c.root_ca, node.rng),
-            ca_update=lambda c, sp: CA.apply_ca_spec(c, sp, node.clock.now()))
+        try:
+            await mgr.controlapi.update_swarm(
+                cur.meta.version, C.init_spec_onto(body, cur.spec), False, False, False,
+                lambda c: make_join_token(c.root_ca, node.rng),
+                ca_update=lambda c, sp: CA.apply_ca_spec(c, sp, node.clock.now()))
+        except ShoalError as e:
+            # dockerd wraps it in a plain error (500); the swarm stays, as it was made or kept
+            raise ShoalError(f"error updating cluster settings: {e.message}") from e
     return json_ok(node_id)
 
 

@@ -196,6 +196,18 @@ def test_signing_ca_at_init_and_update_rsa_and_ec(node: ShoalNode, tmp_path: Pat
     wait_until(lambda: _rotated_to(node, rsa2_cert), 60, what="the root to rotate to the second RSA CA")
 
 
+def test_signing_ca_refused_at_init_leaves_the_swarm(node: ShoalNode) -> None:
+    # dockerd 20.10: POST /swarm/init with a signing key not the certificate's -> 500 "error updating cluster
+    # settings: rpc error: code = InvalidArgument desc = certificate key mismatch", the node in its new swarm
+    cert, _ = _root(rsa.generate_private_key(public_exponent=65537, key_size=2048), "ops-a")
+    _, other_key = _root(rsa.generate_private_key(public_exponent=65537, key_size=2048), "ops-b")
+    st, out = _api(node, "POST", "/swarm/init", _init_body(
+        Spec={"CAConfig": {"SigningCACert": cert, "SigningCAKey": other_key}}))
+    assert (st, out) == (500, {"message": "error updating cluster settings: rpc error: code = InvalidArgument "
+                                          "desc = certificate key mismatch"})
+    assert node.docker("info", "--format", "{{.Swarm.LocalNodeState}}").stdout.strip() == "active"
+
+
 # --- one swarm for the read-only checks ---------------------------------------------------------------------
 
 
