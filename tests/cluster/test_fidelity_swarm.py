@@ -97,6 +97,12 @@ def test_update_with_empty_labels_clears_them(node: ShoalNode) -> None:
     assert _spec(node)["Labels"] == {"a": "b"}
     _update(node, Labels={})
     assert _spec(node)["Labels"] == {}
+    # dockerd: an update without Labels clears them too (the spec is taken whole, as for nodes and services)
+    _update(node, Labels={"a": "b"})
+    sw = _api(node, "GET", "/swarm")[1]
+    spec = {k: v for k, v in sw["Spec"].items() if k != "Labels"}
+    assert _api(node, "POST", f"/swarm/update?version={sw['Version']['Index']}", spec)[0] == 200
+    assert _spec(node)["Labels"] == {}
 
 
 def test_force_new_cluster_outside_a_swarm_creates_one(node: ShoalNode) -> None:

@@ -167,7 +167,8 @@ def test_signing_ca_refusals(cert_kind: str, key_kind: str, message: str) -> Non
 
 
 # --- swarm specs: labels, autolock, the init Spec onto a kept cluster ---------------------------------------
-# dockerd 20.10, checked by hand: POST /swarm/update with "Labels": {} leaves GET /swarm's Spec.Labels {};
+# dockerd 20.10, checked by hand: POST /swarm/update with "Labels": {} leaves GET /swarm's Spec.Labels {}
+# (moby's Cluster.Update converts the request's spec onto an empty one, so absent labels are gone too);
 # POST /swarm/init with only the top-level AutoLockManagers: true ends with autolock off (initClusterSpec
 # sets it from Spec.EncryptionConfig); POST /swarm/init {"ForceNewCluster": true, "Spec": {"Labels": {}}}
 # keeps the labels, {"Labels": {"x": "y"}} replaces them, and an absent EncryptionConfig turns autolock off.
@@ -180,7 +181,8 @@ def test_swarm_update_empty_labels_clear_them() -> None:
     cur = SwarmSpec(annotations=Annotations(name="default", labels={"a": "b"}))
     assert dict(swarm_spec_from_wire({"Labels": {}}, cur).annotations.labels) == {}
     assert dict(swarm_spec_from_wire({"Labels": {"c": "d"}}, cur).annotations.labels) == {"c": "d"}
-    assert dict(swarm_spec_from_wire({"Name": "default"}, cur).annotations.labels) == {"a": "b"}
+    # absent clears them too: dockerd's update takes the whole spec as sent (so do node and service updates)
+    assert dict(swarm_spec_from_wire({"Name": "default"}, cur).annotations.labels) == {}
 
 
 def test_swarm_init_autolock_is_the_specs() -> None:

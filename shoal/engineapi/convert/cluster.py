@@ -136,7 +136,9 @@ def swarm_spec_from_wire(body: Any, base: SwarmSpec | None = None) -> SwarmSpec:
 
     Zero values keep `base`'s value (so `docker swarm update --cert-expiry 48h` leaves everything else),
     except CAConfig.ForceRotate and EncryptionConfig.AutoLockManagers, which are always taken from the body,
-    and, on update, Labels when present (an empty map clears them, as dockerd's).
+    and, on update, Labels (an empty or absent map clears them, as dockerd's). dockerd's update replaces the
+    whole spec (a zero heartbeat period, election tick... is stored as sent); Shoal keeps the current value
+    for those, so that a partial spec cannot zero what the cluster runs by.
     For POST /swarm/init pass no base (the defaults); for POST /swarm/update pass the current spec.
     """
     o = Obj.root(body, "Spec")
@@ -147,8 +149,8 @@ def _merge_spec(o: Obj, s: SwarmSpec, *, update: bool = False) -> SwarmSpec:
     name = o.string("Name")
     labels = o.opt_str_map("Labels")
     if update:
-        # dockerd's Update takes the labels as sent: {} clears them (only an absent field keeps them here).
-        keep_labels = labels is None
+        # dockerd's Update takes the labels as sent, as for nodes and services: {} or none clears them.
+        keep_labels = False
     else:
         keep_labels = not labels  # init merges: only a non-empty map replaces (MergeSwarmSpecToGRPC's len != 0)
     ann = Annotations(name=name or s.annotations.name, labels=s.annotations.labels if keep_labels else labels or {})
