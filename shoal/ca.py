@@ -22,7 +22,7 @@ from dataclasses import dataclass, replace
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
 from shoal.errors import InvalidArgument, ShoalError
@@ -76,6 +76,25 @@ def create_root_ca(now: float, years: int = 20) -> RootCA:
 _CA_USAGE = x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
                           data_encipherment=False, key_agreement=False, key_cert_sign=True, crl_sign=True,
                           encipher_only=False, decipher_only=False)
+
+
+CAKey = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
+
+
+def _ca_key(key_pem: str) -> CAKey:
+    """A root's signing key: ECDSA (the roots Shoal makes) or RSA (an operator's root, as swarmkit accepts)."""
+    key = serialization.load_pem_private_key(key_pem.encode(), None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey), type(key)
+    return key
+
+
+def _sig_hash(key: CAKey) -> hashes.SHA256 | hashes.SHA384 | hashes.SHA512:
+    """The digest cfssl's DefaultSigAlgo picks for the key, as swarmkit's signer uses."""
+    if isinstance(key, rsa.RSAPrivateKey):
+        bits = key.key_size
+        return hashes.SHA512() if bits >= 4096 else hashes.SHA384() if bits >= 3072 else hashes.SHA256()
+    name = key.curve.name
+    return hashes.SHA512() if name == "secp521r1" else hashes.SHA384() if name == "secp384r1" else hashes.SHA256()
 
 
 def root_of(cert_pem: str, key_pem: str = "") -> RootCA:
@@ -192,8 +211,7 @@ def issue_node_cert(root: RootCA, csr_pem: str, node_id: str, role: str, cluster
             raise ShoalError("this CA cannot issue certificates: no signing key")
         root = RootCA(ca_cert_pem=root.rotation_ca_cert_pem, ca_key_pem=root.rotation_ca_key_pem)
     ca_cert = x509.load_pem_x509_certificate(root.ca_cert_pem.encode())
-    ca_key = serialization.load_pem_private_key(root.ca_key_pem.encode(), None)
-    assert isinstance(ca_key, ec.EllipticCurvePrivateKey)
+    ca_key = _ca_key(root.ca_key_pem)
     ou = ROLE_OU[role]
     start = datetime.datetime.fromtimestamp(now, datetime.UTC) - datetime.timedelta(minutes=5)
     end = datetime.datetime.fromtimestamp(now + expiry_s, datetime.UTC)
@@ -217,7 +235,7 @@ def issue_node_cert(root: RootCA, csr_pem: str, node_id: str, role: str, cluster
                                               x509.oid.ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
         .add_extension(x509.SubjectAlternativeName([x509.DNSName(ou), x509.DNSName(node_id)]), critical=False)
         .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
-        .sign(ca_key, hashes.SHA256())
+        .sign(ca_key, _sig_hash(ca_key))
     )
     return cert.public_bytes(serialization.Encoding.PEM).decode()
 
@@ -310,8 +328,7 @@ def cross_sign(new_root_pem: str, old: RootCA) -> str:
         raise _rpc_invalid("rotating from one external CA to a different external CA is not supported")
     new = x509.load_pem_x509_certificate(new_root_pem.encode())
     old_cert = x509.load_pem_x509_certificate(old.ca_cert_pem.encode())
-    old_key = serialization.load_pem_private_key(old.ca_key_pem.encode(), None)
-    assert isinstance(old_key, ec.EllipticCurvePrivateKey)
+    old_key = _ca_key(old.ca_key_pem)
     b = (x509.CertificateBuilder().subject_name(new.subject).issuer_name(old_cert.subject)
          .public_key(new.public_key()).serial_number(x509.random_serial_number())
          .not_valid_before(new.not_valid_before_utc).not_valid_after(min(new.not_valid_after_utc,
@@ -320,7 +337,7 @@ def cross_sign(new_root_pem: str, old: RootCA) -> str:
          .add_extension(_CA_USAGE, critical=True)
          .add_extension(x509.SubjectKeyIdentifier.from_public_key(new.public_key()), critical=False)
          .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(old_key.public_key()), critical=False))
-    return b.sign(old_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM).decode()
+    return b.sign(old_key, _sig_hash(old_key)).public_bytes(serialization.Encoding.PEM).decode()
 
 
 def validate_signing_root(cert_pem: str, key_pem: str, now: float) -> RootCA:
@@ -351,12 +368,30 @@ def validate_signing_root(cert_pem: str, key_pem: str, now: float) -> RootCA:
             key = serialization.load_pem_private_key(key_pem.encode(), None)
         except (ValueError, TypeError):
             raise _rpc_invalid("invalid signing CA key: could not parse it") from None
-        if not isinstance(key, ec.EllipticCurvePrivateKey) or key.public_key().public_numbers() != \
-                getattr(cert.public_key(), "public_numbers", lambda: None)():
-            raise _rpc_invalid("certificate key mismatch")
+        _check_cert_key_match(cert, key)
         key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                     serialization.NoEncryption()).decode()
     return root_of(pems[0], key_pem)
+
+
+def _check_cert_key_match(cert: x509.Certificate, key: object) -> None:
+    """swarmkit's ensureCertKeyMatch: RSA of 2048 bits or more, or ECDSA on P-256/384/521, and the key must
+    be the certificate's."""
+    pub = cert.public_key()
+    if isinstance(pub, rsa.RSAPublicKey):
+        nums = pub.public_numbers()
+        if pub.key_size < 2048 or nums.e == 1:
+            raise _rpc_invalid("unsupported RSA key parameters")
+        if isinstance(key, rsa.RSAPrivateKey) and key.public_key().public_numbers() == nums:
+            return
+    elif isinstance(pub, ec.EllipticCurvePublicKey):
+        if pub.curve.name not in ("secp256r1", "secp384r1", "secp521r1"):
+            raise _rpc_invalid("unsupported ECDSA key parameters")
+        if isinstance(key, ec.EllipticCurvePrivateKey) and key.public_key().public_numbers() == pub.public_numbers():
+            return
+    else:
+        raise _rpc_invalid("unknown or unsupported certificate public key algorithm")
+    raise _rpc_invalid("certificate key mismatch")
 
 
 def external_ca_unreachable() -> InvalidArgument:

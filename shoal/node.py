@@ -551,9 +551,12 @@ class ShoalNode:
                 if not opts.force_new_cluster:
                     raise Unavailable(M.SWARM_EXISTS)
                 return await self._force_new_cluster()
-            if opts.force_new_cluster:
-                raise Unavailable(M.NO_SWARM)
+            # ForceNewCluster on a node outside any swarm is a plain init, as dockerd's.
             spec = opts.spec or SwarmSpec()
+            # An operator's signing root and ForceRotate come after the cluster exists, through a cluster update
+            # (dockerd's initClusterSpec: UpdateCluster, which starts a root rotation): see the init route.
+            spec = replace(spec, ca_config=replace(spec.ca_config, signing_ca_cert="", signing_ca_key="",
+                                                   force_rotate=0))
             if not spec.annotations.name:
                 spec = replace(spec, annotations=Annotations(name="default", labels=spec.annotations.labels))
             if spec.annotations.name != "default":

@@ -482,12 +482,29 @@ async def swarm_inspect(request: web.Request) -> web.StreamResponse:
 
 @route("POST", "/swarm/init", leader=False)
 async def swarm_init(request: web.Request) -> web.StreamResponse:
-    req = C.init_request_from_wire(await read_json(request))
+    body = await read_json(request)
+    req = C.init_request_from_wire(body)
     node = node_of(request)
+    kept = req.force_new_cluster and node.state != "inactive"  # the same swarm, this manager alone in it
     node_id = await node.init_swarm(InitOptions(
         listen_addr=req.listen_addr, advertise_addr=req.advertise_addr, force_new_cluster=req.force_new_cluster,
         spec=req.spec, default_addr_pool=req.default_addr_pool, subnet_size=req.subnet_size,
-        data_path_port=req.data_path_port, autolock=req.autolock_managers, availability=req.availability))
+        data_path_port=req.data_path_port, autolock=req.spec.autolock_managers, availability=req.availability))
+    ca = req.spec.ca_config
+    if kept or ca.signing_ca_cert or ca.signing_ca_key or ca.force_rotate:
+        # dockerd's initClusterSpec: the request's Spec merged onto the cluster's, written with UpdateCluster
+        # before the init answers (so a kept swarm takes the new autolock, labels, history limit..., and a
+        # signing root starts a rotation to it).
+        mgr = manager_of(request)
+        cur = mgr.controlapi.cluster()
+        try:
+            await mgr.controlapi.update_swarm(
+                cur.meta.version, C.init_spec_onto(body, cur.spec), False, False, False,
+                lambda c: make_join_token(c.root_ca, node.rng),
+                ca_update=lambda c, sp: CA.apply_ca_spec(c, sp, node.clock.now()))
+        except ShoalError as e:
+            # dockerd wraps it in a plain error (500); the swarm stays, as it was made or kept
+            raise ShoalError(f"error updating cluster settings: {e.message}") from e
     return json_ok(node_id)
 
 
@@ -525,9 +542,8 @@ async def swarm_update(request: web.Request) -> web.StreamResponse:
 @route("GET", "/swarm/unlockkey")
 async def swarm_unlockkey(request: web.Request) -> web.StreamResponse:
     c = _cluster(request)
-    if not c.spec.autolock_managers:
-        raise NotFound("No unlock key exists for this swarm: autolock is not enabled")  # dockerd 404 text
-    return json_ok({"UnlockKey": c.unlock_key})
+    # Without autolock dockerd answers 200 with an empty key (the CLI prints its own "no unlock key is set").
+    return json_ok({"UnlockKey": c.unlock_key if c.spec.autolock_managers else ""})
 
 
 @route("POST", "/swarm/unlock", leader=False)
@@ -1089,7 +1105,13 @@ def _find_swarm_network(request: web.Request, ref: str) -> Network | None:
 
 @route("GET", "/networks/{id}", leader=False)
 async def network_inspect(request: web.Request) -> web.StreamResponse:
-    net = _find_swarm_network(request, param(request, "id"))
+    ref = param(request, "id")
+    net = _find_swarm_network(request, ref)
+    if net is not None and not net.id.startswith(ref) and request.query.get("scope", "") not in ("", "swarm"):
+        # dockerd's getNetwork: a swarm network found by its ID (or a prefix) whatever the scope asked, by
+        # its name only when no scope or "swarm" is asked; ?scope=global or local looks no further than the
+        # local engine's networks of that scope.
+        net = None
     if net is None:
         if request.app[ENGINE_KEY].engine_host is not None:
             return await request.app[PROXY_KEY].handle(request)

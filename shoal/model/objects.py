@@ -62,12 +62,21 @@ class ResourceRequirements:
     reservations: Resources | None = None
 
 
+DEFAULT_RESTART_DELAY = 5 * SECOND  # swarmkit defaults.Service.Task.Restart.Delay
+DEFAULT_UPDATE_MONITOR = 5 * SECOND  # swarmkit defaults.Service.Update.Monitor (and Rollback's)
+
+
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RestartPolicy:
     condition: str = "any"  # none | on-failure | any
-    delay: int = 5 * SECOND
+    # None: not given, shown as absent (swarmkit keeps a Duration's presence); a restart then waits 5 s
+    delay: int | None = None
     max_attempts: int = 0
-    window: int = 0
+    window: int | None = None  # None: not given (no window), shown as absent; 0 given is shown as 0
+
+    @property
+    def delay_or_default(self) -> int:
+        return DEFAULT_RESTART_DELAY if self.delay is None else self.delay
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -89,9 +98,14 @@ class UpdateConfig:
     parallelism: int = 1
     delay: int = 0
     failure_action: str = "pause"  # pause | continue | rollback
-    monitor: int = 5 * SECOND
+    # 0: not given (dockerd leaves swarmkit's Monitor nil and shows none); an update then monitors 5 s
+    monitor: int = 0
     max_failure_ratio: float = 0.0
     order: str = "stop-first"  # stop-first | start-first
+
+    @property
+    def monitor_or_default(self) -> int:
+        return self.monitor or DEFAULT_UPDATE_MONITOR
 
 
 # --- container spec ----------------------------------------------------------------------------
@@ -525,7 +539,7 @@ class SwarmSpec:
     heartbeat_period: int = 5 * SECOND
     ca_config: CAConfig = field(default_factory=CAConfig)
     autolock_managers: bool = False
-    task_defaults_log_driver: LogDriver | None = None
+    # (no TaskDefaults: dockerd never converts it, and an older log keeps it harmlessly: unknown keys are ignored)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

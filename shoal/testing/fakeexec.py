@@ -186,7 +186,7 @@ class FakeExecutor:
         self.controllers: dict[str, FakeController] = {}
 
     async def describe(self) -> NodeDescription:
-        return NodeDescription(hostname=self.hostname, platform=Platform(architecture="amd64", os="linux"),
+        return NodeDescription(hostname=self.hostname, platform=Platform(architecture="x86_64", os="linux"),
                                resources=self.resources,
                                engine=EngineDescription(engine_version="shoal-fake"))
 

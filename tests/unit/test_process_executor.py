@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from shoal.agent.exec.process import ProcessController, ProcessExecutor, go_arch
+from shoal.agent.exec.process import ProcessController, ProcessExecutor
 from shoal.agent.exec.protocol import LogLine, LogOptions
 from shoal.agent.exec.step import is_done, step
 from shoal.clock import SystemClock
@@ -432,11 +432,10 @@ async def test_memory_limit_rlimit_fallback(executor: ProcessExecutor) -> None:
 async def test_describe(executor: ProcessExecutor) -> None:
     d = await executor.describe()
     assert d.hostname == "node-1"
-    assert d.platform.os == "linux" and d.platform.architecture == go_arch(os.uname().machine)
+    assert d.platform.os == "linux" and d.platform.architecture == os.uname().machine
     assert d.resources.nano_cpus == (os.cpu_count() or 1) * SECOND
     assert d.resources.memory_bytes > 0
     assert d.engine.engine_version == "shoal-process"
-    assert go_arch("x86_64") == "amd64" and go_arch("aarch64") == "arm64"
 
 
 @pytest.mark.parametrize("field, value, name", [

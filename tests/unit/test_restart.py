@@ -30,13 +30,14 @@ async def _outcome(condition: str, behavior: FakeBehavior) -> list[tuple[TaskSta
 
 
 async def test_condition_none_never_restarts() -> None:
-    assert await _outcome("none", EXIT1) == [(TaskState.RUNNING, TaskState.FAILED)]
-    assert await _outcome("none", EXIT0) == [(TaskState.RUNNING, TaskState.COMPLETE)]
+    # Not replaced, yet shut down as dockerd shows it (swarmkit's Supervisor.Restart always does so).
+    assert await _outcome("none", EXIT1) == [(TaskState.SHUTDOWN, TaskState.FAILED)]
+    assert await _outcome("none", EXIT0) == [(TaskState.SHUTDOWN, TaskState.COMPLETE)]
 
 
 async def test_condition_on_failure() -> None:
-    # exit 0: complete and not replaced
-    assert await _outcome("on-failure", EXIT0) == [(TaskState.RUNNING, TaskState.COMPLETE)]
+    # exit 0: complete and not replaced (desired Shutdown, as dockerd)
+    assert await _outcome("on-failure", EXIT0) == [(TaskState.SHUTDOWN, TaskState.COMPLETE)]
     # exit 1: replaced again and again
     out = await _outcome("on-failure", EXIT1)
     assert len(out) > 3 and out[-1][0] == TaskState.RUNNING
@@ -79,7 +80,7 @@ async def test_max_attempts_then_left_failed() -> None:
         assert len(tasks) == 3  # the first run and two restarts
         last = max(tasks, key=lambda t: t.restart_count)
         assert last.restart_count == 2 and last.status.state == TaskState.FAILED
-        assert last.desired_state == TaskState.RUNNING  # left failed, its slot not refilled
+        assert last.desired_state == TaskState.SHUTDOWN  # left failed, its slot not refilled
 
 
 async def test_window_counts_only_recent_restarts() -> None:

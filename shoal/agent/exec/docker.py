@@ -66,27 +66,7 @@ log = logging.getLogger(__name__)
 DEFAULT_ENGINE_HOST = "unix:///var/run/docker.sock"
 DEFAULT_STOP_GRACE = 10 * SECOND  # dockerd's default stop timeout
 
-# `uname -m` (what /info reports) -> Go's GOARCH (what Swarm shows as node.platform.arch)
-_ARCH = {
-    "x86_64": "amd64",
-    "amd64": "amd64",
-    "aarch64": "arm64",
-    "arm64": "arm64",
-    "armv7l": "arm",
-    "armv6l": "arm",
-    "armhf": "arm",
-    "i386": "386",
-    "i686": "386",
-    "ppc64le": "ppc64le",
-    "s390x": "s390x",
-    "riscv64": "riscv64",
-}
-
 _NO_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_read=None, connect=30)
-
-
-def go_arch(arch: str) -> str:
-    return _ARCH.get(arch, arch)
 
 
 def _translate(err: BaseException) -> ShoalError:
@@ -189,7 +169,8 @@ class DockerExecutor:
         return NodeDescription(
             hostname=self.hostname or str(info.get("Name", "")),
             platform=Platform(
-                architecture=go_arch(str(info.get("Architecture", ""))),
+                # /info's Architecture is uname's (x86_64), and so is what dockerd reports for the node
+                architecture=str(info.get("Architecture", "")),
                 os=str(info.get("OSType", "")),
             ),
             resources=Resources(

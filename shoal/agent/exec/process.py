@@ -115,15 +115,6 @@ LOG_POLL_INTERVAL = 0.1  # seconds between looks at a followed log file
 UNHEALTHY = "dockerexec: unhealthy container"
 CFS_PERIOD = 100_000  # microseconds
 
-_ARCH = {"x86_64": "amd64", "amd64": "amd64", "aarch64": "arm64", "arm64": "arm64", "armv7l": "arm",
-         "armv6l": "arm", "i386": "386", "i686": "386", "ppc64le": "ppc64le", "s390x": "s390x",
-         "riscv64": "riscv64"}
-
-
-def go_arch(machine: str) -> str:
-    return _ARCH.get(machine, machine)
-
-
 def unsupported_fields(task: Task) -> list[str]:
     """Container-only settings a plain process cannot honour: the task is rejected rather than run
     without them (as Swarm rejects a task on a node that cannot run it)."""
@@ -833,7 +824,7 @@ class ProcessExecutor:
         memory = mem_total()
         return NodeDescription(
             hostname=self.hostname,
-            platform=Platform(architecture=go_arch(platform.machine()), os="linux"),
+            platform=Platform(architecture=platform.machine(), os="linux"),  # uname's, as dockerd
             resources=Resources(nano_cpus=(os.cpu_count() or 1) * SECOND, memory_bytes=memory),
             engine=EngineDescription(engine_version=ENGINE_VERSION, labels={}, plugins=()))
 

@@ -23,7 +23,6 @@ from shoal.model.objects import (
     ExternalCA,
     IPAMConfig,
     IPAMOptions,
-    LogDriver,
     Network,
     NetworkSpec,
     Node,
@@ -136,17 +135,25 @@ def swarm_spec_from_wire(body: Any, base: SwarmSpec | None = None) -> SwarmSpec:
     """A swarm Spec merged onto `base` the way dockerd merges it (MergeSwarmSpecToGRPC).
 
     Zero values keep `base`'s value (so `docker swarm update --cert-expiry 48h` leaves everything else),
-    except CAConfig.ForceRotate and EncryptionConfig.AutoLockManagers, which are always taken from the body.
+    except CAConfig.ForceRotate and EncryptionConfig.AutoLockManagers, which are always taken from the body,
+    and, on update, Labels (an empty or absent map clears them, as dockerd's). dockerd's update replaces the
+    whole spec (a zero heartbeat period, election tick... is stored as sent); Shoal keeps the current value
+    for those, so that a partial spec cannot zero what the cluster runs by.
     For POST /swarm/init pass no base (the defaults); for POST /swarm/update pass the current spec.
     """
     o = Obj.root(body, "Spec")
-    return _merge_spec(o, base or SwarmSpec())
+    return _merge_spec(o, base or SwarmSpec(), update=base is not None)
 
 
-def _merge_spec(o: Obj, s: SwarmSpec) -> SwarmSpec:
+def _merge_spec(o: Obj, s: SwarmSpec, *, update: bool = False) -> SwarmSpec:
     name = o.string("Name")
-    labels = o.str_map("Labels")
-    ann = Annotations(name=name or s.annotations.name, labels=labels if labels else s.annotations.labels)
+    labels = o.opt_str_map("Labels")
+    if update:
+        # dockerd's Update takes the labels as sent, as for nodes and services: {} or none clears them.
+        keep_labels = False
+    else:
+        keep_labels = not labels  # init merges: only a non-empty map replaces (MergeSwarmSpecToGRPC's len != 0)
+    ann = Annotations(name=name or s.annotations.name, labels=s.annotations.labels if keep_labels else labels or {})
     orch = o.obj("Orchestration", "OrchestrationConfig")
     thrl = orch.opt_int("TaskHistoryRetentionLimit") if orch is not None else None
     raft_o = o.obj("Raft", "RaftConfig") or Obj({}, "RaftConfig", "Raft")
@@ -187,6 +194,9 @@ def _merge_spec(o: Obj, s: SwarmSpec) -> SwarmSpec:
     enc = o.obj("EncryptionConfig", "EncryptionConfig")
     td = o.obj("TaskDefaults", "TaskDefaults")
     ld = td.obj("LogDriver", "Driver") if td is not None else None
+    if ld is not None:  # decoded (a wrong type is still a 400), then dropped: no dockerd converts it to swarmkit
+        ld.string("Name")
+        ld.str_map("Options")
     spec = replace(
         s,
         annotations=ann,
@@ -195,11 +205,6 @@ def _merge_spec(o: Obj, s: SwarmSpec) -> SwarmSpec:
         heartbeat_period=hb or s.heartbeat_period,
         ca_config=ca,
         autolock_managers=enc.boolean("AutoLockManagers") if enc is not None else False,
-        task_defaults_log_driver=(
-            LogDriver(name=ld.string("Name"), options=ld.str_map("Options"))
-            if ld is not None
-            else s.task_defaults_log_driver
-        ),
     )
     if spec.heartbeat_period < 0:
         raise _rpc_invalid("heartbeat time period cannot be a negative duration")
@@ -220,11 +225,8 @@ def swarm_spec_to_wire(s: SwarmSpec) -> JSONDict:
     put(ca, "ExternalCAs", ext)
     put(ca, "ForceRotate", s.ca_config.force_rotate)  # signing cert/key are never shown
     td: JSONDict = {}
-    if s.task_defaults_log_driver is not None:
-        ld: JSONDict = {}
-        put(ld, "Name", s.task_defaults_log_driver.name)
-        put(ld, "Options", dict(s.task_defaults_log_driver.options))
-        td["LogDriver"] = ld
+    # Spec.TaskDefaults is never converted by dockerd (20.10 to 28): GET /swarm always shows {}, even for a
+    # cluster stored with a log driver by an older Shoal.
     raft: JSONDict = {}
     put(raft, "SnapshotInterval", s.raft.snapshot_interval)
     raft["KeepOldSnapshots"] = s.raft.keep_old_snapshots
@@ -336,6 +338,8 @@ def init_request_from_wire(body: Any) -> InitRequest:
         port = 4789
     elif port < 1024 or port > 49151:
         raise InvalidArgument(f"Datapath port number is not in valid range (1024-49151) : {port}")
+    # The top-level AutoLockManagers only starts the node locked: dockerd's initClusterSpec then sets the
+    # cluster's autolock from Spec.EncryptionConfig (the CLI sends both), so the Spec's flag is what lasts.
     autolock = o.boolean("AutoLockManagers")
     return InitRequest(
         listen_addr=listen,
@@ -345,10 +349,18 @@ def init_request_from_wire(body: Any) -> InitRequest:
         default_addr_pool=tuple(pools) if pools else ("10.0.0.0/8",),
         subnet_size=size or 24,
         force_new_cluster=o.boolean("ForceNewCluster"),
-        spec=replace(spec, autolock_managers=autolock or spec.autolock_managers),
-        autolock_managers=autolock or spec.autolock_managers,
+        spec=spec,
+        autolock_managers=autolock,
         availability=_availability(o),
     )
+
+
+def init_spec_onto(body: Any, base: SwarmSpec) -> SwarmSpec:
+    """POST /swarm/init's Spec merged onto the spec of the cluster the init made or kept (dockerd's
+    initClusterSpec, MergeSwarmSpecToGRPC): what is zero or absent keeps `base`'s value, except
+    EncryptionConfig.AutoLockManagers and CAConfig.ForceRotate, always the request's."""
+    spec_o = Obj.root(body, "InitRequest").obj("Spec", "Spec") or Obj({}, "Spec", "Spec")
+    return _merge_spec(spec_o, base)
 
 
 def join_request_from_wire(body: Any) -> JoinRequest:

@@ -25,6 +25,8 @@ from shoal.engineapi.convert._wire import Obj, go_time, meta, put, version
 from shoal.engineapi.messages import INVALID_ARGUMENT, rpc
 from shoal.errors import InvalidArgument
 from shoal.model.objects import (
+    DEFAULT_RESTART_DELAY,
+    DEFAULT_UPDATE_MONITOR,
     GLOBAL,
     GLOBAL_JOB,
     REPLICATED,
@@ -242,12 +244,12 @@ def _restart_policy(o: Obj | None) -> RestartPolicy | None:
     cond = o.string("Condition")
     if cond not in _RESTART_CONDITIONS:
         raise InvalidArgument(f'invalid RestartCondition: "{cond}"')
-    delay = _duration(o, "Delay")
+    # Delay and Window are Durations in swarmkit's protobuf: given (0 included) or not, and shown so.
     return RestartPolicy(
         condition=_RESTART_CONDITIONS[cond],
-        delay=5 * SECOND if delay is None else delay,
+        delay=_duration(o, "Delay"),
         max_attempts=o.integer("MaxAttempts", "uint64"),
-        window=_duration(o, "Window") or 0,
+        window=_duration(o, "Window"),
     )
 
 
@@ -293,8 +295,8 @@ def _update_config(o: Obj | None) -> UpdateConfig | None:
         parallelism=o.integer("Parallelism", "uint64"),
         delay=o.integer("Delay", "time.Duration"),
         failure_action=_FAILURE_ACTIONS[fa],
-        # 0 means "default" to swarmkit (the proto field is left nil); the domain holds the effective value
-        monitor=monitor if monitor else 5 * SECOND,
+        # 0 means "default" to swarmkit: dockerd leaves the proto field nil, so it is shown absent
+        monitor=monitor,
         max_failure_ratio=o.number("MaxFailureRatio"),
         order=_ORDERS[order],
     )
@@ -394,7 +396,13 @@ def _check_mounts(cs: Obj) -> tuple[Any, ...]:
         if to is not None:
             to.integer("SizeBytes")
             to.integer("Mode", "os.FileMode")
-        out.append(m._d)
+        raw = m._d
+        bk = m._key("BindOptions")
+        if bk is not None and isinstance(raw[bk], dict) and not any(raw[bk].values()):
+            # dockerd's containerToGRPC makes swarmkit BindOptions only from a propagation or a set flag:
+            # an empty one is gone when read back
+            raw = {k: v for k, v in raw.items() if k != bk}
+        out.append(raw)
     return tuple(out)
 
 
@@ -420,6 +428,23 @@ def _check_privileges(cs: Obj) -> Any:
             se.string(k)
     p.boolean("NoNewPrivileges")
     return p._d
+
+
+def _privileges_to_wire(p: Mapping[str, Any]) -> JSONDict:
+    """types.Privileges as dockerd marshals it: its two pointers and every SELinuxContext field have no
+    omitempty, so they are shown (null, false, "") when not set."""
+    out: JSONDict = {"CredentialSpec": None, "SELinuxContext": None, **p}
+    se = Obj(p, "Privileges").get("SELinuxContext")
+    for k in list(out):
+        if k.lower() == "selinuxcontext":
+            del out[k]
+    if isinstance(se, dict):
+        o = Obj(se, "SELinuxContext")
+        out["SELinuxContext"] = {"Disable": bool(o.get("Disable")),
+                                 **{k: o.get(k) or "" for k in ("User", "Role", "Type", "Level")}}
+    else:
+        out["SELinuxContext"] = None
+    return out
 
 
 def _container_spec(cs: Obj, api_version: str | None) -> ContainerSpec:
@@ -583,9 +608,9 @@ def validate_task_spec(ts: TaskSpec) -> None:
         _validate_resources(ts.resources.reservations)
     rp = ts.restart_policy
     if rp is not None:
-        if rp.delay < 0:
+        if rp.delay is not None and rp.delay < 0:
             raise _rpc_invalid("TaskSpec: restart-delay cannot be negative")
-        if rp.window < 0:
+        if rp.window is not None and rp.window < 0:
             raise _rpc_invalid("TaskSpec: restart-window cannot be negative")
     c = ts.container
     targets: dict[str, str] = {}
@@ -711,7 +736,7 @@ def container_spec_to_wire(c: ContainerSpec) -> JSONDict:
     put(d, "User", c.user)
     put(d, "Groups", c.groups)
     if c.privileges is not None:
-        d["Privileges"] = c.privileges
+        d["Privileges"] = _privileges_to_wire(c.privileges)
     if c.init is not None:
         d["Init"] = c.init
     put(d, "StopSignal", c.stop_signal)
@@ -759,8 +784,12 @@ def container_spec_to_wire(c: ContainerSpec) -> JSONDict:
 
 
 def _restart_to_wire(rp: RestartPolicy) -> JSONDict:
-    d: JSONDict = {"Condition": rp.condition or "any", "Delay": rp.delay, "MaxAttempts": rp.max_attempts}
-    put(d, "Window", rp.window)
+    d: JSONDict = {"Condition": rp.condition or "any"}
+    if rp.delay is not None:
+        d["Delay"] = rp.delay
+    d["MaxAttempts"] = rp.max_attempts  # a plain uint64 in swarmkit: dockerd always shows it
+    if rp.window is not None:
+        d["Window"] = rp.window
     return d
 
 
@@ -872,7 +901,7 @@ def service_spec_to_wire(spec: ServiceSpec) -> JSONDict:
     return d
 
 
-_DEFAULT_UPDATE = UpdateConfig()  # parallelism 1, pause, monitor 5s, stop-first
+_DEFAULT_UPDATE = UpdateConfig(monitor=DEFAULT_UPDATE_MONITOR)  # parallelism 1, pause, monitor 5s, stop-first
 
 
 def with_defaults(spec: ServiceSpec) -> ServiceSpec:
@@ -893,14 +922,20 @@ def with_defaults(spec: ServiceSpec) -> ServiceSpec:
         tt,
         container=c,
         resources=tt.resources if tt.resources is not None else ResourceRequirements(),
-        restart_policy=tt.restart_policy if tt.restart_policy is not None else RestartPolicy(),
+        # swarmkit's InterpolateService: the default policy, or the default delay in a policy without one
+        restart_policy=RestartPolicy(delay=DEFAULT_RESTART_DELAY) if tt.restart_policy is None
+        else replace(tt.restart_policy, delay=tt.restart_policy.delay_or_default),
         placement=tt.placement if tt.placement is not None else Placement(),
     )
+    def update(u: UpdateConfig | None) -> UpdateConfig:
+        # InterpolateService: the default config, or the default Monitor in a config without one
+        return _DEFAULT_UPDATE if u is None else replace(u, monitor=u.monitor_or_default)
+
     return replace(
         spec,
         task_template=tt,
-        update_config=spec.update_config if spec.update_config is not None else _DEFAULT_UPDATE,
-        rollback_config=spec.rollback_config if spec.rollback_config is not None else _DEFAULT_UPDATE,
+        update_config=update(spec.update_config),
+        rollback_config=update(spec.rollback_config),
     )
 
 
@@ -921,9 +956,10 @@ def service_to_wire(
         prev = with_defaults(svc.previous_spec) if insert_defaults else svc.previous_spec
         d["PreviousSpec"] = service_spec_to_wire(prev)
     ep: JSONDict = {}
-    # Endpoint.Spec is whatever the allocator recorded; {} before allocation
+    # Endpoint.Spec is the spec swarmkit's allocator copied, which it does only for a service that needs
+    # allocating (published ports, or VIPs on networks): {} otherwise, a dnsrr service without ports included.
     e = svc.endpoint
-    if e.spec.ports or e.virtual_ips or e.ports or e.spec.mode == "dnsrr":
+    if e.spec.ports or e.virtual_ips or e.ports:
         ep["Spec"] = endpoint_spec_to_wire(svc.endpoint.spec)
     else:
         ep["Spec"] = {}

@@ -4,9 +4,11 @@ Ownership (docs/design/task-model.md): these functions write tasks' `desired_sta
 they never touch `status`, which belongs to the allocator, the scheduler and the agent.
 
 A *slot* is a replica position (1..N for replicated services, a node for global ones). A slot is
-occupied while it has a task whose desired state is RUNNING (COMPLETE for jobs) or READY; a task that
-ended and must not be restarted (restart condition, max attempts) keeps its desired state, so its slot
-stays occupied and is not refilled. Replacing a task whose spec changed is the updater's job, not the reconciler's.
+occupied while it has a task whose desired state is RUNNING (COMPLETE for jobs) or READY, or when its
+newest task ended by itself and must not be restarted (restart condition, max attempts): as swarmkit's
+restart supervisor, such a task is set to desired SHUTDOWN all the same (`service ps` shows every task of
+the slot "Shutdown"), and swarmkit's `UpdatableTasksInSlot` keeps its slot occupied, not refilled.
+Replacing a task whose spec changed is the updater's job, not the reconciler's.
 """
 
 from __future__ import annotations
@@ -56,11 +58,59 @@ def is_dirty(svc: Service, t: Task) -> bool:
     return t.spec != svc.spec.task_template
 
 
-def restart_policy(svc: Service) -> RestartPolicy:
-    p = svc.spec.task_template.restart_policy
+def restart_policy(svc: Service, t: Task | None = None) -> RestartPolicy:
+    """The policy of the service, or of task `t`'s own spec (swarmkit decides a restart by the task's)."""
+    p = (t.spec if t is not None else svc.spec.task_template).restart_policy
     if p is not None:
         return p
     return JOB_RESTART if svc.spec.mode.is_job else DEFAULT_RESTART
+
+
+def restart_window(svc: Service, t: Task, now: float) -> tuple[float, ...] | None:
+    """The restart history a replacement of ended task `t` carries, or None when `t` must not be
+    restarted (swarmkit's shouldRestart: the condition, then max attempts within the window)."""
+    policy = restart_policy(svc, t)
+    if policy.condition == "none":
+        return None
+    if t.status.state == TaskState.COMPLETE and (svc.spec.mode.is_job or policy.condition != "any"):
+        return None
+    history = t.restart_history
+    window = policy.window or 0
+    if window > 0:
+        # The window is looked at from the moment the task ended, not from now: the decision
+        # must not change when the reconciler happens to look again later (a task left failed
+        # stays failed, as swarmkit decides once, at the failure).
+        ended_at = min(now, max(t.status.timestamp, history[-1] if history else 0.0))
+        history = tuple(h for h in history if ended_at - h < window / SECOND)
+    if policy.max_attempts > 0 and len(history if window > 0 else range(t.restart_count)) \
+            >= policy.max_attempts:
+        return None  # max attempts reached: left failed
+    return history
+
+
+def finished(svc: Service, t: Task) -> bool:
+    """`t` ended by itself (not stopped by the orchestrators) and was shut down without a replacement."""
+    return t.desired_state == TaskState.SHUTDOWN and \
+        t.status.state in (TaskState.COMPLETE, TaskState.FAILED, TaskState.REJECTED) and \
+        restart_window(svc, t, t.status.timestamp) is None
+
+
+def slot_holders(svc: Service, tasks: list[Task]) -> dict[str, list[Task]]:
+    """The tasks holding each occupied slot (swarmkit's UpdatableTasksInSlot): those meant to run, or
+    else the newest task when it finished and is not to be restarted."""
+    by_slot: dict[str, list[Task]] = defaultdict(list)
+    for t in tasks:
+        by_slot[slot_key(t)].append(t)
+    out: dict[str, list[Task]] = {}
+    for key, ts in by_slot.items():
+        live = [t for t in ts if runnable(t)]
+        if not live:
+            newest = max(ts, key=lambda t: (t.meta.created_at, t.restart_count))
+            if finished(svc, newest):
+                live = [newest]
+        if live:
+            out[key] = live
+    return out
 
 
 def node_eligible(node: Node) -> bool:
@@ -139,33 +189,25 @@ class Reconciler:
                 tx.update(replace(t, desired_state=TaskState.SHUTDOWN))
 
     def _restart_ended(self, tx: Tx, svc: Service, tasks: list[Task]) -> None:
-        policy = restart_policy(svc)
         now = tx.now
         for t in tasks:
             if not runnable(t) or not ended(t) or t.status.state == TaskState.REMOVE:
                 continue
-            if t.status.state == TaskState.COMPLETE and (svc.spec.mode.is_job or policy.condition != "any"):
-                continue  # done: the slot stays occupied by the completed task
-            if policy.condition == "none":
-                continue
+            if svc.spec.mode.is_job and t.status.state == TaskState.COMPLETE:
+                continue  # done: a job's completed task keeps its desired state (swarmkit's job reconciler)
             if t.desired_state == TaskState.READY and t.start_after > now:
                 # A replacement that failed while held in its restart delay (its prepare failed, e.g. no
                 # such image) is restarted once the delay is over, not at once: otherwise a task that
                 # can never be prepared is replaced in a tight loop with no delay at all.
                 continue
-            history = t.restart_history
-            if policy.window > 0:
-                # The window is looked at from the moment the task ended, not from now: the decision
-                # must not change when the reconciler happens to look again later (a task left failed
-                # stays failed, as swarmkit decides once, at the failure).
-                ended_at = min(now, max(t.status.timestamp, history[-1] if history else 0.0))
-                history = tuple(h for h in history if ended_at - h < policy.window / SECOND)
-            if policy.max_attempts > 0 and len(history if policy.window > 0 else range(t.restart_count)) \
-                    >= policy.max_attempts:
-                continue  # max attempts reached: left failed
+            # As swarmkit's Supervisor.Restart: the ended task is shut down whether or not it is replaced.
             tx.update(replace(t, desired_state=TaskState.SHUTDOWN))
+            history = restart_window(svc, t, now)
+            if history is None:
+                continue  # not restarted: its slot stays occupied by it (see slot_holders)
+            policy = restart_policy(svc, t)
             # The replacement always gets the current spec, even while an update is paused.
-            delay = policy.delay / SECOND
+            delay = policy.delay_or_default / SECOND
             tx.create(make_task(
                 svc, tid=self.new_id(), slot=t.slot, node_id=t.node_id if t.slot == 0 else "",
                 now=now, desired=TaskState.READY if delay > 0 else TaskState.RUNNING,
@@ -191,10 +233,7 @@ class Reconciler:
 
     def _replicated(self, tx: Tx, svc: Service, tasks: list[Task]) -> None:
         want = svc.spec.mode.replicas
-        occupied: dict[int, list[Task]] = defaultdict(list)
-        for t in tasks:
-            if runnable(t):
-                occupied[t.slot].append(t)
+        occupied: dict[int, list[Task]] = {ts[0].slot: ts for ts in slot_holders(svc, tasks).values()}
         if len(occupied) > want:
             # Scale down: drop slots whose tasks are not running first, then the highest numbers
             # (keep = running first, then the lowest slot numbers, so `service ps` stays 1..N).
@@ -218,10 +257,7 @@ class Reconciler:
     # --- global -------------------------------------------------------------------------------------
 
     def _global(self, tx: Tx, svc: Service, tasks: list[Task], nodes: dict[str, Node]) -> None:
-        by_node: dict[str, list[Task]] = defaultdict(list)
-        for t in tasks:
-            if runnable(t):
-                by_node[t.node_id].append(t)
+        by_node = slot_holders(svc, tasks)
         for node in nodes.values():
             if node.id in by_node or not node_eligible(node) or not self.constraint_check(svc, node):
                 continue
@@ -250,8 +286,9 @@ class Reconciler:
 
     def _global_job(self, tx: Tx, svc: Service, tasks: list[Task], nodes: dict[str, Node]) -> None:
         it = self._job_iteration(svc)
-        done_nodes = {t.node_id for t in tasks if (t.job_iteration or 0) == it and
-                      (runnable(t) or t.status.state == TaskState.COMPLETE)}
+        mine = [t for t in tasks if (t.job_iteration or 0) == it]
+        done_nodes = {t.node_id for t in mine if t.status.state == TaskState.COMPLETE} | \
+            set(slot_holders(svc, mine))
         for node in nodes.values():
             if node.id in done_nodes or not node_eligible(node) or not self.constraint_check(svc, node):
                 continue
@@ -271,10 +308,12 @@ class Reconciler:
         by_slot: dict[str, list[Task]] = defaultdict(list)
         for t in tx.tasks(service_id=svc.id):
             by_slot[slot_key(t)].append(t)
+        holders = {t.id for ts in slot_holders(svc, tx.tasks(service_id=svc.id)).values() for t in ts}
         for slot_tasks in by_slot.values():
             if len(slot_tasks) <= limit:
                 continue
-            dead = [t for t in slot_tasks if not runnable(t) and (ended(t) or not t.node_id)]
+            dead = [t for t in slot_tasks if not runnable(t) and t.id not in holders and
+                    (ended(t) or not t.node_id)]
             dead.sort(key=lambda t: (t.meta.created_at, t.meta.version))
             for t in dead[: len(slot_tasks) - limit]:
                 tx.delete("task", t.id)

@@ -22,12 +22,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections import defaultdict
 from dataclasses import replace
 from typing import Any
 
 from shoal.clock import Clock
-from shoal.manager.orchestrator.reconcile import Reconciler, ended, is_dirty, make_task, runnable, slot_key
+from shoal.manager.orchestrator.reconcile import (
+    Reconciler,
+    ended,
+    is_dirty,
+    make_task,
+    runnable,
+    slot_holders,
+    slot_key,
+)
 from shoal.model.objects import SECOND, Service, Task, UpdateConfig, UpdateStatus
 from shoal.model.state import TaskState
 from shoal.store.memory import Event, MemoryStore, Subscription, Tx
@@ -58,13 +65,10 @@ PAUSED = ("paused", "rollback_paused")
 
 
 def slots_needing_update(svc: Service, tasks: list[Task]) -> list[list[Task]]:
-    """The slots whose runnable tasks are not exactly one clean task meant to run, in slot order."""
-    slots: dict[str, list[Task]] = defaultdict(list)
-    for t in tasks:
-        if runnable(t):
-            slots[slot_key(t)].append(t)
+    """The slots whose holders (see slot_holders) are not exactly one clean task meant to run, in slot
+    order. A slot held by a finished task (not restarted) is updated too, as swarmkit's updater does."""
     out = []
-    for ts in slots.values():
+    for ts in slot_holders(svc, tasks).values():
         if len(ts) > 1 or is_dirty(svc, ts[0]) or _held_replacement(ts[0]):
             out.append(sorted(ts, key=lambda t: t.meta.created_at))
     out.sort(key=lambda ts: (ts[0].slot, ts[0].node_id))
@@ -144,7 +148,7 @@ class Updater:
             # (a slot the restart policy is still working on) stays quiet instead of flapping the status.
             await self._set_status("updating", "update in progress")
         total = len(slots)
-        monitor = cfg.monitor / SECOND
+        monitor = cfg.monitor_or_default / SECOND
         tripped: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         # Subscribe before the first task is made, so no status change of ours is missed.
         sub = self.store.watch(kinds=("task",), limit=1_000_000)
