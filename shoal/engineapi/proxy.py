@@ -415,7 +415,8 @@ class EngineProxy:
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         if self._address is None or self._closed:
-            if not is_engine_route(request.method, request.get("route_path", request.path)):
+            path = request.get("route_path") or _VERSION_PREFIX.sub("", request.path)
+            if not is_engine_route(request.method, path):
                 return _error(404, "page not found")  # what the engine would answer, had it been there
             return _error(NO_ENGINE_STATUS, NO_ENGINE_MESSAGE)
         upgrade = _is_upgrade(request)
