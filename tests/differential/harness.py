@@ -70,6 +70,7 @@ class Answer:
     status: int | None = None
     body: Any = None
     ordered: bool = False  # a list body whose order is part of the answer (events); others are sorted
+    cli: bool = False  # the stock CLI's output: normalised as text a user reads
 
 
 @dataclass
@@ -86,8 +87,9 @@ class Side:
 
     def request(self, method: str, path: str, body: Any = None, *, query: dict[str, Any] | None = None,
                 version: str | None = None, raw: bytes | None = None, timeout: float = 60.0,
-                headers: dict[str, str] | None = None) -> tuple[int, Any, dict[str, str]]:
-        """One HTTP request; the body of the answer is decoded JSON when it is JSON, else text."""
+                headers: dict[str, str] | None = None, binary: bool = False) -> tuple[int, Any, dict[str, str]]:
+        """One HTTP request; the body of the answer is decoded JSON when it is JSON, else text (bytes with
+        `binary`)."""
         v = self.version if version is None else version
         url = (f"/v{v}" if v else "") + path
         if query:
@@ -104,6 +106,8 @@ class Side:
             rh = {k.lower(): v for k, v in resp.getheaders()}
         finally:
             conn.close()
+        if binary:
+            return resp.status, payload, rh
         text = payload.decode(errors="replace")
         parsed: Any = text
         if "json" in rh.get("content-type", "") and text.strip():
@@ -133,7 +137,8 @@ class Side:
     def cli_answer(self, label: str, *args: str, **kw: Any) -> Answer:
         """The CLI's output as an answer: exit status and both streams, one list item per line."""
         r = self.cli(*args, **kw)
-        return Answer(label, r.returncode, {"stdout": r.stdout.splitlines(), "stderr": r.stderr.splitlines()})
+        return Answer(label, r.returncode, {"stdout": r.stdout.splitlines(), "stderr": r.stderr.splitlines()},
+                      cli=True)
 
     def client(self) -> Any:
         import docker  # type: ignore[import-untyped]
@@ -153,6 +158,9 @@ _ADDR = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(/\d{1,2})?\b")
 _SECRETISH = re.compile(r"SWM(TKN|KEY)-[A-Za-z0-9+/=-]+|-----BEGIN [A-Z ]+-----[^\"]*?-----END [A-Z ]+-----\n?",
                         re.S)
 _AGO = re.compile(r"\b(About (a|an) \w+|Less than a second|\d+ \w+) ago\b")
+_CLI_TIME = re.compile(r"\b\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)? [+-]\d{4} \w+\b")
+# A line of a PEM block, or the base64 issuer subject/key `node inspect --pretty` prints.
+_CLI_B64 = re.compile(r"(?<![\w/+])[A-Za-z0-9+/]{24,}={0,2}$")
 _CLI_SHORT_ID = re.compile(r"\b[0-9a-z]{12}\b")
 _RANDOM_KEYS = frozenset({"CertIssuerSubject", "CertIssuerPublicKey", "TrustRoot"})
 # Values the network allocator chooses (the VXLAN ID of an overlay, a MAC derived from an allocated address).
@@ -176,7 +184,10 @@ def norm_text(s: str, *, cli: bool = False) -> str:
     s = _MAC.sub("<mac>", s)
     s = _ADDR.sub(lambda m: m.group(0) if m.group(0) in _FIXED_ADDRS else "<addr>", s)
     if cli:
+        s = _CLI_TIME.sub("<time>", s)
+        s = _CLI_B64.sub("<secret>", s)
         s = _AGO.sub("<ago>", s)
+        s = re.sub(r"(?<=\S) {2,}(?=\S)", "  ", s).rstrip()  # table padding follows the widths of the raw values
         s = _CLI_SHORT_ID.sub(lambda m: "<id>" if any(c.isdigit() for c in m.group(0)) else m.group(0), s)
     return s
 
@@ -215,6 +226,7 @@ def _sort_key(d: Any) -> tuple[str, ...]:
 
 def canonical(a: Answer, *, cli: bool = False) -> dict[str, Any]:
     """The normalised answer; a list of objects (a list endpoint's answer) in a stable order."""
+    cli = cli or a.cli
     body = normalise(a.body, cli=cli)
     if isinstance(body, list) and not a.ordered and not cli:
         body = sorted(body, key=_sort_key)
