@@ -188,6 +188,7 @@ def norm_text(s: str, *, cli: bool = False) -> str:
         s = _CLI_B64.sub("<secret>", s)
         s = _AGO.sub("<ago>", s)
         s = re.sub(r"(?<=\S) {2,}(?=\S)", "  ", s).rstrip()  # table padding follows the widths of the raw values
+        s = re.sub(r"^[0-9a-z]{12}(?=\s)", "<id>", s)  # the ID column of a table
         s = _CLI_SHORT_ID.sub(lambda m: "<id>" if any(c.isdigit() for c in m.group(0)) else m.group(0), s)
     return s
 
