@@ -1,8 +1,8 @@
 """Fixtures of the differential suite: one real Docker Swarm and one Shoal swarm for the whole session.
 
 - `pair`: a `Pair` of two single-manager swarms, both initialised through `POST /swarm/init` on loopback with
-  free ports (never 2377): `pair.dockerd` is Debian's dockerd 20.10 (its own data-root and socket, started
-  with DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1 so its tasks never try a registry), `pair.shoal` is
+  free ports (never 2377): `pair.dockerd` is Debian's dockerd 20.10 (its own data-root, socket and network
+  namespace, started with DOCKER_SERVICE_PREFER_OFFLINE_IMAGE=1 so its tasks never try a registry), `pair.shoal` is
   `shoal daemon --executor docker` on the session's other private dockerd. Both engines hold the offline
   test image. What the two answered before and at init is kept in `pair.before_init` for test_swarm.py.
 - `SHOAL_DIFF_ALL=1` selects the long run (every stack file, every variant); the default run is trimmed.
@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -68,7 +69,15 @@ def pair() -> Iterator[Pair]:
         old = os.environ.get("DOCKER_SERVICE_PREFER_OFFLINE_IMAGE")
         os.environ["DOCKER_SERVICE_PREFER_OFFLINE_IMAGE"] = "1"  # dockerd reads it: no pull attempt offline
         try:
-            ref = start_dockerd(base / "r", data_root=Path(tempfile.mkdtemp(prefix="sdiff-r-")))
+            # The reference dockerd in a network namespace of its own: its overlay (VXLAN) devices and swarm
+            # ports cannot collide with anything else on the machine.
+            ns = f"sdiff-{os.getpid()}"
+            if subprocess.run(["ip", "netns", "add", ns], capture_output=True).returncode != 0:
+                raise DockerdUnavailable(f"cannot create network namespace {ns}")
+            started.append(lambda: subprocess.run(["ip", "netns", "del", ns], capture_output=True))
+            subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
+            ref = start_dockerd(base / "r", data_root=Path(tempfile.mkdtemp(prefix="sdiff-r-")),
+                                prefix=("nsenter", f"--net=/run/netns/{ns}"))
             started.append(lambda: stop_dockerd(ref))
             eng = start_dockerd(base / "e", data_root=Path(tempfile.mkdtemp(prefix="sdiff-e-")))
             started.append(lambda: stop_dockerd(eng))

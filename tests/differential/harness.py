@@ -128,11 +128,12 @@ class Side:
         return env
 
     def cli(self, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-            timeout: float = 90.0) -> subprocess.CompletedProcess[str]:
+            timeout: float = 90.0, input: str | None = None) -> subprocess.CompletedProcess[str]:
         e = self.env()
         if env is not None:
             e = {**{k: v for k, v in e.items() if k.startswith("DOCKER_") or k in ("PATH", "HOME")}, **env}
-        return subprocess.run(["docker", *args], env=e, capture_output=True, text=True, timeout=timeout, cwd=cwd)
+        return subprocess.run(["docker", *args], env=e, capture_output=True, text=True, timeout=timeout, cwd=cwd,
+                              input=input)
 
     def cli_answer(self, label: str, *args: str, **kw: Any) -> Answer:
         """The CLI's output as an answer: exit status and both streams, one list item per line."""
@@ -203,6 +204,8 @@ def normalise(value: Any, *, key: str = "", cli: bool = False) -> Any:
                 out[k] = "<secret>"
             elif k in _ALLOCATED_KEYS and isinstance(v, str) and v:
                 out[k] = "<allocated>"
+            elif k == "PID" and isinstance(v, int) and v > 0:
+                out[k] = "<pid>"  # chosen by the kernel, as an ID
             elif k in ("PublishedPort",) and isinstance(v, int) and v in _ALLOCATED_PORT:
                 out[k] = "<port>"
             elif k in _VERSION_KEYS and isinstance(v, str) and re.match(r"^\d+\.\d+", v):

@@ -51,6 +51,49 @@ def test_cli_output(pair: Pair) -> None:
     pair.check(_cli, cli=True)
 
 
+_SMALL_STACK = f"""version: "3.8"
+services:
+  web:
+    image: {TEST_IMAGE}
+    command: ["sleep", "600"]
+    deploy:
+      replicas: 2
+      labels: {{diff: "yes"}}
+"""
+
+
+def _stack_ps(s: Side) -> list[Answer]:
+    r = s.cli("stack", "deploy", "--resolve-image", "never", "-c", "-", "dsmall", input=_SMALL_STACK)
+    out = [Answer("docker stack deploy (small)", r.returncode, {"stdout": sorted(r.stdout.splitlines()),
+                                                                "stderr": r.stderr.splitlines()}, cli=True)]
+    try:
+        deadline = time.monotonic() + 60
+        while not _running(s, "dsmall_web", 2) and time.monotonic() < deadline:
+            time.sleep(0.3)  # polling interval of a bounded poll
+        for args in (("stack", "ps", "dsmall"), ("stack", "ps", "--no-trunc", "--format", "{{.Name}} {{.Image}} "
+                                                 "{{.DesiredState}} {{.CurrentState}} {{.Error}}", "dsmall"),
+                     ("stack", "services", "dsmall"), ("stack", "ps", "missing")):
+            out.append(s.cli_answer("docker " + " ".join(args), *args))
+    finally:
+        _stack_rm(s, "dsmall")
+    return out
+
+
+def test_stack_ps(pair: Pair) -> None:
+    pair.check(_stack_ps)
+
+
+def _stack_rm(s: Side, name: str) -> None:
+    """`docker stack rm`, then wait until its networks are gone (removed once their tasks are), so that the
+    next scenario's network lists do not depend on how far a removal got."""
+    s.cli("stack", "rm", name)
+    ns = {"label": [f"com.docker.stack.namespace={name}"]}
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and (s.request("GET", "/networks", query={"filters": ns})[1]
+                                           or s.request("GET", "/services", query={"filters": ns})[1]):
+        time.sleep(0.3)  # polling interval of a bounded poll
+
+
 def _externals(folder: Path) -> list[list[str]]:
     path = folder / "externals"
     if not path.exists():
@@ -106,13 +149,12 @@ def _stack(folder: Path) -> Any:
                     if kind == "networks":  # the local-scope fields of a network list are not what a stack made
                         objs = [{k: v for k, v in o.items() if k not in ("Containers",)} for o in objs]
                     out.append(Answer(f"GET /{kind}?label=stack ({folder.name})", status, objs))
-                out.append(s.cli_answer(f"docker stack services {folder.name}", "stack", "services", name))
+                # Not the REPLICAS column: running state, and these images never run (tasks are rejected).
+                out.append(s.cli_answer(f"docker stack services {folder.name}", "stack", "services", "--format",
+                                        "{{.Name}} {{.Mode}} {{.Image}} {{.Ports}}", name))
                 out.append(s.cli_answer(f"docker stack ls ({folder.name})", "stack", "ls"))
             finally:
-                s.cli("stack", "rm", name)
-                deadline = time.monotonic() + 30
-                while time.monotonic() < deadline and s.request("GET", "/networks", query={"filters": ns})[1]:
-                    time.sleep(0.3)  # polling interval: stack rm removes networks once their tasks are gone
+                _stack_rm(s, name)
         return out
 
     return scenario

@@ -301,3 +301,30 @@ def _events(s: Side) -> list[Answer]:
 
 def test_events_bounded(pair: Pair) -> None:
     pair.check(_events)
+
+
+def _tasks(s: Side) -> list[Answer]:
+    """The task endpoints, on a service with one running replica."""
+    _, sid = _id(s, "POST", "/services/create", _spec("dtasks", Mode={"Replicated": {"Replicas": 1}}))
+    with cleanup(s, f"/services/{sid}"):
+        running = settled(s, "GET /tasks?filters=service", "/tasks", lambda b: any(
+            t["Status"]["State"] == "running" for t in b), query={"filters": {"service": ["dtasks"]}}, timeout=60)
+        out = [running]
+        tid = next(t["ID"] for t in running.body if t["Status"]["State"] == "running")
+        out.append(s.call("GET /tasks/{id}", "GET", f"/tasks/{tid}"))
+        out.append(s.call("GET /tasks/{prefix}", "GET", f"/tasks/{tid[:6]}"))
+        out.append(s.call("GET /tasks/missing", "GET", "/tasks/missing"))
+        for label, f in (("desired-state", {"service": ["dtasks"], "desired-state": ["running"]}),
+                         ("desired-state=bogus", {"desired-state": ["bogus"]}),
+                         ("name", {"name": ["dtasks.1"]}), ("id", {"id": [tid]}),
+                         ("node", {"service": ["dtasks"], "node": ["self"]}),
+                         ("label", {"service": ["dtasks"], "label": ["diff=yes"]}),
+                         ("unknown", {"colour": ["x"]})):
+            out.append(s.call(f"GET /tasks?filters={label}", "GET", "/tasks", query={"filters": f}))
+        out.append(s.call("GET /tasks/{id}/logs (no stream chosen)", "GET", f"/tasks/{tid}/logs"))
+        out.append(s.call("GET /tasks/missing/logs", "GET", "/tasks/missing/logs", query={"stdout": "1"}))
+        return out
+
+
+def test_tasks(pair: Pair) -> None:
+    pair.check(_tasks)

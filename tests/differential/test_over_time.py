@@ -86,6 +86,7 @@ def test_restart_attempts(pair: Pair) -> None:
 
 
 def _job(s: Side) -> list[Answer]:
+    since = time.time()
     _create(s, "--name", "djob", "--mode", "replicated-job", "--replicas", "3", "--max-concurrent", "1",
             TEST_IMAGE, "sh", "-c", "echo job-line-1; echo job-line-2 >&2")
     with cleanup(s, "/services/djob"):
@@ -107,6 +108,17 @@ def _job(s: Side) -> list[Answer]:
             i += 8 + size
         out.append(Answer("GET /services/{job}/logs", status, {"content-type": hdrs.get("content-type"),
                                                                 "lines": sorted(lines)}))
+        # Every event of the job's run, unfiltered (swarm and engine alike), as a multiset of (type, action):
+        # the order of two containers' events is timing.
+        _, evs, _ = s.request("GET", "/events", query={"since": f"{since:.3f}", "until": f"{time.time():.3f}"},
+                              timeout=15)
+        kinds: dict[str, int] = {}
+        for e in evs if isinstance(evs, list) else [evs]:
+            if e.get("Type") != "container" or e.get("Actor", {}).get("Attributes", {}).get(
+                    "com.docker.swarm.service.name") == "djob":
+                key = f"{e.get('Type')} {e.get('Action')}"
+                kinds[key] = kinds.get(key, 0) + 1
+        out.append(Answer("GET /events (the job's run, unfiltered)", 200, kinds))
         r = s.cli("service", "logs", "--no-task-ids", "djob")
         out.append(Answer("docker service logs", r.returncode, sorted(
             ln.split("|", 1)[-1].strip() for ln in (r.stdout + r.stderr).splitlines())))
