@@ -99,3 +99,31 @@ def _nodes(s: Side) -> list[Answer]:
 
 def test_node_endpoints(pair: Pair) -> None:
     pair.check(_nodes)
+
+
+def _autolock(s: Side) -> list[Answer]:
+    """Autolock turned on and off by update: the key is readable at once, rotates, and goes."""
+    _, sw, _ = s.request("GET", "/swarm")
+    locked = dict(sw["Spec"], EncryptionConfig={"AutoLockManagers": True})
+    out = [s.call("POST /swarm/update (autolock on)", "POST", "/swarm/update", locked,
+                  query={"version": sw["Version"]["Index"]})]
+    try:
+        _, first, _ = s.request("GET", "/swarm/unlockkey")
+        out.append(Answer("GET /swarm/unlockkey (autolock on)", 200 if first.get("UnlockKey") else 404, first))
+        out.append(s.call("GET /swarm (autolock on)", "GET", "/swarm"))
+        out.append(s.call("POST /swarm/update (rotate unlock key)", "POST", "/swarm/update", locked,
+                          query={"version": _version(s), "rotateManagerUnlockKey": "true"}))
+        _, second, _ = s.request("GET", "/swarm/unlockkey")
+        out.append(Answer("unlock key rotated", 200, {"changed": second.get("UnlockKey") != first.get("UnlockKey")}))
+        out.append(s.call("POST /swarm/unlock (not locked, autolock on)", "POST", "/swarm/unlock",
+                          {"UnlockKey": second.get("UnlockKey", "")}))
+    finally:
+        _, sw, _ = s.request("GET", "/swarm")
+        out.append(s.call("POST /swarm/update (autolock off)", "POST", "/swarm/update",
+                          dict(sw["Spec"], EncryptionConfig={"AutoLockManagers": False}),
+                          query={"version": sw["Version"]["Index"]}))
+    return out
+
+
+def test_autolock(pair: Pair) -> None:
+    pair.check(_autolock)
