@@ -22,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.differential.harness import LEDGER, Answer, Outcome, Pair, Side, load_deviations
+from tests.differential.harness import REPORT, Answer, Pair, Side, load_deviations
 from tests.e2e.dockerd import DockerdUnavailable, ensure_test_image, start_dockerd, stop_dockerd
 from tests.e2e.shoal_docker import ShoalDocker
 from tests.support.managers import free_port
@@ -113,12 +113,10 @@ def pair() -> Iterator[Pair]:
 
 @pytest.fixture(autouse=True)
 def _count_answers(figure: Callable[[str], None]) -> Iterator[None]:
-    """Each differential test reports how many answers it compared and how many differences were documented."""
-    first = len(LEDGER)
-    yield
-    mine: list[Outcome] = LEDGER[first:]
-    if mine:
-        compared = sum(o.compared for o in mine)
-        diffs = sum(len(o.differences) for o in mine)
-        documented = sum(len(o.accepted) for o in mine)
-        figure(f"differential: {compared} answers compared, {diffs} differences ({documented} documented)")
+    """Each comparison a test makes reports how many answers it compared and how many differences were
+    documented (printed in the run's "figures" section)."""
+    REPORT.append(figure)
+    try:
+        yield
+    finally:
+        REPORT.remove(figure)

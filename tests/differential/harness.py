@@ -322,6 +322,8 @@ class Outcome:
 
 # Every comparison of the run, for the summary (count of compared answers, deviations used).
 LEDGER: list[Outcome] = []
+# Set by the suite's conftest to the `figure` fixture of the running test: each comparison reports its counts.
+REPORT: list[Callable[[str], None]] = []
 
 
 @dataclass
@@ -366,6 +368,9 @@ class Pair:
                 if dev is not None:
                     out.accepted.append((d, dev))
         LEDGER.append(out)
+        for note in REPORT:
+            note(f"differential: {out.compared} answers compared, {len(out.differences)} differences "
+                 f"({len(out.accepted)} documented in {DEVIATIONS_FILE.name})")
         return out
 
     def compare(self, scenario: Callable[[Side], list[Answer]], *, cli: bool = False) -> Outcome:
@@ -399,10 +404,19 @@ def settled(side: Side, label: str, path: str, done: Callable[[Any], bool], time
 
 @contextlib.contextmanager
 def cleanup(side: Side, *paths: str) -> Iterator[None]:
-    """DELETE each path on the way out, whatever happened (objects a scenario created)."""
+    """DELETE each path on the way out, whatever happened (objects a scenario created), retrying while the
+    object is still in use."""
     try:
         yield
     finally:
         for p in paths:
-            with contextlib.suppress(OSError):
-                side.request("DELETE", p)
+            # Until it is gone: a network is refused while the tasks of a service just removed still use it.
+            deadline = time.monotonic() + 30
+            while True:
+                try:
+                    status, _, _ = side.request("DELETE", p)
+                except OSError:
+                    break
+                if status < 400 or status == 404 or time.monotonic() > deadline:
+                    break
+                time.sleep(0.3)  # polling interval of a bounded poll

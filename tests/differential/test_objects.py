@@ -215,7 +215,9 @@ def _networks(s: Side) -> list[Answer]:
                                                   "Labels": {"n": "1"}, "Options": {"com.docker.network.mtu": "1400"}})
     out.append(a)
     with cleanup(s, f"/networks/{nid}"):
-        out.append(s.call("GET /networks/{id}", "GET", f"/networks/{nid}"))
+        # The allocator fills IPAM and the VXLAN ID after the create answered (asynchronous on both sides).
+        out.append(settled(s, "GET /networks/{id}", f"/networks/{nid}",
+                           lambda b: bool(b.get("IPAM", {}).get("Config"))))
         out.append(s.call("GET /networks/{name}", "GET", "/networks/dnet"))
         out.append(s.call("GET /networks/{id}?verbose", "GET", f"/networks/{nid}", query={"verbose": "true"}))
         out.append(s.call("GET /networks/{id}?scope=swarm", "GET", f"/networks/{nid}", query={"scope": "swarm"}))
@@ -238,7 +240,8 @@ def _networks(s: Side) -> list[Answer]:
             "Config": [{"Subnet": "10.199.0.0/24", "Gateway": "10.199.0.1"}]}})
         out.append(a)
         with cleanup(s, f"/networks/{uid}"):
-            out.append(s.call("GET /networks/{user subnet}", "GET", f"/networks/{uid}"))
+            out.append(settled(s, "GET /networks/{user subnet}", f"/networks/{uid}",
+                               lambda b: bool(b.get("Options"))))
         a, sid = _id(s, "POST", "/services/create", _spec("use-net", TaskTemplate={
             "ContainerSpec": {"Image": TEST_IMAGE}, "Networks": [{"Target": "dnet", "Aliases": ["x"]}]}))
         out.append(settled(s, "GET /services/{on network}", f"/services/{sid}",
