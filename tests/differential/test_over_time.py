@@ -109,15 +109,15 @@ def _job(s: Side) -> list[Answer]:
         out.append(Answer("GET /services/{job}/logs", status, {"content-type": hdrs.get("content-type"),
                                                                 "lines": sorted(lines)}))
         # Every event of the job's run, unfiltered (swarm and engine alike), as a multiset of (type, action):
-        # the order of two containers' events is timing.
+        # the order of two containers' events is timing. Containers that are not the job's tasks count too.
         _, evs, _ = s.request("GET", "/events", query={"since": f"{since:.3f}", "until": f"{time.time():.3f}"},
                               timeout=15)
         kinds: dict[str, int] = {}
         for e in evs if isinstance(evs, list) else [evs]:
-            if e.get("Type") != "container" or e.get("Actor", {}).get("Attributes", {}).get(
-                    "com.docker.swarm.service.name") == "djob":
-                key = f"{e.get('Type')} {e.get('Action')}"
-                kinds[key] = kinds.get(key, 0) + 1
+            task = e.get("Actor", {}).get("Attributes", {}).get("com.docker.swarm.service.name") == "djob"
+            key = f"{e.get('Type')} {e.get('Action')}" + ("" if task or e.get("Type") != "container" else
+                                                          " (not a task of the job)")
+            kinds[key] = kinds.get(key, 0) + 1
         out.append(Answer("GET /events (the job's run, unfiltered)", 200, kinds))
         r = s.cli("service", "logs", "--no-task-ids", "djob")
         out.append(Answer("docker service logs", r.returncode, sorted(
