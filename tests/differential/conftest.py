@@ -79,6 +79,17 @@ def _before_init(s: Side) -> list[Answer]:
     return out
 
 
+def _unmount_under(*roots: Path) -> None:
+    """Lazily unmount what a stopped dockerd left mounted under `roots` (the bind-mounted namespaces of its
+    overlay sandboxes survive its shutdown), deepest first, so that the directories can be removed."""
+    exact = {str(r).rstrip("/") for r in roots}  # dockerd bind-mounts its data-root onto itself
+    prefixes = tuple(r + "/" for r in exact)
+    with open("/proc/self/mounts") as f:
+        points = [line.split()[1] for line in f]
+    for point in sorted((p for p in points if p in exact or p.startswith(prefixes)), key=len, reverse=True):
+        subprocess.run(["umount", "-l", point], capture_output=True)
+
+
 @pytest.fixture(scope="session")
 def pair() -> Iterator[Pair]:
     base = Path(tempfile.mkdtemp(prefix="sdiff", dir="/run"))  # short: unix socket paths max 107 bytes
@@ -94,10 +105,13 @@ def pair() -> Iterator[Pair]:
                 raise DockerdUnavailable(f"cannot create network namespace {ns}")
             started.append(lambda: subprocess.run(["ip", "netns", "del", ns], capture_output=True))
             subprocess.run(["ip", "-n", ns, "link", "set", "lo", "up"], check=True)
-            ref = start_dockerd(base / "r", data_root=Path(tempfile.mkdtemp(prefix="sdiff-r-")),
-                                prefix=("nsenter", f"--net=/run/netns/{ns}"))
+            ref_data, eng_data = Path(tempfile.mkdtemp(prefix="sdiff-r-")), Path(tempfile.mkdtemp(prefix="sdiff-e-"))
+            started.append(lambda: (_unmount_under(base, ref_data, eng_data),
+                                    shutil.rmtree(ref_data, ignore_errors=True),
+                                    shutil.rmtree(eng_data, ignore_errors=True)))
+            ref = start_dockerd(base / "r", data_root=ref_data, prefix=("nsenter", f"--net=/run/netns/{ns}"))
             started.append(lambda: stop_dockerd(ref))
-            eng = start_dockerd(base / "e", data_root=Path(tempfile.mkdtemp(prefix="sdiff-e-")))
+            eng = start_dockerd(base / "e", data_root=eng_data)
             started.append(lambda: stop_dockerd(eng))
         finally:
             if old is None:
