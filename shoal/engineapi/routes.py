@@ -23,10 +23,12 @@ from shoal.engineapi import convert as C
 from shoal.engineapi import messages as M
 from shoal.engineapi.convert._wire import parse_go_time
 from shoal.engineapi.server import (
+    API_VERSION,
     ENGINE_KEY,
     NODE_KEY,
     PROXY_KEY,
     Handler,
+    _version_tuple,
     error_response,
     forward_to_leader,
     json_response,
@@ -818,12 +820,31 @@ def _format_line(line: LogLine, t: Task, opts: LogOptions, details: bool) -> byt
     return out + data
 
 
+class _UntypedStream(web.StreamResponse):
+    """A stream sent without Content-Type (aiohttp would add application/octet-stream): dockerd's logs < 1.42."""
+
+    async def _prepare_headers(self) -> None:
+        await super()._prepare_headers()
+        self.headers.pop("Content-Type", None)
+
+
+def _log_stream(request: web.Request, tty: bool) -> web.StreamResponse:
+    headers = _log_stream_headers(request, tty)
+    return web.StreamResponse(headers=headers) if headers else _UntypedStream()
+
+
+def _log_stream_headers(request: web.Request, tty: bool) -> dict[str, str]:
+    """The Content-Type of a log stream: API 1.42 added it (multiplexed or raw); before, dockerd sends none."""
+    if _version_tuple(request.get("api_version", API_VERSION)) < (1, 42):
+        return {}
+    return {"Content-Type": "application/vnd.docker.raw-stream" if tty else "application/vnd.docker.multiplexed-stream"}
+
+
 async def _stream_logs(request: web.Request, tasks: list[Task], opts: LogOptions, details: bool, tty: bool,
                        follow_service: str | None) -> web.StreamResponse:
     node = node_of(request)
     mgr = node.require_manager()
-    resp = web.StreamResponse(headers={"Content-Type": "application/vnd.docker.multiplexed-stream"
-                                       if not tty else "application/vnd.docker.raw-stream"})
+    resp = _log_stream(request, tty)
     await resp.prepare(request)
     queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=1024)
     streaming: set[str] = set()
@@ -958,8 +979,7 @@ async def task_container_logs(request: web.Request) -> web.StreamResponse:
     assert agent is not None
     opts, _ = _log_options(request)
     tty = t.spec.container.tty
-    resp = web.StreamResponse(headers={"Content-Type": "application/vnd.docker.raw-stream" if tty
-                                       else "application/vnd.docker.multiplexed-stream"})
+    resp = _log_stream(request, tty)
     await resp.prepare(request)
     try:
         async for line in agent.task_logs(t.id, opts):

@@ -30,7 +30,9 @@ from shoal.node import ShoalNode
 
 log = logging.getLogger(__name__)
 
-API_VERSION = "1.47"
+# The newest version ../shared/engine-api/swagger.yaml describes (its info.version); answers follow each
+# version's rules below it (tests/differential/test_versions.py checks 1.41, 1.47 and this one).
+API_VERSION = "1.56"
 MIN_API_VERSION = "1.24"
 _VERSION_RE = re.compile(r"^/v(\d+\.\d+)(/.*)$")
 _BAD_VERSION_RE = re.compile(r"^/v[0-9.]+(/|$)")  # /v1/..., /v1.2.3/...: a version prefix dockerd has no page for

@@ -101,8 +101,11 @@ def _wait_pid_exit(pid: int, timeout: float) -> bool:
 
 
 def start_dockerd(
-    base: Path, *, data_root: Path | None = None, timeout: float = 60.0, extra_args: tuple[str, ...] = ()
+    base: Path, *, data_root: Path | None = None, timeout: float = 60.0, extra_args: tuple[str, ...] = (),
+    prefix: tuple[str, ...] = (),
 ) -> Dockerd:
+    """`prefix` goes before the dockerd command, e.g. `nsenter --net=/run/netns/X` to run it in a network
+    namespace (nsenter execs dockerd, so the pid is still dockerd's)."""
     reason = why_unavailable()
     if reason:
         raise DockerdUnavailable(reason)
@@ -113,6 +116,7 @@ def start_dockerd(
     with contextlib.suppress(FileNotFoundError):
         sock.unlink()
     args = [
+        *prefix,
         DOCKERD,
         f"--data-root={data_root}",
         f"--exec-root={base / 'exec'}",
