@@ -304,7 +304,7 @@ async def raft_state(request: web.Request) -> web.StreamResponse:
     st.update({"is_leader": raft.is_leader, "election_timeout": raft.election_timeout,
                "snapshots_taken": raft.snapshots_taken,
                "snapshots_installed": raft.snapshots_installed, "store_version": node.store.version,
-               "snapshot_index": raft.core.snapshot.meta.index, "catchup_entries": raft.catchup_entries,
+               "snapshot_index": raft.core.snapshot_meta.index, "catchup_entries": raft.catchup_entries,
                "leader_loops": node.manager.leading if node.manager is not None else False,
                "store_commits": dict(node.store.stats),
                "objects": {k: node.store.view().count(k) for k in ("node", "service", "task", "secret", "config")}})

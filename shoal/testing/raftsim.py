@@ -263,7 +263,7 @@ class RaftSim:
                     if rs.index < asked:
                         self.fail(f"read index {rs.index} on n{n.id} below a write acked before the read ({asked})")
             core.advance(rd)
-            if n.applied - core.snapshot.meta.index >= self.cfg.snapshot_every and n.applied <= core.applied:
+            if n.applied - core.snapshot_meta.index >= self.cfg.snapshot_every and n.applied <= core.applied:
                 snap = core.compact(n.applied, _encode_state(n.writes), keep_entries=self.cfg.catchup_entries)
                 n.storage.save_snapshot(snap, compact_index=core.first_index - 1)
                 n.storage.sync()
@@ -513,7 +513,7 @@ class RaftSim:
                 missing = sorted(set(self.nodes) - core.voters)
                 conf_pending = any(e.type == EntryType.CONF_CHANGE
                                    for e in core.log_entries(core.applied + 1, core.last_index + 1))
-                if final is not None and final.index > core.snapshot.meta.index \
+                if final is not None and final.index > core.snapshot_meta.index \
                         and core.log_term(final.index) != final.term:
                     final = None  # lost in a leader change
                 if missing and not conf_pending:

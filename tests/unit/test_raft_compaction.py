@@ -80,7 +80,7 @@ async def test_the_log_is_compacted_by_size_and_a_restart_replays_a_bounded_tail
     assert node.snapshots_taken >= WRITES * ENTRY // BOUND // 2
     # The leader's log in memory and the data dir's log hold at most the catch-up tail below the snapshot, the
     # bound past it, and one entry (the one that crossed the bound).
-    assert node.core.first_index <= node.core.snapshot.meta.index  # a tail is kept
+    assert node.core.first_index <= node.core.snapshot_meta.index  # a tail is kept
     in_memory = node.core.log_entries(node.core.first_index, node.core.last_index + 1)
     assert log_bytes(in_memory) <= TAIL + BOUND + ENTRY  # type: ignore[arg-type]
     on_disk = storage.entries(storage.first_index(), storage.last_index() + 1)
@@ -131,7 +131,7 @@ async def test_force_new_cluster_reads_a_log_with_a_catch_up_tail(tmp_path: Path
     await node.leader_event.wait()
     for i in range(50):
         await store.update(create_config(i))
-    assert node.snapshots_taken >= 2 and node.core.first_index < node.core.snapshot.meta.index
+    assert node.snapshots_taken >= 2 and node.core.first_index < node.core.snapshot_meta.index
     await node.stop()
     storage.close()
 

@@ -180,7 +180,7 @@ async def test_a_follower_a_few_entries_behind_a_snapshot_gets_entries_not_the_s
     c.hub.isolate(lag)
     for k in range(8):
         await c.stores[lead.id].update(create(f"s{k}"))
-    snap_index = lead.core.snapshot.meta.index
+    snap_index = lead.core.snapshot_meta.index
     assert lead.snapshots_taken >= 1 and c.nodes[lag].applied < snap_index
     assert lead.core.first_index <= c.nodes[lag].applied + 1  # the tail still holds what the follower lacks
     c.hub.heal()

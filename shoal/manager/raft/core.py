@@ -3,6 +3,8 @@
 The shell drives it with five calls and owns everything else:
 
     core = RaftCore(RaftConfig(id=1), storage, random.Random(seed))   # reads storage.load() once
+    # The core keeps only the snapshot's metadata: its data is read back (storage.load_snapshot) each time
+    # a follower needs it (MsgType.SNAPSHOT) and dropped once that message is handed out.
     core.tick()                      # every tick interval (time only enters here)
     core.step(msg)                   # a Message received from a peer
     core.propose(data)               # -> EntryId(index, term), or raises ProposalDropped / NotLeader
@@ -339,17 +341,19 @@ class RaftCore:
         self.cfg = config
         self.id = config.id
         self._rng = rng
+        self._storage = storage
         state = storage.load()
-        snap = state.snapshot
-        if snap is None:
-            snap = Snapshot(SnapshotMeta(0, 0, frozenset()), b"")
-        self._snapshot = snap
-        self._snap_index = snap.meta.index
-        self._snap_term = snap.meta.term
+        # Only the snapshot's metadata is kept, never its data (a store of configs can be hundreds of MiB).
+        meta = state.snapshot.meta if state.snapshot is not None else SnapshotMeta(0, 0, frozenset())
+        self._snap_meta = meta
+        self._snap_index = meta.index
+        self._snap_term = meta.term
         # The log is `_log` after its offset entry (`_off_index`, `_off_term`): the snapshot's, or below it when
         # compaction kept a catch-up tail of entries the snapshot already holds (`compact`).
         self._off_index, self._off_term = self._snap_index, self._snap_term
         ents = list(state.entries)
+        hs = state.hard_state
+        del state
         for k, e in enumerate(ents):
             if e.index != ents[0].index + k:
                 raise ValueError(f"storage log is not contiguous at {e.index}")
@@ -365,7 +369,6 @@ class RaftCore:
             raise ValueError(f"storage log is not contiguous after snapshot {self._snap_index}")
         self._log: list[Entry] = ents
         self._stable = self.last_index  # everything loaded is durable
-        hs = state.hard_state
         self.term = hs.term
         self.vote = hs.vote
         self.commit = max(hs.commit, self._snap_index)
@@ -375,8 +378,8 @@ class RaftCore:
         self.role = Role.FOLLOWER
         self.leader = NONE
         self._progress: dict[int, Progress] = {}
-        self._conf_history: list[tuple[int, frozenset[int]]] = [(self._snap_index, snap.meta.voters)]
-        self.voters: frozenset[int] = snap.meta.voters
+        self._conf_history: list[tuple[int, frozenset[int]]] = [(self._snap_index, meta.voters)]
+        self.voters: frozenset[int] = meta.voters
         self._apply_conf_changes(self._snap_index, self.commit)
         self._prev_hs = HardState(self.term, self.vote, self.commit)
         self._prev_ss = SoftState(NONE, Role.FOLLOWER)
@@ -410,8 +413,9 @@ class RaftCore:
         return self._log[-1].term if self._log else self._off_term
 
     @property
-    def snapshot(self) -> Snapshot:
-        return self._snapshot
+    def snapshot_meta(self) -> SnapshotMeta:
+        """The latest snapshot's index, term and voters; its data is in storage (`storage.load_snapshot`)."""
+        return self._snap_meta
 
     def log_term(self, index: int) -> int | None:
         """The term of the entry at index, or None when compacted away (below the log) or not there."""
@@ -666,9 +670,11 @@ class RaftCore:
         (`Entry.size`; None: no byte bound): a follower only that far behind then gets entries, not the whole
         snapshot (swarmkit's LogEntriesForSlowFollowers, etcd's SnapshotCatchUpEntries). Returns the Snapshot;
         the shell persists it (storage.save_snapshot(snap, compact_index=first_index - 1)) before deleting
-        anything."""
+        anything. The core keeps only its metadata: until storage holds it, no follower is sent a snapshot.
+        An `index` at or below the current snapshot's changes nothing (returns the stored snapshot)."""
         if index <= self._snap_index:
-            return self._snapshot
+            stored = self._storage.load_snapshot()
+            return stored if stored is not None else Snapshot(self._snap_meta, b"")
         if index > self.applied:
             raise ValueError(f"compact({index}) beyond applied {self.applied}")
         term = self.log_term(index)
@@ -684,7 +690,7 @@ class RaftCore:
         assert off_term is not None
         del self._log[:off - self._off_index]
         self._off_index, self._off_term = off, off_term
-        self._snap_index, self._snap_term, self._snapshot = index, term, snap
+        self._snap_index, self._snap_term, self._snap_meta = index, term, snap.meta
         self._conf_history = [(index, snap.meta.voters)] + [(i, v) for i, v in self._conf_history if i > index]
         return snap
 
@@ -891,7 +897,7 @@ class RaftCore:
             self._send(Message(MsgType.APPEND_RESP, self.id, m.src, self.term, index=self.commit))
             return
         self._log = []
-        self._snap_index, self._snap_term, self._snapshot = meta.index, meta.term, snap
+        self._snap_index, self._snap_term, self._snap_meta = meta.index, meta.term, meta
         self._off_index, self._off_term = meta.index, meta.term
         self._stable = meta.index
         self.commit = meta.index
@@ -1005,6 +1011,14 @@ class RaftCore:
         if self._transferee == m.src and pr.match == self.last_index:
             self._send(Message(MsgType.TIMEOUT_NOW, self.id, m.src, self.term))
 
+    def _snapshot_to_send(self) -> Snapshot | None:
+        """Our latest snapshot with its data: the one received and not yet installed, else storage's when it is
+        the one the core knows (storage may still hold the previous one while the shell writes a new one)."""
+        if self._pending_install is not None and self._pending_install.meta == self._snap_meta:
+            return self._pending_install
+        snap = self._storage.load_snapshot()
+        return snap if snap is not None and snap.meta == self._snap_meta else None
+
     def _send_append(self, to: int, *, send_if_empty: bool = True, empty: bool = False) -> bool:
         """Send `to` what follows its next index (a snapshot when that was compacted); `empty`: a probe with
         no entries (only prev index and term: where do our logs match?)."""
@@ -1014,12 +1028,16 @@ class RaftCore:
         prev = pr.next - 1
         prev_term = self.log_term(prev)
         if prev_term is None:
-            # The follower needs entries we compacted: send the snapshot.
+            # The follower needs entries we compacted: send the snapshot, read back from storage for this message
+            # only (the core does not keep its data).
+            snap = self._snapshot_to_send()
+            if snap is None:
+                return False  # the shell is still persisting our latest snapshot: the next heartbeat retries
             pr.state = ProgressState.SNAPSHOT
             pr.pending_snapshot = self._snap_index
             pr.snapshot_wait = 0
             pr.inflight.clear()
-            self._send(Message(MsgType.SNAPSHOT, self.id, to, self.term, snapshot=self._snapshot))
+            self._send(Message(MsgType.SNAPSHOT, self.id, to, self.term, snapshot=snap))
             return True
         ents: list[Entry] = []
         size = 0

@@ -220,9 +220,11 @@ class RaftNode:
     async def start(self) -> None:
         if self._sm is None:
             raise RuntimeError("RaftNode.attach(state_machine) before start()")
-        snap = self.core.snapshot
-        if snap.meta.index > 0:
+        if self.core.snapshot_meta.index > 0:
+            snap = self.storage.load_snapshot()  # read for the restore only: neither the core nor storage keeps it
+            assert snap is not None and snap.meta == self.core.snapshot_meta
             self._sm.restore(snap.data, snap.meta.index)
+            del snap
         self._running = True
         self.transport.set_receiver(self.step)
         if self.core.voters == frozenset({self.id}):
@@ -444,9 +446,9 @@ class RaftNode:
 
     def _maybe_snapshot(self) -> None:
         applied = self.core.applied
-        if self._snapshotting is not None or applied <= self.core.snapshot.meta.index:
+        if self._snapshotting is not None or applied <= self.core.snapshot_meta.index:
             return
-        if applied - self.core.snapshot.meta.index < self.snapshot_interval \
+        if applied - self.core.snapshot_meta.index < self.snapshot_interval \
                 and self._applied_bytes < self.snapshot_bytes:
             return
         sm = self._sm
@@ -472,7 +474,7 @@ class RaftNode:
             self._snapshotting = None
             return
         try:
-            if index <= self.core.snapshot.meta.index:
+            if index <= self.core.snapshot_meta.index:
                 return  # a snapshot from the leader got there first
             snap = self.core.compact(index, data, keep_entries=self.catchup_entries, keep_bytes=self.catchup_bytes)
             cut = self.core.first_index - 1  # now: a snapshot from the leader may replace the log meanwhile

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from shoal.manager.raft.core import Entry, HardState, Snapshot, UnsupportedFormat
+from shoal.manager.raft.core import Entry, HardState, Snapshot, SnapshotMeta, UnsupportedFormat
 from shoal.manager.raft.storage import InitialState
 
 if TYPE_CHECKING:
@@ -72,11 +72,16 @@ class SqliteStorage:
         self._in_tx = False
         self._to_delete: list[Path] = []
         self.syncs = 0
+        self.snapshot_reads = 0  # snapshot files read (`load_snapshot`): a restore or a snapshot sent
         encrypted = self._get("encryption") is not None
         if encrypted and cipher is None:
             raise UnsupportedFormat(f"{directory}: the Raft data is encrypted and no key was given")
         self._sealed = encrypted  # sealed snapshots have a file name of their own (.ssnap)
-        self._snapshot = self._read_snapshot(sealed=encrypted)
+        # Only the current snapshot's metadata is kept; its data is read from its file when asked for
+        # (`load_snapshot`: a restore, or a snapshot for a follower), never held (it can be hundreds of MiB).
+        stored = self._read_snapshot(sealed=encrypted)
+        self._snap_meta: SnapshotMeta | None = stored.meta if stored is not None else None
+        del stored
         self._cleanup_snapshot_files()
         if cipher is not None and not encrypted:
             self._encrypt_in_place()
@@ -101,10 +106,12 @@ class SqliteStorage:
         """Data written before encryption (an older Shoal, a migrated log): sealed in one transaction, the
         snapshot rewritten sealed first, so a crash leaves either all of it clear or all of it sealed."""
         assert self._cipher is not None
-        old = self._snap_path(self._snapshot.meta.index, self._snapshot.meta.term) if self._snapshot else None
+        snap = self.load_snapshot()
+        old = self._snap_path(snap.meta.index, snap.meta.term) if snap is not None else None
         self._sealed = True
-        if self._snapshot is not None:
-            self._write_snapshot_file(self._snapshot)  # under the sealed name: unreferenced until the commit
+        if snap is not None:
+            self._write_snapshot_file(snap)  # under the sealed name: unreferenced until the commit
+            del snap
         rows = self._db.execute("SELECT idx, term, data FROM entries ORDER BY idx").fetchall()
         self._db.execute("BEGIN IMMEDIATE")
         self._db.executemany("UPDATE entries SET data = ? WHERE idx = ?",
@@ -137,11 +144,15 @@ class SqliteStorage:
     def _snap_path(self, index: int, term: int) -> Path:
         return self.snap_dir / f"snap-{index:016d}-{term}.{'ssnap' if self._sealed else 'snap'}"
 
-    def _read_snapshot(self, *, sealed: bool) -> Snapshot | None:
-        meta = self._get("snapshot")
-        if meta is None:
-            return None
-        index, term = (int(x) for x in meta.split())
+    def _read_snapshot(self, *, sealed: bool, at: tuple[int, int] | None = None) -> Snapshot | None:
+        """The snapshot at `at` (index, term), by default the one the database names."""
+        if at is None:
+            meta = self._get("snapshot")
+            if meta is None:
+                return None
+            index, term = (int(x) for x in meta.split())
+        else:
+            index, term = at
         blob = self._snap_path(index, term).read_bytes()
         if sealed:
             from shoal.manager.keys import snapshot_aad
@@ -151,8 +162,8 @@ class SqliteStorage:
         return Snapshot.decode(index, term, blob)
 
     def _cleanup_snapshot_files(self) -> None:
-        current = self._snap_path(self._snapshot.meta.index, self._snapshot.meta.term) \
-            if self._snapshot is not None else None
+        current = self._snap_path(self._snap_meta.index, self._snap_meta.term) \
+            if self._snap_meta is not None else None
         for p in self.snap_dir.iterdir():
             if p != current:
                 p.unlink(missing_ok=True)
@@ -183,7 +194,7 @@ class SqliteStorage:
 
     def _install(self, snap: Snapshot, *, drop_all: bool, written: bool = False,
                  compact_index: int | None = None) -> None:
-        old = self._snapshot
+        old = self._snap_meta
         if not written:
             self._write_snapshot_file(snap)
         self._begin()
@@ -193,13 +204,13 @@ class SqliteStorage:
             cut = snap.meta.index if compact_index is None else min(compact_index, snap.meta.index)
             self._db.execute("DELETE FROM entries WHERE idx <= ?", (cut,))
         self._put("snapshot", f"{snap.meta.index} {snap.meta.term}")
-        self._snapshot = snap
-        if old is not None and (old.meta.index, old.meta.term) != (snap.meta.index, snap.meta.term):
-            self._to_delete.append(self._snap_path(old.meta.index, old.meta.term))
+        self._snap_meta = snap.meta
+        if old is not None and (old.index, old.term) != (snap.meta.index, snap.meta.term):
+            self._to_delete.append(self._snap_path(old.index, old.term))
 
     @property
     def _offset(self) -> int:
-        return self._snapshot.meta.index if self._snapshot is not None else 0
+        return self._snap_meta.index if self._snap_meta is not None else 0
 
     # --- Storage -----------------------------------------------------------------------------------
 
@@ -210,7 +221,7 @@ class SqliteStorage:
         for k, e in enumerate(entries):
             if e.index != first + k:
                 raise ValueError(f"raft log has a gap before index {e.index}")
-        return InitialState(HardState(term, vote, commit), self._snapshot, entries)
+        return InitialState(HardState(term, vote, commit), self.load_snapshot(), entries)
 
     def append(self, entries: Sequence[Entry]) -> None:
         off = self._offset
@@ -231,7 +242,7 @@ class SqliteStorage:
         self._put("commit", str(hs.commit))
 
     def save_snapshot(self, snap: Snapshot, *, written: bool = False, compact_index: int | None = None) -> None:
-        if snap.meta.index <= self._offset and self._snapshot is not None:
+        if snap.meta.index <= self._offset and self._snap_meta is not None:
             return
         self._install(snap, drop_all=False, written=written, compact_index=compact_index)
 
@@ -239,7 +250,12 @@ class SqliteStorage:
         self._install(snap, drop_all=True)
 
     def load_snapshot(self) -> Snapshot | None:
-        return self._snapshot
+        """The current snapshot, read from its file on each call (the caller drops it when done)."""
+        m = self._snap_meta
+        if m is None:
+            return None
+        self.snapshot_reads += 1
+        return self._read_snapshot(sealed=self._sealed, at=(m.index, m.term))
 
     def entries(self, lo: int, hi: int) -> list[Entry]:
         rows = self._db.execute("SELECT idx, term, data FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx",
@@ -249,7 +265,7 @@ class SqliteStorage:
     def term(self, index: int) -> int | None:
         off = self._offset
         if index == off:
-            return self._snapshot.meta.term if self._snapshot is not None else 0
+            return self._snap_meta.term if self._snap_meta is not None else 0
         row = self._db.execute("SELECT term FROM entries WHERE idx = ?", (index,)).fetchone()
         return None if row is None else int(row[0])
 

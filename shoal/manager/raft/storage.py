@@ -1,6 +1,7 @@
 """The storage seam of the Raft core, and an in-memory implementation that models durability.
 
-`RaftCore` reads a `Storage` once, at construction (`load()`); afterwards the shell writes each `Ready`
+`RaftCore` reads a `Storage` at construction (`load()`), and its snapshot again (`load_snapshot()`) each time
+a follower must be sent it: the core keeps only a snapshot's metadata. The shell writes each `Ready`
 into it with `persist_ready` (snapshot, entries, hard state, then one `sync()`: the fsync) before sending
 the Ready's messages. The interface stays close to `shoal.store.wal.SqliteLog`, so an adapter is thin:
 
@@ -50,7 +51,9 @@ class Storage(Protocol):
     def apply_snapshot(self, snap: Snapshot) -> None:
         """A snapshot received from the leader: store it and drop the whole log."""
 
-    def load_snapshot(self) -> Snapshot | None: ...
+    def load_snapshot(self) -> Snapshot | None:
+        """The current snapshot with its data (a durable storage reads it from disk each time and keeps only
+        its metadata; this in-memory one keeps the bytes)."""
 
     def entries(self, lo: int, hi: int) -> list[Entry]:
         """Entries with lo <= index < hi."""
