@@ -20,6 +20,7 @@ import click
 
 from shoal.clock import SystemClock
 from shoal.manager.raft import DEFAULT_TICK
+from shoal.procmem import return_large_frees_to_os
 
 
 def _engine_reachable(host: str) -> bool:
@@ -296,6 +297,7 @@ def daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, tls: bool, tls
     """Run a Shoal node serving the Docker Engine API."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
+    return_large_frees_to_os()  # a manager's removed configs and old Raft entries give their memory back
     if (tls or tlsverify or tlscacert or tlscert or tlskey) and not api_tcp:
         raise click.UsageError("--tls, --tlsverify, --tlscacert, --tlscert and --tlskey apply to --api-tcp")
     listener = tcp_listener(api_tcp, tls, tlsverify, tlscacert, tlscert, tlskey) if api_tcp else None
