@@ -21,20 +21,10 @@ from dnslib import QTYPE, RR, A, DNSRecord
 
 from shoal.model.objects import (
     Annotations,
-    Endpoint,
-    EndpointSpec,
-    IPAMConfig,
-    IPAMOptions,
-    Network,
-    NetworkAttachment,
     NetworkAttachmentConfig,
     NetworkSpec,
     Service,
-    ServiceSpec,
     Task,
-    TaskSpec,
-    TaskStatus,
-    VirtualIP,
 )
 from shoal.model.state import TaskState
 from shoal.net.directory import StoreDirectory
@@ -42,29 +32,19 @@ from shoal.net.dns import DNSServer, parse_upstream
 from shoal.store.memory import MemoryStore, Tx
 from shoal.testing.clock import VirtualClock
 from shoal.testing.sim import SimCluster, memory_store, service_spec, with_replicas
+from tests.support import netobjects
 
 NET, OTHER = "net1", "net2"
 
 
-def network(nid: str, subnet: str) -> Network:
-    return Network(id=nid, spec=NetworkSpec(annotations=Annotations(name=nid)),
-                   ipam=IPAMOptions(configs=(IPAMConfig(subnet=subnet),)))
-
-
 def service(sid: str, name: str, *, mode: str = "vip", vip: str = "", aliases: tuple[str, ...] = (),
             net: str = NET) -> Service:
-    spec = ServiceSpec(annotations=Annotations(name=name),
-                       task_template=TaskSpec(networks=(NetworkAttachmentConfig(target=net, aliases=aliases),)),
-                       endpoint_spec=EndpointSpec(mode=mode))
-    vips = (VirtualIP(network_id=net, addr=vip),) if vip else ()
-    return Service(id=sid, spec=spec, endpoint=Endpoint(spec=EndpointSpec(mode=mode), virtual_ips=vips))
+    return netobjects.service(sid, name, net=net, vip=vip, mode=mode, aliases=aliases)
 
 
 def task(tid: str, svc: Service, slot: int, addr: str, *, state: TaskState = TaskState.RUNNING,
          healthy: bool | None = None, net: str = NET) -> Task:
-    return Task(id=tid, service_id=svc.id, service_annotations=svc.spec.annotations, slot=slot, node_id="n1",
-                status=TaskStatus(state=state, healthy=healthy),
-                networks=(NetworkAttachment(network_id=net, addresses=(addr,)),))
+    return netobjects.task(tid, net=net, addr=addr, svc=svc, slot=slot, state=state, healthy=healthy)
 
 
 async def populated() -> MemoryStore:
@@ -74,8 +54,8 @@ async def populated() -> MemoryStore:
     hidden = service("s-hid", "hidden", vip="10.0.2.2/24", net=OTHER)
 
     def fn(tx: Tx) -> None:
-        tx.create(network(NET, "10.0.1.0/24"))
-        tx.create(network(OTHER, "10.0.2.0/24"))
+        tx.create(netobjects.network(NET, "10.0.1.0/24"))
+        tx.create(netobjects.network(OTHER, "10.0.2.0/24"))
         for s in (web, db, hidden):
             tx.create(s)
         tx.create(task("t-web1", web, 1, "10.0.1.3/24"))
