@@ -13,7 +13,6 @@ import asyncio
 import os
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -63,7 +62,7 @@ async def _scenario(mode: str, root: Path) -> None:
     from shoal.store.memory import Tx
     from shoal.testing.clock import VirtualClock
     from shoal.testing.sim import memory_store
-    from tests.support.netobjects import network, service, task
+    from tests.support.netobjects import network, service, task, update_task
 
     assert "table" not in _nft(), "the scenario's host namespace starts with rules"
     store = memory_store(VirtualClock())
@@ -121,12 +120,7 @@ async def _scenario(mode: str, root: Path) -> None:
         assert mode == "ended"
         # The task ends: its sandbox is forgotten, the handle let go, its namespace never entered again.
 
-        def ends(tx: Tx) -> None:
-            t = tx.task("t1")
-            assert t is not None
-            tx.update(replace(t, status=replace(t.status, state=TaskState.COMPLETE)))
-
-        await store.update(ends)
+        await store.update(lambda tx: update_task(tx, "t1", state=TaskState.COMPLETE))
         await agent.synced(store.version)
         assert not ipcmd.is_netns(handle) and not handle.exists(), "the ended task's namespace is still held"
         await add(t3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from typing import Any
 
 from shoal.model.objects import (
@@ -25,6 +26,7 @@ from shoal.model.objects import (
     VirtualIP,
 )
 from shoal.model.state import TaskState
+from shoal.store.memory import Tx
 
 
 def network(nid: str, subnet: str, *, name: str = "", vni: int = 0) -> Network:
@@ -66,3 +68,14 @@ class SnapshotFeed:
     async def states(self) -> AsyncIterator[Any]:
         yield self.state
         await asyncio.Event().wait()
+
+
+def update_task(tx: Tx, tid: str, *, state: TaskState | None = None, desired: TaskState | None = None) -> None:
+    """In a store update: task `tid` (which must exist) observed in `state` and/or told `desired`."""
+    t = tx.task(tid)
+    assert t is not None, f"no task {tid}"
+    if state is not None:
+        t = replace(t, status=replace(t.status, state=state))
+    if desired is not None:
+        t = replace(t, desired_state=desired)
+    tx.update(t)
