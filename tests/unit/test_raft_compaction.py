@@ -62,12 +62,18 @@ async def open_node(path: Path, *, in_thread: bool) -> tuple[RaftNode, Counter, 
     return node, sm, storage
 
 
-async def test_the_log_is_compacted_by_size_and_a_restart_replays_a_bounded_tail(tmp_path: Path) -> None:
-    bootstrap_dir(tmp_path)
-    node, _sm, storage = await open_node(tmp_path, in_thread=False)
-    rng = random.Random(7)
+async def written_node(path: Path, *, in_thread: bool, seed: int) -> tuple[RaftNode, SqliteStorage]:
+    """A new one-manager node on `path` that has written WRITES random entries of ENTRY bytes."""
+    bootstrap_dir(path)
+    node, _sm, storage = await open_node(path, in_thread=in_thread)
+    rng = random.Random(seed)
     for _ in range(WRITES):
         await node.propose(rng.randbytes(ENTRY))
+    return node, storage
+
+
+async def test_the_log_is_compacted_by_size_and_a_restart_replays_a_bounded_tail(tmp_path: Path) -> None:
+    node, storage = await written_node(tmp_path, in_thread=False, seed=7)
     assert node.snapshots_taken >= WRITES * ENTRY // BOUND // 2
     # The leader's log in memory and the data dir's log hold at most the catch-up tail below the snapshot, the
     # bound past it, and one entry (the one that crossed the bound).
@@ -90,11 +96,7 @@ async def test_the_log_is_compacted_by_size_and_a_restart_replays_a_bounded_tail
 
 
 async def test_snapshots_by_size_also_off_the_loop(tmp_path: Path) -> None:
-    bootstrap_dir(tmp_path)
-    node, _sm, storage = await open_node(tmp_path, in_thread=True)
-    rng = random.Random(8)
-    for _ in range(WRITES):
-        await node.propose(rng.randbytes(ENTRY))
+    node, storage = await written_node(tmp_path, in_thread=True, seed=8)
     await node.stop()  # waits for a snapshot being written
     storage.close()
     node2, sm2, storage2 = await open_node(tmp_path, in_thread=True)
