@@ -173,7 +173,7 @@ def swarm_node(dockerd: str, prefix: str, hostname: str, *, init: bool = True, i
     inited a swarm listening on a free loopback port (with `init_args`) unless `init` is false. After: the swarm
     left, the daemon stopped, the engine's containers and networks labelled with the node's ID removed, mounts
     under the directory detached and the directory removed."""
-    import docker  # type: ignore[import-untyped]
+    import docker
 
     base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     base.chmod(base_mode)
