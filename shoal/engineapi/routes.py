@@ -10,7 +10,7 @@ import asyncio
 import json
 import re
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from typing import Any
 
@@ -152,11 +152,10 @@ def go_json_decode(text: str, start: int = 0) -> tuple[Any, int]:
             from None
 
 
-def _non_finite_error(doc: str, start: int) -> str:
-    """Go's text for the first NaN/Infinity literal: the first capital N or I outside a string (true, false and
-    null are lower case), after a minus sign a malformed number."""
+def _outside_strings(doc: str, start: int, stop: int) -> Iterator[int]:
+    """The positions in doc[start:stop] that are not inside a JSON string (the quotes themselves count as inside)."""
     in_str = esc = False
-    for i in range(start, len(doc)):
+    for i in range(start, stop):
         c = doc[i]
         if in_str:
             if esc:
@@ -167,7 +166,16 @@ def _non_finite_error(doc: str, start: int) -> str:
                 in_str = False
         elif c == '"':
             in_str = True
-        elif c in "NI":
+        else:
+            yield i
+
+
+def _non_finite_error(doc: str, start: int) -> str:
+    """Go's text for the first NaN/Infinity literal: the first capital N or I outside a string (true, false and
+    null are lower case), after a minus sign a malformed number."""
+    for i in _outside_strings(doc, start, len(doc)):
+        c = doc[i]
+        if c in "NI":
             if i > 0 and doc[i - 1] == "-":
                 return f"invalid character '{c}' in numeric literal"
             return f"invalid character '{c}' looking for beginning of value"
@@ -181,18 +189,9 @@ def _go_char(c: str) -> str:
 def _innermost_container(doc: str, pos: int) -> str:
     """'{' or '[' : the innermost object or array open at `pos` (strings skipped)."""
     stack: list[str] = []
-    in_str = esc = False
-    for c in doc[:pos]:
-        if in_str:
-            if esc:
-                esc = False
-            elif c == "\\":
-                esc = True
-            elif c == '"':
-                in_str = False
-        elif c == '"':
-            in_str = True
-        elif c in "[{":
+    for i in _outside_strings(doc, 0, pos):
+        c = doc[i]
+        if c in "[{":
             stack.append(c)
         elif c in "]}" and stack:
             stack.pop()

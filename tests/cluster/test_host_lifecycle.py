@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.host_state import mounts_under, nft_tables, processes_naming
 from tests.support.shoal_node import ShoalNode, wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
@@ -85,30 +86,6 @@ def test_sigusr1_dumps_every_task_of_a_busy_manager(shoal_node: ShoalNode) -> No
     assert 'File "' in text
 
 
-def _mounts_under(path: Path) -> list[str]:
-    prefix = str(path.resolve())
-    return [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
-            if line.split()[1].startswith(prefix)]
-
-
-def _processes_naming(path: Path) -> list[int]:
-    needle = str(path.resolve()).encode()
-    out = []
-    for e in Path("/proc").iterdir():
-        if e.name.isdigit():
-            try:
-                if needle in (e / "cmdline").read_bytes():
-                    out.append(int(e.name))
-            except OSError:
-                pass
-    return out
-
-
-def _nft_tables() -> set[str]:
-    tables = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=True).stdout
-    return {t.strip() for t in tables.splitlines() if t.strip()}
-
-
 def test_leave_force_removes_every_process_mount_and_file_of_the_node(shoal_node: ShoalNode) -> None:
     node = shoal_node
     node.docker("network", "create", "-d", "overlay", "lcnet")
@@ -119,17 +96,17 @@ def test_leave_force_removes_every_process_mount_and_file_of_the_node(shoal_node
     wait_until(lambda: len(node.command_pids()) == 2, 30, what="two task processes")
     assert node.proc is not None
     daemon = node.proc.pid
-    assert [p for p in _processes_naming(node.data_dir) if p != daemon], "task shims run"
-    assert _mounts_under(node.data_dir), "secrets on tmpfs and namespaces bound under the data dir"
+    assert [p for p in processes_naming(node.data_dir) if p != daemon], "task shims run"
+    assert mounts_under(node.data_dir), "secrets on tmpfs and namespaces bound under the data dir"
 
     node.docker("swarm", "leave", "--force")
 
-    assert [p for p in _processes_naming(node.data_dir) if p != daemon] == []
-    assert _mounts_under(node.data_dir) == []
+    assert [p for p in processes_naming(node.data_dir) if p != daemon] == []
+    assert mounts_under(node.data_dir) == []
     # The overlay's bridge, the tasks' veths and the VXLAN device live in namespaces bound under the data dir
     # (gone with the mounts above: the kernel frees their devices); none is ever in the host's namespace,
     # and neither is an nftables table of this node (shoal_mesh is the docker executor's, shared by a host).
-    assert "table ip shoal" not in _nft_tables()
+    assert "table ip shoal" not in nft_tables()
     left = sorted(str(p.relative_to(node.data_dir)) for p in node.data_dir.rglob("*"))
     assert left == [], left
     status, info = node.api("GET", "/info")

@@ -5,6 +5,9 @@ with its own data dir and API socket under `base` (keep `base` short: unix socke
 107 bytes). `start()` waits for the ready file and for `/_ping` on the socket; `kill()` is `kill -9`;
 `restart()` kills and starts it again on the same data dir.
 
+`swarm_node(dockerd, prefix, hostname)` is such a node in a fresh directory with a swarm inited on a free port,
+torn down after with what it made on the engine.
+
 `.docker(*args)` runs the stock `docker` CLI with `DOCKER_HOST=unix://<shoal socket>` and a private
 `DOCKER_CONFIG`; `.client()` is a docker-py client on the same socket. `wait_until(fn, timeout)` polls a
 condition with a bounded deadline and fails with the last value seen.
@@ -18,12 +21,14 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 from tests.e2e.dockerd import ping
+from tests.support.managers import free_port
 
 T = TypeVar("T")
 
@@ -159,3 +164,42 @@ class ShoalDocker:
         import docker  # type: ignore[import-untyped]
 
         return docker.DockerClient(base_url=self.host, timeout=60)
+
+
+@contextlib.contextmanager
+def swarm_node(dockerd: str, prefix: str, hostname: str, *, init: bool = True, init_args: tuple[str, ...] = (),
+               extra_args: tuple[str, ...] = (), base_mode: int = 0o700) -> Iterator[ShoalDocker]:
+    """A started ShoalDocker on `dockerd` in a new directory /tmp/<prefix>XXXX (mode `base_mode`), which has
+    inited a swarm listening on a free loopback port (with `init_args`) unless `init` is false. After: the swarm
+    left, the daemon stopped, the engine's containers and networks labelled with the node's ID removed, mounts
+    under the directory detached and the directory removed."""
+    import docker
+
+    base = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    base.chmod(base_mode)
+    n = ShoalDocker(base, dockerd, hostname=hostname, extra_args=extra_args)
+    nid = ""
+    try:
+        n.start()
+        if init:
+            n.docker("swarm", "init", "--advertise-addr", "127.0.0.1", *init_args,
+                     "--listen-addr", f"127.0.0.1:{free_port()}")
+            nid = n.docker("info", "--format", "{{.Swarm.NodeID}}").stdout.strip()
+        yield n
+    finally:
+        if n.alive():
+            # The test may have inited (or left and inited again) itself.
+            nid = n.docker("info", "--format", "{{.Swarm.NodeID}}", check=False).stdout.strip() or nid
+            n.docker("swarm", "leave", "--force", check=False)
+        n.stop()
+        if nid:
+            engine = docker.DockerClient(base_url=dockerd, timeout=60)
+            try:
+                for c in engine.api.containers(all=True, filters={"label": f"com.shoal.node.id={nid}"}):
+                    engine.api.remove_container(c["Id"], force=True)
+                for net in engine.api.networks(filters={"label": f"com.shoal.node.id={nid}"}):
+                    engine.api.remove_network(net["Id"])
+            finally:
+                engine.close()
+        subprocess.run(["umount", "-R", "-l", str(base)], capture_output=True, check=False)
+        shutil.rmtree(base, ignore_errors=True)

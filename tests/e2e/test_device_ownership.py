@@ -18,7 +18,6 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -65,53 +64,31 @@ def _free_udp_port(addr: str) -> int:
         return int(s.getsockname()[1])
 
 
-class _Feed:
-    """One cluster snapshot, then nothing new."""
-
-    def __init__(self, state: Any) -> None:
-        self.state = state
-
-    async def states(self) -> AsyncIterator[Any]:
-        yield self.state
-        await asyncio.Event().wait()
-
-
 def _swarm(tag: str, subnet: str, addr: str, port: int) -> tuple[str, Any, Any]:
     """A node ID, the snapshot of its swarm (one overlay with VNI, this node at `addr`) and its task on it."""
-    from shoal.model.objects import (
-        Annotations,
-        IPAMConfig,
-        IPAMOptions,
-        Network,
-        NetworkAttachment,
-        NetworkSpec,
-        Task,
-        TaskStatus,
-    )
-    from shoal.model.state import TaskState
     from shoal.net.state import NetState, NodeAddrs
+    from tests.support.netobjects import network, task
 
     node_id = f"node{tag}{secrets.token_hex(8)}"
-    net = Network(id=f"net{tag}{secrets.token_hex(10)}", spec=NetworkSpec(annotations=Annotations(name="appnet")),
-                  ipam=IPAMOptions(configs=(IPAMConfig(subnet=subnet),)), vni=VNI)
+    net = network(f"net{tag}{secrets.token_hex(10)}", subnet, name="appnet", vni=VNI)
     prefix = subnet.rsplit(".", 1)[0]
-    task = Task(id=f"task{tag}{secrets.token_hex(8)}", node_id=node_id, status=TaskStatus(state=TaskState.RUNNING),
-                networks=(NetworkAttachment(network_id=net.id, addresses=(f"{prefix}.3/24",)),))
-    state = NetState(version=1, networks={net.id: net}, tasks={task.id: task},
+    own = task(f"task{tag}{secrets.token_hex(8)}", net=net.id, addr=f"{prefix}.3/24", slot=0, node_id=node_id)
+    state = NetState(version=1, networks={net.id: net}, tasks={own.id: own},
                      nodes={node_id: NodeAddrs(addr, "")}, data_path_port=port)
-    return node_id, state, task
+    return node_id, state, own
 
 
 async def _scenario(dockerd: str, dockerd2: str, base: Path) -> None:
     from shoal.errors import FatalError
     from shoal.net.agent import OWNER_ALIAS, NetworkAgent, host_bridge_name, host_vxlan_name
     from shoal.net.setup import remove_network_state
+    from tests.support.netobjects import SnapshotFeed
 
     addr = _host_addr()
     a_id, a_state, a_task = _swarm("a", "10.219.71.0/24", addr, _free_udp_port(addr))
     b_id, b_state, b_task = _swarm("b", "10.219.72.0/24", addr, _free_udp_port(addr))
-    a = NetworkAgent(a_id, addr, base / "a" / "net", _Feed(a_state), engine_host=dockerd)
-    b = NetworkAgent(b_id, addr, base / "b" / "net", _Feed(b_state), engine_host=dockerd2)
+    a = NetworkAgent(a_id, addr, base / "a" / "net", SnapshotFeed(a_state), engine_host=dockerd)
+    b = NetworkAgent(b_id, addr, base / "b" / "net", SnapshotFeed(b_state), engine_host=dockerd2)
     agents = [a, b]
     a_br, a_vx = host_bridge_name(a_id, VNI), host_vxlan_name(a_id, VNI)
     b_br, b_vx = host_bridge_name(b_id, VNI), host_vxlan_name(b_id, VNI)
@@ -149,7 +126,7 @@ async def _scenario(dockerd: str, dockerd2: str, base: Path) -> None:
         assert a_br not in _links() and a_vx not in _links()
         _foreign_bridge(a_vx)
         foreign = _links()[a_vx]
-        a = agents[0] = NetworkAgent(a_id, addr, base / "a2" / "net", _Feed(a_state), engine_host=dockerd)
+        a = agents[0] = NetworkAgent(a_id, addr, base / "a2" / "net", SnapshotFeed(a_state), engine_host=dockerd)
         await a.start()
         await a.synced(1)
         await a.attach_container(a_task)
@@ -159,7 +136,7 @@ async def _scenario(dockerd: str, dockerd2: str, base: Path) -> None:
         assert now[a_vx]["ifindex"] == foreign["ifindex"] and a_br not in now
         _foreign_bridge(a_br)
         foreign = _links()[a_br]
-        a = agents[0] = NetworkAgent(a_id, addr, base / "a3" / "net", _Feed(a_state), engine_host=dockerd)
+        a = agents[0] = NetworkAgent(a_id, addr, base / "a3" / "net", SnapshotFeed(a_state), engine_host=dockerd)
         await a.start()
         await a.synced(1)
         with pytest.raises(FatalError, match="is not this node's"):

@@ -5,41 +5,23 @@ its containers, engine networks, bridges, VXLAN devices, nftables tables, mounts
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import docker
 import pytest
 
-from tests.e2e.shoal_docker import ShoalDocker, wait_until
+from tests.e2e.shoal_docker import ShoalDocker, swarm_node, wait_until
+from tests.support.host_state import mounts_under, nft_tables, processes_naming
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(180)]
 
 
 @pytest.fixture
 def node(dockerd: str, test_image: str) -> Iterator[ShoalDocker]:
-    base = Path(tempfile.mkdtemp(prefix="lc", dir="/tmp"))
-    n = ShoalDocker(base, dockerd, hostname="leaver")
-    n.start()
-    try:
+    with swarm_node(dockerd, "lc", "leaver", init=False) as n:  # the test inits: it looks at the host before
         yield n
-    finally:
-        nid = ""
-        if n.alive():
-            nid = n.docker("info", "--format", "{{.Swarm.NodeID}}", check=False).stdout.strip()
-            n.docker("swarm", "leave", "--force", check=False)
-        n.stop()
-        if nid:
-            eng = docker.DockerClient(base_url=dockerd, timeout=60)
-            for c in eng.containers.list(all=True, filters={"label": f"com.shoal.node.id={nid}"}):
-                c.remove(force=True)
-            eng.close()
-        subprocess.run(["umount", "-R", "-l", str(base)], capture_output=True, check=False)
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def _links() -> dict[int, str]:
@@ -49,34 +31,10 @@ def _links() -> dict[int, str]:
     return {int(x["ifindex"]): str(x["ifname"]) for x in json.loads(out)}
 
 
-def _nft_tables() -> set[str]:
-    out = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=True).stdout
-    return {line.strip() for line in out.splitlines() if line.strip()}
-
-
-def _mounts_under(path: Path) -> list[str]:
-    prefix = str(path.resolve())
-    return [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()
-            if line.split()[1].startswith(prefix)]
-
-
-def _processes_naming(path: Path) -> list[int]:
-    needle = str(path.resolve()).encode()
-    out = []
-    for e in Path("/proc").iterdir():
-        if e.name.isdigit():
-            try:
-                if needle in (e / "cmdline").read_bytes():
-                    out.append(int(e.name))
-            except OSError:
-                pass
-    return out
-
-
 def test_leave_force_removes_everything_the_node_created(node: ShoalDocker, dockerd: str, test_image: str) -> None:
     eng = docker.DockerClient(base_url=dockerd, timeout=60)
     daemon_pid = node.proc.pid if node.proc is not None else 0
-    tables0 = _nft_tables()
+    tables0 = nft_tables()
     first_index = max(_links())
     node.docker("swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", "127.0.0.1:0")
     nid = node.docker("info", "--format", "{{.Swarm.NodeID}}").stdout.strip()
@@ -99,11 +57,11 @@ def test_leave_force_removes_everything_the_node_created(node: ShoalDocker, dock
                 "com.shoal.mesh.local-only=true", "--publish", "published=0,target=81", "--stop-grace-period", "1s",
                 test_image, "sleep", "600")
     wait_until(running, 90, what="two running lcweb tasks")
-    wait_until(lambda: "table ip shoal_mesh" in _nft_tables(), 60, what="the local-only mesh rules")
+    wait_until(lambda: "table ip shoal_mesh" in nft_tables(), 60, what="the local-only mesh rules")
     label = {"label": f"com.shoal.node.id={nid}"}
     wait_until(lambda: len(eng.containers.list(all=True, filters=label)) == 3, 60, what="three containers")
     assert eng.networks.list(filters=label), "the overlay became an engine network"
-    assert _mounts_under(node.data_dir), "the secrets are on tmpfs mounts"
+    assert mounts_under(node.data_dir), "the secrets are on tmpfs mounts"
     from shoal.net.agent import host_bridge_name, host_vxlan_name
 
     names = (host_bridge_name(nid, int(vni)), host_vxlan_name(nid, int(vni)))  # this node's own names
@@ -125,13 +83,13 @@ def test_leave_force_removes_everything_the_node_created(node: ShoalDocker, dock
 
     assert eng.containers.list(all=True, filters=label) == []
     assert eng.networks.list(filters=label) == []
-    assert _mounts_under(node.data_dir) == []
+    assert mounts_under(node.data_dir) == []
     assert {i: n for i, n in _links().items() if i in ours} == {}
-    assert {t for t in _nft_tables() - tables0 if "shoal" in t and "shoal_mesh" not in t} == set()
+    assert {t for t in nft_tables() - tables0 if "shoal" in t and "shoal_mesh" not in t} == set()
     if not any(x.startswith("shl") for x in _links().values()):  # the TPROXY rules are shared by the host's nodes
-        assert "table ip shoal_mesh" not in _nft_tables()
+        assert "table ip shoal_mesh" not in nft_tables()
         assert "23297" not in subprocess.run(["ip", "rule"], capture_output=True, text=True).stdout
-    assert [p for p in _processes_naming(node.data_dir) if p != daemon_pid] == []
+    assert [p for p in processes_naming(node.data_dir) if p != daemon_pid] == []
     left = sorted(str(p.relative_to(node.data_dir)) for p in node.data_dir.rglob("*"))
     assert left == [], left
     eng.close()

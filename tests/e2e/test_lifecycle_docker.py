@@ -9,43 +9,23 @@ from __future__ import annotations
 
 import io
 import json
-import shutil
 import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
 
-from tests.e2e.shoal_docker import ShoalDocker, wait_until
-from tests.support.managers import free_port
+from tests.e2e.shoal_docker import ShoalDocker, swarm_node, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
 
 @pytest.fixture(scope="module")
 def node(dockerd: str, test_image: str) -> Iterator[ShoalDocker]:
-    base = Path(tempfile.mkdtemp(prefix="sl", dir="/tmp"))
-    n = ShoalDocker(base, dockerd, hostname="node1")
-    n.start()
-    nid = ""
-    try:
-        n.docker("swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", f"127.0.0.1:{free_port()}")
-        nid = n.docker("info", "--format", "{{.Swarm.NodeID}}").stdout.strip()
+    with swarm_node(dockerd, "sl", "node1") as n:
         yield n
-    finally:
-        if n.alive():
-            n.docker("swarm", "leave", "--force", check=False)
-        n.stop()
-        if nid:
-            eng = docker.DockerClient(base_url=dockerd, timeout=60)
-            for c in eng.containers.list(all=True, filters={"label": f"com.shoal.node.id={nid}"}):
-                c.remove(force=True)
-            eng.close()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def create(node: ShoalDocker, image: str, name: str, *args: str, cmd: tuple[str, ...] = ("sleep", "600")) -> str:

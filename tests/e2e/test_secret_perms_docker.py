@@ -9,16 +9,13 @@ import os
 import shutil
 import stat
 import subprocess
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
 
-from tests.e2e.shoal_docker import ShoalDocker, wait_until
-from tests.support.managers import free_port
+from tests.e2e.shoal_docker import ShoalDocker, swarm_node, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(180),
               pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,
@@ -29,25 +26,9 @@ NOBODY = 65534
 
 @pytest.fixture
 def node(dockerd: str, test_image: str) -> Iterator[ShoalDocker]:
-    base = Path(tempfile.mkdtemp(prefix="sp", dir="/tmp"))
-    base.chmod(0o755)  # reachable by every user: only Shoal's own directories may stop them
-    n = ShoalDocker(base, dockerd, hostname="permnode")
-    n.start()
-    engine = docker.DockerClient(base_url=dockerd, timeout=60)
-    nid = ""
-    try:
-        n.docker("swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", f"127.0.0.1:{free_port()}")
-        nid = n.docker("info", "--format", "{{.Swarm.NodeID}}").stdout.strip()
+    # The base reachable by every user: only Shoal's own directories may stop them.
+    with swarm_node(dockerd, "sp", "permnode", base_mode=0o755) as n:
         yield n
-    finally:
-        if n.alive():
-            n.docker("swarm", "leave", "--force", check=False)
-        n.stop()
-        if nid:
-            for c in engine.api.containers(all=True, filters={"label": f"com.shoal.node.id={nid}"}):
-                engine.api.remove_container(c["Id"], force=True)
-        engine.close()
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def as_nobody(*cmd: str) -> subprocess.CompletedProcess[str]:

@@ -14,17 +14,13 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
-import shutil
-import tempfile
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
 
-from tests.e2e.shoal_docker import ShoalDocker, wait_until
-from tests.support.managers import free_port
+from tests.e2e.shoal_docker import ShoalDocker, swarm_node, wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -56,30 +52,14 @@ def engine_network(engine: docker.DockerClient, name: str, subnet: str) -> None:
 
 @pytest.fixture
 def node(dockerd: str, test_image: str, engine: docker.DockerClient) -> Iterator[ShoalDocker]:
-    base = Path(tempfile.mkdtemp(prefix="sc", dir="/tmp"))
-    n = ShoalDocker(base, dockerd, hostname="subnode", extra_args=("--dns-upstream", "none"))
-    nid = ""
-    try:
-        engine_network(engine, "compose_default", FIRST)  # there before the node describes itself
-        n.start()
-        n.docker("swarm", "init", "--advertise-addr", "127.0.0.1", "--default-addr-pool", POOL,
-                 "--listen-addr", f"127.0.0.1:{free_port()}")
-        nid = n.docker("info", "--format", "{{.Swarm.NodeID}}").stdout.strip()
+    engine_network(engine, "compose_default", FIRST)  # there before the node describes itself
+    with swarm_node(dockerd, "sc", "subnode", init_args=("--default-addr-pool", POOL),
+                    extra_args=("--dns-upstream", "none")) as n:
         # The agent has registered its description (with what its engine routes) once the engine shows.
         wait_until(lambda: n.docker("node", "inspect", "self", "--format",
                                     "{{.Description.Engine.EngineVersion}}").stdout.strip(), 30,
                    what="the node's description registered")
         yield n
-    finally:
-        if n.alive():
-            n.docker("swarm", "leave", "--force", check=False)
-        n.stop()
-        if nid:
-            for c in engine.api.containers(all=True, filters={"label": f"com.shoal.node.id={nid}"}):
-                engine.api.remove_container(c["Id"], force=True)
-            for net in engine.api.networks(filters={"label": f"com.shoal.node.id={nid}"}):
-                engine.api.remove_network(net["Id"])
-        shutil.rmtree(base, ignore_errors=True)
 
 
 def tasks(n: ShoalDocker, service: str) -> list[dict[str, Any]]:

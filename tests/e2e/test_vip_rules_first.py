@@ -20,7 +20,7 @@ import shutil
 import socket
 import tempfile
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,52 +33,17 @@ SUBNET = "10.219.81"
 LATE = 6.0  # seconds the agent takes to write the client's rules: longer than ARP tries for the VIP
 
 
-class _Feed:
-    """One cluster snapshot, then nothing new."""
-
-    def __init__(self, state: Any) -> None:
-        self.state = state
-
-    async def states(self) -> AsyncIterator[Any]:
-        yield self.state
-        await asyncio.Event().wait()
-
-
 def _cluster(node_id: str) -> tuple[Any, Any, Any]:
     """A snapshot: overlay `appnet`, service `web` (VIP .2) with one task (.3), a client task (.5); both tasks."""
-    from shoal.model.objects import (
-        Annotations,
-        Endpoint,
-        IPAMConfig,
-        IPAMOptions,
-        Network,
-        NetworkAttachment,
-        NetworkAttachmentConfig,
-        NetworkSpec,
-        Service,
-        ServiceSpec,
-        Task,
-        TaskSpec,
-        TaskStatus,
-        VirtualIP,
-    )
-    from shoal.model.state import TaskState
+    from shoal.model.objects import Annotations
     from shoal.net.state import NetState, NodeAddrs
+    from tests.support.netobjects import network, service, task
 
-    net = Network(id=f"net{secrets.token_hex(10)}", spec=NetworkSpec(annotations=Annotations(name="appnet")),
-                  ipam=IPAMOptions(configs=(IPAMConfig(subnet=f"{SUBNET}.0/24"),)), vni=0x3B000)
-    template = TaskSpec(networks=(NetworkAttachmentConfig(target=net.id),))
-    web = Service(id=f"svc{secrets.token_hex(8)}", spec=ServiceSpec(annotations=Annotations(name="web"),
-                                                                     task_template=template),
-                  endpoint=Endpoint(virtual_ips=(VirtualIP(network_id=net.id, addr=f"{SUBNET}.2/24"),)))
-
-    def task(service_id: str, ip: str) -> Task:
-        return Task(id=f"task{secrets.token_hex(8)}", service_id=service_id, slot=1, node_id=node_id,
-                    service_annotations=web.spec.annotations if service_id else Annotations(name="client"),
-                    status=TaskStatus(state=TaskState.RUNNING),
-                    networks=(NetworkAttachment(network_id=net.id, addresses=(f"{ip}/24",)),))
-
-    backend, client = task(web.id, f"{SUBNET}.3"), task("", f"{SUBNET}.5")
+    net = network(f"net{secrets.token_hex(10)}", f"{SUBNET}.0/24", name="appnet", vni=0x3B000)
+    web = service(f"svc{secrets.token_hex(8)}", "web", net=net.id, vip=f"{SUBNET}.2/24")
+    backend = task(f"task{secrets.token_hex(8)}", net=net.id, addr=f"{SUBNET}.3/24", svc=web, node_id=node_id)
+    client = task(f"task{secrets.token_hex(8)}", net=net.id, addr=f"{SUBNET}.5/24", node_id=node_id,
+                  annotations=Annotations(name="client"))
     state = NetState(version=1, networks={net.id: net}, services={web.id: web},
                      tasks={backend.id: backend, client.id: client}, nodes={node_id: NodeAddrs("127.0.0.1", "")})
     return state, backend, client
@@ -105,10 +70,11 @@ def _listening(addr: tuple[str, int]) -> bool:
 async def _scenario(engine: docker.DockerClient, test_image: str, dockerd: str, base: Path) -> None:
     from shoal.net.agent import NetworkAgent
     from shoal.net.setup import remove_network_state
+    from tests.support.netobjects import SnapshotFeed
 
     node_id = f"nodev{secrets.token_hex(8)}"
     state, backend, client = _cluster(node_id)
-    agent = NetworkAgent(node_id, "127.0.0.1", base / "net", _Feed(state), engine_host=dockerd)
+    agent = NetworkAgent(node_id, "127.0.0.1", base / "net", SnapshotFeed(state), engine_host=dockerd)
     made: list[Any] = []
 
     def run(name: str, nets: Any, cmd: str, resolv: str = "") -> Any:

@@ -13,7 +13,6 @@ import asyncio
 import os
 import subprocess
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -55,22 +54,7 @@ def _spawn_with_pid(pid: int) -> subprocess.Popen[bytes]:
 
 
 async def _scenario(mode: str, root: Path) -> None:
-    from shoal.model.objects import (
-        Annotations,
-        Endpoint,
-        IPAMConfig,
-        IPAMOptions,
-        Network,
-        NetworkAttachment,
-        NetworkAttachmentConfig,
-        NetworkSpec,
-        Service,
-        ServiceSpec,
-        Task,
-        TaskSpec,
-        TaskStatus,
-        VirtualIP,
-    )
+    from shoal.model.objects import Task
     from shoal.model.state import TaskState
     from shoal.net import ipcmd
     from shoal.net.agent import NetworkAgent
@@ -78,23 +62,15 @@ async def _scenario(mode: str, root: Path) -> None:
     from shoal.store.memory import Tx
     from shoal.testing.clock import VirtualClock
     from shoal.testing.sim import memory_store
+    from tests.support.netobjects import network, service, task, update_task
 
     assert "table" not in _nft(), "the scenario's host namespace starts with rules"
     store = memory_store(VirtualClock())
-    svc = Service(id=SVC, spec=ServiceSpec(annotations=Annotations(name="web"),
-                                           task_template=TaskSpec(networks=(NetworkAttachmentConfig(target=NET),))),
-                  endpoint=Endpoint(virtual_ips=(VirtualIP(network_id=NET, addr="10.0.1.2/24"),)))
-
-    def task(tid: str, slot: int, addr: str) -> Task:
-        return Task(id=tid, service_id=SVC, service_annotations=svc.spec.annotations, slot=slot, node_id="n1",
-                    status=TaskStatus(state=TaskState.RUNNING),
-                    networks=(NetworkAttachment(network_id=NET, addresses=(addr,)),))
-
-    t1, t2, t3 = task("t1", 1, "10.0.1.3/24"), task("t2", 2, "10.0.1.4/24"), task("t3", 3, "10.0.1.5/24")
+    svc = service(SVC, "web", net=NET, vip="10.0.1.2/24")
+    t1, t2, t3 = (task(f"t{i}", net=NET, addr=f"10.0.1.{i + 2}/24", svc=svc, slot=i) for i in (1, 2, 3))
 
     def populate(tx: Tx) -> None:
-        tx.create(Network(id=NET, spec=NetworkSpec(annotations=Annotations(name=NET)),
-                          ipam=IPAMOptions(configs=(IPAMConfig(subnet="10.0.1.0/24"),))))
+        tx.create(network(NET, "10.0.1.0/24"))
         tx.create(svc)
         tx.create(t1)
 
@@ -144,12 +120,7 @@ async def _scenario(mode: str, root: Path) -> None:
         assert mode == "ended"
         # The task ends: its sandbox is forgotten, the handle let go, its namespace never entered again.
 
-        def ends(tx: Tx) -> None:
-            t = tx.task("t1")
-            assert t is not None
-            tx.update(replace(t, status=replace(t.status, state=TaskState.COMPLETE)))
-
-        await store.update(ends)
+        await store.update(lambda tx: update_task(tx, "t1", state=TaskState.COMPLETE))
         await agent.synced(store.version)
         assert not ipcmd.is_netns(handle) and not handle.exists(), "the ended task's namespace is still held"
         await add(t3)

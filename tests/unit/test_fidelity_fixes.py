@@ -36,12 +36,17 @@ def _on_failure(max_attempts: int) -> RestartPolicy:
     return RestartPolicy(condition="on-failure", delay=1 * SECOND, max_attempts=max_attempts)
 
 
+async def _all_failed(sim: SimCluster, service_id: str, n: int) -> None:
+    """Until the service has `n` tasks, all failed."""
+    await sim.wait_until(lambda: len(sim.tasks(service_id)) == n and
+                         all(t.status.state == TaskState.FAILED for t in sim.tasks(service_id)))
+
+
 async def test_max_attempts_leaves_every_task_desired_shutdown() -> None:
     async with SimCluster.started(nodes=1, history_limit=50) as sim:
         sim.behave(on_service("s", EXIT3))
         svc = await sim.create_service(service_spec("s", restart=_on_failure(2)))
-        await sim.wait_until(lambda: len(sim.tasks(svc.id)) == 3 and
-                             all(t.status.state == TaskState.FAILED for t in sim.tasks(svc.id)))
+        await _all_failed(sim, svc.id, 3)
         await sim.run_for(60)
         tasks = sim.tasks(svc.id)
         assert [(t.desired_state, t.status.state) for t in tasks] == [(TaskState.SHUTDOWN, TaskState.FAILED)] * 3
@@ -55,8 +60,7 @@ async def test_max_attempts_global_service_is_not_refilled() -> None:
     async with SimCluster.started(nodes=2, history_limit=50) as sim:
         sim.behave(on_service("g", EXIT3))
         svc = await sim.create_service(service_spec("g", kind="global", restart=_on_failure(1)))
-        await sim.wait_until(lambda: len(sim.tasks(svc.id)) == 4 and
-                             all(t.status.state == TaskState.FAILED for t in sim.tasks(svc.id)))
+        await _all_failed(sim, svc.id, 4)
         await sim.run_for(60)
         tasks = sim.tasks(svc.id)
         assert len(tasks) == 4 and all(t.desired_state == TaskState.SHUTDOWN for t in tasks)
@@ -79,8 +83,7 @@ async def test_update_replaces_a_finished_slot() -> None:
     async with SimCluster.started(nodes=1, history_limit=50) as sim:
         sim.behave(on_image("app:1", EXIT3))
         svc = await sim.create_service(service_spec("s", restart=_on_failure(1)))
-        await sim.wait_until(lambda: len(sim.tasks(svc.id)) == 2 and
-                             all(t.status.state == TaskState.FAILED for t in sim.tasks(svc.id)))
+        await _all_failed(sim, svc.id, 2)
         await sim.update_service(svc.id, lambda s: with_image(s, "app:2"))
         await sim.wait_until(lambda: len(sim.running(svc.id)) == 1)
         assert sim.running(svc.id)[0].spec.container.image == "app:2"

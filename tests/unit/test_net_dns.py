@@ -21,20 +21,10 @@ from dnslib import QTYPE, RR, A, DNSRecord
 
 from shoal.model.objects import (
     Annotations,
-    Endpoint,
-    EndpointSpec,
-    IPAMConfig,
-    IPAMOptions,
-    Network,
-    NetworkAttachment,
     NetworkAttachmentConfig,
     NetworkSpec,
     Service,
-    ServiceSpec,
     Task,
-    TaskSpec,
-    TaskStatus,
-    VirtualIP,
 )
 from shoal.model.state import TaskState
 from shoal.net.directory import StoreDirectory
@@ -42,29 +32,20 @@ from shoal.net.dns import DNSServer, parse_upstream
 from shoal.store.memory import MemoryStore, Tx
 from shoal.testing.clock import VirtualClock
 from shoal.testing.sim import SimCluster, memory_store, service_spec, with_replicas
+from tests.support import netobjects
+from tests.support.netobjects import update_task
 
 NET, OTHER = "net1", "net2"
 
 
-def network(nid: str, subnet: str) -> Network:
-    return Network(id=nid, spec=NetworkSpec(annotations=Annotations(name=nid)),
-                   ipam=IPAMOptions(configs=(IPAMConfig(subnet=subnet),)))
-
-
 def service(sid: str, name: str, *, mode: str = "vip", vip: str = "", aliases: tuple[str, ...] = (),
             net: str = NET) -> Service:
-    spec = ServiceSpec(annotations=Annotations(name=name),
-                       task_template=TaskSpec(networks=(NetworkAttachmentConfig(target=net, aliases=aliases),)),
-                       endpoint_spec=EndpointSpec(mode=mode))
-    vips = (VirtualIP(network_id=net, addr=vip),) if vip else ()
-    return Service(id=sid, spec=spec, endpoint=Endpoint(spec=EndpointSpec(mode=mode), virtual_ips=vips))
+    return netobjects.service(sid, name, net=net, vip=vip, mode=mode, aliases=aliases)
 
 
 def task(tid: str, svc: Service, slot: int, addr: str, *, state: TaskState = TaskState.RUNNING,
          healthy: bool | None = None, net: str = NET) -> Task:
-    return Task(id=tid, service_id=svc.id, service_annotations=svc.spec.annotations, slot=slot, node_id="n1",
-                status=TaskStatus(state=state, healthy=healthy),
-                networks=(NetworkAttachment(network_id=net, addresses=(addr,)),))
+    return netobjects.task(tid, net=net, addr=addr, svc=svc, slot=slot, state=state, healthy=healthy)
 
 
 async def populated() -> MemoryStore:
@@ -74,8 +55,8 @@ async def populated() -> MemoryStore:
     hidden = service("s-hid", "hidden", vip="10.0.2.2/24", net=OTHER)
 
     def fn(tx: Tx) -> None:
-        tx.create(network(NET, "10.0.1.0/24"))
-        tx.create(network(OTHER, "10.0.2.0/24"))
+        tx.create(netobjects.network(NET, "10.0.1.0/24"))
+        tx.create(netobjects.network(OTHER, "10.0.2.0/24"))
         for s in (web, db, hidden):
             tx.create(s)
         tx.create(task("t-web1", web, 1, "10.0.1.3/24"))
@@ -196,23 +177,14 @@ async def test_answers_change_as_soon_as_tasks_change() -> None:
     async with dns_rig() as (store, directory, server, _up):
         assert ips(await ask(server, "tasks.web")) == ["10.0.1.3", "10.0.1.4"]
 
-        def stop(tx: Tx) -> None:
-            t = tx.task("t-web1")
-            assert t is not None
-            tx.update(replace(t, status=replace(t.status, state=TaskState.COMPLETE)))
-
-        await store.update(stop)
+        await store.update(lambda tx: update_task(tx, "t-web1", state=TaskState.COMPLETE))
         await directory.synced(store.version)
         assert ips(await ask(server, "tasks.web")) == ["10.0.1.4"]
         assert ips(await ask(server, "web.1.t-web1")) == []
 
         def desired_shutdown(tx: Tx) -> None:  # told to stop: leaves the answers before it stops
-            t = tx.task("t-web2")
-            assert t is not None
-            tx.update(replace(t, desired_state=TaskState.SHUTDOWN))
-            t4 = tx.task("t-web4")
-            assert t4 is not None
-            tx.update(replace(t4, status=replace(t4.status, state=TaskState.RUNNING)))
+            update_task(tx, "t-web2", desired=TaskState.SHUTDOWN)
+            update_task(tx, "t-web4", state=TaskState.RUNNING)
 
         await store.update(desired_shutdown)
         await directory.synced(store.version)
@@ -382,23 +354,14 @@ async def test_a_node_agents_dns_answers_right_after_each_commit(tmp_path: Path,
         assert ips(await ask(server, "tasks.web")) == ["10.0.1.3", "10.0.1.4"]
         assert ips(await ask(server, "web")) == ["10.0.1.2"]
 
-        def scale_down(tx: Tx) -> None:
-            t = tx.task("t-web2")
-            assert t is not None
-            tx.update(replace(t, desired_state=TaskState.REMOVE))  # still RUNNING: it is only told to go
-
-        await store.update(scale_down)
+        # Still RUNNING: it is only told to go.
+        await store.update(lambda tx: update_task(tx, "t-web2", desired=TaskState.REMOVE))
         await agent.synced(store.version)
         assert ips(await ask(server, "tasks.web")) == ["10.0.1.3"]
         assert ips(await ask(server, "web.2.t-web2")) == []
         assert [e.ip for e in agent.directory.endpoints("s-web", NET)] == ["10.0.1.3"]  # the VIP's backends too
 
-        def dies(tx: Tx) -> None:
-            t = tx.task("t-web1")
-            assert t is not None
-            tx.update(replace(t, status=replace(t.status, state=TaskState.FAILED)))
-
-        await store.update(dies)
+        await store.update(lambda tx: update_task(tx, "t-web1", state=TaskState.FAILED))
         await agent.synced(store.version)
         assert ips(await ask(server, "tasks.web")) == []
         assert agent.directory.endpoints("s-web", NET) == []

@@ -11,9 +11,8 @@ in bytes (a single message larger than the bound still goes, alone).
 from __future__ import annotations
 
 from shoal.manager.raft.core import Message, MsgType, ProgressState, Role, Snapshot
+from tests.unit.raft_support import BIG, leader_with_lagging_follower, restart_and_rejoin
 from tests.unit.test_raft_core import Net
-
-BIG = b"x" * 2048  # a 2 KB config, as in the issue
 
 
 def deliver_holding_appends_to(net: Net, dst: int, held: list[Message]) -> None:
@@ -29,11 +28,7 @@ def deliver_holding_appends_to(net: Net, dst: int, held: list[Message]) -> None:
 
 def test_an_unanswered_probe_is_resent_without_its_entries() -> None:
     net = Net(3)
-    ld = net.elect(1)
-    net.isolated = {3}
-    for k in range(250):
-        ld.propose(b"%d:" % k + BIG)
-    net.stabilize()
+    ld = leader_with_lagging_follower(net, 250)
     ld.report_unreachable(3)  # the transport's stream to the stopped manager failed
     net.isolated = set()
     # The restarted follower answers heartbeats, but has not answered the probe yet (it is still storing it, or
@@ -65,30 +60,20 @@ def test_a_restarted_follower_catches_up_without_new_writes() -> None:
     for k in range(300):
         ld.propose(b"%d:" % k + BIG)
     net.stabilize()
-    net.storages[3].crash()
-    net.start(3)  # restarted on its data dir, at its old index
-    net.isolated = set()
-    net.tick_all(5)
+    restart_and_rejoin(net, 3)  # restarted on its data dir, at its old index
     assert net.cores[3].applied == ld.applied and net.apps[3] == net.apps[1]
 
 
 def test_a_follower_behind_the_compacted_log_gets_a_snapshot_then_the_tail() -> None:
     net = Net(3)
-    ld = net.elect(1)
-    net.isolated = {3}
-    for k in range(100):
-        ld.propose(b"%d:" % k + BIG)
-    net.stabilize()
+    ld = leader_with_lagging_follower(net, 100)
     snap = ld.compact(ld.applied, b"\n".join(net.apps[1]))
     net.storages[1].save_snapshot(snap)
     net.storages[1].sync()
     for k in range(20):
         ld.propose(b"tail%d" % k)
     net.stabilize()
-    net.storages[3].crash()
-    net.start(3)
-    net.isolated = set()
-    net.tick_all(5)
+    restart_and_rejoin(net, 3)
     assert net.installed[3] == [snap.meta.index]
     assert net.apps[3] == net.apps[1] and net.apps[3][-1] == b"tail19"
 
@@ -117,11 +102,7 @@ def sent_snapshots(net: Net, dst: int) -> list[Message]:
 
 def test_a_follower_a_few_entries_behind_the_snapshot_gets_entries_not_the_snapshot() -> None:
     net = Net(3)
-    ld = net.elect(1)
-    net.isolated = {3}
-    for k in range(30):
-        ld.propose(b"%d:" % k + BIG)
-    net.stabilize()
+    ld = leader_with_lagging_follower(net, 30)
     behind = net.cores[3].applied
     snap = compact_with_tail(net, 1, keep_entries=50)
     assert ld.first_index <= behind < snap.meta.index  # the follower lacks entries the tail still holds
@@ -137,11 +118,7 @@ def test_a_follower_a_few_entries_behind_the_snapshot_gets_entries_not_the_snaps
 
 def test_a_follower_behind_the_tail_gets_a_snapshot() -> None:
     net = Net(3)
-    ld = net.elect(1)
-    net.isolated = {3}
-    for k in range(30):
-        ld.propose(b"%d:" % k + BIG)
-    net.stabilize()
+    ld = leader_with_lagging_follower(net, 30)
     snap = compact_with_tail(net, 1, keep_entries=5)
     assert ld.first_index == snap.meta.index - 4 > net.cores[3].applied + 1
     net.isolated = set()

@@ -14,10 +14,8 @@ from shoal.clock import SystemClock
 from shoal.manager.raft.node import RaftNode
 from shoal.manager.raft.recovery import force_new_cluster
 from shoal.manager.raft.sqlite_storage import SqliteStorage
-from shoal.manager.raft.storage import bootstrap
 from shoal.manager.raft.transport import NullTransport
-from shoal.model.objects import Annotations, Config, ConfigSpec
-from shoal.store.memory import MemoryStore, Tx
+from tests.unit.raft_support import bootstrap_dir, create_config, started_store
 
 BOUND = 256 << 10  # snapshot_bytes for the test
 TAIL = 128 << 10  # catchup_bytes for the test: binds before catchup_entries (500) with entries of ENTRY bytes
@@ -49,11 +47,6 @@ class Counter:
         self.count, self.bytes = (int(x) for x in data.split())
 
 
-def create_config(i: int) -> Callable[[Tx], Config]:
-    return lambda tx: tx.create(Config(id=f"c{i}", spec=ConfigSpec(annotations=Annotations(name=f"c{i}"),
-                                                                    data=b"x" * 100)))
-
-
 def log_bytes(entries: list[object]) -> int:
     return sum(len(e.data) for e in entries)  # type: ignore[attr-defined]
 
@@ -69,14 +62,18 @@ async def open_node(path: Path, *, in_thread: bool) -> tuple[RaftNode, Counter, 
     return node, sm, storage
 
 
-async def test_the_log_is_compacted_by_size_and_a_restart_replays_a_bounded_tail(tmp_path: Path) -> None:
-    first = SqliteStorage(tmp_path)
-    bootstrap(first, [1])
-    first.close()
-    node, _sm, storage = await open_node(tmp_path, in_thread=False)
-    rng = random.Random(7)
+async def written_node(path: Path, *, in_thread: bool, seed: int) -> tuple[RaftNode, SqliteStorage]:
+    """A new one-manager node on `path` that has written WRITES random entries of ENTRY bytes."""
+    bootstrap_dir(path)
+    node, _sm, storage = await open_node(path, in_thread=in_thread)
+    rng = random.Random(seed)
     for _ in range(WRITES):
         await node.propose(rng.randbytes(ENTRY))
+    return node, storage
+
+
+async def test_the_log_is_compacted_by_size_and_a_restart_replays_a_bounded_tail(tmp_path: Path) -> None:
+    node, storage = await written_node(tmp_path, in_thread=False, seed=7)
     assert node.snapshots_taken >= WRITES * ENTRY // BOUND // 2
     # The leader's log in memory and the data dir's log hold at most the catch-up tail below the snapshot, the
     # bound past it, and one entry (the one that crossed the bound).
@@ -99,13 +96,7 @@ async def test_the_log_is_compacted_by_size_and_a_restart_replays_a_bounded_tail
 
 
 async def test_snapshots_by_size_also_off_the_loop(tmp_path: Path) -> None:
-    first = SqliteStorage(tmp_path)
-    bootstrap(first, [1])
-    first.close()
-    node, _sm, storage = await open_node(tmp_path, in_thread=True)
-    rng = random.Random(8)
-    for _ in range(WRITES):
-        await node.propose(rng.randbytes(ENTRY))
+    node, storage = await written_node(tmp_path, in_thread=True, seed=8)
     await node.stop()  # waits for a snapshot being written
     storage.close()
     node2, sm2, storage2 = await open_node(tmp_path, in_thread=True)
@@ -119,18 +110,13 @@ async def test_snapshots_by_size_also_off_the_loop(tmp_path: Path) -> None:
 async def test_force_new_cluster_reads_a_log_with_a_catch_up_tail(tmp_path: Path) -> None:
     # The tail below the snapshot is already in the snapshot: recovery restores the snapshot and applies only
     # what follows it, and the store comes back with every write exactly once.
-    first = SqliteStorage(tmp_path)
-    bootstrap(first, [1])
-    first.close()
+    bootstrap_dir(tmp_path)
     storage = SqliteStorage(tmp_path)
     clock = SystemClock()
     node = RaftNode(1, storage, NullTransport(), clock, rng=random.Random(1), snapshot_interval=20)
-    store = MemoryStore(node, clock)
-    node.attach(store)
-    await node.start()
-    await node.leader_event.wait()
+    store = await started_store(node, clock)
     for i in range(50):
-        await store.update(create_config(i))
+        await store.update(create_config(f"c{i}"))
     assert node.snapshots_taken >= 2 and node.core.first_index < node.core.snapshot_meta.index
     await node.stop()
     storage.close()
@@ -138,10 +124,7 @@ async def test_force_new_cluster_reads_a_log_with_a_catch_up_tail(tmp_path: Path
     index = await force_new_cluster(tmp_path, 1, "n1", clock)
     storage = SqliteStorage(tmp_path)
     node = RaftNode(1, storage, NullTransport(), clock, rng=random.Random(1))
-    store = MemoryStore(node, clock)
-    node.attach(store)
-    await node.start()
-    await node.leader_event.wait()
+    store = await started_store(node, clock)
     assert node.applied >= index
     assert sorted(c.id for c in store.view().all("config")) == sorted(f"c{i}" for i in range(50))
     await node.stop()

@@ -83,6 +83,16 @@ class Cluster:
         (lead,) = [self.nodes[i] for i in among if self.nodes[i].is_leader]
         return lead
 
+    async def leader_with_lagging_follower(self, writes: int) -> tuple[RaftNode, int]:
+        """All started; the leader, and a follower cut off while the leader wrote services s0..s<writes-1>."""
+        await self.start_all()
+        lead = await self.leader()
+        lag = next(i for i in IDS if i != lead.id)
+        self.hub.isolate(lag)
+        for k in range(writes):
+            await self.stores[lead.id].update(create(f"s{k}"))
+        return lead, lag
+
 
 @pytest.fixture
 async def clock() -> AsyncIterator[VirtualClock]:
@@ -152,12 +162,7 @@ async def test_partitioned_leader_steps_down_and_catches_up(clock: VirtualClock)
 async def test_lagging_follower_catches_up_by_snapshot(clock: VirtualClock) -> None:
     # A catch-up tail of 2 entries: the follower, 20 writes behind, is behind the tail too.
     c = Cluster(clock, snapshot_interval=5, catchup_entries=2)
-    await c.start_all()
-    lead = await c.leader()
-    lag = next(i for i in IDS if i != lead.id)
-    c.hub.isolate(lag)
-    for k in range(20):
-        await c.stores[lead.id].update(create(f"s{k}"))
+    lead, lag = await c.leader_with_lagging_follower(20)
     assert lead.snapshots_taken >= 3 and lead.core.first_index > 10
     c.hub.heal()
     await c.wait_for(lambda: all(has(c.stores[lag], f"s{k}") for k in range(20)))
@@ -174,12 +179,7 @@ async def test_a_follower_a_few_entries_behind_a_snapshot_gets_entries_not_the_s
     # entries behind it (a size-triggered snapshot: tens of MiB) was sent the whole snapshot. The log now keeps
     # a catch-up tail below the snapshot (DEFAULT_CATCHUP_ENTRIES), as etcd does.
     c = Cluster(clock, snapshot_interval=5)
-    await c.start_all()
-    lead = await c.leader()
-    lag = next(i for i in IDS if i != lead.id)
-    c.hub.isolate(lag)
-    for k in range(8):
-        await c.stores[lead.id].update(create(f"s{k}"))
+    lead, lag = await c.leader_with_lagging_follower(8)
     snap_index = lead.core.snapshot_meta.index
     assert lead.snapshots_taken >= 1 and c.nodes[lag].applied < snap_index
     assert lead.core.first_index <= c.nodes[lag].applied + 1  # the tail still holds what the follower lacks

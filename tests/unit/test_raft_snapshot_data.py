@@ -14,7 +14,7 @@ from pathlib import Path
 from shoal.manager.raft.core import Message, MsgType, RaftCore, Ready, Snapshot, SnapshotMeta
 from shoal.manager.raft.sqlite_storage import SqliteStorage
 from shoal.manager.raft.storage import MemoryStorage, bootstrap
-from tests.unit.test_raft_catchup import BIG
+from tests.unit.raft_support import leader_with_lagging_follower, restart_and_rejoin
 from tests.unit.test_raft_core import Net
 
 
@@ -78,11 +78,7 @@ def record_snapshot_sends(core: RaftCore) -> list[Message]:
 
 def test_the_core_keeps_no_reference_to_a_snapshot_it_took_and_reads_it_once_per_send() -> None:
     net, storages = file_like_net(3)
-    ld = net.elect(1)
-    net.isolated = {3}
-    for k in range(60):
-        ld.propose(b"%d:" % k + BIG)
-    net.stabilize()
+    ld = leader_with_lagging_follower(net, 60)
     data = b"\n".join(net.apps[1])
     snap = ld.compact(ld.applied, data)
     storages[1].save_snapshot(snap, compact_index=ld.first_index - 1)
@@ -95,10 +91,7 @@ def test_the_core_keeps_no_reference_to_a_snapshot_it_took_and_reads_it_once_per
 
     # The lagging follower still gets the snapshot, read from storage for each send, and catches up.
     sent = record_snapshot_sends(ld)
-    storages[3].crash()
-    net.start(3)
-    net.isolated = set()
-    net.tick_all(5)
+    restart_and_rejoin(net, 3)
     assert len(sent) >= 1 and all(m.dst == 3 for m in sent)
     assert storages[1].snapshot_reads - reads == len(sent)
     assert net.installed[3] == [index]
@@ -114,11 +107,7 @@ def test_the_core_keeps_no_reference_to_a_snapshot_it_took_and_reads_it_once_per
 
 def test_no_snapshot_is_sent_until_storage_holds_the_one_the_core_took() -> None:
     net, storages = file_like_net(3)
-    ld = net.elect(1)
-    net.isolated = {3}
-    for k in range(30):
-        ld.propose(b"%d:" % k + BIG)
-    net.stabilize()
+    ld = leader_with_lagging_follower(net, 30)
     snap = ld.compact(ld.applied, b"\n".join(net.apps[1]))  # the shell has not stored it yet (written in a thread)
     net.isolated = set()
     net.tick_all(2)

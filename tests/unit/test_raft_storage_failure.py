@@ -15,10 +15,8 @@ from shoal.errors import Unavailable
 from shoal.manager.raft import sqlite_storage
 from shoal.manager.raft.node import RaftNode
 from shoal.manager.raft.sqlite_storage import SqliteStorage
-from shoal.manager.raft.storage import bootstrap
 from shoal.manager.raft.transport import NullTransport
-from shoal.model.objects import Annotations, Config, ConfigSpec
-from shoal.store.memory import MemoryStore
+from tests.unit.raft_support import bootstrap_dir, create_config, started_store
 
 
 class FillingStorage(SqliteStorage):
@@ -32,33 +30,20 @@ class FillingStorage(SqliteStorage):
         super().sync()
 
 
-def config(name: str) -> Config:
-    return Config(id=name, spec=ConfigSpec(annotations=Annotations(name=name), data=b"x" * 100))
-
-
-def create(name: str) -> object:
-    return lambda tx: tx.create(config(name))
-
-
 @pytest.mark.parametrize("in_thread", [False, True])
 async def test_a_storage_failure_stops_the_node_and_calls_on_failure_once(tmp_path: Path, in_thread: bool) -> None:
-    first = SqliteStorage(tmp_path)
-    bootstrap(first, [1])
-    first.close()
+    bootstrap_dir(tmp_path)
     storage = FillingStorage(tmp_path)
     failures: list[BaseException] = []
     clock = SystemClock()
     node = RaftNode(1, storage, NullTransport(), clock, rng=random.Random(1), on_failure=failures.append,
                     persist_in_thread=in_thread)
-    store = MemoryStore(node, clock)
-    node.attach(store)
-    await node.start()
-    await node.leader_event.wait()
-    await store.update(create("before"))  # type: ignore[arg-type]
+    store = await started_store(node, clock)
+    await store.update(create_config("before"))
 
     storage.full = True
     with pytest.raises(Unavailable):
-        await store.update(create("lost"))  # type: ignore[arg-type]
+        await store.update(create_config("lost"))
     assert len(failures) == 1 and isinstance(failures[0], OSError) and failures[0].errno == errno.ENOSPC
     assert node.failure is failures[0] and not node.is_leader
     with pytest.raises(Unavailable):  # not "not the leader" for ever: the node says it is down
@@ -69,30 +54,22 @@ async def test_a_storage_failure_stops_the_node_and_calls_on_failure_once(tmp_pa
     # Restarted once the disk has room, everything acknowledged is there.
     again = SqliteStorage(tmp_path)
     node2 = RaftNode(1, again, NullTransport(), clock, rng=random.Random(1))
-    store2 = MemoryStore(node2, clock)
-    node2.attach(store2)
-    await node2.start()
-    await node2.leader_event.wait()
+    store2 = await started_store(node2, clock)
     assert store2.view().get("config", "before") is not None
-    await store2.update(create("after"))  # type: ignore[arg-type]
+    await store2.update(create_config("after"))
     await node2.stop()
     again.close()
 
 
 async def test_a_snapshot_that_cannot_be_written_stops_the_node(tmp_path: Path,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    first = SqliteStorage(tmp_path)
-    bootstrap(first, [1])
-    first.close()
+    bootstrap_dir(tmp_path)
     storage = SqliteStorage(tmp_path)
     failures: list[BaseException] = []
     clock = SystemClock()
     node = RaftNode(1, storage, NullTransport(), clock, rng=random.Random(1), on_failure=failures.append,
                     snapshot_in_thread=True, snapshot_interval=5)
-    store = MemoryStore(node, clock)
-    node.attach(store)
-    await node.start()
-    await node.leader_event.wait()
+    store = await started_store(node, clock)
 
     def no_space(fd: int) -> None:  # the snapshot file is written, its fsync finds the disk full
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -100,7 +77,7 @@ async def test_a_snapshot_that_cannot_be_written_stops_the_node(tmp_path: Path,
     monkeypatch.setattr(sqlite_storage.os, "fsync", no_space)  # sqlite's own fsync is C: the log still works
     for i in range(8):
         try:
-            await store.update(create(f"c{i}"))  # type: ignore[arg-type]
+            await store.update(create_config(f"c{i}"))
         except Unavailable:
             break
     deadline = clock.monotonic() + 10
