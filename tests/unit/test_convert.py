@@ -96,6 +96,11 @@ def _normalise(body: dict[str, Any]) -> dict[str, Any]:
     tt = b["TaskTemplate"]
     tt["Runtime"] = "container"
     tt["ContainerSpec"].setdefault("Isolation", "default")
+    priv = tt["ContainerSpec"].get("Privileges")
+    if isinstance(priv, dict):  # omitempty in types.Privileges
+        for k in ("NoNewPrivileges", "Seccomp", "AppArmor"):
+            if not priv.get(k, True):
+                del priv[k]
     mode = b.get("Mode") or {}
     if "Replicated" in mode or not mode:
         mode = {"Replicated": {"Replicas": (mode.get("Replicated") or {}).get("Replicas", 1)}}

@@ -420,20 +420,23 @@ def _driver(o: Obj | None) -> Driver | None:
     return Driver(name=o.string("Name"), options=o.str_map("Options"))
 
 
-def secret_spec_from_wire(body: Any) -> SecretSpec:
-    """POST /secrets/create (and the Spec of /secrets/{id}/update). Data is base64 on the wire."""
+def secret_spec_from_wire(body: Any, *, update: bool = False) -> SecretSpec:
+    """POST /secrets/create, or with `update` the Spec of /secrets/{id}/update: swarmkit validates the name,
+    the data and the driver of a new secret only (an update may change the labels alone, and carries no Data
+    when it comes from what GET returned). Data is base64 on the wire."""
     o = Obj.root(body, "SecretSpec")
     name = o.string("Name")
     labels = o.str_map("Labels")
     data = _b64(o, "Data")
     driver = _driver(o.obj("Driver", "Driver"))
     templating = _driver(o.obj("Templating", "Driver"))
-    _validate_secret_name(name)
-    if driver is not None:
-        if not driver.name:
-            raise _rpc_invalid("secret driver must have a name")
-    elif not 0 < len(data) < MAX_SECRET_SIZE:
-        raise _rpc_invalid(f"secret data must be larger than 0 and less than {MAX_SECRET_SIZE} bytes")
+    if not update:
+        _validate_secret_name(name)
+        if driver is not None:
+            if not driver.name:
+                raise _rpc_invalid("secret driver must have a name")
+        elif not 0 < len(data) < MAX_SECRET_SIZE:
+            raise _rpc_invalid(f"secret data must be larger than 0 and less than {MAX_SECRET_SIZE} bytes")
     return SecretSpec(
         annotations=Annotations(name=name, labels=labels), data=data, driver=driver, templating=templating
     )
