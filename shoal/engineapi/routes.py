@@ -430,6 +430,9 @@ async def events(request: web.Request) -> web.StreamResponse:
                                   "node", "service", "secret", "config", "daemon", "volume", "plugin"})
     since = _parse_ts(request.query.get("since"))
     until = _parse_ts(request.query.get("until"))
+    if since is not None and until is not None and until < since:
+        raise InvalidArgument(f"`since` time ({request.query['since']}) cannot be after `until` time "
+                              f"({request.query['until']})")
     proxy = request.app[PROXY_KEY]
     engine = request.app[ENGINE_KEY]
     swarm_types = {"service", "node", "secret", "config", "network"}
@@ -469,7 +472,9 @@ def _parse_ts(raw: str | None) -> float | None:
         try:
             return parse_go_time(raw)
         except Exception:
-            raise InvalidArgument(f"invalid timestamp {raw!r}") from None
+            # Go's timetypes.ParseTimestamps: what is no date is read as seconds[.nanoseconds].
+            sec = raw.split(".", 1)[0]
+            raise InvalidArgument(f'strconv.ParseInt: parsing "{sec}": invalid syntax') from None
 
 
 def _event_matches(msg: dict[str, Any], flt: dict[str, list[str]]) -> bool:
@@ -1142,7 +1147,7 @@ async def networks_list(request: web.Request) -> web.StreamResponse:
             continue
         if flt.get("label") and not match_labels(dict(n.spec.annotations.labels), flt["label"]):
             continue
-        out.append(C.network_to_wire(n, api_version=request["api_version"]))
+        out.append(C.network_to_wire(n, api_version=request["api_version"], listed=True))
     return json_ok(out)
 
 

@@ -374,7 +374,8 @@ class Pair:
         LEDGER.append(out)
         if dump := os.environ.get("SHOAL_DIFF_DUMP"):  # every difference, documented or not, for review
             with open(dump, "a") as f:
-                f.writelines(f"{d}\n" for d in out.differences)
+                f.writelines(f"{d.label}  {d.pointer or '/'}: dockerd={json.dumps(d.dockerd, sort_keys=True)} "
+                             f"shoal={json.dumps(d.shoal, sort_keys=True)}\n" for d in out.differences)
         for note in REPORT:
             note(f"differential: {out.compared} answers compared, {len(out.differences)} differences "
                  f"({len(out.accepted)} documented in {DEVIATIONS_FILE.name})")

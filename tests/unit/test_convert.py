@@ -841,7 +841,9 @@ def test_network_to_wire_ingress_shape() -> None:
     plain = network_to_wire(
         Network(id="x", spec=NetworkSpec(annotations=Annotations(name="ov"))), api_version="1.44"
     )
-    assert "EnableIPv4" not in plain and plain["Labels"] is None
+    assert "EnableIPv4" not in plain and plain["Labels"] is None and plain["Containers"] is None
+    listed = network_to_wire(n, listed=True)  # the cluster's view of the ingress, as dockerd lists it
+    assert listed["Labels"] is None and listed["Containers"] is None
 
 
 def test_messages() -> None:

@@ -55,3 +55,22 @@ def test_a_secret_update_may_carry_labels_only() -> None:
     assert spec.data == b"" and spec.annotations.labels == {"k": "v2"}
     with pytest.raises(InvalidArgument, match="secret data must be larger than 0"):
         secret_spec_from_wire({"Name": "s", "Labels": {"k": "v2"}})
+
+
+@pytest.mark.parametrize(("addr", "ok"), [("bogus:x:y", False), ("127.0.0.1:2377", True), ("[::1]:2377", True),
+                                          ("host", True), ("[::1]", False), ("::1", False), ("a]:1", False)])
+def test_listen_address_is_split_as_go_does(addr: str, ok: bool) -> None:
+    # dockerd's resolveListenAddr: net.SplitHostPort, else "could not parse listen address ...".
+    from shoal.node import _splittable
+
+    assert _splittable(addr) is ok
+
+
+def test_swarm_networks_without_local_endpoints_show_null() -> None:
+    from shoal.engineapi.convert import network_to_wire
+    from shoal.model.objects import Annotations, Network, NetworkSpec
+
+    plain = network_to_wire(Network(id="x", spec=NetworkSpec(annotations=Annotations(name="ov"))), listed=True)
+    assert plain["Containers"] is None and plain["Labels"] is None
+    ingress = Network(id="i", spec=NetworkSpec(annotations=Annotations(name="ingress"), ingress=True))
+    assert network_to_wire(ingress)["Containers"] == {} and network_to_wire(ingress, listed=True)["Labels"] is None

@@ -611,11 +611,14 @@ def network_to_wire(
     containers: Mapping[str, Any] | None = None,
     services: Mapping[str, Any] | None = None,
     api_version: str | None = None,
+    listed: bool = False,
 ) -> JSONDict:
-    """A swarm-scope overlay network as `GET /networks/{id}` (and the list) shows it on a manager.
+    """A swarm-scope overlay network as `GET /networks/{id}` (or, `listed`, the list) shows it on a manager.
 
-    `containers` are the local endpoint resources (a manager with no local task shows {}); `services` is the
-    verbose (`?verbose=true`) service map, omitted when None.
+    `containers` are the local endpoint resources: dockerd shows null for a network without a local endpoint
+    (the cluster's view of it); `services` is the verbose (`?verbose=true`) service map, omitted when None.
+    The ingress network's inspect is the local engine's view, whose Containers and Labels are {} when
+    empty; the list shows the cluster's, null.
     """
     ipam = n.ipam
     cfgs = []
@@ -645,9 +648,10 @@ def network_to_wire(
     d["Ingress"] = n.spec.ingress
     d["ConfigFrom"] = {"Network": ""}
     d["ConfigOnly"] = False
-    d["Containers"] = dict(containers or {})
+    local_view = n.spec.ingress and not listed  # the ingress is attached on every node
+    d["Containers"] = dict(containers) if containers else ({} if local_view else None)
     d["Options"] = _driver_options(n)
-    d["Labels"] = dict(n.spec.annotations.labels) if (n.spec.annotations.labels or n.spec.ingress) else None
+    d["Labels"] = dict(n.spec.annotations.labels) if (n.spec.annotations.labels or local_view) else None
     if services is not None:
         d["Services"] = dict(services)
     return d
