@@ -121,6 +121,17 @@ def _local_addr(advertise: str, listen: str) -> str:
         return "127.0.0.1"
 
 
+def _splittable(addr: str) -> bool:
+    """What Go's net.SplitHostPort accepts of a listen address dockerd did not already complete with the
+    default port (one with no colon): "host:port", or "[v6]:port"; not "a:b:c"."""
+    if ":" not in addr:
+        return True
+    if addr.startswith("["):
+        end = addr.find("]")
+        return end > 0 and addr[end + 1:end + 2] == ":" and ":" not in addr[end + 2:] and "[" not in addr[1:]
+    return addr.count(":") == 1 and "[" not in addr and "]" not in addr
+
+
 class ShoalNode:
     def __init__(self, cfg: NodeConfig, clock: Clock, rng: random.Random) -> None:
         self.cfg = cfg
@@ -378,7 +389,8 @@ class ShoalNode:
         async with self._lock:
             if not self.locked:
                 if self.state == "inactive":
-                    raise Unavailable(M.NO_SWARM)
+                    # dockerd's errNoManager for a node without a swarm node (20.10 and current alike).
+                    raise Unavailable(M.NOT_A_SWARM_MANAGER)
                 e = ShoalError(M.NOT_LOCKED)
                 e.status = 409
                 raise e
@@ -552,6 +564,8 @@ class ShoalNode:
                     raise Unavailable(M.SWARM_EXISTS)
                 return await self._force_new_cluster()
             # ForceNewCluster on a node outside any swarm is a plain init, as dockerd's.
+            if not _splittable(opts.listen_addr):
+                raise ShoalError(f"could not parse listen address {opts.listen_addr}")  # resolveListenAddr
             spec = opts.spec or SwarmSpec()
             # An operator's signing root and ForceRotate come after the cluster exists, through a cluster update
             # (dockerd's initClusterSpec: UpdateCluster, which starts a root rotation): see the init route.

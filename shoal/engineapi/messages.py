@@ -180,14 +180,14 @@ def no_previous_spec(service_id: str) -> str:
     return rpc(FAILED_PRECONDITION, f"service {service_id} does not have a previous spec")
 
 
-def invalid_version(raw: str) -> str:
-    """400 for `?version=abc` (seen). Go's strconv error text."""
-    return f"invalid service version '{raw}': strconv.ParseUint: parsing \"{raw}\": invalid syntax"
+def invalid_version(raw: str, kind: str = "service") -> str:
+    """400 for `?version=abc` (seen; `kind` is "swarm" on /swarm/update). Go's strconv error text."""
+    return f"invalid {kind} version '{raw}': strconv.ParseUint: parsing \"{raw}\": invalid syntax"
 
 
-def version_out_of_range(raw: str) -> str:
+def version_out_of_range(raw: str, kind: str = "service") -> str:
     """400 for `?version=` past 2^64-1 (strconv.ParseUint's range error)."""
-    return f"invalid service version '{raw}': strconv.ParseUint: parsing \"{raw}\": value out of range"
+    return f"invalid {kind} version '{raw}': strconv.ParseUint: parsing \"{raw}\": value out of range"
 
 
 def invalid_registry_auth_from(v: str) -> str:

@@ -85,18 +85,39 @@ def qbool(request: web.Request, name: str, default: bool = False) -> bool:
     return v.lower() in ("1", "true", "yes")
 
 
+_GO_TRUE = frozenset({"1", "t", "T", "TRUE", "true", "True"})
+_GO_FALSE = frozenset({"0", "f", "F", "FALSE", "false", "False"})
+
+
+def go_bool(raw: str) -> bool | None:
+    """Go's strconv.ParseBool: the value, or None when it is not one of the spellings Go accepts."""
+    return True if raw in _GO_TRUE else False if raw in _GO_FALSE else None
+
+
+def qbool_strict(request: web.Request, name: str, message: str) -> bool:
+    """A boolean query parameter dockerd parses with strconv.ParseBool and refuses (400) when it is not one;
+    `message` is dockerd's text for the refusal ({value} is the raw value). Absent or empty: false."""
+    raw = request.query.get(name, "")
+    if raw == "":
+        return False
+    v = go_bool(raw)
+    if v is None:
+        raise InvalidArgument(message.format(value=raw))
+    return v
+
+
 _UINT_RE = re.compile(r"[0-9]+")
 
 
-def qversion(request: web.Request) -> int:
+def qversion(request: web.Request, kind: str = "service") -> int:
     """`?version=`, parsed as dockerd's strconv.ParseUint(raw, 10, 64): digits only (no sign, no spaces), at most
-    2^64-1."""
+    2^64-1. `kind` names the object in the refusal, as dockerd's handler does."""
     raw = request.query.get("version", "")
     if _UINT_RE.fullmatch(raw) is None:
-        raise InvalidArgument(M.invalid_version(raw))
+        raise InvalidArgument(M.invalid_version(raw, kind))
     n = int(raw)
     if n >= 2**64:
-        raise InvalidArgument(M.version_out_of_range(raw))
+        raise InvalidArgument(M.version_out_of_range(raw, kind))
     return n
 
 
@@ -408,6 +429,9 @@ async def events(request: web.Request) -> web.StreamResponse:
                                   "node", "service", "secret", "config", "daemon", "volume", "plugin"})
     since = _parse_ts(request.query.get("since"))
     until = _parse_ts(request.query.get("until"))
+    if since is not None and until is not None and until < since:
+        raise InvalidArgument(f"`since` time ({request.query['since']}) cannot be after `until` time "
+                              f"({request.query['until']})")
     proxy = request.app[PROXY_KEY]
     engine = request.app[ENGINE_KEY]
     swarm_types = {"service", "node", "secret", "config", "network"}
@@ -447,7 +471,9 @@ def _parse_ts(raw: str | None) -> float | None:
         try:
             return parse_go_time(raw)
         except Exception:
-            raise InvalidArgument(f"invalid timestamp {raw!r}") from None
+            # Go's timetypes.ParseTimestamps: what is no date is read as seconds[.nanoseconds].
+            sec = raw.split(".", 1)[0]
+            raise InvalidArgument(f'strconv.ParseInt: parsing "{sec}": invalid syntax') from None
 
 
 def _event_matches(msg: dict[str, Any], flt: dict[str, list[str]]) -> bool:
@@ -533,9 +559,11 @@ async def swarm_update(request: web.Request) -> web.StreamResponse:
     cur = mgr.controlapi.cluster()
     spec = C.swarm_spec_from_wire(await read_json(request), cur.spec)
     node = node_of(request)
+    version_ = qversion(request, "swarm")
+    worker, manager, unlock = (qbool_strict(request, f, f"invalid value for {f}: {{value}}")
+                               for f in ("rotateWorkerToken", "rotateManagerToken", "rotateManagerUnlockKey"))
     await mgr.controlapi.update_swarm(
-        qversion(request), spec, qbool(request, "rotateWorkerToken"), qbool(request, "rotateManagerToken"),
-        qbool(request, "rotateManagerUnlockKey"), lambda c: make_join_token(c.root_ca, node.rng),
+        version_, spec, worker, manager, unlock, lambda c: make_join_token(c.root_ca, node.rng),
         ca_update=lambda c, sp: CA.apply_ca_spec(c, sp, node.clock.now()))
     return web.Response(status=200)
 
@@ -562,6 +590,12 @@ async def swarm_unlock(request: web.Request) -> web.StreamResponse:
 async def nodes_list(request: web.Request) -> web.StreamResponse:
     mgr = manager_of(request)
     flt = parse_filters(request, {"id", "label", "name", "membership", "role", "node.label"})
+    # As swarmkit's enum names, any case; an empty value filters nothing.
+    for kind, known in (("role", ("worker", "manager")), ("membership", ("pending", "accepted"))):
+        flt[kind] = [r.lower() for r in flt.get(kind, []) if r]
+        for r in flt[kind]:
+            if r not in known:
+                raise InvalidArgument(f"Invalid {kind} filter: '{r}'")
     out = []
     for n in mgr.store.view().nodes():
         if flt.get("id") and not prefix_any(n.id, flt["id"]):
@@ -572,7 +606,7 @@ async def nodes_list(request: web.Request) -> web.StreamResponse:
             continue
         if flt.get("role") and n.spec.role not in flt["role"]:
             continue
-        if flt.get("membership") and "accepted" not in flt["membership"]:
+        if flt.get("membership") and "accepted" not in flt["membership"]:  # Shoal admits nodes at once
             continue
         if flt.get("label") and not match_labels(dict(n.description.engine.labels), flt["label"]):
             continue
@@ -675,14 +709,16 @@ async def service_create(request: web.Request) -> web.StreamResponse:
     spec = C.service_spec_from_wire(await read_json(request), api_version=request["api_version"],
                                     name_generator=mgr.controlapi.random_name)
     svc = await mgr.controlapi.create_service(spec)
-    return json_ok({"ID": svc.id, "Warnings": None}, status=201)
+    return json_ok({"ID": svc.id, "Warnings": None}, status=201)  # null: the 1.56 type has no omitempty
 
 
 @route("GET", "/services/{id}")
 async def service_inspect(request: web.Request) -> web.StreamResponse:
     mgr = manager_of(request)
     svc = mgr.controlapi.get_service(param(request, "id"))
-    return json_ok(C.service_to_wire(svc, insert_defaults=qbool(request, "insertDefaults")))
+    insert = qbool_strict(request, "insertDefaults", "invalid value for insertDefaults: {value}: "
+                          'strconv.ParseBool: parsing "{value}": invalid syntax')
+    return json_ok(C.service_to_wire(svc, insert_defaults=insert))
 
 
 @route("POST", "/services/{id}/update")
@@ -736,9 +772,12 @@ async def tasks_list(request: web.Request) -> web.StreamResponse:
     if flt.get("desired-state"):
         desired = set()
         for s in flt["desired-state"]:
-            if s not in ("running", "shutdown", "accepted"):
-                raise InvalidArgument(f"Invalid task desired state: {s}")
-            desired.add(TaskState.from_wire(s))
+            if s.upper() not in TaskState.__members__:
+                if s:
+                    raise InvalidArgument(f"Invalid desired-state filter: '{s}'")
+                continue
+            desired.add(TaskState[s.upper()])
+        desired = desired or None
     if service_ids is not None:
         candidates = [t for sid in service_ids for t in v.tasks(service_id=sid)]
     else:
@@ -992,8 +1031,9 @@ async def task_container_logs(request: web.Request) -> web.StreamResponse:
 # --- secrets and configs -----------------------------------------------------------------------
 
 
-def _kv_filters(request: web.Request) -> dict[str, list[str]]:
-    return parse_filters(request, {"id", "label", "name", "names"})
+def _kv_filters(request: web.Request, names: bool = True) -> dict[str, list[str]]:
+    """The filters of a secret (or, without `names`, which dockerd accepts for secrets only, a config) list."""
+    return parse_filters(request, {"id", "label", "name", "names"} if names else {"id", "label", "name"})
 
 
 def _match_obj(o: Any, flt: dict[str, list[str]]) -> bool:
@@ -1029,7 +1069,7 @@ async def secret_inspect(request: web.Request) -> web.StreamResponse:
 async def secret_update(request: web.Request) -> web.StreamResponse:
     mgr = manager_of(request)
     await mgr.controlapi.update_secret(param(request, "id"), qversion(request),
-                                       C.secret_spec_from_wire(await read_json(request)))
+                                       C.secret_spec_from_wire(await read_json(request), update=True))
     return web.Response(status=200)
 
 
@@ -1042,7 +1082,7 @@ async def secret_remove(request: web.Request) -> web.StreamResponse:
 @route("GET", "/configs")
 async def configs_list(request: web.Request) -> web.StreamResponse:
     mgr = manager_of(request)
-    flt = _kv_filters(request)
+    flt = _kv_filters(request, names=False)
     return json_ok([C.config_to_wire(c) for c in mgr.store.view().all("config") if _match_obj(c, flt)])
 
 
@@ -1106,7 +1146,7 @@ async def networks_list(request: web.Request) -> web.StreamResponse:
             continue
         if flt.get("label") and not match_labels(dict(n.spec.annotations.labels), flt["label"]):
             continue
-        out.append(C.network_to_wire(n, api_version=request["api_version"]))
+        out.append(C.network_to_wire(n, api_version=request["api_version"], listed=True))
     return json_ok(out)
 
 

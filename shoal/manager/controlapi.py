@@ -273,6 +273,9 @@ class ControlAPI:
             raise _grpc_invalid("secret data must be larger than 0 and less than 500KB")
         if len(spec.data) > 500 * 1024:
             raise _grpc_invalid("secret data must be larger than 0 and less than 500KB")
+        if spec.driver is not None:
+            # Shoal runs no secret-driver plugins: swarmkit's lookup of the plugin fails (gRPC Unknown).
+            raise ShoalError(f'rpc error: code = Unknown desc = plugin "{spec.driver.name}" not found')
         sid = new_id(self.rng)
 
         def fn(tx: Tx) -> Secret:

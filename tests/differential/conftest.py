@@ -143,8 +143,13 @@ def pair() -> Iterator[Pair]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+# The node IDs of the suite's tests run in this process (test_zz_deviations.py judges stale entries only
+# after all of them).
+RAN: set[str] = set()
+
+
 @pytest.fixture(autouse=True)
-def _count_answers(figure: Callable[[str], None]) -> Iterator[None]:
+def _count_answers(figure: Callable[[str], None], request: pytest.FixtureRequest) -> Iterator[None]:
     """Each comparison a test makes reports how many answers it compared and how many differences were
     documented (printed in the run's "figures" section)."""
     REPORT.append(figure)
@@ -152,3 +157,4 @@ def _count_answers(figure: Callable[[str], None]) -> Iterator[None]:
         yield
     finally:
         REPORT.remove(figure)
+        RAN.add(request.node.nodeid)

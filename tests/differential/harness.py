@@ -311,8 +311,10 @@ def load_deviations(path: Path = DEVIATIONS_FILE) -> list[Deviation]:
 @dataclass
 class Outcome:
     compared: int = 0
+    labels: list[str] = field(default_factory=list)  # of every answer compared
     differences: list[Difference] = field(default_factory=list)
     accepted: list[tuple[Difference, Deviation]] = field(default_factory=list)
+    matched: list[Deviation] = field(default_factory=list)  # every entry matching a difference
 
     @property
     def unexplained(self) -> list[Difference]:
@@ -358,16 +360,22 @@ class Pair:
         assert labels_a == labels_b, f"the scenario asked different things: {labels_a} vs {labels_b}"
         for a, b in zip(ref, got, strict=True):
             out.compared += 1
+            out.labels.append(a.label)
             for p, x, y in diff(canonical(a, cli=cli), canonical(b, cli=cli)):
                 pointer = p.removeprefix("/body") if p.startswith("/body") else p
                 if p == "/status":
                     pointer = "status"
                 d = Difference(a.label, pointer, x, y)
                 out.differences.append(d)
-                dev = next((v for v in self.deviations if v.matches(d)), None)
-                if dev is not None:
-                    out.accepted.append((d, dev))
+                devs = [v for v in self.deviations if v.matches(d)]
+                if devs:
+                    out.accepted.append((d, devs[0]))
+                out.matched.extend(devs)
         LEDGER.append(out)
+        if dump := os.environ.get("SHOAL_DIFF_DUMP"):  # every difference, documented or not, for review
+            with open(dump, "a") as f:
+                f.writelines(f"{d.label}  {d.pointer or '/'}: dockerd={json.dumps(d.dockerd, sort_keys=True)} "
+                             f"shoal={json.dumps(d.shoal, sort_keys=True)}\n" for d in out.differences)
         for note in REPORT:
             note(f"differential: {out.compared} answers compared, {len(out.differences)} differences "
                  f"({len(out.accepted)} documented in {DEVIATIONS_FILE.name})")
@@ -382,6 +390,16 @@ class Pair:
         out = self.compare(scenario, cli=cli)
         assert_explained(out)
         return out
+
+
+def stale_deviations(deviations: list[Deviation], outcomes: list[Outcome]) -> list[Deviation]:
+    """The entries that excused nothing although an answer they name was compared: stale (the difference
+    is gone, or the pattern no longer names it). An entry whose request matched no compared answer is not
+    judged, the scenario that could show its difference did not run."""
+    used = {dev for o in outcomes for dev in o.matched}
+    labels = {label for o in outcomes for label in o.labels}
+    return [dev for dev in deviations if dev not in used
+            and any(fnmatch.fnmatchcase(label, dev.request) for label in labels)]
 
 
 def assert_explained(out: Outcome) -> None:

@@ -83,14 +83,23 @@ def test_stack_ps(pair: Pair) -> None:
     pair.check(_stack_ps)
 
 
+def _stack_tasks(s: Side, name: str) -> list[Any]:
+    """The tasks left of stack `name` (its services' tasks linger after the services, using their networks)."""
+    _, tasks, _ = s.request("GET", "/tasks")
+    return [t for t in tasks if isinstance(tasks, list)
+            and ((t.get("Spec") or {}).get("ContainerSpec") or {}).get("Labels", {}).get(
+                "com.docker.stack.namespace") == name]
+
+
 def _stack_rm(s: Side, name: str) -> None:
-    """`docker stack rm`, then wait until its networks are gone (removed once their tasks are), so that the
-    next scenario's network lists do not depend on how far a removal got."""
+    """`docker stack rm`, then wait until its networks and tasks are gone, so that the next scenario's network
+    lists do not depend on how far a removal got, and an external network the stack used can be removed."""
     s.cli("stack", "rm", name)
     ns = {"label": [f"com.docker.stack.namespace={name}"]}
-    deadline = time.monotonic() + 30
+    deadline = time.monotonic() + 45
     while time.monotonic() < deadline and (s.request("GET", "/networks", query={"filters": ns})[1]
-                                           or s.request("GET", "/services", query={"filters": ns})[1]):
+                                           or s.request("GET", "/services", query={"filters": ns})[1]
+                                           or _stack_tasks(s, name)):
         time.sleep(0.3)  # polling interval of a bounded poll
 
 

@@ -5,7 +5,16 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.differential.harness import Answer, Deviation, Pair, Side, diff, load_deviations, normalise
+from tests.differential.harness import (
+    Answer,
+    Deviation,
+    Pair,
+    Side,
+    diff,
+    load_deviations,
+    normalise,
+    stale_deviations,
+)
 
 
 def test_normalise_replaces_only_variable_parts() -> None:
@@ -50,3 +59,14 @@ def test_only_listed_differences_are_excused() -> None:
 def test_every_deviation_has_a_reason() -> None:
     devs = load_deviations()
     assert devs and all(d.reason and d.request and d.pointer for d in devs)
+
+
+def test_stale_deviations_are_found() -> None:
+    used = Deviation("GET /nodes*", "*/Architecture", "uname's name")
+    stale = Deviation("GET /nodes*", "*/Role", "no longer differs")
+    unjudged = Deviation("GET /secrets*", "*", "its scenario did not run")
+    pair = Pair(Side("dockerd", "/nonexistent", Path("/tmp")),
+                Side("shoal", "/nonexistent", Path("/tmp")), [used, stale, unjudged])
+    out = pair.compare_answers([Answer("GET /nodes", 200, [{"Architecture": "x86_64", "Role": "manager"}])],
+                               [Answer("GET /nodes", 200, [{"Architecture": "amd64", "Role": "manager"}])])
+    assert stale_deviations([used, stale, unjudged], [out]) == [stale]

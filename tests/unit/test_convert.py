@@ -96,6 +96,11 @@ def _normalise(body: dict[str, Any]) -> dict[str, Any]:
     tt = b["TaskTemplate"]
     tt["Runtime"] = "container"
     tt["ContainerSpec"].setdefault("Isolation", "default")
+    priv = tt["ContainerSpec"].get("Privileges")
+    if isinstance(priv, dict):  # omitempty in types.Privileges
+        for k in ("NoNewPrivileges", "Seccomp", "AppArmor"):
+            if not priv.get(k, True):
+                del priv[k]
     mode = b.get("Mode") or {}
     if "Replicated" in mode or not mode:
         mode = {"Replicated": {"Replicas": (mode.get("Replicated") or {}).get("Replicas", 1)}}
@@ -836,7 +841,9 @@ def test_network_to_wire_ingress_shape() -> None:
     plain = network_to_wire(
         Network(id="x", spec=NetworkSpec(annotations=Annotations(name="ov"))), api_version="1.44"
     )
-    assert "EnableIPv4" not in plain and plain["Labels"] is None
+    assert "EnableIPv4" not in plain and plain["Labels"] is None and plain["Containers"] is None
+    listed = network_to_wire(n, listed=True)  # the cluster's view of the ingress, as dockerd lists it
+    assert listed["Labels"] is None and listed["Containers"] is None
 
 
 def test_messages() -> None:

@@ -420,20 +420,23 @@ def _driver(o: Obj | None) -> Driver | None:
     return Driver(name=o.string("Name"), options=o.str_map("Options"))
 
 
-def secret_spec_from_wire(body: Any) -> SecretSpec:
-    """POST /secrets/create (and the Spec of /secrets/{id}/update). Data is base64 on the wire."""
+def secret_spec_from_wire(body: Any, *, update: bool = False) -> SecretSpec:
+    """POST /secrets/create, or with `update` the Spec of /secrets/{id}/update: swarmkit validates the name,
+    the data and the driver of a new secret only (an update may change the labels alone, and carries no Data
+    when it comes from what GET returned). Data is base64 on the wire."""
     o = Obj.root(body, "SecretSpec")
     name = o.string("Name")
     labels = o.str_map("Labels")
     data = _b64(o, "Data")
     driver = _driver(o.obj("Driver", "Driver"))
     templating = _driver(o.obj("Templating", "Driver"))
-    _validate_secret_name(name)
-    if driver is not None:
-        if not driver.name:
-            raise _rpc_invalid("secret driver must have a name")
-    elif not 0 < len(data) < MAX_SECRET_SIZE:
-        raise _rpc_invalid(f"secret data must be larger than 0 and less than {MAX_SECRET_SIZE} bytes")
+    if not update:
+        _validate_secret_name(name)
+        if driver is not None:
+            if not driver.name:
+                raise _rpc_invalid("secret driver must have a name")
+        elif not 0 < len(data) < MAX_SECRET_SIZE:
+            raise _rpc_invalid(f"secret data must be larger than 0 and less than {MAX_SECRET_SIZE} bytes")
     return SecretSpec(
         annotations=Annotations(name=name, labels=labels), data=data, driver=driver, templating=templating
     )
@@ -608,11 +611,14 @@ def network_to_wire(
     containers: Mapping[str, Any] | None = None,
     services: Mapping[str, Any] | None = None,
     api_version: str | None = None,
+    listed: bool = False,
 ) -> JSONDict:
-    """A swarm-scope overlay network as `GET /networks/{id}` (and the list) shows it on a manager.
+    """A swarm-scope overlay network as `GET /networks/{id}` (or, `listed`, the list) shows it on a manager.
 
-    `containers` are the local endpoint resources (a manager with no local task shows {}); `services` is the
-    verbose (`?verbose=true`) service map, omitted when None.
+    `containers` are the local endpoint resources: dockerd shows null for a network without a local endpoint
+    (the cluster's view of it); `services` is the verbose (`?verbose=true`) service map, omitted when None.
+    The ingress network's inspect is the local engine's view, whose Containers and Labels are {} when
+    empty; the list shows the cluster's, null.
     """
     ipam = n.ipam
     cfgs = []
@@ -642,9 +648,10 @@ def network_to_wire(
     d["Ingress"] = n.spec.ingress
     d["ConfigFrom"] = {"Network": ""}
     d["ConfigOnly"] = False
-    d["Containers"] = dict(containers or {})
+    local_view = n.spec.ingress and not listed  # the ingress is attached on every node
+    d["Containers"] = dict(containers) if containers else ({} if local_view else None)
     d["Options"] = _driver_options(n)
-    d["Labels"] = dict(n.spec.annotations.labels) if (n.spec.annotations.labels or n.spec.ingress) else None
+    d["Labels"] = dict(n.spec.annotations.labels) if (n.spec.annotations.labels or local_view) else None
     if services is not None:
         d["Services"] = dict(services)
     return d

@@ -23,7 +23,7 @@ from typing import Any
 
 from shoal.engineapi.convert._wire import Obj, go_time, meta, put, version
 from shoal.engineapi.messages import INVALID_ARGUMENT, rpc
-from shoal.errors import InvalidArgument
+from shoal.errors import InvalidArgument, ShoalError
 from shoal.model.objects import (
     DEFAULT_RESTART_DELAY,
     DEFAULT_UPDATE_MONITOR,
@@ -154,7 +154,8 @@ def service_spec_from_wire(
     elif runtime == "plugin":
         if tt.get("PluginSpec") is None:
             raise InvalidArgument("mismatched Runtime and *Spec fields")
-        raise InvalidArgument('runtime type "plugin" only supported in experimental')
+        # A plain error in dockerd (daemon/cluster/services.go): 500.
+        raise ShoalError('runtime type "plugin" only supported in experimental')
     else:
         raise InvalidArgument("unsupported runtime")
     restart = _restart_policy(tt.obj("RestartPolicy", "RestartPolicy"))
@@ -406,10 +407,20 @@ def _check_mounts(cs: Obj) -> tuple[Any, ...]:
     return tuple(out)
 
 
-def _check_privileges(cs: Obj) -> Any:
+# Privileges fields an API version below 1.44 does not know: dockerd's adjustForAPIVersion drops what such a
+# client sent.
+_PRIVILEGES_1_44 = frozenset({"seccomp", "apparmor", "nonewprivileges"})
+
+
+def _check_privileges(cs: Obj, api_version: str | None) -> Any:
     p = cs.obj("Privileges", "Privileges")
     if p is None:
         return None
+    old = _version_lt(api_version, "1.44")
+    # Kept as sent, but without what dockerd would not keep: the fields an old version does not know, and
+    # the unset ones (omitempty), so that the stored spec equals what GET shows.
+    p = Obj({k: v for k, v in p._d.items() if not (k.lower() in _PRIVILEGES_1_44 and (old or not v))},
+            "Privileges", p.path)
     cred = p.obj("CredentialSpec", "CredentialSpec")
     if cred is not None:
         opts = [f'"{k.lower()}"' for k in ("Config", "File", "Registry") if cred.string(k)]
@@ -432,8 +443,10 @@ def _check_privileges(cs: Obj) -> Any:
 
 def _privileges_to_wire(p: Mapping[str, Any]) -> JSONDict:
     """types.Privileges as dockerd marshals it: its two pointers and every SELinuxContext field have no
-    omitempty, so they are shown (null, false, "") when not set."""
-    out: JSONDict = {"CredentialSpec": None, "SELinuxContext": None, **p}
+    omitempty, so they are shown (null, false, "") when not set; Seccomp, AppArmor and NoNewPrivileges have
+    omitempty."""
+    out: JSONDict = {"CredentialSpec": None, "SELinuxContext": None,
+                     **{k: v for k, v in p.items() if v or k.lower() not in _PRIVILEGES_1_44}}
     se = Obj(p, "Privileges").get("SELinuxContext")
     for k in list(out):
         if k.lower() == "selinuxcontext":
@@ -476,7 +489,7 @@ def _container_spec(cs: Obj, api_version: str | None) -> ContainerSpec:
             )
         )
     mounts = _check_mounts(cs)
-    privileges = _check_privileges(cs)
+    privileges = _check_privileges(cs, api_version)
     dns = cs.obj("DNSConfig", "DNSConfig")
     if dns is not None:
         dns.str_list("Nameservers", "[]netip.Addr")
@@ -957,9 +970,10 @@ def service_to_wire(
         d["PreviousSpec"] = service_spec_to_wire(prev)
     ep: JSONDict = {}
     # Endpoint.Spec is the spec swarmkit's allocator copied, which it does only for a service that needs
-    # allocating (published ports, or VIPs on networks): {} otherwise, a dnsrr service without ports included.
+    # allocating (published ports, or VIPs on networks): {} otherwise, a dnsrr service without ports included,
+    # and {} for a service whose spec has no EndpointSpec (nil in swarmkit, nothing to copy).
     e = svc.endpoint
-    if e.spec.ports or e.virtual_ips or e.ports:
+    if svc.spec.endpoint_spec is not None and (e.spec.ports or e.virtual_ips or e.ports):
         ep["Spec"] = endpoint_spec_to_wire(svc.endpoint.spec)
     else:
         ep["Spec"] = {}

@@ -1,0 +1,76 @@
+"""Differences from dockerd the differential suite (tests/differential/) found, closed in Shoal: the parts whose
+logic is more than a message, checked without a daemon. The suite itself is the end-to-end check."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from shoal.engineapi.convert import secret_spec_from_wire, service_spec_from_wire, service_to_wire
+from shoal.engineapi.routes import go_bool
+from shoal.errors import InvalidArgument
+from shoal.model.objects import Endpoint, EndpointSpec, Service, VirtualIP
+from shoal.testing.sim import service_spec
+
+
+def test_endpoint_spec_is_empty_when_the_service_spec_has_none() -> None:
+    # A service on a network created without EndpointSpec: swarmkit's Spec.Endpoint is nil, so the allocator
+    # has no spec to copy; its VIPs are shown, Endpoint.Spec is {}.
+    vips = (VirtualIP(network_id="n1", addr="10.0.0.2/24"),)
+    svc = Service(id="x", spec=service_spec("s"), endpoint=Endpoint(spec=EndpointSpec(), virtual_ips=vips))
+    assert svc.spec.endpoint_spec is None
+    assert service_to_wire(svc)["Endpoint"] == {"Spec": {}, "VirtualIPs": [{"NetworkID": "n1",
+                                                                           "Addr": "10.0.0.2/24"}]}
+    sent = replace(svc, spec=replace(svc.spec, endpoint_spec=EndpointSpec()))
+    assert service_to_wire(sent)["Endpoint"]["Spec"] == {"Mode": "vip"}
+
+
+def _privileges(version: str, privileges: dict[str, object]) -> object:
+    spec = service_spec_from_wire({"Name": "p", "TaskTemplate": {"ContainerSpec": {
+        "Image": "busybox", "Privileges": privileges}}}, api_version=version)
+    return service_to_wire(Service(id="x", spec=spec))["Spec"]["TaskTemplate"]["ContainerSpec"]["Privileges"]
+
+
+def test_privileges_fields_of_1_44() -> None:
+    # The CLI 28 sends NoNewPrivileges false: omitempty, not shown. Below 1.44 dockerd's adjustForAPIVersion
+    # drops Seccomp, AppArmor and NoNewPrivileges; from 1.44 they are kept.
+    assert _privileges("1.41", {"NoNewPrivileges": False}) == {"CredentialSpec": None, "SELinuxContext": None}
+    assert _privileges("1.41", {"NoNewPrivileges": True, "AppArmor": {"Mode": "default"}}) == {
+        "CredentialSpec": None, "SELinuxContext": None}
+    assert _privileges("1.44", {"NoNewPrivileges": True, "Seccomp": None}) == {
+        "CredentialSpec": None, "SELinuxContext": None, "NoNewPrivileges": True}
+
+
+@pytest.mark.parametrize(("raw", "value"), [("1", True), ("t", True), ("TRUE", True), ("True", True),
+                                            ("0", False), ("F", False), ("false", False), ("yes", None),
+                                            ("tRuE", None), ("", None), ("maybe", None)])
+def test_go_bool_is_strconv_parse_bool(raw: str, value: bool | None) -> None:
+    assert go_bool(raw) is value
+
+
+def test_a_secret_update_may_carry_labels_only() -> None:
+    # What GET returns carries no Data: an update made of it changes the labels; a create needs data.
+    spec = secret_spec_from_wire({"Name": "s", "Labels": {"k": "v2"}}, update=True)
+    assert spec.data == b"" and spec.annotations.labels == {"k": "v2"}
+    with pytest.raises(InvalidArgument, match="secret data must be larger than 0"):
+        secret_spec_from_wire({"Name": "s", "Labels": {"k": "v2"}})
+
+
+@pytest.mark.parametrize(("addr", "ok"), [("bogus:x:y", False), ("127.0.0.1:2377", True), ("[::1]:2377", True),
+                                          ("host", True), ("[::1]", False), ("::1", False), ("a]:1", False)])
+def test_listen_address_is_split_as_go_does(addr: str, ok: bool) -> None:
+    # dockerd's resolveListenAddr: net.SplitHostPort, else "could not parse listen address ...".
+    from shoal.node import _splittable
+
+    assert _splittable(addr) is ok
+
+
+def test_swarm_networks_without_local_endpoints_show_null() -> None:
+    from shoal.engineapi.convert import network_to_wire
+    from shoal.model.objects import Annotations, Network, NetworkSpec
+
+    plain = network_to_wire(Network(id="x", spec=NetworkSpec(annotations=Annotations(name="ov"))), listed=True)
+    assert plain["Containers"] is None and plain["Labels"] is None
+    ingress = Network(id="i", spec=NetworkSpec(annotations=Annotations(name="ingress"), ingress=True))
+    assert network_to_wire(ingress)["Containers"] == {} and network_to_wire(ingress, listed=True)["Labels"] is None
