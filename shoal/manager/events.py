@@ -80,6 +80,7 @@ class EventLog:
         self.path = path
         self._file: IO[str] | None = None
         self._lines = 0
+        self._failing = False  # the last write to the file failed
         if path is not None:
             self._load(path)
 
@@ -116,8 +117,20 @@ class EventLog:
             self._file.write(json.dumps(msg) + "\n")
             self._file.flush()
             self._lines += 1
+            if self._failing:
+                log.info("the event log %s is written again", self.path)
+                self._failing = False
         except OSError:
-            log.warning("cannot write the event log %s", self.path, exc_info=True)
+            # One warning for a run of failures (a full disk fails every event), not one per event. The file is
+            # reopened for the next event, which ends a line the failure may have torn.
+            if not self._failing:
+                log.warning("cannot write the event log %s (events are kept in memory; said once until a write "
+                            "succeeds again)", self.path, exc_info=True)
+                self._failing = True
+            if self._file is not None:
+                with contextlib.suppress(OSError):
+                    self._file.close()
+                self._file = None
 
     def _compact(self, path: Path) -> None:
         self.close()

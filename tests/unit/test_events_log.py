@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+
+import pytest
 
 from shoal.clock import SystemClock
 from shoal.manager.events import EventLog
@@ -31,3 +34,22 @@ def test_window_survives_restart_and_file_stays_bounded(tmp_path: Path) -> None:
     again.close()
     third = EventLog(None, SystemClock(), retain=5, path=path)  # type: ignore[arg-type]
     assert [m["Action"] for m in third.window][-1] == "remove" and len(third.window) == 5
+
+
+def test_a_full_disk_is_warned_once_and_writing_resumes(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "raft" / "events.jsonl"
+    log = EventLog(None, SystemClock(), retain=50, path=path)  # type: ignore[arg-type]
+    log._publish(Event(action="create", kind="secret", obj=secret(0)))
+    log.close()
+    log.path = Path("/dev/full")  # every write fails with ENOSPC, as on a full disk
+    with caplog.at_level(logging.INFO, logger="shoal.manager.events"):
+        for i in range(1, 30):
+            log._publish(Event(action="create", kind="secret", obj=secret(i)))
+        assert [r.levelname for r in caplog.records] == ["WARNING"]
+        log.path = path  # space again
+        log._publish(Event(action="create", kind="secret", obj=secret(30)))
+    log.close()
+    assert [r.levelname for r in caplog.records] == ["WARNING", "INFO"]
+    assert len(log.window) == 31  # nothing lost from memory meanwhile
+    names = [ln for ln in path.read_text().splitlines() if ln]
+    assert len(names) == 2 and '"s30"' in names[-1]
