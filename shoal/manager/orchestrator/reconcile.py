@@ -276,7 +276,7 @@ class Reconciler:
         total = svc.spec.mode.total_completions
         room = min(svc.spec.mode.max_concurrent - len(active), total - completed - len(active))
         used_slots = {t.slot for t in mine}
-        slot = 1
+        slot = 0  # swarmkit numbers a replicated job's slots from 0 (dockerd shows the first one as name.<node>)
         while room > 0:
             while slot in used_slots:
                 slot += 1
