@@ -365,31 +365,36 @@ class _Peer:
                     waiter.cancel()
                     continue
                 msgs = self.next_batch()
-                if not msgs:
-                    continue
-                batch = pb.RaftBatch(sender_raft_id=self.t.id, sender_addr=self.t.listen_addr)
-                batch.messages.extend(msg_to_pb(m) for m in msgs)
-                snap = msgs[-1].snapshot
-                if snap is None:
-                    await call.write(batch)
-                    self.t.sent_batches += 1
-                    continue
-                self._snapshot_in_flight = True
-                data = snap.data
-                first = data[:CHUNK]
-                batch.snapshot_chunk = first
-                batch.snapshot_done = len(data) <= CHUNK
-                await call.write(batch)
-                for off in range(CHUNK, len(data), CHUNK):
-                    await call.write(pb.RaftBatch(snapshot_chunk=data[off:off + CHUNK],
-                                                  snapshot_done=off + CHUNK >= len(data)))
-                self.t.sent_batches += 1
-                self._snapshot_in_flight = False
-                self.t._report_snapshot(self.id, True)
+                if msgs:
+                    # In a call of its own: what it sent (a snapshot's data is the whole store) must not stay
+                    # referenced from this loop's locals while the stream waits for the next batch (issue 15).
+                    await self._write(call, msgs)
+                    del msgs
         finally:
             ended.cancel()
             call.cancel()
             await channel.close()
+
+    async def _write(self, call: Any, msgs: list[Message]) -> None:
+        """One batch on the stream; a snapshot (last in its batch) is followed by its data in chunks."""
+        batch = pb.RaftBatch(sender_raft_id=self.t.id, sender_addr=self.t.listen_addr)
+        batch.messages.extend(msg_to_pb(m) for m in msgs)
+        snap = msgs[-1].snapshot
+        if snap is None:
+            await call.write(batch)
+            self.t.sent_batches += 1
+            return
+        self._snapshot_in_flight = True
+        data = snap.data
+        batch.snapshot_chunk = data[:CHUNK]
+        batch.snapshot_done = len(data) <= CHUNK
+        await call.write(batch)
+        for off in range(CHUNK, len(data), CHUNK):
+            await call.write(pb.RaftBatch(snapshot_chunk=data[off:off + CHUNK],
+                                          snapshot_done=off + CHUNK >= len(data)))
+        self.t.sent_batches += 1
+        self._snapshot_in_flight = False
+        self.t._report_snapshot(self.id, True)
 
 
 async def _finished(call: Any) -> str:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -137,6 +138,18 @@ async def test_a_snapshot_of_several_chunks_arrives_whole(pair: tuple[Peer, Peer
     assert got.snapshot is not None and got.snapshot.data == data and got.snapshot.meta == snap.meta
     assert [m.type for m in b.rec.got] == [MsgType.APPEND, MsgType.SNAPSHOT, MsgType.APPEND]
     await wait_for(lambda: a.rec.snapshots == [(2, True)])
+
+
+async def test_a_sent_snapshot_is_not_kept_by_the_sender(pair: tuple[Peer, Peer]) -> None:
+    # Issue 15: the stream kept the last snapshot's data referenced from its locals while it waited for the next
+    # batch, so a leader that sent a follower the whole store (700 MB in the soak) held it for ever.
+    a, b = pair
+    data = random.Random(2).randbytes(2 * CHUNK + 7)
+    a.transport.send([Message(MsgType.SNAPSHOT, 1, 2, term=4,
+                              snapshot=Snapshot(SnapshotMeta(500, 4, frozenset({1, 2})), data))])
+    await wait_for(lambda: a.rec.snapshots == [(2, True)] and len(b.rec.got) == 1)
+    # Only this frame and getrefcount's argument refer to it once it is sent (the receiver has its own copy).
+    await wait_for(lambda: sys.getrefcount(data) == 2, timeout=3.0)
 
 
 async def test_a_dead_peer_is_reported_unreachable(pair: tuple[Peer, Peer]) -> None:
