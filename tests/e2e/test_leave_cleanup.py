@@ -102,14 +102,30 @@ def test_events_on_a_docker_executor_manager_include_the_engines_container_event
     sid = node.docker("service", "create", "-d", "--no-resolve-image", "--name", "evsvc", "--stop-grace-period",
                       "1s", test_image, "sleep", "600").stdout.strip()
 
-    def seen() -> list[str]:
+    def events() -> list[tuple[int, str]]:
         out = node.docker("events", "--since", f"{t0:.3f}", "--until", f"{time.time():.3f}", "--format",
-                          "{{.Type}} {{.Action}} {{index .Actor.Attributes \"com.docker.swarm.service.id\"}}"
-                          "{{.Actor.ID}}", timeout=30).stdout.splitlines()
-        return out if (any(x.startswith("container start " + sid) for x in out)
-                       and any(x.startswith("service create") for x in out)) else []
+                          "{{.TimeNano}} {{.Type}} {{.Action}} "
+                          "{{index .Actor.Attributes \"com.docker.swarm.service.id\"}}{{.Actor.ID}}",
+                          timeout=30).stdout.splitlines()
+        return [(int(t), rest) for t, _, rest in (ln.partition(" ") for ln in out)]
 
-    lines = wait_until(seen, 60, interval=0.5, what="both the service's and its container's events")
-    first_service = next(i for i, x in enumerate(lines) if x.startswith("service create"))
-    first_start = next(i for i, x in enumerate(lines) if x.startswith("container start"))
-    assert first_service < first_start, lines  # in time order
+    def started() -> list[tuple[int, str]]:
+        out = events()
+        return out if any(x.startswith("container start " + sid) for _, x in out) else []
+
+    wait_until(started, 60, interval=0.5, what="the service's container started, in the engine's events")
+    # A swarm event caused after the container's start: the merged stream must put it after the engine's event
+    # (two streams sent one after the other would not), and the whole stream is in time order.
+    node.docker("service", "update", "-d", "--label-add", "seen=start", "evsvc")
+
+    def updated() -> list[tuple[int, str]]:
+        out = events()
+        return out if any(x.startswith("service update " + sid) for _, x in out) else []
+
+    merged = wait_until(updated, 60, interval=0.5, what="the service update in the events")
+    lines = [x for _, x in merged]
+    assert any(x.startswith("service create " + sid) for x in lines), lines
+    first_start = next(i for i, x in enumerate(lines) if x.startswith("container start " + sid))
+    update = next(i for i, x in enumerate(lines) if x.startswith("service update " + sid))
+    assert first_start < update, lines
+    assert [t for t, _ in merged] == sorted(t for t, _ in merged), merged  # in time order
