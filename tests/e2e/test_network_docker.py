@@ -368,7 +368,10 @@ def test_plain_containers_on_an_attachable_overlay(node: ShoalDocker, test_image
         assert addr2 in got
     finally:
         engine.close()
-    wait_until(lambda: fetch(c2, vip) & replicas, 30, what="the VIP from a connected container")
+    try:
+        wait_until(lambda: fetch(c2, vip) & replicas, 60, what="the VIP from a connected container")
+    except AssertionError as e:  # the daemon's side of it (its VIP rules for the container) with the failure
+        raise AssertionError(f"{e}\n--- shoal log ---\n{n.log_tail(8000)}") from None
     assert addr2 in fetch(client, addr2)  # and back, from a service task
     n.docker("network", "disconnect", "attnet", c2)
     wait_until(lambda: attachments(n) == [], 30, what="the attachment released after network disconnect")
