@@ -27,9 +27,9 @@ from typing import Any
 from shoal import ca as CA
 from shoal.agent.agent import Agent
 from shoal.agent.exec.protocol import Executor
+from shoal.api import messages as M
 from shoal.ca import create_root_ca, make_join_token
 from shoal.clock import Clock
-from shoal.engineapi import messages as M
 from shoal.errors import InvalidArgument, ShoalError, Unavailable
 from shoal.ids import new_id
 from shoal.manager.keys import DEK_FILE, DataCipher, KeyStore, Unlocked, protect_tls_key, read_tls_key

@@ -17,11 +17,12 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
-from shoal.agent.exec.protocol import Controller, Executor, LogLine, LogOptions
+from shoal.agent.exec.protocol import Controller, Executor
 from shoal.agent.exec.step import step
+from shoal.api.dispatch import COMPLETE, Assignments, DispatcherAPI
+from shoal.api.logs import LogLine, LogOptions
 from shoal.clock import Clock
 from shoal.errors import NotFound
-from shoal.manager.dispatcher import COMPLETE, Assignments, DispatcherAPI
 from shoal.model.objects import Config, Secret, Task, TaskStatus
 from shoal.model.state import TaskState
 

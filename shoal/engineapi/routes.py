@@ -17,10 +17,10 @@ from typing import Any
 from aiohttp import web
 
 from shoal import ca as CA
-from shoal.agent.exec.protocol import LogLine, LogOptions
+from shoal.api import messages as M
+from shoal.api.logs import LogLine, LogOptions
 from shoal.ca import make_join_token, tls_info
 from shoal.engineapi import convert as C
-from shoal.engineapi import messages as M
 from shoal.engineapi.convert._wire import parse_go_time
 from shoal.engineapi.server import (
     API_VERSION,

@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from shoal import __version__
-from shoal.engineapi import messages as M
+from shoal.api import messages as M
 from shoal.engineapi.engine_client import EngineClient
 from shoal.engineapi.proxy import EngineProxy
 from shoal.errors import NotLeader, ShoalError, Unavailable

@@ -17,7 +17,7 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import replace
 
-from shoal.engineapi import messages as M
+from shoal.api import messages as M
 from shoal.errors import NotFound, ShoalError
 from shoal.model.objects import Annotations, Network, NetworkAttachmentConfig, Task, TaskSpec, TaskStatus
 from shoal.model.state import TaskState

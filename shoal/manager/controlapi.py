@@ -13,8 +13,8 @@ import re
 from dataclasses import replace
 from typing import Any
 
+from shoal.api import messages as M
 from shoal.clock import Clock
-from shoal.engineapi import messages as M
 from shoal.errors import Conflict, InvalidArgument, NotFound, NotImplementedFeature, SequenceConflict, ShoalError
 from shoal.ids import new_id
 from shoal.manager.allocator import PoolExhausted, allocate_subnet

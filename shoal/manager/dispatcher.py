@@ -1,10 +1,8 @@
 """The dispatcher: agent sessions, heartbeats, assignments, task status reports.
 
-The protocol (`DispatcherAPI`) is what an agent sees; today agents on the manager's own node call it
-in-process, and the multi-node issue puts the same calls behind gRPC with mutual TLS. Assignments are
-streamed as a complete set, then increments: the node's tasks and the secrets and configs those tasks
-use, nothing else. Status reports are validated (only the node a task is assigned to may report it, and
-only forward moves) and written in batches.
+It serves `shoal.api.dispatch.DispatcherAPI`: in-process to the agent on the manager's own node, over gRPC
+with mutual TLS (shoal.rpc) to the others. Status reports are validated (only the node a task is assigned
+to may report it, and only forward moves) and written in batches.
 """
 
 from __future__ import annotations
@@ -13,18 +11,17 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
+from shoal.api.dispatch import COMPLETE, INCREMENTAL, Assignments
 from shoal.clock import Clock
 from shoal.errors import NotFound, NotLeader, ShoalError, Unavailable, fresh
 from shoal.manager.attachments import is_attachment
 from shoal.model.objects import (
     SECOND,
-    Config,
     Node,
     NodeDescription,
     NodeStatus,
-    Secret,
     Task,
     TaskStatus,
 )
@@ -33,33 +30,9 @@ from shoal.store.memory import Event, MemoryStore, Tx, WatchOverflow
 
 log = logging.getLogger(__name__)
 
-COMPLETE = "complete"
 # Seconds a node whose session's connection closed has to open a new session before it is down (an agent
 # reconnects within its first backoff steps, 0.1 s to a few seconds).
 STREAM_GRACE = 3.0
-INCREMENTAL = "incremental"
-
-
-@dataclass(frozen=True, slots=True)
-class Assignments:
-    type: str  # complete | incremental
-    tasks: tuple[Task, ...] = ()  # added or changed
-    secrets: tuple[Secret, ...] = ()
-    configs: tuple[Config, ...] = ()
-    removed_tasks: tuple[str, ...] = ()
-    removed_secrets: tuple[str, ...] = ()
-    removed_configs: tuple[str, ...] = ()
-
-
-class DispatcherAPI(Protocol):
-    async def register(self, node_id: str, description: NodeDescription, addr: str) -> float:
-        """Open a session; returns the heartbeat period in seconds."""
-
-    async def heartbeat(self, node_id: str) -> float: ...
-
-    def assignments(self, node_id: str) -> AsyncIterator[Assignments]: ...
-
-    async def update_task_status(self, node_id: str, updates: list[tuple[str, TaskStatus]]) -> None: ...
 
 
 def assigned_to(t: Task, node_id: str) -> bool:

@@ -27,7 +27,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from shoal.agent.exec.protocol import LogLine, LogOptions
+from shoal.api.logs import LogLine, LogOptions
 from shoal.clock import Clock
 from shoal.errors import NotFound, ShoalError
 from shoal.ids import new_id

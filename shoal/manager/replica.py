@@ -29,9 +29,10 @@ from typing import Any
 
 import grpc
 
+from shoal.api.dispatch import Assignments
 from shoal.clock import Clock
 from shoal.errors import ShoalError
-from shoal.manager.dispatcher import Assignments, Dispatcher
+from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.keys import DataCipher
 from shoal.manager.logrepair import APPLY_FAILED_EXIT
 from shoal.manager.manager import Manager

@@ -21,7 +21,7 @@ from typing import Any
 import grpc
 
 from shoal import ca as CA
-from shoal.agent.exec.protocol import LogLine, LogOptions
+from shoal.api.logs import LogLine, LogOptions
 from shoal.errors import NotFound, ShoalError
 from shoal.manager.logbroker import LocalLogs, LogBroker, Published
 from shoal.rpc import shoal_pb2 as pb

@@ -29,10 +29,10 @@ from typing import Any, TypeVar
 import grpc
 
 from shoal import ca as CA
+from shoal.api.dispatch import DispatcherAPI
 from shoal.clock import Clock
 from shoal.errors import InvalidArgument, NotFound, NotLeader, ShoalError, Unavailable
 from shoal.ids import new_id
-from shoal.manager.dispatcher import DispatcherAPI
 from shoal.model import codec
 from shoal.model.objects import (
     SECOND,

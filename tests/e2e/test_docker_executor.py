@@ -15,7 +15,8 @@ import docker
 import pytest
 
 from shoal.agent.exec.docker import DockerController, DockerExecutor
-from shoal.agent.exec.protocol import ExitStatus, LogLine, LogOptions
+from shoal.agent.exec.protocol import ExitStatus
+from shoal.api.logs import LogLine, LogOptions
 from shoal.errors import FatalError, TemporaryError
 from shoal.model.objects import (
     SECOND,

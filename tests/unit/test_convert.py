@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from shoal.engineapi import messages
+from shoal.api import messages
 from shoal.engineapi.convert import (
     config_spec_from_wire,
     config_to_wire,

@@ -14,7 +14,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from shoal.engineapi import messages as M
+from shoal.api import messages as M
 from shoal.engineapi.server import NODE_KEY, errors_middleware, forward_to_leader
 from shoal.errors import Unavailable
 from shoal.rpc import shoal_pb2 as pb

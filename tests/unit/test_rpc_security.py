@@ -25,9 +25,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
 from shoal import ca as CA
+from shoal.api.dispatch import COMPLETE, INCREMENTAL
 from shoal.clock import SystemClock
 from shoal.errors import ShoalError
-from shoal.manager.dispatcher import COMPLETE, INCREMENTAL, Dispatcher
+from shoal.manager.dispatcher import Dispatcher
 from shoal.model.objects import (
     Cluster,
     NodeDescription,

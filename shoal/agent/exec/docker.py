@@ -44,13 +44,8 @@ import aiohttp
 from aiodocker.exceptions import DockerError
 
 from shoal.agent.exec import container as ctr
-from shoal.agent.exec.protocol import (
-    DependencyGetter,
-    ExitStatus,
-    LogLine,
-    LogOptions,
-    RuntimeStatus,
-)
+from shoal.agent.exec.protocol import DependencyGetter, ExitStatus, RuntimeStatus
+from shoal.api.logs import LogLine, LogOptions
 from shoal.errors import FatalError, ShoalError, TemporaryError
 from shoal.model.objects import (
     SECOND,

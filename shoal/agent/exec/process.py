@@ -84,13 +84,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shoal.agent.exec.protocol import (
-    DependencyGetter,
-    ExitStatus,
-    LogLine,
-    LogOptions,
-    RuntimeStatus,
-)
+from shoal.agent.exec.protocol import DependencyGetter, ExitStatus, RuntimeStatus
+from shoal.api.logs import LogLine, LogOptions
 from shoal.clock import Clock, SystemClock
 from shoal.errors import FatalError, TemporaryError
 from shoal.model.objects import (

@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from shoal.api.messages import INVALID_ARGUMENT, rpc
 from shoal.engineapi.convert._wire import Obj, go_time, meta, put
-from shoal.engineapi.messages import INVALID_ARGUMENT, rpc
 from shoal.errors import InvalidArgument
 from shoal.model.objects import (
     Annotations,

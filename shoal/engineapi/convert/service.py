@@ -21,8 +21,8 @@ import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from shoal.api.messages import INVALID_ARGUMENT, rpc
 from shoal.engineapi.convert._wire import Obj, go_time, meta, put, version
-from shoal.engineapi.messages import INVALID_ARGUMENT, rpc
 from shoal.errors import InvalidArgument, ShoalError
 from shoal.model.objects import (
     DEFAULT_RESTART_DELAY,
