@@ -237,7 +237,7 @@ async def network_disconnect(request: web.Request) -> web.StreamResponse:
     raw = await request.read()
     agent = node_of(request).network
     net = _swarm_network(agent, ref)
-    if net is None or getattr(agent, "plain", None) is None or await _local_network(request, ref):
+    if net is None or agent is None or agent.plain is None or await _local_network(request, ref):
         return _reply(*await request.app[PROXY_KEY].call(request, raw))
     body = _json_object(raw)
     info, err = await _container(request, str(body.get("Container") or ""))

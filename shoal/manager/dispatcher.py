@@ -13,10 +13,10 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from shoal.api.attachments import is_attachment
 from shoal.api.dispatch import COMPLETE, INCREMENTAL, Assignments
 from shoal.clock import Clock
 from shoal.errors import NotFound, NotLeader, ShoalError, Unavailable, fresh
-from shoal.manager.attachments import is_attachment
 from shoal.model.objects import (
     SECOND,
     Node,

@@ -42,7 +42,7 @@ it, and connections it opened to a VIP before that (by address) are made to retr
 Plain containers on attachable networks are followed by shoal.net.plain.
 
 A container's namespace is held by a handle of its own (`<root>/ns/c-<task>`, bound from the namespace opened
-with a pidfd of the container's process, see shoal.net.nsutil), never reached through `/proc/<pid>`: a pid
+with a pidfd of the container's process, see shoal.host.nsutil), never reached through `/proc/<pid>`: a pid
 names another process once the container's is reaped, possibly in the node's own namespace. A sandbox whose
 task has ended (it left the snapshot) is no longer programmed, and a container's handle is let go then.
 
@@ -67,8 +67,9 @@ from pathlib import Path
 from typing import Any
 
 from shoal.errors import FatalError, ShoalError, TemporaryError
+from shoal.host import ipcmd, nsutil
 from shoal.model.objects import Network, Service, Task
-from shoal.net import conntrack, ipcmd, nsutil
+from shoal.net import conntrack
 from shoal.net.dns import DNSServer
 from shoal.net.lb import Backend, KeepAlive, TCPBalancer, UDPBalancer
 from shoal.net.state import LatestFeed, NetFeed, NetState, SnapshotDirectory
@@ -253,7 +254,7 @@ class NetworkAgent:
         self._task: asyncio.Task[None] | None = None
         self._changed = asyncio.Event()
         # Plain containers on attachable networks (docker executor; shoal.net.plain): the attacher asks the
-        # leader for their addresses (shoal.net.attach, set by shoal.net.setup).
+        # leader for their addresses (shoal.node.attacher, set by shoal.node.network).
         self.attacher: Any = None
         self.plain: Any = None
 

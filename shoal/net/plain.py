@@ -1,7 +1,7 @@
 """Plain containers on attachable swarm networks (`docker run --network <overlay>`), on a docker-executor node.
 
 The Engine API endpoints that attach a container (container create, network connect/disconnect:
-shoal.engineapi.attach) ask the leader for an address through `Attacher` (shoal.net.attach), then hand the
+shoal.engineapi.attach) ask the leader for an address through `Attacher` (shoal.node.attacher), then hand the
 container to the engine on the engine's bridge network that stands for the overlay (the one the docker
 executor's tasks use), with that address. This module is the node's side of what follows, for as long as the
 container exists:
@@ -27,9 +27,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from shoal.manager.attachments import LABEL_CONTAINER, is_attachment
+from shoal.api.attachments import LABEL_CONTAINER, is_attachment
+from shoal.host import ipcmd
 from shoal.model.objects import Network
-from shoal.net import ipcmd
 
 if TYPE_CHECKING:
     from shoal.net.agent import NetworkAgent, _Box

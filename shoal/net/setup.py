@@ -1,7 +1,5 @@
-"""Starting a node's network agent: whether this host can, where its state comes from, its DNS upstreams.
-
-Kept out of shoal/node.py so the node only calls `start_network_agent` / `remove_network_state`.
-"""
+"""A node's network agent and the host: whether this host can do networking, its DNS upstreams, and what
+leaving the swarm removes (`remove_network_state`). The node starts the agent (shoal.node.network)."""
 
 from __future__ import annotations
 
@@ -9,9 +7,8 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
-from shoal.net import ipcmd
+from shoal.host import ipcmd
 
 log = logging.getLogger(__name__)
 
@@ -39,40 +36,6 @@ def resolv_conf_nameservers(path: str = "/etc/resolv.conf") -> list[str]:
     except OSError:
         pass
     return out
-
-
-async def start_network_agent(node: Any) -> Any:
-    """A started NetworkAgent for `node` (a ShoalNode), or None when this host cannot do networking: tasks
-    then run as before, without namespaces."""
-    reason = why_no_networking()
-    if reason is not None:
-        log.warning("service networking is off on this node (%s): tasks run in the host's network", reason)
-        return None
-    from shoal.net.agent import NetworkAgent
-    from shoal.net.state import LocalFeed
-
-    feed: Any
-    if node.store is not None:
-        feed = LocalFeed(node.store)
-    else:
-        from shoal.rpc.netfeed import RemoteFeed
-
-        feed = RemoteFeed(node.remote, lambda: node.agent.connected if node.agent is not None else None,
-                          node.clock)
-    upstreams = node.cfg.dns_upstreams
-    if upstreams is None:
-        upstreams = tuple(resolv_conf_nameservers())
-    from shoal.net.lb import KeepAlive
-
-    ka = getattr(node.cfg, "mesh_keepalive", None)
-    agent = NetworkAgent(node.node_id, node.addr, node.cfg.data_dir / "net", feed, dns_upstreams=upstreams,
-                         engine_host=node.cfg.engine_host if node.cfg.executor == "docker" else None,
-                         keepalive=KeepAlive(*ka) if ka else None)
-    from shoal.net.attach import Attacher
-
-    agent.attacher = Attacher(node)
-    await agent.start()
-    return agent
 
 
 async def remove_network_state(root: Path, node_id: str = "", engine_host: str | None = None) -> None:

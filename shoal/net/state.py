@@ -22,8 +22,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from shoal.manager.allocator import task_holds_addresses
-from shoal.manager.attachments import LABEL_NAME, is_attachment
+from shoal.api.attachments import LABEL_NAME, is_attachment, task_holds_addresses
 from shoal.model import codec
 from shoal.model.objects import Cluster, Network, Service, Task
 from shoal.net.directory import Endpoint, service_entries

@@ -484,7 +484,7 @@ def test_local_only_mesh_keeps_the_client_address_of_a_container(node: ShoalDock
     node's ingress address (the control)."""
     import subprocess
 
-    from shoal.net.nsutil import socket_in
+    from shoal.host.nsutil import socket_in
 
     n = node
     ns, node_ip = outside

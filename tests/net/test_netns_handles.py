@@ -54,9 +54,9 @@ def _spawn_with_pid(pid: int) -> subprocess.Popen[bytes]:
 
 
 async def _scenario(mode: str, root: Path) -> None:
+    from shoal.host import ipcmd
     from shoal.model.objects import Task
     from shoal.model.state import TaskState
-    from shoal.net import ipcmd
     from shoal.net.agent import NetworkAgent
     from shoal.net.state import LocalFeed
     from shoal.store.memory import Tx

@@ -88,6 +88,7 @@ from shoal.agent.exec.protocol import DependencyGetter, ExitStatus, RuntimeStatu
 from shoal.api.logs import LogLine, LogOptions
 from shoal.clock import Clock, SystemClock
 from shoal.errors import FatalError, TemporaryError
+from shoal.host import nsutil
 from shoal.model.objects import (
     SECOND,
     ConfigReference,
@@ -99,7 +100,6 @@ from shoal.model.objects import (
     SecretReference,
     Task,
 )
-from shoal.net import nsutil
 
 ENGINE_VERSION = "shoal-process"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

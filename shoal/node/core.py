@@ -49,6 +49,9 @@ from shoal.model.objects import (
     RootCA,
     SwarmSpec,
 )
+from shoal.net.agent import NetworkAgent
+from shoal.net.setup import remove_network_state
+from shoal.node.network import start_network_agent
 from shoal.rpc.client import NodeCredentials, RemoteDispatcher
 from shoal.rpc.client import join as rpc_join
 from shoal.rpc.server import ManagerRPC
@@ -153,7 +156,7 @@ class ShoalNode:
         self.locked = False  # a manager restarted under autolock, waiting for `docker swarm unlock`
         self._bg: set[asyncio.Task[None]] = set()
         self.remote: RemoteDispatcher | None = None
-        self.network: Any = None  # shoal.net.agent.NetworkAgent, when this host can do networking (issue 6)
+        self.network: NetworkAgent | None = None  # when this host can do networking
         self._agent_task: asyncio.Task[None] | None = None
         self._renew_task: asyncio.Task[None] | None = None
         self._logs_task: asyncio.Task[None] | None = None  # a worker serving log subscriptions
@@ -872,12 +875,10 @@ class ShoalNode:
         while not raft.is_leader and not replica.leader_addr() and self.clock.monotonic() < deadline:
             await self.clock.sleep(0.05)
 
-    # --- networking (issue 6; shoal/net/agent.py) ------------------------------------------------------
+    # --- networking (shoal/net/agent.py) ------------------------------------------------------
 
     async def _start_network(self) -> None:
         """The node's network agent, fed from the local store on a manager and over the session on a worker."""
-        from shoal.net.setup import start_network_agent
-
         self.network = await start_network_agent(self)
 
     async def _stop_network(self) -> None:
@@ -886,8 +887,6 @@ class ShoalNode:
             await network.close()
 
     async def _remove_network_state(self) -> None:
-        from shoal.net.setup import remove_network_state
-
         await remove_network_state(self.cfg.data_dir / "net", self.node_id,
                                    self.cfg.engine_host if self.cfg.executor == "docker" else None)
 
