@@ -37,6 +37,7 @@ from shoal.manager.keys import DataCipher
 from shoal.manager.logrepair import APPLY_FAILED_EXIT
 from shoal.manager.manager import Manager
 from shoal.manager.membership import LOST_QUORUM, Membership
+from shoal.manager.migrate import migrate_to_raft
 from shoal.manager.raft.node import RaftNode, exit_process
 from shoal.manager.raft.sqlite_storage import SqliteStorage
 from shoal.model.objects import Cluster, NodeDescription, TaskStatus
@@ -46,7 +47,6 @@ from shoal.rpc.raft import AddressBook, Creds, GrpcTransport, LeaderChannels, Ra
 from shoal.rpc.raft import forward as raft_forward
 from shoal.rpc.server import ManagerRPC, _peer_tls_info, _set_tls_info
 from shoal.store.memory import Commit, MemoryStore, WatchOverflow
-from shoal.store.wal import migrate_to_raft
 from shoal.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)

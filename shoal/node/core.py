@@ -653,7 +653,7 @@ class ShoalNode:
         """`swarm init --force-new-cluster` on a manager: the same swarm, with this manager as its only one."""
         if self.identity.get("role") != "manager":
             raise Unavailable(M.SWARM_NOT_MANAGER)
-        from shoal.manager.raft.recovery import force_new_cluster
+        from shoal.manager.recovery import force_new_cluster
 
         await self._deactivate()
         index = await force_new_cluster(self.cfg.data_dir / "raft", self._raft_id(), self.node_id, self.clock,

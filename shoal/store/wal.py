@@ -1,4 +1,5 @@
-"""Durable log and snapshots: the storage half of Raft's seam, used by a one-manager swarm today.
+"""A durable store of one writer, without Raft: the simulation's durable stores and the tests that replay a
+log use it, and a data directory in this format is carried over to Raft at start (shoal.manager.migrate).
 
 The log is sqlite3 in WAL mode with `synchronous=FULL` (crash safety is SQLite's; NORMAL is not safe
 for Raft because a committed entry could vanish on power loss). Each append is one transaction. A
@@ -11,7 +12,6 @@ log prefix it covers is deleted. Restart = newest snapshot + the entries after i
 from __future__ import annotations
 
 import os
-import shutil
 import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
@@ -161,50 +161,3 @@ def open_local_store(directory: Path, clock: Clock, snapshot_interval: int = 10_
     for idx, _term, data in log.entries(start):
         store.apply_entry(idx, data)
     return store
-
-
-def migrate_to_raft(directory: Path, raft_id: int, clock: Clock) -> bool:
-    """Carry a one-manager log of the format before Raft (`log.db` + `snapshots/snap-*.json`) over to the Raft
-    storage in the same directory: the whole state becomes the Raft snapshot at the old log's last index
-    (voters: this manager alone), then the old files go. Returns whether there was anything to migrate.
-    Done before `SqliteStorage` opens the directory (it deletes snapshot files it does not know)."""
-    from shoal.manager.raft.core import HardState, SnapshotMeta
-    from shoal.manager.raft.core import Snapshot as RaftSnapshot
-    from shoal.manager.raft.sqlite_storage import SqliteStorage
-
-    if not (directory / "log.db").exists() or (directory / "raft.db").exists():
-        return False
-    store = open_local_store(directory, clock)
-    log = store.proposer.log  # type: ignore[attr-defined]
-    index = max(store.applied_index, 1)
-    data = store.save()
-    log.close()
-    legacy = [directory / n for n in ("log.db", "log.db-wal", "log.db-shm")]
-    legacy += list((directory / "snapshots").glob("snap-*.json"))
-    # Built aside and moved in with one rename (raft.db last): a crash part way leaves the old log in charge.
-    tmp = directory / "raft.migrating"
-    shutil.rmtree(tmp, ignore_errors=True)
-    storage = SqliteStorage(tmp)
-    try:
-        storage.apply_snapshot(RaftSnapshot(SnapshotMeta(index, 1, frozenset({raft_id})), data))
-        storage.set_hard_state(HardState(term=1, vote=0, commit=index))
-        storage.sync()
-    finally:
-        storage.close()
-    (directory / "snapshots").mkdir(exist_ok=True)
-    for snap in (tmp / "snapshots").iterdir():
-        os.replace(snap, directory / "snapshots" / snap.name)
-    os.replace(tmp / "raft.db", directory / "raft.db")
-    _fsync_dir(directory)
-    shutil.rmtree(tmp, ignore_errors=True)
-    for p in legacy:
-        p.unlink(missing_ok=True)
-    return True
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -6,12 +6,13 @@ import random
 from pathlib import Path
 
 from shoal.clock import SystemClock
+from shoal.manager.migrate import migrate_to_raft
 from shoal.manager.raft.node import RaftNode
 from shoal.manager.raft.sqlite_storage import SqliteStorage
 from shoal.manager.raft.transport import NullTransport
 from shoal.model.objects import Annotations, Service, ServiceSpec
 from shoal.store.memory import MemoryStore
-from shoal.store.wal import migrate_to_raft, open_local_store
+from shoal.store.wal import open_local_store
 
 
 def svc(i: int) -> Service:
