@@ -19,9 +19,11 @@ from aiohttp import web
 from shoal import ca as CA
 from shoal.api import messages as M
 from shoal.api.logs import LogLine, LogOptions
+from shoal.api.node import InitOptions, JoinOptions
 from shoal.ca import make_join_token, tls_info
 from shoal.engineapi import convert as C
 from shoal.engineapi.convert._wire import parse_go_time
+from shoal.engineapi.nodeapi import NodeAPI
 from shoal.engineapi.server import (
     API_VERSION,
     ENGINE_KEY,
@@ -39,7 +41,6 @@ from shoal.errors import InvalidArgument, NotFound, ShoalError, Unavailable
 from shoal.manager.manager import Manager
 from shoal.model.objects import Cluster, Network, Node, Service, Task
 from shoal.model.state import TaskState
-from shoal.node import InitOptions, JoinOptions, ShoalNode
 from shoal.store.memory import Event, ReadTx
 
 Route = tuple[str, re.Pattern[str], Handler, bool]
@@ -66,7 +67,7 @@ def route_table() -> list[Route]:
 # --- helpers ------------------------------------------------------------------------------------
 
 
-def node_of(request: web.Request) -> ShoalNode:
+def node_of(request: web.Request) -> NodeAPI:
     return request.app[NODE_KEY]
 
 
@@ -336,7 +337,7 @@ async def version(request: web.Request) -> web.StreamResponse:
     return json_ok(version_body())
 
 
-def swarm_info(node: ShoalNode) -> dict[str, Any]:
+def swarm_info(node: NodeAPI) -> dict[str, Any]:
     if node.locked:
         return {"NodeID": node.node_id, "NodeAddr": node.addr, "LocalNodeState": "locked", "ControlAvailable": False,
                 "Error": "", "RemoteManagers": None}
@@ -616,8 +617,8 @@ async def nodes_list(request: web.Request) -> web.StreamResponse:
     return json_ok(out)
 
 
-def _node_wire(n: Node, mgr: Manager, node: ShoalNode | None = None) -> dict[str, Any]:
-    membership = node.replica.membership if node is not None and node.replica is not None else None
+def _node_wire(n: Node, mgr: Manager, node: NodeAPI | None = None) -> dict[str, Any]:
+    membership = node.membership if node is not None else None
     if membership is not None and n.manager_status is not None:
         # Leader and reachability as the leader sees them now, not as stored.
         n = replace(n, manager_status=membership.status_of(n))

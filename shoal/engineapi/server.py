@@ -22,11 +22,11 @@ from aiohttp import web
 from shoal import __version__
 from shoal.api import messages as M
 from shoal.engineapi.engine_client import EngineClient
+from shoal.engineapi.forward import FORWARDED_HEADER
+from shoal.engineapi.nodeapi import NodeAPI
 from shoal.engineapi.proxy import EngineProxy
 from shoal.errors import NotLeader, ShoalError, Unavailable
 from shoal.manager.raft.node import NotLeaderError
-from shoal.manager.replica import FORWARDED_HEADER
-from shoal.node import ShoalNode
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ MAX_BODY_BYTES = 4 * 1024 * 1024
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-NODE_KEY: web.AppKey[ShoalNode] = web.AppKey("node", ShoalNode)
+NODE_KEY: web.AppKey[NodeAPI] = web.AppKey("node", NodeAPI)
 PROXY_KEY: web.AppKey[EngineProxy] = web.AppKey("proxy", EngineProxy)
 ENGINE_KEY: web.AppKey[EngineClient] = web.AppKey("engine", EngineClient)
 
@@ -93,7 +93,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(500, f"internal error: {e}")
 
 
-def make_app(node: ShoalNode, proxy: EngineProxy, engine: EngineClient) -> web.Application:
+def make_app(node: NodeAPI, proxy: EngineProxy, engine: EngineClient) -> web.Application:
     from shoal.engineapi import routes
 
     app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY_BYTES)
@@ -126,7 +126,7 @@ def make_app(node: ShoalNode, proxy: EngineProxy, engine: EngineClient) -> web.A
             mm = pattern.match(path)
             if mm is not None:
                 request["params"] = mm.groupdict()
-                if leader and node.replica is not None:
+                if leader and node.forwarder is not None:
                     return await _on_leader(request, fn)
                 return await fn(request)
         root = path.split("/", 2)[1] if path.startswith("/") else ""
@@ -141,7 +141,7 @@ def make_app(node: ShoalNode, proxy: EngineProxy, engine: EngineClient) -> web.A
 async def _on_leader(request: web.Request, fn: Handler) -> web.StreamResponse:
     """A swarm request on a manager: answered here when this manager leads (reads after a read barrier, so they
     see every write committed before they arrived, wherever it was made), else by the leader."""
-    node: ShoalNode = request.app[NODE_KEY]
+    node: NodeAPI = request.app[NODE_KEY]
     if not node.is_leader:
         return await forward_to_leader(request)
     try:
@@ -155,15 +155,15 @@ async def _on_leader(request: web.Request, fn: Handler) -> web.StreamResponse:
 
 async def forward_to_leader(request: web.Request) -> web.StreamResponse:
     """Relay this request to the Raft leader and its answer (streamed: logs follow) back to the client."""
-    node: ShoalNode = request.app[NODE_KEY]
-    replica = node.replica
-    if replica is None:
+    node: NodeAPI = request.app[NODE_KEY]
+    forwarder = node.forwarder
+    if forwarder is None:
         raise Unavailable(M.NOT_A_SWARM_MANAGER)
     if request.headers.get(FORWARDED_HEADER):
         raise NotLeader("this manager is no longer the swarm leader; try again")  # no second hop
     await node.wait_for_leader()
     body = await request.read()
-    it = replica.forward(request.method, request.raw_path, dict(request.headers), body).__aiter__()
+    it = forwarder.forward(request.method, request.raw_path, dict(request.headers), body).__aiter__()
     head = await it.__anext__()  # errors here (no leader, leader unreachable) become an error answer
     headers = {k: v for k, v in head.headers.items() if k.lower() not in ("content-length", "transfer-encoding")}
     length = next((v for k, v in head.headers.items() if k.lower() == "content-length"), None)
@@ -194,7 +194,7 @@ async def forward_to_leader(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-def ping_headers(node: ShoalNode) -> dict[str, str]:
+def ping_headers(node: NodeAPI) -> dict[str, str]:
     swarm = "active/manager" if node.manager is not None else \
         "active/worker" if node.state == "active" else "inactive"
     return {

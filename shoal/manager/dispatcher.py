@@ -19,8 +19,11 @@ from shoal.clock import Clock
 from shoal.errors import NotFound, NotLeader, ShoalError, Unavailable, fresh
 from shoal.model.objects import (
     SECOND,
+    Annotations,
+    ManagerStatus,
     Node,
     NodeDescription,
+    NodeSpec,
     NodeStatus,
     Task,
     TaskStatus,
@@ -357,8 +360,6 @@ class Dispatcher:
 
 
 def node_for_local(node_id: str, hostname: str, role: str, addr: str) -> Node:
-    from shoal.model.objects import Annotations, ManagerStatus, NodeSpec
-
     return Node(id=node_id, spec=NodeSpec(annotations=Annotations(), role=role, availability="active"),
                 description=NodeDescription(hostname=hostname),
                 status=NodeStatus(state="unknown", addr=addr),

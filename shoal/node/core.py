@@ -25,20 +25,23 @@ from pathlib import Path
 from typing import Any
 
 from shoal import ca as CA
-from shoal.agent.agent import Agent
+from shoal.agent.agent import Agent, _Deps
 from shoal.agent.exec.protocol import Executor
 from shoal.api import messages as M
+from shoal.api.node import InitOptions, JoinOptions
 from shoal.ca import create_root_ca, make_join_token
 from shoal.clock import Clock
+from shoal.engineapi.forward import Forwarder
 from shoal.errors import InvalidArgument, ShoalError, Unavailable
 from shoal.ids import new_id
 from shoal.manager.keys import DEK_FILE, DataCipher, KeyStore, Unlocked, protect_tls_key, read_tls_key
 from shoal.manager.manager import Manager
+from shoal.manager.membership import Membership
 from shoal.manager.raft import DEFAULT_TICK
 from shoal.manager.raft.node import RaftNode
 from shoal.manager.raft.sqlite_storage import SqliteStorage
 from shoal.manager.raft.storage import bootstrap
-from shoal.manager.replica import AgentDispatcher, ManagerReplica, manager_node_for
+from shoal.manager.recovery import force_new_cluster
 from shoal.model.objects import (
     Annotations,
     Cluster,
@@ -48,12 +51,15 @@ from shoal.model.objects import (
     NetworkSpec,
     RootCA,
     SwarmSpec,
+    Task,
 )
 from shoal.net.agent import NetworkAgent
 from shoal.net.setup import remove_network_state
 from shoal.node.network import start_network_agent
+from shoal.node.replica import AgentDispatcher, ManagerReplica, manager_node_for
 from shoal.rpc.client import NodeCredentials, RemoteDispatcher
 from shoal.rpc.client import join as rpc_join
+from shoal.rpc.logs import serve_logs_loop
 from shoal.rpc.server import ManagerRPC
 from shoal.store.memory import MemoryStore, Tx
 from shoal.tasks import cancel_and_wait
@@ -72,28 +78,6 @@ class NodeConfig:
     api_socket: Path | None = None  # this node's Engine API socket: the leader runs forwarded requests on it
     dns_upstreams: tuple[str, ...] | None = None  # None: the nameservers of /etc/resolv.conf
     mesh_keepalive: tuple[int, int, int] | None = None  # routing mesh TCP keepalive (idle, interval, count) s
-
-
-@dataclass(frozen=True)
-class InitOptions:
-    listen_addr: str = "0.0.0.0:2377"
-    advertise_addr: str = ""
-    force_new_cluster: bool = False
-    spec: SwarmSpec | None = None
-    default_addr_pool: tuple[str, ...] = ()
-    subnet_size: int = 0
-    data_path_port: int = 0
-    autolock: bool = False
-    availability: str = "active"
-
-
-@dataclass(frozen=True)
-class JoinOptions:
-    remote_addrs: tuple[str, ...]
-    join_token: str
-    listen_addr: str = "0.0.0.0:2377"
-    advertise_addr: str = ""
-    availability: str = "active"
 
 
 def _addr_towards(remote: str) -> str:
@@ -420,8 +404,6 @@ class ShoalNode:
         self._agent_task = asyncio.create_task(self.agent.run(), name="agent")
         self._renew_task = asyncio.create_task(self._renew_loop(), name="cert-renewal")
         self._removed_task = asyncio.create_task(self._leave_when_removed(self.remote), name="leave-when-removed")
-        from shoal.rpc.logs import serve_logs_loop
-
         self._logs_task = asyncio.create_task(serve_logs_loop(self.remote, self.agent, self.clock), name="logs")
         self._managers_task = asyncio.create_task(self._keep_manager_list(self.remote), name="manager-list")
 
@@ -653,8 +635,6 @@ class ShoalNode:
         """`swarm init --force-new-cluster` on a manager: the same swarm, with this manager as its only one."""
         if self.identity.get("role") != "manager":
             raise Unavailable(M.SWARM_NOT_MANAGER)
-        from shoal.manager.recovery import force_new_cluster
-
         await self._deactivate()
         index = await force_new_cluster(self.cfg.data_dir / "raft", self._raft_id(), self.node_id, self.clock,
                                         DataCipher(self._manager_keys().dek))
@@ -830,9 +810,6 @@ class ShoalNode:
         # Leaving removes this node's task containers/processes, as dockerd does.
         cleanup = self._make_executor() if executor is not None else None
         if cleanup is not None:
-            from shoal.agent.agent import _Deps
-            from shoal.model.objects import Task
-
             for tid in await cleanup.list_task_ids():
                 ctlr = cleanup.controller(Task(id=tid, node_id=self.node_id), _Deps())
                 try:
@@ -854,6 +831,14 @@ class ShoalNode:
         shutil.rmtree(self._certs_dir, ignore_errors=True)
         self.identity = {}
         self._keys, self._unlock_key, self.locked = None, "", False
+
+    @property
+    def forwarder(self) -> Forwarder | None:
+        return self.replica.forwarder if self.replica is not None else None
+
+    @property
+    def membership(self) -> Membership | None:
+        return self.replica.membership if self.replica is not None else None
 
     @property
     def is_leader(self) -> bool:

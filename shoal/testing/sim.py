@@ -39,6 +39,7 @@ from shoal.model.objects import (
     NodeDescription,
     NodeSpec,
     NodeStatus,
+    Placement,
     RestartPolicy,
     Service,
     ServiceMode,
@@ -112,8 +113,6 @@ def service_spec(name: str = "web", *, replicas: int = 1, kind: str = "replicate
                  update: UpdateConfig | None = None, rollback: UpdateConfig | None = None,
                  restart: RestartPolicy | None = None, max_concurrent: int = 1,
                  total_completions: int = 1, constraints: tuple[str, ...] = ()) -> ServiceSpec:
-    from shoal.model.objects import Placement
-
     return ServiceSpec(
         annotations=Annotations(name=name),
         task_template=TaskSpec(container=ContainerSpec(image=image), restart_policy=restart,

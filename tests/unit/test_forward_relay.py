@@ -23,7 +23,7 @@ BODY = b'{"ID":"6wg8plz1k96psrurf0idw6fs8","Warnings":null}\n'
 
 
 class LeaderStream:
-    """What `ManagerReplica.forward` yields: these chunks, then (if `dies`) the error of a lost leader."""
+    """What `Forwarder.forward` yields: these chunks, then (if `dies`) the error of a lost leader."""
 
     def __init__(self, chunks: list[pb.ForwardChunk], dies: bool) -> None:
         self.chunks = chunks
@@ -38,8 +38,8 @@ class LeaderStream:
 
 
 class Node:
-    def __init__(self, replica: LeaderStream) -> None:
-        self.replica = replica
+    def __init__(self, forwarder: LeaderStream) -> None:
+        self.forwarder = forwarder
 
     async def wait_for_leader(self) -> None:
         return None
