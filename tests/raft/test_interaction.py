@@ -1,0 +1,47 @@
+"""Raft interaction tests: each tests/raft/testdata/*.txt is a script run by `InteractionEnv`, its output
+compared with the expected blocks (`pytest --rewrite tests/raft` or SHOAL_REWRITE=1 writes them back)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from tests.raft.datadriven import Mismatch, parse, run_file
+from tests.raft.interaction import InteractionEnv
+
+TESTDATA = Path(__file__).parent / "testdata"
+FILES = sorted(TESTDATA.glob("*.txt"))
+
+
+def rewriting(config: pytest.Config) -> bool:
+    return bool(config.getoption("--rewrite", default=False)) or os.environ.get("SHOAL_REWRITE") == "1"
+
+
+@pytest.mark.parametrize("path", FILES, ids=[p.stem for p in FILES])
+def test_interaction(path: Path, request: pytest.FixtureRequest) -> None:
+    run_file(path, InteractionEnv().handle, rewrite=rewriting(request.config))
+
+
+def test_every_script_has_commands() -> None:
+    assert len(FILES) >= 26
+    for path in FILES:
+        _, records = parse(path)
+        assert records, path.name
+
+
+def test_a_corrupted_expected_line_fails_and_rewrite_restores_it(tmp_path: Path) -> None:
+    """The golden comparison can fail, and rewriting regenerates the file byte for byte."""
+    original = TESTDATA / "log_replication_and_commit.txt"
+    copy = tmp_path / original.name
+    shutil.copy(original, copy)
+    text = copy.read_text()
+    assert "commit=14 applied=14" in text
+    copy.write_text(text.replace("commit=14 applied=14", "commit=11", 1))
+    with pytest.raises(Mismatch, match=r"log_replication_and_commit.txt:\d+"):
+        run_file(copy, InteractionEnv().handle)
+    run_file(copy, InteractionEnv().handle, rewrite=True)
+    assert copy.read_text() == text
+    run_file(copy, InteractionEnv().handle)
