@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.raft.datadriven import Mismatch, parse, run_file
+from tests.raft.datadriven import DataDrivenError, Mismatch, parse, run_file
 from tests.raft.interaction import InteractionEnv
 
 TESTDATA = Path(__file__).parent / "testdata"
@@ -45,3 +45,29 @@ def test_a_corrupted_expected_line_fails_and_rewrite_restores_it(tmp_path: Path)
     run_file(copy, InteractionEnv().handle, rewrite=True)
     assert copy.read_text() == text
     run_file(copy, InteractionEnv().handle)
+
+
+def test_parse_reads_commands_arguments_and_expected_blocks(tmp_path: Path) -> None:
+    path = tmp_path / "x.txt"
+    path.write_text("# comment\nadd-nodes 3 voters=(1,2,3) empty pre-vote=false\n----\nok\n\n"
+                    "status 1\n----\n1: line one\n   line two\n")
+    _, records = parse(path)
+    assert [(r.command, r.line, r.expected) for r in records] == [
+        ("add-nodes", 2, "ok"), ("status", 6, "1: line one\n   line two")]
+    rec = records[0]
+    assert rec.positional() == ["3", "empty"]
+    assert rec.values("voters") == ("1", "2", "3") and rec.value("pre-vote") == "false"
+
+
+def test_a_command_without_separator_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "bad.txt"
+    path.write_text("status 1\n1: leader\n")
+    with pytest.raises(DataDrivenError, match=r"bad.txt:1"):
+        parse(path)
+
+
+def test_an_unknown_command_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "unknown.txt"
+    path.write_text("add-nodes 1\n----\nok\n\nfly 1\n----\nok\n")
+    with pytest.raises(DataDrivenError, match=r"unknown.txt:5: unknown command 'fly'"):
+        run_file(path, InteractionEnv().handle)
