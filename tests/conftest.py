@@ -2,6 +2,8 @@
 
 A test calls the `figure` fixture with a line of text; it travels with the test's report (also from xdist
 workers) and the run ends with a "figures measured by the tests" section. Figures are printed, never asserted.
+
+`--rewrite`: the datadriven Raft tests (tests/raft) write their actual outputs into their golden files.
 """
 
 from __future__ import annotations
@@ -11,6 +13,11 @@ from collections.abc import Callable
 import pytest
 
 _figures: list[tuple[str, str]] = []
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--rewrite", action="store_true", default=False,
+                     help="datadriven tests (tests/raft) write their actual output into their golden files")
 
 
 @pytest.fixture

@@ -283,7 +283,9 @@ async def test_unhealthy_fails_the_task(executor: DockerExecutor, make_task: Cal
 
 
 async def test_healthy(executor: DockerExecutor, make_task: Callable[..., Task]) -> None:
-    hc = HealthConfig(test=("CMD-SHELL", "true"), interval=SECOND // 10, timeout=SECOND, retries=1)
+    # Three failures in a row to be unhealthy: one probe slowed past its timeout on a loaded host, or one that
+    # races the kill below, must not turn the container unhealthy.
+    hc = HealthConfig(test=("CMD-SHELL", "true"), interval=SECOND // 10, timeout=5 * SECOND, retries=3)
     ctl = executor.controller(make_task(command=("sleep", "1000"), healthcheck=hc), Deps())
     await ctl.prepare()
     await ctl.start()

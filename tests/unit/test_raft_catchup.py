@@ -11,8 +11,7 @@ in bytes (a single message larger than the bound still goes, alone).
 from __future__ import annotations
 
 from shoal.manager.raft.core import Message, MsgType, ProgressState, Role, Snapshot
-from tests.unit.raft_support import BIG, leader_with_lagging_follower, restart_and_rejoin
-from tests.unit.test_raft_core import Net
+from tests.unit.raft_support import BIG, Net, leader_with_lagging_follower, restart_and_rejoin
 
 
 def deliver_holding_appends_to(net: Net, dst: int, held: list[Message]) -> None:

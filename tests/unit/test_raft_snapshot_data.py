@@ -14,8 +14,7 @@ from pathlib import Path
 from shoal.manager.raft.core import Message, MsgType, RaftCore, Ready, Snapshot, SnapshotMeta
 from shoal.manager.raft.sqlite_storage import SqliteStorage
 from shoal.manager.raft.storage import MemoryStorage, bootstrap
-from tests.unit.raft_support import leader_with_lagging_follower, restart_and_rejoin
-from tests.unit.test_raft_core import Net
+from tests.unit.raft_support import Net, leader_with_lagging_follower, restart_and_rejoin
 
 
 def _copy(snap: Snapshot) -> Snapshot:
