@@ -25,20 +25,9 @@ from shoal.clock import Clock
 from shoal.errors import NotFound
 from shoal.model.objects import Config, Secret, Task, TaskStatus
 from shoal.model.state import TaskState
+from shoal.tasks import reap
 
 log = logging.getLogger(__name__)
-
-
-async def _reap(task: asyncio.Future[Any]) -> None:
-    """Wait for a task we cancelled, without swallowing a cancellation of our own caller."""
-    try:
-        await task
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise
-    except Exception:
-        pass
 
 
 START_POLL_INTERVAL = 0.1  # seconds between runtime checks while a shutdown waits for start() to finish
@@ -121,7 +110,7 @@ class _TaskRunner:
                     if st == TaskState.STARTING and not await self._started_or_done(stepping):
                         break  # the step finished on its own first
                     stepping.cancel()
-                    await _reap(stepping)
+                    await reap(stepping)
                     interrupted = True
                     break
             if interrupted:
@@ -157,7 +146,7 @@ class _TaskRunner:
 
     async def remove(self) -> None:
         self.runner.cancel()
-        await _reap(self.runner)
+        await reap(self.runner)
         try:
             if self.task.status.state < TaskState.COMPLETE:
                 await self.ctlr.shutdown(10.0)
@@ -337,6 +326,6 @@ class Agent:
         for r in self.runners.values():
             r.runner.cancel()
         for r in self.runners.values():
-            await _reap(r.runner)
+            await reap(r.runner)
             await r.ctlr.close()
         self.runners.clear()

@@ -73,6 +73,7 @@ from shoal.net import conntrack
 from shoal.net.dns import DNSServer
 from shoal.net.lb import Backend, KeepAlive, TCPBalancer, UDPBalancer
 from shoal.net.state import LatestFeed, NetFeed, NetState, SnapshotDirectory
+from shoal.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -279,9 +280,7 @@ class NetworkAgent:
         """Stop serving (DNS, balancers); namespaces stay for the tasks that keep running (containers' are
         not held any more: a stopped daemon keeps none alive)."""
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
         await self.feed.close()
         if self.plain is not None:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 from shoal.api.attachments import LABEL_CONTAINER, is_attachment
 from shoal.host import ipcmd
 from shoal.model.objects import Network
+from shoal.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
     from shoal.net.agent import NetworkAgent, _Box
@@ -219,9 +220,7 @@ class PlainContainers:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def _run(self) -> None:

@@ -490,27 +490,15 @@ class ShoalNode:
     async def _deactivate(self) -> None:
         logs_task, self._logs_task = self._logs_task, None
         if logs_task is not None:
-            logs_task.cancel()
-            try:
-                await logs_task
-            except (asyncio.CancelledError, Exception):
-                pass
+            await cancel_and_wait(logs_task)
         if self._removed_task is not None:
             self._removed_task.cancel()
             self._removed_task = None
         if self._renew_task is not None:
-            self._renew_task.cancel()
-            try:
-                await self._renew_task
-            except (asyncio.CancelledError, Exception):
-                pass
+            await cancel_and_wait(self._renew_task)
             self._renew_task = None
         if self._agent_task is not None:
-            self._agent_task.cancel()
-            try:
-                await self._agent_task
-            except (asyncio.CancelledError, Exception):
-                pass
+            await cancel_and_wait(self._agent_task)
             self._agent_task = None
         if self._managers_task is not None:
             await cancel_and_wait(self._managers_task)

@@ -17,7 +17,6 @@ Two listeners, because grpcio's server credentials either require a client certi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import logging
@@ -48,6 +47,7 @@ from shoal.model.objects import (
 from shoal.rpc import shoal_pb2 as pb
 from shoal.rpc import shoal_pb2_grpc as pbg
 from shoal.store.memory import Commit, MemoryStore, Tx, WatchOverflow
+from shoal.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -658,9 +658,7 @@ class ManagerRPC:
     async def stop(self) -> None:
         for t in (self._renewer, self._ca_task):
             if t is not None:
-                t.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await t
+                await cancel_and_wait(t)
         for srv in (self._bootstrap, self._secure):
             if srv is not None:
                 await srv.stop(0.5)

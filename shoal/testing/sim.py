@@ -52,6 +52,7 @@ from shoal.model.objects import (
 from shoal.model.state import TaskState
 from shoal.store.memory import Event, MemoryStore, ReadTx, Subscription, WatchItem
 from shoal.store.wal import open_local_store
+from shoal.tasks import cancel_and_wait
 from shoal.testing.clock import VirtualClock
 from shoal.testing.fakeexec import FakeBehavior, FakeExecutor
 
@@ -232,9 +233,7 @@ class SimCluster:
     async def stop_leader(self) -> None:
         leader, self._leader = self._leader, None
         if leader is not None:
-            leader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await leader
+            await cancel_and_wait(leader)
 
     async def restart_leader(self) -> None:
         """A leader change on the same store: every leader loop is cancelled and started afresh."""
@@ -250,9 +249,7 @@ class SimCluster:
 
     async def _stop_agent(self, n: SimNode) -> None:
         if n.task is not None:
-            n.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await n.task
+            await cancel_and_wait(n.task)
             n.task = None
         await n.agent.close()
 

@@ -100,6 +100,7 @@ from shoal.model.objects import (
     SecretReference,
     Task,
 )
+from shoal.tasks import cancel_and_wait
 
 ENGINE_VERSION = "shoal-process"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -787,9 +788,7 @@ class ProcessController:
     async def close(self) -> None:
         t, self._health_task = self._health_task, None
         if t is not None:
-            t.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+            await cancel_and_wait(t)
 
 
 # --- the executor -------------------------------------------------------------------------------

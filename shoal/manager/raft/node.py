@@ -34,7 +34,6 @@ virtual clock, deterministic; moving them to a thread is an optimisation left fo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import os
@@ -61,7 +60,7 @@ from shoal.manager.raft.core import (
 )
 from shoal.manager.raft.storage import Storage, persist_ready
 from shoal.manager.raft.transport import Transport
-from shoal.tasks import cancel_and_wait
+from shoal.tasks import cancel_all, cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -241,11 +240,7 @@ class RaftNode:
         if self._snapshotting is not None:
             await cancel_and_wait(self._snapshotting)  # storage is closed after stop: not mid-write
         tasks, self._tasks = self._tasks, []
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await cancel_all(tasks)
         self._fail_all(ProposalLost("raft node stopped"), Unavailable("raft node stopped"))
         self._applied_wake.set()
         self._set_leader(False)
