@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import random
-import re
 from dataclasses import replace
 from typing import Any
 
@@ -20,6 +19,7 @@ from shoal.ids import new_id
 from shoal.manager.allocator import PoolExhausted, allocate_subnet
 from shoal.manager.scheduler.constraints import parse_constraints
 from shoal.manager.scheduler.core import STRATEGIES, STRATEGY_LABEL
+from shoal.manager.validation import validate_service_spec
 from shoal.model.objects import (
     Cluster,
     Config,
@@ -46,16 +46,9 @@ from shoal.model.state import TaskState
 from shoal.names import random_service_name
 from shoal.store.memory import MemoryStore, ReadTx, Tx
 
-_NAME_RE = re.compile(r"^[a-zA-Z0-9](?:[-_]*[A-Za-z0-9]+)*$")
-
 
 def _grpc_invalid(desc: str) -> InvalidArgument:
     return InvalidArgument(M.rpc(M.INVALID_ARGUMENT, desc))
-
-
-def validate_name(name: str) -> None:
-    if len(name) > 63 or not _NAME_RE.match(name):
-        raise _grpc_invalid("name must be valid as a DNS name component")
 
 
 class ControlAPI:
@@ -128,7 +121,7 @@ class ControlAPI:
     def _validate_service(self, tx: Tx, spec: ServiceSpec, service_id: str | None) -> ServiceSpec:
         if not spec.name:
             spec = replace(spec, annotations=replace(spec.annotations, name=self._random_name(tx)))
-        validate_name(spec.name)
+        validate_service_spec(spec)
         tmpl = spec.task_template
         if tmpl.placement is not None and tmpl.placement.constraints:
             try:
