@@ -61,7 +61,7 @@ def test_a_secret_update_may_carry_labels_only() -> None:
                                           ("host", True), ("[::1]", False), ("::1", False), ("a]:1", False)])
 def test_listen_address_is_split_as_go_does(addr: str, ok: bool) -> None:
     # dockerd's resolveListenAddr: net.SplitHostPort, else "could not parse listen address ...".
-    from shoal.node.core import _splittable
+    from shoal.node.swarm import _splittable
 
     assert _splittable(addr) is ok
 
