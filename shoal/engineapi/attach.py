@@ -1,4 +1,4 @@
-"""Plain containers on attachable swarm networks, through the Engine API (issue 6).
+"""Plain containers on attachable swarm networks, through the Engine API.
 
 `docker run --network <overlay>` (and `docker network connect/disconnect` with one) reaches Shoal, which
 serves the node's container endpoints by proxying them to the local Docker Engine. The engine does not know

@@ -1209,5 +1209,5 @@ async def network_remove(request: web.Request) -> web.StreamResponse:
 
 
 
-# Plain containers on attachable swarm networks register their routes here (issue 6).
+# Plain containers on attachable swarm networks register their routes here.
 from shoal.engineapi import attach as _attach  # noqa: E402,F401

@@ -170,7 +170,7 @@ class Membership:
     def _follows(self, rid: int) -> bool:
         """Reachable: a batch from the member arrived within two election timeouts and, as the leader sees it,
         its log keeps up (level with ours, or grew within that window). A member that answers heartbeats but
-        receives nothing (issue 15: a restarted manager stuck at its old index) is unreachable."""
+        receives nothing (a restarted manager stuck at its old index) is unreachable."""
         window = 2 * self.raft.election_timeout
         return self.transport.reachable(rid, window) and self.raft.following(rid, window)
 

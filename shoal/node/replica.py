@@ -210,7 +210,7 @@ class ManagerReplica:
                         if self.membership is not None else None,
                         persist_in_thread=os.environ.get("SHOAL_RAFT_PERSIST_THREAD", "0") == "1",
                         election_jitter_ticks=ELECTION_JITTER_TICKS, snapshot_in_thread=True,
-                        on_failure=exit_process)  # crash-only: its supervisor restarts it (issue 15)
+                        on_failure=exit_process)  # crash-only: its supervisor restarts it
         self.transport.node = raft
         loaded_commit = raft.core.commit
         store = MemoryStore(raft, self.clock)

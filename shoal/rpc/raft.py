@@ -46,7 +46,7 @@ MAX_QUEUE_BYTES = 256 << 20  # entry bytes waiting for one peer before new messa
 MAX_BATCH = 512  # messages per stream write
 # Bytes per stream write: a batch closes before passing this, and a single larger message goes alone. A write
 # past the receiver's limit fails the whole stream, so without a byte bound a follower far behind was sent the
-# same too-large batch for ever (issue 15).
+# same too-large batch for ever.
 MAX_BATCH_BYTES = 4 << 20
 # The largest stream message either side of a Raft stream accepts (the node server takes the same, see
 # shoal.rpc.server.SECURE_SERVER_OPTIONS): one entry alone in its batch must fit. The store's entries are bounded by the
@@ -336,7 +336,7 @@ class _Peer:
                 msgs = self.next_batch()
                 if msgs:
                     # In a call of its own: what it sent (a snapshot's data is the whole store) must not stay
-                    # referenced from this loop's locals while the stream waits for the next batch (issue 15).
+                    # referenced from this loop's locals while the stream waits for the next batch.
                     await self._write(call, msgs)
                     del msgs
         finally:

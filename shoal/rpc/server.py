@@ -534,7 +534,7 @@ class ManagerRPC:
             from shoal.rpc.logs import LogsServicer
 
             pbg.add_LogsServicer_to_server(LogsServicer(auth, self.logbroker, self.dispatcher), secure)
-        from shoal.rpc.netfeed import NetworkServicer  # issue 6: network state for workers' network agents
+        from shoal.rpc.netfeed import NetworkServicer  # network state for workers' network agents
 
         pbg.add_NetworkServicer_to_server(NetworkServicer(auth, self.store), secure)
         self._served = (self._key_pem, self._cert_pem, self._root_pem)

@@ -467,7 +467,7 @@ class RaftCore:
     def following(self, node: int, within_ticks: int) -> bool:
         """On the leader: is `node` caught up, or did its log grow in the last `within_ticks` ticks (or is a
         snapshot on its way to it)? A member that answers heartbeats but takes no entries is not following:
-        the API must not show it Reachable (issue 15). Elsewhere: True (only the leader knows)."""
+        the API must not show it Reachable. Elsewhere: True (only the leader knows)."""
         if self.role != Role.LEADER or node == self.id:
             return True
         pr = self._progress.get(node)
