@@ -74,3 +74,88 @@ def test_swarm_networks_without_local_endpoints_show_null() -> None:
     assert plain["Containers"] is None and plain["Labels"] is None
     ingress = Network(id="i", spec=NetworkSpec(annotations=Annotations(name="ingress"), ingress=True))
     assert network_to_wire(ingress)["Containers"] == {} and network_to_wire(ingress, listed=True)["Labels"] is None
+
+
+# --- ?filters= as dockerd 20.10's filters.FromJSON reads it (json.Unmarshal, then the legacy list form) --------
+
+
+def _filters(raw: str, accepted: frozenset[str] = frozenset({"role", "name"})) -> dict[str, list[str]]:
+    from urllib.parse import quote
+
+    from aiohttp.test_utils import make_mocked_request
+
+    from shoal.engineapi.routes import parse_filters
+
+    return parse_filters(make_mocked_request("GET", f"/nodes?filters={quote(raw)}"), set(accepted))
+
+
+@pytest.mark.parametrize(("raw", "said"), [
+    ("{", "unexpected end of JSON input"),  # json.Unmarshal's, where the decoder says "unexpected EOF"
+    ('{"role":', "unexpected end of JSON input"),
+    ("   ", "unexpected end of JSON input"),
+    ("{x}", "invalid character 'x' looking for beginning of object key string"),
+    ("{} x", "invalid character 'x' after top-level value"),
+    ("[1]", "json: cannot unmarshal array into Go value of type map[string]map[string]bool"),
+    ("7", "json: cannot unmarshal number into Go value of type map[string]map[string]bool"),
+    ('{"role":"manager"}', "json: cannot unmarshal string into Go value of type map[string]bool"),
+    ('{"role":{"manager":1}}', "json: cannot unmarshal number into Go value of type bool"),
+    # neither form: the error of the first (the map-of-sets) is the one relayed
+    ('{"role":["manager", 1]}', "json: cannot unmarshal array into Go value of type map[string]bool"),
+    ('{"role":{"manager":true},"name":["x"]}', "json: cannot unmarshal array into Go value of type map[string]bool"),
+    ('{"colour":["red"]}', "invalid filter 'colour'"),  # read first, then validated
+])
+def test_filters_that_do_not_read_get_go_messages(raw: str, said: str) -> None:
+    with pytest.raises(InvalidArgument) as e:
+        _filters(raw)
+    assert e.value.message == said
+
+
+@pytest.mark.parametrize(("raw", "read"), [
+    ('{"role":{"manager":true,"worker":false}}', {"role": ["manager"]}),
+    ('{"role":["manager"]}', {"role": ["manager"]}),  # the legacy form
+    ('{"role":null,"name":[]}', {"role": [], "name": []}),
+    ("null", {}),
+    (' {"role":{"worker":true}} ', {"role": ["worker"]}),
+])
+def test_filters_in_either_form(raw: str, read: dict[str, list[str]]) -> None:
+    assert _filters(raw) == read
+
+
+# --- GET /events: dockerd's event filter ------------------------------------------------------------------------
+
+
+def _event(kind: str, name: str, action: str = "create", oid: str = "abcdef", **attrs: str) -> dict[str, object]:
+    return {"Type": kind, "Action": action, "scope": "swarm" if kind != "container" else "local",
+            "Actor": {"ID": oid, "Attributes": {"name": name, **attrs}}}
+
+
+def test_an_object_filter_matches_any_kind_by_id_or_name_prefix() -> None:
+    from shoal.engineapi.routes import _event_matches
+
+    # dockerd: `service=web` is a prefix of the actor's ID or name, whatever the event's type
+    flt = {"service": ["web"]}
+    assert _event_matches(_event("service", "web"), flt)
+    assert _event_matches(_event("secret", "web"), flt)
+    assert _event_matches(_event("container", "web.1.x"), flt)
+    assert _event_matches(_event("service", "other", oid="webfff"), flt)
+    assert not _event_matches(_event("service", "api"), flt)
+    both = {"service": ["web"], "type": ["service"]}
+    assert _event_matches(_event("service", "web"), both) and not _event_matches(_event("secret", "web"), both)
+    assert not _event_matches(_event("service", "web"), {"service": ["web"], "node": ["n1"]})
+    assert not _event_matches(_event("service", "web"), {"scope": ["local"]})
+
+
+def test_event_action_image_and_label_filters() -> None:
+    from shoal.engineapi.routes import _event_matches
+
+    assert not _event_matches(_event("service", "web", "update"), {"event": ["create"]})
+    # health_status and exec_* are matched as prefixes, the others exactly
+    assert _event_matches(_event("container", "c", "exec_start: sh"), {"event": ["exec_start"]})
+    assert not _event_matches(_event("container", "c", "exec_start: sh"), {"event": ["exec"]})
+    run = _event("container", "c", "start", image="busybox:latest")
+    assert _event_matches(run, {"image": ["busybox"]}) and _event_matches(run, {"image": ["busybox:latest"]})
+    assert not _event_matches(run, {"image": ["alpine"]}) and not _event_matches(_event("service", "web"),
+                                                                                 {"image": ["busybox"]})
+    labelled = _event("service", "web", tier="front")
+    assert _event_matches(labelled, {"label": ["tier=front"]}) and _event_matches(labelled, {"label": ["tier"]})
+    assert not _event_matches(labelled, {"label": ["tier=back"]})
