@@ -145,7 +145,9 @@ class ControlAPI:
         for att in tmpl.networks:
             net = tx.lookup("network", att.target)
             if net is None:
-                raise NotFound(M.network_not_found(att.target))
+                # dockerd resolves the target itself before calling swarmkit and returns its "not found"
+                # untyped: 500
+                raise ShoalError(M.network_not_found(att.target))
             if net.spec.ingress:
                 raise InvalidArgument(M.cannot_attach_ingress(net.name))
             nets.append(replace(att, target=net.id))

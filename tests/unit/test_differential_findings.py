@@ -9,9 +9,9 @@ import pytest
 
 from shoal.engineapi.convert import secret_spec_from_wire, service_spec_from_wire, service_to_wire
 from shoal.engineapi.routes import go_bool
-from shoal.errors import InvalidArgument
+from shoal.errors import InvalidArgument, ShoalError
 from shoal.model.objects import Endpoint, EndpointSpec, Service, VirtualIP
-from shoal.testing.sim import service_spec
+from shoal.testing.sim import SimCluster, service_spec
 
 
 def test_endpoint_spec_is_empty_when_the_service_spec_has_none() -> None:
@@ -159,3 +159,37 @@ def test_event_action_image_and_label_filters() -> None:
     labelled = _event("service", "web", tier="front")
     assert _event_matches(labelled, {"label": ["tier=front"]}) and _event_matches(labelled, {"label": ["tier"]})
     assert not _event_matches(labelled, {"label": ["tier=back"]})
+
+
+# --- networks, services, swarm -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("subnet", "net"), [("10.99.0.0/33", None), ("10.99.0.0", None),
+                                             ("10.99.0.0/255.255.0.0", None), ("10.99.0.0/+8", None),
+                                             ("10.99.0.1/16", "10.99.0.0/16"), ("fd00::/64", "fd00::/64")])
+def test_subnets_are_read_as_go_net_parse_cidr(subnet: str, net: str | None) -> None:
+    from shoal.engineapi.convert.cluster import _go_cidr
+
+    got = _go_cidr(subnet)
+    assert (None if got is None else str(got)) == net
+
+
+def test_a_bad_subnet_is_dockerds_untyped_error() -> None:
+    from shoal.engineapi.convert import network_create_from_wire
+
+    with pytest.raises(ShoalError) as e:
+        network_create_from_wire({"Name": "n", "Driver": "overlay", "IPAM": {"Config": [{"Subnet": "10.99.0.0/33"}]}})
+    assert e.value.status == 500
+    assert e.value.message == "Invalid subnet 10.99.0.0/33 : invalid CIDR address: 10.99.0.0/33"
+
+
+async def test_a_service_on_a_missing_network_is_dockerds_untyped_error() -> None:
+    from shoal.model.objects import NetworkAttachmentConfig
+
+    async with SimCluster.started(nodes=1) as sim:
+        spec = service_spec("s")
+        spec = replace(spec, task_template=replace(spec.task_template,
+                                                   networks=(NetworkAttachmentConfig(target="nonet"),)))
+        with pytest.raises(ShoalError) as e:
+            await sim.create_service(spec)
+        assert (type(e.value), e.value.status, e.value.message) == (ShoalError, 500, "network nonet not found")

@@ -12,7 +12,7 @@ from typing import Any
 
 from shoal.engineapi.convert._wire import Obj, go_time, meta, put
 from shoal.engineapi.messages import INVALID_ARGUMENT, rpc
-from shoal.errors import InvalidArgument
+from shoal.errors import InvalidArgument, ShoalError
 from shoal.model.objects import (
     Annotations,
     CAConfig,
@@ -505,6 +505,18 @@ def _ip(s: str, what: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         raise InvalidArgument(f"invalid {what}: {s}") from None
 
 
+def _go_cidr(s: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """`s` as Go's net.ParseCIDR reads it (address/prefix-length, host bits allowed), or None where Go refuses
+    it (no prefix length, a netmask instead of one, a length past the address's bits)."""
+    addr, slash, length = s.partition("/")
+    if not slash or not length.isascii() or not length.isdigit():
+        return None
+    try:
+        return ipaddress.ip_network(f"{addr}/{int(length)}", strict=False)
+    except ValueError:
+        return None
+
+
 def network_create_from_wire(body: Any) -> NetworkCreate:
     o = Obj.root(body, "CreateRequest")
     name = o.string("Name")
@@ -537,10 +549,11 @@ def network_create_from_wire(body: Any) -> NetworkCreate:
                 raise InvalidArgument("IPAM.Config.AuxiliaryAddresses is not supported by Shoal")
             if not subnet:
                 raise _rpc_invalid("ipam configuration: cannot be empty")
-            try:
-                net = ipaddress.ip_network(subnet, strict=False)
-            except ValueError:
-                raise InvalidArgument(f"invalid JSON: netip.ParsePrefix(\"{subnet}\"): no '/'") from None
+            net = _go_cidr(subnet)
+            if net is None:
+                # dockerd 20.10 reads the IPAM config (its local network code, before any handoff to the
+                # swarm) with net.ParseCIDR and returns the error untyped: 500
+                raise ShoalError(f"Invalid subnet {subnet} : invalid CIDR address: {subnet}")
             if ip_range:
                 rng = _ip(ip_range, "range")
                 if not rng.subnet_of(net):  # type: ignore[arg-type]
