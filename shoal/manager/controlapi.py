@@ -472,8 +472,6 @@ class ControlAPI:
             raise ShoalError(M.NEGATIVE_HEARTBEAT)
         if 0 < spec.ca_config.node_cert_expiry < 3600 * 10**9:
             raise ShoalError(M.min_cert_expiry())
-        if spec.task_history_retention_limit < 0:
-            raise _grpc_invalid("task history retention limit cannot be negative")
 
         def fn(tx: Tx) -> None:
             cur = tx.cluster()

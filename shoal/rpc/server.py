@@ -642,7 +642,7 @@ class ManagerRPC:
         then mark the ones that did not down (their sessions died with the old leader, so the dispatcher's
         heartbeat expiry would never fire for them)."""
         c = self.store.view().cluster()
-        period = (c.spec.heartbeat_period if c else 5 * SECOND) / SECOND
+        period = (c.spec.heartbeat_period if c and c.spec.heartbeat_period else 5 * SECOND) / SECOND
         await self.clock.sleep(max(3 * period, self.unknown_grace))
         sessions = getattr(self.dispatcher, "sessions", {})
 

@@ -10,8 +10,9 @@ import pytest
 from shoal.engineapi.convert import secret_spec_from_wire, service_spec_from_wire, service_to_wire
 from shoal.engineapi.routes import go_bool
 from shoal.errors import InvalidArgument, ShoalError
-from shoal.model.objects import Endpoint, EndpointSpec, Service, VirtualIP
-from shoal.testing.sim import SimCluster, service_spec
+from shoal.model.objects import SECOND, Endpoint, EndpointSpec, RestartPolicy, Service, VirtualIP
+from shoal.testing.fakeexec import FakeBehavior
+from shoal.testing.sim import SimCluster, on_service, service_spec
 
 
 def test_endpoint_spec_is_empty_when_the_service_spec_has_none() -> None:
@@ -181,6 +182,36 @@ def test_a_bad_subnet_is_dockerds_untyped_error() -> None:
         network_create_from_wire({"Name": "n", "Driver": "overlay", "IPAM": {"Config": [{"Subnet": "10.99.0.0/33"}]}})
     assert e.value.status == 500
     assert e.value.message == "Invalid subnet 10.99.0.0/33 : invalid CIDR address: 10.99.0.0/33"
+
+
+def test_update_takes_the_heartbeat_period_as_sent_init_merges_it() -> None:
+    from shoal.engineapi.convert import swarm_spec_from_wire, swarm_spec_to_wire
+    from shoal.model.objects import SwarmSpec
+
+    cur = SwarmSpec()
+    updated = swarm_spec_from_wire({"Dispatcher": {"HeartbeatPeriod": 0}}, cur)
+    assert updated.heartbeat_period == 0 and swarm_spec_to_wire(updated)["Dispatcher"] == {}
+    assert swarm_spec_from_wire({"Dispatcher": {"HeartbeatPeriod": 7 * SECOND}}, cur).heartbeat_period == 7 * SECOND
+    assert swarm_spec_from_wire({"Dispatcher": {"HeartbeatPeriod": 0}}).heartbeat_period == 5 * SECOND
+    limit = swarm_spec_from_wire({"Orchestration": {"TaskHistoryRetentionLimit": -1}}, cur)
+    assert swarm_spec_to_wire(limit)["Orchestration"] == {"TaskHistoryRetentionLimit": -1}
+
+
+async def test_a_negative_history_limit_keeps_every_task_and_no_period_is_the_default() -> None:
+    # dockerd 20.10 accepts TaskHistoryRetentionLimit -1 (swarmkit's task reaper: a negative limit never cleans
+    # up) and HeartbeatPeriod 0 (no period: the dispatcher's default); a node stays ready by its heartbeats.
+    async with SimCluster.started(nodes=1) as sim:
+        c = sim.view().cluster()
+        assert c is not None
+        await sim.api.update_swarm(c.meta.version, replace(c.spec, task_history_retention_limit=-1, heartbeat_period=0),
+                                   False, False, False, lambda _: "SWMTKN-x")
+        sim.behave(on_service("s", FakeBehavior(exit_code=3, run_for=1.0)))
+        svc = await sim.create_service(service_spec("s", restart=RestartPolicy(condition="on-failure",
+                                                                               delay=1 * SECOND)))
+        await sim.wait_until(lambda: len(sim.tasks(svc.id)) >= 9, what="nine attempts, none reaped")
+        await sim.run_for(60)
+        assert [n.status.state for n in sim.view().nodes()] == ["ready"]
+        assert len(sim.tasks(svc.id)) >= 9
 
 
 async def test_a_service_on_a_missing_network_is_dockerds_untyped_error() -> None:

@@ -136,9 +136,10 @@ def swarm_spec_from_wire(body: Any, base: SwarmSpec | None = None) -> SwarmSpec:
 
     Zero values keep `base`'s value (so `docker swarm update --cert-expiry 48h` leaves everything else),
     except CAConfig.ForceRotate and EncryptionConfig.AutoLockManagers, which are always taken from the body,
-    and, on update, Labels (an empty or absent map clears them, as dockerd's). dockerd's update replaces the
-    whole spec (a zero heartbeat period, election tick... is stored as sent); Shoal keeps the current value
-    for those, so that a partial spec cannot zero what the cluster runs by.
+    and, on update, Labels (an empty or absent map clears them, as dockerd's) and Dispatcher.HeartbeatPeriod
+    (stored as sent: 0, or none, is no period, omitted from GET /swarm; the dispatcher then runs by swarmkit's
+    default of 5s). dockerd's update replaces the whole spec (a zero election tick... is stored as sent);
+    Shoal keeps the current value for the others, so that a partial spec cannot zero what the cluster runs by.
     For POST /swarm/init pass no base (the defaults); for POST /swarm/update pass the current spec.
     """
     o = Obj.root(body, "Spec")
@@ -202,7 +203,7 @@ def _merge_spec(o: Obj, s: SwarmSpec, *, update: bool = False) -> SwarmSpec:
         annotations=ann,
         task_history_retention_limit=s.task_history_retention_limit if thrl is None else thrl,
         raft=raft,
-        heartbeat_period=hb or s.heartbeat_period,
+        heartbeat_period=hb if update else hb or s.heartbeat_period,
         ca_config=ca,
         autolock_managers=enc.boolean("AutoLockManagers") if enc is not None else False,
     )
