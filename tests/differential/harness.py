@@ -158,7 +158,8 @@ _MAC = re.compile(r"\b02:42(:[0-9a-f]{2}){4}\b")
 _ADDR = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(/\d{1,2})?\b")
 _SECRETISH = re.compile(r"SWM(TKN|KEY)-[A-Za-z0-9+/=-]+|-----BEGIN [A-Z ]+-----[^\"]*?-----END [A-Z ]+-----\n?",
                         re.S)
-_AGO = re.compile(r"\b(About (a|an) \w+|Less than a second|\d+ \w+) ago\b")
+# The task formatter lower-cases it ("Running less than a second ago").
+_AGO = re.compile(r"\b(About (a|an) \w+|Less than a second|\d+ \w+) ago\b", re.I)
 _CLI_TIME = re.compile(r"\b\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)? [+-]\d{4} \w+\b")
 # A line of a PEM block, or the base64 issuer subject/key `node inspect --pretty` prints.
 _CLI_B64 = re.compile(r"(?<![\w/+])[A-Za-z0-9+/]{24,}={0,2}$")
