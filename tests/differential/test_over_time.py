@@ -87,15 +87,16 @@ def test_restart_attempts(pair: Pair) -> None:
 
 def _engine_quiet(s: Side) -> bool:
     """The engine has no container left to stop or remove: each task container belongs to a task the swarm
-    still has, and one that runs to a task still desired running. (Until then the cleanup of earlier
-    scenarios' services goes on, and its container events are no part of what comes next.)"""
+    still has and does not want removed (swarmkit keeps the task of a removed service until its container is
+    gone), and one that runs to a task still desired running. (Until then the cleanup of earlier scenarios'
+    services goes on, and its container events are no part of what comes next.)"""
     _, tasks, _ = s.request("GET", "/tasks")
     desired = {t["ID"]: t.get("DesiredState") for t in tasks}
     _, containers, _ = s.request("GET", "/containers/json", query={
         "all": "1", "filters": {"label": ["com.docker.swarm.task.id"]}})
     for c in containers:
         tid = c.get("Labels", {}).get("com.docker.swarm.task.id", "")
-        if tid not in desired or (c.get("State") == "running" and desired[tid] != "running"):
+        if desired.get(tid, "remove") == "remove" or (c.get("State") == "running" and desired[tid] != "running"):
             return False
     return True
 
