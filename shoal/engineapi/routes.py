@@ -611,9 +611,12 @@ async def swarm_init(request: web.Request) -> web.StreamResponse:
         # signing root starts a rotation to it).
         mgr = manager_of(request)
         cur = mgr.controlapi.cluster()
+        base = cur.spec
+        if not kept:  # a new cluster's external CAs are the request's already: merged once, as by dockerd
+            base = replace(base, ca_config=replace(base.ca_config, external_cas=()))
         try:
             await mgr.controlapi.update_swarm(
-                cur.meta.version, C.init_spec_onto(body, cur.spec), False, False, False,
+                cur.meta.version, C.init_spec_onto(body, base), False, False, False,
                 lambda c: make_join_token(c.root_ca, node.rng),
                 ca_update=lambda c, sp: CA.apply_ca_spec(c, sp, node.clock.now()))
         except ShoalError as e:

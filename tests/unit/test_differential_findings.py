@@ -224,3 +224,21 @@ async def test_a_service_on_a_missing_network_is_dockerds_untyped_error() -> Non
         with pytest.raises(ShoalError) as e:
             await sim.create_service(spec)
         assert (type(e.value), e.value.status, e.value.message) == (ShoalError, 500, "network nonet not found")
+
+
+def test_update_lists_the_external_cas_sent_init_appends_them() -> None:
+    from shoal.engineapi.convert import swarm_spec_from_wire, swarm_spec_to_wire
+    from shoal.engineapi.convert.cluster import init_spec_onto
+    from shoal.model.objects import SwarmSpec
+
+    ext = [{"Protocol": "cfssl", "URL": "https://ca.example:8888/sign"}]
+    listed = swarm_spec_from_wire({"CAConfig": {"ExternalCAs": ext}}, SwarmSpec())
+    # a spec read from GET /swarm and sent back unchanged lists each external CA once
+    again = swarm_spec_from_wire(swarm_spec_to_wire(listed), listed)
+    assert [e.url for e in again.ca_config.external_cas] == ["https://ca.example:8888/sign"]
+    assert swarm_spec_from_wire({"CAConfig": {"ExternalCAs": []}}, again).ca_config.external_cas == ()
+    # init (a kept swarm's ForceNewCluster) merges as MergeSwarmSpecToGRPC: appended to the cluster's
+    other = [{"Protocol": "cfssl", "URL": "https://other.example/sign"}]
+    merged = init_spec_onto({"ListenAddr": "127.0.0.1:2377", "Spec": {"CAConfig": {"ExternalCAs": other}}}, again)
+    assert [e.url for e in merged.ca_config.external_cas] == ["https://ca.example:8888/sign",
+                                                              "https://other.example/sign"]

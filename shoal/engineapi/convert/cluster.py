@@ -136,7 +136,8 @@ def swarm_spec_from_wire(body: Any, base: SwarmSpec | None = None) -> SwarmSpec:
 
     Zero values keep `base`'s value (so `docker swarm update --cert-expiry 48h` leaves everything else),
     except CAConfig.ForceRotate and EncryptionConfig.AutoLockManagers, which are always taken from the body,
-    and, on update, Labels (an empty or absent map clears them, as dockerd's) and Dispatcher.HeartbeatPeriod
+    and, on update, Labels (an empty or absent map clears them, as dockerd's), CAConfig.ExternalCAs (the
+    ones sent; init appends them to the base's) and Dispatcher.HeartbeatPeriod
     (stored as sent: 0, or none, is no period, omitted from GET /swarm; the dispatcher then runs by swarmkit's
     default of 5s). dockerd's update replaces the whole spec (a zero election tick... is stored as sent);
     Shoal keeps the current value for the others, so that a partial spec cannot zero what the cluster runs by.
@@ -172,7 +173,9 @@ def _merge_spec(o: Obj, s: SwarmSpec, *, update: bool = False) -> SwarmSpec:
     hb = disp.integer("HeartbeatPeriod", "time.Duration") if disp is not None else 0
     ca_o = o.obj("CAConfig", "CAConfig") or Obj({}, "CAConfig", "CAConfig")
     ca = s.ca_config
-    ext = list(ca.external_cas)
+    # dockerd's update converts the spec from scratch: the external CAs are the ones sent (a spec read from
+    # GET /swarm and sent back lists each once); init's merge appends them to the base's
+    ext = [] if update else list(ca.external_cas)
     for e in ca_o.objs("ExternalCAs", "ExternalCA"):
         proto = e.string("Protocol")
         if proto.lower() != "cfssl":
