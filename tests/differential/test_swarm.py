@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from tests.differential.harness import Answer, Pair, Side, assert_explained
+from tests.differential.harness import Answer, Pair, Side, assert_explained, same_cert, settled, signing_ca
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -127,3 +129,52 @@ def _autolock(s: Side) -> list[Answer]:
 
 def test_autolock(pair: Pair) -> None:
     pair.check(_autolock)
+
+
+def _ca_scenario(cas: dict[str, tuple[str, str]]) -> Callable[[Side], list[Answer]]:
+    """The root rotated to an operator's signing CA (RSA and EC) by `swarm update`, then an external CA listed
+    and unlisted: the update's answer, the swarm's spec, and whether the swarm's and the node's trust root
+    end on the operator's certificate once the rotation is over."""
+    def run(s: Side) -> list[Answer]:
+        out = []
+        for kind, (cert, key) in cas.items():
+            _, sw, _ = s.request("GET", "/swarm")
+            spec = dict(sw["Spec"], CAConfig=dict(sw["Spec"]["CAConfig"], SigningCACert=cert, SigningCAKey=key))
+            out.append(s.call(f"POST /swarm/update (signing CA {kind})", "POST", "/swarm/update", spec,
+                              query={"version": sw["Version"]["Index"]}))
+
+            def rotated(b: Any, cert: str = cert) -> bool:
+                if b.get("RootRotationInProgress") or not same_cert(b.get("TLSInfo", {}).get("TrustRoot"), cert):
+                    return False
+                _, nodes, _ = s.request("GET", "/nodes")
+                return all(same_cert(n["Description"].get("TLSInfo", {}).get("TrustRoot"), cert) for n in nodes)
+
+            done = settled(s, f"GET /swarm (signing CA {kind})", "/swarm", rotated, timeout=90)
+            out.append(done)
+            _, nodes, _ = s.request("GET", "/nodes")
+            out.append(Answer(f"trust roots after the rotation to the {kind} CA", 200, {
+                "swarm": same_cert(done.body.get("TLSInfo", {}).get("TrustRoot"), cert),
+                "nodes": [same_cert(n["Description"].get("TLSInfo", {}).get("TrustRoot"), cert) for n in nodes]}))
+        _, sw, _ = s.request("GET", "/swarm")
+        ext = [{"Protocol": "cfssl", "URL": "https://127.0.0.1:1/api/v1/cfssl/sign"}]
+        out.append(s.call("POST /swarm/update (external CA)", "POST", "/swarm/update",
+                          dict(sw["Spec"], CAConfig=dict(sw["Spec"]["CAConfig"], ExternalCAs=ext)),
+                          query={"version": sw["Version"]["Index"]}))
+        out.append(s.call("GET /swarm (external CA)", "GET", "/swarm"))
+        _, sw, _ = s.request("GET", "/swarm")  # the spec as read, sent back unchanged
+        out.append(s.call("POST /swarm/update (external CA, round trip)", "POST", "/swarm/update", sw["Spec"],
+                          query={"version": sw["Version"]["Index"]}))
+        out.append(s.call("GET /swarm (external CA, round trip)", "GET", "/swarm"))
+        _, sw, _ = s.request("GET", "/swarm")
+        out.append(s.call("POST /swarm/update (no external CA)", "POST", "/swarm/update",
+                          dict(sw["Spec"], CAConfig=dict(sw["Spec"]["CAConfig"], ExternalCAs=[])),
+                          query={"version": sw["Version"]["Index"]}))
+        out.append(s.call("GET /swarm (no external CA)", "GET", "/swarm"))
+        return out
+    return run
+
+
+def test_signing_and_external_ca(pair: Pair) -> None:
+    cas = {"RSA-2048": signing_ca(rsa.generate_private_key(public_exponent=65537, key_size=2048), "diff-rsa-ca"),
+           "EC P-256": signing_ca(ec.generate_private_key(ec.SECP256R1()), "diff-ec-ca")}
+    pair.check(_ca_scenario(cas))
