@@ -319,7 +319,7 @@ def signing_ca(key: Any, name: str) -> tuple[str, str]:
     start = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=1)
     cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
             .serial_number(x509.random_serial_number()).not_valid_before(start)
-            .not_valid_after(start + datetime.timedelta(days=365))
+            .not_valid_after(start + datetime.timedelta(days=3650))  # swarmkit: at least a year left
             .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
             .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
                                          data_encipherment=False, key_agreement=False, key_cert_sign=True,
