@@ -243,28 +243,86 @@ def go_json_error(e: json.JSONDecodeError) -> str:
     return e.msg
 
 
+_JSON_SPACE = " \t\r\n"
+
+
+def go_json_unmarshal(text: str) -> Any:
+    """`text` as Go's json.Unmarshal reads it: the whole text is one JSON value (what follows it is a syntax
+    error too), or InvalidArgument with Go's bare message ("unexpected end of JSON input" where its decoder
+    says "unexpected EOF")."""
+    start = len(text) - len(text.lstrip(_JSON_SPACE))
+    if start == len(text):
+        raise InvalidArgument("unexpected end of JSON input")
+    try:
+        value, end = go_json_decode(text, start)
+    except InvalidArgument as e:
+        said = e.message.removeprefix(M.invalid_json(""))
+        raise InvalidArgument("unexpected end of JSON input" if said == "unexpected EOF" else said) from None
+    rest = text[end:].lstrip(_JSON_SPACE)
+    if rest:
+        raise InvalidArgument(f"invalid character '{_go_char(rest[0])}' after top-level value")
+    return value
+
+
+def _go_kind(v: Any) -> str:
+    """The JSON kind Go's UnmarshalTypeError names."""
+    if isinstance(v, dict):
+        return "object"
+    if isinstance(v, list):
+        return "array"
+    if isinstance(v, str):
+        return "string"
+    if isinstance(v, bool):
+        return "bool"
+    return "number"
+
+
+def _cannot_unmarshal(v: Any, go_type: str) -> str:
+    return f"json: cannot unmarshal {_go_kind(v)} into Go value of type {go_type}"
+
+
+def _filters_as_sets(data: dict[str, Any]) -> str:
+    """Go's first error reading `data` as map[string]map[string]bool (the filters' own form), or ""."""
+    for v in data.values():
+        if v is None:
+            continue
+        if not isinstance(v, dict):
+            return _cannot_unmarshal(v, "map[string]bool")
+        for on in v.values():
+            if on is not None and not isinstance(on, bool):
+                return _cannot_unmarshal(on, "bool")
+    return ""
+
+
+def _filters_as_lists(data: dict[str, Any]) -> bool:
+    """Whether `data` reads as map[string][]string (the legacy form of filters)."""
+    return all(v is None or (isinstance(v, list) and all(x is None or isinstance(x, str) for x in v))
+               for v in data.values())
+
+
 def parse_filters(request: web.Request, accepted: set[str]) -> dict[str, list[str]]:
+    """`?filters=` as dockerd's filters.FromJSON reads it: JSON of map[string]map[string]bool, or the legacy
+    map[string][]string; what is neither is refused with Go's json.Unmarshal message (that of the first
+    form), as dockerd 20.10 relays it. Then every key must be one of `accepted`."""
     raw = request.query.get("filters")
     if not raw:
         return {}
-    try:
-        data = json.loads(raw, parse_constant=_refuse_constant)
-    except json.JSONDecodeError as e:
-        raise InvalidArgument(f"invalid filter: {e.msg}") from None
-    except (_NonFinite, RecursionError):
-        raise InvalidArgument("invalid filter") from None
+    data = go_json_unmarshal(raw)
+    if data is None:
+        return {}
     if not isinstance(data, dict):
-        raise InvalidArgument("invalid filter")
+        raise InvalidArgument(_cannot_unmarshal(data, "map[string]map[string]bool"))
+    error = _filters_as_sets(data)
+    if error and not _filters_as_lists(data):
+        raise InvalidArgument(error)
     out: dict[str, list[str]] = {}
     for k, v in data.items():
         if k not in accepted:
             raise InvalidArgument(f"invalid filter '{k}'")
         if isinstance(v, dict):
             out[k] = [kk for kk, on in v.items() if on]
-        elif isinstance(v, list):
-            out[k] = [str(x) for x in v]
         else:
-            raise InvalidArgument(f"invalid filter '{k}'")
+            out[k] = [x or "" for x in v or []]
     return out
 
 
@@ -428,8 +486,9 @@ async def events(request: web.Request) -> web.StreamResponse:
     node = node_of(request)
     flt = parse_filters(request, {"type", "event", "scope", "container", "image", "label", "network",
                                   "node", "service", "secret", "config", "daemon", "volume", "plugin"})
-    since = _parse_ts(request.query.get("since"))
-    until = _parse_ts(request.query.get("until"))
+    # dockerd's events handler returns the timestamp parser's error untyped: 500 (20.10 and current alike).
+    since = _parse_ts(request.query.get("since"), ShoalError)
+    until = _parse_ts(request.query.get("until"), ShoalError)
     if since is not None and until is not None and until < since:
         raise InvalidArgument(f"`since` time ({request.query['since']}) cannot be after `until` time "
                               f"({request.query['until']})")
@@ -463,7 +522,8 @@ async def events(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-def _parse_ts(raw: str | None) -> float | None:
+def _parse_ts(raw: str | None, error: type[ShoalError] = InvalidArgument) -> float | None:
+    """A `since`/`until` value as Go's timetypes reads it; what it cannot read is refused with `error`."""
     if not raw:
         return None
     try:
@@ -474,24 +534,51 @@ def _parse_ts(raw: str | None) -> float | None:
         except Exception:
             # Go's timetypes.ParseTimestamps: what is no date is read as seconds[.nanoseconds].
             sec = raw.split(".", 1)[0]
-            raise InvalidArgument(f'strconv.ParseInt: parsing "{sec}": invalid syntax') from None
+            raise error(f'strconv.ParseInt: parsing "{sec}": invalid syntax') from None
 
 
 def _event_matches(msg: dict[str, Any], flt: dict[str, list[str]]) -> bool:
-    if flt.get("type") and msg["Type"] not in flt["type"]:
+    """dockerd's event filter (daemon/events): `type`, `scope` and `event` match exactly; each object-kind key
+    (service, node, secret, config, network, container, daemon, plugin, volume) matches an event of any type
+    whose actor ID or name starts with one of its values (so `service=web` also shows a secret named `web`);
+    `image` matches the actor ID or its image exactly, with or without the tag; `label` the attributes."""
+    actor = msg.get("Actor") or {}
+    attrs = actor.get("Attributes") or {}
+    aid, name = str(actor.get("ID", "")), str(attrs.get("name", ""))
+    if flt.get("type") and msg.get("Type") not in flt["type"]:
         return False
-    if flt.get("event") and msg["Action"] not in flt["event"]:
+    if flt.get("scope") and msg.get("scope") not in flt["scope"]:
         return False
-    actor = msg["Actor"]
-    for kind in ("service", "node", "secret", "config", "network"):
-        if flt.get(kind):
-            if msg["Type"] != kind:
+    events = flt.get("event")
+    if events:
+        action = str(msg.get("Action", ""))
+        if {"health_status", "exec_create", "exec_start"} & set(events):  # dockerd: a prefix, for these
+            if not any(action.startswith(e) for e in events):
                 return False
-            if actor["ID"] not in flt[kind] and actor["Attributes"].get("name") not in flt[kind]:
-                return False
-    if flt.get("label") and not match_labels(actor["Attributes"], flt["label"]):
-        return False
-    return True
+        elif action not in events:
+            return False
+    for kind in ("daemon", "container", "plugin", "volume", "network", "node", "service", "secret", "config"):
+        wanted = flt.get(kind)
+        if wanted and not any(aid.startswith(w) or name.startswith(w) for w in wanted):
+            return False
+    images = flt.get("image")
+    if images:
+        image = str(attrs.get("name" if msg.get("Type") == "image" else "image", ""))
+        if not {aid, image, _familiar(aid), _familiar(image)} & set(images):
+            return False
+    return not flt.get("label") or match_labels(attrs, flt["label"])
+
+
+def _familiar(ref: str) -> str:
+    """An image reference without its tag or digest and without the default registry's prefix."""
+    ref = ref.split("@", 1)[0]
+    slash = ref.rfind("/")
+    if ":" in ref[slash + 1:]:
+        ref = ref[:ref.rindex(":")]
+    for prefix in ("docker.io/library/", "docker.io/"):
+        if ref.startswith(prefix):
+            return ref[len(prefix):]
+    return ref
 
 
 # --- swarm --------------------------------------------------------------------------------------
@@ -525,9 +612,12 @@ async def swarm_init(request: web.Request) -> web.StreamResponse:
         # signing root starts a rotation to it).
         mgr = manager_of(request)
         cur = mgr.controlapi.cluster()
+        base = cur.spec
+        if not kept:  # a new cluster's external CAs are the request's already: merged once, as by dockerd
+            base = replace(base, ca_config=replace(base.ca_config, external_cas=()))
         try:
             await mgr.controlapi.update_swarm(
-                cur.meta.version, C.init_spec_onto(body, cur.spec), False, False, False,
+                cur.meta.version, C.init_spec_onto(body, base), False, False, False,
                 lambda c: make_join_token(c.root_ca, node.rng),
                 ca_update=lambda c, sp: CA.apply_ca_spec(c, sp, node.clock.now()))
         except ShoalError as e:

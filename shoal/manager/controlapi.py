@@ -138,7 +138,9 @@ class ControlAPI:
         for att in tmpl.networks:
             net = tx.lookup("network", att.target)
             if net is None:
-                raise NotFound(M.network_not_found(att.target))
+                # dockerd resolves the target itself before calling swarmkit and returns its "not found"
+                # untyped: 500
+                raise ShoalError(M.network_not_found(att.target))
             if net.spec.ingress:
                 raise InvalidArgument(M.cannot_attach_ingress(net.name))
             nets.append(replace(att, target=net.id))
@@ -463,8 +465,6 @@ class ControlAPI:
             raise ShoalError(M.NEGATIVE_HEARTBEAT)
         if 0 < spec.ca_config.node_cert_expiry < 3600 * 10**9:
             raise ShoalError(M.min_cert_expiry())
-        if spec.task_history_retention_limit < 0:
-            raise _grpc_invalid("task history retention limit cannot be negative")
 
         def fn(tx: Tx) -> None:
             cur = tx.cluster()

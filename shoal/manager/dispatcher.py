@@ -113,7 +113,8 @@ class Dispatcher:
 
     def heartbeat_period(self) -> float:
         c = self.store.view().cluster()
-        return (c.spec.heartbeat_period if c else 5 * SECOND) / SECOND
+        # A spec without a period (POST /swarm/update with 0) runs by swarmkit's default.
+        return (c.spec.heartbeat_period if c and c.spec.heartbeat_period else 5 * SECOND) / SECOND
 
     # --- sessions ---------------------------------------------------------------------------------
 

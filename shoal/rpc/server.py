@@ -464,16 +464,23 @@ class ManagerRPC:
     def secure_addr(self) -> str:
         return self._s.secure_addr
 
-    async def _issue_own(self) -> None:
+    async def _issue_own(self, *, first: bool = False) -> None:
         """This manager's certificate from the root certificates are issued from now: through the cluster's
         external CA for that root when one is listed (blocking HTTPS, so in a thread; the current certificate
-        is the client certificate, as swarmkit's), else with the local key."""
+        is the client certificate, as swarmkit's), else with the local key. The `first` certificate of the
+        manager that made the swarm is issued with the root's key when the root has one, external CA or not
+        (swarmkit's bootstrap signs it locally; only later renewals go through the CA server)."""
         cluster = self._s.cluster()
         key = CA.new_key_pem()
         cfg = cluster.spec.ca_config
-        cert = await asyncio.to_thread(CA.sign_node_cert, cluster.root_ca, cfg, CA.make_csr(key), self.node_id,
-                                       "manager", cluster.id, self.clock.now(), cfg.node_cert_expiry / SECOND,
-                                       client_cert_pem=self._cert_pem, client_key_pem=self._key_pem)
+        root = cluster.root_ca
+        if first and root.ca_key_pem and not root.rotation_ca_cert_pem:
+            cert = CA.issue_node_cert(root, CA.make_csr(key), self.node_id, "manager", cluster.id, self.clock.now(),
+                                      cfg.node_cert_expiry / SECOND)
+        else:
+            cert = await asyncio.to_thread(CA.sign_node_cert, root, cfg, CA.make_csr(key), self.node_id, "manager",
+                                           cluster.id, self.clock.now(), cfg.node_cert_expiry / SECOND,
+                                           client_cert_pem=self._cert_pem, client_key_pem=self._key_pem)
         self._key_pem, self._cert_pem = key, cert + CA.signing_chain(cluster.root_ca)
         self._issued_from = CA.desired_root_pem(cluster.root_ca)
         self._root_pem = CA.trust_bundle(cluster.root_ca)
@@ -520,7 +527,7 @@ class ManagerRPC:
         if self._initial_creds is not None:
             self._use_credentials(self._initial_creds)
         else:
-            await self._issue_own()
+            await self._issue_own(first=True)
         auth = Authorizer(self.store)
         secure = grpc.aio.server(options=SECURE_SERVER_OPTIONS)
         pbg.add_NodeCAServicer_to_server(NodeCAServicer(self._s, auth), secure)
@@ -642,7 +649,7 @@ class ManagerRPC:
         then mark the ones that did not down (their sessions died with the old leader, so the dispatcher's
         heartbeat expiry would never fire for them)."""
         c = self.store.view().cluster()
-        period = (c.spec.heartbeat_period if c else 5 * SECOND) / SECOND
+        period = (c.spec.heartbeat_period if c and c.spec.heartbeat_period else 5 * SECOND) / SECOND
         await self.clock.sleep(max(3 * period, self.unknown_grace))
         sessions = getattr(self.dispatcher, "sessions", {})
 

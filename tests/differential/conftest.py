@@ -21,8 +21,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
 
-from tests.differential.harness import REPORT, Answer, Pair, Side, load_deviations
+from tests.differential.harness import REPORT, Answer, Pair, Side, load_deviations, same_cert, settled, signing_ca
 from tests.e2e.dockerd import DockerdUnavailable, ensure_test_image, start_dockerd, stop_dockerd
 from tests.e2e.shoal_docker import ShoalDocker
 from tests.support.managers import free_port
@@ -32,6 +33,10 @@ def _unavailable(reason: str) -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(f"differential: no Docker Engine in CI: {reason}", pytrace=False)
     pytest.skip(f"differential: no Docker Engine: {reason}")
+
+
+# The operator's CA of the init with a signing CA (the same on both sides).
+CA_AT_INIT = signing_ca(ec.generate_private_key(ec.SECP256R1()), "diff-init-ca")
 
 
 def _before_init(s: Side) -> list[Answer]:
@@ -53,13 +58,23 @@ def _before_init(s: Side) -> list[Answer]:
     out[-2].label = "GET /info (inactive)"
     out[-2].body = {"Swarm": out[-2].body.get("Swarm")} if isinstance(out[-2].body, dict) else out[-2].body
     port = free_port()
-    # ForceNewCluster outside any swarm creates one, with the Spec's autolock: its key readable at once.
+    # ForceNewCluster outside any swarm creates one, with the Spec's autolock: its key readable at once; and
+    # with an operator's signing CA and an external CA (`swarm init --external-ca ...` with a root of its own):
+    # the root rotates to that CA, the external CA is listed once.
+    cert, ca_key = CA_AT_INIT
     out.append(s.call("POST /swarm/init (force new cluster, inactive)", "POST", "/swarm/init", {
         "ListenAddr": f"127.0.0.1:{port}", "AdvertiseAddr": f"127.0.0.1:{port}", "ForceNewCluster": True,
-        "Spec": {"Labels": {"init": "1"}, "EncryptionConfig": {"AutoLockManagers": True}}}))
+        "Spec": {"Labels": {"init": "1"}, "EncryptionConfig": {"AutoLockManagers": True}, "CAConfig": {
+            "SigningCACert": cert, "SigningCAKey": ca_key,
+            "ExternalCAs": [{"Protocol": "cfssl", "URL": "https://127.0.0.1:1/api/v1/cfssl/sign"}]}}}))
     _, key, _ = s.request("GET", "/swarm/unlockkey")
     out.append(Answer("GET /swarm/unlockkey (right after init with autolock)", 200,
                       {"has key": bool(isinstance(key, dict) and key.get("UnlockKey"))}))
+    done = settled(s, "GET /swarm (init with a signing CA)", "/swarm", lambda b: not b.get(
+        "RootRotationInProgress") and same_cert(b.get("TLSInfo", {}).get("TrustRoot"), cert), timeout=60)
+    out.append(done)
+    out.append(Answer("the trust root after init with a signing CA", 200,
+                      {"swarm": same_cert(done.body.get("TLSInfo", {}).get("TrustRoot"), cert)}))
     # Leave it: a swarm that had autolock on restarts locked (or not at all, while the key's re-encryption is
     # under way) on a ForceNewCluster, which is not what this checks.
     out.append(s.call("POST /swarm/leave?force (the autolocked swarm)", "POST", "/swarm/leave",

@@ -18,6 +18,7 @@ ports (IPv4 addresses/subnets, `host:port` listen addresses, published ports fro
 from __future__ import annotations
 
 import contextlib
+import datetime
 import fnmatch
 import http.client
 import json
@@ -34,6 +35,9 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509.oid import NameOID
 
 HERE = Path(__file__).parent
 DEVIATIONS_FILE = HERE / "deviations.yaml"
@@ -158,7 +162,8 @@ _MAC = re.compile(r"\b02:42(:[0-9a-f]{2}){4}\b")
 _ADDR = re.compile(r"\b\d{1,3}(?:\.\d{1,3}){3}(/\d{1,2})?\b")
 _SECRETISH = re.compile(r"SWM(TKN|KEY)-[A-Za-z0-9+/=-]+|-----BEGIN [A-Z ]+-----[^\"]*?-----END [A-Z ]+-----\n?",
                         re.S)
-_AGO = re.compile(r"\b(About (a|an) \w+|Less than a second|\d+ \w+) ago\b")
+# The task formatter lower-cases it ("Running less than a second ago").
+_AGO = re.compile(r"\b(About (a|an) \w+|Less than a second|\d+ \w+) ago\b", re.I)
 _CLI_TIME = re.compile(r"\b\d{4}-\d\d-\d\d \d\d:\d\d:\d\d(\.\d+)? [+-]\d{4} \w+\b")
 # A line of a PEM block, or the base64 issuer subject/key `node inspect --pretty` prints.
 _CLI_B64 = re.compile(r"(?<![\w/+])[A-Za-z0-9+/]{24,}={0,2}$")
@@ -303,6 +308,35 @@ def load_deviations(path: Path = DEVIATIONS_FILE) -> list[Deviation]:
             raise ValueError(f"{path}: entry {i} needs request, pointer and a reason: {e!r}")
         out.append(Deviation(str(e["request"]), str(e["pointer"]), str(e["reason"]).strip(), str(e.get("open", ""))))
     return out
+
+
+# --- certificates an operator brings ----------------------------------------------------------------------------
+
+
+def signing_ca(key: Any, name: str) -> tuple[str, str]:
+    """A self-signed CA an operator would bring to `docker swarm ca --rotate --ca-cert --ca-key`."""
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
+    start = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=1)
+    cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(subject).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(start)
+            .not_valid_after(start + datetime.timedelta(days=3650))  # swarmkit: at least a year left
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+            .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                                         data_encipherment=False, key_agreement=False, key_cert_sign=True,
+                                         crl_sign=True, encipher_only=False, decipher_only=False), critical=True)
+            .sign(key, hashes.SHA256()))
+    return (cert.public_bytes(serialization.Encoding.PEM).decode(),
+            key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.TraditionalOpenSSL,
+                              serialization.NoEncryption()).decode())
+
+
+def same_cert(a: Any, b: str) -> bool:
+    """Whether PEM `a` (an answer's value, maybe absent) is the certificate of PEM `b`."""
+    if not isinstance(a, str) or not a.strip():
+        return False
+    der = serialization.Encoding.DER
+    return x509.load_pem_x509_certificate(a.encode()).public_bytes(der) == \
+        x509.load_pem_x509_certificate(b.encode()).public_bytes(der)
 
 
 # --- running a scenario on both sides ---------------------------------------------------------------------------

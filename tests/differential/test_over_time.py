@@ -85,7 +85,24 @@ def test_restart_attempts(pair: Pair) -> None:
     pair.check(_restart_attempts)
 
 
+def _engine_quiet(s: Side) -> bool:
+    """The engine has no container left to stop or remove: each task container belongs to a task the swarm
+    still has and does not want removed (swarmkit keeps the task of a removed service until its container is
+    gone), and one that runs to a task still desired running. (Until then the cleanup of earlier scenarios'
+    services goes on, and its container events are no part of what comes next.)"""
+    _, tasks, _ = s.request("GET", "/tasks")
+    desired = {t["ID"]: t.get("DesiredState") for t in tasks}
+    _, containers, _ = s.request("GET", "/containers/json", query={
+        "all": "1", "filters": {"label": ["com.docker.swarm.task.id"]}})
+    for c in containers:
+        tid = c.get("Labels", {}).get("com.docker.swarm.task.id", "")
+        if desired.get(tid, "remove") == "remove" or (c.get("State") == "running" and desired[tid] != "running"):
+            return False
+    return True
+
+
 def _job(s: Side) -> list[Answer]:
+    _wait(lambda: _engine_quiet(s))
     since = time.time()
     _create(s, "--name", "djob", "--mode", "replicated-job", "--replicas", "3", "--max-concurrent", "1",
             TEST_IMAGE, "sh", "-c", "echo job-line-1; echo job-line-2 >&2")
@@ -109,7 +126,8 @@ def _job(s: Side) -> list[Answer]:
         out.append(Answer("GET /services/{job}/logs", status, {"content-type": hdrs.get("content-type"),
                                                                 "lines": sorted(lines)}))
         # Every event of the job's run, unfiltered (swarm and engine alike), as a multiset of (type, action):
-        # the order of two containers' events is timing. Containers that are not the job's tasks count too.
+        # the order of two containers' events is timing. Containers that are not the job's tasks count too
+        # (none of the earlier scenarios' is left to clean up when the job starts).
         _, evs, _ = s.request("GET", "/events", query={"since": f"{since:.3f}", "until": f"{time.time():.3f}"},
                               timeout=15)
         kinds: dict[str, int] = {}

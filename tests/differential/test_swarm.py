@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from tests.differential.harness import Answer, Pair, Side, assert_explained
+from tests.differential.harness import Answer, Pair, Side, assert_explained, same_cert, settled, signing_ca
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -14,6 +16,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 def test_before_and_at_init(pair: Pair) -> None:
     ref, got = pair.before_init  # type: ignore[attr-defined]
     assert_explained(pair.compare_answers(ref, got))
+    # the reference took the operator's CA: the comparison is about a rotation that happened
+    assert next(a.body for a in ref if a.label == "the trust root after init with a signing CA") == {"swarm": True}
 
 
 def _version(s: Side) -> int:
@@ -127,3 +131,91 @@ def _autolock(s: Side) -> list[Answer]:
 
 def test_autolock(pair: Pair) -> None:
     pair.check(_autolock)
+
+
+def _ca_scenario(cas: dict[str, tuple[str, str]]) -> Callable[[Side], list[Answer]]:
+    """The root rotated to an operator's signing CA (RSA and EC) by `swarm update`, then an external CA listed
+    and unlisted: the update's answer, the swarm's spec, and whether the swarm's and the node's trust root
+    end on the operator's certificate once the rotation is over."""
+    def run(s: Side) -> list[Answer]:
+        out = []
+        for kind, (cert, key) in cas.items():
+            _, sw, _ = s.request("GET", "/swarm")
+            spec = dict(sw["Spec"], CAConfig=dict(sw["Spec"]["CAConfig"], SigningCACert=cert, SigningCAKey=key))
+            out.append(s.call(f"POST /swarm/update (signing CA {kind})", "POST", "/swarm/update", spec,
+                              query={"version": sw["Version"]["Index"]}))
+
+            def rotated(b: Any, cert: str = cert) -> bool:
+                if b.get("RootRotationInProgress") or not same_cert(b.get("TLSInfo", {}).get("TrustRoot"), cert):
+                    return False
+                _, nodes, _ = s.request("GET", "/nodes")
+                return all(same_cert(n["Description"].get("TLSInfo", {}).get("TrustRoot"), cert) for n in nodes)
+
+            done = settled(s, f"GET /swarm (signing CA {kind})", "/swarm", rotated, timeout=90)
+            out.append(done)
+            _, nodes, _ = s.request("GET", "/nodes")
+            roots = {"swarm": same_cert(done.body.get("TLSInfo", {}).get("TrustRoot"), cert),
+                     "nodes": [same_cert(n["Description"].get("TLSInfo", {}).get("TrustRoot"), cert) for n in nodes]}
+            out.append(Answer(f"trust roots after the rotation to the {kind} CA", 200, roots))
+            # the reference rotated: the comparison is about a rotation that happened
+            assert s.name != "dockerd" or roots == {"swarm": True, "nodes": [True]}, roots
+        _, sw, _ = s.request("GET", "/swarm")
+        ext = [{"Protocol": "cfssl", "URL": "https://127.0.0.1:1/api/v1/cfssl/sign"}]
+        out.append(s.call("POST /swarm/update (external CA)", "POST", "/swarm/update",
+                          dict(sw["Spec"], CAConfig=dict(sw["Spec"]["CAConfig"], ExternalCAs=ext)),
+                          query={"version": sw["Version"]["Index"]}))
+        out.append(s.call("GET /swarm (external CA)", "GET", "/swarm"))
+        _, sw, _ = s.request("GET", "/swarm")  # the spec as read, sent back unchanged
+        out.append(s.call("POST /swarm/update (external CA, round trip)", "POST", "/swarm/update", sw["Spec"],
+                          query={"version": sw["Version"]["Index"]}))
+        out.append(s.call("GET /swarm (external CA, round trip)", "GET", "/swarm"))
+        _, sw, _ = s.request("GET", "/swarm")
+        out.append(s.call("POST /swarm/update (no external CA)", "POST", "/swarm/update",
+                          dict(sw["Spec"], CAConfig=dict(sw["Spec"]["CAConfig"], ExternalCAs=[])),
+                          query={"version": sw["Version"]["Index"]}))
+        out.append(s.call("GET /swarm (no external CA)", "GET", "/swarm"))
+        return out
+    return run
+
+
+def test_signing_and_external_ca(pair: Pair) -> None:
+    cas = {"RSA-2048": signing_ca(rsa.generate_private_key(public_exponent=65537, key_size=2048), "diff-rsa-ca"),
+           "EC P-256": signing_ca(ec.generate_private_key(ec.SECP256R1()), "diff-ec-ca")}
+    pair.check(_ca_scenario(cas))
+
+
+def _force_new_cluster(s: Side) -> list[Answer]:
+    """`docker swarm init --force-new-cluster` on the active swarm, with a Spec: the same swarm, this manager
+    alone in it, the request's labels, history limit and autolock applied (dockerd restarts its swarm node for
+    it: what is compared is read once the node manages again)."""
+    _, before, _ = s.request("GET", "/swarm")
+    _, info, _ = s.request("GET", "/info")
+    addr = info["Swarm"]["RemoteManagers"][0]["Addr"]
+    out = [s.call("POST /swarm/init (force new cluster, active)", "POST", "/swarm/init", {
+        "ListenAddr": addr, "AdvertiseAddr": addr, "ForceNewCluster": True,
+        "Spec": {"Labels": {"fnc": "1"}, "Orchestration": {"TaskHistoryRetentionLimit": 7},
+                 "EncryptionConfig": {"AutoLockManagers": False}}})]
+    try:
+        def managing(b: Any) -> bool:
+            status, nodes, _ = s.request("GET", "/nodes")
+            return status == 200 and b.get("Spec", {}).get("Labels") == {"fnc": "1"} and all(
+                n["Status"]["State"] == "ready" for n in nodes)
+
+        after = settled(s, "GET /swarm (after force new cluster)", "/swarm", managing, timeout=120)
+        out.append(after)
+        kept = {"same cluster": after.body.get("ID") == before["ID"],
+                "labels": after.body.get("Spec", {}).get("Labels")}
+        out.append(Answer("the swarm kept by force new cluster", 200, kept))
+        assert s.name != "dockerd" or kept == {"same cluster": True, "labels": {"fnc": "1"}}, kept
+        _, info, _ = s.request("GET", "/info")
+        out.append(Answer("GET /info .Swarm (after force new cluster)", 200, {k: info["Swarm"].get(k) for k in (
+            "LocalNodeState", "ControlAvailable", "Error", "Nodes", "Managers")}))
+        out.append(s.call("GET /nodes (after force new cluster)", "GET", "/nodes"))
+    finally:
+        _, sw, _ = s.request("GET", "/swarm")
+        s.request("POST", "/swarm/update", before["Spec"], query={"version": sw["Version"]["Index"]})
+    return out
+
+
+def test_force_new_cluster_on_the_active_swarm(pair: Pair) -> None:
+    pair.check(_force_new_cluster)

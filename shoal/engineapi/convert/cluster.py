@@ -12,7 +12,7 @@ from typing import Any
 
 from shoal.api.messages import INVALID_ARGUMENT, rpc
 from shoal.engineapi.convert._wire import Obj, go_time, meta, put
-from shoal.errors import InvalidArgument
+from shoal.errors import InvalidArgument, ShoalError
 from shoal.model.objects import (
     Annotations,
     CAConfig,
@@ -136,9 +136,11 @@ def swarm_spec_from_wire(body: Any, base: SwarmSpec | None = None) -> SwarmSpec:
 
     Zero values keep `base`'s value (so `docker swarm update --cert-expiry 48h` leaves everything else),
     except CAConfig.ForceRotate and EncryptionConfig.AutoLockManagers, which are always taken from the body,
-    and, on update, Labels (an empty or absent map clears them, as dockerd's). dockerd's update replaces the
-    whole spec (a zero heartbeat period, election tick... is stored as sent); Shoal keeps the current value
-    for those, so that a partial spec cannot zero what the cluster runs by.
+    and, on update, Labels (an empty or absent map clears them, as dockerd's), CAConfig.ExternalCAs (the
+    ones sent; init appends them to the base's) and Dispatcher.HeartbeatPeriod
+    (stored as sent: 0, or none, is no period, omitted from GET /swarm; the dispatcher then runs by swarmkit's
+    default of 5s). dockerd's update replaces the whole spec (a zero election tick... is stored as sent);
+    Shoal keeps the current value for the others, so that a partial spec cannot zero what the cluster runs by.
     For POST /swarm/init pass no base (the defaults); for POST /swarm/update pass the current spec.
     """
     o = Obj.root(body, "Spec")
@@ -171,7 +173,9 @@ def _merge_spec(o: Obj, s: SwarmSpec, *, update: bool = False) -> SwarmSpec:
     hb = disp.integer("HeartbeatPeriod", "time.Duration") if disp is not None else 0
     ca_o = o.obj("CAConfig", "CAConfig") or Obj({}, "CAConfig", "CAConfig")
     ca = s.ca_config
-    ext = list(ca.external_cas)
+    # dockerd's update converts the spec from scratch: the external CAs are the ones sent (a spec read from
+    # GET /swarm and sent back lists each once); init's merge appends them to the base's
+    ext = [] if update else list(ca.external_cas)
     for e in ca_o.objs("ExternalCAs", "ExternalCA"):
         proto = e.string("Protocol")
         if proto.lower() != "cfssl":
@@ -202,7 +206,7 @@ def _merge_spec(o: Obj, s: SwarmSpec, *, update: bool = False) -> SwarmSpec:
         annotations=ann,
         task_history_retention_limit=s.task_history_retention_limit if thrl is None else thrl,
         raft=raft,
-        heartbeat_period=hb or s.heartbeat_period,
+        heartbeat_period=hb if update else hb or s.heartbeat_period,
         ca_config=ca,
         autolock_managers=enc.boolean("AutoLockManagers") if enc is not None else False,
     )
@@ -505,6 +509,18 @@ def _ip(s: str, what: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
         raise InvalidArgument(f"invalid {what}: {s}") from None
 
 
+def _go_cidr(s: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network | None:
+    """`s` as Go's net.ParseCIDR reads it (address/prefix-length, host bits allowed), or None where Go refuses
+    it (no prefix length, a netmask instead of one, a length past the address's bits)."""
+    addr, slash, length = s.partition("/")
+    if not slash or not length.isascii() or not length.isdigit():
+        return None
+    try:
+        return ipaddress.ip_network(f"{addr}/{int(length)}", strict=False)
+    except ValueError:
+        return None
+
+
 def network_create_from_wire(body: Any) -> NetworkCreate:
     o = Obj.root(body, "CreateRequest")
     name = o.string("Name")
@@ -537,10 +553,11 @@ def network_create_from_wire(body: Any) -> NetworkCreate:
                 raise InvalidArgument("IPAM.Config.AuxiliaryAddresses is not supported by Shoal")
             if not subnet:
                 raise _rpc_invalid("ipam configuration: cannot be empty")
-            try:
-                net = ipaddress.ip_network(subnet, strict=False)
-            except ValueError:
-                raise InvalidArgument(f"invalid JSON: netip.ParsePrefix(\"{subnet}\"): no '/'") from None
+            net = _go_cidr(subnet)
+            if net is None:
+                # dockerd 20.10 reads the IPAM config (its local network code, before any handoff to the
+                # swarm) with net.ParseCIDR and returns the error untyped: 500
+                raise ShoalError(f"Invalid subnet {subnet} : invalid CIDR address: {subnet}")
             if ip_range:
                 rng = _ip(ip_range, "range")
                 if not rng.subnet_of(net):  # type: ignore[arg-type]
