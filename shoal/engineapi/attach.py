@@ -24,7 +24,9 @@ from typing import Any
 
 from aiohttp import web
 
-from shoal.engineapi.routes import go_json_decode, node_of, param, route
+from shoal.engineapi.gojson import go_json_decode
+from shoal.engineapi.routes.common import node_of, param
+from shoal.engineapi.routes.registry import route
 from shoal.engineapi.server import PROXY_KEY, error_response
 from shoal.errors import InvalidArgument, ShoalError
 from shoal.manager.attachments import not_attachable

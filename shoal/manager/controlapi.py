@@ -261,81 +261,76 @@ class ControlAPI:
                 users.append(s.name)
         return sorted(users)
 
+    # --- secrets and configs: named payloads services refer to, handled alike ------------------------
+
+    async def _create_payload(self, kind: str, obj: Secret | Config) -> Any:
+        def fn(tx: Tx) -> Any:
+            if tx.by_name(kind, obj.name) is not None:
+                raise Conflict(M.name_conflict(kind, obj.name))
+            return tx.create(obj)
+
+        return await self.store.update(fn, verify=True)
+
+    async def _update_payload(self, kind: str, ref: str, version: int, spec: SecretSpec | ConfigSpec) -> None:
+        """Only the labels of a secret or config change (swarmkit); the rest must be sent as it is, or no data."""
+        def fn(tx: Tx) -> None:
+            cur = self._get_payload(kind, ref, tx)
+            if cur.meta.version != version:
+                raise SequenceConflict(M.UPDATE_OUT_OF_SEQUENCE)
+            if spec.annotations.name != cur.name or (spec.data and spec.data != cur.spec.data) \
+                    or getattr(spec, "driver", None) != getattr(cur.spec, "driver", None):
+                raise InvalidArgument(M.ONLY_LABELS_UPDATABLE)
+            if isinstance(cur, Secret):
+                tx.update(replace(cur, spec=replace(cur.spec, annotations=spec.annotations)))
+            else:
+                tx.update(replace(cur, spec=replace(cur.spec, annotations=spec.annotations)))
+
+        await self.store.update(fn, verify=True)
+
+    async def _remove_payload(self, kind: str, ref: str) -> None:
+        def fn(tx: Tx) -> None:
+            cur = self._get_payload(kind, ref, tx)
+            users = self._users(tx, kind, cur.id)
+            if users:
+                raise InvalidArgument(M.secret_in_use(cur.name, users) if kind == "secret"
+                                      else M.config_in_use(cur.name, users))
+            tx.delete(kind, cur.id)
+
+        await self.store.update(fn, verify=True)
+
+    def _get_payload(self, kind: str, ref: str, v: ReadTx) -> Secret | Config:
+        return self.get_secret(ref, v) if kind == "secret" else self.get_config(ref, v)
+
     async def create_secret(self, spec: SecretSpec) -> Secret:
         if not spec.annotations.name:
             raise _grpc_invalid("name must be valid as a DNS name component")
-        if spec.driver is None and not spec.data:
-            raise _grpc_invalid("secret data must be larger than 0 and less than 500KB")
-        if len(spec.data) > 500 * 1024:
+        if (spec.driver is None and not spec.data) or len(spec.data) > 500 * 1024:
             raise _grpc_invalid("secret data must be larger than 0 and less than 500KB")
         if spec.driver is not None:
             # Shoal runs no secret-driver plugins: swarmkit's lookup of the plugin fails (gRPC Unknown).
             raise ShoalError(f'rpc error: code = Unknown desc = plugin "{spec.driver.name}" not found')
-        sid = new_id(self.rng)
-
-        def fn(tx: Tx) -> Secret:
-            if tx.by_name("secret", spec.annotations.name) is not None:
-                raise Conflict(M.secret_name_conflict(spec.annotations.name))
-            return tx.create(Secret(id=sid, spec=spec))
-
-        return await self.store.update(fn, verify=True)
+        out: Secret = await self._create_payload("secret", Secret(id=new_id(self.rng), spec=spec))
+        return out
 
     async def update_secret(self, ref: str, version: int, spec: SecretSpec) -> None:
-        def fn(tx: Tx) -> None:
-            cur = self.get_secret(ref, tx)
-            if cur.meta.version != version:
-                raise SequenceConflict(M.UPDATE_OUT_OF_SEQUENCE)
-            if spec.annotations.name != cur.name or (spec.data and spec.data != cur.spec.data) \
-                    or spec.driver != cur.spec.driver:
-                raise InvalidArgument(M.ONLY_LABELS_UPDATABLE)
-            tx.update(replace(cur, spec=replace(cur.spec, annotations=spec.annotations)))
-
-        await self.store.update(fn, verify=True)
+        await self._update_payload("secret", ref, version, spec)
 
     async def remove_secret(self, ref: str) -> None:
-        def fn(tx: Tx) -> None:
-            cur = self.get_secret(ref, tx)
-            users = self._users(tx, "secret", cur.id)
-            if users:
-                raise InvalidArgument(M.secret_in_use(cur.name, users))
-            tx.delete("secret", cur.id)
-
-        await self.store.update(fn, verify=True)
+        await self._remove_payload("secret", ref)
 
     async def create_config(self, spec: ConfigSpec) -> Config:
         if not spec.annotations.name:
             raise _grpc_invalid("name must be valid as a DNS name component")
         if not spec.data or len(spec.data) > 1000 * 1024:
             raise _grpc_invalid("config data must be larger than 0 and less than 1000KB")
-        cid = new_id(self.rng)
-
-        def fn(tx: Tx) -> Config:
-            if tx.by_name("config", spec.annotations.name) is not None:
-                raise Conflict(M.config_name_conflict(spec.annotations.name))
-            return tx.create(Config(id=cid, spec=spec))
-
-        return await self.store.update(fn, verify=True)
+        out: Config = await self._create_payload("config", Config(id=new_id(self.rng), spec=spec))
+        return out
 
     async def update_config(self, ref: str, version: int, spec: ConfigSpec) -> None:
-        def fn(tx: Tx) -> None:
-            cur = self.get_config(ref, tx)
-            if cur.meta.version != version:
-                raise SequenceConflict(M.UPDATE_OUT_OF_SEQUENCE)
-            if spec.annotations.name != cur.name or (spec.data and spec.data != cur.spec.data):
-                raise InvalidArgument(M.ONLY_LABELS_UPDATABLE)
-            tx.update(replace(cur, spec=replace(cur.spec, annotations=spec.annotations)))
-
-        await self.store.update(fn, verify=True)
+        await self._update_payload("config", ref, version, spec)
 
     async def remove_config(self, ref: str) -> None:
-        def fn(tx: Tx) -> None:
-            cur = self.get_config(ref, tx)
-            users = self._users(tx, "config", cur.id)
-            if users:
-                raise InvalidArgument(M.config_in_use(cur.name, users))
-            tx.delete("config", cur.id)
-
-        await self.store.update(fn, verify=True)
+        await self._remove_payload("config", ref)
 
     # --- networks ---------------------------------------------------------------------------------
 
