@@ -15,7 +15,6 @@ import datetime
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import grpc
 import pytest
@@ -42,7 +41,7 @@ from shoal.rpc import shoal_pb2 as pb
 from shoal.rpc import shoal_pb2_grpc as pbg
 from shoal.rpc.server import ManagerRPC
 from shoal.store.memory import MemoryStore
-from shoal.store.wal import open_local_store
+from shoal.testing.sim import memory_store
 
 
 @dataclass
@@ -54,8 +53,8 @@ class Mgr:
     dispatcher: Dispatcher
 
 
-async def make_cluster(tmp: Path, rng: random.Random) -> tuple[MemoryStore, Cluster]:
-    store = open_local_store(tmp, SystemClock())
+async def make_cluster(rng: random.Random) -> tuple[MemoryStore, Cluster]:
+    store = memory_store(SystemClock())
     root = CA.create_root_ca(SystemClock().now())
     cluster = Cluster(id=CA.new_id(rng), root_ca=root)
     cluster = replace(cluster, join_tokens=replace(cluster.join_tokens, worker=CA.make_join_token(root, rng),
@@ -68,9 +67,9 @@ async def make_cluster(tmp: Path, rng: random.Random) -> tuple[MemoryStore, Clus
 
 
 @pytest.fixture
-async def mgr(tmp_path: Path) -> AsyncIterator[Mgr]:
+async def mgr() -> AsyncIterator[Mgr]:
     rng = random.Random(7)
-    store, cluster = await make_cluster(tmp_path / "m", rng)
+    store, cluster = await make_cluster(rng)
     d = Dispatcher(store, SystemClock())
     runner = asyncio.create_task(d.run())
     rpc = ManagerRPC(store, d, SystemClock(), rng, "mgr1", "127.0.0.1:0", "127.0.0.1")
@@ -308,13 +307,13 @@ def test_names_come_from_the_ca_not_the_csr() -> None:
 # --- liveness after a manager restart ------------------------------------------------------------------
 
 
-async def test_nodes_that_never_come_back_after_a_manager_start_go_down(tmp_path: Path) -> None:
+async def test_nodes_that_never_come_back_after_a_manager_start_go_down() -> None:
     """Sessions die with a manager: a node that does not register within three periods is marked down,
     one that does stays ready, and the manager's own node is left alone."""
     from shoal.model.objects import SECOND, Node, NodeStatus
 
     rng = random.Random(3)
-    store, _ = await make_cluster(tmp_path / "m", rng)
+    store, _ = await make_cluster(rng)
 
     def prepare(tx):  # type: ignore[no-untyped-def]
         c = tx.cluster()
