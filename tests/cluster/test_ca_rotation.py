@@ -25,7 +25,8 @@ from shoal.rpc import shoal_pb2_grpc as pbg
 from shoal.rpc.client import CHANNEL_OPTIONS, fetch_root_unverified
 from tests.cluster.conftest import _require_cli
 from tests.cluster.test_multinode import SLEEP, Cluster
-from tests.support.shoal_node import ShoalNode, wait_until
+from tests.support.shoal_node import ShoalNode
+from tests.support.wait import wait_until
 
 
 @pytest.fixture

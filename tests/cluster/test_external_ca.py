@@ -18,7 +18,8 @@ from shoal import ca as CA
 from tests.cluster.conftest import _require_cli
 from tests.cluster.test_multinode import JOINED, Cluster
 from tests.support.fake_cfssl import FakeCfssl
-from tests.support.shoal_node import ShoalNode, wait_until
+from tests.support.shoal_node import ShoalNode
+from tests.support.wait import wait_until
 
 
 @pytest.fixture

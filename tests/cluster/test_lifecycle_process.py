@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from tests.cluster.test_cli_process import create, go_time, inspect, running, tasks, wait_running
-from tests.support.shoal_node import ShoalNode, wait_until
+from tests.support.shoal_node import ShoalNode
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.timeout(180)
 

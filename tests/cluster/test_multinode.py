@@ -17,7 +17,8 @@ from typing import Any
 import pytest
 
 from tests.cluster.conftest import _require_cli
-from tests.support.shoal_node import ShoalNode, wait_until
+from tests.support.shoal_node import ShoalNode
+from tests.support.wait import wait_until
 
 SLEEP = ("sleep", "3600")
 JOINED = "This node joined a swarm as a worker."

@@ -9,7 +9,7 @@ import threading
 import time
 
 from tests.cluster.test_multinode import Cluster, cluster  # noqa: F401  (the fixture)
-from tests.support.shoal_node import wait_until
+from tests.support.wait import wait_until
 
 # One numbered line every 0.3 s, on stdout, and one line on stderr at the start.
 LOOP = ("sh", "-c", "echo started >&2; i=0; while true; do echo n=$i; i=$((i+1)); sleep 0.3; done")

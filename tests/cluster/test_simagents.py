@@ -19,7 +19,7 @@ import pytest
 
 from tests.cluster.test_multinode import Cluster
 from tests.cluster.test_multinode import cluster as cluster
-from tests.support.shoal_node import wait_until
+from tests.support.wait import wait_until
 
 AGENTS = 20
 REPLICAS = 40

@@ -12,7 +12,7 @@ import pytest
 
 from tests.cluster.conftest import _require_cli
 from tests.cluster.test_multinode import Cluster
-from tests.support.shoal_node import wait_until
+from tests.support.wait import wait_until
 
 
 @pytest.fixture

@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 
 from tests.net.netns import Host, Lab, why_not
-from tests.support.shoal_node import ShoalNode, wait_until
+from tests.support.shoal_node import ShoalNode
+from tests.support.wait import wait_until
 
 reason = why_not()
 pytestmark = [pytest.mark.skipif(reason is not None, reason=reason or ""), pytest.mark.slow,

@@ -42,6 +42,7 @@ from shoal.rpc import shoal_pb2_grpc as pbg
 from shoal.rpc.server import ManagerRPC
 from shoal.store.memory import MemoryStore
 from shoal.testing.sim import memory_store
+from tests.support.wait import eventually
 
 
 @dataclass
@@ -332,12 +333,11 @@ async def test_nodes_that_never_come_back_after_a_manager_start_go_down() -> Non
                          "w1", "active")
         rd = C.RemoteDispatcher([f"127.0.0.1:{rpc.port}"], j.creds)
         await rd.register(j.node_id, NodeDescription(hostname="w1"), "")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 5
-        while store.view().node("gone").status.state != "down":
-            assert loop.time() < deadline, "the node that never came back is still not down"
-            await rd.heartbeat(j.node_id)
-            await asyncio.sleep(0.02)
+        async def gone_down() -> bool:
+            await rd.heartbeat(j.node_id)  # this one keeps its session
+            return bool(store.view().node("gone").status.state == "down")
+
+        await eventually(gone_down, 5, interval=0.02, what="the node that never came back to be down")
         assert store.view().node(j.node_id).status.state == "ready"
         assert store.view().node("mgr1").status.state == "ready"
         await rd.close()
@@ -411,13 +411,13 @@ async def test_an_agent_reports_a_status_whose_call_was_cut_by_its_reconnect(
         await mgr.store.update(lambda tx: tx.create(task))
         await asyncio.wait_for(held.entered.wait(), 10)
         mgr.dispatcher.sessions[j.node_id].expire()  # the session ends: the agent registers again
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 15
-        while mgr.store.view().task("t1").status.state != TaskState.RUNNING:
+        def reported_running() -> bool:
             assert not running.done(), running
-            assert loop.time() < deadline, (f"the task is still {mgr.store.view().task('t1').status.state.name}"
-                                            " in the store though the agent runs it")
-            await asyncio.sleep(0.05)  # polling the store the reports are written to
+            state = mgr.store.view().task("t1").status.state
+            assert state == TaskState.RUNNING, f"the task is still {state.name} in the store though the agent runs it"
+            return True
+
+        await eventually(reported_running, 15)
         assert held.held == 1 and not held.release.is_set()  # the held call was never answered: cut, retried
     finally:
         running.cancel()
