@@ -139,10 +139,14 @@ def test_restart_max_attempts_leaves_task_failed(shoal_module_node: ShoalNode) -
     node = shoal_module_node
     create(node, "rmax", "--restart-condition", "on-failure", "--restart-max-attempts", "2",
            "--restart-delay", "200ms", cmd=("sh", "-c", "sleep 0.2; exit 3"))
-    wait_until(lambda: len([t for t in tasks(node, "rmax") if t["Status"]["State"] == "failed"]) == 3, 30,
-               what="three failed attempts")
-    time.sleep(1.5)  # long enough for a fourth attempt to have been made, were it wrongly allowed
-    ts = tasks(node, "rmax")
+    # The orchestrator shuts an ended task down in the transaction that creates its replacement, if any: once
+    # the third failure is desired Shutdown, a fourth attempt, were it wrongly allowed, would be there too.
+    def handled() -> list[dict[str, Any]] | None:
+        ts = tasks(node, "rmax")
+        done = [t for t in ts if t["Status"]["State"] == "failed" and t["DesiredState"] == "shutdown"]
+        return ts if len(done) >= 3 else None
+
+    ts = wait_until(handled, 30, what="three failed attempts, each handled by the orchestrator")
     assert len(ts) == 3 and all(t["Status"]["State"] == "failed" for t in ts), ts
     assert all(t["Status"]["Err"] == "task: non-zero exit (3)" for t in ts)
     assert node.docker("service", "ls", "--filter", "name=rmax", "--format", "{{.Replicas}}").stdout.strip() == "0/1"
@@ -169,18 +173,25 @@ def test_health_check_failing_replaces_task(shoal_module_node: ShoalNode, tmp_pa
 def test_task_running_only_once_healthy_and_update_waits(shoal_module_node: ShoalNode, tmp_path: Path) -> None:
     node = shoal_module_node
     ok = tmp_path / "ok"
-    create(node, "hw", "--health-cmd", f"test -e {ok}", "--health-interval", "200ms", "--health-retries", "100",
-           "--update-monitor", "300ms")
+    probes, new_probes = tmp_path / "probes", tmp_path / "new-probes"  # a line per health check run
+
+    def probed(log: Path, n: int) -> bool:
+        return log.exists() and len(log.read_text().splitlines()) >= n
+
+    create(node, "hw", "--health-cmd", f"echo probe >> {probes}; test -e {ok}", "--health-interval", "200ms",
+           "--health-retries", "100", "--update-monitor", "300ms")
     wait_until(lambda: any(t["Status"]["State"] == "starting" for t in tasks(node, "hw")), 20, what="starting")
-    time.sleep(1)
+    wait_until(lambda: probed(probes, 3), 20, what="three failed health checks")
     assert not running(node, "hw")  # not healthy yet: starting, not running
     ok.touch()
     (t1,) = wait_running(node, "hw", 1)
     ok.unlink()
-    node.docker("service", "update", "--detach", "--args", "sleep 601", "hw")
+    # The new task's health checks write a log of their own: the old task's go on failing meanwhile.
+    node.docker("service", "update", "--detach", "--args", "sleep 601", "--health-cmd",
+                f"echo probe >> {new_probes}; test -e {ok}", "hw")
     wait_until(lambda: any(t["ID"] != t1["ID"] and t["Status"]["State"] == "starting" for t in tasks(node, "hw")),
                20, what="the new task starting")
-    time.sleep(1)
+    wait_until(lambda: probed(new_probes, 3), 20, what="three failed health checks of the new task")
     assert update_state(node, "hw")[0] == "updating"
     ok.touch()
     wait_state(node, "hw", "completed")
