@@ -12,8 +12,9 @@ from collections.abc import Iterator
 import docker
 import pytest
 
-from tests.e2e.shoal_docker import ShoalDocker, swarm_node, wait_until
+from tests.e2e.shoal_docker import ShoalDocker, swarm_node
 from tests.support.host_state import mounts_under, nft_tables, processes_naming
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(180)]
 

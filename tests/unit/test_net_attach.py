@@ -131,7 +131,7 @@ async def test_a_worker_asks_the_leader_over_the_network_service(tmp_path: Path)
     from tests.unit.test_rpc_security import make_cluster
 
     rng = random.Random(11)
-    store, cluster = await make_cluster(tmp_path / "m", rng)
+    store, cluster = await make_cluster(rng)
     d = Dispatcher(store, SystemClock())
     alloc = Allocator(store)
     loops = [asyncio.create_task(d.run()), asyncio.create_task(alloc.run())]
