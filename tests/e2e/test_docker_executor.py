@@ -433,3 +433,40 @@ async def test_prepare_and_start_cancelled_midway_are_joined_not_repeated(
         assert (await ctl.inspect()).running, k
         await ctl.remove()
         await ctl.close()
+
+
+
+async def test_remove_while_prepare_is_under_way_leaves_nothing(
+    executor: DockerExecutor, make_task: Callable[..., Task], client: docker.DockerClient
+) -> None:
+    """The agent removes a task whose prepare step it cancelled while a request was with the engine (the task
+    left the node: its service was removed, or it went elsewhere while the node was away). The shielded
+    operation carries on after remove() found nothing to remove; what it makes then (the container, the
+    secrets tmpfs, the files) must not outlive the task. The image lookup is held at the engine's door until
+    remove() has returned."""
+    sec = Secret(id=new_id(), spec=SecretSpec(annotations=Annotations(name="s"), data=b"x"))
+    task = make_task(command=("sleep", "100"),
+                     secrets=(SecretReference(secret_id=sec.id, secret_name="s", file=FileTarget(name="s")),))
+    ctl = executor.controller(task, Deps([sec]))
+    engine = executor.client
+    real = engine._query_json
+    reached, gate = asyncio.Event(), asyncio.Event()
+
+    async def query_json(path: str, *args: Any, **kwargs: Any) -> Any:
+        if path.startswith("images/") and not gate.is_set():
+            reached.set()
+            await gate.wait()
+        return await real(path, *args, **kwargs)
+
+    engine._query_json = query_json  # type: ignore[method-assign]
+    step = asyncio.ensure_future(ctl.prepare())
+    await reached.wait()
+    step.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await step
+    await ctl.remove()
+    gate.set()  # the engine now gets the request
+    await ctl.close()  # waits for the operation under way
+    assert client.containers.list(all=True, filters={"label": f"com.docker.swarm.task.id={task.id}"}) == []
+    assert not ctl.task_dir.exists()
+    assert await executor.list_task_ids() == set()
