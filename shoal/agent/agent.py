@@ -194,18 +194,30 @@ class Agent:
             tg.create_task(self._session_loop())
 
     async def _session_loop(self) -> None:
+        """Sessions one after the other, for as long as the agent runs. Only the agent's own cancellation ends
+        this loop: a CancelledError that reaches it while nobody cancels the agent (a call failed by a
+        cancellation meant for some other task) ends the session like any failure. Raised on, it would end
+        this task cancelled, which `run()`'s task group drops without a word: the node would keep its
+        containers and never hear from a dispatcher again."""
         backoff = 0.1
         while True:
             try:
                 await self._session()
                 backoff = 0.1
             except asyncio.CancelledError:
-                raise
+                current = asyncio.current_task()
+                if current is None or current.cancelling():
+                    raise
+                self.connected.clear()
+                log.warning("agent session ended by a cancellation not meant for the agent; reconnecting",
+                            exc_info=True)
             except Exception as e:
                 self.connected.clear()
                 log.info("agent session ended (%s); reconnecting", e)
-                await self.clock.sleep(backoff + self.rng.random() * backoff)
-                backoff = min(backoff * 2, 8.0)
+            else:
+                continue
+            await self.clock.sleep(backoff + self.rng.random() * backoff)
+            backoff = min(backoff * 2, 8.0)
 
     async def _session(self) -> None:
         desc = await self.executor.describe()
