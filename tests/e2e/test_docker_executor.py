@@ -470,3 +470,27 @@ async def test_remove_while_prepare_is_under_way_leaves_nothing(
     assert client.containers.list(all=True, filters={"label": f"com.docker.swarm.task.id={task.id}"}) == []
     assert not ctl.task_dir.exists()
     assert await executor.list_task_ids() == set()
+
+
+async def test_close_does_not_swallow_its_callers_cancellation(
+    executor: DockerExecutor, make_task: Callable[..., Task]
+) -> None:
+    """close() waits for an engine operation under way; the agent calls it inside a session that ends by
+    being cancelled, and a cancellation eaten there would leave the session running on without heartbeats."""
+    ctl = executor.controller(make_task(), Deps())
+    release = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def op() -> None:
+        entered.set()
+        await release.wait()
+
+    under_way = asyncio.ensure_future(ctl._once("prepare", op))
+    await entered.wait()
+    closing = asyncio.ensure_future(ctl.close())
+    await asyncio.sleep(0)  # one turn of the loop: close() runs up to its wait for the operation
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    release.set()
+    await under_way

@@ -747,10 +747,17 @@ class DockerController:
                 yield _log_line(stream, rest)
 
     async def close(self) -> None:
-        """Wait for engine operations under way (the executor owns the engine client)."""
+        """Wait for engine operations under way (the executor owns the engine client). Their outcome is not
+        ours to raise; a cancellation of the caller is (the agent's session ends by one)."""
         for fut in list(self._ops.values()):
-            with contextlib.suppress(Exception, asyncio.CancelledError):
+            try:
                 await asyncio.wait_for(asyncio.shield(fut), 30)
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+            except Exception:
+                pass
         self._ops.clear()
 
 
