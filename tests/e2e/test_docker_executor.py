@@ -13,6 +13,7 @@ from typing import Any
 
 import docker
 import pytest
+from aiodocker.exceptions import DockerError
 
 from shoal.agent.exec.docker import DockerController, DockerExecutor
 from shoal.agent.exec.protocol import ExitStatus, LogLine, LogOptions
@@ -494,3 +495,41 @@ async def test_close_does_not_swallow_its_callers_cancellation(
         await closing
     release.set()
     await under_way
+
+
+async def test_files_of_a_task_without_a_container_are_listed_and_removed(
+    dockerd: str, tmp_path: Path, node_id: str, make_task: Callable[..., Task]
+) -> None:
+    """A node killed after prepare wrote a task's secrets (a tmpfs when root) but before the container was
+    created: the restarted agent knows the task only from what list_task_ids() reports, and removes what is
+    not assigned to it any more; the files and the mount must be among it."""
+    sec = Secret(id=new_id(), spec=SecretSpec(annotations=Annotations(name="s"), data=b"x"))
+    task = make_task(command=("sleep", "100"),
+                     secrets=(SecretReference(secret_id=sec.id, secret_name="s", file=FileTarget(name="s")),))
+    before = DockerExecutor(engine_host=dockerd, root=tmp_path / "node", node_id=node_id)
+    ctl = before.controller(task, Deps([sec]))
+    real = before.client._query_json
+
+    async def refuse_create(path: str, *args: Any, **kwargs: Any) -> Any:
+        if path == "containers/create":
+            raise DockerError(500, {"message": "the node went down here"})
+        return await real(path, *args, **kwargs)
+
+    before.client._query_json = refuse_create  # type: ignore[method-assign]
+    try:
+        with pytest.raises(FatalError):
+            await ctl.prepare()
+        assert ctl.task_dir.exists()
+    finally:
+        await before.close()
+    after = DockerExecutor(engine_host=dockerd, root=tmp_path / "node", node_id=node_id)  # the restarted node
+    try:
+        assert task.id in await after.list_task_ids()
+        orphan = after.controller(Task(id=task.id, node_id=node_id), Deps())
+        await orphan.remove()
+        await orphan.close()
+        assert not ctl.task_dir.exists()
+        assert task.id not in await after.list_task_ids()
+    finally:
+        await after.close()
+        _unmount_leftovers(tmp_path / "node")

@@ -209,6 +209,13 @@ class DockerExecutor:
         return DockerController(self, task, deps)
 
     async def list_task_ids(self) -> set[str]:
+        """Tasks with a container of this node, and tasks with files here (secrets, configs): a node killed
+        between writing a task's files and creating its container left only those, the secrets tmpfs
+        still mounted."""
+        try:
+            found_dirs = {p.name for p in (self.root / "tasks").iterdir() if p.is_dir()}
+        except FileNotFoundError:
+            found_dirs = set()
         wanted = [ctr.LABEL_TASK_ID]
         if self.node_id:
             wanted.append(f"{ctr.LABEL_SHOAL_NODE_ID}={self.node_id}")
@@ -216,7 +223,7 @@ class DockerExecutor:
             found: list[dict[str, Any]] = await self.client._query_json(
                 "containers/json", params={"all": "1", "filters": json.dumps({"label": wanted})}
             )
-        return {c["Labels"][ctr.LABEL_TASK_ID] for c in found if c.get("Labels")}
+        return {c["Labels"][ctr.LABEL_TASK_ID] for c in found if c.get("Labels")} | found_dirs
 
 
 # --- controller --------------------------------------------------------------------------------
