@@ -184,33 +184,58 @@ class Agent:
             tg.create_task(self._session_loop())
 
     async def _session_loop(self) -> None:
+        """Sessions one after the other, for as long as the agent runs. Only the agent's own cancellation ends
+        this loop: a CancelledError that reaches it while nobody cancels the agent (a call failed by a
+        cancellation meant for some other task) ends the session like any failure. Raised on, it would end
+        this task cancelled, which `run()`'s task group drops without a word: the node would keep its
+        containers and never hear from a dispatcher again."""
         backoff = 0.1
         while True:
             try:
                 await self._session()
                 backoff = 0.1
             except asyncio.CancelledError:
-                raise
+                current = asyncio.current_task()
+                if current is None or current.cancelling():
+                    raise
+                self.connected.clear()
+                log.warning("agent session ended by a cancellation not meant for the agent; reconnecting",
+                            exc_info=True)
             except Exception as e:
                 self.connected.clear()
                 log.info("agent session ended (%s); reconnecting", e)
-                await self.clock.sleep(backoff + self.rng.random() * backoff)
-                backoff = min(backoff * 2, 8.0)
+            else:
+                continue
+            await self.clock.sleep(backoff + self.rng.random() * backoff)
+            backoff = min(backoff * 2, 8.0)
 
     async def _session(self) -> None:
+        """One session: the assignment stream, the heartbeats and the watch on the node's description, each
+        in a task of its own; the first to end ends the session (its error is the session's), the others are
+        cancelled. Not an asyncio.TaskGroup: on Python 3.11 a group whose child fails while the group exits
+        (the stream closed as the heartbeat was refused: a leadership change does both) leaves a cancellation
+        request on the task that ran it, and this loop's task would then be "being cancelled" for ever."""
         desc = await self.executor.describe()
         period = await self.dispatcher.register(self.node_id, desc, self.addr)
         self.connected.set()
-        async with asyncio.TaskGroup() as tg:
-            hb = tg.create_task(self._heartbeats(period))
-            watch = tg.create_task(self._description_changes(desc))
-            try:
-                async for msg in self.dispatcher.assignments(self.node_id):
-                    await self._apply(msg)
-            finally:
-                hb.cancel()
-                watch.cancel()
+        parts = [asyncio.ensure_future(self._follow()), asyncio.ensure_future(self._heartbeats(period)),
+                 asyncio.ensure_future(self._description_changes(desc))]
+        try:
+            await asyncio.wait(parts, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for p in parts:
+                p.cancel()
+            for p in parts:
+                await _reap(p)
+        for p in parts:
+            exc = p.exception() if p.done() and not p.cancelled() else None
+            if exc is not None:
+                raise exc
         raise NotFound("assignment stream closed")
+
+    async def _follow(self) -> None:
+        async for msg in self.dispatcher.assignments(self.node_id):
+            await self._apply(msg)
 
     async def _description_changes(self, desc: Any) -> None:
         """End the session once the node's description changed (an engine network or host route came or

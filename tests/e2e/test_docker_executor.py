@@ -13,6 +13,7 @@ from typing import Any
 
 import docker
 import pytest
+from aiodocker.exceptions import DockerError
 
 from shoal.agent.exec.docker import DockerController, DockerExecutor
 from shoal.agent.exec.protocol import ExitStatus
@@ -429,3 +430,102 @@ async def test_prepare_and_start_cancelled_midway_are_joined_not_repeated(
         assert (await ctl.inspect()).running, k
         await ctl.remove()
         await ctl.close()
+
+
+
+async def test_remove_while_prepare_is_under_way_leaves_nothing(
+    executor: DockerExecutor, make_task: Callable[..., Task], client: docker.DockerClient
+) -> None:
+    """The agent removes a task whose prepare step it cancelled while a request was with the engine (the task
+    left the node: its service was removed, or it went elsewhere while the node was away). The shielded
+    operation carries on after remove() found nothing to remove; what it makes then (the container, the
+    secrets tmpfs, the files) must not outlive the task. The image lookup is held at the engine's door until
+    remove() has returned."""
+    sec = Secret(id=new_id(), spec=SecretSpec(annotations=Annotations(name="s"), data=b"x"))
+    task = make_task(command=("sleep", "100"),
+                     secrets=(SecretReference(secret_id=sec.id, secret_name="s", file=FileTarget(name="s")),))
+    ctl = executor.controller(task, Deps([sec]))
+    engine = executor.client
+    real = engine._query_json
+    reached, gate = asyncio.Event(), asyncio.Event()
+
+    async def query_json(path: str, *args: Any, **kwargs: Any) -> Any:
+        if path.startswith("images/") and not gate.is_set():
+            reached.set()
+            await gate.wait()
+        return await real(path, *args, **kwargs)
+
+    engine._query_json = query_json  # type: ignore[method-assign]
+    step = asyncio.ensure_future(ctl.prepare())
+    await reached.wait()
+    step.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await step
+    await ctl.remove()
+    gate.set()  # the engine now gets the request
+    await ctl.close()  # waits for the operation under way
+    assert client.containers.list(all=True, filters={"label": f"com.docker.swarm.task.id={task.id}"}) == []
+    assert not ctl.task_dir.exists()
+    assert await executor.list_task_ids() == set()
+
+
+async def test_close_does_not_swallow_its_callers_cancellation(
+    executor: DockerExecutor, make_task: Callable[..., Task]
+) -> None:
+    """close() waits for an engine operation under way; the agent calls it inside a session that ends by
+    being cancelled, and a cancellation eaten there would leave the session running on without heartbeats."""
+    ctl = executor.controller(make_task(), Deps())
+    release = asyncio.Event()
+    entered = asyncio.Event()
+
+    async def op() -> None:
+        entered.set()
+        await release.wait()
+
+    under_way = asyncio.ensure_future(ctl._once("prepare", op))
+    await entered.wait()
+    closing = asyncio.ensure_future(ctl.close())
+    await asyncio.sleep(0)  # one turn of the loop: close() runs up to its wait for the operation
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    release.set()
+    await under_way
+
+
+async def test_files_of_a_task_without_a_container_are_listed_and_removed(
+    dockerd: str, tmp_path: Path, node_id: str, make_task: Callable[..., Task]
+) -> None:
+    """A node killed after prepare wrote a task's secrets (a tmpfs when root) but before the container was
+    created: the restarted agent knows the task only from what list_task_ids() reports, and removes what is
+    not assigned to it any more; the files and the mount must be among it."""
+    sec = Secret(id=new_id(), spec=SecretSpec(annotations=Annotations(name="s"), data=b"x"))
+    task = make_task(command=("sleep", "100"),
+                     secrets=(SecretReference(secret_id=sec.id, secret_name="s", file=FileTarget(name="s")),))
+    before = DockerExecutor(engine_host=dockerd, root=tmp_path / "node", node_id=node_id)
+    ctl = before.controller(task, Deps([sec]))
+    real = before.client._query_json
+
+    async def refuse_create(path: str, *args: Any, **kwargs: Any) -> Any:
+        if path == "containers/create":
+            raise DockerError(500, {"message": "the node went down here"})
+        return await real(path, *args, **kwargs)
+
+    before.client._query_json = refuse_create  # type: ignore[method-assign]
+    try:
+        with pytest.raises(FatalError):
+            await ctl.prepare()
+        assert ctl.task_dir.exists()
+    finally:
+        await before.close()
+    after = DockerExecutor(engine_host=dockerd, root=tmp_path / "node", node_id=node_id)  # the restarted node
+    try:
+        assert task.id in await after.list_task_ids()
+        orphan = after.controller(Task(id=task.id, node_id=node_id), Deps())
+        await orphan.remove()
+        await orphan.close()
+        assert not ctl.task_dir.exists()
+        assert task.id not in await after.list_task_ids()
+    finally:
+        await after.close()
+        _unmount_leftovers(tmp_path / "node")

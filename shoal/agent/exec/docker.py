@@ -15,6 +15,10 @@ unless absolute). When running as root the secrets directory is a private tmpfs 
 otherwise, or when mounting fails (e.g. no CAP_SYS_ADMIN), it is a plain 0700 directory. `remove()`
 unmounts and deletes the task directory.
 
+Removal is final. The agent cancels a task's step when the task leaves the node, but an engine operation already
+sent carries on (see `_once`); when one is still under way as `remove()` runs, it removes what it made (the
+container, started or not, the secrets tmpfs, the network endpoints) once it ends.
+
 Containers carry Swarm's labels plus `com.shoal.node.id`, so several Shoal nodes sharing one dockerd
 only see (and adopt) their own containers.
 
@@ -200,6 +204,13 @@ class DockerExecutor:
         return DockerController(self, task, deps)
 
     async def list_task_ids(self) -> set[str]:
+        """Tasks with a container of this node, and tasks with files here (secrets, configs): a node killed
+        between writing a task's files and creating its container left only those, the secrets tmpfs
+        still mounted."""
+        try:
+            found_dirs = {p.name for p in (self.root / "tasks").iterdir() if p.is_dir()}
+        except FileNotFoundError:
+            found_dirs = set()
         wanted = [ctr.LABEL_TASK_ID]
         if self.node_id:
             wanted.append(f"{ctr.LABEL_SHOAL_NODE_ID}={self.node_id}")
@@ -207,7 +218,7 @@ class DockerExecutor:
             found: list[dict[str, Any]] = await self.client._query_json(
                 "containers/json", params={"all": "1", "filters": json.dumps({"label": wanted})}
             )
-        return {c["Labels"][ctr.LABEL_TASK_ID] for c in found if c.get("Labels")}
+        return {c["Labels"][ctr.LABEL_TASK_ID] for c in found if c.get("Labels")} | found_dirs
 
 
 # --- controller --------------------------------------------------------------------------------
@@ -224,6 +235,9 @@ class DockerController:
         # carries on with a request already sent (the name stays reserved, the start proceeds), so these
         # run shielded and the next step joins the same operation instead of racing it.
         self._ops: dict[str, asyncio.Future[None]] = {}
+        # Set by remove(): an operation still under way then (its step was cancelled when the task left the
+        # node) undoes what it made once it ends, since remove() could not see it yet.
+        self._removed = False
 
     @property
     def _docker(self) -> aiodocker.Docker:
@@ -411,7 +425,7 @@ class DockerController:
         """Run `op` shielded from the caller's cancellation; a call while one is under way joins it."""
         fut = self._ops.get(key)
         if fut is None:
-            fut = self._ops[key] = asyncio.ensure_future(op())
+            fut = self._ops[key] = asyncio.ensure_future(self._undone_if_removed(op))
         try:
             await asyncio.shield(fut)
         finally:
@@ -420,6 +434,18 @@ class DockerController:
                     del self._ops[key]
                 if not fut.cancelled():
                     fut.exception()  # retrieved: raised above to the caller that saw it finish
+
+    async def _undone_if_removed(self, op: Callable[[], Awaitable[None]]) -> None:
+        """Run `op`; if the task was removed meanwhile, remove what it made (container, files, network
+        endpoints): remove() ran before they existed, and nothing else would ever remove them."""
+        try:
+            await op()
+        finally:
+            if self._removed:
+                try:
+                    await self._remove_now()
+                except Exception as e:
+                    log.warning("removing what %s made after the task was removed failed: %s", self.name, e)
 
     async def _adopt_conflict(self, timeout: float = 15.0) -> bool:
         """After a 409 on create: the name is ours (it holds the task ID), but dockerd reserves a name
@@ -631,6 +657,10 @@ class DockerController:
                     raise
 
     async def remove(self) -> None:
+        self._removed = True
+        await self._remove_now()
+
+    async def _remove_now(self) -> None:
         if await self._inspect_raw() is not None:
             with _engine_errors():
                 try:
@@ -719,10 +749,17 @@ class DockerController:
                 yield _log_line(stream, rest)
 
     async def close(self) -> None:
-        """Wait for engine operations under way (the executor owns the engine client)."""
+        """Wait for engine operations under way (the executor owns the engine client). Their outcome is not
+        ours to raise; a cancellation of the caller is (the agent's session ends by one)."""
         for fut in list(self._ops.values()):
-            with contextlib.suppress(Exception, asyncio.CancelledError):
+            try:
                 await asyncio.wait_for(asyncio.shield(fut), 30)
+            except asyncio.CancelledError:
+                current = asyncio.current_task()
+                if current is not None and current.cancelling():
+                    raise
+            except Exception:
+                pass
         self._ops.clear()
 
 

@@ -1,0 +1,114 @@
+"""The agent's sessions with a dispatcher: only the agent's own cancellation ends them for good."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import AsyncIterator
+
+from shoal.agent.agent import Agent
+from shoal.clock import SystemClock
+from shoal.errors import NotLeader
+from shoal.manager.dispatcher import COMPLETE, INCREMENTAL, Assignments
+from shoal.model.objects import NodeDescription, Task, TaskSpec, TaskStatus
+from shoal.model.state import TaskState
+from shoal.testing.fakeexec import FakeBehavior, FakeExecutor
+
+
+class _Dispatcher:
+    """The first session's assignment stream fails with a CancelledError the agent did not ask for (what a
+    call gives when the request it waits on was cancelled by some other task); the sessions after it
+    stay open."""
+
+    def __init__(self) -> None:
+        self.registrations = 0
+        self.registered_again = asyncio.Event()
+
+    async def register(self, node_id: str, description: NodeDescription, addr: str) -> float:
+        self.registrations += 1
+        if self.registrations > 1:
+            self.registered_again.set()
+        return 60.0
+
+    async def heartbeat(self, node_id: str) -> float:
+        return 60.0
+
+    async def assignments(self, node_id: str) -> AsyncIterator[Assignments]:
+        if self.registrations == 1:
+            raise asyncio.CancelledError()
+        yield Assignments(type=COMPLETE)
+        await asyncio.Event().wait()  # the session stays open until the agent is stopped
+
+    async def update_task_status(self, node_id: str, updates: list[tuple[str, TaskStatus]]) -> None:
+        return None
+
+
+async def test_a_cancellation_not_meant_for_the_agent_ends_only_the_session() -> None:
+    d = _Dispatcher()
+    agent = Agent("n1", FakeExecutor(), d, SystemClock(), random.Random(1))
+    running = asyncio.create_task(agent.run())
+    try:
+        await asyncio.wait_for(d.registered_again.wait(), 30)  # a bound for a hang, not a timing figure
+        await asyncio.wait_for(agent.connected.wait(), 30)
+        assert not running.done()
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+    assert running.cancelled()  # the agent's own cancellation still stops it
+
+
+class _LeaderLost:
+    """Session 1 ends as a leadership loss ends it: the heartbeat is refused and, in the same turn of the loop,
+    the assignment stream closes (the dispatcher expired its sessions). Session 2 assigns a task and then
+    removes it, so the agent reaps the task's runner. Session 3 is the proof that the agent still lives."""
+
+    def __init__(self) -> None:
+        self.registrations = 0
+        self.third = asyncio.Event()
+        self._stream_closes = asyncio.Event()
+        self.removed = asyncio.Event()
+
+    async def register(self, node_id: str, description: NodeDescription, addr: str) -> float:
+        self.registrations += 1
+        if self.registrations == 3:
+            self.third.set()
+        return 0.0  # heartbeat at once
+
+    async def heartbeat(self, node_id: str) -> float:
+        if self.registrations == 1:
+            self._stream_closes.set()  # the stream's end is due in this turn of the loop, after this refusal
+            raise NotLeader("this manager is not the swarm leader: its dispatcher is not running")
+        await asyncio.Event().wait()
+        return 60.0
+
+    async def assignments(self, node_id: str) -> AsyncIterator[Assignments]:
+        if self.registrations == 1:
+            await self._stream_closes.wait()
+            return
+        if self.registrations == 2:
+            task = Task(id="t1", node_id=node_id, spec=TaskSpec(), desired_state=TaskState.RUNNING,
+                        status=TaskStatus(state=TaskState.ASSIGNED))
+            yield Assignments(type=COMPLETE, tasks=(task,))
+            yield Assignments(type=INCREMENTAL, removed_tasks=("t1",))
+            self.removed.set()
+            return
+        yield Assignments(type=COMPLETE)
+        await asyncio.Event().wait()
+
+    async def update_task_status(self, node_id: str, updates: list[tuple[str, TaskStatus]]) -> None:
+        return None
+
+
+async def test_a_session_ended_by_a_leadership_loss_leaves_the_agent_working() -> None:
+    """Python 3.11's TaskGroup leaves a cancellation request on its parent when a child fails while the group
+    is exiting: a session whose stream closed as its heartbeat was refused left the agent's session loop
+    "being cancelled" for good, and the next reaped runner's cancellation then ended that loop silently."""
+    d = _LeaderLost()
+    agent = Agent("n1", FakeExecutor(behavior=FakeBehavior(exit_code=None)), d, SystemClock(), random.Random(1))
+    running = asyncio.create_task(agent.run())
+    try:
+        await asyncio.wait_for(d.third.wait(), 30)  # a bound for a hang, not a timing figure
+        assert d.removed.is_set() and "t1" not in agent.runners
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
