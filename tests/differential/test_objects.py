@@ -235,6 +235,8 @@ def _networks(s: Side) -> list[Answer]:
                           {"Name": "dnet", "Driver": "overlay"}))
         out.append(s.call("POST /networks/create (bad subnet)", "POST", "/networks/create", {
             "Name": "dnet2", "Driver": "overlay", "IPAM": {"Config": [{"Subnet": "10.99.0.0/33"}]}}))
+        out.append(s.call("POST /networks/create (empty subnet)", "POST", "/networks/create", {
+            "Name": "dnet3", "Driver": "overlay", "IPAM": {"Config": [{"Subnet": ""}]}}))
         out.append(s.call("POST /networks/create (ingress twice)", "POST", "/networks/create",
                           {"Name": "ingress2", "Driver": "overlay", "Ingress": True}))
         a, uid = _id(s, "POST", "/networks/create", {"Name": "dnet-user", "Driver": "overlay", "IPAM": {

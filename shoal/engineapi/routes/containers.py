@@ -61,7 +61,7 @@ async def task_container_logs(request: web.Request) -> web.StreamResponse:
         return await request.app[PROXY_KEY].handle(request)
     agent = node_of(request).agent
     assert agent is not None
-    opts, _ = log_options(request)
+    opts, _ = log_options(request, swarm=False)
     tty = t.spec.container.tty
     resp = log_stream(request, tty)
     await resp.prepare(request)

@@ -14,7 +14,7 @@ from shoal.engineapi.server import (
     API_VERSION,
     _version_tuple,
 )
-from shoal.errors import InvalidArgument
+from shoal.errors import InvalidArgument, ShoalError
 from shoal.model.objects import Task
 from shoal.model.state import TaskState
 from shoal.store.memory import Event
@@ -22,7 +22,10 @@ from shoal.store.memory import Event
 # --- logs ---------------------------------------------------------------------------------------
 
 
-def log_options(request: web.Request) -> tuple[LogOptions, bool]:
+def log_options(request: web.Request, *, swarm: bool = True) -> tuple[LogOptions, bool]:
+    """The options of a logs request. `swarm` (service and task logs): as dockerd's cluster backend reads them,
+    an unreadable `since` is an untyped error (500) and `until` is not used at all; otherwise (a container's
+    logs) both are read and a bad one is a 400."""
     tail_raw = request.query.get("tail", "all")
     tail: int | None = None
     if tail_raw not in ("", "all"):
@@ -30,8 +33,15 @@ def log_options(request: web.Request) -> tuple[LogOptions, bool]:
             tail = max(0, int(tail_raw))
         except ValueError:
             tail = None
-    since = parse_ts(request.query.get("since")) or 0.0
-    until = parse_ts(request.query.get("until")) or 0.0
+    if swarm:
+        try:
+            since = parse_ts(request.query.get("since")) or 0.0
+        except InvalidArgument as e:
+            raise ShoalError(f"could not parse since timestamp: {e.message}") from None
+        until = 0.0
+    else:
+        since = parse_ts(request.query.get("since")) or 0.0
+        until = parse_ts(request.query.get("until")) or 0.0
     opts = LogOptions(follow=qbool(request, "follow"), stdout=qbool(request, "stdout"),
                       stderr=qbool(request, "stderr"), tail=tail, since=since, until=until,
                       timestamps=qbool(request, "timestamps"))
