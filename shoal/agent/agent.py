@@ -25,7 +25,7 @@ from shoal.clock import Clock
 from shoal.errors import NotFound
 from shoal.model.objects import Config, Secret, Task, TaskStatus
 from shoal.model.state import TaskState
-from shoal.tasks import reap
+from shoal.tasks import cancel_all, reap
 
 log = logging.getLogger(__name__)
 
@@ -223,10 +223,7 @@ class Agent:
         try:
             await asyncio.wait(parts, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for p in parts:
-                p.cancel()
-            for p in parts:
-                await _reap(p)
+            await cancel_all(parts)
         for p in parts:
             exc = p.exception() if p.done() and not p.cancelled() else None
             if exc is not None:
