@@ -17,6 +17,7 @@ from shoal.clock import Clock
 from shoal.errors import Conflict, InvalidArgument, NotFound, NotImplementedFeature, SequenceConflict, ShoalError
 from shoal.ids import new_id
 from shoal.manager.allocator import PoolExhausted, allocate_subnet
+from shoal.manager.membership import Membership
 from shoal.manager.scheduler.constraints import parse_constraints
 from shoal.manager.scheduler.core import STRATEGIES, STRATEGY_LABEL
 from shoal.manager.validation import validate_service_spec
@@ -56,7 +57,7 @@ class ControlAPI:
         self.store = store
         self.clock = clock
         self.rng = rng
-        self.membership: Any = None  # shoal.manager.membership.Membership of a replicated manager
+        self.membership: Membership | None = None  # of a replicated manager
 
     def view(self) -> ReadTx:
         return self.store.view()

@@ -35,6 +35,7 @@ from shoal.clock import Clock
 from shoal.errors import InvalidArgument, NotLeader, ShoalError, Unavailable
 from shoal.manager.membership import AddressBook, Members
 from shoal.manager.raft.core import Entry, EntryType, Message, MsgType, Snapshot, SnapshotMeta
+from shoal.manager.raft.node import RaftNode
 from shoal.rpc import shoal_pb2 as pb
 from shoal.rpc import shoal_pb2_grpc as pbg
 
@@ -153,7 +154,7 @@ class GrpcTransport:
         self.secure = SecureAddrs(creds)
         self._receiver: Callable[[Message], None] | None = None
         self._peers: dict[int, _Peer] = {}
-        self.node: Any = None  # the RaftNode, for report_unreachable / report_snapshot
+        self.node: RaftNode | None = None  # for report_unreachable / report_snapshot
         self.last_heard: dict[int, float] = {}  # raft id -> monotonic time a batch from it last arrived
         self.sent_batches = 0
         self.received_batches = 0

@@ -32,6 +32,7 @@ from shoal.api.dispatch import DispatcherAPI
 from shoal.clock import Clock
 from shoal.errors import InvalidArgument, NotFound, NotLeader, ShoalError, Unavailable
 from shoal.ids import new_id
+from shoal.manager.membership import Membership
 from shoal.model import codec
 from shoal.model.objects import (
     SECOND,
@@ -199,7 +200,7 @@ class _Servers:
         self.rng = rng
         self.secure_addr = ""
         self.node_id = ""
-        self.membership: Any = None  # shoal.manager.membership.Membership (None: a manager alone, always leading)
+        self.membership: Membership | None = None  # None: a manager alone, always leading
         self.creds: Callable[[], tuple[str, str, str]] = lambda: ("", "", "")
         self._managers_cache: tuple[tuple[int, str], tuple[str, ...]] = ((-1, ""), ())
 
@@ -207,7 +208,7 @@ class _Servers:
         return self.membership is None or bool(self.membership.raft.is_leader)
 
     def require_leader(self) -> None:
-        if not self.is_leader():
+        if self.membership is not None and not self.membership.raft.is_leader:
             raise self.membership.not_leader()
 
     def managers(self) -> list[str]:
@@ -282,6 +283,7 @@ class CAServicer(pbg.CAServicer):
     async def _forward(self, request: pb.IssueRequest) -> pb.IssueResponse:
         """A follower hands the join to the leader's CA listener (the node record is the leader's to write)."""
         m = self.s.membership
+        assert m is not None  # only a replicated manager's follower forwards
         lead = m.leader_addr()
         if not lead:
             raise Unavailable(f"rpc error: code = Unavailable desc = {m.not_leader().message}")
