@@ -55,7 +55,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import ipaddress
 import json
 import logging
@@ -72,13 +71,23 @@ from shoal.model.objects import Network, Service, Task
 from shoal.net import conntrack
 from shoal.net.dns import DNSServer
 from shoal.net.lb import Backend, KeepAlive, TCPBalancer, UDPBalancer
+from shoal.net.links import (
+    MTU_OPTION,
+    OWNER_ALIAS,
+    delete_owned_link,
+    host_bridge_name,
+    host_vxlan_name,
+    ip_of,
+    link_alias,
+    loopback,
+    mac_of,
+    network_mtu,
+)
 from shoal.net.state import LatestFeed, NetFeed, NetState, SnapshotDirectory
 from shoal.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
-DEFAULT_MTU = 1450
-MTU_OPTION = "com.docker.network.driver.mtu"
 LABEL_PROXY_PROTOCOL = "com.shoal.mesh.proxy-protocol"
 LABEL_LOCAL_ONLY = "com.shoal.mesh.local-only"
 DNS_ADDR = "127.0.0.11"
@@ -93,86 +102,8 @@ NO_NS = Path("/nonexistent")  # the namespace of a container sandbox not (or no 
 RULES_WAIT = 8.0  # seconds at most a container's DNS answer waits for its VIP rules (a resolver tries twice 5 s)
 
 
-OWNER_ALIAS = "shoal-node:"  # + node ID: the ifalias marking a host-namespace device as this node's
-
-
-def node_token(node_id: str) -> str:
-    """Six base36 characters of the node ID's hash, in the names of the node's devices in the host namespace:
-    nodes sharing a host (other swarms, other engines) never pick each other's names."""
-    n = int.from_bytes(hashlib.sha256(node_id.encode()).digest()[:8], "big")
-    out = ""
-    for _ in range(6):
-        n, r = divmod(n, 36)
-        out += "0123456789abcdefghijklmnopqrstuvwxyz"[r]
-    return out
-
-
-def host_bridge_name(node_id: str, vni: int) -> str:
-    """The engine bridge for an overlay (docker executor): `shl`, the node's token, the VNI in hex (at most
-    3 + 6 + 6 = 15 characters, Linux's limit)."""
-    return f"shl{node_token(node_id)}{vni:x}"
-
-
-def host_vxlan_name(node_id: str, vni: int) -> str:
-    """A VXLAN device's name while it is in the host namespace (for good with the docker executor)."""
-    return f"vx{node_token(node_id)}{vni:x}"
-
-
-async def link_alias(dev: str, netns: str | None = None) -> str | None:
-    """The ifalias of `dev` ("" when it has none); None when there is no such device."""
-    out = await ipcmd.run("ip", "-j", "link", "show", "dev", dev, netns=netns, check=False)
-    try:
-        links = json.loads(out or "[]")
-    except ValueError:
-        return None
-    return str(links[0].get("ifalias", "")) if links else None
-
-
-async def delete_owned_link(dev: str, node_id: str, netns: str | None = None) -> bool:
-    """Delete `dev` if it is marked as `node_id`'s; a device of anyone else (or unmarked) stays. Deleted?"""
-    if await link_alias(dev, netns) != OWNER_ALIAS + node_id:
-        return False
-    await ipcmd.run("ip", "link", "del", dev, netns=netns, check=False)
-    return True
-
-
-async def owned_links(node_id: str, kind: str) -> list[str]:
-    """The names of the host namespace's devices of type `kind` marked as `node_id`'s."""
-    out = await ipcmd.run("ip", "-j", "link", "show", "type", kind, check=False)
-    try:
-        links = json.loads(out or "[]")
-    except ValueError:
-        return []
-    return [str(ln["ifname"]) for ln in links if ln.get("ifalias") == OWNER_ALIAS + node_id]
-
-
-def mac_of(ip: str) -> str:
-    """libnetwork's GenerateMACFromIP: 02:42 and the IPv4 address's four bytes."""
-    b = ipaddress.IPv4Address(ip).packed
-    return "02:42:" + ":".join(f"{x:02x}" for x in b)
-
-
-def _ip(cidr: str) -> str:
-    return str(ipaddress.ip_interface(cidr).ip)
-
-
-def network_mtu(net: Network) -> int:
-    raw = net.spec.driver.options.get(MTU_OPTION, "")
-    try:
-        return int(raw) if raw else DEFAULT_MTU
-    except ValueError:
-        return DEFAULT_MTU
-
-
 def _truthy(v: str | None) -> bool:
     return (v or "").lower() in ("1", "true", "yes", "on", "v2")
-
-
-def _loopback(addr: str) -> bool:
-    try:
-        return not addr or ipaddress.ip_address(addr).is_loopback
-    except ValueError:
-        return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -366,18 +297,18 @@ class NetworkAgent:
             if t.node_id == self.node_id:
                 continue
             node = st.nodes.get(t.node_id)
-            if node is None or _loopback(node.addr):
+            if node is None or loopback(node.addr):
                 continue
             for att in t.networks:
                 if att.network_id == net_id:
                     for a in att.addresses:
-                        ip = _ip(a)
+                        ip = ip_of(a)
                         out[ip] = (mac_of(ip), node.addr)
         ingress = st.ingress
         if ingress is not None and ingress.id == net_id:
             for nid, node in st.nodes.items():
-                if nid != self.node_id and node.ingress and not _loopback(node.addr):
-                    ip = _ip(node.ingress)
+                if nid != self.node_id and node.ingress and not loopback(node.addr):
+                    ip = ip_of(node.ingress)
                     out[ip] = (mac_of(ip), node.addr)
         return out
 
@@ -474,7 +405,7 @@ class NetworkAgent:
         return ln
 
     async def _ensure_vxlan(self, ln: _Net, mtu: int) -> None:
-        if _loopback(self.addr):
+        if loopback(self.addr):
             return
         dev = self._vxlan_name(ln)
         ns = str(ln.ns) if ln.ns is not None else None
@@ -514,14 +445,14 @@ class NetworkAgent:
         me = self.state.nodes.get(self.node_id)
         cidr = me.ingress if me is not None else ""
         if not cidr or ln.extra_addr == cidr:
-            return _ip(cidr) if cidr else ""
+            return ip_of(cidr) if cidr else ""
         ns = str(ln.ns) if ln.ns is not None else None
         if ln.extra_addr:
             await ipcmd.run("ip", "addr", "del", ln.extra_addr, "dev", ln.bridge, netns=ns, check=False)
-        await ipcmd.ip_batch([f"link set {ln.bridge} address {mac_of(_ip(cidr))}",
+        await ipcmd.ip_batch([f"link set {ln.bridge} address {mac_of(ip_of(cidr))}",
                               f"addr replace {cidr} dev {ln.bridge}"], netns=ns)
         ln.extra_addr = cidr
-        return _ip(cidr)
+        return ip_of(cidr)
 
     async def _gc_nets(self) -> None:
         used = {n for b in self._boxes.values() for n in b.networks}
@@ -578,7 +509,7 @@ class NetworkAgent:
                     f"link set {host_if} master br0",
                     f"link set {host_if} up",
                 ], netns=str(ln.ns))
-                lines = [f"link set eth{i} address {mac_of(_ip(cidr))} mtu {mtu}", f"addr add {cidr} dev eth{i}",
+                lines = [f"link set eth{i} address {mac_of(ip_of(cidr))} mtu {mtu}", f"addr add {cidr} dev eth{i}",
                          f"link set eth{i} up"]
                 if not routed and not net.spec.internal:
                     lines.append(f"route add default via {ln.gateway} dev eth{i}")
@@ -619,7 +550,7 @@ class NetworkAgent:
             else:
                 await ipcmd.delete_netns(self._handle(task_id))  # a container's, from before a restart
             for ip in box.addrs:
-                ip = _ip(ip) if "/" in ip else ip
+                ip = ip_of(ip) if "/" in ip else ip
                 if self._by_ip.get(ip) is box:
                     del self._by_ip[ip]
             await self._drop_box(box)
@@ -683,7 +614,7 @@ class NetworkAgent:
             for vip in svc.endpoint.virtual_ips:
                 if vip.network_id not in mine:
                     continue
-                v = _ip(vip.addr)
+                v = ip_of(vip.addr)
                 ips = sorted(e.ip for e in self.directory.endpoints(svc.id, vip.network_id))
                 if not ips:
                     reject.append(f"    ip daddr {v} meta l4proto tcp reject with tcp reset")
@@ -795,7 +726,7 @@ class NetworkAgent:
         def transparent(b: Backend, client: tuple[str, int]) -> bool:
             # A loopback source cannot leave the host's lo (the kernel drops it as martian): such clients are
             # sent from the node's ingress address, like any other mesh connection.
-            return local and b.node_id == self.node_id and not _loopback(client[0])
+            return local and b.node_id == self.node_id and not loopback(client[0])
 
         if proto == "udp":
             def udp_sock(b: Backend, client: tuple[str, int]) -> socket.socket:
@@ -873,7 +804,7 @@ class NetworkAgent:
             self._host_ports[key] = ((box.task_id, target, proxy), lb)
 
     def _host_balancer(self, proto: str, box: _Box, target: int, proxy: bool) -> TCPBalancer | UDPBalancer:
-        ns, ip = str(box.ns), _ip(box.addrs[0])
+        ns, ip = str(box.ns), ip_of(box.addrs[0])
         backend = Backend(ip, target, self.node_id)
         if proto == "udp":
             def udp_sock(b: Backend, client: tuple[str, int]) -> socket.socket:
@@ -1037,7 +968,7 @@ class NetworkAgent:
                     raise
                 if not att.addresses:
                     raise TemporaryError(f"task {task.id} has no address on network {net.name}")
-                eps.append((ln.engine_name, _ip(att.addresses[0]), ()))
+                eps.append((ln.engine_name, ip_of(att.addresses[0]), ()))
                 if not dns_ip and not net.spec.ingress:
                     dns_ip = ln.gateway
             resolv = self._resolv(task.id)
@@ -1059,7 +990,7 @@ class NetworkAgent:
             box = self._boxes.get(task.id)
             if box is None:
                 box = _Box(task.id, NO_NS, [a.network_id for a in task.networks],
-                           [_ip(a.addresses[0]) for a in task.networks if a.addresses], container=True)
+                           [ip_of(a.addresses[0]) for a in task.networks if a.addresses], container=True)
                 self._boxes[task.id] = box
                 for ip in box.addrs:
                     self._by_ip[ip] = box

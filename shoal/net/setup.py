@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 from shoal.host import ipcmd
+from shoal.net.links import delete_owned_link, owned_links
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +45,6 @@ async def remove_network_state(root: Path, node_id: str = "", engine_host: str |
     if engine_host and node_id:
         await remove_engine_networks(engine_host, node_id)
     if node_id and why_no_networking() is None:
-        from shoal.net.agent import delete_owned_link, owned_links
-
         for dev in await owned_links(node_id, "vxlan"):
             await delete_owned_link(dev, node_id)
     if engine_host and node_id:
