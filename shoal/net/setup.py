@@ -9,6 +9,7 @@ import shutil
 from pathlib import Path
 
 from shoal.host import ipcmd
+from shoal.net.engine import HOST_TPROXY_TABLE
 from shoal.net.links import delete_owned_link, owned_links
 
 log = logging.getLogger(__name__)
@@ -58,10 +59,9 @@ async def remove_network_state(root: Path, node_id: str = "", engine_host: str |
 
 
 async def remove_host_tproxy() -> None:
-    """The host-wide local-only mesh rules (NetworkAgent._ensure_host_tproxy), once no Shoal bridge is left on
-    this host: every docker-executor node on it shares them, so the last one to leave removes them."""
-    from shoal.net.agent import HOST_TPROXY_TABLE
-
+    """The host-wide local-only mesh rules (shoal.net.engine.EngineBridges.ensure_host_tproxy), once no Shoal
+    bridge is left on this host: every docker-executor node on it shares them, so the last one to leave removes
+    them."""
     links = await ipcmd.run("ip", "-o", "link", "show", check=False)
     if any(line.split(": ")[1].split("@")[0].startswith("shl") for line in links.splitlines() if ": " in line):
         return
