@@ -37,7 +37,7 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shoal.errors import ShoalError, TemporaryError
 from shoal.host import ipcmd, nsutil
@@ -54,6 +54,9 @@ from shoal.net.shared import DNS_ADDR, NO_NS, Box, Shared
 from shoal.net.state import LatestFeed, NetFeed, NetState, SnapshotDirectory
 from shoal.net.vips import VipRules
 from shoal.tasks import cancel_and_wait
+
+if TYPE_CHECKING:
+    import aiodocker
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +257,7 @@ class NetworkAgent:
         """Let go of a container sandbox's namespace handle."""
         await self.containers.release_netns(box)
 
-    def engine_client(self) -> Any:
+    def engine_client(self) -> aiodocker.Docker:
         """The engine's aiodocker client (docker executor only)."""
         if self.engine is None:
             raise RuntimeError("this network agent has no engine (not the docker executor)")

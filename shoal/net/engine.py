@@ -14,7 +14,7 @@ import asyncio
 import json
 import logging
 import socket
-from typing import Any
+from typing import TYPE_CHECKING
 
 from shoal.errors import FatalError, TemporaryError
 from shoal.host import ipcmd, nsutil
@@ -22,6 +22,9 @@ from shoal.model.objects import Network
 from shoal.net.dns import DNSServer
 from shoal.net.links import MTU_OPTION, OWNER_ALIAS, delete_owned_link, host_vxlan_name, link_alias
 from shoal.net.shared import Shared
+
+if TYPE_CHECKING:
+    import aiodocker
 
 log = logging.getLogger(__name__)
 
@@ -44,11 +47,11 @@ class EngineBridges:
     def __init__(self, shared: Shared, engine_host: str) -> None:
         self.shared = shared
         self.engine_host = engine_host
-        self._docker: Any = None  # aiodocker client
+        self._docker: aiodocker.Docker | None = None
         self._gw_dns: dict[str, DNSServer] = {}  # network id -> DNS on its gateway
         self._host_tproxy = False  # the node-namespace mark rule and route of local-only are in
 
-    def client(self) -> Any:
+    def client(self) -> aiodocker.Docker:
         """The engine's aiodocker client (made on first use)."""
         if self._docker is None:
             import aiodocker
