@@ -7,7 +7,7 @@ cluster provider: findAndAttachNetwork):
 
 - the leader allocates an attachment (shoal.manager.attachments): an address from Shoal's IPAM, refused with
   dockerd's message when the network is not attachable;
-- the engine gets the container on its bridge network standing for the overlay (shoal.net.agent), with
+- the engine gets the container on its bridge network standing for the overlay (shoal.net.engine), with
   `IPAMConfig.IPv4Address` = that address, and (at create) the gateway first in its DNS servers, where the
   node's agent answers service names for it; its VIP rules follow when it runs (shoal.net.plain);
 - the address is released when the engine reports the container destroyed or disconnected.

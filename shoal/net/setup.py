@@ -9,6 +9,8 @@ import shutil
 from pathlib import Path
 
 from shoal.host import ipcmd
+from shoal.net.engine import HOST_TPROXY_TABLE
+from shoal.net.links import delete_owned_link, owned_links
 
 log = logging.getLogger(__name__)
 
@@ -44,8 +46,6 @@ async def remove_network_state(root: Path, node_id: str = "", engine_host: str |
     if engine_host and node_id:
         await remove_engine_networks(engine_host, node_id)
     if node_id and why_no_networking() is None:
-        from shoal.net.agent import delete_owned_link, owned_links
-
         for dev in await owned_links(node_id, "vxlan"):
             await delete_owned_link(dev, node_id)
     if engine_host and node_id:
@@ -59,10 +59,9 @@ async def remove_network_state(root: Path, node_id: str = "", engine_host: str |
 
 
 async def remove_host_tproxy() -> None:
-    """The host-wide local-only mesh rules (NetworkAgent._ensure_host_tproxy), once no Shoal bridge is left on
-    this host: every docker-executor node on it shares them, so the last one to leave removes them."""
-    from shoal.net.agent import HOST_TPROXY_TABLE
-
+    """The host-wide local-only mesh rules (shoal.net.engine.EngineBridges.ensure_host_tproxy), once no Shoal
+    bridge is left on this host: every docker-executor node on it shares them, so the last one to leave removes
+    them."""
     links = await ipcmd.run("ip", "-o", "link", "show", check=False)
     if any(line.split(": ")[1].split("@")[0].startswith("shl") for line in links.splitlines() if ": " in line):
         return

@@ -192,7 +192,7 @@ async def test_answers_change_as_soon_as_tasks_change() -> None:
 
 
 async def test_names_of_ours_wait_for_the_hold_of_whoever_asks() -> None:
-    """The docker executor's gateway DNS answers a container once its VIP rules are in (shoal.net.agent
+    """The docker executor's gateway DNS answers a container once its VIP rules are in (shoal.net.engine
     `_rules_ready`): names of ours wait for `hold(client)`; forwarded ones, and other queries, do not."""
     store = await populated()
     up = FakeUpstream()
