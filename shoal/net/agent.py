@@ -215,6 +215,10 @@ class NetworkAgent:
 
     async def gc_networks(self) -> None:
         """The overlays no sandbox is on go (the ingress network stays while the mesh publishes a port)."""
+        if self.plain is not None and self.plain.inflight:
+            # A plain container's create or connect is between making its engine network and recording its
+            # box: that network looks unused now and must not go (the next collection finds it used).
+            return
         keep = {n for b in self.shared.boxes.values() for n in b.networks}
         ingress = self.state.ingress
         if ingress is not None and self.mesh.publishing:

@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import re
+import time
 from typing import Any
+from urllib.parse import quote
 
 from aiohttp import web
 
+from shoal.agent.exec.container import LABEL_SHOAL_NODE_ID
 from shoal.api import messages as M
 from shoal.engineapi import convert as C
 from shoal.engineapi.routes.common import (
@@ -15,6 +20,7 @@ from shoal.engineapi.routes.common import (
     node_of,
     param,
     parse_filters,
+    parse_ts,
     prefix_any,
     read_json,
 )
@@ -24,7 +30,7 @@ from shoal.engineapi.server import (
     PROXY_KEY,
     forward_to_leader,
 )
-from shoal.errors import NotFound, ShoalError
+from shoal.errors import InvalidArgument, NotFound, ShoalError
 from shoal.model.objects import Network
 
 # --- networks -----------------------------------------------------------------------------------
@@ -120,3 +126,91 @@ async def network_remove(request: web.Request) -> web.StreamResponse:
         return await forward_to_leader(request)
     await mgr.controlapi.remove_network(net.id)
     return web.Response(status=204)
+
+
+# --- prune ----------------------------------------------------------------------------------------------
+
+SWARM_ONLY_HEADER = "X-Shoal-Prune-Swarm-Only"  # a follower asks the leader for the swarm's part alone
+_GO_DURATION = re.compile(r"^(?:\d+(?:\.\d+)?(?:ns|us|µs|ms|s|m|h))+$")
+_GO_UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def _prune_until(flt: dict[str, list[str]], now: float) -> float | None:
+    """dockerd's `until` prune filter: a timestamp, or a Go duration before now ("24h")."""
+    values = flt.get("until") or []
+    if not values:
+        return None
+    if len(values) > 1:
+        raise InvalidArgument("more than one until filter specified")
+    raw = values[0]
+    if _GO_DURATION.match(raw):
+        secs = sum(float(n) * _GO_UNITS[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)(ns|us|µs|ms|s|m|h)", raw))
+        return now - secs
+    return parse_ts(raw)
+
+
+def _labels_match(labels: dict[str, str], flt: dict[str, list[str]]) -> bool:
+    """Prune's label filters: every `label` matches and no `label!` does (dockerd's matchLabels)."""
+    if flt.get("label") and not match_labels(labels, flt["label"]):
+        return False
+    return not any(match_labels(labels, [x]) for x in flt.get("label!", []))
+
+
+async def _prune_swarm_here(request: web.Request, flt: dict[str, list[str]], until: float | None) -> list[str]:
+    """On the leader: every swarm network that no service or task uses, is not ingress and passes the filters
+    goes (one that turns out to be in use is left, as dockerd ignores its "in use" error)."""
+    mgr = manager_of(request)
+    deleted: list[str] = []
+    for n in sorted(mgr.store.view().all("network"), key=lambda n: n.id):
+        if n.spec.ingress or (until is not None and n.meta.created_at > until):
+            continue
+        if not _labels_match(dict(n.spec.annotations.labels), flt):
+            continue
+        try:
+            await mgr.controlapi.remove_network(n.id)
+        except ShoalError:
+            continue
+        deleted.append(n.name)
+    return deleted
+
+
+async def _prune_swarm(request: web.Request, flt: dict[str, list[str]], until: float | None) -> list[str]:
+    node = node_of(request)
+    if node.manager is None:
+        return []
+    forwarder = node.forwarder
+    if node.is_leader or forwarder is None or request.headers.get(SWARM_ONLY_HEADER):
+        return await _prune_swarm_here(request, flt, until)
+    await node.wait_for_leader()
+    status, data = 0, bytearray()
+    async for chunk in forwarder.forward("POST", request.raw_path, {**dict(request.headers), SWARM_ONLY_HEADER: "1"},
+                                         b""):
+        status = chunk.status or status
+        data += chunk.data
+    answer = json.loads(bytes(data) or b"{}")
+    if status >= 300:
+        e = ShoalError(str(answer.get("message", "")))
+        e.status = status
+        raise e
+    return list(answer.get("NetworksDeleted") or [])
+
+
+@route("POST", "/networks/prune", leader=False)
+async def networks_prune(request: web.Request) -> web.StreamResponse:
+    """`docker network prune`: the engine's unused networks (never those standing for Shoal's overlays, which
+    are Shoal's to remove), then on a manager the swarm's unused networks, as dockerd prunes both."""
+    flt = parse_filters(request, {"until", "label", "label!"})
+    until = _prune_until(flt, time.time())
+    deleted: list[str] = []
+    engine = request.app[ENGINE_KEY]
+    if engine.engine_host is not None and not request.headers.get(SWARM_ONLY_HEADER):
+        local = {k: list(v) for k, v in flt.items()}
+        local["label!"] = [*local.get("label!", []), LABEL_SHOAL_NODE_ID]
+        prefix = request.raw_path.split("/networks/prune", 1)[0]
+        status, data, ctype = await request.app[PROXY_KEY].call(
+            request, b"", raw_path=f"{prefix}/networks/prune?filters={quote(json.dumps(local))}")
+        if status >= 300:
+            return web.Response(status=status, body=data, headers={"Content-Type": ctype})
+        deleted += list(json.loads(data or b"{}").get("NetworksDeleted") or [])
+    deleted += await _prune_swarm(request, flt, until)
+    return json_ok({"NetworksDeleted": deleted or None})
