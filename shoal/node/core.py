@@ -14,6 +14,7 @@ import asyncio
 import logging
 import random
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,8 @@ class ShoalNode:
         self._removed_task: asyncio.Task[None] | None = None
         self.ident = NodeIdentity(cfg.data_dir)
         self._lock = asyncio.Lock()
+        # Called with each Raft member this node opens as a manager (the daemon's metrics time its proposals).
+        self.on_raft: Callable[[RaftNode], None] | None = None
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -193,6 +196,8 @@ class ShoalNode:
             await self._deactivate()
             raise
         self.raft, self.store, self.manager = replica.raft, replica.store, replica.manager
+        if self.on_raft is not None and self.raft is not None:
+            self.on_raft(self.raft)
         if not self.identity.get("cluster_id") and self._cluster_id():
             self.identity["cluster_id"] = self._cluster_id()
             self.ident.save()
