@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import pytest
 from aiohttp.test_utils import TestServer
+from click.testing import CliRunner
 from prometheus_client.parser import text_string_to_metric_families
 
+from shoal.cli import main
 from shoal.clock import SystemClock
 from shoal.engineapi.engine_client import EngineClient
 from shoal.engineapi.proxy import EngineProxy
@@ -183,3 +187,23 @@ async def test_metrics_endpoint_serves_the_text_format() -> None:
 def test_loopback() -> None:
     assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("localhost")
     assert not is_loopback("0.0.0.0") and not is_loopback("10.0.0.1") and not is_loopback("example.org")
+
+
+@pytest.mark.parametrize("addr, needle", [("nope", "expected HOST:PORT"), ("::1:9323", "in brackets")])
+def test_malformed_metrics_addr_is_refused_before_anything_starts(tmp_path: Path, addr: str, needle: str) -> None:
+    r = CliRunner().invoke(main, ["daemon", "--data-dir", str(tmp_path / "d"), "--api-socket",
+                                  str(tmp_path / "s.sock"), "--executor", "process", "--metrics-addr", addr])
+    assert r.exit_code == 2, r.output
+    assert needle in r.output and "--metrics-addr" in r.output
+    assert not (tmp_path / "d").exists()
+
+
+async def test_serving_off_loopback_warns(caplog: pytest.LogCaptureFixture) -> None:
+    metrics = DaemonMetrics(Source(role="", is_leader=False))
+    with caplog.at_level(logging.WARNING, logger="shoal.metrics.daemon"):
+        runner = await serve_metrics(metrics, "0.0.0.0", 0)
+        await runner.cleanup()
+        runner = await serve_metrics(metrics, "127.0.0.1", 0)
+        await runner.cleanup()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "without authentication on 0.0.0.0" in warnings[0]
