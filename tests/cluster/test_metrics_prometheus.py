@@ -3,12 +3,14 @@ with the stock docker CLI shows its replicas through Prometheus's query API."""
 
 from __future__ import annotations
 
+import re
 import shutil
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.managers import free_port
 from tests.support.prometheus import Prometheus, PrometheusUnavailable, ensure_prometheus
@@ -16,6 +18,8 @@ from tests.support.shoal_node import ShoalNode
 from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
+
+ALERTS = Path(__file__).resolve().parents[2] / "docs" / "shoal-alerts.yml"
 
 
 @pytest.fixture
@@ -48,7 +52,7 @@ def test_prometheus_scrapes_service_replicas(tmp_path: Path, metrics_node: tuple
     node.docker("service", "create", "--detach", "--name", "web", "--replicas", "2", "busybox", "sleep", "600")
     # Requests by the docker CLI, labelled with the route's template (never the service's ID or name).
     node.docker("service", "inspect", "web")
-    prom = Prometheus(tmp_path / "prometheus", [addr], prometheus_bin).start()
+    prom = Prometheus(tmp_path / "prometheus", [addr], prometheus_bin, rule_files=(ALERTS,)).start()
     try:
         wait_until(lambda: prom.targets_health() == ["up"], 60, interval=0.5, what="the daemon's target up")
         wait_until(lambda: prom.value('shoal_service_replicas_running{service="web"}') == 2, 90, interval=0.5,
@@ -70,5 +74,37 @@ def test_prometheus_scrapes_service_replicas(tmp_path: Path, metrics_node: tuple
         # The transaction histogram fills as the service's writes commit.
         tx = prom.value("swarm_raft_transaction_latency_seconds_count")
         assert tx is not None and tx > 0
+        # docs/shoal-alerts.yml loads and evaluates without errors, and a healthy swarm fires none of it.
+        def quiet_rules() -> list[dict[str, object]] | None:
+            rules = prom.rules()
+            bad = [(x["name"], x["health"], x["state"]) for x in rules if x["health"] != "ok" or
+                   x["state"] != "inactive"]
+            assert not bad, bad
+            return rules or None
+
+        rules = wait_until(quiet_rules, 30, interval=0.5, what="the alerting rules evaluated, none pending")
+        assert len(rules) == 12
     finally:
         prom.stop()
+
+
+def test_alert_rules_name_only_exposed_metrics(metrics_node: tuple[ShoalNode, str]) -> None:
+    """Every shoal_/swarm_ series docs/shoal-alerts.yml and docs/metrics.md name is one a manager exposes."""
+    node, addr = metrics_node
+    node.docker("service", "create", "--detach", "--name", "web", "busybox", "sleep", "600")
+    node.docker("service", "inspect", "web")
+    named = set(re.findall(r"\b(?:shoal|swarm)_[a-z_]+\b", ALERTS.read_text()))
+    doc = (ALERTS.parent / "metrics.md").read_text().split("## Not there yet")[0]
+    named |= set(re.findall(r"`((?:shoal|swarm)_[a-z_]+)", doc))
+    assert len(named) > 20
+
+    def missing() -> list[str]:
+        with urllib.request.urlopen(f"http://{addr}/metrics", timeout=5) as r:
+            text = r.read().decode()
+        families = list(text_string_to_metric_families(text))
+        exposed = {f.name for f in families} | {s.name for f in families for s in f.samples}
+        gone = sorted(named - exposed)
+        assert not gone, gone  # per-task series appear once the task is placed: wait for it
+        return gone
+
+    wait_until(lambda: missing() == [], 60, interval=0.5, what="every named series exposed")

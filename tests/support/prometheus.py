@@ -56,9 +56,11 @@ def ensure_prometheus() -> str:
 
 
 class Prometheus:
-    def __init__(self, workdir: Path, targets: list[str], binary: str | None = None) -> None:
+    def __init__(self, workdir: Path, targets: list[str], binary: str | None = None,
+                 rule_files: tuple[Path, ...] = ()) -> None:
         self.workdir = workdir
         self.targets = targets
+        self.rule_files = rule_files
         self.binary = binary or ensure_prometheus()
         self.port = free_port()
         self.proc: subprocess.Popen[bytes] | None = None
@@ -74,6 +76,7 @@ class Prometheus:
         # JSON is YAML: the generated config needs no YAML writer.
         config.write_text(json.dumps({
             "global": {"scrape_interval": "1s", "evaluation_interval": "1s", "scrape_timeout": "1s"},
+            "rule_files": [str(p) for p in self.rule_files],
             "scrape_configs": [{"job_name": "shoal", "static_configs": [{"targets": self.targets}]}],
         }))
         with open(self.log_path, "ab") as log:
@@ -112,6 +115,12 @@ class Prometheus:
         if len(result) != 1:
             return None
         return float(result[0]["value"][1])
+
+    def rules(self) -> list[dict[str, Any]]:
+        """Every loaded rule with its health ("ok" once evaluated without error) and state."""
+        with urllib.request.urlopen(f"{self.url}/api/v1/rules", timeout=5) as r:
+            body = json.load(r)
+        return [rule for g in body["data"]["groups"] for rule in g["rules"]]
 
     def targets_health(self) -> list[str]:
         with urllib.request.urlopen(f"{self.url}/api/v1/targets", timeout=5) as r:
