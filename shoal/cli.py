@@ -154,7 +154,7 @@ async def run_daemon(data_dir: Path, api_socket: Path, api_tcp: TCPListener | No
         from shoal.metrics.daemon import DaemonMetrics, serve_metrics
 
         metrics = DaemonMetrics(node)
-        node.on_raft = metrics.watch_raft
+        node.on_manager = metrics.watch_manager
         observe = metrics.observe_request
     await node.start()
     if metrics_addr is not None:

@@ -17,6 +17,7 @@ from typing import Protocol
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
 from prometheus_client.registry import Collector
 
+from shoal.manager.manager import Manager
 from shoal.manager.membership import Membership
 from shoal.manager.raft.node import RaftNode
 from shoal.manager.status import service_status
@@ -43,6 +44,9 @@ class MetricsSource(Protocol):
 
     @property
     def raft(self) -> RaftNode | None: ...
+
+    @property
+    def manager(self) -> Manager | None: ...
 
     @property
     def membership(self) -> Membership | None: ...

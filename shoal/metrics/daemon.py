@@ -13,13 +13,14 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
 from shoal import __version__
-from shoal.manager.raft.node import RaftNode
 from shoal.metrics.collectors import ClusterCollector, MetricsSource, NodeCollector, RaftCollector
 
 log = logging.getLogger(__name__)
 
 # Seconds: an API request takes from a millisecond (a read) to seconds (a write waiting on a slow disk's fsync).
 REQUEST_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+# A task is placed, its image pulled and its container started: from a fraction of a second to minutes.
+SCHEDULING_BUCKETS = (0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 RAFT_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
 
@@ -32,10 +33,11 @@ class _BuildInfo(Collector):
 
 class DaemonMetrics:
     """The registry `/metrics` renders. `observe_request` is the Engine API server's request observer;
-    `watch_raft` hooks a Raft member's proposal and snapshot timings (a manager calls it when its member
-    starts: the member changes when the node joins, leaves or is promoted)."""
+    `watch_manager` hooks the Raft member's proposal and snapshot timings and the dispatcher's scheduling delays
+    (the node calls it each time it opens as a manager: they change when it joins, leaves or is promoted)."""
 
     def __init__(self, source: MetricsSource) -> None:
+        self.source = source
         self.registry = CollectorRegistry(auto_describe=False)
         for c in (_BuildInfo(), NodeCollector(source), ClusterCollector(source), RaftCollector(source)):
             self.registry.register(c)
@@ -50,12 +52,19 @@ class DaemonMetrics:
         self.raft_snapshots = Histogram("swarm_raft_snapshot_latency_seconds",
                                         "Raft snapshot create latency (encode and write)",
                                         registry=self.registry, buckets=RAFT_BUCKETS)
+        self.scheduling_delay = Histogram(
+            "swarm_dispatcher_scheduling_delay_seconds",
+            "Scheduling delay is the time a task takes to go from NEW to RUNNING state (on the leader)",
+            registry=self.registry, buckets=SCHEDULING_BUCKETS)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         self.requests.labels(method, route, str(status)).observe(seconds)
 
-    def watch_raft(self, raft: RaftNode) -> None:
-        raft.on_timing = self._raft_timing
+    def watch_manager(self) -> None:
+        if self.source.raft is not None:
+            self.source.raft.on_timing = self._raft_timing
+        if self.source.manager is not None:
+            self.source.manager.dispatcher.on_scheduling_delay = self.scheduling_delay.observe
 
     def _raft_timing(self, what: str, seconds: float) -> None:
         (self.raft_transactions if what == "proposal" else self.raft_snapshots).observe(seconds)

@@ -74,6 +74,9 @@ def test_prometheus_scrapes_service_replicas(tmp_path: Path, metrics_node: tuple
         # The transaction histogram fills as the service's writes commit.
         tx = prom.value("swarm_raft_transaction_latency_seconds_count")
         assert tx is not None and tx > 0
+        # Each replica's first running report (the manager's own agent reports to its in-process dispatcher).
+        wait_until(lambda: prom.value("swarm_dispatcher_scheduling_delay_seconds_count") == 2, 30, interval=0.5,
+                   what="two scheduling delays observed")
         # docs/shoal-alerts.yml loads and evaluates without errors, and a healthy swarm fires none of it.
         def quiet_rules() -> list[dict[str, object]] | None:
             rules = prom.rules()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import random
 from dataclasses import dataclass
@@ -18,6 +19,8 @@ from shoal.clock import SystemClock
 from shoal.engineapi.engine_client import EngineClient
 from shoal.engineapi.proxy import EngineProxy
 from shoal.engineapi.server import make_app
+from shoal.manager.dispatcher import Dispatcher
+from shoal.manager.manager import Manager
 from shoal.manager.membership import Membership
 from shoal.manager.raft.node import RaftNode
 from shoal.metrics.daemon import DaemonMetrics, is_loopback, serve_metrics
@@ -36,6 +39,8 @@ from shoal.model.objects import (
 from shoal.model.state import TaskState
 from shoal.node import NodeConfig, ShoalNode
 from shoal.store.memory import MemoryStore, Tx
+from shoal.tasks import cancel_and_wait
+from shoal.testing.clock import VirtualClock
 from shoal.testing.durable import raft_store
 from shoal.testing.sim import memory_store
 
@@ -47,6 +52,7 @@ class Source:
     store: MemoryStore | None = None
     raft: RaftNode | None = None
     membership: Membership | None = None
+    manager: Manager | None = None
 
 
 def node(nid: str, state: str) -> Node:
@@ -120,7 +126,7 @@ async def test_raft_collector_and_timings(tmp_path: Path) -> None:
         raft = store.proposer
         assert isinstance(raft, RaftNode)
         metrics = DaemonMetrics(Source(store=store, raft=raft))
-        metrics.watch_raft(raft)
+        metrics.watch_manager()
         for i in range(5):
             await store.update(lambda tx, i=i: tx.create(node(f"n{i}", "ready")))
         reg = metrics.registry
@@ -143,6 +149,29 @@ async def test_raft_collector_and_timings(tmp_path: Path) -> None:
         assert val("swarm_raft_transaction_latency_seconds_count") == 5
         assert val("swarm_raft_snapshot_latency_seconds_count") == taken
         assert val("swarm_store_batch_latency_seconds_count") == 5
+
+
+async def test_scheduling_delay_is_creation_to_first_running_report() -> None:
+    clock = VirtualClock()
+    store = memory_store(clock)
+    await store.update(lambda tx: (tx.create(node("n1", "ready")),
+                                   tx.create(task("t1", "s1", "n1", TaskState.ASSIGNED, 1))))
+    metrics = DaemonMetrics(Source(store=store))
+    dispatcher = Dispatcher(store, clock)
+    dispatcher.on_scheduling_delay = metrics.scheduling_delay.observe
+    running = asyncio.create_task(dispatcher.run())
+    try:
+        await clock.advance(7.0)
+        await dispatcher.update_task_status("n1", [("t1", TaskStatus(state=TaskState.STARTING))])
+        await dispatcher.update_task_status("n1", [("t1", TaskStatus(state=TaskState.RUNNING))])
+        await dispatcher.update_task_status("n1", [("t1", TaskStatus(state=TaskState.RUNNING, message="again"))])
+    finally:
+        await cancel_and_wait(running)
+    reg = metrics.registry
+    assert reg.get_sample_value("swarm_dispatcher_scheduling_delay_seconds_count") == 1  # the first report only
+    assert reg.get_sample_value("swarm_dispatcher_scheduling_delay_seconds_sum") == 7.0
+    assert reg.get_sample_value("swarm_dispatcher_scheduling_delay_seconds_bucket", {"le": "5.0"}) == 0
+    assert reg.get_sample_value("swarm_dispatcher_scheduling_delay_seconds_bucket", {"le": "10.0"}) == 1
 
 
 async def test_api_requests_are_labelled_by_route_pattern(tmp_path: Path) -> None:
