@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 from shoal.manager.manager import Manager
 from shoal.manager.membership import Membership
 from shoal.manager.raft.node import RaftNode
+from shoal.manager.scheduler.nodeinfo import is_held, reservations
 from shoal.manager.status import service_status
 from shoal.model.state import TaskState
 from shoal.store.memory import MemoryStore, ReadTx
@@ -129,11 +130,38 @@ class ClusterCollector(Collector):
     def _tasks_per_node(self, v: ReadTx) -> Iterator[Metric]:
         per_node = GaugeMetricFamily("shoal_node_tasks", "Tasks assigned to the node, by their observed state",
                                      labels=["node_id", "hostname", "state"])
-        hostnames = {n.id: n.description.hostname for n in v.nodes()}
-        counts = Counter((t.node_id, t.status.state) for t in v.tasks() if t.node_id)
+        labels = ["node_id", "hostname"]
+        cpus = GaugeMetricFamily("shoal_node_cpus", "CPUs the node offers to tasks", labels=labels)
+        memory = GaugeMetricFamily("shoal_node_memory_bytes", "Memory the node offers to tasks", labels=labels)
+        reserved_cpus = GaugeMetricFamily("shoal_node_reserved_cpus",
+                                          "CPUs reserved by the tasks the node holds (as the scheduler counts them)",
+                                          labels=labels)
+        reserved_memory = GaugeMetricFamily("shoal_node_reserved_memory_bytes",
+                                            "Memory reserved by the tasks the node holds (as the scheduler counts "
+                                            "them)", labels=labels)
+        nodes = v.nodes()
+        hostnames = {n.id: n.description.hostname for n in nodes}
+        counts: Counter[tuple[str, TaskState]] = Counter()
+        nano_cpus: Counter[str] = Counter()
+        mem: Counter[str] = Counter()
+        for t in v.tasks():
+            if not t.node_id:
+                continue
+            counts[(t.node_id, t.status.state)] += 1
+            r = reservations(t)
+            if r is not None and is_held(t):
+                nano_cpus[t.node_id] += r.nano_cpus
+                mem[t.node_id] += r.memory_bytes
         for (nid, ts), n in sorted(counts.items()):
             per_node.add_metric([nid, hostnames.get(nid, ""), ts.wire], n)
         yield per_node
+        for node in nodes:
+            ls = [node.id, node.description.hostname]
+            cpus.add_metric(ls, node.description.resources.nano_cpus / 1e9)
+            memory.add_metric(ls, node.description.resources.memory_bytes)
+            reserved_cpus.add_metric(ls, nano_cpus[node.id] / 1e9)
+            reserved_memory.add_metric(ls, mem[node.id])
+        yield from (cpus, memory, reserved_cpus, reserved_memory)
 
     def _store(self, store: MemoryStore) -> Iterator[Metric]:
         s = store.stats

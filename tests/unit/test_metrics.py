@@ -29,10 +29,13 @@ from shoal.model.objects import (
     Node,
     NodeDescription,
     NodeStatus,
+    ResourceRequirements,
+    Resources,
     Service,
     ServiceMode,
     ServiceSpec,
     Task,
+    TaskSpec,
     TaskStatus,
     UpdateStatus,
 )
@@ -56,11 +59,15 @@ class Source:
 
 
 def node(nid: str, state: str) -> Node:
-    return Node(id=nid, description=NodeDescription(hostname=f"host-{nid}"), status=NodeStatus(state=state))
+    return Node(id=nid, description=NodeDescription(hostname=f"host-{nid}", resources=Resources(
+        nano_cpus=4 * 10**9, memory_bytes=8 << 30)), status=NodeStatus(state=state))
 
 
 def task(tid: str, sid: str, nid: str, state: TaskState, slot: int) -> Task:
-    return Task(id=tid, service_id=sid, node_id=nid, slot=slot, status=TaskStatus(state=state))
+    # Each reserves half a CPU and 256 MiB.
+    spec = TaskSpec(resources=ResourceRequirements(reservations=Resources(nano_cpus=500_000_000,
+                                                                         memory_bytes=256 << 20)))
+    return Task(id=tid, service_id=sid, node_id=nid, slot=slot, status=TaskStatus(state=state), spec=spec)
 
 
 def populate(tx: Tx) -> None:
@@ -105,6 +112,12 @@ async def test_cluster_collector_reads_the_store() -> None:
     assert val("shoal_node_tasks", node_id="n1", hostname="host-n1", state="running") == 2
     assert val("shoal_node_tasks", node_id="n1", hostname="host-n1", state="failed") == 1
     assert val("shoal_node_tasks", node_id="n3", hostname="host-n3", state="running") == 1
+    assert val("shoal_node_cpus", node_id="n2", hostname="host-n2") == 4
+    assert val("shoal_node_memory_bytes", node_id="n2", hostname="host-n2") == 8 << 30
+    # n1 holds two running tasks (its failed one holds nothing), n2 one.
+    assert val("shoal_node_reserved_cpus", node_id="n1", hostname="host-n1") == 1.0
+    assert val("shoal_node_reserved_memory_bytes", node_id="n1", hostname="host-n1") == 512 << 20
+    assert val("shoal_node_reserved_cpus", node_id="n2", hostname="host-n2") == 0.5
     assert val("swarm_store_batch_latency_seconds_count") == 1  # one update, one entry
     assert val("shoal_store_transactions_total") == 1
     # Bounded labels: no task ID anywhere.
