@@ -156,9 +156,9 @@ async def run_daemon(data_dir: Path, api_socket: Path, api_tcp: TCPListener | No
         metrics = DaemonMetrics(node)
         node.on_manager = metrics.watch_manager
         observe = metrics.observe_request
-    await node.start()
-    if metrics_addr is not None:
+        # Before the node starts: an address that cannot be bound stops the daemon before anything runs.
         metrics_runner = await serve_metrics(metrics, *metrics_addr)
+    await node.start()
     app = make_app(node, proxy, engine, observe)
     # A stop gives requests in flight a moment, then cancels what is left: the streams (`docker events`,
     # `logs -f`, attach) never end by themselves and held aiohttp's default 60 s graceful shutdown until the

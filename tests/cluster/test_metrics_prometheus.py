@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import shutil
+import socket
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -14,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.managers import free_port
 from tests.support.prometheus import Prometheus, PrometheusUnavailable, ensure_prometheus
-from tests.support.shoal_node import ShoalNode
+from tests.support.shoal_node import NodeError, ShoalNode
 from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -111,3 +112,15 @@ def test_alert_rules_name_only_exposed_metrics(metrics_node: tuple[ShoalNode, st
         return gone
 
     wait_until(lambda: missing() == [], 60, interval=0.5, what="every named series exposed")
+
+
+def test_busy_metrics_addr_stops_the_daemon_before_it_starts(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        node = ShoalNode(tmp_path / "node", extra_args=("--metrics-addr", f"127.0.0.1:{port}"))
+        with pytest.raises(NodeError, match="exited with 1") as e:
+            node.start()
+    assert "address already in use" in str(e.value).lower()
+    assert not node.ready_file.exists()
