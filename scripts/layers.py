@@ -27,6 +27,9 @@ LAYERS: list[tuple[str, tuple[str, ...], bool]] = [
     ("contracts", ("shoal.api",), False),
     ("store", ("shoal.store",), False),
     ("sides", ("shoal.manager", "shoal.agent", "shoal.net"), True),
+    # The daemon's Prometheus metrics read the store, Raft and the membership (sides) at scrape time; the Engine
+    # API server (http) only hands them a request observer, and the wiring starts them.
+    ("metrics", ("shoal.metrics",), False),
     ("rpc", ("shoal.rpc",), False),
     ("http", ("shoal.engineapi",), False),
     ("wiring", ("shoal.node", "shoal.demo", "shoal.testing"), False),

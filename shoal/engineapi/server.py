@@ -10,14 +10,17 @@ becomes a 500 with the same shape and is logged, never a crash or a hang.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import platform
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from shoal import __version__
 from shoal.api import messages as M
@@ -53,6 +56,10 @@ PAGE_NOT_FOUND = "page not found"
 MAX_BODY_BYTES = 4 * 1024 * 1024
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# `observe(method, route, status, seconds)` for each request answered: `route` is the path template of the
+# endpoint (`/services/{id}`, never an ID), "proxy" for what went to the local engine, "unmatched" otherwise.
+RequestObserver = Callable[[str, str, int, float], None]
+ROUTE_KEY = "route"
 
 NODE_KEY: web.AppKey[NodeAPI] = web.AppKey("node", NodeAPI)
 PROXY_KEY: web.AppKey[EngineProxy] = web.AppKey("proxy", EngineProxy)
@@ -93,10 +100,38 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(500, f"internal error: {e}")
 
 
-def make_app(node: NodeAPI, proxy: EngineProxy, engine: EngineClient) -> web.Application:
+def timing_middleware(observe: RequestObserver) -> Middleware:
+    """Each request's method, route template, status and seconds to `observe` (a stream's seconds run to its
+    end). A request whose client went away before the answer is not counted."""
+    @web.middleware
+    async def timed(request: web.Request, handler: Handler) -> web.StreamResponse:
+        t0 = time.perf_counter()
+        status = 500
+        try:
+            resp = await handler(request)
+            status = resp.status
+            return resp
+        except web.HTTPException as e:
+            status = e.status
+            raise
+        except (asyncio.CancelledError, ConnectionResetError, BrokenPipeError):
+            status = 0
+            raise
+        finally:
+            if status:
+                observe(request.method, request.get(ROUTE_KEY, "unmatched"), status, time.perf_counter() - t0)
+
+    return timed
+
+
+def make_app(node: NodeAPI, proxy: EngineProxy, engine: EngineClient,
+             observe: RequestObserver | None = None) -> web.Application:
     from shoal.engineapi import routes
 
-    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY_BYTES)
+    middlewares: list[Middleware] = [errors_middleware]
+    if observe is not None:
+        middlewares.insert(0, timing_middleware(observe))
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     app[NODE_KEY] = node
     app[PROXY_KEY] = proxy
     app[ENGINE_KEY] = engine
@@ -120,11 +155,12 @@ def make_app(node: NodeAPI, proxy: EngineProxy, engine: EngineClient) -> web.App
             return error_response(404, PAGE_NOT_FOUND)
         request["api_version"] = version
         request["route_path"] = path
-        for method, pattern, fn, leader in table:
+        for method, pattern, fn, leader, template in table:
             if method != request.method and not (method == "GET" and request.method == "HEAD"):
                 continue
             mm = pattern.match(path)
             if mm is not None:
+                request[ROUTE_KEY] = template
                 request["params"] = mm.groupdict()
                 if leader and node.forwarder is not None:
                     return await _on_leader(request, fn)
@@ -132,6 +168,7 @@ def make_app(node: NodeAPI, proxy: EngineProxy, engine: EngineClient) -> web.App
         root = path.split("/", 2)[1] if path.startswith("/") else ""
         if root not in _ENGINE_ROOTS or root in _SWARM_ROOTS:
             return error_response(404, PAGE_NOT_FOUND)
+        request[ROUTE_KEY] = "proxy"
         return await proxy.handle(request)
 
     app.router.add_route("*", "/{tail:.*}", dispatch)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -102,6 +102,9 @@ class Dispatcher:
         self.clock = clock
         self.sessions: dict[str, _Session] = {}
         self._pending: dict[str, tuple[str, TaskStatus]] = {}
+        # Called with each task's seconds from its creation to its first running report, once that is written
+        # (the daemon's metrics: swarmkit's scheduling delay).
+        self.on_scheduling_delay: Callable[[float], None] | None = None
         self._flush_needed = asyncio.Event()
         self._waiters: list[asyncio.Future[None]] = []
         self._queues: dict[str, list[list[Any]]] = {}
@@ -331,10 +334,13 @@ class Dispatcher:
             error: Exception | None = None
             if batch:
                 try:
-                    def write(tx: Tx, b: dict[str, tuple[str, TaskStatus]] = batch) -> None:
-                        self._apply_statuses(tx, b)
+                    def write(tx: Tx, b: dict[str, tuple[str, TaskStatus]] = batch) -> list[float]:
+                        return self._apply_statuses(tx, b)
 
-                    await self.store.update(write)
+                    delays = await self.store.update(write)
+                    if self.on_scheduling_delay is not None:
+                        for d in delays:
+                            self.on_scheduling_delay(d)
                 except asyncio.CancelledError:
                     self._waiters = waiters + self._waiters  # failed by run()'s cleanup
                     raise
@@ -348,7 +354,9 @@ class Dispatcher:
                     else:
                         w.set_exception(fresh(error))
 
-    def _apply_statuses(self, tx: Tx, batch: dict[str, tuple[str, TaskStatus]]) -> None:
+    def _apply_statuses(self, tx: Tx, batch: dict[str, tuple[str, TaskStatus]]) -> list[float]:
+        """Write the reports; the scheduling delays of the tasks that now run for the first time."""
+        delays: list[float] = []
         for tid, (node_id, status) in batch.items():
             t = tx.task(tid)
             if t is None or t.node_id != node_id:
@@ -357,7 +365,10 @@ class Dispatcher:
                 continue  # states only move forward
             if status == t.status:
                 continue
+            if status.state == TaskState.RUNNING and t.status.state < TaskState.RUNNING:
+                delays.append(max(0.0, tx.now - t.meta.created_at))
             tx.update(replace(t, status=status), check_version=False)
+        return delays
 
 
 def node_for_local(node_id: str, hostname: str, role: str, addr: str) -> Node:

@@ -14,6 +14,7 @@ import asyncio
 import logging
 import random
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,9 @@ class ShoalNode:
         self._removed_task: asyncio.Task[None] | None = None
         self.ident = NodeIdentity(cfg.data_dir)
         self._lock = asyncio.Lock()
+        # Called each time this node opens as a manager, once `raft` and `manager` are set (the daemon's metrics
+        # hook the member's and the dispatcher's timings there).
+        self.on_manager: Callable[[], None] | None = None
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -193,6 +197,8 @@ class ShoalNode:
             await self._deactivate()
             raise
         self.raft, self.store, self.manager = replica.raft, replica.store, replica.manager
+        if self.on_manager is not None:
+            self.on_manager()
         if not self.identity.get("cluster_id") and self._cluster_id():
             self.identity["cluster_id"] = self._cluster_id()
             self.ident.save()

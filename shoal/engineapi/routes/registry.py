@@ -9,7 +9,8 @@ from shoal.engineapi.server import (
     Handler,
 )
 
-Route = tuple[str, re.Pattern[str], Handler, bool]
+# (method, compiled pattern, handler, whether the leader answers it, the path template such as /services/{id})
+Route = tuple[str, re.Pattern[str], Handler, bool, str]
 _ROUTES: list[Route] = []
 
 
@@ -20,7 +21,7 @@ def route(method: str, path: str, *, leader: bool = True) -> Callable[[Handler],
     pattern = re.compile("^" + re.sub(r"\{(\w+)\}", r"(?P<\1>[^/]+)", path) + "/?$")
 
     def deco(fn: Handler) -> Handler:
-        _ROUTES.append((method, pattern, fn, leader))
+        _ROUTES.append((method, pattern, fn, leader, path))
         return fn
 
     return deco

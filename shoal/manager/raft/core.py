@@ -377,6 +377,7 @@ class RaftCore:
         self.applied = self._snap_index  # the application restores from the snapshot
         self.role = Role.FOLLOWER
         self.leader = NONE
+        self.elections = 0  # elections this node started (each raised the term), for the metrics
         self._progress: dict[int, Progress] = {}
         self._conf_history: list[tuple[int, frozenset[int]]] = [(self._snap_index, meta.voters)]
         self.voters: frozenset[int] = meta.voters
@@ -508,6 +509,7 @@ class RaftCore:
 
     def _become_candidate(self) -> None:
         self._reset(self.term + 1)
+        self.elections += 1
         self.vote = self.id
         self.role = Role.CANDIDATE
 
