@@ -191,7 +191,8 @@ def _free_port() -> int:
 
 def _shoal_worker_run(heartbeat: str | None) -> float:
     """One fresh cluster (manager drained + 2 workers), 6 replicas, kill -9 of a worker: seconds to recovery."""
-    from tests.support.shoal_node import ShoalNode, wait_until
+    from tests.support.shoal_node import ShoalNode
+    from tests.support.wait import wait_until
 
     base = Path(tempfile.mkdtemp(prefix="shoalb-fo-", dir="/var/tmp"))
     port = _free_port()

@@ -85,7 +85,8 @@ def _pct(xs: list[float], p: float) -> float:
 
 def run(quick: bool) -> list[dict[str, Any]]:
     from tests.net.netns import Lab, why_not
-    from tests.support.shoal_node import ShoalNode, wait_until
+    from tests.support.shoal_node import ShoalNode
+    from tests.support.wait import wait_until
 
     size = (64 if quick else 512) << 20
     rounds = 500 if quick else 5000

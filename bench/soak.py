@@ -67,7 +67,8 @@ from shoal.testing.linearizability import Budget, History, check  # noqa: E402
 from tests.e2e.dockerd import ensure_test_image, why_unavailable  # noqa: E402
 from tests.support import history as hist  # noqa: E402
 from tests.support.managers import ManagerCluster  # noqa: E402
-from tests.support.shoal_node import ShoalNode, wait_until  # noqa: E402
+from tests.support.shoal_node import ShoalNode  # noqa: E402
+from tests.support.wait import wait_until  # noqa: E402
 
 NETNS = "shoalsk"  # the nodes' namespaces: shoalsk-m1 ... shoalsk-w2
 BRIDGE = "shoalsk-br"

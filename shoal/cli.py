@@ -57,7 +57,7 @@ class TCPListener:
         return f"tcp://{host}:{self.port}"
 
 
-def parse_tcp_addr(raw: str) -> tuple[str, int]:
+def parse_tcp_addr(raw: str, param_hint: str = "--api-tcp") -> tuple[str, int]:
     """HOST:PORT or [IPV6]:PORT (as dockerd's -H tcp://...) -> (host without brackets, port)."""
     raw = raw.removeprefix("tcp://")
     host, sep, port = raw.rpartition(":")
@@ -65,13 +65,13 @@ def parse_tcp_addr(raw: str) -> tuple[str, int]:
         host = host[1:-1]
     elif ":" in host:
         raise click.BadParameter(f"{raw}: an IPv6 address goes in brackets, as [::1]:PORT",
-                                 param_hint="--api-tcp")
+                                 param_hint=param_hint)
     try:
         num = int(port)
     except ValueError:
         num = -1
     if not sep or not 0 < num < 65536:
-        raise click.BadParameter(f"{raw}: expected HOST:PORT", param_hint="--api-tcp")
+        raise click.BadParameter(f"{raw}: expected HOST:PORT", param_hint=param_hint)
     return host or "127.0.0.1", num
 
 
@@ -131,7 +131,7 @@ async def run_daemon(data_dir: Path, api_socket: Path, api_tcp: TCPListener | No
                      engine_host: str | None, hostname: str, strategy: str, ready_file: Path | None = None,
                      dns_upstreams: tuple[str, ...] | None = None,
                      mesh_keepalive: tuple[int, int, int] | None = None, raft_tick: float = DEFAULT_TICK,
-                     leave_on_exit: bool = False) -> None:
+                     leave_on_exit: bool = False, metrics_addr: tuple[str, int] | None = None) -> None:
     from aiohttp import web
 
     from shoal import gctune
@@ -148,8 +148,18 @@ async def run_daemon(data_dir: Path, api_socket: Path, api_tcp: TCPListener | No
                      SystemClock(), random.Random(seed))
     proxy = EngineProxy(engine_host)
     engine = EngineClient(engine_host)
+    metrics_runner = None
+    observe = None
+    if metrics_addr is not None:
+        from shoal.metrics.daemon import DaemonMetrics, serve_metrics
+
+        metrics = DaemonMetrics(node)
+        node.on_manager = metrics.watch_manager
+        observe = metrics.observe_request
+        # Before the node starts: an address that cannot be bound stops the daemon before anything runs.
+        metrics_runner = await serve_metrics(metrics, *metrics_addr)
     await node.start()
-    app = make_app(node, proxy, engine)
+    app = make_app(node, proxy, engine, observe)
     # A stop gives requests in flight a moment, then cancels what is left: the streams (`docker events`,
     # `logs -f`, attach) never end by themselves and held aiohttp's default 60 s graceful shutdown until the
     # 15 s watchdog ended the process.
@@ -189,6 +199,8 @@ async def run_daemon(data_dir: Path, api_socket: Path, api_tcp: TCPListener | No
             except Exception:
                 logging.getLogger("shoal").exception("leaving the swarm on exit failed")
         await runner.cleanup()
+        if metrics_runner is not None:
+            await metrics_runner.cleanup()
         await node.stop()
         await proxy.close()
         await engine.close()
@@ -288,12 +300,16 @@ def main() -> None:
                    "networks, mounts and swarm state are removed (a throwaway node, as `shoal demo` runs). "
                    "Without it a stop leaves the tasks running for the next start to adopt (docs/design/"
                    "executors.md)")
+@click.option("--metrics-addr", default=None, metavar="HOST:PORT",
+              help="serve Prometheus metrics on http://HOST:PORT/metrics, without authentication, as dockerd's "
+                   "flag (docs/metrics.md lists them)")
 @click.option("--ready-file", type=click.Path(path_type=Path), default=None, hidden=True)
 @click.option("--log-level", default="info", show_default=True)
 def daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, tls: bool, tlsverify: bool,
            tlscacert: Path | None, tlscert: Path | None, tlskey: Path | None, executor: str, engine_host: str | None,
            hostname: str, scheduler_strategy: str, dns_upstream: tuple[str, ...], mesh_keepalive: str | None,
-           raft_tick: float, leave_on_exit: bool, ready_file: Path | None, log_level: str) -> None:
+           raft_tick: float, leave_on_exit: bool, metrics_addr: str | None, ready_file: Path | None,
+           log_level: str) -> None:
     """Run a Shoal node serving the Docker Engine API."""
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
@@ -309,8 +325,9 @@ def daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, tls: bool, tls
     if engine_host is not None and not _engine_reachable(engine_host):
         logging.getLogger("shoal").warning("Docker Engine at %s is not reachable", engine_host)
     upstreams = None if not dns_upstream else tuple(u for u in dns_upstream if u != "none")
+    metrics = parse_tcp_addr(metrics_addr, "--metrics-addr") if metrics_addr else None
     asyncio.run(run_daemon(data_dir, api_socket, listener, executor, engine_host, hostname, scheduler_strategy,
-                           ready_file, upstreams, _keepalive(mesh_keepalive), raft_tick, leave_on_exit))
+                           ready_file, upstreams, _keepalive(mesh_keepalive), raft_tick, leave_on_exit, metrics))
 
 
 def _keepalive(raw: str | None) -> tuple[int, int, int] | None:

@@ -17,27 +17,17 @@ from collections.abc import AsyncIterator
 from dataclasses import replace
 from typing import Any
 
-from shoal.agent.exec.protocol import Controller, Executor, LogLine, LogOptions
+from shoal.agent.exec.protocol import Controller, Executor
 from shoal.agent.exec.step import step
+from shoal.api.dispatch import COMPLETE, Assignments, DispatcherAPI
+from shoal.api.logs import LogLine, LogOptions
 from shoal.clock import Clock
 from shoal.errors import NotFound
-from shoal.manager.dispatcher import COMPLETE, Assignments, DispatcherAPI
 from shoal.model.objects import Config, Secret, Task, TaskStatus
 from shoal.model.state import TaskState
+from shoal.tasks import cancel_all, reap
 
 log = logging.getLogger(__name__)
-
-
-async def _reap(task: asyncio.Future[Any]) -> None:
-    """Wait for a task we cancelled, without swallowing a cancellation of our own caller."""
-    try:
-        await task
-    except asyncio.CancelledError:
-        current = asyncio.current_task()
-        if current is not None and current.cancelling():
-            raise
-    except Exception:
-        pass
 
 
 START_POLL_INTERVAL = 0.1  # seconds between runtime checks while a shutdown waits for start() to finish
@@ -120,7 +110,7 @@ class _TaskRunner:
                     if st == TaskState.STARTING and not await self._started_or_done(stepping):
                         break  # the step finished on its own first
                     stepping.cancel()
-                    await _reap(stepping)
+                    await reap(stepping)
                     interrupted = True
                     break
             if interrupted:
@@ -156,7 +146,7 @@ class _TaskRunner:
 
     async def remove(self) -> None:
         self.runner.cancel()
-        await _reap(self.runner)
+        await reap(self.runner)
         try:
             if self.task.status.state < TaskState.COMPLETE:
                 await self.ctlr.shutdown(10.0)
@@ -233,10 +223,7 @@ class Agent:
         try:
             await asyncio.wait(parts, return_when=asyncio.FIRST_COMPLETED)
         finally:
-            for p in parts:
-                p.cancel()
-            for p in parts:
-                await _reap(p)
+            await cancel_all(parts)
         for p in parts:
             exc = p.exception() if p.done() and not p.cancelled() else None
             if exc is not None:
@@ -361,6 +348,6 @@ class Agent:
         for r in self.runners.values():
             r.runner.cancel()
         for r in self.runners.values():
-            await _reap(r.runner)
+            await reap(r.runner)
             await r.ctlr.close()
         self.runners.clear()

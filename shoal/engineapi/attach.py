@@ -1,4 +1,4 @@
-"""Plain containers on attachable swarm networks, through the Engine API (issue 6).
+"""Plain containers on attachable swarm networks, through the Engine API.
 
 `docker run --network <overlay>` (and `docker network connect/disconnect` with one) reaches Shoal, which
 serves the node's container endpoints by proxying them to the local Docker Engine. The engine does not know
@@ -7,7 +7,7 @@ cluster provider: findAndAttachNetwork):
 
 - the leader allocates an attachment (shoal.manager.attachments): an address from Shoal's IPAM, refused with
   dockerd's message when the network is not attachable;
-- the engine gets the container on its bridge network standing for the overlay (shoal.net.agent), with
+- the engine gets the container on its bridge network standing for the overlay (shoal.net.engine), with
   `IPAMConfig.IPv4Address` = that address, and (at create) the gateway first in its DNS servers, where the
   node's agent answers service names for it; its VIP rules follow when it runs (shoal.net.plain);
 - the address is released when the engine reports the container destroyed or disconnected.
@@ -24,7 +24,9 @@ from typing import Any
 
 from aiohttp import web
 
-from shoal.engineapi.routes import go_json_decode, node_of, param, route
+from shoal.engineapi.gojson import go_json_decode
+from shoal.engineapi.routes.common import node_of, param
+from shoal.engineapi.routes.registry import route
 from shoal.engineapi.server import PROXY_KEY, error_response
 from shoal.errors import InvalidArgument, ShoalError
 from shoal.manager.attachments import not_attachable
@@ -237,7 +239,7 @@ async def network_disconnect(request: web.Request) -> web.StreamResponse:
     raw = await request.read()
     agent = node_of(request).network
     net = _swarm_network(agent, ref)
-    if net is None or getattr(agent, "plain", None) is None or await _local_network(request, ref):
+    if net is None or agent is None or agent.plain is None or await _local_network(request, ref):
         return _reply(*await request.app[PROXY_KEY].call(request, raw))
     body = _json_object(raw)
     info, err = await _container(request, str(body.get("Container") or ""))

@@ -44,6 +44,7 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from shoal.engineapi.engine_routes import is_engine_route
+from shoal.errors import NotImplementedFeature, ShoalError, Unavailable
 
 __all__ = [
     "ENGINE_BAD_GATEWAY_STATUS",
@@ -439,8 +440,6 @@ class EngineProxy:
         network): the client's headers, `body` instead of the client's, `raw_path` (default: the client's; the
         API version prefix is lowered as for proxied requests). Returns (status, body, content type).
         Raises ShoalError (503/502 as `handle` answers) when the engine cannot be reached."""
-        from shoal.errors import NotImplementedFeature, ShoalError, Unavailable
-
         if self._address is None or self._closed:
             raise NotImplementedFeature(NO_ENGINE_MESSAGE)  # 501, as `handle` answers
         try:

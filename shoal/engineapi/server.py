@@ -10,23 +10,26 @@ becomes a 500 with the same shape and is logged, never a crash or a hang.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import platform
 import re
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 
 from shoal import __version__
-from shoal.engineapi import messages as M
+from shoal.api import messages as M
 from shoal.engineapi.engine_client import EngineClient
+from shoal.engineapi.forward import FORWARDED_HEADER
+from shoal.engineapi.nodeapi import NodeAPI
 from shoal.engineapi.proxy import EngineProxy
 from shoal.errors import NotLeader, ShoalError, Unavailable
 from shoal.manager.raft.node import NotLeaderError
-from shoal.manager.replica import FORWARDED_HEADER
-from shoal.node import ShoalNode
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +56,12 @@ PAGE_NOT_FOUND = "page not found"
 MAX_BODY_BYTES = 4 * 1024 * 1024
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+# `observe(method, route, status, seconds)` for each request answered: `route` is the path template of the
+# endpoint (`/services/{id}`, never an ID), "proxy" for what went to the local engine, "unmatched" otherwise.
+RequestObserver = Callable[[str, str, int, float], None]
+ROUTE_KEY = "route"
 
-NODE_KEY: web.AppKey[ShoalNode] = web.AppKey("node", ShoalNode)
+NODE_KEY: web.AppKey[NodeAPI] = web.AppKey("node", NodeAPI)
 PROXY_KEY: web.AppKey[EngineProxy] = web.AppKey("proxy", EngineProxy)
 ENGINE_KEY: web.AppKey[EngineClient] = web.AppKey("engine", EngineClient)
 
@@ -93,10 +100,38 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         return error_response(500, f"internal error: {e}")
 
 
-def make_app(node: ShoalNode, proxy: EngineProxy, engine: EngineClient) -> web.Application:
+def timing_middleware(observe: RequestObserver) -> Middleware:
+    """Each request's method, route template, status and seconds to `observe` (a stream's seconds run to its
+    end). A request whose client went away before the answer is not counted."""
+    @web.middleware
+    async def timed(request: web.Request, handler: Handler) -> web.StreamResponse:
+        t0 = time.perf_counter()
+        status = 500
+        try:
+            resp = await handler(request)
+            status = resp.status
+            return resp
+        except web.HTTPException as e:
+            status = e.status
+            raise
+        except (asyncio.CancelledError, ConnectionResetError, BrokenPipeError):
+            status = 0
+            raise
+        finally:
+            if status:
+                observe(request.method, request.get(ROUTE_KEY, "unmatched"), status, time.perf_counter() - t0)
+
+    return timed
+
+
+def make_app(node: NodeAPI, proxy: EngineProxy, engine: EngineClient,
+             observe: RequestObserver | None = None) -> web.Application:
     from shoal.engineapi import routes
 
-    app = web.Application(middlewares=[errors_middleware], client_max_size=MAX_BODY_BYTES)
+    middlewares: list[Middleware] = [errors_middleware]
+    if observe is not None:
+        middlewares.insert(0, timing_middleware(observe))
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_BODY_BYTES)
     app[NODE_KEY] = node
     app[PROXY_KEY] = proxy
     app[ENGINE_KEY] = engine
@@ -120,18 +155,20 @@ def make_app(node: ShoalNode, proxy: EngineProxy, engine: EngineClient) -> web.A
             return error_response(404, PAGE_NOT_FOUND)
         request["api_version"] = version
         request["route_path"] = path
-        for method, pattern, fn, leader in table:
+        for method, pattern, fn, leader, template in table:
             if method != request.method and not (method == "GET" and request.method == "HEAD"):
                 continue
             mm = pattern.match(path)
             if mm is not None:
+                request[ROUTE_KEY] = template
                 request["params"] = mm.groupdict()
-                if leader and node.replica is not None:
+                if leader and node.forwarder is not None:
                     return await _on_leader(request, fn)
                 return await fn(request)
         root = path.split("/", 2)[1] if path.startswith("/") else ""
         if root not in _ENGINE_ROOTS or root in _SWARM_ROOTS:
             return error_response(404, PAGE_NOT_FOUND)
+        request[ROUTE_KEY] = "proxy"
         return await proxy.handle(request)
 
     app.router.add_route("*", "/{tail:.*}", dispatch)
@@ -141,7 +178,7 @@ def make_app(node: ShoalNode, proxy: EngineProxy, engine: EngineClient) -> web.A
 async def _on_leader(request: web.Request, fn: Handler) -> web.StreamResponse:
     """A swarm request on a manager: answered here when this manager leads (reads after a read barrier, so they
     see every write committed before they arrived, wherever it was made), else by the leader."""
-    node: ShoalNode = request.app[NODE_KEY]
+    node: NodeAPI = request.app[NODE_KEY]
     if not node.is_leader:
         return await forward_to_leader(request)
     try:
@@ -155,15 +192,15 @@ async def _on_leader(request: web.Request, fn: Handler) -> web.StreamResponse:
 
 async def forward_to_leader(request: web.Request) -> web.StreamResponse:
     """Relay this request to the Raft leader and its answer (streamed: logs follow) back to the client."""
-    node: ShoalNode = request.app[NODE_KEY]
-    replica = node.replica
-    if replica is None:
+    node: NodeAPI = request.app[NODE_KEY]
+    forwarder = node.forwarder
+    if forwarder is None:
         raise Unavailable(M.NOT_A_SWARM_MANAGER)
     if request.headers.get(FORWARDED_HEADER):
         raise NotLeader("this manager is no longer the swarm leader; try again")  # no second hop
     await node.wait_for_leader()
     body = await request.read()
-    it = replica.forward(request.method, request.raw_path, dict(request.headers), body).__aiter__()
+    it = forwarder.forward(request.method, request.raw_path, dict(request.headers), body).__aiter__()
     head = await it.__anext__()  # errors here (no leader, leader unreachable) become an error answer
     headers = {k: v for k, v in head.headers.items() if k.lower() not in ("content-length", "transfer-encoding")}
     length = next((v for k, v in head.headers.items() if k.lower() == "content-length"), None)
@@ -194,7 +231,7 @@ async def forward_to_leader(request: web.Request) -> web.StreamResponse:
     return resp
 
 
-def ping_headers(node: ShoalNode) -> dict[str, str]:
+def ping_headers(node: NodeAPI) -> dict[str, str]:
     swarm = "active/manager" if node.manager is not None else \
         "active/worker" if node.state == "active" else "inactive"
     return {

@@ -20,7 +20,8 @@ import logging
 from collections.abc import Iterable
 from dataclasses import replace
 
-from shoal.manager.attachments import attached_status, is_attachment
+from shoal.api.attachments import is_attachment, task_holds_addresses
+from shoal.manager.attachments import attached_status
 from shoal.model.evolve import evolve
 from shoal.model.objects import (
     Endpoint,
@@ -154,11 +155,6 @@ def allocate_subnet(used: list[str], pools: tuple[str, ...], size: int, avoid: I
         return fallback
     raise PoolExhausted("could not find an available, non-overlapping IPv4 address pool among the "
                         "defaults to assign to the network")
-
-
-def task_holds_addresses(t: Task) -> bool:
-    return (t.status.state < TaskState.COMPLETE and t.desired_state <= TaskState.COMPLETE) or \
-        (t.status.state < TaskState.COMPLETE and bool(t.node_id))
 
 
 class Allocator:

@@ -17,20 +17,14 @@ import asyncio
 from collections.abc import Mapping
 from dataclasses import replace
 
-from shoal.engineapi import messages as M
+from shoal.api import messages as M
+from shoal.api.attachments import ATTACHMENT_RUNTIME, LABEL_CONTAINER, LABEL_NAME, allocated, is_attachment
 from shoal.errors import NotFound, ShoalError
 from shoal.model.objects import Annotations, Network, NetworkAttachmentConfig, Task, TaskSpec, TaskStatus
 from shoal.model.state import TaskState
 from shoal.store.memory import MemoryStore, ReadTx, Tx, WatchOverflow
 
-ATTACHMENT_RUNTIME = "attachment"
-LABEL_CONTAINER = "com.shoal.attachment.container"  # the engine container (ID, or a name/key before create)
-LABEL_NAME = "com.shoal.attachment.name"  # the container's name: resolvable on the network, like its aliases
 ATTACH_TIMEOUT = 20.0  # seconds, dockerd's swarmRequestTimeout
-
-
-def is_attachment(t: Task) -> bool:
-    return t.spec.runtime == ATTACHMENT_RUNTIME
 
 
 def find_network(v: ReadTx, ref: str) -> Network | None:
@@ -58,10 +52,6 @@ def _find(v: ReadTx, node_id: str, container: str, network_id: str) -> Task | No
                 any(c.target == network_id for c in t.spec.networks):
             return t
     return None
-
-
-def allocated(t: Task) -> bool:
-    return bool(t.networks) and all(a.addresses for a in t.networks)
 
 
 async def attach(store: MemoryStore, node_id: str, container: str, ref: str, *, task_id: str,

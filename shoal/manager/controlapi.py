@@ -9,17 +9,18 @@ from __future__ import annotations
 
 import ipaddress
 import random
-import re
 from dataclasses import replace
 from typing import Any
 
+from shoal.api import messages as M
 from shoal.clock import Clock
-from shoal.engineapi import messages as M
 from shoal.errors import Conflict, InvalidArgument, NotFound, NotImplementedFeature, SequenceConflict, ShoalError
 from shoal.ids import new_id
 from shoal.manager.allocator import PoolExhausted, allocate_subnet
+from shoal.manager.membership import Membership
 from shoal.manager.scheduler.constraints import parse_constraints
 from shoal.manager.scheduler.core import STRATEGIES, STRATEGY_LABEL
+from shoal.manager.validation import validate_service_spec
 from shoal.model.objects import (
     Cluster,
     Config,
@@ -46,16 +47,9 @@ from shoal.model.state import TaskState
 from shoal.names import random_service_name
 from shoal.store.memory import MemoryStore, ReadTx, Tx
 
-_NAME_RE = re.compile(r"^[a-zA-Z0-9](?:[-_]*[A-Za-z0-9]+)*$")
-
 
 def _grpc_invalid(desc: str) -> InvalidArgument:
     return InvalidArgument(M.rpc(M.INVALID_ARGUMENT, desc))
-
-
-def validate_name(name: str) -> None:
-    if len(name) > 63 or not _NAME_RE.match(name):
-        raise _grpc_invalid("name must be valid as a DNS name component")
 
 
 class ControlAPI:
@@ -63,7 +57,7 @@ class ControlAPI:
         self.store = store
         self.clock = clock
         self.rng = rng
-        self.membership: Any = None  # shoal.manager.membership.Membership of a replicated manager
+        self.membership: Membership | None = None  # of a replicated manager
 
     def view(self) -> ReadTx:
         return self.store.view()
@@ -128,7 +122,7 @@ class ControlAPI:
     def _validate_service(self, tx: Tx, spec: ServiceSpec, service_id: str | None) -> ServiceSpec:
         if not spec.name:
             spec = replace(spec, annotations=replace(spec.annotations, name=self._random_name(tx)))
-        validate_name(spec.name)
+        validate_service_spec(spec)
         tmpl = spec.task_template
         if tmpl.placement is not None and tmpl.placement.constraints:
             try:
@@ -268,81 +262,76 @@ class ControlAPI:
                 users.append(s.name)
         return sorted(users)
 
+    # --- secrets and configs: named payloads services refer to, handled alike ------------------------
+
+    async def _create_payload(self, kind: str, obj: Secret | Config) -> Any:
+        def fn(tx: Tx) -> Any:
+            if tx.by_name(kind, obj.name) is not None:
+                raise Conflict(M.name_conflict(kind, obj.name))
+            return tx.create(obj)
+
+        return await self.store.update(fn, verify=True)
+
+    async def _update_payload(self, kind: str, ref: str, version: int, spec: SecretSpec | ConfigSpec) -> None:
+        """Only the labels of a secret or config change (swarmkit); the rest must be sent as it is, or no data."""
+        def fn(tx: Tx) -> None:
+            cur = self._get_payload(kind, ref, tx)
+            if cur.meta.version != version:
+                raise SequenceConflict(M.UPDATE_OUT_OF_SEQUENCE)
+            if spec.annotations.name != cur.name or (spec.data and spec.data != cur.spec.data) \
+                    or getattr(spec, "driver", None) != getattr(cur.spec, "driver", None):
+                raise InvalidArgument(M.ONLY_LABELS_UPDATABLE)
+            if isinstance(cur, Secret):
+                tx.update(replace(cur, spec=replace(cur.spec, annotations=spec.annotations)))
+            else:
+                tx.update(replace(cur, spec=replace(cur.spec, annotations=spec.annotations)))
+
+        await self.store.update(fn, verify=True)
+
+    async def _remove_payload(self, kind: str, ref: str) -> None:
+        def fn(tx: Tx) -> None:
+            cur = self._get_payload(kind, ref, tx)
+            users = self._users(tx, kind, cur.id)
+            if users:
+                raise InvalidArgument(M.secret_in_use(cur.name, users) if kind == "secret"
+                                      else M.config_in_use(cur.name, users))
+            tx.delete(kind, cur.id)
+
+        await self.store.update(fn, verify=True)
+
+    def _get_payload(self, kind: str, ref: str, v: ReadTx) -> Secret | Config:
+        return self.get_secret(ref, v) if kind == "secret" else self.get_config(ref, v)
+
     async def create_secret(self, spec: SecretSpec) -> Secret:
         if not spec.annotations.name:
             raise _grpc_invalid("name must be valid as a DNS name component")
-        if spec.driver is None and not spec.data:
-            raise _grpc_invalid("secret data must be larger than 0 and less than 500KB")
-        if len(spec.data) > 500 * 1024:
+        if (spec.driver is None and not spec.data) or len(spec.data) > 500 * 1024:
             raise _grpc_invalid("secret data must be larger than 0 and less than 500KB")
         if spec.driver is not None:
             # Shoal runs no secret-driver plugins: swarmkit's lookup of the plugin fails (gRPC Unknown).
             raise ShoalError(f'rpc error: code = Unknown desc = plugin "{spec.driver.name}" not found')
-        sid = new_id(self.rng)
-
-        def fn(tx: Tx) -> Secret:
-            if tx.by_name("secret", spec.annotations.name) is not None:
-                raise Conflict(M.secret_name_conflict(spec.annotations.name))
-            return tx.create(Secret(id=sid, spec=spec))
-
-        return await self.store.update(fn, verify=True)
+        out: Secret = await self._create_payload("secret", Secret(id=new_id(self.rng), spec=spec))
+        return out
 
     async def update_secret(self, ref: str, version: int, spec: SecretSpec) -> None:
-        def fn(tx: Tx) -> None:
-            cur = self.get_secret(ref, tx)
-            if cur.meta.version != version:
-                raise SequenceConflict(M.UPDATE_OUT_OF_SEQUENCE)
-            if spec.annotations.name != cur.name or (spec.data and spec.data != cur.spec.data) \
-                    or spec.driver != cur.spec.driver:
-                raise InvalidArgument(M.ONLY_LABELS_UPDATABLE)
-            tx.update(replace(cur, spec=replace(cur.spec, annotations=spec.annotations)))
-
-        await self.store.update(fn, verify=True)
+        await self._update_payload("secret", ref, version, spec)
 
     async def remove_secret(self, ref: str) -> None:
-        def fn(tx: Tx) -> None:
-            cur = self.get_secret(ref, tx)
-            users = self._users(tx, "secret", cur.id)
-            if users:
-                raise InvalidArgument(M.secret_in_use(cur.name, users))
-            tx.delete("secret", cur.id)
-
-        await self.store.update(fn, verify=True)
+        await self._remove_payload("secret", ref)
 
     async def create_config(self, spec: ConfigSpec) -> Config:
         if not spec.annotations.name:
             raise _grpc_invalid("name must be valid as a DNS name component")
         if not spec.data or len(spec.data) > 1000 * 1024:
             raise _grpc_invalid("config data must be larger than 0 and less than 1000KB")
-        cid = new_id(self.rng)
-
-        def fn(tx: Tx) -> Config:
-            if tx.by_name("config", spec.annotations.name) is not None:
-                raise Conflict(M.config_name_conflict(spec.annotations.name))
-            return tx.create(Config(id=cid, spec=spec))
-
-        return await self.store.update(fn, verify=True)
+        out: Config = await self._create_payload("config", Config(id=new_id(self.rng), spec=spec))
+        return out
 
     async def update_config(self, ref: str, version: int, spec: ConfigSpec) -> None:
-        def fn(tx: Tx) -> None:
-            cur = self.get_config(ref, tx)
-            if cur.meta.version != version:
-                raise SequenceConflict(M.UPDATE_OUT_OF_SEQUENCE)
-            if spec.annotations.name != cur.name or (spec.data and spec.data != cur.spec.data):
-                raise InvalidArgument(M.ONLY_LABELS_UPDATABLE)
-            tx.update(replace(cur, spec=replace(cur.spec, annotations=spec.annotations)))
-
-        await self.store.update(fn, verify=True)
+        await self._update_payload("config", ref, version, spec)
 
     async def remove_config(self, ref: str) -> None:
-        def fn(tx: Tx) -> None:
-            cur = self.get_config(ref, tx)
-            users = self._users(tx, "config", cur.id)
-            if users:
-                raise InvalidArgument(M.config_in_use(cur.name, users))
-            tx.delete("config", cur.id)
-
-        await self.store.update(fn, verify=True)
+        await self._remove_payload("config", ref)
 
     # --- networks ---------------------------------------------------------------------------------
 

@@ -1,30 +1,30 @@
 """The dispatcher: agent sessions, heartbeats, assignments, task status reports.
 
-The protocol (`DispatcherAPI`) is what an agent sees; today agents on the manager's own node call it
-in-process, and the multi-node issue puts the same calls behind gRPC with mutual TLS. Assignments are
-streamed as a complete set, then increments: the node's tasks and the secrets and configs those tasks
-use, nothing else. Status reports are validated (only the node a task is assigned to may report it, and
-only forward moves) and written in batches.
+It serves `shoal.api.dispatch.DispatcherAPI`: in-process to the agent on the manager's own node, over gRPC
+with mutual TLS (shoal.rpc) to the others. Status reports are validated (only the node a task is assigned
+to may report it, and only forward moves) and written in batches.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
+from shoal.api.attachments import is_attachment
+from shoal.api.dispatch import COMPLETE, INCREMENTAL, Assignments
 from shoal.clock import Clock
 from shoal.errors import NotFound, NotLeader, ShoalError, Unavailable, fresh
-from shoal.manager.attachments import is_attachment
 from shoal.model.objects import (
     SECOND,
-    Config,
+    Annotations,
+    ManagerStatus,
     Node,
     NodeDescription,
+    NodeSpec,
     NodeStatus,
-    Secret,
     Task,
     TaskStatus,
 )
@@ -33,33 +33,9 @@ from shoal.store.memory import Event, MemoryStore, Tx, WatchOverflow
 
 log = logging.getLogger(__name__)
 
-COMPLETE = "complete"
 # Seconds a node whose session's connection closed has to open a new session before it is down (an agent
 # reconnects within its first backoff steps, 0.1 s to a few seconds).
 STREAM_GRACE = 3.0
-INCREMENTAL = "incremental"
-
-
-@dataclass(frozen=True, slots=True)
-class Assignments:
-    type: str  # complete | incremental
-    tasks: tuple[Task, ...] = ()  # added or changed
-    secrets: tuple[Secret, ...] = ()
-    configs: tuple[Config, ...] = ()
-    removed_tasks: tuple[str, ...] = ()
-    removed_secrets: tuple[str, ...] = ()
-    removed_configs: tuple[str, ...] = ()
-
-
-class DispatcherAPI(Protocol):
-    async def register(self, node_id: str, description: NodeDescription, addr: str) -> float:
-        """Open a session; returns the heartbeat period in seconds."""
-
-    async def heartbeat(self, node_id: str) -> float: ...
-
-    def assignments(self, node_id: str) -> AsyncIterator[Assignments]: ...
-
-    async def update_task_status(self, node_id: str, updates: list[tuple[str, TaskStatus]]) -> None: ...
 
 
 def assigned_to(t: Task, node_id: str) -> bool:
@@ -126,6 +102,9 @@ class Dispatcher:
         self.clock = clock
         self.sessions: dict[str, _Session] = {}
         self._pending: dict[str, tuple[str, TaskStatus]] = {}
+        # Called with each task's seconds from its creation to its first running report, once that is written
+        # (the daemon's metrics: swarmkit's scheduling delay).
+        self.on_scheduling_delay: Callable[[float], None] | None = None
         self._flush_needed = asyncio.Event()
         self._waiters: list[asyncio.Future[None]] = []
         self._queues: dict[str, list[list[Any]]] = {}
@@ -355,10 +334,13 @@ class Dispatcher:
             error: Exception | None = None
             if batch:
                 try:
-                    def write(tx: Tx, b: dict[str, tuple[str, TaskStatus]] = batch) -> None:
-                        self._apply_statuses(tx, b)
+                    def write(tx: Tx, b: dict[str, tuple[str, TaskStatus]] = batch) -> list[float]:
+                        return self._apply_statuses(tx, b)
 
-                    await self.store.update(write)
+                    delays = await self.store.update(write)
+                    if self.on_scheduling_delay is not None:
+                        for d in delays:
+                            self.on_scheduling_delay(d)
                 except asyncio.CancelledError:
                     self._waiters = waiters + self._waiters  # failed by run()'s cleanup
                     raise
@@ -372,7 +354,9 @@ class Dispatcher:
                     else:
                         w.set_exception(fresh(error))
 
-    def _apply_statuses(self, tx: Tx, batch: dict[str, tuple[str, TaskStatus]]) -> None:
+    def _apply_statuses(self, tx: Tx, batch: dict[str, tuple[str, TaskStatus]]) -> list[float]:
+        """Write the reports; the scheduling delays of the tasks that now run for the first time."""
+        delays: list[float] = []
         for tid, (node_id, status) in batch.items():
             t = tx.task(tid)
             if t is None or t.node_id != node_id:
@@ -381,12 +365,13 @@ class Dispatcher:
                 continue  # states only move forward
             if status == t.status:
                 continue
+            if status.state == TaskState.RUNNING and t.status.state < TaskState.RUNNING:
+                delays.append(max(0.0, tx.now - t.meta.created_at))
             tx.update(replace(t, status=status), check_version=False)
+        return delays
 
 
 def node_for_local(node_id: str, hostname: str, role: str, addr: str) -> Node:
-    from shoal.model.objects import Annotations, ManagerStatus, NodeSpec
-
     return Node(id=node_id, spec=NodeSpec(annotations=Annotations(), role=role, availability="active"),
                 description=NodeDescription(hostname=hostname),
                 status=NodeStatus(state="unknown", addr=addr),

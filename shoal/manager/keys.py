@@ -25,7 +25,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import struct
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -78,14 +77,6 @@ class DataCipher:
             return self._aead.decrypt(blob[1:13], blob[13:], aad)
         except InvalidTag:
             raise DecryptionError("raft data at rest does not decrypt with this manager's key") from None
-
-
-def entry_aad(index: int, term: int) -> bytes:
-    return b"entry" + struct.pack(">QQ", index, term)
-
-
-def snapshot_aad(index: int, term: int) -> bytes:
-    return b"snapshot" + struct.pack(">QQ", index, term)
 
 
 def derive_kek(unlock_key: str, salt: bytes) -> bytes:
@@ -202,4 +193,4 @@ def read_tls_key(data: bytes, dek: bytes | None) -> str:
 
 
 __all__ = ["DEK_FILE", "DataCipher", "DecryptionError", "InvalidUnlockKey", "KeyStore", "Unlocked", "derive_kek",
-           "entry_aad", "protect_tls_key", "read_tls_key", "snapshot_aad"]
+           "protect_tls_key", "read_tls_key"]

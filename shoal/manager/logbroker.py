@@ -20,19 +20,19 @@ closed: a close message goes to the node, and the publish stream is ended from t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from shoal.agent.exec.protocol import LogLine, LogOptions
+from shoal.api.logs import LogLine, LogOptions
 from shoal.clock import Clock
 from shoal.errors import NotFound, ShoalError
 from shoal.ids import new_id
 from shoal.model.objects import Task
 from shoal.store.memory import MemoryStore
+from shoal.tasks import cancel_all
 
 log = logging.getLogger(__name__)
 
@@ -204,11 +204,7 @@ class LogBroker:
                     continue
                 yield item
         finally:
-            for p in producers:
-                p.cancel()
-            for p in producers:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await p
+            await cancel_all(producers)
 
     async def _local(self, t: Task, opts: LogOptions, local: LocalLogs, out: asyncio.Queue[Any]) -> None:
         try:

@@ -17,17 +17,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
-from dataclasses import replace
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Protocol
 
 from shoal.clock import Clock
 from shoal.errors import InvalidArgument, NotLeader, ShoalError, Unavailable
 from shoal.manager.raft.core import ConfChange, ConfChangePending, ConfChangeType
 from shoal.manager.raft.node import NotLeaderError, RaftNode
 from shoal.model.objects import MANAGER, WORKER, ManagerStatus, Node
-from shoal.rpc import shoal_pb2 as pb
-from shoal.rpc.raft import AddressBook, GrpcTransport, conf_change_context, parse_conf_change_context
-from shoal.store.memory import Commit, MemoryStore, Tx, WatchOverflow
+from shoal.store.memory import Commit, MemoryStore, Subscription, Tx, WatchOverflow
 
 log = logging.getLogger(__name__)
 
@@ -37,12 +38,60 @@ LOST_QUORUM = ("The swarm does not have a leader. It's possible that too few man
                "Make sure more than half of the managers are online.")
 
 
+class AddressBook:
+    """raft id -> listen address: learned entries win over the store's (they are newer)."""
+
+    def __init__(self, from_store: Callable[[int], str] = lambda _rid: "") -> None:
+        self._learned: dict[int, str] = {}
+        self._from_store = from_store
+
+    def learn(self, raft_id: int, addr: str) -> None:
+        if raft_id and addr:
+            self._learned[raft_id] = addr
+
+    def addr(self, raft_id: int) -> str:
+        return self._learned.get(raft_id) or self._from_store(raft_id)
+
+    def known(self) -> dict[int, str]:
+        return dict(self._learned)
+
+
+def conf_change_context(node_id: str, addr: str) -> bytes:
+    """What a membership change carries for the shell: whose member id it is and where it listens."""
+    return json.dumps({"node_id": node_id, "addr": addr}).encode()
+
+
+def parse_conf_change_context(data: bytes) -> tuple[str, str]:
+    try:
+        d = json.loads(data or b"{}")
+        return str(d.get("node_id", "")), str(d.get("addr", ""))
+    except ValueError:
+        return "", ""
+
+
+@dataclass(frozen=True, slots=True)
+class Members:
+    """The Raft group as a joining manager is told it: the leader's raft id and (raft id, node id, address)
+    of each voter."""
+
+    leader: int
+    members: tuple[tuple[int, str, str], ...]
+
+
+class PeerTransport(Protocol):
+    """What membership needs of the Raft transport (shoal.rpc.raft.GrpcTransport)."""
+
+    def forget_peer(self, raft_id: int) -> None: ...
+
+    def reachable(self, raft_id: int, within: float) -> bool: ...
+
+
 def _unspecified(host: str) -> bool:
     return host in ("", "0.0.0.0", "::", "[::]")
 
 
 class Membership:
-    def __init__(self, store: MemoryStore, raft: RaftNode, transport: GrpcTransport, book: AddressBook,
+    def __init__(self, store: MemoryStore, raft: RaftNode, transport: PeerTransport, book: AddressBook,
                  node_id: str, clock: Clock) -> None:
         self.store = store
         self.raft = raft
@@ -121,7 +170,7 @@ class Membership:
     def _follows(self, rid: int) -> bool:
         """Reachable: a batch from the member arrived within two election timeouts and, as the leader sees it,
         its log keeps up (level with ours, or grew within that window). A member that answers heartbeats but
-        receives nothing (issue 15: a restarted manager stuck at its old index) is unreachable."""
+        receives nothing (a restarted manager stuck at its old index) is unreachable."""
         window = 2 * self.raft.election_timeout
         return self.transport.reachable(rid, window) and self.raft.following(rid, window)
 
@@ -148,7 +197,7 @@ class Membership:
 
     # --- joining (on the leader) ----------------------------------------------------------------------
 
-    async def join(self, node_id: str, raft_id: int, addr: str, peer: str) -> pb.JoinRaftResponse:
+    async def join(self, node_id: str, raft_id: int, addr: str, peer: str) -> Members:
         if not self.raft.is_leader:
             raise self.not_leader()
         if raft_id <= 0 or raft_id >= 1 << 63:
@@ -180,13 +229,12 @@ class Membership:
         log.info("manager %s joined the Raft group as member %x (%s)", node_id, raft_id, addr)
         return self.members()
 
-    def members(self) -> pb.JoinRaftResponse:
-        resp = pb.JoinRaftResponse(leader=self.raft.leader)
+    def members(self) -> Members:
+        out = []
         for rid in sorted(self.raft.voters):
             n = self.node_of_raft_id(rid)
-            resp.members.append(pb.RaftMember(raft_id=rid, node_id=n.id if n is not None else "",
-                                              addr=self.book.addr(rid)))
-        return resp
+            out.append((rid, n.id if n is not None else "", self.book.addr(rid)))
+        return Members(self.raft.leader, tuple(out))
 
     async def _change(self, cc: ConfChange, timeout: float = 20.0) -> None:
         """Propose one membership change, waiting out another one still in progress."""
@@ -291,8 +339,6 @@ class Membership:
 
 async def _wait_any(sub: object, ev: asyncio.Event, clock: Clock, timeout: float | None) -> None:
     """Until a commit arrives on the node watch, the membership changes, or `timeout` seconds pass."""
-    from shoal.store.memory import Subscription
-
     assert isinstance(sub, Subscription)
     waits: list[asyncio.Future[object]] = [asyncio.ensure_future(_next_commit(sub)), asyncio.ensure_future(ev.wait())]
     if timeout is not None:
@@ -309,8 +355,6 @@ async def _wait_any(sub: object, ev: asyncio.Event, clock: Clock, timeout: float
 
 
 async def _next_commit(sub: object) -> None:
-    from shoal.store.memory import Subscription
-
     assert isinstance(sub, Subscription)
     while True:
         item = await sub.get()

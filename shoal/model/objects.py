@@ -551,7 +551,7 @@ class JoinTokens:
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RootCA:
     ca_cert_pem: str = ""
-    ca_key_pem: str = ""  # encrypted at rest once the Raft log is (issue 5)
+    ca_key_pem: str = ""  # sealed at rest with the rest of the Raft data
     cert_hash: str = ""  # sha256 digest of the root certificate, pinned by join tokens
     # `swarm ca --rotate` in progress: the next root (and its key), and that root's key signed by the current
     # root (the cross-signed intermediate), so nodes trusting either root keep talking (shoal/ca.py).

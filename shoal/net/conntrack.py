@@ -19,7 +19,7 @@ import socket
 import struct
 from collections.abc import Iterator
 
-from shoal.net import nsutil
+from shoal.host import nsutil
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_CTNETLINK = 1

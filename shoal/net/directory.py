@@ -19,7 +19,6 @@ a task told to shut down leaves the answers at once, before its process stops.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from typing import Protocol
 from shoal.model.objects import Service, Task
 from shoal.model.state import TaskState
 from shoal.store.memory import Commit, Event, MemoryStore, ReadTx, WatchOverflow
+from shoal.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -132,9 +132,7 @@ class StoreDirectory:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def run(self) -> None:

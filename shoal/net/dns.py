@@ -14,7 +14,6 @@ larger than the client's limit (512 bytes, or its EDNS size) are truncated (TC s
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import random
@@ -28,6 +27,7 @@ import dns.message
 from dnslib import AAAA, PTR, QTYPE, RCODE, RR, A, DNSRecord
 
 from shoal.net.directory import ServiceDirectory
+from shoal.tasks import cancel_all
 
 log = logging.getLogger(__name__)
 
@@ -117,11 +117,7 @@ class DNSServer:
         if self._tcp is not None:
             self._tcp.close()
             await self._tcp.wait_closed()
-        for t in list(self._inflight):
-            t.cancel()
-        for t in list(self._inflight):
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await cancel_all(list(self._inflight))
 
     # --- answering ------------------------------------------------------------------------------------
 

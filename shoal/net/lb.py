@@ -21,7 +21,6 @@ other side and keeps relaying the other direction until it ends too.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
 import socket
@@ -31,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, cast
 
 from shoal.net.directory import Endpoint
+from shoal.tasks import cancel_all
 
 log = logging.getLogger(__name__)
 
@@ -180,11 +180,7 @@ class TCPBalancer:
     async def close(self) -> None:
         if self._server is not None:
             self._server.close()
-        for t in list(self._handlers):
-            t.cancel()
-        for t in list(self._handlers):
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await cancel_all(list(self._handlers))
         if self._server is not None:
             await self._server.wait_closed()
 

@@ -1,12 +1,12 @@
 """Plain containers on attachable swarm networks (`docker run --network <overlay>`), on a docker-executor node.
 
 The Engine API endpoints that attach a container (container create, network connect/disconnect:
-shoal.engineapi.attach) ask the leader for an address through `Attacher` (shoal.net.attach), then hand the
+shoal.engineapi.attach) ask the leader for an address through `Attacher` (shoal.node.attacher), then hand the
 container to the engine on the engine's bridge network that stands for the overlay (the one the docker
 executor's tasks use), with that address. This module is the node's side of what follows, for as long as the
 container exists:
 
-- its sandbox in the network agent (`_Box`, `container=True`): the gateway DNS answers it by its address,
+- its sandbox in the network agent (`Box`, `container=True`): the gateway DNS answers it by its address,
   its VIP rules go into its namespace each time it starts (engine `start` events), held by a handle of the
   agent's own from then until it stops (`die`; see `NetworkAgent.hold_netns`);
 - the address is held while the container exists (from create to destroy, also while it is stopped, so a
@@ -20,27 +20,26 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from shoal.manager.attachments import LABEL_CONTAINER, is_attachment
+from shoal.api.attachments import LABEL_CONTAINER, is_attachment
+from shoal.host import ipcmd
 from shoal.model.objects import Network
-from shoal.net import ipcmd
+from shoal.net.engine import engine_network_name
+from shoal.net.links import ip_of
+from shoal.net.shared import Box
+from shoal.tasks import cancel_and_wait
 
 if TYPE_CHECKING:
-    from shoal.net.agent import NetworkAgent, _Box
+    from shoal.net.agent import NetworkAgent
 
 log = logging.getLogger(__name__)
 
 EVENTS = {"type": ["container", "network"], "event": ["start", "die", "destroy", "disconnect"]}
-
-
-def _ip(addr: str) -> str:
-    return str(ipaddress.ip_interface(addr).ip)
 
 
 @dataclass
@@ -91,8 +90,7 @@ class PlainContainers:
 
     def engine_name(self, net: Network) -> str:
         """The engine network standing for `net` on this node."""
-        name: str = self.agent._engine_network(net)
-        return name
+        return engine_network_name(net)
 
     def attachment_of(self, container: str, network_id: str) -> str | None:
         r = self.records.get(container)
@@ -117,41 +115,29 @@ class PlainContainers:
         gateway DNS)."""
         agent = self.agent
         out: list[Endpoint] = []
-        async with agent._lock:
+        async with agent.lock:
             for net, cidr in nets:
-                ln = await agent._ensure_net(net)
+                ln = await agent.ensure_network(net)
                 out.append(Endpoint(net, ln.engine_name, cidr, ln.gateway))
         return out
 
     async def attached(self, container: str, atts: dict[str, tuple[str, str]], pid: int = 0) -> None:
         """The engine has the container on these attachments (id -> (network id, CIDR)): record it, give it
         its DNS view, and its VIP rules when it runs (`pid`)."""
-        from shoal.net.agent import NO_NS, _Box
-
         agent = self.agent
-        async with agent._lock:
+        async with agent.lock:
             r = self.records.setdefault(container, _Record(container))
             r.attachments.update(atts)
             self._save()
-            key = self.key(container)
-            box = agent._boxes.get(key)
-            if box is None:
-                box = agent._boxes[key] = _Box(key, NO_NS, [], [], container=True)
+            box = agent.container_sandbox(self.key(container))
             self._sync_box(box, r)
             if pid > 0 and not ipcmd.is_netns(box.ns):
                 await agent.hold_netns(box, pid, self._still_running(container, pid))
-            await agent._program_vips(box)
+            await agent.program_vips(box)
 
-    def _sync_box(self, box: _Box, r: _Record) -> None:
-        agent = self.agent
-        for ip in box.addrs:
-            if agent._by_ip.get(ip) is box:
-                del agent._by_ip[ip]
-        box.networks = [n for n, _c in r.attachments.values()]
-        box.addrs = [_ip(c) for _n, c in r.attachments.values()]
-        box.nft_script = ""
-        for ip in box.addrs:
-            agent._by_ip[ip] = box
+    def _sync_box(self, box: Box, r: _Record) -> None:
+        self.agent.readdress(box, [n for n, _c in r.attachments.values()],
+                             [ip_of(c) for _n, c in r.attachments.values()])
 
     def _still_running(self, container: str, pid: int) -> Callable[[], Awaitable[bool]]:
         async def check() -> bool:
@@ -161,45 +147,41 @@ class PlainContainers:
     async def started(self, container: str, pid: int) -> None:
         """The container (re)started: its namespace is new, so are its VIP rules."""
         agent = self.agent
-        async with agent._lock:
-            box = agent._boxes.get(self.key(container))
+        async with agent.lock:
+            box = agent.sandbox(self.key(container))
             if box is None or container not in self.records or pid <= 0:
                 return
             if await agent.hold_netns(box, pid, self._still_running(container, pid)):
-                await agent._program_vips(box)
+                await agent.program_vips(box)
 
     async def stopped(self, container: str) -> None:
         """The container's process ended: let its namespace go (a restart is held anew)."""
         agent = self.agent
-        async with agent._lock:
-            box = agent._boxes.get(self.key(container))
+        async with agent.lock:
+            box = agent.sandbox(self.key(container))
             if box is not None:
-                await agent._release_netns(box)
+                await agent.release_netns(box)
 
     async def detached(self, container: str, attachment_ids: set[str] | None = None) -> None:
         """The container left these attachments (None: all of them; it is gone): release them."""
         agent = self.agent
-        async with agent._lock:
+        async with agent.lock:
             r = self.records.get(container)
             if r is None:
                 return
             ids = set(r.attachments) if attachment_ids is None else attachment_ids & set(r.attachments)
             for a in ids:
                 del r.attachments[a]
-            box = agent._boxes.get(self.key(container))
+            box = agent.sandbox(self.key(container))
             if not r.attachments:
                 del self.records[container]
                 if box is not None:
-                    del agent._boxes[box.task_id]
-                    await agent._release_netns(box)
-                    for ip in box.addrs:
-                        if agent._by_ip.get(ip) is box:
-                            del agent._by_ip[ip]
+                    await agent.remove_sandbox(box)
             elif box is not None:
                 self._sync_box(box, r)
-                await agent._program_vips(box)
+                await agent.program_vips(box)
             self._save()
-            await agent._gc_nets()
+            await agent.gc_networks()
         for a in ids:
             await self.release_attachment(a)
 
@@ -219,9 +201,7 @@ class PlainContainers:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
     async def _run(self) -> None:
@@ -240,7 +220,7 @@ class PlainContainers:
 
     async def _follow(self) -> None:
         """Reconcile once the event stream is open (nothing that happens after is missed), then follow it."""
-        docker = self.agent._engine()
+        docker = self.agent.engine_client()
         async with docker._query("events", params={"filters": json.dumps(EVENTS)},
                                  timeout=_no_timeout()) as resp:
             await self.reconcile()
@@ -273,7 +253,7 @@ class PlainContainers:
         from aiodocker.exceptions import DockerError
 
         try:
-            data: dict[str, Any] = await self.agent._engine()._query_json(f"containers/{container}/json")
+            data: dict[str, Any] = await self.agent.engine_client()._query_json(f"containers/{container}/json")
             return data
         except DockerError as e:
             if e.status == 404:

@@ -1,7 +1,5 @@
-"""Starting a node's network agent: whether this host can, where its state comes from, its DNS upstreams.
-
-Kept out of shoal/node.py so the node only calls `start_network_agent` / `remove_network_state`.
-"""
+"""A node's network agent and the host: whether this host can do networking, its DNS upstreams, and what
+leaving the swarm removes (`remove_network_state`). The node starts the agent (shoal.node.network)."""
 
 from __future__ import annotations
 
@@ -9,9 +7,10 @@ import logging
 import os
 import shutil
 from pathlib import Path
-from typing import Any
 
-from shoal.net import ipcmd
+from shoal.host import ipcmd
+from shoal.net.engine import HOST_TPROXY_TABLE
+from shoal.net.links import delete_owned_link, owned_links
 
 log = logging.getLogger(__name__)
 
@@ -41,48 +40,12 @@ def resolv_conf_nameservers(path: str = "/etc/resolv.conf") -> list[str]:
     return out
 
 
-async def start_network_agent(node: Any) -> Any:
-    """A started NetworkAgent for `node` (a ShoalNode), or None when this host cannot do networking: tasks
-    then run as before, without namespaces."""
-    reason = why_no_networking()
-    if reason is not None:
-        log.warning("service networking is off on this node (%s): tasks run in the host's network", reason)
-        return None
-    from shoal.net.agent import NetworkAgent
-    from shoal.net.state import LocalFeed
-
-    feed: Any
-    if node.store is not None:
-        feed = LocalFeed(node.store)
-    else:
-        from shoal.rpc.netfeed import RemoteFeed
-
-        feed = RemoteFeed(node.remote, lambda: node.agent.connected if node.agent is not None else None,
-                          node.clock)
-    upstreams = node.cfg.dns_upstreams
-    if upstreams is None:
-        upstreams = tuple(resolv_conf_nameservers())
-    from shoal.net.lb import KeepAlive
-
-    ka = getattr(node.cfg, "mesh_keepalive", None)
-    agent = NetworkAgent(node.node_id, node.addr, node.cfg.data_dir / "net", feed, dns_upstreams=upstreams,
-                         engine_host=node.cfg.engine_host if node.cfg.executor == "docker" else None,
-                         keepalive=KeepAlive(*ka) if ka else None)
-    from shoal.net.attach import Attacher
-
-    agent.attacher = Attacher(node)
-    await agent.start()
-    return agent
-
-
 async def remove_network_state(root: Path, node_id: str = "", engine_host: str | None = None) -> None:
     """After leaving the swarm: every namespace this node made goes, every engine network (tasks are already
     removed) and every VXLAN device in the host namespace marked as this node's; nothing of another node."""
     if engine_host and node_id:
         await remove_engine_networks(engine_host, node_id)
     if node_id and why_no_networking() is None:
-        from shoal.net.agent import delete_owned_link, owned_links
-
         for dev in await owned_links(node_id, "vxlan"):
             await delete_owned_link(dev, node_id)
     if engine_host and node_id:
@@ -96,10 +59,9 @@ async def remove_network_state(root: Path, node_id: str = "", engine_host: str |
 
 
 async def remove_host_tproxy() -> None:
-    """The host-wide local-only mesh rules (NetworkAgent._ensure_host_tproxy), once no Shoal bridge is left on
-    this host: every docker-executor node on it shares them, so the last one to leave removes them."""
-    from shoal.net.agent import HOST_TPROXY_TABLE
-
+    """The host-wide local-only mesh rules (shoal.net.engine.EngineBridges.ensure_host_tproxy), once no Shoal
+    bridge is left on this host: every docker-executor node on it shares them, so the last one to leave removes
+    them."""
     links = await ipcmd.run("ip", "-o", "link", "show", check=False)
     if any(line.split(": ")[1].split("@")[0].startswith("shl") for line in links.splitlines() if ": " in line):
         return

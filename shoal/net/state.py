@@ -16,18 +16,17 @@ burst of commits while the agent programs the kernel costs one snapshot, not one
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from shoal.manager.allocator import task_holds_addresses
-from shoal.manager.attachments import LABEL_NAME, is_attachment
+from shoal.api.attachments import LABEL_NAME, is_attachment, task_holds_addresses
 from shoal.model import codec
 from shoal.model.objects import Cluster, Network, Service, Task
 from shoal.net.directory import Endpoint, service_entries
 from shoal.store.memory import Commit, MemoryStore, ReadTx, WatchOverflow
+from shoal.tasks import cancel_and_wait
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,9 +151,7 @@ class LatestFeed:
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+            await cancel_and_wait(self._task)
             self._task = None
 
 

@@ -24,8 +24,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
 from shoal import ca as CA
+from shoal.api.dispatch import Assignments
 from shoal.errors import InvalidArgument, NotFound, ShoalError, Unavailable
-from shoal.manager.dispatcher import Assignments
 from shoal.model import codec
 from shoal.model.objects import Config, NodeDescription, Secret, Task, TaskStatus
 from shoal.rpc import shoal_pb2 as pb

@@ -11,7 +11,6 @@ subscription stream stops the subscription's readers: nothing outlives them.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import dataclasses
 import json
 import logging
@@ -21,13 +20,14 @@ from typing import Any
 import grpc
 
 from shoal import ca as CA
-from shoal.agent.exec.protocol import LogLine, LogOptions
+from shoal.api.logs import LogLine, LogOptions
 from shoal.errors import NotFound, ShoalError
 from shoal.manager.logbroker import LocalLogs, LogBroker, Published
 from shoal.rpc import shoal_pb2 as pb
 from shoal.rpc import shoal_pb2_grpc as pbg
 from shoal.rpc.client import channel_may_close
 from shoal.rpc.server import ANY_NODE, Authorizer, authorized
+from shoal.tasks import cancel_all
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +126,7 @@ async def publish_subscription(stub: pbg.LogsStub, agent: LocalLogs, sub: pb.Log
     try:
         await stub.PublishLogs(messages())
     finally:
-        for r in readers:
-            r.cancel()
-        for r in readers:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await r
+        await cancel_all(readers)
 
 
 async def serve_subscriptions(channel: grpc.aio.Channel, agent: LocalLogs) -> None:
@@ -163,11 +159,7 @@ async def serve_subscriptions(channel: grpc.aio.Channel, agent: LocalLogs) -> No
     finally:
         call.cancel()
         tasks = list(pubs.values())
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
+        await cancel_all(tasks)
 
 
 async def serve_logs_loop(remote: Any, agent: Any, clock: Any) -> None:

@@ -101,7 +101,7 @@ class RemoteFeed:
 
 
 async def remote_attach(channel: grpc.aio.Channel, body: dict[str, Any], timeout: float) -> bytes:
-    """Network.Attach on `channel` (shoal.net.attach): the attachment task, codec JSON."""
+    """Network.Attach on `channel` (shoal.node.attacher): the attachment task, codec JSON."""
     with channel_may_close():
         resp = await pbg.NetworkStub(channel).Attach(pb.Blob(data=json.dumps(body).encode()), timeout=timeout)
     return bytes(resp.data)

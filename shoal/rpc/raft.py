@@ -22,10 +22,9 @@ group; `Forward` runs an Engine API request on the leader's own API for a manage
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -34,7 +33,9 @@ import grpc
 from shoal import ca as CA
 from shoal.clock import Clock
 from shoal.errors import InvalidArgument, NotLeader, ShoalError, Unavailable
+from shoal.manager.membership import AddressBook, Members
 from shoal.manager.raft.core import Entry, EntryType, Message, MsgType, Snapshot, SnapshotMeta
+from shoal.manager.raft.node import RaftNode
 from shoal.rpc import shoal_pb2 as pb
 from shoal.rpc import shoal_pb2_grpc as pbg
 
@@ -46,7 +47,7 @@ MAX_QUEUE_BYTES = 256 << 20  # entry bytes waiting for one peer before new messa
 MAX_BATCH = 512  # messages per stream write
 # Bytes per stream write: a batch closes before passing this, and a single larger message goes alone. A write
 # past the receiver's limit fails the whole stream, so without a byte bound a follower far behind was sent the
-# same too-large batch for ever (issue 15).
+# same too-large batch for ever.
 MAX_BATCH_BYTES = 4 << 20
 # The largest stream message either side of a Raft stream accepts (the node server takes the same, see
 # shoal.rpc.server.SECURE_SERVER_OPTIONS): one entry alone in its batch must fit. The store's entries are bounded by the
@@ -104,37 +105,6 @@ def wire_size(m: Message) -> int:
 # --- addresses ------------------------------------------------------------------------------------------
 
 
-class AddressBook:
-    """raft id -> listen address: learned entries win over the store's (they are newer)."""
-
-    def __init__(self, from_store: Callable[[int], str] = lambda _rid: "") -> None:
-        self._learned: dict[int, str] = {}
-        self._from_store = from_store
-
-    def learn(self, raft_id: int, addr: str) -> None:
-        if raft_id and addr:
-            self._learned[raft_id] = addr
-
-    def addr(self, raft_id: int) -> str:
-        return self._learned.get(raft_id) or self._from_store(raft_id)
-
-    def known(self) -> dict[int, str]:
-        return dict(self._learned)
-
-
-def conf_change_context(node_id: str, addr: str) -> bytes:
-    """What a membership change carries for the shell: whose member id it is and where it listens."""
-    return json.dumps({"node_id": node_id, "addr": addr}).encode()
-
-
-def parse_conf_change_context(data: bytes) -> tuple[str, str]:
-    try:
-        d = json.loads(data or b"{}")
-        return str(d.get("node_id", "")), str(d.get("addr", ""))
-    except ValueError:
-        return "", ""
-
-
 Creds = tuple[str, str, str]  # key, certificate chain, trust roots (PEM)
 
 
@@ -184,7 +154,7 @@ class GrpcTransport:
         self.secure = SecureAddrs(creds)
         self._receiver: Callable[[Message], None] | None = None
         self._peers: dict[int, _Peer] = {}
-        self.node: Any = None  # the RaftNode, for report_unreachable / report_snapshot
+        self.node: RaftNode | None = None  # for report_unreachable / report_snapshot
         self.last_heard: dict[int, float] = {}  # raft id -> monotonic time a batch from it last arrived
         self.sent_batches = 0
         self.received_batches = 0
@@ -367,7 +337,7 @@ class _Peer:
                 msgs = self.next_batch()
                 if msgs:
                     # In a call of its own: what it sent (a snapshot's data is the whole store) must not stay
-                    # referenced from this loop's locals while the stream waits for the next batch (issue 15).
+                    # referenced from this loop's locals while the stream waits for the next batch.
                     await self._write(call, msgs)
                     del msgs
         finally:
@@ -406,6 +376,13 @@ async def _finished(call: Any) -> str:
         return f"{e.code().name}: {e.details()}"
 
 
+def members_to_pb(m: Members) -> pb.JoinRaftResponse:
+    resp = pb.JoinRaftResponse(leader=m.leader)
+    for rid, node_id, addr in m.members:
+        resp.members.append(pb.RaftMember(raft_id=rid, node_id=node_id, addr=addr))
+    return resp
+
+
 # --- the service ----------------------------------------------------------------------------------------
 
 
@@ -416,7 +393,7 @@ class RaftHooks:
     transport: GrpcTransport
     cluster_id: Callable[[], str]
     is_member_allowed: Callable[[str], bool]  # may this manager node (by node ID) talk Raft to us
-    join: Callable[[str, int, str, str], Any]  # (node id, raft id, addr, peer host) -> awaitable JoinRaftResponse
+    join: Callable[[str, int, str, str], Awaitable[Members]]  # (node id, raft id, addr, peer host)
     forward: Callable[[pb.ForwardRequest], AsyncIterator[pb.ForwardChunk]] | None
     on_peer_stream: Callable[[str, grpc.aio.ServicerContext], None] = lambda _n, _c: None
 
@@ -493,9 +470,9 @@ class RaftServicer(pbg.RaftServicer):
         from shoal.rpc.server import peer_host
 
         try:
-            resp: pb.JoinRaftResponse = await self.h.join(ident.node_id, int(request.raft_id), request.addr,
-                                                          peer_host(context))
-            return resp
+            members: Members = await self.h.join(ident.node_id, int(request.raft_id), request.addr,
+                                                 peer_host(context))
+            return members_to_pb(members)
         except ShoalError as e:
             code, desc, md = abort_details(e)
             await context.abort(code, desc, trailing_metadata=md)
@@ -596,5 +573,5 @@ async def forward(channels: LeaderChannels, leader_addr: str,
         call.cancel()
 
 
-__all__ = ["AddressBook", "GrpcTransport", "LeaderChannels", "RaftHooks", "RaftServicer", "SecureAddrs",
-           "conf_change_context", "forward", "join_raft", "leader_hint", "msg_from_pb", "msg_to_pb"]
+__all__ = ["GrpcTransport", "LeaderChannels", "RaftHooks", "RaftServicer", "SecureAddrs",
+           "forward", "join_raft", "leader_hint", "msg_from_pb", "msg_to_pb"]

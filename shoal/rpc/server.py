@@ -17,7 +17,6 @@ Two listeners, because grpcio's server credentials either require a client certi
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
 import json
 import logging
@@ -29,10 +28,11 @@ from typing import Any, TypeVar
 import grpc
 
 from shoal import ca as CA
+from shoal.api.dispatch import DispatcherAPI
 from shoal.clock import Clock
 from shoal.errors import InvalidArgument, NotFound, NotLeader, ShoalError, Unavailable
 from shoal.ids import new_id
-from shoal.manager.dispatcher import DispatcherAPI
+from shoal.manager.membership import Membership
 from shoal.model import codec
 from shoal.model.objects import (
     SECOND,
@@ -48,6 +48,7 @@ from shoal.model.objects import (
 from shoal.rpc import shoal_pb2 as pb
 from shoal.rpc import shoal_pb2_grpc as pbg
 from shoal.store.memory import Commit, MemoryStore, Tx, WatchOverflow
+from shoal.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +200,7 @@ class _Servers:
         self.rng = rng
         self.secure_addr = ""
         self.node_id = ""
-        self.membership: Any = None  # shoal.manager.membership.Membership (None: a manager alone, always leading)
+        self.membership: Membership | None = None  # None: a manager alone, always leading
         self.creds: Callable[[], tuple[str, str, str]] = lambda: ("", "", "")
         self._managers_cache: tuple[tuple[int, str], tuple[str, ...]] = ((-1, ""), ())
 
@@ -207,7 +208,7 @@ class _Servers:
         return self.membership is None or bool(self.membership.raft.is_leader)
 
     def require_leader(self) -> None:
-        if not self.is_leader():
+        if self.membership is not None and not self.membership.raft.is_leader:
             raise self.membership.not_leader()
 
     def managers(self) -> list[str]:
@@ -282,6 +283,7 @@ class CAServicer(pbg.CAServicer):
     async def _forward(self, request: pb.IssueRequest) -> pb.IssueResponse:
         """A follower hands the join to the leader's CA listener (the node record is the leader's to write)."""
         m = self.s.membership
+        assert m is not None  # only a replicated manager's follower forwards
         lead = m.leader_addr()
         if not lead:
             raise Unavailable(f"rpc error: code = Unavailable desc = {m.not_leader().message}")
@@ -541,7 +543,7 @@ class ManagerRPC:
             from shoal.rpc.logs import LogsServicer
 
             pbg.add_LogsServicer_to_server(LogsServicer(auth, self.logbroker, self.dispatcher), secure)
-        from shoal.rpc.netfeed import NetworkServicer  # issue 6: network state for workers' network agents
+        from shoal.rpc.netfeed import NetworkServicer  # network state for workers' network agents
 
         pbg.add_NetworkServicer_to_server(NetworkServicer(auth, self.store), secure)
         self._served = (self._key_pem, self._cert_pem, self._root_pem)
@@ -665,9 +667,7 @@ class ManagerRPC:
     async def stop(self) -> None:
         for t in (self._renewer, self._ca_task):
             if t is not None:
-                t.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await t
+                await cancel_and_wait(t)
         for srv in (self._bootstrap, self._secure):
             if srv is not None:
                 await srv.stop(0.5)

@@ -2,7 +2,7 @@
 
 Contract (see docs/design/store.md):
 - `await store.update(fn)` runs `fn(tx)` synchronously (nothing awaits inside a transaction), turns
-  what it changed into one log entry, hands the entry to the `Proposer` (the local log now, Raft later),
+  what it changed into one log entry, hands the entry to the `Proposer` (Raft),
   and applies it only once the proposer says it is committed. An exception in `fn` changes nothing.
 - Writers are serialised: while one proposal is in flight the next `update` waits, so the version a
   transaction stamps (`store.version + 1`) is the one it commits with.

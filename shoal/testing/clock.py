@@ -31,6 +31,8 @@ import heapq
 import itertools
 from collections.abc import AsyncIterator
 
+from shoal.tasks import cancel_and_wait
+
 IDLE_ROUNDS = 3  # consecutive empty-ready-queue observations before the loop counts as idle
 MAX_SETTLE_ROUNDS = 200_000  # a loop that never goes idle (a livelock) is a bug worth failing on
 
@@ -159,9 +161,7 @@ class VirtualClock:
     async def stop_autojump(self) -> None:
         driver, self._driver = self._driver, None
         if driver is not None:
-            driver.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await driver
+            await cancel_and_wait(driver)
 
     @contextlib.asynccontextmanager
     async def autojump(self) -> AsyncIterator[VirtualClock]:

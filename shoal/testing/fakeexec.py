@@ -20,13 +20,8 @@ import asyncio
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
-from shoal.agent.exec.protocol import (
-    DependencyGetter,
-    ExitStatus,
-    LogLine,
-    LogOptions,
-    RuntimeStatus,
-)
+from shoal.agent.exec.protocol import DependencyGetter, ExitStatus, RuntimeStatus
+from shoal.api.logs import LogLine, LogOptions
 from shoal.clock import Clock
 from shoal.errors import FatalError
 from shoal.model.objects import (

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from shoal.agent.agent import Agent
+from shoal.clock import Clock
 from shoal.errors import SequenceConflict
 from shoal.ids import new_id
 from shoal.manager.manager import Manager
@@ -39,6 +40,7 @@ from shoal.model.objects import (
     NodeDescription,
     NodeSpec,
     NodeStatus,
+    Placement,
     RestartPolicy,
     Service,
     ServiceMode,
@@ -50,8 +52,9 @@ from shoal.model.objects import (
 )
 from shoal.model.state import TaskState
 from shoal.store.memory import Event, MemoryStore, ReadTx, Subscription, WatchItem
-from shoal.store.wal import open_local_store
+from shoal.tasks import cancel_and_wait
 from shoal.testing.clock import VirtualClock
+from shoal.testing.durable import raft_store
 from shoal.testing.fakeexec import FakeBehavior, FakeExecutor
 
 Rule = Callable[[Task], FakeBehavior | None]
@@ -70,7 +73,7 @@ class MemoryProposer:
         return len(self.entries)
 
 
-def memory_store(clock: VirtualClock) -> MemoryStore:
+def memory_store(clock: Clock) -> MemoryStore:
     return MemoryStore(MemoryProposer(), clock)
 
 
@@ -112,8 +115,6 @@ def service_spec(name: str = "web", *, replicas: int = 1, kind: str = "replicate
                  update: UpdateConfig | None = None, rollback: UpdateConfig | None = None,
                  restart: RestartPolicy | None = None, max_concurrent: int = 1,
                  total_completions: int = 1, constraints: tuple[str, ...] = ()) -> ServiceSpec:
-    from shoal.model.objects import Placement
-
     return ServiceSpec(
         annotations=Annotations(name=name),
         task_template=TaskSpec(container=ContainerSpec(image=image), restart_policy=restart,
@@ -202,20 +203,19 @@ class SimCluster:
     @contextlib.asynccontextmanager
     async def started(cls, nodes: int = 3, *, seed: int = 0, history_limit: int = 5,
                       durable: bool = False) -> AsyncIterator[SimCluster]:
-        """A started cluster under auto-jumping virtual time; `durable` uses the sqlite log store."""
+        """A started cluster under auto-jumping virtual time; `durable` keeps the store in the Raft storage of a
+        one-manager swarm (shoal.testing.durable) instead of memory."""
         clock = VirtualClock()
         with tempfile.TemporaryDirectory(prefix="shoal-sim-") as tmp:
-            store = open_local_store(Path(tmp), clock) if durable else memory_store(clock)
-            sim = cls(clock=clock, store=store, seed=seed, history_limit=history_limit)
-            async with clock.autojump():
+            async with clock.autojump(), contextlib.AsyncExitStack() as stack:
+                store = (await stack.enter_async_context(raft_store(Path(tmp), clock)) if durable
+                         else memory_store(clock))
+                sim = cls(clock=clock, store=store, seed=seed, history_limit=history_limit)
                 await sim.start(nodes)
                 try:
                     yield sim
                 finally:
                     await sim.stop()
-                    closer = getattr(store.proposer, "log", None)
-                    if closer is not None:
-                        closer.close()
 
     async def start(self, nodes: int) -> None:
         cid = new_id(self.rng)
@@ -233,9 +233,7 @@ class SimCluster:
     async def stop_leader(self) -> None:
         leader, self._leader = self._leader, None
         if leader is not None:
-            leader.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await leader
+            await cancel_and_wait(leader)
 
     async def restart_leader(self) -> None:
         """A leader change on the same store: every leader loop is cancelled and started afresh."""
@@ -251,9 +249,7 @@ class SimCluster:
 
     async def _stop_agent(self, n: SimNode) -> None:
         if n.task is not None:
-            n.task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await n.task
+            await cancel_and_wait(n.task)
             n.task = None
         await n.agent.close()
 

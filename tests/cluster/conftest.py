@@ -3,6 +3,8 @@
 - `shoal_inactive`: a fresh node, not in a swarm (function scope).
 - `shoal_node`: a fresh node on which `docker swarm init` ran (function scope).
 - `shoal_module_node`: one swarm-inited node shared by a test module (tests using it must not interfere).
+- `cluster`: a started `tests.support.workers.Cluster`, one drained manager to which `cluster.add_worker(name)`
+  joins workers (function scope).
 Temp paths come from pytest's tmp_path factories, so xdist workers never share a node.
 """
 
@@ -16,6 +18,7 @@ import pytest
 
 from tests.support.managers import free_port
 from tests.support.shoal_node import ShoalNode
+from tests.support.workers import Cluster
 
 
 def _require_cli() -> None:
@@ -60,3 +63,13 @@ def shoal_module_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Shoa
         yield node
     finally:
         node.stop()
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[Cluster]:
+    _require_cli()
+    c = Cluster(tmp_path)
+    try:
+        yield c.start()
+    finally:
+        c.stop()

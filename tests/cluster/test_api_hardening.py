@@ -8,6 +8,7 @@ and methods, a body of any size.
 from __future__ import annotations
 
 import json
+from urllib.parse import quote
 
 import pytest
 
@@ -93,12 +94,25 @@ def test_network_connect_without_an_engine_is_501(shoal_module_node: ShoalNode, 
 
 
 @pytest.mark.parametrize(("method", "path"), [
-    ("POST", "/v1.47/networks/prune"), ("GET", "/v1.47/containers/json"),
+    ("POST", "/v1.47/volumes/prune"), ("GET", "/v1.47/containers/json"),
     ("GET", "/v1.47/images/library/busybox/json"), ("POST", "/v1.47/plugins/a/b:1/enable"),
 ])
 def test_engine_routes_without_an_engine_are_501(shoal_module_node: ShoalNode, method: str, path: str) -> None:
     status, answer = shoal_module_node.api(method, path)
     assert status == 501 and "no local container engine" in answer["message"], (status, answer)
+
+
+def test_network_prune_without_an_engine_prunes_the_swarms_networks(shoal_module_node: ShoalNode) -> None:
+    """No local engine, so no local networks: a manager's prune still removes the swarm's unused networks, as
+    dockerd's prunes its cluster's (the engine's part is what has no engine here)."""
+    n = shoal_module_node
+    status, made = n.api("POST", "/v1.47/networks/create", json.dumps(
+        {"Name": "prune-me", "Driver": "overlay", "Labels": {"prune-test": "1"}}).encode())
+    assert status == 201, made
+    status, answer = n.api("POST", "/v1.47/networks/prune?filters=" + quote(json.dumps({"label": ["prune-test"]})))
+    assert (status, answer) == (200, {"NetworksDeleted": ["prune-me"]})
+    status, answer = n.api("POST", "/v1.47/networks/prune?filters=" + quote(json.dumps({"label": ["prune-test"]})))
+    assert (status, answer) == (200, {"NetworksDeleted": None})
 
 
 @pytest.mark.parametrize(("method", "path"), [

@@ -10,7 +10,8 @@ import pytest
 
 from tests.cluster.conftest import _require_cli
 from tests.support.managers import ManagerCluster, free_port
-from tests.support.shoal_node import ShoalNode, wait_until
+from tests.support.shoal_node import ShoalNode
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("managers")]
 

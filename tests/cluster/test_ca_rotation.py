@@ -12,33 +12,17 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Iterator
-from pathlib import Path
 
 import grpc
-import pytest
 from cryptography import x509
 
 from shoal import ca as CA
 from shoal.rpc import shoal_pb2 as pb
 from shoal.rpc import shoal_pb2_grpc as pbg
 from shoal.rpc.client import CHANNEL_OPTIONS, fetch_root_unverified
-from tests.cluster.conftest import _require_cli
-from tests.cluster.test_multinode import SLEEP, Cluster
-from tests.support.shoal_node import ShoalNode, wait_until
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    _require_cli()
-    c = Cluster(tmp_path)
-    try:
-        yield c.start()
-    finally:
-        for w in c.workers.values():
-            if w.proc is not None:
-                os.kill(w.proc.pid, signal.SIGCONT)
-        c.stop()
+from tests.support.shoal_node import ShoalNode
+from tests.support.wait import wait_until
+from tests.support.workers import SLEEP, Cluster
 
 
 def creds_of(node: ShoalNode) -> tuple[str, str, str]:

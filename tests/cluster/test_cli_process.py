@@ -18,7 +18,8 @@ from urllib.parse import quote
 import pytest
 
 from tests.support.managers import free_port
-from tests.support.shoal_node import ShoalNode, wait_until
+from tests.support.shoal_node import ShoalNode
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -15,7 +15,7 @@ import pytest
 
 from shoal.demo import converged
 from tests.support.managers import free_port
-from tests.support.shoal_node import wait_until
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 

@@ -15,20 +15,11 @@ import pytest
 from cryptography import x509
 
 from shoal import ca as CA
-from tests.cluster.conftest import _require_cli
-from tests.cluster.test_multinode import JOINED, Cluster
 from tests.support.fake_cfssl import FakeCfssl
-from tests.support.shoal_node import ShoalNode, wait_until
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    _require_cli()
-    c = Cluster(tmp_path)
-    try:
-        yield c.start()
-    finally:
-        c.stop()
+from tests.support.managers import WORKER_JOINED
+from tests.support.shoal_node import ShoalNode
+from tests.support.wait import wait_until
+from tests.support.workers import Cluster
 
 
 @pytest.fixture
@@ -107,7 +98,7 @@ def test_rotation_to_external_root_then_join_signed_by_cfssl(cluster: Cluster, c
     cluster.workers["w2"] = w2
     cp = w2.docker("swarm", "join", "--token", token, cluster.addr, check=False, timeout=90)
     assert cp.returncode != 0, cp.stdout
-    assert JOINED not in cp.stdout
+    assert WORKER_JOINED not in cp.stdout
     assert "unable to perform certificate signing request" in cp.stderr, cp.stderr
     assert {n["ID"] for n in cluster.nodes()} == nodes_before
     assert w2.api("GET", "/v1.47/info")[1]["Swarm"]["LocalNodeState"] == "inactive"

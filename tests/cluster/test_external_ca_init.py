@@ -17,8 +17,9 @@ from cryptography import x509
 from shoal import ca as CA
 from tests.cluster.conftest import _require_cli
 from tests.cluster.test_external_ca import node_cert, signed_for
-from tests.cluster.test_multinode import Cluster, free_port
 from tests.support.fake_cfssl import FakeCfssl
+from tests.support.managers import free_port
+from tests.support.workers import Cluster
 
 UNREACHABLE = "there must be at least one valid, reachable external CA corresponding to the desired CA certificate"
 

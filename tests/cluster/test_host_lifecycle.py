@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.host_state import mounts_under, nft_tables, processes_naming
-from tests.support.shoal_node import ShoalNode, wait_until
+from tests.support.shoal_node import ShoalNode
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 

@@ -22,7 +22,8 @@ import pytest
 from shoal.manager.raft import DEFAULT_CATCHUP_BYTES, DEFAULT_SNAPSHOT_BYTES
 from tests.cluster.conftest import _require_cli
 from tests.support.managers import ManagerCluster
-from tests.support.shoal_node import ShoalNode, wait_until
+from tests.support.shoal_node import ShoalNode
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("managers")]
 

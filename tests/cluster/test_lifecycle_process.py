@@ -1,6 +1,8 @@
 """Service lifecycle end to end with the stock `docker` CLI against `shoal daemon --executor process`:
-rolling updates (order, parallelism, delay, monitor, failure action, ratio), rollback, restart policy,
-health checks, jobs, logs and events, and kill -9 of the daemon in the middle of an update or a rollback.
+rolling updates (pause, failure ratio), restart policy, health commands, logs options and events, and kill -9 of
+the daemon in the middle of an update or a rollback. The scenarios both executors share (start-first with
+parallelism and delay, automatic rollback, a replicated job, `service logs -f`) are
+tests/cluster/test_lifecycle_executors.py.
 
 Everything is observed from outside, through the Engine API and the CLI, as a user would.
 """
@@ -9,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,8 @@ from typing import Any
 import pytest
 
 from tests.cluster.test_cli_process import create, go_time, inspect, running, tasks, wait_running
-from tests.support.shoal_node import ShoalNode, wait_until
+from tests.support.shoal_node import ShoalNode
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -45,56 +47,6 @@ def args_of(t: dict[str, Any]) -> list[str]:
 
 
 # --- rolling updates ------------------------------------------------------------------------------
-
-
-def test_start_first_parallelism_two_with_delay(shoal_module_node: ShoalNode) -> None:
-    node = shoal_module_node
-    create(node, "sf", "--replicas", "4", "--update-order", "start-first", "--update-parallelism", "2",
-           "--update-delay", "1s", "--update-monitor", "300ms")
-    old = {t["ID"] for t in wait_running(node, "sf", 4)}
-    node.docker("service", "update", "--detach", "--args", "sleep 601", "sf")
-    # start-first: observed from task states all along the update, never fewer than 4 running
-    fewest = 4
-    deadline = time.monotonic() + 60
-    while update_state(node, "sf")[0] != "completed" and time.monotonic() < deadline:
-        fewest = min(fewest, sum(t["Status"]["State"] == "running" for t in tasks(node, "sf")))
-    assert fewest == 4
-    wait_state(node, "sf", "completed")
-    wait_running(node, "sf", 4)
-    ts = tasks(node, "sf")
-    new = sorted((t for t in ts if t["ID"] not in old), key=lambda t: go_time(t["CreatedAt"]))
-    assert len(new) == 4 and all(args_of(t) == ["sleep", "601"] for t in new)
-    created = [go_time(t["CreatedAt"]) for t in new]
-    # two batches of two: made together, the second at least the delay after the first batch ran
-    assert created[1] - created[0] < 0.5 and created[3] - created[2] < 0.5, created
-    assert created[2] - created[1] >= 1.0, created
-    assert all(t["DesiredState"] == "shutdown" for t in ts if t["ID"] in old)
-    node.docker("service", "rm", "sf")
-
-
-def test_failing_update_rolls_back_by_itself(shoal_module_node: ShoalNode) -> None:
-    node = shoal_module_node
-    create(node, "rb", "--replicas", "2", "--update-failure-action", "rollback", "--update-monitor", "2s",
-           "--rollback-monitor", "500ms", "--restart-delay", "200ms")
-    before = inspect(node, "service", "rb")["Spec"]
-    wait_running(node, "rb", 2)
-    node.docker("service", "update", "--detach", "--args", "sh -c 'exit 1'", "rb")
-    msg = wait_state(node, "rb", "rollback_completed")
-    assert msg == "rollback completed"
-    svc = inspect(node, "service", "rb")
-    assert svc["Spec"] == before
-    ts = wait_running(node, "rb", 2)
-    assert all(args_of(t) == list(SLEEP) for t in ts)
-    bad = [t for t in tasks(node, "rb") if args_of(t) == ["sh", "-c", "exit 1"]]
-    failed = [t for t in bad if t["Status"]["State"] == "failed"]
-    assert failed and all(t["Status"]["Err"] == "task: non-zero exit (1)" for t in failed)
-    assert all(t["DesiredState"] == "shutdown" and t["Status"]["State"] in ("failed", "shutdown") for t in bad)
-    # the automatic rollback consumed the previous spec: rolling back the rollback is refused, as dockerd
-    cp = node.docker("service", "rollback", "--detach", "rb", check=False)
-    assert cp.returncode != 0
-    assert "does not have a previous spec" in cp.stderr, cp.stderr
-    assert update_state(node, "rb")[0] == "rollback_completed"
-    node.docker("service", "rm", "rb")
 
 
 def test_pause_then_resume_on_next_update(shoal_module_node: ShoalNode) -> None:
@@ -131,17 +83,21 @@ def test_max_failure_ratio_tolerated(shoal_module_node: ShoalNode, tmp_path: Pat
     node.docker("service", "rm", "ratio")
 
 
-# --- restarts, health, jobs ----------------------------------------------------------------------
+# --- restarts and health -------------------------------------------------------------------------
 
 
 def test_restart_max_attempts_leaves_task_failed(shoal_module_node: ShoalNode) -> None:
     node = shoal_module_node
     create(node, "rmax", "--restart-condition", "on-failure", "--restart-max-attempts", "2",
            "--restart-delay", "200ms", cmd=("sh", "-c", "sleep 0.2; exit 3"))
-    wait_until(lambda: len([t for t in tasks(node, "rmax") if t["Status"]["State"] == "failed"]) == 3, 30,
-               what="three failed attempts")
-    time.sleep(1.5)  # long enough for a fourth attempt to have been made, were it wrongly allowed
-    ts = tasks(node, "rmax")
+    # The orchestrator shuts an ended task down in the transaction that creates its replacement, if any: once
+    # the third failure is desired Shutdown, a fourth attempt, were it wrongly allowed, would be there too.
+    def handled() -> list[dict[str, Any]] | None:
+        ts = tasks(node, "rmax")
+        done = [t for t in ts if t["Status"]["State"] == "failed" and t["DesiredState"] == "shutdown"]
+        return ts if len(done) >= 3 else None
+
+    ts = wait_until(handled, 30, what="three failed attempts, each handled by the orchestrator")
     assert len(ts) == 3 and all(t["Status"]["State"] == "failed" for t in ts), ts
     assert all(t["Status"]["Err"] == "task: non-zero exit (3)" for t in ts)
     assert node.docker("service", "ls", "--filter", "name=rmax", "--format", "{{.Replicas}}").stdout.strip() == "0/1"
@@ -168,18 +124,25 @@ def test_health_check_failing_replaces_task(shoal_module_node: ShoalNode, tmp_pa
 def test_task_running_only_once_healthy_and_update_waits(shoal_module_node: ShoalNode, tmp_path: Path) -> None:
     node = shoal_module_node
     ok = tmp_path / "ok"
-    create(node, "hw", "--health-cmd", f"test -e {ok}", "--health-interval", "200ms", "--health-retries", "100",
-           "--update-monitor", "300ms")
+    probes, new_probes = tmp_path / "probes", tmp_path / "new-probes"  # a line per health check run
+
+    def probed(log: Path, n: int) -> bool:
+        return log.exists() and len(log.read_text().splitlines()) >= n
+
+    create(node, "hw", "--health-cmd", f"echo probe >> {probes}; test -e {ok}", "--health-interval", "200ms",
+           "--health-retries", "100", "--update-monitor", "300ms")
     wait_until(lambda: any(t["Status"]["State"] == "starting" for t in tasks(node, "hw")), 20, what="starting")
-    time.sleep(1)
+    wait_until(lambda: probed(probes, 3), 20, what="three failed health checks")
     assert not running(node, "hw")  # not healthy yet: starting, not running
     ok.touch()
     (t1,) = wait_running(node, "hw", 1)
     ok.unlink()
-    node.docker("service", "update", "--detach", "--args", "sleep 601", "hw")
+    # The new task's health checks write a log of their own: the old task's go on failing meanwhile.
+    node.docker("service", "update", "--detach", "--args", "sleep 601", "--health-cmd",
+                f"echo probe >> {new_probes}; test -e {ok}", "hw")
     wait_until(lambda: any(t["ID"] != t1["ID"] and t["Status"]["State"] == "starting" for t in tasks(node, "hw")),
                20, what="the new task starting")
-    time.sleep(1)
+    wait_until(lambda: probed(new_probes, 3), 20, what="three failed health checks of the new task")
     assert update_state(node, "hw")[0] == "updating"
     ok.touch()
     wait_state(node, "hw", "completed")
@@ -192,34 +155,6 @@ def test_task_running_only_once_healthy_and_update_waits(shoal_module_node: Shoa
     (t3,) = wait_running(node, "hw", 1)
     assert t3["Spec"]["ContainerSpec"]["Healthcheck"]["Test"] == ["NONE"]
     node.docker("service", "rm", "hw")
-
-
-def test_replicated_job_five_completions_two_at_a_time(shoal_module_node: ShoalNode) -> None:
-    node = shoal_module_node
-    create(node, "job", "--mode", "replicated-job", "--replicas", "5", "--max-concurrent", "2",
-           cmd=("sh", "-c", "sleep 0.6"))
-
-    def completed(it: int | None = None) -> list[dict[str, Any]]:
-        return [t for t in tasks(node, "job") if t["Status"]["State"] == "complete"
-                and (it is None or t.get("JobIteration", {}).get("Index", 0) == it)]
-
-    wait_until(lambda: len(completed()) == 5, 30, what="5 completions")
-    ts = tasks(node, "job")
-    assert len(ts) == 5 and all(t["DesiredState"] == "complete" for t in ts)
-    # never more than two at once: sort start/end times
-    spans = sorted((go_time(t["Status"]["ContainerStatus"].get("StartedAt") or t["CreatedAt"]),
-                    go_time(t["Status"]["Timestamp"])) for t in ts)
-    for i, (start, _) in enumerate(spans):
-        assert sum(1 for s, e in spans[:i] if e > start) <= 1, spans
-    ps = node.docker("service", "ps", "job", "--format", "{{.DesiredState}} {{.CurrentState}}").stdout
-    assert all(line.startswith("Complete Complete") for line in ps.splitlines()), ps
-    ls = node.docker("service", "ls", "--filter", "name=job", "--format", "{{.Mode}} {{.Replicas}}").stdout.strip()
-    assert ls == "replicated job 0/2 (5/5 completed)", ls
-    # --force runs it again as a new iteration; the old completions stay visible
-    node.docker("service", "update", "--detach", "--force", "job")
-    wait_until(lambda: len(completed(1)) == 5, 30, what="5 completions of the second run")
-    assert len(completed()) == 10
-    node.docker("service", "rm", "job")
 
 
 # --- logs and events ----------------------------------------------------------------------------
@@ -260,31 +195,6 @@ def test_service_logs_options(shoal_module_node: ShoalNode) -> None:
     cp = node.docker("logs", "nosuchcontainer", check=False)
     assert cp.returncode != 0
     node.docker("service", "rm", "lg")
-
-
-def test_service_logs_follow_ends_when_service_removed(shoal_module_node: ShoalNode) -> None:
-    node = shoal_module_node
-    create(node, "fol", "--replicas", "2", cmd=("sh", "-c", "i=0; while true; do i=$((i+1)); echo tick$i; sleep 0.2; "
-                                                "done"))
-    wait_running(node, "fol", 2)
-    proc = subprocess.Popen(["docker", "service", "logs", "-f", "fol"], env=node.env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None
-        slots: set[str] = set()
-        deadline = time.monotonic() + 20
-        while len(slots) < 2 and time.monotonic() < deadline:
-            line = proc.stdout.readline()
-            if " | tick" in line:
-                slots.add(line.split(".")[1])
-        assert slots == {"1", "2"}  # both replicas followed
-        node.docker("service", "rm", "fol")
-        rc = proc.wait(timeout=20)  # the stream ends with the service
-        assert rc == 0, (rc, proc.stderr.read() if proc.stderr else "")
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
 
 
 def test_events_since_replay_and_after_restart(shoal_node: ShoalNode) -> None:

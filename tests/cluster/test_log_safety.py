@@ -18,7 +18,8 @@ from shoal.model.codec import encode
 from shoal.model.objects import Annotations, Service, ServiceSpec
 from shoal.store.memory import ENTRY_FORMAT, MAX_OBJECT_BYTES
 from tests.support.managers import ManagerCluster, free_port
-from tests.support.shoal_node import NodeError, ShoalNode, wait_until
+from tests.support.shoal_node import NodeError, ShoalNode
+from tests.support.wait import wait_until
 
 pytestmark = pytest.mark.slow
 

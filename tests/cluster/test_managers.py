@@ -20,7 +20,8 @@ from shoal.testing.linearizability import Budget, History, check
 from tests.cluster.conftest import _require_cli
 from tests.support import history as hist
 from tests.support.managers import ManagerCluster
-from tests.support.shoal_node import ShoalNode, wait_until
+from tests.support.shoal_node import ShoalNode
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("managers")]
 

@@ -8,111 +8,13 @@ listens on a port of its own per test (`--listen-addr 127.0.0.1:<free port>`), t
 from __future__ import annotations
 
 import json
-import socket
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
-import pytest
-
-from tests.cluster.conftest import _require_cli
-from tests.support.shoal_node import ShoalNode, wait_until
-
-SLEEP = ("sleep", "3600")
-JOINED = "This node joined a swarm as a worker."
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Cluster:
-    def __init__(self, base: Path) -> None:
-        self.base = base
-        self.port = free_port()
-        self.manager = ShoalNode(base / "mgr", hostname="mgr")
-        self.workers: dict[str, ShoalNode] = {}
-
-    @property
-    def addr(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def start(self) -> Cluster:
-        self.manager.start()
-        self.manager.docker("swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", self.addr,
-                            "--availability", "drain")
-        self.manager.docker("swarm", "update", "--dispatcher-heartbeat", "1s")
-        return self
-
-    def token(self) -> str:
-        return self.manager.docker("swarm", "join-token", "-q", "worker").stdout.strip()
-
-    def add_worker(self, name: str, join: bool = True) -> ShoalNode:
-        w = ShoalNode(self.base / name, hostname=name).start()
-        self.workers[name] = w
-        if join:
-            out = w.docker("swarm", "join", "--token", self.token(), self.addr).stdout
-            assert JOINED in out
-            wait_until(lambda: self.node_state(name) == "ready", 20, what=f"{name} to be ready")
-        return w
-
-    def stop(self) -> None:
-        for n in [*self.workers.values(), self.manager]:
-            n.stop()
-
-    def nodes(self) -> list[dict[str, Any]]:
-        status, body = self.manager.api("GET", "/v1.47/nodes")
-        assert status == 200, body
-        return list(body)
-
-    def node(self, hostname: str) -> dict[str, Any] | None:
-        for n in self.nodes():
-            if n["Description"]["Hostname"] == hostname:
-                return n
-        return None
-
-    def node_state(self, hostname: str) -> str:
-        n = self.node(hostname)
-        return n["Status"]["State"] if n else ""
-
-    def node_id(self, hostname: str) -> str:
-        n = self.node(hostname)
-        assert n is not None
-        return str(n["ID"])
-
-    def tasks(self, service: str) -> list[dict[str, Any]]:
-        from urllib.parse import quote
-
-        q = quote(json.dumps({"service": [service]}))
-        status, body = self.manager.api("GET", f"/v1.47/tasks?filters={q}")
-        assert status == 200, body
-        return list(body)
-
-    def running(self, service: str) -> list[dict[str, Any]]:
-        return [t for t in self.tasks(service)
-                if t["Status"]["State"] == "running" and t["DesiredState"] == "running"]
-
-    def placement(self, service: str) -> dict[str, int]:
-        """hostname -> number of running tasks of the service."""
-        names = {n["ID"]: n["Description"]["Hostname"] for n in self.nodes()}
-        out: dict[str, int] = {}
-        for t in self.running(service):
-            h = names.get(t["NodeID"], t["NodeID"])
-            out[h] = out.get(h, 0) + 1
-        return out
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    _require_cli()
-    c = Cluster(tmp_path)
-    try:
-        yield c.start()
-    finally:
-        c.stop()
+from tests.support.managers import WORKER_JOINED
+from tests.support.shoal_node import ShoalNode
+from tests.support.wait import wait_until
+from tests.support.workers import SLEEP, Cluster
 
 
 def secret_files(node: ShoalNode, name: str) -> list[Path]:
@@ -260,7 +162,7 @@ def test_drain_pause_global_rotation_removal_and_leave(cluster: Cluster) -> None
     assert "remote CA does not match fingerprint" in cp.stderr
 
     # --- a node joining later gets the global service's task
-    assert JOINED in w3.docker("swarm", "join", "--token", new, cluster.addr).stdout
+    assert WORKER_JOINED in w3.docker("swarm", "join", "--token", new, cluster.addr).stdout
     wait_until(lambda: cluster.placement("g") == {"w1": 1, "w2": 1, "w3": 1}, 30, what="g grown onto w3")
 
     # --- node rm: refused while up, --force removes it and its certificate is refused from then on

@@ -11,7 +11,8 @@ import pytest
 
 from tests.cluster.conftest import _require_cli
 from tests.support.managers import free_port
-from tests.support.shoal_node import ShoalNode, wait_until
+from tests.support.shoal_node import ShoalNode
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.slow]
 

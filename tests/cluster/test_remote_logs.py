@@ -8,8 +8,8 @@ import subprocess
 import threading
 import time
 
-from tests.cluster.test_multinode import Cluster, cluster  # noqa: F401  (the fixture)
-from tests.support.shoal_node import wait_until
+from tests.support.wait import wait_until
+from tests.support.workers import Cluster
 
 # One numbered line every 0.3 s, on stdout, and one line on stderr at the start.
 LOOP = ("sh", "-c", "echo started >&2; i=0; while true; do echo n=$i; i=$((i+1)); sleep 0.3; done")
@@ -21,7 +21,7 @@ def _numbers(out: str, host: str) -> list[int]:
             for m in [re.search(r"\| n=(\d+)$", line)] if m]
 
 
-def test_service_logs_from_worker_and_manager(cluster: Cluster) -> None:  # noqa: F811
+def test_service_logs_from_worker_and_manager(cluster: Cluster) -> None:
     m = cluster.manager
     m.docker("node", "update", "--availability", "active", "mgr")
     w1 = cluster.add_worker("w1")

@@ -17,9 +17,8 @@ from typing import IO, Any
 
 import pytest
 
-from tests.cluster.test_multinode import Cluster
-from tests.cluster.test_multinode import cluster as cluster
-from tests.support.shoal_node import wait_until
+from tests.support.wait import wait_until
+from tests.support.workers import Cluster
 
 AGENTS = 20
 REPLICAS = 40

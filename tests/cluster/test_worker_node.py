@@ -5,24 +5,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from tests.cluster.conftest import _require_cli
-from tests.cluster.test_multinode import Cluster
-from tests.support.shoal_node import wait_until
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[Cluster]:
-    _require_cli()
-    c = Cluster(tmp_path)
-    try:
-        yield c.start()
-    finally:
-        c.stop()
+from tests.support.wait import wait_until
+from tests.support.workers import Cluster
 
 
 def shoal_join(socket: Path, token: str, manager: str) -> subprocess.CompletedProcess[str]:

@@ -235,6 +235,8 @@ def _networks(s: Side) -> list[Answer]:
                           {"Name": "dnet", "Driver": "overlay"}))
         out.append(s.call("POST /networks/create (bad subnet)", "POST", "/networks/create", {
             "Name": "dnet2", "Driver": "overlay", "IPAM": {"Config": [{"Subnet": "10.99.0.0/33"}]}}))
+        out.append(s.call("POST /networks/create (empty subnet)", "POST", "/networks/create", {
+            "Name": "dnet3", "Driver": "overlay", "IPAM": {"Config": [{"Subnet": ""}]}}))
         out.append(s.call("POST /networks/create (ingress twice)", "POST", "/networks/create",
                           {"Name": "ingress2", "Driver": "overlay", "Ingress": True}))
         a, uid = _id(s, "POST", "/networks/create", {"Name": "dnet-user", "Driver": "overlay", "IPAM": {
@@ -249,6 +251,17 @@ def _networks(s: Side) -> list[Answer]:
                            lambda b: bool(b.get("Endpoint", {}).get("VirtualIPs"))))
         with cleanup(s, f"/services/{sid}"):
             out.append(s.call("DELETE /networks/{id} (in use)", "DELETE", f"/networks/{nid}"))
+            # Prune on a manager: the swarm's unused networks go too (not one a service uses, nor ingress).
+            for name, labels in (("dprune-a", {"prune": "yes"}), ("dprune-b", {"prune": "no"})):
+                _id(s, "POST", "/networks/create", {"Name": name, "Driver": "overlay", "Labels": labels})
+            out.append(s.call("POST /networks/prune (label)", "POST", "/networks/prune",
+                              query={"filters": {"label": ["prune=yes"]}}))
+            out.append(s.call("POST /networks/prune (label!=)", "POST", "/networks/prune",
+                              query={"filters": {"label!": ["prune=yes"], "label": ["prune"]}}))
+            out.append(s.call("POST /networks/prune (bad filter)", "POST", "/networks/prune",
+                              query={"filters": {"colour": ["x"]}}))
+            out.append(s.call("GET /networks (after prune)", "GET", "/networks",
+                              query={"filters": {"label": ["prune"]}}))
         out.append(s.call("DELETE /networks/ingress (no service)", "DELETE", "/networks/missing-ingress"))
         out.append(s.call("DELETE /networks/{id}", "DELETE", f"/networks/{nid}"))
         out.append(s.call("DELETE /networks/{id} (again)", "DELETE", f"/networks/{nid}"))

@@ -125,6 +125,9 @@ def _job(s: Side) -> list[Answer]:
             i += 8 + size
         out.append(Answer("GET /services/{job}/logs", status, {"content-type": hdrs.get("content-type"),
                                                                 "lines": sorted(lines)}))
+        for q in ({"stdout": "1", "since": "yesterday"}, {"stdout": "1", "until": "soon"}):
+            out.append(s.call(f"GET /services/{{job}}/logs ({next(k for k in q if k != 'stdout')} not a time)",
+                              "GET", "/services/djob/logs", query=q, timeout=15))
         # Every event of the job's run, unfiltered (swarm and engine alike), as a multiset of (type, action):
         # the order of two containers' events is timing. Containers that are not the job's tasks count too
         # (none of the earlier scenarios' is left to clean up when the job starts).
@@ -132,6 +135,8 @@ def _job(s: Side) -> list[Answer]:
                               timeout=15)
         kinds: dict[str, int] = {}
         for e in evs if isinstance(evs, list) else [evs]:
+            if e.get("Type") == "network" and e.get("Action") in ("create", "destroy", "remove"):
+                continue  # the job has no network of its own: an earlier scenario's network coming or going
             task = e.get("Actor", {}).get("Attributes", {}).get("com.docker.swarm.service.name") == "djob"
             key = f"{e.get('Type')} {e.get('Action')}" + ("" if task or e.get("Type") != "container" else
                                                           " (not a task of the job)")

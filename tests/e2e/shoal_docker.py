@@ -9,8 +9,7 @@ with its own data dir and API socket under `base` (keep `base` short: unix socke
 torn down after with what it made on the engine.
 
 `.docker(*args)` runs the stock `docker` CLI with `DOCKER_HOST=unix://<shoal socket>` and a private
-`DOCKER_CONFIG`; `.client()` is a docker-py client on the same socket. `wait_until(fn, timeout)` polls a
-condition with a bounded deadline and fails with the last value seen.
+`DOCKER_CONFIG`; `.client()` is a docker-py client on the same socket.
 """
 
 from __future__ import annotations
@@ -23,38 +22,16 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from tests.e2e.dockerd import ping
 from tests.support.managers import free_port
 
-T = TypeVar("T")
-
 
 class DaemonDied(Exception):
     pass
-
-
-def wait_until(fn: Callable[[], T], timeout: float = 30.0, interval: float = 0.1, what: str = "") -> T:
-    """Call `fn` until it returns a truthy value (returned) or `timeout` passes (AssertionError naming
-    the last value, or re-raising the last exception)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        err: BaseException | None = None
-        try:
-            last = fn()
-        except AssertionError as e:  # a condition written with asserts
-            err, last = e, e
-        if last and err is None:
-            return last
-        if time.monotonic() > deadline:
-            if err is not None:
-                raise err
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or fn}: last value {last!r}")
-        time.sleep(interval)  # polling interval of a bounded poll, not a synchronisation
 
 
 class ShoalDocker:

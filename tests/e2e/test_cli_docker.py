@@ -19,8 +19,9 @@ from typing import Any
 import docker
 import pytest
 
-from tests.e2e.shoal_docker import ShoalDocker, wait_until
+from tests.e2e.shoal_docker import ShoalDocker
 from tests.support.managers import free_port
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 

@@ -17,7 +17,7 @@ import pytest
 
 from shoal.demo import OFFLINE_IMAGE
 from tests.support.managers import free_port
-from tests.support.shoal_node import wait_until
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(180)]
 

@@ -80,7 +80,8 @@ def _swarm(tag: str, subnet: str, addr: str, port: int) -> tuple[str, Any, Any]:
 
 async def _scenario(dockerd: str, dockerd2: str, base: Path) -> None:
     from shoal.errors import FatalError
-    from shoal.net.agent import OWNER_ALIAS, NetworkAgent, host_bridge_name, host_vxlan_name
+    from shoal.net.agent import NetworkAgent
+    from shoal.net.links import OWNER_ALIAS, host_bridge_name, host_vxlan_name
     from shoal.net.setup import remove_network_state
     from tests.support.netobjects import SnapshotFeed
 

@@ -7,7 +7,7 @@ import contextlib
 import secrets
 import subprocess
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,8 @@ import pytest
 from aiodocker.exceptions import DockerError
 
 from shoal.agent.exec.docker import DockerController, DockerExecutor
-from shoal.agent.exec.protocol import ExitStatus, LogLine, LogOptions
+from shoal.agent.exec.protocol import ExitStatus
+from shoal.api.logs import LogLine, LogOptions
 from shoal.errors import FatalError, TemporaryError
 from shoal.model.objects import (
     SECOND,
@@ -33,6 +34,7 @@ from shoal.model.objects import (
     Task,
     TaskSpec,
 )
+from tests.support.wait import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -111,14 +113,6 @@ async def collect(ctl: DockerController, **opts: Any) -> list[LogLine]:
 
 async def text(ctl: DockerController, **opts: Any) -> str:
     return b"".join(line.data for line in await collect(ctl, **opts)).decode()
-
-
-async def eventually(cond: Callable[[], Awaitable[bool]], limit: float = 30.0) -> None:
-    """Poll a condition until it holds (bounded), for engine state with no event to wait on."""
-    deadline = time.monotonic() + limit
-    while not await cond():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.05)
 
 
 async def test_exit_codes(executor: DockerExecutor, make_task: Callable[..., Task]) -> None:
@@ -237,7 +231,7 @@ async def test_shutdown_with_grace(executor: DockerExecutor, make_task: Callable
     )
     await polite.prepare()
     await polite.start()
-    await eventually(lambda: _running(polite))
+    await eventually(lambda: _running(polite), what="the polite container running")
     t0 = time.monotonic()
     await polite.shutdown(20)
     assert time.monotonic() - t0 < 15
@@ -293,7 +287,7 @@ async def test_healthy(executor: DockerExecutor, make_task: Callable[..., Task])
     async def healthy() -> bool:
         return (await ctl.inspect()).healthy is True
 
-    await eventually(healthy)
+    await eventually(healthy, what="the container healthy")
     waiter = asyncio.create_task(ctl.wait())
     await ctl.terminate()
     assert (await waiter).exit_code == 137

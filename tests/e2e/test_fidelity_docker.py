@@ -14,8 +14,9 @@ import docker
 import pytest
 from docker.types import RestartPolicy
 
-from tests.e2e.shoal_docker import ShoalDocker, wait_until
+from tests.e2e.shoal_docker import ShoalDocker
 from tests.support.managers import free_port
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(180)]
 

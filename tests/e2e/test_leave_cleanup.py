@@ -12,8 +12,9 @@ from collections.abc import Iterator
 import docker
 import pytest
 
-from tests.e2e.shoal_docker import ShoalDocker, swarm_node, wait_until
+from tests.e2e.shoal_docker import ShoalDocker, swarm_node
 from tests.support.host_state import mounts_under, nft_tables, processes_naming
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(180)]
 
@@ -62,7 +63,7 @@ def test_leave_force_removes_everything_the_node_created(node: ShoalDocker, dock
     wait_until(lambda: len(eng.containers.list(all=True, filters=label)) == 3, 60, what="three containers")
     assert eng.networks.list(filters=label), "the overlay became an engine network"
     assert mounts_under(node.data_dir), "the secrets are on tmpfs mounts"
-    from shoal.net.agent import host_bridge_name, host_vxlan_name
+    from shoal.net.links import host_bridge_name, host_vxlan_name
 
     names = (host_bridge_name(nid, int(vni)), host_vxlan_name(nid, int(vni)))  # this node's own names
     bridge = [i for i, name in _links().items() if name == names[0]]

@@ -21,8 +21,9 @@ from typing import Any
 import docker
 import pytest
 
-from tests.e2e.shoal_docker import ShoalDocker, wait_until
+from tests.e2e.shoal_docker import ShoalDocker
 from tests.support.managers import free_port
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(240)]
 
@@ -484,7 +485,7 @@ def test_local_only_mesh_keeps_the_client_address_of_a_container(node: ShoalDock
     node's ingress address (the control)."""
     import subprocess
 
-    from shoal.net.nsutil import socket_in
+    from shoal.host.nsutil import socket_in
 
     n = node
     ns, node_ip = outside
@@ -525,3 +526,30 @@ def test_local_only_mesh_keeps_the_client_address_of_a_container(node: ShoalDock
     rules = subprocess.run(["ip", "rule", "show"], capture_output=True, text=True, check=True).stdout
     assert "lookup 23297" in rules, rules
     n.docker("service", "rm", "lo1", "nat1")
+
+
+def test_network_prune_removes_unused_swarm_networks_and_keeps_shoals_engine_bridges(
+        node: ShoalDocker, test_image: str, dockerd: str) -> None:
+    """`docker network prune` through a manager: unused swarm networks go (as dockerd prunes its cluster's), the
+    engine's own unused networks go, and the engine bridge standing for an overlay a container is configured on
+    stays even while nothing is connected to it (it is Shoal's to remove)."""
+    n = node
+    n.docker("network", "create", "-d", "overlay", "--attachable", "--subnet", "10.213.21.0/24", "keepnet")
+    n.docker("network", "create", "-d", "overlay", "--subnet", "10.213.22.0/24", "dropnet")
+    n.docker("network", "create", "--subnet", "10.214.21.0/24", "loconly")  # the engine's own
+    # Created, not started: configured on keepnet's engine bridge, with no endpoint on it yet.
+    n.docker("create", "--name", "idle", "--network", "keepnet", test_image, "true")
+    engine = docker.DockerClient(base_url=dockerd, timeout=60)
+    try:
+        nid = node_id(n)
+        bridges = [x["Name"] for x in engine.api.networks(filters={"label": f"com.shoal.node.id={nid}"})]
+        assert len(bridges) == 1, bridges
+        out = n.docker("network", "prune", "-f").stdout
+        assert "dropnet" in out and "loconly" in out and "keepnet" not in out, out
+        assert [x["Name"] for x in engine.api.networks(filters={"label": f"com.shoal.node.id={nid}"})] == bridges
+        names = set(n.docker("network", "ls", "--format", "{{.Name}}").stdout.split())
+        assert "keepnet" in names and "dropnet" not in names and "loconly" not in names, names
+        # The container still starts on its overlay after the prune.
+        n.docker("start", "-a", "idle")
+    finally:
+        engine.close()

@@ -15,7 +15,8 @@ from typing import Any
 import docker
 import pytest
 
-from tests.e2e.shoal_docker import ShoalDocker, swarm_node, wait_until
+from tests.e2e.shoal_docker import ShoalDocker, swarm_node
+from tests.support.wait import wait_until
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(180),
               pytest.mark.skipif(os.geteuid() != 0 or shutil.which("setpriv") is None,

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,18 +18,15 @@ from typing import Any
 import docker
 import pytest
 
-from tests.e2e.shoal_docker import ShoalDocker, wait_until
+from tests.e2e.shoal_docker import ShoalDocker
+from tests.support.managers import free_port
+from tests.support.wait import wait_until
+from tests.support.workers import join_worker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 NODE_LABEL = "com.shoal.node.id"
 SERVICE_LABEL = "com.docker.swarm.service.id"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 class Pair:
@@ -90,11 +86,8 @@ def pair(dockerd: str, test_image: str) -> Iterator[Pair]:
         p.mgr.docker("swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", p.addr)
         p.ids["mgr"] = p.mgr.docker("info", "--format", "{{.Swarm.NodeID}}").stdout.strip()
         p.mgr.docker("swarm", "update", "--dispatcher-heartbeat", "1s")
-        token = p.mgr.docker("swarm", "join-token", "-q", "worker").stdout.strip()
-        out = p.wrk.docker("swarm", "join", "--token", token, p.addr).stdout
-        assert "This node joined a swarm as a worker." in out
-        p.ids["wrk"] = p.wrk.docker("info", "--format", "{{.Swarm.NodeID}}").stdout.strip()
-        assert p.ids["wrk"] and p.ids["wrk"] != p.ids["mgr"]
+        p.ids["wrk"] = join_worker(p.mgr, p.wrk, p.addr)
+        assert p.ids["wrk"] != p.ids["mgr"]
         yield p
     finally:
         p.close()

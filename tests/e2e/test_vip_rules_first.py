@@ -15,17 +15,19 @@ scenario writes the rules 6 s after the container starts, as an agent busy with 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import secrets
 import shutil
 import socket
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import docker
 import pytest
+
+from tests.support.wait import eventually
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(120)]
 
@@ -49,14 +51,10 @@ def _cluster(node_id: str) -> tuple[Any, Any, Any]:
     return state, backend, client
 
 
-async def _poll(fn: Callable[[], Any], seconds: float) -> Any:
-    """`fn()` (run in a thread) until it is truthy or `seconds` pass; its last value."""
-    deadline = time.monotonic() + seconds
-    while True:
-        got = await asyncio.to_thread(fn)
-        if got or time.monotonic() > deadline:
-            return got
-        await asyncio.sleep(0.1)
+async def _late(fn: Callable[[], Any], seconds: float) -> None:
+    """The agent's lateness: `seconds`, cut short once `fn()` (run in a thread) is truthy."""
+    with contextlib.suppress(AssertionError):  # the whole lateness passed: the usual case
+        await eventually(lambda: asyncio.to_thread(fn), seconds, interval=0.1)
 
 
 def _listening(addr: tuple[str, int]) -> bool:
@@ -98,17 +96,18 @@ async def _scenario(engine: docker.DockerClient, test_image: str, dockerd: str, 
         nets = await agent.attach_container(backend)
         await asyncio.to_thread(run, "web", nets, "mkdir -p /www && echo backend > /www/index.html && "
                                                   "exec httpd -f -p 8080 -h /www")
-        assert await _poll(lambda: _listening((f"{SUBNET}.3", 8080)), 30), "the backend never listened"
+        await eventually(lambda: asyncio.to_thread(_listening, (f"{SUBNET}.3", 8080)), 30,
+                         what="the backend listening")
 
         nets = await agent.attach_container(client)
         cid = await asyncio.to_thread(run, "client", nets, "if wget -qO- http://web:8080/; then echo fetched; "
                                       "else echo failed; fi; exec sleep 3600", nets.resolv_conf)
         # The agent is late: its rules go in LATE seconds after the container started (sooner only if the
         # client has given up by then, which is what this test guards against).
-        await _poll(lambda: logs(cid), LATE)
+        await _late(lambda: logs(cid), LATE)
         pid = int(engine.api.inspect_container(cid)["State"]["Pid"])
         await agent.container_started(client, pid)
-        out = await _poll(lambda: logs(cid), 30)
+        out = await eventually(lambda: asyncio.to_thread(logs, cid), 30, what="the client's output")
         assert out.split() == ["backend", "fetched"], out
     finally:
         for cid in made:

@@ -49,7 +49,8 @@ from typing import Any
 import pytest
 
 from tests.support.managers import free_port
-from tests.support.shoal_node import ShoalNode, wait_until
+from tests.support.shoal_node import ShoalNode
+from tests.support.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = Path(os.environ.get("SHOAL_ENGINE_API_SPEC", ROOT.parent / "shared" / "engine-api" / "swagger.yaml"))

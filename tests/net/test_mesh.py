@@ -20,7 +20,9 @@ from typing import Any
 import pytest
 
 from tests.net.netns import Host, Lab, why_not
-from tests.support.shoal_node import ShoalNode, wait_until
+from tests.support.shoal_node import ShoalNode
+from tests.support.wait import wait_until
+from tests.support.workers import join_worker
 
 reason = why_not()
 pytestmark = [pytest.mark.skipif(reason is not None, reason=reason or ""), pytest.mark.slow,
@@ -157,10 +159,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
                                                    KEEPALIVE)).start())
             mgr = nodes[0]
             mgr.docker("swarm", "init", "--advertise-addr", f"{SUBNET}.1", "--listen-addr", f"{SUBNET}.1:2377")
-            token = mgr.docker("swarm", "join-token", "-q", "worker").stdout.strip()
             for i, n in enumerate(nodes[1:], start=2):
-                n.docker("swarm", "join", "--token", token, "--advertise-addr", f"{SUBNET}.{i}",
-                         "--listen-addr", f"{SUBNET}.{i}:2377", f"{SUBNET}.1:2377")
+                join_worker(mgr, n, f"{SUBNET}.1:2377", "--advertise-addr", f"{SUBNET}.{i}",
+                            "--listen-addr", f"{SUBNET}.{i}:2377")
             wait_until(lambda: mgr.docker("node", "ls", "--format", "{{.Status}}").stdout.split().count("Ready")
                        == 4, 30, what="four ready nodes")
             for h in ("h1", "h2", "h3"):

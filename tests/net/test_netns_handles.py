@@ -1,4 +1,4 @@
-"""A container's namespace is held by a handle that a reused pid cannot redirect (shoal.net.agent.hold_netns).
+"""A container's namespace is held by a handle that a reused pid cannot redirect (shoal.net.containers).
 
 Each scenario runs in a process of its own under `unshare --net --pid --mount --fork --mount-proc`: its network
 namespace stands for the host's root namespace (whose nft ruleset must stay empty), and in its fresh pid
@@ -54,9 +54,9 @@ def _spawn_with_pid(pid: int) -> subprocess.Popen[bytes]:
 
 
 async def _scenario(mode: str, root: Path) -> None:
+    from shoal.host import ipcmd
     from shoal.model.objects import Task
     from shoal.model.state import TaskState
-    from shoal.net import ipcmd
     from shoal.net.agent import NetworkAgent
     from shoal.net.state import LocalFeed
     from shoal.store.memory import Tx
@@ -124,11 +124,12 @@ async def _scenario(mode: str, root: Path) -> None:
         await agent.synced(store.version)
         assert not ipcmd.is_netns(handle) and not handle.exists(), "the ended task's namespace is still held"
         await add(t3)
-        box = agent._boxes["t1"]
+        box = agent.sandbox("t1")
+        assert box is not None
         assert box.nft_script == "", "the ended task's namespace was entered again"
         assert "shoal" not in _nft(), f"rules landed in the host namespace:\n{_nft()}"
         await agent.detach("t1")
-        assert "t1" not in agent._boxes
+        assert agent.sandbox("t1") is None
     finally:
         for p in procs:
             p.kill()

@@ -20,7 +20,8 @@ from shoal.testing.linearizability import Budget, History, check
 from tests.net.netns import Host, Lab, why_not
 from tests.support import history as hist
 from tests.support.managers import MANAGER_JOINED
-from tests.support.shoal_node import ShoalNode, wait_until
+from tests.support.shoal_node import ShoalNode
+from tests.support.wait import wait_until
 
 reason = why_not() or (None if shutil.which("nft") else "nft (nftables) is not installed")
 pytestmark = [pytest.mark.skipif(reason is not None, reason=reason or ""), pytest.mark.slow,

@@ -15,7 +15,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from tests.support.shoal_node import ShoalNode, wait_until
+from tests.support.shoal_node import ShoalNode
+from tests.support.wait import wait_until
 
 MANAGER_JOINED = "This node joined a swarm as a manager."
 WORKER_JOINED = "This node joined a swarm as a worker."

@@ -17,12 +17,10 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
-T = TypeVar("T")
+from tests.support.wait import wait_until
 
 START_TIMEOUT = 20.0
 CLI_TIMEOUT = 60.0
@@ -30,19 +28,6 @@ CLI_TIMEOUT = 60.0
 
 class NodeError(RuntimeError):
     pass
-
-
-def wait_until(pred: Callable[[], T], timeout: float = 20.0, interval: float = 0.1, what: str = "") -> T:
-    """Poll `pred` until it returns a truthy value (returned) or `timeout` seconds pass (AssertionError)."""
-    deadline = time.monotonic() + timeout
-    last: Any = None
-    while True:
-        last = pred()
-        if last:
-            return last
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what or pred!r}; last value: {last!r}")
-        time.sleep(interval)
 
 
 def proc_start_time(pid: int) -> int | None:

@@ -24,12 +24,14 @@ from hypothesis import strategies as st
 
 from shoal.clock import SystemClock
 from shoal.engineapi import convert as C
-from shoal.errors import Conflict, InvalidArgument
+from shoal.errors import Conflict, InvalidArgument, ShoalError
+from shoal.manager.validation import validate_service_spec
 from shoal.model import codec, objects
 from shoal.model.codec import Unencodable
 from shoal.model.objects import Service
 from shoal.store.memory import KINDS, MemoryStore, decode_entry, encode_actions
-from shoal.store.wal import open_local_store
+from shoal.testing.durable import raft_store
+from shoal.testing.sim import memory_store
 
 text = st.text(max_size=8)
 finite = st.floats(allow_nan=False, allow_infinity=False)
@@ -95,24 +97,24 @@ def test_store_replays_what_it_committed(tmp_path_factory: pytest.TempPathFactor
     directory = tmp_path_factory.mktemp("replay")
 
     async def run() -> None:
-        store = open_local_store(directory, SystemClock())
-        for kind, obj in items:
-            existing = store.view().get(kind, obj.id)
+        async with raft_store(directory, SystemClock()) as store:
+            for kind, obj in items:
+                existing = store.view().get(kind, obj.id)
 
-            def put(tx: Any, o: Any = obj, old: Any = existing) -> None:
-                if old is not None:
-                    tx.update(dataclasses.replace(o, meta=old.meta))
-                else:
-                    tx.create(o)
+                def put(tx: Any, o: Any = obj, old: Any = existing) -> None:
+                    if old is not None:
+                        tx.update(dataclasses.replace(o, meta=old.meta))
+                    else:
+                        tx.create(o)
 
-            try:
-                await store.update(put, verify=True)  # Unencodable would fail the test
-            except Conflict:  # a name taken by another drawn object: refused, not stored
-                continue
-        replayed = open_local_store(directory, SystemClock())
-        for kind in KINDS:
-            assert sorted(replayed.view().all(kind), key=lambda o: o.id) == \
-                sorted(store.view().all(kind), key=lambda o: o.id)
+                try:
+                    await store.update(put, verify=True)  # Unencodable would fail the test
+                except Conflict:  # a name taken by another drawn object: refused, not stored
+                    continue
+        async with raft_store(directory, SystemClock()) as replayed:
+            for kind in KINDS:
+                assert sorted(replayed.view().all(kind), key=lambda o: o.id) == \
+                    sorted(store.view().all(kind), key=lambda o: o.id)
 
     asyncio.run(run())
 
@@ -140,48 +142,49 @@ def test_a_value_that_reads_back_different_is_refused() -> None:
 
 
 async def test_a_refused_transaction_is_never_proposed(tmp_path: Path) -> None:
-    store = open_local_store(tmp_path, SystemClock())
-    proposed: list[bytes] = []
-    inner = store.proposer
+    async with raft_store(tmp_path, SystemClock()) as store:
+        proposed: list[bytes] = []
+        inner = store.proposer
 
-    class Spy:
-        async def propose(self, entry: bytes) -> int:
-            proposed.append(entry)
-            return await inner.propose(entry)
+        class Spy:
+            async def propose(self, entry: bytes) -> int:
+                proposed.append(entry)
+                return await inner.propose(entry)
 
-    store._proposer = Spy()
-    bad = Service(id="s1", spec=objects.ServiceSpec(
-        annotations=objects.Annotations(name="bad"),
-        update_config=objects.UpdateConfig(max_failure_ratio=math.nan)))
-    with pytest.raises(Unencodable):
-        await store.update(lambda tx: tx.create(bad), verify=True)
-    assert proposed == []
-    good = Service(id="s2", spec=objects.ServiceSpec(annotations=objects.Annotations(name="good")))
-    await store.update(lambda tx: tx.create(good))
-    assert len(proposed) == 1
-    assert [s.id for s in open_local_store(tmp_path, SystemClock()).view().all("service")] == ["s2"]
+        store._proposer = Spy()
+        bad = Service(id="s1", spec=objects.ServiceSpec(
+            annotations=objects.Annotations(name="bad"),
+            update_config=objects.UpdateConfig(max_failure_ratio=math.nan)))
+        with pytest.raises(Unencodable):
+            await store.update(lambda tx: tx.create(bad), verify=True)
+        assert proposed == []
+        good = Service(id="s2", spec=objects.ServiceSpec(annotations=objects.Annotations(name="good")))
+        await store.update(lambda tx: tx.create(good))
+        assert len(proposed) == 1
+    async with raft_store(tmp_path, SystemClock()) as replayed:
+        assert [s.id for s in replayed.view().all("service")] == ["s2"]
 
 
 async def test_one_bad_transaction_of_a_group_commit_fails_alone(tmp_path: Path) -> None:
     import asyncio
 
-    store = open_local_store(tmp_path, SystemClock())
-
     def create(sid: str, ratio: float) -> Any:
         return lambda tx: tx.create(Service(id=sid, spec=objects.ServiceSpec(
             annotations=objects.Annotations(name=sid), update_config=objects.UpdateConfig(max_failure_ratio=ratio))))
 
-    results = await asyncio.gather(store.update(create("a", 0.1)), store.update(create("b", math.inf)),
-                                   store.update(create("c", 0.3)), return_exceptions=True)
+    async with raft_store(tmp_path, SystemClock()) as store:
+        results = await asyncio.gather(store.update(create("a", 0.1)), store.update(create("b", math.inf)),
+                                       store.update(create("c", 0.3)), return_exceptions=True)
     assert isinstance(results[1], Unencodable)
     assert not isinstance(results[0], BaseException) and not isinstance(results[2], BaseException)
-    assert sorted(s.id for s in open_local_store(tmp_path, SystemClock()).view().all("service")) == ["a", "c"]
+    async with raft_store(tmp_path, SystemClock()) as replayed:
+        assert sorted(s.id for s in replayed.view().all("service")) == ["a", "c"]
 
 
-async def test_an_object_past_the_size_limit_is_refused(tmp_path: Path) -> None:
+async def test_an_object_past_the_size_limit_is_refused() -> None:
     from shoal.store.memory import MAX_OBJECT_BYTES, ObjectTooLarge
 
-    store: MemoryStore = open_local_store(tmp_path, SystemClock())
+    store: MemoryStore = memory_store(SystemClock())
     big = Service(id="s1", spec=objects.ServiceSpec(annotations=objects.Annotations(
         name="big", labels={"x": "a" * (MAX_OBJECT_BYTES + 1)})))
     with pytest.raises(ObjectTooLarge) as e:
@@ -194,7 +197,6 @@ async def test_a_transaction_of_many_objects_is_not_limited(tmp_path: Path) -> N
     """The tasks of a large service are created in one transaction, past the size of one object."""
     from shoal.store.memory import MAX_OBJECT_BYTES
 
-    store: MemoryStore = open_local_store(tmp_path, SystemClock())
     label = {"x": "a" * 1000}
     n = MAX_OBJECT_BYTES // 1000 + 100
 
@@ -202,8 +204,10 @@ async def test_a_transaction_of_many_objects_is_not_limited(tmp_path: Path) -> N
         for i in range(n):
             tx.create(objects.Task(id=f"t{i}", service_id="s1", annotations=objects.Annotations(labels=label)))
 
-    await store.update(create)
-    assert len(open_local_store(tmp_path, SystemClock()).view().all("task")) == n
+    async with raft_store(tmp_path, SystemClock()) as store:
+        await store.update(create)
+    async with raft_store(tmp_path, SystemClock()) as replayed:
+        assert len(replayed.view().all("task")) == n
 
 
 wire_number = st.one_of(st.integers(-(2**70), 2**70), finite, st.sampled_from([1e300, -1e300, 1e-300]))
@@ -283,6 +287,7 @@ def test_what_the_service_converter_accepts_round_trips(ratio: Any, replicas: An
             "UpdateConfig": {"MaxFailureRatio": ratio, "Parallelism": parallelism, "Delay": delay}}
     try:
         spec = C.service_spec_from_wire(body, api_version="1.47")
+        validate_service_spec(spec)  # what the control API checks before anything is proposed
     except InvalidArgument:
         return  # refused at the API, as dockerd refuses it
     svc = Service(id="s1", spec=spec)
@@ -299,8 +304,8 @@ def test_what_the_other_converters_accept_round_trips(kind: str) -> None:
     def check(body: dict[str, Any]) -> None:
         try:
             obj = convert(body)
-        except InvalidArgument:
-            return  # refused at the API, as dockerd refuses it
+        except ShoalError:
+            return  # refused at the API, as dockerd refuses it (a 4xx, or one of its untyped 500s)
         part = encode_actions([("create", kind, obj)], verify=True)
         assert decode_entry(b'{"format":1,"version":1,"actions":[%s]}' % part)[1] == [("create", kind, obj)]
 

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from shoal.engineapi import messages
+from shoal.api import messages
 from shoal.engineapi.convert import (
     config_spec_from_wire,
     config_to_wire,
@@ -30,10 +30,10 @@ from shoal.engineapi.convert import (
     swarm_spec_from_wire,
     swarm_to_wire,
     task_to_wire,
-    valid_image_reference,
     with_defaults,
 )
 from shoal.errors import InvalidArgument
+from shoal.manager.validation import valid_image_reference, validate_service_spec
 from shoal.model.objects import (
     GLOBAL,
     GLOBAL_JOB,
@@ -454,8 +454,9 @@ BAD_SPECS: list[tuple[dict[str, Any], str]] = [
 
 @pytest.mark.parametrize(("body", "message"), BAD_SPECS)
 def test_service_spec_errors(body: Any, message: str) -> None:
+    """What dockerd's decoding or swarmkit's validation (the control API's) refuses, as they word it."""
     with pytest.raises(InvalidArgument) as ei:
-        service_spec_from_wire(body)
+        validate_service_spec(service_spec_from_wire(body))
     assert ei.value.status == 400
     assert ei.value.message == message
 

@@ -8,7 +8,7 @@ from dataclasses import replace
 import pytest
 
 from shoal.engineapi.convert import secret_spec_from_wire, service_spec_from_wire, service_to_wire
-from shoal.engineapi.routes import go_bool
+from shoal.engineapi.routes.common import go_bool
 from shoal.errors import InvalidArgument, ShoalError
 from shoal.model.objects import SECOND, Endpoint, EndpointSpec, RestartPolicy, Service, VirtualIP
 from shoal.testing.fakeexec import FakeBehavior
@@ -62,7 +62,7 @@ def test_a_secret_update_may_carry_labels_only() -> None:
                                           ("host", True), ("[::1]", False), ("::1", False), ("a]:1", False)])
 def test_listen_address_is_split_as_go_does(addr: str, ok: bool) -> None:
     # dockerd's resolveListenAddr: net.SplitHostPort, else "could not parse listen address ...".
-    from shoal.node import _splittable
+    from shoal.node.swarm import _splittable
 
     assert _splittable(addr) is ok
 
@@ -85,7 +85,7 @@ def _filters(raw: str, accepted: frozenset[str] = frozenset({"role", "name"})) -
 
     from aiohttp.test_utils import make_mocked_request
 
-    from shoal.engineapi.routes import parse_filters
+    from shoal.engineapi.routes.common import parse_filters
 
     return parse_filters(make_mocked_request("GET", f"/nodes?filters={quote(raw)}"), set(accepted))
 
@@ -131,35 +131,35 @@ def _event(kind: str, name: str, action: str = "create", oid: str = "abcdef", **
 
 
 def test_an_object_filter_matches_any_kind_by_id_or_name_prefix() -> None:
-    from shoal.engineapi.routes import _event_matches
+    from shoal.engineapi.routes.events import event_matches
 
     # dockerd: `service=web` is a prefix of the actor's ID or name, whatever the event's type
     flt = {"service": ["web"]}
-    assert _event_matches(_event("service", "web"), flt)
-    assert _event_matches(_event("secret", "web"), flt)
-    assert _event_matches(_event("container", "web.1.x"), flt)
-    assert _event_matches(_event("service", "other", oid="webfff"), flt)
-    assert not _event_matches(_event("service", "api"), flt)
+    assert event_matches(_event("service", "web"), flt)
+    assert event_matches(_event("secret", "web"), flt)
+    assert event_matches(_event("container", "web.1.x"), flt)
+    assert event_matches(_event("service", "other", oid="webfff"), flt)
+    assert not event_matches(_event("service", "api"), flt)
     both = {"service": ["web"], "type": ["service"]}
-    assert _event_matches(_event("service", "web"), both) and not _event_matches(_event("secret", "web"), both)
-    assert not _event_matches(_event("service", "web"), {"service": ["web"], "node": ["n1"]})
-    assert not _event_matches(_event("service", "web"), {"scope": ["local"]})
+    assert event_matches(_event("service", "web"), both) and not event_matches(_event("secret", "web"), both)
+    assert not event_matches(_event("service", "web"), {"service": ["web"], "node": ["n1"]})
+    assert not event_matches(_event("service", "web"), {"scope": ["local"]})
 
 
 def test_event_action_image_and_label_filters() -> None:
-    from shoal.engineapi.routes import _event_matches
+    from shoal.engineapi.routes.events import event_matches
 
-    assert not _event_matches(_event("service", "web", "update"), {"event": ["create"]})
+    assert not event_matches(_event("service", "web", "update"), {"event": ["create"]})
     # health_status and exec_* are matched as prefixes, the others exactly
-    assert _event_matches(_event("container", "c", "exec_start: sh"), {"event": ["exec_start"]})
-    assert not _event_matches(_event("container", "c", "exec_start: sh"), {"event": ["exec"]})
+    assert event_matches(_event("container", "c", "exec_start: sh"), {"event": ["exec_start"]})
+    assert not event_matches(_event("container", "c", "exec_start: sh"), {"event": ["exec"]})
     run = _event("container", "c", "start", image="busybox:latest")
-    assert _event_matches(run, {"image": ["busybox"]}) and _event_matches(run, {"image": ["busybox:latest"]})
-    assert not _event_matches(run, {"image": ["alpine"]}) and not _event_matches(_event("service", "web"),
+    assert event_matches(run, {"image": ["busybox"]}) and event_matches(run, {"image": ["busybox:latest"]})
+    assert not event_matches(run, {"image": ["alpine"]}) and not event_matches(_event("service", "web"),
                                                                                  {"image": ["busybox"]})
     labelled = _event("service", "web", tier="front")
-    assert _event_matches(labelled, {"label": ["tier=front"]}) and _event_matches(labelled, {"label": ["tier"]})
-    assert not _event_matches(labelled, {"label": ["tier=back"]})
+    assert event_matches(labelled, {"label": ["tier=front"]}) and event_matches(labelled, {"label": ["tier"]})
+    assert not event_matches(labelled, {"label": ["tier=back"]})
 
 
 # --- networks, services, swarm -----------------------------------------------------------------------------------

@@ -9,7 +9,8 @@ from dataclasses import replace
 
 import pytest
 
-from shoal.manager.dispatcher import COMPLETE, INCREMENTAL, Assignments, Dispatcher
+from shoal.api.dispatch import COMPLETE, INCREMENTAL, Assignments
+from shoal.manager.dispatcher import Dispatcher
 from shoal.model.objects import (
     Annotations,
     Config,

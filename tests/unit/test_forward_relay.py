@@ -14,7 +14,7 @@ import aiohttp
 from aiohttp import web
 from aiohttp.test_utils import TestServer
 
-from shoal.engineapi import messages as M
+from shoal.api import messages as M
 from shoal.engineapi.server import NODE_KEY, errors_middleware, forward_to_leader
 from shoal.errors import Unavailable
 from shoal.rpc import shoal_pb2 as pb
@@ -23,7 +23,7 @@ BODY = b'{"ID":"6wg8plz1k96psrurf0idw6fs8","Warnings":null}\n'
 
 
 class LeaderStream:
-    """What `ManagerReplica.forward` yields: these chunks, then (if `dies`) the error of a lost leader."""
+    """What `Forwarder.forward` yields: these chunks, then (if `dies`) the error of a lost leader."""
 
     def __init__(self, chunks: list[pb.ForwardChunk], dies: bool) -> None:
         self.chunks = chunks
@@ -38,8 +38,8 @@ class LeaderStream:
 
 
 class Node:
-    def __init__(self, replica: LeaderStream) -> None:
-        self.replica = replica
+    def __init__(self, forwarder: LeaderStream) -> None:
+        self.forwarder = forwarder
 
     async def wait_for_leader(self) -> None:
         return None

@@ -1,11 +1,11 @@
 """Go's encoding/json messages for bad request bodies depend on where the error is outside JSON strings: the
-scanners behind them (shoal.engineapi.routes._outside_strings) must skip strings, escaped quotes included."""
+scanners behind them (shoal.engineapi.gojson._outside_strings) must skip strings, escaped quotes included."""
 
 from __future__ import annotations
 
 import pytest
 
-from shoal.engineapi.routes import go_json_decode
+from shoal.engineapi.gojson import go_json_decode
 from shoal.errors import InvalidArgument
 
 

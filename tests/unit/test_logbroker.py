@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from shoal.agent.exec.protocol import LogLine, LogOptions
+from shoal.api.logs import LogLine, LogOptions
 from shoal.clock import SystemClock
 from shoal.errors import NotFound, ShoalError
 from shoal.manager.dispatcher import node_for_local

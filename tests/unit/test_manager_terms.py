@@ -5,19 +5,18 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from pathlib import Path
 
 import pytest
 
 from shoal.clock import SystemClock
 from shoal.manager.manager import Manager
 from shoal.manager.raft.node import ProposalLost
-from shoal.store.wal import open_local_store
+from shoal.testing.sim import memory_store
 
 
-async def _two_terms(tmp_path: Path, error: Exception) -> Manager:
+async def _two_terms(error: Exception) -> Manager:
     """Run a manager whose extra leader loop raises `error` in its first term; return once a second term ran."""
-    mgr = Manager(open_local_store(tmp_path, SystemClock()), SystemClock(), random.Random(1))
+    mgr = Manager(memory_store(SystemClock()), SystemClock(), random.Random(1))
     calls = 0
     second = asyncio.Event()
 
@@ -40,9 +39,9 @@ async def _two_terms(tmp_path: Path, error: Exception) -> Manager:
 
 
 async def test_a_write_refused_for_lost_leadership_ends_the_term_quietly(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="shoal.manager.manager")
-    await _two_terms(tmp_path, ProposalLost("raft: leadership lost; the proposal may or may not commit"))
+    await _two_terms(ProposalLost("raft: leadership lost; the proposal may or may not commit"))
     msgs = [(r.levelno, r.getMessage()) for r in caplog.records if r.name == "shoal.manager.manager"]
     assert (logging.INFO, "the leader-only loops stopped: raft: leadership lost; the proposal may or may not "
             "commit") in msgs
@@ -50,9 +49,9 @@ async def test_a_write_refused_for_lost_leadership_ends_the_term_quietly(
 
 
 async def test_a_loop_that_fails_otherwise_is_logged_as_an_error_and_restarted(
-        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+        caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="shoal.manager.manager")
-    await _two_terms(tmp_path, ValueError("a bug"))
+    await _two_terms(ValueError("a bug"))
     errors = [r for r in caplog.records if r.name == "shoal.manager.manager" and r.levelno == logging.ERROR]
     assert [r.getMessage() for r in errors] == ["a leader-only loop failed"]
     assert errors[0].exc_info is not None and "a bug" in repr(errors[0].exc_info[1])

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from shoal.api.attachments import is_attachment
 from shoal.errors import NotFound, ShoalError
 from shoal.ids import new_id
 from shoal.manager import attachments
@@ -39,7 +40,7 @@ async def test_an_attachment_gets_an_address_and_gives_it_back() -> None:
         free = 256 - 3  # network, gateway, broadcast
         t = await attach(r, "n1", "c1", "attnet", name="db", aliases=("legacy",))
         assert isinstance(t, attachments.Task)
-        assert attachments.is_attachment(t) and t.status.state == TaskState.RUNNING and t.service_id == ""
+        assert is_attachment(t) and t.status.state == TaskState.RUNNING and t.service_id == ""
         (att,) = t.networks
         assert att.network_id == net.id and att.addresses[0].startswith("10.99.0.")
         assert r.alloc.ipam.free_count(net.id) == free - 1
@@ -78,7 +79,7 @@ async def test_refusals_as_dockerd_words_them() -> None:
         assert e.value.status == 403
         with pytest.raises(NotFound, match="network nope not found"):
             await attach(r, "n1", "c1", "nope")
-        assert [t for t in r.store.view().tasks() if attachments.is_attachment(t)] == []
+        assert [t for t in r.store.view().tasks() if is_attachment(t)] == []
 
 
 async def test_a_full_network_is_a_clear_error_and_leaves_nothing_behind() -> None:
@@ -89,7 +90,7 @@ async def test_a_full_network_is_a_clear_error_and_leaves_nothing_behind() -> No
         assert isinstance(first, attachments.Task)
         with pytest.raises(ShoalError, match="no IP addresses available on network tiny"):
             await attach(r, "n1", "c2", "tiny")
-        await until(r.store, lambda v: [t.id for t in v.tasks() if attachments.is_attachment(t)] == [first.id],
+        await until(r.store, lambda v: [t.id for t in v.tasks() if is_attachment(t)] == [first.id],
                     "the refused attachment deleted")
         assert r.alloc.ipam.free_count(net.id) == 0
 
@@ -117,20 +118,20 @@ async def test_attachments_go_with_their_node_and_survive_a_new_leader() -> None
 
 
 async def test_a_worker_asks_the_leader_over_the_network_service(tmp_path: Path) -> None:
-    """shoal.net.attach from a worker: the Network service's Attach/Detach on its session's channel, with the
+    """shoal.node.attacher from a worker: the Network service's Attach/Detach on its session's channel, with the
     leader's errors as dockerd prints them and the caller's certificate deciding whose attachment it is."""
     from shoal import ca as CA
     from shoal.clock import SystemClock
     from shoal.manager.controlapi import ControlAPI
     from shoal.manager.dispatcher import Dispatcher
     from shoal.model.objects import NodeDescription
-    from shoal.net.attach import Attacher
+    from shoal.node.attacher import Attacher
     from shoal.rpc import client as C
     from shoal.rpc.server import ManagerRPC
     from tests.unit.test_rpc_security import make_cluster
 
     rng = random.Random(11)
-    store, cluster = await make_cluster(tmp_path / "m", rng)
+    store, cluster = await make_cluster(rng)
     d = Dispatcher(store, SystemClock())
     alloc = Allocator(store)
     loops = [asyncio.create_task(d.run()), asyncio.create_task(alloc.run())]

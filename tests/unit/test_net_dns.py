@@ -8,7 +8,6 @@ import json
 import socket
 import struct
 from collections.abc import AsyncIterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +19,6 @@ import pytest
 from dnslib import QTYPE, RR, A, DNSRecord
 
 from shoal.model.objects import (
-    Annotations,
-    NetworkAttachmentConfig,
-    NetworkSpec,
     Service,
     Task,
 )
@@ -31,7 +27,7 @@ from shoal.net.directory import StoreDirectory
 from shoal.net.dns import DNSServer, parse_upstream
 from shoal.store.memory import MemoryStore, Tx
 from shoal.testing.clock import VirtualClock
-from shoal.testing.sim import SimCluster, memory_store, service_spec, with_replicas
+from shoal.testing.sim import memory_store
 from tests.support import netobjects
 from tests.support.netobjects import update_task
 
@@ -196,7 +192,7 @@ async def test_answers_change_as_soon_as_tasks_change() -> None:
 
 
 async def test_names_of_ours_wait_for_the_hold_of_whoever_asks() -> None:
-    """The docker executor's gateway DNS answers a container once its VIP rules are in (shoal.net.agent
+    """The docker executor's gateway DNS answers a container once its VIP rules are in (shoal.net.engine
     `_rules_ready`): names of ours wait for `hold(client)`; forwarded ones, and other queries, do not."""
     store = await populated()
     up = FakeUpstream()
@@ -281,47 +277,6 @@ def test_parse_upstream() -> None:
     assert parse_upstream("1.1.1.1") == ("1.1.1.1", 53)
     assert parse_upstream("127.0.0.1:5353") == ("127.0.0.1", 5353)
     assert parse_upstream("[::1]:53") == ("::1", 53)
-
-
-@pytest.mark.parametrize("replicas", [3])
-async def test_tasks_name_follows_the_simulated_cluster(replicas: int) -> None:
-    """Through the real orchestrator, allocator and agents: `tasks.<name>` is exactly the running replicas
-    after a scale down and after a task dies."""
-    async with SimCluster.started(nodes=2) as sim:
-        net = await sim.api.create_network(NetworkSpec(annotations=Annotations(name="appnet")))
-        spec = service_spec("app", replicas=replicas)
-        spec = replace(spec, task_template=replace(spec.task_template,
-                                                   networks=(NetworkAttachmentConfig(target=net.id),)))
-        svc = await sim.create_service(spec)
-        directory = StoreDirectory(sim.store)
-        directory.start()
-        try:
-            def running_ips() -> list[str]:
-                return sorted(a.split("/")[0] for t in sim.running(svc.id) for att in t.networks
-                              if att.network_id == net.id for a in att.addresses)
-
-            async def settled(n: int) -> None:
-                await sim.wait_until(lambda: len(sim.running(svc.id)) == n)
-                await directory.synced(sim.store.version)
-
-            await settled(replicas)
-            assert sorted(directory.lookup("tasks.app", net.id)) == running_ips()
-            vip = sim.service(svc.id).endpoint.virtual_ips[0].addr.split("/")[0]
-            assert directory.lookup("app", net.id) == [vip]
-            await sim.update_service(svc.id, lambda s: with_replicas(s, 2))
-            await settled(2)
-            assert sorted(directory.lookup("tasks.app", net.id)) == running_ips()
-            victim = sim.running(svc.id)[0]
-            node = sim.nodes[victim.node_id]
-            await node.executor.controllers[victim.id].terminate()  # killed behind the agent's back
-            await sim.wait_until(lambda: sim.view().task(victim.id).status.state > TaskState.RUNNING)
-            await directory.synced(sim.store.version)
-            dead_ip = victim.networks[0].addresses[0].split("/")[0]
-            assert dead_ip not in directory.lookup("tasks.app", net.id)
-            await settled(2)
-            assert sorted(directory.lookup("tasks.app", net.id)) == running_ips()
-        finally:
-            await directory.close()
 
 
 class _OverTheWire:

@@ -22,7 +22,6 @@ from shoal.model.objects import (
     Network,
     NetworkAttachmentConfig,
     NetworkSpec,
-    RestartPolicy,
     Service,
     Task,
     TaskStatus,
@@ -30,8 +29,7 @@ from shoal.model.objects import (
 from shoal.model.state import TaskState
 from shoal.store.memory import MemoryStore, ReadTx
 from shoal.testing.clock import VirtualClock
-from shoal.testing.fakeexec import FakeBehavior
-from shoal.testing.sim import SimCluster, memory_store, service_spec, with_replicas
+from shoal.testing.sim import memory_store, service_spec
 
 
 async def until(store: MemoryStore, pred: Callable[[ReadTx], bool], what: str = "") -> None:
@@ -216,51 +214,6 @@ async def test_thousands_of_churns_leak_nothing(mode: str) -> None:
         # service's VIP comes after it).
         await r.service("next", net, mode="vip")
         assert r.alloc.ipam.free_count(net.id) == start - 1
-
-
-CYCLES = 400
-
-
-async def test_churn_through_the_whole_cluster_simulation() -> None:
-    """Tasks that keep exiting and restarting on three fake nodes (orchestrator, scheduler, dispatcher,
-    agents, history reaper) for hundreds of cycles; afterwards the full network is allocatable again."""
-    async with SimCluster.started(nodes=3) as sim:
-        net = await sim.api.create_network(NetworkSpec(annotations=Annotations(name="mesh"),
-                                                       ipam=IPAMOptions(configs=(IPAMConfig(
-                                                           subnet="10.66.0.0/28"),))))
-        capacity = 13 - 1  # 16 - network - broadcast - gateway, minus the VIP
-        sim.behave(lambda t: FakeBehavior(exit_code=1, run_for=1.0))
-        spec = service_spec("flappy", replicas=6, restart=RestartPolicy(condition="any", delay=0))
-        spec = replace(spec, task_template=replace(spec.task_template,
-                                                   networks=(NetworkAttachmentConfig(target=net.id),)))
-        svc = await sim.create_service(spec)
-
-        seen = [0, 0]  # log entries looked at, task creations among them
-
-        def started() -> int:
-            for c in sim.log[seen[0]:]:
-                seen[1] += c.kind == "task" and c.action == "create"
-            seen[0] = len(sim.log)
-            return seen[1]
-
-        await sim.wait_until(lambda: started() >= CYCLES, timeout=10_000, what=f"{CYCLES} task starts")
-        sim.rules.clear()
-        await sim.update_service(svc.id, lambda s: with_replicas(s, capacity))
-        await sim.wait_until(lambda: len(sim.running(svc.id)) == capacity, timeout=600,
-                             what="every address of the network in use at once")
-        held = held_addresses(sim.view(), net.id)
-        assert len(held) == len(set(held)) == capacity
-        await sim.api.remove_service(svc.id)
-        await sim.wait_until(lambda: not held_addresses(sim.view(), net.id) and sim.view().service(svc.id) is None,
-                             timeout=600, what="service gone")
-        fresh = Allocator(sim.store)
-        fresh._rebuild()
-        assert fresh.ipam.free_count(net.id) == capacity + 1
-        # Let the agents wind their task runners down before the cluster stops (cancelling an agent in the
-        # middle of shutting tasks down can hang the simulation's teardown: a known agent issue).
-        await sim.wait_until(lambda: all(not n.agent.runners for n in sim.nodes.values()), timeout=600,
-                             what="agents idle")
-
 
 
 async def test_every_node_gets_one_ingress_address_returned_when_it_is_removed() -> None:

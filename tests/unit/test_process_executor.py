@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 
 from shoal.agent.exec.process import ProcessController, ProcessExecutor
-from shoal.agent.exec.protocol import LogLine, LogOptions
 from shoal.agent.exec.step import is_done, step
+from shoal.api.logs import LogLine, LogOptions
 from shoal.clock import SystemClock
 from shoal.errors import FatalError
 from shoal.model.objects import (

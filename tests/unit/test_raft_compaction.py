@@ -12,9 +12,9 @@ from pathlib import Path
 
 from shoal.clock import SystemClock
 from shoal.manager.raft.node import RaftNode
-from shoal.manager.raft.recovery import force_new_cluster
 from shoal.manager.raft.sqlite_storage import SqliteStorage
 from shoal.manager.raft.transport import NullTransport
+from shoal.manager.recovery import force_new_cluster
 from tests.unit.raft_support import bootstrap_dir, create_config, started_store
 
 BOUND = 256 << 10  # snapshot_bytes for the test

@@ -18,6 +18,7 @@ from shoal.manager.raft.transport import InMemoryHub
 from shoal.model.objects import Annotations, Service, ServiceSpec
 from shoal.store.memory import MemoryStore, Tx
 from shoal.testing.clock import VirtualClock
+from tests.support.wait import eventually
 
 IDS = (1, 2, 3)
 
@@ -245,11 +246,7 @@ async def test_snapshots_taken_off_the_loop_are_durable_and_restore(tmp_path: Pa
     await node.leader_event.wait()
     for i in range(120):
         await store.update(create(f"s{i}"))
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + 10
-    while node.snapshots_taken < 2:
-        assert loop.time() < deadline, "no snapshot taken"
-        await asyncio.sleep(0.01)
+    await eventually(lambda: node.snapshots_taken >= 2, 10, interval=0.01, what="two snapshots taken")
     await node.stop()
     storage.close()
 

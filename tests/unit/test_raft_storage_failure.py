@@ -16,6 +16,7 @@ from shoal.manager.raft import sqlite_storage
 from shoal.manager.raft.node import RaftNode
 from shoal.manager.raft.sqlite_storage import SqliteStorage
 from shoal.manager.raft.transport import NullTransport
+from tests.support.wait import eventually
 from tests.unit.raft_support import bootstrap_dir, create_config, started_store
 
 
@@ -80,10 +81,7 @@ async def test_a_snapshot_that_cannot_be_written_stops_the_node(tmp_path: Path,
             await store.update(create_config(f"c{i}"))
         except Unavailable:
             break
-    deadline = clock.monotonic() + 10
-    while not failures:
-        assert clock.monotonic() < deadline, "the failed snapshot did not stop the node"
-        await clock.sleep(0.01)
+    await eventually(lambda: failures, 10, interval=0.01, what="the failed snapshot to stop the node")
     monkeypatch.undo()
     assert isinstance(failures[0], OSError) and failures[0].errno == errno.ENOSPC and not node.is_leader
     assert node.snapshots_taken == 0

@@ -31,6 +31,7 @@ from shoal.rpc.raft import (
     msg_to_pb,
 )
 from shoal.rpc.server import SECURE_SERVER_OPTIONS
+from tests.support.wait import eventually
 
 CLUSTER = "cluster1"
 
@@ -104,14 +105,6 @@ async def pair() -> AsyncIterator[tuple[Peer, Peer]]:
             await p.server.stop(None)
 
 
-async def wait_for(cond: object, timeout: float = 10.0) -> None:
-    assert callable(cond)
-    deadline = time.monotonic() + timeout
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached"
-        await asyncio.sleep(0.01)
-
-
 def append(src: int, dst: int, i: int) -> Message:
     return Message(MsgType.APPEND, src, dst, term=3, index=i, log_term=3,
                    entries=(Entry(i + 1, 3, EntryType.NORMAL, f"e{i}".encode()),), commit=i)
@@ -121,7 +114,7 @@ async def test_messages_cross_both_ways_in_order(pair: tuple[Peer, Peer]) -> Non
     a, b = pair
     a.transport.send([append(1, 2, i) for i in range(300)])
     b.transport.send([Message(MsgType.APPEND_RESP, 2, 1, term=3, index=7)])
-    await wait_for(lambda: len(b.rec.got) == 300 and len(a.rec.got) == 1)
+    await eventually(lambda: len(b.rec.got) == 300 and len(a.rec.got) == 1)
     assert [m.index for m in b.rec.got] == list(range(300))
     assert b.rec.got[5].entries[0].data == b"e5"
     assert a.rec.got[0].type == MsgType.APPEND_RESP
@@ -133,11 +126,11 @@ async def test_a_snapshot_of_several_chunks_arrives_whole(pair: tuple[Peer, Peer
     data = random.Random(1).randbytes(3 * CHUNK + 12345)
     snap = Snapshot(SnapshotMeta(500, 4, frozenset({1, 2, 3})), data)
     a.transport.send([append(1, 2, 1), Message(MsgType.SNAPSHOT, 1, 2, term=4, snapshot=snap), append(1, 2, 2)])
-    await wait_for(lambda: len(b.rec.got) == 3)
+    await eventually(lambda: len(b.rec.got) == 3)
     got = b.rec.got[1]
     assert got.snapshot is not None and got.snapshot.data == data and got.snapshot.meta == snap.meta
     assert [m.type for m in b.rec.got] == [MsgType.APPEND, MsgType.SNAPSHOT, MsgType.APPEND]
-    await wait_for(lambda: a.rec.snapshots == [(2, True)])
+    await eventually(lambda: a.rec.snapshots == [(2, True)])
 
 
 async def test_a_sent_snapshot_is_not_kept_by_the_sender(pair: tuple[Peer, Peer]) -> None:
@@ -147,16 +140,16 @@ async def test_a_sent_snapshot_is_not_kept_by_the_sender(pair: tuple[Peer, Peer]
     data = random.Random(2).randbytes(2 * CHUNK + 7)
     a.transport.send([Message(MsgType.SNAPSHOT, 1, 2, term=4,
                               snapshot=Snapshot(SnapshotMeta(500, 4, frozenset({1, 2})), data))])
-    await wait_for(lambda: a.rec.snapshots == [(2, True)] and len(b.rec.got) == 1)
+    await eventually(lambda: a.rec.snapshots == [(2, True)] and len(b.rec.got) == 1)
     # Only this frame and getrefcount's argument refer to it once it is sent (the receiver has its own copy).
-    await wait_for(lambda: sys.getrefcount(data) == 2, timeout=3.0)
+    await eventually(lambda: sys.getrefcount(data) == 2, 3.0)
 
 
 async def test_a_dead_peer_is_reported_unreachable(pair: tuple[Peer, Peer]) -> None:
     a, b = pair
     await b.server.stop(None)
     a.transport.send([append(1, 2, 1)])
-    await wait_for(lambda: 2 in a.rec.unreachable)
+    await eventually(lambda: 2 in a.rec.unreachable)
 
 
 async def test_a_worker_or_foreign_certificate_is_refused() -> None:
@@ -170,7 +163,7 @@ async def test_a_worker_or_foreign_certificate_is_refused() -> None:
             book.learn(1, good.transport.listen_addr)
             bad.transport.secure._cache[good.transport.listen_addr] = good.addr
             bad.transport.send([append(bad.raft_id, 1, 1)])
-            await wait_for(lambda bad=bad: 1 in bad.rec.unreachable)  # the stream is refused
+            await eventually(lambda bad=bad: 1 in bad.rec.unreachable)  # the stream is refused
         assert good.rec.got == []
     finally:
         for p in (good, *intruders):
@@ -202,7 +195,7 @@ async def test_many_large_entries_cross_in_batches_bounded_in_bytes(pair: tuple[
     gRPC's message limit; the stream failed and the same batch was resent for ever."""
     a, b = pair
     a.transport.send([big_append(1, 2, i, 300 << 10) for i in range(250)])
-    await wait_for(lambda: len(b.rec.got) == 250, timeout=30)
+    await eventually(lambda: len(b.rec.got) == 250, 30)
     assert [m.index for m in b.rec.got] == list(range(250))
     assert all(len(m.entries[0].data) == 300 << 10 for m in b.rec.got)
     assert not a.rec.unreachable  # not one failed stream
@@ -213,7 +206,7 @@ async def test_one_entry_larger_than_a_batch_goes_alone_up_to_the_message_limit(
     a, b = pair
     size = 12 << 20  # past a batch's bound and gRPC's default 4 MiB limit, well under MAX_MESSAGE
     a.transport.send([append(1, 2, 0), big_append(1, 2, 1, size), append(1, 2, 2)])
-    await wait_for(lambda: len(b.rec.got) == 3, timeout=30)
+    await eventually(lambda: len(b.rec.got) == 3, 30)
     assert [len(m.entries[0].data) for m in b.rec.got] == [2, size, 2]
     assert not a.rec.unreachable
     assert ("grpc.max_receive_message_length", MAX_MESSAGE) in SECURE_SERVER_OPTIONS

@@ -15,7 +15,6 @@ import datetime
 import random
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
-from pathlib import Path
 
 import grpc
 import pytest
@@ -25,9 +24,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509.oid import NameOID
 
 from shoal import ca as CA
+from shoal.api.dispatch import COMPLETE, INCREMENTAL
 from shoal.clock import SystemClock
 from shoal.errors import ShoalError
-from shoal.manager.dispatcher import COMPLETE, INCREMENTAL, Dispatcher
+from shoal.manager.dispatcher import Dispatcher
 from shoal.model.objects import (
     Cluster,
     NodeDescription,
@@ -41,7 +41,8 @@ from shoal.rpc import shoal_pb2 as pb
 from shoal.rpc import shoal_pb2_grpc as pbg
 from shoal.rpc.server import ManagerRPC
 from shoal.store.memory import MemoryStore
-from shoal.store.wal import open_local_store
+from shoal.testing.sim import memory_store
+from tests.support.wait import eventually
 
 
 @dataclass
@@ -53,8 +54,8 @@ class Mgr:
     dispatcher: Dispatcher
 
 
-async def make_cluster(tmp: Path, rng: random.Random) -> tuple[MemoryStore, Cluster]:
-    store = open_local_store(tmp, SystemClock())
+async def make_cluster(rng: random.Random) -> tuple[MemoryStore, Cluster]:
+    store = memory_store(SystemClock())
     root = CA.create_root_ca(SystemClock().now())
     cluster = Cluster(id=CA.new_id(rng), root_ca=root)
     cluster = replace(cluster, join_tokens=replace(cluster.join_tokens, worker=CA.make_join_token(root, rng),
@@ -67,9 +68,9 @@ async def make_cluster(tmp: Path, rng: random.Random) -> tuple[MemoryStore, Clus
 
 
 @pytest.fixture
-async def mgr(tmp_path: Path) -> AsyncIterator[Mgr]:
+async def mgr() -> AsyncIterator[Mgr]:
     rng = random.Random(7)
-    store, cluster = await make_cluster(tmp_path / "m", rng)
+    store, cluster = await make_cluster(rng)
     d = Dispatcher(store, SystemClock())
     runner = asyncio.create_task(d.run())
     rpc = ManagerRPC(store, d, SystemClock(), rng, "mgr1", "127.0.0.1:0", "127.0.0.1")
@@ -307,13 +308,13 @@ def test_names_come_from_the_ca_not_the_csr() -> None:
 # --- liveness after a manager restart ------------------------------------------------------------------
 
 
-async def test_nodes_that_never_come_back_after_a_manager_start_go_down(tmp_path: Path) -> None:
+async def test_nodes_that_never_come_back_after_a_manager_start_go_down() -> None:
     """Sessions die with a manager: a node that does not register within three periods is marked down,
     one that does stays ready, and the manager's own node is left alone."""
     from shoal.model.objects import SECOND, Node, NodeStatus
 
     rng = random.Random(3)
-    store, _ = await make_cluster(tmp_path / "m", rng)
+    store, _ = await make_cluster(rng)
 
     def prepare(tx):  # type: ignore[no-untyped-def]
         c = tx.cluster()
@@ -332,12 +333,11 @@ async def test_nodes_that_never_come_back_after_a_manager_start_go_down(tmp_path
                          "w1", "active")
         rd = C.RemoteDispatcher([f"127.0.0.1:{rpc.port}"], j.creds)
         await rd.register(j.node_id, NodeDescription(hostname="w1"), "")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 5
-        while store.view().node("gone").status.state != "down":
-            assert loop.time() < deadline, "the node that never came back is still not down"
-            await rd.heartbeat(j.node_id)
-            await asyncio.sleep(0.02)
+        async def gone_down() -> bool:
+            await rd.heartbeat(j.node_id)  # this one keeps its session
+            return bool(store.view().node("gone").status.state == "down")
+
+        await eventually(gone_down, 5, interval=0.02, what="the node that never came back to be down")
         assert store.view().node(j.node_id).status.state == "ready"
         assert store.view().node("mgr1").status.state == "ready"
         await rd.close()
@@ -411,13 +411,13 @@ async def test_an_agent_reports_a_status_whose_call_was_cut_by_its_reconnect(
         await mgr.store.update(lambda tx: tx.create(task))
         await asyncio.wait_for(held.entered.wait(), 10)
         mgr.dispatcher.sessions[j.node_id].expire()  # the session ends: the agent registers again
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + 15
-        while mgr.store.view().task("t1").status.state != TaskState.RUNNING:
+        def reported_running() -> bool:
             assert not running.done(), running
-            assert loop.time() < deadline, (f"the task is still {mgr.store.view().task('t1').status.state.name}"
-                                            " in the store though the agent runs it")
-            await asyncio.sleep(0.05)  # polling the store the reports are written to
+            state = mgr.store.view().task("t1").status.state
+            assert state == TaskState.RUNNING, f"the task is still {state.name} in the store though the agent runs it"
+            return True
+
+        await eventually(reported_running, 15)
         assert held.held == 1 and not held.release.is_set()  # the held call was never answered: cut, retried
     finally:
         running.cancel()

@@ -12,15 +12,16 @@ from shoal.errors import Conflict, SequenceConflict
 from shoal.manager.raft.node import NotLeaderError
 from shoal.model.objects import Annotations, Service, ServiceSpec, Task
 from shoal.store.memory import Commit, Event, MemoryStore, WatchOverflow
-from shoal.store.wal import open_local_store
+from shoal.testing.durable import raft_store
+from shoal.testing.sim import memory_store
 
 
 def svc(sid: str, name: str) -> Service:
     return Service(id=sid, spec=ServiceSpec(annotations=Annotations(name=name)))
 
 
-async def test_create_update_conflicts(tmp_path: Path) -> None:
-    store = open_local_store(tmp_path, SystemClock())
+async def test_create_update_conflicts() -> None:
+    store = memory_store(SystemClock())
     created = await store.update(lambda tx: tx.create(svc("s1", "web")))
     assert created.meta.version == 1
     with pytest.raises(Conflict):
@@ -33,8 +34,8 @@ async def test_create_update_conflicts(tmp_path: Path) -> None:
     assert store.view().by_name("service", "api").id == "s1"
 
 
-async def test_failed_transaction_changes_nothing(tmp_path: Path) -> None:
-    store = open_local_store(tmp_path, SystemClock())
+async def test_failed_transaction_changes_nothing() -> None:
+    store = memory_store(SystemClock())
 
     def boom(tx):  # type: ignore[no-untyped-def]
         tx.create(svc("s1", "web"))
@@ -46,8 +47,8 @@ async def test_failed_transaction_changes_nothing(tmp_path: Path) -> None:
     assert store.version == 0
 
 
-async def test_tx_reads_its_own_writes_and_indexes(tmp_path: Path) -> None:
-    store = open_local_store(tmp_path, SystemClock())
+async def test_tx_reads_its_own_writes_and_indexes() -> None:
+    store = memory_store(SystemClock())
 
     def fn(tx):  # type: ignore[no-untyped-def]
         tx.create(svc("s1", "web"))
@@ -65,21 +66,22 @@ async def test_tx_reads_its_own_writes_and_indexes(tmp_path: Path) -> None:
 
 
 async def test_restart_replays_log_and_snapshot(tmp_path: Path) -> None:
-    store = open_local_store(tmp_path, SystemClock(), snapshot_interval=3)
-    for i in range(7):
-        await store.update(lambda tx, i=i: tx.create(svc(f"s{i}", f"n{i}")))
-    await store.update(lambda tx: tx.delete("service", "s0"))
-    assert list((tmp_path / "snapshots").glob("snap-*.json"))  # a snapshot was taken
-    again = open_local_store(tmp_path, SystemClock(), snapshot_interval=3)
-    assert sorted(s.id for s in again.view().services()) == [f"s{i}" for i in range(1, 7)]
-    assert again.version == store.version
-    # and it keeps going from where it was
-    created = await again.update(lambda tx: tx.create(svc("s9", "n9")))
-    assert created.meta.version == store.version + 1
+    async with raft_store(tmp_path, SystemClock(), snapshot_interval=3) as store:
+        for i in range(7):
+            await store.update(lambda tx, i=i: tx.create(svc(f"s{i}", f"n{i}")))
+        await store.update(lambda tx: tx.delete("service", "s0"))
+        assert list((tmp_path / "snapshots").glob("snap-*"))  # a snapshot was taken
+        version = store.version
+    async with raft_store(tmp_path, SystemClock(), snapshot_interval=3) as again:
+        assert sorted(s.id for s in again.view().services()) == [f"s{i}" for i in range(1, 7)]
+        assert again.version == version
+        # and it keeps going from where it was
+        created = await again.update(lambda tx: tx.create(svc("s9", "n9")))
+        assert created.meta.version == version + 1
 
 
-async def test_watch_gets_events_then_commit(tmp_path: Path) -> None:
-    store = open_local_store(tmp_path, SystemClock())
+async def test_watch_gets_events_then_commit() -> None:
+    store = memory_store(SystemClock())
     sub = store.watch(kinds=["service"])
     await store.update(lambda tx: (tx.create(svc("s1", "a")), tx.create(Task(id="t", service_id="s1"))))
     first = await asyncio.wait_for(sub.get(), 1)
@@ -88,8 +90,8 @@ async def test_watch_gets_events_then_commit(tmp_path: Path) -> None:
     assert isinstance(second, Commit) and second.version == 1
 
 
-async def test_slow_watcher_is_closed_not_blocking(tmp_path: Path) -> None:
-    store: MemoryStore = open_local_store(tmp_path, SystemClock())
+async def test_slow_watcher_is_closed_not_blocking() -> None:
+    store: MemoryStore = memory_store(SystemClock())
     sub = store.watch(limit=3)
     for i in range(3):
         await store.update(lambda tx, i=i: tx.create(svc(f"s{i}", f"n{i}")))

@@ -48,18 +48,3 @@ async def test_network_create_avoids_every_nodes_routed_subnets() -> None:
     given = await api.create_network(replace(spec, ipam=replace(net.ipam, configs=(replace(
         net.ipam.configs[0], subnet="10.0.1.0/24", gateway=""),))))
     assert given.ipam.configs[0].subnet == "10.0.1.0/24"
-
-
-async def test_a_changed_node_description_reaches_the_manager() -> None:
-    """An engine network made after the node registered must still count: the agent registers again once
-    its description changes (here: the fake executor's resources), within swarmkit's 20 s period."""
-    from shoal.model.objects import Resources
-    from shoal.testing.sim import SimCluster
-
-    async with SimCluster.started(nodes=1) as sim:
-        (nid,) = sim.nodes
-        sim.nodes[nid].executor.resources = Resources(nano_cpus=7 * 10**9, memory_bytes=1 << 30)
-        took = await sim.wait_until(lambda: sim.node(nid).description.resources.nano_cpus == 7 * 10**9,
-                                    timeout=60, what="the new description in the store")
-        assert took <= 45
-        assert sim.node(nid).status.state == "ready"

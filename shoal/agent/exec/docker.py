@@ -22,7 +22,7 @@ container, started or not, the secrets tmpfs, the network endpoints) once it end
 Containers carry Swarm's labels plus `com.shoal.node.id`, so several Shoal nodes sharing one dockerd
 only see (and adopt) their own containers.
 
-Overlays become bridge networks of the engine (shoal.net.agent), which refuses one whose subnet overlaps
+Overlays become bridge networks of the engine (shoal.net.engine), which refuses one whose subnet overlaps
 another of its networks. So `describe()` reports the IPv4 subnets of the engine's networks and of the host's
 routes (`NodeDescription.routed_subnets`, less this node's own overlays) and the manager allocates overlay
 subnets around them; the agent registers again when that changes. A network the engine refuses all the same
@@ -48,13 +48,8 @@ import aiohttp
 from aiodocker.exceptions import DockerError
 
 from shoal.agent.exec import container as ctr
-from shoal.agent.exec.protocol import (
-    DependencyGetter,
-    ExitStatus,
-    LogLine,
-    LogOptions,
-    RuntimeStatus,
-)
+from shoal.agent.exec.protocol import DependencyGetter, ExitStatus, RuntimeStatus
+from shoal.api.logs import LogLine, LogOptions
 from shoal.errors import FatalError, ShoalError, TemporaryError
 from shoal.model.objects import (
     SECOND,

@@ -84,15 +84,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from shoal.agent.exec.protocol import (
-    DependencyGetter,
-    ExitStatus,
-    LogLine,
-    LogOptions,
-    RuntimeStatus,
-)
+from shoal.agent.exec.protocol import DependencyGetter, ExitStatus, RuntimeStatus
+from shoal.api.logs import LogLine, LogOptions
 from shoal.clock import Clock, SystemClock
 from shoal.errors import FatalError, TemporaryError
+from shoal.host import nsutil
 from shoal.model.objects import (
     SECOND,
     ConfigReference,
@@ -104,7 +100,7 @@ from shoal.model.objects import (
     SecretReference,
     Task,
 )
-from shoal.net import nsutil
+from shoal.tasks import cancel_and_wait
 
 ENGINE_VERSION = "shoal-process"
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -792,9 +788,7 @@ class ProcessController:
     async def close(self) -> None:
         t, self._health_task = self._health_task, None
         if t is not None:
-            t.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+            await cancel_and_wait(t)
 
 
 # --- the executor -------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from shoal.api.logs import LogLine, LogOptions
 from shoal.model.objects import Config, NodeDescription, Secret, Task
 
 
@@ -35,24 +36,6 @@ class RuntimeStatus:
     # The runtime runs a health check of its own: a container whose image has a HEALTHCHECK (the task
     # spec has none). Swarmkit gates RUNNING on the container's effective config, so Shoal does too.
     health_check: bool = False
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LogOptions:
-    follow: bool = False
-    stdout: bool = True
-    stderr: bool = True
-    tail: int | None = None  # None: all lines
-    since: float = 0.0  # seconds since the epoch; 0: from the beginning
-    until: float = 0.0  # 0: no end
-    timestamps: bool = False
-
-
-@dataclass(frozen=True, slots=True, kw_only=True)
-class LogLine:
-    stream: str  # "stdout" | "stderr"
-    timestamp: float
-    data: bytes  # one line, including its trailing newline when it had one
 
 
 class DependencyGetter(Protocol):

@@ -103,7 +103,7 @@ def _spawn(spec: dict[str, Any]) -> subprocess.Popen[bytes]:
     rlimit_as: int | None = spec.get("rlimit_as")
     netns: str | None = spec.get("netns")
     resolv_conf: str | None = spec.get("resolv_conf")
-    from shoal.net.nsutil import enter  # imported before the fork (stdlib only)
+    from shoal.host.nsutil import enter  # imported before the fork (stdlib only)
 
     def setup() -> None:  # runs in the child between fork and exec
         pid = str(os.getpid()).encode()

@@ -32,8 +32,6 @@ from shoal.engineapi.convert.service import (
     service_to_wire,
     task_spec_to_wire,
     task_to_wire,
-    valid_image_reference,
-    validate_service_spec,
     with_defaults,
 )
 
@@ -64,7 +62,5 @@ __all__ = [
     "swarm_to_wire",
     "task_spec_to_wire",
     "task_to_wire",
-    "valid_image_reference",
-    "validate_service_spec",
     "with_defaults",
 ]

@@ -10,8 +10,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from shoal.api.messages import INVALID_ARGUMENT, rpc
 from shoal.engineapi.convert._wire import Obj, go_time, meta, put
-from shoal.engineapi.messages import INVALID_ARGUMENT, rpc
 from shoal.errors import InvalidArgument, ShoalError
 from shoal.model.objects import (
     Annotations,
@@ -551,8 +551,6 @@ def network_create_from_wire(body: Any) -> NetworkCreate:
             gateway = c.string("Gateway")
             if c.get("AuxiliaryAddresses"):
                 raise InvalidArgument("IPAM.Config.AuxiliaryAddresses is not supported by Shoal")
-            if not subnet:
-                raise _rpc_invalid("ipam configuration: cannot be empty")
             net = _go_cidr(subnet)
             if net is None:
                 # dockerd 20.10 reads the IPAM config (its local network code, before any handoff to the

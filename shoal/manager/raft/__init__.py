@@ -10,8 +10,7 @@ DEFAULT_TICK = 0.1
 
 # Bytes of log (entry data) applied since the last snapshot after which a manager takes one, whatever the entry
 # count (`--snapshot-interval`): what a restart replays, and (with the catch-up tail below) what the leader holds in
-# memory and what the data dir's log holds are bounded by it (issue 15: 200 MB of log and no snapshot took 28 s to
-# replay).
+# memory and what the data dir's log holds are bounded by it (200 MB of log and no snapshot took 28 s to replay).
 DEFAULT_SNAPSHOT_BYTES = 32 << 20
 
 # After a snapshot the log keeps a catch-up tail of entries the snapshot already holds, at most this many and at most

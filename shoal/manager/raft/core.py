@@ -377,6 +377,7 @@ class RaftCore:
         self.applied = self._snap_index  # the application restores from the snapshot
         self.role = Role.FOLLOWER
         self.leader = NONE
+        self.elections = 0  # elections this node started (each raised the term), for the metrics
         self._progress: dict[int, Progress] = {}
         self._conf_history: list[tuple[int, frozenset[int]]] = [(self._snap_index, meta.voters)]
         self.voters: frozenset[int] = meta.voters
@@ -467,7 +468,7 @@ class RaftCore:
     def following(self, node: int, within_ticks: int) -> bool:
         """On the leader: is `node` caught up, or did its log grow in the last `within_ticks` ticks (or is a
         snapshot on its way to it)? A member that answers heartbeats but takes no entries is not following:
-        the API must not show it Reachable (issue 15). Elsewhere: True (only the leader knows)."""
+        the API must not show it Reachable. Elsewhere: True (only the leader knows)."""
         if self.role != Role.LEADER or node == self.id:
             return True
         pr = self._progress.get(node)
@@ -508,6 +509,7 @@ class RaftCore:
 
     def _become_candidate(self) -> None:
         self._reset(self.term + 1)
+        self.elections += 1
         self.vote = self.id
         self.role = Role.CANDIDATE
 

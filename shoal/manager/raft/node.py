@@ -34,7 +34,6 @@ virtual clock, deterministic; moving them to a thread is an optimisation left fo
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import os
@@ -61,7 +60,7 @@ from shoal.manager.raft.core import (
 )
 from shoal.manager.raft.storage import Storage, persist_ready
 from shoal.manager.raft.transport import Transport
-from shoal.tasks import cancel_and_wait
+from shoal.tasks import cancel_all, cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +160,13 @@ class RaftNode:
         self.is_leader = False
         self.snapshots_taken = 0
         self.snapshots_installed = 0
+        # For the metrics: the size of the last snapshot taken or installed, how often the leader this node knows
+        # changed to another member, and `on_timing(what, seconds)` with each proposal's time to commit and apply
+        # ("proposal") and each snapshot's time to encode and write ("snapshot").
+        self.last_snapshot_bytes = 0
+        self.leader_changes = 0
+        self._known_leader = 0
+        self.on_timing: Callable[[str, float], None] | None = None
 
     # --- wiring ------------------------------------------------------------------------------------
 
@@ -241,11 +247,7 @@ class RaftNode:
         if self._snapshotting is not None:
             await cancel_and_wait(self._snapshotting)  # storage is closed after stop: not mid-write
         tasks, self._tasks = self._tasks, []
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+        await cancel_all(tasks)
         self._fail_all(ProposalLost("raft node stopped"), Unavailable("raft node stopped"))
         self._applied_wake.set()
         self._set_leader(False)
@@ -287,7 +289,12 @@ class RaftNode:
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self._proposals[eid.index] = (eid.term, fut)
         self._wake.set()
-        return await fut
+        if self.on_timing is None:
+            return await fut
+        t0 = self.clock.monotonic()
+        index = await fut
+        self.on_timing("proposal", self.clock.monotonic() - t0)
+        return index
 
     async def read_barrier(self, timeout: float | None = None) -> int:
         """Wait until this node's state machine reflects every write committed before the call (read index:
@@ -397,6 +404,7 @@ class RaftNode:
             snap = rd.snapshot
             sm.restore(snap.data, snap.meta.index)
             self.snapshots_installed += 1
+            self.last_snapshot_bytes = len(snap.data)
             self._applied_bytes = 0
             for index in [i for i in self._proposals if i <= snap.meta.index]:
                 _, fut = self._proposals.pop(index)
@@ -417,6 +425,9 @@ class RaftNode:
                     pending[1].set_exception(ProposalLost("raft: proposal lost to a leadership change"))
         self._read_waiting.extend((rs.index, rs.context) for rs in rd.read_states)
         self.core.advance(rd)
+        if self.core.leader and self.core.leader != self._known_leader:
+            self._known_leader = self.core.leader
+            self.leader_changes += 1
         if rd.committed_entries or rd.snapshot is not None:
             self._applied_wake.set()
         self._serve_reads()
@@ -455,18 +466,26 @@ class RaftNode:
         assert sm is not None
         self._applied_bytes = 0
         if not self.snapshot_in_thread:
-            snap = self.core.compact(applied, sm.save(), keep_entries=self.catchup_entries,
-                                     keep_bytes=self.catchup_bytes)
+            t0 = self.clock.monotonic()
+            data = sm.save()
+            snap = self.core.compact(applied, data, keep_entries=self.catchup_entries, keep_bytes=self.catchup_bytes)
             self.storage.save_snapshot(snap, compact_index=self.core.first_index - 1)
             self.storage.sync()
-            self.snapshots_taken += 1
+            self._snapshot_taken(len(data), self.clock.monotonic() - t0)
             return
         # A big store takes seconds to encode: encode and write it in a thread while the loop keeps
         # heartbeating (a leader stalled for an election timeout would be deposed), then commit it here.
         self._snapshotting = asyncio.get_running_loop().create_task(self._snapshot_off_loop(applied,
                                                                                             sm.snapshot_source()))
 
+    def _snapshot_taken(self, size: int, seconds: float) -> None:
+        self.snapshots_taken += 1
+        self.last_snapshot_bytes = size
+        if self.on_timing is not None:
+            self.on_timing("snapshot", seconds)
+
     async def _snapshot_off_loop(self, index: int, source: Callable[[], bytes]) -> None:
+        t0 = self.clock.monotonic()
         try:
             data = await asyncio.to_thread(source)
         except Exception:
@@ -487,7 +506,7 @@ class RaftNode:
                 else:
                     self.storage.save_snapshot(snap, compact_index=cut)
                 self.storage.sync()
-            self.snapshots_taken += 1
+            self._snapshot_taken(len(data), self.clock.monotonic() - t0)
         except Exception as e:
             # The log was compacted in memory and the storage may be mid-transaction: as a failed Ready write,
             # this node cannot go on.

@@ -24,15 +24,30 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import struct
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from shoal.manager.raft.core import Entry, HardState, Snapshot, SnapshotMeta, UnsupportedFormat
 from shoal.manager.raft.storage import InitialState
 
-if TYPE_CHECKING:
-    from shoal.manager.keys import DataCipher
+
+class DataCipher(Protocol):
+    """Authenticated encryption of blobs at rest (shoal.manager.keys.DataCipher is the manager's): `aad`
+    binds a blob to where it belongs, so blobs cannot be swapped around unnoticed."""
+
+    def seal(self, data: bytes, aad: bytes) -> bytes: ...
+
+    def open(self, blob: bytes, aad: bytes) -> bytes: ...
+
+
+def entry_aad(index: int, term: int) -> bytes:
+    return b"entry" + struct.pack(">QQ", index, term)
+
+
+def snapshot_aad(index: int, term: int) -> bytes:
+    return b"snapshot" + struct.pack(">QQ", index, term)
 
 STORAGE_FORMAT = 1
 WAL_SIZE_LIMIT = 8 << 20
@@ -91,15 +106,11 @@ class SqliteStorage:
     def _seal_entry(self, index: int, term: int, payload: bytes) -> bytes:
         if self._cipher is None:
             return payload
-        from shoal.manager.keys import entry_aad
-
         return self._cipher.seal(payload, entry_aad(index, term))
 
     def _open_entry(self, index: int, term: int, blob: bytes) -> bytes:
         if self._cipher is None:
             return blob
-        from shoal.manager.keys import entry_aad
-
         return self._cipher.open(blob, entry_aad(index, term))
 
     def _encrypt_in_place(self) -> None:
@@ -155,8 +166,6 @@ class SqliteStorage:
             index, term = at
         blob = self._snap_path(index, term).read_bytes()
         if sealed:
-            from shoal.manager.keys import snapshot_aad
-
             assert self._cipher is not None
             blob = self._cipher.open(blob, snapshot_aad(index, term))
         return Snapshot.decode(index, term, blob)
@@ -173,8 +182,6 @@ class SqliteStorage:
         tmp = final.with_suffix(".tmp")
         blob = snap.encode()
         if self._cipher is not None:
-            from shoal.manager.keys import snapshot_aad
-
             blob = self._cipher.seal(blob, snapshot_aad(snap.meta.index, snap.meta.term))
         try:
             with open(tmp, "wb") as f:

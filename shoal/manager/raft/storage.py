@@ -3,16 +3,7 @@
 `RaftCore` reads a `Storage` at construction (`load()`), and its snapshot again (`load_snapshot()`) each time
 a follower must be sent it: the core keeps only a snapshot's metadata. The shell writes each `Ready`
 into it with `persist_ready` (snapshot, entries, hard state, then one `sync()`: the fsync) before sending
-the Ready's messages. The interface stays close to `shoal.store.wal.SqliteLog`, so an adapter is thin:
-
-    Storage                      SqliteLog
-    append(entries)              append([(e.index, e.term, e.encode())])  (replaces the suffix)
-    set_hard_state(hs)           set_state("term"/"vote"/"commit", ...)  (same sqlite transaction ideally)
-    save_snapshot(snap, c)       save_snapshot(wal.Snapshot(index, term, snap.encode())), compact(c)
-    apply_snapshot(snap)         save_snapshot(...) then delete *every* entry (the log is replaced)
-    load_snapshot()              Snapshot.decode(s.index, s.term, s.data)
-    entries(lo, hi), term(i)     entries(lo, hi) -> Entry.decode(...)
-    sync()                       no-op (sqlite commits with synchronous=FULL)
+the Ready's messages. `shoal.manager.raft.sqlite_storage.SqliteStorage` is the durable one.
 
 `MemoryStorage` keeps two copies: what was written and what was synced. `crash()` throws away everything
 written since the last `sync()`, as a `kill -9` or a power cut would; the simulation restarts a core from it.

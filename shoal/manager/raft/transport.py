@@ -5,10 +5,8 @@ or raise; whatever it cannot deliver it drops, and it may say so through `RaftNo
 `report_snapshot`. Received messages are handed to the callback registered with `set_receiver`
 (`RaftNode.step`), on the event loop.
 
-The gRPC transport (next step of issue 5) implements the same protocol: one `Raft.ProcessRaftMessage`
-unary RPC on the mutual-TLS node listener (shoal/rpc/server.py), served to managers only (the caller's
-certificate must carry the manager role), with one sending queue per peer so a slow peer never delays the
-others, and raft ids mapped to manager addresses from the membership's ConfChange contexts.
+The gRPC transport (shoal.rpc.raft.GrpcTransport) implements the same protocol on the mutual-TLS node
+listener, served to managers only, with one sending stream per peer so a slow peer never delays the others.
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ import logging
 import random
 from dataclasses import replace
 
+from shoal.api.attachments import is_attachment
 from shoal.clock import Clock
-from shoal.manager.attachments import is_attachment
 from shoal.manager.scheduler.core import Decision, Scheduler
 from shoal.model.evolve import evolve
 from shoal.model.objects import Task, TaskStatus

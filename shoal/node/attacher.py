@@ -15,11 +15,15 @@ from typing import Any
 
 import grpc
 
+from shoal.api.attachments import allocated
 from shoal.errors import ShoalError, Unavailable
 from shoal.ids import new_id
 from shoal.manager import attachments
+from shoal.manager.raft.node import NotLeaderError
 from shoal.model import codec
 from shoal.model.objects import Task
+from shoal.rpc.client import from_rpc_error
+from shoal.rpc.netfeed import remote_attach, remote_detach
 
 RETRY = 0.2
 CALL_TIMEOUT = attachments.ATTACH_TIMEOUT + 10.0
@@ -44,10 +48,6 @@ class Attacher:
     async def _ask(self, local: Any, method: str, body: dict[str, Any]) -> bytes:
         """`local(store)` on the leader, else the Network service's `method` with `body`; retried while no
         leader answers."""
-        from shoal.manager.raft.node import NotLeaderError
-        from shoal.rpc.client import from_rpc_error
-        from shoal.rpc.netfeed import remote_attach, remote_detach
-
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.timeout
         last = "no manager to ask"
@@ -86,7 +86,7 @@ class Attacher:
         raw = await self._ask(local, "Attach", {"container": container, "network": network, "name": name,
                                                 "aliases": list(aliases)})
         t = codec.decode_as(Task, json.loads(raw))
-        if not attachments.allocated(t):
+        if not allocated(t):
             raise ShoalError(f"network attachment {t.id} came back without an address")
         return t
 

@@ -67,12 +67,9 @@ def service_name_conflict(name: str) -> str:
     return rpc(ALREADY_EXISTS, f"name conflicts with an existing object: service {name} already exists")
 
 
-def secret_name_conflict(name: str) -> str:
-    return rpc(ALREADY_EXISTS, f"secret {name} already exists")
-
-
-def config_name_conflict(name: str) -> str:
-    return rpc(ALREADY_EXISTS, f"config {name} already exists")
+def name_conflict(kind: str, name: str) -> str:
+    """A secret or config name taken (swarmkit's AlreadyExists)."""
+    return rpc(ALREADY_EXISTS, f"{kind} {name} already exists")
 
 
 def network_name_conflict(name: str) -> str:

@@ -8,8 +8,7 @@ two ways a manager that is not the leader still serves everything (it forwards t
     await replica.close()
 
 - Writes: the leader's store proposes to Raft; an Engine API request that needs the leader is forwarded to it by a
-  manager that is not (`forward`), over the Raft service's `Forward` call on mutual TLS. The leader runs it on its
-  own Engine API socket, so it is exactly the request the client sent.
+  manager that is not (shoal.engineapi.forward, over the Raft service's `Forward` call).
 - The manager's own agent talks to whoever leads: in process when that is this manager, else over gRPC like any
   worker (`AgentDispatcher` decides at each new session, and sessions end when leadership moves).
 - Leadership: Raft's notification starts and stops the Manager's leader-only loops (plus the node RPC's and the
@@ -29,23 +28,23 @@ from typing import Any
 
 import grpc
 
+from shoal.api.dispatch import Assignments
 from shoal.clock import Clock
+from shoal.engineapi.forward import Forwarder
 from shoal.errors import ShoalError
-from shoal.manager.dispatcher import Assignments, Dispatcher
+from shoal.manager.dispatcher import Dispatcher, node_for_local
 from shoal.manager.keys import DataCipher
 from shoal.manager.logrepair import APPLY_FAILED_EXIT
 from shoal.manager.manager import Manager
-from shoal.manager.membership import LOST_QUORUM, Membership
+from shoal.manager.membership import LOST_QUORUM, AddressBook, Membership
+from shoal.manager.migrate import migrate_to_raft
 from shoal.manager.raft.node import RaftNode, exit_process
 from shoal.manager.raft.sqlite_storage import SqliteStorage
 from shoal.model.objects import Cluster, NodeDescription, TaskStatus
-from shoal.rpc import shoal_pb2 as pb
 from shoal.rpc.client import NodeCredentials, RemoteDispatcher
-from shoal.rpc.raft import AddressBook, Creds, GrpcTransport, LeaderChannels, RaftHooks
-from shoal.rpc.raft import forward as raft_forward
+from shoal.rpc.raft import Creds, GrpcTransport, RaftHooks, join_raft
 from shoal.rpc.server import ManagerRPC, _peer_tls_info, _set_tls_info
 from shoal.store.memory import Commit, MemoryStore, WatchOverflow
-from shoal.store.wal import migrate_to_raft
 from shoal.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -53,9 +52,6 @@ log = logging.getLogger(__name__)
 # Election timeout 10 ticks plus up to 5 (1.0-1.5 s at the 100 ms tick): a follower notices a dead leader in at
 # most 1.5 s, so failover stays under 2 s (etcd's default spread, 10 more ticks, would allow 2 s and more).
 ELECTION_JITTER_TICKS = 5
-FORWARDED_HEADER = "X-Shoal-Forwarded"  # set on a request a manager forwarded: never forwarded a second time
-_FORWARD_CHUNK = 1 << 20  # a forwarded answer's body up to this goes in one message with its head
-_HOP_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade"})
 
 
 class AgentDispatcher:
@@ -188,8 +184,7 @@ class ManagerReplica:
         self.rpc: ManagerRPC | None = None
         self._disk_creds: NodeCredentials | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._channels: LeaderChannels | None = None  # to the leader, for forwarded requests
-        self._api_session: Any = None  # aiohttp session on our own API socket, for requests forwarded to us
+        self.forwarder: Forwarder | None = None  # Engine API requests to and from the leader
 
     @property
     def raft_dir(self) -> Path:
@@ -215,7 +210,7 @@ class ManagerReplica:
                         if self.membership is not None else None,
                         persist_in_thread=os.environ.get("SHOAL_RAFT_PERSIST_THREAD", "0") == "1",
                         election_jitter_ticks=ELECTION_JITTER_TICKS, snapshot_in_thread=True,
-                        on_failure=exit_process)  # crash-only: its supervisor restarts it (issue 15)
+                        on_failure=exit_process)  # crash-only: its supervisor restarts it
         self.transport.node = raft
         loaded_commit = raft.core.commit
         store = MemoryStore(raft, self.clock)
@@ -223,6 +218,11 @@ class ManagerReplica:
         self.raft, self.store = raft, store
         self.membership = Membership(store, raft, self.transport, self.book, self.node_id, self.clock)
         self.book._from_store = self.membership.addr_from_store
+        membership = self.membership
+        self.forwarder = Forwarder(node_id=self.node_id, leader_addr=membership.leader_addr, no_leader=LOST_QUORUM,
+                                   secure=self.transport.secure, credentials=self.credentials,
+                                   leading=lambda: raft.is_leader, not_leader=membership.not_leader,
+                                   api_socket=self.api_socket)
         # The events' retained window lives with the Raft data, so leaving the swarm forgets it too.
         self.manager = Manager(store, self.clock, self.rng, scheduler_strategy=self.scheduler_strategy,
                                events_path=self.raft_dir / "events.jsonl")
@@ -276,7 +276,8 @@ class ManagerReplica:
         raft, membership = self.raft, self.membership
         hooks = RaftHooks(transport=self.transport, cluster_id=self._cluster_id,
                           is_member_allowed=membership.is_member_allowed, join=membership.join,
-                          forward=self._serve_forward, on_peer_stream=self._record_peer_certificate)
+                          forward=self.forwarder.serve if self.forwarder is not None else None,
+                          on_peer_stream=self._record_peer_certificate)
         self.rpc = ManagerRPC(self.store, self.manager.dispatcher, self.clock, random.Random(self.rng.getrandbits(64)),
                               self.node_id, self.listen_addr, self.advertise_host,
                               logbroker=self.manager.logbroker, creds=creds,
@@ -306,12 +307,9 @@ class ManagerReplica:
     async def close(self) -> None:
         for t in list(self._tasks):
             await cancel_and_wait(t)
-        if self._channels is not None:
-            await self._channels.close()
-            self._channels = None
-        if self._api_session is not None:
-            await self._api_session.close()
-            self._api_session = None
+        if self.forwarder is not None:
+            await self.forwarder.close()
+            self.forwarder = None
         if self.rpc is not None:
             await self.rpc.stop()
             self.rpc = None
@@ -333,8 +331,6 @@ class ManagerReplica:
     async def join_group(self, via_addr: str, timeout: float = 30.0) -> None:
         """Ask the leader (through `via_addr`) to add this manager, then wait until the store has caught up
         to the point where it holds this node."""
-        from shoal.rpc.raft import join_raft
-
         assert self.transport is not None and self.store is not None
         resp, leader = await join_raft(self.transport.secure, via_addr, self.credentials(), self.raft_id,
                                        self.manager_addr)
@@ -352,55 +348,6 @@ class ManagerReplica:
 
     def leader_addr(self) -> str:
         return self.membership.leader_addr() if self.membership is not None else ""
-
-    async def forward(self, method: str, path: str, headers: dict[str, str],
-                      body: bytes) -> AsyncIterator[pb.ForwardChunk]:
-        """This request, answered by the leader (raises NotLeader/Unavailable when there is none)."""
-        assert self.membership is not None and self.transport is not None
-        lead = self.membership.leader_addr()
-        if not lead:
-            raise ShoalError(f"rpc error: code = Unknown desc = {LOST_QUORUM}")
-        req = pb.ForwardRequest(method=method, path=path, body=body)
-        for k, v in headers.items():
-            if k.lower() not in _HOP_HEADERS:
-                req.headers[k] = v
-        req.headers[FORWARDED_HEADER] = self.node_id
-        if self._channels is None:
-            self._channels = LeaderChannels(self.transport.secure, self.credentials)
-        async for chunk in raft_forward(self._channels, lead, req):
-            yield chunk
-
-    async def _serve_forward(self, req: pb.ForwardRequest) -> AsyncIterator[pb.ForwardChunk]:
-        """On the leader: run a forwarded request on this node's own Engine API."""
-        assert self.membership is not None and self.raft is not None
-        if not self.raft.is_leader:
-            raise self.membership.not_leader()
-        if self.api_socket is None:
-            raise ShoalError("this manager serves no Engine API socket to run forwarded requests on")
-        import aiohttp
-
-        if self._api_session is None or self._api_session.closed:
-            # One session (keep-alive connections to our own socket) for every forwarded request.
-            self._api_session = aiohttp.ClientSession(
-                connector=aiohttp.UnixConnector(path=str(self.api_socket), limit=0),
-                timeout=aiohttp.ClientTimeout(total=None, sock_connect=10))
-        async with self._api_session.request(req.method, "http://shoal" + req.path, headers=dict(req.headers),
-                                             data=req.body or None) as resp:
-            head = pb.ForwardChunk(status=resp.status)
-            for k, v in resp.headers.items():
-                if k.lower() not in _HOP_HEADERS:
-                    head.headers[k] = v
-            if resp.content_length is not None:
-                # The length goes with the head, so the forwarding manager can tell a whole answer from one cut
-                # short; a small body (every write's answer) goes in the same message.
-                head.headers["Content-Length"] = str(resp.content_length)
-                if resp.content_length <= _FORWARD_CHUNK:
-                    head.data = await resp.read()
-                    yield head
-                    return
-            yield head
-            async for data in resp.content.iter_any():
-                yield pb.ForwardChunk(data=data)
 
     # --- certificates of the other managers ------------------------------------------------------------
 
@@ -429,11 +376,9 @@ class ManagerReplica:
 
 def manager_node_for(node_id: str, hostname: str, addr: str, raft_id: int) -> Any:
     """The Node record of the first manager (`swarm init`)."""
-    from shoal.manager.dispatcher import node_for_local
-
     node = node_for_local(node_id, hostname, "manager", addr)
     assert node.manager_status is not None
     return replace(node, observed_role="manager", manager_status=replace(node.manager_status, raft_id=raft_id))
 
 
-__all__ = ["FORWARDED_HEADER", "AgentDispatcher", "ManagerReplica", "manager_node_for"]
+__all__ = ["AgentDispatcher", "ManagerReplica", "manager_node_for"]

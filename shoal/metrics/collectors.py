@@ -1,0 +1,222 @@
+"""Collectors that read a node's state when Prometheus scrapes: nothing here is counted as it happens.
+
+Names follow dockerd's swarm metrics where one exists (`swarm_node_manager`, `swarm_manager_leader`,
+`swarm_manager_nodes{state}`, `swarm_manager_tasks_total{state}`, `swarm_manager_services_total`, ...,
+`swarm_store_batch_latency_seconds`); what dockerd does not have is `shoal_*`. Labels are bounded: service
+names, node IDs and hostnames, states, never a task ID. Every manager reports the cluster as its own store
+holds it (the store is replicated: a follower's lags the leader's by at most its apply lag), so a query for the
+cluster's numbers picks one manager, e.g. `... and on(instance) swarm_manager_leader == 1`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Iterator
+from typing import Protocol
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
+from prometheus_client.registry import Collector
+
+from shoal.manager.manager import Manager
+from shoal.manager.membership import Membership
+from shoal.manager.raft.node import RaftNode
+from shoal.manager.scheduler.nodeinfo import is_held, reservations
+from shoal.manager.status import service_status
+from shoal.model.state import TaskState
+from shoal.store.memory import MemoryStore, ReadTx
+
+NODE_STATES = ("unknown", "down", "ready", "disconnected")  # swarmkit's NodeStatus states
+UPDATE_STATES = ("updating", "paused", "completed", "rollback_started", "rollback_paused", "rollback_completed")
+
+
+class MetricsSource(Protocol):
+    """What the collectors read of a node (shoal.node.ShoalNode is one); each may be None or change between
+    scrapes as the node joins, leaves or changes role."""
+
+    @property
+    def role(self) -> str:
+        """manager | worker | "" (no swarm)."""
+
+    @property
+    def is_leader(self) -> bool: ...
+
+    @property
+    def store(self) -> MemoryStore | None: ...
+
+    @property
+    def raft(self) -> RaftNode | None: ...
+
+    @property
+    def manager(self) -> Manager | None: ...
+
+    @property
+    def membership(self) -> Membership | None: ...
+
+
+class NodeCollector(Collector):
+    """This node's role: `swarm_node_manager` and `swarm_manager_leader`, as dockerd reports them."""
+
+    def __init__(self, source: MetricsSource) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily("swarm_node_manager", "Whether this node is a manager or not",
+                                value=1 if self.source.role == "manager" else 0)
+        yield GaugeMetricFamily("swarm_manager_leader", "Indicates if this manager node is a leader",
+                                value=1 if self.source.is_leader else 0)
+
+
+class ClusterCollector(Collector):
+    """The cluster as this manager's store holds it: nodes, tasks, services and their replicas, update states,
+    task counts per node, object counts, and the store's group commit. Nothing on a worker."""
+
+    def __init__(self, source: MetricsSource) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        store = self.source.store
+        if store is None:
+            return
+        v = store.view()
+        yield from self._objects(v)
+        yield from self._services(v)
+        yield from self._tasks_per_node(v)
+        yield from self._store(store)
+
+    def _objects(self, v: ReadTx) -> Iterator[Metric]:
+        nodes = GaugeMetricFamily("swarm_manager_nodes", "The number of nodes", labels=["state"])
+        by_state = Counter(n.status.state for n in v.nodes())
+        for st in NODE_STATES:
+            nodes.add_metric([st], by_state.get(st, 0))
+        yield nodes
+        tasks = GaugeMetricFamily("swarm_manager_tasks_total", "The number of tasks in the cluster object store",
+                                  labels=["state"])
+        t_state = Counter(t.status.state for t in v.tasks())
+        for ts in TaskState:
+            tasks.add_metric([ts.wire], t_state.get(ts, 0))
+        yield tasks
+        for kind, plural in (("service", "services"), ("secret", "secrets"), ("config", "configs"),
+                             ("network", "networks")):
+            yield GaugeMetricFamily(f"swarm_manager_{plural}_total",
+                                    f"The number of {plural} in the cluster object store", value=v.count(kind))
+
+    def _services(self, v: ReadTx) -> Iterator[Metric]:
+        desired = GaugeMetricFamily("shoal_service_replicas_desired",
+                                    "Tasks the service wants running (as docker service ls's REPLICAS second number)",
+                                    labels=["service", "mode"])
+        running = GaugeMetricFamily("shoal_service_replicas_running",
+                                    "The service's tasks running on a node that is not down (REPLICAS' first number)",
+                                    labels=["service"])
+        update = GaugeMetricFamily("shoal_service_update_state",
+                                   "1 for the state of the service's last update or rollback (none: never updated)",
+                                   labels=["service", "state"])
+        tasks = GaugeMetricFamily("shoal_service_tasks", "The service's tasks in the store, by their observed state",
+                                  labels=["service", "state"])
+        live = {n.id for n in v.nodes() if n.status.state != "down"}
+        for svc in v.services():
+            name = svc.name
+            st = service_status(v, svc, live)
+            desired.add_metric([name, svc.spec.mode.kind], st["DesiredTasks"])
+            running.add_metric([name], st["RunningTasks"])
+            us = svc.update_status.state if svc.update_status is not None and svc.update_status.state else "none"
+            update.add_metric([name, us], 1)
+            for ts, n in sorted(Counter(t.status.state for t in v.tasks(service_id=svc.id)).items()):
+                tasks.add_metric([name, ts.wire], n)
+        yield desired
+        yield running
+        yield update
+        yield tasks
+
+    def _tasks_per_node(self, v: ReadTx) -> Iterator[Metric]:
+        per_node = GaugeMetricFamily("shoal_node_tasks", "Tasks assigned to the node, by their observed state",
+                                     labels=["node_id", "hostname", "state"])
+        labels = ["node_id", "hostname"]
+        cpus = GaugeMetricFamily("shoal_node_cpus", "CPUs the node offers to tasks", labels=labels)
+        memory = GaugeMetricFamily("shoal_node_memory_bytes", "Memory the node offers to tasks", labels=labels)
+        reserved_cpus = GaugeMetricFamily("shoal_node_reserved_cpus",
+                                          "CPUs reserved by the tasks the node holds (as the scheduler counts them)",
+                                          labels=labels)
+        reserved_memory = GaugeMetricFamily("shoal_node_reserved_memory_bytes",
+                                            "Memory reserved by the tasks the node holds (as the scheduler counts "
+                                            "them)", labels=labels)
+        nodes = v.nodes()
+        hostnames = {n.id: n.description.hostname for n in nodes}
+        counts: Counter[tuple[str, TaskState]] = Counter()
+        nano_cpus: Counter[str] = Counter()
+        mem: Counter[str] = Counter()
+        for t in v.tasks():
+            if not t.node_id:
+                continue
+            counts[(t.node_id, t.status.state)] += 1
+            r = reservations(t)
+            if r is not None and is_held(t):
+                nano_cpus[t.node_id] += r.nano_cpus
+                mem[t.node_id] += r.memory_bytes
+        for (nid, ts), n in sorted(counts.items()):
+            per_node.add_metric([nid, hostnames.get(nid, ""), ts.wire], n)
+        yield per_node
+        for node in nodes:
+            ls = [node.id, node.description.hostname]
+            cpus.add_metric(ls, node.description.resources.nano_cpus / 1e9)
+            memory.add_metric(ls, node.description.resources.memory_bytes)
+            reserved_cpus.add_metric(ls, nano_cpus[node.id] / 1e9)
+            reserved_memory.add_metric(ls, mem[node.id])
+        yield from (cpus, memory, reserved_cpus, reserved_memory)
+
+    def _store(self, store: MemoryStore) -> Iterator[Metric]:
+        s = store.stats
+        yield SummaryMetricFamily("swarm_store_batch_latency_seconds",
+                                  "Time from proposing a batch of store transactions to its commit",
+                                  count_value=int(s["entries"]), sum_value=float(s["commit_seconds"]))
+        yield CounterMetricFamily("shoal_store_transactions", "Store write transactions committed by this manager",
+                                  value=int(s["transactions"]))
+        yield GaugeMetricFamily("shoal_store_version", "The store's version (bumped by every committed change)",
+                                value=store.version)
+
+
+class RaftCollector(Collector):
+    """This manager's Raft member: term, indexes and apply lag, leadership, elections, snapshots, and (on the
+    leader, the only member that knows) how many voters follow it."""
+
+    def __init__(self, source: MetricsSource) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        raft = self.source.raft
+        if raft is None:
+            return
+        core = raft.core
+
+        def gauge(name: str, doc: str, value: float) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, doc, value=value)
+
+        yield gauge("shoal_raft_term", "The Raft term this member is in", core.term)
+        yield gauge("shoal_raft_commit_index", "The highest log index this member knows committed", core.commit)
+        yield gauge("shoal_raft_applied_index", "The highest log index applied to this member's store", core.applied)
+        yield gauge("shoal_raft_apply_lag", "Committed entries not yet applied to this member's store",
+                    max(0, core.commit - core.applied))
+        yield gauge("shoal_raft_last_index", "The last index of this member's log", core.last_index)
+        yield gauge("shoal_raft_snapshot_index", "The log index of this member's latest snapshot",
+                    core.snapshot_meta.index)
+        yield gauge("shoal_raft_snapshot_bytes", "Size of the last snapshot this member took or installed",
+                    raft.last_snapshot_bytes)
+        yield gauge("shoal_raft_has_leader", "1 when this member knows a leader", 1 if core.leader else 0)
+        yield gauge("shoal_raft_voters", "Voting members of the Raft group", len(core.voters))
+        yield gauge("shoal_raft_quorum", "Voters needed for a quorum", core.quorum)
+        yield CounterMetricFamily("shoal_raft_leader_changes", "Times the leader this member knows changed",
+                                  value=raft.leader_changes)
+        yield CounterMetricFamily("shoal_raft_elections", "Elections this member started (each a new term)",
+                                  value=core.elections)
+        yield CounterMetricFamily("shoal_raft_snapshots_taken", "Snapshots this member took of its store",
+                                  value=raft.snapshots_taken)
+        yield CounterMetricFamily("shoal_raft_snapshots_installed", "Snapshots this member installed from the leader",
+                                  value=raft.snapshots_installed)
+        membership = self.source.membership
+        if raft.is_leader and membership is not None:
+            reachable, unreachable = membership.reachable_counts()
+            g = GaugeMetricFamily("shoal_raft_voters_reachability",
+                                  "Voters by reachability, as the leader sees them (only the leader reports it)",
+                                  labels=["reachability"])
+            g.add_metric(["reachable"], reachable)
+            g.add_metric(["unreachable"], unreachable)
+            yield g
