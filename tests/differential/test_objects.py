@@ -348,3 +348,33 @@ def _tasks(s: Side) -> list[Answer]:
 
 def test_tasks(pair: Pair) -> None:
     pair.check(_tasks)
+
+
+def _connect(s: Side) -> list[Answer]:
+    """`network connect`/`disconnect` of a container on the node's engine with swarm overlays: an attachable
+    one (twice, then disconnect twice) and one that is not attachable."""
+    out: list[Answer] = []
+    _id(s, "POST", "/networks/create", {"Name": "dconn-att", "Driver": "overlay", "Attachable": True})
+    _id(s, "POST", "/networks/create", {"Name": "dconn-closed", "Driver": "overlay"})
+    try:
+        s.cli("create", "--name", "dconn-ctr", "--network", "none", TEST_IMAGE, "sleep", "60")
+        try:
+            for label, net in (("attachable", "dconn-att"), ("again", "dconn-att"), ("not attachable",
+                                                                                     "dconn-closed")):
+                out.append(s.call(f"POST /networks/{{id}}/connect ({label})", "POST", f"/networks/{net}/connect",
+                                  {"Container": "dconn-ctr"}))
+            out.append(s.call("POST /networks/{id}/connect (no container)", "POST", "/networks/dconn-att/connect",
+                              {"Container": "dconn-missing"}))
+            for label in ("connected", "again"):
+                out.append(s.call(f"POST /networks/{{id}}/disconnect ({label})", "POST",
+                                  "/networks/dconn-att/disconnect", {"Container": "dconn-ctr"}))
+        finally:
+            s.cli("rm", "-f", "dconn-ctr")
+    finally:
+        for net in ("dconn-att", "dconn-closed"):
+            s.request("DELETE", f"/networks/{net}")
+    return out
+
+
+def test_network_connect(pair: Pair) -> None:
+    pair.check(_connect)
