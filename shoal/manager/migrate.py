@@ -19,7 +19,7 @@ from pathlib import Path
 from shoal.clock import Clock
 from shoal.manager.raft.core import HardState, SnapshotMeta
 from shoal.manager.raft.core import Snapshot as RaftSnapshot
-from shoal.manager.raft.sqlite_storage import SqliteStorage
+from shoal.manager.raft.sqlite_storage import SqliteStorage, fsync_dir
 from shoal.store.memory import MemoryStore
 
 
@@ -49,7 +49,7 @@ def migrate_to_raft(directory: Path, raft_id: int, clock: Clock) -> bool:
     for snap in (tmp / "snapshots").iterdir():
         os.replace(snap, directory / "snapshots" / snap.name)
     os.replace(tmp / "raft.db", directory / "raft.db")
-    _fsync_dir(directory)
+    fsync_dir(directory)
     shutil.rmtree(tmp, ignore_errors=True)
     for p in legacy:
         p.unlink(missing_ok=True)
@@ -93,11 +93,3 @@ def read_legacy(directory: Path, clock: Clock) -> MemoryStore:
     for idx, data in rows:
         store.apply_entry(int(idx), bytes(data))
     return store
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -18,7 +18,7 @@ from pathlib import Path
 from shoal.clock import Clock
 from shoal.manager.keys import DataCipher
 from shoal.manager.raft.core import EntryType, HardState, Snapshot, SnapshotMeta
-from shoal.manager.raft.sqlite_storage import SqliteStorage
+from shoal.manager.raft.sqlite_storage import SqliteStorage, fsync_dir
 from shoal.model.objects import WORKER
 from shoal.store.memory import MemoryStore, Tx
 
@@ -90,14 +90,6 @@ async def force_new_cluster(directory: Path, raft_id: int, node_id: str, clock: 
     for suffix in ("-wal", "-shm"):  # checkpointed and gone after the clean close above; never mix them in
         (directory / f"raft.db{suffix}").unlink(missing_ok=True)
     os.replace(tmp / "raft.db", directory / "raft.db")
-    _fsync_dir(directory)
+    fsync_dir(directory)
     shutil.rmtree(tmp, ignore_errors=True)
     return index
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -53,7 +53,8 @@ STORAGE_FORMAT = 1
 WAL_SIZE_LIMIT = 8 << 20
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
+    """Make a rename or removal in `path` durable."""
     fd = os.open(path, os.O_RDONLY)
     try:
         os.fsync(fd)
@@ -192,7 +193,7 @@ class SqliteStorage:
             tmp.unlink(missing_ok=True)  # a full disk: do not keep what was written of it
             raise
         os.replace(tmp, final)
-        _fsync_dir(self.snap_dir)
+        fsync_dir(self.snap_dir)
 
     def write_snapshot_file(self, snap: Snapshot) -> None:
         """The slow half of `save_snapshot` (seal, write, fsync the file), safe in a worker thread while the
