@@ -19,6 +19,7 @@ from typing import Any
 import click
 
 from shoal.clock import SystemClock
+from shoal.host.addrs import is_loopback
 from shoal.manager.raft import DEFAULT_TICK
 from shoal.procmem import return_large_frees_to_os
 
@@ -75,28 +76,17 @@ def parse_tcp_addr(raw: str, param_hint: str = "--api-tcp") -> tuple[str, int]:
     return host or "127.0.0.1", num
 
 
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def tcp_listener(api_tcp: str, tls: bool, tlsverify: bool, cacert: Path | None, cert: Path | None,
                  key: Path | None) -> TCPListener:
     """The TCP API listener the flags ask for. Without --tlsverify anyone who can connect is root on this host:
     only loopback is allowed then (dockerd slows its start down for any other address; Shoal refuses)."""
     host, port = parse_tcp_addr(api_tcp)
     if not (tls or tlsverify):
-        if not _is_loopback(host):
+        if not is_loopback(host):
             raise click.UsageError("--api-tcp without --tlsverify is only allowed on loopback: anyone who can "
                                    "connect has root access on this machine")
         return TCPListener(host, port)
-    if not tlsverify and not _is_loopback(host):
+    if not tlsverify and not is_loopback(host):
         raise click.UsageError("--api-tcp off loopback needs --tlsverify: with --tls alone anyone who can connect "
                                "has root access on this machine")
     certs = Path(os.environ.get("DOCKER_CERT_PATH") or Path.home() / ".docker")  # dockerd's defaults

@@ -3,7 +3,6 @@ at scrape time, the histograms fed as requests and Raft proposals happen, and th
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 
 from aiohttp import web
@@ -13,6 +12,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from prometheus_client.registry import Collector
 
 from shoal import __version__
+from shoal.host.addrs import is_loopback
 from shoal.metrics.collectors import ClusterCollector, MetricsSource, NodeCollector, RaftCollector
 
 log = logging.getLogger(__name__)
@@ -71,15 +71,6 @@ class DaemonMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 async def serve_metrics(metrics: DaemonMetrics, host: str, port: int) -> web.AppRunner:

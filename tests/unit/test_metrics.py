@@ -19,11 +19,12 @@ from shoal.clock import SystemClock
 from shoal.engineapi.engine_client import EngineClient
 from shoal.engineapi.proxy import EngineProxy
 from shoal.engineapi.server import make_app
+from shoal.host.addrs import is_loopback
 from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.manager import Manager
 from shoal.manager.membership import Membership
 from shoal.manager.raft.node import RaftNode
-from shoal.metrics.daemon import DaemonMetrics, is_loopback, serve_metrics
+from shoal.metrics.daemon import DaemonMetrics, serve_metrics
 from shoal.model.objects import (
     Annotations,
     Node,
