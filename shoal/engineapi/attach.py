@@ -183,29 +183,18 @@ async def _container(request: web.Request, ref: str) -> tuple[dict[str, Any] | N
     return out, None
 
 
-@route("POST", "/networks/{id}/connect", leader=False)
-async def network_connect(request: web.Request) -> web.StreamResponse:
-    ref = param(request, "id")
-    raw = await request.read()
-    plan = await _attach_plan(request, [ref])
-    if isinstance(plan, web.Response):
-        return plan
-    refs, agent = plan
-    if not refs:
-        return _reply(*await request.app[PROXY_KEY].call(request, raw))
-    net = refs[0][1]
-    body = _json_object(raw)
-    cfg = dict(body.get("EndpointConfig") or {})
-    if (cfg.get("IPAMConfig") or {}).get("IPv4Address"):
-        return _unsupported(f"a static address on swarm network {ref} (--ip) is not supported")
-    info, err = await _container(request, str(body.get("Container") or ""))
-    if info is None:
-        assert err is not None
-        return err
+def _running(info: dict[str, Any]) -> bool:
+    return bool((info.get("State") or {}).get("Running"))
+
+
+async def _connect_now(request: web.Request, agent: Any, net: Network, ref: str, body: dict[str, Any],
+                       info: dict[str, Any], cfg: dict[str, Any]) -> web.Response:
+    """Attach the container `info` to swarm network `net` now: an address from the leader, the container on
+    the engine's bridge for `net` with it, and the record that holds it."""
+    if not net.spec.attachable or net.spec.ingress:
+        return error_response(500, f"Could not attach to network {ref}: {not_attachable(ref)}")
     cid, cname = str(info["Id"]), str(info.get("Name") or "").lstrip("/")
     plain, attacher = agent.plain, agent.attacher
-    if plain.attachment_of(cid, net.id) is not None:
-        return error_response(403, f"endpoint with name {cname} already exists in network {net.name}")
     recorded = False
     atts: dict[str, tuple[str, str]] = {}
     with plain.pending(cid):
@@ -217,7 +206,7 @@ async def network_connect(request: web.Request) -> web.StreamResponse:
                 return _could_not_attach(ref, e)
             atts[t.id] = (net.id, t.networks[0].addresses[0])
             (ep,) = await plain.endpoints([(net, t.networks[0].addresses[0])])
-            cfg.pop("NetworkID", None)
+            cfg = {k: v for k, v in cfg.items() if k != "NetworkID"}
             cfg["IPAMConfig"] = {**(cfg.get("IPAMConfig") or {}), "IPv4Address": ep.address.split("/")[0]}
             status, data, ctype = await _engine(request, "POST", f"/networks/{ep.engine_name}/connect",
                                                 {**body, "Container": cid, "EndpointConfig": cfg})
@@ -233,12 +222,48 @@ async def network_connect(request: web.Request) -> web.StreamResponse:
                     await plain.release_attachment(a)
 
 
+def _agent_for(request: web.Request, ref: str) -> tuple[Any, Network | None]:
+    agent = node_of(request).network
+    return agent, _swarm_network(agent, ref)
+
+
+@route("POST", "/networks/{id}/connect", leader=False)
+async def network_connect(request: web.Request) -> web.StreamResponse:
+    """A running container is attached at once; one that is not running gets the connect recorded and
+    attached when it starts (`start_container`), as dockerd does: its answer is 200 then, even for a network
+    that is not attachable (the start is what fails)."""
+    ref = param(request, "id")
+    raw = await request.read()
+    agent, net = _agent_for(request, ref)
+    if net is None or await _local_network(request, ref):
+        return _reply(*await request.app[PROXY_KEY].call(request, raw))
+    if getattr(agent, "plain", None) is None or getattr(agent, "attacher", None) is None:
+        return _unsupported(f"this node cannot attach containers to swarm network {ref}: it needs the "
+                            "docker executor with networking on")
+    body = _json_object(raw)
+    cfg = dict(body.get("EndpointConfig") or {})
+    if (cfg.get("IPAMConfig") or {}).get("IPv4Address"):
+        return _unsupported(f"a static address on swarm network {ref} (--ip) is not supported")
+    info, err = await _container(request, str(body.get("Container") or ""))
+    if info is None:
+        assert err is not None
+        return err
+    cid, cname = str(info["Id"]), str(info.get("Name") or "").lstrip("/")
+    attached = agent.plain.attachment_of(cid, net.id) is not None
+    if not _running(info):
+        if not attached:
+            agent.plain.defer(cid, net.id, ref, cfg)
+        return web.Response(status=200)
+    if attached:
+        return error_response(403, f"endpoint with name {cname} already exists in network {net.name}")
+    return await _connect_now(request, agent, net, ref, body, info, cfg)
+
+
 @route("POST", "/networks/{id}/disconnect", leader=False)
 async def network_disconnect(request: web.Request) -> web.StreamResponse:
     ref = param(request, "id")
     raw = await request.read()
-    agent = node_of(request).network
-    net = _swarm_network(agent, ref)
+    agent, net = _agent_for(request, ref)
     if net is None or agent is None or agent.plain is None or await _local_network(request, ref):
         return _reply(*await request.app[PROXY_KEY].call(request, raw))
     body = _json_object(raw)
@@ -249,9 +274,48 @@ async def network_disconnect(request: web.Request) -> web.StreamResponse:
     cid = str(info["Id"])
     att = agent.plain.attachment_of(cid, net.id)
     if att is None:
-        return error_response(403, f"container {cid} is not connected to network {net.name}")
+        if agent.plain.undefer(cid, net.id):
+            return web.Response(status=200)
+        if not _running(info):
+            return error_response(500, f"container {cid} is not connected to the network {ref}")
+        return error_response(500, f"container {cid} is not connected to network {net.name}")
     status, data, ctype = await _engine(request, "POST", f"/networks/{agent.plain.engine_name(net)}/disconnect",
                                         {**body, "Container": cid})
     if status < 300:
         await agent.plain.detached(cid, {att})
     return _reply(status, data, ctype)
+
+
+async def _attach_deferred(request: web.Request) -> web.Response | None:
+    """Before a container starts: attach it to the swarm networks it was connected to while not running (an
+    error answers the start, as dockerd's start fails when it cannot attach). None: go on with the start."""
+    agent = node_of(request).network
+    plain = getattr(agent, "plain", None)
+    if agent is None or plain is None or not plain.deferred:
+        return None
+    info, _err = await _container(request, param(request, "id"))
+    if info is None:  # the engine answers the start
+        return None
+    cid = str(info["Id"])
+    for net_id, (ref, cfg) in plain.deferred_of(cid).items():
+        net: Network | None = agent.state.networks.get(net_id)
+        if net is None:
+            return error_response(404, f"network {ref} not found")
+        if plain.attachment_of(cid, net_id) is None:
+            resp = await _connect_now(request, agent, net, ref, {}, info, cfg)
+            if resp.status >= 300:
+                return resp
+        plain.undefer(cid, net_id)
+    return None
+
+
+@route("POST", "/containers/{id}/start", leader=False)
+async def start_container(request: web.Request) -> web.StreamResponse:
+    raw = await request.read()
+    return await _attach_deferred(request) or _reply(*await request.app[PROXY_KEY].call(request, raw))
+
+
+@route("POST", "/containers/{id}/restart", leader=False)
+async def restart_container(request: web.Request) -> web.StreamResponse:
+    raw = await request.read()
+    return await _attach_deferred(request) or _reply(*await request.app[PROXY_KEY].call(request, raw))

@@ -13,7 +13,9 @@ container exists:
   restart finds it) and released when the engine reports it destroyed (`docker rm`, `--rm`), or disconnected;
 - a record on disk (`<net root>/plain.json`: container -> attachments), so a restarted daemon finds its
   containers again and releases what belongs to containers that went while it was down, or to attachments
-  no container ever received (a create that failed midway).
+  no container ever received (a create that failed midway);
+- the connects of a container that is not running, deferred as dockerd defers them (recorded, attached when
+  the container starts through the API; `<net root>/plain-deferred.json`), dropped when it is destroyed.
 """
 
 from __future__ import annotations
@@ -63,7 +65,10 @@ class PlainContainers:
         self.agent = agent
         self.release = release  # async (attachment id) -> None: the leader frees the address
         self.path = agent.root / "plain.json"
+        self.deferred_path = agent.root / "plain-deferred.json"
         self.records: dict[str, _Record] = {}
+        # container -> network id -> (the reference the client named, its endpoint config)
+        self.deferred: dict[str, dict[str, tuple[str, dict[str, Any]]]] = {}
         self.inflight: set[str] = set()  # container keys of a create/connect still under way (see `pending`)
         self._task: asyncio.Task[None] | None = None
         self._load()
@@ -77,12 +82,45 @@ class PlainContainers:
             return
         for cid, atts in dict(raw).items():
             self.records[cid] = _Record(cid, {a: (str(v[0]), str(v[1])) for a, v in dict(atts).items()})
+        with contextlib.suppress(OSError, ValueError, TypeError, IndexError):
+            deferred = json.loads(self.deferred_path.read_text())
+            self.deferred = {str(cid): {str(n): (str(v[0]), dict(v[1])) for n, v in dict(nets).items()}
+                             for cid, nets in dict(deferred).items()}
 
     def _save(self) -> None:
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps({cid: {a: list(v) for a, v in r.attachments.items()}
                                    for cid, r in self.records.items()}))
         tmp.replace(self.path)
+
+    def _save_deferred(self) -> None:
+        tmp = self.deferred_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps({cid: {n: list(v) for n, v in nets.items()} for cid, nets in self.deferred.items()
+                                   if nets}))
+        tmp.replace(self.deferred_path)
+
+    def defer(self, container: str, network_id: str, ref: str, config: dict[str, Any]) -> None:
+        """Record a connect of a container that is not running (a second one to the same network replaces it,
+        as in dockerd); `take_deferred` hands it over when the container starts."""
+        self.deferred.setdefault(container, {})[network_id] = (ref, config)
+        self._save_deferred()
+
+    def undefer(self, container: str, network_id: str) -> bool:
+        """Forget a deferred connect; False when there was none."""
+        nets = self.deferred.get(container) or {}
+        if nets.pop(network_id, None) is None:
+            return False
+        if not nets:
+            self.deferred.pop(container, None)
+        self._save_deferred()
+        return True
+
+    def deferred_of(self, container: str) -> dict[str, tuple[str, dict[str, Any]]]:
+        return dict(self.deferred.get(container) or {})
+
+    def _forget_deferred(self, container: str) -> None:
+        if self.deferred.pop(container, None) is not None:
+            self._save_deferred()
 
     @staticmethod
     def key(container: str) -> str:
@@ -236,6 +274,8 @@ class PlainContainers:
         actor = ev.get("Actor") or {}
         if ev.get("Type") == "container":
             cid = str(actor.get("ID") or ev.get("id") or "")
+            if action == "destroy":
+                self._forget_deferred(cid)
             if cid not in self.records:
                 return
             if action == "destroy":
@@ -285,7 +325,11 @@ class PlainContainers:
 
     async def reconcile(self) -> None:
         """Release what no container holds any more: records of containers that are gone, and this node's
-        attachments that no record knows (a create or connect that broke off, or a record lost)."""
+        attachments that no record knows (a create or connect that broke off, or a record lost), and the deferred
+        connects of containers that are gone."""
+        for cid in list(self.deferred):
+            if await self._inspect(cid) is None:
+                self._forget_deferred(cid)
         for cid in list(self.records):
             data = await self._inspect(cid)
             if data is None:

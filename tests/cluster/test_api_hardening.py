@@ -96,6 +96,7 @@ def test_network_connect_without_an_engine_is_501(shoal_module_node: ShoalNode, 
 @pytest.mark.parametrize(("method", "path"), [
     ("POST", "/v1.47/volumes/prune"), ("GET", "/v1.47/containers/json"),
     ("GET", "/v1.47/images/library/busybox/json"), ("POST", "/v1.47/plugins/a/b:1/enable"),
+    ("POST", "/v1.47/containers/x/start"), ("POST", "/v1.47/containers/x/restart"),
 ])
 def test_engine_routes_without_an_engine_are_501(shoal_module_node: ShoalNode, method: str, path: str) -> None:
     status, answer = shoal_module_node.api(method, path)

@@ -351,8 +351,10 @@ def test_tasks(pair: Pair) -> None:
 
 
 def _connect(s: Side) -> list[Answer]:
-    """`network connect`/`disconnect` of a container on the node's engine with swarm overlays: an attachable
-    one (twice, then disconnect twice) and one that is not attachable."""
+    """`network connect`/`disconnect` of containers on the node's engine with swarm overlays. A created one
+    (`--network none`): an attachable overlay (twice, then disconnect twice) and one that is not attachable,
+    then its start (which has to attach it). A created one on the default bridge: connect, start, disconnect
+    while it runs."""
     out: list[Answer] = []
     _id(s, "POST", "/networks/create", {"Name": "dconn-att", "Driver": "overlay", "Attachable": True})
     _id(s, "POST", "/networks/create", {"Name": "dconn-closed", "Driver": "overlay"})
@@ -368,8 +370,18 @@ def _connect(s: Side) -> list[Answer]:
             for label in ("connected", "again"):
                 out.append(s.call(f"POST /networks/{{id}}/disconnect ({label})", "POST",
                                   "/networks/dconn-att/disconnect", {"Container": "dconn-ctr"}))
+            out.append(s.call("POST /containers/{id}/start (not attachable)", "POST",
+                              "/containers/dconn-ctr/start"))
+            s.cli("create", "--name", "dconn-run", TEST_IMAGE, "sleep", "60")
+            out.append(s.call("POST /networks/{id}/connect (created on bridge)", "POST",
+                              "/networks/dconn-att/connect", {"Container": "dconn-run"}))
+            out.append(s.call("POST /containers/{id}/start (attaches)", "POST", "/containers/dconn-run/start"))
+            out.append(s.call("POST /networks/{id}/disconnect (running)", "POST", "/networks/dconn-att/disconnect",
+                              {"Container": "dconn-run"}))
+            out.append(s.call("POST /networks/{id}/disconnect (running, again)", "POST",
+                              "/networks/dconn-att/disconnect", {"Container": "dconn-run"}))
         finally:
-            s.cli("rm", "-f", "dconn-ctr")
+            s.cli("rm", "-f", "dconn-ctr", "dconn-run")
     finally:
         for net in ("dconn-att", "dconn-closed"):
             s.request("DELETE", f"/networks/{net}")

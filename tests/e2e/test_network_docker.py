@@ -359,10 +359,12 @@ def test_plain_containers_on_an_attachable_overlay(node: ShoalDocker, test_image
     c2 = n.docker("create", "--name", "plain2", "--network", "locnet", test_image, "sh", "-c",
                   SERVE_IPS).stdout.strip()
     n.docker("network", "connect", "attnet", c2)
+    # Not running: recorded and attached when it starts, as dockerd does (no address held before).
+    assert attachments(n) == []
+    n.docker("start", c2)
     atts = attachments(n)
     assert len(atts) == 1
     addr2 = atts[0]["NetworksAttachments"][0]["Addresses"][0].split("/")[0]
-    n.docker("start", c2)
     engine = docker.DockerClient(base_url=dockerd, timeout=60)
     try:
         got = {v["IPAddress"] for v in engine.api.inspect_container(c2)["NetworkSettings"]["Networks"].values()}
@@ -382,6 +384,15 @@ def test_plain_containers_on_an_attachable_overlay(node: ShoalDocker, test_image
     finally:
         engine.close()
     n.docker("rm", "-f", c2)
+    # A container removed before it ever started leaves no deferred connect behind: the network can go.
+    c3 = n.docker("create", "--name", "plain3", "--network", "locnet", test_image, "true").stdout.strip()
+    n.docker("network", "connect", "attnet", c3)
+    assert n.docker("network", "connect", "attnet", c3).returncode == 0  # again: replaces it, as in dockerd
+    n.docker("rm", c3)
+    wait_until(lambda: not (n.data_dir / "net" / "plain-deferred.json").exists()
+               or json.loads((n.data_dir / "net" / "plain-deferred.json").read_text()) == {}, 30,
+               what="the deferred connect forgotten after docker rm")
+    assert attachments(n) == []
     n.docker("network", "rm", "locnet")
 
     # docker-py, unmodified, the same way.
