@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import platform
 import re
 import sys
@@ -139,7 +140,9 @@ def write(b: Bundle, dest: Path, as_dir: bool, top: str) -> Path:
     if as_dir:
         dest.mkdir(mode=0o700, parents=True, exist_ok=False)
         for name, text in sorted(b.files.items()):
-            (dest / name).write_text(scrub(text))
+            fd = os.open(dest / name, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+            with os.fdopen(fd, "w") as f:
+                f.write(scrub(text))
         return dest
     with tarfile.open(dest, "w:gz") as tar:
         for name, text in sorted(b.files.items()):

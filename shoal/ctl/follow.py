@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
 from shoal.ctl.client import Client, filters
 
@@ -120,14 +120,19 @@ def follow(probes: list[Callable[[], Step]], console: Console, timeout: float | 
     after it started is not taken for converged), one failed, or `timeout` seconds passed; draw a bar each."""
     deadline = None if timeout is None else time.monotonic() + timeout
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[note]}"), TimeElapsedColumn(), console=console)
+                        TextColumn("{task.fields[note]}"), TextColumn("[dim]{task.fields[elapsed]}"),
+                        console=console)
+    started = time.monotonic()
     streak = [0] * len(probes)
     steps: list[Step] = [probe() for probe in probes]
     with progress:
-        ids = [progress.add_task(s.name, total=max(s.total, 1), completed=s.done, note=s.note) for s in steps]
+        ids = [progress.add_task(s.name, total=max(s.total, 1), completed=s.done, note=s.note, elapsed="")
+               for s in steps]
         while True:
+            elapsed = f"{time.monotonic() - started:.0f}s"
             for i, s in enumerate(steps):
-                progress.update(ids[i], total=max(s.total, 1), completed=s.done if s.total else 1, note=s.note)
+                progress.update(ids[i], total=max(s.total, 1), completed=s.done if s.total else 1, note=s.note,
+                                elapsed=elapsed)
                 streak[i] = streak[i] + 1 if s.finished else 0
             if any(s.failed for s in steps) or all(n >= settle for n in streak):
                 return Outcome(steps, False)
