@@ -115,7 +115,7 @@ def top(interval: float, once: bool, iterations: int | None) -> None:
         snap = view.gather(client)
         if not snap.error:
             now = time.time()
-            for ev in client.stream_json("/events", since=f"{since:.0f}", until=f"{now:.0f}"):
+            for ev in client.stream_json("/events", since=f"{since:.6f}", until=f"{now:.6f}"):
                 key = (ev.get("timeNano"), ev.get("Type"), ev.get("Action"), (ev.get("Actor") or {}).get("ID"))
                 if key not in seen:
                     seen.add(key)
@@ -279,11 +279,12 @@ def drain(nodes: tuple[str, ...], detach: bool, timeout: float | None) -> None:
     affected: set[str] = set()
     ids = []
     for node in nodes:
+        before = _run(lambda node=node: client.get(f"/nodes/{node}"))
+        for t in _run(lambda n=before: client.get("/tasks", filters=filters(node=n["ID"]))) or []:
+            if t.get("DesiredState") == "running":
+                affected.add(t["ServiceID"])  # to follow them converging on the other nodes
         n = _run(lambda node=node: _set_availability(client, node, "drain"))
         ids.append(n["ID"])
-        for t in _run(lambda n=n: client.get("/tasks", filters=filters(node=n["ID"]))) or []:
-            if t.get("DesiredState") == "running":
-                affected.add(t["ServiceID"])
         click.echo(f"{(n.get('Description') or {}).get('Hostname') or node}: availability drain")
     if detach:
         return

@@ -105,7 +105,7 @@ def collect(client: Client, *, events_since: float, log_lines: int, status_text:
     get("raft.json", "/_shoal/raft")
     get("agent.json", "/_shoal/agent")
     try:
-        events = list(client.stream_json("/events", since=f"{events_since:.0f}", until=f"{now:.0f}"))
+        events = list(client.stream_json("/events", since=f"{events_since:.6f}", until=f"{now:.6f}"))
         b.add_text("events.jsonl", "".join(json.dumps(redact(e), sort_keys=True) + "\n" for e in events))
     except APIError as e:
         b.missing.append(f"events.jsonl: GET /events: {e.status} {e.message}")
