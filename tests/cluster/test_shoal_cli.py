@@ -294,3 +294,15 @@ def test_diagnose_bundle_has_the_state_and_no_secrets(shoal_node: ShoalNode, tmp
     assert {("secret", "create"), ("service", "create")} <= {(e["Type"], e["Action"]) for e in events}
     assert b"API listen on" in files["daemon.log"]
     assert b"dg-web" in files["status.txt"]
+
+
+def test_shoal_log_endpoint(shoal_module_node: ShoalNode) -> None:
+    node = shoal_module_node
+    status, body = node.api("GET", "/_shoal/log?tail=3")
+    assert status == 200 and body["kept"] is True and len(body["lines"]) == 3
+    status, body = node.api("GET", "/_shoal/log")
+    assert status == 200 and any("API listen on" in line for line in body["lines"])
+    assert node.api("GET", "/_shoal/log?tail=0")[1] == {"kept": True, "lines": []}
+    for bad in ("-1", "x"):
+        status, body = node.api("GET", f"/_shoal/log?tail={bad}")
+        assert status == 400 and "invalid tail value" in body["message"], body
