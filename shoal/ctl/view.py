@@ -281,9 +281,9 @@ def human_bytes(n: int) -> str:
     size = float(n)
     for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
         if size < 1024 or unit == "TiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+            return f"{size:.0f}{unit}" if unit == "B" else f"{size:.1f}{unit}"
         size /= 1024
-    return f"{n} B"
+    return f"{n}B"
 
 
 def header(snap: Snapshot) -> Text:
@@ -318,16 +318,17 @@ def raft_view(snap: Snapshot) -> RenderableType:
 
 def nodes_table(snap: Snapshot) -> Table:
     table = Table(title="Nodes", title_justify="left", expand=False, box=box.SIMPLE_HEAD)
-    for col in ("NODE", "ROLE", "STATUS", "AVAILABILITY", "TASKS", "CPU RESERVED", "MEMORY RESERVED"):
-        table.add_column(col, justify="right" if col in ("TASKS",) else "left")
+    for col in ("NODE", "ROLE", "STATUS", "AVAILABILITY", "TASKS", "CPU RES/ALL", "MEM RES/ALL"):
+        table.add_column(col, justify="right" if col == "TASKS" else "left", min_width=len(col) if col[0] != "N"
+                         else 4)
     for r in node_rows(snap):
         role_style = {"leader": "bold", "unreachable": "bold red"}.get(r.role, "")
         state_style = "green" if r.state == "ready" else "bold red"
         avail_style = "" if r.availability == "active" else "yellow"
         table.add_row(r.name, Text(r.role, style=role_style), Text(r.state, style=state_style),
                       Text(r.availability, style=avail_style), str(r.tasks),
-                      f"{r.cpus_reserved:g} / {r.cpus:g}",
-                      f"{human_bytes(r.memory_reserved)} / {human_bytes(r.memory)}")
+                      f"{r.cpus_reserved:g}/{r.cpus:g}",
+                      f"{human_bytes(r.memory_reserved)}/{human_bytes(r.memory)}")
     return table
 
 

@@ -135,7 +135,7 @@ def test_status_screen() -> None:
     out = render(view.status_view(snapshot()))
     assert "Raft: degraded; 2/3 managers reachable (quorum 2); leader mgr1" in out
     assert "this member: leader, term 4, commit 120, applied 118 (lag 2)" in out
-    for line in (["mgr3", "unreachable", "down"], ["wrk2", "worker", "ready", "drain"],
+    for line in (["mgr3", "unreachable", "down"], ["wrk1", "worker", " 4 ", "1/4", "1.0GiB/8.0GiB"], ["wrk2", "worker", "ready", "drain"],
                  ["big", "replicated", "0/2", "busybox:latest", "unplaceable"],
                  ["db", "1/1", "paused: update paused due to failure"], ["big", "2", NO_NODE]):
         assert any(all(w in row for w in line) for row in out.splitlines()), (line, out)
