@@ -62,8 +62,9 @@ def service_state(client: Client, name: str, baseline: str | None = None) -> Ste
         return Step(name, 0, 0, "", finished=True, failed=f"service {name} not found")
     tasks = client.get("/tasks", filters=filters(service=svc["ID"])) or []
     want = template_key(svc["Spec"].get("TaskTemplate") or {})
-    live = [t for t in tasks if t.get("DesiredState") == "running"]
-    running = [t for t in live if t["Status"]["State"] == "running"]
+    # A task restarting waits out its restart delay with desired state "ready": it counts as meant to run.
+    live = [t for t in tasks if t.get("DesiredState") in ("running", "ready")]
+    running = [t for t in live if t["Status"]["State"] == "running" and t.get("DesiredState") == "running"]
     current = [t for t in running if template_key(t.get("Spec") or {}) == want]
     desired = int((svc.get("ServiceStatus") or {}).get("DesiredTasks", len(live)))
     upd = svc.get("UpdateStatus") or {}
@@ -95,7 +96,7 @@ def drain_state(client: Client, node: str) -> Step:
     n = client.get(f"/nodes/{node}")
     name = (n.get("Description") or {}).get("Hostname") or node
     tasks = client.get("/tasks", filters=filters(node=n["ID"])) or []
-    left = [t for t in tasks if t.get("DesiredState") == "running" or t["Status"]["State"] == "running"]
+    left = [t for t in tasks if t.get("DesiredState") in ("running", "ready") or t["Status"]["State"] == "running"]
     total = max(len(left), 1)
     if left:
         return Step(name, 0, total, f"{len(left)} task(s) still on the node")

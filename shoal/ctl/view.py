@@ -169,7 +169,7 @@ def service_rows(snap: Snapshot) -> list[ServiceRow]:
         elif pending and running < desired:
             state = "unplaceable" if any((t.get("Status") or {}).get("Err") for t in ts
                                          if t.get("DesiredState") == LIVE) else "converging"
-        elif running != desired or any(t.get("DesiredState") == LIVE and not _live(t) for t in ts):
+        elif running != desired or any(t.get("DesiredState") in (LIVE, "ready") and not _live(t) for t in ts):
             state = "converging"
         else:
             state = "converged"

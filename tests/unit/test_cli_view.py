@@ -111,6 +111,15 @@ def test_service_with_a_task_still_starting_is_converging() -> None:
     assert view.service_rows(snap)[0].state == "converging"
 
 
+def test_service_with_a_task_waiting_to_restart_is_converging() -> None:
+    snap = snapshot()
+    snap.services = [service("s1", "web", 2, 2)]
+    snap.tasks = [task("s1", "w1", "running", slot=1), task("s1", "w1", "running", slot=2),
+                  task("s1", "w1", "failed", desired="shutdown", slot=3, err="exit 1"),
+                  task("s1", "w1", "ready", desired="ready", slot=3)]
+    assert view.service_rows(snap)[0].state == "converging"
+
+
 def test_unplaceable_groups_by_service_and_reason() -> None:
     un = view.unplaceable(snapshot())
     assert [(u.service, u.count, u.reason, u.since) for u in un] == [("big", 2, NO_NODE, "2026-01-01T00:00:00Z")]
@@ -135,7 +144,8 @@ def test_status_screen() -> None:
     out = render(view.status_view(snapshot()))
     assert "Raft: degraded; 2/3 managers reachable (quorum 2); leader mgr1" in out
     assert "this member: leader, term 4, commit 120, applied 118 (lag 2)" in out
-    for line in (["mgr3", "unreachable", "down"], ["wrk1", "worker", " 4 ", "1/4", "1.0GiB/8.0GiB"], ["wrk2", "worker", "ready", "drain"],
+    for line in (["mgr3", "unreachable", "down"], ["wrk1", "worker", " 4 ", "1/4", "1.0GiB/8.0GiB"],
+                 ["wrk2", "worker", "ready", "drain"],
                  ["big", "replicated", "0/2", "busybox:latest", "unplaceable"],
                  ["db", "1/1", "paused: update paused due to failure"], ["big", "2", NO_NODE]):
         assert any(all(w in row for w in line) for row in out.splitlines()), (line, out)
