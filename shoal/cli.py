@@ -350,6 +350,8 @@ def daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, tls: bool, tls
         logging.getLogger("shoal").warning("Docker Engine at %s is not reachable", engine_host)
     upstreams = None if not dns_upstream else tuple(u for u in dns_upstream if u != "none")
     metrics = parse_tcp_addr(metrics_addr, "--metrics-addr") if metrics_addr else None
+    # Absolute: task network namespaces are bound and entered by path from processes with another cwd.
+    data_dir = data_dir.absolute()
     asyncio.run(run_daemon(data_dir, api_socket, listener, executor, engine_host, hostname, scheduler_strategy,
                            ready_file, upstreams, _keepalive(mesh_keepalive), raft_tick, leave_on_exit, metrics))
 
