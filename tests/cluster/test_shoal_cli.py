@@ -306,3 +306,32 @@ def test_shoal_log_endpoint(shoal_module_node: ShoalNode) -> None:
     for bad in ("-1", "x"):
         status, body = node.api("GET", f"/_shoal/log?tail={bad}")
         assert status == 400 and "invalid tail value" in body["message"], body
+
+
+def test_wait_does_not_take_a_crash_loop_for_converged(shoal_module_node: ShoalNode) -> None:
+    # A global task that keeps failing spends its restart delay as a task with desired state "ready"; the service
+    # never converges, even at the moments when no task of it is meant to be running.
+    node = shoal_module_node
+    node.docker("service", "create", "--detach", "--name", "crash", "--mode", "global", "--restart-delay", "1s",
+                "busybox", "sh", "-c", "exit 3")
+    cp = shoal("wait", "crash", "--timeout", "6", env=node.env, check=False)
+    assert cp.returncode == 1 and "crash: not yet" in cp.stdout and "Timed out" in cp.stderr, cp.stdout
+    st = services(status_json(node))["crash"]
+    assert not st["converged"]
+
+
+def test_daemon_with_a_relative_data_dir_runs_networked_tasks(tmp_path: Path) -> None:
+    # `shoal daemon --data-dir rel` (the README's first hour): a task on an overlay network enters a namespace
+    # bound under the data dir, from a process whose cwd is not the daemon's.
+    rel = os.path.relpath(tmp_path / "reldata", Path.cwd())
+    node = ShoalNode(tmp_path / "node", extra_args=("--data-dir", rel))
+    node.data_dir = tmp_path / "reldata"
+    node.start()
+    try:
+        node.docker("swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", f"127.0.0.1:{free_port()}")
+        node.docker("network", "create", "-d", "overlay", "relnet")
+        node.docker("service", "create", "--detach", "--name", "netted", "--network", "relnet", *SLEEP)
+        out = shoal("wait", "netted", "--timeout", "60", env=node.env).stdout
+        assert "netted: converged (1/1)" in out
+    finally:
+        node.stop()
