@@ -236,11 +236,20 @@ def test_drain_follows_tasks_leaving(cluster: Cluster) -> None:
 
 
 def test_status_follows_raft_health(tmp_path: Path) -> None:
+    # Three managers and two workers, as issue 17's "done when" asks.
     with ManagerCluster(tmp_path, managers=3) as mc:
+        for w in ("w1", "w2"):
+            mc.join(mc.new_node(w), "worker")
         lead = mc.leader()
+        wait_until(lambda: sum(n["state"] == "ready" for n in status_json(lead)["nodes"]) == 5, 30,
+                   what="five ready nodes in shoal status")
+        lead.docker("service", "create", "--detach", "--name", "spread", "--replicas", "5", *SLEEP)
+        shoal("wait", "spread", "--timeout", "60", env=lead.env)
         st = status_json(lead)
         assert st["raft"] == {"managers": 3, "reachable": 3, "leader": lead.hostname, "quorum": 2,
                               "verdict": "healthy"}
+        assert sorted((n["name"], n["role"] == "worker") for n in st["nodes"])[-2:] == [("w1", True), ("w2", True)]
+        assert sum(n["tasks"] for n in st["nodes"]) == 5
         assert st["raft_member"]["role"] == "leader" and len(st["raft_member"]["voters"]) == 3
         victim = next(n for n in mc.managers() if n is not lead)
         victim.kill9()
