@@ -370,7 +370,13 @@ def problems_view(snap: Snapshot) -> RenderableType:
 def status_view(snap: Snapshot) -> RenderableType:
     """`shoal status`: one screen."""
     if snap.error:
-        return Group(header(snap), Text(snap.error, style="bold red"))
+        parts: list[RenderableType] = [header(snap), Text(snap.error, style="bold red")]
+        sw = snap.info.get("Swarm") or {}
+        managers = [str(m.get("Addr", "")) for m in sw.get("RemoteManagers") or [] if m.get("Addr")]
+        if sw.get("LocalNodeState") == "active" and not sw.get("ControlAvailable") and managers:
+            parts.append(Text(f"This node is a worker; the swarm's managers are at {', '.join(managers)} (their "
+                              "swarm ports): point -H or DOCKER_HOST at a manager's API."))
+        return Group(*parts)
     rows = service_rows(snap)
     settled = sum(1 for r in rows if r.converged)
     summary = Text(f"{len(rows)} services, {settled} converged, {len(rows) - settled} not",

@@ -235,6 +235,13 @@ def test_drain_follows_tasks_leaving(cluster: Cluster) -> None:
     assert mgr.docker("node", "inspect", "w1", "--format", "{{.Spec.Availability}}").stdout.strip() == "active"
 
 
+def test_status_on_a_worker_points_at_the_managers(cluster: Cluster) -> None:
+    w = cluster.add_worker("w1")
+    out = shoal("status", env=w.env).stdout
+    assert "This node is not a swarm manager." in out and "swarm active" in out
+    assert f"This node is a worker; the swarm's managers are at {cluster.addr}" in out
+
+
 def test_status_follows_raft_health(tmp_path: Path) -> None:
     # Three managers and two workers, as issue 17's "done when" asks.
     with ManagerCluster(tmp_path, managers=3) as mc:
