@@ -8,6 +8,7 @@ meant to run is running, and as many of those as the service wants run its curre
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,8 +39,6 @@ _CONTAINER_KEYS = ("Image", "Command", "Args", "Env", "Dir", "User", "Mounts", "
 def template_key(tmpl: JSON) -> tuple[str, ...]:
     """What of a task template tells one version of a service from another, in a form both a service's
     TaskTemplate and a task's Spec give alike (the API leaves defaults out of a task's Spec)."""
-    import json
-
     cs = tmpl.get("ContainerSpec") or {}
     parts = [json.dumps(cs.get(k) or None, sort_keys=True) for k in _CONTAINER_KEYS]
     parts += [json.dumps(tmpl.get(k) or None, sort_keys=True) for k in ("Resources", "ForceUpdate", "Networks")]
@@ -57,7 +56,10 @@ def service_state(client: Client, name: str, baseline: str | None = None) -> Ste
     """Where a service is on its way to converging. With `baseline` (UpdateStatus.StartedAt before an update or
     rollback was asked for) it is not converged before the daemon has started that update."""
     found = client.get("/services", status="true", filters=filters(name=name))
-    svc = next((s for s in found or [] if s["Spec"]["Name"] == name or s["ID"] == name), None)
+    svc = next((s for s in found or [] if s["Spec"]["Name"] == name), None)
+    if svc is None:  # an ID or the start of one, as docker takes it
+        found = client.get("/services", status="true", filters=filters(id=name))
+        svc = found[0] if found and len(found) == 1 else None
     if svc is None:
         return Step(name, 0, 0, "", finished=True, failed=f"service {name} not found")
     tasks = client.get("/tasks", filters=filters(service=svc["ID"])) or []

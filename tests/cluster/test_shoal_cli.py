@@ -175,6 +175,8 @@ def test_scale_follows_to_convergence(shoal_module_node: ShoalNode) -> None:
     assert node.docker("service", "ls", "--filter", "name=sc-web", "--format", "{{.Replicas}}").stdout.strip() == "4/4"
     out = shoal("scale", "sc-web=1", "--timeout", "60", env=node.env).stdout
     assert "sc-web: converged (1/1)" in out
+    sid = node.docker("service", "inspect", "sc-web", "--format", "{{.ID}}").stdout.strip()
+    assert f"{sid[:10]}: converged (1/1)" in shoal("wait", sid[:10], "--timeout", "60", env=node.env).stdout
 
 
 def test_scale_that_cannot_be_placed_says_why(shoal_module_node: ShoalNode) -> None:
