@@ -22,7 +22,7 @@ from pathlib import Path
 # Lowest first: (layer name, rooms, whether the rooms of this layer are independent of each other).
 LAYERS: list[tuple[str, tuple[str, ...], bool]] = [
     ("helpers", ("shoal", "shoal.errors", "shoal.clock", "shoal.ids", "shoal.names", "shoal.tasks",
-                 "shoal.gctune", "shoal.procmem", "shoal.model", "shoal.ca", "shoal.host"), False),
+                 "shoal.gctune", "shoal.procmem", "shoal.logring", "shoal.model", "shoal.ca", "shoal.host"), False),
     ("raft", ("shoal.manager.raft",), False),
     ("contracts", ("shoal.api",), False),
     ("store", ("shoal.store",), False),
@@ -33,12 +33,16 @@ LAYERS: list[tuple[str, tuple[str, ...], bool]] = [
     ("rpc", ("shoal.rpc",), False),
     ("http", ("shoal.engineapi",), False),
     ("wiring", ("shoal.node", "shoal.demo", "shoal.testing"), False),
-    ("entry", ("shoal.cli",), False),
+    # The CLI's client side (shoal.ctl) reaches daemons over the Engine API only: see ONLY.
+    ("entry", ("shoal.cli", "shoal.ctl"), False),
 ]
 # Rooms that may use only some of the layers below them.
 ONLY: dict[str, tuple[str, ...]] = {
     # Raft's core and shell know nothing of the model, the store or the rest of the manager.
     "shoal.manager.raft": ("shoal", "shoal.errors", "shoal.clock", "shoal.ids", "shoal.tasks"),
+    # The `shoal` subcommands that talk to a daemon import none of the daemon's code: they start fast and work
+    # against any daemon serving the Engine API.
+    "shoal.ctl": ("shoal",),
 }
 
 

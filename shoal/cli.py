@@ -18,7 +18,9 @@ from typing import Any
 
 import click
 
+from shoal import logring
 from shoal.clock import SystemClock
+from shoal.ctl import commands as ctl
 from shoal.host.addrs import is_loopback
 from shoal.manager.raft import DEFAULT_TICK
 from shoal.procmem import return_large_frees_to_os
@@ -246,9 +248,40 @@ def format_tasks(tasks: Iterable[asyncio.Task[Any]], limit: int = 12) -> str:
     return "\n".join(out) + "\n"
 
 
+def _print_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value and not ctx.resilient_parsing:
+        click.echo(ctl.version_text())
+        ctx.exit()
+
+
 @click.group()
-def main() -> None:
-    """Shoal: a container orchestrator that speaks the Docker Swarm API."""
+@click.option("--version", is_flag=True, expose_value=False, is_eager=True, callback=_print_version,
+              help="print the version and exit")
+@click.option("-H", "--host", "hosts", multiple=True, metavar="URL",
+              help="daemon to talk to, as docker's -H: unix:///PATH or tcp://HOST:PORT (default: DOCKER_HOST, "
+                   "else the docker context's, else unix:///var/run/docker.sock)")
+@click.option("-c", "--context", default=None, help="docker context to use (default: DOCKER_CONTEXT, else the "
+              "currentContext of ~/.docker/config.json)")
+@click.option("--tls", is_flag=True, help="use TLS (implied by --tlsverify; or DOCKER_TLS)")
+@click.option("--tlsverify", is_flag=True, help="use TLS and verify the daemon (or DOCKER_TLS_VERIFY)")
+@click.option("--tlscacert", type=click.Path(path_type=Path), default=None,
+              help="trust certificates signed by this CA (default: DOCKER_CERT_PATH/ca.pem)")
+@click.option("--tlscert", type=click.Path(path_type=Path), default=None,
+              help="client certificate (default: DOCKER_CERT_PATH/cert.pem)")
+@click.option("--tlskey", type=click.Path(path_type=Path), default=None,
+              help="client key (default: DOCKER_CERT_PATH/key.pem)")
+@click.pass_context
+def main(ctx: click.Context, hosts: tuple[str, ...], context: str | None, tls: bool, tlsverify: bool,
+         tlscacert: Path | None, tlscert: Path | None, tlskey: Path | None) -> None:
+    """Shoal: a container orchestrator that speaks the Docker Swarm API.
+
+    `shoal daemon` runs a node. status, top, wait, scale, rollback, drain, activate and diagnose talk to a
+    running daemon, found as the docker CLI finds it (docs/cli.md)."""
+    ctx.obj = ctl.Target(hosts, context, tls, tlsverify, tlscacert, tlscert, tlskey)
+
+
+for _cmd in ctl.COMMANDS:
+    main.add_command(_cmd)
 
 
 @main.command()
@@ -301,8 +334,9 @@ def daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, tls: bool, tls
            raft_tick: float, leave_on_exit: bool, metrics_addr: str | None, ready_file: Path | None,
            log_level: str) -> None:
     """Run a Shoal node serving the Docker Engine API."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-                        stream=sys.stderr)
+    log_format = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=log_level.upper(), format=log_format, stream=sys.stderr)
+    logring.install(log_format)  # GET /_shoal/log: the newest lines, for `shoal diagnose`
     return_large_frees_to_os()  # a manager's removed configs and old Raft entries give their memory back
     if (tls or tlsverify or tlscacert or tlscert or tlskey) and not api_tcp:
         raise click.UsageError("--tls, --tlsverify, --tlscacert, --tlscert and --tlskey apply to --api-tcp")
@@ -316,6 +350,8 @@ def daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, tls: bool, tls
         logging.getLogger("shoal").warning("Docker Engine at %s is not reachable", engine_host)
     upstreams = None if not dns_upstream else tuple(u for u in dns_upstream if u != "none")
     metrics = parse_tcp_addr(metrics_addr, "--metrics-addr") if metrics_addr else None
+    # Absolute: task network namespaces are bound and entered by path from processes with another cwd.
+    data_dir = data_dir.absolute()
     asyncio.run(run_daemon(data_dir, api_socket, listener, executor, engine_host, hostname, scheduler_strategy,
                            ready_file, upstreams, _keepalive(mesh_keepalive), raft_tick, leave_on_exit, metrics))
 

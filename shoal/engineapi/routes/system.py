@@ -1,4 +1,5 @@
-"""System endpoints: ping, version, info, distribution, and Shoal's own `/_shoal/agent` and `/_shoal/raft`."""
+"""System endpoints: ping, version, info, distribution, and Shoal's own `/_shoal/agent`, `/_shoal/raft` and
+`/_shoal/log`."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from typing import Any
 from aiohttp import web
 
 from shoal import ca as CA
+from shoal import logring
 from shoal.engineapi import convert as C
 from shoal.engineapi.nodeapi import NodeAPI
 from shoal.engineapi.routes.common import json_ok, node_of
@@ -17,6 +19,7 @@ from shoal.engineapi.server import (
     ping_headers,
     version_body,
 )
+from shoal.errors import InvalidArgument
 
 # --- system -------------------------------------------------------------------------------------
 
@@ -55,6 +58,21 @@ async def raft_state(request: web.Request) -> web.StreamResponse:
                "store_commits": dict(node.store.stats),
                "objects": {k: node.store.view().count(k) for k in ("node", "service", "task", "secret", "config")}})
     return json_ok(st)
+
+
+@route("GET", "/_shoal/log", leader=False)
+async def daemon_log(request: web.Request) -> web.StreamResponse:
+    """Shoal's own diagnostic (not an Engine API path): this daemon's newest log lines (`tail`, default 500, at
+    most what the daemon keeps), for `shoal diagnose`. `kept` is false where the process keeps no log ring."""
+    raw = request.query.get("tail", "500")
+    try:
+        n = int(raw)
+    except ValueError:
+        n = -1
+    if n < 0:
+        raise InvalidArgument(f"invalid tail value {raw!r}: a whole number of lines, 0 or more")
+    lines = logring.tail(n)
+    return json_ok({"kept": lines is not None, "lines": lines or []})
 
 
 @route("GET", "/version", leader=False)
