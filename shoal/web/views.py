@@ -1,0 +1,202 @@
+"""The page's model of the cluster, built from Engine API answers by pure functions.
+
+Each object is rebuilt field by field from what the page shows, never passed through: a secret's or a config's
+payload (`Spec.Data`), environment variables and anything else not named here cannot reach the browser, whatever
+the Engine API answers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+JSON = dict[str, Any]
+
+# Task states shown in the grid as alive (swarm-dashboard draws these; the rest are history).
+LIVE = ("new", "pending", "assigned", "accepted", "preparing", "ready", "starting", "running")
+
+
+def _d(obj: Any, *keys: str) -> Any:
+    """obj[k1][k2]... or None where a level is missing."""
+    for k in keys:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(k)
+    return obj
+
+
+def _labels(obj: Any) -> dict[str, str]:
+    raw = obj if isinstance(obj, dict) else {}
+    return {str(k): str(v) for k, v in raw.items()}
+
+
+def node_view(n: JSON, heartbeats: dict[str, float], tasks: list[JSON], services: dict[str, JSON]) -> JSON:
+    mine = [t for t in tasks if t.get("NodeID") == n["ID"] and _d(t, "Status", "State") in LIVE
+            and t.get("DesiredState") == "running"]
+    cpus = mem = 0
+    for t in mine:
+        res = _d(t, "Spec", "Resources", "Reservations") or {}
+        cpus += int(res.get("NanoCPUs") or 0)
+        mem += int(res.get("MemoryBytes") or 0)
+    ms = n.get("ManagerStatus") or {}
+    return {
+        "id": n["ID"],
+        "hostname": str(_d(n, "Description", "Hostname") or ""),
+        "role": str(_d(n, "Spec", "Role") or ""),
+        "availability": str(_d(n, "Spec", "Availability") or ""),
+        "state": str(_d(n, "Status", "State") or ""),
+        "message": str(_d(n, "Status", "Message") or ""),
+        "addr": str(_d(n, "Status", "Addr") or ""),
+        "leader": bool(ms.get("Leader")),
+        "reachability": str(ms.get("Reachability") or ""),
+        "manager_addr": str(ms.get("Addr") or ""),
+        "heartbeat_age": heartbeats.get(n["ID"]),
+        "engine": str(_d(n, "Description", "Engine", "EngineVersion") or ""),
+        "platform": "/".join(str(x) for x in (_d(n, "Description", "Platform", "OS"),
+                                              _d(n, "Description", "Platform", "Architecture")) if x),
+        "nano_cpus": int(_d(n, "Description", "Resources", "NanoCPUs") or 0),
+        "memory": int(_d(n, "Description", "Resources", "MemoryBytes") or 0),
+        "reserved_nano_cpus": cpus,
+        "reserved_memory": mem,
+        "tasks": len(mine),
+        "services": sorted({services[t["ServiceID"]]["Spec"]["Name"] for t in mine if t.get("ServiceID") in services}),
+        "labels": _labels(_d(n, "Spec", "Labels")),
+    }
+
+
+def _ports(s: JSON) -> list[str]:
+    out = []
+    for p in _d(s, "Endpoint", "Ports") or _d(s, "Endpoint", "Spec", "Ports") or []:
+        pub, tgt = p.get("PublishedPort"), p.get("TargetPort")
+        mode = p.get("PublishMode") or "ingress"
+        out.append(f"{pub or '*'}:{tgt}/{p.get('Protocol') or 'tcp'}" + ("" if mode == "ingress" else f" ({mode})"))
+    return out
+
+
+def _mode(s: JSON) -> tuple[str, int | None]:
+    mode = _d(s, "Spec", "Mode") or {}
+    if "Replicated" in mode:
+        return "replicated", int((mode["Replicated"] or {}).get("Replicas") or 0)
+    if "Global" in mode:
+        return "global", None
+    if "ReplicatedJob" in mode:
+        return "replicated-job", int((mode["ReplicatedJob"] or {}).get("TotalCompletions") or 0)
+    if "GlobalJob" in mode:
+        return "global-job", None
+    return "", None
+
+
+def task_view(t: JSON) -> JSON:
+    return {
+        "id": t["ID"],
+        "service_id": str(t.get("ServiceID") or ""),
+        "slot": t.get("Slot"),
+        "node_id": str(t.get("NodeID") or ""),
+        "desired": str(t.get("DesiredState") or ""),
+        "state": str(_d(t, "Status", "State") or ""),
+        "message": str(_d(t, "Status", "Message") or ""),
+        "error": str(_d(t, "Status", "Err") or ""),
+        "exit_code": _d(t, "Status", "ContainerStatus", "ExitCode"),
+        "timestamp": str(_d(t, "Status", "Timestamp") or ""),
+        "created": str(t.get("CreatedAt") or ""),
+        "image": str(_d(t, "Spec", "ContainerSpec", "Image") or ""),
+        "version": _d(t, "Version", "Index"),
+    }
+
+
+def service_view(s: JSON, tasks: list[JSON]) -> JSON:
+    mode, replicas = _mode(s)
+    mine = [t for t in tasks if t["service_id"] == s["ID"]]
+    running = sum(1 for t in mine if t["state"] == "running" and t["desired"] == "running")
+    errors = sorted((t for t in mine if t["error"]), key=lambda t: t["timestamp"], reverse=True)
+    us = s.get("UpdateStatus") or {}
+    labels = _labels(_d(s, "Spec", "Labels"))
+    image = str(_d(s, "Spec", "TaskTemplate", "ContainerSpec", "Image") or "")
+    return {
+        "id": s["ID"],
+        "name": str(_d(s, "Spec", "Name") or ""),
+        "stack": labels.get("com.docker.stack.namespace", ""),
+        "image": image.split("@", 1)[0],
+        "mode": mode,
+        "replicas": replicas,
+        "desired": int(_d(s, "ServiceStatus", "DesiredTasks") or (replicas or 0)),
+        "running": running,
+        "ports": _ports(s),
+        "update": {"state": str(us.get("State") or ""), "message": str(us.get("Message") or ""),
+                   "started": str(us.get("StartedAt") or ""), "completed": str(us.get("CompletedAt") or "")},
+        "can_rollback": s.get("PreviousSpec") is not None,
+        "force_update": int(_d(s, "Spec", "TaskTemplate", "ForceUpdate") or 0),
+        "last_error": errors[0]["error"] if errors else "",
+        "created": str(s.get("CreatedAt") or ""),
+        "updated": str(s.get("UpdatedAt") or ""),
+        "version": _d(s, "Version", "Index"),
+    }
+
+
+def stacks_view(services: list[JSON]) -> list[JSON]:
+    stacks: dict[str, list[JSON]] = {}
+    for s in services:
+        if s["stack"]:
+            stacks.setdefault(s["stack"], []).append(s)
+    return [{"name": name, "services": [s["name"] for s in ss],
+             "desired": sum(s["desired"] for s in ss), "running": sum(s["running"] for s in ss)}
+            for name, ss in sorted(stacks.items())]
+
+
+def secret_view(o: JSON) -> JSON:
+    """A secret's or a config's metadata: never its `Data`."""
+    return {"id": o["ID"], "name": str(_d(o, "Spec", "Name") or ""), "created": str(o.get("CreatedAt") or ""),
+            "updated": str(o.get("UpdatedAt") or ""), "labels": _labels(_d(o, "Spec", "Labels")),
+            "driver": str(_d(o, "Spec", "Driver", "Name") or ""),
+            "templating": str(_d(o, "Spec", "Templating", "Name") or "")}
+
+
+def network_view(n: JSON) -> JSON:
+    ipam = [{"subnet": str(c.get("Subnet") or ""), "gateway": str(c.get("Gateway") or "")}
+            for c in _d(n, "IPAM", "Config") or []]
+    return {"id": n["Id"] if "Id" in n else n.get("ID", ""), "name": str(n.get("Name") or ""),
+            "driver": str(n.get("Driver") or ""), "scope": str(n.get("Scope") or ""),
+            "attachable": bool(n.get("Attachable")), "ingress": bool(n.get("Ingress")),
+            "internal": bool(n.get("Internal")), "subnets": ipam, "labels": _labels(n.get("Labels"))}
+
+
+RAFT_FIELDS = ("id", "term", "commit", "applied", "role", "leader", "is_leader", "voters", "first_index",
+               "last_index", "snapshot_index", "snapshots_taken", "snapshots_installed", "catchup_entries",
+               "store_version", "election_timeout", "leader_loops", "objects")
+
+
+def raft_view(raft: JSON, nodes: list[JSON]) -> JSON:
+    """This manager's Raft member (/_shoal/raft) and every manager's reachability as the swarm records it."""
+    own = {k: raft[k] for k in RAFT_FIELDS if k in raft}
+    managers = [{"id": n["id"], "hostname": n["hostname"], "addr": n["manager_addr"], "leader": n["leader"],
+                 "reachability": n["reachability"]} for n in nodes if n["role"] == "manager"]
+    reachable = sum(1 for m in managers if m["reachability"] == "reachable")
+    return {"member": own, "managers": managers, "quorum": len(managers) // 2 + 1, "reachable": reachable,
+            "healthy": bool(managers) and reachable >= len(managers) // 2 + 1
+            and any(m["leader"] for m in managers)}
+
+
+def snapshot(*, info: JSON, nodes: list[JSON], services: list[JSON], tasks: list[JSON], secrets: list[JSON],
+             configs: list[JSON], networks: list[JSON], raft: JSON, heartbeats: JSON) -> JSON:
+    """The whole page model from the Engine API's answers."""
+    by_id = {s["ID"]: s for s in services}
+    ages = {str(k): float(v) for k, v in (heartbeats.get("nodes") or {}).items()}
+    tv = sorted((task_view(t) for t in tasks), key=lambda t: (t["service_id"], t["slot"] or 0, t["created"]))
+    nv = sorted((node_view(n, ages, tasks, by_id) for n in nodes), key=lambda n: (n["role"] != "manager",
+                                                                                     n["hostname"]))
+    sv = sorted((service_view(s, tv) for s in services), key=lambda s: s["name"])
+    swarm = info.get("Swarm") or {}
+    return {
+        "self": {"node_id": str(swarm.get("NodeID") or ""), "hostname": str(info.get("Name") or ""),
+                 "state": str(swarm.get("LocalNodeState") or ""),
+                 "manager": bool(swarm.get("ControlAvailable")),
+                 "cluster_id": str(_d(swarm, "Cluster", "ID") or ""),
+                 "heartbeat_period": heartbeats.get("period")},
+        "nodes": nv,
+        "services": sv,
+        "stacks": stacks_view(sv),
+        "tasks": tv,
+        "secrets": sorted((secret_view(o) for o in secrets), key=lambda o: o["name"]),
+        "configs": sorted((secret_view(o) for o in configs), key=lambda o: o["name"]),
+        "networks": sorted((network_view(n) for n in networks if n.get("Scope") == "swarm"),
+                           key=lambda n: n["name"]),
+        "raft": raft_view(raft, nv),
+    }
