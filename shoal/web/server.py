@@ -134,23 +134,34 @@ async def logout(request: web.Request) -> web.StreamResponse:
 
 
 async def build_model(engine: EngineAPI) -> dict[str, Any]:
-    """The page's model, or {"error": ...} where the node cannot answer (not a manager, no swarm, locked)."""
+    """The page's model, or {"error": ...} where the node cannot answer (not a manager, no swarm, locked, no
+    leader); a manager's own Raft member is still shown then (`raft_member`), as that is when it matters."""
     try:
         info = await engine.get("/info")
-        if not (info.get("Swarm") or {}).get("ControlAvailable"):
-            state = (info.get("Swarm") or {}).get("LocalNodeState") or "inactive"
-            why = ("this node is not in a swarm" if state == "inactive" else "this node is locked"
-                   if state == "locked" else "this node is a worker: open the web view of a manager")
-            return {"error": why, "self": {"hostname": str(info.get("Name") or ""), "state": state}}
-        parts = await asyncio.gather(
-            engine.get("/nodes"), engine.get("/services?status=true"), engine.get("/tasks"),
-            engine.get("/secrets"), engine.get("/configs"), engine.get("/networks"),
-            engine.get("/_shoal/raft"), engine.get("/_shoal/heartbeats"))
     except EngineError as e:
         return {"error": e.message}
-    nodes, services, tasks, secrets, configs, networks, raft, heartbeats = parts
+    swarm = info.get("Swarm") or {}
+    me = {"hostname": str(info.get("Name") or ""), "state": str(swarm.get("LocalNodeState") or "inactive")}
+    if not swarm.get("ControlAvailable"):
+        state = me["state"]
+        why = ("this node is not in a swarm" if state == "inactive" else "this node is locked"
+               if state == "locked" else "this node is a worker: open the web view of a manager")
+        return {"error": why, "self": me}
+    raft: dict[str, Any] = {}
+    try:
+        raft = await engine.get("/_shoal/raft") or {}  # this manager's own view: no leader needed
+        nodes, services, tasks, secrets, configs, networks = await asyncio.gather(
+            engine.get("/nodes"), engine.get("/services?status=true"), engine.get("/tasks"),
+            engine.get("/secrets"), engine.get("/configs"), engine.get("/networks"))
+    except EngineError as e:
+        return {"error": e.message, "self": me,
+                "raft_member": {k: raft[k] for k in views.RAFT_FIELDS if k in raft}}
+    try:
+        heartbeats = await engine.get("/_shoal/heartbeats") or {}
+    except EngineError:
+        heartbeats = {}  # a leader from before this endpoint, or leadership moving: ages are left out
     return views.snapshot(info=info, nodes=nodes, services=services, tasks=tasks, secrets=secrets,
-                          configs=configs, networks=networks, raft=raft or {}, heartbeats=heartbeats or {})
+                          configs=configs, networks=networks, raft=raft, heartbeats=heartbeats)
 
 
 async def state(request: web.Request) -> web.StreamResponse:
@@ -192,7 +203,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
         while True:
             try:
                 async for ev in engine.events(since):
-                    since = max(since, float(ev.get("timeNano") or 0) / 1e9)
+                    # A new stream starts just after the last event seen, which it must not send again.
+                    since = max(since, float(ev.get("timeNano") or 0) / 1e9 + 1e-6)
                     await queue.put(ev)
             except EngineError as e:
                 log.debug("web view: the event stream ended: %s", e)

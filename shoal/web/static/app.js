@@ -298,7 +298,10 @@ function render() {
   const m = S.model;
   if (!m) return;
   if (m.error) {
-    main.replaceChildren(h("div", { class: "errorbox", id: "model-error" }, m.error));
+    const me = m.raft_member;
+    main.replaceChildren(h("div", { class: "errorbox", id: "model-error" }, m.error),
+      ...(me ? [h("h2", {}, "This manager's Raft member"), h("dl", { class: "facts" }, Object.entries(me).map(([k, v]) =>
+        [h("dt", {}, k.replace(/_/g, " ")), h("dd", {}, typeof v === "object" ? JSON.stringify(v) : String(v))]))] : []));
     return;
   }
   $("who").textContent = `${m.self.hostname} · swarm ${short(m.self.cluster_id)}`;
