@@ -187,6 +187,10 @@ def test_actions_get_the_engine_apis_answers(web_node: tuple[ShoalNode, str]) ->
     assert (status, json.loads(answer)["message"]) == (404, "service nosuchservice not found")
     status, _, answer = c.post(f"/api/services/{sid}/rollback", headers=CSRF)  # the Engine API's own refusal
     assert status == 400 and "does not have a previous spec" in json.loads(answer)["message"], answer
+    status, _, answer = c.post(f"/api/services/{sid}/force-update", headers=CSRF)
+    assert (status, json.loads(answer)["done"]) == (200, "force-updated")
+    assert node.docker("service", "inspect", "-f", "{{.Spec.TaskTemplate.ForceUpdate}}",
+                       "bad-input").stdout.strip() == "1"
     nid = node.docker("info", "-f", "{{.Swarm.NodeID}}").stdout.strip()
     status, _, _ = c.post(f"/api/nodes/{nid}/availability", {"availability": "gone"}, headers=CSRF)
     assert status == 400
