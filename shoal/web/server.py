@@ -155,7 +155,7 @@ async def build_model(engine: EngineAPI) -> dict[str, Any]:
             engine.get("/secrets"), engine.get("/configs"), engine.get("/networks"))
     except EngineError as e:
         return {"error": e.message, "self": me,
-                "raft_member": {k: raft[k] for k in views.RAFT_FIELDS if k in raft}}
+                "raft_member": views.raft_member(raft)}
     try:
         heartbeats = await engine.get("/_shoal/heartbeats") or {}
     except EngineError:

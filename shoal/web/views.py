@@ -163,9 +163,23 @@ RAFT_FIELDS = ("id", "term", "commit", "applied", "role", "leader", "is_leader",
                "store_version", "election_timeout", "leader_loops", "objects")
 
 
+def raft_member(raft: JSON) -> JSON:
+    """This manager's Raft member as /_shoal/raft tells it, the fields the page shows."""
+    own = {k: raft[k] for k in RAFT_FIELDS if k in raft}
+    # Raft IDs are 64-bit: a browser's JSON numbers (doubles) would round them.
+    for k in ("id", "leader"):
+        if k in own:
+            own[k] = str(own[k])
+    if "voters" in own:
+        own["voters"] = [str(v) for v in own["voters"]]
+    if "commit" in own and "applied" in own:
+        own["apply_lag"] = int(own["commit"]) - int(own["applied"])
+    return own
+
+
 def raft_view(raft: JSON, nodes: list[JSON]) -> JSON:
     """This manager's Raft member (/_shoal/raft) and every manager's reachability as the swarm records it."""
-    own = {k: raft[k] for k in RAFT_FIELDS if k in raft}
+    own = raft_member(raft)
     managers = [{"id": n["id"], "hostname": n["hostname"], "addr": n["manager_addr"], "leader": n["leader"],
                  "reachability": n["reachability"]} for n in nodes if n["role"] == "manager"]
     reachable = sum(1 for m in managers if m["reachability"] == "reachable")

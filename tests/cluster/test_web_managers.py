@@ -93,3 +93,14 @@ def test_a_followers_web_view_of_three_managers_and_two_workers(tmp_path: Path) 
             return bool(r["reachable"] == 2 and by_host[other.hostname] == "unreachable" and r["healthy"])
 
         wait_until(after, 60, what=f"{other.hostname} unreachable in the follower's Raft health")
+
+        # Quorum lost: the view says why and still shows this manager's Raft member.
+        leader.kill9()
+
+        def no_quorum() -> dict[str, Any]:
+            m = _model(web)
+            return m if "error" in m else {}
+
+        m = wait_until(no_quorum, 60, what="the follower's view without a quorum")
+        assert m["raft_member"]["is_leader"] is False
+        assert m["raft_member"]["voters"] and all(isinstance(v, str) for v in m["raft_member"]["voters"])

@@ -85,6 +85,13 @@ def test_no_payload_environment_or_unknown_field_is_copied() -> None:
                              "driver": "", "templating": ""}]
 
 
+def test_raft_ids_reach_the_browser_unrounded() -> None:
+    big = 5045145388190634017  # past 2**53: a JavaScript number would make it ...634000
+    member = views.raft_view({"id": big, "leader": big, "voters": [big, 7], "commit": 40, "applied": 38}, [])["member"]
+    assert (member["id"], member["leader"], member["voters"], member["apply_lag"]) == (
+        str(big), str(big), [str(big), "7"], 2)
+
+
 def test_raft_health_needs_a_quorum_and_a_leader() -> None:
     def health(*managers: tuple[str, bool]) -> bool:
         nodes = [{"id": f"m{i}", "hostname": f"m{i}", "role": "manager", "manager_addr": "", "leader": lead,
