@@ -6,6 +6,7 @@ the Engine API answers."""
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 JSON = dict[str, Any]
@@ -102,6 +103,28 @@ def task_view(t: JSON) -> JSON:
     }
 
 
+def _when(iso: str) -> float | None:
+    """An Engine API timestamp (RFC 3339, nanoseconds) as a Unix time; None when absent or unreadable."""
+    if not iso or iso.startswith("0001-"):
+        return None
+    try:
+        return datetime.fromisoformat(iso).timestamp()
+    except ValueError:
+        return None
+
+
+def _progress(us: JSON, mine: list[JSON], desired: int) -> str:
+    """An update or rollback in progress as "N/M": running tasks started since it began, of the desired."""
+    if us.get("State") not in ("updating", "rollback_started"):
+        return ""
+    began = _when(str(us.get("StartedAt") or ""))
+    if began is None:
+        return ""
+    fresh = sum(1 for t in mine if t["state"] == "running" and t["desired"] == "running"
+                and (_when(t["created"]) or 0) >= began)
+    return f"{fresh}/{desired}"
+
+
 def service_view(s: JSON, tasks: list[JSON]) -> JSON:
     mode, replicas = _mode(s)
     mine = [t for t in tasks if t["service_id"] == s["ID"]]
@@ -110,6 +133,7 @@ def service_view(s: JSON, tasks: list[JSON]) -> JSON:
     us = s.get("UpdateStatus") or {}
     labels = _labels(_d(s, "Spec", "Labels"))
     image = str(_d(s, "Spec", "TaskTemplate", "ContainerSpec", "Image") or "")
+    desired = int(_d(s, "ServiceStatus", "DesiredTasks") or (replicas or 0))
     return {
         "id": s["ID"],
         "name": str(_d(s, "Spec", "Name") or ""),
@@ -117,11 +141,12 @@ def service_view(s: JSON, tasks: list[JSON]) -> JSON:
         "image": image.split("@", 1)[0],
         "mode": mode,
         "replicas": replicas,
-        "desired": int(_d(s, "ServiceStatus", "DesiredTasks") or (replicas or 0)),
+        "desired": desired,
         "running": running,
         "ports": _ports(s),
         "update": {"state": str(us.get("State") or ""), "message": str(us.get("Message") or ""),
-                   "started": str(us.get("StartedAt") or ""), "completed": str(us.get("CompletedAt") or "")},
+                   "started": str(us.get("StartedAt") or ""), "completed": str(us.get("CompletedAt") or ""),
+                   "progress": _progress(us, mine, desired)},
         "can_rollback": s.get("PreviousSpec") is not None,
         "force_update": int(_d(s, "Spec", "TaskTemplate", "ForceUpdate") or 0),
         "last_error": errors[0]["error"] if errors else "",

@@ -85,6 +85,17 @@ def test_no_payload_environment_or_unknown_field_is_copied() -> None:
                              "driver": "", "templating": ""}]
 
 
+def test_update_progress_counts_tasks_started_since_the_update_began() -> None:
+    svc = {**SERVICE, "UpdateStatus": {"State": "updating", "StartedAt": "2026-01-01T00:00:00.5Z"}}
+    old = {**_task("t1", "running"), "CreatedAt": "2026-01-01T00:00:00.123456789Z"}
+    new = {**_task("t2", "running"), "CreatedAt": "2026-01-01T00:00:00.75Z"}
+    starting = {**_task("t4", "starting"), "CreatedAt": "2026-01-01T00:00:01Z"}
+    m = _snapshot(services=[svc], tasks=[old, new, starting])
+    assert m["services"][0]["update"]["progress"] == "1/3"  # type: ignore[index]
+    done = {**SERVICE, "UpdateStatus": {"State": "completed", "StartedAt": "2026-01-01T00:00:00.5Z"}}
+    assert _snapshot(services=[done], tasks=[new])["services"][0]["update"]["progress"] == ""  # type: ignore[index]
+
+
 def test_raft_ids_reach_the_browser_unrounded() -> None:
     big = 5045145388190634017  # past 2**53: a JavaScript number would make it ...634000
     member = views.raft_view({"id": big, "leader": big, "voters": [big, 7], "commit": 40, "applied": 38}, [])["member"]

@@ -147,7 +147,8 @@ const NODE_HEADS = ["Node", "Role", "State", "Availability", "Heartbeat", "Tasks
 function updateCell(s) {
   const u = s.update;
   if (!u.state) return "";
-  return h("span", { class: "update" }, badge(u.state.replace(/_/g, " "), u.state), u.message ? h("div", { class: "muted small" }, u.message) : null);
+  return h("span", { class: "update" }, badge(u.state.replace(/_/g, " "), u.state),
+    u.progress ? h("span", { class: "progress" }, ` ${u.progress} replaced`) : null, u.message ? h("div", { class: "muted small" }, u.message) : null);
 }
 
 function serviceRows(services) {
