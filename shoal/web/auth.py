@@ -21,6 +21,7 @@ import ipaddress
 import os
 import secrets
 import ssl
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,6 +33,7 @@ CSRF_HEADER = "X-Shoal-Web"
 WORKER_OU = "swarm-worker"
 TOKEN_FILE = "web-token"
 SESSIONS_MAX = 1000  # logins kept; the oldest goes first (each login adds one)
+SESSION_TTL = 12 * 3600.0  # seconds a login lasts (a shift), then the token or certificate again
 
 
 class WebConfigError(ValueError):
@@ -108,7 +110,8 @@ class Access:
     loopback: bool  # bound to loopback: the Host header must be a loopback host
     tls: bool
     port: int
-    sessions: dict[str, str] = field(default_factory=dict)  # session cookie -> who logged in
+    # session cookie -> (who logged in, when: time.monotonic())
+    sessions: dict[str, tuple[str, float]] = field(default_factory=dict)
 
     @property
     def cookie(self) -> str:
@@ -123,11 +126,12 @@ class Access:
         while len(self.sessions) >= SESSIONS_MAX:
             del self.sessions[next(iter(self.sessions))]
         sid = secrets.token_urlsafe(32)
-        self.sessions[sid] = who
+        self.sessions[sid] = (who, time.monotonic())
         return sid
 
     def set_cookie(self, resp: web.StreamResponse, sid: str) -> None:
-        resp.set_cookie(self.cookie, sid, httponly=True, samesite="Strict", secure=self.tls, path="/")
+        resp.set_cookie(self.cookie, sid, httponly=True, samesite="Strict", secure=self.tls, path="/",
+                        max_age=int(SESSION_TTL))
 
     def logout(self, request: web.Request) -> None:
         self.sessions.pop(request.cookies.get(self.cookie, ""), None)
@@ -136,7 +140,10 @@ class Access:
         """Who this request comes from, or None when nobody logged in. A worker's certificate is nobody."""
         sid = request.cookies.get(self.cookie)
         if sid and sid in self.sessions:
-            return self.sessions[sid]
+            who, since = self.sessions[sid]
+            if time.monotonic() - since < SESSION_TTL:
+                return who
+            del self.sessions[sid]
         ident = peer_identity(request)
         if ident is not None and not ident.endswith("/" + WORKER_OU):
             return f"certificate {ident}"

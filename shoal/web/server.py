@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
@@ -358,9 +359,9 @@ def make_web_app(engine: EngineAPI, access: Access) -> web.Application:
 
 
 async def serve_web(api_socket: Path, data_dir: Path, host: str, port: int,
-                    tls: Any = None) -> tuple[web.AppRunner, EngineAPI]:
-    """Start the web view on HOST:PORT (a loopback address, or any with `tls`, an ssl.SSLContext) and print how
-    to log in. The caller cleans the runner up and closes the EngineAPI."""
+                    tls: ssl.SSLContext | None = None) -> tuple[web.AppRunner, EngineAPI]:
+    """Start the web view on HOST:PORT (a loopback address, or any with `tls`) and print how to log in. The
+    caller cleans the runner up and closes the EngineAPI."""
     from shoal.host.addrs import is_loopback
     from shoal.web.auth import check_listener, new_token
 

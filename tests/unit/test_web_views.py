@@ -142,3 +142,19 @@ def test_a_new_token_each_start_for_root_only(tmp_path: Path) -> None:
     a, b = new_token(tmp_path), new_token(tmp_path)
     assert a != b and (tmp_path / "web-token").read_text().strip() == b
     assert (tmp_path / "web-token").stat().st_mode & 0o777 == 0o600
+
+
+def test_a_login_lasts_a_shift(monkeypatch: pytest.MonkeyPatch) -> None:
+    from unittest.mock import Mock
+
+    from shoal.web import auth
+
+    now = [1000.0]
+    monkeypatch.setattr(auth.time, "monotonic", lambda: now[0])
+    access = auth.Access("t", loopback=True, tls=False, port=1)
+    sid = access.login("someone")
+    request = Mock(cookies={"shoal_web_1": sid}, transport=None)
+    assert access.who(request) == "someone"
+    now[0] += auth.SESSION_TTL
+    assert access.who(request) is None
+    assert sid not in access.sessions
