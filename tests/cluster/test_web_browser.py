@@ -26,6 +26,15 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 CHROMIUM = "/usr/bin/chromium"
 CHROMEDRIVER = "/usr/bin/chromedriver"
 SECRET_PAYLOAD = "browser-must-never-see-this-payload"
+STACK = """\
+version: "3.8"
+services:
+  api:
+    image: busybox
+    command: ["sleep", "600"]
+    deploy:
+      replicas: 1
+"""
 
 
 def artifacts() -> Path:
@@ -44,6 +53,7 @@ def browser() -> Iterator[Any]:
             pytest.skip(f"{path} is not installed (Debian's chromium and chromium-driver)")
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console: script errors, CSP refusals
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--window-size=1440,1100", "--no-first-run", "--disable-extensions"):
         opts.add_argument(arg)
@@ -140,15 +150,21 @@ def test_the_web_view_in_chromium(tmp_path: Path, browser: Any) -> None:
         browser.find_element("id", "login-submit").click()
         page.wait_text("#live", "live", 20)
         page.wait_text('tr[data-node="w1"] .state', "ready")
+        browser.get_log("browser")  # what the wrong token's 401 logged
 
         # A service made with the docker CLI appears, converges, and its logs follow.
         sid = mgr.docker("service", "create", "--detach", "--name", "web", "--replicas", "2", "busybox", "sh", "-c",
                          "i=0; while true; do echo tick $i; i=$((i+1)); sleep 1; done").stdout.strip()
-        mgr.docker("secret", "create", "db-password", "-", input=SECRET_PAYLOAD)
+        # A label is text, never markup, in the page.
+        mgr.docker("secret", "create", "--label", "note=<img src=x id=xss>", "db-password", "-", input=SECRET_PAYLOAD)
+        (mgr.workdir / "stack.yml").write_text(STACK)
+        mgr.docker("stack", "deploy", "-c", "stack.yml", "shop")
         page.wait_text('tr[data-service="web"] .replicas', "2/2")
         page.shot("overview")
         page.go("#/services", "services")
         page.wait_text('tr[data-service="web"] .image', "busybox")
+        page.wait_text('tr[data-stack="shop"]', "shop_api")
+        page.wait_text('tr[data-stack="shop"]', "1/1")
         page.shot("services")
         page.go("#/grid", "grid")
         wait_until(lambda: page.count('td[data-service="web"][data-node="w1"] .task.running') == 2, 30,
@@ -186,6 +202,8 @@ def test_the_web_view_in_chromium(tmp_path: Path, browser: Any) -> None:
         page.go("#/objects", "objects")
         page.wait_text('table.secrets tr[data-name="db-password"]', "db-password")
         assert SECRET_PAYLOAD not in browser.page_source
+        assert "<img src=x id=xss>" in page.text('table.secrets tr[data-name="db-password"]')
+        assert page.count("#xss") == 0
         page.shot("objects")
 
         page.go("#/raft", "raft")
@@ -198,12 +216,17 @@ def test_the_web_view_in_chromium(tmp_path: Path, browser: Any) -> None:
         page.confirm()
         page.wait_text('tr[data-node="w1"] .availability', "drain")
         assert mgr.docker("node", "inspect", "-f", "{{.Spec.Availability}}", "w1").stdout.strip() == "drain"
-        page.wait_text('tr[data-node="w1"] .tasks', "0")
+        wait_until(lambda: page.text('tr[data-node="w1"] .tasks') == "0", 60, what="w1 drained of its tasks")
         page.click('button.act-activate[data-node="w1"]')
         page.confirm()
         page.wait_text('tr[data-node="w1"] .availability', "active")
-        page.wait_text('tr[data-node="w1"] .tasks', "2")
+        wait_until(lambda: page.text('tr[data-node="w1"] .tasks') == "3", 60,
+                   what="web's two tasks and shop_api's back on w1")
         page.shot("nodes")
+
+        # No script error and no Content-Security-Policy refusal on any page so far.
+        errors = [e for e in browser.get_log("browser") if e["level"] == "SEVERE"]
+        assert errors == [], errors
 
         # The worker's daemon dies: the page follows it down, without a reload.
         marker = browser.execute_script("window.__noReload = 1; return window.__noReload;")
