@@ -222,8 +222,8 @@ async def stream(request: web.Request) -> web.StreamResponse:
                 await sse.send("event", _event_view(ev))
                 while not queue.empty():  # a burst (the replay) is sent before one new model
                     await sse.send("event", _event_view(queue.get_nowait()))
-    except (ConnectionResetError, asyncio.CancelledError):
-        pass
+    except ConnectionResetError:
+        pass  # the page went away
     finally:
         follower.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -248,8 +248,8 @@ async def service_logs(request: web.Request) -> web.StreamResponse:
     except EngineError as e:
         with contextlib.suppress(ConnectionResetError):
             await sse.send("failed", {"message": e.message})
-    except (ConnectionResetError, asyncio.CancelledError):
-        pass
+    except ConnectionResetError:
+        pass  # the page went away
     return sse.resp
 
 
