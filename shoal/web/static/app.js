@@ -351,7 +351,10 @@ function followLogs(service) {
 function connect() {
   const es = new EventSource("/api/stream");
   const live = $("live");
-  es.addEventListener("open", () => { live.textContent = "live"; live.className = "live on"; });
+  es.addEventListener("open", () => {
+    live.textContent = "live"; live.className = "live on";
+    S.events = []; // each connection starts with the last hour's events again
+  });
   es.addEventListener("error", () => {
     live.textContent = "reconnecting"; live.className = "live off";
     fetch("/api/state", { credentials: "same-origin" }).then((r) => { if (r.status === 401) location.href = "/login"; }).catch(() => {});
