@@ -50,7 +50,10 @@ def browser() -> Iterator[Any]:
 
     for path in (CHROMIUM, CHROMEDRIVER):
         if not os.access(path, os.X_OK):
-            pytest.skip(f"{path} is not installed (Debian's chromium and chromium-driver)")
+            why = f"{path} is not installed (Debian's chromium and chromium-driver; scripts/test installs them)"
+            if os.environ.get("CI", "").lower() == "true":
+                pytest.fail(why, pytrace=False)
+            pytest.skip(why)
     opts = webdriver.ChromeOptions()
     opts.binary_location = CHROMIUM
     opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console: script errors, CSP refusals
