@@ -235,6 +235,7 @@ def test_the_stream_sends_the_model_and_the_events(web_node: tuple[ShoalNode, st
     assert re.search(rb'event: event\ndata: \{[^\n]*"type":"service","action":"create"[^\n]*"streamed"', head)
 
 
+@pytest.mark.slow
 def test_a_worker_node_sends_the_browser_to_a_manager(tmp_path: Path) -> None:
     _require_cli()
     port = free_port()
