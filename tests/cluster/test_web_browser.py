@@ -175,6 +175,17 @@ def test_the_web_view_in_chromium(tmp_path: Path, browser: Any) -> None:
         assert page.count('td[data-service="web"][data-node="mgr"] .task') == 0  # the manager is drained
         page.shot("grid")
 
+        # A failing service: its error in the services table and in its task history, with the exit code.
+        broken = mgr.docker("service", "create", "--detach", "--name", "broken", "--restart-delay", "1s", "busybox",
+                            "sh", "-c", "exit 3").stdout.strip()
+        page.go("#/services", "services")
+        page.wait_text('tr[data-service="broken"] .error', "non-zero exit (3)")
+        page.go(f"#/services/{broken}", "service")
+        wait_until(lambda: page.count("table.history tr.failed") >= 2, 60, what="two failed tasks in the history")
+        assert "task: non-zero exit (3)" in page.text("table.history tr.failed")
+        page.shot("service-failing")
+        mgr.docker("service", "rm", "broken")
+
         page.go(f"#/services/{sid}", "service")
         page.wait_text("#service-replicas", "2/2")
         page.wait_text("#logs", "tick")

@@ -220,7 +220,8 @@ function taskHistory(tasks) {
       h("td", {}, t.desired),
       h("td", {}, badge(t.state), t.message ? h("div", { class: "muted small" }, t.message) : null),
       h("td", { class: "small", title: t.timestamp }, ago(t.timestamp)),
-      h("td", { class: "error small" }, t.error, t.exit_code ? ` (exit ${t.exit_code})` : ""))));
+      h("td", { class: "error small" }, t.error,
+        t.exit_code && !t.error.includes(`(${t.exit_code})`) ? ` (exit ${t.exit_code})` : ""))));
 }
 
 function servicePage(m, id) {
