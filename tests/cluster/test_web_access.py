@@ -248,6 +248,12 @@ def test_a_worker_node_sends_the_browser_to_a_manager(tmp_path: Path) -> None:
         c = _logged_in(w, f"http://127.0.0.1:{port}")
         model = json.loads(c.get("/api/state")[2])
         assert model["error"] == "this node is a worker: open the web view of a manager"
+        # Its actions get what its Engine API gives a worker: dockerd's refusal.
+        sid = _service(cl.manager, "on-manager")
+        status, _, body = c.post(f"/api/services/{sid}/scale", {"replicas": 2}, headers=CSRF)
+        assert status == 503, body
+        assert json.loads(body)["message"].startswith("This node is not a swarm manager.")
+        assert _replicas(cl.manager, "on-manager") == 1
     finally:
         cl.stop()
 
