@@ -4,6 +4,7 @@ leader's dispatcher included), its actions reach the leader, and its Raft health
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -79,6 +80,15 @@ def test_a_followers_web_view_of_three_managers_and_two_workers(tmp_path: Path) 
         assert leader.docker("service", "inspect", "-f", "{{.Spec.Mode.Replicated.Replicas}}",
                              "web").stdout.strip() == "6"
         wait_until(lambda: web_service()["running"] == 6, 60, what="6 running replicas in the follower's view")
+
+        # An update in progress shows how many tasks it replaced so far.
+        leader.docker("service", "update", "--detach", "--force", "--update-delay", "2s", "web")
+
+        def progress() -> str:
+            u = web_service()["update"]
+            return str(u["progress"]) if u["state"] == "updating" and u["progress"] not in ("", "0/6") else ""
+
+        assert re.fullmatch(r"[1-6]/6", wait_until(progress, 60, what="the update's progress in the view"))
 
         # A worker's view sends the browser to a manager.
         worker = next(n for n in cl.live() if n.hostname == "w1")
