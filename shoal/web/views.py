@@ -125,7 +125,64 @@ def _progress(us: JSON, mine: list[JSON], desired: int) -> str:
     return f"{fresh}/{desired}"
 
 
-def service_view(s: JSON, tasks: list[JSON]) -> JSON:
+def _duration(ns: Any) -> str:
+    """Nanoseconds as the CLI prints a duration (1m30s, 5s, 500ms); "" for none."""
+    if not ns:
+        return ""
+    ns = int(ns)
+    if ns < 1_000_000_000:
+        return f"{ns // 1_000_000}ms"
+    secs = ns // 1_000_000_000
+    h, rem = divmod(secs, 3600)
+    m, sec = divmod(rem, 60)
+    return (f"{h}h" if h else "") + (f"{m}m" if m else "") + (f"{sec}s" if sec or not (h or m) else "")
+
+
+def _resources(r: Any) -> str:
+    r = r if isinstance(r, dict) else {}
+    parts = []
+    if r.get("NanoCPUs"):
+        parts.append(f"{int(r['NanoCPUs']) / 1e9:g} CPU")
+    if r.get("MemoryBytes"):
+        parts.append(f"{int(r['MemoryBytes']) // (1 << 20)} MiB")
+    return ", ".join(parts)
+
+
+def spec_view(s: JSON, network_names: dict[str, str]) -> JSON:
+    """What an operator checks of a service's spec, as names and settings only: never its environment, command,
+    or a secret's or config's content (secrets and configs by name and target file)."""
+    tt = _d(s, "Spec", "TaskTemplate") or {}
+    cs = tt.get("ContainerSpec") or {}
+    uc = _d(s, "Spec", "UpdateConfig") or {}
+    rc = tt.get("RestartPolicy") or {}
+
+    def update(c: Any) -> str:
+        c = c if isinstance(c, dict) else {}
+        if not c:
+            return ""
+        return (f"parallelism {c.get('Parallelism', 1)}, delay {_duration(c.get('Delay')) or '0s'}, "
+                f"on failure {c.get('FailureAction') or 'pause'}, order {c.get('Order') or 'stop-first'}")
+
+    nets = [n.get("Target", "") for n in (tt.get("Networks") or _d(s, "Spec", "Networks") or [])]
+    return {
+        "constraints": [str(c) for c in _d(tt, "Placement", "Constraints") or []],
+        "max_replicas_per_node": int(_d(tt, "Placement", "MaxReplicas") or 0),
+        "reservations": _resources(_d(tt, "Resources", "Reservations")),
+        "limits": _resources(_d(tt, "Resources", "Limits")),
+        "restart": (f"{rc.get('Condition') or 'any'}, delay {_duration(rc.get('Delay')) or '5s'}"
+                    + (f", at most {rc['MaxAttempts']} attempts" if rc.get("MaxAttempts") else "")) if rc else "",
+        "update": update(uc),
+        "rollback": update(_d(s, "Spec", "RollbackConfig")),
+        "networks": [network_names.get(n, n) for n in nets],
+        "secrets": [f"{x.get('SecretName', '')} → {_d(x, 'File', 'Name') or ''}" for x in cs.get("Secrets") or []],
+        "configs": [f"{x.get('ConfigName', '')} → {_d(x, 'File', 'Name') or ''}" for x in cs.get("Configs") or []],
+        "mounts": [f"{m.get('Type', 'volume')} {m.get('Source') or '(anonymous)'} → {m.get('Target', '')}"
+                   + (" (ro)" if m.get("ReadOnly") else "") for m in cs.get("Mounts") or []],
+        "labels": _labels(_d(s, "Spec", "Labels")),
+    }
+
+
+def service_view(s: JSON, tasks: list[JSON], network_names: dict[str, str] | None = None) -> JSON:
     mode, replicas = _mode(s)
     mine = [t for t in tasks if t["service_id"] == s["ID"]]
     running = sum(1 for t in mine if t["state"] == "running" and t["desired"] == "running")
@@ -153,6 +210,7 @@ def service_view(s: JSON, tasks: list[JSON]) -> JSON:
         "created": str(s.get("CreatedAt") or ""),
         "updated": str(s.get("UpdatedAt") or ""),
         "version": _d(s, "Version", "Index"),
+        "spec": spec_view(s, network_names or {}),
     }
 
 
@@ -221,7 +279,8 @@ def snapshot(*, info: JSON, nodes: list[JSON], services: list[JSON], tasks: list
     tv = sorted((task_view(t) for t in tasks), key=lambda t: (t["service_id"], t["slot"] or 0, t["created"]))
     nv = sorted((node_view(n, ages, tasks, by_id) for n in nodes), key=lambda n: (n["role"] != "manager",
                                                                                      n["hostname"]))
-    sv = sorted((service_view(s, tv) for s in services), key=lambda s: s["name"])
+    net_names = {str(n.get("Id") or n.get("ID") or ""): str(n.get("Name") or "") for n in networks}
+    sv = sorted((service_view(s, tv, net_names) for s in services), key=lambda s: s["name"])
     swarm = info.get("Swarm") or {}
     return {
         "self": {"node_id": str(swarm.get("NodeID") or ""), "hostname": str(info.get("Name") or ""),

@@ -168,6 +168,13 @@ def test_the_web_view_in_chromium(tmp_path: Path, browser: Any) -> None:
         page.wait_text('tr[data-service="web"] .image', "busybox")
         page.wait_text('tr[data-stack="shop"]', "shop_api")
         page.wait_text('tr[data-stack="shop"]', "1/1")
+        page.d.find_element("id", "filter").send_keys("shop")
+        wait_until(lambda: page.count("table.services tbody tr") == 1, 10, what="the filter to leave one service")
+        assert page.text("table.services tbody tr").startswith("shop_api")
+        page.shot("services-filtered")
+        page.d.find_element("id", "filter").clear()
+        page.d.execute_script("document.getElementById('filter').dispatchEvent(new Event('input'));")
+        wait_until(lambda: page.count("table.services tbody tr") == 2, 10, what="both services unfiltered")
         page.shot("services")
         page.go("#/grid", "grid")
         wait_until(lambda: page.count('td[data-service="web"][data-node="w1"] .task.running') == 2, 30,
@@ -183,6 +190,7 @@ def test_the_web_view_in_chromium(tmp_path: Path, browser: Any) -> None:
         page.go(f"#/services/{broken}", "service")
         wait_until(lambda: page.count("table.history tr.failed") >= 2, 60, what="two failed tasks in the history")
         assert "task: non-zero exit (3)" in page.text("table.history tr.failed")
+        page.wait_text("dl.spec", "any, delay 1s")  # its restart policy, from --restart-delay
         page.shot("service-failing")
         mgr.docker("service", "rm", "broken")
 

@@ -158,3 +158,28 @@ def test_a_login_lasts_a_shift(monkeypatch: pytest.MonkeyPatch) -> None:
     now[0] += auth.SESSION_TTL
     assert access.who(request) is None
     assert sid not in access.sessions
+
+
+def test_the_spec_summary_names_settings_never_contents() -> None:
+    svc = {**SERVICE, "Spec": {**SERVICE["Spec"], "TaskTemplate": {  # type: ignore[dict-item]
+        "ContainerSpec": {"Image": "nginx:1", "Env": ["PASSWORD=x"], "Args": ["--token=y"],
+                          "Secrets": [{"SecretName": "db", "SecretID": "x1", "File": {"Name": "db_pw"}}],
+                          "Configs": [{"ConfigName": "cfg", "File": {"Name": "/etc/app.conf"}}],
+                          "Mounts": [{"Type": "bind", "Source": "/srv", "Target": "/data", "ReadOnly": True}]},
+        "Placement": {"Constraints": ["node.role==worker"], "MaxReplicas": 2},
+        "Resources": {"Limits": {"NanoCPUs": 500_000_000, "MemoryBytes": 256 << 20}},
+        "RestartPolicy": {"Condition": "on-failure", "Delay": 5_000_000_000, "MaxAttempts": 3},
+        "Networks": [{"Target": "w"}]},
+        "UpdateConfig": {"Parallelism": 2, "Delay": 90_000_000_000, "FailureAction": "rollback",
+                         "Order": "start-first"}}}
+    (view,) = _snapshot(services=[svc])["services"]  # type: ignore[misc]
+    sp = view["spec"]
+    assert sp["constraints"] == ["node.role==worker"] and sp["max_replicas_per_node"] == 2
+    assert sp["limits"] == "0.5 CPU, 256 MiB" and sp["reservations"] == ""
+    assert sp["restart"] == "on-failure, delay 5s, at most 3 attempts"
+    assert sp["update"] == "parallelism 2, delay 1m30s, on failure rollback, order start-first"
+    assert sp["networks"] == ["front"]  # by name
+    assert sp["secrets"] == ["db → db_pw"] and sp["configs"] == ["cfg → /etc/app.conf"]
+    assert sp["mounts"] == ["bind /srv → /data (ro)"]
+    text = json.dumps(view)
+    assert "PASSWORD" not in text and "--token" not in text

@@ -3,7 +3,7 @@
 // each confirmed in a dialog first.
 "use strict";
 
-const S = { model: null, events: [], route: "overview", arg: "", logs: null, logsFor: "" };
+const S = { model: null, events: [], route: "overview", arg: "", logs: null, logsFor: "", filter: "" };
 const MAX_EVENTS = 500;
 const LIVE = ["new", "pending", "assigned", "accepted", "preparing", "ready", "starting", "running"];
 
@@ -134,7 +134,8 @@ function nodeRows(nodes, withActions) {
     h("td", { class: "heartbeat" }, n.heartbeat_age === null || n.heartbeat_age === undefined ? "–" : `${n.heartbeat_age.toFixed(1)} s`),
     h("td", { class: "tasks" }, String(n.tasks)),
     h("td", {}, `${cpus(n.reserved_nano_cpus)} / ${cpus(n.nano_cpus)} CPU`, h("br"), `${bytes(n.reserved_memory)} / ${bytes(n.memory)}`),
-    h("td", { class: "muted small" }, n.addr, h("br"), n.platform, n.engine ? ` · ${n.engine}` : ""),
+    h("td", { class: "muted small" }, n.addr, h("br"), n.platform, n.engine ? ` · ${n.engine}` : "",
+      Object.keys(n.labels).length ? [h("br"), Object.entries(n.labels).map(([k, v]) => `${k}=${v}`).join(", ")] : null),
     withActions ? h("td", { class: "actions" },
       n.availability !== "drain" ? h("button", { class: "act-drain danger", "data-node": n.hostname, onclick: () => setAvailability(n, "drain") }, "Drain") : null,
       n.availability !== "active" ? h("button", { class: "act-activate", "data-node": n.hostname, onclick: () => setAvailability(n, "active") }, "Activate") : null,
@@ -142,7 +143,7 @@ function nodeRows(nodes, withActions) {
     ) : null));
 }
 
-const NODE_HEADS = ["Node", "Role", "State", "Availability", "Heartbeat", "Tasks", "Reserved / total", "Address"];
+const NODE_HEADS = ["Node", "Role", "State", "Availability", "Heartbeat", "Tasks", "Reserved / total", "Address, platform, labels"];
 
 function updateCell(s) {
   const u = s.update;
@@ -182,8 +183,15 @@ function overview(m) {
     h("h2", {}, "Recent events"), eventList(S.events.slice(0, 10))];
 }
 
+function matches(s) {
+  const f = S.filter.trim().toLowerCase();
+  return !f || [s.name, s.stack, s.image].some((x) => x.toLowerCase().includes(f));
+}
+
 function servicesPage(m) {
-  return [h("h2", {}, "Services"), table("services", SERVICE_HEADS, serviceRows(m.services)),
+  const filter = h("input", { id: "filter", type: "search", placeholder: "filter by name, stack or image", value: S.filter,
+    oninput: (e) => { S.filter = e.target.value; render(); } });
+  return [h("h2", {}, "Services ", filter), table("services", SERVICE_HEADS, serviceRows(m.services.filter(matches))),
     h("h2", {}, "Stacks"), m.stacks.length ? table("stacks", ["Stack", "Services", "Tasks"],
       m.stacks.map((st) => h("tr", { "data-stack": st.name }, h("td", {}, st.name), h("td", {}, st.services.join(", ")), h("td", {}, `${st.running}/${st.desired}`))))
       : h("p", { class: "muted" }, "No stacks.")];
@@ -242,7 +250,20 @@ function servicePage(m, id) {
       h("dt", {}, "Last error"), h("dd", { class: "error" }, s.last_error || "–"),
       h("dt", {}, "Created"), h("dd", { title: s.created }, ago(s.created)),
       h("dt", {}, "Updated"), h("dd", { title: s.updated }, ago(s.updated))),
+    h("h3", {}, "Spec"), specFacts(s.spec),
     h("h3", {}, "Task history"), taskHistory(tasks)];
+}
+
+function specFacts(sp) {
+  const row = (label, value, id) => {
+    const v = Array.isArray(value) ? value.join(", ") : typeof value === "object" ? Object.entries(value).map(([k, x]) => `${k}=${x}`).join(", ") : value;
+    return v ? [h("dt", {}, label), h("dd", { id }, String(v))] : [];
+  };
+  const rows = [row("Constraints", sp.constraints, "spec-constraints"), row("Max per node", sp.max_replicas_per_node || ""),
+    row("Reservations", sp.reservations), row("Limits", sp.limits), row("Restart", sp.restart),
+    row("Update config", sp.update), row("Rollback config", sp.rollback), row("Networks", sp.networks, "spec-networks"),
+    row("Secrets", sp.secrets, "spec-secrets"), row("Configs", sp.configs), row("Mounts", sp.mounts), row("Labels", sp.labels)].flat();
+  return rows.length ? h("dl", { class: "facts spec" }, rows) : h("p", { class: "muted" }, "Defaults only.");
 }
 
 function eventText(e) {
@@ -309,7 +330,13 @@ function render() {
   $("who").textContent = `${m.self.hostname} · swarm ${short(m.self.cluster_id)}`;
   const page = { overview, services: servicesPage, grid: gridPage, nodes: nodesPage, events: eventsPage, objects: objectsPage, raft: raftPage }[S.route];
   const y = window.scrollY;
+  const active = document.activeElement, focusId = active && main.contains(active) ? active.id : "";
+  const caret = focusId && active.selectionStart !== undefined ? active.selectionStart : null;
   main.replaceChildren(...[S.route === "service" ? servicePage(m, S.arg) : page(m)].flat(Infinity).filter(Boolean));
+  if (focusId && $(focusId)) { // a redraw keeps the field being typed in
+    $(focusId).focus();
+    if (caret !== null) $(focusId).setSelectionRange(caret, caret);
+  }
   window.scrollTo(0, y);
   document.body.dataset.page = S.route;
 }
