@@ -90,13 +90,13 @@ class Page:
         wait_until(lambda: want in self.text(css), timeout, what=f"{css} to show {want!r}")
 
     def click(self, css: str) -> None:
-        from selenium.common.exceptions import StaleElementReferenceException
+        from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 
         def once() -> bool:
             try:
                 self.d.find_element("css selector", css).click()
                 return True
-            except StaleElementReferenceException:
+            except (StaleElementReferenceException, NoSuchElementException):  # not drawn yet, or redrawn
                 return False
 
         wait_until(once, 20, what=f"a click on {css}")
