@@ -32,6 +32,9 @@ LAYERS: list[tuple[str, tuple[str, ...], bool]] = [
     ("metrics", ("shoal.metrics",), False),
     ("rpc", ("shoal.rpc",), False),
     ("http", ("shoal.engineapi",), False),
+    # The web view reaches the cluster only through the Engine API's socket, as the docker CLI does; it imports
+    # nothing of the sides or the HTTP layer, and the entry point starts it.
+    ("web", ("shoal.web",), False),
     ("wiring", ("shoal.node", "shoal.demo", "shoal.testing"), False),
     # The CLI's client side (shoal.ctl) reaches daemons over the Engine API only: see ONLY.
     ("entry", ("shoal.cli", "shoal.ctl"), False),

@@ -105,6 +105,31 @@ def tcp_listener(api_tcp: str, tls: bool, tlsverify: bool, cacert: Path | None, 
     return TCPListener(host, port, ctx, tlsverify)
 
 
+@dataclass(frozen=True)
+class WebListener:
+    """`--web-addr` with its TLS (None: plain HTTP, loopback only)."""
+    host: str
+    port: int
+    ssl: ssl.SSLContext | None = None
+
+
+def web_listener(addr: str, cert: Path | None, key: Path | None, cacert: Path | None) -> WebListener:
+    """The web view's listener: off loopback only with TLS (docs/web.md)."""
+    from shoal.web.auth import WebConfigError, check_listener, tls_context
+
+    host, port = parse_tcp_addr(addr, "--web-addr")
+    if (cert is None) != (key is None):
+        raise click.UsageError("--web-tlscert and --web-tlskey go together")
+    if cacert is not None and cert is None:
+        raise click.UsageError("--web-tlscacert needs --web-tlscert and --web-tlskey")
+    try:
+        ctx = tls_context(cert, key, cacert) if cert is not None and key is not None else None
+        check_listener(host, ctx)
+    except WebConfigError as e:
+        raise click.UsageError(str(e)) from None
+    return WebListener(host, port, ctx)
+
+
 def warn_unauthenticated(listener: TCPListener) -> None:
     """dockerd's warnings for a TCP listener that does not verify clients (cmd/dockerd/daemon.go)."""
     if listener.verify:
@@ -123,7 +148,8 @@ async def run_daemon(data_dir: Path, api_socket: Path, api_tcp: TCPListener | No
                      engine_host: str | None, hostname: str, strategy: str, ready_file: Path | None = None,
                      dns_upstreams: tuple[str, ...] | None = None,
                      mesh_keepalive: tuple[int, int, int] | None = None, raft_tick: float = DEFAULT_TICK,
-                     leave_on_exit: bool = False, metrics_addr: tuple[str, int] | None = None) -> None:
+                     leave_on_exit: bool = False, metrics_addr: tuple[str, int] | None = None,
+                     web_at: WebListener | None = None) -> None:
     from aiohttp import web
 
     from shoal import gctune
@@ -150,6 +176,12 @@ async def run_daemon(data_dir: Path, api_socket: Path, api_tcp: TCPListener | No
         observe = metrics.observe_request
         # Before the node starts: an address that cannot be bound stops the daemon before anything runs.
         metrics_runner = await serve_metrics(metrics, *metrics_addr)
+    web_view = None
+    if web_at is not None:
+        from shoal.web.server import serve_web
+
+        # Before the node starts, as the metrics: it reaches the node through the API socket once that is up.
+        web_view = await serve_web(api_socket, data_dir, web_at.host, web_at.port, web_at.ssl)
     await node.start()
     app = make_app(node, proxy, engine, observe)
     # A stop gives requests in flight a moment, then cancels what is left: the streams (`docker events`,
@@ -190,6 +222,9 @@ async def run_daemon(data_dir: Path, api_socket: Path, api_tcp: TCPListener | No
                 logging.getLogger("shoal").info("left the swarm on exit (--leave-on-exit)")
             except Exception:
                 logging.getLogger("shoal").exception("leaving the swarm on exit failed")
+        if web_view is not None:
+            await web_view[0].cleanup()
+            await web_view[1].close()
         await runner.cleanup()
         if metrics_runner is not None:
             await metrics_runner.cleanup()
@@ -326,12 +361,21 @@ for _cmd in ctl.COMMANDS:
 @click.option("--metrics-addr", default=None, metavar="HOST:PORT",
               help="serve Prometheus metrics on http://HOST:PORT/metrics, without authentication, as dockerd's "
                    "flag (docs/metrics.md lists them)")
+@click.option("--web-addr", default=None, metavar="HOST:PORT",
+              help="serve the web view on HOST:PORT (loopback; any other address needs --web-tlscert and "
+                   "--web-tlskey); log in with the token printed at start (docs/web.md)")
+@click.option("--web-tlscert", type=click.Path(path_type=Path), default=None, help="the web view's TLS certificate")
+@click.option("--web-tlskey", type=click.Path(path_type=Path), default=None, help="the web view's TLS key")
+@click.option("--web-tlscacert", type=click.Path(path_type=Path), default=None,
+              help="log in browsers presenting a client certificate signed by this CA (the swarm's: `docker swarm "
+                   "ca`), except worker nodes' certificates")
 @click.option("--ready-file", type=click.Path(path_type=Path), default=None, hidden=True)
 @click.option("--log-level", default="info", show_default=True)
 def daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, tls: bool, tlsverify: bool,
            tlscacert: Path | None, tlscert: Path | None, tlskey: Path | None, executor: str, engine_host: str | None,
            hostname: str, scheduler_strategy: str, dns_upstream: tuple[str, ...], mesh_keepalive: str | None,
-           raft_tick: float, leave_on_exit: bool, metrics_addr: str | None, ready_file: Path | None,
+           raft_tick: float, leave_on_exit: bool, metrics_addr: str | None, web_addr: str | None,
+           web_tlscert: Path | None, web_tlskey: Path | None, web_tlscacert: Path | None, ready_file: Path | None,
            log_level: str) -> None:
     """Run a Shoal node serving the Docker Engine API."""
     log_format = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -352,8 +396,12 @@ def daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, tls: bool, tls
     metrics = parse_tcp_addr(metrics_addr, "--metrics-addr") if metrics_addr else None
     # Absolute: task network namespaces are bound and entered by path from processes with another cwd.
     data_dir = data_dir.absolute()
+    if (web_tlscert or web_tlskey or web_tlscacert) and not web_addr:
+        raise click.UsageError("--web-tlscert, --web-tlskey and --web-tlscacert apply to --web-addr")
+    web_at = web_listener(web_addr, web_tlscert, web_tlskey, web_tlscacert) if web_addr else None
     asyncio.run(run_daemon(data_dir, api_socket, listener, executor, engine_host, hostname, scheduler_strategy,
-                           ready_file, upstreams, _keepalive(mesh_keepalive), raft_tick, leave_on_exit, metrics))
+                           ready_file, upstreams, _keepalive(mesh_keepalive), raft_tick, leave_on_exit, metrics,
+                           web_at))
 
 
 def _keepalive(raw: str | None) -> tuple[int, int, int] | None:

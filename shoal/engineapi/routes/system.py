@@ -75,6 +75,18 @@ async def daemon_log(request: web.Request) -> web.StreamResponse:
     return json_ok({"kept": lines is not None, "lines": lines or []})
 
 
+@route("GET", "/_shoal/heartbeats")
+async def heartbeats(request: web.Request) -> web.StreamResponse:
+    """Shoal's own diagnostic (not an Engine API path), answered by the leader, whose dispatcher holds the agents'
+    sessions: each connected node's seconds since its last heartbeat and the heartbeat period (the web view's
+    heartbeat age)."""
+    mgr = node_of(request).require_manager()
+    d = mgr.dispatcher
+    now = d.clock.monotonic()
+    return json_ok({"period": d.heartbeat_period(),
+                    "nodes": {nid: round(now - s.last_seen, 3) for nid, s in sorted(d.sessions.items())}})
+
+
 @route("GET", "/version", leader=False)
 async def version(request: web.Request) -> web.StreamResponse:
     return json_ok(version_body())
