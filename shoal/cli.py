@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import logging
 import os
 import random
@@ -301,6 +302,8 @@ def daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, tls: bool, tls
            raft_tick: float, leave_on_exit: bool, metrics_addr: str | None, ready_file: Path | None,
            log_level: str) -> None:
     """Run a Shoal node serving the Docker Engine API."""
+    # A crash below Python (a signal in gRPC's or SQLite's C code) leaves the threads' stacks in the log.
+    faulthandler.enable()
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         stream=sys.stderr)
     return_large_frees_to_os()  # a manager's removed configs and old Raft entries give their memory back
