@@ -356,7 +356,26 @@ class Soak:
 
     # --- churn --------------------------------------------------------------------------------------------
 
+    def check_deaths(self) -> None:
+        """A daemon that exited without a fault stopping it: its exit status (a signal's name when killed), the
+        kernel's word on it (an OOM kill), and its log's last lines go into the problems at once."""
+        for n in self.c.nodes:
+            rc = n.proc.poll() if n.proc is not None else None
+            if n.proc is None or rc is None:
+                continue
+            pid = n.proc.pid
+            how = f"killed by {signal.Signals(-rc).name}" if rc < 0 else f"exit status {rc}"
+            kernel = [ln for ln in sh("dmesg", check=False).stdout.splitlines()
+                      if f"Killed process {pid} " in ln or f"pid={pid}," in ln
+                      or ("segfault" in ln and f"[{pid}]" in ln)]
+            tail = n.log_path.read_text(errors="replace").splitlines()[-15:] if n.log_path.exists() else []
+            self.problems.append(f"{n.hostname} (pid {pid}) died unasked: {how}; kernel: {kernel or 'nothing'}")
+            log(f"{n.hostname} (pid {pid}) died unasked: {how}; kernel: {kernel or 'nothing'}; its log ends:\n  "
+                + "\n  ".join(tail))
+            n.proc = None  # counted once; quiesce() restarts it
+
     def round(self) -> None:
+        self.check_deaths()
         r = self.rng.random
         # services: create, update, roll back, remove (at most three live, so soak-small never fills)
         if len(self.live_services) < 3:

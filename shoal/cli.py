@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import faulthandler
 import logging
 import os
 import random
@@ -378,6 +379,8 @@ def daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, tls: bool, tls
            web_tlscert: Path | None, web_tlskey: Path | None, web_tlscacert: Path | None, ready_file: Path | None,
            log_level: str) -> None:
     """Run a Shoal node serving the Docker Engine API."""
+    # A crash below Python (a signal in gRPC's or SQLite's C code) leaves the threads' stacks in the log.
+    faulthandler.enable()
     log_format = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=log_level.upper(), format=log_format, stream=sys.stderr)
     logring.install(log_format)  # GET /_shoal/log: the newest lines, for `shoal diagnose`

@@ -89,6 +89,7 @@ class NetworkAgent:
         self.mesh = Mesh(self.shared, self.overlays, self.engine, self.gc_networks)
         self.containers = Containers(self.shared, self.overlays, self.vips)
         self._task: asyncio.Task[None] | None = None
+        self._leftovers: asyncio.Task[None] | None = None  # the collection of an earlier run's engine networks
         self._changed = asyncio.Event()
         # Plain containers on attachable networks (docker executor; shoal.net.plain): the attacher asks the
         # leader for their addresses (shoal.node.attacher, set by shoal.node.network).
@@ -120,6 +121,7 @@ class NetworkAgent:
         if self.engine_host is not None:
             self.plain = PlainContainers(self, release=self._release_attachment)
             self.plain.start()
+            self._leftovers = asyncio.create_task(self._collect_leftover_networks(), name="network-leftovers")
 
     async def _release_attachment(self, attachment_id: str) -> None:
         if self.attacher is not None:
@@ -128,9 +130,10 @@ class NetworkAgent:
     async def close(self) -> None:
         """Stop serving (DNS, balancers); namespaces stay for the tasks that keep running (containers' are
         not held any more: a stopped daemon keeps none alive)."""
-        if self._task is not None:
-            await cancel_and_wait(self._task)
-            self._task = None
+        for t in (self._task, self._leftovers):
+            if t is not None:
+                await cancel_and_wait(t)
+        self._task = self._leftovers = None
         await self.feed.close()
         if self.plain is not None:
             await self.plain.close()
@@ -402,6 +405,21 @@ class NetworkAgent:
             self.shared.boxes[task_id] = Box(task_id, ns, list(data.get("networks", [])), list(data.get("addrs", [])))
         if self.shared.boxes:
             asyncio.get_running_loop().create_task(self._readopt(), name="network-adopt")
+
+    async def _collect_leftover_networks(self) -> None:
+        """Once the first snapshot is applied: engine networks an earlier run of this node left (it was killed
+        while holding them) that no overlay, sandbox or plain container of this run needs go."""
+        await self.ready.wait()
+        if self.engine is None:
+            return
+        async with self.shared.lock:
+            # Under the lock overlays are made under; one this run made or took over (`claimed`) is its own
+            # to collect, when unused, as any other.
+            keep = set(self.overlays.claimed) | {n for b in self.shared.boxes.values() for n in b.networks}
+            if self.plain is not None:
+                keep |= {nid for r in self.plain.records.values() for nid, _c in r.attachments.values()}
+                keep |= {nid for nets in self.plain.deferred.values() for nid in nets}
+            await self.engine.collect_leftovers(keep, dict(self.state.networks))
 
     async def _readopt(self) -> None:
         """Once the first snapshot is in: networks, DNS and VIP rules of the adopted sandboxes again."""

@@ -128,6 +128,38 @@ class EngineBridges:
             log.warning("no DNS on %s:53 for network %s: %s", gateway, net.name, e)
         return bridge
 
+    async def collect_leftovers(self, keep: set[str], known: dict[str, Network]) -> None:
+        """After a restart: the engine networks this node made before (labelled with its ID) for a network id
+        not in `keep` go, with their VXLAN device, when nothing is connected to them (a daemon killed while it
+        held them left them; one still needed is made again when used)."""
+        from aiodocker.exceptions import DockerError
+
+        node_id = self.shared.node_id
+        docker = self.client()
+        try:
+            found = await docker._query_json("networks", params={"filters": json.dumps(
+                {"label": [f"com.shoal.node.id={node_id}"]})})
+        except (DockerError, OSError) as e:
+            log.warning("listing this node's engine networks: %s", e)
+            return
+        for n in found:
+            nid = str((n.get("Labels") or {}).get("com.shoal.network.id", ""))
+            if not nid or nid in keep:
+                continue
+            try:
+                full = await docker._query_json(f"networks/{n['Id']}")
+                if full.get("Containers"):
+                    continue  # a task's container still on it: its own stop collects the network later
+                async with docker._query(f"networks/{n['Id']}", method="DELETE"):
+                    pass
+            except DockerError as e:
+                log.info("removing engine network %s left by an earlier run: %s", n.get("Name"), e.message)
+                continue
+            net = known.get(nid)
+            if net is not None:
+                await delete_owned_link(host_vxlan_name(node_id, net.vni), node_id)
+            log.info("removed engine network %s, left by an earlier run of this node", n.get("Name"))
+
     async def drop(self, net: Network) -> None:
         """The network's gateway DNS, VXLAN device and engine network go."""
         from aiodocker.exceptions import DockerError

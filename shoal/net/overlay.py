@@ -69,6 +69,9 @@ class Overlays:
         self.shared = shared
         self.engine = engine  # docker executor: overlays are bridge networks of that engine
         self.nets: dict[str, LocalNet] = {}
+        # Every overlay this run of the daemon made or took over on the engine: an engine network labelled with
+        # this node that is not among them was left by an earlier run (see NetworkAgent's leftover collection).
+        self.claimed: set[str] = set()
 
     def vxlan_name(self, ln: LocalNet) -> str:
         """In a namespace of the node's own `vx<VNI>`; in the host namespace a name only this node uses."""
@@ -94,6 +97,7 @@ class Overlays:
             raise TemporaryError(f"network {net.name} has no subnet allocated yet")
         mtu = network_mtu(net)
         if self.engine is not None:
+            self.claimed.add(net.id)
             ln = LocalNet(net=net, ns=None, bridge=host_bridge_name(self.shared.node_id, net.vni),
                           engine_name=engine_network_name(net))
             ln.bridge = await self.engine.ensure(net, ln.bridge, ln.gateway, mtu)

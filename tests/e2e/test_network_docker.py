@@ -564,3 +564,35 @@ def test_network_prune_removes_unused_swarm_networks_and_keeps_shoals_engine_bri
         n.docker("start", "-a", "idle")
     finally:
         engine.close()
+
+
+def test_engine_networks_an_earlier_run_left_are_collected_after_a_restart(
+        node: ShoalDocker, test_image: str, dockerd: str) -> None:
+    """A daemon killed while it held an engine network for an overlay leaves it (and its bridge) behind; the next
+    run removes it once it knows nothing of this node needs it, and keeps the one a stopped plain container is
+    configured on."""
+    n = node
+    n.docker("network", "create", "-d", "overlay", "--subnet", "10.213.31.0/24", "leftnet")
+    n.docker("network", "create", "-d", "overlay", "--attachable", "--subnet", "10.213.32.0/24", "heldnet")
+    left_id = json.loads(n.docker("network", "inspect", "leftnet").stdout)[0]["Id"]
+    n.docker("create", "--name", "parked", "--network", "heldnet", test_image, "true")
+    nid = node_id(n)
+    engine = docker.DockerClient(base_url=dockerd, timeout=60)
+    try:
+        n.kill()
+        # What the killed run left: an engine network (with its bridge) for an overlay nothing here uses now.
+        engine.api.create_network("shoal-" + left_id[:12], driver="bridge", labels={
+            "com.shoal.network.id": left_id, "com.shoal.node.id": nid},
+            ipam=docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet="10.213.31.0/24")]))
+
+        def ours() -> set[str]:
+            return {x["Name"] for x in engine.api.networks(filters={"label": f"com.shoal.node.id={nid}"})}
+
+        assert "shoal-" + left_id[:12] in ours()
+        n.start()
+        wait_until(lambda: "shoal-" + left_id[:12] not in ours(), 60, what="the leftover engine network removed")
+        held = json.loads(n.docker("network", "inspect", "heldnet").stdout)[0]["Id"]
+        assert "shoal-" + held[:12] in ours()  # the parked container's stays
+        n.docker("start", "-a", "parked")
+    finally:
+        engine.close()
