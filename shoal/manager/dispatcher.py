@@ -47,6 +47,9 @@ def assigned_to(t: Task, node_id: str) -> bool:
 class _Session:
     node_id: str
     last_seen: float
+    # The heartbeat period the node was last told (it waits up to that long): it is down after 3 of them, also
+    # while a changed cluster setting has not reached it yet.
+    period: float
     expired: asyncio.Event = field(default_factory=asyncio.Event)
     # the assignment streams' wake-ups, also set on expiry so a stream waits on one event only
     wakes: list[asyncio.Event] = field(default_factory=list)
@@ -137,8 +140,9 @@ class Dispatcher:
         old = self.sessions.get(node_id)
         if old is not None:
             old.expire()
-        self.sessions[node_id] = _Session(node_id, self.clock.monotonic())
-        return self.heartbeat_period()
+        period = self.heartbeat_period()
+        self.sessions[node_id] = _Session(node_id, self.clock.monotonic(), period)
+        return period
 
     async def heartbeat(self, node_id: str) -> float:
         if not self.active:
@@ -147,7 +151,8 @@ class Dispatcher:
         if s is None or s.expired.is_set():
             raise NotFound("node not registered")
         s.last_seen = self.clock.monotonic()
-        return self.heartbeat_period()
+        s.period = self.heartbeat_period()
+        return s.period
 
     async def run(self) -> None:
         """Leader-only: expire sessions that missed heartbeats; flush status reports. When the term ends every
@@ -178,7 +183,7 @@ class Dispatcher:
             period = self.heartbeat_period()
             await self.clock.sleep(min(period / 2, STREAM_GRACE / 4))
             now = self.clock.monotonic()
-            dead = [s for s in self.sessions.values() if now - s.last_seen > 3 * period
+            dead = [s for s in self.sessions.values() if now - s.last_seen > 3 * s.period
                     or (s.lost_at is not None and not s.wakes and now - s.lost_at > STREAM_GRACE)]
             for s in dead:
                 s.expire()

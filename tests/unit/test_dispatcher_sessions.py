@@ -4,12 +4,13 @@ STREAM_GRACE seconds after its session's connection closed unless it opened a ne
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from dataclasses import replace
 
 import pytest
 
 from shoal.manager.dispatcher import STREAM_GRACE, Dispatcher
-from shoal.model.objects import Node, NodeDescription, NodeStatus
+from shoal.model.objects import SECOND, Cluster, Node, NodeDescription, NodeStatus, SwarmSpec
 from shoal.store.memory import MemoryStore, Tx
 from shoal.testing.clock import VirtualClock
 from tests.support.dispatcher import running_dispatcher
@@ -81,4 +82,33 @@ async def test_silent_node_with_an_open_connection_is_down_after_three_periods(
     while state(store, "n2") != "down":
         await clock.sleep(0.1)
     assert 15.0 <= clock.monotonic() - t0 <= 17.6  # 3 periods of 5 s, checked every half period at most
+    s.cancel()
+
+
+async def test_a_shorter_period_counts_from_the_next_heartbeat(
+        env: tuple[VirtualClock, MemoryStore, Dispatcher]) -> None:
+    """`docker swarm update --dispatcher-heartbeat 1s` while a node heartbeats every 5 s: the node learns the new
+    period with its next heartbeat, so until then its session expires after 3 of the period it was told."""
+    clock, store, d = env
+
+    def period(seconds: int) -> Callable[[Tx], None]:
+        def fn(tx: Tx) -> None:
+            c = tx.cluster()
+            if c is None:
+                tx.create(Cluster(id="c1", spec=SwarmSpec(heartbeat_period=seconds * SECOND)))
+            else:
+                tx.update(replace(c, spec=replace(c.spec, heartbeat_period=seconds * SECOND)))
+        return fn
+
+    await store.update(period(5))
+    told = await d.register("n1", NodeDescription(hostname="n1"), "")
+    s = await stream(d, "n1")
+    assert told == 5.0
+    await clock.sleep(1.0)
+    await store.update(period(1))
+    for _ in range(4):  # the agent keeps the period it was told until its next heartbeat answers otherwise
+        await clock.sleep(told)
+        assert state(store, "n1") == "ready"
+        told = await d.heartbeat("n1")
+    assert told == 1.0
     s.cancel()
