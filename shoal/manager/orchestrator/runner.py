@@ -76,6 +76,9 @@ class Orchestrator:
                 # Allocator, scheduler and agent moving a live task forward: nothing the reconciler
                 # decides depends on it, so only a service in an update (its updater may need a restart)
                 # is looked at again. This saves a full pass over the service's tasks per such commit.
+                if t.service_id in self.reconciler.waiting_on_drain:  # its replacement may run now
+                    pending.add(t.service_id)
+                    return False
                 svc = self.store.view().service(t.service_id)
                 if svc is None or svc.update_status is None or \
                         svc.update_status.state not in ("updating", "rollback_started"):
