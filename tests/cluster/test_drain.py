@@ -1,9 +1,11 @@
-"""A drain that keeps services up, through the stock CLI on a manager and two workers (process executor): a
-start-first service's task on a drained node stops only after its replacement runs elsewhere; one that cannot be
-placed elsewhere keeps running and its replacement says why; stop-first services leave at once, as in Swarm."""
+"""Moving tasks, through the stock CLI on a manager and workers (process executor). A drain that keeps services
+up: a start-first service's task on a drained node stops only after its replacement runs elsewhere; one that
+cannot be placed elsewhere keeps running and its replacement says why. Rebalancing: a worker joining later gets
+its share of a service labelled for it."""
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
@@ -55,3 +57,28 @@ def test_start_first_drain_moves_each_task_before_stopping_it(cluster: Cluster) 
     m.docker("node", "update", "--availability", "active", "w1")
     wait_until(lambda: [t["ID"] for t in cluster.running("pinned")] not in ([], [pinned["ID"]])
                and len(cluster.running("pinned")) == 1, 30, what="the pinned move completed")
+
+
+def test_rebalance_gives_a_joining_worker_its_share(cluster: Cluster) -> None:
+    """`com.shoal.rebalance=true` on a service (stock CLI label): a worker joining later gets its share, moved
+    start-first, one at a time; a service without the label stays where it is."""
+    m = cluster.manager
+    cluster.add_worker("w1")
+    cluster.add_worker("w2")
+    _status, swarm = m.api("GET", "/v1.47/swarm")
+    spec = swarm["Spec"]
+    spec["Labels"] = {**(spec.get("Labels") or {}), "com.shoal.rebalance.settle": "2s"}
+    status, answer = m.api("POST", f"/v1.47/swarm/update?version={swarm['Version']['Index']}",
+                           json.dumps(spec).encode())
+    assert status == 200, answer
+    m.docker("service", "create", "--detach", "--name", "rb", "--replicas", "6", "--update-order", "start-first",
+             "--label", "com.shoal.rebalance=true", "busybox", *SLEEP)
+    m.docker("service", "create", "--detach", "--name", "stay", "--replicas", "2", "busybox", *SLEEP)
+    wait_until(lambda: cluster.placement("rb") == {"w1": 3, "w2": 3} and cluster.placement("stay") ==
+               {"w1": 1, "w2": 1}, 30, what="rb and stay spread over w1 and w2")
+    cluster.add_worker("w3")
+    wait_until(lambda: cluster.placement("rb") == {"w1": 2, "w2": 2, "w3": 2}
+               and len(cluster.running("rb")) == 6, 60, what="rb rebalanced onto w3")
+    moved = [t for t in cluster.tasks("rb") if t.get("Labels", {}).get("com.shoal.move") == "rebalance"]
+    assert len(moved) == 2 and {t["NodeID"] for t in moved} == {cluster.node_id("w3")}
+    assert cluster.placement("stay") == {"w1": 1, "w2": 1}

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from shoal.ids import new_id
+from shoal.manager.orchestrator.rebalance import LABEL_MOVE, Rebalancer
 from shoal.model.objects import (
     SECOND,
     Annotations,
@@ -161,9 +162,10 @@ class Reconciler:
     def __init__(self, rng: random.Random, constraint_check: Callable[[Service, Node], bool]) -> None:
         self.rng = rng
         self.constraint_check = constraint_check
-        # Services with a drained node's task waiting for its replacement to run: the orchestrator looks at them
-        # again when a task of theirs only moves forward (which it otherwise skips).
-        self.waiting_on_drain: set[str] = set()
+        # Services with a task being moved (a drain's or rebalancing's) whose replacement is on its way: the
+        # orchestrator looks at them again when a task of theirs only moves forward (which it otherwise skips).
+        self.waiting_on_moves: set[str] = set()
+        self.rebalancer = Rebalancer(node_eligible, constraint_check)
 
     def new_id(self) -> str:
         return new_id(self.rng)
@@ -173,6 +175,7 @@ class Reconciler:
     def reconcile(self, tx: Tx, svc: Service) -> None:
         tasks = tx.tasks(service_id=svc.id)
         nodes = {n.id: n for n in tx.nodes()}
+        self.rebalancer.observe_nodes(nodes, tx.now)
         self._handle_lost_nodes(tx, svc, tasks, nodes)
         tasks = tx.tasks(service_id=svc.id)
         self._restart_ended(tx, svc, tasks)
@@ -180,6 +183,9 @@ class Reconciler:
         kind = svc.spec.mode.kind
         if kind == "replicated":
             self._replicated(tx, svc, tasks)
+            self.rebalancer.plan(tx, svc, tx.tasks(service_id=svc.id), nodes, lambda old, dest: make_task(
+                svc, tid=self.new_id(), slot=old.slot, node_id=dest, now=tx.now,
+                labels={LABEL_REPLACES: old.id, LABEL_MOVE: "rebalance"}), LABEL_REPLACES)
         elif kind == "global":
             self._global(tx, svc, tasks, nodes)
         elif kind == "replicated-job":
@@ -193,21 +199,26 @@ class Reconciler:
     def _handle_lost_nodes(self, tx: Tx, svc: Service, tasks: list[Task], nodes: dict[str, Node]) -> None:
         """Tasks on a drained, down or removed node are shut down so that their slot is refilled; with
         `drains_start_first`, a running one on a drained node only once its replacement runs."""
-        self.waiting_on_drain.discard(svc.id)
+        self.waiting_on_moves.discard(svc.id)
         by_id = {t.id: t for t in tasks}
-        # The newest task started in place of each drained one (restarts of a replacement carry the label).
+        # The newest task started in place of each moved one (restarts of a replacement carry the label).
         replacement: dict[str, Task] = {}
         for r in sorted((r for r in tasks if LABEL_REPLACES in r.annotations.labels),
                         key=lambda r: (r.meta.created_at, r.restart_count)):
             replacement[r.annotations.labels[LABEL_REPLACES]] = r
         for old_id, r in replacement.items():
             old = by_id.get(old_id)
+            if r.desired_state == TaskState.READY and r.start_after <= 0:
+                # A stop-first move's replacement, held until the old task has stopped.
+                if old is None or old.status.state >= TaskState.COMPLETE:
+                    tx.update(replace(r, desired_state=run_state(svc)))
+                continue
             if old is None or not runnable(old) or not runnable(r):
                 continue
             if r.status.state == TaskState.RUNNING:
                 tx.update(replace(old, desired_state=TaskState.SHUTDOWN))  # the move is done
             else:  # still on its way (also once the node is active again: a move that began completes)
-                self.waiting_on_drain.add(svc.id)
+                self.waiting_on_moves.add(svc.id)
         for t in tasks:
             if not runnable(t) or not t.node_id:
                 continue
@@ -233,7 +244,7 @@ class Reconciler:
                                 labels={LABEL_REPLACES: t.id}))
         elif not runnable(r) and restart_window(svc, r, tx.now) is None:
             return False
-        self.waiting_on_drain.add(svc.id)
+        self.waiting_on_moves.add(svc.id)
         return True
 
     def _restart_ended(self, tx: Tx, svc: Service, tasks: list[Task]) -> None:
@@ -256,13 +267,13 @@ class Reconciler:
             policy = restart_policy(svc, t)
             # The replacement always gets the current spec, even while an update is paused.
             delay = policy.delay_or_default / SECOND
-            replaces = t.annotations.labels.get(LABEL_REPLACES)
+            moved = {k: v for k, v in t.annotations.labels.items() if k in (LABEL_REPLACES, LABEL_MOVE)}
             tx.create(make_task(
                 svc, tid=self.new_id(), slot=t.slot, node_id=t.node_id if t.slot == 0 else "",
                 now=now, desired=TaskState.READY if delay > 0 else TaskState.RUNNING,
                 start_after=now + delay if delay > 0 else 0.0,
                 restart_count=t.restart_count + 1, restart_history=(*history, now),
-                job_iteration=t.job_iteration, labels={LABEL_REPLACES: replaces} if replaces else None))
+                job_iteration=t.job_iteration, labels=moved or None))
 
     def start_due(self, tx: Tx, now: float) -> float | None:
         """Start tasks whose restart delay has passed; return when the next one is due."""

@@ -74,7 +74,8 @@ def slots_needing_update(svc: Service, tasks: list[Task]) -> list[list[Task]]:
         # moving, not two generations: the reconciler finishes that move.
         replaced = {t.annotations.labels.get(LABEL_REPLACES) for t in ts}
         mine = [t for t in ts if t.id not in replaced]
-        if len(mine) > 1 or _held_replacement(mine[0]) or any(is_dirty(svc, t) for t in ts):
+        held = _held_replacement(mine[0]) and LABEL_REPLACES not in mine[0].annotations.labels
+        if len(mine) > 1 or held or any(is_dirty(svc, t) for t in ts):
             out.append(sorted(ts, key=lambda t: t.meta.created_at))
     out.sort(key=lambda ts: (ts[0].slot, ts[0].node_id))
     return out
