@@ -402,13 +402,15 @@ class SimCluster:
                 return at
         return None
 
-    def max_concurrent(self, sid: str, pred: Callable[[Task], bool]) -> int:
-        """The most tasks of the service satisfying `pred` at once, over the whole run (after each commit)."""
+    def concurrency(self, sid: str, pred: Callable[[Task], bool], since: int = 0) -> list[int]:
+        """How many tasks of the service satisfy `pred` after each commit from entry `since` of the log on (an
+        index into `log`, e.g. its length before an action)."""
         cur: dict[str, Task] = {}
-        best = 0
-        for c in self.log:
+        out: list[int] = []
+        for i, c in enumerate(self.log):
             if c.kind == "commit":
-                best = max(best, sum(1 for t in cur.values() if pred(t)))
+                if i >= since:
+                    out.append(sum(1 for t in cur.values() if pred(t)))
                 continue
             if c.kind != "task" or not isinstance(c.obj, Task) or c.obj.service_id != sid:
                 continue
@@ -416,7 +418,11 @@ class SimCluster:
                 cur.pop(c.obj.id, None)
             else:
                 cur[c.obj.id] = c.obj
-        return best
+        return out
+
+    def max_concurrent(self, sid: str, pred: Callable[[Task], bool]) -> int:
+        """The most tasks of the service satisfying `pred` at once, over the whole run (after each commit)."""
+        return max(self.concurrency(sid, pred), default=0)
 
     def update_states(self, sid: str) -> list[str]:
         """The sequence of distinct UpdateStatus states the service went through."""

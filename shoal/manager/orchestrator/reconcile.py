@@ -19,8 +19,10 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from shoal.ids import new_id
+from shoal.manager.orchestrator.rebalance import LABEL_MOVE, Rebalancer
 from shoal.model.objects import (
     SECOND,
+    Annotations,
     Node,
     RestartPolicy,
     Service,
@@ -117,14 +119,27 @@ def node_eligible(node: Node) -> bool:
     return node.status.state == "ready" and node.spec.availability == "active"
 
 
+# On a task started in place of one on a drained node (see `drains_start_first`): the ID of the task it replaces.
+LABEL_REPLACES = "com.shoal.drain.replaces"
+
+
+def drains_start_first(svc: Service) -> bool:
+    """A replicated service whose update order is start-first keeps its task on a drained node running until
+    the task that replaces it runs (and is healthy, which RUNNING implies) elsewhere; the others stop theirs at
+    once, as Swarm does."""
+    cfg = svc.spec.update_config
+    return svc.spec.mode.kind == "replicated" and cfg is not None and cfg.order == "start-first"
+
+
 def make_task(svc: Service, *, tid: str, slot: int, node_id: str, now: float,
               desired: TaskState = TaskState.RUNNING, start_after: float = 0.0,
               restart_count: int = 0, restart_history: tuple[float, ...] = (),
-              job_iteration: int | None = None) -> Task:
+              job_iteration: int | None = None, labels: dict[str, str] | None = None) -> Task:
     if desired == TaskState.RUNNING:
         desired = run_state(svc)
     return Task(
         id=tid,
+        annotations=Annotations(labels=labels or {}),
         spec=svc.spec.task_template,
         spec_version=svc.spec_version,
         service_id=svc.id,
@@ -147,6 +162,10 @@ class Reconciler:
     def __init__(self, rng: random.Random, constraint_check: Callable[[Service, Node], bool]) -> None:
         self.rng = rng
         self.constraint_check = constraint_check
+        # Services with a task being moved (a drain's or rebalancing's) whose replacement is on its way: the
+        # orchestrator looks at them again when a task of theirs only moves forward (which it otherwise skips).
+        self.waiting_on_moves: set[str] = set()
+        self.rebalancer = Rebalancer(node_eligible, constraint_check)
 
     def new_id(self) -> str:
         return new_id(self.rng)
@@ -156,6 +175,7 @@ class Reconciler:
     def reconcile(self, tx: Tx, svc: Service) -> None:
         tasks = tx.tasks(service_id=svc.id)
         nodes = {n.id: n for n in tx.nodes()}
+        self.rebalancer.observe_nodes(nodes, tx.now)
         self._handle_lost_nodes(tx, svc, tasks, nodes)
         tasks = tx.tasks(service_id=svc.id)
         self._restart_ended(tx, svc, tasks)
@@ -163,6 +183,9 @@ class Reconciler:
         kind = svc.spec.mode.kind
         if kind == "replicated":
             self._replicated(tx, svc, tasks)
+            self.rebalancer.plan(tx, svc, tx.tasks(service_id=svc.id), nodes, lambda old, dest: make_task(
+                svc, tid=self.new_id(), slot=old.slot, node_id=dest, now=tx.now,
+                labels={LABEL_REPLACES: old.id, LABEL_MOVE: "rebalance"}), LABEL_REPLACES)
         elif kind == "global":
             self._global(tx, svc, tasks, nodes)
         elif kind == "replicated-job":
@@ -174,7 +197,28 @@ class Reconciler:
     # --- failures and restarts ------------------------------------------------------------------------
 
     def _handle_lost_nodes(self, tx: Tx, svc: Service, tasks: list[Task], nodes: dict[str, Node]) -> None:
-        """Tasks on a drained, down or removed node are shut down so that their slot is refilled."""
+        """Tasks on a drained, down or removed node are shut down so that their slot is refilled; with
+        `drains_start_first`, a running one on a drained node only once its replacement runs."""
+        self.waiting_on_moves.discard(svc.id)
+        by_id = {t.id: t for t in tasks}
+        # The newest task started in place of each moved one (restarts of a replacement carry the label).
+        replacement: dict[str, Task] = {}
+        for r in sorted((r for r in tasks if LABEL_REPLACES in r.annotations.labels),
+                        key=lambda r: (r.meta.created_at, r.restart_count)):
+            replacement[r.annotations.labels[LABEL_REPLACES]] = r
+        for old_id, r in replacement.items():
+            old = by_id.get(old_id)
+            if r.desired_state == TaskState.READY and r.start_after <= 0:
+                # A stop-first move's replacement, held until the old task has stopped.
+                if old is None or old.status.state >= TaskState.COMPLETE:
+                    tx.update(replace(r, desired_state=run_state(svc)))
+                continue
+            if old is None or not runnable(old) or not runnable(r):
+                continue
+            if r.status.state == TaskState.RUNNING:
+                tx.update(replace(old, desired_state=TaskState.SHUTDOWN))  # the move is done
+            else:  # still on its way (also once the node is active again: a move that began completes)
+                self.waiting_on_moves.add(svc.id)
         for t in tasks:
             if not runnable(t) or not t.node_id:
                 continue
@@ -186,7 +230,22 @@ class Reconciler:
             if lost or drained:
                 if svc.spec.mode.is_job and ended(t):
                     continue  # a finished job task keeps its result
+                if not lost and t.status.state == TaskState.RUNNING and drains_start_first(svc) \
+                        and self._keep_until_replaced(tx, svc, t, replacement.get(t.id)):
+                    continue
                 tx.update(replace(t, desired_state=TaskState.SHUTDOWN))
+
+    def _keep_until_replaced(self, tx: Tx, svc: Service, t: Task, r: Task | None) -> bool:
+        """Whether the drained node's running task `t` stays up for now: its replacement is made (unassigned, so
+        the scheduler puts it on an active node or says in its status why it cannot) or is on its way. Once the
+        replacement ended and is not restarted, `t` goes as any drained task does."""
+        if r is None:
+            tx.create(make_task(svc, tid=self.new_id(), slot=t.slot, node_id="", now=tx.now,
+                                labels={LABEL_REPLACES: t.id}))
+        elif not runnable(r) and restart_window(svc, r, tx.now) is None:
+            return False
+        self.waiting_on_moves.add(svc.id)
+        return True
 
     def _restart_ended(self, tx: Tx, svc: Service, tasks: list[Task]) -> None:
         now = tx.now
@@ -208,12 +267,13 @@ class Reconciler:
             policy = restart_policy(svc, t)
             # The replacement always gets the current spec, even while an update is paused.
             delay = policy.delay_or_default / SECOND
+            moved = {k: v for k, v in t.annotations.labels.items() if k in (LABEL_REPLACES, LABEL_MOVE)}
             tx.create(make_task(
                 svc, tid=self.new_id(), slot=t.slot, node_id=t.node_id if t.slot == 0 else "",
                 now=now, desired=TaskState.READY if delay > 0 else TaskState.RUNNING,
                 start_after=now + delay if delay > 0 else 0.0,
                 restart_count=t.restart_count + 1, restart_history=(*history, now),
-                job_iteration=t.job_iteration))
+                job_iteration=t.job_iteration, labels=moved or None))
 
     def start_due(self, tx: Tx, now: float) -> float | None:
         """Start tasks whose restart delay has passed; return when the next one is due."""

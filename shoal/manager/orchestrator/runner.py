@@ -76,6 +76,9 @@ class Orchestrator:
                 # Allocator, scheduler and agent moving a live task forward: nothing the reconciler
                 # decides depends on it, so only a service in an update (its updater may need a restart)
                 # is looked at again. This saves a full pass over the service's tasks per such commit.
+                if t.service_id in self.reconciler.waiting_on_moves:  # its replacement may run now
+                    pending.add(t.service_id)
+                    return False
                 svc = self.store.view().service(t.service_id)
                 if svc is None or svc.update_status is None or \
                         svc.update_status.state not in ("updating", "rollback_started"):
@@ -104,6 +107,8 @@ class Orchestrator:
             log.warning("reconciliation not written: %s", e)
         except Exception:
             log.exception("reconciliation failed")
+        if self.reconciler.rebalancer.wakeups:
+            self._timer_poke.set()  # a time to look again may have come nearer
         for sid in service_ids:
             self._maybe_update(sid)
 
@@ -146,10 +151,22 @@ class Orchestrator:
             log.exception("updater for service %s failed", updater.service_id)
 
     async def _timers(self) -> None:
-        """Start tasks whose restart delay has passed."""
+        """Start tasks whose restart delay has passed; look again at services rebalancing waits on (a node
+        settling, a move's delay, a replacement the scheduler has not taken)."""
         while True:
             self._timer_poke.clear()
             due = await self.store.update(lambda tx: self.reconciler.start_due(tx, self.clock.now()))
+            wakeups = self.reconciler.rebalancer.wakeups
+            now = self.clock.now()
+            ripe = {sid for sid, at in wakeups.items() if at <= now}
+            if ripe:
+                for sid in ripe:
+                    wakeups.pop(sid, None)
+                await self._reconcile(ripe, reap=False)
+                continue
+            later = min(wakeups.values(), default=None)
+            if later is not None:
+                due = later if due is None else min(due, later)
             timeout = None if due is None else max(0.0, due - self.clock.now())
             await _wait_event_or_sleep(self._timer_poke, self.clock, timeout)
 

@@ -27,6 +27,7 @@ from typing import Any
 
 from shoal.clock import Clock
 from shoal.manager.orchestrator.reconcile import (
+    LABEL_REPLACES,
     Reconciler,
     ended,
     is_dirty,
@@ -69,7 +70,12 @@ def slots_needing_update(svc: Service, tasks: list[Task]) -> list[list[Task]]:
     order. A slot held by a finished task (not restarted) is updated too, as swarmkit's updater does."""
     out = []
     for ts in slot_holders(svc, tasks).values():
-        if len(ts) > 1 or is_dirty(svc, ts[0]) or _held_replacement(ts[0]):
+        # A drained node's task and the clean replacement on its way (the reconciler's drain) are one slot
+        # moving, not two generations: the reconciler finishes that move.
+        replaced = {t.annotations.labels.get(LABEL_REPLACES) for t in ts}
+        mine = [t for t in ts if t.id not in replaced]
+        held = _held_replacement(mine[0]) and LABEL_REPLACES not in mine[0].annotations.labels
+        if len(mine) > 1 or held or any(is_dirty(svc, t) for t in ts):
             out.append(sorted(ts, key=lambda t: t.meta.created_at))
     out.sort(key=lambda ts: (ts[0].slot, ts[0].node_id))
     return out
