@@ -5,6 +5,11 @@ a time and reports every new status. A change to the task (its desired state) in
 (waiting for exit) so a shutdown takes effect at once. Tasks that leave the assignment set have their
 runtime object removed; at startup, runtime objects of tasks the dispatcher no longer assigns are removed
 and the rest are adopted by their controllers, so a restarted agent neither loses nor duplicates work.
+
+Usage. While a session lasts, the agent measures what its running tasks use (each controller's `usage()`) and
+hands the report to the next heartbeat every `usage_period` seconds (the first one at once, for a leader that
+has none yet). A task started since the last report is read once within `USAGE_BASELINE` seconds, so the next
+report already has its CPU rate (a rate needs two readings).
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ from typing import Any
 
 from shoal.agent.exec.protocol import Controller, Executor
 from shoal.agent.exec.step import step
+from shoal.agent.usage import HostMeter, RawUsage, UsageMeter
 from shoal.api.dispatch import COMPLETE, Assignments, DispatcherAPI
 from shoal.api.logs import LogLine, LogOptions
+from shoal.api.usage import REPORT_PERIOD, NodeUsage
 from shoal.clock import Clock
 from shoal.errors import NotFound
 from shoal.model.objects import Config, Secret, Task, TaskStatus
@@ -32,6 +39,7 @@ log = logging.getLogger(__name__)
 
 START_POLL_INTERVAL = 0.1  # seconds between runtime checks while a shutdown waits for start() to finish
 DESCRIBE_PERIOD = 20.0  # seconds between looks for a changed node description (swarmkit's nodeUpdatePeriod)
+USAGE_BASELINE = 1.0  # seconds between looks for newly running tasks to take a first usage reading of
 
 
 class _Deps:
@@ -161,7 +169,8 @@ class _TaskRunner:
 
 class Agent:
     def __init__(self, node_id: str, executor: Executor, dispatcher: DispatcherAPI, clock: Clock,
-                 rng: random.Random, addr: str = "") -> None:
+                 rng: random.Random, addr: str = "", *, usage_period: float = REPORT_PERIOD,
+                 host_meter: HostMeter | None = None) -> None:
         self.node_id = node_id
         self.executor = executor
         self.dispatcher = dispatcher
@@ -173,6 +182,11 @@ class Agent:
         self._reports: dict[str, TaskStatus] = {}
         self._report_wake = asyncio.Event()
         self.connected = asyncio.Event()
+        self.usage_period = usage_period
+        self.meter = UsageMeter(clock)
+        self.host_meter = host_meter  # the host's own use, beside the tasks' (None: not reported)
+        self.usage: NodeUsage | None = None  # the last report made
+        self._usage_due: NodeUsage | None = None  # made, not yet carried by a heartbeat
 
     def report(self, task_id: str, status: TaskStatus) -> None:
         self._reports[task_id] = status
@@ -219,7 +233,7 @@ class Agent:
         period = await self.dispatcher.register(self.node_id, desc, self.addr)
         self.connected.set()
         parts = [asyncio.ensure_future(self._follow()), asyncio.ensure_future(self._heartbeats(period)),
-                 asyncio.ensure_future(self._description_changes(desc))]
+                 asyncio.ensure_future(self._description_changes(desc)), asyncio.ensure_future(self._usage_loop())]
         try:
             await asyncio.wait(parts, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -253,7 +267,46 @@ class Agent:
             # down after three silent periods, so one late or lost beat is harmless, and beating more often
             # only multiplies the leader's idle work by the number of nodes.
             await self.clock.sleep(period * (0.75 + 0.25 * self.rng.random()))
-            period = await self.dispatcher.heartbeat(self.node_id)
+            usage = self._usage_due
+            period = await self.dispatcher.heartbeat(self.node_id, usage)
+            if self._usage_due is usage:
+                self._usage_due = None
+
+    async def _usage_loop(self) -> None:
+        """Every `usage_period` a report for the next heartbeat (the first one at once); in between, a first
+        reading of each task that started running since."""
+        self._usage_due = None
+        next_report = self.clock.monotonic()
+        while True:
+            now = self.clock.monotonic()
+            if now >= next_report:
+                readings = await self._read_usage(self._running_tasks())
+                self.usage = NodeUsage(taken_at=self.clock.now(), tasks=self.meter.update(readings),
+                                       host=self.host_meter.read() if self.host_meter is not None else None)
+                self._usage_due = self.usage
+                next_report = now + self.usage_period
+            else:
+                new = [t for t in self._running_tasks() if not self.meter.knows(t.id)]
+                if new:
+                    self.meter.baseline(await self._read_usage(new))
+            await self.clock.sleep(max(0.05, min(USAGE_BASELINE, next_report - self.clock.monotonic())))
+
+    def _running_tasks(self) -> list[Task]:
+        return [r.task for r in self.runners.values() if r.task.status.state == TaskState.RUNNING]
+
+    async def _read_usage(self, tasks: list[Task]) -> list[tuple[str, str, RawUsage]]:
+        got = await asyncio.gather(*(self._read_one(t) for t in tasks))
+        return [(t.id, t.service_id, raw) for t, raw in zip(tasks, got, strict=True) if raw is not None]
+
+    async def _read_one(self, t: Task) -> RawUsage | None:
+        r = self.runners.get(t.id)
+        if r is None:
+            return None
+        try:
+            return await r.ctlr.usage()
+        except Exception as e:  # a controller's usage() should not raise; a report without it is fine
+            log.debug("measuring task %s: %s", t.id, e)
+            return None
 
     async def _apply(self, msg: Assignments) -> None:
         for s in msg.secrets:

@@ -186,7 +186,7 @@ def test_malformed_token() -> None:
 async def _call_heartbeat(m: Mgr, creds: grpc.ChannelCredentials) -> grpc.StatusCode:
     async with channel(m, creds) as ch:
         try:
-            await pbg.DispatcherStub(ch).Heartbeat(pb.Empty(), timeout=5)
+            await pbg.DispatcherStub(ch).Heartbeat(pb.HeartbeatRequest(), timeout=5)
         except grpc.aio.AioRpcError as e:
             return e.code()
     return grpc.StatusCode.OK

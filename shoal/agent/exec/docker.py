@@ -47,6 +47,7 @@ import aiodocker
 import aiohttp
 from aiodocker.exceptions import DockerError
 
+from shoal.agent import usage as U
 from shoal.agent.exec import container as ctr
 from shoal.agent.exec.protocol import DependencyGetter, ExitStatus, RuntimeStatus
 from shoal.api.logs import LogLine, LogOptions
@@ -702,6 +703,28 @@ class DockerController:
             healthy=healthy,
             health_check=bool(health),
         )
+
+    async def usage(self) -> U.RawUsage | None:
+        """The container's cgroup, found through its main process (/proc/<pid>/cgroup, on either hierarchy);
+        the engine's one-shot statistics when this host cannot see that process (a remote engine, another
+        PID namespace)."""
+        try:
+            data = await self._inspect_raw()
+            state = (data or {}).get("State") or {}
+            if data is None or not state.get("Running"):
+                return None
+            pid = int(state.get("Pid") or 0)
+            if pid > 0:
+                got = await asyncio.to_thread(U.read_pid_cgroup, pid)
+                if got is not None:
+                    return got
+            with _engine_errors():
+                stats: dict[str, Any] = await self._docker._query_json(
+                    f"containers/{self._id}/stats", params={"stream": "false", "one-shot": "true"})
+            return U.engine_stats_usage(stats)
+        except Exception as e:  # an engine away for a moment: no reading this time
+            log.debug("measuring the container of task %s: %s", self.task.id, e)
+            return None
 
     async def logs(self, options: LogOptions) -> AsyncIterator[LogLine]:
         data = await self._require()

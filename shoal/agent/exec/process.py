@@ -84,6 +84,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shoal.agent import usage as U
 from shoal.agent.exec.protocol import DependencyGetter, ExitStatus, RuntimeStatus
 from shoal.api.logs import LogLine, LogOptions
 from shoal.clock import Clock, SystemClock
@@ -209,6 +210,24 @@ class _Cgroups:
             _write(d / "cpu.cfs_quota_us", str(max(1000, nano_cpus * CFS_PERIOD // SECOND)))
             procs.append(str(d / "cgroup.procs"))
         return procs
+
+    def usage(self, task_id: str) -> U.RawUsage | None:
+        """What the task's own cgroup accounts (None without one): v2's directory; v1's memory directory and
+        cpuacct (co-mounted with cpu on most hosts; where cpuacct is a hierarchy of its own the task has none
+        there, and its CPU comes from /proc)."""
+        if self.mode == "v2":
+            d = self.base / self.parent / task_id
+            return U.read_cgroup_v2(d) if d.is_dir() else None
+        if self.mode == "v1":
+            dirs: dict[str, Path | None] = {}
+            for c in ("cpuacct", "memory"):
+                h = U.v1_hierarchy(self.base, c)
+                own = h / self.parent / task_id if h is not None else None
+                dirs[c] = own if own is not None and own.is_dir() else None
+            if dirs["cpuacct"] is None and dirs["memory"] is None:
+                return None
+            return U.read_cgroup_v1(dirs["cpuacct"], dirs["memory"])
+        return None
 
     def remove(self, task_id: str) -> None:
         for d in self.task_dirs(task_id):
@@ -785,6 +804,25 @@ class ProcessController:
             if not recs:
                 await self.clock.sleep(LOG_POLL_INTERVAL)
 
+    async def usage(self) -> U.RawUsage | None:
+        """The task's cgroup when it has one (a task with limits), the rest from its command's process tree."""
+        state = self._state()
+        if not self._running(state):
+            return None
+        assert state is not None
+        pid, start = int(state["pid"]), state.get("pid_start")
+
+        def read() -> U.RawUsage | None:
+            try:
+                own = self.executor.cgroups.usage(self.task.id)
+                if own is not None and own.cpu_seconds is not None and own.memory_bytes is not None:
+                    return own
+                return U.merge(own, U.tree_usage(pid, self.executor.proc_table(), start))
+            except OSError:
+                return None
+
+        return await asyncio.to_thread(read)
+
     async def close(self) -> None:
         t, self._health_task = self._health_task, None
         if t is not None:
@@ -807,6 +845,7 @@ class ProcessExecutor:
         self.clock: Clock = clock or SystemClock()
         self.cgroups = _Cgroups(cgroup_parent)
         self.python = python or sys.executable
+        self._procs: tuple[float, dict[int, Any]] | None = None  # (monotonic time, /proc table)
         (self.root / "tasks").mkdir(parents=True, exist_ok=True)
 
     def task_dir(self, task_id: str) -> Path:
@@ -824,6 +863,13 @@ class ProcessExecutor:
 
     def controller(self, task: Task, deps: DependencyGetter) -> ProcessController:
         return ProcessController(self, task, deps)
+
+    def proc_table(self) -> dict[int, Any]:
+        """The host's processes, read once for all the tasks measured at one time (kept for a second)."""
+        now = self.clock.monotonic()
+        if self._procs is None or now - self._procs[0] > 1.0 or now < self._procs[0]:
+            self._procs = (now, U.proc_table())
+        return self._procs[1]
 
     async def list_task_ids(self) -> set[str]:
         try:

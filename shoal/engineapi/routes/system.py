@@ -1,4 +1,5 @@
-"""System endpoints: ping, version, info, distribution, and Shoal's own `/_shoal/agent` and `/_shoal/raft`."""
+"""System endpoints: ping, version, info, distribution, and Shoal's own `/_shoal/agent`, `/_shoal/raft` and
+`/_shoal/usage`."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from aiohttp import web
 from shoal import ca as CA
 from shoal.engineapi import convert as C
 from shoal.engineapi.nodeapi import NodeAPI
-from shoal.engineapi.routes.common import json_ok, node_of
+from shoal.engineapi.routes.common import json_ok, manager_of, node_of
 from shoal.engineapi.routes.registry import route
 from shoal.engineapi.server import (
     ENGINE_KEY,
@@ -17,6 +18,7 @@ from shoal.engineapi.server import (
     ping_headers,
     version_body,
 )
+from shoal.manager.usage import usage_document
 
 # --- system -------------------------------------------------------------------------------------
 
@@ -55,6 +57,16 @@ async def raft_state(request: web.Request) -> web.StreamResponse:
                "store_commits": dict(node.store.stats),
                "objects": {k: node.store.view().count(k) for k in ("node", "service", "task", "secret", "config")}})
     return json_ok(st)
+
+
+@route("GET", "/_shoal/usage")
+async def usage(request: web.Request) -> web.StreamResponse:
+    """Shoal's own read-only view (not an Engine API path) of what tasks actually use, per node, service and
+    task, from the usage reports the leader holds in memory (a follower relays the request to the leader): the
+    document docs/metrics.md describes, for the web view and an autoscaler."""
+    manager = manager_of(request)
+    d = manager.dispatcher
+    return json_ok(usage_document(manager.store.view(), d.current_usage(), d.usage.stale_after))
 
 
 @route("GET", "/version", leader=False)
