@@ -40,6 +40,27 @@ log = logging.getLogger(__name__)
 START_POLL_INTERVAL = 0.1  # seconds between runtime checks while a shutdown waits for start() to finish
 DESCRIBE_PERIOD = 20.0  # seconds between looks for a changed node description (swarmkit's nodeUpdatePeriod)
 USAGE_BASELINE = 1.0  # seconds between looks for newly running tasks to take a first usage reading of
+# Upper bounds (seconds) of the heartbeat round-trip counts kept for the metrics (a local dispatcher answers in
+# microseconds, a remote one in a network round trip plus the leader's turn of its loop).
+HEARTBEAT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class HeartbeatStats:
+    """This agent's heartbeats since it started: round trips by latency bucket (cumulative counts, as a
+    Prometheus histogram has them), their sum, and the calls that failed (the session ends with one)."""
+
+    def __init__(self) -> None:
+        self.buckets = [0] * len(HEARTBEAT_BUCKETS)
+        self.count = 0
+        self.sum = 0.0
+        self.failures = 0
+
+    def observe(self, seconds: float) -> None:
+        self.count += 1
+        self.sum += seconds
+        for i, bound in enumerate(HEARTBEAT_BUCKETS):
+            if seconds <= bound:
+                self.buckets[i] += 1
 
 
 class _Deps:
@@ -187,6 +208,7 @@ class Agent:
         self.host_meter = host_meter  # the host's own use, beside the tasks' (None: not reported)
         self.usage: NodeUsage | None = None  # the last report made
         self._usage_due: NodeUsage | None = None  # made, not yet carried by a heartbeat
+        self.heartbeat_stats = HeartbeatStats()
 
     def report(self, task_id: str, status: TaskStatus) -> None:
         self._reports[task_id] = status
@@ -268,7 +290,13 @@ class Agent:
             # only multiplies the leader's idle work by the number of nodes.
             await self.clock.sleep(period * (0.75 + 0.25 * self.rng.random()))
             usage = self._usage_due
-            period = await self.dispatcher.heartbeat(self.node_id, usage)
+            t0 = self.clock.monotonic()
+            try:
+                period = await self.dispatcher.heartbeat(self.node_id, usage)
+            except Exception:
+                self.heartbeat_stats.failures += 1
+                raise
+            self.heartbeat_stats.observe(self.clock.monotonic() - t0)
             if self._usage_due is usage:
                 self._usage_due = None
 

@@ -43,7 +43,7 @@ class RawUsage:
     source: str  # cgroup2 | cgroup1 | proc | engine | fake (the CPU's source when the two differ)
 
 
-def _read(path: Path) -> str | None:
+def read_text(path: Path) -> str | None:
     try:
         return path.read_text()
     except (OSError, ValueError):
@@ -59,7 +59,7 @@ def _int(text: str | None) -> int | None:
         return None
 
 
-def _stat_field(text: str | None, key: str) -> int | None:
+def stat_field(text: str | None, key: str) -> int | None:
     """A `key value` line of a cgroup stat file (cpu.stat, memory.stat)."""
     for line in (text or "").splitlines():
         k, _, v = line.partition(" ")
@@ -83,23 +83,23 @@ def cgroup_mode(root: Path = CGROUP_ROOT) -> str:
 
 def read_cgroup_v2(d: Path) -> RawUsage:
     """A v2 cgroup directory: cpu.stat is always there, memory.current only with the memory controller."""
-    usec = _stat_field(_read(d / "cpu.stat"), "usage_usec")
-    current = _int(_read(d / "memory.current"))
+    usec = stat_field(read_text(d / "cpu.stat"), "usage_usec")
+    current = _int(read_text(d / "memory.current"))
     memory = None
     if current is not None:
-        inactive = _stat_field(_read(d / "memory.stat"), "inactive_file") or 0
+        inactive = stat_field(read_text(d / "memory.stat"), "inactive_file") or 0
         memory = current - inactive if inactive <= current else current
     return RawUsage(None if usec is None else usec / 1e6, memory, "cgroup2")
 
 
 def read_cgroup_v1(cpuacct: Path | None, memory: Path | None) -> RawUsage:
     """A task's v1 cgroups: its cpuacct directory (`cpuacct.usage`, nanoseconds) and its memory directory."""
-    ns = _int(_read(cpuacct / "cpuacct.usage")) if cpuacct is not None else None
+    ns = _int(read_text(cpuacct / "cpuacct.usage")) if cpuacct is not None else None
     mem = None
     if memory is not None:
-        usage = _int(_read(memory / "memory.usage_in_bytes"))
+        usage = _int(read_text(memory / "memory.usage_in_bytes"))
         if usage is not None:
-            inactive = _stat_field(_read(memory / "memory.stat"), "total_inactive_file") or 0
+            inactive = stat_field(read_text(memory / "memory.stat"), "total_inactive_file") or 0
             mem = usage - inactive if inactive <= usage else usage
     return RawUsage(None if ns is None else ns / 1e9, mem, "cgroup1")
 
@@ -115,7 +115,7 @@ def v1_hierarchy(root: Path, controller: str) -> Path | None:
 def pid_cgroups(pid: int, proc: Path = PROC_ROOT) -> dict[str, str]:
     """/proc/<pid>/cgroup as {controller: path}; the v2 (unified) entry is under "" (its line is `0::/path`)."""
     out: dict[str, str] = {}
-    for line in (_read(proc / str(pid) / "cgroup") or "").splitlines():
+    for line in (read_text(proc / str(pid) / "cgroup") or "").splitlines():
         parts = line.split(":", 2)
         if len(parts) != 3:
             continue
@@ -203,7 +203,7 @@ def proc_table(proc: Path = PROC_ROOT) -> dict[int, ProcInfo]:
     for e in entries:
         if not e.name.isdigit():
             continue
-        p = _parse_stat(_read(e / "stat") or "")
+        p = _parse_stat(read_text(e / "stat") or "")
         if p is not None:
             table[int(e.name)] = p
     return table
@@ -298,12 +298,12 @@ class HostMeter:
     def read(self) -> HostUsage:
         now = self.clock.monotonic()
         cpus: float | None = None
-        busy = _busy_ticks(_read(self.proc / "stat"))
+        busy = _busy_ticks(read_text(self.proc / "stat"))
         if busy is not None:
             if self._last is not None and now > self._last[0] and busy >= self._last[1]:
                 cpus = (busy - self._last[1]) / CLK_TCK / (now - self._last[0])
             self._last = (now, busy)
-        return HostUsage(cpus=cpus, memory_bytes=_mem_used(_read(self.proc / "meminfo")))
+        return HostUsage(cpus=cpus, memory_bytes=_mem_used(read_text(self.proc / "meminfo")))
 
 
 def _busy_ticks(stat: str | None) -> int | None:

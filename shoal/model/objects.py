@@ -308,6 +308,7 @@ class ContainerStatus:
     container_id: str = ""
     pid: int = 0
     exit_code: int = 0
+    oom_killed: bool = False  # the kernel's OOM killer ended it (Shoal's own: not on the Engine API's wire)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

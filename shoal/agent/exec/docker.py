@@ -551,6 +551,14 @@ class DockerController:
                 raise
         return int(res.get("StatusCode", 0))
 
+    async def _oom_killed(self) -> bool:
+        """Whether the engine says the kernel's OOM killer ended the container (`State.OOMKilled`)."""
+        try:
+            data = await self._inspect_raw()
+        except ShoalError:
+            return False
+        return bool(((data or {}).get("State") or {}).get("OOMKilled"))
+
     async def _watch_unhealthy(self, opened: asyncio.Future[None]) -> bool:
         """True once the container is reported unhealthy; False if the event stream ends."""
         filters = json.dumps({"type": ["container"], "container": [self._id]})
@@ -609,7 +617,8 @@ class DockerController:
                         return await self._fail_unhealthy()
                     watcher = None
             if code != 0:
-                return ExitStatus(exit_code=code, message=f"task: non-zero exit ({code})")
+                return ExitStatus(exit_code=code, message=f"task: non-zero exit ({code})",
+                                  oom_killed=await self._oom_killed())
             return ExitStatus(exit_code=0)
         finally:
             for t in (watcher, waiter):

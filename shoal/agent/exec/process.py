@@ -229,6 +229,17 @@ class _Cgroups:
             return U.read_cgroup_v1(dirs["cpuacct"], dirs["memory"])
         return None
 
+    def oom_killed(self, task_id: str) -> bool:
+        """Whether the OOM killer killed a process of the task's cgroup (v2 `memory.events`, v1
+        `memory.oom_control`: their `oom_kill` count); False without a memory cgroup."""
+        if self.mode == "v2":
+            text = U.read_text(self.base / self.parent / task_id / "memory.events")
+        elif self.mode == "v1":
+            text = U.read_text(self.base / "memory" / self.parent / task_id / "memory.oom_control")
+        else:
+            return False
+        return (U.stat_field(text, "oom_kill") or 0) > 0
+
     def remove(self, task_id: str) -> None:
         for d in self.task_dirs(task_id):
             with contextlib.suppress(OSError):
@@ -619,7 +630,10 @@ class ProcessController:
             # The shim died without recording the exit (someone killed it); wait for the command itself.
             await _wait_pid(int(state["pid"]), state.get("pid_start"), self.clock, None)
             raise FatalError("task: the process supervisor exited without recording an exit status")
-        return ExitStatus(exit_code=code, message="" if code == 0 else f"task: non-zero exit ({code})")
+        if code == 0:
+            return ExitStatus(exit_code=0)
+        return ExitStatus(exit_code=code, message=f"task: non-zero exit ({code})",
+                          oom_killed=self.executor.cgroups.oom_killed(self.task.id))
 
     def _grace(self) -> float:
         ns = self.task.spec.container.stop_grace_period

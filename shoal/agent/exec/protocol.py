@@ -22,6 +22,7 @@ from shoal.model.objects import Config, NodeDescription, Secret, Task
 class ExitStatus:
     exit_code: int
     message: str = ""  # e.g. "task: non-zero exit (1)"; "" for a clean exit
+    oom_killed: bool = False  # the kernel's OOM killer ended it (its memory limit was hit)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -189,7 +189,7 @@ def fatal_keep_state(status: TaskStatus, exc: BaseException) -> TaskStatus:
 
 def _exited(status: TaskStatus, result: ExitStatus) -> TaskStatus:
     cs = status.container or ContainerStatus()
-    cs = dataclasses.replace(cs, exit_code=result.exit_code)
+    cs = dataclasses.replace(cs, exit_code=result.exit_code, oom_killed=result.oom_killed)
     if result.exit_code == 0:
         return dataclasses.replace(status, state=TaskState.COMPLETE, message="finished", err="", container=cs)
     err = result.message or exit_message(result.exit_code)

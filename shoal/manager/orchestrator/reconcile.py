@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import replace
 
+from shoal.api import reasons
 from shoal.ids import new_id
 from shoal.model.objects import (
     SECOND,
@@ -147,6 +148,9 @@ class Reconciler:
     def __init__(self, rng: random.Random, constraint_check: Callable[[Service, Node], bool]) -> None:
         self.rng = rng
         self.constraint_check = constraint_check
+        # (failure | restart, service ID, reason) decided in the current transaction; the caller counts them once
+        # it committed (shoal.manager.stats) and clears them before the next one.
+        self.events: list[tuple[str, str, str]] = []
 
     def new_id(self) -> str:
         return new_id(self.rng)
@@ -174,7 +178,8 @@ class Reconciler:
     # --- failures and restarts ------------------------------------------------------------------------
 
     def _handle_lost_nodes(self, tx: Tx, svc: Service, tasks: list[Task], nodes: dict[str, Node]) -> None:
-        """Tasks on a drained, down or removed node are shut down so that their slot is refilled."""
+        """Tasks on a drained, down or removed node are shut down so that their slot is refilled (a lost
+        node's running tasks count as failed, and a replicated service's as restarted, for node_down)."""
         for t in tasks:
             if not runnable(t) or not t.node_id:
                 continue
@@ -187,6 +192,10 @@ class Reconciler:
                 if svc.spec.mode.is_job and ended(t):
                     continue  # a finished job task keeps its result
                 tx.update(replace(t, desired_state=TaskState.SHUTDOWN))
+                if lost and not ended(t):
+                    self.events.append(("failure", svc.id, reasons.NODE_DOWN))
+                    if not svc.spec.mode.is_global and not svc.spec.mode.is_job:
+                        self.events.append(("restart", svc.id, reasons.NODE_DOWN))
 
     def _restart_ended(self, tx: Tx, svc: Service, tasks: list[Task]) -> None:
         now = tx.now
@@ -202,9 +211,13 @@ class Reconciler:
                 continue
             # As swarmkit's Supervisor.Restart: the ended task is shut down whether or not it is replaced.
             tx.update(replace(t, desired_state=TaskState.SHUTDOWN))
+            why = reasons.end_reason(t)
+            if why not in (reasons.COMPLETED, reasons.SHUTDOWN):
+                self.events.append(("failure", svc.id, why))
             history = restart_window(svc, t, now)
             if history is None:
                 continue  # not restarted: its slot stays occupied by it (see slot_holders)
+            self.events.append(("restart", svc.id, why))
             policy = restart_policy(svc, t)
             # The replacement always gets the current spec, even while an update is paused.
             delay = policy.delay_or_default / SECOND
