@@ -1,0 +1,95 @@
+"""What tasks actually use, end to end with real daemons (process executor): a worker's agent measures a
+CPU-burning task and reports it over gRPC with its heartbeats; the manager's `/_shoal/usage` and `/metrics`
+show it, beside the restarts of a crashing service by reason."""
+
+from __future__ import annotations
+
+import shutil
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from tests.support.managers import free_port
+from tests.support.shoal_node import ShoalNode
+from tests.support.wait import wait_until
+from tests.support.workers import Cluster
+
+pytestmark = [pytest.mark.timeout(240)]
+
+BURN = ("sh", "-c", "while :; do :; done")
+
+
+def scrape(addr: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    with urllib.request.urlopen(f"http://{addr}/metrics", timeout=10) as r:
+        text = r.read().decode()
+    return {(s.name, frozenset(s.labels.items())): s.value
+            for f in text_string_to_metric_families(text) for s in f.samples}
+
+
+def sample(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float | None:
+    want = set(labels.items())
+    for (n, ls), v in samples.items():
+        if n == name and want <= ls:
+            return v
+    return None
+
+
+def test_a_burning_task_shows_in_usage_and_metrics(tmp_path: Path) -> None:
+    if shutil.which("docker") is None:
+        pytest.skip("the docker CLI is not on the PATH")
+    metrics_addr = f"127.0.0.1:{free_port()}"
+    c = Cluster(tmp_path)
+    c.manager = ShoalNode(tmp_path / "mgr", hostname="mgr", extra_args=("--metrics-addr", metrics_addr))
+    try:
+        c.start()
+        worker = c.add_worker("w1")
+        c.manager.docker("service", "create", "--detach", "--name", "burn", "--limit-memory", "256M", "busybox",
+                         *BURN)
+        c.manager.docker("service", "create", "--detach", "--name", "crash", "--restart-delay", "100ms", "busybox",
+                         "sh", "-c", "sleep 0.2; exit 3")
+        wid = c.node_id("w1")
+
+        def burning() -> dict[str, Any] | None:
+            status, doc = c.manager.api("GET", "/_shoal/usage")
+            assert status == 200, doc
+            tasks = [t for t in doc["Tasks"] if t["ServiceName"] == "burn" and (t["CPUs"] or 0) > 0.1]
+            return doc if tasks else None
+
+        doc = wait_until(burning, 90, interval=0.5, what="the burning task's CPU in /_shoal/usage")
+        assert doc is not None
+        task = next(t for t in doc["Tasks"] if t["ServiceName"] == "burn")
+        assert task["NodeID"] == wid and task["MemoryBytes"] > 0 and task["Window"] > 0
+        assert task["Source"] in ("cgroup1", "cgroup2", "proc")
+        nodes = {n["Hostname"]: n for n in doc["Nodes"]}
+        assert nodes["w1"]["Reported"] and nodes["w1"]["UsedCPUs"] > 0.1 and nodes["w1"]["UsedMemoryBytes"] > 0
+        assert nodes["w1"]["Host"]["UsedMemoryBytes"] > 0
+        assert nodes["mgr"]["Reported"] and nodes["mgr"]["Tasks"] == 0  # drained: its own agent reports nothing
+        burn = next(s for s in doc["Services"] if s["Name"] == "burn")
+        assert burn["UsedCPUs"] > 0.1 and burn["Tasks"] == 1
+
+        def metrics_seen() -> dict[tuple[str, frozenset[tuple[str, str]]], float] | None:
+            s = scrape(metrics_addr)
+            cpus = sample(s, "shoal_service_used_cpus", service="burn")
+            restarts = sample(s, "shoal_task_restarts_total", service="crash", reason="exit_nonzero")
+            return s if cpus is not None and cpus > 0.1 and restarts is not None and restarts >= 1 else None
+
+        s = wait_until(metrics_seen, 60, interval=0.5, what="burn's CPU and crash's restarts in /metrics")
+        assert s is not None
+        assert (sample(s, "shoal_node_used_cpus", hostname="w1") or 0) > 0.1
+        assert (sample(s, "shoal_node_used_memory_bytes", hostname="w1") or 0) > 0
+        assert (sample(s, "shoal_service_used_memory_bytes", service="burn") or 0) > 0
+        assert (sample(s, "shoal_task_failures_total", service="crash", reason="exit_nonzero") or 0) >= 1
+        assert (sample(s, "shoal_dispatcher_heartbeats_total") or 0) > 0
+        assert sample(s, "shoal_node_heartbeat_age_seconds", hostname="w1") is not None
+        assert (sample(s, "shoal_raft_fsync_seconds_count") or 0) > 0
+        assert (sample(s, "shoal_scheduler_placement_delay_seconds_count") or 0) >= 2
+        assert (sample(s, "shoal_agent_heartbeat_latency_seconds_count") or 0) > 0
+        assert sample(s, "shoal_scheduler_unplaceable_tasks", service="burn") == 0
+        # A worker is no manager: dockerd's answer for a manager-only endpoint.
+        status, body = worker.api("GET", "/_shoal/usage")
+        assert status == 503 and "not a swarm manager" in body["message"]
+    finally:
+        c.stop()
