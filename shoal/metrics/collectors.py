@@ -332,11 +332,10 @@ class LeaderCollector(Collector):
                 ("restarts", stats.restarts, "Tasks replaced by a new one after they ended or lost their node, by "
                                              "service and the reason the old one ended")):
             c = CounterMetricFamily(f"shoal_task_{what}", doc, labels=["service", "reason"])
+            # Every reason of every service from zero, so that increase() sees a series' first count.
             for sid, name in sorted(names.items(), key=lambda kv: kv[1]):
                 for reason in REASONS:
-                    n = counts.get((sid, reason), 0)
-                    if n:
-                        c.add_metric([name, reason], n)
+                    c.add_metric([name, reason], counts.get((sid, reason), 0))
             yield c
 
 

@@ -211,7 +211,7 @@ async def test_sim_counts_failures_and_restarts_by_reason_and_reports_usage() ->
         assert reg.get_sample_value("shoal_task_restarts_total", {"service": "crash", "reason": "exit_nonzero"}) \
             == sim.manager.stats.restarts[(crash.id, reasons.EXIT_NONZERO)]
         assert reg.get_sample_value("shoal_service_used_cpus", {"service": "busy"}) == pytest.approx(1.0)
-        assert reg.get_sample_value("shoal_task_failures_total", {"service": "busy", "reason": "node_down"}) is None
+        assert reg.get_sample_value("shoal_task_failures_total", {"service": "busy", "reason": "node_down"}) == 0
 
         gone = sim.running(busy.id)[0].node_id
         await sim._stop_agent(sim.nodes[gone])
