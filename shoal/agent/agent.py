@@ -8,8 +8,8 @@ and the rest are adopted by their controllers, so a restarted agent neither lose
 
 Usage. While a session lasts, the agent measures what its running tasks use (each controller's `usage()`) and
 hands the report to the next heartbeat every `usage_period` seconds (the first one at once, for a leader that
-has none yet). A task started since the last report is read once within `USAGE_BASELINE` seconds, so the next
-report already has its CPU rate (a rate needs two readings).
+has none yet). A task that starts running in between is read once at once, so the next report already has its CPU
+rate (a rate needs two readings); an agent whose tasks do not change wakes for usage once a period.
 """
 
 from __future__ import annotations
@@ -39,7 +39,6 @@ log = logging.getLogger(__name__)
 
 START_POLL_INTERVAL = 0.1  # seconds between runtime checks while a shutdown waits for start() to finish
 DESCRIBE_PERIOD = 20.0  # seconds between looks for a changed node description (swarmkit's nodeUpdatePeriod)
-USAGE_BASELINE = 1.0  # seconds between looks for newly running tasks to take a first usage reading of
 # Upper bounds (seconds) of the heartbeat round-trip counts kept for the metrics (a local dispatcher answers in
 # microseconds, a remote one in a network round trip plus the leader's turn of its loop).
 HEARTBEAT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -209,10 +208,13 @@ class Agent:
         self.usage: NodeUsage | None = None  # the last report made
         self._usage_due: NodeUsage | None = None  # made, not yet carried by a heartbeat
         self.heartbeat_stats = HeartbeatStats()
+        self._usage_wake = asyncio.Event()
 
     def report(self, task_id: str, status: TaskStatus) -> None:
         self._reports[task_id] = status
         self._report_wake.set()
+        if status.state == TaskState.RUNNING:
+            self._usage_wake.set()  # a first usage reading of it, for the next report's rate
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -302,10 +304,11 @@ class Agent:
 
     async def _usage_loop(self) -> None:
         """Every `usage_period` a report for the next heartbeat (the first one at once); in between, a first
-        reading of each task that started running since."""
+        reading of each task as it starts running."""
         self._usage_due = None
         next_report = self.clock.monotonic()
         while True:
+            self._usage_wake.clear()
             now = self.clock.monotonic()
             if now >= next_report:
                 readings = await self._read_usage(self._running_tasks())
@@ -317,7 +320,12 @@ class Agent:
                 new = [t for t in self._running_tasks() if not self.meter.knows(t.id)]
                 if new:
                     self.meter.baseline(await self._read_usage(new))
-            await self.clock.sleep(max(0.05, min(USAGE_BASELINE, next_report - self.clock.monotonic())))
+            woken = asyncio.ensure_future(self._usage_wake.wait())
+            timer = asyncio.ensure_future(self.clock.sleep(max(0.0, next_report - self.clock.monotonic())))
+            try:
+                await asyncio.wait((woken, timer), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                await cancel_all([woken, timer])
 
     def _running_tasks(self) -> list[Task]:
         return [r.task for r in self.runners.values() if r.task.status.state == TaskState.RUNNING]
