@@ -50,6 +50,7 @@ class FakeBehavior:
     logs: Sequence[LogLine] = ()
     image_health_check: bool = False
     cpus: float = 0.0  # cores the running task uses (usage(): cumulative CPU time on the clock)
+    oom_killed: bool = False  # a non-zero exit_code is the kernel's OOM killer's doing
     memory_bytes: int = 0
 
 
@@ -118,7 +119,8 @@ class FakeController:
             if self.running and b.exit_code is not None:
                 self._exit(b.exit_code)
         code = self.exit_code if self.exit_code is not None else 0
-        return ExitStatus(exit_code=code, message="" if code == 0 else f"task: non-zero exit ({code})")
+        return ExitStatus(exit_code=code, message="" if code == 0 else f"task: non-zero exit ({code})",
+                          oom_killed=code != 0 and b.oom_killed)
 
     async def _run_for(self, seconds: float) -> None:
         """Sleep `seconds` of the clock, or until stopped."""

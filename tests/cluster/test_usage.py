@@ -1,10 +1,13 @@
 """What tasks actually use, end to end with real daemons (process executor): a worker's agent measures a
 CPU-burning task and reports it over gRPC with its heartbeats; the manager's `/_shoal/usage` and `/metrics`
-show it, beside the restarts of a crashing service by reason."""
+show it, beside the restarts of a crashing service by reason, and (where the host lets the executor make memory
+cgroups) of a task killed at its memory limit."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import sys
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -12,6 +15,7 @@ from typing import Any
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from shoal.agent.exec.process import _Cgroups
 from tests.support.managers import free_port
 from tests.support.shoal_node import ShoalNode
 from tests.support.wait import wait_until
@@ -20,6 +24,20 @@ from tests.support.workers import Cluster
 pytestmark = [pytest.mark.timeout(240)]
 
 BURN = ("sh", "-c", "while :; do :; done")
+# Writes 256 MiB (every page touched) under a 32 MiB limit: the kernel's OOM killer ends it.
+HOG = (sys.executable, "-c", "b = b'x' * (256 << 20); import time; time.sleep(60)")
+
+
+def remove_task_cgroups(task_ids: list[str]) -> None:
+    """The cgroups the process executor made for the tasks (a stopped daemon leaves its tasks' behind)."""
+    base = Path("/sys/fs/cgroup")
+    for tid in task_ids:
+        for d in (base / "shoal" / tid, *(base / c / "shoal" / tid for c in ("memory", "cpu", "cpu,cpuacct"))):
+            if d.is_dir():
+                wait_until(lambda d=d: not (d / "cgroup.procs").read_text().strip(), 10,
+                           what=f"{d} emptied")
+                with contextlib.suppress(OSError):
+                    d.rmdir()
 
 
 def scrape(addr: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
@@ -43,6 +61,8 @@ def test_a_burning_task_shows_in_usage_and_metrics(tmp_path: Path) -> None:
     metrics_addr = f"127.0.0.1:{free_port()}"
     c = Cluster(tmp_path)
     c.manager = ShoalNode(tmp_path / "mgr", hostname="mgr", extra_args=("--metrics-addr", metrics_addr))
+    memory_cgroups = _Cgroups("shoal").mode != "none"
+    worker: ShoalNode | None = None
     try:
         c.start()
         worker = c.add_worker("w1")
@@ -50,6 +70,9 @@ def test_a_burning_task_shows_in_usage_and_metrics(tmp_path: Path) -> None:
                          *BURN)
         c.manager.docker("service", "create", "--detach", "--name", "crash", "--restart-delay", "100ms", "busybox",
                          "sh", "-c", "sleep 0.2; exit 3")
+        if memory_cgroups:
+            c.manager.docker("service", "create", "--detach", "--name", "hog", "--limit-memory", "32M",
+                             "--restart-delay", "100ms", "busybox", *HOG)
         wid = c.node_id("w1")
 
         def burning() -> dict[str, Any] | None:
@@ -74,9 +97,10 @@ def test_a_burning_task_shows_in_usage_and_metrics(tmp_path: Path) -> None:
             s = scrape(metrics_addr)
             cpus = sample(s, "shoal_service_used_cpus", service="burn")
             restarts = sample(s, "shoal_task_restarts_total", service="crash", reason="exit_nonzero")
-            return s if cpus is not None and cpus > 0.1 and restarts is not None and restarts >= 1 else None
+            oom = sample(s, "shoal_task_failures_total", service="hog", reason="oom_killed") if memory_cgroups else 1
+            return s if cpus is not None and cpus > 0.1 and (restarts or 0) >= 1 and (oom or 0) >= 1 else None
 
-        s = wait_until(metrics_seen, 60, interval=0.5, what="burn's CPU and crash's restarts in /metrics")
+        s = wait_until(metrics_seen, 60, interval=0.5, what="burn's CPU, crash's and hog's restarts in /metrics")
         assert s is not None
         assert (sample(s, "shoal_node_used_cpus", hostname="w1") or 0) > 0.1
         assert (sample(s, "shoal_node_used_memory_bytes", hostname="w1") or 0) > 0
@@ -93,3 +117,5 @@ def test_a_burning_task_shows_in_usage_and_metrics(tmp_path: Path) -> None:
         assert status == 503 and "not a swarm manager" in body["message"]
     finally:
         c.stop()
+        if worker is not None:
+            remove_task_cgroups([d.name for d in worker.task_dirs()])
