@@ -58,6 +58,11 @@ With a writable cgroup v1 hierarchy (`/sys/fs/cgroup/memory`, `/sys/fs/cgroup/cp
 cgroups before it execs. Without cgroups, memory is limited with `setrlimit(RLIMIT_AS)` (address space,
 a rough stand-in) and CPU is not limited.
 
+Usage (`usage()`, for the agent's reports): the task's cgroup when it has one (v2: `cpu.stat`, `memory.current`;
+v1: `cpuacct.usage` where cpuacct is co-mounted with cpu, `memory.usage_in_bytes`), and for what it lacks the
+command's process tree in /proc (CPU times of every process under the command, their RSS). A non-zero exit of a
+task whose memory cgroup counted an `oom_kill` is reported as killed by the OOM killer (`ExitStatus.oom_killed`).
+
 Health checks (`healthcheck`, CMD or CMD-SHELL) are run by the controller itself, as an asyncio task on the
 injected clock, with dockerd's defaults (interval 30 s, timeout 30 s, retries 3, start interval 5 s);
 failures during the start period do not count. `inspect().healthy` is None until the first success, then
