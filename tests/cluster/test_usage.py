@@ -16,7 +16,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from shoal.agent.exec.process import _Cgroups
-from tests.support.managers import free_port
+from tests.support.managers import ManagerCluster, free_port
 from tests.support.shoal_node import ShoalNode
 from tests.support.wait import wait_until
 from tests.support.workers import Cluster
@@ -119,3 +119,41 @@ def test_a_burning_task_shows_in_usage_and_metrics(tmp_path: Path) -> None:
         c.stop()
         if worker is not None:
             remove_task_cgroups([d.name for d in worker.task_dirs()])
+
+
+def test_usage_from_any_manager_and_after_a_leader_change(tmp_path: Path) -> None:
+    """Three managers, each running a task: a follower relays `/_shoal/usage` to the leader, whose memory holds
+    every node's report (the followers' own agents report to it over gRPC). The reports are not replicated: once
+    the leader is stopped, the new one shows the survivors again from their next reports."""
+    if shutil.which("docker") is None:
+        pytest.skip("the docker CLI is not on the PATH")
+    with ManagerCluster(tmp_path, 3) as mc:
+        mc.api_any("POST", "/v1.47/services/create", {
+            "Name": "idle", "Mode": {"Replicated": {"Replicas": 3}},
+            "TaskTemplate": {"ContainerSpec": {"Image": "busybox", "Args": ["sleep", "600"]},
+                             "Placement": {"MaxReplicas": 1}}})
+
+        def reported(via: ShoalNode, hosts: set[str]) -> dict[str, Any] | None:
+            status, doc = via.api("GET", "/_shoal/usage")
+            assert status == 200, doc
+            nodes = {n["Hostname"]: n for n in doc["Nodes"] if n["Reported"]}
+            rated = {t["NodeID"] for t in doc["Tasks"] if t["CPUs"] is not None and t["MemoryBytes"]}
+            ok = hosts <= set(nodes) and all(nodes[h]["NodeID"] in rated for h in hosts)
+            return doc if ok else None
+
+        leader = mc.leader()
+        follower = next(n for n in mc.live() if n is not leader)
+        everyone = {n.hostname for n in mc.live()}
+        doc = wait_until(lambda: reported(follower, everyone), 60, interval=0.5,
+                         what="every manager's task measured, seen through a follower")
+        assert doc is not None
+        assert {s["Name"]: s["Tasks"] for s in doc["Services"]} == {"idle": 3}
+
+        leader.stop()
+        survivors = [n for n in mc.live() if n is not leader]
+        new = mc.leader(among=survivors, timeout=30)
+        hosts = {n.hostname for n in survivors}
+        doc = wait_until(lambda: reported(new, hosts), 60, interval=0.5,
+                         what="the survivors' reports on the new leader")
+        assert doc is not None
+        assert not next(n for n in doc["Nodes"] if n["Hostname"] == leader.hostname)["Reported"]
