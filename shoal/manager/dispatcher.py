@@ -121,6 +121,7 @@ class Dispatcher:
         # Since this manager started: heartbeats taken, and sessions ended by the expiry loop by why
         # ("heartbeat": three periods silent; "connection": its connection closed and no new session came).
         self.heartbeats = 0
+        self.late_heartbeats = 0  # came over 1.5 periods after the node's previous one: at least one missed
         self.expirations: Counter[str] = Counter()
 
     def heartbeat_period(self) -> float:
@@ -155,7 +156,10 @@ class Dispatcher:
         s = self.sessions.get(node_id)
         if s is None or s.expired.is_set():
             raise NotFound("node not registered")
-        s.last_seen = self.clock.monotonic()
+        now = self.clock.monotonic()
+        if now - s.last_seen > 1.5 * self.heartbeat_period():
+            self.late_heartbeats += 1
+        s.last_seen = now
         self.heartbeats += 1
         if usage is not None:
             self.usage.put(node_id, usage)

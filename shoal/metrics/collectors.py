@@ -268,6 +268,8 @@ class LeaderCollector(Collector):
                                 value=len(d.sessions))
         yield CounterMetricFamily("shoal_dispatcher_heartbeats", "Heartbeats this manager took while leading",
                                   value=d.heartbeats)
+        yield CounterMetricFamily("shoal_dispatcher_heartbeats_late", "Heartbeats that came over 1.5 periods after "
+                                  "the node's previous one (at least one missed)", value=d.late_heartbeats)
         expired = CounterMetricFamily("shoal_dispatcher_sessions_expired",
                                       "Sessions this manager ended, the node marked down: heartbeat (three periods "
                                       "without one) or connection (closed, no new session within the grace)",

@@ -135,6 +135,7 @@ async def test_heartbeats_carry_reports_to_the_document_and_metrics(
     assert val("shoal_service_used_cpus", service="web") == 1.0
     assert val("shoal_service_used_memory_bytes", service="idle") == 0
     assert val("shoal_dispatcher_heartbeats_total") == 3
+    assert val("shoal_dispatcher_heartbeats_late_total") == 0
     assert val("shoal_dispatcher_sessions") == 2
     assert val("shoal_node_heartbeat_age_seconds", node_id="n1", hostname="host-n1") == 2.0
 
@@ -147,6 +148,10 @@ async def test_heartbeats_carry_reports_to_the_document_and_metrics(
     assert val("shoal_dispatcher_sessions_expired_total", reason="heartbeat") == 1
     assert val("shoal_dispatcher_sessions_expired_total", reason="connection") == 0
     assert val("shoal_node_used_cpus", node_id="n1", hostname="host-n1") is None
+    assert val("shoal_dispatcher_heartbeats_late_total") == 0  # n2 beat every 3 s (period 5 s)
+    await clock.sleep(8.0)
+    await d.heartbeat("n2")
+    assert val("shoal_dispatcher_heartbeats_late_total") == 1  # 8 s: one beat missed
     # n2 beats but sends no new report: after STALE_AFTER its old one is no longer shown.
     for _ in range(12):
         await clock.sleep(3.0)
