@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 
 START_POLL_INTERVAL = 0.1  # seconds between runtime checks while a shutdown waits for start() to finish
 DESCRIBE_PERIOD = 20.0  # seconds between looks for a changed node description (swarmkit's nodeUpdatePeriod)
+USAGE_CONCURRENCY = 8  # tasks measured at once (a container's costs the engine an inspect, maybe a stats call)
 # Upper bounds (seconds) of the heartbeat round-trip counts kept for the metrics (a local dispatcher answers in
 # microseconds, a remote one in a network round trip plus the leader's turn of its loop).
 HEARTBEAT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
@@ -331,7 +332,13 @@ class Agent:
         return [r.task for r in self.runners.values() if r.task.status.state == TaskState.RUNNING]
 
     async def _read_usage(self, tasks: list[Task]) -> list[tuple[str, str, RawUsage]]:
-        got = await asyncio.gather(*(self._read_one(t) for t in tasks))
+        gate = asyncio.Semaphore(USAGE_CONCURRENCY)
+
+        async def one(t: Task) -> RawUsage | None:
+            async with gate:
+                return await self._read_one(t)
+
+        got = await asyncio.gather(*(one(t) for t in tasks))
         return [(t.id, t.service_id, raw) for t, raw in zip(tasks, got, strict=True) if raw is not None]
 
     async def _read_one(self, t: Task) -> RawUsage | None:
