@@ -5,6 +5,11 @@ a time and reports every new status. A change to the task (its desired state) in
 (waiting for exit) so a shutdown takes effect at once. Tasks that leave the assignment set have their
 runtime object removed; at startup, runtime objects of tasks the dispatcher no longer assigns are removed
 and the rest are adopted by their controllers, so a restarted agent neither loses nor duplicates work.
+
+Usage. While a session lasts, the agent measures what its running tasks use (each controller's `usage()`) and
+hands the report to the next heartbeat every `usage_period` seconds (the first one at once, for a leader that
+has none yet). A task that starts running in between is read once at once, so the next report already has its CPU
+rate (a rate needs two readings); an agent whose tasks do not change wakes for usage once a period.
 """
 
 from __future__ import annotations
@@ -19,8 +24,10 @@ from typing import Any
 
 from shoal.agent.exec.protocol import Controller, Executor
 from shoal.agent.exec.step import step
+from shoal.agent.usage import HostMeter, RawUsage, UsageMeter
 from shoal.api.dispatch import COMPLETE, Assignments, DispatcherAPI
 from shoal.api.logs import LogLine, LogOptions
+from shoal.api.usage import REPORT_PERIOD, NodeUsage
 from shoal.clock import Clock
 from shoal.errors import NotFound
 from shoal.model.objects import Config, Secret, Task, TaskStatus
@@ -32,6 +39,28 @@ log = logging.getLogger(__name__)
 
 START_POLL_INTERVAL = 0.1  # seconds between runtime checks while a shutdown waits for start() to finish
 DESCRIBE_PERIOD = 20.0  # seconds between looks for a changed node description (swarmkit's nodeUpdatePeriod)
+USAGE_CONCURRENCY = 8  # tasks measured at once (a container's costs the engine an inspect, maybe a stats call)
+# Upper bounds (seconds) of the heartbeat round-trip counts kept for the metrics (a local dispatcher answers in
+# microseconds, a remote one in a network round trip plus the leader's turn of its loop).
+HEARTBEAT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+
+class HeartbeatStats:
+    """This agent's heartbeats since it started: round trips by latency bucket (cumulative counts, as a
+    Prometheus histogram has them), their sum, and the calls that failed (the session ends with one)."""
+
+    def __init__(self) -> None:
+        self.buckets = [0] * len(HEARTBEAT_BUCKETS)
+        self.count = 0
+        self.sum = 0.0
+        self.failures = 0
+
+    def observe(self, seconds: float) -> None:
+        self.count += 1
+        self.sum += seconds
+        for i, bound in enumerate(HEARTBEAT_BUCKETS):
+            if seconds <= bound:
+                self.buckets[i] += 1
 
 
 class _Deps:
@@ -161,7 +190,8 @@ class _TaskRunner:
 
 class Agent:
     def __init__(self, node_id: str, executor: Executor, dispatcher: DispatcherAPI, clock: Clock,
-                 rng: random.Random, addr: str = "") -> None:
+                 rng: random.Random, addr: str = "", *, usage_period: float = REPORT_PERIOD,
+                 host_meter: HostMeter | None = None) -> None:
         self.node_id = node_id
         self.executor = executor
         self.dispatcher = dispatcher
@@ -173,10 +203,19 @@ class Agent:
         self._reports: dict[str, TaskStatus] = {}
         self._report_wake = asyncio.Event()
         self.connected = asyncio.Event()
+        self.usage_period = usage_period
+        self.meter = UsageMeter(clock)
+        self.host_meter = host_meter  # the host's own use, beside the tasks' (None: not reported)
+        self.usage: NodeUsage | None = None  # the last report made
+        self._usage_due: NodeUsage | None = None  # made, not yet carried by a heartbeat
+        self.heartbeat_stats = HeartbeatStats()
+        self._usage_wake = asyncio.Event()
 
     def report(self, task_id: str, status: TaskStatus) -> None:
         self._reports[task_id] = status
         self._report_wake.set()
+        if status.state == TaskState.RUNNING:
+            self._usage_wake.set()  # a first usage reading of it, for the next report's rate
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -219,7 +258,7 @@ class Agent:
         period = await self.dispatcher.register(self.node_id, desc, self.addr)
         self.connected.set()
         parts = [asyncio.ensure_future(self._follow()), asyncio.ensure_future(self._heartbeats(period)),
-                 asyncio.ensure_future(self._description_changes(desc))]
+                 asyncio.ensure_future(self._description_changes(desc)), asyncio.ensure_future(self._usage_loop())]
         try:
             await asyncio.wait(parts, return_when=asyncio.FIRST_COMPLETED)
         finally:
@@ -253,7 +292,64 @@ class Agent:
             # down after three silent periods, so one late or lost beat is harmless, and beating more often
             # only multiplies the leader's idle work by the number of nodes.
             await self.clock.sleep(period * (0.75 + 0.25 * self.rng.random()))
-            period = await self.dispatcher.heartbeat(self.node_id)
+            usage = self._usage_due
+            t0 = self.clock.monotonic()
+            try:
+                period = await self.dispatcher.heartbeat(self.node_id, usage)
+            except Exception:
+                self.heartbeat_stats.failures += 1
+                raise
+            self.heartbeat_stats.observe(self.clock.monotonic() - t0)
+            if self._usage_due is usage:
+                self._usage_due = None
+
+    async def _usage_loop(self) -> None:
+        """Every `usage_period` a report for the next heartbeat (the first one at once); in between, a first
+        reading of each task as it starts running."""
+        self._usage_due = None
+        next_report = self.clock.monotonic()
+        while True:
+            self._usage_wake.clear()
+            now = self.clock.monotonic()
+            if now >= next_report:
+                readings = await self._read_usage(self._running_tasks())
+                self.usage = NodeUsage(taken_at=self.clock.now(), tasks=self.meter.update(readings),
+                                       host=self.host_meter.read() if self.host_meter is not None else None)
+                self._usage_due = self.usage
+                next_report = now + self.usage_period
+            else:
+                new = [t for t in self._running_tasks() if not self.meter.knows(t.id)]
+                if new:
+                    self.meter.baseline(await self._read_usage(new))
+            woken = asyncio.ensure_future(self._usage_wake.wait())
+            timer = asyncio.ensure_future(self.clock.sleep(max(0.0, next_report - self.clock.monotonic())))
+            try:
+                await asyncio.wait((woken, timer), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                await cancel_all([woken, timer])
+
+    def _running_tasks(self) -> list[Task]:
+        return [r.task for r in self.runners.values() if r.task.status.state == TaskState.RUNNING]
+
+    async def _read_usage(self, tasks: list[Task]) -> list[tuple[str, str, RawUsage]]:
+        gate = asyncio.Semaphore(USAGE_CONCURRENCY)
+
+        async def one(t: Task) -> RawUsage | None:
+            async with gate:
+                return await self._read_one(t)
+
+        got = await asyncio.gather(*(one(t) for t in tasks))
+        return [(t.id, t.service_id, raw) for t, raw in zip(tasks, got, strict=True) if raw is not None]
+
+    async def _read_one(self, t: Task) -> RawUsage | None:
+        r = self.runners.get(t.id)
+        if r is None:
+            return None
+        try:
+            return await r.ctlr.usage()
+        except Exception as e:  # a controller's usage() should not raise; a report without it is fine
+            log.debug("measuring task %s: %s", t.id, e)
+            return None
 
     async def _apply(self, msg: Assignments) -> None:
         for s in msg.secrets:

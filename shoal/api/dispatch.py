@@ -2,7 +2,8 @@
 
 An agent on a manager's own node calls the dispatcher in-process; a remote one reaches the same calls over
 gRPC with mutual TLS (shoal.rpc). Assignments are streamed as a complete set, then increments: the node's
-tasks and the secrets and configs those tasks use, nothing else.
+tasks and the secrets and configs those tasks use, nothing else. Heartbeats carry the node's usage reports
+(shoal.api.usage).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from shoal.api.usage import NodeUsage
 from shoal.model.objects import Config, NodeDescription, Secret, Task, TaskStatus
 
 COMPLETE = "complete"
@@ -32,7 +34,9 @@ class DispatcherAPI(Protocol):
     async def register(self, node_id: str, description: NodeDescription, addr: str) -> float:
         """Open a session; returns the heartbeat period in seconds."""
 
-    async def heartbeat(self, node_id: str) -> float: ...
+    async def heartbeat(self, node_id: str, usage: NodeUsage | None = None) -> float:
+        """The session is alive; `usage`, every `shoal.api.usage.REPORT_PERIOD` seconds, what the node's tasks
+        use. Returns the heartbeat period in seconds."""
 
     def assignments(self, node_id: str) -> AsyncIterator[Assignments]: ...
 

@@ -2,21 +2,25 @@
 
 It serves `shoal.api.dispatch.DispatcherAPI`: in-process to the agent on the manager's own node, over gRPC
 with mutual TLS (shoal.rpc) to the others. Status reports are validated (only the node a task is assigned
-to may report it, and only forward moves) and written in batches.
+to may report it, and only forward moves) and written in batches. Usage reports ride on heartbeats and stay in
+memory (`usage`, shoal.manager.usage), as do the heartbeat counts the metrics read.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from shoal.api.attachments import is_attachment
 from shoal.api.dispatch import COMPLETE, INCREMENTAL, Assignments
+from shoal.api.usage import NodeUsage
 from shoal.clock import Clock
 from shoal.errors import NotFound, NotLeader, ShoalError, Unavailable, fresh
+from shoal.manager.usage import UsageStore
 from shoal.model.objects import (
     SECOND,
     Annotations,
@@ -116,6 +120,12 @@ class Dispatcher:
         # or the changes committed between that read and the watch would never reach the agent.
         self._fanout_ready = asyncio.Event()
         self.active = False  # run() is running: this manager leads
+        self.usage = UsageStore(clock)  # the nodes' usage reports, while this manager leads
+        # Since this manager started: heartbeats taken, and sessions ended by the expiry loop by why
+        # ("heartbeat": three periods silent; "connection": its connection closed and no new session came).
+        self.heartbeats = 0
+        self.late_heartbeats = 0  # came over 1.5 periods after the node's previous one: at least one missed
+        self.expirations: Counter[str] = Counter()
 
     def heartbeat_period(self) -> float:
         c = self.store.view().cluster()
@@ -144,15 +154,30 @@ class Dispatcher:
         self.sessions[node_id] = _Session(node_id, self.clock.monotonic(), period)
         return period
 
-    async def heartbeat(self, node_id: str) -> float:
+    async def heartbeat(self, node_id: str, usage: NodeUsage | None = None) -> float:
         if not self.active:
             raise NotLeader("this manager is not the swarm leader: its dispatcher is not running")
         s = self.sessions.get(node_id)
         if s is None or s.expired.is_set():
             raise NotFound("node not registered")
-        s.last_seen = self.clock.monotonic()
+        now = self.clock.monotonic()
+        if now - s.last_seen > 1.5 * s.period:
+            self.late_heartbeats += 1
+        s.last_seen = now
+        self.heartbeats += 1
+        if usage is not None:
+            self.usage.put(node_id, usage)
         s.period = self.heartbeat_period()
         return s.period
+
+    def current_usage(self) -> dict[str, tuple[NodeUsage, float]]:
+        """The usage reports of nodes that have a session now, with their ages (empty unless leading)."""
+        return self.usage.current(lambda nid: nid in self.sessions)
+
+    def heartbeat_ages(self) -> dict[str, float]:
+        """Seconds since each node with a session last beat (or registered)."""
+        now = self.clock.monotonic()
+        return {nid: max(0.0, now - s.last_seen) for nid, s in self.sessions.items()}
 
     async def run(self) -> None:
         """Leader-only: expire sessions that missed heartbeats; flush status reports. When the term ends every
@@ -168,6 +193,7 @@ class Dispatcher:
             for sess in self.sessions.values():
                 sess.expire()
             self.sessions.clear()
+            self.usage.clear()
             self._pending = {}
             waiters, self._waiters = self._waiters, []
             for w in waiters:  # their agents keep the reports and send them to the next leader
@@ -183,11 +209,14 @@ class Dispatcher:
             period = self.heartbeat_period()
             await self.clock.sleep(min(period / 2, STREAM_GRACE / 4))
             now = self.clock.monotonic()
-            dead = [s for s in self.sessions.values() if now - s.last_seen > 3 * s.period
+            dead = [(s, "heartbeat" if now - s.last_seen > 3 * s.period else "connection")
+                    for s in self.sessions.values() if now - s.last_seen > 3 * s.period
                     or (s.lost_at is not None and not s.wakes and now - s.lost_at > STREAM_GRACE)]
-            for s in dead:
+            for s, why in dead:
                 s.expire()
                 del self.sessions[s.node_id]
+                self.usage.drop(s.node_id)
+                self.expirations[why] += 1
                 await self._mark_down(s.node_id, "heartbeat failure")
 
     async def _mark_down(self, node_id: str, message: str) -> None:

@@ -26,6 +26,7 @@ from shoal.manager.logbroker import LogBroker
 from shoal.manager.orchestrator.reconcile import Reconciler
 from shoal.manager.orchestrator.runner import Orchestrator, constraint_checker
 from shoal.manager.scheduler.runner import SchedulerRunner
+from shoal.manager.stats import LeaderStats
 from shoal.store.memory import MemoryStore
 from shoal.tasks import cancel_and_wait
 
@@ -43,6 +44,7 @@ class Manager:
         self.scheduler_strategy = scheduler_strategy
         self.controlapi = ControlAPI(store, clock, rng)
         self.dispatcher = Dispatcher(store, clock)
+        self.stats = LeaderStats()  # what the leader-only loops count and time, across terms (the metrics')
         self.events = EventLog(store, clock, path=events_path)
         self.logbroker = LogBroker(store, clock)
         self._task: asyncio.Task[None] | None = None
@@ -120,8 +122,8 @@ class Manager:
             tg.create_task(self.dispatcher.run(), name="dispatcher")
             tg.create_task(Allocator(self.store).run(), name="allocator")
             tg.create_task(SchedulerRunner(self.store, self.clock, random.Random(self.rng.getrandbits(64)),
-                                           self.scheduler_strategy).run(), name="scheduler")
-            tg.create_task(Orchestrator(self.store, self.clock, reconciler).run(), name="orchestrator")
+                                           self.scheduler_strategy, stats=self.stats).run(), name="scheduler")
+            tg.create_task(Orchestrator(self.store, self.clock, reconciler, self.stats).run(), name="orchestrator")
             for name, loop in self._extra_loops:
                 tg.create_task(loop(), name=name)
 

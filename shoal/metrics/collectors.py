@@ -14,14 +14,23 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Protocol
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric, SummaryMetricFamily
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+    SummaryMetricFamily,
+)
 from prometheus_client.registry import Collector
 
+from shoal.agent.agent import HEARTBEAT_BUCKETS, Agent
+from shoal.api.reasons import REASONS
 from shoal.manager.manager import Manager
 from shoal.manager.membership import Membership
 from shoal.manager.raft.node import RaftNode
 from shoal.manager.scheduler.nodeinfo import is_held, reservations
 from shoal.manager.status import service_status
+from shoal.manager.usage import live_tasks, per_service
 from shoal.model.state import TaskState
 from shoal.store.memory import MemoryStore, ReadTx
 
@@ -52,6 +61,9 @@ class MetricsSource(Protocol):
     @property
     def membership(self) -> Membership | None: ...
 
+    @property
+    def agent(self) -> Agent | None: ...
+
 
 class NodeCollector(Collector):
     """This node's role: `swarm_node_manager` and `swarm_manager_leader`, as dockerd reports them."""
@@ -81,7 +93,18 @@ class ClusterCollector(Collector):
         yield from self._objects(v)
         yield from self._services(v)
         yield from self._tasks_per_node(v)
+        yield from self._unplaceable(v)
         yield from self._store(store)
+
+    def _unplaceable(self, v: ReadTx) -> Iterator[Metric]:
+        g = GaugeMetricFamily("shoal_scheduler_unplaceable_tasks",
+                              "Pending tasks the scheduler found no node for (the ERROR column of service ps says "
+                              "why)", labels=["service"])
+        stuck = Counter(t.service_id for t in v.tasks() if t.status.state == TaskState.PENDING
+                        and t.status.err and t.desired_state <= TaskState.RUNNING)
+        for svc in v.services():
+            g.add_metric([svc.name], stuck.get(svc.id, 0))
+        yield g
 
     def _objects(self, v: ReadTx) -> Iterator[Metric]:
         nodes = GaugeMetricFamily("swarm_manager_nodes", "The number of nodes", labels=["state"])
@@ -220,3 +243,119 @@ class RaftCollector(Collector):
             g.add_metric(["reachable"], reachable)
             g.add_metric(["unreachable"], unreachable)
             yield g
+
+
+class LeaderCollector(Collector):
+    """What only the leader knows, as its loops see it: the nodes' sessions and heartbeats, the usage reports
+    they carry (used CPU and memory per node and per service), and the tasks its orchestrator saw fail or
+    restarted, by reason. Nothing on a follower or a worker."""
+
+    def __init__(self, source: MetricsSource) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        manager, store = self.source.manager, self.source.store
+        if manager is None or store is None or not manager.dispatcher.active:
+            return
+        v = store.view()
+        yield from self._heartbeats(manager, v)
+        yield from self._usage(manager, v)
+        yield from self._tasks(manager, v)
+
+    def _heartbeats(self, manager: Manager, v: ReadTx) -> Iterator[Metric]:
+        d = manager.dispatcher
+        yield GaugeMetricFamily("shoal_dispatcher_sessions", "Nodes with a session open with this leader",
+                                value=len(d.sessions))
+        yield CounterMetricFamily("shoal_dispatcher_heartbeats", "Heartbeats this manager took while leading",
+                                  value=d.heartbeats)
+        yield CounterMetricFamily("shoal_dispatcher_heartbeats_late", "Heartbeats that came over 1.5 periods after "
+                                  "the node's previous one (at least one missed)", value=d.late_heartbeats)
+        expired = CounterMetricFamily("shoal_dispatcher_sessions_expired",
+                                      "Sessions this manager ended, the node marked down: heartbeat (three periods "
+                                      "without one) or connection (closed, no new session within the grace)",
+                                      labels=["reason"])
+        for why in ("heartbeat", "connection"):
+            expired.add_metric([why], d.expirations.get(why, 0))
+        yield expired
+        age = GaugeMetricFamily("shoal_node_heartbeat_age_seconds",
+                                "Seconds since the node's last heartbeat (nodes with a session)",
+                                labels=["node_id", "hostname"])
+        for nid, seconds in sorted(d.heartbeat_ages().items()):
+            node = v.node(nid)
+            age.add_metric([nid, node.description.hostname if node is not None else ""], seconds)
+        yield age
+
+    def _usage(self, manager: Manager, v: ReadTx) -> Iterator[Metric]:
+        reports = manager.dispatcher.current_usage()
+        labels = ["node_id", "hostname"]
+        used_cpus = GaugeMetricFamily("shoal_node_used_cpus", "CPU cores the node's tasks use (its last usage "
+                                      "report)", labels=labels)
+        used_mem = GaugeMetricFamily("shoal_node_used_memory_bytes", "Memory the node's tasks use (its last usage "
+                                     "report)", labels=labels)
+        host_cpus = GaugeMetricFamily("shoal_node_host_used_cpus", "CPU cores busy on the node's host, tasks and "
+                                      "everything else", labels=labels)
+        host_mem = GaugeMetricFamily("shoal_node_host_used_memory_bytes", "Memory used on the node's host "
+                                     "(MemTotal - MemAvailable)", labels=labels)
+        report_age = GaugeMetricFamily("shoal_node_usage_report_age_seconds", "Seconds since the node's last usage "
+                                       "report reached the leader", labels=labels)
+        cpus: dict[str, float] = {}
+        mem: dict[str, int] = {}
+        for nid, tu in live_tasks(v, reports):
+            cpus[nid] = cpus.get(nid, 0.0) + (tu.cpus or 0.0)
+            mem[nid] = mem.get(nid, 0) + (tu.memory_bytes or 0)
+        for nid, (report, seconds) in sorted(reports.items()):
+            node = v.node(nid)
+            ls = [nid, node.description.hostname if node is not None else ""]
+            used_cpus.add_metric(ls, cpus.get(nid, 0.0))
+            used_mem.add_metric(ls, mem.get(nid, 0))
+            report_age.add_metric(ls, seconds)
+            if report.host is not None and report.host.cpus is not None:
+                host_cpus.add_metric(ls, report.host.cpus)
+            if report.host is not None and report.host.memory_bytes is not None:
+                host_mem.add_metric(ls, report.host.memory_bytes)
+        yield from (used_cpus, used_mem, host_cpus, host_mem, report_age)
+        svc_cpus = GaugeMetricFamily("shoal_service_used_cpus", "CPU cores the service's tasks use, summed",
+                                     labels=["service"])
+        svc_mem = GaugeMetricFamily("shoal_service_used_memory_bytes", "Memory the service's tasks use, summed",
+                                    labels=["service"])
+        for su in per_service(v, reports):
+            svc_cpus.add_metric([su.name], su.cpus)
+            svc_mem.add_metric([su.name], su.memory_bytes)
+        yield svc_cpus
+        yield svc_mem
+
+    def _tasks(self, manager: Manager, v: ReadTx) -> Iterator[Metric]:
+        stats = manager.stats
+        names = {s.id: s.name for s in v.services()}
+        stats.forget_services(set(names))
+        for what, counts, doc in (
+                ("failures", stats.failures, "Tasks that failed, by service and reason (node_down: its node went "
+                                             "down)"),
+                ("restarts", stats.restarts, "Tasks replaced by a new one after they ended or lost their node, by "
+                                             "service and the reason the old one ended")):
+            c = CounterMetricFamily(f"shoal_task_{what}", doc, labels=["service", "reason"])
+            # Every reason of every service from zero, so that increase() sees a series' first count.
+            for sid, name in sorted(names.items(), key=lambda kv: kv[1]):
+                for reason in REASONS:
+                    c.add_metric([name, reason], counts.get((sid, reason), 0))
+            yield c
+
+
+class AgentCollector(Collector):
+    """This node's agent: its heartbeats' round trips to the dispatcher, and the ones that failed."""
+
+    def __init__(self, source: MetricsSource) -> None:
+        self.source = source
+
+    def collect(self) -> Iterator[Metric]:
+        agent = self.source.agent
+        if agent is None:
+            return
+        st = agent.heartbeat_stats
+        buckets = [(str(bound), n) for bound, n in zip(HEARTBEAT_BUCKETS, st.buckets, strict=True)]
+        buckets.append(("+Inf", st.count))
+        yield HistogramMetricFamily("shoal_agent_heartbeat_latency_seconds",
+                                    "Round trips of this agent's heartbeats to the leader's dispatcher",
+                                    buckets=buckets, sum_value=st.sum)
+        yield CounterMetricFamily("shoal_agent_heartbeat_failures", "Heartbeats of this agent that failed (each "
+                                  "ends its session; it registers again)", value=st.failures)

@@ -308,6 +308,9 @@ class ContainerStatus:
     container_id: str = ""
     pid: int = 0
     exit_code: int = 0
+    # True when the kernel's OOM killer ended it (Shoal's own, not on the Engine API's wire); None otherwise, so
+    # the log's records of every other task stay as they were.
+    oom_killed: bool | None = None
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

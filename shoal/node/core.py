@@ -22,6 +22,7 @@ from typing import Any
 from shoal import ca as CA
 from shoal.agent.agent import Agent
 from shoal.agent.exec.protocol import Executor
+from shoal.agent.usage import HostMeter
 from shoal.api import messages as M
 from shoal.api.node import InitOptions, JoinOptions
 from shoal.clock import Clock
@@ -218,7 +219,7 @@ class ShoalNode:
         self.executor = self._make_executor()
         self.agent_dispatcher = self.replica.agent_dispatcher()
         self.agent = Agent(self.node_id, self.executor, self.agent_dispatcher, self.clock,
-                           random.Random(self.rng.getrandbits(64)), addr=self.addr)
+                           random.Random(self.rng.getrandbits(64)), addr=self.addr, host_meter=HostMeter(self.clock))
         self._agent_task = asyncio.create_task(self.agent.run(), name="agent")
         self._role_task = asyncio.create_task(self._manager_role_loop(), name="role-watch")
 
@@ -289,7 +290,7 @@ class ShoalNode:
         await self._start_network()
         self.executor = self._make_executor()
         self.agent = Agent(self.node_id, self.executor, self.remote, self.clock,
-                           random.Random(self.rng.getrandbits(64)), addr=self.addr)
+                           random.Random(self.rng.getrandbits(64)), addr=self.addr, host_meter=HostMeter(self.clock))
         self._agent_task = asyncio.create_task(self.agent.run(), name="agent")
         renewal = CertRenewal(self.remote, self.ident, self.clock, self.rng, self._promoted)
         self._renew_task = asyncio.create_task(renewal.run(), name="cert-renewal")

@@ -29,6 +29,7 @@ from typing import Any
 import grpc
 
 from shoal.api.dispatch import Assignments
+from shoal.api.usage import NodeUsage
 from shoal.clock import Clock
 from shoal.engineapi.forward import Forwarder
 from shoal.errors import ShoalError
@@ -86,8 +87,8 @@ class AgentDispatcher:
         period: float = await self._target.register(node_id, description, addr)
         return period
 
-    async def heartbeat(self, node_id: str) -> float:
-        period: float = await self._target.heartbeat(node_id)
+    async def heartbeat(self, node_id: str, usage: NodeUsage | None = None) -> float:
+        period: float = await self._target.heartbeat(node_id, usage)
         return period
 
     def assignments(self, node_id: str) -> AsyncIterator[Assignments]:

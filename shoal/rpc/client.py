@@ -24,7 +24,9 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 
 from shoal import ca as CA
+from shoal.api import usage as usage_api
 from shoal.api.dispatch import Assignments
+from shoal.api.usage import NodeUsage
 from shoal.errors import InvalidArgument, NotFound, ShoalError, Unavailable
 from shoal.model import codec
 from shoal.model.objects import Config, NodeDescription, Secret, Task, TaskStatus
@@ -293,11 +295,12 @@ class RemoteDispatcher:
         self._period = float(resp.period)
         return self._period
 
-    async def heartbeat(self, node_id: str) -> float:
+    async def heartbeat(self, node_id: str, usage: NodeUsage | None = None) -> float:
+        request = pb.HeartbeatRequest(usage=usage_api.encode(usage) if usage is not None else b"")
         try:
             with channel_may_close():
                 resp = await pbg.DispatcherStub(self._stub_channel()).Heartbeat(
-                    pb.Empty(), timeout=max(self._period, 1.0))
+                    request, timeout=max(self._period, 1.0))
         except grpc.aio.AioRpcError as e:
             raise self._error(e) from None
         if float(resp.period) != self._period:

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 import grpc
 
 from shoal import ca as CA
+from shoal.api import usage as usage_api
 from shoal.api.dispatch import DispatcherAPI
 from shoal.clock import Clock
 from shoal.errors import InvalidArgument, NotFound, NotLeader, ShoalError, Unavailable
@@ -356,10 +357,16 @@ class DispatcherServicer(pbg.DispatcherServicer):
         return resp
 
     @authorized(ANY_NODE)
-    async def Heartbeat(self, request: pb.Empty, context: grpc.aio.ServicerContext,
+    async def Heartbeat(self, request: pb.HeartbeatRequest, context: grpc.aio.ServicerContext,
                         ident: CA.NodeIdentity) -> pb.PeriodResponse:
         self.s.require_leader()
-        period = await self.dispatcher.heartbeat(ident.node_id)
+        usage = None
+        if request.usage:
+            try:
+                usage = usage_api.decode(request.usage)
+            except InvalidArgument as e:  # a bad report costs the report, never the node's session
+                log.warning("node %s sent %s", ident.node_id, e)
+        period = await self.dispatcher.heartbeat(ident.node_id, usage)
         cluster = self.s.cluster()
         node = self.s.store.view().node(ident.node_id)
         info = node.description.tls_info if node is not None else None

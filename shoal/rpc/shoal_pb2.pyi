@@ -92,6 +92,12 @@ class AssignmentsMessage(_message.Message):
     payload: bytes
     def __init__(self, type: _Optional[str] = ..., payload: _Optional[bytes] = ...) -> None: ...
 
+class HeartbeatRequest(_message.Message):
+    __slots__ = ("usage",)
+    USAGE_FIELD_NUMBER: _ClassVar[int]
+    usage: bytes
+    def __init__(self, usage: _Optional[bytes] = ...) -> None: ...
+
 class StatusUpdate(_message.Message):
     __slots__ = ("updates",)
     UPDATES_FIELD_NUMBER: _ClassVar[int]

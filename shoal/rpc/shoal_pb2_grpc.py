@@ -228,7 +228,7 @@ class DispatcherStub:
                 _registered_method=True)
         self.Heartbeat = channel.unary_unary(
                 '/shoal.rpc.Dispatcher/Heartbeat',
-                request_serializer=shoal_dot_rpc_dot_shoal__pb2.Empty.SerializeToString,
+                request_serializer=shoal_dot_rpc_dot_shoal__pb2.HeartbeatRequest.SerializeToString,
                 response_deserializer=shoal_dot_rpc_dot_shoal__pb2.PeriodResponse.FromString,
                 _registered_method=True)
         self.Assignments = channel.unary_stream(
@@ -258,7 +258,8 @@ class DispatcherServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Heartbeat(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """HeartbeatRequest is wire-compatible with Empty
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
@@ -291,7 +292,7 @@ def add_DispatcherServicer_to_server(servicer, server):
             ),
             'Heartbeat': grpc.unary_unary_rpc_method_handler(
                     servicer.Heartbeat,
-                    request_deserializer=shoal_dot_rpc_dot_shoal__pb2.Empty.FromString,
+                    request_deserializer=shoal_dot_rpc_dot_shoal__pb2.HeartbeatRequest.FromString,
                     response_serializer=shoal_dot_rpc_dot_shoal__pb2.PeriodResponse.SerializeToString,
             ),
             'Assignments': grpc.unary_stream_rpc_method_handler(
@@ -362,7 +363,7 @@ class Dispatcher:
             request,
             target,
             '/shoal.rpc.Dispatcher/Heartbeat',
-            shoal_dot_rpc_dot_shoal__pb2.Empty.SerializeToString,
+            shoal_dot_rpc_dot_shoal__pb2.HeartbeatRequest.SerializeToString,
             shoal_dot_rpc_dot_shoal__pb2.PeriodResponse.FromString,
             options,
             channel_credentials,

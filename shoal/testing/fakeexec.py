@@ -10,6 +10,7 @@ exits (at once, after `run_for` seconds of the injected clock, or when it is sto
     FakeBehavior(healthy=[None, None, True])                 # inspect().healthy over successive calls
     FakeBehavior(unhealthy="task: non-zero exit (137): dockerexec: unhealthy container")
     FakeBehavior(exit_code=None, run_for=3.0, unhealthy="...")  # healthy for 3 s, then unhealthy
+    FakeBehavior(exit_code=None, cpus=0.5, memory_bytes=64 << 20)  # uses half a core and 64 MiB while it runs
 
 Every call is recorded in `FakeController.calls` (operation names, in order).
 """
@@ -21,6 +22,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from shoal.agent.exec.protocol import DependencyGetter, ExitStatus, RuntimeStatus
+from shoal.agent.usage import RawUsage
 from shoal.api.logs import LogLine, LogOptions
 from shoal.clock import Clock
 from shoal.errors import FatalError
@@ -47,6 +49,9 @@ class FakeBehavior:
     stop_exit_code: int = 143  # the exit code after shutdown() (SIGTERM)
     logs: Sequence[LogLine] = ()
     image_health_check: bool = False
+    cpus: float = 0.0  # cores the running task uses (usage(): cumulative CPU time on the clock)
+    oom_killed: bool = False  # a non-zero exit_code is the kernel's OOM killer's doing
+    memory_bytes: int = 0
 
 
 class FakeController:
@@ -67,6 +72,7 @@ class FakeController:
         self._health_calls = 0
         self._last_healthy: bool | None = None
         self._stopped = asyncio.Event()
+        self._started_at: float | None = None  # the clock when usage() first saw it running
 
     def _enter(self, op: str) -> None:
         self.calls.append(op)
@@ -113,7 +119,8 @@ class FakeController:
             if self.running and b.exit_code is not None:
                 self._exit(b.exit_code)
         code = self.exit_code if self.exit_code is not None else 0
-        return ExitStatus(exit_code=code, message="" if code == 0 else f"task: non-zero exit ({code})")
+        return ExitStatus(exit_code=code, message="" if code == 0 else f"task: non-zero exit ({code})",
+                          oom_killed=code != 0 and b.oom_killed)
 
     async def _run_for(self, seconds: float) -> None:
         """Sleep `seconds` of the clock, or until stopped."""
@@ -161,6 +168,14 @@ class FakeController:
             lines = lines[len(lines) - options.tail:] if options.tail > 0 else []
         for ln in lines:
             yield ln
+
+    async def usage(self) -> RawUsage | None:
+        if not self.running:
+            return None
+        now = self.clock.monotonic() if self.clock is not None else 0.0
+        if self._started_at is None:
+            self._started_at = now
+        return RawUsage(self.behavior.cpus * (now - self._started_at), self.behavior.memory_bytes, "fake")
 
     async def close(self) -> None:
         self.closed = True

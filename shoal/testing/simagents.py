@@ -35,6 +35,7 @@ from typing import Any
 
 from shoal import ca as CA
 from shoal.agent.agent import Agent
+from shoal.api.usage import NodeUsage
 from shoal.clock import SystemClock
 from shoal.model.objects import NodeDescription, TaskStatus
 from shoal.model.state import TaskState
@@ -77,9 +78,9 @@ class CountingDispatcher(RemoteDispatcher):
         self.stats.registers += 1
         return await super().register(node_id, description, addr)
 
-    async def heartbeat(self, node_id: str) -> float:
+    async def heartbeat(self, node_id: str, usage: NodeUsage | None = None) -> float:
         self.stats.heartbeats += 1
-        return await super().heartbeat(node_id)
+        return await super().heartbeat(node_id, usage)
 
     async def update_task_status(self, node_id: str, updates: list[tuple[str, TaskStatus]]) -> None:
         await super().update_task_status(node_id, updates)  # returns once the leader has written them

@@ -43,7 +43,7 @@ def heartbeat_code(secure_addr: str, key: str, cert: str, roots: str) -> grpc.St
         creds = grpc.ssl_channel_credentials(roots.encode(), key.encode(), cert.encode())
         async with grpc.aio.secure_channel(secure_addr, creds, options=CHANNEL_OPTIONS) as ch:
             try:
-                await pbg.DispatcherStub(ch).Heartbeat(pb.Empty(), timeout=5)
+                await pbg.DispatcherStub(ch).Heartbeat(pb.HeartbeatRequest(), timeout=5)
             except grpc.aio.AioRpcError as e:
                 return e.code()
         return grpc.StatusCode.OK

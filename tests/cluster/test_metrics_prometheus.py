@@ -87,7 +87,7 @@ def test_prometheus_scrapes_service_replicas(tmp_path: Path, metrics_node: tuple
             return rules or None
 
         rules = wait_until(quiet_rules, 30, interval=0.5, what="the alerting rules evaluated, none pending")
-        assert len(rules) == 12
+        assert len(rules) == 16
     finally:
         prom.stop()
 

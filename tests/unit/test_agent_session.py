@@ -30,7 +30,7 @@ class _Dispatcher:
             self.registered_again.set()
         return 60.0
 
-    async def heartbeat(self, node_id: str) -> float:
+    async def heartbeat(self, node_id: str, usage: object = None) -> float:
         return 60.0
 
     async def assignments(self, node_id: str) -> AsyncIterator[Assignments]:
@@ -74,7 +74,7 @@ class _LeaderLost:
             self.third.set()
         return 0.0  # heartbeat at once
 
-    async def heartbeat(self, node_id: str) -> float:
+    async def heartbeat(self, node_id: str, usage: object = None) -> float:
         if self.registrations == 1:
             self._stream_closes.set()  # the stream's end is due in this turn of the loop, after this refusal
             raise NotLeader("this manager is not the swarm leader: its dispatcher is not running")

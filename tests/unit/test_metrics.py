@@ -7,6 +7,7 @@ import logging
 import random
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -57,6 +58,7 @@ class Source:
     raft: RaftNode | None = None
     membership: Membership | None = None
     manager: Manager | None = None
+    agent: Any = None
 
 
 def node(nid: str, state: str) -> Node:

@@ -25,6 +25,7 @@ from cryptography.x509.oid import NameOID
 
 from shoal import ca as CA
 from shoal.api.dispatch import COMPLETE, INCREMENTAL
+from shoal.api.usage import NodeUsage, TaskUsage
 from shoal.clock import SystemClock
 from shoal.errors import ShoalError
 from shoal.manager.dispatcher import Dispatcher
@@ -129,6 +130,24 @@ async def test_join_register_assignments_status_and_renewal(mgr: Mgr) -> None:
     await rd.close()
 
 
+async def test_usage_reports_ride_heartbeats_and_a_bad_one_costs_only_itself(mgr: Mgr) -> None:
+    j = await joined(mgr)
+    rd = C.RemoteDispatcher([mgr.addr], j.creds)
+    await rd.register("", NodeDescription(hostname="w1"), "")
+    report = NodeUsage(taken_at=1.5, tasks=(TaskUsage(task_id="t1", service_id="s1", cpus=0.5, window=10.0,
+                                                      memory_bytes=4096, source="cgroup2"),))
+    await rd.heartbeat(j.node_id, report)
+    assert mgr.dispatcher.current_usage()[j.node_id][0] == report
+    beats = mgr.dispatcher.heartbeats
+    # Another agent's bug: the heartbeat counts, the report is dropped and the last good one stays.
+    async with channel(mgr, j.creds.channel_credentials()) as ch:
+        resp = await pbg.DispatcherStub(ch).Heartbeat(pb.HeartbeatRequest(usage=b'{"tasks": 3}'), timeout=5)
+    assert resp.period == 5.0
+    assert mgr.dispatcher.heartbeats == beats + 1
+    assert mgr.dispatcher.current_usage()[j.node_id][0] == report
+    await rd.close()
+
+
 # --- join tokens --------------------------------------------------------------------------------------
 
 
@@ -186,7 +205,7 @@ def test_malformed_token() -> None:
 async def _call_heartbeat(m: Mgr, creds: grpc.ChannelCredentials) -> grpc.StatusCode:
     async with channel(m, creds) as ch:
         try:
-            await pbg.DispatcherStub(ch).Heartbeat(pb.Empty(), timeout=5)
+            await pbg.DispatcherStub(ch).Heartbeat(pb.HeartbeatRequest(), timeout=5)
         except grpc.aio.AioRpcError as e:
             return e.code()
     return grpc.StatusCode.OK

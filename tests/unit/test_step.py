@@ -92,6 +92,19 @@ async def test_non_zero_exit_fails_with_code() -> None:
     assert task.status.container is not None and task.status.container.exit_code == 3
 
 
+async def test_an_oom_kill_is_kept_in_the_container_status() -> None:
+    clock = StepClock()
+    task = mktask()
+    ctlr = FakeController(task, behavior=FakeBehavior(exit_code=137, oom_killed=True))
+    task, _ = await drive(task, ctlr, clock)
+    assert task.status.state == TaskState.FAILED
+    assert task.status.err == "task: non-zero exit (137)"  # the text dockerd and swarmkit show
+    assert task.status.container is not None and task.status.container.oom_killed
+    clean = FakeController(mktask(), behavior=FakeBehavior(exit_code=3))
+    done, _ = await drive(mktask(), clean, clock)
+    assert done.status.container is not None and done.status.container.oom_killed is None
+
+
 async def test_desired_ready_stops_at_ready_then_proceeds() -> None:
     clock = StepClock()
     task = mktask(desired=TaskState.READY)

@@ -47,6 +47,7 @@ import aiodocker
 import aiohttp
 from aiodocker.exceptions import DockerError
 
+from shoal.agent import usage as U
 from shoal.agent.exec import container as ctr
 from shoal.agent.exec.protocol import DependencyGetter, ExitStatus, RuntimeStatus
 from shoal.api.logs import LogLine, LogOptions
@@ -550,6 +551,14 @@ class DockerController:
                 raise
         return int(res.get("StatusCode", 0))
 
+    async def _oom_killed(self) -> bool:
+        """Whether the engine says the kernel's OOM killer ended the container (`State.OOMKilled`)."""
+        try:
+            data = await self._inspect_raw()
+        except ShoalError:
+            return False
+        return bool(((data or {}).get("State") or {}).get("OOMKilled"))
+
     async def _watch_unhealthy(self, opened: asyncio.Future[None]) -> bool:
         """True once the container is reported unhealthy; False if the event stream ends."""
         filters = json.dumps({"type": ["container"], "container": [self._id]})
@@ -608,7 +617,8 @@ class DockerController:
                         return await self._fail_unhealthy()
                     watcher = None
             if code != 0:
-                return ExitStatus(exit_code=code, message=f"task: non-zero exit ({code})")
+                return ExitStatus(exit_code=code, message=f"task: non-zero exit ({code})",
+                                  oom_killed=await self._oom_killed())
             return ExitStatus(exit_code=0)
         finally:
             for t in (watcher, waiter):
@@ -702,6 +712,28 @@ class DockerController:
             healthy=healthy,
             health_check=bool(health),
         )
+
+    async def usage(self) -> U.RawUsage | None:
+        """The container's cgroup, found through its main process (/proc/<pid>/cgroup, on either hierarchy);
+        the engine's one-shot statistics when this host cannot see that process (a remote engine, another
+        PID namespace)."""
+        try:
+            data = await self._inspect_raw()
+            state = (data or {}).get("State") or {}
+            if data is None or not state.get("Running"):
+                return None
+            pid = int(state.get("Pid") or 0)
+            if pid > 0:
+                got = await asyncio.to_thread(U.read_pid_cgroup, pid)
+                if got is not None:
+                    return got
+            with _engine_errors():
+                stats: dict[str, Any] = await self._docker._query_json(
+                    f"containers/{self._id}/stats", params={"stream": "false", "one-shot": "true"})
+            return U.engine_stats_usage(stats)
+        except Exception as e:  # an engine away for a moment: no reading this time
+            log.debug("measuring the container of task %s: %s", self.task.id, e)
+            return None
 
     async def logs(self, options: LogOptions) -> AsyncIterator[LogLine]:
         data = await self._require()

@@ -58,6 +58,11 @@ With a writable cgroup v1 hierarchy (`/sys/fs/cgroup/memory`, `/sys/fs/cgroup/cp
 cgroups before it execs. Without cgroups, memory is limited with `setrlimit(RLIMIT_AS)` (address space,
 a rough stand-in) and CPU is not limited.
 
+Usage (`usage()`, for the agent's reports): the task's cgroup when it has one (v2: `cpu.stat`, `memory.current`;
+v1: `cpuacct.usage` where cpuacct is co-mounted with cpu, `memory.usage_in_bytes`), and for what it lacks the
+command's process tree in /proc (CPU times of every process under the command, their RSS). A non-zero exit of a
+task whose memory cgroup counted an `oom_kill` is reported as killed by the OOM killer (`ExitStatus.oom_killed`).
+
 Health checks (`healthcheck`, CMD or CMD-SHELL) are run by the controller itself, as an asyncio task on the
 injected clock, with dockerd's defaults (interval 30 s, timeout 30 s, retries 3, start interval 5 s);
 failures during the start period do not count. `inspect().healthy` is None until the first success, then
@@ -84,6 +89,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from shoal.agent import usage as U
 from shoal.agent.exec.protocol import DependencyGetter, ExitStatus, RuntimeStatus
 from shoal.api.logs import LogLine, LogOptions
 from shoal.clock import Clock, SystemClock
@@ -209,6 +215,35 @@ class _Cgroups:
             _write(d / "cpu.cfs_quota_us", str(max(1000, nano_cpus * CFS_PERIOD // SECOND)))
             procs.append(str(d / "cgroup.procs"))
         return procs
+
+    def usage(self, task_id: str) -> U.RawUsage | None:
+        """What the task's own cgroup accounts (None without one): v2's directory; v1's memory directory and
+        cpuacct (co-mounted with cpu on most hosts; where cpuacct is a hierarchy of its own the task has none
+        there, and its CPU comes from /proc)."""
+        if self.mode == "v2":
+            d = self.base / self.parent / task_id
+            return U.read_cgroup_v2(d) if d.is_dir() else None
+        if self.mode == "v1":
+            dirs: dict[str, Path | None] = {}
+            for c in ("cpuacct", "memory"):
+                h = U.v1_hierarchy(self.base, c)
+                own = h / self.parent / task_id if h is not None else None
+                dirs[c] = own if own is not None and own.is_dir() else None
+            if dirs["cpuacct"] is None and dirs["memory"] is None:
+                return None
+            return U.read_cgroup_v1(dirs["cpuacct"], dirs["memory"])
+        return None
+
+    def oom_killed(self, task_id: str) -> bool:
+        """Whether the OOM killer killed a process of the task's cgroup (v2 `memory.events`, v1
+        `memory.oom_control`: their `oom_kill` count); False without a memory cgroup."""
+        if self.mode == "v2":
+            text = U.read_text(self.base / self.parent / task_id / "memory.events")
+        elif self.mode == "v1":
+            text = U.read_text(self.base / "memory" / self.parent / task_id / "memory.oom_control")
+        else:
+            return False
+        return (U.stat_field(text, "oom_kill") or 0) > 0
 
     def remove(self, task_id: str) -> None:
         for d in self.task_dirs(task_id):
@@ -600,7 +635,10 @@ class ProcessController:
             # The shim died without recording the exit (someone killed it); wait for the command itself.
             await _wait_pid(int(state["pid"]), state.get("pid_start"), self.clock, None)
             raise FatalError("task: the process supervisor exited without recording an exit status")
-        return ExitStatus(exit_code=code, message="" if code == 0 else f"task: non-zero exit ({code})")
+        if code == 0:
+            return ExitStatus(exit_code=0)
+        return ExitStatus(exit_code=code, message=f"task: non-zero exit ({code})",
+                          oom_killed=self.executor.cgroups.oom_killed(self.task.id))
 
     def _grace(self) -> float:
         ns = self.task.spec.container.stop_grace_period
@@ -785,6 +823,25 @@ class ProcessController:
             if not recs:
                 await self.clock.sleep(LOG_POLL_INTERVAL)
 
+    async def usage(self) -> U.RawUsage | None:
+        """The task's cgroup when it has one (a task with limits), the rest from its command's process tree."""
+        state = self._state()
+        if not self._running(state):
+            return None
+        assert state is not None
+        pid, start = int(state["pid"]), state.get("pid_start")
+
+        def read() -> U.RawUsage | None:
+            try:
+                own = self.executor.cgroups.usage(self.task.id)
+                if own is not None and own.cpu_seconds is not None and own.memory_bytes is not None:
+                    return own
+                return U.merge(own, U.tree_usage(pid, self.executor.proc_table(), start))
+            except OSError:
+                return None
+
+        return await asyncio.to_thread(read)
+
     async def close(self) -> None:
         t, self._health_task = self._health_task, None
         if t is not None:
@@ -807,6 +864,7 @@ class ProcessExecutor:
         self.clock: Clock = clock or SystemClock()
         self.cgroups = _Cgroups(cgroup_parent)
         self.python = python or sys.executable
+        self._procs: tuple[float, dict[int, Any]] | None = None  # (monotonic time, /proc table)
         (self.root / "tasks").mkdir(parents=True, exist_ok=True)
 
     def task_dir(self, task_id: str) -> Path:
@@ -824,6 +882,13 @@ class ProcessExecutor:
 
     def controller(self, task: Task, deps: DependencyGetter) -> ProcessController:
         return ProcessController(self, task, deps)
+
+    def proc_table(self) -> dict[int, Any]:
+        """The host's processes, read once for all the tasks measured at one time (kept for a second)."""
+        now = self.clock.monotonic()
+        if self._procs is None or now - self._procs[0] > 1.0 or now < self._procs[0]:
+            self._procs = (now, U.proc_table())
+        return self._procs[1]
 
     async def list_task_ids(self) -> set[str]:
         try:

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from shoal.agent.usage import RawUsage
 from shoal.api.logs import LogLine, LogOptions
 from shoal.model.objects import Config, NodeDescription, Secret, Task
 
@@ -21,6 +22,7 @@ from shoal.model.objects import Config, NodeDescription, Secret, Task
 class ExitStatus:
     exit_code: int
     message: str = ""  # e.g. "task: non-zero exit (1)"; "" for a clean exit
+    oom_killed: bool = False  # the kernel's OOM killer ended it (its memory limit was hit)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -72,6 +74,10 @@ class Controller(Protocol):
 
     def logs(self, options: LogOptions) -> AsyncIterator[LogLine]:
         """The task's output, for `service logs` and `docker logs`."""
+
+    async def usage(self) -> RawUsage | None:
+        """What the running task uses now (cumulative CPU seconds, resident memory; shoal.agent.usage); None
+        when it is not running or cannot be measured. Never raises."""
 
     async def close(self) -> None:
         """Release client resources held for this task (not the runtime object)."""

@@ -189,7 +189,7 @@ def fatal_keep_state(status: TaskStatus, exc: BaseException) -> TaskStatus:
 
 def _exited(status: TaskStatus, result: ExitStatus) -> TaskStatus:
     cs = status.container or ContainerStatus()
-    cs = dataclasses.replace(cs, exit_code=result.exit_code)
+    cs = dataclasses.replace(cs, exit_code=result.exit_code, oom_killed=result.oom_killed or None)
     if result.exit_code == 0:
         return dataclasses.replace(status, state=TaskState.COMPLETE, message="finished", err="", container=cs)
     err = result.message or exit_message(result.exit_code)
@@ -218,5 +218,6 @@ async def _with_runtime_status(status: TaskStatus, ctlr: Controller) -> TaskStat
     exit_code = prev.exit_code
     if rs.exit_code is not None and exit_code == 0:
         exit_code = rs.exit_code
-    cs = ContainerStatus(container_id=rs.container_id or prev.container_id, pid=rs.pid, exit_code=exit_code)
+    cs = ContainerStatus(container_id=rs.container_id or prev.container_id, pid=rs.pid, exit_code=exit_code,
+                         oom_killed=prev.oom_killed)
     return dataclasses.replace(status, container=cs, healthy=rs.healthy)

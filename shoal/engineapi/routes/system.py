@@ -1,5 +1,5 @@
 """System endpoints: ping, version, info, distribution, and Shoal's own `/_shoal/agent`, `/_shoal/raft` and
-`/_shoal/log`."""
+`/_shoal/log`, `/_shoal/usage`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from shoal import ca as CA
 from shoal import logring
 from shoal.engineapi import convert as C
 from shoal.engineapi.nodeapi import NodeAPI
-from shoal.engineapi.routes.common import json_ok, node_of
+from shoal.engineapi.routes.common import json_ok, manager_of, node_of
 from shoal.engineapi.routes.registry import route
 from shoal.engineapi.server import (
     ENGINE_KEY,
@@ -20,6 +20,7 @@ from shoal.engineapi.server import (
     version_body,
 )
 from shoal.errors import InvalidArgument
+from shoal.manager.usage import usage_document
 
 # --- system -------------------------------------------------------------------------------------
 
@@ -80,11 +81,19 @@ async def heartbeats(request: web.Request) -> web.StreamResponse:
     """Shoal's own diagnostic (not an Engine API path), answered by the leader, whose dispatcher holds the agents'
     sessions: each connected node's seconds since its last heartbeat and the heartbeat period (the web view's
     heartbeat age)."""
-    mgr = node_of(request).require_manager()
-    d = mgr.dispatcher
-    now = d.clock.monotonic()
+    d = node_of(request).require_manager().dispatcher
     return json_ok({"period": d.heartbeat_period(),
-                    "nodes": {nid: round(now - s.last_seen, 3) for nid, s in sorted(d.sessions.items())}})
+                    "nodes": {nid: round(age, 3) for nid, age in sorted(d.heartbeat_ages().items())}})
+
+
+@route("GET", "/_shoal/usage")
+async def usage(request: web.Request) -> web.StreamResponse:
+    """Shoal's own read-only view (not an Engine API path) of what tasks actually use, per node, service and
+    task, from the usage reports the leader holds in memory (a follower relays the request to the leader): the
+    document docs/metrics.md describes, for the web view and an autoscaler."""
+    manager = manager_of(request)
+    d = manager.dispatcher
+    return json_ok(usage_document(manager.store.view(), d.current_usage(), d.usage.stale_after))
 
 
 @route("GET", "/version", leader=False)

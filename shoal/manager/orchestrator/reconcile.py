@@ -18,6 +18,7 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import replace
 
+from shoal.api import reasons
 from shoal.ids import new_id
 from shoal.manager.orchestrator.rebalance import LABEL_MOVE, Rebalancer
 from shoal.model.objects import (
@@ -166,6 +167,9 @@ class Reconciler:
         # orchestrator looks at them again when a task of theirs only moves forward (which it otherwise skips).
         self.waiting_on_moves: set[str] = set()
         self.rebalancer = Rebalancer(node_eligible, constraint_check)
+        # (failure | restart, service ID, reason) decided in the current transaction; the caller counts them once
+        # it committed (shoal.manager.stats) and clears them before the next one.
+        self.events: list[tuple[str, str, str]] = []
 
     def new_id(self) -> str:
         return new_id(self.rng)
@@ -197,7 +201,8 @@ class Reconciler:
     # --- failures and restarts ------------------------------------------------------------------------
 
     def _handle_lost_nodes(self, tx: Tx, svc: Service, tasks: list[Task], nodes: dict[str, Node]) -> None:
-        """Tasks on a drained, down or removed node are shut down so that their slot is refilled; with
+        """Tasks on a drained, down or removed node are shut down so that their slot is refilled (a lost
+        node's running tasks count as failed, and a replicated service's as restarted, for node_down); with
         `drains_start_first`, a running one on a drained node only once its replacement runs."""
         self.waiting_on_moves.discard(svc.id)
         by_id = {t.id: t for t in tasks}
@@ -234,6 +239,10 @@ class Reconciler:
                         and self._keep_until_replaced(tx, svc, t, replacement.get(t.id)):
                     continue
                 tx.update(replace(t, desired_state=TaskState.SHUTDOWN))
+                if lost and not ended(t):
+                    self.events.append(("failure", svc.id, reasons.NODE_DOWN))
+                    if not svc.spec.mode.is_global and not svc.spec.mode.is_job:
+                        self.events.append(("restart", svc.id, reasons.NODE_DOWN))
 
     def _keep_until_replaced(self, tx: Tx, svc: Service, t: Task, r: Task | None) -> bool:
         """Whether the drained node's running task `t` stays up for now: its replacement is made (unassigned, so
@@ -261,9 +270,13 @@ class Reconciler:
                 continue
             # As swarmkit's Supervisor.Restart: the ended task is shut down whether or not it is replaced.
             tx.update(replace(t, desired_state=TaskState.SHUTDOWN))
+            why = reasons.end_reason(t)
+            if why not in (reasons.COMPLETED, reasons.SHUTDOWN):
+                self.events.append(("failure", svc.id, why))
             history = restart_window(svc, t, now)
             if history is None:
                 continue  # not restarted: its slot stays occupied by it (see slot_holders)
+            self.events.append(("restart", svc.id, why))
             policy = restart_policy(svc, t)
             # The replacement always gets the current spec, even while an update is paused.
             delay = policy.delay_or_default / SECOND

@@ -14,6 +14,7 @@ from shoal.clock import Clock
 from shoal.errors import Unavailable
 from shoal.manager.orchestrator.reconcile import Reconciler, reap_removed
 from shoal.manager.orchestrator.updater import Updater, slots_needing_update
+from shoal.manager.stats import LeaderStats
 from shoal.model.objects import Node, Service, Task
 from shoal.model.state import TaskState
 from shoal.store.memory import Commit, Event, MemoryStore, Tx, WatchOverflow
@@ -22,10 +23,12 @@ log = logging.getLogger(__name__)
 
 
 class Orchestrator:
-    def __init__(self, store: MemoryStore, clock: Clock, reconciler: Reconciler) -> None:
+    def __init__(self, store: MemoryStore, clock: Clock, reconciler: Reconciler,
+                 stats: LeaderStats | None = None) -> None:
         self.store = store
         self.clock = clock
         self.reconciler = reconciler
+        self.stats = stats
         self._updaters: dict[str, tuple[int, asyncio.Task[None]]] = {}
         self._timer_poke = asyncio.Event()
 
@@ -94,6 +97,7 @@ class Orchestrator:
 
     async def _reconcile(self, service_ids: set[str], *, reap: bool) -> None:
         def fn(tx: Tx) -> None:
+            self.reconciler.events.clear()  # a transaction run again decides again
             for sid in sorted(service_ids):
                 svc = tx.service(sid)
                 if svc is not None:
@@ -103,6 +107,8 @@ class Orchestrator:
 
         try:
             await self.store.update(fn)
+            if self.stats is not None:
+                self.stats.count(self.reconciler.events)
         except Unavailable as e:  # no longer leading: the next leader reconciles from the store
             log.warning("reconciliation not written: %s", e)
         except Exception:

@@ -25,7 +25,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import struct
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -88,6 +89,9 @@ class SqliteStorage:
         self._in_tx = False
         self._to_delete: list[Path] = []
         self.syncs = 0
+        # Called with the seconds each WAL commit (its fsync) took, from whichever thread synced (the daemon's
+        # metrics: shoal_raft_fsync_seconds).
+        self.on_fsync: Callable[[float], None] | None = None
         self.snapshot_reads = 0  # snapshot files read (`load_snapshot`): a restore or a snapshot sent
         encrypted = self._get("encryption") is not None
         if encrypted and cipher is None:
@@ -288,8 +292,11 @@ class SqliteStorage:
 
     def sync(self) -> None:
         if self._in_tx:
+            t0 = time.perf_counter()
             self._db.execute("COMMIT")  # synchronous=FULL: the WAL is fsync'd here
             self._in_tx = False
+            if self.on_fsync is not None:
+                self.on_fsync(time.perf_counter() - t0)
         for p in self._to_delete:
             p.unlink(missing_ok=True)
         self._to_delete.clear()

@@ -15,6 +15,7 @@ from dataclasses import replace
 from shoal.api.attachments import is_attachment
 from shoal.clock import Clock
 from shoal.manager.scheduler.core import Decision, Scheduler
+from shoal.manager.stats import LeaderStats
 from shoal.model.evolve import evolve
 from shoal.model.objects import Task, TaskStatus
 from shoal.model.state import TaskState
@@ -30,8 +31,9 @@ def _active(t: Task) -> bool:
 
 class SchedulerRunner:
     def __init__(self, store: MemoryStore, clock: Clock, rng: random.Random,
-                 default_strategy: str = "spread") -> None:
+                 default_strategy: str = "spread", stats: LeaderStats | None = None) -> None:
         self.store = store
+        self.stats = stats
         self.clock = clock
         self.rng = rng
         self.default_strategy = default_strategy
@@ -105,8 +107,12 @@ class SchedulerRunner:
             return
         tasks = sorted(self.pending.values(), key=lambda t: (t.service_id, t.spec_version, t.slot, t.id))
         # Global tasks come with their node; the scheduler only checks them against it.
+        t0 = self.clock.monotonic()
         decisions: list[Decision] = self.core.schedule(tasks, self.clock.now())
+        if self.stats is not None:
+            self.stats.pass_done(self.clock.monotonic() - t0)
         now = self.clock.now()
+        placed: list[float] = []  # seconds from creation to assignment of each task placed
         # one frozen status shared by every task assigned in this transaction
         assigned = TaskStatus(timestamp=now, state=TaskState.ASSIGNED, message="scheduler assigned task to node")
 
@@ -126,5 +132,9 @@ class SchedulerRunner:
                                   check_version=False)
                     continue
                 tx.update(evolve(cur, node_id=d.node_id, status=assigned), check_version=False)
+                placed.append(max(0.0, now - cur.meta.created_at))
 
         await self.store.update(fn)
+        if self.stats is not None:
+            for seconds in placed:
+                self.stats.placed(seconds)
