@@ -9,7 +9,7 @@ from shoal.manager.orchestrator.reconcile import LABEL_REPLACES
 from shoal.model.objects import SECOND, HealthConfig, ServiceSpec, Task, UpdateConfig
 from shoal.model.state import TaskState
 from shoal.testing.fakeexec import FakeBehavior
-from shoal.testing.sim import SimCluster, service_spec
+from shoal.testing.sim import SimCluster, service_spec, with_image
 
 START_FIRST = UpdateConfig(order="start-first")
 
@@ -101,3 +101,21 @@ async def test_global_services_leave_a_drained_node_at_once() -> None:
         await sim.set_availability(drained, "drain")
         await sim.wait_until(lambda: sim.converged(svc.id, 1))
         assert not any(LABEL_REPLACES in t.annotations.labels for t in sim.tasks(svc.id))
+
+
+async def test_a_drain_during_a_start_first_update_keeps_capacity_and_converges() -> None:
+    async with SimCluster.started(nodes=2) as sim:
+        sim.behave(lambda t: FakeBehavior(exit_code=None, healthy=[None] * 8 + [True])
+                   if t.spec.container.image == "app:2" else FakeBehavior(exit_code=None, healthy=[True]))
+        svc = await sim.create_service(checked(service_spec(replicas=2, update=START_FIRST)))
+        await sim.wait_until(lambda: sim.converged(svc.id, 2))
+        drained = sim.running(svc.id)[0].node_id
+        mark = len(sim.log)
+        await sim.update_service(svc.id, lambda s: with_image(s, "app:2"))
+        await sim.set_availability(drained, "drain")
+        await sim.wait_until(lambda: sim.converged(svc.id, 2) and sim.update_state(svc.id) == "completed"
+                             and all(t.node_id != drained for t in sim.live(svc.id)))
+        assert min(sim.concurrency(svc.id, running, since=mark)) == 2
+        assert {t.spec.container.image for t in sim.running(svc.id)} == {"app:2"}
+        await sim.run_for(60)
+        assert sim.converged(svc.id, 2)

@@ -208,6 +208,7 @@ class Reconciler:
         by_id = {t.id: t for t in tasks}
         # The newest task started in place of each moved one (restarts of a replacement carry the label).
         replacement: dict[str, Task] = {}
+        stopped: set[str] = set()
         for r in sorted((r for r in tasks if LABEL_REPLACES in r.annotations.labels),
                         key=lambda r: (r.meta.created_at, r.restart_count)):
             replacement[r.annotations.labels[LABEL_REPLACES]] = r
@@ -222,10 +223,11 @@ class Reconciler:
                 continue
             if r.status.state == TaskState.RUNNING:
                 tx.update(replace(old, desired_state=TaskState.SHUTDOWN))  # the move is done
+                stopped.add(old.id)
             else:  # still on its way (also once the node is active again: a move that began completes)
                 self.waiting_on_moves.add(svc.id)
         for t in tasks:
-            if not runnable(t) or not t.node_id:
+            if not runnable(t) or not t.node_id or t.id in stopped:
                 continue
             node = nodes.get(t.node_id)
             lost = node is None or node.status.state == "down"
@@ -236,7 +238,7 @@ class Reconciler:
                 if svc.spec.mode.is_job and ended(t):
                     continue  # a finished job task keeps its result
                 if not lost and t.status.state == TaskState.RUNNING and drains_start_first(svc) \
-                        and self._keep_until_replaced(tx, svc, t, replacement.get(t.id)):
+                        and self._keep_until_replaced(tx, svc, t, tasks, nodes, replacement.get(t.id)):
                     continue
                 tx.update(replace(t, desired_state=TaskState.SHUTDOWN))
                 if lost and not ended(t):
@@ -244,15 +246,25 @@ class Reconciler:
                     if not svc.spec.mode.is_global and not svc.spec.mode.is_job:
                         self.events.append(("restart", svc.id, reasons.NODE_DOWN))
 
-    def _keep_until_replaced(self, tx: Tx, svc: Service, t: Task, r: Task | None) -> bool:
-        """Whether the drained node's running task `t` stays up for now: its replacement is made (unassigned, so
-        the scheduler puts it on an active node or says in its status why it cannot) or is on its way. Once the
-        replacement ended and is not restarted, `t` goes as any drained task does."""
-        if r is None:
-            tx.create(make_task(svc, tid=self.new_id(), slot=t.slot, node_id="", now=tx.now,
-                                labels={LABEL_REPLACES: t.id}))
-        elif not runnable(r) and restart_window(svc, r, tx.now) is None:
+    def _keep_until_replaced(self, tx: Tx, svc: Service, t: Task, tasks: list[Task], nodes: dict[str, Node],
+                             r: Task | None) -> bool:
+        """Whether the drained node's running task `t` stays up for now. Another task of its slot that is meant
+        to run away from drained and down nodes (its replacement, or an update's start-first task) is on its way;
+        `t` goes once one of them runs. With none, a replacement is made (unassigned: the scheduler puts it on an
+        active node, or says in its status why it cannot), unless the last one was given up (it ended and is not
+        restarted, or an update or scale-down stopped it): then `t` goes as any drained task does."""
+        def away(o: Task) -> bool:
+            n = nodes.get(o.node_id) if o.node_id else None
+            return not o.node_id or (n is not None and node_eligible(n))
+
+        others = [o for o in tasks if o.id != t.id and o.slot == t.slot and runnable(o) and away(o)]
+        if any(o.status.state == TaskState.RUNNING for o in others):
             return False
+        if not others:
+            if r is not None and not runnable(r):
+                return False
+            tx.create(make_task(svc, tid=self.new_id(), slot=t.slot, node_id="", now=tx.now,
+                                labels={LABEL_REPLACES: t.id, LABEL_MOVE: "drain"}))
         self.waiting_on_moves.add(svc.id)
         return True
 
