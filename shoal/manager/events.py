@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from shoal.clock import Clock
+from shoal.manager.autoscale import LABEL_DECISION as AUTOSCALE_DECISION
 from shoal.store.memory import Event, MemoryStore, WatchOverflow, name_of
 
 KINDS = ("service", "node", "secret", "config", "network")
@@ -41,6 +42,9 @@ def _attrs(ev: Event) -> dict[str, str]:
             attrs.update({"image.old": oi, "image.new": ni})
         if o_spec.mode.replicas != n_spec.mode.replicas and n_spec.mode.kind == "replicated":
             attrs.update({"replicas.old": str(o_spec.mode.replicas), "replicas.new": str(n_spec.mode.replicas)})
+        decision = n_spec.annotations.labels.get(AUTOSCALE_DECISION)
+        if decision is not None and decision != o_spec.annotations.labels.get(AUTOSCALE_DECISION):
+            attrs["autoscale.decision"] = decision
         ou = old.update_status.state if old.update_status else ""
         nu = obj.update_status.state if obj.update_status else ""
         if ou != nu:

@@ -19,6 +19,7 @@ from typing import Any
 from shoal.clock import Clock
 from shoal.errors import Unavailable
 from shoal.manager.allocator import Allocator
+from shoal.manager.autoscale import Autoscaler
 from shoal.manager.controlapi import ControlAPI
 from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.events import EventLog
@@ -124,6 +125,8 @@ class Manager:
             tg.create_task(SchedulerRunner(self.store, self.clock, random.Random(self.rng.getrandbits(64)),
                                            self.scheduler_strategy, stats=self.stats).run(), name="scheduler")
             tg.create_task(Orchestrator(self.store, self.clock, reconciler, self.stats).run(), name="orchestrator")
+            tg.create_task(Autoscaler(self.store, self.clock, self.controlapi, self.dispatcher.current_usage).run(),
+                           name="autoscaler")
             for name, loop in self._extra_loops:
                 tg.create_task(loop(), name=name)
 

@@ -50,6 +50,9 @@ class FakeBehavior:
     logs: Sequence[LogLine] = ()
     image_health_check: bool = False
     cpus: float = 0.0  # cores the running task uses (usage(): cumulative CPU time on the clock)
+    # When set, the cores it uses now (a load that changes over the run, e.g. shared among a service's replicas);
+    # `cpus` is then ignored and usage() adds up the rate between two readings.
+    cpu_load: Callable[[], float] | None = None
     oom_killed: bool = False  # a non-zero exit_code is the kernel's OOM killer's doing
     memory_bytes: int = 0
 
@@ -73,6 +76,8 @@ class FakeController:
         self._last_healthy: bool | None = None
         self._stopped = asyncio.Event()
         self._started_at: float | None = None  # the clock when usage() first saw it running
+        self._read_at = 0.0  # the clock at the last usage() (cpu_load)
+        self._cpu_seconds = 0.0  # CPU time so far (cpu_load)
 
     def _enter(self, op: str) -> None:
         self.calls.append(op)
@@ -174,8 +179,13 @@ class FakeController:
             return None
         now = self.clock.monotonic() if self.clock is not None else 0.0
         if self._started_at is None:
-            self._started_at = now
-        return RawUsage(self.behavior.cpus * (now - self._started_at), self.behavior.memory_bytes, "fake")
+            self._started_at = self._read_at = now
+        load = self.behavior.cpu_load
+        if load is None:
+            return RawUsage(self.behavior.cpus * (now - self._started_at), self.behavior.memory_bytes, "fake")
+        self._cpu_seconds += load() * (now - self._read_at)
+        self._read_at = now
+        return RawUsage(self._cpu_seconds, self.behavior.memory_bytes, "fake")
 
     async def close(self) -> None:
         self.closed = True
