@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import faulthandler
+import io
 import logging
 import os
 import random
@@ -380,7 +381,8 @@ def daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, tls: bool, tls
            log_level: str) -> None:
     """Run a Shoal node serving the Docker Engine API."""
     # A crash below Python (a signal in gRPC's or SQLite's C code) leaves the threads' stacks in the log.
-    faulthandler.enable()
+    with contextlib.suppress(io.UnsupportedOperation, ValueError):  # stderr without a file (a test's runner)
+        faulthandler.enable()
     log_format = "%(asctime)s %(levelname)s %(name)s: %(message)s"
     logging.basicConfig(level=log_level.upper(), format=log_format, stream=sys.stderr)
     logring.install(log_format)  # GET /_shoal/log: the newest lines, for `shoal diagnose`
