@@ -34,6 +34,7 @@ from shoal.api.usage import NodeUsage
 from shoal.clock import Clock
 from shoal.errors import ShoalError
 from shoal.manager.controlapi import ControlAPI
+from shoal.manager.stats import LeaderStats
 from shoal.model.objects import Service, ServiceMode, Task
 from shoal.model.state import TaskState
 from shoal.store.memory import MemoryStore
@@ -145,7 +146,9 @@ class Autoscaler:
     """The leader's loop; `usage()` gives each node's latest report (the dispatcher's `current_usage`)."""
 
     def __init__(self, store: MemoryStore, clock: Clock, control: ControlAPI,
-                 usage: Callable[[], dict[str, tuple[NodeUsage, float]]], period: float = PERIOD) -> None:
+                 usage: Callable[[], dict[str, tuple[NodeUsage, float]]], period: float = PERIOD,
+                 stats: LeaderStats | None = None) -> None:
+        self.stats = stats
         self.store = store
         self.clock = clock
         self.control = control
@@ -245,5 +248,7 @@ class Autoscaler:
             log.info("service %s: autoscale to %d not written: %s", svc.spec.annotations.name, d.replicas,
                      e.message)
             return
+        if self.stats is not None:
+            self.stats.autoscaled[(svc.id, "up" if d.replicas > svc.spec.mode.replicas else "down")] += 1
         log.log(logging.WARNING if d.clamped else logging.INFO, "service %s: autoscaled: %s",
                 svc.spec.annotations.name, d.reason)

@@ -125,8 +125,8 @@ class Manager:
             tg.create_task(SchedulerRunner(self.store, self.clock, random.Random(self.rng.getrandbits(64)),
                                            self.scheduler_strategy, stats=self.stats).run(), name="scheduler")
             tg.create_task(Orchestrator(self.store, self.clock, reconciler, self.stats).run(), name="orchestrator")
-            tg.create_task(Autoscaler(self.store, self.clock, self.controlapi, self.dispatcher.current_usage).run(),
-                           name="autoscaler")
+            tg.create_task(Autoscaler(self.store, self.clock, self.controlapi, self.dispatcher.current_usage,
+                                      stats=self.stats).run(), name="autoscaler")
             for name, loop in self._extra_loops:
                 tg.create_task(loop(), name=name)
 

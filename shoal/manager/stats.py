@@ -16,19 +16,24 @@ class LeaderStats:
         # (service ID, reason: shoal.api.reasons) of tasks that failed, and of tasks replaced by a new one
         self.failures: Counter[tuple[str, str]] = Counter()
         self.restarts: Counter[tuple[str, str]] = Counter()
+        # (service ID, drain | rebalance) of tasks moved to another node while running, and (service ID, up |
+        # down) of the autoscaler's changes of a replica count
+        self.moves: Counter[tuple[str, str]] = Counter()
+        self.autoscaled: Counter[tuple[str, str]] = Counter()
         # Told the seconds of each scheduling pass (deciding where a batch of pending tasks go), and of each
         # task's creation to its assignment to a node.
         self.on_scheduler_pass: Callable[[float], None] | None = None
         self.on_placement: Callable[[float], None] | None = None
 
     def count(self, events: Iterable[tuple[str, str, str]]) -> None:
-        """(kind: failure | restart, service ID, reason) of a committed reconciliation."""
+        """(kind: failure | restart | move, service ID, reason) of a committed reconciliation."""
+        by_kind = {"failure": self.failures, "restart": self.restarts, "move": self.moves}
         for kind, sid, reason in events:
-            (self.failures if kind == "failure" else self.restarts)[(sid, reason)] += 1
+            by_kind[kind][(sid, reason)] += 1
 
     def forget_services(self, keep: set[str]) -> None:
         """Drop the counts of services no longer in the store (their series end with them)."""
-        for c in (self.failures, self.restarts):
+        for c in (self.failures, self.restarts, self.moves, self.autoscaled):
             for key in [k for k in c if k[0] not in keep]:
                 del c[key]
 

@@ -339,6 +339,18 @@ class LeaderCollector(Collector):
                 for reason in REASONS:
                     c.add_metric([name, reason], counts.get((sid, reason), 0))
             yield c
+        for metric, counts, label, values, doc in (
+                ("shoal_task_moves", stats.moves, "reason", ("drain", "rebalance"),
+                 "Running tasks moved to another node, by service and why: a drain that keeps a start-first "
+                 "service up (docs/drain.md) or rebalancing (docs/rebalance.md)"),
+                ("shoal_autoscale_decisions", stats.autoscaled, "direction", ("up", "down"),
+                 "Replica count changes the autoscaler made, by service and direction (docs/autoscale.md)")):
+            c = CounterMetricFamily(metric, doc, labels=["service", label])
+            for sid, name in sorted(names.items(), key=lambda kv: kv[1]):
+                for value in values:
+                    if (sid, value) in counts:
+                        c.add_metric([name, value], counts[(sid, value)])
+            yield c
 
 
 class AgentCollector(Collector):

@@ -100,6 +100,8 @@ def task_view(t: JSON) -> JSON:
         "created": str(t.get("CreatedAt") or ""),
         "image": str(_d(t, "Spec", "ContainerSpec", "Image") or ""),
         "version": _d(t, "Version", "Index"),
+        # Started in place of a running task elsewhere: "drain" or "rebalance" (docs/drain.md, docs/rebalance.md).
+        "moved": str((t.get("Labels") or {}).get("com.shoal.move") or ""),
     }
 
 

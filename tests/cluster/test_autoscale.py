@@ -7,7 +7,11 @@ from __future__ import annotations
 import json
 import subprocess
 import time
+from pathlib import Path
 
+from tests.cluster.test_usage import sample, scrape
+from tests.support.managers import free_port
+from tests.support.shoal_node import ShoalNode
 from tests.support.wait import wait_until
 from tests.support.workers import Cluster
 
@@ -15,7 +19,18 @@ from tests.support.workers import Cluster
 BURN = ("nice", "-n", "19", "sh", "-c", "while :; do :; done")
 
 
-def test_a_burning_service_scales_up_then_down(cluster: Cluster) -> None:
+def test_a_burning_service_scales_up_then_down(tmp_path: Path) -> None:
+    metrics_addr = f"127.0.0.1:{free_port()}"
+    cluster = Cluster(tmp_path)
+    cluster.manager = ShoalNode(tmp_path / "mgr", hostname="mgr", extra_args=("--metrics-addr", metrics_addr))
+    try:
+        cluster.start()
+        _scale_up_then_down(cluster, metrics_addr)
+    finally:
+        cluster.stop()
+
+
+def _scale_up_then_down(cluster: Cluster, metrics_addr: str) -> None:
     m = cluster.manager
     cluster.add_worker("w1")
     since = int(time.time())
@@ -47,4 +62,7 @@ def test_a_burning_service_scales_up_then_down(cluster: Cluster) -> None:
     decided = [a for a in decided if "autoscale.decision" in a]
     assert [a.get("replicas.new") for a in decided][-1] == "1", decided
     assert all("target" in a["autoscale.decision"] for a in decided)
+    samples = scrape(metrics_addr)
+    assert (sample(samples, "shoal_autoscale_decisions_total", service="hot", direction="up") or 0) >= 1
+    assert (sample(samples, "shoal_autoscale_decisions_total", service="hot", direction="down") or 0) >= 1
     print(f"autoscale (process executor): 1 -> 3 in {up:.0f} s, 3 -> 1 in {down:.0f} s after going idle")

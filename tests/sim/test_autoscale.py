@@ -63,6 +63,8 @@ async def test_a_cpu_burning_service_scales_to_max_under_load_and_back_to_min() 
         steps = decisions(sim, sid)
         assert [r for r, _ in steps][-1] == 1 and max(r for r, _ in steps) == 5
         assert all("cpu" in why and "target" in why for _r, why in steps), steps
+        counted = sim.manager.stats.autoscaled  # shoal_autoscale_decisions_total
+        assert (counted[(sid, "up")], counted[(sid, "down")]) == (len(steps) - 1, 1)
         assert up < 600 and down < 900
         print(f"autoscale: 1 -> 5 in {up:.0f} s of virtual time, 5 -> 1 in {down:.0f} s; steps "
               f"{[r for r, _ in steps]}")

@@ -40,6 +40,8 @@ async def test_start_first_keeps_every_replica_running_through_a_drain() -> None
         assert min(sim.concurrency(plain.id, running, since=mark)) == 2
         moved = [t for t in sim.running(keep.id) if LABEL_REPLACES in t.annotations.labels]
         assert {t.annotations.labels[LABEL_REPLACES] for t in moved} == on_it
+        assert sim.manager.stats.moves[(keep.id, "drain")] == len(on_it)  # shoal_task_moves_total
+        assert (plain.id, "drain") not in sim.manager.stats.moves
         assert all(t.node_id != drained for t in moved)
         # The drained task stopped after its replacement ran, not before.
         for t in moved:

@@ -53,6 +53,7 @@ async def test_a_joining_node_gets_its_share_without_losing_capacity() -> None:
         assert DEFAULT_SETTLE <= took <= DEFAULT_SETTLE + 30, took
         moves = rebalance_moves(sim, svc.id)
         assert len(moves) == 2 and all(sim.node(t.node_id).description.hostname == "node3" for t in moves)
+        assert sim.manager.stats.moves[(svc.id, "rebalance")] == 2  # shoal_task_moves_total
         starts = sorted(t.meta.created_at for t in moves)
         assert starts[1] - starts[0] >= 2.0
         await sim.run_for(120)

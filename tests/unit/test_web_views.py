@@ -183,3 +183,11 @@ def test_the_spec_summary_names_settings_never_contents() -> None:
     assert sp["mounts"] == ["bind /srv → /data (ro)"]
     text = json.dumps(view)
     assert "PASSWORD" not in text and "--token" not in text
+
+
+def test_a_moved_task_says_what_moved_it() -> None:
+    moved = {**_task("t4", "running", node="n2"), "Labels": {"com.shoal.move": "rebalance",
+                                                              "com.shoal.drain.replaces": "t1"}}
+    m = _snapshot(tasks=[_task("t1", "running"), moved])
+    by_id = {t["id"]: t for t in m["tasks"]}  # type: ignore[attr-defined]
+    assert (by_id["t4"]["moved"], by_id["t1"]["moved"]) == ("rebalance", "")

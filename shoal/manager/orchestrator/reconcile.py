@@ -187,9 +187,12 @@ class Reconciler:
         kind = svc.spec.mode.kind
         if kind == "replicated":
             self._replicated(tx, svc, tasks)
-            self.rebalancer.plan(tx, svc, tx.tasks(service_id=svc.id), nodes, lambda old, dest: make_task(
-                svc, tid=self.new_id(), slot=old.slot, node_id=dest, now=tx.now,
-                labels={LABEL_REPLACES: old.id, LABEL_MOVE: "rebalance"}), LABEL_REPLACES)
+            def move(old: Task, dest: str) -> Task:
+                self.events.append(("move", svc.id, "rebalance"))
+                return make_task(svc, tid=self.new_id(), slot=old.slot, node_id=dest, now=tx.now,
+                                 labels={LABEL_REPLACES: old.id, LABEL_MOVE: "rebalance"})
+
+            self.rebalancer.plan(tx, svc, tx.tasks(service_id=svc.id), nodes, move, LABEL_REPLACES)
         elif kind == "global":
             self._global(tx, svc, tasks, nodes)
         elif kind == "replicated-job":
@@ -265,6 +268,7 @@ class Reconciler:
                 return False
             tx.create(make_task(svc, tid=self.new_id(), slot=t.slot, node_id="", now=tx.now,
                                 labels={LABEL_REPLACES: t.id, LABEL_MOVE: "drain"}))
+            self.events.append(("move", svc.id, "drain"))
         self.waiting_on_moves.add(svc.id)
         return True
 

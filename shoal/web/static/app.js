@@ -226,7 +226,8 @@ function taskHistory(tasks) {
       h("td", {}, `${svcName(t.service_id)}.${t.slot || short(t.node_id)}`, h("div", { class: "muted small" }, short(t.id))),
       h("td", {}, nodeName(t.node_id)),
       h("td", {}, t.desired),
-      h("td", {}, badge(t.state), t.message ? h("div", { class: "muted small" }, t.message) : null),
+      h("td", {}, badge(t.state), t.message ? h("div", { class: "muted small" }, t.message) : null,
+        t.moved ? h("div", { class: "muted small" }, `moved here by ${t.moved}`) : null),
       h("td", { class: "small", title: t.timestamp }, ago(t.timestamp)),
       h("td", { class: "error small" }, t.error,
         t.exit_code && !t.error.includes(`(${t.exit_code})`) ? ` (exit ${t.exit_code})` : ""))));
