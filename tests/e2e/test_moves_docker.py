@@ -71,11 +71,12 @@ def test_drain_rebalance_and_autoscale_with_containers(pair: Pair, test_image: s
                what="rb rebalanced onto the worker")
     rebalanced = time.monotonic() - t0
 
-    # Autoscaling: a niced busy loop with a 0.1-core reservation goes to its max, then back when idle.
+    # Autoscaling: a busy loop held to a quarter core (the engine's CFS quota) with a 0.1-core reservation goes
+    # to its max, then back when idle.
     m.docker("service", "create", "-d", "--no-resolve-image", "--name", "hot", "--reserve-cpu", "0.1",
-             "--label", "com.shoal.autoscale.max=2", "--label", "com.shoal.autoscale.cpu=50",
+             "--limit-cpu", "0.25", "--label", "com.shoal.autoscale.max=2", "--label", "com.shoal.autoscale.cpu=50",
              "--label", "com.shoal.autoscale.down-window=0s", "--stop-grace-period", "1s",
-             test_image, "nice", "-n", "19", "sh", "-c", "while :; do :; done")
+             test_image, "sh", "-c", "while :; do :; done")
     t1 = time.monotonic()
     wait_until(lambda: _replicas(pair, "hot") == 2, 120, interval=1, what="hot scaled to 2")
     up = time.monotonic() - t1
