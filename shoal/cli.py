@@ -261,16 +261,29 @@ def _dump_tasks() -> None:
     logging.getLogger("shoal").warning("asyncio tasks:\n%s", format_tasks(asyncio.all_tasks()))
 
 
+def _await_chain(coro: Any, limit: int) -> list[Any]:
+    """The frames of a suspended coroutine and of what it awaits, down to the innermost (Task.get_stack shows
+    only the outermost: a suspended coroutine's frame has no f_back)."""
+    frames: list[Any] = []
+    while coro is not None and len(frames) < limit:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None) or getattr(coro, "ag_frame", None)
+        if frame is not None:
+            frames.append(frame)
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None) or getattr(coro, "ag_await",
+                                                                                                  None)
+    return frames
+
+
 def format_tasks(tasks: Iterable[asyncio.Task[Any]], limit: int = 12) -> str:
-    """Each task's name and innermost frames. Not Task.print_stack: it raises TypeError on a frame whose
-    f_lineno is None (a coroutine suspended in some states), which ended the whole dump."""
+    """Each task's name and the frames of its await chain, outermost first. Not Task.print_stack: it shows one
+    frame of a suspended task, and raises TypeError on a frame whose f_lineno is None."""
     import linecache
 
     out = []
     for t in tasks:
         out.append(f"--- {t.get_name()}{' (done)' if t.done() else ''}")
         try:
-            frames = t.get_stack(limit=limit)
+            frames = _await_chain(t.get_coro(), limit) if not t.done() else []
         except Exception as e:  # a dump must show the other tasks whatever one of them holds
             out.append(f"  (no stack: {e!r})")
             continue
