@@ -17,7 +17,8 @@ from tests.differential.harness import Pair, Side
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
 _SWAGGER = Path(__file__).resolve().parents[2] / ".." / "shared" / "engine-api" / "swagger.yaml"
-SWAGGER = _SWAGGER if _SWAGGER.exists() else Path("/work/shared/engine-api/swagger.yaml")
+_VENDORED = Path(__file__).resolve().parents[1] / "fixtures" / "engine-api" / "swagger.yaml"
+SWAGGER = _SWAGGER if _SWAGGER.exists() else _VENDORED
 _spec_cache: dict[str, Any] = {}
 
 

@@ -30,7 +30,8 @@ Half of the requests to `/{kind}/{id}...` use the id of a real object (and half 
 version), so bodies reach the store and the Raft log, not only the not-found path. Every failure is also appended, as
 one JSON line, to the file named by `SHOAL_FUZZ_REPORT` when set.
 
-The spec is found at `$SHOAL_ENGINE_API_SPEC`, else `../shared/engine-api/swagger.yaml` beside the clone.
+The spec is found at `$SHOAL_ENGINE_API_SPEC`, else `../shared/engine-api/swagger.yaml` beside the clone, else the
+copy in tests/fixtures/engine-api/.
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ from tests.support.shoal_node import ShoalNode
 from tests.support.wait import wait_until
 
 ROOT = Path(__file__).resolve().parents[2]
-SPEC = Path(os.environ.get("SHOAL_ENGINE_API_SPEC", ROOT.parent / "shared" / "engine-api" / "swagger.yaml"))
+_SHARED = ROOT.parent / "shared" / "engine-api" / "swagger.yaml"
+_VENDORED = ROOT / "tests" / "fixtures" / "engine-api" / "swagger.yaml"
+SPEC = Path(os.environ.get("SHOAL_ENGINE_API_SPEC", _SHARED if _SHARED.exists() else _VENDORED))
 if not SPEC.is_file():
     pytest.skip(f"Engine API spec not found at {SPEC} (set SHOAL_ENGINE_API_SPEC)", allow_module_level=True)
 
