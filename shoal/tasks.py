@@ -23,6 +23,15 @@ async def reap(task: asyncio.Future[Any]) -> None:
         pass
 
 
+def checkpoint() -> None:
+    """Raise CancelledError if the current task has been asked to stop: a call that caught the cancellation and
+    returned normally (some libraries do) leaves the request outstanding, and a task that goes on to wait for
+    something that never comes would then never stop."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 async def cancel_and_wait(task: asyncio.Future[Any]) -> None:
     """Cancel `task` and wait for it to finish (see `reap`)."""
     task.cancel()

@@ -32,7 +32,7 @@ from shoal.clock import Clock
 from shoal.errors import NotFound
 from shoal.model.objects import Config, Secret, Task, TaskStatus
 from shoal.model.state import TaskState
-from shoal.tasks import cancel_all, reap
+from shoal.tasks import cancel_all, checkpoint, reap
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,9 @@ class Agent:
         (the stream closed as the heartbeat was refused: a leadership change does both) leaves a cancellation
         request on the task that ran it, and this loop's task would then be "being cancelled" for ever."""
         desc = await self.executor.describe()
+        checkpoint()
         period = await self.dispatcher.register(self.node_id, desc, self.addr)
+        checkpoint()  # a cancellation lost in either call would leave this session waiting for ever
         self.connected.set()
         parts = [asyncio.ensure_future(self._follow()), asyncio.ensure_future(self._heartbeats(period)),
                  asyncio.ensure_future(self._description_changes(desc)), asyncio.ensure_future(self._usage_loop())]

@@ -112,3 +112,44 @@ async def test_a_session_ended_by_a_leadership_loss_leaves_the_agent_working() -
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
+
+
+class _Swallower:
+    """Registration loses the caller's cancellation, as a library call can (it catches CancelledError and
+    returns normally)."""
+
+    def __init__(self) -> None:
+        self.entered = asyncio.Event()
+
+    async def register(self, node_id: str, description: NodeDescription, addr: str) -> float:
+        self.entered.set()
+        try:
+            await asyncio.Event().wait()
+        except asyncio.CancelledError:
+            pass
+        return 60.0
+
+    async def heartbeat(self, node_id: str, usage: object = None) -> float:
+        await asyncio.Event().wait()
+        return 60.0
+
+    async def assignments(self, node_id: str) -> AsyncIterator[Assignments]:
+        yield Assignments(type=COMPLETE)
+        await asyncio.Event().wait()
+
+    async def update_task_status(self, node_id: str, updates: list[tuple[str, TaskStatus]]) -> None:
+        return None
+
+
+async def test_a_cancellation_a_call_swallowed_still_stops_the_agent() -> None:
+    """`docker swarm leave` hung: the agent was cancelled while registering, the call lost the cancellation,
+    and the session went on to wait for its stream for ever, holding up the leave."""
+    d = _Swallower()
+    agent = Agent("n1", FakeExecutor(), d, SystemClock(), random.Random(1))
+    running = asyncio.create_task(agent.run())
+    await asyncio.wait_for(d.entered.wait(), 30)
+    running.cancel()
+    done, _ = await asyncio.wait({running}, timeout=10)  # a bound for a hang, not a timing figure
+    if not done:
+        running.cancel()
+    assert done and running.cancelled()
