@@ -3,6 +3,7 @@ with this)."""
 
 from __future__ import annotations
 
+from shoal.manager.cron.view import job_view
 from shoal.model.objects import Service
 from shoal.model.state import TaskState
 from shoal.store.memory import ReadTx
@@ -17,7 +18,8 @@ def service_status(v: ReadTx, svc: Service, live_nodes: set[str] | None = None) 
         live_nodes = {n.id for n in v.nodes() if n.status.state != "down"}
     mode = svc.spec.mode
     running = desired = completed = 0
-    iteration = svc.job_status.job_iteration if svc.job_status is not None else 0
+    job = job_view(svc).job_status  # a service with a schedule counts its cron run's tasks
+    iteration = job.job_iteration if job is not None else 0
     for t in v.tasks(service_id=svc.id):
         if mode.is_job:
             if (t.job_iteration or 0) != iteration:
