@@ -18,7 +18,8 @@ Shoal's own, for what swarm-cronjob does not do:
 - `com.shoal.cron.history` / `com.shoal.cron.failed-history`: how many finished runs (succeeded / failed) keep
   their tasks (default: unlimited, only the cluster's task history limit applies);
 - `com.shoal.cron.trigger`: any new value starts a run now;
-- `com.shoal.cron.on-update`: `keep` (default: a run in progress survives an update of its service) or `stop`.
+- `com.shoal.cron.on-update`: `keep` (default: a run in progress survives an update of its service) or `restart`
+  (its tasks are stopped and start again from the new spec).
 
 `com.shoal.cron.next-run` and `com.shoal.cron.last-run` are shown by the Engine API (read-only) and never stored.
 """
@@ -66,7 +67,7 @@ class CronConfig:
     history: int | None
     failed_history: int | None
     trigger: str
-    stop_on_update: bool
+    restart_on_update: bool
 
 
 def _invalid(label: str, value: str, why: str) -> InvalidArgument:
@@ -142,11 +143,11 @@ def cron_config(spec: ServiceSpec) -> CronConfig | None:
             raise _invalid(DEADLINE, raw, "a deadline cannot be negative")
     elif missed == "skip":
         deadline = SKIP_DEADLINE
-    on_update = _choice(labels, ON_UPDATE, ("keep", "stop"), "keep")
+    on_update = _choice(labels, ON_UPDATE, ("keep", "restart"), "keep")
     return CronConfig(schedule=schedule, key=f"{text}|{tz}", replicas=replicas, concurrency=concurrency,
                       missed=missed, deadline=deadline, history=_count(labels, HISTORY),
                       failed_history=_count(labels, FAILED_HISTORY), trigger=labels.get(TRIGGER, ""),
-                      stop_on_update=on_update == "stop")
+                      restart_on_update=on_update == "restart")
 
 
 def config_or_none(spec: ServiceSpec) -> CronConfig | None:

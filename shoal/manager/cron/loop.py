@@ -106,7 +106,7 @@ def step(tx: Tx, svc: Service) -> float | None:
             if not reason:
                 reason = "schedule" if count == 1 else "missed"
     tasks = tx.tasks(service_id=svc.id)
-    if cfg.stop_on_update and svc.spec_version != st.spec_version:
+    if cfg.restart_on_update and svc.spec_version != st.spec_version:
         for t in tasks:
             if active(t) and t.spec_version < svc.spec_version:
                 tx.update(replace(t, desired_state=TaskState.SHUTDOWN))
@@ -130,6 +130,20 @@ def step(tx: Tx, svc: Service) -> float | None:
     if st != old:
         tx.update(replace(svc, cron=st))
     return st.next_run
+
+
+def cron_attrs(old: Service, new: Service) -> dict[str, str]:
+    """The attributes of the service event a cron run or a skipped tick emits (empty for neither)."""
+    o, n = old.cron, new.cron
+    if n is None:
+        return {}
+    if o is None:
+        o = CronStatus()
+    if n.iteration != o.iteration:
+        return {"cron.run": str(n.iteration), "cron.reason": n.last_reason, "cron.next": iso(n.next_run)}
+    if n.skipped != o.skipped:
+        return {"cron.skipped": str(n.skipped - o.skipped), "cron.message": n.message, "cron.next": iso(n.next_run)}
+    return {}
 
 
 class CronLoop:

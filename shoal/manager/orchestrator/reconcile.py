@@ -363,6 +363,8 @@ class Reconciler:
         it = self._job_iteration(svc)
         mine = [t for t in tasks if (t.job_iteration or 0) == it]
         completed = sum(1 for t in mine if t.status.state == TaskState.COMPLETE)
+        if svc.cron is not None:  # a cron run (shoal.manager.cron) does not retry a task that failed for good
+            completed += sum(1 for t in mine if t.status.state != TaskState.COMPLETE and finished(svc, t))
         active = [t for t in mine if runnable(t) and not ended(t)]
         total = svc.spec.mode.total_completions
         room = min(svc.spec.mode.max_concurrent - len(active), total - completed - len(active))

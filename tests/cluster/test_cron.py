@@ -1,0 +1,115 @@
+"""Cron jobs end to end: `docker stack deploy` of a stack file with swarm-cronjob's labels, and `docker service
+create --mode replicated-job --label ...`, on a real `shoal daemon` with the process executor, through the stock
+CLI; how long after its tick each run's process starts is measured and printed (never asserted)."""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.support.shoal_node import ShoalNode
+from tests.support.wait import wait_until
+
+pytestmark = pytest.mark.timeout(240)
+
+STACK = """\
+version: "3.8"
+services:
+  tick:
+    image: busybox
+    command: ["sh", "-c", "date +%s.%N >> {out}"]
+    deploy:
+      mode: replicated
+      replicas: 0
+      restart_policy:
+        condition: none
+      labels:
+        - "swarm.cronjob.enable=true"
+        - "swarm.cronjob.schedule=*/2 * * * * *"
+        - "swarm.cronjob.skip-running=true"
+        - "swarm.cronjob.replicas=1"
+"""
+
+
+def inspect(node: ShoalNode, name: str) -> dict[str, object]:
+    out: list[dict[str, object]] = json.loads(node.docker("service", "inspect", name).stdout)
+    return out[0]
+
+
+def test_stack_with_swarm_cronjob_labels_runs_on_schedule(shoal_node: ShoalNode) -> None:
+    node = shoal_node
+    out = node.workdir / "starts.txt"
+    (node.workdir / "cron.yml").write_text(STACK.format(out=out))
+    node.docker("stack", "deploy", "--detach=true", "-c", "cron.yml", "cj")
+
+    def starts() -> list[float]:
+        return [float(x) for x in out.read_text().split()] if out.exists() else []
+
+    wait_until(lambda: len(starts()) >= 6, 60, what="six runs of the */2 s schedule")
+    # each run's process started this long after its tick (ticks are the even seconds)
+    delays = [s - (int(s) - int(s) % 2) for s in starts()]
+    print(f"\ncron run start after its tick, {len(delays)} runs (s): min {min(delays):.3f} "
+          f"median {statistics.median(delays):.3f} max {max(delays):.3f}")
+    assert all(d < 2 for d in delays)  # each run belongs to its own tick: one start per tick
+    ticks = [int(s) - int(s) % 2 for s in starts()]
+    assert len(set(ticks)) == len(ticks), ticks
+
+    svc = inspect(node, "cj_tick")
+    labels = svc["Spec"]["Labels"]  # type: ignore[index]
+    assert "com.shoal.cron.next-run" in labels and "com.shoal.cron.last-run" in labels
+    assert svc["Spec"]["Mode"] == {"Replicated": {"Replicas": 0}}  # type: ignore[index]
+
+    status, body = node.api("GET", "/_shoal/cron")
+    assert status == 200, body
+    (entry,) = [e for e in body if e["Name"] == "cj_tick"]
+    assert entry["Schedule"] == "*/2 * * * * *" and entry["Runs"] >= 6 and entry["NextRun"]
+
+    # a redeploy of the same file (replicas: 0 again) leaves the schedule running and its state in place
+    runs_before = entry["Runs"]
+    node.docker("stack", "deploy", "--detach=true", "-c", "cron.yml", "cj")
+    wait_until(lambda: len(starts()) >= runs_before + 2, 30, what="runs after the redeploy")
+    node.docker("stack", "rm", "cj")
+
+
+def test_service_create_replicated_job_with_labels_trigger_and_events(shoal_node: ShoalNode) -> None:
+    node = shoal_node
+    out = node.workdir / "job.txt"
+    since = str(int(time.time()) - 1)
+    node.docker("service", "create", "--detach", "--name", "nightly", "--mode", "replicated-job",
+                "--label", "swarm.cronjob.enable=true", "--label", "swarm.cronjob.schedule=0 3 * * *",
+                "--label", "com.shoal.cron.timezone=Europe/Berlin",
+                "busybox", "sh", "-c", f"echo ran >> {out}")
+    # 03:00 Berlin is far away: nothing runs at creation, the next run is shown
+    wait_until(lambda: "com.shoal.cron.next-run" in inspect(node, "nightly")["Spec"]["Labels"],  # type: ignore[index]
+               20, what="the next-run label")
+    nxt = inspect(node, "nightly")["Spec"]["Labels"]["com.shoal.cron.next-run"]  # type: ignore[index]
+    assert nxt.endswith(("T01:00:00Z", "T02:00:00Z")), nxt  # 03:00 in Berlin, CET or CEST
+    assert not Path(out).exists()
+
+    # run now: through the API, then with `docker service update --force`, then with the trigger label
+    status, body = node.api("POST", "/_shoal/cron/nightly/run")
+    assert status == 202, body
+    wait_until(lambda: Path(out).exists() and Path(out).read_text().count("ran") == 1, 30, what="the API run")
+    node.docker("service", "update", "--detach", "--force", "nightly")
+    wait_until(lambda: Path(out).read_text().count("ran") == 2, 30, what="the --force run")
+    node.docker("service", "update", "--detach", "--label-add", "com.shoal.cron.trigger=1", "nightly")
+    wait_until(lambda: Path(out).read_text().count("ran") == 3, 30, what="the label run")
+    # the shown labels are not stored back by the update
+    status, raw = node.api("GET", "/_shoal/cron")
+    assert [e["Runs"] for e in raw if e["Name"] == "nightly"] == [3]
+
+    ev = node.docker("events", "--since", since, "--until", str(int(time.time()) + 1), "--filter", "type=service",
+                     "--format", "{{json .Actor.Attributes}}").stdout.splitlines()
+    runs = [json.loads(line).get("cron.run") for line in ev]
+    assert [r for r in runs if r] == ["1", "2", "3"], ev
+
+    # bad input: dockerd's 400 shape, and nothing created
+    cp = node.docker("service", "create", "--detach", "--name", "bad", "--label", "swarm.cronjob.enable=true",
+                     "--label", "swarm.cronjob.schedule=61 * * * *", "busybox", "true", check=False)
+    assert cp.returncode != 0 and "invalid label swarm.cronjob.schedule" in cp.stderr, cp.stderr
+    status, body = node.api("POST", "/_shoal/cron/nosuch/run")
+    assert status == 404, body
