@@ -5,6 +5,7 @@ CLI; how long after its tick each run's process starts is measured and printed (
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import time
 from pathlib import Path
@@ -67,6 +68,9 @@ def test_stack_with_swarm_cronjob_labels_runs_on_schedule(shoal_node: ShoalNode)
     assert status == 200, body
     (entry,) = [e for e in body if e["Name"] == "cj_tick"]
     assert entry["Schedule"] == "*/2 * * * * *" and entry["Runs"] >= 6 and entry["NextRun"]
+    m = re.search(r"([0-9.]+)s after its tick", entry["Message"])
+    assert m is not None, entry["Message"]
+    print(f"the newest run was written to the store {float(m.group(1)):.3f}s after its tick")
 
     # a redeploy of the same file (replicas: 0 again) leaves the schedule running and its state in place
     runs_before = entry["Runs"]
@@ -113,3 +117,35 @@ def test_service_create_replicated_job_with_labels_trigger_and_events(shoal_node
     assert cp.returncode != 0 and "invalid label swarm.cronjob.schedule" in cp.stderr, cp.stderr
     status, body = node.api("POST", "/_shoal/cron/nosuch/run")
     assert status == 404, body
+
+
+def test_exactly_one_run_per_tick_when_the_leader_is_killed_at_a_tick(tmp_path: Path) -> None:
+    """Three managers; the leader is killed (kill -9) at a tick of a `*/5 s` schedule: every tick from the first
+    run to the last runs exactly once, the one at the kill under whichever leader recorded it."""
+    from tests.support.managers import ManagerCluster
+
+    with ManagerCluster(tmp_path, 3) as mc:
+        leader = mc.leader()
+        out = tmp_path / "starts.txt"
+        # the runs stay off the node that will be killed, so a task is never left on a dead node
+        leader.docker("service", "create", "--detach", "--name", "fo", "--replicas", "0",
+                      "--restart-condition", "none", "--constraint", f"node.hostname!={leader.hostname}",
+                      "--label", "swarm.cronjob.enable=true", "--label", "swarm.cronjob.schedule=*/5 * * * * *",
+                      "busybox", "sh", "-c", f"date +%s.%N >> {out}")
+
+        def starts() -> list[float]:
+            return [float(x) for x in out.read_text().split()] if out.exists() else []
+
+        wait_until(lambda: len(starts()) >= 2, 30, what="two runs before the kill")
+        tick = (int(time.time()) // 5 + 1) * 5
+        time.sleep(max(0.0, tick - time.time()))  # the fault is timed to the tick (this is the test's action)
+        leader.kill9()
+        survivors = [n for n in mc.nodes if n is not leader]
+        new = mc.leader(among=survivors)
+        wait_until(lambda: any(s > tick + 11 for s in starts()), 40, what="runs after the failover")
+        got = starts()
+        ticks = [int(s) - int(s) % 5 for s in got]
+        print(f"\nfailover: ticks {[t - ticks[0] for t in ticks]}, delays "
+              f"{[round(s - t, 3) for s, t in zip(got, ticks, strict=True)]}; new leader {new.hostname}")
+        assert len(set(ticks)) == len(ticks), f"a tick ran twice: {ticks}"
+        assert ticks == list(range(ticks[0], ticks[-1] + 1, 5)), f"a tick did not run: {ticks}"
