@@ -7,7 +7,7 @@ from typing import Any
 
 from shoal.api.messages import INVALID_ARGUMENT, rpc
 from shoal.errors import InvalidArgument
-from shoal.manager.cron.config import config_or_none
+from shoal.manager.cron.config import cron_config_cached
 from shoal.manager.cron.loop import active, iso
 from shoal.manager.manager import Manager
 from shoal.model.objects import CronStatus, Service
@@ -16,7 +16,7 @@ from shoal.store.memory import ReadTx, Tx
 
 def describe(v: ReadTx, svc: Service) -> dict[str, Any]:
     """One scheduled service as `GET /_shoal/cron` shows it."""
-    cfg = config_or_none(svc.spec)
+    cfg = cron_config_cached(svc.spec)
     st = svc.cron or CronStatus()
     labels = svc.spec.annotations.labels
     tasks = v.tasks(service_id=svc.id)
@@ -38,7 +38,8 @@ def describe(v: ReadTx, svc: Service) -> dict[str, Any]:
 
 
 def schedules(v: ReadTx) -> list[dict[str, Any]]:
-    return [describe(v, s) for s in sorted(v.services(), key=lambda s: s.name) if config_or_none(s.spec) is not None]
+    scheduled = [s for s in v.services() if cron_config_cached(s.spec) is not None]
+    return [describe(v, s) for s in sorted(scheduled, key=lambda s: s.name)]
 
 
 async def request_run(manager: Manager, ref: str) -> dict[str, Any]:
@@ -47,7 +48,7 @@ async def request_run(manager: Manager, ref: str) -> dict[str, Any]:
 
     def fn(tx: Tx) -> Service:
         svc = manager.controlapi.get_service(ref, tx)
-        if config_or_none(svc.spec) is None:
+        if cron_config_cached(svc.spec) is None:
             raise InvalidArgument(rpc(INVALID_ARGUMENT, f"service {svc.name} has no schedule "
                                                         f"(label swarm.cronjob.enable=true)"))
         st = svc.cron or CronStatus()

@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 
 from shoal.clock import Clock
 from shoal.errors import Unavailable
-from shoal.manager.cron.config import CronConfig, config_or_none
+from shoal.manager.cron.config import CronConfig, cron_config_cached
 from shoal.model.objects import CronStatus, Service, Task
 from shoal.model.state import TaskState
 from shoal.store.memory import MemoryStore, Subscription, Tx, WatchOverflow
@@ -70,7 +70,7 @@ def trim_runs(tx: Tx, svc: Service, cfg: CronConfig) -> int:
 def step(tx: Tx, svc: Service) -> float | None:
     """Bring one service's schedule up to `tx.now`: anchor a new schedule, start the run a tick or a trigger asks
     for (or skip it), and write what was done. Returns when the service next needs looking at (None: never)."""
-    cfg = config_or_none(svc.spec)
+    cfg = cron_config_cached(svc.spec)
     if cfg is None:
         return None
     now = tx.now
