@@ -22,7 +22,7 @@ from typing import Any
 
 from shoal.engineapi.convert._wire import Obj, go_time, meta, put, version
 from shoal.errors import InvalidArgument, ShoalError
-from shoal.manager.cron.config import LAST_RUN, NEXT_RUN, SHOWN_LABELS
+from shoal.manager.cron.config import LAST_RUN, NEXT_RUN, SHOWN_LABELS, enabled
 from shoal.model.objects import (
     DEFAULT_RESTART_DELAY,
     DEFAULT_UPDATE_MONITOR,
@@ -769,7 +769,7 @@ def service_to_wire(
     spec = with_defaults(svc.spec) if insert_defaults else svc.spec
     d: JSONDict = {"ID": svc.id, **meta(svc.meta), "Spec": service_spec_to_wire(spec)}
     cron = svc.cron
-    if cron is not None and cron.next_run:
+    if cron is not None and cron.next_run and enabled(svc.spec.annotations.labels):
         # Shoal's own: the next and last run of a service with a schedule (shoal.manager.cron), read-only
         shown = d["Spec"]["Labels"]
         shown[NEXT_RUN] = go_time(cron.next_run)
