@@ -234,7 +234,7 @@ async def test_metrics_endpoint_serves_the_text_format() -> None:
     finally:
         await runner.cleanup()
     running = {s.labels["service"]: s.value for s in families["shoal_service_replicas_running"].samples}
-    assert running == {"web": 2, "agent": 1}
+    assert running == {"web": 2, "agent": 1, "backup": 0}
     assert families["shoal_build_info"].samples[0].value == 1
 
 
