@@ -18,9 +18,15 @@ def service_status(v: ReadTx, svc: Service, live_nodes: set[str] | None = None) 
         live_nodes = {n.id for n in v.nodes() if n.status.state != "down"}
     mode = svc.spec.mode
     running = desired = completed = 0
-    job = job_view(svc).job_status  # a service with a schedule counts its cron run's tasks
-    iteration = job.job_iteration if job is not None else 0
+    view = job_view(svc)  # a service with a schedule counts its cron run's tasks
+    iteration = view.job_status.job_iteration if view.job_status is not None else 0
+    # A `replicated` service with a schedule (swarm-cronjob's `replicas: 0`) wants the tasks of the run going on.
+    cron_run = view is not svc and mode.kind == "replicated"
+    run_tasks = 0
     for t in v.tasks(service_id=svc.id):
+        if cron_run and (t.job_iteration or 0) == iteration and t.desired_state <= TaskState.COMPLETE \
+                and t.status.state < TaskState.COMPLETE:
+            run_tasks += 1
         if mode.is_job:
             if (t.job_iteration or 0) != iteration:
                 continue
@@ -34,7 +40,7 @@ def service_status(v: ReadTx, svc: Service, live_nodes: set[str] | None = None) 
                 and t.status.state != TaskState.COMPLETE:
             desired += 1
     if mode.kind == "replicated":
-        desired = mode.replicas
+        desired = run_tasks if cron_run else mode.replicas
     elif mode.kind == "replicated-job":
         desired = mode.max_concurrent
     return {"RunningTasks": running, "DesiredTasks": desired, "CompletedTasks": completed}

@@ -10,6 +10,7 @@ from dataclasses import replace
 
 from shoal.errors import Unavailable
 from shoal.manager.cron.loop import iso
+from shoal.manager.status import service_status
 from shoal.model.objects import RestartPolicy, ServiceSpec, Task
 from shoal.model.state import TaskState
 from shoal.tasks import cancel_and_wait
@@ -71,7 +72,12 @@ async def test_swarm_cronjob_stack_shape_runs_each_tick_and_measures_start_delay
         await sim.run_for(30)
         assert sim.tasks(svc.id) == []  # created at second 20 of a minute: the first tick is at the minute
         first_tick = 40.0  # T0 is 22:13:20, so ticks fall at 40 s, 100 s, 160 s... of virtual time
-        await sim.run_for(first_tick + 4 * 60 + 30 - 30)
+        await sim.run_for(first_tick + 1 - sim.now)
+        # `docker service ls` shows the run going on as the desired tasks, and 0/0 between runs
+        assert service_status(sim.view(), sim.service(svc.id))["DesiredTasks"] == 2
+        await sim.run_for(10)
+        assert service_status(sim.view(), sim.service(svc.id))["DesiredTasks"] == 0
+        await sim.run_for(first_tick + 4 * 60 + 30 - sim.now)
         by_run = runs(sim, svc.id)
         assert sorted(by_run) == [1, 2, 3, 4, 5]
         assert all(len(ts) == 2 and all(t.status.state == TaskState.COMPLETE for t in ts) for ts in by_run.values())
