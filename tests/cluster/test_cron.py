@@ -14,6 +14,7 @@ import pytest
 
 from tests.support.shoal_node import ShoalNode
 from tests.support.wait import wait_until
+from tests.support.workers import Cluster
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -149,3 +150,59 @@ def test_exactly_one_run_per_tick_when_the_leader_is_killed_at_a_tick(tmp_path: 
               f"{[round(s - t, 3) for s, t in zip(got, ticks, strict=True)]}; new leader {new.hostname}")
         assert len(set(ticks)) == len(ticks), f"a tick ran twice: {ticks}"
         assert ticks == list(range(ticks[0], ticks[-1] + 1, 5)), f"a tick did not run: {ticks}"
+
+
+MULTI_STACK = """\
+version: "3.8"
+services:
+  pair:
+    image: busybox
+    command: ["true"]
+    deploy:
+      replicas: 0
+      restart_policy:
+        condition: none
+      placement:
+        max_replicas_per_node: 1
+      labels:
+        - "swarm.cronjob.enable=true"
+        - "swarm.cronjob.schedule=*/3 * * * * *"
+        - "swarm.cronjob.replicas=2"
+  sweep:
+    image: busybox
+    command: ["true"]
+    deploy:
+      mode: global
+      restart_policy:
+        condition: none
+      labels:
+        - "swarm.cronjob.enable=true"
+        - "swarm.cronjob.schedule=*/3 * * * * *"
+"""
+
+
+def test_cron_runs_on_workers_replicated_and_global(cluster: Cluster) -> None:
+    """A drained manager and two workers: each tick runs `swarm.cronjob.replicas` tasks of a replicated service
+    (one per worker with max_replicas_per_node 1) and one task of a global service on every worker."""
+    cluster.add_worker("w1")
+    cluster.add_worker("w2")
+    workers = {cluster.node_id("w1"), cluster.node_id("w2")}
+    mgr = cluster.manager
+    (mgr.workdir / "multi.yml").write_text(MULTI_STACK)
+    mgr.docker("stack", "deploy", "--detach=true", "-c", "multi.yml", "m")
+
+    def finished_runs(service: str) -> dict[int, list[dict[str, object]]]:
+        out: dict[int, list[dict[str, object]]] = {}
+        for t in cluster.tasks(service):
+            it = int(t.get("JobIteration", {}).get("Index", 0))
+            out.setdefault(it, []).append(t)
+        return {it: ts for it, ts in out.items()
+                if all(t["Status"]["State"] == "complete" for t in ts)}  # type: ignore[index]
+
+    wait_until(lambda: len(finished_runs("m_pair")) >= 3 and len(finished_runs("m_sweep")) >= 3, 60,
+               what="three finished runs of each")
+    for service in ("m_pair", "m_sweep"):
+        for it, ts in finished_runs(service).items():
+            assert {t["NodeID"] for t in ts} == workers and len(ts) == 2, (service, it, ts)
+    ls = mgr.docker("service", "ls", "--format", "{{.Name}} {{.Mode}}").stdout.split("\n")
+    assert "m_pair replicated" in ls and "m_sweep global" in ls, ls

@@ -291,3 +291,17 @@ async def test_next_run_and_events_are_visible() -> None:
         assert [e["Actor"]["Attributes"]["cron.run"] for e in seen] == ["1"]
         assert seen[0]["Actor"]["Attributes"]["cron.reason"] == "schedule"
         await cancel_and_wait(events)
+
+
+async def test_global_service_with_a_schedule_runs_once_per_node_each_tick() -> None:
+    async with SimCluster.started(nodes=3) as sim:
+        sim.behave(on_service("sweep", FakeBehavior(exit_code=0, run_for=2.0)))
+        svc = await sim.create_service(cron_spec("@every 30s", name="sweep", kind="global"))
+        await sim.run_for(10)
+        assert sim.tasks(svc.id) == []
+        await sim.run_for(55)  # ticks at 30 and 60 s
+        by_run = runs(sim, svc.id)
+        assert sorted(by_run) == [1, 2]
+        for ts in by_run.values():
+            assert sorted(t.node_id for t in ts) == sorted(sim.nodes)
+            assert all(t.status.state == TaskState.COMPLETE for t in ts)
