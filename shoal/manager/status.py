@@ -22,6 +22,7 @@ def service_status(v: ReadTx, svc: Service, live_nodes: set[str] | None = None) 
     iteration = view.job_status.job_iteration if view.job_status is not None else 0
     # A `replicated` service with a schedule (swarm-cronjob's `replicas: 0`) wants the tasks of the run going on.
     cron_run = view is not svc and mode.kind == "replicated"
+    cron_global = view is not svc and mode.kind == "global"  # as a global job: the run's unfinished tasks
     run_tasks = 0
     for t in v.tasks(service_id=svc.id):
         if cron_run and (t.job_iteration or 0) == iteration and t.desired_state <= TaskState.COMPLETE \
@@ -34,9 +35,10 @@ def service_status(v: ReadTx, svc: Service, live_nodes: set[str] | None = None) 
                 completed += 1
         if t.status.state == TaskState.RUNNING and (mode.is_job or t.node_id in live_nodes):
             running += 1
-        if mode.kind == "global" and t.desired_state == TaskState.RUNNING and t.node_id in live_nodes:
+        if mode.kind == "global" and not cron_global and t.desired_state == TaskState.RUNNING \
+                and t.node_id in live_nodes:
             desired += 1
-        if mode.kind == "global-job" and t.desired_state == TaskState.COMPLETE \
+        if (mode.kind == "global-job" or cron_global) and t.desired_state == TaskState.COMPLETE \
                 and t.status.state != TaskState.COMPLETE:
             desired += 1
     if mode.kind == "replicated":

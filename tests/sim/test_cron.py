@@ -299,7 +299,11 @@ async def test_global_service_with_a_schedule_runs_once_per_node_each_tick() -> 
         svc = await sim.create_service(cron_spec("@every 30s", name="sweep", kind="global"))
         await sim.run_for(10)
         assert sim.tasks(svc.id) == []
-        await sim.run_for(55)  # ticks at 30 and 60 s
+        await sim.run_for(21)  # the first run (at 30 s) goes on
+        assert service_status(sim.view(), sim.service(svc.id))["DesiredTasks"] == 3
+        await sim.run_for(5)
+        assert service_status(sim.view(), sim.service(svc.id))["DesiredTasks"] == 0
+        await sim.run_for(65 - sim.now)  # ticks at 30 and 60 s
         by_run = runs(sim, svc.id)
         assert sorted(by_run) == [1, 2]
         for ts in by_run.values():
