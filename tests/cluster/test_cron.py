@@ -9,6 +9,7 @@ import re
 import statistics
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -206,3 +207,34 @@ def test_cron_runs_on_workers_replicated_and_global(cluster: Cluster) -> None:
             assert {t["NodeID"] for t in ts} == workers and len(ts) == 2, (service, it, ts)
     ls = mgr.docker("service", "ls", "--format", "{{.Name}} {{.Mode}}").stdout.split("\n")
     assert "m_pair replicated" in ls and "m_sweep global" in ls, ls
+
+
+def test_an_update_of_the_service_leaves_a_running_run_alone(shoal_node: ShoalNode) -> None:
+    """swarm-cronjob#270: `docker service update` (and a redeploy) while a run goes on must not kill it."""
+    node = shoal_node
+    out = node.workdir / "long.txt"
+    node.docker("service", "create", "--detach", "--name", "long", "--replicas", "0", "--restart-condition", "none",
+                "--label", "swarm.cronjob.enable=true", "--label", "swarm.cronjob.schedule=@yearly",
+                "busybox", "sh", "-c", f"sleep 4; echo done >> {out}")
+    status, body = node.api("POST", "/_shoal/cron/long/run")
+    assert status == 202, body
+
+    sid = inspect(node, "long")["ID"]
+
+    def tasks_of_long() -> list[dict[str, Any]]:
+        status, body = node.api("GET", "/v1.41/tasks")
+        assert status == 200, body
+        return [t for t in body if t["ServiceID"] == sid]
+
+    def run_task() -> dict[str, Any] | None:
+        mine = tasks_of_long()
+        return mine[0] if len(mine) == 1 and mine[0]["Status"]["State"] == "running" else None
+
+    task = wait_until(run_task, 20, what="the run's task running")
+    node.docker("service", "update", "--detach", "--env-add", "CHANGED=1", "long")
+    wait_until(lambda: Path(out).exists() and Path(out).read_text() == "done\n", 20, what="the run to finish")
+    # the same task, neither replaced nor followed by another, ends by itself
+    wait_until(lambda: [(t["ID"], t["Status"]["State"]) for t in tasks_of_long()] == [(task["ID"], "complete")],
+               20, what="the run's one task complete")
+    status, raw = node.api("GET", "/_shoal/cron")
+    assert [e["Runs"] for e in raw if e["Name"] == "long"] == [1]
