@@ -289,6 +289,7 @@ class CronStatus:
 
     key: str = ""  # the schedule (and zone) the ticks below were computed from; a new one re-anchors them
     last_tick: float = 0.0  # the newest tick handled (run or skipped), or the anchor the schedule counts from
+    since: float = 0.0  # the anchor: when the schedule (this key) was written; its ticks are the ones after it
     next_run: float = 0.0  # the tick after it
     iteration: int = 0  # runs started so far; a run's tasks carry it as their job iteration (0: none yet)
     last_run: float = 0.0  # when the newest run started

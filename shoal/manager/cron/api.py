@@ -26,6 +26,7 @@ def describe(v: ReadTx, svc: Service) -> dict[str, Any]:
         "Schedule": labels.get("swarm.cronjob.schedule", ""),
         "TimeZone": labels.get("com.shoal.cron.timezone", "") or "UTC",
         "Concurrency": cfg.concurrency if cfg is not None else "",
+        "Since": iso(st.since) if st.since else None,
         "NextRun": iso(st.next_run) if st.next_run else None,
         "LastTick": iso(st.last_tick) if st.iteration or st.skipped else None,
         "LastRun": iso(st.last_run) if st.last_run else None,

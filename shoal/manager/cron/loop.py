@@ -81,7 +81,7 @@ def step(tx: Tx, svc: Service) -> float | None:
         # A new schedule counts from when it was written (the service's last change), so a failover between
         # that write and this one loses no tick.
         anchor = svc.meta.updated_at
-        st = replace(st, key=cfg.key, last_tick=anchor, next_run=cfg.schedule.next_after(anchor),
+        st = replace(st, key=cfg.key, since=anchor, last_tick=anchor, next_run=cfg.schedule.next_after(anchor),
                      message=f"scheduled: next run at {iso(cfg.schedule.next_after(anchor))}")
     reason = ""
     if cfg.trigger != st.trigger:
