@@ -22,6 +22,7 @@ from typing import IO, Any
 
 from shoal.clock import Clock
 from shoal.manager.autoscale import LABEL_DECISION as AUTOSCALE_DECISION
+from shoal.manager.cron.loop import cron_attrs
 from shoal.store.memory import Event, MemoryStore, WatchOverflow, name_of
 
 KINDS = ("service", "node", "secret", "config", "network")
@@ -45,6 +46,7 @@ def _attrs(ev: Event) -> dict[str, str]:
         decision = n_spec.annotations.labels.get(AUTOSCALE_DECISION)
         if decision is not None and decision != o_spec.annotations.labels.get(AUTOSCALE_DECISION):
             attrs["autoscale.decision"] = decision
+        attrs.update(cron_attrs(old, obj))
         ou = old.update_status.state if old.update_status else ""
         nu = obj.update_status.state if obj.update_status else ""
         if ou != nu:
@@ -70,7 +72,8 @@ def _is_noise(ev: Event) -> bool:
     if ev.kind == "node":
         return bool(ev.old.spec == ev.obj.spec and ev.old.status.state == ev.obj.status.state)
     if ev.kind == "service":
-        return bool(ev.old.spec == ev.obj.spec and ev.old.update_status == ev.obj.update_status)
+        return bool(ev.old.spec == ev.obj.spec and ev.old.update_status == ev.obj.update_status
+                    and not cron_attrs(ev.old, ev.obj))
     return False
 
 

@@ -21,6 +21,7 @@ from shoal.errors import Unavailable
 from shoal.manager.allocator import Allocator
 from shoal.manager.autoscale import Autoscaler
 from shoal.manager.controlapi import ControlAPI
+from shoal.manager.cron.loop import CronLoop
 from shoal.manager.dispatcher import Dispatcher
 from shoal.manager.events import EventLog
 from shoal.manager.logbroker import LogBroker
@@ -127,6 +128,7 @@ class Manager:
             tg.create_task(Orchestrator(self.store, self.clock, reconciler, self.stats).run(), name="orchestrator")
             tg.create_task(Autoscaler(self.store, self.clock, self.controlapi, self.dispatcher.current_usage,
                                       stats=self.stats).run(), name="autoscaler")
+            tg.create_task(CronLoop(self.store, self.clock).run(), name="cron")
             for name, loop in self._extra_loops:
                 tg.create_task(loop(), name=name)
 

@@ -8,6 +8,7 @@ import re
 
 from shoal.api.messages import INVALID_ARGUMENT, rpc
 from shoal.errors import InvalidArgument
+from shoal.manager.cron.config import cron_config
 from shoal.model.objects import GLOBAL, GLOBAL_JOB, REPLICATED, REPLICATED_JOB, Resources, ServiceSpec, TaskSpec
 
 MIN_DURATION = 1_000_000  # 1ms, swarmkit's minimum for health check durations
@@ -103,6 +104,7 @@ def validate_service_spec(spec: ServiceSpec) -> None:
             if key in seen:
                 raise _rpc_invalid("EndpointSpec: duplicate published ports provided")
             seen.add(key)
+    cron_config(spec)  # Shoal's own: swarm-cronjob's labels and com.shoal.cron.* must parse (shoal.manager.cron)
 
 
 def _validate_resources(r: Resources | None) -> None:

@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 
 from shoal.agent.agent import HEARTBEAT_BUCKETS, Agent
 from shoal.api.reasons import REASONS
+from shoal.manager.cron.config import cron_config_cached
 from shoal.manager.manager import Manager
 from shoal.manager.membership import Membership
 from shoal.manager.raft.node import RaftNode
@@ -92,6 +93,7 @@ class ClusterCollector(Collector):
         v = store.view()
         yield from self._objects(v)
         yield from self._services(v)
+        yield from self._cron(v)
         yield from self._tasks_per_node(v)
         yield from self._unplaceable(v)
         yield from self._store(store)
@@ -149,6 +151,29 @@ class ClusterCollector(Collector):
         yield running
         yield update
         yield tasks
+
+    def _cron(self, v: ReadTx) -> Iterator[Metric]:
+        """Services with a schedule (shoal.manager.cron): the next and last run, runs and skipped ticks."""
+        nxt = GaugeMetricFamily("shoal_cron_next_run_timestamp_seconds", "When the service's next tick is due",
+                                labels=["service"])
+        last = GaugeMetricFamily("shoal_cron_last_run_timestamp_seconds", "When the service's newest run started "
+                                 "(0: never)", labels=["service"])
+        runs = CounterMetricFamily("shoal_cron_runs", "Runs started (ticks, missed ticks and triggers)",
+                                   labels=["service"])
+        skipped = CounterMetricFamily("shoal_cron_skipped_ticks", "Ticks not run (a run still going with "
+                                      "skip-running, or missed past the deadline)", labels=["service"])
+        for svc in v.services():
+            st = svc.cron
+            if st is None or cron_config_cached(svc.spec) is None:
+                continue
+            nxt.add_metric([svc.name], st.next_run)
+            last.add_metric([svc.name], st.last_run)
+            runs.add_metric([svc.name], st.iteration)
+            skipped.add_metric([svc.name], st.skipped)
+        yield nxt
+        yield last
+        yield runs
+        yield skipped
 
     def _tasks_per_node(self, v: ReadTx) -> Iterator[Metric]:
         per_node = GaugeMetricFamily("shoal_node_tasks", "Tasks assigned to the node, by their observed state",

@@ -283,6 +283,27 @@ class JobStatus:
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
+class CronStatus:
+    """What the leader's cron loop last did for a service with a schedule (shoal.manager.cron), replicated with the
+    service so that a new leader knows which ticks were handled: the tick and the run it started commit together."""
+
+    key: str = ""  # the schedule (and zone) the ticks below were computed from; a new one re-anchors them
+    last_tick: float = 0.0  # the newest tick handled (run or skipped), or the anchor the schedule counts from
+    since: float = 0.0  # the anchor: when the schedule (this key) was written; its ticks are the ones after it
+    next_run: float = 0.0  # the tick after it
+    iteration: int = 0  # runs started so far; a run's tasks carry it as their job iteration (0: none yet)
+    last_run: float = 0.0  # when the newest run started
+    last_reason: str = ""  # what started it: schedule | missed | trigger | force | api
+    skipped: int = 0  # ticks not run (still running, or missed past the deadline)
+    message: str = ""  # what the newest tick did, for people
+    trigger: str = ""  # the trigger label's value already acted on
+    force_update: int = 0  # the task template's ForceUpdate already acted on (`service update --force`)
+    requested: int = 0  # runs asked for through the API (POST /_shoal/cron/{id}/run)
+    handled: int = 0  # of those, how many were started
+    spec_version: int = 0  # the service spec version the running tasks were checked against (on-update=stop)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
 class Service:
     id: str
     meta: Meta = field(default_factory=Meta)
@@ -294,6 +315,7 @@ class Service:
     update_status: UpdateStatus | None = None
     job_status: JobStatus | None = None
     pending_delete: bool = False
+    cron: CronStatus | None = None  # set by the cron loop for a service with a schedule
 
     @property
     def name(self) -> str:

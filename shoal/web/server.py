@@ -314,6 +314,16 @@ async def force_update(request: web.Request) -> web.StreamResponse:
     return await _update_service(request, change)
 
 
+async def run_now(request: web.Request) -> web.StreamResponse:
+    """A run of a service with a schedule, now (Shoal's POST /_shoal/cron/{id}/run, docs/cron.md)."""
+    engine = request.app[ENGINE_KEY]
+    sid = quote(request.match_info["id"], safe="")
+    answer = await engine.request("POST", f"/_shoal/cron/{sid}/run")
+    log.info("web view: %s asked for a run of service %s (%s)", request.app[ACCESS_KEY].who(request),
+             answer.get("Name"), answer.get("ID"))
+    return web.json_response({"id": answer.get("ID"), "done": "run requested"})
+
+
 async def node_availability(request: web.Request) -> web.StreamResponse:
     body = await _body(request)
     availability = body.get("availability")
@@ -354,6 +364,7 @@ def make_web_app(engine: EngineAPI, access: Access) -> web.Application:
     r.add_post("/api/services/{id}/scale", scale)
     r.add_post("/api/services/{id}/rollback", rollback)
     r.add_post("/api/services/{id}/force-update", force_update)
+    r.add_post("/api/services/{id}/run-now", run_now)
     r.add_post("/api/nodes/{id}/availability", node_availability)
     return app
 

@@ -184,6 +184,18 @@ def spec_view(s: JSON, network_names: dict[str, str]) -> JSON:
     }
 
 
+def cron_view(labels: dict[str, str]) -> JSON | None:
+    """A service's schedule (docs/cron.md) as its labels give it: the schedule, zone, next and last run (the last
+    two are the labels the Engine API shows, never stored); None without a schedule."""
+    if labels.get("swarm.cronjob.enable") not in ("1", "t", "T", "TRUE", "true", "True"):
+        return None
+    return {"schedule": labels.get("swarm.cronjob.schedule", ""),
+            "timezone": labels.get("com.shoal.cron.timezone", "") or "UTC",
+            "skip_running": labels.get("swarm.cronjob.skip-running", "") in ("1", "t", "T", "TRUE", "true", "True"),
+            "next_run": labels.get("com.shoal.cron.next-run", ""),
+            "last_run": labels.get("com.shoal.cron.last-run", "")}
+
+
 def service_view(s: JSON, tasks: list[JSON], network_names: dict[str, str] | None = None) -> JSON:
     mode, replicas = _mode(s)
     mine = [t for t in tasks if t["service_id"] == s["ID"]]
@@ -213,6 +225,7 @@ def service_view(s: JSON, tasks: list[JSON], network_names: dict[str, str] | Non
         "updated": str(s.get("UpdatedAt") or ""),
         "version": _d(s, "Version", "Index"),
         "spec": spec_view(s, network_names or {}),
+        "cron": cron_view(labels),
     }
 
 

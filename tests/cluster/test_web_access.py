@@ -302,3 +302,31 @@ def test_tls_client_certificates_of_the_swarms_ca(tmp_path: Path) -> None:
         assert anonymous.get("/api/state")[0] == 200
     finally:
         cl.stop()
+
+
+def test_a_scheduled_service_shows_its_next_run_and_runs_now(web_node: tuple[ShoalNode, str]) -> None:
+    """docs/cron.md in the web view: the schedule and next run in the model, and the `Run now` action (Shoal's
+    POST /_shoal/cron/{id}/run), refused for a service without a schedule."""
+    node, base = web_node
+    out = node.workdir / "web-cron.txt"
+    sid = node.docker("service", "create", "--detach", "--name", "webcron", "--replicas", "0",
+                      "--restart-condition", "none", "--label", "swarm.cronjob.enable=true",
+                      "--label", "swarm.cronjob.schedule=@yearly", "busybox", "sh", "-c",
+                      f"echo ran >> {out}").stdout.strip()
+    plain = _service(node, "notcron")
+    c = _logged_in(node, base)
+
+    def cron_model() -> dict[str, str] | None:
+        status, _, body = c.get("/api/state")
+        assert status == 200
+        (svc,) = [s for s in json.loads(body)["services"] if s["id"] == sid]
+        return svc["cron"] if svc["cron"] and svc["cron"]["next_run"] else None
+
+    cron = wait_until(cron_model, 20, what="the next run in the model")
+    assert cron["schedule"] == "@yearly" and cron["timezone"] == "UTC" and cron["next_run"].endswith("-01-01T00:00:00Z")
+    status, _, answer = c.post(f"/api/services/{sid}/run-now", headers=CSRF)
+    assert (status, json.loads(answer)["done"]) == (200, "run requested")
+    wait_until(lambda: out.exists() and out.read_text() == "ran\n", 30, what="the run asked for")
+    status, _, answer = c.post(f"/api/services/{plain}/run-now", headers=CSRF)
+    assert status == 400 and "has no schedule" in json.loads(answer)["message"], answer
+    assert WebClient(base).post(f"/api/services/{sid}/run-now", {}, headers=CSRF)[0] == 401

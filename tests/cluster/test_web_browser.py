@@ -261,3 +261,38 @@ def test_the_web_view_in_chromium(tmp_path: Path, browser: Any) -> None:
         page.shot("overview-node-down")
     finally:
         cl.stop()
+
+
+def test_a_scheduled_service_in_chromium(tmp_path: Path, browser: Any) -> None:
+    """docs/cron.md in the page: the schedule and the next run in the services table and on the service's page,
+    and `Run now`, confirmed in its dialog, runs it."""
+    if shutil.which("docker") is None:
+        pytest.skip("the docker CLI is not on the PATH")
+    port = free_port()
+    node = ShoalNode(tmp_path / "cron", hostname="cron", extra_args=("--web-addr", f"127.0.0.1:{port}")).start()
+    try:
+        node.docker("swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr", f"127.0.0.1:{free_port()}")
+        out = tmp_path / "runs.txt"
+        sid = node.docker("service", "create", "--detach", "--name", "nightly", "--replicas", "0",
+                          "--restart-condition", "none", "--label", "swarm.cronjob.enable=true",
+                          "--label", "swarm.cronjob.schedule=0 3 * * *", "--label",
+                          "com.shoal.cron.timezone=Europe/Berlin", "busybox", "sh", "-c",
+                          f"echo ran >> {out}").stdout.strip()
+        page = Page(browser, f"http://127.0.0.1:{port}", artifacts())
+        browser.get(f"{page.base}/login?token={(node.data_dir / 'web-token').read_text().strip()}")
+        page.wait_text("#live", "live", 20)
+        page.go("#/services", "services")
+        page.wait_text('tr[data-service="nightly"] .cron', "cron 0 3 * * *, next in")
+        page.go(f"#/services/{sid}", "service")
+        page.wait_text("#service-schedule", "0 3 * * * (Europe/Berlin)")
+        page.wait_text("#service-next-run", "T0")  # 03:00 Berlin is 01:00 or 02:00 UTC
+        page.shot("service-cron")
+        page.click("#act-run-now")
+        page.confirm()
+        wait_until(lambda: out.exists() and out.read_text() == "ran\n", 30, what="the run asked for from the page")
+        # no script error (the browser's own favicon request is answered 404: no icon is shipped)
+        errors = [e for e in browser.get_log("browser") if e.get("level") == "SEVERE"
+                  and "favicon.ico" not in e.get("message", "")]
+        assert not errors, errors
+    finally:
+        node.stop()

@@ -28,6 +28,7 @@ from shoal.manager.raft.node import RaftNode
 from shoal.metrics.daemon import DaemonMetrics, serve_metrics
 from shoal.model.objects import (
     Annotations,
+    CronStatus,
     Node,
     NodeDescription,
     NodeStatus,
@@ -87,6 +88,9 @@ def populate(tx: Tx) -> None:
     tx.create(task("task-d", "s1", "n1", TaskState.FAILED, 1))
     tx.create(task("task-e", "s2", "n1", TaskState.RUNNING, 0))
     tx.create(task("task-f", "s1", "", TaskState.PENDING, 4))  # not placed: counted, on no node
+    tx.create(Service(id="s3", spec=ServiceSpec(annotations=Annotations(name="backup", labels={
+        "swarm.cronjob.enable": "true", "swarm.cronjob.schedule": "@hourly"}), mode=ServiceMode(replicas=0)),
+        cron=CronStatus(next_run=1_700_003_600.0, last_run=1_700_000_000.0, iteration=4, skipped=2)))
 
 
 async def test_cluster_collector_reads_the_store() -> None:
@@ -104,7 +108,12 @@ async def test_cluster_collector_reads_the_store() -> None:
     assert (val("swarm_manager_tasks_total", state="running"), val("swarm_manager_tasks_total", state="failed"),
             val("swarm_manager_tasks_total", state="pending"), val("swarm_manager_tasks_total", state="new")) \
         == (4, 1, 1, 0)
-    assert val("swarm_manager_services_total") == 2
+    assert val("swarm_manager_services_total") == 3
+    assert val("shoal_cron_next_run_timestamp_seconds", service="backup") == 1_700_003_600.0
+    assert val("shoal_cron_last_run_timestamp_seconds", service="backup") == 1_700_000_000.0
+    assert (val("shoal_cron_runs_total", service="backup"), val("shoal_cron_skipped_ticks_total", service="backup")) \
+        == (4, 2)
+    assert val("shoal_cron_runs_total", service="web") is None  # no schedule, no series
     assert val("shoal_service_replicas_desired", service="web", mode="replicated") == 3
     assert val("shoal_service_replicas_running", service="web") == 2
     assert val("shoal_service_replicas_desired", service="agent", mode="global") == 1
@@ -225,7 +234,7 @@ async def test_metrics_endpoint_serves_the_text_format() -> None:
     finally:
         await runner.cleanup()
     running = {s.labels["service"]: s.value for s in families["shoal_service_replicas_running"].samples}
-    assert running == {"web": 2, "agent": 1}
+    assert running == {"web": 2, "agent": 1, "backup": 0}
     assert families["shoal_build_info"].samples[0].value == 1
 
 

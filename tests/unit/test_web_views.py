@@ -191,3 +191,15 @@ def test_a_moved_task_says_what_moved_it() -> None:
     m = _snapshot(tasks=[_task("t1", "running"), moved])
     by_id = {t["id"]: t for t in m["tasks"]}  # type: ignore[attr-defined]
     assert (by_id["t4"]["moved"], by_id["t1"]["moved"]) == ("rebalance", "")
+
+
+def test_a_schedule_from_the_labels() -> None:
+    labels = {"swarm.cronjob.enable": "true", "swarm.cronjob.schedule": "0 3 * * *",
+              "com.shoal.cron.timezone": "Europe/Berlin", "swarm.cronjob.skip-running": "true",
+              "com.shoal.cron.next-run": "2026-12-08T02:00:00Z"}
+    assert views.cron_view(labels) == {"schedule": "0 3 * * *", "timezone": "Europe/Berlin", "skip_running": True,
+                                       "next_run": "2026-12-08T02:00:00Z", "last_run": ""}
+    assert views.cron_view({**labels, "swarm.cronjob.enable": "false"}) is None
+    svc = {**SERVICE, "Spec": {**SERVICE["Spec"], "Labels": labels}}  # type: ignore[dict-item]
+    assert views.service_view(svc, [])["cron"]["schedule"] == "0 3 * * *"
+    assert views.service_view(SERVICE, [])["cron"] is None

@@ -22,6 +22,7 @@ from typing import Any
 
 from shoal.engineapi.convert._wire import Obj, go_time, meta, put, version
 from shoal.errors import InvalidArgument, ShoalError
+from shoal.manager.cron.config import LAST_RUN, NEXT_RUN, SHOWN_LABELS, enabled
 from shoal.model.objects import (
     DEFAULT_RESTART_DELAY,
     DEFAULT_UPDATE_MONITOR,
@@ -128,6 +129,8 @@ def service_spec_from_wire(
     if not name and name_generator is not None:
         name = name_generator()
 
+    # The cron labels Shoal shows are not the user's: a spec read, changed and sent back does not store them.
+    labels = {k: v for k, v in labels.items() if k not in SHOWN_LABELS}
     spec = ServiceSpec(
         annotations=Annotations(name=name, labels=labels),
         task_template=TaskSpec(
@@ -765,6 +768,13 @@ def service_to_wire(
     """
     spec = with_defaults(svc.spec) if insert_defaults else svc.spec
     d: JSONDict = {"ID": svc.id, **meta(svc.meta), "Spec": service_spec_to_wire(spec)}
+    cron = svc.cron
+    if cron is not None and cron.next_run and enabled(svc.spec.annotations.labels):
+        # Shoal's own: the next and last run of a service with a schedule (shoal.manager.cron), read-only
+        shown = d["Spec"]["Labels"]
+        shown[NEXT_RUN] = go_time(cron.next_run)
+        if cron.last_run:
+            shown[LAST_RUN] = go_time(cron.last_run)
     if svc.previous_spec is not None:
         prev = with_defaults(svc.previous_spec) if insert_defaults else svc.previous_spec
         d["PreviousSpec"] = service_spec_to_wire(prev)

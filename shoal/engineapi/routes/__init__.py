@@ -3,7 +3,19 @@ call the control API, encode. Filters, status codes and error texts follow docke
 texts); handlers never touch the store except to read. Importing the package registers every route.
 """
 
-from shoal.engineapi.routes import containers, events, logs, networks, nodes, objects, services, swarm, system, tasks  # noqa: F401  (they register their routes)
+from shoal.engineapi.routes import (  # noqa: F401  (they register their routes)
+    containers,
+    cron,
+    events,
+    logs,
+    networks,
+    nodes,
+    objects,
+    services,
+    swarm,
+    system,
+    tasks,
+)
 from shoal.engineapi.routes.registry import route, route_table
 
 __all__ = ["route", "route_table"]

@@ -20,6 +20,7 @@ from dataclasses import replace
 
 from shoal.api import reasons
 from shoal.ids import new_id
+from shoal.manager.cron.view import job_view
 from shoal.manager.orchestrator.rebalance import LABEL_MOVE, Rebalancer
 from shoal.model.objects import (
     SECOND,
@@ -177,6 +178,7 @@ class Reconciler:
     # --- entry point --------------------------------------------------------------------------------
 
     def reconcile(self, tx: Tx, svc: Service) -> None:
+        svc = job_view(svc)  # a service with a schedule runs as a job (shoal.manager.cron)
         tasks = tx.tasks(service_id=svc.id)
         nodes = {n.id: n for n in tx.nodes()}
         self.rebalancer.observe_nodes(nodes, tx.now)
@@ -312,7 +314,7 @@ class Reconciler:
                 continue
             if t.start_after <= now:
                 svc = tx.service(t.service_id)
-                state = run_state(svc) if svc is not None else TaskState.RUNNING
+                state = run_state(job_view(svc)) if svc is not None else TaskState.RUNNING
                 tx.update(replace(t, desired_state=state, start_after=0.0))
             elif nxt is None or t.start_after < nxt:
                 nxt = t.start_after
@@ -361,6 +363,8 @@ class Reconciler:
         it = self._job_iteration(svc)
         mine = [t for t in tasks if (t.job_iteration or 0) == it]
         completed = sum(1 for t in mine if t.status.state == TaskState.COMPLETE)
+        if svc.cron is not None:  # a cron run (shoal.manager.cron) does not retry a task that failed for good
+            completed += sum(1 for t in mine if t.status.state != TaskState.COMPLETE and finished(svc, t))
         active = [t for t in mine if runnable(t) and not ended(t)]
         total = svc.spec.mode.total_completions
         room = min(svc.spec.mode.max_concurrent - len(active), total - completed - len(active))

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 from shoal.clock import Clock
 from shoal.errors import Unavailable
+from shoal.manager.cron.view import job_view
 from shoal.manager.orchestrator.reconcile import Reconciler, reap_removed
 from shoal.manager.orchestrator.updater import Updater, slots_needing_update
 from shoal.manager.stats import LeaderStats
@@ -141,7 +142,7 @@ class Orchestrator:
         self._updaters[sid] = (svc.spec_version, asyncio.create_task(self._run_updater(updater)))
 
     def _needs_update(self, svc: Service) -> bool:
-        if svc.spec.mode.is_job:
+        if job_view(svc).spec.mode.is_job:
             return False
         st = svc.update_status.state if svc.update_status is not None else ""
         if st in ("updating", "rollback_started"):

@@ -110,6 +110,22 @@ async function forceUpdate(s) {
   if (r) toast(`${s.name}: ${r.done}`);
 }
 
+async function runNow(s) {
+  if (!(await confirmAction(`Run ${s.name} now`, `Start a run of ${s.name} now, outside its schedule (${s.cron.schedule}).`))) return;
+  const r = await post(`/api/services/${s.id}/run-now`);
+  if (r) toast(`${s.name}: ${r.done}`);
+}
+
+function until(iso) {
+  if (!iso || iso.startsWith("0001")) return "";
+  const s = (Date.parse(iso) - Date.now()) / 1000;
+  if (s < 0) return "due";
+  if (s < 60) return `in ${Math.round(s)} s`;
+  if (s < 3600) return `in ${Math.round(s / 60)} min`;
+  if (s < 86400) return `in ${Math.round(s / 3600)} h`;
+  return `in ${Math.round(s / 86400)} d`;
+}
+
 async function setAvailability(n, availability) {
   const verb = availability === "drain" ? "Drain" : availability === "pause" ? "Pause" : "Activate";
   const what = availability === "drain" ? "its tasks move to other nodes" : availability === "pause"
@@ -156,7 +172,7 @@ function serviceRows(services) {
   return services.map((s) => h("tr", { "data-service": s.name },
     h("td", {}, h("a", { href: `#/services/${s.id}` }, s.name)),
     h("td", { class: "muted" }, s.stack),
-    h("td", {}, s.mode),
+    h("td", {}, s.mode, s.cron ? h("div", { class: "muted small cron", title: s.cron.next_run }, `cron ${s.cron.schedule}, next ${until(s.cron.next_run)}`) : null),
     h("td", { class: `replicas ${s.running >= s.desired ? "ok" : "short"}` }, `${s.running}/${s.desired}`),
     h("td", { class: "image" }, s.image),
     h("td", {}, s.ports.join(", ")),
@@ -241,10 +257,14 @@ function servicePage(m, id) {
     h("div", { class: "actionbar" },
       s.mode.startsWith("replicated") ? h("button", { id: "act-scale", onclick: () => scaleService(s) }, "Scale…") : null,
       h("button", { id: "act-rollback", class: "danger", disabled: !s.can_rollback, onclick: () => rollbackService(s) }, "Roll back"),
-      h("button", { id: "act-force", class: "danger", onclick: () => forceUpdate(s) }, "Force update")),
+      h("button", { id: "act-force", class: "danger", onclick: () => forceUpdate(s) }, "Force update"),
+      s.cron ? h("button", { id: "act-run-now", onclick: () => runNow(s) }, "Run now") : null),
     h("dl", { class: "facts" },
       h("dt", {}, "Replicas"), h("dd", { id: "service-replicas", class: s.running >= s.desired ? "ok" : "short" }, `${s.running}/${s.desired}`),
       h("dt", {}, "Mode"), h("dd", {}, s.mode),
+      s.cron ? [h("dt", {}, "Schedule"), h("dd", { id: "service-schedule" }, `${s.cron.schedule} (${s.cron.timezone})${s.cron.skip_running ? ", skip running" : ""}`),
+        h("dt", {}, "Next run"), h("dd", { id: "service-next-run", title: s.cron.next_run }, s.cron.next_run ? `${s.cron.next_run} (${until(s.cron.next_run)})` : "–"),
+        h("dt", {}, "Last run"), h("dd", { title: s.cron.last_run }, s.cron.last_run ? ago(s.cron.last_run) : "never")] : null,
       h("dt", {}, "Image"), h("dd", { id: "service-image" }, s.image),
       h("dt", {}, "Ports"), h("dd", {}, s.ports.join(", ") || "–"),
       h("dt", {}, "Update"), h("dd", { id: "service-update" }, updateCell(s) || "–"),

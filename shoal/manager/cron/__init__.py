@@ -1,0 +1,1 @@
+"""Cron jobs: services run on a schedule by the leader (docs/cron.md)."""
