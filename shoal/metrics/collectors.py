@@ -372,9 +372,8 @@ class LeaderCollector(Collector):
                  "Replica count changes the autoscaler made, by service and direction (docs/autoscale.md)")):
             c = CounterMetricFamily(metric, doc, labels=["service", label])
             for sid, name in sorted(names.items(), key=lambda kv: kv[1]):
-                for value in values:
-                    if (sid, value) in counts:
-                        c.add_metric([name, value], counts[(sid, value)])
+                for value in values:  # from zero, as the failures above
+                    c.add_metric([name, value], counts.get((sid, value), 0))
             yield c
 
 

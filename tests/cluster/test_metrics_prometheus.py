@@ -97,6 +97,9 @@ def test_alert_rules_name_only_exposed_metrics(metrics_node: tuple[ShoalNode, st
     node, addr = metrics_node
     node.docker("service", "create", "--detach", "--name", "web", "busybox", "sleep", "600")
     node.docker("service", "inspect", "web")
+    # A scheduled service, for the cron series (they exist per scheduled service).
+    node.docker("service", "create", "--detach", "--name", "tick", "--mode", "replicated-job",
+                "--label", "swarm.cronjob.enable=true", "--label", "swarm.cronjob.schedule=@hourly", "busybox", "true")
     named = set(re.findall(r"\b(?:shoal|swarm)_[a-z_]+\b", ALERTS.read_text()))
     doc = (ALERTS.parent / "metrics.md").read_text().split("## Not there yet")[0]
     named |= set(re.findall(r"`((?:shoal|swarm)_[a-z_]+)", doc))
