@@ -129,3 +129,22 @@ async def test_a_service_in_an_update_is_not_rebalanced() -> None:
         await sim.add_node("node3")
         await sim.run_for(DEFAULT_SETTLE + 60)
         assert rebalance_moves(sim, svc.id) == []
+
+
+async def test_placement_preferences_are_balanced_by_branch() -> None:
+    """spread=node.labels.zone: a node of a new zone takes half the tasks (the zones even out), not a node's
+    share of the total."""
+    async with SimCluster.started(nodes=0) as sim:
+        await sim.add_node("a", labels={"zone": "x"})
+        await sim.add_node("b", labels={"zone": "x"})
+        spec = opted(service_spec(replicas=4, update=UpdateConfig(order="start-first")))
+        spec = replace(spec, task_template=replace(spec.task_template, placement=Placement(
+            preferences=("spread=node.labels.zone",))))
+        svc = await sim.create_service(spec)
+        await sim.wait_until(lambda: sim.converged(svc.id, 4) and placement(sim, svc.id) == {"a": 2, "b": 2})
+        mark = len(sim.log)
+        await sim.add_node("c", labels={"zone": "y"})
+        await sim.wait_until(lambda: placement(sim, svc.id) == {"a": 1, "b": 1, "c": 2} and sim.converged(svc.id, 4))
+        assert min(sim.concurrency(svc.id, running, since=mark)) == 4
+        await sim.run_for(120)
+        assert placement(sim, svc.id) == {"a": 1, "b": 1, "c": 2} and len(rebalance_moves(sim, svc.id)) == 2

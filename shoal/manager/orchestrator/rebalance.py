@@ -15,8 +15,10 @@ services that ask for it (`com.shoal.rebalance=true` on the service, or on the c
   start-first the replacement starts first and the old task stops once it runs (the drain's move, shared:
   `LABEL_REPLACES`); with stop-first the old task stops first and its replacement, held until then, starts
   after.
-- A service in an update or a rollback (or paused in one), a job, a global service, or one with placement
-  preferences (spread over a label, which per-node counts do not see) is left alone.
+- With placement preferences (`spread=node.labels.zone`), the counts are those of the preference tree the
+  scheduler spreads over: a task moves from the fullest node of the fullest branch to the emptiest settled node
+  of the emptiest branch, when the branches where the two part differ by two or more.
+- A service in an update or a rollback (or paused in one), a job or a global service is left alone.
 
 The settle clock is the leader's own: after a failover a new leader waits a full `settle` before moving
 anything.
@@ -27,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
+from shoal.manager.scheduler.core import preference_key
 from shoal.model.objects import Node, Service, Task
 from shoal.model.state import TaskState
 from shoal.store.memory import Tx
@@ -36,6 +39,35 @@ LABEL_SETTLE = "com.shoal.rebalance.settle"
 LABEL_MOVE = "com.shoal.move"  # on a replacement: "drain" or "rebalance"
 DEFAULT_SETTLE = 30.0
 _BUSY = ("updating", "paused", "rollback_started", "rollback_paused")
+
+
+class _Spread:
+    """The service's tasks over the preference tree (one level per placement preference, as the scheduler
+    spreads them; without preferences just the nodes): a node's `potential` is the count of its branch at each
+    level, then its own, so the fullest node of the fullest branch compares highest."""
+
+    def __init__(self, nodes: dict[str, Node], getters: list[Callable[[Node], str]], count: dict[str, int]) -> None:
+        self.nodes, self.getters, self.count = nodes, getters, count
+
+    def key(self, nid: str) -> tuple[str, ...]:
+        n = self.nodes.get(nid)
+        return tuple(g(n) for g in self.getters) if n is not None else ("",) * len(self.getters)
+
+    def branch(self, prefix: tuple[str, ...]) -> int:
+        return sum(c for nid, c in self.count.items() if self.key(nid)[:len(prefix)] == prefix)
+
+    def potential(self, nid: str) -> tuple[int, ...]:
+        k = self.key(nid)
+        return (*(self.branch(k[:i + 1]) for i in range(len(k))), self.count.get(nid, 0))
+
+    def narrows(self, src: str, dest: str) -> bool:
+        """Whether one task from `src` to `dest` narrows the spread where they first part (their branches at the
+        highest level that differs, else the two nodes): only a difference of two or more does."""
+        ks, kd = self.key(src), self.key(dest)
+        for i in range(len(ks)):
+            if ks[:i + 1] != kd[:i + 1]:
+                return self.branch(ks[:i + 1]) - self.branch(kd[:i + 1]) >= 2
+        return self.count.get(src, 0) - self.count.get(dest, 0) >= 2
 
 
 def opted_in(svc: Service, cluster_labels: dict[str, str]) -> bool:
@@ -86,8 +118,7 @@ class Rebalancer:
         if svc.update_status is not None and svc.update_status.state in _BUSY:
             return
         placement = svc.spec.task_template.placement
-        if placement is not None and placement.preferences:
-            return
+        getters = [g for g in (preference_key(d) for d in (placement.preferences if placement else ())) if g]
         now, settle = tx.now, settle_seconds(labels)
         by_id = {t.id: t for t in tasks}
         self._give_up_stuck(tx, tasks, now, settle, replaces)
@@ -124,17 +155,18 @@ class Rebalancer:
                 next_settled = ready_at
         if next_settled is not None:
             self.wakeups[svc.id] = next_settled
+        spread = _Spread(nodes, getters, count)
         while dests and len(in_flight) < limit:
             due = self.last_move.get(svc.id, -1e18) + delay
             if due > now:
                 self.wakeups[svc.id] = min(self.wakeups.get(svc.id, due), due)
                 return
-            dest = min(dests, key=lambda nid: (count.get(nid, 0), nid))
             sources = [nid for nid in movable if movable[nid]]
             if not sources:
                 return
-            src = max(sources, key=lambda nid: (count.get(nid, 0), nid))
-            if count.get(src, 0) - count.get(dest, 0) < 2:
+            dest = min(dests, key=lambda nid: (spread.potential(nid), nid))
+            src = max(sources, key=lambda nid: (spread.potential(nid), nid))
+            if not spread.narrows(src, dest):
                 return
             old = max(movable[src], key=lambda t: t.slot)
             movable[src].remove(old)

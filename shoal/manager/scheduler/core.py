@@ -137,6 +137,12 @@ def _binpack_picker(checks: list[_Check]) -> Callable[[list[NodeInfo]], _Picker]
 # --- placement preferences --------------------------------------------------------------------------
 
 
+def preference_key(descriptor: str) -> Callable[[Node], str] | None:
+    """A placement preference (`spread=node.labels.zone`) as the node's value it spreads over; None for one the
+    scheduler ignores."""
+    return _pref_getter(descriptor)
+
+
 def _pref_getter(descriptor: str) -> Callable[[Node], str] | None:
     d = descriptor.strip()
     if d.lower().startswith("spread="):
