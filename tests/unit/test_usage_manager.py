@@ -3,7 +3,6 @@ the `/_shoal/usage` document, and the leader-only metrics (usage, heartbeats, ta
 
 from __future__ import annotations
 
-import asyncio
 import random
 from collections.abc import AsyncIterator
 
@@ -36,6 +35,7 @@ from shoal.store.memory import MemoryStore, Tx
 from shoal.testing.clock import VirtualClock
 from shoal.testing.fakeexec import FakeBehavior
 from shoal.testing.sim import SimCluster, memory_store, on_service, service_spec
+from tests.support.dispatcher import running_leader
 from tests.unit.test_metrics import Source
 
 
@@ -84,19 +84,9 @@ def seed(tx: Tx) -> None:
 
 @pytest.fixture
 async def leader() -> AsyncIterator[tuple[VirtualClock, MemoryStore, Manager]]:
-    clock = VirtualClock()
-    async with clock.autojump():
-        store = memory_store(clock)
-        await store.update(seed)
-        manager = Manager(store, clock, random.Random(1))
-        runner = asyncio.ensure_future(manager.dispatcher.run())
-        await clock.sleep(0.01)
-        try:
-            yield clock, store, manager
-        finally:
-            runner.cancel()
-            with pytest.raises(asyncio.CancelledError):
-                await runner
+    async with running_leader(seed, lambda store, clock: Manager(store, clock, random.Random(1)),
+                              lambda m: m.dispatcher) as env:
+        yield env
 
 
 async def test_heartbeats_carry_reports_to_the_document_and_metrics(
