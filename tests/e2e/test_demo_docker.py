@@ -38,8 +38,9 @@ def test_the_demo_stack_runs_on_containers_and_stopping_removes_them(dockerd: st
         label = {"label": f"com.shoal.node.id={nid}"}
         # web x3, worker x1 (the job's have exited); the engine's listing can trail the swarm's view while a
         # container restarts on a loaded host, so the count is waited for, not read once
-        running = wait_until(lambda: (lambda cs: cs if len(cs) == 4 else None)(eng.containers.list(filters=label)),
-                             30, what="4 running containers (web x3, worker x1)")
+        running = wait_until(
+            lambda: (lambda cs: cs if len(cs) == 4 else None)(eng.containers.list(filters=label, ignore_removed=True)),
+            30, what="4 running containers (web x3, worker x1)")
         images = {c.image.tags[0] if c.image.tags else "" for c in running}
         assert images <= {"busybox:latest", OFFLINE_IMAGE}, images
         worker = next(c for c in running if "demo_worker" in c.name)

@@ -60,7 +60,8 @@ def test_leave_force_removes_everything_the_node_created(node: ShoalDocker, dock
     wait_until(running, 90, what="two running lcweb tasks")
     wait_until(lambda: "table ip shoal_mesh" in nft_tables(), 60, what="the local-only mesh rules")
     label = {"label": f"com.shoal.node.id={nid}"}
-    wait_until(lambda: len(eng.containers.list(all=True, filters=label)) == 3, 60, what="three containers")
+    wait_until(lambda: len(eng.containers.list(all=True, filters=label, ignore_removed=True)) == 3, 60,
+               what="three containers")
     assert eng.networks.list(filters=label), "the overlay became an engine network"
     assert mounts_under(node.data_dir), "the secrets are on tmpfs mounts"
     from shoal.net.links import host_bridge_name, host_vxlan_name

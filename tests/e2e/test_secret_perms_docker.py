@@ -50,7 +50,8 @@ def test_docker_task_files_are_as_requested_and_closed_on_the_host(node: ShoalDo
     engine = docker.DockerClient(base_url=dockerd, timeout=60)
     try:
         def container() -> Any:
-            cs = engine.containers.list(filters={"label": "com.docker.swarm.service.name=perm"})
+            cs = engine.containers.list(filters={"label": "com.docker.swarm.service.name=perm"},
+                                        ignore_removed=True)
             return cs[0] if cs else None
 
         c = wait_until(container, 90, what="the task's container running")
