@@ -267,6 +267,9 @@ class RaftConfig:
     election_jitter_ticks: int | None = None
     pre_vote: bool = True
     check_quorum: bool = True
+    # A candidate refused in its own term campaigns again within 1..jitter ticks (with pre-vote only; see
+    # `_step_candidate`); off, it waits a whole randomized election timeout, as etcd's Raft does.
+    split_vote_retry: bool = True
     max_entries_per_msg: int = 256
     max_bytes_per_msg: int = 1 << 20
     max_inflight: int = 64  # appends in flight per follower (pipelining window)
@@ -835,6 +838,17 @@ class RaftCore:
         if self.role == Role.PRE_CANDIDATE and not m.reject and m.term != self.term + 1:
             return  # a grant from an older pre-campaign
         self._votes[m.src] = not m.reject
+        if m.reject and self.role == Role.CANDIDATE and m.term == self.term and self.cfg.pre_vote \
+                and self.cfg.split_vote_retry:
+            # The peer voted for another candidate of this term, most often itself: two followers timed out
+            # within a message's flight of each other and split the vote, and with the other voters down
+            # neither can win. Rather than both waiting out a whole new election timeout, each tries again
+            # within 1..jitter ticks (a fresh draw, so a second collision is rare). Only liveness is touched,
+            # and only with pre-vote: the new campaign raises no term until a quorum has granted its pre-vote
+            # (without it, a candidate refused for its log would push the term up every few ticks).
+            jitter = self.cfg.election_jitter_ticks or self.cfg.election_ticks
+            self._randomized_timeout = min(self._randomized_timeout,
+                                           self._election_elapsed + 1 + self._rng.randrange(jitter))
         if self._count_votes() >= self.quorum:
             if self.role == Role.PRE_CANDIDATE:
                 self._become_candidate()
