@@ -1,6 +1,7 @@
-"""Requests a manager that does not lead forwards to the leader, over the Raft service's `Forward` call on
-mutual TLS. The leader runs each on its own Engine API socket, so it is exactly the request the client sent;
-the answer comes back in chunks (status and headers first)."""
+"""Requests a manager that does not lead forwards to the leader, on mutual TLS: writes on the leader's shared
+`ForwardMux` stream (shoal.rpc.forwardmux), reads (which may stream without end) each on a `Forward` call of
+its own. The leader runs each on its own Engine API socket, so it is exactly the request the client sent; the
+answer comes back whole (a write's) or in chunks, status and headers first."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import aiohttp
 
 from shoal.errors import ShoalError
 from shoal.rpc import shoal_pb2 as pb
+from shoal.rpc.forwardmux import ForwardMux, MuxUnsupported
 from shoal.rpc.raft import Creds, LeaderChannels, SecureAddrs
 from shoal.rpc.raft import forward as raft_forward
 
@@ -36,6 +38,7 @@ class Forwarder:
         self.not_leader = not_leader
         self.api_socket = api_socket
         self._channels: LeaderChannels | None = None  # to the leader
+        self._mux: ForwardMux | None = None  # writes to the leader, on one stream (shoal.rpc.forwardmux)
         self._api_session: aiohttp.ClientSession | None = None  # on our own API socket, for requests to us
 
     async def forward(self, method: str, path: str, headers: dict[str, str],
@@ -51,6 +54,15 @@ class Forwarder:
         req.headers[FORWARDED_HEADER] = self.node_id
         if self._channels is None:
             self._channels = LeaderChannels(self.secure, self.credentials)
+        if method not in ("GET", "HEAD"):
+            # A write's answer is whole and small: it shares the leader's stream with the other writes.
+            if self._mux is None:
+                self._mux = ForwardMux(self._channels)
+            try:
+                yield await self._mux.request(lead, req)
+                return
+            except MuxUnsupported:
+                pass  # an older leader: a call of its own
         async for chunk in raft_forward(self._channels, lead, req):
             yield chunk
 
@@ -84,6 +96,9 @@ class Forwarder:
                 yield pb.ForwardChunk(data=data)
 
     async def close(self) -> None:
+        mux, self._mux = self._mux, None
+        if mux is not None:
+            await mux.close()
         channels, self._channels = self._channels, None
         if channels is not None:
             await channels.close()

@@ -8,7 +8,8 @@ two ways a manager that is not the leader still serves everything (it forwards t
     await replica.close()
 
 - Writes: the leader's store proposes to Raft; an Engine API request that needs the leader is forwarded to it by a
-  manager that is not (shoal.engineapi.forward, over the Raft service's `Forward` call).
+  manager that is not (shoal.engineapi.forward, over the Raft service's `Forward` call, or `ForwardMux` for
+  writes).
 - The manager's own agent talks to whoever leads: in process when that is this manager, else over gRPC like any
   worker (`AgentDispatcher` decides at each new session, and sessions end when leadership moves).
 - Leadership: Raft's notification starts and stops the Manager's leader-only loops (plus the node RPC's and the

@@ -54,8 +54,12 @@ _NAMES = {grpc.StatusCode.INVALID_ARGUMENT: "InvalidArgument", grpc.StatusCode.N
 
 def from_rpc_error(e: grpc.aio.AioRpcError) -> ShoalError:
     """A gRPC error as dockerd shows a swarmkit one: `rpc error: code = X desc = Y`."""
-    code = e.code()
-    text = f"rpc error: code = {_NAMES.get(code, code.name.title())} desc = {e.details()}"
+    return status_error(e.code(), e.details())
+
+
+def status_error(code: grpc.StatusCode, details: str | None) -> ShoalError:
+    """A gRPC status (code and details) as dockerd shows a swarmkit error: `rpc error: code = X desc = Y`."""
+    text = f"rpc error: code = {_NAMES.get(code, code.name.title())} desc = {details}"
     if code == grpc.StatusCode.NOT_FOUND:
         return NotFound(text)
     if code == grpc.StatusCode.UNAVAILABLE:

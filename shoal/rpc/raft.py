@@ -491,6 +491,84 @@ class RaftServicer(pbg.RaftServicer):
             code, desc, md = abort_details(e)
             await context.abort(code, desc, trailing_metadata=md)
 
+    async def ForwardMux(self, request_iterator: AsyncIterator[pb.ForwardMuxBatch],
+                         context: grpc.aio.ServicerContext) -> AsyncIterator[pb.ForwardMuxBatch]:
+        """A follower's writes on one stream (shoal.rpc.forwardmux): each request runs as it arrives, and the
+        answers ready at the same moment go back in one message. One stream instead of a call per write,
+        because the asyncio server accepts new calls one at a time, which capped forwarded writes at a few
+        hundred a second."""
+        await _identify_manager(self.h, context)
+        serve = self.h.forward
+        if serve is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this manager does not serve forwarded requests")
+            return
+        done: asyncio.Queue[pb.ForwardMuxItem | None] = asyncio.Queue()
+        running: set[asyncio.Task[None]] = set()
+
+        async def one(item_id: int, req: pb.ForwardRequest) -> None:
+            done.put_nowait(await mux_answer(item_id, serve(req)))
+
+        async def read() -> None:
+            try:
+                async for batch in request_iterator:
+                    for item in batch.items:
+                        t = asyncio.create_task(one(item.id, item.request))
+                        running.add(t)
+                        t.add_done_callback(running.discard)
+            finally:
+                done.put_nowait(None)  # the follower closed its side (or the stream broke): nothing more to answer
+
+        reader = asyncio.create_task(read())
+        try:
+            while True:
+                first = await done.get()
+                if first is None:
+                    return
+                items, size, end = [first], first.ByteSize(), False
+                while not done.empty() and size < MUX_BATCH_BYTES:
+                    nxt = done.get_nowait()
+                    if nxt is None:
+                        end = True
+                        break
+                    items.append(nxt)
+                    size += nxt.ByteSize()
+                yield pb.ForwardMuxBatch(items=items)
+                if end:
+                    return
+        finally:
+            reader.cancel()
+            for t in list(running):
+                t.cancel()
+
+
+MUX_BATCH_BYTES = 4 << 20  # answers gathered into one message up to this (one larger answer goes alone)
+
+
+async def mux_answer(item_id: int, chunks: AsyncIterator[pb.ForwardChunk]) -> pb.ForwardMuxItem:
+    """Request `item_id`'s whole answer as one item (its head with the body's length and the body), or the error
+    it failed with, in the terms a call's status would have carried it."""
+    head: pb.ForwardChunk | None = None
+    data = bytearray()
+    try:
+        async for chunk in chunks:
+            if head is None:
+                head = chunk
+            data += chunk.data
+    except ShoalError as e:
+        code, desc, md = abort_details(e)
+        return pb.ForwardMuxItem(id=item_id, error_code=code.name, error_details=desc, error_metadata=dict(md))
+    except Exception as e:  # a bug on this side must still answer the request, not leave it waiting
+        log.exception("forwarded request %d failed", item_id)
+        return pb.ForwardMuxItem(id=item_id, error_code=grpc.StatusCode.INTERNAL.name, error_details=str(e))
+    if head is None:
+        return pb.ForwardMuxItem(id=item_id, error_code=grpc.StatusCode.INTERNAL.name,
+                                 error_details="the leader's API gave no answer")
+    answer = pb.ForwardChunk(status=head.status, data=bytes(data))
+    for k, v in head.headers.items():
+        answer.headers[k] = v
+    answer.headers["Content-Length"] = str(len(data))
+    return pb.ForwardMuxItem(id=item_id, answer=answer)
+
 
 # --- clients ---------------------------------------------------------------------------------------------
 

@@ -278,3 +278,32 @@ class ForwardChunk(_message.Message):
     headers: _containers.ScalarMap[str, str]
     data: bytes
     def __init__(self, status: _Optional[int] = ..., headers: _Optional[_Mapping[str, str]] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class ForwardMuxItem(_message.Message):
+    __slots__ = ("id", "request", "answer", "error_code", "error_details", "error_metadata")
+    class ErrorMetadataEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
+    ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_DETAILS_FIELD_NUMBER: _ClassVar[int]
+    ERROR_METADATA_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    request: ForwardRequest
+    answer: ForwardChunk
+    error_code: str
+    error_details: str
+    error_metadata: _containers.ScalarMap[str, str]
+    def __init__(self, id: _Optional[int] = ..., request: _Optional[_Union[ForwardRequest, _Mapping]] = ..., answer: _Optional[_Union[ForwardChunk, _Mapping]] = ..., error_code: _Optional[str] = ..., error_details: _Optional[str] = ..., error_metadata: _Optional[_Mapping[str, str]] = ...) -> None: ...
+
+class ForwardMuxBatch(_message.Message):
+    __slots__ = ("items",)
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    items: _containers.RepeatedCompositeFieldContainer[ForwardMuxItem]
+    def __init__(self, items: _Optional[_Iterable[_Union[ForwardMuxItem, _Mapping]]] = ...) -> None: ...

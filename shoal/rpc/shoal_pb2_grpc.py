@@ -5,7 +5,7 @@ import warnings
 
 from shoal.rpc import shoal_pb2 as shoal_dot_rpc_dot_shoal__pb2
 
-GRPC_GENERATED_VERSION = '1.85.1'
+GRPC_GENERATED_VERSION = '1.85.4'
 GRPC_VERSION = grpc.__version__
 _version_not_supported = False
 
@@ -669,6 +669,11 @@ class RaftStub:
                 request_serializer=shoal_dot_rpc_dot_shoal__pb2.ForwardRequest.SerializeToString,
                 response_deserializer=shoal_dot_rpc_dot_shoal__pb2.ForwardChunk.FromString,
                 _registered_method=True)
+        self.ForwardMux = channel.stream_stream(
+                '/shoal.rpc.Raft/ForwardMux',
+                request_serializer=shoal_dot_rpc_dot_shoal__pb2.ForwardMuxBatch.SerializeToString,
+                response_deserializer=shoal_dot_rpc_dot_shoal__pb2.ForwardMuxBatch.FromString,
+                _registered_method=True)
 
 
 class RaftServicer:
@@ -692,6 +697,12 @@ class RaftServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ForwardMux(self, request_iterator, context):
+        """Missing associated documentation comment in .proto file."""
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RaftServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -709,6 +720,11 @@ def add_RaftServicer_to_server(servicer, server):
                     servicer.Forward,
                     request_deserializer=shoal_dot_rpc_dot_shoal__pb2.ForwardRequest.FromString,
                     response_serializer=shoal_dot_rpc_dot_shoal__pb2.ForwardChunk.SerializeToString,
+            ),
+            'ForwardMux': grpc.stream_stream_rpc_method_handler(
+                    servicer.ForwardMux,
+                    request_deserializer=shoal_dot_rpc_dot_shoal__pb2.ForwardMuxBatch.FromString,
+                    response_serializer=shoal_dot_rpc_dot_shoal__pb2.ForwardMuxBatch.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -792,6 +808,33 @@ class Raft:
             '/shoal.rpc.Raft/Forward',
             shoal_dot_rpc_dot_shoal__pb2.ForwardRequest.SerializeToString,
             shoal_dot_rpc_dot_shoal__pb2.ForwardChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ForwardMux(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/shoal.rpc.Raft/ForwardMux',
+            shoal_dot_rpc_dot_shoal__pb2.ForwardMuxBatch.SerializeToString,
+            shoal_dot_rpc_dot_shoal__pb2.ForwardMuxBatch.FromString,
             options,
             channel_credentials,
             insecure,
