@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 from collections.abc import Iterable
+from pathlib import Path
 
 ENV = "SHOAL_BENCH_RUN"
 
@@ -38,24 +39,28 @@ def install() -> str:
     return token
 
 
+def _stat(pid: int | str) -> list[bytes] | None:
+    """The fields of /proc/PID/stat after the command name (state first, then the parent's PID), or None once the
+    process is gone. The command name may hold spaces and parentheses: the fields after the last ')' are fixed."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return None
+    return stat[stat.rfind(b")") + 2:].split()
+
+
 def _ppids() -> dict[int, int]:
     out: dict[int, int] = {}
     for name in os.listdir("/proc"):
-        if not name.isdigit():
-            continue
-        try:
-            stat = open(f"/proc/{name}/stat", "rb").read()
-        except OSError:
-            continue
-        # the command name (field 2) may hold spaces and parentheses: the fields after the last ')' are fixed
-        fields = stat[stat.rfind(b")") + 2:].split()
-        out[int(name)] = int(fields[1])
+        fields = _stat(name) if name.isdigit() else None
+        if fields is not None:
+            out[int(name)] = int(fields[1])
     return out
 
 
 def _marked(pid: int, token: str) -> bool:
     try:
-        env = open(f"/proc/{pid}/environ", "rb").read()
+        env = Path(f"/proc/{pid}/environ").read_bytes()
     except OSError:
         return False
     return f"{ENV}={token}".encode() in env.split(b"\0")
@@ -83,15 +88,15 @@ def leftovers(token: str, root: int | None = None) -> set[int]:
 
 
 def _alive(pids: Iterable[int]) -> set[int]:
-    alive = set()
-    for pid in pids:
-        try:
-            state = open(f"/proc/{pid}/stat", "rb").read()
-        except OSError:
-            continue
-        if state[state.rfind(b")") + 2:state.rfind(b")") + 3] != b"Z":  # a zombie has already exited
-            alive.add(pid)
-    return alive
+    """Those of `pids` still running (a zombie has already exited)."""
+    return {pid for pid in pids if (f := _stat(pid)) is not None and f[0] != b"Z"}
+
+
+def _collect_children() -> None:
+    """Reap this process's exited children, so they stop showing as zombies."""
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:
+            pass
 
 
 def reap(token: str, grace: float = 5.0) -> list[int]:
@@ -104,13 +109,9 @@ def reap(token: str, grace: float = 5.0) -> list[int]:
     deadline = time.monotonic() + grace
     while _alive(pids) and time.monotonic() < deadline:
         time.sleep(0.05)  # polling /proc for the processes' exit, bounded by the grace period
-        with contextlib.suppress(ChildProcessError):
-            while os.waitpid(-1, os.WNOHANG)[0] > 0:
-                pass
+        _collect_children()
     for pid in _alive(pids) | _alive(leftovers(token)):
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
-    with contextlib.suppress(ChildProcessError):
-        while os.waitpid(-1, os.WNOHANG)[0] > 0:
-            pass
+    _collect_children()
     return sorted(pids)

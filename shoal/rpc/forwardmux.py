@@ -83,10 +83,6 @@ class _Stream:
                         size += items[0].ByteSize()
                         batch.append(items.pop(0))
                     await self.call.write(pb.ForwardMuxBatch(items=batch))
-        except asyncio.CancelledError:
-            raise
-        except grpc.aio.AioRpcError as e:
-            self._fail(e)
         except Exception as e:  # the stream is unusable; its requests must fail, not hang
             self._fail(e)
 
@@ -102,10 +98,6 @@ class _Stream:
                     else:
                         fut.set_result(item.answer)
             self._fail(Unavailable("rpc error: code = Unavailable desc = the leader closed the forwarding stream"))
-        except asyncio.CancelledError:
-            raise
-        except grpc.aio.AioRpcError as e:
-            self._fail(e)
         except Exception as e:
             self._fail(e)
 

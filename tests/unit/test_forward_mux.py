@@ -57,11 +57,11 @@ class Leader:
 
 
 async def start_server(root: CA.RootCA, forward: Callable[[pb.ForwardRequest], AsyncIterator[pb.ForwardChunk]]
-                       | None, servicer: Any = None) -> tuple[grpc.aio.Server, str]:
+                       | None, make: Callable[[RaftHooks], Any] = RaftServicer) -> tuple[grpc.aio.Server, str]:
     hooks = RaftHooks(transport=None, cluster_id=lambda: CLUSTER,  # type: ignore[arg-type]
                       is_member_allowed=lambda _n: True, join=lambda *_a: None, forward=forward)
     server = grpc.aio.server(options=SECURE_SERVER_OPTIONS)
-    pbg.add_RaftServicer_to_server(servicer or RaftServicer(hooks), server)
+    pbg.add_RaftServicer_to_server(make(hooks), server)
     key, cert, roots = creds(root, "leader")
     sc = grpc.ssl_server_credentials([(key.encode(), cert.encode())], root_certificates=roots.encode(),
                                      require_client_auth=True)
@@ -110,10 +110,14 @@ async def test_concurrent_writes_each_get_their_own_answer_in_few_messages(root:
     n = 200
     leader = Leader(expect=n)
     leader.release.clear()  # every request reaches the leader before any is answered
-    hooks = RaftHooks(transport=None, cluster_id=lambda: CLUSTER,  # type: ignore[arg-type]
-                      is_member_allowed=lambda _n: True, join=lambda *_a: None, forward=leader.serve)
-    counting = CountingServicer(hooks)
-    server, addr = await start_server(root, leader.serve, servicer=counting)
+    made: list[CountingServicer] = []
+
+    def make(hooks: RaftHooks) -> CountingServicer:
+        made.append(CountingServicer(hooks))
+        return made[-1]
+
+    server, addr = await start_server(root, leader.serve, make)
+    (counting,) = made
     mux = follower(root, addr)
     try:
         calls = [asyncio.ensure_future(mux.request(LEADER, request("/configs/create", f"id{i}".encode())))
@@ -179,7 +183,7 @@ class OldRaftServicer(pbg.RaftServicer):
 
 
 async def test_a_leader_without_forward_mux_is_detected_once(root: CA.RootCA) -> None:
-    server, addr = await start_server(root, None, servicer=OldRaftServicer())
+    server, addr = await start_server(root, None, lambda _h: OldRaftServicer())
     mux = follower(root, addr)
     try:
         with pytest.raises(MuxUnsupported):

@@ -12,13 +12,12 @@ a trigger), and sleeps on the injected clock, so the simulation runs it on virtu
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import defaultdict
 from dataclasses import replace
 from datetime import UTC, datetime
 
-from shoal.clock import Clock
+from shoal.clock import Clock, until_or_sleep
 from shoal.errors import Unavailable
 from shoal.manager.cron.config import CronConfig, cron_config_cached
 from shoal.model.objects import CronStatus, Service, Task
@@ -187,14 +186,5 @@ async def _next_change_or(sub: Subscription, clock: Clock, timeout: float | None
     """Return after the next store change `sub` sees (all queued ones consumed), or after `timeout` seconds."""
     if sub.drain():
         return
-    getter = asyncio.ensure_future(sub.get())
-    sleeper = asyncio.ensure_future(clock.sleep(timeout)) if timeout is not None else None
-    try:
-        await asyncio.wait([f for f in (getter, sleeper) if f is not None], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        getter.cancel()
-        if sleeper is not None:
-            sleeper.cancel()
-    if getter.done() and not getter.cancelled():
-        getter.result()  # WatchOverflow: the caller resyncs
+    await until_or_sleep(sub.get(), clock, timeout)  # a WatchOverflow is raised: the caller resyncs
     sub.drain()

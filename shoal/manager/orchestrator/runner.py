@@ -10,7 +10,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from shoal.clock import Clock
+from shoal.clock import Clock, until_or_sleep
 from shoal.errors import Unavailable
 from shoal.manager.cron.view import job_view
 from shoal.manager.orchestrator.reconcile import Reconciler, reap_removed
@@ -175,7 +175,7 @@ class Orchestrator:
             if later is not None:
                 due = later if due is None else min(due, later)
             timeout = None if due is None else max(0.0, due - self.clock.now())
-            await _wait_event_or_sleep(self._timer_poke, self.clock, timeout)
+            await until_or_sleep(self._timer_poke.wait(), self.clock, timeout)
 
 
 def _status_progress(old: Task | None, new: Task) -> bool:
@@ -185,17 +185,6 @@ def _status_progress(old: Task | None, new: Task) -> bool:
         new.status.state < TaskState.COMPLETE and old.desired_state == new.desired_state and \
         old.node_id == new.node_id and old.slot == new.slot and old.start_after == new.start_after and \
         old.job_iteration == new.job_iteration and (old.spec is new.spec or old.spec == new.spec)
-
-
-async def _wait_event_or_sleep(event: asyncio.Event, clock: Clock, timeout: float | None) -> None:
-    waiter = asyncio.ensure_future(event.wait())
-    sleeper = asyncio.ensure_future(clock.sleep(timeout)) if timeout is not None else None
-    try:
-        await asyncio.wait([f for f in (waiter, sleeper) if f is not None], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        waiter.cancel()
-        if sleeper is not None:
-            sleeper.cancel()
 
 
 def constraint_checker() -> Callable[[Service, Node], bool]:

@@ -493,9 +493,13 @@ class RaftCore:
         self._read_queue = []
         self._reads_before_commit = []
 
+    @property
+    def _jitter(self) -> int:
+        """The randomized part of the election timeout, in ticks."""
+        return self.cfg.election_jitter_ticks or self.cfg.election_ticks
+
     def _reset_randomized_timeout(self) -> None:
-        jitter = self.cfg.election_jitter_ticks or self.cfg.election_ticks
-        self._randomized_timeout = self.cfg.election_ticks + self._rng.randrange(jitter)
+        self._randomized_timeout = self.cfg.election_ticks + self._rng.randrange(self._jitter)
 
     def _become_follower(self, term: int, leader: int) -> None:
         self._reset(term)
@@ -846,9 +850,8 @@ class RaftCore:
             # within 1..jitter ticks (a fresh draw, so a second collision is rare). Only liveness is touched,
             # and only with pre-vote: the new campaign raises no term until a quorum has granted its pre-vote
             # (without it, a candidate refused for its log would push the term up every few ticks).
-            jitter = self.cfg.election_jitter_ticks or self.cfg.election_ticks
             self._randomized_timeout = min(self._randomized_timeout,
-                                           self._election_elapsed + 1 + self._rng.randrange(jitter))
+                                           self._election_elapsed + 1 + self._rng.randrange(self._jitter))
         if self._count_votes() >= self.quorum:
             if self.role == Role.PRE_CANDIDATE:
                 self._become_candidate()
