@@ -170,7 +170,19 @@ async def init_swarm(node: ShoalNode, opts: InitOptions) -> str:
             node.ident.drop_keys()
             node.identity = {}
             raise
+        await _first_session(node, "initialised")
         return node_id
+
+async def _first_session(node: ShoalNode, done: str) -> None:
+    """Waits (20 s at most) for the node's agent to register with a dispatcher, as dockerd's init and join
+    return once the node is in the swarm: its description (platform, resources, engine) is in the store when
+    the caller next inspects the node."""
+    agent = node.agent
+    assert agent is not None
+    try:
+        await asyncio.wait_for(agent.connected.wait(), 20.0)
+    except TimeoutError:
+        log.warning("%s, but the first session with a manager is not up yet", done)
 
 async def _force_new_cluster(node: ShoalNode) -> str:
     """`swarm init --force-new-cluster` on a manager: the same swarm, with this manager as its only one."""
@@ -245,12 +257,7 @@ async def join_swarm(node: ShoalNode, opts: JoinOptions) -> str:
             shutil.rmtree(node.cfg.data_dir / "raft", ignore_errors=True)
             node.identity = {}
             raise
-        agent = node.agent
-        assert agent is not None
-        try:
-            await asyncio.wait_for(agent.connected.wait(), 20.0)
-        except TimeoutError:
-            log.warning("joined, but the first session with a manager is not up yet")
+        await _first_session(node, "joined")
         return result.node_id
 
 async def _join_as_manager(node: ShoalNode, via: str) -> None:
