@@ -87,8 +87,11 @@ async def _scenario(engine: docker.DockerClient, test_image: str, dockerd: str, 
         engine.api.start(c["Id"])
         return c["Id"]
 
-    def logs(cid: str) -> str:
-        return str(engine.api.logs(cid).decode().strip())
+    def outcome(cid: str) -> str:
+        """The client's output once its shell has printed the verdict (wget's page and the verdict are two
+        writes, so output without a verdict is not the end), else ""."""
+        out = str(engine.api.logs(cid).decode().strip())
+        return out if out.split()[-1:] in (["fetched"], ["failed"]) else ""
 
     try:
         await agent.start()
@@ -104,10 +107,10 @@ async def _scenario(engine: docker.DockerClient, test_image: str, dockerd: str, 
                                       "else echo failed; fi; exec sleep 3600", nets.resolv_conf)
         # The agent is late: its rules go in LATE seconds after the container started (sooner only if the
         # client has given up by then, which is what this test guards against).
-        await _late(lambda: logs(cid), LATE)
+        await _late(lambda: outcome(cid), LATE)
         pid = int(engine.api.inspect_container(cid)["State"]["Pid"])
         await agent.container_started(client, pid)
-        out = await eventually(lambda: asyncio.to_thread(logs, cid), 30, what="the client's output")
+        out = await eventually(lambda: asyncio.to_thread(outcome, cid), 30, what="the client's verdict")
         assert out.split() == ["backend", "fetched"], out
     finally:
         for cid in made:
