@@ -1,11 +1,16 @@
-"""The routing mesh and host-mode ports of process tasks: user-space balancers on the node.
+"""The routing mesh and host-mode ports of process tasks on the node.
 
-For every port published in ingress mode, a balancer on the node (0.0.0.0) sends each connection (or UDP
-flow) to a serving task's ingress address, from this node's own ingress address inside the ingress network's
-namespace, so replies come back through the tunnel. Options, as service labels:
-`com.shoal.mesh.proxy-protocol=true` (a PROXY v2 header with the real client address first) and
-`com.shoal.mesh.local-only=true` (only tasks on the receiving node, from the client's own address through a
-transparent socket; a client on the node's loopback is sent from the node's ingress address instead).
+Every port published in ingress mode is held by a user-space balancer on the node (0.0.0.0), and where the
+node's namespace forwards and its ingress network has a namespace of its own, the kernel carries what comes
+from other hosts (shoal.net.kingress: nftables DNAT towards the task, no proxy). The balancer sends each
+connection (or UDP flow) it takes to a serving task's ingress address, from this node's own ingress address
+inside the ingress network's namespace, so replies come back through the tunnel. It serves clients on the node
+itself, nodes that do not forward, the docker executor, and services that ask for what only a proxy can do,
+as service labels: `com.shoal.mesh.proxy-protocol=true` (a PROXY v2 header with the real client address
+first) and `com.shoal.mesh.keepalive=true` (TCP keepalive probes on both legs, timed by `shoal daemon
+--mesh-keepalive`). `com.shoal.mesh.local-only=true` sends only to tasks on the receiving node, from the
+client's own address (in the kernel: no source NAT; in the balancer: a transparent socket; a client on the
+node's loopback is sent from the node's ingress address instead).
 
 Host-mode ports of a process task in its own namespace: such a task listens inside its namespace, so the node
 forwards its host-mode ports to it: a balancer with this one backend on the node's 0.0.0.0:<published>,
@@ -22,9 +27,11 @@ import logging
 import socket
 from collections.abc import Awaitable, Callable
 
+from shoal.errors import TemporaryError
 from shoal.host import nsutil
 from shoal.model.objects import Service
 from shoal.net.engine import EngineBridges
+from shoal.net.kingress import KernelIngress, KernelPort
 from shoal.net.lb import Backend, TCPBalancer, UDPBalancer
 from shoal.net.links import ip_of, loopback
 from shoal.net.overlay import LocalNet, Overlays
@@ -34,6 +41,7 @@ log = logging.getLogger(__name__)
 
 LABEL_PROXY_PROTOCOL = "com.shoal.mesh.proxy-protocol"
 LABEL_LOCAL_ONLY = "com.shoal.mesh.local-only"
+LABEL_KEEPALIVE = "com.shoal.mesh.keepalive"
 IP_TRANSPARENT = 19  # linux/in.h
 
 
@@ -47,6 +55,12 @@ def mesh_opts(svc: Service) -> tuple[bool, bool]:
     return _truthy(labels.get(LABEL_PROXY_PROTOCOL)), _truthy(labels.get(LABEL_LOCAL_ONLY))
 
 
+def needs_proxy(svc: Service) -> bool:
+    """Does the service ask for what only the user-space balancer does (PROXY protocol, keepalive)?"""
+    labels = svc.spec.annotations.labels
+    return _truthy(labels.get(LABEL_PROXY_PROTOCOL)) or _truthy(labels.get(LABEL_KEEPALIVE))
+
+
 class Mesh:
     """The node's balancers for ingress-mode and host-mode ports, kept in line with the shared state (under the
     shared lock). `gc` drops the overlays nothing uses (the ingress network once no port is published)."""
@@ -57,6 +71,7 @@ class Mesh:
         self.overlays = overlays
         self.engine = engine
         self._gc = gc
+        self.kernel = KernelIngress(shared.node_id)
         self._ingress: dict[tuple[str, int], tuple[tuple[str, int, bool, bool], TCPBalancer | UDPBalancer]] = {}
         # host-mode ports of process tasks in their own namespace: (proto, port) -> ((task, target, proxy), lb)
         self._host_ports: dict[tuple[str, int], tuple[tuple[str, int, bool], TCPBalancer | UDPBalancer]] = {}
@@ -67,7 +82,7 @@ class Mesh:
         return bool(self._ingress)
 
     async def close(self) -> None:
-        """Every balancer stops."""
+        """Every balancer stops (the kernel's rules stay: connections they carry outlive the agent)."""
         for _key, lb in [*self._ingress.values(), *self._host_ports.values()]:
             await lb.close()
         self._ingress.clear()
@@ -93,25 +108,53 @@ class Mesh:
                 del self._ingress[key]
                 await lb.close()
         if not want or ingress is None:
+            await self.kernel.close()
             await self._gc()
             return
         ln = await self.overlays.ensure(ingress)
         src = await self.overlays.ensure_ingress_addr(ln)
         if not src:
             return  # this node has no ingress address yet: the allocator is about to give it one
+        try:
+            await self._balancers(want, ingress.id, ln, src)
+        finally:
+            await self._program_kernel(ingress.id, ln, src)
+
+    async def _balancers(self, want: dict[tuple[str, int], tuple[Service, int]], ingress_id: str, ln: LocalNet,
+                         src: str) -> None:
         for key, (svc, target) in want.items():
             if key in self._ingress:
                 continue
             proxy, local = mesh_opts(svc)
             if local and ln.ns is None and self.engine is not None:
                 await self.engine.ensure_host_tproxy()
-            lb = self._mesh_balancer(key[0], svc.id, ingress.id, target, ln, src, proxy, local)
+            lb = self._mesh_balancer(key[0], svc.id, ingress_id, target, ln, src, proxy, local)
             try:
                 await lb.start("0.0.0.0", key[1])
             except OSError as e:
                 log.warning("cannot listen on %s port %d for service %s: %s", key[0], key[1], svc.name, e)
                 continue
             self._ingress[key] = ((svc.id, target, proxy, local), lb)
+
+    async def _program_kernel(self, ingress_id: str, ln: LocalNet, src: str) -> None:
+        """The kernel's share of the mesh: every port a balancer holds (so never a port another program has)
+        whose service needs no proxy and has a task to send to. Its failure leaves the balancers serving."""
+        if not self.kernel.usable():
+            return
+        state, node_id = self.shared.state, self.shared.node_id
+        ports: list[KernelPort] = []
+        for (proto, published), ((service_id, target, _proxy, local), _lb) in self._ingress.items():
+            svc = state.services.get(service_id)
+            if svc is None or needs_proxy(svc):
+                continue
+            ips = tuple(e.ip for e in self.shared.directory.endpoints(service_id, ingress_id)
+                        if not local or e.node_id == node_id)
+            if ips:
+                ports.append(KernelPort(proto, published, target, ips, local))
+        try:
+            await self.kernel.program(ln.ns, ln.bridge, src, ports)
+        except TemporaryError as e:
+            log.warning("routing mesh: the kernel path is not in place, the balancers serve: %s", e)
 
     def _mesh_balancer(self, proto: str, service_id: str, net_id: str, target: int, ln: LocalNet, src: str,
                        proxy: bool, local: bool) -> TCPBalancer | UDPBalancer:

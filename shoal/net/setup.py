@@ -10,6 +10,7 @@ from pathlib import Path
 
 from shoal.host import ipcmd
 from shoal.net.engine import HOST_TPROXY_TABLE
+from shoal.net.kingress import remove_host_rules
 from shoal.net.links import delete_owned_link, owned_links
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ async def remove_network_state(root: Path, node_id: str = "", engine_host: str |
     if node_id and why_no_networking() is None:
         for dev in await owned_links(node_id, "vxlan"):
             await delete_owned_link(dev, node_id)
+        await remove_host_rules(node_id)
     if engine_host and node_id:
         await remove_host_tproxy()
     ns_dir = root / "ns"

@@ -59,6 +59,10 @@ def test_leave_force_removes_everything_the_node_created(node: ShoalDocker, dock
                 test_image, "sleep", "600")
     wait_until(running, 90, what="two running lcweb tasks")
     wait_until(lambda: "table ip shoal_mesh" in nft_tables(), 60, what="the local-only mesh rules")
+    # The kernel mesh (the host forwards): a table of the node's, which leaving removes (checked below).
+    from shoal.net.kingress import host_table
+
+    wait_until(lambda: f"table ip {host_table(nid)}" in nft_tables(), 60, what="the kernel mesh's table")
     label = {"label": f"com.shoal.node.id={nid}"}
     wait_until(lambda: len(eng.containers.list(all=True, filters=label, ignore_removed=True)) == 3, 60,
                what="three containers")

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from shoal.net.links import node_token
 from tests.net.netns import Host, Lab, why_not
 from tests.support.shoal_node import ShoalNode
 from tests.support.wait import wait_until
@@ -133,6 +134,29 @@ class Mesh:
         assert r.returncode == 0, r.stderr
         return json.loads(r.stdout)
 
+    def node_id(self, i: int) -> str:
+        return str(json.loads(self.mgr.docker("node", "inspect", f"h{i}").stdout)[0]["ID"])
+
+    def kernel_dnats(self, i: int) -> dict[str, int] | None:
+        """Host i's kernel mesh in its own namespace: the packets each DNAT rule took ("tcp"/"udp" -> count),
+        None when the node has no such table."""
+        from shoal.net.kingress import host_table
+
+        r = self.hosts[i - 1].run("nft", "-j", "list", "table", "ip", host_table(self.node_id(i)))
+        if r.returncode != 0:
+            return None
+        out: dict[str, int] = {}
+        for item in json.loads(r.stdout)["nftables"]:
+            rule = item.get("rule")
+            if rule is None:
+                continue
+            text = json.dumps(rule["expr"])
+            count = next((e["counter"]["packets"] for e in rule["expr"] if "counter" in e), None)
+            for proto in ("tcp", "udp"):
+                if count is not None and f'"protocol": "{proto}"' in text:
+                    out[proto] = count
+        return out
+
     def from_outside(self, *args: str) -> Any:
         r = self.outside.run(PY, str(HERE / "probe.py"), *args, timeout=60)
         assert r.returncode == 0, r.stderr
@@ -150,6 +174,9 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     with Lab() as lab:
         try:
             hosts = [lab.host(f"{SUBNET}.{i}/24") for i in range(1, 6)]
+            for i, h in enumerate(hosts[:4]):  # h1-h3 forward, as a host running Docker does: the kernel
+                # carries their mesh; h4 does not: its balancer does (a new namespace inherits the machine's)
+                h.run("sysctl", "-qw", f"net.ipv4.ip_forward={int(i < 3)}", check=True)
             upstream = subprocess.Popen(["ip", "netns", "exec", hosts[4].name, PY, "-c", FAKE_DNS],
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
             assert upstream.stdout is not None and upstream.stdout.readline().strip() == "ready"
@@ -228,6 +255,68 @@ def test_published_port_answers_on_every_host(mesh: Mesh) -> None:
         udp = mesh.from_outside("udp", mesh.addr(i), "30081", "6")
         assert all(a is not None for a in udp), (i, udp)
         assert {ip for a in udp for ip in a["ips"]} & replicas == replicas, (i, udp)
+
+
+def test_the_kernel_carries_the_mesh_on_forwarding_nodes_and_nothing_else(mesh: Mesh) -> None:
+    """On h1 (it forwards), connections from outside to a published port are DNATed in the kernel: its rule
+    counts each new one, and the replicas see them from h1's ingress address, not the client's. h4 does not
+    forward: no kernel rules there, its balancer serves (test_published_port_answers_on_every_host). Through
+    the kernel path's link into the ingress namespace goes only what it DNATed: a task gets no way out."""
+    wait_until(lambda: mesh.kernel_dnats(1), 30, what="h1's kernel mesh rules")
+    assert mesh.kernel_dnats(4) is None
+    before = mesh.kernel_dnats(1)
+    assert before is not None
+    replicas = mesh.ips("web", "appnet")
+    answers = mesh.from_outside("tcp", mesh.addr(1), "30080", "6")
+    udp = mesh.from_outside("udp", mesh.addr(1), "30081", "6")
+    after = mesh.kernel_dnats(1)
+    assert after is not None
+    assert after["tcp"] - before["tcp"] >= 6 and after["udp"] - before["udp"] >= 6, (before, after)
+    assert all(a is not None for a in answers + udp), (answers, udp)
+    assert {ip for a in answers for ip in a["ips"]} & replicas == replicas, answers
+    assert all(a["peer"].split(":")[0] != mesh.outside.ip_addr for a in answers + udp), answers + udp
+    # No way out through the link: a task whose only network is ingress (its default route leads into the
+    # ingress namespace) cannot reach the outside host, which answers the same connection from h1 itself.
+    mesh.mgr.docker("service", "create", "--detach", "--name", "kout", "--constraint", "node.hostname==h1",
+                    "--publish", "30094:8080", "busybox", PY, str(HERE / "replica.py"), "8080", "8081")
+    server = subprocess.Popen(["ip", "netns", "exec", mesh.outside.name, PY, str(HERE / "replica.py"), "30199",
+                               "30198"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: len(mesh.running("kout")) == 1, 30, what="kout running")
+        wait_until(lambda: mesh.from_outside("tcp", mesh.addr(1), "30094", "1")[0], 20, what="kout through h1")
+        wait_until(lambda: mesh.hosts[0].run(PY, str(HERE / "probe.py"), "tcp", mesh.outside.ip_addr, "30199",
+                                             "1").stdout.strip() != "[null]", 20, what="the outside server")
+        assert mesh.in_task(mesh.task_pid("kout"), "tcp", mesh.outside.ip_addr, "30199", "1") == [None]
+    finally:
+        server.kill()
+        server.wait()
+        mesh.mgr.docker("service", "rm", "kout")
+
+
+def test_a_port_another_program_holds_stays_its_own(mesh: Mesh) -> None:
+    """A program on h3 listens on 30085 before a service publishes it: h3's balancer cannot take the port, and
+    the kernel path does not take it either (no DNAT stealing the program's connections); other nodes serve
+    the service on it."""
+    own = subprocess.Popen(["ip", "netns", "exec", mesh.hosts[2].name, PY, str(HERE / "replica.py"), "30085",
+                            "30086"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        first = wait_until(lambda: mesh.from_outside("tcp", mesh.addr(3), "30085", "1")[0], 20,
+                           what="h3's own server")
+        assert mesh.addr(3) in first["ips"]
+        mesh.mgr.docker("service", "create", "--detach", "--name", "taken", "--constraint", "node.hostname==h2",
+                        "--publish", "30085:8080", "busybox", PY, str(HERE / "replica.py"), "8080", "8081")
+        wait_until(lambda: len(mesh.running("taken")) == 1, 30, what="taken running")
+        mine = mesh.ips("taken", "ingress")
+        wait_until(lambda: set((mesh.from_outside("tcp", mesh.addr(1), "30085", "1")[0] or {}).get("ips", []))
+                   & mine, 20, what="the service through h1")
+        table = mesh.hosts[2].run("nft", "list", "table", "ip", "shoal_in_" + node_token(mesh.node_id(3))).stdout
+        assert "30085" not in table, table
+        for a in mesh.from_outside("tcp", mesh.addr(3), "30085", "4"):
+            assert a is not None and mesh.addr(3) in a["ips"], a  # still the program's, every time
+    finally:
+        own.kill()
+        own.wait()
+        mesh.mgr.docker("service", "rm", "taken")
 
 
 def test_tasks_name_lists_exactly_the_running_replicas(mesh: Mesh) -> None:
@@ -312,6 +401,8 @@ def test_local_only_keeps_the_client_address_without_source_nat(mesh: Mesh) -> N
     got = wait_until(lambda: mesh.from_outside("tcp", mesh.addr(2), "30091", "1")[0], 20, what="lo through h2")
     assert got["peer"].split(":")[0] == mesh.outside.ip_addr, got  # the real client, at the IP level
     assert got["proxy"] is None
+    nft = mesh.hosts[1].run("nft", "list", "table", "ip", "shoal_in_" + node_token(mesh.node_id(2))).stdout
+    assert "30091" in nft and "30092" in nft, nft  # h2 forwards: its kernel carried these
     # UDP too: the datagrams reach the task from the client's own address.
     udp = wait_until(lambda: mesh.from_outside("udp", mesh.addr(2), "30092", "1")[0], 20, what="lo UDP via h2")
     assert udp["peer"].split(":")[0] == mesh.outside.ip_addr, udp
@@ -350,12 +441,14 @@ FORGETFUL = ("sysctl -qw net.netfilter.nf_conntrack_tcp_timeout_established=5 ne
 
 
 def test_long_idle_connections_through_the_mesh_are_kept_alive(mesh: Mesh) -> None:
-    """A connection through the mesh (client -> h3's balancer -> the task on h2) stays silent for three times
-    the firewalls' idle timeout and still works: the balancer's keepalive probes on both legs keep the
-    firewalls in front of the client and of the task remembering it. The same firewall kills a plain
+    """A connection through the mesh (client -> h3's balancer -> the task on h2; the service's keepalive label
+    keeps it on the balancer) stays silent for three times the firewalls' idle timeout and still works: the
+    balancer's keepalive probes on both legs keep the firewalls in front of the client and of the task
+    remembering it. The same firewall kills a plain
     connection that idles as long (the control), so it is the keepalive that keeps the mesh's alive."""
     mesh.mgr.docker("service", "create", "--detach", "--name", "idle", "--constraint", "node.hostname==h2",
-                    "--publish", "30093:8080", "busybox", PY, str(HERE / "replica.py"), "8080", "8081")
+                    "--label", "com.shoal.mesh.keepalive=true", "--publish", "30093:8080",
+                    "busybox", PY, str(HERE / "replica.py"), "8080", "8081")
     wait_until(lambda: len(mesh.running("idle")) == 1, 30, what="idle running")
     wait_until(lambda: mesh.from_outside("tcp", mesh.addr(3), "30093", "1")[0], 20, what="idle through h3")
     task_pid = mesh.task_pid("idle")
