@@ -7,8 +7,12 @@ Three hosts made from network namespaces on one bridge (tests/net/netns.py): h1 
 
 - direct: client task -> the sink task's overlay address (VXLAN between h1 and h2);
 - vip: client task -> the service VIP (nftables DNAT in the client's namespace, then the same path);
-- ingress, remote task: h3 -> h1:published (user-space balancer on h1, then VXLAN to h2);
-- ingress, local task: h3 -> h2:published (balancer on h2, the task on the same node).
+- ingress, kernel, remote task: h3 -> h1:published (nftables DNAT on h1 and in its ingress namespace, then
+  VXLAN to h2; h1 and h2 forward IPv4, as hosts running Docker do);
+- ingress, kernel, local task: h3 -> h2:published (the task on the receiving node);
+- ingress, user space, remote / local task: the same through the user-space balancer, for a second sink
+  service whose `com.shoal.mesh.keepalive` label keeps it there (what every published port took before the
+  kernel path: the previous figures, measured in the same run).
 
 Per path: throughput of one connection sending `size` bytes (MiB/s), round trips of 1 byte on one open
 connection (p50/p99 µs), and new connections (connect + 1-byte round trip, p50/p99 ms). Printed, never
@@ -92,7 +96,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
     rounds = 500 if quick else 5000
     conditions("mesh", f"3 namespace hosts on one bridge, 2 shoal daemons (process executor), one TCP connection "
                        f"sending {size >> 20} MiB, {rounds} 1-byte round trips, {max(20, rounds // 10)} new "
-                       "connections; Python 3.11 asyncio balancer (no uvloop); same 2 cores for everything")
+                       "connections; kernel mesh (nftables) and the Python 3.11 asyncio balancer (no uvloop); "
+                       "same 2 cores for everything")
     reason = why_not()
     if reason:
         note("mesh", f"not measured: {reason}")
@@ -106,6 +111,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
     with Lab() as lab:
         try:
             hosts = [lab.host(f"192.168.251.{i}/24") for i in (1, 2, 3)]
+            for h in hosts[:2]:
+                h.run("sysctl", "-qw", "net.ipv4.ip_forward=1", check=True)
             for i, h in enumerate(hosts[:2], start=1):
                 nodes.append(ShoalNode(base / f"h{i}", hostname=f"h{i}", prefix=("ip", "netns", "exec", h.name),
                                        extra_args=("--dns-upstream", "none")).start())
@@ -118,6 +125,9 @@ def run(quick: bool) -> list[dict[str, Any]]:
             mgr.docker("service", "create", "--detach", "--name", "sink", "--constraint", "node.hostname==h2",
                        "--network", "benchnet", "--publish", "30500:9000", "busybox", py, str(base / "server.py"),
                        "9000")
+            mgr.docker("service", "create", "--detach", "--name", "sinkp", "--constraint", "node.hostname==h2",
+                       "--label", "com.shoal.mesh.keepalive=true", "--publish", "30501:9000", "busybox", py,
+                       str(base / "server.py"), "9000")
             mgr.docker("service", "create", "--detach", "--name", "client", "--constraint", "node.hostname==h1",
                        "--network", "benchnet", "busybox", "sleep", "3600")
 
@@ -127,7 +137,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
                 _, body = mgr.api("GET", "/v1.47/tasks?filters=" + quote(json.dumps({"service": [svc]})))
                 return [t for t in body if t["Status"]["State"] == "running"]
 
-            wait_until(lambda: tasks("sink") and tasks("client"), 60, what="sink and client running")
+            wait_until(lambda: tasks("sink") and tasks("sinkp") and tasks("client"), 60,
+                       what="sink, sinkp and client running")
             net_id = json.loads(mgr.docker("network", "inspect", "benchnet").stdout)[0]["Id"]
             sink_ip = next(a.split("/")[0] for att in tasks("sink")[0]["NetworksAttachments"]
                            if att["Network"]["ID"] == net_id for a in att["Addresses"])
@@ -150,8 +161,10 @@ def run(quick: bool) -> list[dict[str, Any]]:
             outside = ["ip", "netns", "exec", hosts[2].name]
             paths = [("direct (task address)", in_client, sink_ip, 9000),
                      ("vip (nftables DNAT)", in_client, vip, 9000),
-                     ("ingress, task on another node", outside, "192.168.251.1", 30500),
-                     ("ingress, task on the receiving node", outside, "192.168.251.2", 30500)]
+                     ("ingress, kernel, remote task", outside, "192.168.251.1", 30500),
+                     ("ingress, kernel, local task", outside, "192.168.251.2", 30500),
+                     ("ingress, user space, remote task", outside, "192.168.251.1", 30501),
+                     ("ingress, user space, local task", outside, "192.168.251.2", 30501)]
             results = {name: measure(p, h, port) for name, p, h, port in paths}
             d = results[paths[0][0]]
             for name, *_ in paths:
