@@ -12,16 +12,20 @@ Three hosts made from network namespaces on one bridge (tests/net/netns.py): h1 
 - ingress, kernel, local task: h3 -> h2:published (the task on the receiving node);
 - ingress, user space, remote / local task: the same through the user-space balancer, for a second sink
   service whose `com.shoal.mesh.keepalive` label keeps it there (what every published port took before the
-  kernel path: the previous figures, measured in the same run).
+  kernel path: the previous figures, measured in the same run);
+- node, no mesh: h3 -> the same server run on h2 itself (no NAT, no tunnel).
 
 Per path: throughput of one connection sending `size` bytes (MiB/s), round trips of 1 byte on one open
-connection (p50/p99 µs), and new connections (connect + 1-byte round trip, p50/p99 ms). Printed, never
-asserted; the "reference" of each row is the direct path.
+connection (p50/p99 µs), and new connections (connect + 1-byte round trip, p50/p99 ms), in three rounds over
+all paths (throughput: the median round; latencies: every round's samples). Printed, never
+asserted; the reference of the VIP row is the direct path, that of the ingress rows the node without mesh
+(the same client, host and network, so what remains is the mesh's own cost).
 """
 
 from __future__ import annotations
 
 import json
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -82,6 +86,9 @@ print(json.dumps(out))
 '''
 
 
+ROUNDS = 3  # each path measured this many times, interleaved with the others
+
+
 def _pct(xs: list[float], p: float) -> float:
     s = sorted(xs)
     return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
@@ -96,8 +103,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
     rounds = 500 if quick else 5000
     conditions("mesh", f"3 namespace hosts on one bridge, 2 shoal daemons (process executor), one TCP connection "
                        f"sending {size >> 20} MiB, {rounds} 1-byte round trips, {max(20, rounds // 10)} new "
-                       "connections; kernel mesh (nftables) and the Python 3.11 asyncio balancer (no uvloop); "
-                       "same 2 cores for everything")
+                       f"connections per path and round, {ROUNDS} rounds; kernel mesh (nftables) and the Python "
+                       "3.11 asyncio balancer (no uvloop); same 2 cores for everything")
     reason = why_not()
     if reason:
         note("mesh", f"not measured: {reason}")
@@ -108,6 +115,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
     py = sys.executable
     nodes: list[ShoalNode] = []
     records: list[dict[str, Any]] = []
+    procs: list[subprocess.Popen[bytes]] = []
     with Lab() as lab:
         try:
             hosts = [lab.host(f"192.168.251.{i}/24") for i in (1, 2, 3)]
@@ -157,19 +165,32 @@ def run(quick: bool) -> list[dict[str, Any]]:
                     if time.monotonic() > deadline:
                         raise RuntimeError(r.stderr)
 
+            node_server = subprocess.Popen(["ip", "netns", "exec", hosts[1].name, py, str(base / "server.py"),
+                                            "9100"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            procs.append(node_server)
             in_client = ["nsenter", "-t", str(client_pid), "-n", "-m"]
             outside = ["ip", "netns", "exec", hosts[2].name]
             paths = [("direct (task address)", in_client, sink_ip, 9000),
+                     ("node, no mesh", outside, "192.168.251.2", 9100),
                      ("vip (nftables DNAT)", in_client, vip, 9000),
                      ("ingress, kernel, remote task", outside, "192.168.251.1", 30500),
                      ("ingress, kernel, local task", outside, "192.168.251.2", 30500),
                      ("ingress, user space, remote task", outside, "192.168.251.1", 30501),
                      ("ingress, user space, local task", outside, "192.168.251.2", 30501)]
-            results = {name: measure(p, h, port) for name, p, h, port in paths}
-            d = results[paths[0][0]]
+            # Rounds over all paths in turn, so a slow spell of the shared cores falls on every path alike;
+            # a path's throughput is its median round, its latencies those of every round.
+            runs: dict[str, list[dict[str, Any]]] = {name: [] for name, *_ in paths}
+            for _ in range(ROUNDS):
+                for name, p, h, port in paths:
+                    runs[name].append(measure(p, h, port))
+            results = {name: {"tput": statistics.median(r["tput"] for r in rs),
+                              "rtt": [x for r in rs for x in r["rtt"]], "conn": [x for r in rs for x in r["conn"]]}
+                       for name, rs in runs.items()}
             for name, *_ in paths:
                 m = results[name]
-                ref = None if name == paths[0][0] else "direct"
+                ref = None if name in ("direct (task address)", "node, no mesh") else \
+                    "node, no mesh" if name.startswith("ingress") else "direct (task address)"
+                d = results[ref] if ref else m
                 for metric, unit, val, dval in (
                         ("throughput", "MiB/s", m["tput"], d["tput"]),
                         ("round trip p50", "µs", _pct(m["rtt"], 50), _pct(d["rtt"], 50)),
@@ -179,6 +200,9 @@ def run(quick: bool) -> list[dict[str, Any]]:
                     records.append(record("mesh", name, metric, val, unit, reference=ref,
                                           reference_value=dval if ref else None))
         finally:
+            for proc in procs:
+                proc.kill()
+                proc.wait()
             for n in nodes:
                 n.stop()
     import shutil
@@ -189,7 +213,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
 
 def _print(records: list[dict[str, Any]]) -> None:
     """A plain table: each path's figure beside the direct path's, and their ratio."""
-    print(f"{'path':38} {'metric':20} {'value':>14} {'direct':>14} {'ratio':>7}")
+    print(f"{'path':38} {'metric':20} {'value':>14} {'reference':>14} {'ratio':>7}")
     for r in records:
         ref = f"{r['reference_value']:,.2f} {r['unit']}" if "reference_value" in r else ""
         ratio = f"{r['ratio']:.2f}" if "ratio" in r else ""
