@@ -36,8 +36,9 @@ class DaemonDied(Exception):
 
 class ShoalDocker:
     def __init__(self, base: Path, engine_url: str, *, hostname: str = "node1",
-                 extra_args: tuple[str, ...] = ()) -> None:
+                 extra_args: tuple[str, ...] = (), prefix: tuple[str, ...] = ()) -> None:
         self.extra_args = extra_args
+        self.prefix = prefix  # before the command, e.g. `nsenter --net=PATH` to run in a network namespace
         self.base = Path(base)
         self.engine_url = engine_url
         self.hostname = hostname
@@ -60,7 +61,7 @@ class ShoalDocker:
         self.config_dir.mkdir(exist_ok=True)
         self.ready_file.unlink(missing_ok=True)
         args = [
-            sys.executable, "-m", "shoal.cli", "daemon",
+            *self.prefix, sys.executable, "-m", "shoal.cli", "daemon",
             "--data-dir", str(self.data_dir),
             "--api-socket", str(self.socket),
             "--executor", "docker",
