@@ -31,6 +31,7 @@ import logging
 import os
 import shlex
 import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,13 +166,29 @@ async def remove_host_rules(node_id: str) -> None:
     await _docker_user(node_id, [])
 
 
+def _inode(ns: Path) -> int:
+    """The namespace's own inode (a namespace made again at the same path has another)."""
+    try:
+        return os.stat(ns).st_ino
+    except OSError:
+        return 0
+
+
+def _has_link(name: str) -> bool:
+    try:
+        socket.if_nametoindex(name)
+    except OSError:
+        return False
+    return True
+
+
 class KernelIngress:
     """The kernel routing mesh of one node: its rules, written only when they change, and, where the ingress
     network has a namespace of its own (the process executor), the veth pair into it."""
 
     def __init__(self, node_id: str) -> None:
         self.node_id = node_id
-        self._ns: Path | None = None  # the ingress namespace the veth pair is in
+        self._ns: tuple[Path, int] | None = None  # the ingress namespace the veth pair is in (path, inode)
         self._ns_addr = ""
         self._scripts = ("", "")
         self._refused = False  # told the log why not, once
@@ -199,7 +216,9 @@ class KernelIngress:
                 await ipcmd.nft(host)
                 self._scripts = (host, inner)
             return
-        if self._ns != ns or not await self._link_up(ns):
+        # Made again for a namespace made again (same path, another inode) or a link gone (either end of a veth
+        # pair takes the other with it); checked with a system call, not a process, as this runs per snapshot.
+        if self._ns != (ns, _inode(ns)) or not _has_link(host_link(self.node_id)):
             await self._make_link(ns)
         host = host_script(self.node_id, self._ns_addr, ports)
         inner = ns_script(src, ports)
@@ -214,14 +233,6 @@ class KernelIngress:
         """The node namespace's rules go (the veth pair goes with the ingress namespace)."""
         self._ns, self._ns_addr, self._scripts = None, "", ("", "")
         await remove_host_rules(self.node_id)
-
-    async def _link_up(self, ns: Path) -> bool:
-        out = await ipcmd.run("ip", "-j", "addr", "show", "dev", NS_IF, netns=str(ns), check=False)
-        try:
-            return any(a.get("local") == self._ns_addr for ln in json.loads(out or "[]")
-                       for a in ln.get("addr_info", []))
-        except ValueError:
-            return False
 
     async def _taken(self) -> set[ipaddress.IPv4Network]:
         """The networks of the node namespace's IPv4 addresses (another /30 is picked around them)."""
@@ -251,4 +262,4 @@ class KernelIngress:
         for key in ("net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0", f"net.ipv4.conf.{NS_IF}.rp_filter=0"):
             await ipcmd.run("sysctl", "-qw", key, netns=str(ns))
         await _docker_user(self.node_id, [["-o", link, "-j", "ACCEPT"], ["-i", link, "-j", "ACCEPT"]])
-        self._ns, self._ns_addr, self._scripts = ns, ns_addr, ("", "")
+        self._ns, self._ns_addr, self._scripts = (ns, _inode(ns)), ns_addr, ("", "")

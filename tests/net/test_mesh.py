@@ -275,6 +275,12 @@ def test_the_kernel_carries_the_mesh_on_forwarding_nodes_and_nothing_else(mesh: 
     assert all(a is not None for a in answers + udp), (answers, udp)
     assert {ip for a in answers for ip in a["ips"]} & replicas == replicas, answers
     assert all(a["peer"].split(":")[0] != mesh.outside.ip_addr for a in answers + udp), answers + udp
+    # Someone deletes the link on h1 (either end takes the other): the next change of the cluster makes it
+    # again, and the kernel path serves (with the link gone, its DNAT leads nowhere).
+    from shoal.net.kingress import host_link
+
+    link = host_link(mesh.node_id(1))
+    assert mesh.hosts[0].ip("link", "del", link).returncode == 0
     # No way out through the link: a task whose only network is ingress (its default route leads into the
     # ingress namespace) cannot reach the outside host, which answers the same connection from h1 itself.
     mesh.mgr.docker("service", "create", "--detach", "--name", "kout", "--constraint", "node.hostname==h1",
@@ -284,6 +290,7 @@ def test_the_kernel_carries_the_mesh_on_forwarding_nodes_and_nothing_else(mesh: 
     try:
         wait_until(lambda: len(mesh.running("kout")) == 1, 30, what="kout running")
         wait_until(lambda: mesh.from_outside("tcp", mesh.addr(1), "30094", "1")[0], 20, what="kout through h1")
+        assert mesh.hosts[0].ip("link", "show", link, check=False).returncode == 0  # made again
         wait_until(lambda: mesh.hosts[0].run(PY, str(HERE / "probe.py"), "tcp", mesh.outside.ip_addr, "30199",
                                              "1").stdout.strip() != "[null]", 20, what="the outside server")
         assert mesh.in_task(mesh.task_pid("kout"), "tcp", mesh.outside.ip_addr, "30199", "1") == [None]
