@@ -190,7 +190,7 @@ class KernelIngress:
         self.node_id = node_id
         self._ns: tuple[Path, int] | None = None  # the ingress namespace the veth pair is in (path, inode)
         self._ns_addr = ""
-        self._scripts = ("", "")
+        self._scripts = ("?", "?")  # what is written: unknown at first, so a previous run's rules are replaced
         self._refused = False  # told the log why not, once
 
     def usable(self) -> bool:
@@ -205,9 +205,16 @@ class KernelIngress:
         return False
 
     async def program(self, ns: Path | None, bridge: str, src: str, ports: list[KernelPort]) -> None:
-        """The rules as `ports` say (none: no rules), for an ingress network in namespace `ns` (two stages and
-        the veth pair, which stays while the namespace does) or, when `ns` is None, on `bridge` in the node's
-        namespace (one stage)."""
+        """The rules as `ports` say, for an ingress network in namespace `ns` (two stages and the veth pair,
+        which stays while the namespace does) or, when `ns` is None, on `bridge` in the node's namespace (one
+        stage). No port: no rules of the node's anywhere (those a previous run left go too)."""
+        if not ports:
+            if self._scripts != ("", ""):
+                await remove_host_rules(self.node_id)
+                if ns is not None and ipcmd.is_netns(ns):
+                    await ipcmd.run("nft", "delete", "table", "ip", NS_TABLE, netns=str(ns), check=False)
+                self._scripts = ("", "")
+            return
         if ns is None:
             host, inner = bridge_script(self.node_id, bridge, src, ports), ""
             if (host, inner) != self._scripts:
@@ -224,15 +231,21 @@ class KernelIngress:
         inner = ns_script(src, ports)
         if (host, inner) == self._scripts:
             return
+        link = host_link(self.node_id)
+        await _docker_user(self.node_id, [["-o", link, "-j", "ACCEPT"], ["-i", link, "-j", "ACCEPT"]])
         # The inner stage first: a connection the host sends in always finds its task's rule.
         await ipcmd.nft(inner, netns=str(ns))
         await ipcmd.nft(host)
         self._scripts = (host, inner)
 
     async def close(self) -> None:
-        """The node namespace's rules go (the veth pair goes with the ingress namespace)."""
-        self._ns, self._ns_addr, self._scripts = None, "", ("", "")
-        await remove_host_rules(self.node_id)
+        """The node namespace's rules go (the veth pair goes with the ingress namespace). Called for every
+        snapshot while nothing is published: only the first call after rules were written (or after start,
+        for a previous run's) runs a command."""
+        self._ns, self._ns_addr = None, ""
+        if self._scripts != ("", ""):
+            await remove_host_rules(self.node_id)
+            self._scripts = ("", "")
 
     async def _taken(self) -> set[ipaddress.IPv4Network]:
         """The networks of the node namespace's IPv4 addresses (another /30 is picked around them)."""
@@ -261,5 +274,4 @@ class KernelIngress:
         # Forwarding in the ingress namespace carries only what its rules DNATed (the `through` chain).
         for key in ("net.ipv4.ip_forward=1", "net.ipv4.conf.all.rp_filter=0", f"net.ipv4.conf.{NS_IF}.rp_filter=0"):
             await ipcmd.run("sysctl", "-qw", key, netns=str(ns))
-        await _docker_user(self.node_id, [["-o", link, "-j", "ACCEPT"], ["-i", link, "-j", "ACCEPT"]])
-        self._ns, self._ns_addr, self._scripts = (ns, _inode(ns)), ns_addr, ("", "")
+        self._ns, self._ns_addr, self._scripts = (ns, _inode(ns)), ns_addr, ("?", "?")

@@ -96,3 +96,34 @@ def test_docker_user_exceptions_are_exactly_the_nodes() -> None:
     after = [ln for ln in removed.splitlines() if ln.startswith("-A")]
     assert not any(one in ln for ln in after)
     assert any(two in ln for ln in after) and any("-i eth9" in ln for ln in after)
+
+
+LIFECYCLE = textwrap.dedent("""
+    import asyncio, subprocess
+    from shoal.net.kingress import KernelIngress, KernelPort, host_table
+
+    def tables():
+        return subprocess.run(["nft", "list", "tables"], capture_output=True, text=True, check=True).stdout
+
+    async def main():
+        port = KernelPort("tcp", 30080, 80, ("10.0.0.5",), False)
+        k = KernelIngress("node1")
+        await k.program(None, "shlabc1000", "10.0.0.3", [port])
+        print("written", host_table("node1") in tables())
+        await k.program(None, "shlabc1000", "10.0.0.3", [])
+        print("no port", host_table("node1") in tables())
+        await k.program(None, "shlabc1000", "10.0.0.3", [port])
+        again = KernelIngress("node1")  # the next run of the daemon, nothing published any more
+        await again.close()
+        print("next run", host_table("node1") in tables())
+
+    asyncio.run(main())
+""")
+
+
+@needs_root
+def test_the_nodes_table_goes_with_its_last_port_and_a_previous_runs_too() -> None:
+    r = subprocess.run(["unshare", "-n", sys.executable, "-c", LIFECYCLE], capture_output=True, text=True,
+                       timeout=60, cwd=os.getcwd())
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split("\n")[:3] == ["written True", "no port False", "next run False"], r.stdout
