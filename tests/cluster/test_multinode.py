@@ -111,6 +111,12 @@ def test_join_spread_kill_restart_and_secrets(cluster: Cluster) -> None:
     wait_until(lambda: agent_secrets(w1) == [], 10, what="the secret to leave w1's memory")
 
 
+def _version(cluster: Cluster, hostname: str) -> int:
+    n = cluster.node(hostname)
+    assert n is not None
+    return int(n["Version"]["Index"])
+
+
 def test_drain_pause_global_rotation_removal_and_leave(cluster: Cluster) -> None:
     m = cluster.manager
     cluster.add_worker("w1")
@@ -123,9 +129,14 @@ def test_drain_pause_global_rotation_removal_and_leave(cluster: Cluster) -> None
     # --- the manager restarts: workers keep their tasks running and reconnect (new secure port)
     before = {h: w.command_pids() for h, w in cluster.workers.items()}
     assert all(len(p) == 3 for p in before.values())
+    versions = {h: _version(cluster, h) for h in ("w1", "w2")}
     m.restart()
     wait_until(lambda: cluster.placement("r") == {"w1": 2, "w2": 2} and cluster.placement("g") == {"w1": 1, "w2": 1},
                30, what="tasks reported running after the manager restart")
+    # Each worker registers again with the restarted manager, a write of its node: until then a read-modify-write
+    # of the node (the CLI's `node update`) may meet it and be refused as out of sequence, as dockerd's would.
+    wait_until(lambda: all(_version(cluster, h) > v for h, v in versions.items()), 30,
+               what="both workers registered again")
     assert {h: w.command_pids() for h, w in cluster.workers.items()} == before
     assert cluster.node_state("w1") == cluster.node_state("w2") == "ready"
 
