@@ -38,7 +38,7 @@ class NodeAPI(Protocol):
 
     @property
     def state(self) -> str:
-        """inactive | active | locked, as `docker info` says it."""
+        """inactive | pending (leaving) | active | locked, as `docker info` says it."""
 
     @property
     def role(self) -> str: ...

@@ -82,6 +82,7 @@ class ShoalNode:
         self._role_task: asyncio.Task[None] | None = None
         self._managers_task: asyncio.Task[None] | None = None
         self.locked = False  # a manager restarted under autolock, waiting for `docker swarm unlock`
+        self.leaving = False  # removing its swarm state (tasks, networks, then its identity): "pending"
         self._bg: set[asyncio.Task[None]] = set()
         self.remote: RemoteDispatcher | None = None
         self.network: NetworkAgent | None = None  # when this host can do networking
@@ -108,6 +109,8 @@ class ShoalNode:
     def state(self) -> str:
         if self.locked:
             return "locked"
+        if self.leaving:
+            return "pending"  # not inactive until the node's state on disk is gone (a leave can take seconds)
         return "active" if self.manager is not None or self.remote is not None else "inactive"
 
     @property

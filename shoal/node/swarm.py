@@ -346,6 +346,13 @@ async def convert(node: ShoalNode, role: str, creds: NodeCredentials, managers: 
             await node._activate()
 
 async def remove_local_state(node: ShoalNode) -> None:
+    node.leaving = True
+    try:
+        await _remove_local_state(node)
+    finally:
+        node.leaving = False
+
+async def _remove_local_state(node: ShoalNode) -> None:
     executor = node.executor
     await node._deactivate()
     # Leaving removes this node's task containers/processes, as dockerd does.

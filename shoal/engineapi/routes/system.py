@@ -105,6 +105,9 @@ def swarm_info(node: NodeAPI) -> dict[str, Any]:
     if node.locked:
         return {"NodeID": node.node_id, "NodeAddr": node.addr, "LocalNodeState": "locked", "ControlAvailable": False,
                 "Error": "", "RemoteManagers": None}
+    if node.state == "pending":  # leaving: inactive once its swarm state is gone
+        return {"NodeID": node.node_id, "NodeAddr": node.addr, "LocalNodeState": "pending", "ControlAvailable": False,
+                "Error": "", "RemoteManagers": None}
     if node.role == "worker":
         return {"NodeID": node.node_id, "NodeAddr": node.addr, "LocalNodeState": "active",
                 "ControlAvailable": False, "Error": "", "RemoteManagers": node.remote_managers()}
