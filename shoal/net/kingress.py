@@ -139,16 +139,17 @@ def ns_script(src: str, ports: list[KernelPort]) -> str:
     return "\n".join(lines)
 
 
-async def _docker_user(node_id: str, rules: list[list[str]]) -> None:
+async def _docker_user(node_id: str, rules: list[list[str]]) -> bool:
     """Where Docker's iptables rules drop what they do not know (its FORWARD policy), the kernel mesh's traffic
     is let through in DOCKER-USER, the chain Docker leaves to the host's own rules: exactly `rules` (none:
-    every one of this node's goes), each marked with a comment naming the node."""
+    every one of this node's goes), each marked with a comment naming the node. False when there is no such
+    chain (no Docker, or one that leaves iptables alone: nothing drops the mesh's packets)."""
     if shutil.which("iptables") is None:
-        return
+        return False
     try:
         listed = await ipcmd.run("iptables", "-S", "DOCKER-USER")
     except ipcmd.CommandFailed:
-        return  # no Docker here, or it leaves iptables alone: nothing drops the mesh's packets
+        return False
     tag = ["-m", "comment", "--comment", f"shoal-mesh:{node_token(node_id)}"]
     want = [[*r[:-2], *tag, *r[-2:]] for r in rules]
     have = [shlex.split(line)[2:] for line in listed.splitlines() if tag[-1] in line]
@@ -158,6 +159,7 @@ async def _docker_user(node_id: str, rules: list[list[str]]) -> None:
     for r in want:
         if r not in have:
             await ipcmd.run("iptables", "-I", "DOCKER-USER", *r)
+    return True
 
 
 async def remove_host_rules(node_id: str) -> None:
@@ -192,6 +194,7 @@ class KernelIngress:
         self._ns_addr = ""
         self._scripts = ("?", "?")  # what is written: unknown at first, so a previous run's rules are replaced
         self._refused = False  # told the log why not, once
+        self._allowed: list[list[str]] | None = None  # the DOCKER-USER exceptions written (None: none known)
 
     def usable(self) -> bool:
         """Can this node route the mesh in the kernel (its namespace forwards)? Logs once when it cannot."""
@@ -211,30 +214,29 @@ class KernelIngress:
         if not ports:
             if self._scripts != ("", ""):
                 await remove_host_rules(self.node_id)
+                self._allowed = None
                 if ns is not None and ipcmd.is_netns(ns):
                     await ipcmd.run("nft", "delete", "table", "ip", NS_TABLE, netns=str(ns), check=False)
                 self._scripts = ("", "")
             return
         if ns is None:
             host, inner = bridge_script(self.node_id, bridge, src, ports), ""
-            if (host, inner) != self._scripts:
-                await _docker_user(self.node_id, [["-o", bridge, "-m", "conntrack", "--ctstate", "DNAT",
-                                                   "-j", "ACCEPT"]])
-                await ipcmd.nft(host)
-                self._scripts = (host, inner)
-            return
-        # Made again for a namespace made again (same path, another inode) or a link gone (either end of a veth
-        # pair takes the other with it); checked with a system call, not a process, as this runs per snapshot.
-        if self._ns != (ns, _inode(ns)) or not _has_link(host_link(self.node_id)):
-            await self._make_link(ns)
-        host = host_script(self.node_id, self._ns_addr, ports)
-        inner = ns_script(src, ports)
+            allow = [["-o", bridge, "-m", "conntrack", "--ctstate", "DNAT", "-j", "ACCEPT"]]
+        else:
+            # Made again for a namespace made again (same path, another inode) or a link gone (either end of a
+            # veth pair takes the other with it); checked with a system call, not a process, per snapshot.
+            if self._ns != (ns, _inode(ns)) or not _has_link(host_link(self.node_id)):
+                await self._make_link(ns)
+            host, inner = host_script(self.node_id, self._ns_addr, ports), ns_script(src, ports)
+            link = host_link(self.node_id)
+            allow = [["-o", link, "-j", "ACCEPT"], ["-i", link, "-j", "ACCEPT"]]
         if (host, inner) == self._scripts:
             return
-        link = host_link(self.node_id)
-        await _docker_user(self.node_id, [["-o", link, "-j", "ACCEPT"], ["-i", link, "-j", "ACCEPT"]])
-        # The inner stage first: a connection the host sends in always finds its task's rule.
-        await ipcmd.nft(inner, netns=str(ns))
+        # The exceptions depend on the link or bridge only: written again when it changes, not per backend.
+        if allow != self._allowed and await _docker_user(self.node_id, allow):
+            self._allowed = allow
+        if inner:  # the inner stage first: a connection the host sends in always finds its task's rule
+            await ipcmd.nft(inner, netns=str(ns))
         await ipcmd.nft(host)
         self._scripts = (host, inner)
 
@@ -245,7 +247,7 @@ class KernelIngress:
         self._ns, self._ns_addr = None, ""
         if self._scripts != ("", ""):
             await remove_host_rules(self.node_id)
-            self._scripts = ("", "")
+            self._scripts, self._allowed = ("", ""), None
 
     async def _taken(self) -> set[ipaddress.IPv4Network]:
         """The networks of the node namespace's IPv4 addresses (another /30 is picked around them)."""

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from shoal.net.links import node_token
+from shoal.net.kingress import host_table
 from tests.net.netns import Host, Lab, why_not
 from tests.support.shoal_node import ShoalNode
 from tests.support.wait import wait_until
@@ -140,7 +140,6 @@ class Mesh:
     def kernel_dnats(self, i: int) -> dict[str, int] | None:
         """Host i's kernel mesh in its own namespace: the packets each DNAT rule took ("tcp"/"udp" -> count),
         None when the node has no such table."""
-        from shoal.net.kingress import host_table
 
         r = self.hosts[i - 1].run("nft", "-j", "list", "table", "ip", host_table(self.node_id(i)))
         if r.returncode != 0:
@@ -316,7 +315,7 @@ def test_a_port_another_program_holds_stays_its_own(mesh: Mesh) -> None:
         mine = mesh.ips("taken", "ingress")
         wait_until(lambda: set((mesh.from_outside("tcp", mesh.addr(1), "30085", "1")[0] or {}).get("ips", []))
                    & mine, 20, what="the service through h1")
-        table = mesh.hosts[2].run("nft", "list", "table", "ip", "shoal_in_" + node_token(mesh.node_id(3))).stdout
+        table = mesh.hosts[2].run("nft", "list", "table", "ip", host_table(mesh.node_id(3))).stdout
         assert "30085" not in table, table
         for a in mesh.from_outside("tcp", mesh.addr(3), "30085", "4"):
             assert a is not None and mesh.addr(3) in a["ips"], a  # still the program's, every time
@@ -408,7 +407,7 @@ def test_local_only_keeps_the_client_address_without_source_nat(mesh: Mesh) -> N
     got = wait_until(lambda: mesh.from_outside("tcp", mesh.addr(2), "30091", "1")[0], 20, what="lo through h2")
     assert got["peer"].split(":")[0] == mesh.outside.ip_addr, got  # the real client, at the IP level
     assert got["proxy"] is None
-    nft = mesh.hosts[1].run("nft", "list", "table", "ip", "shoal_in_" + node_token(mesh.node_id(2))).stdout
+    nft = mesh.hosts[1].run("nft", "list", "table", "ip", host_table(mesh.node_id(2))).stdout
     assert "30091" in nft and "30092" in nft, nft  # h2 forwards: its kernel carried these
     # UDP too: the datagrams reach the task from the client's own address.
     udp = wait_until(lambda: mesh.from_outside("udp", mesh.addr(2), "30092", "1")[0], 20, what="lo UDP via h2")
