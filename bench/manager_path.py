@@ -88,7 +88,7 @@ async def _one(n_tasks: int, n_nodes: int, constrained: bool, services: int,
             v = store.view()
             node = v.node(node_id)
             assert node is not None
-            period = await mgr.dispatcher.register(node_id, node.description, "127.0.0.1")
+            period = (await mgr.dispatcher.register(node_id, node.description, "127.0.0.1")).period
 
             async def beat() -> None:  # a long run must not lose its sessions to heartbeat expiry
                 while True:

@@ -25,7 +25,7 @@ from typing import Any
 from shoal.agent.exec.protocol import Controller, Executor
 from shoal.agent.exec.step import step
 from shoal.agent.usage import HostMeter, RawUsage, UsageMeter
-from shoal.api.dispatch import COMPLETE, Assignments, DispatcherAPI
+from shoal.api.dispatch import BEAT_JITTER, COMPLETE, Assignments, DispatcherAPI, SessionTerms
 from shoal.api.logs import LogLine, LogOptions
 from shoal.api.usage import REPORT_PERIOD, NodeUsage
 from shoal.clock import Clock
@@ -210,6 +210,7 @@ class Agent:
         self._usage_due: NodeUsage | None = None  # made, not yet carried by a heartbeat
         self.heartbeat_stats = HeartbeatStats()
         self._usage_wake = asyncio.Event()
+        self._terms: SessionTerms | None = None  # the last terms of the session running now
 
     def report(self, task_id: str, status: TaskStatus) -> None:
         self._reports[task_id] = status
@@ -230,9 +231,9 @@ class Agent:
         containers and never hear from a dispatcher again."""
         backoff = 0.1
         while True:
+            self._terms = None
             try:
                 await self._session()
-                backoff = 0.1
             except asyncio.CancelledError:
                 current = asyncio.current_task()
                 if current is None or current.cancelling():
@@ -243,8 +244,12 @@ class Agent:
             except Exception as e:
                 self.connected.clear()
                 log.info("agent session ended (%s); reconnecting", e)
-            else:
-                continue
+            if self._terms is not None:
+                # The session was up: its end is news (most often a new leader that every node now registers
+                # with), so start over from the first backoff step, at a random point of the spread the
+                # dispatcher asked for, which keeps a large cluster from registering all at once.
+                backoff = 0.1
+                await self.clock.sleep(self.rng.random() * self._terms.rejoin_spread)
             await self.clock.sleep(backoff + self.rng.random() * backoff)
             backoff = min(backoff * 2, 8.0)
 
@@ -256,10 +261,10 @@ class Agent:
         request on the task that ran it, and this loop's task would then be "being cancelled" for ever."""
         desc = await self.executor.describe()
         checkpoint()
-        period = await self.dispatcher.register(self.node_id, desc, self.addr)
+        self._terms = await self.dispatcher.register(self.node_id, desc, self.addr)
         checkpoint()  # a cancellation lost in either call would leave this session waiting for ever
         self.connected.set()
-        parts = [asyncio.ensure_future(self._follow()), asyncio.ensure_future(self._heartbeats(period)),
+        parts = [asyncio.ensure_future(self._follow()), asyncio.ensure_future(self._heartbeats(self._terms.period)),
                  asyncio.ensure_future(self._description_changes(desc)), asyncio.ensure_future(self._usage_loop())]
         try:
             await asyncio.wait(parts, return_when=asyncio.FIRST_COMPLETED)
@@ -293,11 +298,12 @@ class Agent:
             # Once per period, jittered so a fleet of agents does not beat in step: the manager marks a node
             # down after three silent periods, so one late or lost beat is harmless, and beating more often
             # only multiplies the leader's idle work by the number of nodes.
-            await self.clock.sleep(period * (0.75 + 0.25 * self.rng.random()))
+            await self.clock.sleep(period * (1 - BEAT_JITTER * self.rng.random()))
             usage = self._usage_due
             t0 = self.clock.monotonic()
             try:
-                period = await self.dispatcher.heartbeat(self.node_id, usage)
+                self._terms = await self.dispatcher.heartbeat(self.node_id, usage)
+                period = self._terms.period
             except Exception:
                 self.heartbeat_stats.failures += 1
                 raise

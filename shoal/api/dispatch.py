@@ -18,6 +18,21 @@ from shoal.model.objects import Config, NodeDescription, Secret, Task, TaskStatu
 COMPLETE = "complete"
 INCREMENTAL = "incremental"
 
+# An agent waits period * (1 - BEAT_JITTER * random()) between heartbeats, so that a fleet does not beat in
+# step; the dispatcher counts on the mean of that when it sizes the period to the number of nodes.
+BEAT_JITTER = 0.25
+MEAN_BEAT = 1 - BEAT_JITTER / 2
+
+
+@dataclass(frozen=True, slots=True)
+class SessionTerms:
+    """What the dispatcher tells an agent at each register and heartbeat."""
+
+    period: float  # seconds between heartbeats; the node is down after three silent periods
+    # Seconds over which an agent whose session ended spreads its next registration (a random point of them):
+    # after an election every node registers with the new leader, and this keeps them from all coming at once.
+    rejoin_spread: float = 0.0
+
 
 @dataclass(frozen=True, slots=True)
 class Assignments:
@@ -31,12 +46,12 @@ class Assignments:
 
 
 class DispatcherAPI(Protocol):
-    async def register(self, node_id: str, description: NodeDescription, addr: str) -> float:
-        """Open a session; returns the heartbeat period in seconds."""
+    async def register(self, node_id: str, description: NodeDescription, addr: str) -> SessionTerms:
+        """Open a session; returns its terms (the heartbeat period)."""
 
-    async def heartbeat(self, node_id: str, usage: NodeUsage | None = None) -> float:
+    async def heartbeat(self, node_id: str, usage: NodeUsage | None = None) -> SessionTerms:
         """The session is alive; `usage`, every `shoal.api.usage.REPORT_PERIOD` seconds, what the node's tasks
-        use. Returns the heartbeat period in seconds."""
+        use. Returns the session's terms now (the period follows the cluster's setting and size)."""
 
     def assignments(self, node_id: str) -> AsyncIterator[Assignments]: ...
 

@@ -29,12 +29,12 @@ from typing import Any
 
 import grpc
 
-from shoal.api.dispatch import Assignments
+from shoal.api.dispatch import Assignments, SessionTerms
 from shoal.api.usage import NodeUsage
 from shoal.clock import Clock
 from shoal.engineapi.forward import Forwarder
 from shoal.errors import ShoalError
-from shoal.manager.dispatcher import Dispatcher, node_for_local
+from shoal.manager.dispatcher import DEFAULT_MAX_HEARTBEATS, Dispatcher, node_for_local
 from shoal.manager.keys import DataCipher
 from shoal.manager.logrepair import APPLY_FAILED_EXIT
 from shoal.manager.manager import Manager
@@ -76,7 +76,7 @@ class AgentDispatcher:
             await self._remote_made.wait()
         return self.remote
 
-    async def register(self, node_id: str, description: NodeDescription, addr: str) -> float:
+    async def register(self, node_id: str, description: NodeDescription, addr: str) -> SessionTerms:
         if self.is_leader():
             await self._drop_remote()
             self._target = self.local
@@ -85,12 +85,12 @@ class AgentDispatcher:
                 self.remote = self.make_remote()
                 self._remote_made.set()
             self._target = self.remote
-        period: float = await self._target.register(node_id, description, addr)
-        return period
+        terms: SessionTerms = await self._target.register(node_id, description, addr)
+        return terms
 
-    async def heartbeat(self, node_id: str, usage: NodeUsage | None = None) -> float:
-        period: float = await self._target.heartbeat(node_id, usage)
-        return period
+    async def heartbeat(self, node_id: str, usage: NodeUsage | None = None) -> SessionTerms:
+        terms: SessionTerms = await self._target.heartbeat(node_id, usage)
+        return terms
 
     def assignments(self, node_id: str) -> AsyncIterator[Assignments]:
         it: AsyncIterator[Assignments] = self._target.assignments(node_id)
@@ -156,6 +156,7 @@ class ManagerReplica:
     def __init__(self, *, data_dir: Path, node_id: str, raft_id: int, cluster_id: Callable[[], str],
                  listen_addr: str, advertise_host: str, manager_addr: str, clock: Clock, rng: random.Random,
                  scheduler_strategy: str, raft_tick: float, api_socket: Path | None,
+                 max_heartbeats: float = DEFAULT_MAX_HEARTBEATS,
                  on_credentials: Callable[[NodeCredentials], None], cipher: DataCipher | None = None,
                  on_cluster: Callable[[Cluster], None] = lambda _c: None,
                  on_fatal: Callable[[], None] | None = None) -> None:
@@ -174,6 +175,7 @@ class ManagerReplica:
         self.rng = rng
         self.scheduler_strategy = scheduler_strategy
         self.raft_tick = raft_tick
+        self.max_heartbeats = max_heartbeats
         self.api_socket = api_socket
         self.on_credentials = on_credentials
         self.storage: SqliteStorage | None = None
@@ -227,7 +229,7 @@ class ManagerReplica:
                                    api_socket=self.api_socket)
         # The events' retained window lives with the Raft data, so leaving the swarm forgets it too.
         self.manager = Manager(store, self.clock, self.rng, scheduler_strategy=self.scheduler_strategy,
-                               events_path=self.raft_dir / "events.jsonl")
+                               events_path=self.raft_dir / "events.jsonl", max_heartbeats=self.max_heartbeats)
         self.manager.controlapi.membership = self.membership
         raft.add_leadership_listener(self.manager.set_leader)
         raft.add_leadership_listener(self._on_leadership)

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives import serialization
 
 from shoal import ca as CA
 from shoal.api import usage as usage_api
-from shoal.api.dispatch import Assignments
+from shoal.api.dispatch import Assignments, SessionTerms
 from shoal.api.usage import NodeUsage
 from shoal.errors import InvalidArgument, NotFound, ShoalError, Unavailable
 from shoal.model import codec
@@ -273,7 +273,7 @@ class RemoteDispatcher:
             raise Unavailable("not connected to a manager")
         return self._channel
 
-    async def register(self, node_id: str, description: NodeDescription, addr: str) -> float:
+    async def register(self, node_id: str, description: NodeDescription, addr: str) -> SessionTerms:
         """A new session with the leader: a manager that is not the leader says where it is, and we go there."""
         for _ in range(4):
             ch = await self._connect()
@@ -294,12 +294,15 @@ class RemoteDispatcher:
         else:
             raise Unavailable("the managers keep pointing elsewhere for the leader; trying again later")
         self._learn_managers(list(resp.managers))
-        if float(resp.period) != self._period:
-            log.info("heartbeat period now %.1fs (from the cluster's dispatcher settings)", resp.period)
-        self._period = float(resp.period)
-        return self._period
+        return self._terms(resp)
 
-    async def heartbeat(self, node_id: str, usage: NodeUsage | None = None) -> float:
+    def _terms(self, resp: pb.PeriodResponse) -> SessionTerms:
+        if float(resp.period) != self._period:
+            log.info("heartbeat period now %.1fs (from the cluster's dispatcher settings and size)", resp.period)
+        self._period = float(resp.period)
+        return SessionTerms(self._period, max(0.0, float(resp.rejoin_spread)))
+
+    async def heartbeat(self, node_id: str, usage: NodeUsage | None = None) -> SessionTerms:
         request = pb.HeartbeatRequest(usage=usage_api.encode(usage) if usage is not None else b"")
         try:
             with channel_may_close():
@@ -307,9 +310,7 @@ class RemoteDispatcher:
                     request, timeout=max(self._period, 1.0))
         except grpc.aio.AioRpcError as e:
             raise self._error(e) from None
-        if float(resp.period) != self._period:
-            log.info("heartbeat period now %.1fs (from the cluster's dispatcher settings)", resp.period)
-        self._period = float(resp.period)
+        terms = self._terms(resp)
         if resp.renew_certificate:
             self.renew_requested.set()
         if resp.trust_root and resp.trust_root != self.trust_root:
@@ -320,7 +321,7 @@ class RemoteDispatcher:
         if resp.role and resp.role != self.role:
             self.role = resp.role
             self.role_changed.set()
-        return self._period
+        return terms
 
     async def assignments(self, node_id: str) -> AsyncIterator[Assignments]:
         call = pbg.DispatcherStub(self._stub_channel()).Assignments(pb.Empty())

@@ -351,8 +351,8 @@ class DispatcherServicer(pbg.DispatcherServicer):
         desc = codec.decode_as(NodeDescription, json.loads(request.description or b"{}"))
         # The certificate the session runs with says which root issued it, not the node's own claim.
         desc = replace(desc, tls_info=_peer_tls_info(context, self.s.cluster()))
-        period = await self.dispatcher.register(ident.node_id, desc, request.addr or peer_host(context))
-        resp = pb.PeriodResponse(period=period)
+        terms = await self.dispatcher.register(ident.node_id, desc, request.addr or peer_host(context))
+        resp = pb.PeriodResponse(period=terms.period, rejoin_spread=terms.rejoin_spread)
         resp.managers.extend(self.s.managers())
         return resp
 
@@ -366,7 +366,7 @@ class DispatcherServicer(pbg.DispatcherServicer):
                 usage = usage_api.decode(request.usage)
             except InvalidArgument as e:  # a bad report costs the report, never the node's session
                 log.warning("node %s sent %s", ident.node_id, e)
-        period = await self.dispatcher.heartbeat(ident.node_id, usage)
+        terms = await self.dispatcher.heartbeat(ident.node_id, usage)
         cluster = self.s.cluster()
         node = self.s.store.view().node(ident.node_id)
         info = node.description.tls_info if node is not None else None
@@ -374,8 +374,8 @@ class DispatcherServicer(pbg.DispatcherServicer):
         renew = not isinstance(info, dict) or info.get("CertIssuerPublicKey") != want
         role = node.role if node is not None else ident.role
         renew = renew or role != ident.role  # promoted or demoted: the next certificate carries the new role
-        resp = pb.PeriodResponse(period=period, renew_certificate=renew, trust_root=CA.trust_bundle(cluster.root_ca),
-                                 role=role)
+        resp = pb.PeriodResponse(period=terms.period, rejoin_spread=terms.rejoin_spread, renew_certificate=renew,
+                                 trust_root=CA.trust_bundle(cluster.root_ca), role=role)
         resp.managers.extend(self.s.managers())
         return resp
 
@@ -653,12 +653,17 @@ class ManagerRPC:
         await self._reconcile_ca()  # a rotation whose last node finished while no leader was watching
 
     async def _down_if_never_back(self) -> None:
-        """When a manager starts leading no node has a session with it: give every node three heartbeat periods,
+        """When a manager starts leading no node has a session with it: give every node three heartbeat periods
+        (the period the dispatcher tells nodes now, which grows with their number),
         and at least `unknown_grace` seconds (an agent's reconnect backoff reaches 8 s plus jitter), to register,
         then mark the ones that did not down (their sessions died with the old leader, so the dispatcher's
         heartbeat expiry would never fire for them)."""
-        c = self.store.view().cluster()
-        period = (c.spec.heartbeat_period if c and c.spec.heartbeat_period else 5 * SECOND) / SECOND
+        period_of = getattr(self.dispatcher, "heartbeat_period", None)  # grows with the cluster's size
+        if callable(period_of):
+            period = float(period_of())
+        else:
+            c = self.store.view().cluster()
+            period = (c.spec.heartbeat_period if c and c.spec.heartbeat_period else 5 * SECOND) / SECOND
         await self.clock.sleep(max(3 * period, self.unknown_grace))
         sessions = getattr(self.dispatcher, "sessions", {})
 

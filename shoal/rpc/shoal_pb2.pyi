@@ -71,18 +71,20 @@ class RegisterRequest(_message.Message):
     def __init__(self, description: _Optional[bytes] = ..., addr: _Optional[str] = ...) -> None: ...
 
 class PeriodResponse(_message.Message):
-    __slots__ = ("period", "renew_certificate", "trust_root", "managers", "role")
+    __slots__ = ("period", "renew_certificate", "trust_root", "managers", "role", "rejoin_spread")
     PERIOD_FIELD_NUMBER: _ClassVar[int]
     RENEW_CERTIFICATE_FIELD_NUMBER: _ClassVar[int]
     TRUST_ROOT_FIELD_NUMBER: _ClassVar[int]
     MANAGERS_FIELD_NUMBER: _ClassVar[int]
     ROLE_FIELD_NUMBER: _ClassVar[int]
+    REJOIN_SPREAD_FIELD_NUMBER: _ClassVar[int]
     period: float
     renew_certificate: bool
     trust_root: str
     managers: _containers.RepeatedScalarFieldContainer[str]
     role: str
-    def __init__(self, period: _Optional[float] = ..., renew_certificate: _Optional[bool] = ..., trust_root: _Optional[str] = ..., managers: _Optional[_Iterable[str]] = ..., role: _Optional[str] = ...) -> None: ...
+    rejoin_spread: float
+    def __init__(self, period: _Optional[float] = ..., renew_certificate: _Optional[bool] = ..., trust_root: _Optional[str] = ..., managers: _Optional[_Iterable[str]] = ..., role: _Optional[str] = ..., rejoin_spread: _Optional[float] = ...) -> None: ...
 
 class AssignmentsMessage(_message.Message):
     __slots__ = ("type", "payload")

@@ -35,6 +35,7 @@ from typing import Any
 
 from shoal import ca as CA
 from shoal.agent.agent import Agent
+from shoal.api.dispatch import SessionTerms
 from shoal.api.usage import NodeUsage
 from shoal.clock import SystemClock
 from shoal.model.objects import NodeDescription, TaskStatus
@@ -74,11 +75,11 @@ class CountingDispatcher(RemoteDispatcher):
         super().__init__(manager_addrs, creds)
         self.stats = stats
 
-    async def register(self, node_id: str, description: NodeDescription, addr: str) -> float:
+    async def register(self, node_id: str, description: NodeDescription, addr: str) -> SessionTerms:
         self.stats.registers += 1
         return await super().register(node_id, description, addr)
 
-    async def heartbeat(self, node_id: str, usage: NodeUsage | None = None) -> float:
+    async def heartbeat(self, node_id: str, usage: NodeUsage | None = None) -> SessionTerms:
         self.stats.heartbeats += 1
         return await super().heartbeat(node_id, usage)
 

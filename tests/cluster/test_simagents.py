@@ -13,10 +13,13 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import IO, Any
 
 import pytest
 
+from shoal.api.dispatch import MEAN_BEAT
+from tests.support.shoal_node import ShoalNode
 from tests.support.wait import wait_until
 from tests.support.workers import Cluster
 
@@ -114,3 +117,30 @@ def test_simagents_command_line_refuses_missing_arguments() -> None:
                         capture_output=True, text=True, timeout=60)
     assert cp.returncode == 2
     assert "--manager" in cp.stderr and "--token" in cp.stderr
+
+
+def test_a_manager_past_its_heartbeat_budget_tells_nodes_a_longer_period(tmp_path: Path) -> None:
+    """`--max-heartbeats-per-second 4` with 21 nodes (the manager and 20 agents): the configured period (1 s)
+    would bring 21 heartbeats a second, so the nodes are told 21 / (4 * 0.875) = 6 s, and they keep their
+    sessions on it (none registers again)."""
+    c = Cluster(tmp_path)
+    c.manager = ShoalNode(tmp_path / "mgr", hostname="mgr", extra_args=("--max-heartbeats-per-second", "4"))
+    c.start()
+    sim = SimProcess(c.addr, c.token(), AGENTS)
+    try:
+        wait_until(lambda: sim.last().get("connected") == AGENTS, 60, interval=0.2,
+                   what=f"{AGENTS} simulated agents connected")
+        status, body = c.manager.api("GET", "/_shoal/heartbeats")
+        assert status == 200, body
+        grown = (AGENTS + 1) / (4 * MEAN_BEAT)
+        assert body["period"] == pytest.approx(grown)
+        first = sim.last()
+        # Two rounds of heartbeats at the grown period, past three of the configured one.
+        wait_until(lambda: sim.last()["heartbeats"] >= first["heartbeats"] + 2 * AGENTS, 4 * grown, interval=0.5,
+                   what="two rounds of heartbeats")
+        last = sim.last()
+        assert last["registers"] == first["registers"] and last["errors"] == 0, last
+        assert {n["Status"]["State"] for n in c.nodes()} == {"ready"}
+    finally:
+        sim.close()
+        c.stop()

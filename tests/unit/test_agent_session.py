@@ -7,11 +7,12 @@ import random
 from collections.abc import AsyncIterator
 
 from shoal.agent.agent import Agent
+from shoal.api.dispatch import COMPLETE, INCREMENTAL, Assignments, SessionTerms
 from shoal.clock import SystemClock
 from shoal.errors import NotLeader
-from shoal.manager.dispatcher import COMPLETE, INCREMENTAL, Assignments
 from shoal.model.objects import NodeDescription, Task, TaskSpec, TaskStatus
 from shoal.model.state import TaskState
+from shoal.testing.clock import VirtualClock
 from shoal.testing.fakeexec import FakeBehavior, FakeExecutor
 
 
@@ -24,14 +25,14 @@ class _Dispatcher:
         self.registrations = 0
         self.registered_again = asyncio.Event()
 
-    async def register(self, node_id: str, description: NodeDescription, addr: str) -> float:
+    async def register(self, node_id: str, description: NodeDescription, addr: str) -> SessionTerms:
         self.registrations += 1
         if self.registrations > 1:
             self.registered_again.set()
-        return 60.0
+        return SessionTerms(60.0)
 
-    async def heartbeat(self, node_id: str, usage: object = None) -> float:
-        return 60.0
+    async def heartbeat(self, node_id: str, usage: object = None) -> SessionTerms:
+        return SessionTerms(60.0)
 
     async def assignments(self, node_id: str) -> AsyncIterator[Assignments]:
         if self.registrations == 1:
@@ -68,18 +69,18 @@ class _LeaderLost:
         self._stream_closes = asyncio.Event()
         self.removed = asyncio.Event()
 
-    async def register(self, node_id: str, description: NodeDescription, addr: str) -> float:
+    async def register(self, node_id: str, description: NodeDescription, addr: str) -> SessionTerms:
         self.registrations += 1
         if self.registrations == 3:
             self.third.set()
-        return 0.0  # heartbeat at once
+        return SessionTerms(0.0)  # heartbeat at once
 
-    async def heartbeat(self, node_id: str, usage: object = None) -> float:
+    async def heartbeat(self, node_id: str, usage: object = None) -> SessionTerms:
         if self.registrations == 1:
             self._stream_closes.set()  # the stream's end is due in this turn of the loop, after this refusal
             raise NotLeader("this manager is not the swarm leader: its dispatcher is not running")
         await asyncio.Event().wait()
-        return 60.0
+        return SessionTerms(60.0)
 
     async def assignments(self, node_id: str) -> AsyncIterator[Assignments]:
         if self.registrations == 1:
@@ -121,17 +122,17 @@ class _Swallower:
     def __init__(self) -> None:
         self.entered = asyncio.Event()
 
-    async def register(self, node_id: str, description: NodeDescription, addr: str) -> float:
+    async def register(self, node_id: str, description: NodeDescription, addr: str) -> SessionTerms:
         self.entered.set()
         try:
             await asyncio.Event().wait()
         except asyncio.CancelledError:
             pass
-        return 60.0
+        return SessionTerms(60.0)
 
-    async def heartbeat(self, node_id: str, usage: object = None) -> float:
+    async def heartbeat(self, node_id: str, usage: object = None) -> SessionTerms:
         await asyncio.Event().wait()
-        return 60.0
+        return SessionTerms(60.0)
 
     async def assignments(self, node_id: str) -> AsyncIterator[Assignments]:
         yield Assignments(type=COMPLETE)
@@ -153,3 +154,55 @@ async def test_a_cancellation_a_call_swallowed_still_stops_the_agent() -> None:
     if not done:
         running.cancel()
     assert done and running.cancelled()
+
+
+class _NewLeader:
+    """Each session lasts one virtual second and then ends, as a leader change ends every node's session at
+    once; the dispatcher asked for re-registrations spread over `SPREAD` seconds."""
+
+    SPREAD = 10.0
+
+    def __init__(self, clock: VirtualClock) -> None:
+        self.clock = clock
+        self.registered: list[float] = []
+        self.ended: list[float] = []
+        self.second = asyncio.Event()
+
+    async def register(self, node_id: str, description: NodeDescription, addr: str) -> SessionTerms:
+        self.registered.append(self.clock.monotonic())
+        if len(self.registered) == 2:
+            self.second.set()
+        return SessionTerms(60.0, rejoin_spread=self.SPREAD)
+
+    async def heartbeat(self, node_id: str, usage: object = None) -> SessionTerms:
+        await asyncio.Event().wait()
+        return SessionTerms(60.0, rejoin_spread=self.SPREAD)
+
+    async def assignments(self, node_id: str) -> AsyncIterator[Assignments]:
+        yield Assignments(type=COMPLETE)
+        await self.clock.sleep(1.0)
+        self.ended.append(self.clock.monotonic())
+
+    async def update_task_status(self, node_id: str, updates: list[tuple[str, TaskStatus]]) -> None:
+        return None
+
+
+async def test_after_a_session_ends_nodes_register_again_spread_as_the_dispatcher_asked() -> None:
+    """Without the spread every node of a large cluster registers with a new leader within 0.2 s of losing the
+    old one; with it, each waits a random point of the spread, so 40 agents' second registrations come over
+    the whole of it, none later."""
+    clock = VirtualClock()
+    gaps: list[float] = []
+    async with clock.autojump():
+        for seed in range(40):
+            d = _NewLeader(clock)
+            agent = Agent("n1", FakeExecutor(), d, clock, random.Random(seed))
+            running = asyncio.create_task(agent.run())
+            try:
+                await d.second.wait()
+            finally:
+                running.cancel()
+                await asyncio.gather(running, return_exceptions=True)
+            gaps.append(d.registered[1] - d.ended[0])
+    assert all(0.1 <= g <= _NewLeader.SPREAD + 0.2 for g in gaps)
+    assert min(gaps) < _NewLeader.SPREAD / 4 and max(gaps) > _NewLeader.SPREAD * 3 / 4

@@ -9,11 +9,12 @@ from dataclasses import replace
 
 import pytest
 
-from shoal.manager.dispatcher import STREAM_GRACE, Dispatcher
+from shoal.api.dispatch import MEAN_BEAT
+from shoal.manager.dispatcher import REJOIN_RATE, STREAM_GRACE, Dispatcher
 from shoal.model.objects import SECOND, Cluster, Node, NodeDescription, NodeStatus, SwarmSpec
 from shoal.store.memory import MemoryStore, Tx
 from shoal.testing.clock import VirtualClock
-from tests.support.dispatcher import running_dispatcher
+from tests.support.dispatcher import running_dispatcher, running_leader
 
 
 @pytest.fixture
@@ -101,7 +102,7 @@ async def test_a_shorter_period_counts_from_the_next_heartbeat(
         return fn
 
     await store.update(period(5))
-    told = await d.register("n1", NodeDescription(hostname="n1"), "")
+    told = (await d.register("n1", NodeDescription(hostname="n1"), "")).period
     s = await stream(d, "n1")
     assert told == 5.0
     await clock.sleep(1.0)
@@ -109,6 +110,44 @@ async def test_a_shorter_period_counts_from_the_next_heartbeat(
     for _ in range(4):  # the agent keeps the period it was told until its next heartbeat answers otherwise
         await clock.sleep(told)
         assert state(store, "n1") == "ready"
-        told = await d.heartbeat("n1")
+        told = (await d.heartbeat("n1")).period
     assert told == 1.0
     s.cancel()
+
+
+async def test_past_the_heartbeat_budget_the_period_grows_with_the_nodes() -> None:
+    """Nomad's rule: the nodes together beat at most `max_heartbeats` times a second, so 40 nodes against a
+    budget of 2 a second are told 40 / (2 * MEAN_BEAT) seconds, not the configured 5 s, and a silent node is
+    down three of those periods after its last heartbeat, not 15 s after it. The spread each node is asked to
+    register again over after its session ends is nodes / REJOIN_RATE."""
+
+    def seed(tx: Tx) -> None:
+        tx.create(Cluster(id="c1", spec=SwarmSpec(heartbeat_period=5 * SECOND)))
+        for i in range(40):
+            tx.create(Node(id=f"n{i}", status=NodeStatus(state="unknown")))
+
+    def make(store: MemoryStore, clock: VirtualClock) -> Dispatcher:
+        return Dispatcher(store, clock, max_heartbeats=2.0)
+
+    async with running_leader(seed, make, lambda d: d) as (clock, store, d):
+        grown = 40 / (2.0 * MEAN_BEAT)
+        assert d.configured_period() == 5.0
+        terms = await d.register("n1", NodeDescription(hostname="n1"), "")
+        assert terms.period == pytest.approx(grown)
+        assert terms.rejoin_spread == pytest.approx(40 / REJOIN_RATE)
+        s = await stream(d, "n1")
+        await clock.sleep(3 * 5.0 + 1.0)  # past three configured periods: still within three grown ones
+        assert state(store, "n1") == "ready"
+        assert (await d.heartbeat("n1")).period == pytest.approx(grown)
+        t0 = clock.monotonic()
+        while state(store, "n1") != "down":
+            await clock.sleep(0.5)
+        assert 3 * grown <= clock.monotonic() - t0 <= 3 * grown + 1.0
+        s.cancel()
+
+    def small(tx: Tx) -> None:
+        tx.create(Cluster(id="c1", spec=SwarmSpec(heartbeat_period=5 * SECOND)))
+        tx.create(Node(id="n1", status=NodeStatus(state="unknown")))
+
+    async with running_leader(small, make, lambda d: d) as (clock, store, d):
+        assert (await d.register("n1", NodeDescription(hostname="n1"), "")).period == 5.0  # within the budget

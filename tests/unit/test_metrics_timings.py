@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 from shoal.agent.agent import HEARTBEAT_BUCKETS, Agent
-from shoal.api.dispatch import COMPLETE, Assignments
+from shoal.api.dispatch import COMPLETE, Assignments, SessionTerms
 from shoal.api.usage import NodeUsage
 from shoal.clock import SystemClock
 from shoal.errors import Unavailable
@@ -57,15 +57,15 @@ class SlowDispatcher:
         self.clock = clock
         self.beats = 0
 
-    async def register(self, node_id: str, description: NodeDescription, addr: str) -> float:
-        return 1.0
+    async def register(self, node_id: str, description: NodeDescription, addr: str) -> SessionTerms:
+        return SessionTerms(1.0)
 
-    async def heartbeat(self, node_id: str, usage: NodeUsage | None = None) -> float:
+    async def heartbeat(self, node_id: str, usage: NodeUsage | None = None) -> SessionTerms:
         self.beats += 1
         await self.clock.sleep(0.02)
         if self.beats == 3:
             raise Unavailable("leader gone")
-        return 1.0
+        return SessionTerms(1.0)
 
     async def assignments(self, node_id: str) -> AsyncIterator[Assignments]:
         yield Assignments(type=COMPLETE)

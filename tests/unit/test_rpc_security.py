@@ -107,7 +107,7 @@ async def test_join_register_assignments_status_and_renewal(mgr: Mgr) -> None:
     assert mgr.store.view().node(j.node_id).spec.role == "worker"
 
     rd = C.RemoteDispatcher([mgr.addr], j.creds)
-    period = await rd.register("ignored: the certificate names the node", NodeDescription(hostname="w1"), "")
+    period = (await rd.register("ignored: the certificate names the node", NodeDescription(hostname="w1"), "")).period
     assert period == 5.0
     assert mgr.store.view().node(j.node_id).status.state == "ready"
     assert mgr.store.view().node(j.node_id).status.addr == "127.0.0.1"

@@ -14,7 +14,7 @@ import pytest
 from shoal.agent import usage as U
 from shoal.agent.agent import Agent
 from shoal.agent.exec.process import _Cgroups
-from shoal.api.dispatch import COMPLETE, Assignments
+from shoal.api.dispatch import COMPLETE, Assignments, SessionTerms
 from shoal.api.usage import NodeUsage
 from shoal.model.objects import NodeDescription, Task, TaskStatus
 from shoal.model.state import TaskState
@@ -227,12 +227,12 @@ class RecordingDispatcher:
         self.tasks = tasks
         self.beats: list[NodeUsage | None] = []
 
-    async def register(self, node_id: str, description: NodeDescription, addr: str) -> float:
-        return 2.0
+    async def register(self, node_id: str, description: NodeDescription, addr: str) -> SessionTerms:
+        return SessionTerms(2.0)
 
-    async def heartbeat(self, node_id: str, usage: NodeUsage | None = None) -> float:
+    async def heartbeat(self, node_id: str, usage: NodeUsage | None = None) -> SessionTerms:
         self.beats.append(usage)
-        return 2.0
+        return SessionTerms(2.0)
 
     async def assignments(self, node_id: str) -> AsyncIterator[Assignments]:
         yield Assignments(type=COMPLETE, tasks=tuple(self.tasks))
