@@ -22,7 +22,8 @@ from pathlib import Path
 # Lowest first: (layer name, rooms, whether the rooms of this layer are independent of each other).
 LAYERS: list[tuple[str, tuple[str, ...], bool]] = [
     ("helpers", ("shoal", "shoal.errors", "shoal.clock", "shoal.ids", "shoal.names", "shoal.tasks",
-                 "shoal.gctune", "shoal.procmem", "shoal.logring", "shoal.model", "shoal.ca", "shoal.host"), False),
+                 "shoal.gctune", "shoal.threadprio", "shoal.procmem", "shoal.logring", "shoal.model", "shoal.ca",
+                 "shoal.host"), False),
     ("raft", ("shoal.manager.raft",), False),
     ("contracts", ("shoal.api",), False),
     ("store", ("shoal.store",), False),

@@ -155,7 +155,7 @@ async def run_daemon(data_dir: Path, api_socket: Path, api_tcp: TCPListener | No
                      web_at: WebListener | None = None, max_heartbeats: float = DEFAULT_MAX_HEARTBEATS) -> None:
     from aiohttp import web
 
-    from shoal import gctune
+    from shoal import gctune, threadprio
     from shoal.engineapi.engine_client import EngineClient
     from shoal.engineapi.proxy import EngineProxy
     from shoal.engineapi.server import make_app
@@ -210,6 +210,8 @@ async def run_daemon(data_dir: Path, api_socket: Path, api_tcp: TCPListener | No
         ready_file.write_text(str(os.getpid()))
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+    # Raft heartbeats and the dispatcher's answers run on this loop: gRPC's I/O threads must not crowd it out.
+    loop_first = asyncio.create_task(threadprio.keep_loop_first(), name="loop-first")
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGUSR1, _dump_tasks)
@@ -217,6 +219,7 @@ async def run_daemon(data_dir: Path, api_socket: Path, api_tcp: TCPListener | No
     # An orderly stop that hangs (a loop starved under load) must not keep the process: past dockerd's default
     # shutdown timeout it exits as after kill -9, which Raft's fsynced log makes safe.
     watchdog = exit_after(SHUTDOWN_TIMEOUT)
+    loop_first.cancel()
     try:
         if leave_on_exit and node.state != "inactive":
             # A throwaway node (`shoal demo`): leave as `docker swarm leave --force` does, which removes its
