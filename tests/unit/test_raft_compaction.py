@@ -51,11 +51,12 @@ def log_bytes(entries: list[object]) -> int:
     return sum(len(e.data) for e in entries)  # type: ignore[attr-defined]
 
 
-async def open_node(path: Path, *, in_thread: bool) -> tuple[RaftNode, Counter, SqliteStorage]:
+async def open_node(path: Path, *, in_thread: bool, in_child: bool = False,
+                    sm: Counter | None = None) -> tuple[RaftNode, Counter, SqliteStorage]:
     storage = SqliteStorage(path)
     node = RaftNode(1, storage, NullTransport(), SystemClock(), rng=random.Random(1), snapshot_bytes=BOUND,
-                    catchup_bytes=TAIL, snapshot_in_thread=in_thread)
-    sm = Counter()
+                    catchup_bytes=TAIL, snapshot_in_thread=in_thread, snapshot_in_child=in_child)
+    sm = sm if sm is not None else Counter()
     node.attach(sm)
     await node.start()
     await node.leader_event.wait()
