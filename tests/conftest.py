@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+import shoal  # noqa: F401  (first: it turns gRPC's fork support off, which must happen before gRPC is imported)
 from tests.e2e.dockerd import DockerdUnavailable, ensure_test_image, shared_dockerd
 
 _figures: list[tuple[str, str]] = []

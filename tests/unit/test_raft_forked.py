@@ -10,9 +10,12 @@ import socket
 import time
 from pathlib import Path
 
+import grpc
 import pytest
 
 from shoal.manager.raft import forked
+from shoal.rpc import shoal_pb2 as pb
+from shoal.rpc import shoal_pb2_grpc as pbg
 from tests.support.wait import eventually
 from tests.unit.test_raft_compaction import ENTRY, Counter, open_node
 
@@ -51,7 +54,7 @@ async def test_a_failing_child_is_said() -> None:
     def source() -> bytes:
         raise ValueError("no")
 
-    with pytest.raises(forked.ChildFailed):
+    with pytest.raises(forked.ChildFailed, match="ValueError: no"):
         await forked.encode_in_child(source)
 
 
@@ -112,3 +115,35 @@ async def test_a_node_snapshots_in_a_child_and_restarts_from_it(tmp_path: Path) 
     assert sm2.count == 60 and sm2.applied_here < 60  # restored from a snapshot the child encoded
     await node2.stop()
     storage2.close()
+
+
+class _Echo(pbg.ControlServicer):
+    async def GetCluster(self, request: pb.Empty, context: grpc.aio.ServicerContext) -> pb.Blob:
+        return pb.Blob(data=b"x")
+
+
+async def test_children_encode_beside_a_busy_grpc_server() -> None:
+    """gRPC's fork handlers would start threads in the child that abort on its closed descriptors."""
+    assert os.environ.get("GRPC_ENABLE_FORK_SUPPORT") == "0"  # set by importing shoal, before gRPC starts
+    server = grpc.aio.server()
+    pbg.add_ControlServicer_to_server(_Echo(), server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    try:
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            stub = pbg.ControlStub(ch)
+
+            async def load() -> None:
+                while True:
+                    await stub.GetCluster(pb.Empty())
+
+            busy = [asyncio.ensure_future(load()) for _ in range(20)]
+            try:
+                for _ in range(8):
+                    assert await forked.encode_in_child(lambda: b"y" * (8 << 20)) == b"y" * (8 << 20)
+            finally:
+                for t in busy:
+                    t.cancel()
+                await asyncio.gather(*busy, return_exceptions=True)
+    finally:
+        await server.stop(None)

@@ -23,6 +23,7 @@ import threading
 from collections.abc import Callable
 
 _LEN = struct.Struct(">Q")  # the encoding's length, first on the pipe: a short read is a failed child
+_FAILED = (1 << 64) - 1  # in place of a length: the child's error follows (its length, then its text)
 _CHUNK = 1 << 20
 
 
@@ -38,23 +39,25 @@ def _child(source: Callable[[], bytes], w: int) -> None:
             signal.signal(sig, signal.SIG_DFL)
         os.closerange(3, w)
         os.closerange(w + 1, os.sysconf("SC_OPEN_MAX"))
-        data = source()
-        view = memoryview(_LEN.pack(len(data)) + data)
-        while view:
-            view = view[os.write(w, view):]
-        code = 0
+        try:
+            data = source()
+        except BaseException as e:  # said on the pipe, for the parent's log
+            data, code = f"{type(e).__name__}: {e}"[:2000].encode(), 71
+            _write(w, _LEN.pack(_FAILED) + _LEN.pack(len(data)) + data)
+        else:
+            _write(w, _LEN.pack(len(data)) + data)
+            code = 0
     finally:
         os._exit(code)
 
 
-def _read_all(r: int) -> bytes:
-    head = b""
-    while len(head) < _LEN.size:
-        part = os.read(r, _LEN.size - len(head))
-        if not part:
-            raise ChildFailed("the snapshot child ended before it wrote anything")
-        head += part
-    (size,) = _LEN.unpack(head)
+def _write(w: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(w, view):]
+
+
+def _read_exact(r: int, size: int) -> bytes:
     buf = bytearray(size)
     view = memoryview(buf)
     got = 0
@@ -64,6 +67,14 @@ def _read_all(r: int) -> bytes:
             raise ChildFailed(f"the snapshot child ended after {got} of {size} bytes")
         got += n
     return bytes(buf)
+
+
+def _read_all(r: int) -> bytes:
+    (size,) = _LEN.unpack(_read_exact(r, _LEN.size))
+    if size == _FAILED:
+        (size,) = _LEN.unpack(_read_exact(r, _LEN.size))
+        raise ChildFailed(_read_exact(r, size).decode(errors="replace"))
+    return _read_exact(r, size)
 
 
 def _reap(pid: int) -> int | None:
