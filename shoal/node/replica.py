@@ -54,6 +54,10 @@ log = logging.getLogger(__name__)
 # Election timeout 10 ticks plus up to 5 (1.0-1.5 s at the 100 ms tick): a follower notices a dead leader in at
 # most 1.5 s, so failover stays under 2 s (etcd's default spread, 10 more ticks, would allow 2 s and more).
 ELECTION_JITTER_TICKS = 5
+# The most a leader whose loop stalls may add to its followers' election timeout (shoal.manager.raft.node: twice
+# its worst stall of the last minute): Swarm's own election timeout. An idle leader adds nothing, so failover
+# stays under 2 s; a loaded one is not deposed for a stall (a full collection, a starved core).
+MAX_SLACK = 10.0
 
 
 class AgentDispatcher:
@@ -214,6 +218,7 @@ class ManagerReplica:
                         if self.membership is not None else None,
                         persist_in_thread=os.environ.get("SHOAL_RAFT_PERSIST_THREAD", "0") == "1",
                         election_jitter_ticks=ELECTION_JITTER_TICKS, snapshot_in_thread=True, snapshot_in_child=True,
+                        max_slack=MAX_SLACK,
                         on_failure=exit_process)  # crash-only: its supervisor restarts it
         self.transport.node = raft
         loaded_commit = raft.core.commit

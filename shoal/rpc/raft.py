@@ -73,7 +73,8 @@ RAFT_CHANNEL_OPTIONS = [
 
 def msg_to_pb(m: Message) -> pb.RaftMsg:
     out = pb.RaftMsg(type=_TYPE_NUM[m.type], src=m.src, dst=m.dst, term=m.term, index=m.index, log_term=m.log_term,
-                     commit=m.commit, reject=m.reject, reject_hint=m.reject_hint, context=m.context, force=m.force)
+                     commit=m.commit, reject=m.reject, reject_hint=m.reject_hint, context=m.context, force=m.force,
+                     slack=m.slack)
     if m.entries:
         out.entries.extend(pb.RaftEntry(index=e.index, term=e.term, type=int(e.type), data=e.data) for e in m.entries)
     if m.snapshot is not None:
@@ -93,7 +94,7 @@ def msg_from_pb(p: pb.RaftMsg, snapshot_data: bytes = b"") -> Message:
     return Message(type=_TYPES[p.type], src=p.src, dst=p.dst, term=p.term, index=p.index, log_term=p.log_term,
                    entries=tuple(Entry(e.index, e.term, EntryType(e.type), e.data) for e in p.entries),
                    commit=p.commit, reject=p.reject, reject_hint=p.reject_hint, snapshot=snap,
-                   context=p.context, force=p.force)
+                   context=p.context, force=p.force, slack=p.slack)
 
 
 def wire_size(m: Message) -> int:

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15shoal/rpc/shoal.proto\x12\tshoal.rpc\"\x07\n\x05\x45mpty\"\x0f\n\rRootCARequest\"K\n\x0eRootCAResponse\x12\x13\n\x0b\x63\x61_cert_pem\x18\x01 \x01(\t\x12\x13\n\x0bsecure_addr\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\"V\n\x0cIssueRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\t\x12\x14\n\x0c\x61vailability\x18\x03 \x01(\t\x12\x10\n\x08hostname\x18\x04 \x01(\t\"\xb1\x01\n\rIssueResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08\x63\x65rt_pem\x18\x02 \x01(\t\x12\x13\n\x0b\x63\x61_cert_pem\x18\x03 \x01(\t\x12\x12\n\ncluster_id\x18\x04 \x01(\t\x12\x13\n\x0bsecure_addr\x18\x05 \x01(\t\x12\x12\n\nmanager_id\x18\x06 \x01(\t\x12\x16\n\x0e\x63\x65rt_chain_pem\x18\x07 \x01(\t\x12\x13\n\x0bleader_addr\x18\x08 \x01(\t\"\x1f\n\x0cRenewRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\t\"4\n\x0fRegisterRequest\x12\x13\n\x0b\x64\x65scription\x18\x01 \x01(\x0c\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\"\x86\x01\n\x0ePeriodResponse\x12\x0e\n\x06period\x18\x01 \x01(\x01\x12\x19\n\x11renew_certificate\x18\x02 \x01(\x08\x12\x12\n\ntrust_root\x18\x03 \x01(\t\x12\x10\n\x08managers\x18\x04 \x03(\t\x12\x0c\n\x04role\x18\x05 \x01(\t\x12\x15\n\rrejoin_spread\x18\x06 \x01(\x01\"3\n\x12\x41ssignmentsMessage\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\"!\n\x10HeartbeatRequest\x12\r\n\x05usage\x18\x01 \x01(\x0c\"\x1f\n\x0cStatusUpdate\x12\x0f\n\x07updates\x18\x01 \x01(\x0c\"O\n\x0fLogSubscription\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08task_ids\x18\x02 \x03(\t\x12\x0f\n\x07options\x18\x03 \x01(\x0c\x12\r\n\x05\x63lose\x18\x04 \x01(\x08\"L\n\x08LogEntry\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x11\n\ttimestamp\x18\x03 \x01(\x01\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\xde\x01\n\x12PublishLogsMessage\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12$\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x13.shoal.rpc.LogEntry\x12\x0c\n\x04\x64one\x18\x03 \x03(\t\x12\x11\n\tnot_found\x18\x04 \x03(\t\x12\x39\n\x06\x65rrors\x18\x05 \x03(\x0b\x32).shoal.rpc.PublishLogsMessage.ErrorsEntry\x1a-\n\x0b\x45rrorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x14\n\x04\x42lob\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"D\n\tRaftEntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x0c\n\x04type\x18\x03 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\xba\x02\n\x07RaftMsg\x12\x0c\n\x04type\x18\x01 \x01(\r\x12\x0b\n\x03src\x18\x02 \x01(\x04\x12\x0b\n\x03\x64st\x18\x03 \x01(\x04\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\r\n\x05index\x18\x05 \x01(\x04\x12\x10\n\x08log_term\x18\x06 \x01(\x04\x12%\n\x07\x65ntries\x18\x07 \x03(\x0b\x32\x14.shoal.rpc.RaftEntry\x12\x0e\n\x06\x63ommit\x18\x08 \x01(\x04\x12\x0e\n\x06reject\x18\t \x01(\x08\x12\x13\n\x0breject_hint\x18\n \x01(\x04\x12\x0f\n\x07\x63ontext\x18\x0b \x01(\x0c\x12\r\n\x05\x66orce\x18\x0c \x01(\x08\x12\x14\n\x0chas_snapshot\x18\r \x01(\x08\x12\x16\n\x0esnapshot_index\x18\x0e \x01(\x04\x12\x15\n\rsnapshot_term\x18\x0f \x01(\x04\x12\x17\n\x0fsnapshot_voters\x18\x10 \x03(\x04\"\x8d\x01\n\tRaftBatch\x12\x16\n\x0esender_raft_id\x18\x01 \x01(\x04\x12\x13\n\x0bsender_addr\x18\x02 \x01(\t\x12$\n\x08messages\x18\x03 \x03(\x0b\x32\x12.shoal.rpc.RaftMsg\x12\x16\n\x0esnapshot_chunk\x18\x04 \x01(\x0c\x12\x15\n\rsnapshot_done\x18\x05 \x01(\x08\"0\n\x0fJoinRaftRequest\x12\x0f\n\x07raft_id\x18\x01 \x01(\x04\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\"<\n\nRaftMember\x12\x0f\n\x07raft_id\x18\x01 \x01(\x04\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0c\n\x04\x61\x64\x64r\x18\x03 \x01(\t\"J\n\x10JoinRaftResponse\x12&\n\x07members\x18\x01 \x03(\x0b\x32\x15.shoal.rpc.RaftMember\x12\x0e\n\x06leader\x18\x02 \x01(\x04\"\xa5\x01\n\x0e\x46orwardRequest\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x37\n\x07headers\x18\x03 \x03(\x0b\x32&.shoal.rpc.ForwardRequest.HeadersEntry\x12\x0c\n\x04\x62ody\x18\x04 \x01(\x0c\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x93\x01\n\x0c\x46orwardChunk\x12\x0e\n\x06status\x18\x01 \x01(\x05\x12\x35\n\x07headers\x18\x02 \x03(\x0b\x32$.shoal.rpc.ForwardChunk.HeadersEntry\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x98\x02\n\x0e\x46orwardMuxItem\x12\n\n\x02id\x18\x01 \x01(\x04\x12*\n\x07request\x18\x02 \x01(\x0b\x32\x19.shoal.rpc.ForwardRequest\x12\'\n\x06\x61nswer\x18\x03 \x01(\x0b\x32\x17.shoal.rpc.ForwardChunk\x12\x12\n\nerror_code\x18\x04 \x01(\t\x12\x15\n\rerror_details\x18\x05 \x01(\t\x12\x44\n\x0e\x65rror_metadata\x18\x06 \x03(\x0b\x32,.shoal.rpc.ForwardMuxItem.ErrorMetadataEntry\x1a\x34\n\x12\x45rrorMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\";\n\x0f\x46orwardMuxBatch\x12(\n\x05items\x18\x01 \x03(\x0b\x32\x19.shoal.rpc.ForwardMuxItem2\x9c\x01\n\x02\x43\x41\x12K\n\x14GetRootCACertificate\x12\x18.shoal.rpc.RootCARequest\x1a\x19.shoal.rpc.RootCAResponse\x12I\n\x14IssueNodeCertificate\x12\x17.shoal.rpc.IssueRequest\x1a\x18.shoal.rpc.IssueResponse2S\n\x06NodeCA\x12I\n\x14RenewNodeCertificate\x12\x17.shoal.rpc.RenewRequest\x1a\x18.shoal.rpc.IssueResponse2\xc2\x02\n\nDispatcher\x12\x41\n\x08Register\x12\x1a.shoal.rpc.RegisterRequest\x1a\x19.shoal.rpc.PeriodResponse\x12\x43\n\tHeartbeat\x12\x1b.shoal.rpc.HeartbeatRequest\x1a\x19.shoal.rpc.PeriodResponse\x12@\n\x0b\x41ssignments\x12\x10.shoal.rpc.Empty\x1a\x1d.shoal.rpc.AssignmentsMessage0\x01\x12=\n\x10UpdateTaskStatus\x12\x17.shoal.rpc.StatusUpdate\x1a\x10.shoal.rpc.Empty\x12+\n\x05Leave\x12\x10.shoal.rpc.Empty\x1a\x10.shoal.rpc.Empty2\x8f\x01\n\x04Logs\x12\x45\n\x13ListenSubscriptions\x12\x10.shoal.rpc.Empty\x1a\x1a.shoal.rpc.LogSubscription0\x01\x12@\n\x0bPublishLogs\x12\x1d.shoal.rpc.PublishLogsMessage\x1a\x10.shoal.rpc.Empty(\x01\x32:\n\x07\x43ontrol\x12/\n\nGetCluster\x12\x10.shoal.rpc.Empty\x1a\x0f.shoal.rpc.Blob2\x86\x02\n\x04Raft\x12\x32\n\x06Stream\x12\x14.shoal.rpc.RaftBatch\x1a\x10.shoal.rpc.Empty(\x01\x12?\n\x04Join\x12\x1a.shoal.rpc.JoinRaftRequest\x1a\x1b.shoal.rpc.JoinRaftResponse\x12?\n\x07\x46orward\x12\x19.shoal.rpc.ForwardRequest\x1a\x17.shoal.rpc.ForwardChunk0\x01\x12H\n\nForwardMux\x12\x1a.shoal.rpc.ForwardMuxBatch\x1a\x1a.shoal.rpc.ForwardMuxBatch(\x01\x30\x01\x32\x95\x01\n\x07Network\x12\x31\n\nWatchState\x12\x10.shoal.rpc.Empty\x1a\x0f.shoal.rpc.Blob0\x01\x12*\n\x06\x41ttach\x12\x0f.shoal.rpc.Blob\x1a\x0f.shoal.rpc.Blob\x12+\n\x06\x44\x65tach\x12\x0f.shoal.rpc.Blob\x1a\x10.shoal.rpc.Emptyb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15shoal/rpc/shoal.proto\x12\tshoal.rpc\"\x07\n\x05\x45mpty\"\x0f\n\rRootCARequest\"K\n\x0eRootCAResponse\x12\x13\n\x0b\x63\x61_cert_pem\x18\x01 \x01(\t\x12\x13\n\x0bsecure_addr\x18\x02 \x01(\t\x12\x0f\n\x07node_id\x18\x03 \x01(\t\"V\n\x0cIssueRequest\x12\r\n\x05token\x18\x01 \x01(\t\x12\x0f\n\x07\x63sr_pem\x18\x02 \x01(\t\x12\x14\n\x0c\x61vailability\x18\x03 \x01(\t\x12\x10\n\x08hostname\x18\x04 \x01(\t\"\xb1\x01\n\rIssueResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x10\n\x08\x63\x65rt_pem\x18\x02 \x01(\t\x12\x13\n\x0b\x63\x61_cert_pem\x18\x03 \x01(\t\x12\x12\n\ncluster_id\x18\x04 \x01(\t\x12\x13\n\x0bsecure_addr\x18\x05 \x01(\t\x12\x12\n\nmanager_id\x18\x06 \x01(\t\x12\x16\n\x0e\x63\x65rt_chain_pem\x18\x07 \x01(\t\x12\x13\n\x0bleader_addr\x18\x08 \x01(\t\"\x1f\n\x0cRenewRequest\x12\x0f\n\x07\x63sr_pem\x18\x01 \x01(\t\"4\n\x0fRegisterRequest\x12\x13\n\x0b\x64\x65scription\x18\x01 \x01(\x0c\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\"\x86\x01\n\x0ePeriodResponse\x12\x0e\n\x06period\x18\x01 \x01(\x01\x12\x19\n\x11renew_certificate\x18\x02 \x01(\x08\x12\x12\n\ntrust_root\x18\x03 \x01(\t\x12\x10\n\x08managers\x18\x04 \x03(\t\x12\x0c\n\x04role\x18\x05 \x01(\t\x12\x15\n\rrejoin_spread\x18\x06 \x01(\x01\"3\n\x12\x41ssignmentsMessage\x12\x0c\n\x04type\x18\x01 \x01(\t\x12\x0f\n\x07payload\x18\x02 \x01(\x0c\"!\n\x10HeartbeatRequest\x12\r\n\x05usage\x18\x01 \x01(\x0c\"\x1f\n\x0cStatusUpdate\x12\x0f\n\x07updates\x18\x01 \x01(\x0c\"O\n\x0fLogSubscription\x12\n\n\x02id\x18\x01 \x01(\t\x12\x10\n\x08task_ids\x18\x02 \x03(\t\x12\x0f\n\x07options\x18\x03 \x01(\x0c\x12\r\n\x05\x63lose\x18\x04 \x01(\x08\"L\n\x08LogEntry\x12\x0f\n\x07task_id\x18\x01 \x01(\t\x12\x0e\n\x06stream\x18\x02 \x01(\t\x12\x11\n\ttimestamp\x18\x03 \x01(\x01\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\xde\x01\n\x12PublishLogsMessage\x12\x17\n\x0fsubscription_id\x18\x01 \x01(\t\x12$\n\x07\x65ntries\x18\x02 \x03(\x0b\x32\x13.shoal.rpc.LogEntry\x12\x0c\n\x04\x64one\x18\x03 \x03(\t\x12\x11\n\tnot_found\x18\x04 \x03(\t\x12\x39\n\x06\x65rrors\x18\x05 \x03(\x0b\x32).shoal.rpc.PublishLogsMessage.ErrorsEntry\x1a-\n\x0b\x45rrorsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x14\n\x04\x42lob\x12\x0c\n\x04\x64\x61ta\x18\x01 \x01(\x0c\"D\n\tRaftEntry\x12\r\n\x05index\x18\x01 \x01(\x04\x12\x0c\n\x04term\x18\x02 \x01(\x04\x12\x0c\n\x04type\x18\x03 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\xc9\x02\n\x07RaftMsg\x12\x0c\n\x04type\x18\x01 \x01(\r\x12\x0b\n\x03src\x18\x02 \x01(\x04\x12\x0b\n\x03\x64st\x18\x03 \x01(\x04\x12\x0c\n\x04term\x18\x04 \x01(\x04\x12\r\n\x05index\x18\x05 \x01(\x04\x12\x10\n\x08log_term\x18\x06 \x01(\x04\x12%\n\x07\x65ntries\x18\x07 \x03(\x0b\x32\x14.shoal.rpc.RaftEntry\x12\x0e\n\x06\x63ommit\x18\x08 \x01(\x04\x12\x0e\n\x06reject\x18\t \x01(\x08\x12\x13\n\x0breject_hint\x18\n \x01(\x04\x12\x0f\n\x07\x63ontext\x18\x0b \x01(\x0c\x12\r\n\x05\x66orce\x18\x0c \x01(\x08\x12\x14\n\x0chas_snapshot\x18\r \x01(\x08\x12\x16\n\x0esnapshot_index\x18\x0e \x01(\x04\x12\x15\n\rsnapshot_term\x18\x0f \x01(\x04\x12\x17\n\x0fsnapshot_voters\x18\x10 \x03(\x04\x12\r\n\x05slack\x18\x11 \x01(\r\"\x8d\x01\n\tRaftBatch\x12\x16\n\x0esender_raft_id\x18\x01 \x01(\x04\x12\x13\n\x0bsender_addr\x18\x02 \x01(\t\x12$\n\x08messages\x18\x03 \x03(\x0b\x32\x12.shoal.rpc.RaftMsg\x12\x16\n\x0esnapshot_chunk\x18\x04 \x01(\x0c\x12\x15\n\rsnapshot_done\x18\x05 \x01(\x08\"0\n\x0fJoinRaftRequest\x12\x0f\n\x07raft_id\x18\x01 \x01(\x04\x12\x0c\n\x04\x61\x64\x64r\x18\x02 \x01(\t\"<\n\nRaftMember\x12\x0f\n\x07raft_id\x18\x01 \x01(\x04\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0c\n\x04\x61\x64\x64r\x18\x03 \x01(\t\"J\n\x10JoinRaftResponse\x12&\n\x07members\x18\x01 \x03(\x0b\x32\x15.shoal.rpc.RaftMember\x12\x0e\n\x06leader\x18\x02 \x01(\x04\"\xa5\x01\n\x0e\x46orwardRequest\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0c\n\x04path\x18\x02 \x01(\t\x12\x37\n\x07headers\x18\x03 \x03(\x0b\x32&.shoal.rpc.ForwardRequest.HeadersEntry\x12\x0c\n\x04\x62ody\x18\x04 \x01(\x0c\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x93\x01\n\x0c\x46orwardChunk\x12\x0e\n\x06status\x18\x01 \x01(\x05\x12\x35\n\x07headers\x18\x02 \x03(\x0b\x32$.shoal.rpc.ForwardChunk.HeadersEntry\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\x1a.\n\x0cHeadersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x98\x02\n\x0e\x46orwardMuxItem\x12\n\n\x02id\x18\x01 \x01(\x04\x12*\n\x07request\x18\x02 \x01(\x0b\x32\x19.shoal.rpc.ForwardRequest\x12\'\n\x06\x61nswer\x18\x03 \x01(\x0b\x32\x17.shoal.rpc.ForwardChunk\x12\x12\n\nerror_code\x18\x04 \x01(\t\x12\x15\n\rerror_details\x18\x05 \x01(\t\x12\x44\n\x0e\x65rror_metadata\x18\x06 \x03(\x0b\x32,.shoal.rpc.ForwardMuxItem.ErrorMetadataEntry\x1a\x34\n\x12\x45rrorMetadataEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\";\n\x0f\x46orwardMuxBatch\x12(\n\x05items\x18\x01 \x03(\x0b\x32\x19.shoal.rpc.ForwardMuxItem2\x9c\x01\n\x02\x43\x41\x12K\n\x14GetRootCACertificate\x12\x18.shoal.rpc.RootCARequest\x1a\x19.shoal.rpc.RootCAResponse\x12I\n\x14IssueNodeCertificate\x12\x17.shoal.rpc.IssueRequest\x1a\x18.shoal.rpc.IssueResponse2S\n\x06NodeCA\x12I\n\x14RenewNodeCertificate\x12\x17.shoal.rpc.RenewRequest\x1a\x18.shoal.rpc.IssueResponse2\xc2\x02\n\nDispatcher\x12\x41\n\x08Register\x12\x1a.shoal.rpc.RegisterRequest\x1a\x19.shoal.rpc.PeriodResponse\x12\x43\n\tHeartbeat\x12\x1b.shoal.rpc.HeartbeatRequest\x1a\x19.shoal.rpc.PeriodResponse\x12@\n\x0b\x41ssignments\x12\x10.shoal.rpc.Empty\x1a\x1d.shoal.rpc.AssignmentsMessage0\x01\x12=\n\x10UpdateTaskStatus\x12\x17.shoal.rpc.StatusUpdate\x1a\x10.shoal.rpc.Empty\x12+\n\x05Leave\x12\x10.shoal.rpc.Empty\x1a\x10.shoal.rpc.Empty2\x8f\x01\n\x04Logs\x12\x45\n\x13ListenSubscriptions\x12\x10.shoal.rpc.Empty\x1a\x1a.shoal.rpc.LogSubscription0\x01\x12@\n\x0bPublishLogs\x12\x1d.shoal.rpc.PublishLogsMessage\x1a\x10.shoal.rpc.Empty(\x01\x32:\n\x07\x43ontrol\x12/\n\nGetCluster\x12\x10.shoal.rpc.Empty\x1a\x0f.shoal.rpc.Blob2\x86\x02\n\x04Raft\x12\x32\n\x06Stream\x12\x14.shoal.rpc.RaftBatch\x1a\x10.shoal.rpc.Empty(\x01\x12?\n\x04Join\x12\x1a.shoal.rpc.JoinRaftRequest\x1a\x1b.shoal.rpc.JoinRaftResponse\x12?\n\x07\x46orward\x12\x19.shoal.rpc.ForwardRequest\x1a\x17.shoal.rpc.ForwardChunk0\x01\x12H\n\nForwardMux\x12\x1a.shoal.rpc.ForwardMuxBatch\x1a\x1a.shoal.rpc.ForwardMuxBatch(\x01\x30\x01\x32\x95\x01\n\x07Network\x12\x31\n\nWatchState\x12\x10.shoal.rpc.Empty\x1a\x0f.shoal.rpc.Blob0\x01\x12*\n\x06\x41ttach\x12\x0f.shoal.rpc.Blob\x1a\x0f.shoal.rpc.Blob\x12+\n\x06\x44\x65tach\x12\x0f.shoal.rpc.Blob\x1a\x10.shoal.rpc.Emptyb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -74,41 +74,41 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RAFTENTRY']._serialized_start=1158
   _globals['_RAFTENTRY']._serialized_end=1226
   _globals['_RAFTMSG']._serialized_start=1229
-  _globals['_RAFTMSG']._serialized_end=1543
-  _globals['_RAFTBATCH']._serialized_start=1546
-  _globals['_RAFTBATCH']._serialized_end=1687
-  _globals['_JOINRAFTREQUEST']._serialized_start=1689
-  _globals['_JOINRAFTREQUEST']._serialized_end=1737
-  _globals['_RAFTMEMBER']._serialized_start=1739
-  _globals['_RAFTMEMBER']._serialized_end=1799
-  _globals['_JOINRAFTRESPONSE']._serialized_start=1801
-  _globals['_JOINRAFTRESPONSE']._serialized_end=1875
-  _globals['_FORWARDREQUEST']._serialized_start=1878
-  _globals['_FORWARDREQUEST']._serialized_end=2043
-  _globals['_FORWARDREQUEST_HEADERSENTRY']._serialized_start=1997
-  _globals['_FORWARDREQUEST_HEADERSENTRY']._serialized_end=2043
-  _globals['_FORWARDCHUNK']._serialized_start=2046
-  _globals['_FORWARDCHUNK']._serialized_end=2193
-  _globals['_FORWARDCHUNK_HEADERSENTRY']._serialized_start=1997
-  _globals['_FORWARDCHUNK_HEADERSENTRY']._serialized_end=2043
-  _globals['_FORWARDMUXITEM']._serialized_start=2196
-  _globals['_FORWARDMUXITEM']._serialized_end=2476
-  _globals['_FORWARDMUXITEM_ERRORMETADATAENTRY']._serialized_start=2424
-  _globals['_FORWARDMUXITEM_ERRORMETADATAENTRY']._serialized_end=2476
-  _globals['_FORWARDMUXBATCH']._serialized_start=2478
-  _globals['_FORWARDMUXBATCH']._serialized_end=2537
-  _globals['_CA']._serialized_start=2540
-  _globals['_CA']._serialized_end=2696
-  _globals['_NODECA']._serialized_start=2698
-  _globals['_NODECA']._serialized_end=2781
-  _globals['_DISPATCHER']._serialized_start=2784
-  _globals['_DISPATCHER']._serialized_end=3106
-  _globals['_LOGS']._serialized_start=3109
-  _globals['_LOGS']._serialized_end=3252
-  _globals['_CONTROL']._serialized_start=3254
-  _globals['_CONTROL']._serialized_end=3312
-  _globals['_RAFT']._serialized_start=3315
-  _globals['_RAFT']._serialized_end=3577
-  _globals['_NETWORK']._serialized_start=3580
-  _globals['_NETWORK']._serialized_end=3729
+  _globals['_RAFTMSG']._serialized_end=1558
+  _globals['_RAFTBATCH']._serialized_start=1561
+  _globals['_RAFTBATCH']._serialized_end=1702
+  _globals['_JOINRAFTREQUEST']._serialized_start=1704
+  _globals['_JOINRAFTREQUEST']._serialized_end=1752
+  _globals['_RAFTMEMBER']._serialized_start=1754
+  _globals['_RAFTMEMBER']._serialized_end=1814
+  _globals['_JOINRAFTRESPONSE']._serialized_start=1816
+  _globals['_JOINRAFTRESPONSE']._serialized_end=1890
+  _globals['_FORWARDREQUEST']._serialized_start=1893
+  _globals['_FORWARDREQUEST']._serialized_end=2058
+  _globals['_FORWARDREQUEST_HEADERSENTRY']._serialized_start=2012
+  _globals['_FORWARDREQUEST_HEADERSENTRY']._serialized_end=2058
+  _globals['_FORWARDCHUNK']._serialized_start=2061
+  _globals['_FORWARDCHUNK']._serialized_end=2208
+  _globals['_FORWARDCHUNK_HEADERSENTRY']._serialized_start=2012
+  _globals['_FORWARDCHUNK_HEADERSENTRY']._serialized_end=2058
+  _globals['_FORWARDMUXITEM']._serialized_start=2211
+  _globals['_FORWARDMUXITEM']._serialized_end=2491
+  _globals['_FORWARDMUXITEM_ERRORMETADATAENTRY']._serialized_start=2439
+  _globals['_FORWARDMUXITEM_ERRORMETADATAENTRY']._serialized_end=2491
+  _globals['_FORWARDMUXBATCH']._serialized_start=2493
+  _globals['_FORWARDMUXBATCH']._serialized_end=2552
+  _globals['_CA']._serialized_start=2555
+  _globals['_CA']._serialized_end=2711
+  _globals['_NODECA']._serialized_start=2713
+  _globals['_NODECA']._serialized_end=2796
+  _globals['_DISPATCHER']._serialized_start=2799
+  _globals['_DISPATCHER']._serialized_end=3121
+  _globals['_LOGS']._serialized_start=3124
+  _globals['_LOGS']._serialized_end=3267
+  _globals['_CONTROL']._serialized_start=3269
+  _globals['_CONTROL']._serialized_end=3327
+  _globals['_RAFT']._serialized_start=3330
+  _globals['_RAFT']._serialized_end=3592
+  _globals['_NETWORK']._serialized_start=3595
+  _globals['_NETWORK']._serialized_end=3744
 # @@protoc_insertion_point(module_scope)

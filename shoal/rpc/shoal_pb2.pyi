@@ -170,7 +170,7 @@ class RaftEntry(_message.Message):
     def __init__(self, index: _Optional[int] = ..., term: _Optional[int] = ..., type: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class RaftMsg(_message.Message):
-    __slots__ = ("type", "src", "dst", "term", "index", "log_term", "entries", "commit", "reject", "reject_hint", "context", "force", "has_snapshot", "snapshot_index", "snapshot_term", "snapshot_voters")
+    __slots__ = ("type", "src", "dst", "term", "index", "log_term", "entries", "commit", "reject", "reject_hint", "context", "force", "has_snapshot", "snapshot_index", "snapshot_term", "snapshot_voters", "slack")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     SRC_FIELD_NUMBER: _ClassVar[int]
     DST_FIELD_NUMBER: _ClassVar[int]
@@ -187,6 +187,7 @@ class RaftMsg(_message.Message):
     SNAPSHOT_INDEX_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_TERM_FIELD_NUMBER: _ClassVar[int]
     SNAPSHOT_VOTERS_FIELD_NUMBER: _ClassVar[int]
+    SLACK_FIELD_NUMBER: _ClassVar[int]
     type: int
     src: int
     dst: int
@@ -203,7 +204,8 @@ class RaftMsg(_message.Message):
     snapshot_index: int
     snapshot_term: int
     snapshot_voters: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, type: _Optional[int] = ..., src: _Optional[int] = ..., dst: _Optional[int] = ..., term: _Optional[int] = ..., index: _Optional[int] = ..., log_term: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[RaftEntry, _Mapping]]] = ..., commit: _Optional[int] = ..., reject: _Optional[bool] = ..., reject_hint: _Optional[int] = ..., context: _Optional[bytes] = ..., force: _Optional[bool] = ..., has_snapshot: _Optional[bool] = ..., snapshot_index: _Optional[int] = ..., snapshot_term: _Optional[int] = ..., snapshot_voters: _Optional[_Iterable[int]] = ...) -> None: ...
+    slack: int
+    def __init__(self, type: _Optional[int] = ..., src: _Optional[int] = ..., dst: _Optional[int] = ..., term: _Optional[int] = ..., index: _Optional[int] = ..., log_term: _Optional[int] = ..., entries: _Optional[_Iterable[_Union[RaftEntry, _Mapping]]] = ..., commit: _Optional[int] = ..., reject: _Optional[bool] = ..., reject_hint: _Optional[int] = ..., context: _Optional[bytes] = ..., force: _Optional[bool] = ..., has_snapshot: _Optional[bool] = ..., snapshot_index: _Optional[int] = ..., snapshot_term: _Optional[int] = ..., snapshot_voters: _Optional[_Iterable[int]] = ..., slack: _Optional[int] = ...) -> None: ...
 
 class RaftBatch(_message.Message):
     __slots__ = ("sender_raft_id", "sender_addr", "messages", "snapshot_chunk", "snapshot_done")

@@ -130,6 +130,8 @@ def fmt_msg(m: Message) -> str:
         out.append(f"ctx={fmt_data(m.context)}")
     if m.force:
         out.append("force")
+    if m.slack:
+        out.append(f"slack={m.slack}")
     return " ".join(out)
 
 
@@ -363,6 +365,10 @@ class InteractionEnv:
         node = self.one(rec)
         for _ in range(n):
             node.core.tick()
+
+    def cmd_set_slack(self, rec: Record) -> None:
+        """`set-slack <id> <ticks>`: what the node's shell asks followers for while it leads (its stalls)."""
+        self.one(rec).core.slack = int(rec.positional()[1])
 
     def cmd_tick(self, rec: Record) -> None:
         pos = rec.positional()

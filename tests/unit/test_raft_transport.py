@@ -176,7 +176,7 @@ def test_wire_encoding_round_trips_every_field() -> None:
     msgs = [
         Message(MsgType.VOTE, 1, 2, term=5, index=10, log_term=4, force=True),
         Message(MsgType.APPEND_RESP, 2, 1, term=5, index=9, reject=True, reject_hint=7, log_term=3),
-        Message(MsgType.HEARTBEAT, 1, 3, term=5, commit=8, context=b"read-1"),
+        Message(MsgType.HEARTBEAT, 1, 3, term=5, commit=8, context=b"read-1", slack=40),
         Message(MsgType.SNAPSHOT, 1, 3, term=5, snapshot=snap),
         append(1, 2, 4),
     ]

@@ -26,7 +26,9 @@ change is refused while one is pending, and a new leader refuses changes until a
 applied (the fix for the single-server-change bug described in Ongaro's raft-dev note of 2015).
 
 Features: pre-vote, check-quorum (leader lease: a node that heard from a leader within an election timeout
-ignores vote requests), batching (`max_entries_per_msg`, `max_bytes_per_msg`), pipelining (optimistic next
+ignores vote requests), slack (a leader whose process stalls asks its followers, on each heartbeat and append,
+to wait up to `max_slack_ticks` more before they campaign: only when elections happen changes, never safety),
+batching (`max_entries_per_msg`, `max_bytes_per_msg`), pipelining (optimistic next
 index and an inflight window per follower), fast backtracking (the follower's reject carries an index/term
 hint), snapshots (`compact` by the application, InstallSnapshot to followers behind the first log index),
 leadership transfer (`transfer_leader`), and linearizable reads (`read_index`).
@@ -41,7 +43,7 @@ import random
 import struct
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -179,6 +181,9 @@ class MsgType(enum.Enum):
     READ_INDEX_RESP = "read-index-resp"
 
 
+_LEADER_WORD = frozenset({MsgType.APPEND, MsgType.HEARTBEAT, MsgType.SNAPSHOT})  # what carries a leader's slack
+
+
 @dataclass(frozen=True, slots=True)
 class Message:
     """One message between cores. Fields not used by a type keep their defaults.
@@ -202,6 +207,8 @@ class Message:
     snapshot: Snapshot | None = None
     context: bytes = b""
     force: bool = False
+    # APPEND, HEARTBEAT, SNAPSHOT from a leader: ticks its followers add to their election timeout (`slack`).
+    slack: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,6 +282,9 @@ class RaftConfig:
     max_inflight: int = 64  # appends in flight per follower (pipelining window)
     max_committed_per_ready: int = 4096
     snapshot_retry_heartbeats: int = 10  # heartbeat answers seen in SNAPSHOT state before sending it again
+    # The most ticks a leader may ask its followers to wait beyond their election timeout (0: none, as etcd).
+    # A leader whose process stalls (a collection, a starved core) asks for slack in proportion: see `slack`.
+    max_slack_ticks: int = 0
 
     def __post_init__(self) -> None:
         if self.id == NONE:
@@ -393,6 +403,10 @@ class RaftCore:
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
         self._randomized_timeout = 0
+        # Leading: the ticks the shell asks followers to add to their election timeout, from this node's own
+        # recent stalls (capped by max_slack_ticks when sent). Following: what the leader last asked.
+        self.slack = 0
+        self._leader_slack = 0
         self._votes: dict[int, bool] = {}
         self._pending_conf_index = 0
         self._transferee = NONE
@@ -486,6 +500,7 @@ class RaftCore:
         self.leader = NONE
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
+        self._leader_slack = 0
         self._reset_randomized_timeout()
         self._votes = {}
         self._progress = {}
@@ -512,6 +527,7 @@ class RaftCore:
         self.leader = NONE
         self.role = Role.PRE_CANDIDATE
         self._election_elapsed = 0
+        self._leader_slack = 0
         self._reset_randomized_timeout()
 
     def _become_candidate(self) -> None:
@@ -541,7 +557,7 @@ class RaftCore:
             self._tick_leader()
         else:
             self._election_elapsed += 1
-            if self.promotable and self._election_elapsed >= self._randomized_timeout:
+            if self.promotable and self._election_elapsed >= self._randomized_timeout + self._leader_slack:
                 self._election_elapsed = 0
                 self.campaign()
 
@@ -782,6 +798,8 @@ class RaftCore:
     # --- messages ----------------------------------------------------------------------------------
 
     def _send(self, msg: Message) -> None:
+        if self.slack and self.role == Role.LEADER and msg.type in _LEADER_WORD:
+            msg = replace(msg, slack=min(self.slack, self.cfg.max_slack_ticks))
         self._msgs.append(msg)
 
     def step(self, m: Message) -> None:
@@ -790,7 +808,7 @@ class RaftCore:
         if m.term > self.term:
             if m.type in (MsgType.VOTE, MsgType.PRE_VOTE):
                 in_lease = (self.cfg.check_quorum and self.leader != NONE
-                            and self._election_elapsed < self.cfg.election_ticks)
+                            and self._election_elapsed < self.cfg.election_ticks + self._leader_slack)
                 if in_lease and not m.force:
                     return  # we heard from a leader recently: a disruptive candidate is ignored
             if m.type == MsgType.PRE_VOTE or (m.type == MsgType.PRE_VOTE_RESP and not m.reject):
@@ -863,6 +881,8 @@ class RaftCore:
 
     def _step_follower(self, m: Message) -> None:
         t = m.type
+        if t in _LEADER_WORD:
+            self._leader_slack = min(m.slack, self.cfg.max_slack_ticks)
         if t == MsgType.APPEND:
             self._election_elapsed = 0
             self.leader = m.src

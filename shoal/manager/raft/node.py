@@ -37,9 +37,11 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import os
 import random
 import sqlite3
+from collections import deque
 from collections.abc import Callable
 from typing import Protocol, TypeVar
 
@@ -70,6 +72,11 @@ from shoal.manager.raft.transport import Transport
 from shoal.tasks import cancel_all, cancel_and_wait
 
 log = logging.getLogger(__name__)
+
+# A leader asks its followers to wait, beyond their election timeout, twice the worst stall of its event loop in
+# the last minute (up to the node's `max_slack`): a loop that stalled once for 2 s under load may again.
+SLACK_FACTOR = 2.0
+SLACK_WINDOW = 60.0
 
 T = TypeVar("T")
 
@@ -123,7 +130,7 @@ class RaftNode:
                  rng: random.Random | None = None,
                  on_conf_change: Callable[[int, ConfChange], None] | None = None,
                  persist_in_thread: bool = False, election_jitter_ticks: int | None = None,
-                 snapshot_in_thread: bool = False, snapshot_in_child: bool = False,
+                 snapshot_in_thread: bool = False, snapshot_in_child: bool = False, max_slack: float = 0.0,
                  snapshot_bytes: int = DEFAULT_SNAPSHOT_BYTES,
                  catchup_entries: int = DEFAULT_CATCHUP_ENTRIES, catchup_bytes: int = DEFAULT_CATCHUP_BYTES,
                  on_failure: Callable[[BaseException], None] | None = None) -> None:
@@ -139,10 +146,14 @@ class RaftNode:
         self.catchup_entries = catchup_entries
         self.catchup_bytes = catchup_bytes
         self._applied_bytes = 0  # entry bytes applied since the last snapshot (taken or installed)
+        # This node's stalls of the last SLACK_WINDOW seconds (when, how late a tick came): leading, it asks its
+        # followers for SLACK_FACTOR times the worst as slack, up to `max_slack` seconds (0: none).
+        self._stalls: deque[tuple[float, float]] = deque()
         # A forwarded read is silently lost on leader change: give up after two election timeouts.
         self.read_timeout = read_timeout if read_timeout is not None else 4 * election_ticks * tick_interval
         self.core = RaftCore(RaftConfig(id=raft_id, election_ticks=election_ticks, heartbeat_ticks=heartbeat_ticks,
-                                        election_jitter_ticks=election_jitter_ticks), storage,
+                                        election_jitter_ticks=election_jitter_ticks,
+                                        max_slack_ticks=round(max_slack / tick_interval)), storage,
                              rng or random.Random())
         self.on_conf_change = on_conf_change
         # Called once when the Ready loop fails (its storage cannot be written, an entry cannot be applied):
@@ -349,8 +360,20 @@ class RaftNode:
             if late >= self.election_timeout / 2:
                 log.warning("raft node %d: the event loop was stalled for %.0f ms (the election timeout is %.0f ms)",
                             self.id, late * 1000, self.election_timeout * 1000)
+            self._note_stall(late)
             self.core.tick()
             self._wake.set()
+
+    def _note_stall(self, late: float) -> None:
+        """The slack this node asks of its followers while it leads: a leader whose loop stalled for 2 s a minute
+        ago may do so again, and its followers should not take that for its death."""
+        now = self.clock.monotonic()
+        if late >= self.tick_interval:
+            self._stalls.append((now, late))
+        while self._stalls and self._stalls[0][0] < now - SLACK_WINDOW:
+            self._stalls.popleft()
+        worst = max((x for _, x in self._stalls), default=0.0)
+        self.core.slack = math.ceil(SLACK_FACTOR * worst / self.tick_interval)
 
     async def _run(self) -> None:
         try:
