@@ -185,10 +185,10 @@ def run(quick: bool) -> list[dict[str, Any]]:
 if __name__ == "__main__":
     import argparse
     import json
-    import signal
 
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-up on kill/timeout
+    from bench import procs
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--quick", action="store_true")
-    print(json.dumps(run(ap.parse_args().quick), indent=1))
+    with procs.guarded():  # SIGTERM, SIGHUP, Ctrl-C: the clean-up runs and nothing started is left
+        print(json.dumps(run(ap.parse_args().quick), indent=1))

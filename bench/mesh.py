@@ -222,15 +222,16 @@ def _print(records: list[dict[str, Any]]) -> None:
 
 if __name__ == "__main__":
     import argparse
-    import signal
 
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-up on kill/timeout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench import procs
+
     ap = argparse.ArgumentParser(description="the mesh benchmark alone (bench/run --quick mesh runs it too)")
     ap.add_argument("--quick", action="store_true")
     ap.add_argument("--json", action="store_true", help="print the records as JSON instead of a table")
     args = ap.parse_args()
-    recs = run(args.quick)
+    with procs.guarded():  # SIGTERM, SIGHUP, Ctrl-C: the clean-up runs and nothing started is left
+        recs = run(args.quick)
     print(json.dumps(recs, indent=1)) if args.json else _print(recs)
     from bench.common import NOTES
 

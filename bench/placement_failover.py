@@ -106,6 +106,10 @@ def _agents_view(sims: scale.SimProcs, base: Path, stuck: dict[str, Any]) -> Non
 
 
 if __name__ == "__main__":
+    from bench import procs
+
     args = [float(a) for a in sys.argv[1:4]]
-    sys.exit(main(int(args[0]) if args else 300, int(args[1]) if len(args) > 1 else 5000,
-                  args[2] if len(args) > 2 else 3.0))
+    with procs.guarded():  # SIGTERM, SIGHUP, Ctrl-C: the clean-up runs and nothing started is left
+        rc = main(int(args[0]) if args else 300, int(args[1]) if len(args) > 1 else 5000,
+                  args[2] if len(args) > 2 else 3.0)
+    sys.exit(rc)

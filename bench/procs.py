@@ -16,7 +16,7 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 ENV = "SHOAL_BENCH_RUN"
@@ -37,6 +37,18 @@ def install() -> str:
     for s in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(s, _exit_on)
     return token
+
+
+@contextlib.contextmanager
+def guarded(grace: float = 5.0) -> Iterator[str]:
+    """`install()` around a benchmark run on its own (`python bench/NAME.py`), `reap()` when it ends, however."""
+    token = install()
+    try:
+        yield token
+    finally:
+        left = reap(token, grace)
+        if left:
+            print(f"stopped {len(left)} process(es) the benchmark left running: {left[:20]}", flush=True)
 
 
 def _stat(pid: int | str) -> list[bytes] | None:

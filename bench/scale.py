@@ -409,4 +409,7 @@ if __name__ == "__main__":
     RAFT_TICK = a.raft_tick
     if a.py_spy:
         PROFILE_DIR = Path(a.py_spy)
-    print(json.dumps(run(a.quick, a.agents, a.tasks), indent=1))
+    from bench import procs
+
+    with procs.guarded():  # SIGTERM, SIGHUP, Ctrl-C: the clean-up runs and nothing started is left
+        print(json.dumps(run(a.quick, a.agents, a.tasks), indent=1))

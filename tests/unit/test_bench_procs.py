@@ -1,4 +1,5 @@
-"""bench/run stops every process it started when it is stopped (bench/procs.py, which bench/run installs): a
+"""A benchmark stops every process it started when it is stopped (bench/procs.py: bench/run installs it, and
+each benchmark run on its own, `python bench/NAME.py`, runs in `procs.guarded()`): a
 direct child, a daemon that left its session and was re-parented when its parent exited, and one that ignores
 SIGTERM are all gone once the run has exited after a SIGTERM."""
 
@@ -21,8 +22,7 @@ import os, signal, subprocess, sys
 sys.path.insert(0, sys.argv[1])
 from bench import procs
 
-token = procs.install()
-try:
+with procs.guarded(grace=1.0):
     child = subprocess.Popen(["sleep", "300"])
     stubborn = subprocess.Popen(["sh", "-c", "trap '' TERM; echo ready; exec sleep 300"], stdout=subprocess.PIPE,
                                 text=True)
@@ -34,8 +34,6 @@ try:
                               "stderr=subprocess.DEVNULL).pid)"], capture_output=True, text=True, check=True)
     print(child.pid, stubborn.pid, int(spawner.stdout), flush=True)
     signal.pause()
-finally:
-    procs.reap(token, grace=1.0)
 """
 
 
