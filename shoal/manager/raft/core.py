@@ -281,6 +281,10 @@ class RaftConfig:
     max_bytes_per_msg: int = 1 << 20
     max_inflight: int = 64  # appends in flight per follower (pipelining window)
     max_committed_per_ready: int = 4096
+    # And only until their data reaches this many bytes (the entry that reaches it included): the shell applies
+    # a Ready's entries in one go, and a follower behind by 100 entries of 1,000 tasks each decoded them for
+    # seconds without a tick.
+    max_committed_bytes_per_ready: int = 4 << 20
     snapshot_retry_heartbeats: int = 10  # heartbeat answers seen in SNAPSHOT state before sending it again
     # The most ticks a leader may ask its followers to wait beyond their election timeout (0: none, as etcd).
     # A leader whose process stalls (a collection, a starved core) asks for slack in proportion: see `slack`.
@@ -763,6 +767,12 @@ class RaftCore:
         if self._pending_install is None and self.commit > self.applied:
             hi = min(self.commit, self.applied + self.cfg.max_committed_per_ready)
             committed = tuple(self.log_entries(self.applied + 1, hi + 1))
+            size = 0
+            for n, e in enumerate(committed):
+                size += len(e.data)
+                if size >= self.cfg.max_committed_bytes_per_ready:
+                    committed = committed[:n + 1]
+                    break
         rd = Ready(
             soft_state=ss if ss != self._prev_ss else None,
             hard_state=hs if hs != self._prev_hs else None,

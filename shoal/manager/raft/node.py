@@ -387,6 +387,9 @@ class RaftNode:
                         self._handle_ready(rd, persisted=True)
                     else:
                         self._handle_ready(rd)
+                    # Let the ticker and the transport run between Readys: one holds at most
+                    # max_committed_bytes_per_ready of entries to apply, a backlog is many.
+                    await asyncio.sleep(0)
         except asyncio.CancelledError:
             raise
         except Exception as e:  # a storage failure: this node cannot go on (as if it crashed)
