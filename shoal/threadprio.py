@@ -35,17 +35,23 @@ def _comm(tid: int) -> str:
         return ""
 
 
-def demote_rpc_threads(base: int | None = None) -> int:
+def demote_rpc_threads(base: int | None = None, seen: set[int] | None = None) -> int:
     """Give each gRPC thread of this process the nice value `base + RPC_NICE` (`base`: this thread's); returns
-    how many threads were changed. Threads that are not gRPC's keep theirs."""
+    how many threads were changed. Threads that are not gRPC's keep theirs. Threads in `seen` were looked at
+    before and are skipped (the set is updated): a scan then reads only new threads' names."""
     if base is None:
         base = os.getpriority(os.PRIO_PROCESS, 0)
     want = min(base + RPC_NICE, 19)
     changed = 0
     try:
-        tids = [int(t) for t in os.listdir(_TASKS)]
+        tids = {int(t) for t in os.listdir(_TASKS)}
     except OSError:  # no /proc: nothing to do
         return 0
+    if seen is not None:
+        seen &= tids  # ended threads go: their numbers may come back as new threads
+        fresh = tids - seen
+        seen |= tids
+        tids = fresh
     for tid in tids:
         if _comm(tid) not in GRPC_THREADS:
             continue
@@ -60,7 +66,8 @@ async def keep_loop_first(period: float = SCAN_PERIOD) -> None:
     """Run for the daemon's life: gRPC threads started since the last look get their lower priority."""
     base = os.getpriority(os.PRIO_PROCESS, 0)
     total = 0
+    seen: set[int] = set()
     while True:
-        total += await asyncio.to_thread(demote_rpc_threads, base)
+        total += await asyncio.to_thread(demote_rpc_threads, base, seen)
         log.debug("%d gRPC thread(s) run at nice %+d so far", total, RPC_NICE)
         await asyncio.sleep(period)

@@ -6,6 +6,7 @@ import contextlib
 import os
 import threading
 from collections.abc import Iterator
+from unittest import mock
 
 import grpc
 import pytest
@@ -63,6 +64,13 @@ async def test_grpc_threads_get_a_lower_priority_and_the_others_keep_theirs(rest
             else:
                 assert nice == before[tid][1], (comm, nice)  # this thread, the worker, the executor's
         assert threadprio.demote_rpc_threads(base) == 0  # nothing left to change
+        seen: set[int] = set()
+        threadprio.demote_rpc_threads(base, seen)
+        assert set(nice_by_comm()) <= seen  # every thread was looked at once ...
+        before, read = set(seen), []
+        with mock.patch.object(threadprio, "_comm", side_effect=lambda tid: read.append(tid) or ""):
+            threadprio.demote_rpc_threads(base, seen)
+        assert not set(read) & before  # ... and not again (only threads started since are)
     finally:
         mine.set()
         worker.join()
