@@ -182,6 +182,7 @@ class MsgType(enum.Enum):
 
 
 _LEADER_WORD = frozenset({MsgType.APPEND, MsgType.HEARTBEAT, MsgType.SNAPSHOT})  # what carries a leader's slack
+_FOLLOWER_WORD = frozenset({MsgType.APPEND_RESP, MsgType.HEARTBEAT_RESP})  # and a follower's
 
 
 @dataclass(frozen=True, slots=True)
@@ -286,8 +287,9 @@ class RaftConfig:
     # seconds without a tick.
     max_committed_bytes_per_ready: int = 4 << 20
     snapshot_retry_heartbeats: int = 10  # heartbeat answers seen in SNAPSHOT state before sending it again
-    # The most ticks a leader may ask its followers to wait beyond their election timeout (0: none, as etcd).
-    # A leader whose process stalls (a collection, a starved core) asks for slack in proportion: see `slack`.
+    # The most ticks a node may ask the others to wait beyond an election timeout (0: none, as etcd). A leader
+    # whose process stalls (a collection, a starved core) asks its followers for slack before they campaign; a
+    # follower that stalls asks its leader for slack before check-quorum makes it step down: see `slack`.
     max_slack_ticks: int = 0
 
     def __post_init__(self) -> None:
@@ -314,6 +316,7 @@ class Progress:
     inflight: deque[int] = field(default_factory=deque)  # last index of each append in flight
     probe_sent: bool = False
     recent_active: bool = False
+    slack: int = 0  # what the follower last asked for, from its own stalls (capped): see `_tick_leader`
     pending_snapshot: int = 0
     snapshot_wait: int = 0
     stalled_ticks: int = 0  # leader ticks since `match` last moved while behind (frozen while a snapshot goes)
@@ -411,6 +414,7 @@ class RaftCore:
         # recent stalls (capped by max_slack_ticks when sent). Following: what the leader last asked.
         self.slack = 0
         self._leader_slack = 0
+        self._quiet_checks = 0
         self._votes: dict[int, bool] = {}
         self._pending_conf_index = 0
         self._transferee = NONE
@@ -505,6 +509,7 @@ class RaftCore:
         self._election_elapsed = 0
         self._heartbeat_elapsed = 0
         self._leader_slack = 0
+        self._quiet_checks = 0  # leading: election timeouts in a row without a quorum heard from
         self._reset_randomized_timeout()
         self._votes = {}
         self._progress = {}
@@ -577,9 +582,17 @@ class RaftCore:
         if self._election_elapsed >= self.cfg.election_ticks:
             self._election_elapsed = 0
             if self.cfg.check_quorum:
-                if not self._quorum_active():
-                    self._become_follower(self.term, NONE)
-                    return
+                if self._quorum_active():
+                    self._quiet_checks = 0
+                else:
+                    # No quorum heard from within an election timeout: step down, unless stalls (its own or
+                    # its followers') asked for slack, which extends the wait by as much.
+                    self._quiet_checks += 1
+                    slack = min(self.cfg.max_slack_ticks,
+                                max([self.slack, *(pr.slack for pr in self._progress.values())]))
+                    if self._quiet_checks * self.cfg.election_ticks >= self.cfg.election_ticks + slack:
+                        self._become_follower(self.term, NONE)
+                        return
                 for pr in self._progress.values():
                     pr.recent_active = False
             self._transferee = NONE  # a transfer not done within an election timeout is abandoned
@@ -808,7 +821,8 @@ class RaftCore:
     # --- messages ----------------------------------------------------------------------------------
 
     def _send(self, msg: Message) -> None:
-        if self.slack and self.role == Role.LEADER and msg.type in _LEADER_WORD:
+        if self.slack and self.cfg.max_slack_ticks and (
+                msg.type in _FOLLOWER_WORD or (self.role == Role.LEADER and msg.type in _LEADER_WORD)):
             msg = replace(msg, slack=min(self.slack, self.cfg.max_slack_ticks))
         self._msgs.append(msg)
 
@@ -992,6 +1006,8 @@ class RaftCore:
         pr = self._progress.get(m.src)
         if pr is None:
             return
+        if t in _FOLLOWER_WORD:
+            pr.slack = min(m.slack, self.cfg.max_slack_ticks)
         if t == MsgType.APPEND_RESP:
             pr.recent_active = True
             self._handle_append_resp(m, pr)
