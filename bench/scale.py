@@ -298,7 +298,14 @@ def _case(agents: int, tasks: int, idle: float) -> list[dict[str, Any]]:
         left, k, retried = tasks, 0, False
         while left > 0:
             n = min(REPLICAS_PER_SERVICE, left)
-            st, body = leader.api("POST", "/v1.47/services/create", json.dumps(_service(f"scale{k}", n)).encode())
+            try:
+                st, body = leader.api("POST", "/v1.47/services/create",
+                                      json.dumps(_service(f"scale{k}", n)).encode())
+            except TimeoutError:  # no answer in time: as a client would, ask again (a 409 then means it took)
+                print(f"[scale] {case}: a create got no answer in time ({time.monotonic() - t_place:.1f}s in)",
+                      flush=True)
+                leader, retried = mc.leader(), True
+                continue
             if st in (400, 500, 503) and ("leader" in str(body) or "unreachable" in str(body)):
                 # An election: 503 "not the swarm leader" from a manager that lost it, 500 "does not have a
                 # leader" (dockerd's answer too) while none is elected, 400 FailedPrecondition with the same text
