@@ -18,6 +18,8 @@ async def test_slack_follows_the_worst_recent_stall_and_is_capped_when_sent() ->
     node = RaftNode(1, st, NullTransport(), clock, tick_interval=0.1, rng=random.Random(1), max_slack=3.0)
     node._note_stall(0.02)  # on time: no slack
     assert node.core.slack == 0
+    node._note_stall(0.4)  # under half the election timeout (1 s): it costs no election, and asks nothing
+    assert node.core.slack == 0
     node._note_stall(1.0)  # the loop stalled 1 s
     assert node.core.slack == round(SLACK_FACTOR * 1.0 / 0.1)
     node._note_stall(0.5)  # a smaller one later does not lower it

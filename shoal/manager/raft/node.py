@@ -365,10 +365,11 @@ class RaftNode:
             self._wake.set()
 
     def _note_stall(self, late: float) -> None:
-        """The slack this node asks of its followers while it leads: a leader whose loop stalled for 2 s a minute
-        ago may do so again, and its followers should not take that for its death."""
+        """The slack this node asks of the others (of its followers while it leads, of its leader while it
+        follows): a loop that stalled for 2 s a minute ago may do so again, and that is not a death. Stalls under
+        half an election timeout are not counted."""
         now = self.clock.monotonic()
-        if late >= self.tick_interval:
+        if late >= self.election_timeout / 2:  # shorter ones cost no election: failover stays as fast
             self._stalls.append((now, late))
         while self._stalls and self._stalls[0][0] < now - SLACK_WINDOW:
             self._stalls.popleft()
