@@ -290,6 +290,10 @@ def _case(agents: int, tasks: int, idle: float) -> list[dict[str, Any]]:
         while time.monotonic() < settle_end:
             time.sleep(0.5)  # let the join burst's work finish before measuring idle
         idle_window("idle")
+        term_idle = mc.raft(mc.leader()).get("term")
+        print(f"[scale] {case}: Raft term {term0} -> {term_idle} over the join and the idle window "
+              f"({'no election' if term_idle == term0 else 'ELECTIONS'})", flush=True)
+        rec("Raft elections during join and idle (term change)", float((term_idle or 0) - (term0 or 0)), "terms")
 
         running0 = sims.total("running")
         prof = Profiler(pids["leader"][0], f"{agents}-placing")
