@@ -11,7 +11,9 @@ The shell drives it with five calls and owns everything else:
     while core.has_ready():
         rd = core.ready()
         # 1. persist: rd.snapshot (storage.apply_snapshot), rd.entries (storage.append), rd.hard_state;
-        #    fsync.  Nothing in rd.messages may leave before this is durable.
+        #    fsync if rd.must_sync. Nothing in rd.messages may leave before this is durable (a leader's
+        #    APPEND and HEARTBEAT may: its own entries count toward a commit only once `advance` says they
+        #    are stored, as in etcd/raft's parallel leader write).
         # 2. send rd.messages (any order; the core tolerates loss, duplication, reordering)
         # 3. restore the state machine from rd.snapshot if set, then apply rd.committed_entries in order
         # 4. hand rd.read_states to waiting readers (serve once applied >= read_state.index)
@@ -221,16 +223,16 @@ class EntryId:
 @dataclass(frozen=True, slots=True)
 class Ready:
     soft_state: SoftState | None  # set when leader or role changed
-    hard_state: HardState | None  # set when it must be persisted
+    hard_state: HardState | None  # set when it changed: write it
     entries: tuple[Entry, ...]  # persist (append, replacing any suffix from entries[0].index) before sending
     snapshot: Snapshot | None  # install (replaces the whole log), persist before sending
     messages: tuple[Message, ...]
     committed_entries: tuple[Entry, ...]  # apply in order, after `snapshot`
     read_states: tuple[ReadState, ...]
-
-    @property
-    def must_sync(self) -> bool:
-        return bool(self.entries) or self.snapshot is not None or self.hard_state is not None
+    # fsync before sending: entries, a snapshot, or a new term or vote. A hard state whose commit alone moved is
+    # written but need not be synced (etcd's MustSync): a commit index is a fact of the majority, not a promise
+    # of this node; lost in a crash, it is learnt again from the leader (restart takes max(commit, snapshot)).
+    must_sync: bool
 
 
 # --- errors ----------------------------------------------------------------------------------------
@@ -747,14 +749,17 @@ class RaftCore:
         if self._pending_install is None and self.commit > self.applied:
             hi = min(self.commit, self.applied + self.cfg.max_committed_per_ready)
             committed = tuple(self.log_entries(self.applied + 1, hi + 1))
+        entries = tuple(self.log_entries(self._stable + 1, self.last_index + 1))
         rd = Ready(
             soft_state=ss if ss != self._prev_ss else None,
             hard_state=hs if hs != self._prev_hs else None,
-            entries=tuple(self.log_entries(self._stable + 1, self.last_index + 1)),
+            entries=entries,
             snapshot=self._pending_install,
             messages=tuple(self._msgs),
             committed_entries=committed,
             read_states=tuple(self._read_states),
+            must_sync=(bool(entries) or self._pending_install is not None
+                       or hs.term != self._prev_hs.term or hs.vote != self._prev_hs.vote),
         )
         self._prev_ss = ss
         self._msgs = []
