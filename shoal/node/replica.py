@@ -32,7 +32,7 @@ import grpc
 from shoal.api.dispatch import Assignments
 from shoal.api.usage import NodeUsage
 from shoal.clock import Clock
-from shoal.engineapi.forward import Forwarder
+from shoal.engineapi.forward import Forwarder, LocalAPI
 from shoal.errors import ShoalError
 from shoal.manager.dispatcher import Dispatcher, node_for_local
 from shoal.manager.keys import DataCipher
@@ -158,7 +158,8 @@ class ManagerReplica:
                  scheduler_strategy: str, raft_tick: float, api_socket: Path | None,
                  on_credentials: Callable[[NodeCredentials], None], cipher: DataCipher | None = None,
                  on_cluster: Callable[[Cluster], None] = lambda _c: None,
-                 on_fatal: Callable[[], None] | None = None) -> None:
+                 on_fatal: Callable[[], None] | None = None,
+                 local_api: Callable[[], LocalAPI | None] = lambda: None) -> None:
         # What happens when this manager cannot apply a committed entry: the process exits (the default).
         self.on_fatal = on_fatal or exit_apply_failed
         self.cipher = cipher  # the Raft data at rest is sealed with this manager's key
@@ -175,6 +176,7 @@ class ManagerReplica:
         self.scheduler_strategy = scheduler_strategy
         self.raft_tick = raft_tick
         self.api_socket = api_socket
+        self.local_api = local_api  # the Engine API app in process: the leader runs forwarded writes on it
         self.on_credentials = on_credentials
         self.storage: SqliteStorage | None = None
         self.raft: RaftNode | None = None
@@ -225,7 +227,7 @@ class ManagerReplica:
         self.forwarder = Forwarder(node_id=self.node_id, leader_addr=membership.leader_addr, no_leader=LOST_QUORUM,
                                    secure=self.transport.secure, credentials=self.credentials,
                                    leading=lambda: raft.is_leader, not_leader=membership.not_leader,
-                                   api_socket=self.api_socket)
+                                   api_socket=self.api_socket, local_api=self.local_api)
         # The events' retained window lives with the Raft data, so leaving the swarm forgets it too.
         self.manager = Manager(store, self.clock, self.rng, scheduler_strategy=self.scheduler_strategy,
                                events_path=self.raft_dir / "events.jsonl")
