@@ -277,6 +277,12 @@ class RaftConfig:
     max_inflight: int = 64  # appends in flight per follower (pipelining window)
     max_committed_per_ready: int = 4096
     snapshot_retry_heartbeats: int = 10  # heartbeat answers seen in SNAPSHOT state before sending it again
+    # When the commit index moves, the leader tells every follower at once with an append (etcd's raft). Off,
+    # they learn it with the next append or heartbeat (hashicorp/raft's way): for writes that come one at a time,
+    # half the messages (no append carrying a commit alone, and no answer to it), at the cost of followers
+    # applying up to a heartbeat later. Nothing waits on a follower's apply for long: its reads and writes go
+    # to the leader.
+    commit_broadcast: bool = True
 
     def __post_init__(self) -> None:
         if self.id == NONE:
@@ -782,7 +788,7 @@ class RaftCore:
         if rd.committed_entries:
             self.applied = max(self.applied, rd.committed_entries[-1].index)
         if self.role == Role.LEADER and self._maybe_commit():
-            self._broadcast_append()
+            self._commit_moved()
 
     # --- messages ----------------------------------------------------------------------------------
 
@@ -1027,7 +1033,7 @@ class RaftCore:
             while pr.inflight and pr.inflight[0] <= m.index:
                 pr.inflight.popleft()
         if updated and self._maybe_commit():
-            self._broadcast_append()
+            self._commit_moved()
         if self.role != Role.LEADER or m.src not in self._progress:
             return
         while self._send_append(m.src, send_if_empty=False):
@@ -1082,6 +1088,11 @@ class RaftCore:
         else:
             pr.probe_sent = True
         return True
+
+    def _commit_moved(self) -> None:
+        """The leader's commit index moved: tell the followers (`commit_broadcast`), or only send what entries
+        are waiting, the commit index riding on them or on the next heartbeat."""
+        self._broadcast_append(send_if_empty=self.cfg.commit_broadcast)
 
     def _broadcast_append(self, *, send_if_empty: bool = True) -> None:
         for v in sorted(self._progress):

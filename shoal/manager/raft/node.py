@@ -119,7 +119,7 @@ class RaftNode:
                  snapshot_interval: int = 10_000, read_timeout: float | None = None,
                  rng: random.Random | None = None,
                  on_conf_change: Callable[[int, ConfChange], None] | None = None,
-                 persist_in_thread: bool = False, parallel_leader_write: bool = False,
+                 persist_in_thread: bool = False, parallel_leader_write: bool = False, commit_broadcast: bool = True,
                  election_jitter_ticks: int | None = None,
                  snapshot_in_thread: bool = False, snapshot_bytes: int = DEFAULT_SNAPSHOT_BYTES,
                  catchup_entries: int = DEFAULT_CATCHUP_ENTRIES, catchup_bytes: int = DEFAULT_CATCHUP_BYTES,
@@ -137,7 +137,8 @@ class RaftNode:
         # A forwarded read is silently lost on leader change: give up after two election timeouts.
         self.read_timeout = read_timeout if read_timeout is not None else 4 * election_ticks * tick_interval
         self.core = RaftCore(RaftConfig(id=raft_id, election_ticks=election_ticks, heartbeat_ticks=heartbeat_ticks,
-                                        election_jitter_ticks=election_jitter_ticks), storage,
+                                        election_jitter_ticks=election_jitter_ticks,
+                                        commit_broadcast=commit_broadcast), storage,
                              rng or random.Random())
         self.on_conf_change = on_conf_change
         # Called once when the Ready loop fails (its storage cannot be written, an entry cannot be applied):
