@@ -213,7 +213,7 @@ class ManagerReplica:
                         on_conf_change=lambda i, cc: self.membership.on_conf_change(i, cc)
                         if self.membership is not None else None,
                         persist_in_thread=os.environ.get("SHOAL_RAFT_PERSIST_THREAD", "0") == "1",
-                        parallel_leader_write=True, commit_broadcast=False,
+                        parallel_leader_write=True,
                         election_jitter_ticks=ELECTION_JITTER_TICKS, snapshot_in_thread=True,
                         on_failure=exit_process)  # crash-only: its supervisor restarts it
         self.transport.node = raft

@@ -280,8 +280,8 @@ class RaftConfig:
     # When the commit index moves, the leader tells every follower at once with an append (etcd's raft). Off,
     # they learn it with the next append or heartbeat (hashicorp/raft's way): for writes that come one at a time,
     # half the messages (no append carrying a commit alone, and no answer to it), at the cost of followers
-    # applying up to a heartbeat later. Nothing waits on a follower's apply for long: its reads and writes go
-    # to the leader.
+    # applying up to a heartbeat later once writes stop. The daemon keeps it on: a manager answers some reads from
+    # its own store (networks, events, info, a container attached to a swarm network), which would lag as long.
     commit_broadcast: bool = True
 
     def __post_init__(self) -> None:
