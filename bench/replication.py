@@ -35,7 +35,9 @@ from bench.common import conditions, ensure_debian, kill_under, note, percentile
 
 DATA = Path("/var/tmp/shoalb-etcd")
 LEVELS = (1, 16, 256)
-ETCD_PORTS = [(23790 + 10 * i, 23791 + 10 * i) for i in range(3)]  # (client, peer) per member
+# (client, peer) per member: below the ephemeral range, where the managers' free ports (here and in bench/scale.py)
+# are drawn; bench/manager_path.py opens no port.
+ETCD_PORTS = [(23790 + 10 * i, 23791 + 10 * i) for i in range(3)]
 
 
 class NotAvailable(Exception):
@@ -176,6 +178,7 @@ def _shoal_level(sockets: list[str], clients: int, duration: float,
 
 def _start_shoal_single(base: Path) -> subprocess.Popen[bytes]:
     from tests.e2e.dockerd import ping
+    from tests.support.managers import free_port
 
     shutil.rmtree(base, ignore_errors=True)
     base.mkdir(parents=True)
@@ -196,11 +199,14 @@ def _start_shoal_single(base: Path) -> subprocess.Popen[bytes]:
         import aiohttp
 
         async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(sock))) as s:
-            async with s.post("http://docker/v1.43/swarm/init", json={"ListenAddr": "127.0.0.1:2377",
+            # A free port, not 2377, as the three managers' (ManagerCluster): a fixed port on loopback may be taken
+            # by another daemon on this host (a test, bench/scale.py's managers run meanwhile).
+            async with s.post("http://docker/v1.43/swarm/init", json={"ListenAddr": f"127.0.0.1:{port}",
                                                                     "AdvertiseAddr": "127.0.0.1"}) as r:
                 if r.status != 200:
                     raise RuntimeError(f"swarm init: {r.status} {await r.text()}")
 
+    port = free_port()
     asyncio.run(init())
     return proc
 

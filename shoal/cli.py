@@ -158,7 +158,7 @@ async def run_daemon(data_dir: Path, api_socket: Path, api_tcp: TCPListener | No
     from shoal import gctune, threadprio
     from shoal.engineapi.engine_client import EngineClient
     from shoal.engineapi.proxy import EngineProxy
-    from shoal.engineapi.server import make_app
+    from shoal.engineapi.server import InProcessAPI, make_app
     from shoal.node import NodeConfig, ShoalNode
 
     gctune.tune()
@@ -188,6 +188,7 @@ async def run_daemon(data_dir: Path, api_socket: Path, api_tcp: TCPListener | No
         web_view = await serve_web(api_socket, data_dir, web_at.host, web_at.port, web_at.ssl)
     await node.start()
     app = make_app(node, proxy, engine, observe)
+    node.local_api = InProcessAPI(app)  # forwarded writes, on the leader
     # A stop gives requests in flight a moment, then cancels what is left: the streams (`docker events`,
     # `logs -f`, attach) never end by themselves and held aiohttp's default 60 s graceful shutdown until the
     # 15 s watchdog ended the process.

@@ -1,12 +1,15 @@
 """Requests a manager that does not lead forwards to the leader, on mutual TLS: writes on the leader's shared
 `ForwardMux` stream (shoal.rpc.forwardmux), reads (which may stream without end) each on a `Forward` call of
-its own. The leader runs each on its own Engine API socket, so it is exactly the request the client sent; the
-answer comes back whole (a write's) or in chunks, status and headers first."""
+its own. The leader runs a write in process on its own Engine API app (`LocalAPI`: the same middlewares,
+routing and leader check as its socket, without a second HTTP request), a read on its own Engine API socket,
+so each is exactly the request the client sent; the answer comes back whole (a write's) or in chunks, status
+and headers first."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Protocol
 
 import aiohttp
 
@@ -21,6 +24,13 @@ _FORWARD_CHUNK = 1 << 20  # a forwarded answer's body up to this goes in one mes
 _HOP_HEADERS = frozenset({"host", "content-length", "transfer-encoding", "connection", "keep-alive", "upgrade"})
 
 
+class LocalAPI(Protocol):
+    """This daemon's Engine API app, run in process (shoal.engineapi.server.InProcessAPI)."""
+
+    async def run(self, method: str, path: str, headers: dict[str, str], body: bytes,
+                  peer: str) -> tuple[int, dict[str, str], bytes]: ...
+
+
 class Forwarder:
     """Both ends of forwarding for one manager: `forward` sends a request to the leader, `serve` (the Raft
     service's hook, on the leader) runs one on this node's Engine API socket."""
@@ -28,7 +38,7 @@ class Forwarder:
     def __init__(self, *, node_id: str, leader_addr: Callable[[], str], no_leader: str,
                  secure: SecureAddrs, credentials: Callable[[], Creds],
                  leading: Callable[[], bool], not_leader: Callable[[], Exception],
-                 api_socket: Path | None) -> None:
+                 api_socket: Path | None, local_api: Callable[[], LocalAPI | None] = lambda: None) -> None:
         self.node_id = node_id
         self.leader_addr = leader_addr
         self.no_leader = no_leader
@@ -37,6 +47,7 @@ class Forwarder:
         self.leading = leading
         self.not_leader = not_leader
         self.api_socket = api_socket
+        self.local_api = local_api  # the app, once it serves: forwarded writes run on it in process
         self._channels: LeaderChannels | None = None  # to the leader
         self._mux: ForwardMux | None = None  # writes to the leader, on one stream (shoal.rpc.forwardmux)
         self._api_session: aiohttp.ClientSession | None = None  # on our own API socket, for requests to us
@@ -67,9 +78,20 @@ class Forwarder:
             yield chunk
 
     async def serve(self, req: pb.ForwardRequest) -> AsyncIterator[pb.ForwardChunk]:
-        """On the leader: run a forwarded request on this node's own Engine API."""
+        """On the leader: run a forwarded request on this node's own Engine API (a write in process)."""
         if not self.leading():
             raise self.not_leader()
+        local = self.local_api() if req.method not in ("GET", "HEAD") else None
+        if local is not None:
+            status, headers, body = await local.run(req.method, req.path, dict(req.headers), req.body,
+                                                    req.headers.get(FORWARDED_HEADER, "a manager"))
+            head = pb.ForwardChunk(status=status, data=body)
+            for k, v in headers.items():
+                if k.lower() not in _HOP_HEADERS:
+                    head.headers[k] = v
+            head.headers["Content-Length"] = str(len(body))
+            yield head
+            return
         if self.api_socket is None:
             raise ShoalError("this manager serves no Engine API socket to run forwarded requests on")
         if self._api_session is None or self._api_session.closed:

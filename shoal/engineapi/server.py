@@ -19,8 +19,14 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import web
+from aiohttp import hdrs, web
+from aiohttp.abc import AbstractStreamWriter
+from aiohttp.base_protocol import BaseProtocol
+from aiohttp.http import HttpVersion11, RawRequestMessage
+from aiohttp.streams import StreamReader
 from aiohttp.typedefs import Middleware
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
 
 from shoal import __version__
 from shoal.api import messages as M
@@ -173,6 +179,100 @@ def make_app(node: NodeAPI, proxy: EngineProxy, engine: EngineClient,
 
     app.router.add_route("*", "/{tail:.*}", dispatch)
     return app
+
+
+class _NoConnection(BaseProtocol):
+    """The connection of a request run in process: none (no transport, nothing to pause), a peer named after
+    the manager that forwarded it."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, peer: str) -> None:
+        super().__init__(loop)
+        self.ssl_context = None
+        self.peername = peer
+        self.sockname = None
+
+    def pause_reading(self) -> None:
+        return None  # the whole body is in the payload already: there is no reading to pause
+
+    def resume_reading(self, resume_parser: bool = True) -> None:
+        return None
+
+
+class _NoStream(AbstractStreamWriter):
+    """A request run in process answers whole (`web.Response`): a handler that streams its answer is a bug
+    there, an error rather than a hang."""
+
+    async def write(self, chunk: Any) -> None:
+        raise RuntimeError("a request run in process cannot stream its answer")
+
+    async def write_eof(self, chunk: bytes = b"") -> None:
+        raise RuntimeError("a request run in process cannot stream its answer")
+
+    async def drain(self) -> None:
+        return None
+
+    def enable_compression(self, encoding: str = "deflate", strategy: int | None = None) -> None:
+        return None
+
+    def enable_chunking(self) -> None:
+        return None
+
+    async def write_headers(self, status_line: str, headers: Any) -> None:
+        raise RuntimeError("a request run in process cannot stream its answer")
+
+
+class InProcessAPI:
+    """Runs an Engine API request on this daemon's own app without a connection: the leader's side of a forwarded
+    write (`shoal.engineapi.forward.Forwarder.serve`). It goes through the same middlewares, version check, routing
+    and leader check as a request on the socket (the app's own `_handle`, which aiohttp's server calls), so the
+    answer, error translation included, is the one the socket gives; what is saved is a second HTTP request per
+    forwarded write (client, connection, parsing) on the leader, the manager doing the most work. The caller has
+    authenticated the forwarding manager (mutual TLS on the Raft service); the Engine API has no per-request
+    identity to carry (its socket's access is the daemon's, as dockerd's), so the request's headers, the
+    forwarding mark among them, are all there is. Writes only: their answers are whole; reads may stream (logs,
+    events) and keep the socket."""
+
+    def __init__(self, app: web.Application) -> None:
+        self.app = app
+
+    async def run(self, method: str, path: str, headers: dict[str, str], body: bytes,
+                  peer: str) -> tuple[int, dict[str, str], bytes]:
+        """(status, headers, body) of the answer."""
+        loop = asyncio.get_running_loop()
+        protocol = _NoConnection(loop, peer)
+        hdr = CIMultiDict(headers)
+        hdr[hdrs.CONTENT_LENGTH] = str(len(body))
+        message = RawRequestMessage(method, path, HttpVersion11, CIMultiDictProxy(hdr),
+                                    tuple((k.encode(), v.encode()) for k, v in hdr.items()), False, None, False,
+                                    False, URL(path))
+        payload = StreamReader(protocol, 2 ** 16, loop=loop)
+        if body:
+            payload.feed_data(body)
+        payload.feed_eof()
+        task = asyncio.current_task()
+        assert task is not None
+        request = web.Request(message, payload, protocol, _NoStream(), task, loop,  # type: ignore[arg-type]
+                              client_max_size=MAX_BODY_BYTES)
+        try:
+            resp = await self.app._handle(request)
+        except web.HTTPException as e:
+            resp = e
+        if not isinstance(resp, web.Response) or resp.prepared:
+            log.error("%s %s run in process did not answer whole (%s)", method, path, type(resp).__name__)
+            resp = error_response(500, "internal error: the answer of a forwarded request was streamed")
+        raw = resp.body
+        if raw is None:
+            data = b""
+        elif isinstance(raw, bytes | bytearray):
+            data = bytes(raw)
+        else:
+            log.error("%s %s run in process answered a body of %s", method, path, type(raw).__name__)
+            resp = error_response(500, "internal error: the answer of a forwarded request was not bytes")
+            data = bytes(resp.body or b"")  # type: ignore[arg-type]
+        out = dict(resp.headers.items())
+        if data and hdrs.CONTENT_TYPE not in resp.headers:
+            out[hdrs.CONTENT_TYPE] = resp.content_type + (f"; charset={resp.charset}" if resp.charset else "")
+        return resp.status, out, data
 
 
 async def _on_leader(request: web.Request, fn: Handler) -> web.StreamResponse:

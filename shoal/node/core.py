@@ -26,7 +26,7 @@ from shoal.agent.usage import HostMeter
 from shoal.api import messages as M
 from shoal.api.node import InitOptions, JoinOptions
 from shoal.clock import Clock
-from shoal.engineapi.forward import Forwarder
+from shoal.engineapi.forward import Forwarder, LocalAPI
 from shoal.errors import ShoalError, Unavailable
 from shoal.manager.dispatcher import DEFAULT_MAX_HEARTBEATS
 from shoal.manager.keys import DataCipher
@@ -80,6 +80,9 @@ class ShoalNode:
         self.rpc: ManagerRPC | None = None
         self.raft: RaftNode | None = None
         self.replica: ManagerReplica | None = None
+        # The Engine API app in process, once it serves (set by the daemon's entry point): the leader runs the
+        # writes followers forward on it instead of a second request on its own socket.
+        self.local_api: LocalAPI | None = None
         self.agent_dispatcher: AgentDispatcher | None = None
         self._role_task: asyncio.Task[None] | None = None
         self._managers_task: asyncio.Task[None] | None = None
@@ -195,8 +198,8 @@ class ShoalNode:
             manager_addr=self.identity.get("manager_addr") or f"{self.addr}:{port}", clock=self.clock,
             rng=random.Random(self.rng.getrandbits(64)), scheduler_strategy=self.cfg.scheduler_strategy,
             raft_tick=self.cfg.raft_tick, max_heartbeats=self.cfg.max_heartbeats, api_socket=self.cfg.api_socket,
-            on_credentials=self.ident.write_creds,
-            cipher=DataCipher(keys.dek), on_cluster=self._sync_autolock)
+            on_credentials=self.ident.write_creds, cipher=DataCipher(keys.dek), on_cluster=self._sync_autolock,
+            local_api=lambda: self.local_api)
         self.replica = replica
         try:
             await replica.open(creds)

@@ -32,7 +32,7 @@ import grpc
 from shoal.api.dispatch import Assignments, SessionTerms
 from shoal.api.usage import NodeUsage
 from shoal.clock import Clock
-from shoal.engineapi.forward import Forwarder
+from shoal.engineapi.forward import Forwarder, LocalAPI
 from shoal.errors import ShoalError
 from shoal.manager.dispatcher import DEFAULT_MAX_HEARTBEATS, Dispatcher, node_for_local
 from shoal.manager.keys import DataCipher
@@ -163,7 +163,8 @@ class ManagerReplica:
                  max_heartbeats: float = DEFAULT_MAX_HEARTBEATS,
                  on_credentials: Callable[[NodeCredentials], None], cipher: DataCipher | None = None,
                  on_cluster: Callable[[Cluster], None] = lambda _c: None,
-                 on_fatal: Callable[[], None] | None = None) -> None:
+                 on_fatal: Callable[[], None] | None = None,
+                 local_api: Callable[[], LocalAPI | None] = lambda: None) -> None:
         # What happens when this manager cannot apply a committed entry: the process exits (the default).
         self.on_fatal = on_fatal or exit_apply_failed
         self.cipher = cipher  # the Raft data at rest is sealed with this manager's key
@@ -181,6 +182,7 @@ class ManagerReplica:
         self.raft_tick = raft_tick
         self.max_heartbeats = max_heartbeats
         self.api_socket = api_socket
+        self.local_api = local_api  # the Engine API app in process: the leader runs forwarded writes on it
         self.on_credentials = on_credentials
         self.storage: SqliteStorage | None = None
         self.raft: RaftNode | None = None
@@ -217,6 +219,7 @@ class ManagerReplica:
                         on_conf_change=lambda i, cc: self.membership.on_conf_change(i, cc)
                         if self.membership is not None else None,
                         persist_in_thread=os.environ.get("SHOAL_RAFT_PERSIST_THREAD", "0") == "1",
+                        parallel_leader_write=True,
                         election_jitter_ticks=ELECTION_JITTER_TICKS, snapshot_in_thread=True, snapshot_in_child=True,
                         max_slack=MAX_SLACK,
                         on_failure=exit_process)  # crash-only: its supervisor restarts it
@@ -231,7 +234,7 @@ class ManagerReplica:
         self.forwarder = Forwarder(node_id=self.node_id, leader_addr=membership.leader_addr, no_leader=LOST_QUORUM,
                                    secure=self.transport.secure, credentials=self.credentials,
                                    leading=lambda: raft.is_leader, not_leader=membership.not_leader,
-                                   api_socket=self.api_socket)
+                                   api_socket=self.api_socket, local_api=self.local_api)
         # The events' retained window lives with the Raft data, so leaving the swarm forgets it too.
         self.manager = Manager(store, self.clock, self.rng, scheduler_strategy=self.scheduler_strategy,
                                events_path=self.raft_dir / "events.jsonl", max_heartbeats=self.max_heartbeats)

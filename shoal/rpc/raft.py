@@ -223,6 +223,11 @@ class _Peer:
         self.queue: deque[Message] = deque()
         self.queued_bytes = 0
         self.wake = asyncio.Event()
+        # What the open stream waits on when the queue is empty: resolved by `enqueue` (or the stream's end), so
+        # that a message queued goes out at the loop's next iteration, not after an Event waiter task and an
+        # asyncio.wait have each taken one (three iterations of a loop that may be running hundreds of other
+        # callbacks each: the latency of every Raft message, twice per write).
+        self._waiter: asyncio.Future[None] | None = None
         self._stream_task: asyncio.Task[None] | None = None
         self._closed = False
         self._dropping = False
@@ -240,6 +245,12 @@ class _Peer:
         self.queue.extend(msgs)
         self.queued_bytes += size
         self.wake.set()
+        self._wake_stream()
+
+    def _wake_stream(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
 
     def clear(self) -> None:
         self.queue.clear()
@@ -325,15 +336,19 @@ class _Peer:
         channel = mtls_channel(secure, self.t.creds())
         call = pbg.RaftStub(channel).Stream()
         ended: asyncio.Future[Any] = asyncio.ensure_future(_finished(call))  # the peer refused or closed it
+        ended.add_done_callback(lambda _f: self._wake_stream())
+        loop = asyncio.get_running_loop()
         try:
             while True:
                 if ended.done():
                     raise Unavailable(f"raft stream to {self.id:x} ended: {ended.result()}")
                 if not self.queue:
                     self.wake.clear()
-                    waiter = asyncio.ensure_future(self.wake.wait())
-                    await asyncio.wait([waiter, ended], return_when=asyncio.FIRST_COMPLETED)
-                    waiter.cancel()
+                    self._waiter = loop.create_future()
+                    try:
+                        await self._waiter
+                    finally:
+                        self._waiter = None
                     continue
                 msgs = self.next_batch()
                 if msgs:

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
 
+from shoal.clock import SystemClock
 from shoal.errors import Unavailable
 from shoal.manager.raft import DEFAULT_CATCHUP_ENTRIES
 from shoal.manager.raft.node import NotLeaderError, ProposalLost, RaftNode
@@ -297,3 +299,62 @@ async def test_a_stalled_loop_is_logged_with_its_length(clock: VirtualClock,
         assert len(said) == 1 and "stalled for 800 ms" in said[0] and "1000 ms" in said[0], said
     finally:
         await node.stop()
+
+
+class HeldSyncStorage(MemoryStorage):
+    """A MemoryStorage whose fsync, once `hold` is set, waits in its worker thread until `release` (one on the
+    event loop's thread is not held, so that a shell syncing there cannot hang the test)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.hold = False
+        self.release = threading.Event()
+        self.held = threading.Event()  # a sync is waiting on `release` now
+
+    def sync(self) -> None:
+        if self.hold and threading.current_thread() is not threading.main_thread():
+            self.held.set()
+            self.release.wait()
+            self.held.clear()
+        super().sync()
+
+
+async def test_a_leader_sends_its_appends_before_its_own_fsync_and_counts_itself_once_synced() -> None:
+    # etcd/raft's parallel leader write (parallel_leader_write, the daemon's): the leader's entries reach a
+    # follower, and its answer the leader, while the leader's own fsync is still running; with one follower
+    # cut off, that follower's answer alone is not a majority: the entry commits only once the leader's fsync
+    # is done.
+    clock = SystemClock()
+    hub = InMemoryHub(clock)
+    storages = {i: HeldSyncStorage() for i in IDS}
+    nodes: dict[int, RaftNode] = {}
+    stores: dict[int, MemoryStore] = {}
+    for i in IDS:
+        bootstrap(storages[i], IDS)
+        nodes[i] = RaftNode(i, storages[i], hub.endpoint(i), clock, rng=random.Random(i),
+                            parallel_leader_write=True)
+        stores[i] = MemoryStore(nodes[i], clock)
+        nodes[i].attach(stores[i])
+        await nodes[i].start()
+    try:
+        found = await eventually(lambda: next((n for n in nodes.values() if n.is_leader), None), timeout=10)
+        assert found is not None
+        lead = found
+        follower, cut = (i for i in IDS if i != lead.id)
+        hub.isolate(cut)
+        storages[lead.id].hold = True
+        write = asyncio.create_task(stores[lead.id].update(create("s1")))
+        index = await eventually(lambda: lead.core.last_index if lead.core.last_index > lead.core.commit else 0)
+        pr = lead.core.progress(follower)
+        assert pr is not None
+        await eventually(lambda: pr.match >= index)  # stored by the follower, its answer stepped by the leader
+        assert storages[lead.id].held.is_set()  # ... while the leader's own fsync is still waiting
+        assert lead.core.commit < index and not write.done()  # one of three is not a majority
+        storages[lead.id].release.set()
+        await write
+        assert lead.core.commit >= index and has(stores[lead.id], "s1")
+    finally:
+        for s in storages.values():
+            s.release.set()
+        for n in nodes.values():
+            await n.stop()

@@ -77,6 +77,29 @@ def test_unsynced_writes_are_lost_on_crash(tmp_path: Path) -> None:
     assert init.hard_state == HardState(1, 1, 2)
 
 
+def test_a_flushed_commit_index_is_kept_by_a_process_crash_without_an_fsync(tmp_path: Path) -> None:
+    st = SqliteStorage(tmp_path)
+    st.append(ents(1, 3, 1))
+    st.set_hard_state(HardState(1, 1, 1))
+    st.sync()
+    fsyncs: list[float] = []
+    st.on_fsync = fsyncs.append
+    syncs = st.syncs
+    st.set_hard_state(HardState(1, 1, 3))  # the commit index alone moved: the core's must_sync is false
+    st.flush()
+    assert fsyncs == [] and st.syncs == syncs
+    # Read by another connection while the first is still open (its process killed, its WAL left as it is).
+    assert SqliteStorage(tmp_path).load().hard_state == HardState(1, 1, 3)
+    # The next synced write goes on as usual, and a flush with entries pending syncs them.
+    st.append(ents(4, 4, 1))
+    st.set_hard_state(HardState(1, 1, 4))
+    st.flush()
+    assert len(fsyncs) == 1
+    st.close()
+    init = SqliteStorage(tmp_path).load()
+    assert [e.index for e in init.entries] == [1, 2, 3, 4] and init.hard_state == HardState(1, 1, 4)
+
+
 def test_conflicting_suffix_is_replaced(tmp_path: Path) -> None:
     st = SqliteStorage(tmp_path)
     st.append(ents(1, 6, 1))

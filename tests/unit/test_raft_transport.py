@@ -152,6 +152,16 @@ async def test_a_dead_peer_is_reported_unreachable(pair: tuple[Peer, Peer]) -> N
     await eventually(lambda: 2 in a.rec.unreachable)
 
 
+async def test_an_idle_stream_notices_its_peer_going_away_without_a_message_to_send(pair: tuple[Peer, Peer]) -> None:
+    # The sender of an open stream with nothing queued waits on one future that a queued message or the stream's
+    # end resolves: the end alone wakes it, and the core hears of the peer at once, not at its next message.
+    a, b = pair
+    a.transport.send([append(1, 2, 1)])
+    await eventually(lambda: len(b.rec.got) == 1)
+    await b.server.stop(None)
+    await eventually(lambda: 2 in a.rec.unreachable)
+
+
 async def test_a_worker_or_foreign_certificate_is_refused() -> None:
     root = CA.create_root_ca(time.time())
     book = AddressBook()

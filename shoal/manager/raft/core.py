@@ -11,7 +11,9 @@ The shell drives it with five calls and owns everything else:
     while core.has_ready():
         rd = core.ready()
         # 1. persist: rd.snapshot (storage.apply_snapshot), rd.entries (storage.append), rd.hard_state;
-        #    fsync.  Nothing in rd.messages may leave before this is durable.
+        #    fsync if rd.must_sync. Nothing in rd.messages may leave before this is durable (a leader's
+        #    APPEND and HEARTBEAT may: its own entries count toward a commit only once `advance` says they
+        #    are stored, as in etcd/raft's parallel leader write).
         # 2. send rd.messages (any order; the core tolerates loss, duplication, reordering)
         # 3. restore the state machine from rd.snapshot if set, then apply rd.committed_entries in order
         # 4. hand rd.read_states to waiting readers (serve once applied >= read_state.index)
@@ -229,16 +231,16 @@ class EntryId:
 @dataclass(frozen=True, slots=True)
 class Ready:
     soft_state: SoftState | None  # set when leader or role changed
-    hard_state: HardState | None  # set when it must be persisted
+    hard_state: HardState | None  # set when it changed: write it
     entries: tuple[Entry, ...]  # persist (append, replacing any suffix from entries[0].index) before sending
     snapshot: Snapshot | None  # install (replaces the whole log), persist before sending
     messages: tuple[Message, ...]
     committed_entries: tuple[Entry, ...]  # apply in order, after `snapshot`
     read_states: tuple[ReadState, ...]
-
-    @property
-    def must_sync(self) -> bool:
-        return bool(self.entries) or self.snapshot is not None or self.hard_state is not None
+    # fsync before sending: entries, a snapshot, or a new term or vote. A hard state whose commit alone moved is
+    # written but need not be synced (etcd's MustSync): a commit index is a fact of the majority, not a promise
+    # of this node; lost in a crash, it is learnt again from the leader (restart takes max(commit, snapshot)).
+    must_sync: bool
 
 
 # --- errors ----------------------------------------------------------------------------------------
@@ -291,6 +293,12 @@ class RaftConfig:
     # whose process stalls (a collection, a starved core) asks its followers for slack before they campaign; a
     # follower that stalls asks its leader for slack before check-quorum makes it step down: see `slack`.
     max_slack_ticks: int = 0
+    # When the commit index moves, the leader tells every follower at once with an append (etcd's raft). Off,
+    # they learn it with the next append or heartbeat (hashicorp/raft's way): for writes that come one at a time,
+    # half the messages (no append carrying a commit alone, and no answer to it), at the cost of followers
+    # applying up to a heartbeat later once writes stop. The daemon keeps it on: a manager answers some reads from
+    # its own store (networks, events, info, a container attached to a swarm network), which would lag as long.
+    commit_broadcast: bool = True
 
     def __post_init__(self) -> None:
         if self.id == NONE:
@@ -786,14 +794,17 @@ class RaftCore:
                 if size >= self.cfg.max_committed_bytes_per_ready:
                     committed = committed[:n + 1]
                     break
+        entries = tuple(self.log_entries(self._stable + 1, self.last_index + 1))
         rd = Ready(
             soft_state=ss if ss != self._prev_ss else None,
             hard_state=hs if hs != self._prev_hs else None,
-            entries=tuple(self.log_entries(self._stable + 1, self.last_index + 1)),
+            entries=entries,
             snapshot=self._pending_install,
             messages=tuple(self._msgs),
             committed_entries=committed,
             read_states=tuple(self._read_states),
+            must_sync=(bool(entries) or self._pending_install is not None
+                       or hs.term != self._prev_hs.term or hs.vote != self._prev_hs.vote),
         )
         self._prev_ss = ss
         self._msgs = []
@@ -816,7 +827,7 @@ class RaftCore:
         if rd.committed_entries:
             self.applied = max(self.applied, rd.committed_entries[-1].index)
         if self.role == Role.LEADER and self._maybe_commit():
-            self._broadcast_append()
+            self._commit_moved()
 
     # --- messages ----------------------------------------------------------------------------------
 
@@ -1068,7 +1079,7 @@ class RaftCore:
             while pr.inflight and pr.inflight[0] <= m.index:
                 pr.inflight.popleft()
         if updated and self._maybe_commit():
-            self._broadcast_append()
+            self._commit_moved()
         if self.role != Role.LEADER or m.src not in self._progress:
             return
         while self._send_append(m.src, send_if_empty=False):
@@ -1123,6 +1134,11 @@ class RaftCore:
         else:
             pr.probe_sent = True
         return True
+
+    def _commit_moved(self) -> None:
+        """The leader's commit index moved: tell the followers (`commit_broadcast`), or only send what entries
+        are waiting, the commit index riding on them or on the next heartbeat."""
+        self._broadcast_append(send_if_empty=self.cfg.commit_broadcast)
 
     def _broadcast_append(self, *, send_if_empty: bool = True) -> None:
         for v in sorted(self._progress):

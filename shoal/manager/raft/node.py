@@ -12,8 +12,8 @@
 
 One task ticks the core every `tick_interval` on the injected clock; another drains `ready()` each time
 something happened (tick, message, proposal, read). Each Ready is handled in the order the core demands:
-persist (storage writes, one fsync), then send, then install a received snapshot into the state machine
-(`restore`), apply committed entries (`apply_entry`; the leader's empty entry and membership entries are
+persist (storage writes, one fsync when it `must_sync`), then send, then install a received snapshot into the
+state machine (`restore`), apply committed entries (`apply_entry`; the leader's empty entry and membership entries are
 not the store's), hand out read states, `advance`. Every `snapshot_interval` applied entries, or sooner once
 `snapshot_bytes` of entries were applied (large entries), but not before half the last snapshot's size was
 applied (a large store is costly to encode), the state machine is saved and the log compacted
@@ -28,8 +28,12 @@ still commit under the next leader; the store converges either way since it appl
 A failure of the Ready loop (storage cannot be written, an entry cannot be applied) or of a snapshot write stops
 the node for good: waiters fail, leadership ends, and `on_failure(exc)` is called once (a manager exits
 non-zero there, `exit_process`, for its supervisor to restart it: docs/design/managers.md).
-Storage writes are synchronous on the event loop (sqlite with one fsync per Ready): simple and, under a
-virtual clock, deterministic; moving them to a thread is an optimisation left for later.
+Storage writes are synchronous on the event loop (sqlite with one fsync per Ready that must sync): simple and,
+under a virtual clock, deterministic. Two options move the fsync (not the writes) to a worker thread:
+`parallel_leader_write` (the daemon's) on a leader whose Ready has entries to send, so that its appends leave
+before its own fsync and the followers store them while it does (etcd/raft's parallel leader write: the core
+counts the leader's own entries toward a commit only once `advance` says they are durable, so an entry still
+commits only when stored on a majority); `persist_in_thread` for every Ready that must sync.
 """
 
 from __future__ import annotations
@@ -67,7 +71,7 @@ from shoal.manager.raft.core import (
     Ready,
     Role,
 )
-from shoal.manager.raft.storage import Storage, persist_ready
+from shoal.manager.raft.storage import Storage, persist_ready, write_ready
 from shoal.manager.raft.transport import Transport
 from shoal.tasks import cancel_all, cancel_and_wait
 
@@ -129,7 +133,8 @@ class RaftNode:
                  snapshot_interval: int = 10_000, read_timeout: float | None = None,
                  rng: random.Random | None = None,
                  on_conf_change: Callable[[int, ConfChange], None] | None = None,
-                 persist_in_thread: bool = False, election_jitter_ticks: int | None = None,
+                 persist_in_thread: bool = False, parallel_leader_write: bool = False, commit_broadcast: bool = True,
+                 election_jitter_ticks: int | None = None,
                  snapshot_in_thread: bool = False, snapshot_in_child: bool = False, max_slack: float = 0.0,
                  snapshot_bytes: int = DEFAULT_SNAPSHOT_BYTES,
                  catchup_entries: int = DEFAULT_CATCHUP_ENTRIES, catchup_bytes: int = DEFAULT_CATCHUP_BYTES,
@@ -153,16 +158,21 @@ class RaftNode:
         self.read_timeout = read_timeout if read_timeout is not None else 4 * election_ticks * tick_interval
         self.core = RaftCore(RaftConfig(id=raft_id, election_ticks=election_ticks, heartbeat_ticks=heartbeat_ticks,
                                         election_jitter_ticks=election_jitter_ticks,
-                                        max_slack_ticks=round(max_slack / tick_interval)), storage,
+                                        max_slack_ticks=round(max_slack / tick_interval),
+                                        commit_broadcast=commit_broadcast), storage,
                              rng or random.Random())
         self.on_conf_change = on_conf_change
         # Called once when the Ready loop fails (its storage cannot be written, an entry cannot be applied):
         # the node has stopped and cannot go on. A manager exits non-zero there (`exit_process`).
         self.on_failure = on_failure
         self.failure: BaseException | None = None
-        # fsync in a worker thread (the daemon); off, everything runs on the loop (deterministic under virtual time)
+        # The fsync in a worker thread: for every Ready (persist_in_thread), or for a leader's Readies with entries
+        # while its appends go out (parallel_leader_write, the daemon's); off, everything runs on the loop
+        # (deterministic under virtual time).
         self.persist_in_thread = persist_in_thread
+        self.parallel_leader_write = parallel_leader_write
         self._sent_early: tuple[Message, ...] = ()
+        self._syncing: asyncio.Future[None] | None = None  # an fsync running in a worker thread
         self._snapshotting: asyncio.Task[None] | None = None
         # Snapshots encoded and written in a worker thread (the daemon); off: on the loop, deterministic.
         self.snapshot_in_thread = snapshot_in_thread
@@ -269,6 +279,12 @@ class RaftNode:
             await cancel_and_wait(self._snapshotting)  # storage is closed after stop: not mid-write
         tasks, self._tasks = self._tasks, []
         await cancel_all(tasks)
+        syncing, self._syncing = self._syncing, None
+        if syncing is not None:
+            # The thread goes on when the Ready loop is cancelled: the storage is closed after stop, not mid-fsync.
+            await asyncio.wait([syncing])
+            if not syncing.cancelled():
+                syncing.exception()  # retrieved: a failed fsync of a stopped node is not logged again
         self._fail_all(ProposalLost("raft node stopped"), Unavailable("raft node stopped"))
         self._applied_wake.set()
         self._set_leader(False)
@@ -383,7 +399,9 @@ class RaftNode:
                 self._wake.clear()
                 while self.core.has_ready():
                     rd = self.core.ready()
-                    if self.persist_in_thread and rd.must_sync:
+                    if rd.must_sync and (self.persist_in_thread or (
+                            self.parallel_leader_write and rd.entries and self.core.role == Role.LEADER
+                            and any(m.type in _LEADER_EARLY for m in rd.messages))):
                         await self._persist_off_loop(rd)
                         self._handle_ready(rd, persisted=True)
                     else:
@@ -416,14 +434,20 @@ class RaftNode:
         """The fsync in a worker thread, so the loop goes on taking requests (they batch into the next entry)
         and messages in meanwhile. A leader's appends and heartbeats leave before its own fsync (etcd's
         parallel write: the core counts the leader's entries only once `advance` says they are durable);
-        every other message waits for it (a vote or an append answer must never outrun the disk)."""
+        every other message waits for it (a vote or an append answer must never outrun the disk). The writes
+        themselves are made here on the loop (sqlite keeps them in its cache until the commit): the thread only
+        waits for the disk, and needs the interpreter (the GIL, which a busy loop holds for up to the switch
+        interval at a time) only to start and to end."""
         if self.core.role == Role.LEADER and rd.messages:
             early = tuple(m for m in rd.messages if m.type in _LEADER_EARLY)
             if early:
                 self.transport.send(early)
                 self._sent_early = early
         async with self._storage_lock:  # one thread at a time on the sqlite connection
-            await asyncio.to_thread(persist_ready, self.storage, rd)
+            write_ready(self.storage, rd)
+            self._syncing = asyncio.ensure_future(asyncio.to_thread(self.storage.sync))
+            await asyncio.shield(self._syncing)
+            self._syncing = None
 
     def _handle_ready(self, rd: Ready, *, persisted: bool = False) -> None:
         sm = self._sm

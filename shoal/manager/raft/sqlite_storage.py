@@ -8,7 +8,9 @@ Layout of a manager's raft directory:
     snapshots/snap-<index>-<term>.snap   Snapshot.encode() (format byte, voters, application data)
 
 Writes between two `sync()` calls form one sqlite transaction, so a Ready (entries + hard state, and a
-snapshot's bookkeeping) costs one fsync of the WAL and is all-or-nothing after a crash.
+snapshot's bookkeeping) costs one fsync of the WAL and is all-or-nothing after a crash. A Ready that need not
+sync (its commit index alone moved) is `flush()`ed: committed with synchronous=NORMAL for that transaction, in the
+WAL without an fsync (a crash of the process keeps it; a power cut may lose it, never a synced write after it).
 
 Snapshots: the file is written to a temporary name, fsync'd, renamed and the directory fsync'd *before*
 the transaction that names it in `state.snapshot` and deletes the log it covers (up to `compact_index`: a
@@ -87,6 +89,7 @@ class SqliteStorage:
         elif int(fmt) > STORAGE_FORMAT:
             raise UnsupportedFormat(f"raft storage format {fmt}")
         self._in_tx = False
+        self._hard_state: HardState | None = None  # set, not yet written: written by the next sync or flush
         self._to_delete: list[Path] = []
         self.syncs = 0
         # Called with the seconds each WAL commit (its fsync) took, from whichever thread synced (the daemon's
@@ -248,10 +251,17 @@ class SqliteStorage:
         self._db.executemany("INSERT INTO entries (idx, term, data) VALUES (?, ?, ?)", rows)
 
     def set_hard_state(self, hs: HardState) -> None:
-        self._begin()
-        self._put("term", str(hs.term))
-        self._put("vote", str(hs.vote))
-        self._put("commit", str(hs.commit))
+        # Kept until the sync or flush that follows: a flush commits it in a transaction of its own, started
+        # with fsync off (a safety level cannot change inside a transaction).
+        self._hard_state = hs
+
+    def _write_hard_state(self) -> None:
+        hs, self._hard_state = self._hard_state, None
+        if hs is not None:
+            self._begin()
+            self._put("term", str(hs.term))
+            self._put("vote", str(hs.vote))
+            self._put("commit", str(hs.commit))
 
     def save_snapshot(self, snap: Snapshot, *, written: bool = False, compact_index: int | None = None) -> None:
         if snap.meta.index <= self._offset and self._snap_meta is not None:
@@ -290,7 +300,25 @@ class SqliteStorage:
         row = self._db.execute("SELECT MAX(idx) FROM entries").fetchone()
         return max(self._offset, int(row[0] or 0))
 
+    def flush(self) -> None:
+        """The hard state committed without an fsync (synchronous=NORMAL: in the WAL, so a crash of the process
+        keeps it; the next synced commit makes it durable with it, the WAL being one file). Entries written and
+        not yet synced (not the case of a Ready that need not sync) are synced with it instead."""
+        if self._in_tx:
+            self.sync()
+            return
+        if self._hard_state is None:
+            return
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        try:
+            self._write_hard_state()
+            self._db.execute("COMMIT")
+            self._in_tx = False
+        finally:
+            self._db.execute("PRAGMA synchronous=FULL")
+
     def sync(self) -> None:
+        self._write_hard_state()
         if self._in_tx:
             t0 = time.perf_counter()
             self._db.execute("COMMIT")  # synchronous=FULL: the WAL is fsync'd here

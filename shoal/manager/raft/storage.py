@@ -2,11 +2,14 @@
 
 `RaftCore` reads a `Storage` at construction (`load()`), and its snapshot again (`load_snapshot()`) each time
 a follower must be sent it: the core keeps only a snapshot's metadata. The shell writes each `Ready`
-into it with `persist_ready` (snapshot, entries, hard state, then one `sync()`: the fsync) before sending
-the Ready's messages. `shoal.manager.raft.sqlite_storage.SqliteStorage` is the durable one.
+into it with `persist_ready` (snapshot, entries, hard state, then one `sync()`, the fsync, when the Ready
+`must_sync`) before sending the Ready's messages; `write_ready` is the same without the fsync, for a shell that
+syncs elsewhere (a leader syncing in a thread while its appends go out).
+`shoal.manager.raft.sqlite_storage.SqliteStorage` is the durable one.
 
 `MemoryStorage` keeps two copies: what was written and what was synced. `crash()` throws away everything
-written since the last `sync()`, as a `kill -9` or a power cut would; the simulation restarts a core from it.
+written since the last `sync()`, as a power cut would (a `kill -9` keeps what was flushed, a subset of the cases);
+the simulation restarts a core from it.
 """
 
 from __future__ import annotations
@@ -58,17 +61,29 @@ class Storage(Protocol):
     def sync(self) -> None:
         """Make every write so far durable (fsync)."""
 
+    def flush(self) -> None:
+        """Make every write so far survive a crash of this process, without waiting for the disk (a power cut
+        may lose it; the next `sync` makes it durable too): a Ready that need not sync, its commit index."""
 
-def persist_ready(storage: Storage, rd: Ready) -> None:
-    """Step 1 of handling a Ready: what must be durable before any of its messages is sent."""
+
+def write_ready(storage: Storage, rd: Ready) -> None:
+    """Step 1 of handling a Ready without its fsync: its snapshot, entries and hard state written."""
     if rd.snapshot is not None:
         storage.apply_snapshot(rd.snapshot)
     if rd.entries:
         storage.append(rd.entries)
     if rd.hard_state is not None:
         storage.set_hard_state(rd.hard_state)
+
+
+def persist_ready(storage: Storage, rd: Ready) -> None:
+    """Step 1 of handling a Ready: what must be durable before any of its messages is sent (synced), and a
+    commit index that moved alone flushed (kept by a crash of the process, not necessarily of the machine)."""
+    write_ready(storage, rd)
     if rd.must_sync:
         storage.sync()
+    elif rd.hard_state is not None:
+        storage.flush()
 
 
 def bootstrap(storage: Storage, voters: Sequence[int]) -> None:
@@ -195,6 +210,9 @@ class MemoryStorage:
                 d.apply_snapshot(arg)
         self._pending.clear()
         self.syncs += 1
+
+    def flush(self) -> None:
+        """Nothing: a flushed write is lost by `crash()` as by a power cut."""
 
     def crash(self) -> None:
         """Lose everything not synced."""
