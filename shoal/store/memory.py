@@ -110,21 +110,29 @@ class Proposer(Protocol):
 class _Tables:
     def __init__(self) -> None:
         self.objs: dict[str, dict[str, Any]] = {k: {} for k in KINDS}
+        # Each object's encoding as its log entry carried it (kind -> id -> JSON bytes), present only while it is
+        # the encoding of the object in `objs`: a snapshot reuses it instead of encoding every object again.
+        self.enc: dict[str, dict[str, bytes]] = {k: {} for k in KINDS}
         self.names: dict[str, dict[str, str]] = {k: {} for k in _UNIQUE_NAMES}
         self.tasks_by_service: dict[str, dict[str, Task]] = {}
         self.tasks_by_node: dict[str, dict[str, Task]] = {}
 
-    def put(self, kind: str, obj: Any) -> Any:
+    def put(self, kind: str, obj: Any, enc: bytes | None = None) -> Any:
         old = self.objs[kind].get(obj.id)
         if old is not None:
             self._unindex(kind, old)
         self.objs[kind][obj.id] = obj
+        if enc is not None:
+            self.enc[kind][obj.id] = enc
+        elif old is not None:
+            self.enc[kind].pop(obj.id, None)
         self._index(kind, obj)
         return old
 
     def pop(self, kind: str, obj_id: str) -> Any:
         old = self.objs[kind].pop(obj_id, None)
         if old is not None:
+            self.enc[kind].pop(obj_id, None)
             self._unindex(kind, old)
         return old
 
@@ -468,7 +476,8 @@ class MemoryStore:
         self._subs: set[Subscription] = set()
         self.version = 0
         self.applied_index = 0
-        self._pending: tuple[bytes, int, list[tuple[str, str, Any]]] | None = None
+        # The entry being proposed: its bytes, version, actions and each action's object encoding (None: a removal).
+        self._pending: tuple[bytes, int, list[tuple[str, str, Any]], list[bytes | None]] | None = None
 
     @property
     def proposer(self) -> Proposer:
@@ -512,6 +521,7 @@ class MemoryStore:
             tx = Tx(self._tables, self.version + 1, self._clock.now())
             done: list[tuple[asyncio.Future[Any], Any]] = []
             parts: list[bytes] = []  # each transaction's actions, encoded and checked
+            encs: list[bytes | None] = []  # each action's object encoding, in the order of tx.actions
             size = 0
             for k, (fn, fut, check) in enumerate(batch):
                 if size >= MAX_ENTRY_BYTES:  # the entry is full: the rest go into the next one, not yet run
@@ -520,20 +530,21 @@ class MemoryStore:
                 sp = tx.savepoint()
                 try:
                     result = fn(tx)
-                    part = encode_actions(tx.actions[sp:], verify=check)
+                    part, objs = encode_action_parts(tx.actions[sp:], verify=check)
                 except BaseException as e:  # this transaction alone fails; the others of the batch go on
                     tx.rollback(sp)
                     if not fut.done():
                         fut.set_exception(e)
                     continue
                 done.append((fut, result))
+                encs.extend(objs)
                 if part:
                     parts.append(part)
                     size += len(part)
             if tx.actions:
                 entry = _entry_bytes(tx.version, parts)
                 # The entry's own objects, so applying it here needs no decoding (followers decode).
-                self._pending = (entry, tx.version, tx.actions)
+                self._pending = (entry, tx.version, tx.actions, encs)
                 t0 = time.perf_counter()
                 try:
                     index = await self._proposer.propose(entry)
@@ -566,17 +577,19 @@ class MemoryStore:
     def apply_entry(self, index: int, data: bytes) -> None:
         """Apply one committed log entry (leader and followers alike)."""
         pending = self._pending
+        encs: list[bytes | None] | None = None
         if pending is not None and pending[0] is data:
-            version, actions = pending[1], pending[2]
+            version, actions, encs = pending[1], pending[2], pending[3]
         else:
             version, actions = decode_entry(data)
         events: list[WatchItem] = []
-        for op, kind, obj in actions:
+        tables = self._tables
+        for i, (op, kind, obj) in enumerate(actions):
             if op == "remove":
-                old = self._tables.pop(kind, obj.id)
+                old = tables.pop(kind, obj.id)
                 events.append(Event("remove", kind, old if old is not None else obj))
             else:
-                old = self._tables.put(kind, obj)
+                old = tables.put(kind, obj, encs[i] if encs is not None else None)
                 events.append(Event("create" if old is None else "update", kind, obj, old))
         self.version = max(self.version, version)
         self.applied_index = index
@@ -621,11 +634,17 @@ class MemoryStore:
         frozen and shared), the encoding (the expensive part) can run later, in another thread."""
         version = self.version
         objects = {k: list(objs.values()) for k, objs in self._tables.objs.items()}
+        encoded = {k: dict(e) for k, e in self._tables.enc.items()}  # bytes are immutable: shared, not copied
 
         def encode_all() -> bytes:
-            body = {"format": ENTRY_FORMAT, "version": version,
-                    "objects": {k: [encode(o) for o in objs] for k, objs in objects.items()}}
-            return _dumps(body)
+            # The objects' encodings from their log entries where the store kept them, the others encoded now;
+            # the same document as `_dumps({"format", "version", "objects": {kind: [encoded objects]}})`.
+            kinds = []
+            for k, objs in objects.items():
+                have = encoded[k]
+                items = [have.get(o.id) or _dumps(encode(o)) for o in objs]
+                kinds.append(b'"%s":[%s]' % (k.encode(), b",".join(items)))
+            return b'{"format":%d,"version":%d,"objects":{%s}}' % (ENTRY_FORMAT, version, b",".join(kinds))
 
         return encode_all
 
@@ -667,24 +686,32 @@ class ObjectTooLarge(InvalidArgument):
 
 def encode_actions(actions: list[tuple[str, str, Any]], *, verify: bool = True) -> bytes:
     """One transaction's actions as they go into a log entry (the members of its "actions" array, comma
-    separated). A value the codec cannot hold raises Unencodable, an object too large ObjectTooLarge;
-    `verify`: also proven to be what a replica replaying them decodes (equal objects, nothing lost), else
-    Unencodable."""
+    separated). A value the codec cannot hold raises Unencodable, an object too large ObjectTooLarge; `verify`:
+    also proven to be what a replica replaying them decodes (equal objects, nothing lost), else Unencodable."""
+    return encode_action_parts(actions, verify=verify)[0]
+
+
+def encode_action_parts(actions: list[tuple[str, str, Any]], *,
+                        verify: bool = True) -> tuple[bytes, list[bytes | None]]:
+    """`encode_actions`, and each action's object encoding (None for a removal), which the store keeps so that
+    a snapshot need not encode the object again."""
     if not actions:
-        return b""
-    encoded = [{"op": op, "kind": kind, "obj": encode(obj)} for op, kind, obj in actions]
-    data = _dumps(encoded)
-    if len(data) > MAX_OBJECT_BYTES:  # the whole is small in the common case: one object at a time only if not
-        for a, (_op, kind, obj) in zip(encoded, actions, strict=True):
-            size = len(_dumps(a["obj"]))
-            if size > MAX_OBJECT_BYTES:
-                raise ObjectTooLarge(
-                    f"rpc error: code = InvalidArgument desc = {kind} {name_of(obj) or obj.id} is too large for "
-                    f"the cluster store: {size} bytes encoded, at most {MAX_OBJECT_BYTES}")
+        return b"", []
+    parts: list[bytes] = []
+    objs: list[bytes | None] = []
+    for op, kind, obj in actions:
+        data = _dumps(encode(obj))
+        if len(data) > MAX_OBJECT_BYTES:
+            raise ObjectTooLarge(
+                f"rpc error: code = InvalidArgument desc = {kind} {name_of(obj) or obj.id} is too large for "
+                f"the cluster store: {len(data)} bytes encoded, at most {MAX_OBJECT_BYTES}")
+        parts.append(b'{"op":"%s","kind":"%s","obj":%s}' % (op.encode(), kind.encode(), data))
+        objs.append(None if op == "remove" else data)
+    joined = b",".join(parts)
     if not verify:
-        return data[1:-1]
+        return joined, objs
     try:
-        back = _loads(data)
+        back = _loads(b"[%s]" % joined)
         same = len(back) == len(actions) and all(
             a["op"] == op and a["kind"] == kind and decode_as(KINDS[kind], a["obj"]) == obj
             for a, (op, kind, obj) in zip(back, actions, strict=True))
@@ -692,7 +719,7 @@ def encode_actions(actions: list[tuple[str, str, Any]], *, verify: bool = True) 
         raise Unencodable(f"invalid value: the change cannot be stored in the cluster's log ({e!r})") from None
     if not same:
         raise Unencodable("invalid value: the change does not read back from the cluster's log as it was written")
-    return data[1:-1]
+    return joined, objs
 
 
 def _entry_bytes(version: int, parts: list[bytes]) -> bytes:
