@@ -61,7 +61,7 @@ def slot_key(t: Task) -> str:
 
 def is_dirty(svc: Service, t: Task) -> bool:
     """The task was made from a different task template than the service's current one."""
-    return t.spec != svc.spec.task_template
+    return t.spec is not svc.spec.task_template and t.spec != svc.spec.task_template
 
 
 def restart_policy(svc: Service, t: Task | None = None) -> RestartPolicy:
@@ -193,10 +193,15 @@ class Reconciler:
         tasks = tx.tasks(service_id=svc.id)
         nodes = {n.id: n for n in tx.nodes()}
         self.rebalancer.observe_nodes(nodes, tx.now)
+        # The service's tasks are read again only after a step that wrote something (a pass over a service
+        # with nothing to do, the common case, reads them once here and once to trim its history).
+        sp = tx.savepoint()
         self._handle_lost_nodes(tx, svc, tasks, nodes)
-        tasks = tx.tasks(service_id=svc.id)
+        if tx.savepoint() != sp:
+            tasks, sp = tx.tasks(service_id=svc.id), tx.savepoint()
         self._restart_ended(tx, svc, tasks)
-        tasks = tx.tasks(service_id=svc.id)
+        if tx.savepoint() != sp:
+            tasks = tx.tasks(service_id=svc.id)
         kind = svc.spec.mode.kind
         if kind == "replicated":
             self._replicated(tx, svc, tasks)
@@ -205,7 +210,7 @@ class Reconciler:
                 return make_task(svc, tid=self.new_id(), slot=old.slot, node_id=dest, now=tx.now,
                                  labels={LABEL_REPLACES: old.id, LABEL_MOVE: "rebalance"})
 
-            self.rebalancer.plan(tx, svc, tx.tasks(service_id=svc.id), nodes, move, LABEL_REPLACES)
+            self.rebalancer.plan(tx, svc, lambda: tx.tasks(service_id=svc.id), nodes, move, LABEL_REPLACES)
         elif kind == "global":
             self._global(tx, svc, tasks, nodes)
         elif kind == "replicated-job":
@@ -409,13 +414,15 @@ class Reconciler:
         limit = cluster.spec.task_history_retention_limit if cluster is not None else 5
         if limit < 0:
             return
+        tasks = tx.tasks(service_id=svc.id)
         by_slot: dict[str, list[Task]] = defaultdict(list)
-        for t in tx.tasks(service_id=svc.id):
+        for t in tasks:
             by_slot[slot_key(t)].append(t)
-        holders = {t.id for ts in slot_holders(svc, tx.tasks(service_id=svc.id)).values() for t in ts}
-        for slot_tasks in by_slot.values():
-            if len(slot_tasks) <= limit:
-                continue
+        full = [ts for ts in by_slot.values() if len(ts) > limit]
+        if not full:
+            return
+        holders = {t.id for ts in slot_holders(svc, tasks).values() for t in ts}
+        for slot_tasks in full:
             dead = [t for t in slot_tasks if not runnable(t) and t.id not in holders and
                     (ended(t) or not t.node_id)]
             dead.sort(key=lambda t: (t.meta.created_at, t.meta.version))
