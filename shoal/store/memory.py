@@ -10,12 +10,16 @@ Contract (see docs/design/store.md):
 - Watchers get the events of a transaction after it is applied, followed by a `Commit` marker. Each
   subscription is bounded; one that falls too far behind is closed (`WatchOverflow`) and must resync
   with `view_and_watch`, so a slow consumer never stalls the store.
+- Stages (`add_stage`, the leader's loops) carry a transaction further before it is committed: each sees what
+  the transaction wrote and may write more in it (the scheduler assigns the tasks the orchestrator just
+  created). An object written more than once in such a transaction goes into the entry once, as it ends up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -41,6 +45,8 @@ from shoal.model.objects import (
 
 T = TypeVar("T")
 ObjT = TypeVar("ObjT", bound=StoreObject)
+
+log = logging.getLogger(__name__)
 
 ENTRY_FORMAT = 1
 MAX_BATCH = 1024  # transactions per log entry at most (bounds one entry's size)
@@ -98,6 +104,12 @@ WatchItem = Event | Commit
 
 class WatchOverflow(ShoalError):
     pass
+
+
+Action = tuple[str, str, Any]  # (op, kind, object)
+# A stage: given a transaction and what it wrote so far, write more in it; returns how to take back what the stage
+# decided outside the store (its own bookkeeping) if the transaction does not commit after all.
+Stage = Callable[["Tx", list[Action]], Callable[[], None] | None]
 
 
 class Proposer(Protocol):
@@ -389,6 +401,22 @@ class Tx(ReadTx):
         for op, kind, obj in kept:
             self._stage(op, kind, obj)
 
+    def collapse(self, savepoint: int) -> None:
+        """Write each object the actions after `savepoint` created or updated more than once as one action: a
+        creation then updates, one creation of the last version; updates, one update. (A removal is kept as it
+        is.) The staged state does not change; the log entry and the events carry each object once."""
+        out: list[Action] = []
+        first: dict[tuple[str, str], int] = {}
+        for op, kind, obj in self.actions[savepoint:]:
+            key = (kind, obj.id)
+            i = first.get(key)
+            if i is None or op != "update" or out[i][0] == "remove":
+                first[key] = len(out)
+                out.append((op, kind, obj))
+            else:
+                out[i] = (out[i][0], kind, obj)
+        self.actions[savepoint:] = out
+
     def _stage(self, op: str, kind: str, obj: Any) -> None:
         staged = self._staged.get(kind)
         if staged is None:
@@ -474,6 +502,7 @@ class MemoryStore:
         self._committer: asyncio.Task[None] | None = None
         self.stats = {"entries": 0, "transactions": 0, "commit_seconds": 0.0}  # group commit, for diagnostics
         self._subs: set[Subscription] = set()
+        self._stages: list[Stage] = []
         self.version = 0
         self.applied_index = 0
         # The entry being proposed: its bytes, version, actions and each action's object encoding (None: a removal).
@@ -485,6 +514,29 @@ class MemoryStore:
 
     def view(self) -> ReadTx:
         return ReadTx(self._tables)
+
+    def add_stage(self, stage: Stage) -> Callable[[], None]:
+        """Run `stage` after each transaction that wrote something, in the same transaction (see the module's
+        docstring); returns the function that removes it. A stage that raises is rolled back alone (the
+        transaction goes on without what it wrote)."""
+        self._stages.append(stage)
+        return lambda: self._stages.remove(stage) if stage in self._stages else None
+
+    def _run_stages(self, tx: Tx, sp: int, undos: list[Callable[[], None]]) -> None:
+        grew = False
+        for stage in list(self._stages):
+            ssp = tx.savepoint()
+            try:
+                undo = stage(tx, tx.actions[sp:])
+            except Exception:
+                tx.rollback(ssp)
+                log.exception("a store stage failed; the transaction goes on without it")
+                continue
+            if undo is not None:
+                undos.append(undo)
+            grew |= tx.savepoint() > ssp
+        if grew:
+            tx.collapse(sp)
 
     async def update(self, fn: Callable[[Tx], T], *, verify: bool = False) -> T:
         """Run `fn` as a transaction and return its result once its changes are committed.
@@ -520,6 +572,7 @@ class MemoryStore:
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
             tx = Tx(self._tables, self.version + 1, self._clock.now())
             done: list[tuple[asyncio.Future[Any], Any]] = []
+            undos: list[Callable[[], None]] = []  # the stages' bookkeeping, taken back if the entry fails
             parts: list[bytes] = []  # each transaction's actions, encoded and checked
             encs: list[bytes | None] = []  # each action's object encoding, in the order of tx.actions
             size = 0
@@ -528,14 +581,19 @@ class MemoryStore:
                     self._queue[:0] = batch[k:]
                     break
                 sp = tx.savepoint()
+                mine: list[Callable[[], None]] = []
                 try:
                     result = fn(tx)
+                    if self._stages and tx.savepoint() > sp:
+                        self._run_stages(tx, sp, mine)
                     part, objs = encode_action_parts(tx.actions[sp:], verify=check)
                 except BaseException as e:  # this transaction alone fails; the others of the batch go on
                     tx.rollback(sp)
+                    _undo(mine)
                     if not fut.done():
                         fut.set_exception(e)
                     continue
+                undos.extend(mine)
                 done.append((fut, result))
                 encs.extend(objs)
                 if part:
@@ -556,6 +614,7 @@ class MemoryStore:
                     if self.applied_index < index:
                         self.apply_entry(index, entry)
                 except BaseException as e:
+                    _undo(undos)
                     for f, _ in done:
                         if not f.done():
                             f.set_exception(fresh(e))
@@ -662,6 +721,14 @@ class MemoryStore:
         self.applied_index = index
         for sub in list(self._subs):
             sub.close()
+
+
+def _undo(undos: list[Callable[[], None]]) -> None:
+    for u in undos:
+        try:
+            u()
+        except Exception:
+            log.exception("taking back a store stage's decisions failed")
 
 
 def _dumps(body: Any) -> bytes:
