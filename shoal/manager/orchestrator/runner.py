@@ -32,9 +32,10 @@ class Orchestrator:
         self.stats = stats
         self._updaters: dict[str, tuple[int, asyncio.Task[None]]] = {}
         self._timer_poke = asyncio.Event()
-        # Tasks the reconciler created, until their creation comes back from the store: the pass that created
-        # one had it in view, so its creation alone is no reason for another pass over the service.
-        self._created: set[str] = set()
+        # Tasks the reconciler created (ID -> node), until their creation comes back from the store: the pass that
+        # created one had it in view, so its creation alone is no reason for another pass over the service (its
+        # creation assigned to a node by the scheduler in the same transaction is, as an assignment always was).
+        self._created: dict[str, str] = {}
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -80,8 +81,7 @@ class Orchestrator:
             t = ev.obj
             if t.desired_state == TaskState.READY:
                 self._timer_poke.set()  # maybe a restart delay to wait out
-            if ev.action == "create" and t.id in self._created:
-                self._created.discard(t.id)
+            if ev.action == "create" and self._created.pop(t.id, None) == t.node_id:
                 return False
             if ev.action == "update" and _status_progress(ev.old, t):
                 # Allocator, scheduler and agent moving a live task forward: nothing the reconciler
@@ -116,8 +116,8 @@ class Orchestrator:
             # Noted before the commit: the loop may hear of it before this coroutine resumes. (If the transaction
             # fails, the IDs never come back; the next resync forgets them.) Not a move's replacement: the pass
             # after its creation is the one that starts waiting on it (`waiting_on_moves`).
-            self._created.update(obj.id for op, kind, obj in tx.actions[sp:] if op == "create" and kind == "task"
-                                 and LABEL_REPLACES not in obj.annotations.labels)
+            self._created.update((obj.id, obj.node_id) for op, kind, obj in tx.actions[sp:]
+                                 if op == "create" and kind == "task" and LABEL_REPLACES not in obj.annotations.labels)
 
         try:
             await self.store.update(fn)
