@@ -139,8 +139,16 @@ def allocated_already(svc: Service) -> bool:
     """Is there nothing for the allocator to do for this service's new tasks? (No network, no port, and the
     service's endpoint is the final one for its spec.) Such tasks are created PENDING, ready for the scheduler:
     one Raft write fewer per task than going through the allocator, which would only change their state."""
+    last = _allocated_last
+    if last[0] is svc:  # asked once per task made; services are frozen, so the answer for one object holds
+        return bool(last[1])
     spec = svc.spec.endpoint_spec or EndpointSpec()
-    return not svc.spec.task_template.networks and not spec.ports and svc.endpoint == Endpoint(spec=spec)
+    done = not svc.spec.task_template.networks and not spec.ports and svc.endpoint == Endpoint(spec=spec)
+    _allocated_last[:] = [svc, done]
+    return done
+
+
+_allocated_last: list[object] = [None, False]  # the last service asked about, and the answer
 
 
 def make_task(svc: Service, *, tid: str, slot: int, node_id: str, now: float,
