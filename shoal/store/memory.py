@@ -697,13 +697,20 @@ class MemoryStore:
 
         def encode_all() -> bytes:
             # The objects' encodings from their log entries where the store kept them, the others encoded now;
-            # the same document as `_dumps({"format", "version", "objects": {kind: [encoded objects]}})`.
-            kinds = []
-            for k, objs in objects.items():
+            # the same document as `_dumps({"format", "version", "objects": {kind: [encoded objects]}})`, put
+            # together with one join (a store of 100,000 tasks is some 60 MB: each copy of it counts).
+            out = [b'{"format":%d,"version":%d,"objects":{' % (ENTRY_FORMAT, version)]
+            append = out.append
+            for n, (k, objs) in enumerate(objects.items()):
+                append(b'%s"%s":[' % (b"," if n else b"", k.encode()))
                 have = encoded[k]
-                items = [have.get(o.id) or _dumps(encode(o)) for o in objs]
-                kinds.append(b'"%s":[%s]' % (k.encode(), b",".join(items)))
-            return b'{"format":%d,"version":%d,"objects":{%s}}' % (ENTRY_FORMAT, version, b",".join(kinds))
+                for i, o in enumerate(objs):
+                    if i:
+                        append(b",")
+                    append(have.get(o.id) or _dumps(encode(o)))
+                append(b"]")
+            append(b"}}")
+            return b"".join(out)
 
         return encode_all
 
