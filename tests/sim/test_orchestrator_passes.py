@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from shoal.manager.orchestrator.reconcile import Reconciler
-from shoal.model.objects import Service
+from shoal.model.objects import Node, Service
 from shoal.store.memory import Tx
 from shoal.testing.sim import SimCluster, service_spec, with_replicas
 
@@ -21,9 +21,9 @@ async def test_no_pass_over_a_service_finds_what_the_last_one_left(monkeypatch: 
     passes: dict[str, list[tuple[State, State]]] = {}
     real = Reconciler.reconcile
 
-    def recording(self: Reconciler, tx: Tx, svc: Service) -> None:
+    def recording(self: Reconciler, tx: Tx, svc: Service, nodes: dict[str, Node] | None = None) -> None:
         before = seen(tx, svc.id)
-        real(self, tx, svc)
+        real(self, tx, svc, nodes)
         passes.setdefault(svc.id, []).append((before, seen(tx, svc.id)))
 
     monkeypatch.setattr(Reconciler, "reconcile", recording)

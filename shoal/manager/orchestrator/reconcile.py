@@ -196,11 +196,19 @@ class Reconciler:
 
     # --- entry point --------------------------------------------------------------------------------
 
-    def reconcile(self, tx: Tx, svc: Service) -> None:
-        svc = job_view(svc)  # a service with a schedule runs as a job (shoal.manager.cron)
-        tasks = tx.tasks(service_id=svc.id)
+    def nodes(self, tx: Tx) -> dict[str, Node]:
+        """The nodes by ID, as the reconciliation of services reads them (noted by the rebalancer): once per
+        transaction for all the services it reconciles, since reconciling writes no node."""
         nodes = {n.id: n for n in tx.nodes()}
         self.rebalancer.observe_nodes(nodes, tx.now)
+        return nodes
+
+    def reconcile(self, tx: Tx, svc: Service, nodes: dict[str, Node] | None = None) -> None:
+        """Reconcile one service; `nodes`: `self.nodes(tx)`, when the caller reconciles several in one go."""
+        svc = job_view(svc)  # a service with a schedule runs as a job (shoal.manager.cron)
+        tasks = tx.tasks(service_id=svc.id)
+        if nodes is None:
+            nodes = self.nodes(tx)
         # The service's tasks are read again only after a step that wrote something (a pass over a service
         # with nothing to do, the common case, reads them once here and once to trim its history).
         sp = tx.savepoint()

@@ -107,10 +107,11 @@ class Orchestrator:
         def fn(tx: Tx) -> None:
             self.reconciler.events.clear()  # a transaction run again decides again
             sp = tx.savepoint()
+            nodes = self.reconciler.nodes(tx) if service_ids else {}
             for sid in sorted(service_ids):
                 svc = tx.service(sid)
                 if svc is not None:
-                    self.reconciler.reconcile(tx, svc)
+                    self.reconciler.reconcile(tx, svc, nodes)
             if reap:
                 reap_removed(tx)
             # Noted before the commit: the loop may hear of it before this coroutine resumes. (If the transaction
