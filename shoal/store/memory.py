@@ -10,12 +10,16 @@ Contract (see docs/design/store.md):
 - Watchers get the events of a transaction after it is applied, followed by a `Commit` marker. Each
   subscription is bounded; one that falls too far behind is closed (`WatchOverflow`) and must resync
   with `view_and_watch`, so a slow consumer never stalls the store.
+- Stages (`add_stage`, the leader's loops) carry a transaction further before it is committed: each sees what
+  the transaction wrote and may write more in it (the scheduler assigns the tasks the orchestrator just
+  created). An object written more than once in such a transaction goes into the entry once, as it ends up.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterable
@@ -41,6 +45,8 @@ from shoal.model.objects import (
 
 T = TypeVar("T")
 ObjT = TypeVar("ObjT", bound=StoreObject)
+
+log = logging.getLogger(__name__)
 
 ENTRY_FORMAT = 1
 MAX_BATCH = 1024  # transactions per log entry at most (bounds one entry's size)
@@ -100,6 +106,12 @@ class WatchOverflow(ShoalError):
     pass
 
 
+Action = tuple[str, str, Any]  # (op, kind, object)
+# A stage: given a transaction and what it wrote so far, write more in it; returns how to take back what the stage
+# decided outside the store (its own bookkeeping) if the transaction does not commit after all.
+Stage = Callable[["Tx", list[Action]], Callable[[], None] | None]
+
+
 class Proposer(Protocol):
     """The seam between the store and consensus: make an entry durable and committed."""
 
@@ -110,21 +122,29 @@ class Proposer(Protocol):
 class _Tables:
     def __init__(self) -> None:
         self.objs: dict[str, dict[str, Any]] = {k: {} for k in KINDS}
+        # Each object's encoding as its log entry carried it (kind -> id -> JSON bytes), present only while it is
+        # the encoding of the object in `objs`: a snapshot reuses it instead of encoding every object again.
+        self.enc: dict[str, dict[str, bytes]] = {k: {} for k in KINDS}
         self.names: dict[str, dict[str, str]] = {k: {} for k in _UNIQUE_NAMES}
         self.tasks_by_service: dict[str, dict[str, Task]] = {}
         self.tasks_by_node: dict[str, dict[str, Task]] = {}
 
-    def put(self, kind: str, obj: Any) -> Any:
+    def put(self, kind: str, obj: Any, enc: bytes | None = None) -> Any:
         old = self.objs[kind].get(obj.id)
         if old is not None:
             self._unindex(kind, old)
         self.objs[kind][obj.id] = obj
+        if enc is not None:
+            self.enc[kind][obj.id] = enc
+        elif old is not None:
+            self.enc[kind].pop(obj.id, None)
         self._index(kind, obj)
         return old
 
     def pop(self, kind: str, obj_id: str) -> Any:
         old = self.objs[kind].pop(obj_id, None)
         if old is not None:
+            self.enc[kind].pop(obj_id, None)
             self._unindex(kind, old)
         return old
 
@@ -381,6 +401,22 @@ class Tx(ReadTx):
         for op, kind, obj in kept:
             self._stage(op, kind, obj)
 
+    def collapse(self, savepoint: int) -> None:
+        """Write each object the actions after `savepoint` created or updated more than once as one action: a
+        creation then updates, one creation of the last version; updates, one update. (A removal is kept as it
+        is.) The staged state does not change; the log entry and the events carry each object once."""
+        out: list[Action] = []
+        first: dict[tuple[str, str], int] = {}
+        for op, kind, obj in self.actions[savepoint:]:
+            key = (kind, obj.id)
+            i = first.get(key)
+            if i is None or op != "update" or out[i][0] == "remove":
+                first[key] = len(out)
+                out.append((op, kind, obj))
+            else:
+                out[i] = (out[i][0], kind, obj)
+        self.actions[savepoint:] = out
+
     def _stage(self, op: str, kind: str, obj: Any) -> None:
         staged = self._staged.get(kind)
         if staged is None:
@@ -466,9 +502,11 @@ class MemoryStore:
         self._committer: asyncio.Task[None] | None = None
         self.stats = {"entries": 0, "transactions": 0, "commit_seconds": 0.0}  # group commit, for diagnostics
         self._subs: set[Subscription] = set()
+        self._stages: list[Stage] = []
         self.version = 0
         self.applied_index = 0
-        self._pending: tuple[bytes, int, list[tuple[str, str, Any]]] | None = None
+        # The entry being proposed: its bytes, version, actions and each action's object encoding (None: a removal).
+        self._pending: tuple[bytes, int, list[tuple[str, str, Any]], list[bytes | None]] | None = None
 
     @property
     def proposer(self) -> Proposer:
@@ -476,6 +514,29 @@ class MemoryStore:
 
     def view(self) -> ReadTx:
         return ReadTx(self._tables)
+
+    def add_stage(self, stage: Stage) -> Callable[[], None]:
+        """Run `stage` after each transaction that wrote something, in the same transaction (see the module's
+        docstring); returns the function that removes it. A stage that raises is rolled back alone (the
+        transaction goes on without what it wrote)."""
+        self._stages.append(stage)
+        return lambda: self._stages.remove(stage) if stage in self._stages else None
+
+    def _run_stages(self, tx: Tx, sp: int, undos: list[Callable[[], None]]) -> None:
+        grew = False
+        for stage in list(self._stages):
+            ssp = tx.savepoint()
+            try:
+                undo = stage(tx, tx.actions[sp:])
+            except Exception:
+                tx.rollback(ssp)
+                log.exception("a store stage failed; the transaction goes on without it")
+                continue
+            if undo is not None:
+                undos.append(undo)
+            grew |= tx.savepoint() > ssp
+        if grew:
+            tx.collapse(sp)
 
     async def update(self, fn: Callable[[Tx], T], *, verify: bool = False) -> T:
         """Run `fn` as a transaction and return its result once its changes are committed.
@@ -511,29 +572,37 @@ class MemoryStore:
             batch, self._queue = self._queue[:MAX_BATCH], self._queue[MAX_BATCH:]
             tx = Tx(self._tables, self.version + 1, self._clock.now())
             done: list[tuple[asyncio.Future[Any], Any]] = []
+            undos: list[Callable[[], None]] = []  # the stages' bookkeeping, taken back if the entry fails
             parts: list[bytes] = []  # each transaction's actions, encoded and checked
+            encs: list[bytes | None] = []  # each action's object encoding, in the order of tx.actions
             size = 0
             for k, (fn, fut, check) in enumerate(batch):
                 if size >= MAX_ENTRY_BYTES:  # the entry is full: the rest go into the next one, not yet run
                     self._queue[:0] = batch[k:]
                     break
                 sp = tx.savepoint()
+                mine: list[Callable[[], None]] = []
                 try:
                     result = fn(tx)
-                    part = encode_actions(tx.actions[sp:], verify=check)
+                    if self._stages and tx.savepoint() > sp:
+                        self._run_stages(tx, sp, mine)
+                    part, objs = encode_action_parts(tx.actions[sp:], verify=check)
                 except BaseException as e:  # this transaction alone fails; the others of the batch go on
                     tx.rollback(sp)
+                    _undo(mine)
                     if not fut.done():
                         fut.set_exception(e)
                     continue
+                undos.extend(mine)
                 done.append((fut, result))
+                encs.extend(objs)
                 if part:
                     parts.append(part)
                     size += len(part)
             if tx.actions:
                 entry = _entry_bytes(tx.version, parts)
                 # The entry's own objects, so applying it here needs no decoding (followers decode).
-                self._pending = (entry, tx.version, tx.actions)
+                self._pending = (entry, tx.version, tx.actions, encs)
                 t0 = time.perf_counter()
                 try:
                     index = await self._proposer.propose(entry)
@@ -545,6 +614,7 @@ class MemoryStore:
                     if self.applied_index < index:
                         self.apply_entry(index, entry)
                 except BaseException as e:
+                    _undo(undos)
                     for f, _ in done:
                         if not f.done():
                             f.set_exception(fresh(e))
@@ -566,17 +636,19 @@ class MemoryStore:
     def apply_entry(self, index: int, data: bytes) -> None:
         """Apply one committed log entry (leader and followers alike)."""
         pending = self._pending
+        encs: list[bytes | None] | None = None
         if pending is not None and pending[0] is data:
-            version, actions = pending[1], pending[2]
+            version, actions, encs = pending[1], pending[2], pending[3]
         else:
             version, actions = decode_entry(data)
         events: list[WatchItem] = []
-        for op, kind, obj in actions:
+        tables = self._tables
+        for i, (op, kind, obj) in enumerate(actions):
             if op == "remove":
-                old = self._tables.pop(kind, obj.id)
+                old = tables.pop(kind, obj.id)
                 events.append(Event("remove", kind, old if old is not None else obj))
             else:
-                old = self._tables.put(kind, obj)
+                old = tables.put(kind, obj, encs[i] if encs is not None else None)
                 events.append(Event("create" if old is None else "update", kind, obj, old))
         self.version = max(self.version, version)
         self.applied_index = index
@@ -621,11 +693,24 @@ class MemoryStore:
         frozen and shared), the encoding (the expensive part) can run later, in another thread."""
         version = self.version
         objects = {k: list(objs.values()) for k, objs in self._tables.objs.items()}
+        encoded = {k: dict(e) for k, e in self._tables.enc.items()}  # bytes are immutable: shared, not copied
 
         def encode_all() -> bytes:
-            body = {"format": ENTRY_FORMAT, "version": version,
-                    "objects": {k: [encode(o) for o in objs] for k, objs in objects.items()}}
-            return _dumps(body)
+            # The objects' encodings from their log entries where the store kept them, the others encoded now;
+            # the same document as `_dumps({"format", "version", "objects": {kind: [encoded objects]}})`, put
+            # together with one join (a store of 100,000 tasks is some 60 MB: each copy of it counts).
+            out = [b'{"format":%d,"version":%d,"objects":{' % (ENTRY_FORMAT, version)]
+            append = out.append
+            for n, (k, objs) in enumerate(objects.items()):
+                append(b'%s"%s":[' % (b"," if n else b"", k.encode()))
+                have = encoded[k]
+                for i, o in enumerate(objs):
+                    if i:
+                        append(b",")
+                    append(have.get(o.id) or _dumps(encode(o)))
+                append(b"]")
+            append(b"}}")
+            return b"".join(out)
 
         return encode_all
 
@@ -643,6 +728,14 @@ class MemoryStore:
         self.applied_index = index
         for sub in list(self._subs):
             sub.close()
+
+
+def _undo(undos: list[Callable[[], None]]) -> None:
+    for u in undos:
+        try:
+            u()
+        except Exception:
+            log.exception("taking back a store stage's decisions failed")
 
 
 def _dumps(body: Any) -> bytes:
@@ -667,24 +760,32 @@ class ObjectTooLarge(InvalidArgument):
 
 def encode_actions(actions: list[tuple[str, str, Any]], *, verify: bool = True) -> bytes:
     """One transaction's actions as they go into a log entry (the members of its "actions" array, comma
-    separated). A value the codec cannot hold raises Unencodable, an object too large ObjectTooLarge;
-    `verify`: also proven to be what a replica replaying them decodes (equal objects, nothing lost), else
-    Unencodable."""
+    separated). A value the codec cannot hold raises Unencodable, an object too large ObjectTooLarge; `verify`:
+    also proven to be what a replica replaying them decodes (equal objects, nothing lost), else Unencodable."""
+    return encode_action_parts(actions, verify=verify)[0]
+
+
+def encode_action_parts(actions: list[tuple[str, str, Any]], *,
+                        verify: bool = True) -> tuple[bytes, list[bytes | None]]:
+    """`encode_actions`, and each action's object encoding (None for a removal), which the store keeps so that
+    a snapshot need not encode the object again."""
     if not actions:
-        return b""
-    encoded = [{"op": op, "kind": kind, "obj": encode(obj)} for op, kind, obj in actions]
-    data = _dumps(encoded)
-    if len(data) > MAX_OBJECT_BYTES:  # the whole is small in the common case: one object at a time only if not
-        for a, (_op, kind, obj) in zip(encoded, actions, strict=True):
-            size = len(_dumps(a["obj"]))
-            if size > MAX_OBJECT_BYTES:
-                raise ObjectTooLarge(
-                    f"rpc error: code = InvalidArgument desc = {kind} {name_of(obj) or obj.id} is too large for "
-                    f"the cluster store: {size} bytes encoded, at most {MAX_OBJECT_BYTES}")
+        return b"", []
+    parts: list[bytes] = []
+    objs: list[bytes | None] = []
+    for op, kind, obj in actions:
+        data = _dumps(encode(obj))
+        if len(data) > MAX_OBJECT_BYTES:
+            raise ObjectTooLarge(
+                f"rpc error: code = InvalidArgument desc = {kind} {name_of(obj) or obj.id} is too large for "
+                f"the cluster store: {len(data)} bytes encoded, at most {MAX_OBJECT_BYTES}")
+        parts.append(b'{"op":"%s","kind":"%s","obj":%s}' % (op.encode(), kind.encode(), data))
+        objs.append(None if op == "remove" else data)
+    joined = b",".join(parts)
     if not verify:
-        return data[1:-1]
+        return joined, objs
     try:
-        back = _loads(data)
+        back = _loads(b"[%s]" % joined)
         same = len(back) == len(actions) and all(
             a["op"] == op and a["kind"] == kind and decode_as(KINDS[kind], a["obj"]) == obj
             for a, (op, kind, obj) in zip(back, actions, strict=True))
@@ -692,7 +793,7 @@ def encode_actions(actions: list[tuple[str, str, Any]], *, verify: bool = True) 
         raise Unencodable(f"invalid value: the change cannot be stored in the cluster's log ({e!r})") from None
     if not same:
         raise Unencodable("invalid value: the change does not read back from the cluster's log as it was written")
-    return data[1:-1]
+    return joined, objs
 
 
 def _entry_bytes(version: int, parts: list[bytes]) -> bytes:

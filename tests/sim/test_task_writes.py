@@ -1,6 +1,7 @@
 """How many times a new task is written before it reaches its node: a task of a service with nothing to
-allocate (no network, no published port) is created PENDING and written once more when it is assigned; a task
-on a network or with a published port goes through the allocator (NEW, then PENDING with its addresses)."""
+allocate (no network, no published port) is created PENDING and assigned by the scheduler in the same
+transaction, so it is written once, assigned; a task on a network or with a published port is created NEW and
+written once more by the allocator, with its addresses, assigned in that same transaction."""
 
 from __future__ import annotations
 
@@ -31,7 +32,7 @@ def writes_until_assigned(sim: SimCluster, sid: str) -> dict[str, list[TaskState
     return out
 
 
-async def test_a_task_with_nothing_to_allocate_skips_the_allocator() -> None:
+async def test_a_task_is_assigned_in_the_transaction_that_makes_it_pending() -> None:
     async with SimCluster.started(nodes=2) as sim:
         net = await sim.api.create_network(NetworkSpec(annotations=Annotations(name="appnet")))
         plain = await sim.create_service(service_spec("plain", replicas=4))
@@ -45,10 +46,22 @@ async def test_a_task_with_nothing_to_allocate_skips_the_allocator() -> None:
                              and sim.converged(ported.id, 2))
         direct = writes_until_assigned(sim, plain.id)
         assert len(direct) == 4
-        assert all(s == [TaskState.PENDING, TaskState.ASSIGNED] for s in direct.values()), direct
+        assert all(s == [TaskState.ASSIGNED] for s in direct.values()), direct
         for sid, n in ((netted.id, 4), (ported.id, 2)):
             allocated = writes_until_assigned(sim, sid)
             assert len(allocated) == n
-            assert all(s == [TaskState.NEW, TaskState.PENDING, TaskState.ASSIGNED] for s in allocated.values()), \
-                allocated
+            assert all(s == [TaskState.NEW, TaskState.ASSIGNED] for s in allocated.values()), allocated
         assert all(t.networks for t in sim.running(netted.id))
+
+
+async def test_a_task_that_cannot_be_placed_stays_pending_with_the_reason() -> None:
+    """The placement in the creating transaction finds no node: the task is written PENDING, and the scheduler's
+    loop writes why it waits, then places it once a node fits."""
+    async with SimCluster.started(nodes=2) as sim:
+        svc = await sim.create_service(service_spec("nowhere", replicas=2, constraints=("node.labels.zone==x",)))
+        await sim.wait_until(lambda: len(sim.tasks(svc.id)) == 2 and all(t.status.err for t in sim.tasks(svc.id)))
+        assert all(t.status.state == TaskState.PENDING and not t.node_id for t in sim.tasks(svc.id))
+        states = writes_until_assigned(sim, svc.id)
+        assert all(s[0] == TaskState.PENDING for s in states.values()), states
+        await sim.add_node("zoned", labels={"zone": "x"})
+        await sim.wait_until(lambda: sim.converged(svc.id, 2))

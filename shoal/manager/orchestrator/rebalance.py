@@ -106,10 +106,11 @@ class Rebalancer:
         for nid in [k for k in self.since if k not in nodes]:
             del self.since[nid]
 
-    def plan(self, tx: Tx, svc: Service, tasks: list[Task], nodes: dict[str, Node],
+    def plan(self, tx: Tx, svc: Service, service_tasks: Callable[[], list[Task]], nodes: dict[str, Node],
              make: Callable[[Task, str], Task], replaces: str) -> None:
         """Start the moves `svc` is due, through `make(old task, destination node)` (a replacement, not yet
-        written); `replaces` is the label naming the task a replacement replaces."""
+        written); `replaces` is the label naming the task a replacement replaces. `service_tasks()` gives the
+        service's tasks, asked for only when the service rebalances."""
         self.wakeups.pop(svc.id, None)
         cluster = tx.cluster()
         labels = dict(cluster.spec.annotations.labels) if cluster is not None else {}
@@ -117,6 +118,7 @@ class Rebalancer:
             return
         if svc.update_status is not None and svc.update_status.state in _BUSY:
             return
+        tasks = service_tasks()
         placement = svc.spec.task_template.placement
         getters = [g for g in (preference_key(d) for d in (placement.preferences if placement else ())) if g]
         now, settle = tx.now, settle_seconds(labels)

@@ -61,7 +61,7 @@ def slot_key(t: Task) -> str:
 
 def is_dirty(svc: Service, t: Task) -> bool:
     """The task was made from a different task template than the service's current one."""
-    return t.spec != svc.spec.task_template
+    return t.spec is not svc.spec.task_template and t.spec != svc.spec.task_template
 
 
 def restart_policy(svc: Service, t: Task | None = None) -> RestartPolicy:
@@ -139,8 +139,16 @@ def allocated_already(svc: Service) -> bool:
     """Is there nothing for the allocator to do for this service's new tasks? (No network, no port, and the
     service's endpoint is the final one for its spec.) Such tasks are created PENDING, ready for the scheduler:
     one Raft write fewer per task than going through the allocator, which would only change their state."""
+    last = _allocated_last
+    if last[0] is svc:  # asked once per task made; services are frozen, so the answer for one object holds
+        return bool(last[1])
     spec = svc.spec.endpoint_spec or EndpointSpec()
-    return not svc.spec.task_template.networks and not spec.ports and svc.endpoint == Endpoint(spec=spec)
+    done = not svc.spec.task_template.networks and not spec.ports and svc.endpoint == Endpoint(spec=spec)
+    _allocated_last[:] = [svc, done]
+    return done
+
+
+_allocated_last: list[object] = [None, False]  # the last service asked about, and the answer
 
 
 def make_task(svc: Service, *, tid: str, slot: int, node_id: str, now: float,
@@ -188,15 +196,28 @@ class Reconciler:
 
     # --- entry point --------------------------------------------------------------------------------
 
-    def reconcile(self, tx: Tx, svc: Service) -> None:
-        svc = job_view(svc)  # a service with a schedule runs as a job (shoal.manager.cron)
-        tasks = tx.tasks(service_id=svc.id)
+    def nodes(self, tx: Tx) -> dict[str, Node]:
+        """The nodes by ID, as the reconciliation of services reads them (noted by the rebalancer): once per
+        transaction for all the services it reconciles, since reconciling writes no node."""
         nodes = {n.id: n for n in tx.nodes()}
         self.rebalancer.observe_nodes(nodes, tx.now)
+        return nodes
+
+    def reconcile(self, tx: Tx, svc: Service, nodes: dict[str, Node] | None = None) -> None:
+        """Reconcile one service; `nodes`: `self.nodes(tx)`, when the caller reconciles several in one go."""
+        svc = job_view(svc)  # a service with a schedule runs as a job (shoal.manager.cron)
+        tasks = tx.tasks(service_id=svc.id)
+        if nodes is None:
+            nodes = self.nodes(tx)
+        # The service's tasks are read again only after a step that wrote something (a pass over a service
+        # with nothing to do, the common case, reads them once here and once to trim its history).
+        sp = tx.savepoint()
         self._handle_lost_nodes(tx, svc, tasks, nodes)
-        tasks = tx.tasks(service_id=svc.id)
+        if tx.savepoint() != sp:
+            tasks, sp = tx.tasks(service_id=svc.id), tx.savepoint()
         self._restart_ended(tx, svc, tasks)
-        tasks = tx.tasks(service_id=svc.id)
+        if tx.savepoint() != sp:
+            tasks = tx.tasks(service_id=svc.id)
         kind = svc.spec.mode.kind
         if kind == "replicated":
             self._replicated(tx, svc, tasks)
@@ -205,7 +226,7 @@ class Reconciler:
                 return make_task(svc, tid=self.new_id(), slot=old.slot, node_id=dest, now=tx.now,
                                  labels={LABEL_REPLACES: old.id, LABEL_MOVE: "rebalance"})
 
-            self.rebalancer.plan(tx, svc, tx.tasks(service_id=svc.id), nodes, move, LABEL_REPLACES)
+            self.rebalancer.plan(tx, svc, lambda: tx.tasks(service_id=svc.id), nodes, move, LABEL_REPLACES)
         elif kind == "global":
             self._global(tx, svc, tasks, nodes)
         elif kind == "replicated-job":
@@ -409,13 +430,15 @@ class Reconciler:
         limit = cluster.spec.task_history_retention_limit if cluster is not None else 5
         if limit < 0:
             return
+        tasks = tx.tasks(service_id=svc.id)
         by_slot: dict[str, list[Task]] = defaultdict(list)
-        for t in tx.tasks(service_id=svc.id):
+        for t in tasks:
             by_slot[slot_key(t)].append(t)
-        holders = {t.id for ts in slot_holders(svc, tx.tasks(service_id=svc.id)).values() for t in ts}
-        for slot_tasks in by_slot.values():
-            if len(slot_tasks) <= limit:
-                continue
+        full = [ts for ts in by_slot.values() if len(ts) > limit]
+        if not full:
+            return
+        holders = {t.id for ts in slot_holders(svc, tasks).values() for t in ts}
+        for slot_tasks in full:
             dead = [t for t in slot_tasks if not runnable(t) and t.id not in holders and
                     (ended(t) or not t.node_id)]
             dead.sort(key=lambda t: (t.meta.created_at, t.meta.version))

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from shoal.clock import Clock, until_or_sleep
 from shoal.errors import Unavailable
 from shoal.manager.cron.view import job_view
-from shoal.manager.orchestrator.reconcile import Reconciler, reap_removed
+from shoal.manager.orchestrator.reconcile import LABEL_REPLACES, Reconciler, reap_removed
 from shoal.manager.orchestrator.updater import Updater, slots_needing_update
 from shoal.manager.stats import LeaderStats
 from shoal.model.objects import Node, Service, Task
@@ -32,6 +32,10 @@ class Orchestrator:
         self.stats = stats
         self._updaters: dict[str, tuple[int, asyncio.Task[None]]] = {}
         self._timer_poke = asyncio.Event()
+        # Tasks the reconciler created (ID -> node), until their creation comes back from the store: the pass that
+        # created one had it in view, so its creation alone is no reason for another pass over the service (its
+        # creation assigned to a node by the scheduler in the same transaction is, as an assignment always was).
+        self._created: dict[str, str] = {}
 
     async def run(self) -> None:
         async with asyncio.TaskGroup() as tg:
@@ -46,6 +50,7 @@ class Orchestrator:
         while True:
             ids, sub = self.store.view_and_watch(lambda v: {s.id for s in v.services()},
                                                  kinds=("service", "task", "node", "cluster"))
+            self._created.clear()
             await self._reconcile(ids, reap=True)
             try:
                 pending: set[str] = set()
@@ -76,6 +81,8 @@ class Orchestrator:
             t = ev.obj
             if t.desired_state == TaskState.READY:
                 self._timer_poke.set()  # maybe a restart delay to wait out
+            if ev.action == "create" and self._created.pop(t.id, None) == t.node_id:
+                return False
             if ev.action == "update" and _status_progress(ev.old, t):
                 # Allocator, scheduler and agent moving a live task forward: nothing the reconciler
                 # decides depends on it, so only a service in an update (its updater may need a restart)
@@ -99,12 +106,19 @@ class Orchestrator:
     async def _reconcile(self, service_ids: set[str], *, reap: bool) -> None:
         def fn(tx: Tx) -> None:
             self.reconciler.events.clear()  # a transaction run again decides again
+            sp = tx.savepoint()
+            nodes = self.reconciler.nodes(tx) if service_ids else {}
             for sid in sorted(service_ids):
                 svc = tx.service(sid)
                 if svc is not None:
-                    self.reconciler.reconcile(tx, svc)
+                    self.reconciler.reconcile(tx, svc, nodes)
             if reap:
                 reap_removed(tx)
+            # Noted before the commit: the loop may hear of it before this coroutine resumes. (If the transaction
+            # fails, the IDs never come back; the next resync forgets them.) Not a move's replacement: the pass
+            # after its creation is the one that starts waiting on it (`waiting_on_moves`).
+            self._created.update((obj.id, obj.node_id) for op, kind, obj in tx.actions[sp:]
+                                 if op == "create" and kind == "task" and LABEL_REPLACES not in obj.annotations.labels)
 
         try:
             await self.store.update(fn)

@@ -1,16 +1,23 @@
 """The store-driven shell around the pure scheduler: watch, decide, write decisions in one transaction.
 
 It keeps the scheduler's node table current from events, collects PENDING tasks, and after each burst of
-commits runs `Scheduler.schedule` and writes every decision in a single transaction (the only place the
-scheduler writes). A placement whose task changed meanwhile is undone in the scheduler's table. Tasks that
-cannot be placed keep their pending message and are retried whenever a node or a task changes.
+commits runs `Scheduler.schedule` and writes every decision in a single transaction. A placement whose task
+changed meanwhile is undone in the scheduler's table. Tasks that cannot be placed keep their pending message and
+are retried whenever a node or a task changes.
+
+It is also a stage of the store's transactions (`MemoryStore.add_stage`): a task that a transaction makes
+PENDING (the orchestrator creating it, the allocator done with it) is placed in that same transaction, so it
+is written once, assigned, instead of once PENDING and again assigned (as Nomad's plan applier commits a
+placement with the allocation). What it cannot place there stays PENDING for the loop above.
 """
 
 from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import replace
+from typing import Any
 
 from shoal.api.attachments import is_attachment
 from shoal.clock import Clock
@@ -65,6 +72,13 @@ class SchedulerRunner:
             self.pending.pop(t.id, None)
 
     async def run(self) -> None:
+        remove_stage = self.store.add_stage(self._stage)
+        try:
+            await self._run()
+        finally:
+            remove_stage()
+
+    async def _run(self) -> None:
         while True:
             sub = self.store.watch(kinds=("node", "task"))
             self._reset()
@@ -101,6 +115,48 @@ class SchedulerRunner:
         else:
             self._observe_task(ev.old, ev.obj)
         return True
+
+    def _stage(self, tx: Tx, actions: list[tuple[str, str, Any]]) -> Callable[[], None] | None:
+        """Place the tasks this transaction made PENDING, in it (see the module's docstring). Tasks already
+        PENDING before it (the loop's, whose placement failed) are left to the loop."""
+        committed = self.store.view()
+        fresh: dict[str, Task] = {}
+        for op, kind, t in actions:
+            if kind != "task" or op == "remove" or t.status.state != TaskState.PENDING \
+                    or t.desired_state > TaskState.COMPLETE or t.id in fresh:
+                continue
+            before = committed.task(t.id) if op == "update" else None
+            if before is not None and before.status.state == TaskState.PENDING:
+                continue
+            cur = tx.task(t.id)  # as the transaction leaves it
+            if cur is not None and cur.status.state == TaskState.PENDING and cur.desired_state <= TaskState.COMPLETE:
+                fresh[t.id] = cur
+        if not fresh:
+            return None
+        tasks = sorted(fresh.values(), key=lambda t: (t.service_id, t.spec_version, t.slot, t.id))
+        t0 = self.clock.monotonic()
+        decisions: list[Decision] = self.core.schedule(tasks, self.clock.now())
+        if self.stats is not None:
+            self.stats.pass_done(self.clock.monotonic() - t0)
+        now = tx.now
+        assigned = TaskStatus(timestamp=now, state=TaskState.ASSIGNED, message="scheduler assigned task to node")
+        held: list[Task] = []  # the scheduler's table holds these placements until the commit's events confirm them
+        for d in decisions:
+            if d.node_id is None:
+                continue  # left PENDING: the loop retries it and writes why it waits
+            cur = fresh[d.task_id]
+            tx.update(evolve(cur, node_id=d.node_id, status=assigned), check_version=False)
+            held.append(cur)  # forgetting a placement needs the task's ID only
+            if self.stats is not None:
+                self.stats.placed(max(0.0, now - cur.meta.created_at))
+        if not held:
+            return None
+
+        def undo() -> None:
+            for t in held:
+                self.core.remove_task(t)
+
+        return undo
 
     async def _tick(self) -> None:
         if not self.pending:
