@@ -5,6 +5,7 @@ leaves no process, mount or swarm state of its own behind."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,6 +42,28 @@ def _leftovers(workdir: Path) -> dict[str, object]:
     state = [p.name for p in (workdir / "data").glob("*") if p.name in ("node.json", "raft", "certificates",
                                                                           "executor", "net")]
     return {k: v for k, v in (("processes", procs), ("mounts", mounts), ("state", state)) if v}
+
+
+def _stuck(demo: subprocess.Popen[str], workdir: Path) -> str:
+    """Where a demo that does not stop is, and its daemon: their states, stacks and the daemon's last log lines."""
+    out = []
+    pids = [demo.pid, *_leftovers(workdir).get("processes", [])]  # type: ignore[list-item]
+    for pid in pids:
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            wchan = Path(f"/proc/{pid}/wchan").read_text()
+        except OSError:
+            continue
+        stack = ""
+        if shutil.which("py-spy"):  # where it is, when the machine has py-spy
+            dump = subprocess.run(["py-spy", "dump", "--pid", str(pid)], capture_output=True, text=True,
+                                  timeout=30, check=False)
+            stack = dump.stdout[-3000:] + dump.stderr[-500:]
+        out.append(f"pid {pid} state {stat} wchan {wchan}\n{stack}")
+    log = workdir / "daemon.log"
+    if log.exists():
+        out.append("daemon.log:\n" + "\n".join(log.read_text(errors="replace").splitlines()[-30:]))
+    return "\n".join(out)
 
 
 def _demo(workdir: Path, *args: str) -> subprocess.Popen[str]:
@@ -83,5 +106,8 @@ def test_stopping_the_demo_stops_everything_it_started(tmp_path: Path, sig: sign
     assert any("Press Ctrl-C" in x for x in lines), "".join(lines)
     assert _leftovers(workdir).get("processes")
     demo.send_signal(sig)
-    demo.wait(60)
+    try:
+        demo.wait(60)
+    except subprocess.TimeoutExpired:
+        raise AssertionError(f"the demo did not exit within 60 s of {sig.name}:\n{_stuck(demo, workdir)}") from None
     wait_until(lambda: not _leftovers(workdir), 30, what="the daemon and its tasks to go")
