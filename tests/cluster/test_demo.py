@@ -66,10 +66,18 @@ def _stuck(demo: subprocess.Popen[str], workdir: Path) -> str:
     return "\n".join(out)
 
 
+def _as_at_a_terminal() -> None:
+    """In the demo's process: Ctrl-C reaches it as at a terminal. A test run started in the background (`cmd &`
+    without job control) ignores SIGINT, the demo inherited that and kept running after the SIGINT case's
+    signal, as POSIX wants of a background job."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _demo(workdir: Path, *args: str) -> subprocess.Popen[str]:
     return subprocess.Popen([sys.executable, "-m", "shoal.cli", "demo", "--dir", str(workdir), "--listen-addr",
                              f"127.0.0.1:{free_port()}", *args], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            stdin=subprocess.DEVNULL, text=True, start_new_session=True)
+                            stdin=subprocess.DEVNULL, text=True, start_new_session=True,
+                            preexec_fn=_as_at_a_terminal)
 
 
 def test_a_detached_demo_returns_once_converged_and_kill_removes_what_it_started(tmp_path: Path) -> None:
