@@ -9,6 +9,7 @@ manager token), each listening on a port of its own. Used by the multi-manager c
 from __future__ import annotations
 
 import json
+import random
 import socket
 import time
 from pathlib import Path
@@ -22,10 +23,22 @@ MANAGER_JOINED = "This node joined a swarm as a manager."
 WORKER_JOINED = "This node joined a swarm as a worker."
 
 
+_ports = random.Random()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A port free now, below the kernel's ephemeral range (32768 and up): a port the kernel hands out for port 0
+    is also the source port of any outgoing connection, and one taken that way between this pick and the
+    daemon's bind failed a test with `address already in use`."""
+    for _ in range(200):
+        port = _ports.randrange(20000, 32768)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port found below the ephemeral range")
 
 
 class ManagerCluster:
