@@ -38,7 +38,7 @@ from shoal.model.objects import (
     TaskStatus,
 )
 from shoal.model.state import TaskState
-from shoal.store.memory import Event, MemoryStore, Tx, WatchOverflow
+from shoal.store.memory import Event, MemoryStore, ReadTx, Tx, WatchOverflow
 
 log = logging.getLogger(__name__)
 
@@ -140,18 +140,21 @@ class Dispatcher:
         self.late_heartbeats = 0  # came over 1.5 periods after the node's previous one: at least one missed
         self.expirations: Counter[str] = Counter()
 
-    def configured_period(self) -> float:
-        c = self.store.view().cluster()
+    def configured_period(self, view: ReadTx | None = None) -> float:
+        c = (view or self.store.view()).cluster()
         # A spec without a period (POST /swarm/update with 0) runs by swarmkit's default.
         return (c.spec.heartbeat_period if c and c.spec.heartbeat_period else 5 * SECOND) / SECOND
 
     def heartbeat_period(self) -> float:
         """The configured period, or longer where the nodes would beat more than `max_heartbeats` a second."""
-        nodes = self.store.view().count("node")
-        return max(self.configured_period(), nodes / (self.max_heartbeats * MEAN_BEAT))
+        return self.terms().period
 
     def terms(self) -> SessionTerms:
-        return SessionTerms(self.heartbeat_period(), self.store.view().count("node") / REJOIN_RATE)
+        """Told at every register and heartbeat: one read of the store for both figures."""
+        view = self.store.view()
+        nodes = view.count("node")
+        return SessionTerms(max(self.configured_period(view), nodes / (self.max_heartbeats * MEAN_BEAT)),
+                            nodes / REJOIN_RATE)
 
     # --- sessions ---------------------------------------------------------------------------------
 
