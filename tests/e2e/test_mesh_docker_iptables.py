@@ -91,10 +91,20 @@ def test_the_kernel_mesh_passes_dockers_forward_policy(host: tuple[str, str, str
                    f"u.urlopen('http://{addr}:{port}/', timeout=3).read().decode())", check=False)
             return r.stdout.strip()
 
-        assert wait_until(lambda: fetch() == "kernel-mesh-ok", 90, what="the published port from outside")
-        table = sh(*in_host, "nft", "list", "table", "ip", host_table(nid)).stdout
-        counted = re.search(rf"dport {port} counter packets (\d+)", table)
-        assert counted is not None and int(counted.group(1)) > 0, table  # the kernel carried it
+        def counted() -> int | None:
+            """The kernel rule's packet count for the port (None: no rule for it yet)."""
+            table = sh(*in_host, "nft", "list", "table", "ip", host_table(nid), check=False).stdout
+            m = re.search(rf"dport {port} counter packets (\d+)", table)
+            return int(m.group(1)) if m else None
+
+        # The balancer holds the port from the start and serves until the task's address reaches the kernel's
+        # rule; only a connection made once the rule is in place proves the kernel path.
+        assert wait_until(lambda: counted() is not None, 90, what="the kernel's rule for the published port")
+        before = counted()
+        assert before is not None
+        assert wait_until(lambda: fetch() == "kernel-mesh-ok", 60, what="the published port from outside")
+        after = counted()
+        assert after is not None and after > before, (before, after)  # the kernel carried it
         tag = f"shoal-mesh:{node_token(nid)}"
         assert tag in iptables("-S", "DOCKER-USER")
 
