@@ -77,7 +77,8 @@ async def _one(n_tasks: int, n_nodes: int, constrained: bool, services: int,
                     status=NodeStatus(state="ready", addr="127.0.0.1")))
 
         await store.update(seed)
-        mgr = Manager(store, clock, rng)
+        # Every node registers at once: the path measured starts after that, so none is deferred.
+        mgr = Manager(store, clock, rng, max_registrations=float(n_nodes))
         leader = asyncio.create_task(mgr.run_leader())
         received = 0
         done = asyncio.Event()

@@ -24,7 +24,7 @@ from shoal import logring
 from shoal.clock import SystemClock
 from shoal.ctl import commands as ctl
 from shoal.host.addrs import is_loopback
-from shoal.manager.dispatcher import DEFAULT_MAX_HEARTBEATS
+from shoal.manager.dispatcher import DEFAULT_MAX_HEARTBEATS, DEFAULT_MAX_REGISTRATIONS
 from shoal.manager.raft import DEFAULT_TICK
 from shoal.procmem import return_large_frees_to_os
 
@@ -152,7 +152,8 @@ async def run_daemon(data_dir: Path, api_socket: Path, api_tcp: TCPListener | No
                      dns_upstreams: tuple[str, ...] | None = None,
                      mesh_keepalive: tuple[int, int, int] | None = None, raft_tick: float = DEFAULT_TICK,
                      leave_on_exit: bool = False, metrics_addr: tuple[str, int] | None = None,
-                     web_at: WebListener | None = None, max_heartbeats: float = DEFAULT_MAX_HEARTBEATS) -> None:
+                     web_at: WebListener | None = None, max_heartbeats: float = DEFAULT_MAX_HEARTBEATS,
+                     max_registrations: float = DEFAULT_MAX_REGISTRATIONS) -> None:
     from aiohttp import web
 
     from shoal import gctune, threadprio
@@ -166,7 +167,7 @@ async def run_daemon(data_dir: Path, api_socket: Path, api_tcp: TCPListener | No
     node = ShoalNode(NodeConfig(data_dir=data_dir, executor=executor, engine_host=engine_host,
                                 hostname=hostname, scheduler_strategy=strategy, api_socket=api_socket,
                                 dns_upstreams=dns_upstreams, mesh_keepalive=mesh_keepalive, raft_tick=raft_tick,
-                                max_heartbeats=max_heartbeats),
+                                max_heartbeats=max_heartbeats, max_registrations=max_registrations),
                      SystemClock(), random.Random(seed))
     proxy = EngineProxy(engine_host)
     engine = EngineClient(engine_host)
@@ -379,6 +380,11 @@ for _cmd in ctl.COMMANDS:
               help="on a manager while it leads: the heartbeats a second it takes from all nodes together; where "
                    "the swarm's heartbeat period would bring more, the period nodes are told grows with their "
                    "number (a silent node is down after three periods; one whose connection closes after 3 s)")
+@click.option("--max-registrations-per-second", "max_registrations", type=click.FloatRange(1.0, None),
+              default=DEFAULT_MAX_REGISTRATIONS, show_default=True, metavar="N",
+              help="on a manager while it leads: the node registrations a second it takes (a store write and the "
+                   "node's assignments each; after an election every node registers again); a node over that "
+                   "is told when to come back, and is taken then")
 @click.option("--leave-on-exit", is_flag=True,
               help="on SIGTERM or SIGINT leave the swarm first, as `docker swarm leave --force`: the node's tasks, "
                    "networks, mounts and swarm state are removed (a throwaway node, as `shoal demo` runs). "
@@ -400,7 +406,8 @@ for _cmd in ctl.COMMANDS:
 def daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, tls: bool, tlsverify: bool,
            tlscacert: Path | None, tlscert: Path | None, tlskey: Path | None, executor: str, engine_host: str | None,
            hostname: str, scheduler_strategy: str, dns_upstream: tuple[str, ...], mesh_keepalive: str | None,
-           raft_tick: float, max_heartbeats: float, leave_on_exit: bool, metrics_addr: str | None, web_addr: str | None,
+           raft_tick: float, max_heartbeats: float, max_registrations: float, leave_on_exit: bool,
+           metrics_addr: str | None, web_addr: str | None,
            web_tlscert: Path | None, web_tlskey: Path | None, web_tlscacert: Path | None, ready_file: Path | None,
            log_level: str) -> None:
     """Run a Shoal node serving the Docker Engine API."""
@@ -430,7 +437,7 @@ def daemon(data_dir: Path, api_socket: Path, api_tcp: str | None, tls: bool, tls
     web_at = web_listener(web_addr, web_tlscert, web_tlskey, web_tlscacert) if web_addr else None
     asyncio.run(run_daemon(data_dir, api_socket, listener, executor, engine_host, hostname, scheduler_strategy,
                            ready_file, upstreams, _keepalive(mesh_keepalive), raft_tick, leave_on_exit, metrics,
-                           web_at, max_heartbeats))
+                           web_at, max_heartbeats, max_registrations))
 
 
 def _keepalive(raw: str | None) -> tuple[int, int, int] | None:

@@ -7,7 +7,8 @@
     │   └── SequenceConflict update built on an old version (dockerd answers 500 "update out of sequence")
     ├── NotAcceptable        request not acceptable in state    -> HTTP 406
     ├── Unavailable          not a manager / not in a swarm     -> HTTP 503
-    │   └── NotLeader        not the Raft leader (carries where the leader is, to forward or redirect)
+    │   ├── NotLeader        not the Raft leader (carries where the leader is, to forward or redirect)
+    │   └── Deferred         taken later, not now (carries in how many seconds)
     ├── Forbidden            refused by policy                  -> HTTP 403
     ├── NotImplementedFeature not supported by Shoal            -> HTTP 501
     └── ExecutorError        raised by executors
@@ -79,6 +80,15 @@ class NotLeader(Unavailable):
         super().__init__(message)
         self.leader_addr = leader_addr
         self.leader_id = leader_id
+
+
+class Deferred(Unavailable):
+    """Not now: the same request is taken in `retry_after` seconds (a node registering while the leader takes
+    registrations at its rate)."""
+
+    def __init__(self, message: str, retry_after: float) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class Forbidden(ShoalError):

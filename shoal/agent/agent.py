@@ -29,7 +29,7 @@ from shoal.api.dispatch import BEAT_JITTER, COMPLETE, Assignments, DispatcherAPI
 from shoal.api.logs import LogLine, LogOptions
 from shoal.api.usage import REPORT_PERIOD, NodeUsage
 from shoal.clock import Clock
-from shoal.errors import NotFound
+from shoal.errors import Deferred, NotFound
 from shoal.model.objects import Config, Secret, Task, TaskStatus
 from shoal.model.state import TaskState
 from shoal.tasks import cancel_all, checkpoint, reap
@@ -234,6 +234,13 @@ class Agent:
             self._terms = None
             try:
                 await self._session()
+            except Deferred as e:
+                # The leader holds a slot for this node that many seconds from now: come back then, no sooner (it
+                # would be told to wait again) and no later than needed (the slot is let go after a while).
+                self.connected.clear()
+                log.info("registration deferred by the leader for %.2fs", e.retry_after)
+                await self.clock.sleep(e.retry_after)
+                continue
             except asyncio.CancelledError:
                 current = asyncio.current_task()
                 if current is None or current.cancelling():

@@ -9,6 +9,8 @@ The heartbeat period an agent is told is the cluster's setting until the nodes w
 `max_heartbeats` times a second together; past that it grows with the number of nodes (as Nomad sizes its
 heartbeat TTL), so an idle leader's work stays bounded however large the cluster. A node whose connection
 closes is still down after `STREAM_GRACE` seconds; only a silent node (a partition) waits three periods.
+Registrations are admitted at most `max_registrations` a second (shoal.manager.admission); a node over that is
+told when to come back (`Deferred`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ from shoal.api.attachments import is_attachment
 from shoal.api.dispatch import COMPLETE, INCREMENTAL, MEAN_BEAT, Assignments, SessionTerms
 from shoal.api.usage import NodeUsage
 from shoal.clock import Clock
-from shoal.errors import NotFound, NotLeader, ShoalError, Unavailable, fresh
+from shoal.errors import Deferred, NotFound, NotLeader, ShoalError, Unavailable, fresh
+from shoal.manager.admission import Admission
 from shoal.manager.usage import UsageStore
 from shoal.model.objects import (
     SECOND,
@@ -50,6 +53,9 @@ STREAM_GRACE = 3.0
 DEFAULT_MAX_HEARTBEATS = 250.0
 # Registrations a second a new leader is asked to take from the nodes that come back to it after an election.
 REJOIN_RATE = 250.0
+# Registrations a second the leader takes at most (a store write and a complete set of assignments each); more
+# are told when to come back. Above REJOIN_RATE, so nodes that spread their return as asked are never deferred.
+DEFAULT_MAX_REGISTRATIONS = 2 * REJOIN_RATE
 
 
 def assigned_to(t: Task, node_id: str) -> bool:
@@ -114,12 +120,14 @@ class _DepCounts:
 
 
 class Dispatcher:
-    def __init__(self, store: MemoryStore, clock: Clock, *, max_heartbeats: float = DEFAULT_MAX_HEARTBEATS) -> None:
+    def __init__(self, store: MemoryStore, clock: Clock, *, max_heartbeats: float = DEFAULT_MAX_HEARTBEATS,
+                 max_registrations: float = DEFAULT_MAX_REGISTRATIONS) -> None:
         if max_heartbeats <= 0:
             raise ValueError("max_heartbeats must be positive")
         self.store = store
         self.clock = clock
         self.max_heartbeats = max_heartbeats
+        self.admission = Admission(clock, max_registrations)
         self.sessions: dict[str, _Session] = {}
         self._pending: dict[str, tuple[str, TaskStatus]] = {}
         # Called with each task's seconds from its creation to its first running report, once that is written
@@ -161,6 +169,10 @@ class Dispatcher:
     async def register(self, node_id: str, description: NodeDescription, addr: str) -> SessionTerms:
         if not self.active:
             raise NotLeader("this manager is not the swarm leader: its dispatcher is not running")
+        wait = self.admission.admit(node_id)
+        if wait > 0:
+            raise Deferred(f"the leader takes {self.admission.rate:g} registrations a second; register again in "
+                           f"{wait:.2f}s", wait)
 
         def fn(tx: Tx) -> None:
             node = tx.node(node_id)
@@ -219,6 +231,7 @@ class Dispatcher:
                 sess.expire()
             self.sessions.clear()
             self.usage.clear()
+            self.admission.reset()
             self._pending = {}
             waiters, self._waiters = self._waiters, []
             for w in waiters:  # their agents keep the reports and send them to the next leader

@@ -22,7 +22,7 @@ from shoal.manager.allocator import Allocator
 from shoal.manager.autoscale import Autoscaler
 from shoal.manager.controlapi import ControlAPI
 from shoal.manager.cron.loop import CronLoop
-from shoal.manager.dispatcher import DEFAULT_MAX_HEARTBEATS, Dispatcher
+from shoal.manager.dispatcher import DEFAULT_MAX_HEARTBEATS, DEFAULT_MAX_REGISTRATIONS, Dispatcher
 from shoal.manager.events import EventLog
 from shoal.manager.logbroker import LogBroker
 from shoal.manager.orchestrator.reconcile import Reconciler
@@ -40,13 +40,15 @@ LeaderLoop = Callable[[], Coroutine[Any, Any, None]]
 class Manager:
     def __init__(self, store: MemoryStore, clock: Clock, rng: random.Random, *,
                  scheduler_strategy: str = "spread", events_path: Path | None = None,
-                 max_heartbeats: float = DEFAULT_MAX_HEARTBEATS) -> None:
+                 max_heartbeats: float = DEFAULT_MAX_HEARTBEATS,
+                 max_registrations: float = DEFAULT_MAX_REGISTRATIONS) -> None:
         self.store = store
         self.clock = clock
         self.rng = rng
         self.scheduler_strategy = scheduler_strategy
         self.controlapi = ControlAPI(store, clock, rng)
-        self.dispatcher = Dispatcher(store, clock, max_heartbeats=max_heartbeats)
+        self.dispatcher = Dispatcher(store, clock, max_heartbeats=max_heartbeats,
+                                     max_registrations=max_registrations)
         self.stats = LeaderStats()  # what the leader-only loops count and time, across terms (the metrics')
         self.events = EventLog(store, clock, path=events_path)
         self.logbroker = LogBroker(store, clock)

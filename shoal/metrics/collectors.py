@@ -295,6 +295,9 @@ class LeaderCollector(Collector):
                                   value=d.heartbeats)
         yield CounterMetricFamily("shoal_dispatcher_heartbeats_late", "Heartbeats that came over 1.5 periods after "
                                   "the node's previous one (at least one missed)", value=d.late_heartbeats)
+        yield CounterMetricFamily("shoal_dispatcher_registrations_deferred", "Registrations this manager deferred "
+                                  "while leading (over its registrations a second): the node was told when to come "
+                                  "back", value=d.admission.deferred)
         expired = CounterMetricFamily("shoal_dispatcher_sessions_expired",
                                       "Sessions this manager ended, the node marked down: heartbeat (three periods "
                                       "without one) or connection (closed, no new session within the grace)",

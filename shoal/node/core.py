@@ -28,7 +28,7 @@ from shoal.api.node import InitOptions, JoinOptions
 from shoal.clock import Clock
 from shoal.engineapi.forward import Forwarder, LocalAPI
 from shoal.errors import ShoalError, Unavailable
-from shoal.manager.dispatcher import DEFAULT_MAX_HEARTBEATS
+from shoal.manager.dispatcher import DEFAULT_MAX_HEARTBEATS, DEFAULT_MAX_REGISTRATIONS
 from shoal.manager.keys import DataCipher
 from shoal.manager.manager import Manager
 from shoal.manager.membership import Membership
@@ -62,6 +62,7 @@ class NodeConfig:
     scheduler_strategy: str = "spread"
     raft_tick: float = DEFAULT_TICK  # seconds per Raft tick (election timeout 10-15 ticks, heartbeat every tick)
     max_heartbeats: float = DEFAULT_MAX_HEARTBEATS  # leading: heartbeats/s from all nodes, before the period grows
+    max_registrations: float = DEFAULT_MAX_REGISTRATIONS  # leading: registrations/s taken, more are deferred
     api_socket: Path | None = None  # this node's Engine API socket: the leader runs forwarded requests on it
     dns_upstreams: tuple[str, ...] | None = None  # None: the nameservers of /etc/resolv.conf
     mesh_keepalive: tuple[int, int, int] | None = None  # routing mesh TCP keepalive (idle, interval, count) s
@@ -197,7 +198,8 @@ class ShoalNode:
             listen_addr=self.identity.get("listen_addr") or f"0.0.0.0:{port}", advertise_host=self.addr,
             manager_addr=self.identity.get("manager_addr") or f"{self.addr}:{port}", clock=self.clock,
             rng=random.Random(self.rng.getrandbits(64)), scheduler_strategy=self.cfg.scheduler_strategy,
-            raft_tick=self.cfg.raft_tick, max_heartbeats=self.cfg.max_heartbeats, api_socket=self.cfg.api_socket,
+            raft_tick=self.cfg.raft_tick, max_heartbeats=self.cfg.max_heartbeats,
+            max_registrations=self.cfg.max_registrations, api_socket=self.cfg.api_socket,
             on_credentials=self.ident.write_creds, cipher=DataCipher(keys.dek), on_cluster=self._sync_autolock,
             local_api=lambda: self.local_api)
         self.replica = replica

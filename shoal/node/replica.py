@@ -34,7 +34,7 @@ from shoal.api.usage import NodeUsage
 from shoal.clock import Clock
 from shoal.engineapi.forward import Forwarder, LocalAPI
 from shoal.errors import ShoalError
-from shoal.manager.dispatcher import DEFAULT_MAX_HEARTBEATS, Dispatcher, node_for_local
+from shoal.manager.dispatcher import DEFAULT_MAX_HEARTBEATS, DEFAULT_MAX_REGISTRATIONS, Dispatcher, node_for_local
 from shoal.manager.keys import DataCipher
 from shoal.manager.logrepair import APPLY_FAILED_EXIT
 from shoal.manager.manager import Manager
@@ -161,6 +161,7 @@ class ManagerReplica:
                  listen_addr: str, advertise_host: str, manager_addr: str, clock: Clock, rng: random.Random,
                  scheduler_strategy: str, raft_tick: float, api_socket: Path | None,
                  max_heartbeats: float = DEFAULT_MAX_HEARTBEATS,
+                 max_registrations: float = DEFAULT_MAX_REGISTRATIONS,
                  on_credentials: Callable[[NodeCredentials], None], cipher: DataCipher | None = None,
                  on_cluster: Callable[[Cluster], None] = lambda _c: None,
                  on_fatal: Callable[[], None] | None = None,
@@ -181,6 +182,7 @@ class ManagerReplica:
         self.scheduler_strategy = scheduler_strategy
         self.raft_tick = raft_tick
         self.max_heartbeats = max_heartbeats
+        self.max_registrations = max_registrations
         self.api_socket = api_socket
         self.local_api = local_api  # the Engine API app in process: the leader runs forwarded writes on it
         self.on_credentials = on_credentials
@@ -237,7 +239,8 @@ class ManagerReplica:
                                    api_socket=self.api_socket, local_api=self.local_api)
         # The events' retained window lives with the Raft data, so leaving the swarm forgets it too.
         self.manager = Manager(store, self.clock, self.rng, scheduler_strategy=self.scheduler_strategy,
-                               events_path=self.raft_dir / "events.jsonl", max_heartbeats=self.max_heartbeats)
+                               events_path=self.raft_dir / "events.jsonl", max_heartbeats=self.max_heartbeats,
+                               max_registrations=self.max_registrations)
         self.manager.controlapi.membership = self.membership
         raft.add_leadership_listener(self.manager.set_leader)
         raft.add_leadership_listener(self._on_leadership)

@@ -27,9 +27,10 @@ from shoal import ca as CA
 from shoal.api import usage as usage_api
 from shoal.api.dispatch import Assignments, SessionTerms
 from shoal.api.usage import NodeUsage
-from shoal.errors import InvalidArgument, NotFound, ShoalError, Unavailable
+from shoal.errors import Deferred, InvalidArgument, NotFound, ShoalError, Unavailable
 from shoal.model import codec
 from shoal.model.objects import Config, NodeDescription, Secret, Task, TaskStatus
+from shoal.rpc import RETRY_AFTER_KEY
 from shoal.rpc import shoal_pb2 as pb
 from shoal.rpc import shoal_pb2_grpc as pbg
 
@@ -69,6 +70,19 @@ def status_error(code: grpc.StatusCode, details: str | None) -> ShoalError:
 
 class NodeRemoved(ShoalError):
     """The managers no longer know this node (`docker node rm`): it must leave on its own."""
+
+
+def _retry_after(e: grpc.aio.AioRpcError) -> float | None:
+    """The seconds a manager asked the caller to wait before asking again (None: it did not)."""
+    if e.code() != grpc.StatusCode.RESOURCE_EXHAUSTED:
+        return None
+    for k, v in e.trailing_metadata() or ():
+        if k == RETRY_AFTER_KEY:
+            try:
+                return max(0.0, float(v))
+            except ValueError:
+                return None
+    return None
 
 
 def _leader_hint(e: grpc.aio.AioRpcError) -> str:
@@ -227,6 +241,7 @@ class RemoteDispatcher:
         self.role_changed = asyncio.Event()
         self.managers_changed = asyncio.Event()  # manager_addrs changed (the node persists them)
         self._prefer = ""  # a manager that said where the leader is
+        self._deferred = False  # the last registration was deferred by the leader this channel reaches
 
     def _learn_managers(self, addrs: list[str]) -> None:
         new = [_normalize(a) for a in addrs if a]
@@ -276,7 +291,9 @@ class RemoteDispatcher:
     async def register(self, node_id: str, description: NodeDescription, addr: str) -> SessionTerms:
         """A new session with the leader: a manager that is not the leader says where it is, and we go there."""
         for _ in range(4):
-            ch = await self._connect()
+            # The leader that deferred the last attempt is asked again on the same connection (no new handshake).
+            ch = self._channel if self._deferred and self._channel is not None else await self._connect()
+            self._deferred = False
             try:
                 with channel_may_close():
                     resp = await pbg.DispatcherStub(ch).Register(pb.RegisterRequest(
@@ -290,6 +307,10 @@ class RemoteDispatcher:
                     if self._prefer not in self.manager_addrs:
                         self.manager_addrs.append(self._prefer)
                     continue
+                wait = _retry_after(e)
+                if wait is not None:
+                    self._deferred = True
+                    raise Deferred(e.details() or "registration deferred", wait) from None
                 raise self._error(e) from None
         else:
             raise Unavailable("the managers keep pointing elsewhere for the leader; trying again later")

@@ -31,7 +31,7 @@ from shoal import ca as CA
 from shoal.api import usage as usage_api
 from shoal.api.dispatch import DispatcherAPI
 from shoal.clock import Clock
-from shoal.errors import InvalidArgument, NotFound, NotLeader, ShoalError, Unavailable
+from shoal.errors import Deferred, InvalidArgument, NotFound, NotLeader, ShoalError, Unavailable
 from shoal.ids import new_id
 from shoal.manager.membership import Membership
 from shoal.model import codec
@@ -46,6 +46,7 @@ from shoal.model.objects import (
     NodeStatus,
     TaskStatus,
 )
+from shoal.rpc import RETRY_AFTER_KEY
 from shoal.rpc import shoal_pb2 as pb
 from shoal.rpc import shoal_pb2_grpc as pbg
 from shoal.store.memory import Commit, MemoryStore, Tx, WatchOverflow
@@ -109,10 +110,14 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 async def abort_with(context: grpc.aio.ServicerContext, e: ShoalError) -> None:
-    """End the call with this error; a NotLeader tells the caller where the leader is (trailing metadata)."""
+    """End the call with this error; a NotLeader tells the caller where the leader is, a Deferred when to ask
+    again (trailing metadata)."""
     if isinstance(e, NotLeader):
         await context.abort(grpc.StatusCode.FAILED_PRECONDITION, e.message,
                             trailing_metadata=(("shoal-leader-addr", e.leader_addr), ("shoal-leader-id", e.leader_id)))
+    if isinstance(e, Deferred):  # the caller waits as long as told, then asks again
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, e.message,
+                            trailing_metadata=((RETRY_AFTER_KEY, f"{e.retry_after:.3f}"),))
     code, desc = _status_of(e)
     await context.abort(code, desc)
 

@@ -17,8 +17,11 @@ from pathlib import Path
 from typing import IO, Any
 
 import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
 
 from shoal.api.dispatch import MEAN_BEAT
+from tests.support.managers import free_port
 from tests.support.shoal_node import ShoalNode
 from tests.support.wait import wait_until
 from tests.support.workers import Cluster
@@ -141,6 +144,36 @@ def test_a_manager_past_its_heartbeat_budget_tells_nodes_a_longer_period(tmp_pat
         last = sim.last()
         assert last["registers"] == first["registers"] and last["errors"] == 0, last
         assert {n["Status"]["State"] for n in c.nodes()} == {"ready"}
+    finally:
+        sim.close()
+        c.stop()
+
+
+def test_a_manager_past_its_registration_rate_tells_nodes_when_to_come_back(tmp_path: Path) -> None:
+    """`--max-registrations-per-second 1`: 20 agents joining together register over about 20 s, not at once.
+    Each registration the leader deferred is one the agents sent again (at the slot they were told), none is
+    lost, and every node ends up ready with a session."""
+    metrics = f"127.0.0.1:{free_port()}"
+    c = Cluster(tmp_path)
+    c.manager = ShoalNode(tmp_path / "mgr", hostname="mgr",
+                          extra_args=("--max-registrations-per-second", "1", "--metrics-addr", metrics))
+    c.start()
+    sim = SimProcess(c.addr, c.token(), AGENTS)
+
+    def deferred() -> float:
+        text = requests.get(f"http://{metrics}/metrics", timeout=10).text
+        return next(s.value for f in text_string_to_metric_families(text) for s in f.samples
+                    if s.name == "shoal_dispatcher_registrations_deferred_total")
+
+    try:
+        wait_until(lambda: sim.last().get("connected") == AGENTS, 120, interval=0.2,
+                   what=f"{AGENTS} simulated agents connected")
+        last = sim.last()
+        # Joined together, the agents came faster than one a second: most of them were told to come back.
+        assert deferred() >= AGENTS // 2
+        assert last["registers"] == AGENTS + deferred(), last  # each deferral was sent again, once
+        wait_until(lambda: {n["Status"]["State"] for n in c.nodes()} == {"ready"}, 30, what="every node ready")
+        assert len(c.nodes()) == AGENTS + 1
     finally:
         sim.close()
         c.stop()

@@ -444,3 +444,36 @@ async def test_an_agent_reports_a_status_whose_call_was_cut_by_its_reconnect(
             await running
         await agent.close()
         await rd.close()
+
+
+class _Hand:
+    """A clock moved by hand (the admission's, so the test controls when a slot comes)."""
+
+    def __init__(self) -> None:
+        self.t = 100.0
+
+    def monotonic(self) -> float:
+        return self.t
+
+
+async def test_a_deferred_registration_crosses_the_wire_with_its_wait_and_keeps_the_channel(mgr: Mgr) -> None:
+    """A leader at its registration rate answers RESOURCE_EXHAUSTED with the seconds to wait (trailing metadata);
+    the client raises Deferred with them, and registers again on the same connection when its slot comes."""
+    from shoal.errors import Deferred
+    from shoal.manager.admission import Admission
+
+    hand = _Hand()
+    mgr.dispatcher.admission = Admission(hand, rate=0.5, burst=1.0)  # type: ignore[arg-type]
+    first, second = await joined(mgr), await joined(mgr)
+    rd1, rd2 = C.RemoteDispatcher([mgr.addr], first.creds), C.RemoteDispatcher([mgr.addr], second.creds)
+    await rd1.register(first.node_id, NodeDescription(hostname="w1"), "")
+    with pytest.raises(Deferred, match=r"register again in 2\.00s") as refused:
+        await rd2.register(second.node_id, NodeDescription(hostname="w2"), "")
+    assert refused.value.retry_after == pytest.approx(2.0)
+    kept = rd2._channel
+    hand.t += 2.0
+    await rd2.register(second.node_id, NodeDescription(hostname="w2"), "")
+    assert rd2._channel is kept  # no new handshake for the node the leader told to come back
+    assert set(mgr.dispatcher.sessions) >= {first.node_id, second.node_id}
+    await rd1.close()
+    await rd2.close()
