@@ -532,19 +532,30 @@ def test_local_only_mesh_keeps_the_client_address_of_a_container(node: ShoalDock
                 out.add(f[4].rsplit(":", 1)[0].removeprefix("::ffff:"))  # nc listens dual-stack
         return out
 
+    # The balancer holds each port from the start and serves until the task's address reaches the kernel's
+    # rule: only connections made once both rules are in place show the kernel path.
+    from shoal.net.kingress import host_table
+
+    nid = json.loads(n.docker("node", "inspect", "self").stdout)[0]["ID"]
+
+    def counts() -> dict[int, int]:
+        table = subprocess.run(["nft", "list", "table", "ip", host_table(nid)], capture_output=True, text=True,
+                               check=False).stdout
+        found = {port: re.search(rf"dport {port} counter packets (\d+)", table) for port in ports.values()}
+        return {port: int(m.group(1)) for port, m in found.items() if m}
+
+    def both() -> dict[int, int] | None:
+        c = counts()
+        return c if len(c) == len(ports) else None
+
+    before = wait_until(both, 60, what="the kernel's rules for both ports")
     seen = wait_until(lambda: peers(ports["lo1"]), 30, what="an answer through the local-only port")
     assert seen == {client_ip}, seen
     control = wait_until(lambda: peers(ports["nat1"]), 30, what="an answer through the plain mesh port")
     assert client_ip not in control and len(control) == 1, control  # the node's ingress address instead
     # The node forwards (dockerd turned it on): the kernel carried both, each port's DNAT rule counted them.
-    from shoal.net.kingress import host_table
-
-    nid = json.loads(n.docker("node", "inspect", "self").stdout)[0]["ID"]
-    table = subprocess.run(["nft", "list", "table", "ip", host_table(nid)], capture_output=True, text=True,
-                           check=True).stdout
-    for port in ports.values():
-        counted = re.search(rf"dport {port} counter packets (\d+)", table)
-        assert counted is not None and int(counted.group(1)) > 0, (port, table)
+    after = counts()
+    assert all(after.get(port, 0) > before[port] for port in ports.values()), (before, after)
     # The node-namespace rules the balancer's local-only needs (for clients it serves: those on the node
     # itself): replies marked and routed to the transparent socket.
     rules = subprocess.run(["ip", "rule", "show"], capture_output=True, text=True, check=True).stdout
