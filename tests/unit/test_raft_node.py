@@ -13,6 +13,7 @@ import pytest
 from shoal.clock import SystemClock
 from shoal.errors import Unavailable
 from shoal.manager.raft import DEFAULT_CATCHUP_ENTRIES
+from shoal.manager.raft.core import Message, MsgType
 from shoal.manager.raft.node import NotLeaderError, ProposalLost, RaftNode
 from shoal.manager.raft.sqlite_storage import SqliteStorage
 from shoal.manager.raft.storage import MemoryStorage, Storage, bootstrap
@@ -358,3 +359,60 @@ async def test_a_leader_sends_its_appends_before_its_own_fsync_and_counts_itself
             s.release.set()
         for n in nodes.values():
             await n.stop()
+
+
+def step_then_ready_now(c: Cluster, i: int, seen: list[tuple[int, int, int, int]]) -> None:
+    """Node i's receiver becomes: step the message, then (an append with entries) `ready_now`, noting its last
+    stored index before and after, how many messages it sent meanwhile, and the append's last index."""
+    node = c.nodes[i]
+
+    def recv(m: Message) -> None:
+        node.step(m)
+        if m.type == MsgType.APPEND and m.entries:
+            before, sent = node.storage.last_index(), c.hub.sent
+            node.ready_now()
+            seen.append((before, node.storage.last_index(), c.hub.sent - sent, m.entries[-1].index))
+
+    c.hub._receivers[i] = recv
+
+
+async def test_a_follower_stores_and_answers_an_append_in_the_turn_it_arrives(clock: VirtualClock) -> None:
+    # What the gRPC transport does after each batch: the follower's Ready (store the entries, answer) is handled
+    # in the receiving turn, not left for the Ready loop's next one.
+    c = Cluster(clock)
+    await c.start_all()
+    try:
+        lead = await c.leader()
+        seen: list[tuple[int, int, int, int]] = []
+        for i in IDS:
+            if i != lead.id:
+                step_then_ready_now(c, i, seen)
+        for k in range(3):
+            await c.stores[lead.id].update(create(f"s{k}"))
+        assert len(seen) >= 3
+        for before, after, sent, last in seen:
+            assert before < last <= after and sent >= 1  # stored, and answered, before ready_now returned
+        await c.wait_for(lambda: all(has(c.stores[i], "s2") for i in IDS))
+    finally:
+        await c.stop_all()
+
+
+async def test_ready_now_leaves_a_ready_whose_fsync_goes_to_a_thread(clock: VirtualClock) -> None:
+    # With the fsync in a worker thread the Ready belongs to the Ready loop: handled in the receiving turn, its
+    # storage writes would run beside the thread's commit on the same connection.
+    c = Cluster(clock)
+    await c.start_all()
+    try:
+        lead = await c.leader()
+        seen: list[tuple[int, int, int, int]] = []
+        for i in IDS:
+            if i != lead.id:
+                c.nodes[i].persist_in_thread = True
+                step_then_ready_now(c, i, seen)
+        await c.stores[lead.id].update(create("s1"))
+        assert seen
+        for before, after, sent, _ in seen:
+            assert after == before and sent == 0  # left to the Ready loop, which stored and answered it
+        await c.wait_for(lambda: all(has(c.stores[i], "s1") for i in IDS))
+    finally:
+        await c.stop_all()

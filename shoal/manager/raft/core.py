@@ -762,6 +762,11 @@ class RaftCore:
 
     # --- ready / advance ---------------------------------------------------------------------------
 
+    @property
+    def has_unstable_entries(self) -> bool:
+        """Entries not yet handed out in a Ready to be stored (the next Ready carries them)."""
+        return self._stable < self.last_index
+
     def has_ready(self) -> bool:
         if self._bcast_pending or self._msgs or self._read_states or self._pending_install is not None \
                 or self.commit > self.applied or self._stable < self.last_index:
