@@ -162,7 +162,6 @@ async def run_daemon(data_dir: Path, api_socket: Path, api_tcp: TCPListener | No
     from shoal.node import NodeConfig, ShoalNode
 
     gctune.tune()
-    threadprio.shorten_switch_interval()
     seed = int.from_bytes(os.urandom(8), "big")
     node = ShoalNode(NodeConfig(data_dir=data_dir, executor=executor, engine_host=engine_host,
                                 hostname=hostname, scheduler_strategy=strategy, api_socket=api_socket,

@@ -9,13 +9,6 @@ and the followers elected another leader. Linux keeps a nice value per thread, s
 threads' by `RPC_NICE` (which needs no privilege) and leaves its own threads where they were: the loop gets a
 core first, and gRPC's threads still run whenever the loop does not need one. Threads the `lifeguard` starts
 inherit its value, so a scan every few seconds finds few new ones.
-
-The other way round, the loop hands the interpreter over sooner (`shorten_switch_interval`): what a worker thread
-brings back to the loop (a Raft fsync done, a gRPC message read by its poller thread) needs the GIL for a moment,
-and a thread asking for it waits for the holder to drop it at the latest after the switch interval. At CPython's
-5 ms, behind a busy loop, each such hand-over could cost up to that (a Raft write takes two of them, three with the
-leader's own fsync); at SWITCH_INTERVAL three managers on two cores took 1.03-1.20x as many writes a second at 1,
-16 and 256 clients (bench/replication.py, two rounds side by side with the default).
 """
 
 from __future__ import annotations
@@ -24,12 +17,10 @@ import asyncio
 import contextlib
 import logging
 import os
-import sys
 from pathlib import Path
 
 log = logging.getLogger(__name__)
 
-SWITCH_INTERVAL = 0.0005  # seconds a thread may hold the GIL while another asks for it (CPython's default: 0.005)
 RPC_NICE = 5  # how much lower gRPC's threads run than the daemon's own (each step is ~1.25x less CPU weight)
 GRPC_THREADS = frozenset({"event_engine", "lifeguard", "grpc_global_tim"})  # /proc comm names (15 chars)
 SCAN_PERIOD = 2.0  # seconds between looks for new gRPC threads
@@ -69,11 +60,6 @@ def demote_rpc_threads(base: int | None = None, seen: set[int] | None = None) ->
                 os.setpriority(os.PRIO_PROCESS, tid, want)
                 changed += 1
     return changed
-
-
-def shorten_switch_interval() -> None:
-    """The daemon's: a thread waiting for the GIL gets it within SWITCH_INTERVAL (see the module's docstring)."""
-    sys.setswitchinterval(SWITCH_INTERVAL)
 
 
 async def keep_loop_first(period: float = SCAN_PERIOD) -> None:

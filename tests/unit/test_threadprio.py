@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import sys
 import threading
 from collections.abc import Iterator
 from unittest import mock
@@ -76,13 +75,3 @@ async def test_grpc_threads_get_a_lower_priority_and_the_others_keep_theirs(rest
         mine.set()
         worker.join()
         await server.stop(None)
-
-
-def test_the_daemon_hands_the_gil_over_within_the_short_switch_interval() -> None:
-    before = sys.getswitchinterval()
-    try:
-        threadprio.shorten_switch_interval()
-        assert sys.getswitchinterval() == pytest.approx(threadprio.SWITCH_INTERVAL)
-        assert threadprio.SWITCH_INTERVAL < before
-    finally:
-        sys.setswitchinterval(before)
