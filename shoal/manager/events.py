@@ -3,9 +3,10 @@
 Events are derived from store changes and kept in a retained window (10,000 by default, well beyond
 dockerd's 256) so `docker events --since` can replay them; live subscribers get each new event.
 
-With a `path`, the window also survives a restart: each event is appended to a JSON-lines file (one
-write, no fsync: losing the last events of a crash is acceptable, the store is the truth), read back at
-startup, and the file is rewritten from the window once it holds twice as many lines, so it stays bounded.
+With a `path`, the window also survives a restart: each event is appended to a JSON-lines file, the events of
+one commit in one write (at its `Commit` marker; no fsync: losing the last events of a crash is acceptable, the
+store is the truth), read back at startup, and the file is rewritten from the window once it holds twice as
+many lines, so it stays bounded.
 """
 
 from __future__ import annotations
@@ -121,23 +122,36 @@ class EventLog:
                 self._file = self.path.open("a", encoding="utf-8")
                 if self._file.tell() > 0 and not self.path.read_bytes().endswith(b"\n"):
                     self._file.write("\n")  # end a line torn by a crash before appending
-            self._file.write(json.dumps(msg) + "\n")
-            self._file.flush()
+            self._file.write(json.dumps(msg) + "\n")  # buffered: `flush` writes it out with its commit's others
             self._lines += 1
+        except OSError:
+            self._write_failed()
+
+    def flush(self) -> None:
+        """Write out the events buffered since the last flush (one write for a commit's events: a write per
+        event was a visible part of a manager's work under many small writes)."""
+        if self._file is None:
+            return
+        try:
+            self._file.flush()
             if self._failing:
                 log.info("the event log %s is written again", self.path)
                 self._failing = False
         except OSError:
-            # One warning for a run of failures (a full disk fails every event), not one per event. The file is
-            # reopened for the next event, which ends a line the failure may have torn.
-            if not self._failing:
-                log.warning("cannot write the event log %s (events are kept in memory; said once until a write "
-                            "succeeds again)", self.path, exc_info=True)
-                self._failing = True
-            if self._file is not None:
-                with contextlib.suppress(OSError):
-                    self._file.close()
-                self._file = None
+            self._write_failed()
+
+    def _write_failed(self) -> None:
+        """In the handler of a write's OSError. One warning for a run of failures (a full disk fails every
+        event), not one per event. The file is reopened for the next event, which ends a line the failure may
+        have torn."""
+        if not self._failing:
+            log.warning("cannot write the event log %s (events are kept in memory; said once until a write "
+                        "succeeds again)", self.path, exc_info=True)
+            self._failing = True
+        if self._file is not None:
+            with contextlib.suppress(OSError):
+                self._file.close()
+            self._file = None
 
     def _compact(self, path: Path) -> None:
         self.close()
@@ -160,8 +174,11 @@ class EventLog:
                 sub = self.store.watch(kinds=KINDS)
                 try:
                     async for item in sub:
-                        if isinstance(item, Event) and not _is_noise(item):
-                            self._publish(item)
+                        if isinstance(item, Event):
+                            if not _is_noise(item):
+                                self._publish(item)
+                        else:
+                            self.flush()  # the commit's events, in one write
                 except WatchOverflow:
                     continue
                 finally:

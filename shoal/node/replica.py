@@ -58,6 +58,10 @@ ELECTION_JITTER_TICKS = 5
 # its worst stall of the last minute): Swarm's own election timeout. An idle leader adds nothing, so failover
 # stays under 2 s; a loaded one is not deposed for a stall (a full collection, a starved core).
 MAX_SLACK = 10.0
+# A new commit index reaches the followers in an append of its own this long after it moved, unless the next write's
+# append carried it first (under load, nearly always): a write's answer leaves before that append, and a write
+# costs the leader two appends and two answers fewer. Followers' stores, which answer some reads, lag by at most this.
+COMMIT_BROADCAST_DELAY = 0.002
 
 
 class AgentDispatcher:
@@ -221,7 +225,7 @@ class ManagerReplica:
                         on_conf_change=lambda i, cc: self.membership.on_conf_change(i, cc)
                         if self.membership is not None else None,
                         persist_in_thread=os.environ.get("SHOAL_RAFT_PERSIST_THREAD", "0") == "1",
-                        parallel_leader_write=True,
+                        parallel_leader_write=True, commit_broadcast_delay=COMMIT_BROADCAST_DELAY,
                         election_jitter_ticks=ELECTION_JITTER_TICKS, snapshot_in_thread=True, snapshot_in_child=True,
                         max_slack=MAX_SLACK,
                         on_failure=exit_process)  # crash-only: its supervisor restarts it

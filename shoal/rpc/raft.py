@@ -7,7 +7,8 @@ next batch, up to MAX_BATCH messages and MAX_BATCH_BYTES (a single larger messag
 which both ends of a stream accept). Raft tolerates loss, so the transport never blocks the core: a full queue
 or a broken stream drops messages and tells the core (`report_unreachable`, `report_snapshot`), which retries
 at its own pace. A snapshot travels in 1 MiB chunks on the same stream (the receiver assembles it before
-stepping the message), so a store of any size crosses gRPC's message limit.
+stepping the message), so a store of any size crosses gRPC's message limit. Once a received batch's messages are
+stepped, the node handles the Ready they made in the same turn when it can (`RaftNode.ready_now`).
 
 Addresses: a peer is known by its listen address (what `docker node inspect` shows as ManagerStatus.Addr);
 the secure listener's port is asked from the peer's CA listener (as a worker finds it) and cached until a
@@ -155,7 +156,7 @@ class GrpcTransport:
         self.secure = SecureAddrs(creds)
         self._receiver: Callable[[Message], None] | None = None
         self._peers: dict[int, _Peer] = {}
-        self.node: RaftNode | None = None  # for report_unreachable / report_snapshot
+        self.node: RaftNode | None = None  # for report_unreachable / report_snapshot / ready_now
         self.last_heard: dict[int, float] = {}  # raft id -> monotonic time a batch from it last arrived
         self.sent_batches = 0
         self.received_batches = 0
@@ -180,6 +181,11 @@ class GrpcTransport:
         recv = self._receiver
         if recv is not None and m.dst == self.id:
             recv(m)
+
+    def delivered_batch(self) -> None:
+        """A batch from a peer was stepped: its Ready handled now if the node can (`RaftNode.ready_now`)."""
+        if self.node is not None and self._receiver is not None:
+            self.node.ready_now()
 
     def heard_from(self, raft_id: int) -> None:
         self.last_heard[raft_id] = self.clock.monotonic()
@@ -479,6 +485,7 @@ class RaftServicer(pbg.RaftServicer):
             if pending is not None and batch.snapshot_done:
                 t.deliver(msg_from_pb(pending, b"".join(chunks)))
                 pending, chunks = None, []
+            t.delivered_batch()
         return pb.Empty()
 
     async def Join(self, request: pb.JoinRaftRequest, context: grpc.aio.ServicerContext) -> pb.JoinRaftResponse:

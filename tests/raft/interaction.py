@@ -366,6 +366,12 @@ class InteractionEnv:
         for _ in range(n):
             node.core.tick()
 
+    def cmd_broadcast_commit(self, rec: Record) -> None:
+        """`broadcast-commit <id>`: a shell's delayed commit broadcast (RaftNode.commit_broadcast_delay)."""
+        node = self.one(rec)
+        sent = node.core.broadcast_commit()
+        self.out.append(f"{node.config.id}: broadcast-commit -> {'sent' if sent else 'nothing to send'}")
+
     def cmd_set_slack(self, rec: Record) -> None:
         """`set-slack <id> <ticks>`: what the node's shell asks followers for while it leads (its stalls)."""
         self.one(rec).core.slack = int(rec.positional()[1])

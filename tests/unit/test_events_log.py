@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import json
 import logging
 from pathlib import Path
 
@@ -11,6 +14,8 @@ from shoal.clock import SystemClock
 from shoal.manager.events import EventLog
 from shoal.model.objects import Annotations, Secret, SecretSpec
 from shoal.store.memory import Event
+from shoal.testing.sim import memory_store
+from tests.support.wait import eventually
 
 
 def secret(i: int) -> Secret:
@@ -45,11 +50,34 @@ def test_a_full_disk_is_warned_once_and_writing_resumes(tmp_path: Path, caplog: 
     with caplog.at_level(logging.INFO, logger="shoal.manager.events"):
         for i in range(1, 30):
             log._publish(Event(action="create", kind="secret", obj=secret(i)))
+            log.flush()  # as at each commit
         assert [r.levelname for r in caplog.records] == ["WARNING"]
         log.path = path  # space again
         log._publish(Event(action="create", kind="secret", obj=secret(30)))
+        log.flush()
     log.close()
     assert [r.levelname for r in caplog.records] == ["WARNING", "INFO"]
     assert len(log.window) == 31  # nothing lost from memory meanwhile
     names = [ln for ln in path.read_text().splitlines() if ln]
     assert len(names) == 2 and '"s30"' in names[-1]
+
+
+async def test_the_events_of_each_commit_reach_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "raft" / "events.jsonl"
+    store = memory_store(SystemClock())
+    log = EventLog(store, SystemClock(), path=path)
+    runner = asyncio.ensure_future(log.run())  # subscribes before the first commit below is applied
+    try:
+        await store.update(lambda tx: (tx.create(secret(1)), tx.create(secret(2))))
+        await store.update(lambda tx: tx.delete("secret", "id1"))
+
+        def written() -> list[tuple[str, str]]:
+            lines = [json.loads(ln) for ln in path.read_text().splitlines()] if path.exists() else []
+            return [(m["Action"], m["Actor"]["Attributes"]["name"]) for m in lines]
+
+        await eventually(lambda: written() == [("create", "s1"), ("create", "s2"), ("remove", "s1")],
+                         what="three events in the file")
+    finally:
+        runner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await runner

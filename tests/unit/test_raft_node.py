@@ -5,14 +5,16 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from shoal.clock import SystemClock
 from shoal.errors import Unavailable
 from shoal.manager.raft import DEFAULT_CATCHUP_ENTRIES
+from shoal.manager.raft.core import Message, MsgType
 from shoal.manager.raft.node import NotLeaderError, ProposalLost, RaftNode
 from shoal.manager.raft.sqlite_storage import SqliteStorage
 from shoal.manager.raft.storage import MemoryStorage, Storage, bootstrap
@@ -39,8 +41,9 @@ def has(store: MemoryStore, sid: str) -> bool:
 
 class Cluster:
     def __init__(self, clock: VirtualClock, tmp: Path | None = None, snapshot_interval: int = 10_000,
-                 catchup_entries: int = DEFAULT_CATCHUP_ENTRIES) -> None:
+                 catchup_entries: int = DEFAULT_CATCHUP_ENTRIES, **node_args: Any) -> None:
         self.clock = clock
+        self.node_args = node_args
         self.tmp = tmp
         self.snapshot_interval = snapshot_interval
         self.catchup_entries = catchup_entries
@@ -59,7 +62,8 @@ class Cluster:
 
     async def start(self, i: int) -> None:
         node = RaftNode(i, self.storages[i], self.hub.endpoint(i), self.clock, rng=random.Random(i),
-                        snapshot_interval=self.snapshot_interval, catchup_entries=self.catchup_entries)
+                        snapshot_interval=self.snapshot_interval, catchup_entries=self.catchup_entries,
+                        **self.node_args)
         store = MemoryStore(node, self.clock)
         node.attach(store)
         node.add_leadership_listener(self.leadership[i].append)
@@ -358,3 +362,93 @@ async def test_a_leader_sends_its_appends_before_its_own_fsync_and_counts_itself
             s.release.set()
         for n in nodes.values():
             await n.stop()
+
+
+def step_then_ready_now(c: Cluster, i: int, seen: list[tuple[int, int, int, int]]) -> None:
+    """Node i's receiver becomes: step the message, then (an append with entries) `ready_now`, noting its last
+    stored index before and after, how many messages it sent meanwhile, and the append's last index."""
+    node = c.nodes[i]
+
+    def recv(m: Message) -> None:
+        node.step(m)
+        if m.type == MsgType.APPEND and m.entries:
+            before, sent = node.storage.last_index(), c.hub.sent
+            node.ready_now()
+            seen.append((before, node.storage.last_index(), c.hub.sent - sent, m.entries[-1].index))
+
+    c.hub._receivers[i] = recv
+
+
+async def test_a_follower_stores_and_answers_an_append_in_the_turn_it_arrives(clock: VirtualClock) -> None:
+    # What the gRPC transport does after each batch: the follower's Ready (store the entries, answer) is handled
+    # in the receiving turn, not left for the Ready loop's next one.
+    c = Cluster(clock)
+    await c.start_all()
+    try:
+        lead = await c.leader()
+        seen: list[tuple[int, int, int, int]] = []
+        for i in IDS:
+            if i != lead.id:
+                step_then_ready_now(c, i, seen)
+        for k in range(3):
+            await c.stores[lead.id].update(create(f"s{k}"))
+        assert len(seen) >= 3
+        for before, after, sent, last in seen:
+            assert before < last <= after and sent >= 1  # stored, and answered, before ready_now returned
+        await c.wait_for(lambda: all(has(c.stores[i], "s2") for i in IDS))
+    finally:
+        await c.stop_all()
+
+
+async def test_ready_now_leaves_a_ready_whose_fsync_goes_to_a_thread(clock: VirtualClock) -> None:
+    # With the fsync in a worker thread the Ready belongs to the Ready loop: handled in the receiving turn, its
+    # storage writes would run beside the thread's commit on the same connection.
+    c = Cluster(clock)
+    await c.start_all()
+    try:
+        lead = await c.leader()
+        seen: list[tuple[int, int, int, int]] = []
+        for i in IDS:
+            if i != lead.id:
+                c.nodes[i].persist_in_thread = True
+                step_then_ready_now(c, i, seen)
+        await c.stores[lead.id].update(create("s1"))
+        assert seen
+        for before, after, sent, _ in seen:
+            assert after == before and sent == 0  # left to the Ready loop, which stored and answered it
+        await c.wait_for(lambda: all(has(c.stores[i], "s1") for i in IDS))
+    finally:
+        await c.stop_all()
+
+
+async def test_a_commit_no_append_carried_is_broadcast_after_the_delay(clock: VirtualClock) -> None:
+    # The daemon's commit_broadcast_delay: the commit index of a write with none after it reaches the followers
+    # in an append of its own `delay` later (not at once, when the writer's answer should go first; not only with
+    # the next heartbeat).
+    delay = 0.01
+    c = Cluster(clock, commit_broadcast_delay=delay)
+    await c.start_all()
+    try:
+        lead = await c.leader()
+        sent: list[tuple[float, Message]] = []
+        send = c.hub._send
+
+        def spy(msgs: Sequence[Message]) -> None:
+            sent.extend((clock.elapsed, m) for m in msgs)
+            send(msgs)
+
+        c.hub._send = spy  # type: ignore[method-assign]
+        await c.stores[lead.id].update(create("s1"))
+        committed_at, index = clock.elapsed, lead.core.commit
+        await c.wait_for(lambda: all(has(c.stores[i], "s1") for i in IDS))
+        alone = [(t, m) for t, m in sent if m.type == MsgType.APPEND and not m.entries and m.commit >= index]
+        assert {m.dst for _, m in alone} == set(IDS) - {lead.id}
+        assert all(t - committed_at > delay * 0.99 for t, _ in alone)  # (virtual time in floats)
+        # a write that follows at once carries the commit itself: no append of its own for it
+        sent.clear()
+        await c.stores[lead.id].update(create("s2"))
+        await c.stores[lead.id].update(create("s3"))
+        first = lead.core.commit - 1
+        assert not [m for _, m in sent if m.type == MsgType.APPEND and not m.entries and m.commit == first]
+    finally:
+        await c.stop_all()

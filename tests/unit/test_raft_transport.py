@@ -48,6 +48,7 @@ class Recorder:
         self.unreachable: list[int] = []
         self.snapshots: list[tuple[int, bool]] = []
         self.arrived = asyncio.Event()
+        self.ready_after: list[int] = []  # at each ready_now: how many messages had been stepped
 
     def step(self, m: Message) -> None:
         self.got.append(m)
@@ -59,6 +60,9 @@ class Recorder:
 
     def report_snapshot(self, node: int, ok: bool) -> None:
         self.snapshots.append((node, ok))
+
+    def ready_now(self) -> None:
+        self.ready_after.append(len(self.got))
 
 
 @dataclass
@@ -119,6 +123,9 @@ async def test_messages_cross_both_ways_in_order(pair: tuple[Peer, Peer]) -> Non
     assert b.rec.got[5].entries[0].data == b"e5"
     assert a.rec.got[0].type == MsgType.APPEND_RESP
     assert b.transport.last_heard.get(1) is not None  # who sent it is known from the batch
+    # the node is asked to handle its Ready once per batch, after the batch's messages were stepped
+    assert len(b.rec.ready_after) == b.transport.received_batches and b.rec.ready_after[-1] == 300
+    assert a.rec.ready_after == [1]
 
 
 async def test_a_snapshot_of_several_chunks_arrives_whole(pair: tuple[Peer, Peer]) -> None:

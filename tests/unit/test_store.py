@@ -202,3 +202,97 @@ async def test_each_transaction_of_a_refused_batch_gets_its_own_error() -> None:
     frames_a = {f.f_code.co_name for f, _ in traceback.walk_tb(a.__traceback__)}
     assert "writer_a" in frames_a and "writer_b" not in frames_a
     assert store.view().service("a") is None and store.view().service("b") is None
+
+
+def renamed(s: Service, name: str) -> Service:
+    return replace(s, spec=ServiceSpec(annotations=Annotations(name=name)))
+
+
+async def test_tx_names_follow_creates_renames_and_removals_within_the_transaction() -> None:
+    store = memory_store(SystemClock())
+    await store.update(lambda tx: (tx.create(svc("c1", "old")), tx.create(svc("c2", "kept"))))
+
+    def fn(tx):  # type: ignore[no-untyped-def]
+        a = tx.create(svc("a", "Alpha"))
+        with pytest.raises(Conflict):
+            tx.create(svc("a2", "ALPHA"))  # a name staged in this transaction, case-insensitively
+        with pytest.raises(Conflict):
+            tx.create(svc("k", "KEPT"))  # a committed name
+        assert tx.by_name("service", "alpha").id == "a"
+        # a staged object renamed: its old name is free, its new one taken
+        a = tx.update(renamed(a, "beta"))
+        assert tx.by_name("service", "alpha") is None and tx.by_name("service", "BETA").id == "a"
+        tx.create(svc("a3", "alpha"))
+        with pytest.raises(Conflict):
+            tx.create(svc("b2", "Beta"))
+        # a committed object renamed: likewise
+        tx.update(renamed(tx.get("service", "c1"), "new"))
+        assert tx.by_name("service", "old") is None and tx.by_name("service", "new").id == "c1"
+        tx.create(svc("o", "OLD"))
+        # removed then created again under the same name, then removed again
+        tx.delete("service", "c2")
+        assert tx.by_name("service", "kept") is None
+        tx.create(svc("k2", "kept"))
+        assert tx.by_name("service", "Kept").id == "k2"
+        tx.delete("service", "k2")
+        assert tx.by_name("service", "kept") is None
+        # a name moved from one staged object to another
+        tx.update(renamed(tx.get("service", "a3"), "gamma"))
+        tx.update(renamed(tx.get("service", "o"), "alpha"))
+        assert tx.by_name("service", "alpha").id == "o" and tx.by_name("service", "gamma").id == "a3"
+        assert tx.by_name("service", "old") is None
+
+    await store.update(fn)
+    names = {s.spec.annotations.name: s.id for s in store.view().services()}
+    assert names == {"beta": "a", "new": "c1", "gamma": "a3", "alpha": "o"}
+    assert store.view().by_name("service", "KEPT") is None
+
+
+async def test_tx_rollback_takes_back_the_names_staged_after_the_savepoint() -> None:
+    store = memory_store(SystemClock())
+    await store.update(lambda tx: tx.create(svc("c1", "committed")))
+
+    def fn(tx):  # type: ignore[no-untyped-def]
+        a = tx.create(svc("a", "alpha"))
+        sp = tx.savepoint()
+        tx.create(svc("b", "beta"))
+        tx.update(renamed(a, "renamed"))
+        tx.update(renamed(tx.get("service", "c1"), "moved"))
+        tx.delete("service", "a")
+        tx.create(svc("a2", "alpha"))
+        tx.rollback(sp)
+        assert tx.by_name("service", "beta") is None
+        assert tx.by_name("service", "alpha").id == "a"
+        assert tx.by_name("service", "renamed") is None and tx.by_name("service", "moved") is None
+        assert tx.by_name("service", "committed").id == "c1"
+        with pytest.raises(Conflict):
+            tx.create(svc("a3", "Alpha"))
+        tx.create(svc("b2", "beta"))
+
+    await store.update(fn)
+    assert sorted(s.id for s in store.view().services()) == ["a", "b2", "c1"]
+
+
+async def test_a_failed_transaction_of_a_batch_leaves_its_names_free_for_the_next() -> None:
+    prop = GatedProposer()
+    store = MemoryStore(prop, SystemClock())
+    first = asyncio.ensure_future(store.update(lambda tx: tx.create(svc("s0", "zero"))))
+    await asyncio.sleep(0)  # the first entry is in flight: the next three share one entry
+
+    def boom(tx):  # type: ignore[no-untyped-def]
+        tx.create(svc("bad", "taken"))
+        raise ValueError("fails alone")
+
+    failing = asyncio.ensure_future(store.update(boom))
+    ok = asyncio.ensure_future(store.update(lambda tx: tx.create(svc("good", "TAKEN"))))
+    dup = asyncio.ensure_future(store.update(lambda tx: tx.create(svc("dup", "taken"))))
+    await asyncio.sleep(0)
+    prop.gate.set()
+    await first
+    with pytest.raises(ValueError):
+        await failing
+    assert (await ok).id == "good"
+    with pytest.raises(Conflict):  # the name the transaction before it in the same entry took
+        await dup
+    assert len(prop.entries) == 2
+    assert store.view().by_name("service", "taken").id == "good"

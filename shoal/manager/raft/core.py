@@ -296,8 +296,10 @@ class RaftConfig:
     # When the commit index moves, the leader tells every follower at once with an append (etcd's raft). Off,
     # they learn it with the next append or heartbeat (hashicorp/raft's way): for writes that come one at a time,
     # half the messages (no append carrying a commit alone, and no answer to it), at the cost of followers
-    # applying up to a heartbeat later once writes stop. The daemon keeps it on: a manager answers some reads from
-    # its own store (networks, events, info, a container attached to a swarm network), which would lag as long.
+    # applying up to a heartbeat later once writes stop. The daemon turns it off here and has its shell do it a
+    # moment later (`broadcast_commit`, RaftNode.commit_broadcast_delay), for commit indexes no append carried
+    # meanwhile: a manager answers some reads from its own store (networks, events, info, a container attached to
+    # a swarm network), which would lag until the next heartbeat.
     commit_broadcast: bool = True
 
     def __post_init__(self) -> None:
@@ -328,6 +330,7 @@ class Progress:
     pending_snapshot: int = 0
     snapshot_wait: int = 0
     stalled_ticks: int = 0  # leader ticks since `match` last moved while behind (frozen while a snapshot goes)
+    sent_commit: int = 0  # the highest commit index sent to it (in an append or a heartbeat)
 
     def become_probe(self) -> None:
         if self.state == ProgressState.SNAPSHOT:
@@ -762,6 +765,11 @@ class RaftCore:
 
     # --- ready / advance ---------------------------------------------------------------------------
 
+    @property
+    def has_unstable_entries(self) -> bool:
+        """Entries not yet handed out in a Ready to be stored (the next Ready carries them)."""
+        return self._stable < self.last_index
+
     def has_ready(self) -> bool:
         if self._bcast_pending or self._msgs or self._read_states or self._pending_install is not None \
                 or self.commit > self.applied or self._stable < self.last_index:
@@ -1127,6 +1135,7 @@ class RaftCore:
             return False
         self._send(Message(MsgType.APPEND, self.id, to, self.term, index=prev, log_term=prev_term,
                            entries=tuple(ents), commit=self.commit))
+        pr.sent_commit = self.commit
         if pr.state == ProgressState.REPLICATE:
             if ents:
                 pr.next = ents[-1].index + 1
@@ -1140,6 +1149,26 @@ class RaftCore:
         are waiting, the commit index riding on them or on the next heartbeat."""
         self._broadcast_append(send_if_empty=self.cfg.commit_broadcast)
 
+    @property
+    def commit_unsent(self) -> bool:
+        """Leading: some follower was not sent the current commit index yet (in an append or a heartbeat)."""
+        return self.role == Role.LEADER and any(pr.sent_commit < self.commit for pr in self._progress.values())
+
+    def broadcast_commit(self) -> bool:
+        """Leading: send each follower not yet told of the current commit index an append carrying it (with
+        the entries that wait for it, else empty): what `commit_broadcast` does as the commit moves, for a shell
+        that does it a moment later, when no append of a next write has carried the index meanwhile. Whether
+        anything was sent (a follower whose pipeline is full, or that is being probed, waits for its answers)."""
+        if self.role != Role.LEADER:
+            return False
+        sent = False
+        for v in sorted(self._progress):
+            if self._progress[v].sent_commit < self.commit and self._send_append(v):
+                sent = True
+                while self._send_append(v, send_if_empty=False):
+                    pass
+        return sent
+
     def _broadcast_append(self, *, send_if_empty: bool = True) -> None:
         for v in sorted(self._progress):
             if self._send_append(v, send_if_empty=send_if_empty):
@@ -1149,8 +1178,9 @@ class RaftCore:
     def _broadcast_heartbeat(self, ctx: bytes) -> None:
         for v in sorted(self._progress):
             pr = self._progress[v]
-            self._send(Message(MsgType.HEARTBEAT, self.id, v, self.term, commit=min(self.commit, pr.match),
-                               context=ctx))
+            commit = min(self.commit, pr.match)
+            self._send(Message(MsgType.HEARTBEAT, self.id, v, self.term, commit=commit, context=ctx))
+            pr.sent_commit = max(pr.sent_commit, commit)
 
     def _maybe_commit(self) -> bool:
         """Commit the highest index stored on a majority, if it is of the current term (figure 8)."""

@@ -34,6 +34,10 @@ under a virtual clock, deterministic. Two options move the fsync (not the writes
 before its own fsync and the followers store them while it does (etcd/raft's parallel leader write: the core
 counts the leader's own entries toward a commit only once `advance` says they are durable, so an entry still
 commits only when stored on a majority); `persist_in_thread` for every Ready that must sync.
+
+`commit_broadcast_delay` (the daemon's): a new commit index goes to the followers in an append of its own only that
+long after it moved, and only to those that no append told of it meanwhile (`RaftCore.broadcast_commit`); with
+writes coming one after the other, the next write's append carries it, and the writer's answer leaves first.
 """
 
 from __future__ import annotations
@@ -134,6 +138,7 @@ class RaftNode:
                  rng: random.Random | None = None,
                  on_conf_change: Callable[[int, ConfChange], None] | None = None,
                  persist_in_thread: bool = False, parallel_leader_write: bool = False, commit_broadcast: bool = True,
+                 commit_broadcast_delay: float = 0.0,
                  election_jitter_ticks: int | None = None,
                  snapshot_in_thread: bool = False, snapshot_in_child: bool = False, max_slack: float = 0.0,
                  snapshot_bytes: int = DEFAULT_SNAPSHOT_BYTES,
@@ -159,7 +164,8 @@ class RaftNode:
         self.core = RaftCore(RaftConfig(id=raft_id, election_ticks=election_ticks, heartbeat_ticks=heartbeat_ticks,
                                         election_jitter_ticks=election_jitter_ticks,
                                         max_slack_ticks=round(max_slack / tick_interval),
-                                        commit_broadcast=commit_broadcast), storage,
+                                        commit_broadcast=commit_broadcast and commit_broadcast_delay <= 0),
+                             storage,
                              rng or random.Random())
         self.on_conf_change = on_conf_change
         # Called once when the Ready loop fails (its storage cannot be written, an entry cannot be applied):
@@ -179,6 +185,11 @@ class RaftNode:
         self._storage_lock = asyncio.Lock()
         self._sm: StateMachine | None = None
         self._wake = asyncio.Event()
+        self._parked = False  # the Ready loop waits for `_wake`, between Readies
+        # With a delay (and commit_broadcast), the core broadcasts no commit index itself: the leader tells the
+        # followers a new one that long after it moved, those that no append (the next write's) told meanwhile.
+        self.commit_broadcast_delay = commit_broadcast_delay if commit_broadcast else 0.0
+        self._commit_due = asyncio.Event()
         self._applied_wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._running = False
@@ -269,6 +280,8 @@ class RaftNode:
             self.core.campaign()
         self._tasks = [asyncio.create_task(self._ticker(), name=f"raft-{self.id}-tick"),
                        asyncio.create_task(self._run(), name=f"raft-{self.id}-ready")]
+        if self.commit_broadcast_delay > 0:
+            self._tasks.append(asyncio.create_task(self._commit_broadcaster(), name=f"raft-{self.id}-commit"))
         self._wake.set()  # committed entries loaded from storage are replayed by the first Ready
 
     async def stop(self) -> None:
@@ -297,6 +310,25 @@ class RaftNode:
             return
         self.core.step(msg)
         self._wake.set()
+
+    def ready_now(self) -> None:
+        """Handle the next Ready here, in the caller's turn of the loop, if the Ready loop is idle and the Ready
+        is one it would handle on the loop; otherwise leave it to the Ready loop (already woken). A transport calls
+        this once it has stepped what one batch from a peer carried: a follower stores and answers an append, a
+        leader commits and answers the writers, without waiting for the Ready loop's turn, which behind a busy
+        loop's other callbacks was a visible part of a write's latency."""
+        if not (self._running and self._parked) or not self.core.has_ready():
+            return
+        if self.persist_in_thread or (self.parallel_leader_write and self.core.role == Role.LEADER
+                                      and self.core.has_unstable_entries):
+            return  # its fsync may go to a worker thread: the Ready loop's
+        try:
+            self._handle_ready(self.core.ready())
+        except Exception as e:  # as in the Ready loop: this node cannot go on
+            self._failed(e, "ready loop failed")
+            return
+        if not self.core.has_ready():
+            self._wake.clear()
 
     def report_unreachable(self, node: int) -> None:
         self.core.report_unreachable(node)
@@ -380,6 +412,15 @@ class RaftNode:
             self.core.tick()
             self._wake.set()
 
+    async def _commit_broadcaster(self) -> None:
+        """`commit_broadcast_delay` after a commit index moved, the followers no append told of it are told."""
+        while True:
+            await self._commit_due.wait()
+            await self.clock.sleep(self.commit_broadcast_delay)
+            self._commit_due.clear()
+            if self.core.broadcast_commit():
+                self._wake.set()
+
     def _note_stall(self, late: float) -> None:
         """The slack this node asks of the others (of its followers while it leads, of its leader while it
         follows): a loop that stalled for 2 s a minute ago may do so again, and that is not a death. Stalls under
@@ -395,7 +436,9 @@ class RaftNode:
     async def _run(self) -> None:
         try:
             while True:
+                self._parked = True  # between Readies: `ready_now` may handle one meanwhile
                 await self._wake.wait()
+                self._parked = False
                 self._wake.clear()
                 while self.core.has_ready():
                     rd = self.core.ready()
@@ -501,6 +544,8 @@ class RaftNode:
                     fut.set_exception(NotLeaderError(self.core.leader))
         self._set_leader(self.core.role == Role.LEADER
                          and self.core.log_term(self.core.applied) == self.core.term)
+        if self.commit_broadcast_delay > 0 and self.core.commit_unsent:
+            self._commit_due.set()
         self._maybe_snapshot()
 
     def _serve_reads(self) -> None:
