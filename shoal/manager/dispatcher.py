@@ -9,6 +9,13 @@ The heartbeat period an agent is told is the cluster's setting until the nodes w
 `max_heartbeats` times a second together; past that it grows with the number of nodes (as Nomad sizes its
 heartbeat TTL), so an idle leader's work stays bounded however large the cluster. A node whose connection
 closes is still down after `STREAM_GRACE` seconds; only a silent node (a partition) waits three periods.
+
+Assignments are batched across commits, as swarmkit's dispatcher does: one store watch routes each task event
+to the queue of the node it concerns, and the streams with new events are woken together, at once when none was
+woken in the last `batch_wait` seconds, else when that wait ends. Under a burst of commits (a service of a
+thousand replicas on a thousand nodes is a commit with one task for each node) a node's stream thus wakes once
+for what several commits gave it; an isolated change still goes out at once. A message carries at most
+`max_batch` of the queued events, in their order; the rest follow in the next.
 """
 
 from __future__ import annotations
@@ -50,6 +57,11 @@ STREAM_GRACE = 3.0
 DEFAULT_MAX_HEARTBEATS = 250.0
 # Registrations a second a new leader is asked to take from the nodes that come back to it after an election.
 REJOIN_RATE = 250.0
+# Seconds the streams' wake-ups are held after a round of them, so a burst of commits reaches each node as one
+# message instead of one per commit (swarmkit waits 100 ms after a node's last change, up to 10,000 changes).
+BATCH_WAIT = 0.1
+# Queued events one assignment message takes at most (a node's new tasks of one burst, with their removals).
+MAX_BATCH = 10_000
 
 
 def assigned_to(t: Task, node_id: str) -> bool:
@@ -114,9 +126,12 @@ class _DepCounts:
 
 
 class Dispatcher:
-    def __init__(self, store: MemoryStore, clock: Clock, *, max_heartbeats: float = DEFAULT_MAX_HEARTBEATS) -> None:
+    def __init__(self, store: MemoryStore, clock: Clock, *, max_heartbeats: float = DEFAULT_MAX_HEARTBEATS,
+                 batch_wait: float = BATCH_WAIT, max_batch: int = MAX_BATCH) -> None:
         if max_heartbeats <= 0:
             raise ValueError("max_heartbeats must be positive")
+        if batch_wait < 0 or max_batch < 1:
+            raise ValueError("batch_wait must not be negative and max_batch must be positive")
         self.store = store
         self.clock = clock
         self.max_heartbeats = max_heartbeats
@@ -129,6 +144,13 @@ class Dispatcher:
         self._waiters: list[asyncio.Future[None]] = []
         self._queues: dict[str, list[list[Any]]] = {}
         self._wakeups: dict[str, list[asyncio.Event]] = {}
+        self.batch_wait = batch_wait
+        self.max_batch = max_batch
+        # Nodes whose queues got events since their streams were last woken (one set for good: the fan-out holds
+        # it), and the waker's signal.
+        self._touched: set[str] = set()
+        self._touched_ready = asyncio.Event()
+        self.wake_rounds = 0  # rounds of stream wake-ups since this manager started (each wakes many streams)
         # Set once the fan-out's store watch exists: a session's complete set must not be read before,
         # or the changes committed between that read and the watch would never reach the agent.
         self._fanout_ready = asyncio.Event()
@@ -213,6 +235,7 @@ class Dispatcher:
                 tg.create_task(self._expiry_loop())
                 tg.create_task(self._flush_loop())
                 tg.create_task(self._fanout())
+                tg.create_task(self._waker())
         finally:
             self.active = False
             for sess in self.sessions.values():
@@ -220,6 +243,8 @@ class Dispatcher:
             self.sessions.clear()
             self.usage.clear()
             self._pending = {}
+            self._touched.clear()
+            self._touched_ready.clear()
             waiters, self._waiters = self._waiters, []
             for w in waiters:  # their agents keep the reports and send them to the next leader
                 if not w.done():
@@ -264,29 +289,33 @@ class Dispatcher:
                 tuple(r.config_id for r in t.spec.container.configs))
 
     async def _fanout(self) -> None:
-        """One store watch for all sessions: route task events to the node they concern."""
+        """One store watch for all sessions: route task events to the node they concern. The streams are woken
+        by `_waker`, after each commit's events are all queued."""
         while True:
             sub = self.store.watch(kinds=("task", "secret", "config"), limit=1_000_000)
             self._fanout_ready.set()
-            touched: set[str] = set()
+            queues = self._queues
+            touched = self._touched
             try:
                 async for item in sub:
                     if isinstance(item, Event):
                         if item.kind == "task":
-                            nodes = {item.obj.node_id}
-                            if item.old is not None and item.old.node_id:
-                                nodes.add(item.old.node_id)
-                        else:
-                            nodes = set(self._queues)
-                        for nid in nodes:
-                            for q in self._queues.get(nid, ()):
+                            nid = item.obj.node_id
+                            for q in queues.get(nid, ()):
                                 q.append(item)
                                 touched.add(nid)
+                            old = item.old
+                            if old is not None and old.node_id and old.node_id != nid:
+                                for q in queues.get(old.node_id, ()):
+                                    q.append(item)
+                                    touched.add(old.node_id)
+                        else:
+                            for nid, qs in queues.items():
+                                for q in qs:
+                                    q.append(item)
+                                touched.add(nid)
                     elif touched:
-                        for nid in touched:
-                            for w in self._wakeups.get(nid, ()):
-                                w.set()
-                        touched = set()
+                        self._touched_ready.set()
             except WatchOverflow:
                 # Every session starts over with a complete set.
                 for sess in self.sessions.values():
@@ -294,6 +323,23 @@ class Dispatcher:
             finally:
                 self._fanout_ready.clear()
                 sub.close()
+
+    async def _waker(self) -> None:
+        """Wake the streams of the nodes with new events: at once after a quiet `batch_wait`, else once that
+        wait is over, so a burst of commits is one wake-up (and one message) per node and wait."""
+        while True:
+            await self._touched_ready.wait()
+            self._touched_ready.clear()
+            touched = list(self._touched)  # the fan-out keeps adding to the same set
+            self._touched.clear()
+            self.wake_rounds += 1
+            for nid in touched:
+                for w in self._wakeups.get(nid, ()):
+                    w.set()
+            if self.batch_wait > 0:
+                await self.clock.sleep(self.batch_wait)
+            else:
+                await asyncio.sleep(0)
 
     async def assignments(self, node_id: str) -> AsyncIterator[Assignments]:
         session = self.sessions.get(node_id)
@@ -325,7 +371,8 @@ class Dispatcher:
                     if not session.expired.is_set():
                         await wake.wait()  # set by the fan-out and by expiry
                     continue
-                events, queue[:] = list(queue), []
+                events = queue[:self.max_batch]
+                del queue[:self.max_batch]
                 changed: dict[str, Task] = {}
                 removed: set[str] = set()
                 dep_changed: set[str] = set()
