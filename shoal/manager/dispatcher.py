@@ -11,11 +11,13 @@ heartbeat TTL), so an idle leader's work stays bounded however large the cluster
 closes is still down after `STREAM_GRACE` seconds; only a silent node (a partition) waits three periods.
 
 Assignments are batched across commits, as swarmkit's dispatcher does: one store watch routes each task event
-to the queue of the node it concerns, and the streams with new events are woken together, at once when none was
-woken in the last `batch_wait` seconds, else when that wait ends. Under a burst of commits (a service of a
-thousand replicas on a thousand nodes is a commit with one task for each node) a node's stream thus wakes once
-for what several commits gave it; an isolated change still goes out at once. A message carries at most
-`max_batch` of the queued events, in their order; the rest follow in the next.
+to the queue of the node it concerns, and the streams with new events are woken together in rounds. A round
+comes at once when none came in the last `batch_wait` seconds, else when that wait ends or, sooner, when the
+store has no transaction queued or being committed (the burst is over). Under a burst of commits (a service of
+a thousand replicas on a thousand nodes is a commit with one task for each node) a node's stream thus wakes
+once for what several commits gave it, while an isolated change, or a chain of them (a status report, then the
+task it causes), goes out at once. A message carries at most `max_batch` of the queued events, in their order;
+the rest follow in the next.
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from typing import Any
 from shoal.api.attachments import is_attachment
 from shoal.api.dispatch import COMPLETE, INCREMENTAL, MEAN_BEAT, Assignments, SessionTerms
 from shoal.api.usage import NodeUsage
-from shoal.clock import Clock
+from shoal.clock import Clock, until_or_sleep
 from shoal.errors import NotFound, NotLeader, ShoalError, Unavailable, fresh
 from shoal.manager.usage import UsageStore
 from shoal.model.objects import (
@@ -283,10 +285,11 @@ class Dispatcher:
     @staticmethod
     def _task_deps(t: Task) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """The secrets and configs a task needs on its node (none once it has finished for good)."""
-        if t.status.state >= TaskState.COMPLETE and t.desired_state > TaskState.RUNNING:
+        c = t.spec.container
+        if (not c.secrets and not c.configs) or (t.status.state >= TaskState.COMPLETE
+                                                 and t.desired_state > TaskState.RUNNING):
             return (), ()
-        return (tuple(r.secret_id for r in t.spec.container.secrets),
-                tuple(r.config_id for r in t.spec.container.configs))
+        return tuple(r.secret_id for r in c.secrets), tuple(r.config_id for r in c.configs)
 
     async def _fanout(self) -> None:
         """One store watch for all sessions: route task events to the node they concern. The streams are woken
@@ -314,7 +317,7 @@ class Dispatcher:
                                 for q in qs:
                                     q.append(item)
                                 touched.add(nid)
-                    elif touched:
+                    elif touched:  # a commit's marker, with events queued since the last round
                         self._touched_ready.set()
             except WatchOverflow:
                 # Every session starts over with a complete set.
@@ -325,8 +328,9 @@ class Dispatcher:
                 sub.close()
 
     async def _waker(self) -> None:
-        """Wake the streams of the nodes with new events: at once after a quiet `batch_wait`, else once that
-        wait is over, so a burst of commits is one wake-up (and one message) per node and wait."""
+        """Wake the streams of the nodes with new events in rounds: the next round is held for `batch_wait`
+        after one, or until the store has no transaction queued or being committed, so a burst of commits is one
+        wake-up (and one message) per node and wait."""
         while True:
             await self._touched_ready.wait()
             self._touched_ready.clear()
@@ -337,7 +341,7 @@ class Dispatcher:
                 for w in self._wakeups.get(nid, ()):
                     w.set()
             if self.batch_wait > 0:
-                await self.clock.sleep(self.batch_wait)
+                await until_or_sleep(self.store.wait_idle(), self.clock, self.batch_wait)
             else:
                 await asyncio.sleep(0)
 
