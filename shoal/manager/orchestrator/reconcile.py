@@ -22,6 +22,7 @@ from shoal.api import reasons
 from shoal.ids import new_id
 from shoal.manager.cron.view import job_view
 from shoal.manager.orchestrator.rebalance import LABEL_MOVE, Rebalancer
+from shoal.model.evolve import maker
 from shoal.model.objects import (
     SECOND,
     Annotations,
@@ -169,7 +170,7 @@ def make_task(svc: Service, *, tid: str, slot: int, node_id: str, now: float,
         status = TaskStatus(timestamp=now, state=TaskState.PENDING, message="pending task scheduling") \
             if ready else TaskStatus(timestamp=now, state=TaskState.NEW, message="created")
         _status_last = (now, ready, status)
-    return Task(
+    return _new_task(
         id=tid,
         meta=meta or Meta(),
         annotations=Annotations(labels=labels or {}),
@@ -181,14 +182,16 @@ def make_task(svc: Service, *, tid: str, slot: int, node_id: str, now: float,
         node_id=node_id,
         status=status,
         desired_state=desired,
+        networks=(),
         endpoint=svc.endpoint,
-        start_after=start_after,
+        job_iteration=job_iteration,
         restart_count=restart_count,
         restart_history=restart_history,
-        job_iteration=job_iteration,
+        start_after=start_after,
     )
 
 
+_new_task = maker(Task)  # every field given: what Task(...) makes, without the frozen __init__'s cost
 # The status of the last task made: (timestamp, allocated already, status).
 _status_last: tuple[float, bool, TaskStatus] | None = None
 
