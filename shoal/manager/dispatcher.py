@@ -96,15 +96,17 @@ class _DepCounts:
         self._by_task: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self._secrets: dict[str, int] = {}
         self._configs: dict[str, int] = {}
+        self.changes = 0  # how many times a secret or config came or went: the sets are unchanged while it is
 
-    @staticmethod
-    def _count(counts: dict[str, int], ids: tuple[str, ...], delta: int) -> None:
+    def _count(self, counts: dict[str, int], ids: tuple[str, ...], delta: int) -> None:
         for i in ids:
             n = counts.get(i, 0) + delta
             if n > 0:
                 counts[i] = n
-            else:
-                counts.pop(i, None)
+                if n == 1 and delta > 0:
+                    self.changes += 1
+            elif counts.pop(i, None) is not None:
+                self.changes += 1
 
     def discard(self, task_id: str) -> None:
         old = self._by_task.pop(task_id, None)
@@ -365,6 +367,7 @@ class Dispatcher:
             for have in tasks.values():
                 deps.add(have.id, *self._task_deps(have))
             secrets, configs = deps.secrets(), deps.configs()
+            deps_seen = deps.changes
             yield Assignments(
                 type=COMPLETE, tasks=tuple(tasks.values()),
                 secrets=tuple(s for s in (v.get("secret", i) for i in secrets) if s is not None),
@@ -397,17 +400,22 @@ class Dispatcher:
                 tasks.update(changed)
                 for t in changed.values():
                     deps.add(t.id, *self._task_deps(t))
-                new_s, new_c = deps.secrets(), deps.configs()
-                v = self.store.view()
-                add_s = {x for x in new_s if x not in secrets or x in dep_changed}
-                add_c = {x for x in new_c if x not in configs or x in dep_changed}
-                msg = Assignments(
-                    type=INCREMENTAL, tasks=tuple(changed.values()),
-                    secrets=tuple(x for x in (v.get("secret", i) for i in add_s) if x is not None),
-                    configs=tuple(x for x in (v.get("config", i) for i in add_c) if x is not None),
-                    removed_tasks=tuple(removed),
-                    removed_secrets=tuple(secrets - new_s), removed_configs=tuple(configs - new_c))
-                secrets, configs = new_s, new_c
+                if deps.changes == deps_seen and not dep_changed:
+                    # The node's secrets and configs are as the last message left them (the common case).
+                    msg = Assignments(type=INCREMENTAL, tasks=tuple(changed.values()), removed_tasks=tuple(removed))
+                else:
+                    deps_seen = deps.changes
+                    new_s, new_c = deps.secrets(), deps.configs()
+                    v = self.store.view()
+                    add_s = {x for x in new_s if x not in secrets or x in dep_changed}
+                    add_c = {x for x in new_c if x not in configs or x in dep_changed}
+                    msg = Assignments(
+                        type=INCREMENTAL, tasks=tuple(changed.values()),
+                        secrets=tuple(x for x in (v.get("secret", i) for i in add_s) if x is not None),
+                        configs=tuple(x for x in (v.get("config", i) for i in add_c) if x is not None),
+                        removed_tasks=tuple(removed),
+                        removed_secrets=tuple(secrets - new_s), removed_configs=tuple(configs - new_c))
+                    secrets, configs = new_s, new_c
                 if msg.tasks or msg.removed_tasks or msg.secrets or msg.configs or msg.removed_secrets \
                         or msg.removed_configs:
                     yield msg
