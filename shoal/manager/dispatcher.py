@@ -11,6 +11,15 @@ heartbeat TTL), so an idle leader's work stays bounded however large the cluster
 closes is still down after `STREAM_GRACE` seconds; only a silent node (a partition) waits three periods.
 Registrations are admitted at most `max_registrations` a second (shoal.manager.admission); a node over that is
 told when to come back (`Deferred`).
+
+Assignments are batched across commits, as swarmkit's dispatcher does: one store watch routes each task event
+to the queue of the node it concerns, and the streams with new events are woken together in rounds. A round
+comes at once when none came in the last `batch_wait` seconds, else when that wait ends or, sooner, when the
+store has no transaction queued or being committed (the burst is over). Under a burst of commits (a service of
+a thousand replicas on a thousand nodes is a commit with one task for each node) a node's stream thus wakes
+once for what several commits gave it, while an isolated change, or a chain of them (a status report, then the
+task it causes), goes out at once. A message carries at most `max_batch` of the queued events, in their order;
+the rest follow in the next.
 """
 
 from __future__ import annotations
@@ -25,7 +34,7 @@ from typing import Any
 from shoal.api.attachments import is_attachment
 from shoal.api.dispatch import COMPLETE, INCREMENTAL, MEAN_BEAT, Assignments, SessionTerms
 from shoal.api.usage import NodeUsage
-from shoal.clock import Clock
+from shoal.clock import Clock, until_or_sleep
 from shoal.errors import Deferred, NotFound, NotLeader, ShoalError, Unavailable, fresh
 from shoal.manager.admission import Admission
 from shoal.manager.usage import UsageStore
@@ -56,6 +65,11 @@ REJOIN_RATE = 250.0
 # Registrations a second the leader takes at most (a store write and a complete set of assignments each); more
 # are told when to come back. Above REJOIN_RATE, so nodes that spread their return as asked are never deferred.
 DEFAULT_MAX_REGISTRATIONS = 2 * REJOIN_RATE
+# Seconds the streams' wake-ups are held after a round of them, so a burst of commits reaches each node as one
+# message instead of one per commit (swarmkit waits 100 ms after a node's last change, up to 10,000 changes).
+BATCH_WAIT = 0.1
+# Queued events one assignment message takes at most (a node's new tasks of one burst, with their removals).
+MAX_BATCH = 10_000
 
 
 def assigned_to(t: Task, node_id: str) -> bool:
@@ -88,15 +102,17 @@ class _DepCounts:
         self._by_task: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {}
         self._secrets: dict[str, int] = {}
         self._configs: dict[str, int] = {}
+        self.changes = 0  # how many times a secret or config came or went: the sets are unchanged while it is
 
-    @staticmethod
-    def _count(counts: dict[str, int], ids: tuple[str, ...], delta: int) -> None:
+    def _count(self, counts: dict[str, int], ids: tuple[str, ...], delta: int) -> None:
         for i in ids:
             n = counts.get(i, 0) + delta
             if n > 0:
                 counts[i] = n
-            else:
-                counts.pop(i, None)
+                if n == 1 and delta > 0:
+                    self.changes += 1
+            elif counts.pop(i, None) is not None:
+                self.changes += 1
 
     def discard(self, task_id: str) -> None:
         old = self._by_task.pop(task_id, None)
@@ -121,9 +137,12 @@ class _DepCounts:
 
 class Dispatcher:
     def __init__(self, store: MemoryStore, clock: Clock, *, max_heartbeats: float = DEFAULT_MAX_HEARTBEATS,
-                 max_registrations: float = DEFAULT_MAX_REGISTRATIONS) -> None:
+                 max_registrations: float = DEFAULT_MAX_REGISTRATIONS,
+                 batch_wait: float = BATCH_WAIT, max_batch: int = MAX_BATCH) -> None:
         if max_heartbeats <= 0:
             raise ValueError("max_heartbeats must be positive")
+        if batch_wait < 0 or max_batch < 1:
+            raise ValueError("batch_wait must not be negative and max_batch must be positive")
         self.store = store
         self.clock = clock
         self.max_heartbeats = max_heartbeats
@@ -137,6 +156,13 @@ class Dispatcher:
         self._waiters: list[asyncio.Future[None]] = []
         self._queues: dict[str, list[list[Any]]] = {}
         self._wakeups: dict[str, list[asyncio.Event]] = {}
+        self.batch_wait = batch_wait
+        self.max_batch = max_batch
+        # Nodes whose queues got events since their streams were last woken (one set for good: the fan-out holds
+        # it), and the waker's signal.
+        self._touched: set[str] = set()
+        self._touched_ready = asyncio.Event()
+        self.wake_rounds = 0  # rounds of stream wake-ups since this manager started (each wakes many streams)
         # Set once the fan-out's store watch exists: a session's complete set must not be read before,
         # or the changes committed between that read and the watch would never reach the agent.
         self._fanout_ready = asyncio.Event()
@@ -225,6 +251,7 @@ class Dispatcher:
                 tg.create_task(self._expiry_loop())
                 tg.create_task(self._flush_loop())
                 tg.create_task(self._fanout())
+                tg.create_task(self._waker())
         finally:
             self.active = False
             for sess in self.sessions.values():
@@ -233,6 +260,8 @@ class Dispatcher:
             self.usage.clear()
             self.admission.reset()
             self._pending = {}
+            self._touched.clear()
+            self._touched_ready.clear()
             waiters, self._waiters = self._waiters, []
             for w in waiters:  # their agents keep the reports and send them to the next leader
                 if not w.done():
@@ -271,35 +300,40 @@ class Dispatcher:
     @staticmethod
     def _task_deps(t: Task) -> tuple[tuple[str, ...], tuple[str, ...]]:
         """The secrets and configs a task needs on its node (none once it has finished for good)."""
-        if t.status.state >= TaskState.COMPLETE and t.desired_state > TaskState.RUNNING:
+        c = t.spec.container
+        if (not c.secrets and not c.configs) or (t.status.state >= TaskState.COMPLETE
+                                                 and t.desired_state > TaskState.RUNNING):
             return (), ()
-        return (tuple(r.secret_id for r in t.spec.container.secrets),
-                tuple(r.config_id for r in t.spec.container.configs))
+        return tuple(r.secret_id for r in c.secrets), tuple(r.config_id for r in c.configs)
 
     async def _fanout(self) -> None:
-        """One store watch for all sessions: route task events to the node they concern."""
+        """One store watch for all sessions: route task events to the node they concern. The streams are woken
+        by `_waker`, after each commit's events are all queued."""
         while True:
             sub = self.store.watch(kinds=("task", "secret", "config"), limit=1_000_000)
             self._fanout_ready.set()
-            touched: set[str] = set()
+            queues = self._queues
+            touched = self._touched
             try:
                 async for item in sub:
                     if isinstance(item, Event):
                         if item.kind == "task":
-                            nodes = {item.obj.node_id}
-                            if item.old is not None and item.old.node_id:
-                                nodes.add(item.old.node_id)
-                        else:
-                            nodes = set(self._queues)
-                        for nid in nodes:
-                            for q in self._queues.get(nid, ()):
+                            nid = item.obj.node_id
+                            for q in queues.get(nid, ()):
                                 q.append(item)
                                 touched.add(nid)
-                    elif touched:
-                        for nid in touched:
-                            for w in self._wakeups.get(nid, ()):
-                                w.set()
-                        touched = set()
+                            old = item.old
+                            if old is not None and old.node_id and old.node_id != nid:
+                                for q in queues.get(old.node_id, ()):
+                                    q.append(item)
+                                    touched.add(old.node_id)
+                        else:
+                            for nid, qs in queues.items():
+                                for q in qs:
+                                    q.append(item)
+                                touched.add(nid)
+                    elif touched:  # a commit's marker, with events queued since the last round
+                        self._touched_ready.set()
             except WatchOverflow:
                 # Every session starts over with a complete set.
                 for sess in self.sessions.values():
@@ -307,6 +341,24 @@ class Dispatcher:
             finally:
                 self._fanout_ready.clear()
                 sub.close()
+
+    async def _waker(self) -> None:
+        """Wake the streams of the nodes with new events in rounds: the next round is held for `batch_wait`
+        after one, or until the store has no transaction queued or being committed, so a burst of commits is one
+        wake-up (and one message) per node and wait."""
+        while True:
+            await self._touched_ready.wait()
+            self._touched_ready.clear()
+            touched = list(self._touched)  # the fan-out keeps adding to the same set
+            self._touched.clear()
+            self.wake_rounds += 1
+            for nid in touched:
+                for w in self._wakeups.get(nid, ()):
+                    w.set()
+            if self.batch_wait > 0:
+                await until_or_sleep(self.store.wait_idle(), self.clock, self.batch_wait)
+            else:
+                await asyncio.sleep(0)
 
     async def assignments(self, node_id: str) -> AsyncIterator[Assignments]:
         session = self.sessions.get(node_id)
@@ -328,6 +380,7 @@ class Dispatcher:
             for have in tasks.values():
                 deps.add(have.id, *self._task_deps(have))
             secrets, configs = deps.secrets(), deps.configs()
+            deps_seen = deps.changes
             yield Assignments(
                 type=COMPLETE, tasks=tuple(tasks.values()),
                 secrets=tuple(s for s in (v.get("secret", i) for i in secrets) if s is not None),
@@ -338,7 +391,8 @@ class Dispatcher:
                     if not session.expired.is_set():
                         await wake.wait()  # set by the fan-out and by expiry
                     continue
-                events, queue[:] = list(queue), []
+                events = queue[:self.max_batch]
+                del queue[:self.max_batch]
                 changed: dict[str, Task] = {}
                 removed: set[str] = set()
                 dep_changed: set[str] = set()
@@ -359,17 +413,22 @@ class Dispatcher:
                 tasks.update(changed)
                 for t in changed.values():
                     deps.add(t.id, *self._task_deps(t))
-                new_s, new_c = deps.secrets(), deps.configs()
-                v = self.store.view()
-                add_s = {x for x in new_s if x not in secrets or x in dep_changed}
-                add_c = {x for x in new_c if x not in configs or x in dep_changed}
-                msg = Assignments(
-                    type=INCREMENTAL, tasks=tuple(changed.values()),
-                    secrets=tuple(x for x in (v.get("secret", i) for i in add_s) if x is not None),
-                    configs=tuple(x for x in (v.get("config", i) for i in add_c) if x is not None),
-                    removed_tasks=tuple(removed),
-                    removed_secrets=tuple(secrets - new_s), removed_configs=tuple(configs - new_c))
-                secrets, configs = new_s, new_c
+                if deps.changes == deps_seen and not dep_changed:
+                    # The node's secrets and configs are as the last message left them (the common case).
+                    msg = Assignments(type=INCREMENTAL, tasks=tuple(changed.values()), removed_tasks=tuple(removed))
+                else:
+                    deps_seen = deps.changes
+                    new_s, new_c = deps.secrets(), deps.configs()
+                    v = self.store.view()
+                    add_s = {x for x in new_s if x not in secrets or x in dep_changed}
+                    add_c = {x for x in new_c if x not in configs or x in dep_changed}
+                    msg = Assignments(
+                        type=INCREMENTAL, tasks=tuple(changed.values()),
+                        secrets=tuple(x for x in (v.get("secret", i) for i in add_s) if x is not None),
+                        configs=tuple(x for x in (v.get("config", i) for i in add_c) if x is not None),
+                        removed_tasks=tuple(removed),
+                        removed_secrets=tuple(secrets - new_s), removed_configs=tuple(configs - new_c))
+                    secrets, configs = new_s, new_c
                 if msg.tasks or msg.removed_tasks or msg.secrets or msg.configs or msg.removed_secrets \
                         or msg.removed_configs:
                     yield msg

@@ -351,17 +351,22 @@ class Tx(ReadTx):
         return out
 
     # writes
+    def creation_meta(self) -> Meta:
+        """The meta `create` stamps in this transaction: an object made with it is stored without a copy."""
+        meta = self._metas.get(self._now)
+        if meta is None:
+            meta = self._metas[self._now] = Meta(version=self._version, created_at=self._now,
+                                                 updated_at=self._now)
+        return meta
+
     def create(self, obj: ObjT) -> ObjT:
         kind = _KIND_OF[type(obj)]
         if self.get(kind, obj.id) is not None:
             raise Conflict(f"{kind} {obj.id} already exists")
         if kind in _UNIQUE_NAMES and self.by_name(kind, name_of(obj)) is not None:
             raise Conflict(f"{kind} name {name_of(obj)} already exists")
-        meta = self._metas.get(self._now)
-        if meta is None:
-            meta = self._metas[self._now] = Meta(version=self._version, created_at=self._now,
-                                                 updated_at=self._now)
-        stamped = _restamp(obj, meta)
+        meta = self.creation_meta()
+        stamped = obj if obj.meta is meta else _restamp(obj, meta)
         self._stage("create", kind, stamped)
         return stamped
 
@@ -381,7 +386,8 @@ class Tx(ReadTx):
         if meta is None:
             meta = self._metas[created] = Meta(version=self._version, created_at=created,
                                                updated_at=self._now)
-        stamped = _restamp(obj, meta)
+        # An object created or updated earlier in this transaction already carries the meta: no copy.
+        stamped = obj if obj.meta is meta else _restamp(obj, meta)
         self._stage("update", kind, stamped)
         return stamped
 
@@ -533,6 +539,12 @@ class MemoryStore:
     @property
     def proposer(self) -> Proposer:
         return self._proposer
+
+    async def wait_idle(self) -> None:
+        """Return once no transaction is queued or being committed (for a watcher that batches over commits:
+        no more are coming for now)."""
+        while self._committer is not None and not self._committer.done():
+            await asyncio.wait((self._committer,))
 
     def view(self) -> ReadTx:
         return ReadTx(self._tables)

@@ -13,7 +13,7 @@ from shoal.manager.raft.node import NotLeaderError
 from shoal.model.objects import Annotations, Service, ServiceSpec, Task
 from shoal.store.memory import Commit, Event, MemoryStore, WatchOverflow
 from shoal.testing.durable import raft_store
-from shoal.testing.sim import memory_store
+from shoal.testing.sim import MemoryProposer, memory_store
 
 
 def svc(sid: str, name: str) -> Service:
@@ -296,3 +296,57 @@ async def test_a_failed_transaction_of_a_batch_leaves_its_names_free_for_the_nex
         await dup
     assert len(prop.entries) == 2
     assert store.view().by_name("service", "taken").id == "good"
+
+
+async def test_an_object_made_with_the_transactions_meta_is_stored_without_a_copy() -> None:
+    store = memory_store(SystemClock())
+    made: list[Task] = []
+
+    def fn(tx):  # type: ignore[no-untyped-def]
+        t = Task(id="t1", service_id="s1", meta=tx.creation_meta())
+        made.append(t)
+        assert tx.create(t) is t
+        moved = replace(t, node_id="n1")  # updated again in the same transaction: its meta is still right
+        assert tx.update(moved) is moved
+        other = tx.create(Task(id="t2"))  # made without it: stamped on a copy, as before
+        assert other.meta is t.meta
+        made.append(moved)
+
+    await store.update(fn)
+    stored = store.view().task("t1")
+    assert stored is made[1]
+    assert (stored.meta.version, stored.meta.created_at) == (store.version, stored.meta.updated_at)
+    assert store.view().task("t2").meta is stored.meta
+    # Objects of earlier transactions never carry this one's meta: they are stamped anew.
+    again = await store.update(lambda tx: tx.update(replace(stored, node_id="n2")))
+    assert again.meta.version == store.version == stored.meta.version + 1
+
+
+class EntryGates(MemoryProposer):
+    """Commits each entry once the test opens that entry's own gate."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proposing: asyncio.Queue[asyncio.Event] = asyncio.Queue()
+
+    async def propose(self, entry: bytes) -> int:
+        gate = asyncio.Event()
+        self.proposing.put_nowait(gate)
+        await gate.wait()
+        return await super().propose(entry)
+
+
+async def test_wait_idle_returns_once_nothing_is_queued_or_being_committed() -> None:
+    proposer = EntryGates()
+    store = MemoryStore(proposer, SystemClock())
+    await store.wait_idle()  # nothing ever queued
+    first = asyncio.ensure_future(store.update(lambda tx: tx.create(svc("s1", "web"))))
+    gate = await proposer.proposing.get()
+    idle = asyncio.ensure_future(store.wait_idle())
+    second = asyncio.ensure_future(store.update(lambda tx: tx.create(svc("s2", "api"))))
+    gate.set()
+    gate = await proposer.proposing.get()  # the first is committed, the second is being committed
+    assert first.done() and not idle.done()
+    gate.set()
+    await idle
+    assert second.done()

@@ -22,11 +22,13 @@ from shoal.api import reasons
 from shoal.ids import new_id
 from shoal.manager.cron.view import job_view
 from shoal.manager.orchestrator.rebalance import LABEL_MOVE, Rebalancer
+from shoal.model.evolve import maker
 from shoal.model.objects import (
     SECOND,
     Annotations,
     Endpoint,
     EndpointSpec,
+    Meta,
     Node,
     RestartPolicy,
     Service,
@@ -154,11 +156,23 @@ _allocated_last: list[object] = [None, False]  # the last service asked about, a
 def make_task(svc: Service, *, tid: str, slot: int, node_id: str, now: float,
               desired: TaskState = TaskState.RUNNING, start_after: float = 0.0,
               restart_count: int = 0, restart_history: tuple[float, ...] = (),
-              job_iteration: int | None = None, labels: dict[str, str] | None = None) -> Task:
+              job_iteration: int | None = None, labels: dict[str, str] | None = None,
+              meta: Meta | None = None) -> Task:
+    """A new task of `svc`; `meta`: the transaction's `creation_meta()`, so that creating it copies nothing."""
     if desired == TaskState.RUNNING:
         desired = run_state(svc)
-    return Task(
+    global _status_last
+    ready = allocated_already(svc)
+    last = _status_last
+    if last is not None and last[0] == now and last[1] is ready:
+        status = last[2]  # frozen: the tasks made together share it
+    else:
+        status = TaskStatus(timestamp=now, state=TaskState.PENDING, message="pending task scheduling") \
+            if ready else TaskStatus(timestamp=now, state=TaskState.NEW, message="created")
+        _status_last = (now, ready, status)
+    return _new_task(
         id=tid,
+        meta=meta or Meta(),
         annotations=Annotations(labels=labels or {}),
         spec=svc.spec.task_template,
         spec_version=svc.spec_version,
@@ -166,15 +180,20 @@ def make_task(svc: Service, *, tid: str, slot: int, node_id: str, now: float,
         service_annotations=svc.spec.annotations,
         slot=slot,
         node_id=node_id,
-        status=TaskStatus(timestamp=now, state=TaskState.PENDING, message="pending task scheduling")
-        if allocated_already(svc) else TaskStatus(timestamp=now, state=TaskState.NEW, message="created"),
+        status=status,
         desired_state=desired,
+        networks=(),
         endpoint=svc.endpoint,
-        start_after=start_after,
+        job_iteration=job_iteration,
         restart_count=restart_count,
         restart_history=restart_history,
-        job_iteration=job_iteration,
+        start_after=start_after,
     )
+
+
+_new_task = maker(Task)  # every field given: what Task(...) makes, without the frozen __init__'s cost
+# The status of the last task made: (timestamp, allocated already, status).
+_status_last: tuple[float, bool, TaskStatus] | None = None
 
 
 class Reconciler:
@@ -374,7 +393,7 @@ class Reconciler:
         while len(occupied) < want:
             if slot not in occupied:
                 occupied[slot] = [tx.create(make_task(svc, tid=self.new_id(), slot=slot, node_id="",
-                                                      now=tx.now))]
+                                                      now=tx.now, meta=tx.creation_meta()))]
             slot += 1
 
     # --- global -------------------------------------------------------------------------------------
@@ -384,7 +403,8 @@ class Reconciler:
         for node in nodes.values():
             if node.id in by_node or not node_eligible(node) or not self.constraint_check(svc, node):
                 continue
-            tx.create(make_task(svc, tid=self.new_id(), slot=0, node_id=node.id, now=tx.now))
+            tx.create(make_task(svc, tid=self.new_id(), slot=0, node_id=node.id, now=tx.now,
+                                meta=tx.creation_meta()))
 
     # --- jobs ---------------------------------------------------------------------------------------
 

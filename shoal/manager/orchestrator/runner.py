@@ -81,9 +81,15 @@ class Orchestrator:
             t = ev.obj
             if t.desired_state == TaskState.READY:
                 self._timer_poke.set()  # maybe a restart delay to wait out
-            if ev.action == "create" and self._created.pop(t.id, None) == t.node_id:
-                return False
-            if ev.action == "update" and _status_progress(ev.old, t):
+            progressed = ev.action == "update" and _status_progress(ev.old, t)
+            if ev.action == "create":
+                made = self._created.pop(t.id, None)
+                if made == t.node_id:
+                    return False
+                # Made unassigned by this orchestrator and placed by the scheduler's stage in the same
+                # transaction: the same as its assignment coming in a later commit.
+                progressed = made == "" and t.status.state == TaskState.ASSIGNED
+            if progressed:
                 # Allocator, scheduler and agent moving a live task forward: nothing the reconciler
                 # decides depends on it, so only a service in an update (its updater may need a restart)
                 # is looked at again. This saves a full pass over the service's tasks per such commit.

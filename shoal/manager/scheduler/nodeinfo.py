@@ -35,6 +35,8 @@ def host_ports(task: Task) -> tuple[HostPort, ...]:
     if ep is None:
         return ()
     ports = ep.ports or ep.spec.ports
+    if not ports:
+        return ()
     return tuple(
         (p.protocol, p.published_port) for p in ports if p.publish_mode == "host" and p.published_port != 0
     )
