@@ -51,8 +51,8 @@ MAX_BATCH = 512  # messages per stream write
 # same too-large batch for ever.
 MAX_BATCH_BYTES = 4 << 20
 # The largest stream message either side of a Raft stream accepts (the node server takes the same, see
-# shoal.rpc.server.SECURE_SERVER_OPTIONS): one entry alone in its batch must fit. The store's entries are bounded by the
-# API's object cap (a few MiB, like swarmkit's); this leaves ample headroom over it.
+# shoal.rpc.server.SECURE_SERVER_OPTIONS): one entry alone in its batch must fit. The store refuses a transaction (one
+# entry) past shoal.store.memory.MAX_TRANSACTION_BYTES, half of this.
 MAX_MESSAGE = 64 << 20
 _TYPES = list(MsgType)
 _TYPE_NUM = {t: i for i, t in enumerate(_TYPES)}

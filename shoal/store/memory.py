@@ -57,6 +57,11 @@ MAX_BATCH = 1024  # transactions per log entry at most (bounds one entry's size)
 MAX_OBJECT_BYTES = 3 * 512 * 1024
 # A group-commit entry takes no more transactions once it holds this much.
 MAX_ENTRY_BYTES = MAX_OBJECT_BYTES
+# One transaction's change, encoded, at most. It is one log entry, which the Raft transport carries whole in one
+# stream message (shoal.rpc.raft.MAX_MESSAGE, 64 MiB): a larger entry could never reach a follower, and the swarm
+# would commit nothing after it. The manager's own loops write in transactions well under this (the orchestrator
+# splits a pass over many services); one that would pass it is refused instead of wedging the log.
+MAX_TRANSACTION_BYTES = 32 << 20
 
 KINDS: dict[str, type[Any]] = {
     "cluster": Cluster,
@@ -792,6 +797,10 @@ class ObjectTooLarge(InvalidArgument):
     pass
 
 
+class TransactionTooLarge(InvalidArgument):
+    pass
+
+
 def encode_actions(actions: list[tuple[str, str, Any]], *, verify: bool = True) -> bytes:
     """One transaction's actions as they go into a log entry (the members of its "actions" array, comma
     separated). A value the codec cannot hold raises Unencodable, an object too large ObjectTooLarge; `verify`:
@@ -816,6 +825,10 @@ def encode_action_parts(actions: list[tuple[str, str, Any]], *,
         parts.append(b'{"op":"%s","kind":"%s","obj":%s}' % (op.encode(), kind.encode(), data))
         objs.append(None if op == "remove" else data)
     joined = b",".join(parts)
+    if len(joined) > MAX_TRANSACTION_BYTES:
+        raise TransactionTooLarge(
+            f"rpc error: code = InvalidArgument desc = transaction is too large for the cluster store: "
+            f"{len(joined)} bytes encoded ({len(actions)} changes), at most {MAX_TRANSACTION_BYTES}")
     if not verify:
         return joined, objs
     try:
