@@ -22,6 +22,11 @@ from shoal.store.memory import Commit, Event, MemoryStore, Tx, WatchOverflow
 
 log = logging.getLogger(__name__)
 
+# Changes one reconciliation transaction takes before the next service goes into another (a few MiB of log
+# entry: a pass over 100 services of 1,000 tasks after a leader change was one entry of 117 MB, which no Raft
+# message could carry; see shoal.store.memory.MAX_TRANSACTION_BYTES).
+MAX_PASS_CHANGES = 2000
+
 
 class Orchestrator:
     def __init__(self, store: MemoryStore, clock: Clock, reconciler: Reconciler,
@@ -110,30 +115,48 @@ class Orchestrator:
         return False
 
     async def _reconcile(self, service_ids: set[str], *, reap: bool) -> None:
-        def fn(tx: Tx) -> None:
-            self.reconciler.events.clear()  # a transaction run again decides again
-            sp = tx.savepoint()
-            nodes = self.reconciler.nodes(tx) if service_ids else {}
-            for sid in sorted(service_ids):
-                svc = tx.service(sid)
-                if svc is not None:
-                    self.reconciler.reconcile(tx, svc, nodes)
-            if reap:
-                reap_removed(tx)
-            # Noted before the commit: the loop may hear of it before this coroutine resumes. (If the transaction
-            # fails, the IDs never come back; the next resync forgets them.) Not a move's replacement: the pass
-            # after its creation is the one that starts waiting on it (`waiting_on_moves`).
-            self._created.update((obj.id, obj.node_id) for op, kind, obj in tx.actions[sp:]
-                                 if op == "create" and kind == "task" and LABEL_REPLACES not in obj.annotations.labels)
+        """Reconcile the services in as few transactions as keep each under `MAX_PASS_CHANGES` changes (one
+        service's changes stay in one transaction): a pass over every service (a node went down, a new leader)
+        would otherwise be one log entry of every restarted task, too large to replicate."""
+        remaining = sorted(service_ids)
+        while True:
+            done: list[str] = []
 
-        try:
-            await self.store.update(fn)
-            if self.stats is not None:
-                self.stats.count(self.reconciler.events)
-        except Unavailable as e:  # no longer leading: the next leader reconciles from the store
-            log.warning("reconciliation not written: %s", e)
-        except Exception:
-            log.exception("reconciliation failed")
+            def fn(tx: Tx, todo: list[str] = remaining, done: list[str] = done) -> None:
+                self.reconciler.events.clear()  # a transaction run again decides again
+                done.clear()
+                sp = tx.savepoint()
+                nodes = self.reconciler.nodes(tx) if todo else {}
+                for sid in todo:
+                    if done and tx.savepoint() - sp >= MAX_PASS_CHANGES:
+                        break  # the rest in the next transaction
+                    done.append(sid)
+                    svc = tx.service(sid)
+                    if svc is not None:
+                        self.reconciler.reconcile(tx, svc, nodes)
+                if reap and len(done) == len(todo):
+                    reap_removed(tx)
+                # Noted before the commit: the loop may hear of it before this coroutine resumes. (If the
+                # transaction fails, the IDs never come back; the next resync forgets them.) Not a move's
+                # replacement: the pass after its creation is the one that starts waiting on it
+                # (`waiting_on_moves`).
+                self._created.update((obj.id, obj.node_id) for op, kind, obj in tx.actions[sp:]
+                                     if op == "create" and kind == "task"
+                                     and LABEL_REPLACES not in obj.annotations.labels)
+
+            try:
+                await self.store.update(fn)
+                if self.stats is not None:
+                    self.stats.count(self.reconciler.events)
+            except Unavailable as e:  # no longer leading: the next leader reconciles from the store
+                log.warning("reconciliation not written: %s", e)
+                break
+            except Exception:
+                log.exception("reconciliation failed")
+                break
+            remaining = remaining[len(done):]
+            if not remaining:
+                break
         if self.reconciler.rebalancer.wakeups:
             self._timer_poke.set()  # a time to look again may have come nearer
         for sid in service_ids:
