@@ -25,6 +25,7 @@ the rest follow in the next.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
@@ -70,6 +71,9 @@ DEFAULT_MAX_REGISTRATIONS = 2 * REJOIN_RATE
 BATCH_WAIT = 0.1
 # Queued events one assignment message takes at most (a node's new tasks of one burst, with their removals).
 MAX_BATCH = 10_000
+# Task status reports one transaction writes at most (a few MiB of log entry; reports that came together beyond this
+# go in further transactions of the same group commit).
+MAX_REPORTS_PER_WRITE = 2000
 
 
 def assigned_to(t: Task, node_id: str) -> bool:
@@ -465,13 +469,26 @@ class Dispatcher:
             error: Exception | None = None
             if batch:
                 try:
-                    def write(tx: Tx, b: dict[str, tuple[str, TaskStatus]] = batch) -> list[float]:
+                    # In transactions of at most MAX_REPORTS_PER_WRITE reports, which group commit puts into as many
+                    # log entries as their size needs: thousands of tasks starting at once (a new leader, a large
+                    # service) would otherwise be one entry too large to replicate.
+                    items = list(batch.items())
+                    parts = [dict(items[i:i + MAX_REPORTS_PER_WRITE])
+                             for i in range(0, len(items), MAX_REPORTS_PER_WRITE)]
+
+                    def write(tx: Tx, b: dict[str, tuple[str, TaskStatus]]) -> list[float]:
                         return self._apply_statuses(tx, b)
 
-                    delays = await self.store.update(write)
+                    results = await asyncio.gather(*(self.store.update(functools.partial(write, b=part))
+                                                     for part in parts), return_exceptions=True)
+                    failed = next((r for r in results if isinstance(r, BaseException)), None)
+                    if failed is not None:
+                        raise failed
                     if self.on_scheduling_delay is not None:
-                        for d in delays:
-                            self.on_scheduling_delay(d)
+                        for delays in results:
+                            assert isinstance(delays, list)
+                            for d in delays:
+                                self.on_scheduling_delay(d)
                 except asyncio.CancelledError:
                     self._waiters = waiters + self._waiters  # failed by run()'s cleanup
                     raise
