@@ -379,17 +379,25 @@ def step_then_ready_now(c: Cluster, i: int, seen: list[tuple[int, int, int, int]
     c.hub._receivers[i] = recv
 
 
+async def followers_ready_now(c: Cluster, *, persist_in_thread: bool = False
+                              ) -> tuple[RaftNode, list[tuple[int, int, int, int]]]:
+    """The leader, and what its followers' `ready_now` did with each append (see `step_then_ready_now`)."""
+    lead = await c.leader()
+    seen: list[tuple[int, int, int, int]] = []
+    for i in IDS:
+        if i != lead.id:
+            c.nodes[i].persist_in_thread = persist_in_thread
+            step_then_ready_now(c, i, seen)
+    return lead, seen
+
+
 async def test_a_follower_stores_and_answers_an_append_in_the_turn_it_arrives(clock: VirtualClock) -> None:
     # What the gRPC transport does after each batch: the follower's Ready (store the entries, answer) is handled
     # in the receiving turn, not left for the Ready loop's next one.
     c = Cluster(clock)
     await c.start_all()
     try:
-        lead = await c.leader()
-        seen: list[tuple[int, int, int, int]] = []
-        for i in IDS:
-            if i != lead.id:
-                step_then_ready_now(c, i, seen)
+        lead, seen = await followers_ready_now(c)
         for k in range(3):
             await c.stores[lead.id].update(create(f"s{k}"))
         assert len(seen) >= 3
@@ -406,12 +414,7 @@ async def test_ready_now_leaves_a_ready_whose_fsync_goes_to_a_thread(clock: Virt
     c = Cluster(clock)
     await c.start_all()
     try:
-        lead = await c.leader()
-        seen: list[tuple[int, int, int, int]] = []
-        for i in IDS:
-            if i != lead.id:
-                c.nodes[i].persist_in_thread = True
-                step_then_ready_now(c, i, seen)
+        lead, seen = await followers_ready_now(c, persist_in_thread=True)
         await c.stores[lead.id].update(create("s1"))
         assert seen
         for before, after, sent, _ in seen:
